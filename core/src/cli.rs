@@ -1,0 +1,211 @@
+//! The `trellis` command line: parses arguments, loads configuration, starts logging and runs
+//! one command.
+//!
+//! Invariant: the process exits 0 on success, 1 on a runtime failure and 2 on a usage or
+//! configuration error, always with one clear line on stderr when it fails.
+
+use std::io::{BufRead, IsTerminal};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+use secrecy::SecretString;
+
+use crate::config::{self, Config, LogFormat};
+use crate::db::Db;
+use crate::http::{self, AppState};
+use crate::tenancy;
+use crate::themes::Themes;
+
+#[derive(Debug, Parser)]
+#[command(name = "trellis", version, about = "The Trellis payment SaaS engine")]
+pub struct Cli {
+    /// Configuration file (TOML); defaults to $TRELLIS_CONFIG, else built-in defaults only.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the HTTP server (applies pending migrations first unless told not to).
+    Serve {
+        /// Do not apply pending migrations at start, whatever `database.auto_migrate` says.
+        #[arg(long)]
+        no_migrate: bool,
+    },
+    /// Apply pending database migrations.
+    Migrate {
+        /// Only report how many migrations are pending; exit 1 if any are.
+        #[arg(long)]
+        check: bool,
+    },
+    /// Manage platform administrators.
+    Admin {
+        #[command(subcommand)]
+        command: AdminCommand,
+    },
+    /// Inspect the configuration.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AdminCommand {
+    /// Create a platform administrator.
+    Create {
+        #[arg(long)]
+        email: String,
+        /// Read the password from the first line of standard input (required: passwords are
+        /// never taken as arguments, where `ps` and shell history would keep them).
+        #[arg(long, required = true)]
+        password_stdin: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Print the effective configuration with secrets redacted.
+    Show,
+}
+
+/// Failures sorted by exit code.
+#[derive(Debug)]
+enum Failure {
+    /// Exit 2: the command line, its input or the configuration is wrong.
+    Usage(String),
+    /// Exit 1: the command was right but could not be carried out.
+    Runtime(String),
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(error: anyhow::Error) -> Self {
+        Self::Runtime(format!("{error:#}"))
+    }
+}
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // clap prints help and version itself (exit 0) and usage errors (exit 2).
+        Err(error) => error.exit(),
+    };
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Usage(message)) => {
+            eprintln!("error: {message}");
+            ExitCode::from(2)
+        }
+        Err(Failure::Runtime(message)) => {
+            eprintln!("error: {message}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<(), Failure> {
+    let file = cli.config.or_else(config::config_file_from_env);
+    let config = Config::load(file.as_deref()).map_err(|e| Failure::Usage(e.to_string()))?;
+    init_tracing(&config);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::Runtime(format!("cannot start the async runtime: {e}")))?;
+    runtime.block_on(execute(cli.command, config))
+}
+
+async fn execute(command: Command, config: Config) -> Result<(), Failure> {
+    match command {
+        Command::Config { command: ConfigCommand::Show } => {
+            print!("{}", config.redacted_toml());
+            Ok(())
+        }
+        Command::Migrate { check } => {
+            let db = connect(&config).await?;
+            if check {
+                let pending = db.pending_migrations().await.map_err(runtime)?;
+                println!("{pending} migration(s) pending");
+                db.close().await;
+                return if pending == 0 {
+                    Ok(())
+                } else {
+                    Err(Failure::Runtime(format!("{pending} migration(s) pending")))
+                };
+            }
+            let applied = db.migrate().await.map_err(runtime)?;
+            println!("applied {applied} migration(s); the schema is current");
+            db.close().await;
+            Ok(())
+        }
+        Command::Admin { command: AdminCommand::Create { email, password_stdin: _ } } => {
+            let password = read_password_line()?;
+            let email = tenancy::normalize_email(&email).map_err(|e| Failure::Usage(e.to_string()))?;
+            crate::auth::validate_password(&password).map_err(|e| Failure::Usage(e.to_string()))?;
+            let db = connect(&config).await?;
+            db.migrate().await.map_err(runtime)?;
+            let user = crate::auth::create_platform_admin(&db.conn, &email, &password)
+                .await
+                .map_err(runtime)?;
+            println!("created platform administrator {} ({})", user.email, user.id);
+            db.close().await;
+            Ok(())
+        }
+        Command::Serve { no_migrate } => {
+            let themes = Themes::load(&config.themes.dir, config.themes.reload)
+                .map_err(|e| Failure::Usage(format!("themes.dir: {e}")))?;
+            let db = connect(&config).await?;
+            if config.database.auto_migrate && !no_migrate {
+                let applied = db.migrate().await.map_err(runtime)?;
+                if applied > 0 {
+                    tracing::info!(applied, "migrations applied");
+                }
+            }
+            let state = AppState { config: Arc::new(config), db: db.clone(), themes };
+            let result = http::serve(state).await;
+            db.close().await;
+            result.map_err(Failure::from)
+        }
+    }
+}
+
+async fn connect(config: &Config) -> Result<Db, Failure> {
+    Db::connect(config).await.map_err(runtime)
+}
+
+fn runtime(error: impl std::fmt::Display) -> Failure {
+    Failure::Runtime(error.to_string())
+}
+
+/// The first line of stdin, without its line ending; the password is never echoed or logged.
+fn read_password_line() -> Result<SecretString, Failure> {
+    let mut line = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut line)
+        .map_err(|e| Failure::Usage(format!("cannot read the password from stdin: {e}")))?;
+    let password = line.trim_end_matches(['\r', '\n']).to_owned();
+    if password.is_empty() {
+        return Err(Failure::Usage("no password on stdin".to_owned()));
+    }
+    Ok(SecretString::from(password))
+}
+
+fn init_tracing(config: &Config) {
+    use tracing_subscriber::EnvFilter;
+    // `Config::load` validated the filter already; the fallback only guards against a race.
+    let filter = EnvFilter::try_new(&config.log.level).unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let result = match config.log.format {
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).try_init(),
+        LogFormat::Compact => builder.compact().with_ansi(false).try_init(),
+        LogFormat::Pretty => builder.with_ansi(std::io::stderr().is_terminal()).try_init(),
+    };
+    if let Err(error) = result {
+        eprintln!("warning: logging was already initialised: {error}");
+    }
+}

@@ -1,0 +1,496 @@
+//! Process configuration: built-in defaults, then `trellis.toml`, then `TRELLIS_*` environment
+//! variables (`__` separates nested keys), extracted once into a typed [`Config`].
+//!
+//! Invariant: this is the only module that reads the environment, and no secret it holds
+//! (`database.url` passwords, `secrets.master_key`) can reach `Debug`, a log line or an error.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+
+/// Environment variables with the `TRELLIS_` prefix that are not configuration keys.
+const NON_KEY_VARIABLES: &[&str] = &["CONFIG", "TEST_DATABASE_URL", "TEST_LOG"];
+
+/// Why configuration could not be loaded. The message always names the offending key or file.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("configuration file {0} does not exist")]
+    MissingFile(PathBuf),
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+/// The effective configuration of one `trellis` process.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where runtime files live: the default SQLite database, the plugin cache.
+    pub data_dir: PathBuf,
+    pub http: HttpConfig,
+    pub database: DatabaseConfig,
+    pub log: LogConfig,
+    pub secrets: SecretsConfig,
+    pub themes: ThemesConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    pub listen: SocketAddr,
+    /// Largest request body accepted on any route, in bytes.
+    pub body_limit: usize,
+    /// How long shutdown waits for in-flight requests before giving up, in seconds.
+    pub shutdown_grace_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// `sqlite://…` or `postgres://…`; empty means `sqlite://<data_dir>/trellis.db`.
+    #[serde(serialize_with = "serialize_redacted_url")]
+    pub url: SecretString,
+    /// Apply pending migrations when `serve` starts.
+    pub auto_migrate: bool,
+    pub max_connections: u32,
+    /// How long SQLite waits on a locked database before failing, in milliseconds.
+    pub busy_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// A `tracing` filter such as `info` or `info,trellis_core=debug`.
+    pub level: String,
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Multi-line, coloured when the output is a terminal.
+    Pretty,
+    /// One line per event, no colour.
+    Compact,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretsConfig {
+    /// Base64 of 32 random bytes; encrypts merchant keys at rest. Unset: secrets cannot be stored.
+    #[serde(serialize_with = "serialize_redacted")]
+    pub master_key: Option<SecretString>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ThemesConfig {
+    /// The folder holding one sub-folder per theme (`default` must exist).
+    pub dir: PathBuf,
+    /// Re-read templates on every render, for theme development.
+    pub reload: bool,
+}
+
+/// Built-in defaults, serialised into the lowest figment layer. Kept as a plain struct so that
+/// `config show` and the example file can be checked against it.
+#[derive(Serialize)]
+struct Defaults {
+    data_dir: &'static str,
+    http: DefaultHttp,
+    database: DefaultDatabase,
+    log: DefaultLog,
+    secrets: DefaultSecrets,
+    themes: DefaultThemes,
+}
+
+#[derive(Serialize)]
+struct DefaultHttp {
+    listen: &'static str,
+    body_limit: usize,
+    shutdown_grace_secs: u64,
+}
+
+#[derive(Serialize)]
+struct DefaultDatabase {
+    url: &'static str,
+    auto_migrate: bool,
+    max_connections: u32,
+    busy_timeout_ms: u64,
+}
+
+#[derive(Serialize)]
+struct DefaultLog {
+    level: &'static str,
+    format: LogFormat,
+}
+
+#[derive(Serialize)]
+struct DefaultSecrets {}
+
+#[derive(Serialize)]
+struct DefaultThemes {
+    dir: &'static str,
+    reload: bool,
+}
+
+const DEFAULTS: Defaults = Defaults {
+    data_dir: "./data",
+    http: DefaultHttp { listen: "127.0.0.1:8080", body_limit: 1024 * 1024, shutdown_grace_secs: 30 },
+    database: DefaultDatabase { url: "", auto_migrate: true, max_connections: 8, busy_timeout_ms: 5_000 },
+    log: DefaultLog { level: "info", format: LogFormat::Pretty },
+    secrets: DefaultSecrets {},
+    themes: DefaultThemes { dir: "./themes", reload: false },
+};
+
+/// The configuration file named by `TRELLIS_CONFIG`, if any. `--config` wins over it.
+#[allow(clippy::disallowed_methods, reason = "this module is the one that reads the environment")]
+pub fn config_file_from_env() -> Option<PathBuf> {
+    std::env::var_os("TRELLIS_CONFIG").filter(|v| !v.is_empty()).map(PathBuf::from)
+}
+
+/// The PostgreSQL URL the test-suite runs its second database leg against, if any.
+#[allow(clippy::disallowed_methods, reason = "this module is the one that reads the environment")]
+pub fn test_database_url_from_env() -> Option<String> {
+    std::env::var("TRELLIS_TEST_DATABASE_URL").ok().filter(|v| !v.is_empty())
+}
+
+/// Whether the test-suite should print the engine's logs.
+#[allow(clippy::disallowed_methods, reason = "this module is the one that reads the environment")]
+pub fn test_log_from_env() -> bool {
+    std::env::var_os("TRELLIS_TEST_LOG").is_some()
+}
+
+impl Config {
+    /// Loads the layers in order: defaults, `file` (which must exist when named), environment.
+    pub fn load(file: Option<&Path>) -> Result<Self, Error> {
+        let mut figment = Figment::from(Serialized::defaults(&DEFAULTS));
+        if let Some(file) = file {
+            if !file.is_file() {
+                return Err(Error::MissingFile(file.to_owned()));
+            }
+            figment = figment.merge(Toml::file_exact(file));
+        }
+        figment = figment.merge(Env::prefixed("TRELLIS_").ignore(NON_KEY_VARIABLES).split("__"));
+        let mut config: Config = figment.extract().map_err(|e| Error::Invalid(describe(e)))?;
+        config.validate()?;
+        if config.database.url.expose_secret().trim().is_empty() {
+            let path = config.data_dir.join("trellis.db");
+            config.database.url = SecretString::from(format!("sqlite://{}", path.display()));
+        }
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), Error> {
+        let invalid = |key: &str, why: &str| Err(Error::Invalid(format!("{key}: {why}")));
+        if self.http.body_limit == 0 {
+            return invalid("http.body_limit", "must be greater than zero");
+        }
+        if self.database.max_connections == 0 {
+            return invalid("database.max_connections", "must be greater than zero");
+        }
+        let url = self.database.url.expose_secret().trim();
+        if !url.is_empty() && DatabaseKind::of(url).is_none() {
+            // The URL may carry a password, so only its scheme is echoed.
+            let scheme = url.split_once(':').map_or("", |(scheme, _)| scheme);
+            return invalid(
+                "database.url",
+                &format!("unsupported scheme {scheme:?}; use sqlite:// or postgres://"),
+            );
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
+            return invalid("log.level", &e.to_string());
+        }
+        if let Some(key) = &self.secrets.master_key
+            && decode_master_key(key).is_none()
+        {
+            return invalid("secrets.master_key", "must be the base64 of exactly 32 bytes");
+        }
+        Ok(())
+    }
+
+    pub fn database_kind(&self) -> DatabaseKind {
+        DatabaseKind::of(self.database.url.expose_secret()).unwrap_or(DatabaseKind::Sqlite)
+    }
+
+    /// The effective configuration as TOML, with every secret replaced by `<redacted>`.
+    pub fn redacted_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+    }
+}
+
+impl LogFormat {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pretty => "pretty",
+            Self::Compact => "compact",
+            Self::Json => "json",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DatabaseKind {
+    Sqlite,
+    Postgres,
+}
+
+impl DatabaseKind {
+    pub fn of(url: &str) -> Option<Self> {
+        let scheme = url.split_once(':')?.0;
+        match scheme {
+            "sqlite" => Some(Self::Sqlite),
+            "postgres" | "postgresql" => Some(Self::Postgres),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for DatabaseKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Sqlite => "sqlite",
+            Self::Postgres => "postgres",
+        })
+    }
+}
+
+fn serialize_redacted_url<S: serde::Serializer>(url: &SecretString, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&redact_url(url.expose_secret()))
+}
+
+fn serialize_redacted<S: serde::Serializer>(
+    secret: &Option<SecretString>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    s.serialize_str(if secret.is_some() { "<redacted>" } else { "<unset>" })
+}
+
+/// A database URL safe to print: the password (and any query string, which may hold one) hidden.
+pub fn redact_url(raw: &str) -> String {
+    match url::Url::parse(raw) {
+        Ok(mut parsed) => {
+            if parsed.password().is_some() {
+                let _ = parsed.set_password(Some("<redacted>"));
+            }
+            if parsed.query().is_some_and(|q| q.contains("password")) {
+                parsed.set_query(Some("<redacted>"));
+            }
+            parsed.to_string()
+        }
+        // Unparseable: show only the scheme rather than risk printing a credential.
+        Err(_) => match raw.split_once("://") {
+            Some((scheme, _)) => format!("{scheme}://<redacted>"),
+            None => "<redacted>".to_owned(),
+        },
+    }
+}
+
+/// The 32-byte master key, or `None` when it is not base64 of exactly 32 bytes.
+pub fn decode_master_key(key: &SecretString) -> Option<[u8; 32]> {
+    use base64::Engine as _;
+    let bytes = base64::engine::general_purpose::STANDARD.decode(key.expose_secret().trim()).ok()?;
+    bytes.try_into().ok()
+}
+
+/// Figment's own message names the key path; keep that and drop any echoed value, which for a
+/// secret key could be the secret itself.
+fn describe(error: figment::Error) -> String {
+    error
+        .into_iter()
+        .map(|e| {
+            let key = if e.path.is_empty() { None } else { Some(e.path.join(".")) };
+            let what = match &e.kind {
+                figment::error::Kind::InvalidType(actual, expected) => {
+                    format!("expected {expected}, found {}", actual_kind(actual))
+                }
+                figment::error::Kind::InvalidValue(actual, expected) => {
+                    format!("expected {expected}, found {}", actual_kind(actual))
+                }
+                figment::error::Kind::UnknownField(field, _) => {
+                    let key = match &key {
+                        Some(parent) => format!("{parent}.{field}"),
+                        None => field.clone(),
+                    };
+                    return format!("{key}: unknown key");
+                }
+                figment::error::Kind::UnknownVariant(variant, expected) => {
+                    format!("unknown value {variant:?}, expected one of {}", expected.join(", "))
+                }
+                figment::error::Kind::MissingField(field) => {
+                    let key = match &key {
+                        Some(parent) => format!("{parent}.{field}"),
+                        None => field.to_string(),
+                    };
+                    return format!("{key}: missing");
+                }
+                figment::error::Kind::Message(message) => message.clone(),
+                other => other.to_string(),
+            };
+            let source = e
+                .metadata
+                .as_ref()
+                .map(|m| format!(" (from {})", m.name))
+                .unwrap_or_default();
+            match key {
+                Some(key) => format!("{key}: {what}{source}"),
+                None => format!("{what}{source}"),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+fn actual_kind(actual: &figment::error::Actual) -> &'static str {
+    use figment::error::Actual;
+    match actual {
+        Actual::Bool(_) => "a boolean",
+        Actual::Unsigned(_) | Actual::Signed(_) => "an integer",
+        Actual::Float(_) => "a float",
+        Actual::Char(_) | Actual::Str(_) => "a string",
+        Actual::Bytes(_) => "bytes",
+        Actual::Unit => "nothing",
+        Actual::Option => "an option",
+        Actual::NewtypeStruct => "a newtype",
+        Actual::Seq => "a list",
+        Actual::Map => "a table",
+        Actual::Enum | Actual::UnitVariant | Actual::NewtypeVariant => "an enum",
+        Actual::TupleVariant | Actual::StructVariant => "an enum",
+        Actual::Other(_) => "another type",
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::result_large_err, reason = "figment::Jail's closures return figment's own error type")]
+mod tests {
+    use super::*;
+
+    fn with_jail(f: impl FnOnce(&mut figment::Jail) -> figment::error::Result<()>) {
+        figment::Jail::expect_with(f);
+    }
+
+    #[test]
+    fn defaults_listen_on_loopback_with_sqlite_in_the_data_dir() {
+        with_jail(|_| {
+            let config = Config::load(None).map_err(|e| e.to_string())?;
+            assert_eq!(config.http.listen.to_string(), "127.0.0.1:8080");
+            assert_eq!(config.http.body_limit, 1024 * 1024);
+            assert_eq!(config.database.url.expose_secret(), "sqlite://./data/trellis.db");
+            assert_eq!(config.database_kind(), DatabaseKind::Sqlite);
+            assert_eq!(config.log.format, LogFormat::Pretty);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn file_beats_default_and_env_beats_file() {
+        with_jail(|jail| {
+            jail.create_file(
+                "trellis.toml",
+                r#"
+                    data_dir = "/var/lib/trellis"
+                    [http]
+                    listen = "0.0.0.0:9000"
+                    body_limit = 2048
+                    [log]
+                    format = "json"
+                "#,
+            )?;
+            jail.set_env("TRELLIS_HTTP__LISTEN", "127.0.0.1:9100");
+            let config = Config::load(Some(Path::new("trellis.toml"))).map_err(|e| e.to_string())?;
+            assert_eq!(config.http.listen.port(), 9100, "env beats file");
+            assert_eq!(config.http.body_limit, 2048, "file beats default");
+            assert_eq!(config.log.format, LogFormat::Json);
+            assert_eq!(
+                config.database.url.expose_secret(),
+                "sqlite:///var/lib/trellis/trellis.db",
+                "the default database follows data_dir"
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn secrets_never_reach_debug_or_config_show() {
+        with_jail(|jail| {
+            jail.create_file(
+                "trellis.toml",
+                r#"
+                    [database]
+                    url = "postgres://app:file-password@db.internal:5432/trellis"
+                "#,
+            )?;
+            let key = "rxdDeQt/WK1uQUgQy7DkCIKU/VZNEnlqiyU+e660LzQ=";
+            jail.set_env("TRELLIS_SECRETS__MASTER_KEY", key);
+            let config = Config::load(Some(Path::new("trellis.toml"))).map_err(|e| e.to_string())?;
+            assert_eq!(config.database_kind(), DatabaseKind::Postgres);
+            let debug = format!("{config:?}");
+            let shown = config.redacted_toml();
+            for text in [&debug, &shown] {
+                assert!(!text.contains("file-password"), "{text}");
+                assert!(!text.contains(key), "{text}");
+            }
+            assert!(shown.contains("postgres://app:%3Credacted%3E@db.internal:5432/trellis"), "{shown}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_bad_value_fails_naming_the_key() {
+        with_jail(|jail| {
+            jail.set_env("TRELLIS_HTTP__LISTEN", "not-an-address");
+            let error = Config::load(None).err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(error.contains("http.listen"), "{error}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn an_unknown_key_is_an_error_not_a_silent_typo() {
+        with_jail(|jail| {
+            jail.create_file("trellis.toml", "[http]\nlisen = \"127.0.0.1:1\"\n")?;
+            let error = Config::load(Some(Path::new("trellis.toml")))
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(error.contains("http.lisen"), "{error}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_master_key_of_the_wrong_length_is_refused_without_echoing_it() {
+        with_jail(|jail| {
+            jail.set_env("TRELLIS_SECRETS__MASTER_KEY", "dG9vLXNob3J0");
+            let error = Config::load(None).err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(error.contains("secrets.master_key"), "{error}");
+            assert!(!error.contains("dG9vLXNob3J0"), "{error}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn an_unsupported_database_scheme_is_refused_without_echoing_the_url() {
+        with_jail(|jail| {
+            jail.set_env("TRELLIS_DATABASE__URL", "mysql://root:hunter2@localhost/db");
+            let error = Config::load(None).err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(error.contains("database.url"), "{error}");
+            assert!(!error.contains("hunter2"), "{error}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_named_config_file_that_does_not_exist_is_an_error() {
+        with_jail(|_| {
+            let error = Config::load(Some(Path::new("missing.toml"))).err();
+            assert!(matches!(error, Some(Error::MissingFile(_))));
+            Ok(())
+        });
+    }
+}

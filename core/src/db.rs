@@ -1,0 +1,149 @@
+//! Storage: one sea-orm connection pool over the embedded SQLite file or PostgreSQL, and the
+//! migrations that own its schema.
+//!
+//! Invariant: every connection has foreign keys enforced (SQLite: `PRAGMA foreign_keys = ON`,
+//! WAL, a busy timeout), and both engines run the same migrations from `trellis-migrations`.
+
+pub mod entity;
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use sea_orm::sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
+use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbErr, TransactionTrait};
+use sea_orm_migration::MigratorTrait;
+use secrecy::ExposeSecret;
+use trellis_migrations::Migrator;
+
+use crate::config::{Config, DatabaseKind, redact_url};
+
+/// An arbitrary constant naming the PostgreSQL advisory lock that serialises migrations when
+/// several engine processes start at once.
+const MIGRATION_LOCK_KEY: i64 = 0x0074_7265_6c6c_6973;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot open database {url}: {source}")]
+    Connect { url: String, source: DbErr },
+    #[error("cannot create the database folder {path}: {source}")]
+    CreateDir { path: PathBuf, source: std::io::Error },
+    #[error("invalid SQLite database URL {url}: {message}")]
+    BadSqliteUrl { url: String, message: String },
+    #[error("migration failed: {0}")]
+    Migrate(DbErr),
+    #[error("database query failed: {0}")]
+    Query(#[from] DbErr),
+    #[error("the database file {0} is gone")]
+    FileGone(PathBuf),
+    #[error("{0} migration(s) not applied; run `trellis migrate`")]
+    Pending(usize),
+}
+
+/// The engine's database: the pool plus what readiness needs to know about where it lives.
+#[derive(Clone, Debug)]
+pub struct Db {
+    pub conn: DatabaseConnection,
+    pub kind: DatabaseKind,
+    /// The SQLite file, when the database is one (not for `:memory:`).
+    sqlite_file: Option<PathBuf>,
+}
+
+impl Db {
+    /// Opens the database the configuration names, creating the SQLite file (and its folder) on
+    /// first use. Does not migrate.
+    pub async fn connect(config: &Config) -> Result<Self, Error> {
+        let url = config.database.url.expose_secret().to_owned();
+        let kind = config.database_kind();
+        let mut options = ConnectOptions::new(url.clone());
+        options
+            .max_connections(config.database.max_connections)
+            .connect_timeout(Duration::from_secs(10))
+            .acquire_timeout(Duration::from_secs(10))
+            .sqlx_logging(false);
+        let mut sqlite_file = None;
+        if kind == DatabaseKind::Sqlite {
+            let parsed = SqliteConnectOptions::from_str(&url).map_err(|e| Error::BadSqliteUrl {
+                url: redact_url(&url),
+                message: e.to_string(),
+            })?;
+            let file = parsed.get_filename().to_owned();
+            if !is_memory(&file) {
+                if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
+                    std::fs::create_dir_all(dir)
+                        .map_err(|source| Error::CreateDir { path: dir.to_owned(), source })?;
+                }
+                sqlite_file = Some(file);
+            }
+            let busy = Duration::from_millis(config.database.busy_timeout_ms);
+            options.map_sqlx_sqlite_opts(move |o| {
+                o.create_if_missing(true)
+                    .journal_mode(SqliteJournalMode::Wal)
+                    .synchronous(SqliteSynchronous::Normal)
+                    .foreign_keys(true)
+                    .busy_timeout(busy)
+            });
+        }
+        let conn = Database::connect(options)
+            .await
+            .map_err(|source| Error::Connect { url: redact_url(&url), source })?;
+        Ok(Self { conn, kind, sqlite_file })
+    }
+
+    /// Applies every pending migration; returns how many ran. Safe to call from several
+    /// processes at once: PostgreSQL serialises them under an advisory lock in one transaction.
+    pub async fn migrate(&self) -> Result<usize, Error> {
+        let pending = Migrator::get_pending_migrations(&self.conn).await.map_err(Error::Migrate)?;
+        if pending.is_empty() {
+            return Ok(0);
+        }
+        match self.kind {
+            DatabaseKind::Postgres => {
+                let txn = self.conn.begin().await.map_err(Error::Migrate)?;
+                txn.execute_unprepared(&format!("SELECT pg_advisory_xact_lock({MIGRATION_LOCK_KEY})"))
+                    .await
+                    .map_err(Error::Migrate)?;
+                let still_pending =
+                    Migrator::get_pending_migrations(&txn).await.map_err(Error::Migrate)?.len();
+                Migrator::up(&txn, None).await.map_err(Error::Migrate)?;
+                txn.commit().await.map_err(Error::Migrate)?;
+                Ok(still_pending)
+            }
+            DatabaseKind::Sqlite => {
+                Migrator::up(&self.conn, None).await.map_err(Error::Migrate)?;
+                Ok(pending.len())
+            }
+        }
+    }
+
+    /// How many migrations this binary knows that the database has not applied.
+    pub async fn pending_migrations(&self) -> Result<usize, Error> {
+        Ok(Migrator::get_pending_migrations_read_only(&self.conn).await?.len())
+    }
+
+    /// Ready means: the database answers, it is the one we opened, and its schema is current.
+    pub async fn check_ready(&self) -> Result<(), Error> {
+        if let Some(file) = &self.sqlite_file {
+            // An open SQLite handle keeps answering after its file is deleted, while every
+            // write would be lost at restart; that is not a database we can serve from.
+            if !file.exists() {
+                return Err(Error::FileGone(file.clone()));
+            }
+        }
+        self.conn.execute_unprepared("SELECT 1").await?;
+        match self.pending_migrations().await? {
+            0 => Ok(()),
+            n => Err(Error::Pending(n)),
+        }
+    }
+
+    pub async fn close(self) {
+        if let Err(error) = self.conn.close().await {
+            tracing::warn!(%error, "closing the database pool failed");
+        }
+    }
+}
+
+fn is_memory(file: &Path) -> bool {
+    file.as_os_str().is_empty() || file.to_string_lossy().contains(":memory:")
+}

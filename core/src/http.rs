@@ -1,0 +1,164 @@
+//! The HTTP surface: one axum router, the layers every request passes through, and the server
+//! loop with graceful shutdown.
+//!
+//! Invariant: only this module turns errors into responses; every error a client sees is JSON
+//! `{code, message}` (or, for a browser, the theme's page for it) and never carries internals.
+
+pub mod error;
+pub mod middleware;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Path, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::json;
+use tokio::net::TcpListener;
+use tower_http::catch_panic::CatchPanicLayer;
+
+use crate::config::Config;
+use crate::db::Db;
+use crate::themes::{DEFAULT_THEME, Locale, Themes};
+use error::ApiError;
+
+/// Handles shared by every request; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub db: Db,
+    pub themes: Themes,
+}
+
+/// The whole application as a router, ready for `axum::serve` or for `oneshot` in tests.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/", get(home))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/static/{theme}/{*path}", get(static_asset))
+        .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(state.clone(), middleware::limit_body))
+        .layer(CatchPanicLayer::custom(middleware::panic_response))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), middleware::error_pages))
+        .layer(axum::middleware::from_fn(middleware::observe))
+        .with_state(state)
+}
+
+/// Liveness: the process answers. Says nothing about its dependencies.
+async fn healthz() -> Json<serde_json::Value> {
+    Json(json!({ "status": "ok", "version": env!("CARGO_PKG_VERSION") }))
+}
+
+/// Readiness: the database answers and its schema is the one this binary expects.
+async fn readyz(State(state): State<AppState>) -> Response {
+    match state.db.check_ready().await {
+        Ok(()) => Json(json!({ "status": "ready", "database": state.db.kind.to_string() })).into_response(),
+        Err(error) => {
+            tracing::warn!(%error, "not ready");
+            let reason = match error {
+                crate::db::Error::Pending(_) => "migrations_pending",
+                _ => "database_unavailable",
+            };
+            let body = json!({ "status": "unready", "database": state.db.kind.to_string(), "reason": reason });
+            (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
+        }
+    }
+}
+
+async fn home(State(state): State<AppState>, headers: HeaderMap) -> Result<Html<String>, ApiError> {
+    let locale = Locale::negotiate(headers.get(header::ACCEPT_LANGUAGE).and_then(|v| v.to_str().ok()));
+    let data = json!({ "version": env!("CARGO_PKG_VERSION") });
+    Ok(Html(state.themes.render_page(DEFAULT_THEME, "home", locale, data)?))
+}
+
+/// Theme files with cache validators: browsers keep them for a day and revalidate cheaply.
+async fn static_asset(
+    State(state): State<AppState>,
+    Path((theme, path)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let asset = state.themes.asset(&theme, &path).await?;
+    let fresh = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|tags| tags.split(',').any(|t| t.trim() == asset.etag));
+    let cache = [
+        (header::CACHE_CONTROL, "public, max-age=86400".to_owned()),
+        (header::ETAG, asset.etag.clone()),
+    ];
+    if fresh {
+        return Ok((StatusCode::NOT_MODIFIED, cache).into_response());
+    }
+    Ok((cache, [(header::CONTENT_TYPE, asset.content_type)], asset.bytes).into_response())
+}
+
+async fn not_found(request: Request) -> ApiError {
+    ApiError::NotFound(request.uri().path().to_owned())
+}
+
+/// Binds, announces the address on stdout (tests and `make run` read that line), serves until
+/// SIGINT or SIGTERM, then lets in-flight requests finish within the grace period.
+pub async fn serve(state: AppState) -> anyhow::Result<()> {
+    let listen = state.config.http.listen;
+    let grace = Duration::from_secs(state.config.http.shutdown_grace_secs);
+    let listener = TcpListener::bind(listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
+    let local = listener.local_addr()?;
+    println!("Trellis is listening on http://{local}");
+    tracing::info!(address = %local, "listening");
+
+    let (signalled_tx, signalled_rx) = tokio::sync::watch::channel(false);
+    let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+        shutdown_signal().await;
+        tracing::info!("shutdown requested; finishing in-flight requests");
+        let _ = signalled_tx.send(true);
+    });
+    let deadline = async move {
+        let mut rx = signalled_rx;
+        while !*rx.borrow() {
+            if rx.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+        tokio::time::sleep(grace).await;
+    };
+    tokio::select! {
+        result = server => result.map_err(|e| anyhow::anyhow!("server failed: {e}"))?,
+        () = deadline => anyhow::bail!("requests still in flight after the {}s shutdown grace period", grace.as_secs()),
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let interrupt = async {
+        if let Err(error) = tokio::signal::ctrl_c().await {
+            tracing::error!(%error, "cannot listen for SIGINT");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = interrupt => {},
+        () = terminate => {},
+    }
+}

@@ -1,0 +1,152 @@
+//! Layers every request passes through: a request id and a tracing span, the body size limit,
+//! panic containment, and themed error pages for browsers.
+
+use std::time::Instant;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{Html, IntoResponse, Response};
+use http_body_util::{BodyExt, Limited};
+use serde_json::json;
+use tracing::Instrument;
+use uuid::Uuid;
+
+use super::AppState;
+use super::error::{ApiError, ErrorBody, error_response};
+use crate::themes::{DEFAULT_THEME, Locale};
+
+pub const REQUEST_ID: &str = "x-request-id";
+
+/// The id of the current request, as echoed in `x-request-id`.
+#[derive(Debug, Clone)]
+pub struct RequestId(pub String);
+
+/// The theme a later layer chose for this request (the partner's); `default` when absent.
+#[derive(Debug, Clone)]
+pub struct ThemeChoice(pub String);
+
+/// Accepts the caller's `x-request-id` when it is short and printable (so a proxy's id
+/// carries through), otherwise mints one; sets it on the response; wraps the request in a span
+/// and logs method, path, status and latency when it completes. The query string is left out
+/// of logs on purpose: callbacks carry one-time codes in it.
+pub async fn observe(mut request: Request, next: Next) -> Response {
+    let id = request
+        .headers()
+        .get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
+        .map_or_else(|| Uuid::now_v7().to_string(), str::to_owned);
+    let header_value = HeaderValue::from_str(&id).unwrap_or_else(|_| HeaderValue::from_static("invalid"));
+    request.headers_mut().insert(REQUEST_ID, header_value.clone());
+    request.extensions_mut().insert(RequestId(id.clone()));
+
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let span = tracing::info_span!("request", request_id = %id, %method, %path);
+    let started = Instant::now();
+    let mut response = next.run(request).instrument(span.clone()).await;
+    let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let status = response.status().as_u16();
+    span.in_scope(|| {
+        if response.status().is_server_error() {
+            tracing::warn!(status, latency_ms, "request completed");
+        } else {
+            tracing::info!(status, latency_ms, "request completed");
+        }
+    });
+    response.headers_mut().insert(REQUEST_ID, header_value);
+    response
+}
+
+/// Reads the whole body, up to the configured limit, before any handler runs: a handler never
+/// sees a partial body, and an oversized one is refused with 413 whatever the route.
+pub async fn limit_body(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let limit = state.config.http.body_limit;
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > limit as u64) {
+        return ApiError::PayloadTooLarge { limit }.into_response();
+    }
+    let (parts, body) = request.into_parts();
+    let bytes: Bytes = match Limited::new(body, limit).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(error) if error.is::<http_body_util::LengthLimitError>() => {
+            return ApiError::PayloadTooLarge { limit }.into_response();
+        }
+        Err(error) => {
+            tracing::debug!(%error, "reading the request body failed");
+            return ApiError::BadBody.into_response();
+        }
+    };
+    next.run(Request::from_parts(parts, Body::from(bytes))).await
+}
+
+/// For a browser (it asks for HTML and is not calling `/api/…`), replaces our JSON error bodies
+/// with the theme's error page in the visitor's language; API clients keep the JSON.
+pub async fn error_pages(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let wants_html = wants_html(&request);
+    let locale = Locale::negotiate(
+        request.headers().get(header::ACCEPT_LANGUAGE).and_then(|v| v.to_str().ok()),
+    );
+    let response = next.run(request).await;
+    if !wants_html {
+        return response;
+    }
+    let Some(error) = response.extensions().get::<ErrorBody>().cloned() else {
+        return response;
+    };
+    let status = response.status();
+    let theme = response
+        .extensions()
+        .get::<ThemeChoice>()
+        .map_or(DEFAULT_THEME.to_owned(), |t| t.0.clone());
+    let page = match status {
+        StatusCode::NOT_FOUND => "404",
+        s if s.is_server_error() => "500",
+        _ => "error",
+    };
+    let data = json!({ "status": status.as_u16(), "code": error.code, "message": error.message });
+    match state.themes.render_page(&theme, page, locale, data) {
+        Ok(html) => {
+            let mut themed = (status, Html(html)).into_response();
+            // The request id and any other headers set by inner layers stay on the page.
+            for (name, value) in response.headers() {
+                if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+                    themed.headers_mut().insert(name.clone(), value.clone());
+                }
+            }
+            themed
+        }
+        Err(render_error) => {
+            tracing::error!(error = %render_error, "error page could not be rendered");
+            response
+        }
+    }
+}
+
+fn wants_html(request: &Request) -> bool {
+    if request.uri().path().starts_with("/api/") {
+        return false;
+    }
+    request
+        .headers()
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|accept| accept.contains("text/html"))
+}
+
+/// Turns a panic inside a handler into a 500 JSON error, logged, without the panic text.
+pub fn panic_response(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    let detail = panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| panic.downcast_ref::<&str>().copied())
+        .unwrap_or("non-string panic");
+    tracing::error!(panic = detail, "handler panicked");
+    error_response(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error".to_owned())
+}

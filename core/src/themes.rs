@@ -1,0 +1,437 @@
+//! Themes: handlebars templates, strings and static assets under `themes/<name>/`, chosen per
+//! partner, with `default` as the fallback for anything a theme does not override.
+//!
+//! Invariant: every theme renders every page (missing templates come from `default`), and
+//! output is HTML-escaped unless a template opts out with triple braces.
+
+use std::collections::HashMap;
+use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
+
+use handlebars::Handlebars;
+use serde_json::{Map, Value};
+
+/// The theme every other theme falls back to; it must exist.
+pub const DEFAULT_THEME: &str = "default";
+
+/// Template folders inside a theme, registered as `<folder>/<file stem>`.
+const TEMPLATE_DIRS: &[&str] = &["layouts", "partials", "pages"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("theme folder {0} has no `default` theme")]
+    NoDefaultTheme(PathBuf),
+    #[error("cannot read {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("template {name} in {path}: {message}")]
+    Template { name: String, path: PathBuf, message: String },
+    #[error("strings file {path}: {message}")]
+    Strings { path: PathBuf, message: String },
+    #[error("no template {0}")]
+    MissingTemplate(String),
+    #[error("rendering {name} failed: {message}")]
+    Render { name: String, message: String },
+    #[error("asset not found")]
+    AssetNotFound,
+}
+
+/// The languages themes carry strings for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Locale {
+    ZhCn,
+    En,
+}
+
+impl Locale {
+    pub const ALL: [Locale; 2] = [Locale::ZhCn, Locale::En];
+
+    pub fn tag(self) -> &'static str {
+        match self {
+            Self::ZhCn => "zh-CN",
+            Self::En => "en",
+        }
+    }
+
+    /// The best supported language for an `Accept-Language` header, by quality then order;
+    /// Chinese when the header names none we carry, since that is who the platform serves.
+    pub fn negotiate(accept_language: Option<&str>) -> Self {
+        let Some(header) = accept_language else {
+            return Self::ZhCn;
+        };
+        let mut best: Option<(f32, Locale)> = None;
+        for item in header.split(',') {
+            let mut parts = item.trim().split(';');
+            let tag = parts.next().unwrap_or("").trim().to_ascii_lowercase();
+            let quality = parts
+                .find_map(|p| p.trim().strip_prefix("q=").and_then(|q| q.parse::<f32>().ok()))
+                .unwrap_or(1.0);
+            let locale = if tag == "zh" || tag.starts_with("zh-") {
+                Locale::ZhCn
+            } else if tag == "en" || tag.starts_with("en-") {
+                Locale::En
+            } else {
+                continue;
+            };
+            if quality > 0.0 && best.is_none_or(|(q, _)| quality > q) {
+                best = Some((quality, locale));
+            }
+        }
+        best.map_or(Self::ZhCn, |(_, locale)| locale)
+    }
+}
+
+/// A static file of a theme, ready to send.
+#[derive(Debug)]
+pub struct Asset {
+    pub bytes: Vec<u8>,
+    pub content_type: &'static str,
+    /// A validator derived from the file's size and modification time.
+    pub etag: String,
+}
+
+struct Theme {
+    registry: Handlebars<'static>,
+    /// Strings per locale, already merged over `default`'s.
+    strings: HashMap<Locale, Value>,
+}
+
+/// Every theme found under the themes folder, loaded once (and re-read per render in reload mode).
+#[derive(Clone)]
+pub struct Themes {
+    dir: PathBuf,
+    reload: bool,
+    themes: Arc<HashMap<String, Theme>>,
+}
+
+impl std::fmt::Debug for Themes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Themes")
+            .field("dir", &self.dir)
+            .field("reload", &self.reload)
+            .field("themes", &self.names())
+            .finish()
+    }
+}
+
+impl Themes {
+    /// Loads every theme folder under `dir`; fails when `default` is missing or any template
+    /// does not parse, so a broken theme is found at start-up rather than by a visitor.
+    pub fn load(dir: &Path, reload: bool) -> Result<Self, Error> {
+        let default_dir = dir.join(DEFAULT_THEME);
+        if !default_dir.is_dir() {
+            return Err(Error::NoDefaultTheme(dir.to_owned()));
+        }
+        let default_strings = load_strings(&default_dir, None)?;
+        let mut themes = HashMap::new();
+        let entries = std::fs::read_dir(dir).map_err(|source| Error::Io { path: dir.to_owned(), source })?;
+        for entry in entries {
+            let entry = entry.map_err(|source| Error::Io { path: dir.to_owned(), source })?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !entry.path().is_dir() || !is_valid_name(&name) {
+                continue;
+            }
+            let mut registry = Handlebars::new();
+            registry.set_dev_mode(reload);
+            registry.set_prevent_indent(true);
+            register_templates(&mut registry, &default_dir)?;
+            if name != DEFAULT_THEME {
+                register_templates(&mut registry, &entry.path())?;
+            }
+            let strings = if name == DEFAULT_THEME {
+                default_strings.clone()
+            } else {
+                load_strings(&entry.path(), Some(&default_strings))?
+            };
+            themes.insert(name, Theme { registry, strings });
+        }
+        Ok(Self { dir: dir.to_owned(), reload, themes: Arc::new(themes) })
+    }
+
+    pub fn names(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = self.themes.keys().map(String::as_str).collect();
+        names.sort_unstable();
+        names
+    }
+
+    /// The theme's own name if it exists, else `default`: a partner whose theme was removed
+    /// still gets pages.
+    pub fn resolve<'a>(&'a self, name: &'a str) -> &'a str {
+        if self.themes.contains_key(name) { name } else { DEFAULT_THEME }
+    }
+
+    pub fn has_template(&self, theme: &str, name: &str) -> bool {
+        self.theme(theme).is_some_and(|t| t.registry.has_template(name))
+    }
+
+    /// Renders `pages/<page>` of `theme` for `locale`. The template sees `data`'s fields plus
+    /// `t` (the strings), `lang`, `theme` and `assets` (the URL prefix of the theme's files).
+    pub fn render_page(&self, theme: &str, page: &str, locale: Locale, data: Value) -> Result<String, Error> {
+        let name = format!("pages/{page}");
+        let theme_name = self.resolve(theme);
+        let Some(theme) = self.theme(theme_name) else {
+            return Err(Error::MissingTemplate(name));
+        };
+        if !theme.registry.has_template(&name) {
+            return Err(Error::MissingTemplate(name));
+        }
+        let strings = if self.reload {
+            self.reload_strings(theme_name, locale)?
+        } else {
+            theme.strings.get(&locale).cloned().unwrap_or(Value::Null)
+        };
+        let mut root = match data {
+            Value::Object(map) => map,
+            Value::Null => Map::new(),
+            other => Map::from_iter([("data".to_owned(), other)]),
+        };
+        root.insert("t".into(), strings);
+        root.insert("lang".into(), locale.tag().into());
+        root.insert("theme".into(), theme_name.into());
+        root.insert("assets".into(), format!("/static/{theme_name}").into());
+        theme
+            .registry
+            .render(&name, &Value::Object(root))
+            .map_err(|e| Error::Render { name, message: e.to_string() })
+    }
+
+    /// A static file from `themes/<theme>/assets/`, falling back to `default`'s. The path is
+    /// relative and may not climb out of the assets folder.
+    pub async fn asset(&self, theme: &str, path: &str) -> Result<Asset, Error> {
+        let relative = safe_relative(path).ok_or(Error::AssetNotFound)?;
+        for name in [self.resolve(theme), DEFAULT_THEME] {
+            let file = self.dir.join(name).join("assets").join(&relative);
+            let Ok(meta) = tokio::fs::metadata(&file).await else { continue };
+            if !meta.is_file() {
+                continue;
+            }
+            let bytes = tokio::fs::read(&file).await.map_err(|source| Error::Io { path: file.clone(), source })?;
+            let modified = meta
+                .modified()
+                .ok()
+                .and_then(|m| m.duration_since(std::time::UNIX_EPOCH).ok())
+                .map_or(0, |d| d.as_secs());
+            return Ok(Asset {
+                content_type: content_type(&relative),
+                etag: format!("\"{:x}-{:x}\"", meta.len(), modified),
+                bytes,
+            });
+        }
+        Err(Error::AssetNotFound)
+    }
+
+    fn theme(&self, name: &str) -> Option<&Theme> {
+        self.themes.get(name)
+    }
+
+    fn reload_strings(&self, theme: &str, locale: Locale) -> Result<Value, Error> {
+        let defaults = load_strings(&self.dir.join(DEFAULT_THEME), None)?;
+        let strings = if theme == DEFAULT_THEME {
+            defaults
+        } else {
+            load_strings(&self.dir.join(theme), Some(&defaults))?
+        };
+        Ok(strings.get(&locale).cloned().unwrap_or(Value::Null))
+    }
+}
+
+fn is_valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+}
+
+fn register_templates(registry: &mut Handlebars<'static>, theme_dir: &Path) -> Result<(), Error> {
+    for folder in TEMPLATE_DIRS {
+        let dir = theme_dir.join(folder);
+        if !dir.is_dir() {
+            continue;
+        }
+        let mut files = Vec::new();
+        collect_files(&dir, &mut files)?;
+        for file in files {
+            if file.extension().and_then(|e| e.to_str()) != Some("hbs") {
+                continue;
+            }
+            let Ok(relative) = file.strip_prefix(&dir) else { continue };
+            let stem = relative.with_extension("");
+            let name = format!("{folder}/{}", stem.to_string_lossy().replace('\\', "/"));
+            registry.register_template_file(&name, &file).map_err(|e| Error::Template {
+                name: name.clone(),
+                path: file.clone(),
+                message: e.to_string(),
+            })?;
+        }
+    }
+    Ok(())
+}
+
+fn collect_files(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), Error> {
+    let entries = std::fs::read_dir(dir).map_err(|source| Error::Io { path: dir.to_owned(), source })?;
+    for entry in entries {
+        let path = entry.map_err(|source| Error::Io { path: dir.to_owned(), source })?.path();
+        if path.is_dir() {
+            collect_files(&path, out)?;
+        } else {
+            out.push(path);
+        }
+    }
+    Ok(())
+}
+
+/// Reads `locales/<tag>.toml` for every locale, each merged over `base` when given.
+fn load_strings(theme_dir: &Path, base: Option<&HashMap<Locale, Value>>) -> Result<HashMap<Locale, Value>, Error> {
+    let mut strings = HashMap::new();
+    for locale in Locale::ALL {
+        let path = theme_dir.join("locales").join(format!("{}.toml", locale.tag()));
+        let mut value = base.and_then(|b| b.get(&locale).cloned()).unwrap_or(Value::Object(Map::new()));
+        if path.is_file() {
+            let text = std::fs::read_to_string(&path).map_err(|source| Error::Io { path: path.clone(), source })?;
+            let table: toml::Table =
+                toml::from_str(&text).map_err(|e| Error::Strings { path: path.clone(), message: e.to_string() })?;
+            let own = serde_json::to_value(table)
+                .map_err(|e| Error::Strings { path: path.clone(), message: e.to_string() })?;
+            merge(&mut value, own);
+        }
+        strings.insert(locale, value);
+    }
+    Ok(strings)
+}
+
+/// Deep-merges `over` into `base`: tables merge key by key, anything else replaces.
+fn merge(base: &mut Value, over: Value) {
+    match (base, over) {
+        (Value::Object(base), Value::Object(over)) => {
+            for (key, value) in over {
+                match base.get_mut(&key) {
+                    Some(existing) => merge(existing, value),
+                    None => {
+                        base.insert(key, value);
+                    }
+                }
+            }
+        }
+        (base, over) => *base = over,
+    }
+}
+
+/// `path` as a relative path of plain components, or `None` if it is absolute, empty or climbs.
+fn safe_relative(path: &str) -> Option<PathBuf> {
+    if path.is_empty() || path.contains('\\') || path.contains('\0') {
+        return None;
+    }
+    let mut out = PathBuf::new();
+    for component in Path::new(path).components() {
+        match component {
+            Component::Normal(part) => out.push(part),
+            Component::CurDir => {}
+            _ => return None,
+        }
+    }
+    if out.as_os_str().is_empty() { None } else { Some(out) }
+}
+
+fn content_type(path: &Path) -> &'static str {
+    match path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref() {
+        Some("css") => "text/css; charset=utf-8",
+        Some("js" | "mjs") => "text/javascript; charset=utf-8",
+        Some("json") => "application/json",
+        Some("svg") => "image/svg+xml",
+        Some("png") => "image/png",
+        Some("jpg" | "jpeg") => "image/jpeg",
+        Some("gif") => "image/gif",
+        Some("webp") => "image/webp",
+        Some("ico") => "image/x-icon",
+        Some("woff2") => "font/woff2",
+        Some("woff") => "font/woff",
+        Some("txt") => "text/plain; charset=utf-8",
+        _ => "application/octet-stream",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn write(dir: &Path, path: &str, text: &str) {
+        let file = dir.join(path);
+        std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+        std::fs::write(file, text).unwrap();
+    }
+
+    fn fixture() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        write(root, "default/layouts/base.hbs", "<main>{{> content}}</main>");
+        write(root, "default/pages/hello.hbs", "{{#> layouts/base}}{{#*inline \"content\"}}{{t.greeting}} {{name}}{{/inline}}{{/layouts/base}}");
+        write(root, "default/pages/other.hbs", "default other");
+        write(root, "default/locales/en.toml", "greeting = \"Hello\"\nfarewell = \"Bye\"\n");
+        write(root, "default/locales/zh-CN.toml", "greeting = \"你好\"\nfarewell = \"再见\"\n");
+        write(root, "default/assets/site.css", "body{}");
+        write(root, "acme/pages/other.hbs", "acme other {{t.farewell}}");
+        write(root, "acme/locales/en.toml", "farewell = \"See you\"\n");
+        dir
+    }
+
+    #[test]
+    fn output_is_escaped_and_strings_follow_the_locale() {
+        let dir = fixture();
+        let themes = Themes::load(dir.path(), false).unwrap();
+        let html = themes.render_page("default", "hello", Locale::En, json!({"name": "<b>x</b>"})).unwrap();
+        assert_eq!(html, "<main>Hello &lt;b&gt;x&lt;/b&gt;</main>");
+        let html = themes.render_page("default", "hello", Locale::ZhCn, json!({"name": "y"})).unwrap();
+        assert_eq!(html, "<main>你好 y</main>");
+    }
+
+    #[test]
+    fn a_theme_overrides_what_it_has_and_falls_back_for_the_rest() {
+        let dir = fixture();
+        let themes = Themes::load(dir.path(), false).unwrap();
+        assert_eq!(themes.render_page("acme", "other", Locale::En, Value::Null).unwrap(), "acme other See you");
+        assert_eq!(themes.render_page("acme", "other", Locale::ZhCn, Value::Null).unwrap(), "acme other 再见");
+        let html = themes.render_page("acme", "hello", Locale::En, json!({"name": "z"})).unwrap();
+        assert_eq!(html, "<main>Hello z</main>");
+        assert_eq!(themes.resolve("gone"), DEFAULT_THEME);
+        assert_eq!(themes.render_page("gone", "other", Locale::En, Value::Null).unwrap(), "default other");
+    }
+
+    #[test]
+    fn reload_mode_picks_up_edits_without_restart() {
+        let dir = fixture();
+        let themes = Themes::load(dir.path(), true).unwrap();
+        assert_eq!(themes.render_page("default", "other", Locale::En, Value::Null).unwrap(), "default other");
+        write(dir.path(), "default/pages/other.hbs", "edited");
+        write(dir.path(), "default/locales/en.toml", "greeting = \"Hi\"\n");
+        assert_eq!(themes.render_page("default", "other", Locale::En, Value::Null).unwrap(), "edited");
+        let html = themes.render_page("default", "hello", Locale::En, json!({"name": "n"})).unwrap();
+        assert_eq!(html, "<main>Hi n</main>");
+    }
+
+    #[test]
+    fn a_missing_default_theme_is_a_start_up_error() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(matches!(Themes::load(dir.path(), false), Err(Error::NoDefaultTheme(_))));
+    }
+
+    #[tokio::test]
+    async fn assets_fall_back_to_default_and_never_leave_the_folder() {
+        let dir = fixture();
+        write(dir.path(), "secret.txt", "nope");
+        let themes = Themes::load(dir.path(), false).unwrap();
+        let asset = themes.asset("acme", "site.css").await.unwrap();
+        assert_eq!(asset.bytes, b"body{}");
+        assert_eq!(asset.content_type, "text/css; charset=utf-8");
+        for path in ["../../secret.txt", "/etc/passwd", "..", "", "a\\..\\b"] {
+            assert!(matches!(themes.asset("acme", path).await, Err(Error::AssetNotFound)), "{path}");
+        }
+    }
+
+    #[test]
+    fn accept_language_picks_the_best_supported_locale() {
+        assert_eq!(Locale::negotiate(None), Locale::ZhCn);
+        assert_eq!(Locale::negotiate(Some("en-US,en;q=0.9")), Locale::En);
+        assert_eq!(Locale::negotiate(Some("fr, en;q=0.5, zh-CN;q=0.8")), Locale::ZhCn);
+        assert_eq!(Locale::negotiate(Some("de")), Locale::ZhCn);
+        assert_eq!(Locale::negotiate(Some("zh-TW;q=0, en")), Locale::En);
+    }
+}

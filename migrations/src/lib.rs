@@ -1,0 +1,18 @@
+//! The Trellis schema as an ordered list of migrations, the same on SQLite and PostgreSQL.
+//!
+//! Invariant: a migration, once released, never changes; new schema is a new file named
+//! `mYYYYMMDD_NNNNNN_<verb>_<object>.rs`, appended to [`Migrator::migrations`].
+
+pub use sea_orm_migration::prelude::*;
+
+mod m20261125_000001_create_tenancy;
+
+/// Every migration of the engine, oldest first.
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(m20261125_000001_create_tenancy::Migration)]
+    }
+}
