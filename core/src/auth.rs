@@ -62,7 +62,9 @@ pub fn verify_password(password: &SecretString, stored: &str) -> bool {
     let Ok(parsed) = PasswordHash::new(stored) else {
         return false;
     };
-    Argon2::default().verify_password(password.expose_secret().as_bytes(), &parsed).is_ok()
+    Argon2::default()
+        .verify_password(password.expose_secret().as_bytes(), &parsed)
+        .is_ok()
 }
 
 /// Creates a platform administrator; the bootstrap path behind `trellis admin create`.
@@ -74,7 +76,12 @@ pub async fn create_platform_admin(
     let email = tenancy::normalize_email(email)?;
     let hash = hash_password(password)?;
     let platform = tenancy::ensure_platform(db).await?;
-    if users::Entity::find().filter(users::Column::Email.eq(&email)).one(db).await?.is_some() {
+    if users::Entity::find()
+        .filter(users::Column::Email.eq(&email))
+        .one(db)
+        .await?
+        .is_some()
+    {
         return Err(Error::EmailTaken(email));
     }
     let now = Utc::now();
@@ -107,7 +114,10 @@ mod tests {
         assert_ne!(first, second, "each hash has its own salt");
         assert!(!first.contains("correct horse"));
         assert!(verify_password(&password, &first));
-        assert!(!verify_password(&SecretString::from("correct horse battery!"), &first));
+        assert!(!verify_password(
+            &SecretString::from("correct horse battery!"),
+            &first
+        ));
         assert!(!verify_password(&password, "not a phc string"));
     }
 

@@ -121,7 +121,9 @@ fn run(cli: Cli) -> Result<(), Failure> {
 
 async fn execute(command: Command, config: Config) -> Result<(), Failure> {
     match command {
-        Command::Config { command: ConfigCommand::Show } => {
+        Command::Config {
+            command: ConfigCommand::Show,
+        } => {
             print!("{}", config.redacted_toml());
             Ok(())
         }
@@ -142,16 +144,26 @@ async fn execute(command: Command, config: Config) -> Result<(), Failure> {
             db.close().await;
             Ok(())
         }
-        Command::Admin { command: AdminCommand::Create { email, password_stdin: _ } } => {
+        Command::Admin {
+            command:
+                AdminCommand::Create {
+                    email,
+                    password_stdin: _,
+                },
+        } => {
             let password = read_password_line()?;
-            let email = tenancy::normalize_email(&email).map_err(|e| Failure::Usage(e.to_string()))?;
+            let email =
+                tenancy::normalize_email(&email).map_err(|e| Failure::Usage(e.to_string()))?;
             crate::auth::validate_password(&password).map_err(|e| Failure::Usage(e.to_string()))?;
             let db = connect(&config).await?;
             db.migrate().await.map_err(runtime)?;
             let user = crate::auth::create_platform_admin(&db.conn, &email, &password)
                 .await
                 .map_err(runtime)?;
-            println!("created platform administrator {} ({})", user.email, user.id);
+            println!(
+                "created platform administrator {} ({})",
+                user.email, user.id
+            );
             db.close().await;
             Ok(())
         }
@@ -165,7 +177,11 @@ async fn execute(command: Command, config: Config) -> Result<(), Failure> {
                     tracing::info!(applied, "migrations applied");
                 }
             }
-            let state = AppState { config: Arc::new(config), db: db.clone(), themes };
+            let state = AppState {
+                config: Arc::new(config),
+                db: db.clone(),
+                themes,
+            };
             let result = http::serve(state).await;
             db.close().await;
             result.map_err(Failure::from)
@@ -199,11 +215,19 @@ fn init_tracing(config: &Config) {
     use tracing_subscriber::EnvFilter;
     // `Config::load` validated the filter already; the fallback only guards against a race.
     let filter = EnvFilter::try_new(&config.log.level).unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     let result = match config.log.format {
-        LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).try_init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .try_init(),
         LogFormat::Compact => builder.compact().with_ansi(false).try_init(),
-        LogFormat::Pretty => builder.with_ansi(std::io::stderr().is_terminal()).try_init(),
+        LogFormat::Pretty => builder
+            .with_ansi(std::io::stderr().is_terminal())
+            .try_init(),
     };
     if let Err(error) = result {
         eprintln!("warning: logging was already initialised: {error}");

@@ -141,27 +141,55 @@ struct DefaultThemes {
 
 const DEFAULTS: Defaults = Defaults {
     data_dir: "./data",
-    http: DefaultHttp { listen: "127.0.0.1:8080", body_limit: 1024 * 1024, shutdown_grace_secs: 30 },
-    database: DefaultDatabase { url: "", auto_migrate: true, max_connections: 8, busy_timeout_ms: 5_000 },
-    log: DefaultLog { level: "info", format: LogFormat::Pretty },
+    http: DefaultHttp {
+        listen: "127.0.0.1:8080",
+        body_limit: 1024 * 1024,
+        shutdown_grace_secs: 30,
+    },
+    database: DefaultDatabase {
+        url: "",
+        auto_migrate: true,
+        max_connections: 8,
+        busy_timeout_ms: 5_000,
+    },
+    log: DefaultLog {
+        level: "info",
+        format: LogFormat::Pretty,
+    },
     secrets: DefaultSecrets {},
-    themes: DefaultThemes { dir: "./themes", reload: false },
+    themes: DefaultThemes {
+        dir: "./themes",
+        reload: false,
+    },
 };
 
 /// The configuration file named by `TRELLIS_CONFIG`, if any. `--config` wins over it.
-#[allow(clippy::disallowed_methods, reason = "this module is the one that reads the environment")]
+#[allow(
+    clippy::disallowed_methods,
+    reason = "this module is the one that reads the environment"
+)]
 pub fn config_file_from_env() -> Option<PathBuf> {
-    std::env::var_os("TRELLIS_CONFIG").filter(|v| !v.is_empty()).map(PathBuf::from)
+    std::env::var_os("TRELLIS_CONFIG")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
 }
 
 /// The PostgreSQL URL the test-suite runs its second database leg against, if any.
-#[allow(clippy::disallowed_methods, reason = "this module is the one that reads the environment")]
+#[allow(
+    clippy::disallowed_methods,
+    reason = "this module is the one that reads the environment"
+)]
 pub fn test_database_url_from_env() -> Option<String> {
-    std::env::var("TRELLIS_TEST_DATABASE_URL").ok().filter(|v| !v.is_empty())
+    std::env::var("TRELLIS_TEST_DATABASE_URL")
+        .ok()
+        .filter(|v| !v.is_empty())
 }
 
 /// Whether the test-suite should print the engine's logs.
-#[allow(clippy::disallowed_methods, reason = "this module is the one that reads the environment")]
+#[allow(
+    clippy::disallowed_methods,
+    reason = "this module is the one that reads the environment"
+)]
 pub fn test_log_from_env() -> bool {
     std::env::var_os("TRELLIS_TEST_LOG").is_some()
 }
@@ -176,7 +204,11 @@ impl Config {
             }
             figment = figment.merge(Toml::file_exact(file));
         }
-        figment = figment.merge(Env::prefixed("TRELLIS_").ignore(NON_KEY_VARIABLES).split("__"));
+        figment = figment.merge(
+            Env::prefixed("TRELLIS_")
+                .ignore(NON_KEY_VARIABLES)
+                .split("__"),
+        );
         let mut config: Config = figment.extract().map_err(|e| Error::Invalid(describe(e)))?;
         config.validate()?;
         if config.database.url.expose_secret().trim().is_empty() {
@@ -209,7 +241,10 @@ impl Config {
         if let Some(key) = &self.secrets.master_key
             && decode_master_key(key).is_none()
         {
-            return invalid("secrets.master_key", "must be the base64 of exactly 32 bytes");
+            return invalid(
+                "secrets.master_key",
+                "must be the base64 of exactly 32 bytes",
+            );
         }
         Ok(())
     }
@@ -260,7 +295,10 @@ impl fmt::Display for DatabaseKind {
     }
 }
 
-fn serialize_redacted_url<S: serde::Serializer>(url: &SecretString, s: S) -> Result<S::Ok, S::Error> {
+fn serialize_redacted_url<S: serde::Serializer>(
+    url: &SecretString,
+    s: S,
+) -> Result<S::Ok, S::Error> {
     s.serialize_str(&redact_url(url.expose_secret()))
 }
 
@@ -268,7 +306,11 @@ fn serialize_redacted<S: serde::Serializer>(
     secret: &Option<SecretString>,
     s: S,
 ) -> Result<S::Ok, S::Error> {
-    s.serialize_str(if secret.is_some() { "<redacted>" } else { "<unset>" })
+    s.serialize_str(if secret.is_some() {
+        "<redacted>"
+    } else {
+        "<unset>"
+    })
 }
 
 /// A database URL safe to print: the password (and any query string, which may hold one) hidden.
@@ -294,7 +336,9 @@ pub fn redact_url(raw: &str) -> String {
 /// The 32-byte master key, or `None` when it is not base64 of exactly 32 bytes.
 pub fn decode_master_key(key: &SecretString) -> Option<[u8; 32]> {
     use base64::Engine as _;
-    let bytes = base64::engine::general_purpose::STANDARD.decode(key.expose_secret().trim()).ok()?;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(key.expose_secret().trim())
+        .ok()?;
     bytes.try_into().ok()
 }
 
@@ -304,7 +348,11 @@ fn describe(error: figment::Error) -> String {
     error
         .into_iter()
         .map(|e| {
-            let key = if e.path.is_empty() { None } else { Some(e.path.join(".")) };
+            let key = if e.path.is_empty() {
+                None
+            } else {
+                Some(e.path.join("."))
+            };
             let what = match &e.kind {
                 figment::error::Kind::InvalidType(actual, expected) => {
                     format!("expected {expected}, found {}", actual_kind(actual))
@@ -320,7 +368,10 @@ fn describe(error: figment::Error) -> String {
                     return format!("{key}: unknown key");
                 }
                 figment::error::Kind::UnknownVariant(variant, expected) => {
-                    format!("unknown value {variant:?}, expected one of {}", expected.join(", "))
+                    format!(
+                        "unknown value {variant:?}, expected one of {}",
+                        expected.join(", ")
+                    )
                 }
                 figment::error::Kind::MissingField(field) => {
                     let key = match &key {
@@ -366,7 +417,10 @@ fn actual_kind(actual: &figment::error::Actual) -> &'static str {
 }
 
 #[cfg(test)]
-#[allow(clippy::result_large_err, reason = "figment::Jail's closures return figment's own error type")]
+#[allow(
+    clippy::result_large_err,
+    reason = "figment::Jail's closures return figment's own error type"
+)]
 mod tests {
     use super::*;
 
@@ -380,7 +434,10 @@ mod tests {
             let config = Config::load(None).map_err(|e| e.to_string())?;
             assert_eq!(config.http.listen.to_string(), "127.0.0.1:8080");
             assert_eq!(config.http.body_limit, 1024 * 1024);
-            assert_eq!(config.database.url.expose_secret(), "sqlite://./data/trellis.db");
+            assert_eq!(
+                config.database.url.expose_secret(),
+                "sqlite://./data/trellis.db"
+            );
             assert_eq!(config.database_kind(), DatabaseKind::Sqlite);
             assert_eq!(config.log.format, LogFormat::Pretty);
             Ok(())
@@ -402,7 +459,8 @@ mod tests {
                 "#,
             )?;
             jail.set_env("TRELLIS_HTTP__LISTEN", "127.0.0.1:9100");
-            let config = Config::load(Some(Path::new("trellis.toml"))).map_err(|e| e.to_string())?;
+            let config =
+                Config::load(Some(Path::new("trellis.toml"))).map_err(|e| e.to_string())?;
             assert_eq!(config.http.listen.port(), 9100, "env beats file");
             assert_eq!(config.http.body_limit, 2048, "file beats default");
             assert_eq!(config.log.format, LogFormat::Json);
@@ -427,7 +485,8 @@ mod tests {
             )?;
             let key = "rxdDeQt/WK1uQUgQy7DkCIKU/VZNEnlqiyU+e660LzQ=";
             jail.set_env("TRELLIS_SECRETS__MASTER_KEY", key);
-            let config = Config::load(Some(Path::new("trellis.toml"))).map_err(|e| e.to_string())?;
+            let config =
+                Config::load(Some(Path::new("trellis.toml"))).map_err(|e| e.to_string())?;
             assert_eq!(config.database_kind(), DatabaseKind::Postgres);
             let debug = format!("{config:?}");
             let shown = config.redacted_toml();
@@ -435,7 +494,10 @@ mod tests {
                 assert!(!text.contains("file-password"), "{text}");
                 assert!(!text.contains(key), "{text}");
             }
-            assert!(shown.contains("postgres://app:%3Credacted%3E@db.internal:5432/trellis"), "{shown}");
+            assert!(
+                shown.contains("postgres://app:%3Credacted%3E@db.internal:5432/trellis"),
+                "{shown}"
+            );
             Ok(())
         });
     }
@@ -444,7 +506,10 @@ mod tests {
     fn a_bad_value_fails_naming_the_key() {
         with_jail(|jail| {
             jail.set_env("TRELLIS_HTTP__LISTEN", "not-an-address");
-            let error = Config::load(None).err().map(|e| e.to_string()).unwrap_or_default();
+            let error = Config::load(None)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
             assert!(error.contains("http.listen"), "{error}");
             Ok(())
         });
@@ -467,7 +532,10 @@ mod tests {
     fn a_master_key_of_the_wrong_length_is_refused_without_echoing_it() {
         with_jail(|jail| {
             jail.set_env("TRELLIS_SECRETS__MASTER_KEY", "dG9vLXNob3J0");
-            let error = Config::load(None).err().map(|e| e.to_string()).unwrap_or_default();
+            let error = Config::load(None)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
             assert!(error.contains("secrets.master_key"), "{error}");
             assert!(!error.contains("dG9vLXNob3J0"), "{error}");
             Ok(())
@@ -478,7 +546,10 @@ mod tests {
     fn an_unsupported_database_scheme_is_refused_without_echoing_the_url() {
         with_jail(|jail| {
             jail.set_env("TRELLIS_DATABASE__URL", "mysql://root:hunter2@localhost/db");
-            let error = Config::load(None).err().map(|e| e.to_string()).unwrap_or_default();
+            let error = Config::load(None)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
             assert!(error.contains("database.url"), "{error}");
             assert!(!error.contains("hunter2"), "{error}");
             Ok(())

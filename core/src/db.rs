@@ -11,7 +11,9 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use sea_orm::sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
-use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbErr, TransactionTrait};
+use sea_orm::{
+    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbErr, TransactionTrait,
+};
 use sea_orm_migration::MigratorTrait;
 use secrecy::ExposeSecret;
 use trellis_migrations::Migrator;
@@ -27,7 +29,10 @@ pub enum Error {
     #[error("cannot open database {url}: {source}")]
     Connect { url: String, source: DbErr },
     #[error("cannot create the database folder {path}: {source}")]
-    CreateDir { path: PathBuf, source: std::io::Error },
+    CreateDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("invalid SQLite database URL {url}: {message}")]
     BadSqliteUrl { url: String, message: String },
     #[error("migration failed: {0}")]
@@ -70,8 +75,10 @@ impl Db {
             let file = parsed.get_filename().to_owned();
             if !is_memory(&file) {
                 if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
-                    std::fs::create_dir_all(dir)
-                        .map_err(|source| Error::CreateDir { path: dir.to_owned(), source })?;
+                    std::fs::create_dir_all(dir).map_err(|source| Error::CreateDir {
+                        path: dir.to_owned(),
+                        source,
+                    })?;
                 }
                 sqlite_file = Some(file);
             }
@@ -86,31 +93,46 @@ impl Db {
         }
         let conn = Database::connect(options)
             .await
-            .map_err(|source| Error::Connect { url: redact_url(&url), source })?;
-        Ok(Self { conn, kind, sqlite_file })
+            .map_err(|source| Error::Connect {
+                url: redact_url(&url),
+                source,
+            })?;
+        Ok(Self {
+            conn,
+            kind,
+            sqlite_file,
+        })
     }
 
     /// Applies every pending migration; returns how many ran. Safe to call from several
     /// processes at once: PostgreSQL serialises them under an advisory lock in one transaction.
     pub async fn migrate(&self) -> Result<usize, Error> {
-        let pending = Migrator::get_pending_migrations(&self.conn).await.map_err(Error::Migrate)?;
+        let pending = Migrator::get_pending_migrations(&self.conn)
+            .await
+            .map_err(Error::Migrate)?;
         if pending.is_empty() {
             return Ok(0);
         }
         match self.kind {
             DatabaseKind::Postgres => {
                 let txn = self.conn.begin().await.map_err(Error::Migrate)?;
-                txn.execute_unprepared(&format!("SELECT pg_advisory_xact_lock({MIGRATION_LOCK_KEY})"))
+                txn.execute_unprepared(&format!(
+                    "SELECT pg_advisory_xact_lock({MIGRATION_LOCK_KEY})"
+                ))
+                .await
+                .map_err(Error::Migrate)?;
+                let still_pending = Migrator::get_pending_migrations(&txn)
                     .await
-                    .map_err(Error::Migrate)?;
-                let still_pending =
-                    Migrator::get_pending_migrations(&txn).await.map_err(Error::Migrate)?.len();
+                    .map_err(Error::Migrate)?
+                    .len();
                 Migrator::up(&txn, None).await.map_err(Error::Migrate)?;
                 txn.commit().await.map_err(Error::Migrate)?;
                 Ok(still_pending)
             }
             DatabaseKind::Sqlite => {
-                Migrator::up(&self.conn, None).await.map_err(Error::Migrate)?;
+                Migrator::up(&self.conn, None)
+                    .await
+                    .map_err(Error::Migrate)?;
                 Ok(pending.len())
             }
         }
@@ -118,7 +140,9 @@ impl Db {
 
     /// How many migrations this binary knows that the database has not applied.
     pub async fn pending_migrations(&self) -> Result<usize, Error> {
-        Ok(Migrator::get_pending_migrations_read_only(&self.conn).await?.len())
+        Ok(Migrator::get_pending_migrations_read_only(&self.conn)
+            .await?
+            .len())
     }
 
     /// Ready means: the database answers, it is the one we opened, and its schema is current.

@@ -41,9 +41,15 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(readyz))
         .route("/static/{theme}/{*path}", get(static_asset))
         .fallback(not_found)
-        .layer(axum::middleware::from_fn_with_state(state.clone(), middleware::limit_body))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            middleware::limit_body,
+        ))
         .layer(CatchPanicLayer::custom(middleware::panic_response))
-        .layer(axum::middleware::from_fn_with_state(state.clone(), middleware::error_pages))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            middleware::error_pages,
+        ))
         .layer(axum::middleware::from_fn(middleware::observe))
         .with_state(state)
 }
@@ -56,7 +62,8 @@ async fn healthz() -> Json<serde_json::Value> {
 /// Readiness: the database answers and its schema is the one this binary expects.
 async fn readyz(State(state): State<AppState>) -> Response {
     match state.db.check_ready().await {
-        Ok(()) => Json(json!({ "status": "ready", "database": state.db.kind.to_string() })).into_response(),
+        Ok(()) => Json(json!({ "status": "ready", "database": state.db.kind.to_string() }))
+            .into_response(),
         Err(error) => {
             tracing::warn!(%error, "not ready");
             let reason = match error {
@@ -70,9 +77,18 @@ async fn readyz(State(state): State<AppState>) -> Response {
 }
 
 async fn home(State(state): State<AppState>, headers: HeaderMap) -> Result<Html<String>, ApiError> {
-    let locale = Locale::negotiate(headers.get(header::ACCEPT_LANGUAGE).and_then(|v| v.to_str().ok()));
+    let locale = Locale::negotiate(
+        headers
+            .get(header::ACCEPT_LANGUAGE)
+            .and_then(|v| v.to_str().ok()),
+    );
     let data = json!({ "version": env!("CARGO_PKG_VERSION") });
-    Ok(Html(state.themes.render_page(DEFAULT_THEME, "home", locale, data)?))
+    Ok(Html(state.themes.render_page(
+        DEFAULT_THEME,
+        "home",
+        locale,
+        data,
+    )?))
 }
 
 /// Theme files with cache validators: browsers keep them for a day and revalidate cheaply.
@@ -93,7 +109,12 @@ async fn static_asset(
     if fresh {
         return Ok((StatusCode::NOT_MODIFIED, cache).into_response());
     }
-    Ok((cache, [(header::CONTENT_TYPE, asset.content_type)], asset.bytes).into_response())
+    Ok((
+        cache,
+        [(header::CONTENT_TYPE, asset.content_type)],
+        asset.bytes,
+    )
+        .into_response())
 }
 
 async fn not_found(request: Request) -> ApiError {

@@ -54,7 +54,11 @@ pub fn normalize_email(raw: &str) -> Result<String, Error> {
             }
             None => false,
         };
-    if valid { Ok(email) } else { Err(Error::InvalidEmail(raw.trim().to_owned())) }
+    if valid {
+        Ok(email)
+    } else {
+        Err(Error::InvalidEmail(raw.trim().to_owned()))
+    }
 }
 
 /// The platform node, created on first use.
@@ -88,8 +92,19 @@ mod tests {
 
     #[test]
     fn emails_are_lowercased_and_checked() {
-        assert_eq!(normalize_email("  Ops@Example.COM ").unwrap(), "ops@example.com");
-        for bad in ["", "no-at.example.com", "@example.com", "a@b", "a@@b.com", "a b@c.com", "a@.com"] {
+        assert_eq!(
+            normalize_email("  Ops@Example.COM ").unwrap(),
+            "ops@example.com"
+        );
+        for bad in [
+            "",
+            "no-at.example.com",
+            "@example.com",
+            "a@b",
+            "a@@b.com",
+            "a b@c.com",
+            "a@.com",
+        ] {
             assert!(normalize_email(bad).is_err(), "{bad}");
         }
     }

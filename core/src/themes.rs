@@ -22,9 +22,16 @@ pub enum Error {
     #[error("theme folder {0} has no `default` theme")]
     NoDefaultTheme(PathBuf),
     #[error("cannot read {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("template {name} in {path}: {message}")]
-    Template { name: String, path: PathBuf, message: String },
+    Template {
+        name: String,
+        path: PathBuf,
+        message: String,
+    },
     #[error("strings file {path}: {message}")]
     Strings { path: PathBuf, message: String },
     #[error("no template {0}")]
@@ -63,7 +70,11 @@ impl Locale {
             let mut parts = item.trim().split(';');
             let tag = parts.next().unwrap_or("").trim().to_ascii_lowercase();
             let quality = parts
-                .find_map(|p| p.trim().strip_prefix("q=").and_then(|q| q.parse::<f32>().ok()))
+                .find_map(|p| {
+                    p.trim()
+                        .strip_prefix("q=")
+                        .and_then(|q| q.parse::<f32>().ok())
+                })
                 .unwrap_or(1.0);
             let locale = if tag == "zh" || tag.starts_with("zh-") {
                 Locale::ZhCn
@@ -123,9 +134,15 @@ impl Themes {
         }
         let default_strings = load_strings(&default_dir, None)?;
         let mut themes = HashMap::new();
-        let entries = std::fs::read_dir(dir).map_err(|source| Error::Io { path: dir.to_owned(), source })?;
+        let entries = std::fs::read_dir(dir).map_err(|source| Error::Io {
+            path: dir.to_owned(),
+            source,
+        })?;
         for entry in entries {
-            let entry = entry.map_err(|source| Error::Io { path: dir.to_owned(), source })?;
+            let entry = entry.map_err(|source| Error::Io {
+                path: dir.to_owned(),
+                source,
+            })?;
             let name = entry.file_name().to_string_lossy().into_owned();
             if !entry.path().is_dir() || !is_valid_name(&name) {
                 continue;
@@ -144,7 +161,11 @@ impl Themes {
             };
             themes.insert(name, Theme { registry, strings });
         }
-        Ok(Self { dir: dir.to_owned(), reload, themes: Arc::new(themes) })
+        Ok(Self {
+            dir: dir.to_owned(),
+            reload,
+            themes: Arc::new(themes),
+        })
     }
 
     pub fn names(&self) -> Vec<&str> {
@@ -156,16 +177,27 @@ impl Themes {
     /// The theme's own name if it exists, else `default`: a partner whose theme was removed
     /// still gets pages.
     pub fn resolve<'a>(&'a self, name: &'a str) -> &'a str {
-        if self.themes.contains_key(name) { name } else { DEFAULT_THEME }
+        if self.themes.contains_key(name) {
+            name
+        } else {
+            DEFAULT_THEME
+        }
     }
 
     pub fn has_template(&self, theme: &str, name: &str) -> bool {
-        self.theme(theme).is_some_and(|t| t.registry.has_template(name))
+        self.theme(theme)
+            .is_some_and(|t| t.registry.has_template(name))
     }
 
     /// Renders `pages/<page>` of `theme` for `locale`. The template sees `data`'s fields plus
     /// `t` (the strings), `lang`, `theme` and `assets` (the URL prefix of the theme's files).
-    pub fn render_page(&self, theme: &str, page: &str, locale: Locale, data: Value) -> Result<String, Error> {
+    pub fn render_page(
+        &self,
+        theme: &str,
+        page: &str,
+        locale: Locale,
+        data: Value,
+    ) -> Result<String, Error> {
         let name = format!("pages/{page}");
         let theme_name = self.resolve(theme);
         let Some(theme) = self.theme(theme_name) else {
@@ -191,7 +223,10 @@ impl Themes {
         theme
             .registry
             .render(&name, &Value::Object(root))
-            .map_err(|e| Error::Render { name, message: e.to_string() })
+            .map_err(|e| Error::Render {
+                name,
+                message: e.to_string(),
+            })
     }
 
     /// A static file from `themes/<theme>/assets/`, falling back to `default`'s. The path is
@@ -200,11 +235,16 @@ impl Themes {
         let relative = safe_relative(path).ok_or(Error::AssetNotFound)?;
         for name in [self.resolve(theme), DEFAULT_THEME] {
             let file = self.dir.join(name).join("assets").join(&relative);
-            let Ok(meta) = tokio::fs::metadata(&file).await else { continue };
+            let Ok(meta) = tokio::fs::metadata(&file).await else {
+                continue;
+            };
             if !meta.is_file() {
                 continue;
             }
-            let bytes = tokio::fs::read(&file).await.map_err(|source| Error::Io { path: file.clone(), source })?;
+            let bytes = tokio::fs::read(&file).await.map_err(|source| Error::Io {
+                path: file.clone(),
+                source,
+            })?;
             let modified = meta
                 .modified()
                 .ok()
@@ -237,7 +277,9 @@ impl Themes {
 fn is_valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 64
-        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
 }
 
 fn register_templates(registry: &mut Handlebars<'static>, theme_dir: &Path) -> Result<(), Error> {
@@ -252,23 +294,35 @@ fn register_templates(registry: &mut Handlebars<'static>, theme_dir: &Path) -> R
             if file.extension().and_then(|e| e.to_str()) != Some("hbs") {
                 continue;
             }
-            let Ok(relative) = file.strip_prefix(&dir) else { continue };
+            let Ok(relative) = file.strip_prefix(&dir) else {
+                continue;
+            };
             let stem = relative.with_extension("");
             let name = format!("{folder}/{}", stem.to_string_lossy().replace('\\', "/"));
-            registry.register_template_file(&name, &file).map_err(|e| Error::Template {
-                name: name.clone(),
-                path: file.clone(),
-                message: e.to_string(),
-            })?;
+            registry
+                .register_template_file(&name, &file)
+                .map_err(|e| Error::Template {
+                    name: name.clone(),
+                    path: file.clone(),
+                    message: e.to_string(),
+                })?;
         }
     }
     Ok(())
 }
 
 fn collect_files(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), Error> {
-    let entries = std::fs::read_dir(dir).map_err(|source| Error::Io { path: dir.to_owned(), source })?;
+    let entries = std::fs::read_dir(dir).map_err(|source| Error::Io {
+        path: dir.to_owned(),
+        source,
+    })?;
     for entry in entries {
-        let path = entry.map_err(|source| Error::Io { path: dir.to_owned(), source })?.path();
+        let path = entry
+            .map_err(|source| Error::Io {
+                path: dir.to_owned(),
+                source,
+            })?
+            .path();
         if path.is_dir() {
             collect_files(&path, out)?;
         } else {
@@ -279,17 +333,31 @@ fn collect_files(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), Error> {
 }
 
 /// Reads `locales/<tag>.toml` for every locale, each merged over `base` when given.
-fn load_strings(theme_dir: &Path, base: Option<&HashMap<Locale, Value>>) -> Result<HashMap<Locale, Value>, Error> {
+fn load_strings(
+    theme_dir: &Path,
+    base: Option<&HashMap<Locale, Value>>,
+) -> Result<HashMap<Locale, Value>, Error> {
     let mut strings = HashMap::new();
     for locale in Locale::ALL {
-        let path = theme_dir.join("locales").join(format!("{}.toml", locale.tag()));
-        let mut value = base.and_then(|b| b.get(&locale).cloned()).unwrap_or(Value::Object(Map::new()));
+        let path = theme_dir
+            .join("locales")
+            .join(format!("{}.toml", locale.tag()));
+        let mut value = base
+            .and_then(|b| b.get(&locale).cloned())
+            .unwrap_or(Value::Object(Map::new()));
         if path.is_file() {
-            let text = std::fs::read_to_string(&path).map_err(|source| Error::Io { path: path.clone(), source })?;
-            let table: toml::Table =
-                toml::from_str(&text).map_err(|e| Error::Strings { path: path.clone(), message: e.to_string() })?;
-            let own = serde_json::to_value(table)
-                .map_err(|e| Error::Strings { path: path.clone(), message: e.to_string() })?;
+            let text = std::fs::read_to_string(&path).map_err(|source| Error::Io {
+                path: path.clone(),
+                source,
+            })?;
+            let table: toml::Table = toml::from_str(&text).map_err(|e| Error::Strings {
+                path: path.clone(),
+                message: e.to_string(),
+            })?;
+            let own = serde_json::to_value(table).map_err(|e| Error::Strings {
+                path: path.clone(),
+                message: e.to_string(),
+            })?;
             merge(&mut value, own);
         }
         strings.insert(locale, value);
@@ -327,11 +395,20 @@ fn safe_relative(path: &str) -> Option<PathBuf> {
             _ => return None,
         }
     }
-    if out.as_os_str().is_empty() { None } else { Some(out) }
+    if out.as_os_str().is_empty() {
+        None
+    } else {
+        Some(out)
+    }
 }
 
 fn content_type(path: &Path) -> &'static str {
-    match path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref() {
+    match path
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(str::to_ascii_lowercase)
+        .as_deref()
+    {
         Some("css") => "text/css; charset=utf-8",
         Some("js" | "mjs") => "text/javascript; charset=utf-8",
         Some("json") => "application/json",
@@ -362,11 +439,27 @@ mod tests {
     fn fixture() -> tempfile::TempDir {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path();
-        write(root, "default/layouts/base.hbs", "<main>{{> content}}</main>");
-        write(root, "default/pages/hello.hbs", "{{#> layouts/base}}{{#*inline \"content\"}}{{t.greeting}} {{name}}{{/inline}}{{/layouts/base}}");
+        write(
+            root,
+            "default/layouts/base.hbs",
+            "<main>{{> content}}</main>",
+        );
+        write(
+            root,
+            "default/pages/hello.hbs",
+            "{{#> layouts/base}}{{#*inline \"content\"}}{{t.greeting}} {{name}}{{/inline}}{{/layouts/base}}",
+        );
         write(root, "default/pages/other.hbs", "default other");
-        write(root, "default/locales/en.toml", "greeting = \"Hello\"\nfarewell = \"Bye\"\n");
-        write(root, "default/locales/zh-CN.toml", "greeting = \"你好\"\nfarewell = \"再见\"\n");
+        write(
+            root,
+            "default/locales/en.toml",
+            "greeting = \"Hello\"\nfarewell = \"Bye\"\n",
+        );
+        write(
+            root,
+            "default/locales/zh-CN.toml",
+            "greeting = \"你好\"\nfarewell = \"再见\"\n",
+        );
         write(root, "default/assets/site.css", "body{}");
         write(root, "acme/pages/other.hbs", "acme other {{t.farewell}}");
         write(root, "acme/locales/en.toml", "farewell = \"See you\"\n");
@@ -377,9 +470,13 @@ mod tests {
     fn output_is_escaped_and_strings_follow_the_locale() {
         let dir = fixture();
         let themes = Themes::load(dir.path(), false).unwrap();
-        let html = themes.render_page("default", "hello", Locale::En, json!({"name": "<b>x</b>"})).unwrap();
+        let html = themes
+            .render_page("default", "hello", Locale::En, json!({"name": "<b>x</b>"}))
+            .unwrap();
         assert_eq!(html, "<main>Hello &lt;b&gt;x&lt;/b&gt;</main>");
-        let html = themes.render_page("default", "hello", Locale::ZhCn, json!({"name": "y"})).unwrap();
+        let html = themes
+            .render_page("default", "hello", Locale::ZhCn, json!({"name": "y"}))
+            .unwrap();
         assert_eq!(html, "<main>你好 y</main>");
     }
 
@@ -387,30 +484,62 @@ mod tests {
     fn a_theme_overrides_what_it_has_and_falls_back_for_the_rest() {
         let dir = fixture();
         let themes = Themes::load(dir.path(), false).unwrap();
-        assert_eq!(themes.render_page("acme", "other", Locale::En, Value::Null).unwrap(), "acme other See you");
-        assert_eq!(themes.render_page("acme", "other", Locale::ZhCn, Value::Null).unwrap(), "acme other 再见");
-        let html = themes.render_page("acme", "hello", Locale::En, json!({"name": "z"})).unwrap();
+        assert_eq!(
+            themes
+                .render_page("acme", "other", Locale::En, Value::Null)
+                .unwrap(),
+            "acme other See you"
+        );
+        assert_eq!(
+            themes
+                .render_page("acme", "other", Locale::ZhCn, Value::Null)
+                .unwrap(),
+            "acme other 再见"
+        );
+        let html = themes
+            .render_page("acme", "hello", Locale::En, json!({"name": "z"}))
+            .unwrap();
         assert_eq!(html, "<main>Hello z</main>");
         assert_eq!(themes.resolve("gone"), DEFAULT_THEME);
-        assert_eq!(themes.render_page("gone", "other", Locale::En, Value::Null).unwrap(), "default other");
+        assert_eq!(
+            themes
+                .render_page("gone", "other", Locale::En, Value::Null)
+                .unwrap(),
+            "default other"
+        );
     }
 
     #[test]
     fn reload_mode_picks_up_edits_without_restart() {
         let dir = fixture();
         let themes = Themes::load(dir.path(), true).unwrap();
-        assert_eq!(themes.render_page("default", "other", Locale::En, Value::Null).unwrap(), "default other");
+        assert_eq!(
+            themes
+                .render_page("default", "other", Locale::En, Value::Null)
+                .unwrap(),
+            "default other"
+        );
         write(dir.path(), "default/pages/other.hbs", "edited");
         write(dir.path(), "default/locales/en.toml", "greeting = \"Hi\"\n");
-        assert_eq!(themes.render_page("default", "other", Locale::En, Value::Null).unwrap(), "edited");
-        let html = themes.render_page("default", "hello", Locale::En, json!({"name": "n"})).unwrap();
+        assert_eq!(
+            themes
+                .render_page("default", "other", Locale::En, Value::Null)
+                .unwrap(),
+            "edited"
+        );
+        let html = themes
+            .render_page("default", "hello", Locale::En, json!({"name": "n"}))
+            .unwrap();
         assert_eq!(html, "<main>Hi n</main>");
     }
 
     #[test]
     fn a_missing_default_theme_is_a_start_up_error() {
         let dir = tempfile::tempdir().unwrap();
-        assert!(matches!(Themes::load(dir.path(), false), Err(Error::NoDefaultTheme(_))));
+        assert!(matches!(
+            Themes::load(dir.path(), false),
+            Err(Error::NoDefaultTheme(_))
+        ));
     }
 
     #[tokio::test]
@@ -422,7 +551,10 @@ mod tests {
         assert_eq!(asset.bytes, b"body{}");
         assert_eq!(asset.content_type, "text/css; charset=utf-8");
         for path in ["../../secret.txt", "/etc/passwd", "..", "", "a\\..\\b"] {
-            assert!(matches!(themes.asset("acme", path).await, Err(Error::AssetNotFound)), "{path}");
+            assert!(
+                matches!(themes.asset("acme", path).await, Err(Error::AssetNotFound)),
+                "{path}"
+            );
         }
     }
 
@@ -430,7 +562,10 @@ mod tests {
     fn accept_language_picks_the_best_supported_locale() {
         assert_eq!(Locale::negotiate(None), Locale::ZhCn);
         assert_eq!(Locale::negotiate(Some("en-US,en;q=0.9")), Locale::En);
-        assert_eq!(Locale::negotiate(Some("fr, en;q=0.5, zh-CN;q=0.8")), Locale::ZhCn);
+        assert_eq!(
+            Locale::negotiate(Some("fr, en;q=0.5, zh-CN;q=0.8")),
+            Locale::ZhCn
+        );
         assert_eq!(Locale::negotiate(Some("de")), Locale::ZhCn);
         assert_eq!(Locale::negotiate(Some("zh-TW;q=0, en")), Locale::En);
     }

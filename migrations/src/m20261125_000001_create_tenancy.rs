@@ -145,7 +145,11 @@ impl MigrationTrait for Migration {
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        manager.drop_table(Table::drop().table(Users::Table).if_exists().to_owned()).await?;
-        manager.drop_table(Table::drop().table(Nodes::Table).if_exists().to_owned()).await
+        manager
+            .drop_table(Table::drop().table(Users::Table).if_exists().to_owned())
+            .await?;
+        manager
+            .drop_table(Table::drop().table(Nodes::Table).if_exists().to_owned())
+            .await
     }
 }

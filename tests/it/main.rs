@@ -1,1 +1,3 @@
-fn main(){}
+//! End-to-end tests: one binary, one module per area.
+
+mod foundation;

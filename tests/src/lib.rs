@@ -1,1 +1,306 @@
+//! The end-to-end harness: fresh databases (SQLite always, PostgreSQL when
+//! `TRELLIS_TEST_DATABASE_URL` is set) and the real `trellis` binary started on a free port.
+#![forbid(unsafe_code)]
 
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Once;
+use std::time::{Duration, Instant};
+
+use sea_orm::{ConnectionTrait, Database};
+
+pub use trellis_core;
+
+/// One database leg of the suite.
+#[derive(Debug)]
+pub enum TestDb {
+    Sqlite {
+        dir: tempfile::TempDir,
+    },
+    Postgres {
+        admin_url: String,
+        name: String,
+        url: String,
+    },
+}
+
+impl TestDb {
+    pub fn url(&self) -> String {
+        match self {
+            Self::Sqlite { dir } => format!("sqlite://{}", dir.path().join("trellis.db").display()),
+            Self::Postgres { url, .. } => url.clone(),
+        }
+    }
+
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::Sqlite { .. } => "sqlite",
+            Self::Postgres { .. } => "postgres",
+        }
+    }
+
+    /// The SQLite file, for tests that need to remove it.
+    pub fn sqlite_file(&self) -> Option<PathBuf> {
+        match self {
+            Self::Sqlite { dir } => Some(dir.path().join("trellis.db")),
+            Self::Postgres { .. } => None,
+        }
+    }
+
+    /// Removes the database out from under whoever uses it: the SQLite file, or the
+    /// PostgreSQL database (its sessions terminated).
+    pub async fn destroy(&self) -> anyhow::Result<()> {
+        match self {
+            Self::Sqlite { dir } => {
+                for suffix in ["", "-wal", "-shm"] {
+                    let file = dir.path().join(format!("trellis.db{suffix}"));
+                    if file.exists() {
+                        std::fs::remove_file(file)?;
+                    }
+                }
+                Ok(())
+            }
+            Self::Postgres {
+                admin_url, name, ..
+            } => {
+                let admin = Database::connect(admin_url.as_str()).await?;
+                admin
+                    .execute_unprepared(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+                    .await?;
+                admin.close().await?;
+                Ok(())
+            }
+        }
+    }
+
+    /// Drops a PostgreSQL test database; SQLite's folder goes with the value.
+    pub async fn cleanup(self) {
+        if let Self::Postgres { .. } = &self
+            && let Err(error) = self.destroy().await
+        {
+            eprintln!("warning: could not drop the test database: {error}");
+        }
+    }
+}
+
+/// A fresh, empty database for every leg this run covers: SQLite always, PostgreSQL when
+/// `TRELLIS_TEST_DATABASE_URL` names a server (each call gets a database of its own there).
+pub async fn databases() -> Vec<TestDb> {
+    let mut legs = vec![TestDb::Sqlite { dir: tempdir() }];
+    match trellis_core::config::test_database_url_from_env() {
+        Some(admin_url) => legs.push(fresh_postgres(&admin_url).await),
+        None => {
+            static SKIPPED: Once = Once::new();
+            SKIPPED.call_once(|| {
+                eprintln!("PostgreSQL leg skipped: TRELLIS_TEST_DATABASE_URL is not set");
+            });
+        }
+    }
+    legs
+}
+
+/// Only the SQLite leg, for tests about the HTTP layer rather than storage.
+pub fn sqlite() -> TestDb {
+    TestDb::Sqlite { dir: tempdir() }
+}
+
+async fn fresh_postgres(admin_url: &str) -> TestDb {
+    let name = format!("trellis_t_{}", uuid::Uuid::new_v4().simple());
+    let admin = Database::connect(admin_url)
+        .await
+        .unwrap_or_else(|e| panic!("TRELLIS_TEST_DATABASE_URL is set but unreachable: {e}"));
+    admin
+        .execute_unprepared(&format!("CREATE DATABASE \"{name}\""))
+        .await
+        .unwrap_or_else(|e| panic!("cannot create test database {name}: {e}"));
+    let _ = admin.close().await;
+    let mut url =
+        url::Url::parse(admin_url).unwrap_or_else(|e| panic!("bad TRELLIS_TEST_DATABASE_URL: {e}"));
+    url.set_path(&format!("/{name}"));
+    TestDb::Postgres {
+        admin_url: admin_url.to_owned(),
+        name,
+        url: url.to_string(),
+    }
+}
+
+pub fn tempdir() -> tempfile::TempDir {
+    tempfile::tempdir().unwrap_or_else(|e| panic!("cannot create a temporary folder: {e}"))
+}
+
+/// The repository root, where `themes/` lives.
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
+}
+
+/// The `trellis` binary cargo built beside this test binary (`target/<profile>/trellis`).
+pub fn trellis_bin() -> PathBuf {
+    let exe = std::env::current_exe().unwrap_or_else(|e| panic!("current_exe: {e}"));
+    // target/<profile>/deps/it-<hash> → target/<profile>/trellis
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .unwrap_or_else(|| Path::new("."));
+    let bin = profile_dir.join(format!("trellis{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        bin.is_file(),
+        "{} is missing: build it first (`cargo build --bin trellis`; `make test` does)",
+        bin.display()
+    );
+    bin
+}
+
+/// A `trellis` command with a clean `TRELLIS_*` environment, themes from the repository and
+/// data in `data_dir`.
+pub fn trellis_command(data_dir: &Path, database_url: &str) -> Command {
+    let mut command = Command::new(trellis_bin());
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("TRELLIS_") {
+            command.env_remove(key);
+        }
+    }
+    command
+        .current_dir(data_dir)
+        .env("TRELLIS_DATA_DIR", data_dir)
+        .env("TRELLIS_DATABASE__URL", database_url)
+        .env("TRELLIS_THEMES__DIR", workspace_root().join("themes"))
+        .env("TRELLIS_HTTP__LISTEN", "127.0.0.1:0")
+        .env("TRELLIS_LOG__FORMAT", "json")
+        .env("TRELLIS_LOG__LEVEL", "info");
+    command
+}
+
+/// A running `trellis serve`.
+pub struct Engine {
+    child: Child,
+    pub base_url: String,
+    pub data_dir: tempfile::TempDir,
+    stderr: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl Engine {
+    /// Starts `trellis serve` on the given database with extra environment, and waits until it
+    /// prints the address it listens on.
+    pub fn start(database_url: &str, env: &[(&str, &str)]) -> Self {
+        let data_dir = tempdir();
+        let mut command = trellis_command(data_dir.path(), database_url);
+        command
+            .arg("serve")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let mut child = command
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start trellis: {e}"));
+        let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        if let Some(pipe) = child.stderr.take() {
+            let sink = stderr.clone();
+            let echo = trellis_core::config::test_log_from_env();
+            std::thread::spawn(move || {
+                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                    if echo {
+                        eprintln!("[trellis] {line}");
+                    }
+                    if let Ok(mut text) = sink.lock() {
+                        text.push_str(&line);
+                        text.push('\n');
+                    }
+                }
+            });
+        }
+        let stdout = child.stdout.take().unwrap_or_else(|| panic!("no stdout"));
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(address) = line.strip_prefix("Trellis is listening on ") {
+                    let _ = tx.send(address.trim().to_owned());
+                }
+            }
+        });
+        let base_url = match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(url) => url,
+            Err(_) => {
+                let _ = child.kill();
+                let log = stderr.lock().map(|s| s.clone()).unwrap_or_default();
+                panic!("trellis did not start within 60 s; its log:\n{log}");
+            }
+        };
+        Self {
+            child,
+            base_url,
+            data_dir,
+            stderr,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base_url)
+    }
+
+    /// Everything the engine has logged so far.
+    pub fn log(&self) -> String {
+        self.stderr.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends `signal` (e.g. "TERM") and waits up to `within` for the process to exit.
+    pub fn signal_and_wait(&mut self, signal: &str, within: Duration) -> ExitStatus {
+        let status = Command::new("kill")
+            .args([format!("-{signal}"), self.child.id().to_string()])
+            .status()
+            .unwrap_or_else(|e| panic!("kill: {e}"));
+        assert!(status.success(), "kill -{signal} failed");
+        self.wait(within)
+    }
+
+    pub fn wait(&mut self, within: Duration) -> ExitStatus {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!(
+                    "trellis did not exit within {within:?}; log:\n{}",
+                    self.log()
+                );
+            }
+            // A synchronous harness helper, never called from inside the runtime.
+            #[allow(
+                clippy::disallowed_methods,
+                reason = "synchronous polling in the test harness"
+            )]
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// An HTTP client that never follows redirects and never uses a proxy.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap_or_else(|e| panic!("cannot build the HTTP client: {e}"))
+}

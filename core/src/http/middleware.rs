@@ -38,8 +38,11 @@ pub async fn observe(mut request: Request, next: Next) -> Response {
         .and_then(|v| v.to_str().ok())
         .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
         .map_or_else(|| Uuid::now_v7().to_string(), str::to_owned);
-    let header_value = HeaderValue::from_str(&id).unwrap_or_else(|_| HeaderValue::from_static("invalid"));
-    request.headers_mut().insert(REQUEST_ID, header_value.clone());
+    let header_value =
+        HeaderValue::from_str(&id).unwrap_or_else(|_| HeaderValue::from_static("invalid"));
+    request
+        .headers_mut()
+        .insert(REQUEST_ID, header_value.clone());
     request.extensions_mut().insert(RequestId(id.clone()));
 
     let method = request.method().clone();
@@ -83,7 +86,8 @@ pub async fn limit_body(State(state): State<AppState>, request: Request, next: N
             return ApiError::BadBody.into_response();
         }
     };
-    next.run(Request::from_parts(parts, Body::from(bytes))).await
+    next.run(Request::from_parts(parts, Body::from(bytes)))
+        .await
 }
 
 /// For a browser (it asks for HTML and is not calling `/api/…`), replaces our JSON error bodies
@@ -91,7 +95,10 @@ pub async fn limit_body(State(state): State<AppState>, request: Request, next: N
 pub async fn error_pages(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let wants_html = wants_html(&request);
     let locale = Locale::negotiate(
-        request.headers().get(header::ACCEPT_LANGUAGE).and_then(|v| v.to_str().ok()),
+        request
+            .headers()
+            .get(header::ACCEPT_LANGUAGE)
+            .and_then(|v| v.to_str().ok()),
     );
     let response = next.run(request).await;
     if !wants_html {
@@ -148,5 +155,9 @@ pub fn panic_response(panic: Box<dyn std::any::Any + Send + 'static>) -> Respons
         .or_else(|| panic.downcast_ref::<&str>().copied())
         .unwrap_or("non-string panic");
     tracing::error!(panic = detail, "handler panicked");
-    error_response(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error".to_owned())
+    error_response(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal",
+        "internal error".to_owned(),
+    )
 }

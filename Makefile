@@ -1,0 +1,38 @@
+# The two commands: `make run` (the engine on its embedded defaults) and `make test` (the suite).
+CARGO ?= cargo
+WASM_TARGET := wasm32-wasip2
+# Every first-party plugin crate: plugins/<name>/Cargo.toml.
+PLUGINS := $(patsubst plugins/%/Cargo.toml,%,$(wildcard plugins/*/Cargo.toml))
+
+.PHONY: run test lint fmt wasm-target plugins build
+
+## run: build what is needed and serve on SQLite at http://127.0.0.1:8080 (./data/trellis.db)
+run: plugins
+	$(CARGO) build --bin trellis
+	TRELLIS_THEMES__RELOAD=$${TRELLIS_THEMES__RELOAD:-true} ./target/debug/trellis serve
+
+## test: build the plugins for wasm32-wasip2 and run the whole suite
+## (a second database leg runs when TRELLIS_TEST_DATABASE_URL names a PostgreSQL server)
+test: plugins
+	@if [ -z "$$TRELLIS_TEST_DATABASE_URL" ]; then \
+		echo "PostgreSQL leg skipped: set TRELLIS_TEST_DATABASE_URL=postgres://… to run it"; fi
+	$(CARGO) build --workspace --bins
+	$(CARGO) test --workspace
+
+## lint: clippy over every target, warnings are errors
+lint:
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+## wasm-target: install the plugin target when this toolchain lacks it
+wasm-target:
+	@rustup target list --installed 2>/dev/null | grep -qx '$(WASM_TARGET)' \
+		|| rustup target add $(WASM_TARGET)
+
+## plugins: build every first-party plugin as a WebAssembly component
+plugins: wasm-target
+ifneq ($(strip $(PLUGINS)),)
+	$(CARGO) build --release --target $(WASM_TARGET) $(addprefix -p trellis-plugin-,$(PLUGINS))
+endif
