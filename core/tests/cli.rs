@@ -1,5 +1,10 @@
 //! The `trellis` command line's contract: exit 0 on success, 1 on a runtime failure, 2 on a
 //! usage or configuration error, with one clear line on stderr.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test helpers fail the test by panicking, with the value in the message"
+)]
 
 use std::process::{Command, Output};
 

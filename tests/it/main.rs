@@ -1,3 +1,8 @@
 //! End-to-end tests: one binary, one module per area.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test helpers fail the test by panicking, with the value in the message"
+)]
 
 mod foundation;
