@@ -6,9 +6,11 @@ PLUGINS := $(patsubst plugins/%/Cargo.toml,%,$(wildcard plugins/*/Cargo.toml))
 
 .PHONY: run test lint fmt wasm-target plugins build
 
-## run: build what is needed and serve on SQLite at http://127.0.0.1:8080 (./data/trellis.db)
+## run: build what is needed, seed the demo tenants once and serve on SQLite at
+##      http://127.0.0.1:8080 (./data/trellis.db)
 run: plugins
 	$(CARGO) build --bin trellis
+	./target/debug/trellis demo seed
 	TRELLIS_THEMES__RELOAD=$${TRELLIS_THEMES__RELOAD:-true} ./target/debug/trellis serve
 
 ## test: build the plugins for wasm32-wasip2 and run the whole suite

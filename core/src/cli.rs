@@ -15,7 +15,7 @@ use secrecy::SecretString;
 use crate::config::{self, Config, LogFormat};
 use crate::db::Db;
 use crate::http::{self, AppState};
-use crate::tenancy;
+use crate::rbac::Rbac;
 use crate::themes::Themes;
 
 #[derive(Debug, Parser)]
@@ -47,6 +47,11 @@ pub enum Command {
         #[command(subcommand)]
         command: AdminCommand,
     },
+    /// Demo data for trying the engine out.
+    Demo {
+        #[command(subcommand)]
+        command: DemoCommand,
+    },
     /// Inspect the configuration.
     Config {
         #[command(subcommand)]
@@ -65,6 +70,13 @@ pub enum AdminCommand {
         #[arg(long, required = true)]
         password_stdin: bool,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DemoCommand {
+    /// Create a demo tree (a partner on `localhost`, an agent, a merchant with a store and an
+    /// account of every role) unless one exists; prints the generated passwords once.
+    Seed,
 }
 
 #[derive(Debug, Subcommand)]
@@ -144,6 +156,21 @@ async fn execute(command: Command, config: Config) -> Result<(), Failure> {
             db.close().await;
             Ok(())
         }
+        Command::Demo {
+            command: DemoCommand::Seed,
+        } => {
+            let db = connect(&config).await?;
+            db.migrate().await.map_err(runtime)?;
+            let seeded = crate::demo::seed(&db.conn).await.map_err(runtime)?;
+            match seeded {
+                Some(text) => print!("{text}"),
+                None => println!(
+                    "demo data already present (its passwords were printed when it was created)"
+                ),
+            }
+            db.close().await;
+            Ok(())
+        }
         Command::Admin {
             command:
                 AdminCommand::Create {
@@ -153,7 +180,7 @@ async fn execute(command: Command, config: Config) -> Result<(), Failure> {
         } => {
             let password = read_password_line()?;
             let email =
-                tenancy::normalize_email(&email).map_err(|e| Failure::Usage(e.to_string()))?;
+                crate::auth::normalize_email(&email).map_err(|e| Failure::Usage(e.to_string()))?;
             crate::auth::validate_password(&password).map_err(|e| Failure::Usage(e.to_string()))?;
             let db = connect(&config).await?;
             db.migrate().await.map_err(runtime)?;
@@ -177,12 +204,16 @@ async fn execute(command: Command, config: Config) -> Result<(), Failure> {
                     tracing::info!(applied, "migrations applied");
                 }
             }
+            let rbac = Rbac::load(db.conn.clone()).await.map_err(runtime)?;
+            let sync = rbac.spawn_sync(std::time::Duration::from_millis(500));
             let state = AppState {
                 config: Arc::new(config),
                 db: db.clone(),
                 themes,
+                rbac,
             };
             let result = http::serve(state).await;
+            sync.abort();
             db.close().await;
             result.map_err(Failure::from)
         }

@@ -14,7 +14,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
 /// Environment variables with the `TRELLIS_` prefix that are not configuration keys.
-const NON_KEY_VARIABLES: &[&str] = &["CONFIG", "TEST_DATABASE_URL", "TEST_LOG"];
+const NON_KEY_VARIABLES: &[&str] = &["CONFIG", "TEST_DATABASE_URL", "TEST_LOG", "BLESS"];
 
 /// Why configuration could not be loaded. The message always names the offending key or file.
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +36,16 @@ pub struct Config {
     pub log: LogConfig,
     pub secrets: SecretsConfig,
     pub themes: ThemesConfig,
+    pub auth: AuthConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// How long a sign-in session lasts, in hours.
+    pub session_ttl_hours: u32,
+    /// Mark the session cookie `Secure` (serve over HTTPS, or behind a TLS-terminating proxy).
+    pub cookie_secure: bool,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -107,6 +117,13 @@ struct Defaults {
     log: DefaultLog,
     secrets: DefaultSecrets,
     themes: DefaultThemes,
+    auth: DefaultAuth,
+}
+
+#[derive(Serialize)]
+struct DefaultAuth {
+    session_ttl_hours: u32,
+    cookie_secure: bool,
 }
 
 #[derive(Serialize)]
@@ -161,6 +178,10 @@ const DEFAULTS: Defaults = Defaults {
         dir: "./themes",
         reload: false,
     },
+    auth: DefaultAuth {
+        session_ttl_hours: 12,
+        cookie_secure: false,
+    },
 };
 
 /// The configuration file named by `TRELLIS_CONFIG`, if any. `--config` wins over it.
@@ -194,6 +215,15 @@ pub fn test_log_from_env() -> bool {
     std::env::var_os("TRELLIS_TEST_LOG").is_some()
 }
 
+/// Whether tests that compare generated files should rewrite them instead of failing.
+#[allow(
+    clippy::disallowed_methods,
+    reason = "this module is the one that reads the environment"
+)]
+pub fn bless_from_env() -> bool {
+    std::env::var_os("TRELLIS_BLESS").is_some()
+}
+
 impl Config {
     /// Loads the layers in order: defaults, `file` (which must exist when named), environment.
     pub fn load(file: Option<&Path>) -> Result<Self, Error> {
@@ -222,6 +252,9 @@ impl Config {
         let invalid = |key: &str, why: &str| Err(Error::Invalid(format!("{key}: {why}")));
         if self.http.body_limit == 0 {
             return invalid("http.body_limit", "must be greater than zero");
+        }
+        if self.auth.session_ttl_hours == 0 || self.auth.session_ttl_hours > 24 * 30 {
+            return invalid("auth.session_ttl_hours", "must be between 1 and 720");
         }
         if self.database.max_connections == 0 {
             return invalid("database.max_connections", "must be greater than zero");

@@ -171,3 +171,63 @@ impl Db {
 fn is_memory(file: &Path) -> bool {
     file.as_os_str().is_empty() || file.to_string_lossy().contains(":memory:")
 }
+
+/// Which page of a list a caller asked for: 1-based, at most [`Page::MAX_PER_PAGE`] items.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, utoipa::IntoParams)]
+#[serde(default)]
+pub struct Page {
+    /// 1-based page number.
+    pub page: u64,
+    /// Items per page, 1 to 200.
+    pub per_page: u64,
+}
+
+impl Default for Page {
+    fn default() -> Self {
+        Self {
+            page: 1,
+            per_page: 50,
+        }
+    }
+}
+
+impl Page {
+    pub const MAX_PER_PAGE: u64 = 200;
+
+    /// The page with out-of-range values clamped rather than refused: page 0 is page 1 and an
+    /// oversized page is the largest one allowed.
+    pub fn clamped(self) -> Self {
+        Self {
+            page: self.page.max(1),
+            per_page: self.per_page.clamp(1, Self::MAX_PER_PAGE),
+        }
+    }
+
+    pub fn offset(self) -> u64 {
+        let page = self.clamped();
+        (page.page - 1).saturating_mul(page.per_page)
+    }
+
+    pub fn limit(self) -> u64 {
+        self.clamped().per_page
+    }
+
+    pub fn wrap<T>(self, items: Vec<T>, total: u64) -> Paged<T> {
+        let page = self.clamped();
+        Paged {
+            items,
+            page: page.page,
+            per_page: page.per_page,
+            total,
+        }
+    }
+}
+
+/// One page of a list, with the total across all pages.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct Paged<T> {
+    pub items: Vec<T>,
+    pub page: u64,
+    pub per_page: u64,
+    pub total: u64,
+}

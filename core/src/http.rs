@@ -4,8 +4,10 @@
 //! Invariant: only this module turns errors into responses; every error a client sees is JSON
 //! `{code, message}` (or, for a browser, the theme's page for it) and never carries internals.
 
+pub mod api;
 pub mod error;
 pub mod middleware;
+pub mod openapi;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -22,6 +24,7 @@ use tower_http::catch_panic::CatchPanicLayer;
 
 use crate::config::Config;
 use crate::db::Db;
+use crate::rbac::Rbac;
 use crate::themes::{DEFAULT_THEME, Locale, Themes};
 use error::ApiError;
 
@@ -31,6 +34,7 @@ pub struct AppState {
     pub config: Arc<Config>,
     pub db: Db,
     pub themes: Themes,
+    pub rbac: Rbac,
 }
 
 /// The whole application as a router, ready for `axum::serve` or for `oneshot` in tests.
@@ -40,7 +44,13 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/static/{theme}/{*path}", get(static_asset))
+        .route("/api/openapi.json", get(openapi_json))
+        .merge(api::router())
         .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            middleware::resolve_host,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             middleware::limit_body,
@@ -115,6 +125,10 @@ async fn static_asset(
         asset.bytes,
     )
         .into_response())
+}
+
+async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {
+    Json(openapi::document())
 }
 
 async fn not_found(request: Request) -> ApiError {

@@ -1,7 +1,8 @@
-//! The Trellis engine. Modules are listed in dependency order: each uses only those above it.
+//! The Trellis engine. Modules are listed in dependency order: each uses only those above it,
+//! except that mutating functions of `tenancy` and `auth` take `rbac::Grant` as their proof.
 #![forbid(unsafe_code)]
 
-/// Who is calling: accounts and their credentials.
+/// Who is calling: accounts, sessions, API keys, sign-in throttling.
 pub mod auth;
 /// The `trellis` command line.
 pub mod cli;
@@ -9,8 +10,12 @@ pub mod cli;
 pub mod config;
 /// The database pool (SQLite or PostgreSQL), entities and migrations.
 pub mod db;
+/// Demo data for `make run`.
+pub mod demo;
 /// The axum router, its layers and the server loop.
 pub mod http;
+/// May they: the permission matrix, casbin, the `Grant` proof, the audit log.
+pub mod rbac;
 /// The tenant tree: platform, partners, agents, merchants, stores, and their accounts.
 pub mod tenancy;
 /// Handlebars themes with per-partner choice and `default` fallback.

@@ -18,10 +18,20 @@ enum Nodes {
     PartnerId,
     AgentId,
     MerchantId,
+    StoreId,
     Name,
+    Theme,
     Status,
     CreatedAt,
     UpdatedAt,
+}
+
+#[derive(DeriveIden)]
+enum PartnerDomains {
+    Table,
+    Domain,
+    PartnerId,
+    CreatedAt,
 }
 
 #[derive(DeriveIden)]
@@ -32,6 +42,7 @@ enum Users {
     PartnerId,
     AgentId,
     MerchantId,
+    StoreId,
     Email,
     PasswordHash,
     Role,
@@ -54,7 +65,9 @@ impl MigrationTrait for Migration {
                     .col(string_len_null(Nodes::PartnerId, 36))
                     .col(string_len_null(Nodes::AgentId, 36))
                     .col(string_len_null(Nodes::MerchantId, 36))
+                    .col(string_len_null(Nodes::StoreId, 36))
                     .col(string_len(Nodes::Name, 200))
+                    .col(string_len_null(Nodes::Theme, 64))
                     .col(string_len(Nodes::Status, 16).default("active"))
                     .col(timestamp_with_time_zone(Nodes::CreatedAt))
                     .col(timestamp_with_time_zone(Nodes::UpdatedAt))
@@ -73,6 +86,7 @@ impl MigrationTrait for Migration {
             ("idx_nodes_partner", Nodes::PartnerId),
             ("idx_nodes_agent", Nodes::AgentId),
             ("idx_nodes_merchant", Nodes::MerchantId),
+            ("idx_nodes_kind", Nodes::Kind),
         ] {
             manager
                 .create_index(
@@ -86,6 +100,36 @@ impl MigrationTrait for Migration {
                 .await?;
         }
 
+        // White label: the Host header picks the partner. A domain belongs to one partner.
+        manager
+            .create_table(
+                Table::create()
+                    .table(PartnerDomains::Table)
+                    .if_not_exists()
+                    .col(string_len(PartnerDomains::Domain, 253).primary_key())
+                    .col(string_len(PartnerDomains::PartnerId, 36))
+                    .col(timestamp_with_time_zone(PartnerDomains::CreatedAt))
+                    .foreign_key(
+                        ForeignKey::create()
+                            .name("fk_partner_domains_partner")
+                            .from(PartnerDomains::Table, PartnerDomains::PartnerId)
+                            .to(Nodes::Table, Nodes::Id)
+                            .on_delete(ForeignKeyAction::Cascade),
+                    )
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_index(
+                Index::create()
+                    .if_not_exists()
+                    .name("idx_partner_domains_partner")
+                    .table(PartnerDomains::Table)
+                    .col(PartnerDomains::PartnerId)
+                    .to_owned(),
+            )
+            .await?;
+
         manager
             .create_table(
                 Table::create()
@@ -96,6 +140,7 @@ impl MigrationTrait for Migration {
                     .col(string_len_null(Users::PartnerId, 36))
                     .col(string_len_null(Users::AgentId, 36))
                     .col(string_len_null(Users::MerchantId, 36))
+                    .col(string_len_null(Users::StoreId, 36))
                     .col(string_len(Users::Email, 254))
                     .col(string_len(Users::PasswordHash, 255))
                     .col(string_len(Users::Role, 32))
@@ -129,6 +174,7 @@ impl MigrationTrait for Migration {
             ("idx_users_partner", Users::PartnerId),
             ("idx_users_agent", Users::AgentId),
             ("idx_users_merchant", Users::MerchantId),
+            ("idx_users_store", Users::StoreId),
         ] {
             manager
                 .create_index(

@@ -15,6 +15,7 @@ use uuid::Uuid;
 
 use super::AppState;
 use super::error::{ApiError, ErrorBody, error_response};
+use crate::tenancy::{self, HostPartner};
 use crate::themes::{DEFAULT_THEME, Locale};
 
 pub const REQUEST_ID: &str = "x-request-id";
@@ -147,6 +148,48 @@ fn wants_html(request: &Request) -> bool {
         .is_some_and(|accept| accept.contains("text/html"))
 }
 
+/// The partner the request's `Host` belongs to, if any (white label); `None` is the platform
+/// console. Resolved once per request, before any handler runs.
+#[derive(Debug, Clone)]
+pub struct HostContext(pub Option<HostPartner>);
+
+impl HostContext {
+    pub fn partner_id(&self) -> Option<&str> {
+        self.0.as_ref().map(|p| p.partner_id.as_str())
+    }
+}
+
+/// Resolves the host's partner for everything but the probes and static files, and records the
+/// partner's theme on the response so error pages wear it.
+pub async fn resolve_host(
+    State(state): State<AppState>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let path = request.uri().path();
+    if path == "/healthz" || path == "/readyz" || path.starts_with("/static/") {
+        return next.run(request).await;
+    }
+    let host = request
+        .headers()
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| request.uri().host())
+        .unwrap_or_default()
+        .to_owned();
+    let partner = match tenancy::partner_for_host(&state.db.conn, &host).await {
+        Ok(partner) => partner,
+        Err(error) => return ApiError::from(error).into_response(),
+    };
+    let theme = partner.as_ref().and_then(|p| p.theme.clone());
+    request.extensions_mut().insert(HostContext(partner));
+    let mut response = next.run(request).await;
+    if let Some(theme) = theme {
+        response.extensions_mut().insert(ThemeChoice(theme));
+    }
+    response
+}
+
 /// Turns a panic inside a handler into a 500 JSON error, logged, without the panic text.
 pub fn panic_response(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
     let detail = panic
@@ -159,5 +202,6 @@ pub fn panic_response(panic: Box<dyn std::any::Any + Send + 'static>) -> Respons
         StatusCode::INTERNAL_SERVER_ERROR,
         "internal",
         "internal error".to_owned(),
+        None,
     )
 }

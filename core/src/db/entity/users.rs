@@ -11,6 +11,7 @@ pub struct Model {
     pub partner_id: Option<String>,
     pub agent_id: Option<String>,
     pub merchant_id: Option<String>,
+    pub store_id: Option<String>,
     pub email: String,
     pub password_hash: String,
     pub role: String,
