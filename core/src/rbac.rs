@@ -361,34 +361,34 @@ impl Rbac {
         action: Action,
         target: &Place,
     ) -> Result<Grant, Error> {
+        let mut allowed = self.check(principal, action, target).await?;
+        // A denial may come from a policy another process changed since our last poll: confirm
+        // it against the current version before refusing (allows stay on the fast path).
+        if !allowed && self.sync().await? {
+            allowed = self.check(principal, action, target).await?;
+        }
+        if allowed {
+            Ok(Grant { action, target: target.clone(), actor: principal.clone() })
+        } else {
+            Err(Error::Denied { action: action.name() })
+        }
+    }
+
+    /// The decision alone, from this process's enforcer.
+    pub async fn check(&self, principal: &Principal, action: Action, target: &Place) -> Result<bool, Error> {
         let subject = principal.casbin_subject();
         let (object, verb) = action.casbin();
-        let allowed = {
-            let enforcer = self.inner.enforcer.read().await;
-            let mut allowed = false;
-            let nodes = std::iter::once(self.inner.platform_id.as_str()).chain(target.lineage());
-            for node in nodes {
-                if enforcer.get_roles_for_user(&subject, Some(node)).is_empty() {
-                    continue;
-                }
-                if enforcer.enforce((subject.as_str(), node, object, verb))? {
-                    allowed = true;
-                    break;
-                }
+        let enforcer = self.inner.enforcer.read().await;
+        let nodes = std::iter::once(self.inner.platform_id.as_str()).chain(target.lineage());
+        for node in nodes {
+            if enforcer.get_roles_for_user(&subject, Some(node)).is_empty() {
+                continue;
             }
-            allowed
-        };
-        if allowed {
-            Ok(Grant {
-                action,
-                target: target.clone(),
-                actor: principal.clone(),
-            })
-        } else {
-            Err(Error::Denied {
-                action: action.name(),
-            })
+            if enforcer.enforce((subject.as_str(), node, object, verb))? {
+                return Ok(true);
+            }
         }
+        Ok(false)
     }
 
     /// Call after an account's or key's role, node or status changed in the database: this

@@ -195,6 +195,9 @@ impl MigrationTrait for Migration {
             .drop_table(Table::drop().table(Users::Table).if_exists().to_owned())
             .await?;
         manager
+            .drop_table(Table::drop().table(PartnerDomains::Table).if_exists().to_owned())
+            .await?;
+        manager
             .drop_table(Table::drop().table(Nodes::Table).if_exists().to_owned())
             .await
     }
