@@ -368,14 +368,25 @@ impl Rbac {
             allowed = self.check(principal, action, target).await?;
         }
         if allowed {
-            Ok(Grant { action, target: target.clone(), actor: principal.clone() })
+            Ok(Grant {
+                action,
+                target: target.clone(),
+                actor: principal.clone(),
+            })
         } else {
-            Err(Error::Denied { action: action.name() })
+            Err(Error::Denied {
+                action: action.name(),
+            })
         }
     }
 
     /// The decision alone, from this process's enforcer.
-    pub async fn check(&self, principal: &Principal, action: Action, target: &Place) -> Result<bool, Error> {
+    pub async fn check(
+        &self,
+        principal: &Principal,
+        action: Action,
+        target: &Place,
+    ) -> Result<bool, Error> {
         let subject = principal.casbin_subject();
         let (object, verb) = action.casbin();
         let enforcer = self.inner.enforcer.read().await;

@@ -195,7 +195,12 @@ impl MigrationTrait for Migration {
             .drop_table(Table::drop().table(Users::Table).if_exists().to_owned())
             .await?;
         manager
-            .drop_table(Table::drop().table(PartnerDomains::Table).if_exists().to_owned())
+            .drop_table(
+                Table::drop()
+                    .table(PartnerDomains::Table)
+                    .if_exists()
+                    .to_owned(),
+            )
             .await?;
         manager
             .drop_table(Table::drop().table(Nodes::Table).if_exists().to_owned())

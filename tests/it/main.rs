@@ -6,4 +6,5 @@
 )]
 
 mod foundation;
+mod rbac_property;
 mod tenancy;

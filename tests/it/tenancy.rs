@@ -29,24 +29,78 @@ impl Tree {
         let chain = Self::chain(&root, "p1.test", "one").await;
         let other = Self::chain(&root, "p2.test", "two").await;
         let mut clients = vec![(Role::PlatformAdmin, root.clone())];
-        for (role, node) in [Role::PartnerAdmin, Role::AgentAdmin, Role::MerchantOwner, Role::MerchantStaff].into_iter().zip(&chain) {
+        for (role, node) in [
+            Role::PartnerAdmin,
+            Role::AgentAdmin,
+            Role::MerchantOwner,
+            Role::MerchantStaff,
+        ]
+        .into_iter()
+        .zip(&chain)
+        {
             let email = format!("{}@one.test", role.as_str());
-            root.post("/api/v1/users", json!({"node_id": node, "email": email, "password": PASSWORD})).await.ok();
-            clients.push((role, Api::new(engine, "p1.test").login(&email, PASSWORD).await));
+            root.post(
+                "/api/v1/users",
+                json!({"node_id": node, "email": email, "password": PASSWORD}),
+            )
+            .await
+            .ok();
+            clients.push((
+                role,
+                Api::new(engine, "p1.test").login(&email, PASSWORD).await,
+            ));
         }
-        Tree { root, chain, other, clients }
+        Tree {
+            root,
+            chain,
+            other,
+            clients,
+        }
     }
 
     async fn chain(root: &Api, domain: &str, tag: &str) -> [String; 4] {
-        let partner = root.post("/api/v1/partners", json!({"name": format!("Partner {tag}"), "domains": [domain]})).await.ok().id();
-        let agent = root.post("/api/v1/agents", json!({"parent_id": partner, "name": format!("Agent {tag}")})).await.ok().id();
-        let merchant = root.post("/api/v1/merchants", json!({"parent_id": agent, "name": format!("Merchant {tag}")})).await.ok().id();
-        let store = root.post("/api/v1/stores", json!({"parent_id": merchant, "name": format!("Store {tag}")})).await.ok().id();
+        let partner = root
+            .post(
+                "/api/v1/partners",
+                json!({"name": format!("Partner {tag}"), "domains": [domain]}),
+            )
+            .await
+            .ok()
+            .id();
+        let agent = root
+            .post(
+                "/api/v1/agents",
+                json!({"parent_id": partner, "name": format!("Agent {tag}")}),
+            )
+            .await
+            .ok()
+            .id();
+        let merchant = root
+            .post(
+                "/api/v1/merchants",
+                json!({"parent_id": agent, "name": format!("Merchant {tag}")}),
+            )
+            .await
+            .ok()
+            .id();
+        let store = root
+            .post(
+                "/api/v1/stores",
+                json!({"parent_id": merchant, "name": format!("Store {tag}")}),
+            )
+            .await
+            .ok()
+            .id();
         [partner, agent, merchant, store]
     }
 
     fn client(&self, role: Role) -> &Api {
-        &self.clients.iter().find(|(r, _)| *r == role).expect("every role has a client").1
+        &self
+            .clients
+            .iter()
+            .find(|(r, _)| *r == role)
+            .expect("every role has a client")
+            .1
     }
 
     /// The node a role stands on (the platform admin: none of the chain's).
@@ -78,7 +132,14 @@ async fn perform(tree: &Tree, role: Role, action: Action, serial: usize) -> u16 
     };
     use Action as A;
     match action {
-        A::PartnerCreate => api.post("/api/v1/partners", json!({"name": format!("New partner {serial}")})).await.status,
+        A::PartnerCreate => {
+            api.post(
+                "/api/v1/partners",
+                json!({"name": format!("New partner {serial}")}),
+            )
+            .await
+            .status
+        }
         A::AgentCreate | A::MerchantCreate | A::StoreCreate => {
             let kind = match action {
                 A::AgentCreate => NodeKind::Agent,
@@ -86,16 +147,25 @@ async fn perform(tree: &Tree, role: Role, action: Action, serial: usize) -> u16 
                 _ => NodeKind::Store,
             };
             let parent = node_of_kind(kind.parent().unwrap_or(NodeKind::Platform));
-            api.post(&format!("/api/v1/{}", plural(kind)), json!({"parent_id": parent, "name": format!("New {serial}")})).await.status
+            api.post(
+                &format!("/api/v1/{}", plural(kind)),
+                json!({"parent_id": parent, "name": format!("New {serial}")}),
+            )
+            .await
+            .status
         }
         A::PartnerRead | A::AgentRead | A::MerchantRead | A::StoreRead => {
             let kind = action.target_kind().unwrap_or(NodeKind::Store);
-            api.get(&format!("/api/v1/{}/{}", plural(kind), node_of_kind(kind))).await.status
+            api.get(&format!("/api/v1/{}/{}", plural(kind), node_of_kind(kind)))
+                .await
+                .status
         }
         A::PartnerUpdate | A::AgentUpdate | A::MerchantUpdate | A::StoreUpdate => {
             let kind = action.target_kind().unwrap_or(NodeKind::Store);
             let path = format!("/api/v1/{}/{}", plural(kind), node_of_kind(kind));
-            api.patch(&path, json!({"name": format!("Renamed {serial}")})).await.status
+            api.patch(&path, json!({"name": format!("Renamed {serial}")}))
+                .await
+                .status
         }
         A::PartnerSuspend | A::AgentSuspend | A::MerchantSuspend | A::StoreSuspend => {
             let kind = action.target_kind().unwrap_or(NodeKind::Store);
@@ -103,7 +173,10 @@ async fn perform(tree: &Tree, role: Role, action: Action, serial: usize) -> u16 
             let status = api.post(&format!("{path}/suspend"), json!({})).await.status;
             if status == 200 {
                 // Put it back (as root, since suspending your own ancestor locks you out).
-                tree.root.post(&format!("{path}/resume"), json!({})).await.ok();
+                tree.root
+                    .post(&format!("{path}/resume"), json!({}))
+                    .await
+                    .ok();
             }
             status
         }
@@ -117,13 +190,35 @@ async fn perform(tree: &Tree, role: Role, action: Action, serial: usize) -> u16 
             if action == A::UserRead {
                 api.get(&format!("/api/v1/users/{helper}")).await.status
             } else {
-                api.patch(&format!("/api/v1/users/{helper}"), json!({"status": "active"})).await.status
+                api.patch(
+                    &format!("/api/v1/users/{helper}"),
+                    json!({"status": "active"}),
+                )
+                .await
+                .status
             }
         }
-        A::ApiKeyCreate => api.post("/api/v1/api-keys", json!({"node_id": own, "name": format!("key {serial}")})).await.status,
+        A::ApiKeyCreate => {
+            api.post(
+                "/api/v1/api-keys",
+                json!({"node_id": own, "name": format!("key {serial}")}),
+            )
+            .await
+            .status
+        }
         A::ApiKeyRead | A::ApiKeyRevoke => {
-            let key = tree.root.post("/api/v1/api-keys", json!({"node_id": own, "name": format!("helper {serial}")})).await.ok();
-            let id = key.body["api_key"]["id"].as_str().unwrap_or_default().to_owned();
+            let key = tree
+                .root
+                .post(
+                    "/api/v1/api-keys",
+                    json!({"node_id": own, "name": format!("helper {serial}")}),
+                )
+                .await
+                .ok();
+            let id = key.body["api_key"]["id"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
             if action == A::ApiKeyRead {
                 api.get(&format!("/api/v1/api-keys/{id}")).await.status
             } else {
@@ -147,15 +242,23 @@ async fn every_cell_of_the_permission_matrix_holds_over_http() {
             for action in Action::ALL {
                 serial += 1;
                 let status = perform(&tree, role, action, serial).await;
-                let target_depth = action.target_kind().map_or(role.kind().depth(), NodeKind::depth);
+                let target_depth = action
+                    .target_kind()
+                    .map_or(role.kind().depth(), NodeKind::depth);
                 let inside = role.kind().depth() <= target_depth;
                 let cell = format!("{} × {} on {}", role.as_str(), action.name(), db.label());
                 if allows(role, action) {
-                    assert!((200..300).contains(&status), "{cell}: allowed by the matrix, got {status}");
+                    assert!(
+                        (200..300).contains(&status),
+                        "{cell}: allowed by the matrix, got {status}"
+                    );
                 } else if inside {
                     assert_eq!(status, 403, "{cell}: denied inside the subtree must be 403");
                 } else {
-                    assert!(status == 404 || status == 403, "{cell}: denied above the caller, got {status}");
+                    assert!(
+                        status == 404 || status == 403,
+                        "{cell}: denied above the caller, got {status}"
+                    );
                 }
             }
         }
@@ -171,26 +274,63 @@ async fn a_partner_never_sees_another_partners_nodes_accounts_or_audit() {
         let tree = Tree::build(&engine, &db.url()).await;
         let partner = tree.client(Role::PartnerAdmin);
         let [p2, a2, m2, s2] = &tree.other;
-        for (plural, id) in [("partners", p2), ("agents", a2), ("merchants", m2), ("stores", s2)] {
+        for (plural, id) in [
+            ("partners", p2),
+            ("agents", a2),
+            ("merchants", m2),
+            ("stores", s2),
+        ] {
             let reply = partner.get(&format!("/api/v1/{plural}/{id}")).await;
-            assert_eq!(reply.status, 404, "{plural} of the other partner: {reply:?}");
+            assert_eq!(
+                reply.status, 404,
+                "{plural} of the other partner: {reply:?}"
+            );
             assert_eq!(reply.body["code"], "not_found");
-            let reply = partner.patch(&format!("/api/v1/{plural}/{id}"), json!({"name": "x"})).await;
+            let reply = partner
+                .patch(&format!("/api/v1/{plural}/{id}"), json!({"name": "x"}))
+                .await;
             assert_eq!(reply.status, 404);
         }
         // A client-supplied parent outside the subtree is refused as unknown.
-        let reply = partner.post("/api/v1/merchants", json!({"parent_id": a2, "name": "sneaky"})).await;
+        let reply = partner
+            .post(
+                "/api/v1/merchants",
+                json!({"parent_id": a2, "name": "sneaky"}),
+            )
+            .await;
         assert_eq!(reply.status, 404, "{reply:?}");
-        let reply = partner.post("/api/v1/users", json!({"node_id": m2, "email": "x@two.test", "password": PASSWORD})).await;
+        let reply = partner
+            .post(
+                "/api/v1/users",
+                json!({"node_id": m2, "email": "x@two.test", "password": PASSWORD}),
+            )
+            .await;
         assert_eq!(reply.status, 404, "{reply:?}");
         // Lists hold only the caller's subtree.
         let merchants = partner.get("/api/v1/merchants").await.ok();
-        let ids: Vec<&str> = merchants.body["items"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap()).collect();
+        let ids: Vec<&str> = merchants.body["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["id"].as_str().unwrap())
+            .collect();
         assert_eq!(ids, [tree.chain[2].as_str()]);
         let users = partner.get("/api/v1/users").await.ok();
-        assert!(users.body["items"].as_array().unwrap().iter().all(|u| u["email"].as_str().unwrap().ends_with("@one.test")));
+        assert!(
+            users.body["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|u| u["email"].as_str().unwrap().ends_with("@one.test"))
+        );
         // Work done on partner two is filed there, out of partner one's sight.
-        tree.root.patch(&format!("/api/v1/merchants/{m2}"), json!({"name": "Renamed two"})).await.ok();
+        tree.root
+            .patch(
+                &format!("/api/v1/merchants/{m2}"),
+                json!({"name": "Renamed two"}),
+            )
+            .await
+            .ok();
         let audit = partner.get("/api/v1/audit?per_page=200").await.ok();
         assert!(audit.body["total"].as_u64().unwrap() > 0);
         for entry in audit.body["items"].as_array().unwrap() {
@@ -199,7 +339,11 @@ async fn a_partner_never_sees_another_partners_nodes_accounts_or_audit() {
         }
         // The audit log of the root shows the refused probes, filed under the prober.
         let denied = tree.root.get("/api/v1/audit?outcome=denied").await.ok();
-        assert!(denied.body["total"].as_u64().unwrap() >= 2, "{:?}", denied.body);
+        assert!(
+            denied.body["total"].as_u64().unwrap() >= 2,
+            "{:?}",
+            denied.body
+        );
         drop(engine);
         db.cleanup().await;
     }
@@ -216,11 +360,17 @@ async fn a_token_from_one_partner_is_rejected_on_another_partners_domain() {
     assert_eq!(owner.on_host(CONSOLE).get("/api/v1/me").await.status, 401);
     // And an account of partner one cannot sign in on partner two's domain at all.
     let reply = Api::new(&engine, "p2.test")
-        .post("/api/v1/auth/login", json!({"email": "merchant_owner@one.test", "password": PASSWORD}))
+        .post(
+            "/api/v1/auth/login",
+            json!({"email": "merchant_owner@one.test", "password": PASSWORD}),
+        )
         .await;
     assert_eq!(reply.status, 401);
     // The root's console token does not work on a partner domain either.
-    assert_eq!(tree.root.on_host("p1.test").get("/api/v1/me").await.status, 401);
+    assert_eq!(
+        tree.root.on_host("p1.test").get("/api/v1/me").await.status,
+        401
+    );
 }
 
 #[tokio::test]
@@ -232,17 +382,26 @@ async fn suspending_a_node_blocks_sign_in_and_api_use_below_it() {
     let staff = tree.client(Role::MerchantStaff);
     let partner = tree.client(Role::PartnerAdmin);
     assert_eq!(staff.get("/api/v1/me").await.status, 200);
-    partner.post(&format!("/api/v1/agents/{agent_id}/suspend"), json!({})).await.ok();
+    partner
+        .post(&format!("/api/v1/agents/{agent_id}/suspend"), json!({}))
+        .await
+        .ok();
     let reply = staff.get("/api/v1/me").await;
     assert_eq!(reply.status, 403);
     assert_eq!(reply.body["code"], "suspended");
     let reply = Api::new(&engine, "p1.test")
-        .post("/api/v1/auth/login", json!({"email": "merchant_owner@one.test", "password": PASSWORD}))
+        .post(
+            "/api/v1/auth/login",
+            json!({"email": "merchant_owner@one.test", "password": PASSWORD}),
+        )
         .await;
     assert_eq!(reply.status, 403, "{reply:?}");
     // Above and beside the suspended node, work goes on.
     assert_eq!(partner.get("/api/v1/me").await.status, 200);
-    partner.post(&format!("/api/v1/agents/{agent_id}/resume"), json!({})).await.ok();
+    partner
+        .post(&format!("/api/v1/agents/{agent_id}/resume"), json!({}))
+        .await
+        .ok();
     assert_eq!(staff.get("/api/v1/me").await.status, 200);
 }
 
@@ -253,18 +412,37 @@ async fn failed_sign_ins_are_throttled_per_account_with_retry_after() {
     create_platform_admin(&db.url(), ROOT_EMAIL, PASSWORD);
     let api = Api::new(&engine, CONSOLE);
     for _ in 0..5 {
-        let reply = api.post("/api/v1/auth/login", json!({"email": ROOT_EMAIL, "password": "wrong password!"})).await;
+        let reply = api
+            .post(
+                "/api/v1/auth/login",
+                json!({"email": ROOT_EMAIL, "password": "wrong password!"}),
+            )
+            .await;
         assert_eq!(reply.status, 401);
         assert_eq!(reply.body["code"], "invalid_credentials");
     }
     // Locked now, even with the right password.
-    let reply = api.post("/api/v1/auth/login", json!({"email": ROOT_EMAIL, "password": PASSWORD})).await;
+    let reply = api
+        .post(
+            "/api/v1/auth/login",
+            json!({"email": ROOT_EMAIL, "password": PASSWORD}),
+        )
+        .await;
     assert_eq!(reply.status, 429, "{reply:?}");
     assert_eq!(reply.body["code"], "too_many_attempts");
-    let retry: u64 = reply.headers["retry-after"].to_str().unwrap().parse().unwrap();
+    let retry: u64 = reply.headers["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!(retry > 0 && retry <= 15 * 60);
     // An unknown account and a wrong password answer alike.
-    let reply = api.post("/api/v1/auth/login", json!({"email": "nobody@x.test", "password": PASSWORD})).await;
+    let reply = api
+        .post(
+            "/api/v1/auth/login",
+            json!({"email": "nobody@x.test", "password": PASSWORD}),
+        )
+        .await;
     assert_eq!(reply.status, 401);
     assert_eq!(reply.body["code"], "invalid_credentials");
 }
@@ -279,9 +457,18 @@ async fn sessions_end_on_logout_and_password_change_and_cookies_work() {
     let second = console.login(ROOT_EMAIL, PASSWORD).await;
 
     // The cookie carries the same session as the bearer token.
-    let login = console.post("/api/v1/auth/login", json!({"email": ROOT_EMAIL, "password": PASSWORD})).await.ok();
+    let login = console
+        .post(
+            "/api/v1/auth/login",
+            json!({"email": ROOT_EMAIL, "password": PASSWORD}),
+        )
+        .await
+        .ok();
     let cookie = login.headers["set-cookie"].to_str().unwrap().to_owned();
-    assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Lax"), "{cookie}");
+    assert!(
+        cookie.contains("HttpOnly") && cookie.contains("SameSite=Lax"),
+        "{cookie}"
+    );
     let pair = cookie.split(';').next().unwrap().to_owned();
     let reply = trellis_tests::client()
         .get(engine.url("/api/v1/me"))
@@ -292,19 +479,34 @@ async fn sessions_end_on_logout_and_password_change_and_cookies_work() {
         .unwrap();
     assert_eq!(reply.status(), 200);
 
-    assert_eq!(first.post("/api/v1/auth/logout", json!({})).await.status, 204);
+    assert_eq!(
+        first.post("/api/v1/auth/logout", json!({})).await.status,
+        204
+    );
     assert_eq!(first.get("/api/v1/me").await.status, 401);
     assert_eq!(second.get("/api/v1/me").await.status, 200);
 
     let new_password = "a brand new passphrase";
     let reply = second
-        .post("/api/v1/auth/password", json!({"current_password": "not it at all", "new_password": new_password}))
+        .post(
+            "/api/v1/auth/password",
+            json!({"current_password": "not it at all", "new_password": new_password}),
+        )
         .await;
     assert_eq!(reply.status, 422);
     assert_eq!(reply.body["field"], "current_password");
-    let reply = second.post("/api/v1/auth/password", json!({"current_password": PASSWORD, "new_password": new_password})).await;
+    let reply = second
+        .post(
+            "/api/v1/auth/password",
+            json!({"current_password": PASSWORD, "new_password": new_password}),
+        )
+        .await;
     assert_eq!(reply.status, 204, "{reply:?}");
-    assert_eq!(second.get("/api/v1/me").await.status, 200, "the changing session stays");
+    assert_eq!(
+        second.get("/api/v1/me").await.status,
+        200,
+        "the changing session stays"
+    );
     let by_cookie = trellis_tests::client()
         .get(engine.url("/api/v1/me"))
         .header("host", CONSOLE)
@@ -322,26 +524,57 @@ async fn api_keys_act_for_their_node_until_revoked_and_are_shown_once() {
     let engine = Engine::start(&db.url(), &[]);
     let tree = Tree::build(&engine, &db.url()).await;
     let owner = tree.client(Role::MerchantOwner);
-    let created = owner.post("/api/v1/api-keys", json!({"name": "till sync"})).await.ok();
+    let created = owner
+        .post("/api/v1/api-keys", json!({"name": "till sync"}))
+        .await
+        .ok();
     let key = created.body["key"].as_str().unwrap().to_owned();
     assert!(key.starts_with("trk_"));
     let id = created.body["api_key"]["id"].as_str().unwrap().to_owned();
     let listed = owner.get(&format!("/api/v1/api-keys/{id}")).await.ok();
-    assert!(!listed.body.to_string().contains(&key), "the secret is never shown again");
+    assert!(
+        !listed.body.to_string().contains(&key),
+        "the secret is never shown again"
+    );
 
     // Keys are not bound to a host: machines call from anywhere.
     let machine = Api::new(&engine, CONSOLE).with_token(&key);
     let me = machine.get("/api/v1/me").await.ok();
     assert_eq!(me.body["kind"], "api_key");
     assert_eq!(me.body["role"], "merchant_owner");
-    assert_eq!(machine.get(&format!("/api/v1/stores/{}", tree.chain[3])).await.status, 200);
-    assert_eq!(machine.get(&format!("/api/v1/stores/{}", tree.other[3])).await.status, 404);
-    assert_eq!(machine.get(&format!("/api/v1/agents/{}", tree.chain[1])).await.status, 404);
+    assert_eq!(
+        machine
+            .get(&format!("/api/v1/stores/{}", tree.chain[3]))
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        machine
+            .get(&format!("/api/v1/stores/{}", tree.other[3]))
+            .await
+            .status,
+        404
+    );
+    assert_eq!(
+        machine
+            .get(&format!("/api/v1/agents/{}", tree.chain[1]))
+            .await
+            .status,
+        404
+    );
 
     owner.delete(&format!("/api/v1/api-keys/{id}")).await.ok();
     assert_eq!(machine.get("/api/v1/me").await.status, 401);
     let tampered = format!("{}x", &key[..key.len() - 1]);
-    assert_eq!(Api::new(&engine, CONSOLE).with_token(&tampered).get("/api/v1/me").await.status, 401);
+    assert_eq!(
+        Api::new(&engine, CONSOLE)
+            .with_token(&tampered)
+            .get("/api/v1/me")
+            .await
+            .status,
+        401
+    );
 }
 
 #[tokio::test]
@@ -352,33 +585,86 @@ async fn validation_errors_are_422_naming_the_field_and_lists_page() {
     let root = &tree.root;
     for (path, body, field) in [
         ("/api/v1/partners", json!({"name": "  "}), "name"),
-        ("/api/v1/partners", json!({"name": "ok", "domains": ["not a domain"]}), "domains"),
-        ("/api/v1/partners", json!({"name": "ok", "theme": "Bad Theme!"}), "theme"),
-        ("/api/v1/merchants", json!({"name": "no parent"}), "parent_id"),
-        ("/api/v1/users", json!({"email": "nope", "password": PASSWORD}), "email"),
-        ("/api/v1/users", json!({"email": "short@x.test", "password": "short"}), "password"),
-        ("/api/v1/users", json!({"node_id": tree.chain[0], "email": "r@x.test", "password": PASSWORD, "role": "merchant_owner"}), "role"),
-        ("/api/v1/agents", json!({"parent_id": tree.chain[0], "name": "x", "theme": "t"}), "theme"),
+        (
+            "/api/v1/partners",
+            json!({"name": "ok", "domains": ["not a domain"]}),
+            "domains",
+        ),
+        (
+            "/api/v1/partners",
+            json!({"name": "ok", "theme": "Bad Theme!"}),
+            "theme",
+        ),
+        (
+            "/api/v1/merchants",
+            json!({"name": "no parent"}),
+            "parent_id",
+        ),
+        (
+            "/api/v1/users",
+            json!({"email": "nope", "password": PASSWORD}),
+            "email",
+        ),
+        (
+            "/api/v1/users",
+            json!({"email": "short@x.test", "password": "short"}),
+            "password",
+        ),
+        (
+            "/api/v1/users",
+            json!({"node_id": tree.chain[0], "email": "r@x.test", "password": PASSWORD, "role": "merchant_owner"}),
+            "role",
+        ),
+        (
+            "/api/v1/agents",
+            json!({"parent_id": tree.chain[0], "name": "x", "theme": "t"}),
+            "theme",
+        ),
     ] {
         let reply = root.post(path, body.clone()).await;
         assert_eq!(reply.status, 422, "{path} {body}: {reply:?}");
         assert_eq!(reply.body["code"], "validation_failed");
         assert_eq!(reply.body["field"], field, "{path} {body}");
     }
-    let reply = root.post("/api/v1/partners", json!({"nom": "missing name"})).await;
+    let reply = root
+        .post("/api/v1/partners", json!({"nom": "missing name"}))
+        .await;
     assert_eq!(reply.status, 422);
-    let reply = root.send(reqwest::Method::POST, "/api/v1/partners", None).await;
+    let reply = root
+        .send(reqwest::Method::POST, "/api/v1/partners", None)
+        .await;
     assert_eq!(reply.status, 400);
-    let reply = root.post("/api/v1/partners", json!({"name": "dup", "domains": ["p1.test"]})).await;
+    let reply = root
+        .post(
+            "/api/v1/partners",
+            json!({"name": "dup", "domains": ["p1.test"]}),
+        )
+        .await;
     assert_eq!(reply.status, 409);
     assert_eq!(reply.body["code"], "domain_taken");
-    let reply = root.post("/api/v1/users", json!({"email": ROOT_EMAIL, "password": PASSWORD})).await;
+    let reply = root
+        .post(
+            "/api/v1/users",
+            json!({"email": ROOT_EMAIL, "password": PASSWORD}),
+        )
+        .await;
     assert_eq!(reply.status, 409);
 
     for n in 0..5 {
-        root.post("/api/v1/stores", json!({"parent_id": tree.chain[2], "name": format!("Branch {n}")})).await.ok();
+        root.post(
+            "/api/v1/stores",
+            json!({"parent_id": tree.chain[2], "name": format!("Branch {n}")}),
+        )
+        .await
+        .ok();
     }
-    let page = root.get(&format!("/api/v1/stores?parent_id={}&per_page=2&page=2", tree.chain[2])).await.ok();
+    let page = root
+        .get(&format!(
+            "/api/v1/stores?parent_id={}&per_page=2&page=2",
+            tree.chain[2]
+        ))
+        .await
+        .ok();
     assert_eq!(page.body["total"], 6);
     assert_eq!(page.body["per_page"], 2);
     assert_eq!(page.body["items"].as_array().unwrap().len(), 2);
@@ -394,26 +680,66 @@ async fn state_changes_are_audited_with_actor_target_and_request_id() {
     let tree = Tree::build(&engine, &db.url()).await;
     let agent = tree.client(Role::AgentAdmin);
     let created = agent
-        .send(reqwest::Method::POST, "/api/v1/merchants", Some(json!({"name": "Audited"})))
+        .send(
+            reqwest::Method::POST,
+            "/api/v1/merchants",
+            Some(json!({"name": "Audited"})),
+        )
         .await
         .ok();
     let request_id = created.headers["x-request-id"].to_str().unwrap().to_owned();
     let merchant = created.id();
-    let denied = agent.post(&format!("/api/v1/agents/{}/suspend", tree.chain[1]), json!({})).await;
+    let denied = agent
+        .post(
+            &format!("/api/v1/agents/{}/suspend", tree.chain[1]),
+            json!({}),
+        )
+        .await;
     assert_eq!(denied.status, 403);
 
     let log = agent.get("/api/v1/audit?action=merchant.create").await.ok();
-    let entry = log.body["items"].as_array().unwrap().iter().find(|e| e["target_id"] == merchant.as_str()).expect("audited");
+    let entry = log.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["target_id"] == merchant.as_str())
+        .expect("audited");
     assert_eq!(entry["actor"], "agent_admin@one.test");
     assert_eq!(entry["outcome"], "success");
     assert_eq!(entry["request_id"], request_id.as_str());
     let refused = agent.get("/api/v1/audit?outcome=denied").await.ok();
-    assert!(refused.body["items"].as_array().unwrap().iter().any(|e| e["action"] == "agent.suspend"));
+    assert!(
+        refused.body["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["action"] == "agent.suspend")
+    );
     // Those above see it; those below and beside do not.
-    let partner_view = tree.client(Role::PartnerAdmin).get("/api/v1/audit?action=merchant.create").await.ok();
-    assert!(partner_view.body["items"].as_array().unwrap().iter().any(|e| e["target_id"] == merchant.as_str()));
-    let owner_view = tree.client(Role::MerchantOwner).get("/api/v1/audit?action=merchant.create").await.ok();
-    assert!(!owner_view.body["items"].as_array().unwrap().iter().any(|e| e["target_id"] == merchant.as_str()));
+    let partner_view = tree
+        .client(Role::PartnerAdmin)
+        .get("/api/v1/audit?action=merchant.create")
+        .await
+        .ok();
+    assert!(
+        partner_view.body["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["target_id"] == merchant.as_str())
+    );
+    let owner_view = tree
+        .client(Role::MerchantOwner)
+        .get("/api/v1/audit?action=merchant.create")
+        .await
+        .ok();
+    assert!(
+        !owner_view.body["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["target_id"] == merchant.as_str())
+    );
 }
 
 #[tokio::test]
@@ -429,10 +755,15 @@ async fn the_openapi_document_describes_every_route_and_each_is_served() {
         for method in item.as_object().unwrap().keys() {
             let concrete = path.replace("{id}", "00000000-0000-0000-0000-000000000000");
             let method = reqwest::Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
-            let body = (method != reqwest::Method::GET && method != reqwest::Method::DELETE).then(|| json!({}));
+            let body = (method != reqwest::Method::GET && method != reqwest::Method::DELETE)
+                .then(|| json!({}));
             let reply = api.send(method.clone(), &concrete, body).await;
             let expected = if path.ends_with("/login") { 422 } else { 401 };
-            assert_eq!(reply.status, expected, "{method} {path} is documented but answers {:?}", reply.body);
+            assert_eq!(
+                reply.status, expected,
+                "{method} {path} is documented but answers {:?}",
+                reply.body
+            );
         }
     }
     assert!(doc["components"]["schemas"]["Node"].is_object());
@@ -444,13 +775,21 @@ async fn a_role_change_made_through_one_engine_is_enforced_by_another_within_a_s
         let first = Engine::start(&db.url(), &[]);
         let second = Engine::start(&db.url(), &[]);
         let tree = Tree::build(&first, &db.url()).await;
-        let partner_on_second = Api::new(&second, "p1.test").login("partner_admin@one.test", PASSWORD).await;
+        let partner_on_second = Api::new(&second, "p1.test")
+            .login("partner_admin@one.test", PASSWORD)
+            .await;
         let store_path = format!("/api/v1/stores/{}", tree.chain[3]);
         assert_eq!(partner_on_second.get(&store_path).await.status, 200);
 
         // A new account created through the first engine works on the second at once or within a second.
         let email = "late@one.test";
-        tree.root.post("/api/v1/users", json!({"node_id": tree.chain[2], "email": email, "password": PASSWORD})).await.ok();
+        tree.root
+            .post(
+                "/api/v1/users",
+                json!({"node_id": tree.chain[2], "email": email, "password": PASSWORD}),
+            )
+            .await
+            .ok();
         let newcomer = Api::new(&second, "p1.test").login(email, PASSWORD).await;
         let started = Instant::now();
         loop {
@@ -458,13 +797,25 @@ async fn a_role_change_made_through_one_engine_is_enforced_by_another_within_a_s
             if status == 200 {
                 break;
             }
-            assert!(started.elapsed() < Duration::from_millis(1500), "second engine still answers {status}");
+            assert!(
+                started.elapsed() < Duration::from_millis(1500),
+                "second engine still answers {status}"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
 
         // Disabling through the first engine stops the account on the second.
-        let user = tree.root.get("/api/v1/users?q=late").await.ok().body["items"][0]["id"].as_str().unwrap().to_owned();
-        tree.root.patch(&format!("/api/v1/users/{user}"), json!({"status": "disabled"})).await.ok();
+        let user = tree.root.get("/api/v1/users?q=late").await.ok().body["items"][0]["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        tree.root
+            .patch(
+                &format!("/api/v1/users/{user}"),
+                json!({"status": "disabled"}),
+            )
+            .await
+            .ok();
         assert_eq!(newcomer.get(&store_path).await.status, 401);
         drop((first, second));
         db.cleanup().await;
@@ -477,12 +828,21 @@ async fn no_password_token_or_key_is_stored_or_logged_in_clear() {
     for db in databases().await {
         let engine = Engine::start(&db.url(), &[("TRELLIS_LOG__LEVEL", "debug")]);
         let tree = Tree::build(&engine, &db.url()).await;
-        let key = tree.client(Role::AgentAdmin).post("/api/v1/api-keys", json!({"name": "k"})).await.ok().body["key"]
+        let key = tree
+            .client(Role::AgentAdmin)
+            .post("/api/v1/api-keys", json!({"name": "k"}))
+            .await
+            .ok()
+            .body["key"]
             .as_str()
             .unwrap()
             .to_owned();
         let mut secrets = vec![PASSWORD.to_owned(), key];
-        secrets.extend(tree.clients.iter().filter_map(|(_, c)| c.token().map(str::to_owned)));
+        secrets.extend(
+            tree.clients
+                .iter()
+                .filter_map(|(_, c)| c.token().map(str::to_owned)),
+        );
         let conn = sea_orm::Database::connect(db.url().as_str()).await.unwrap();
         let backend = conn.get_database_backend();
         let mut dump = String::new();
@@ -490,10 +850,17 @@ async fn no_password_token_or_key_is_stored_or_logged_in_clear() {
             ("users", &["email", "password_hash"][..]),
             ("sessions", &["token_hash", "user_id"]),
             ("api_keys", &["name", "prefix", "key_hash"]),
-            ("audit_log", &["actor_label", "action", "target_id", "detail"]),
+            (
+                "audit_log",
+                &["actor_label", "action", "target_id", "detail"],
+            ),
         ] {
             let sql = format!("SELECT {} FROM {table}", columns.join(", "));
-            for row in conn.query_all_raw(Statement::from_string(backend, sql)).await.unwrap() {
+            for row in conn
+                .query_all_raw(Statement::from_string(backend, sql))
+                .await
+                .unwrap()
+            {
                 for column in columns {
                     let value: Option<String> = row.try_get("", column).unwrap();
                     dump.push_str(value.as_deref().unwrap_or(""));
@@ -505,11 +872,74 @@ async fn no_password_token_or_key_is_stored_or_logged_in_clear() {
         tokio::time::sleep(Duration::from_millis(100)).await;
         let log = engine.log();
         for secret in &secrets {
-            assert!(!dump.contains(secret.as_str()), "{} found in the database", &secret[..6]);
-            assert!(!log.contains(secret.as_str()), "{} found in the log", &secret[..6]);
+            assert!(
+                !dump.contains(secret.as_str()),
+                "{} found in the database",
+                &secret[..6]
+            );
+            assert!(
+                !log.contains(secret.as_str()),
+                "{} found in the log",
+                &secret[..6]
+            );
         }
         assert!(dump.contains("$argon2id$"));
         drop(engine);
         db.cleanup().await;
     }
+}
+
+#[tokio::test]
+async fn a_partners_domain_wears_its_theme_and_an_unknown_theme_falls_back_to_default() {
+    let db = trellis_tests::sqlite();
+    let engine = Engine::start(&db.url(), &[]);
+    create_platform_admin(&db.url(), ROOT_EMAIL, PASSWORD);
+    let root = Api::new(&engine, CONSOLE).login(ROOT_EMAIL, PASSWORD).await;
+    root.post(
+        "/api/v1/partners",
+        json!({"name": "Jade", "theme": "jade", "domains": ["pay.jade.test"]}),
+    )
+    .await
+    .ok();
+    root.post(
+        "/api/v1/partners",
+        json!({"name": "Gone", "theme": "removed", "domains": ["gone.test"]}),
+    )
+    .await
+    .ok();
+    let page = |host: &'static str| {
+        let url = engine.url("/nowhere");
+        async move {
+            let reply = trellis_tests::client()
+                .get(url)
+                .header("host", host)
+                .header("accept", "text/html")
+                .header("accept-language", "zh-CN")
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(reply.status(), 404);
+            reply.text().await.unwrap()
+        }
+    };
+    let jade = page("pay.jade.test").await;
+    assert!(jade.contains("/static/jade/brand.css"), "{jade}");
+    assert!(jade.contains("翡翠支付"), "the theme's strings win");
+    assert!(
+        jade.contains("页面不存在"),
+        "strings it leaves out come from default"
+    );
+    let gone = page("gone.test").await;
+    assert!(
+        gone.contains("/static/default/theme.css") && !gone.contains("brand.css"),
+        "{gone}"
+    );
+    let console = page(CONSOLE).await;
+    assert!(console.contains("Trellis"));
+    let css = trellis_tests::client()
+        .get(engine.url("/static/jade/theme.css"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(css.status(), 200, "assets a theme lacks come from default");
 }

@@ -324,11 +324,17 @@ pub struct Reply {
 
 impl Reply {
     pub fn id(&self) -> String {
-        self.body["id"].as_str().unwrap_or_else(|| panic!("no id in {self:?}")).to_owned()
+        self.body["id"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no id in {self:?}"))
+            .to_owned()
     }
 
     pub fn ok(self) -> Self {
-        assert!((200..300).contains(&self.status), "expected success, got {self:?}");
+        assert!(
+            (200..300).contains(&self.status),
+            "expected success, got {self:?}"
+        );
         self
     }
 }
@@ -337,35 +343,65 @@ impl Api {
     /// A client for `engine`, sending `host` as the Host header (a partner's domain, or e.g.
     /// `127.0.0.1` for the platform console).
     pub fn new(engine: &Engine, host: &str) -> Self {
-        Self { http: client(), base: engine.base_url.clone(), host: host.to_owned(), token: None }
+        Self {
+            http: client(),
+            base: engine.base_url.clone(),
+            host: host.to_owned(),
+            token: None,
+        }
     }
 
     pub fn with_token(&self, token: &str) -> Self {
-        Self { token: Some(token.to_owned()), ..self.clone() }
+        Self {
+            token: Some(token.to_owned()),
+            ..self.clone()
+        }
     }
 
     pub fn on_host(&self, host: &str) -> Self {
-        Self { host: host.to_owned(), ..self.clone() }
+        Self {
+            host: host.to_owned(),
+            ..self.clone()
+        }
     }
 
     pub fn token(&self) -> Option<&str> {
         self.token.as_deref()
     }
 
-    pub async fn send(&self, method: reqwest::Method, path: &str, body: Option<serde_json::Value>) -> Reply {
-        let mut request = self.http.request(method, format!("{}{path}", self.base)).header("host", &self.host);
+    pub async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> Reply {
+        let mut request = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .header("host", &self.host);
         if let Some(token) = &self.token {
             request = request.bearer_auth(token);
         }
         if let Some(body) = body {
             request = request.json(&body);
         }
-        let response = request.send().await.unwrap_or_else(|e| panic!("{path}: {e}"));
+        let response = request
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{path}: {e}"));
         let status = response.status().as_u16();
         let headers = response.headers().clone();
         let text = response.text().await.unwrap_or_default();
-        let body = if text.is_empty() { serde_json::Value::Null } else { serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)) };
-        Reply { status, body, headers }
+        let body = if text.is_empty() {
+            serde_json::Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text))
+        };
+        Reply {
+            status,
+            body,
+            headers,
+        }
     }
 
     pub async fn get(&self, path: &str) -> Reply {
@@ -386,8 +422,17 @@ impl Api {
 
     /// Signs in and returns a client carrying the session token.
     pub async fn login(&self, email: &str, password: &str) -> Self {
-        let reply = self.post("/api/v1/auth/login", serde_json::json!({"email": email, "password": password})).await;
-        assert_eq!(reply.status, 200, "login {email} on {}: {reply:?}", self.host);
+        let reply = self
+            .post(
+                "/api/v1/auth/login",
+                serde_json::json!({"email": email, "password": password}),
+            )
+            .await;
+        assert_eq!(
+            reply.status, 200,
+            "login {email} on {}: {reply:?}",
+            self.host
+        );
         let token = reply.body["token"].as_str().unwrap_or_default().to_owned();
         self.with_token(&token)
     }
@@ -407,6 +452,12 @@ pub fn create_platform_admin(database_url: &str, email: &str, password: &str) {
     if let Some(mut stdin) = child.stdin.take() {
         let _ = writeln!(stdin, "{password}");
     }
-    let output = child.wait_with_output().unwrap_or_else(|e| panic!("admin create: {e}"));
-    assert!(output.status.success(), "admin create failed: {}", String::from_utf8_lossy(&output.stderr));
+    let output = child
+        .wait_with_output()
+        .unwrap_or_else(|e| panic!("admin create: {e}"));
+    assert!(
+        output.status.success(),
+        "admin create failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
 }
