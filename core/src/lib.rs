@@ -2,21 +2,23 @@
 //! except that mutating functions of `tenancy` and `auth` take `rbac::Grant` as their proof.
 #![forbid(unsafe_code)]
 
-/// Who is calling: accounts, sessions, API keys, sign-in throttling.
-pub mod auth;
-/// The `trellis` command line.
-pub mod cli;
 /// Process configuration: defaults, `trellis.toml`, `TRELLIS_*` environment.
 pub mod config;
 /// The database pool (SQLite or PostgreSQL), entities and migrations.
 pub mod db;
-/// Demo data for `make run`.
-pub mod demo;
-/// The axum router, its layers and the server loop.
-pub mod http;
+/// The tenant tree: platform, partners, agents, merchants, stores.
+pub mod tenancy;
+/// Who is calling: accounts, sessions, API keys, sign-in throttling.
+pub mod auth;
 /// May they: the permission matrix, casbin, the `Grant` proof, the audit log.
 pub mod rbac;
-/// The tenant tree: platform, partners, agents, merchants, stores, and their accounts.
-pub mod tenancy;
+/// Alipay signing, verification, certificates and AES: the only holder of merchant keys.
+pub mod alipay;
 /// Handlebars themes with per-partner choice and `default` fallback.
 pub mod themes;
+/// The axum router, its layers and the server loop.
+pub mod http;
+/// Demo data for `make run`.
+pub mod demo;
+/// The `trellis` command line.
+pub mod cli;
