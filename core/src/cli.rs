@@ -47,6 +47,11 @@ pub enum Command {
         #[command(subcommand)]
         command: AdminCommand,
     },
+    /// Alipay signature tools for integrators: key generation, signing, verification, SNs, AES.
+    Alipay {
+        #[command(subcommand)]
+        command: crate::cli::alipay::AlipayCommand,
+    },
     /// Demo data for trying the engine out.
     Demo {
         #[command(subcommand)]
@@ -85,6 +90,8 @@ pub enum ConfigCommand {
     Show,
 }
 
+mod alipay;
+
 /// Failures sorted by exit code.
 #[derive(Debug)]
 enum Failure {
@@ -121,6 +128,10 @@ pub fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<(), Failure> {
+    // The Alipay tools work on files and stdin only: no configuration, database or runtime.
+    if let Command::Alipay { command } = cli.command {
+        return alipay::run(command);
+    }
     let file = cli.config.or_else(config::config_file_from_env);
     let config = Config::load(file.as_deref()).map_err(|e| Failure::Usage(e.to_string()))?;
     init_tracing(&config);
@@ -133,6 +144,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
 
 async fn execute(command: Command, config: Config) -> Result<(), Failure> {
     match command {
+        Command::Alipay { command } => alipay::run(command),
         Command::Config {
             command: ConfigCommand::Show,
         } => {

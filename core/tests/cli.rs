@@ -110,3 +110,234 @@ fn the_example_config_file_loads_and_matches_the_defaults() {
     };
     assert_eq!(strip(&with_example), strip(&defaults));
 }
+
+mod alipay {
+    use std::io::Write;
+    use std::process::{Command, Output, Stdio};
+
+    const VECTORS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/vectors/");
+
+    fn run(args: &[&str], stdin: &[u8]) -> Output {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_trellis"))
+            .arg("alipay")
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(stdin).unwrap();
+        child.wait_with_output().unwrap()
+    }
+
+    fn vectors(name: &str) -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(format!("{VECTORS}{name}")).unwrap()).unwrap()
+    }
+
+    fn form(case: &serde_json::Value) -> String {
+        let mut form = url::form_urlencoded::Serializer::new(String::new());
+        for (k, v) in case["form_params"].as_object().unwrap() {
+            form.append_pair(k, v.as_str().unwrap());
+        }
+        form.finish()
+    }
+
+    #[test]
+    fn sign_prints_the_string_to_sign_and_the_official_sign() {
+        let case = &vectors("requests.json")["cases"][0];
+        let args: Vec<String> = case["params"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| format!("{k}={}", v.as_str().unwrap()))
+            .collect();
+        let key = format!("{VECTORS}keys/app_private_pkcs1.pem");
+        let mut all = vec!["sign", "--private-key", &key];
+        all.extend(args.iter().map(String::as_str));
+        let output = run(&all, b"");
+        assert_eq!(output.status.code(), Some(0));
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(stdout.contains(case["sign_content"].as_str().unwrap()));
+        assert!(stdout.contains(&format!("sign: {}", case["sign"].as_str().unwrap())));
+        assert_eq!(
+            run(
+                &["sign", "--private-key", &key, "--sign-type", "SM2", "a=b"],
+                b""
+            )
+            .status
+            .code(),
+            Some(2)
+        );
+        assert_eq!(
+            run(&["sign", "--private-key", "/nonexistent", "a=b"], b"")
+                .status
+                .code(),
+            Some(2)
+        );
+    }
+
+    #[test]
+    fn verify_notify_exits_zero_valid_one_invalid_two_bad_input() {
+        let case = &vectors("notifications.json")["cases"][0];
+        let key = format!("{VECTORS}keys/alipay_public.pem");
+        let body = form(case);
+        assert_eq!(
+            run(
+                &["verify-notify", "--alipay-public-key", &key],
+                body.as_bytes()
+            )
+            .status
+            .code(),
+            Some(0)
+        );
+        let tampered = body.replace("total_amount=0.10", "total_amount=9.10");
+        assert_ne!(tampered, body);
+        assert_eq!(
+            run(
+                &["verify-notify", "--alipay-public-key", &key],
+                tampered.as_bytes()
+            )
+            .status
+            .code(),
+            Some(1)
+        );
+        assert_eq!(
+            run(
+                &["verify-notify", "--alipay-public-key", &key, "--v2"],
+                body.as_bytes()
+            )
+            .status
+            .code(),
+            Some(1)
+        );
+        assert_eq!(
+            run(
+                &["verify-notify", "--alipay-public-key", &key],
+                b"no-sign-here=1"
+            )
+            .status
+            .code(),
+            Some(2)
+        );
+        let app_key = format!("{VECTORS}keys/app_private_pkcs8.pem");
+        assert_eq!(
+            run(
+                &["verify-notify", "--alipay-public-key", &app_key],
+                body.as_bytes()
+            )
+            .status
+            .code(),
+            Some(2)
+        );
+    }
+
+    #[test]
+    fn verify_response_cert_sns_and_aes_round_trip() {
+        let responses = vectors("responses.json");
+        let key = format!("{VECTORS}keys/alipay_public.pem");
+        for case in responses["cases"].as_array().unwrap() {
+            let sign_type = case["sign_type"].as_str().unwrap();
+            let output = run(
+                &[
+                    "verify-response",
+                    "--method",
+                    case["method"].as_str().unwrap(),
+                    "--alipay-public-key",
+                    &key,
+                    "--sign-type",
+                    sign_type,
+                ],
+                case["body"].as_str().unwrap().as_bytes(),
+            );
+            let expected = if case["expected_valid"].as_bool().unwrap() {
+                0
+            } else {
+                1
+            };
+            assert_eq!(output.status.code(), Some(expected), "{}", case["name"]);
+        }
+        assert_eq!(
+            run(
+                &[
+                    "verify-response",
+                    "--method",
+                    "m",
+                    "--alipay-public-key",
+                    &key
+                ],
+                b"not json"
+            )
+            .status
+            .code(),
+            Some(2)
+        );
+
+        let certs = vectors("certs.json");
+        let sn = run(&["cert-sn", &format!("{VECTORS}certs/app_cert.pem")], b"");
+        assert_eq!(
+            String::from_utf8_lossy(&sn.stdout).trim(),
+            certs["app_cert_sn"].as_str().unwrap()
+        );
+        let root = run(
+            &["root-cert-sn", &format!("{VECTORS}certs/root_bundle.pem")],
+            b"",
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&root.stdout).trim(),
+            certs["root_cert_sn"].as_str().unwrap()
+        );
+        assert_eq!(
+            run(&["cert-sn", &key], b"").status.code(),
+            Some(2),
+            "a public key is not a certificate"
+        );
+
+        let aes = &vectors("aes.json")["cases"][0];
+        let k = aes["key"].as_str().unwrap();
+        let enc = run(
+            &["aes-encrypt", "--key", k],
+            aes["plaintext"].as_str().unwrap().as_bytes(),
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&enc.stdout).trim(),
+            aes["ciphertext"].as_str().unwrap()
+        );
+        let dec = run(
+            &["aes-decrypt", "--key", k],
+            aes["ciphertext"].as_str().unwrap().as_bytes(),
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&dec.stdout).trim(),
+            aes["plaintext"].as_str().unwrap()
+        );
+        assert_eq!(
+            run(&["aes-decrypt", "--key", "c2hvcnQ="], b"AAAA")
+                .status
+                .code(),
+            Some(2)
+        );
+    }
+
+    #[test]
+    fn keygen_prints_a_usable_pair() {
+        for flag in ["--pkcs1", "--pkcs8"] {
+            let output = run(&["keygen", flag], b"");
+            assert_eq!(output.status.code(), Some(0));
+            let text = String::from_utf8_lossy(&output.stdout).into_owned();
+            let lines: Vec<&str> = text
+                .lines()
+                .filter(|l| !l.starts_with('#') && !l.is_empty())
+                .collect();
+            assert_eq!(lines.len(), 2, "{text}");
+            let dir = tempfile::tempdir().unwrap();
+            let key_file = dir.path().join("key");
+            std::fs::write(&key_file, lines[0]).unwrap();
+            assert!(lines[1].starts_with("MIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEA"));
+            let signed = run(
+                &["sign", "--private-key", key_file.to_str().unwrap(), "a=1"],
+                b"",
+            );
+            assert_eq!(signed.status.code(), Some(0));
+        }
+    }
+}
