@@ -8,6 +8,7 @@
 
 pub mod aes;
 pub mod cert;
+pub mod credentials;
 pub mod keys;
 pub mod notify;
 pub mod response;

@@ -52,6 +52,11 @@ pub enum Command {
         #[command(subcommand)]
         command: crate::cli::alipay::AlipayCommand,
     },
+    /// Secrets at rest.
+    Secrets {
+        #[command(subcommand)]
+        command: SecretsCommand,
+    },
     /// Demo data for trying the engine out.
     Demo {
         #[command(subcommand)]
@@ -75,6 +80,13 @@ pub enum AdminCommand {
         #[arg(long, required = true)]
         password_stdin: bool,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SecretsCommand {
+    /// Re-seal every stored secret under `secrets.master_key`; earlier keys must be listed in
+    /// `secrets.previous_master_keys` until this has run.
+    Rotate,
 }
 
 #[derive(Debug, Subcommand)]
@@ -168,6 +180,26 @@ async fn execute(command: Command, config: Config) -> Result<(), Failure> {
             db.close().await;
             Ok(())
         }
+        Command::Secrets {
+            command: SecretsCommand::Rotate,
+        } => {
+            let vault = crate::secrets::Vault::from_config(&config.secrets)
+                .map_err(|e| Failure::Usage(e.to_string()))?;
+            if !vault.is_configured() {
+                return Err(Failure::Usage("secrets.master_key is not set".to_owned()));
+            }
+            let db = connect(&config).await?;
+            db.migrate().await.map_err(runtime)?;
+            let changed = crate::alipay::credentials::rotate_all(&db.conn, &vault)
+                .await
+                .map_err(runtime)?;
+            println!(
+                "re-sealed {changed} secret(s) under key {}",
+                vault.current_key_id().unwrap_or_default()
+            );
+            db.close().await;
+            Ok(())
+        }
         Command::Demo {
             command: DemoCommand::Seed,
         } => {
@@ -218,11 +250,19 @@ async fn execute(command: Command, config: Config) -> Result<(), Failure> {
             }
             let rbac = Rbac::load(db.conn.clone()).await.map_err(runtime)?;
             let sync = rbac.spawn_sync(std::time::Duration::from_millis(500));
+            let vault = crate::secrets::Vault::from_config(&config.secrets)
+                .map_err(|e| Failure::Usage(e.to_string()))?;
+            if !vault.is_configured() {
+                tracing::warn!(
+                    "secrets.master_key is not set: merchant Alipay keys cannot be stored"
+                );
+            }
             let state = AppState {
                 config: Arc::new(config),
                 db: db.clone(),
                 themes,
                 rbac,
+                vault: Arc::new(vault),
             };
             let result = http::serve(state).await;
             sync.abort();

@@ -96,6 +96,9 @@ pub struct SecretsConfig {
     /// Base64 of 32 random bytes; encrypts merchant keys at rest. Unset: secrets cannot be stored.
     #[serde(serialize_with = "serialize_redacted")]
     pub master_key: Option<SecretString>,
+    /// Earlier master keys: still open what they sealed until `trellis secrets rotate` re-seals it.
+    #[serde(default, serialize_with = "serialize_redacted_list")]
+    pub previous_master_keys: Vec<SecretString>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -333,6 +336,18 @@ fn serialize_redacted_url<S: serde::Serializer>(
     s: S,
 ) -> Result<S::Ok, S::Error> {
     s.serialize_str(&redact_url(url.expose_secret()))
+}
+
+fn serialize_redacted_list<S: serde::Serializer>(
+    secrets: &[SecretString],
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeSeq;
+    let mut seq = s.serialize_seq(Some(secrets.len()))?;
+    for _ in secrets {
+        seq.serialize_element("<redacted>")?;
+    }
+    seq.end()
 }
 
 fn serialize_redacted<S: serde::Serializer>(

@@ -25,6 +25,7 @@ use tower_http::catch_panic::CatchPanicLayer;
 use crate::config::Config;
 use crate::db::Db;
 use crate::rbac::Rbac;
+use crate::secrets::Vault;
 use crate::themes::{DEFAULT_THEME, Locale, Themes};
 use error::ApiError;
 
@@ -35,6 +36,7 @@ pub struct AppState {
     pub db: Db,
     pub themes: Themes,
     pub rbac: Rbac,
+    pub vault: Arc<Vault>,
 }
 
 /// The whole application as a router, ready for `axum::serve` or for `oneshot` in tests.

@@ -12,6 +12,8 @@ pub mod tenancy;
 pub mod auth;
 /// May they: the permission matrix, casbin, the `Grant` proof, the audit log.
 pub mod rbac;
+/// Secrets at rest: AES-256-GCM under the configured master key, with rotation.
+pub mod secrets;
 /// Alipay signing, verification, certificates and AES: the only holder of merchant keys.
 pub mod alipay;
 /// Handlebars themes with per-partner choice and `default` fallback.

@@ -48,10 +48,12 @@ pub enum Action {
     ApiKeyRead,
     ApiKeyRevoke,
     AuditRead,
+    AlipayCredentialsRead,
+    AlipayCredentialsWrite,
 }
 
 impl Action {
-    pub const ALL: [Action; 23] = [
+    pub const ALL: [Action; 25] = [
         Self::PartnerCreate,
         Self::PartnerRead,
         Self::PartnerUpdate,
@@ -75,6 +77,8 @@ impl Action {
         Self::ApiKeyRead,
         Self::ApiKeyRevoke,
         Self::AuditRead,
+        Self::AlipayCredentialsRead,
+        Self::AlipayCredentialsWrite,
     ];
 
     /// The (object, verb) pair casbin stores.
@@ -103,6 +107,8 @@ impl Action {
             Self::ApiKeyRead => ("api_key", "read"),
             Self::ApiKeyRevoke => ("api_key", "revoke"),
             Self::AuditRead => ("audit", "read"),
+            Self::AlipayCredentialsRead => ("alipay_credentials", "read"),
+            Self::AlipayCredentialsWrite => ("alipay_credentials", "write"),
         }
     }
 
@@ -126,7 +132,9 @@ impl Action {
             Self::MerchantRead
             | Self::MerchantUpdate
             | Self::MerchantSuspend
-            | Self::StoreCreate => NodeKind::Merchant,
+            | Self::StoreCreate
+            | Self::AlipayCredentialsRead
+            | Self::AlipayCredentialsWrite => NodeKind::Merchant,
             Self::StoreRead | Self::StoreUpdate | Self::StoreSuspend => NodeKind::Store,
             Self::UserCreate
             | Self::UserRead
@@ -208,6 +216,8 @@ pub fn allows(role: Role, action: Action) -> bool {
                 | A::ApiKeyRead
                 | A::ApiKeyRevoke
                 | A::AuditRead
+                | A::AlipayCredentialsRead
+                | A::AlipayCredentialsWrite
         ),
         Role::MerchantStaff => matches!(action, A::StoreRead),
     }

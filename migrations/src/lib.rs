@@ -7,6 +7,7 @@ pub use sea_orm_migration::prelude::*;
 
 mod m20261125_000001_create_tenancy;
 mod m20261125_000002_create_auth_and_audit;
+mod m20261125_000003_create_alipay_credentials;
 
 /// Every migration of the engine, oldest first.
 pub struct Migrator;
@@ -17,6 +18,7 @@ impl MigratorTrait for Migrator {
         vec![
             Box::new(m20261125_000001_create_tenancy::Migration),
             Box::new(m20261125_000002_create_auth_and_audit::Migration),
+            Box::new(m20261125_000003_create_alipay_credentials::Migration),
         ]
     }
 }

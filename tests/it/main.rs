@@ -5,6 +5,7 @@
     reason = "test helpers fail the test by panicking, with the value in the message"
 )]
 
+mod alipay;
 mod foundation;
 mod rbac_property;
 mod tenancy;

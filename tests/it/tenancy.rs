@@ -28,6 +28,12 @@ impl Tree {
         let root = Api::new(engine, CONSOLE).login(ROOT_EMAIL, PASSWORD).await;
         let chain = Self::chain(&root, "p1.test", "one").await;
         let other = Self::chain(&root, "p2.test", "two").await;
+        root.post(
+            &format!("/api/v1/merchants/{}/alipay/keypair", chain[2]),
+            json!({}),
+        )
+        .await
+        .ok();
         let mut clients = vec![(Role::PlatformAdmin, root.clone())];
         for (role, node) in [
             Role::PartnerAdmin,
@@ -224,6 +230,22 @@ async fn perform(tree: &Tree, role: Role, action: Action, serial: usize) -> u16 
             } else {
                 api.delete(&format!("/api/v1/api-keys/{id}")).await.status
             }
+        }
+        A::AlipayCredentialsRead => {
+            api.get(&format!(
+                "/api/v1/merchants/{}/alipay/credentials",
+                tree.chain[2]
+            ))
+            .await
+            .status
+        }
+        A::AlipayCredentialsWrite => {
+            api.post(
+                &format!("/api/v1/merchants/{}/alipay/keypair", tree.chain[2]),
+                json!({}),
+            )
+            .await
+            .status
         }
         A::AuditRead => {
             let query = own.map(|n| format!("?node_id={n}")).unwrap_or_default();

@@ -12,6 +12,9 @@ use sea_orm::{ConnectionTrait, Database};
 
 pub use trellis_core;
 
+/// The master key every test engine seals secrets with. A TEST KEY: it protects nothing real.
+pub const TEST_MASTER_KEY: &str = "dGVzdC1vbmx5LW1hc3Rlci1rZXktMzItYnl0ZXMhISE=";
+
 /// One database leg of the suite.
 #[derive(Debug)]
 pub enum TestDb {
@@ -170,6 +173,8 @@ pub fn trellis_command(data_dir: &Path, database_url: &str) -> Command {
         .env("TRELLIS_THEMES__DIR", workspace_root().join("themes"))
         .env("TRELLIS_HTTP__LISTEN", "127.0.0.1:0")
         .env("TRELLIS_LOG__FORMAT", "json")
+        // A test-only master key: merchant secrets are sealed under it in every test database.
+        .env("TRELLIS_SECRETS__MASTER_KEY", TEST_MASTER_KEY)
         .env("TRELLIS_LOG__LEVEL", "info");
     command
 }
@@ -194,7 +199,12 @@ impl Engine {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         for (key, value) in env {
-            command.env(key, value);
+            // An empty value removes the variable, e.g. to run without a master key.
+            if value.is_empty() {
+                command.env_remove(key);
+            } else {
+                command.env(key, value);
+            }
         }
         let mut child = command
             .spawn()

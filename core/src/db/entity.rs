@@ -1,5 +1,6 @@
 //! sea-orm entities, one file per table; the schema itself is owned by `trellis-migrations`.
 
+pub mod alipay_credentials;
 pub mod api_keys;
 pub mod audit_log;
 pub mod login_failures;

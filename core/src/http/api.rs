@@ -20,6 +20,7 @@ use std::net::SocketAddr;
 use super::AppState;
 use super::error::ApiError;
 use super::middleware::{HostContext, RequestId};
+use crate::alipay::credentials::{self, CredentialsInput, CredentialsView};
 use crate::auth::{
     self, ApiKey, NewApiKey, NewUser, Principal, PrincipalKind, User, UserFilter, UserPatch,
 };
@@ -52,7 +53,15 @@ pub fn router() -> Router<AppState> {
         .route("/api/v1/users/{id}", get(get_user).patch(update_user))
         .route("/api/v1/api-keys", get(list_keys).post(create_key))
         .route("/api/v1/api-keys/{id}", get(get_key).delete(revoke_key))
-        .route("/api/v1/audit", get(list_audit));
+        .route("/api/v1/audit", get(list_audit))
+        .route(
+            "/api/v1/merchants/{id}/alipay/credentials",
+            get(get_credentials).put(put_credentials),
+        )
+        .route(
+            "/api/v1/merchants/{id}/alipay/keypair",
+            post(generate_keypair),
+        );
     for (kind, plural) in NODE_ROUTES {
         router = router
             .route(
@@ -856,4 +865,91 @@ async fn list_audit(
     Ok(Json(
         audit::list(&state.db.conn, &scope, &filter, page).await?,
     ))
+}
+
+// ----- Alipay credentials --------------------------------------------------------------------
+
+async fn get_credentials(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    Path(id): Path<String>,
+) -> Result<Json<CredentialsView>, ApiError> {
+    let merchant =
+        tenancy::find_in_scope(&state.db.conn, &caller.place, Some(NodeKind::Merchant), &id)
+            .await?;
+    state
+        .rbac
+        .authorize(&caller, Action::AlipayCredentialsRead, &merchant.place())
+        .await?;
+    let view = credentials::get(&state.db.conn, &id)
+        .await?
+        .ok_or(credentials::Error::NotConfigured)?;
+    Ok(Json(view))
+}
+
+async fn put_credentials(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    rid: Option<Extension<RequestId>>,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<CredentialsInput>,
+) -> Result<Json<CredentialsView>, ApiError> {
+    let mut place = None;
+    let result = async {
+        let merchant =
+            tenancy::find_in_scope(&state.db.conn, &caller.place, Some(NodeKind::Merchant), &id)
+                .await?;
+        place = Some(merchant.place());
+        let grant = state
+            .rbac
+            .authorize(&caller, Action::AlipayCredentialsWrite, &merchant.place())
+            .await?;
+        Ok::<_, ApiError>(credentials::put(&state.db.conn, &state.vault, &grant, body).await?)
+    }
+    .await;
+    let view = audited(
+        &state,
+        &caller,
+        request_id(&rid),
+        "alipay_credentials.write",
+        ("merchant", Some(&id)),
+        place.as_ref(),
+        result,
+    )
+    .await?;
+    Ok(Json(view))
+}
+
+async fn generate_keypair(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    rid: Option<Extension<RequestId>>,
+    Path(id): Path<String>,
+) -> Result<(StatusCode, Json<CredentialsView>), ApiError> {
+    let mut place = None;
+    let result = async {
+        let merchant =
+            tenancy::find_in_scope(&state.db.conn, &caller.place, Some(NodeKind::Merchant), &id)
+                .await?;
+        place = Some(merchant.place());
+        let grant = state
+            .rbac
+            .authorize(&caller, Action::AlipayCredentialsWrite, &merchant.place())
+            .await?;
+        Ok::<_, ApiError>(
+            credentials::generate_keypair(&state.db.conn, &state.vault, &grant).await?,
+        )
+    }
+    .await;
+    let view = audited(
+        &state,
+        &caller,
+        request_id(&rid),
+        "alipay_credentials.keypair",
+        ("merchant", Some(&id)),
+        place.as_ref(),
+        result,
+    )
+    .await?;
+    Ok((StatusCode::CREATED, Json(view)))
 }

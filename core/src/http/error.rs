@@ -6,7 +6,8 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
-use crate::{auth, db, rbac, tenancy, themes};
+use crate::alipay::credentials;
+use crate::{auth, db, rbac, secrets, tenancy, themes};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -33,6 +34,8 @@ pub enum ApiError {
     Auth(#[from] auth::Error),
     #[error(transparent)]
     Rbac(#[from] rbac::Error),
+    #[error(transparent)]
+    Credentials(#[from] credentials::Error),
     #[error("asset not found")]
     Theme(#[from] themes::Error),
     #[error("internal error")]
@@ -65,6 +68,16 @@ impl ApiError {
             Self::Tenancy(e) => tenancy_status(e),
             Self::Auth(e) => auth_status(e),
             Self::Rbac(e) => rbac_status(e),
+            Self::Credentials(credentials::Error::Invalid { .. }) => {
+                (S::UNPROCESSABLE_ENTITY, "validation_failed")
+            }
+            Self::Credentials(credentials::Error::NotConfigured) => {
+                (S::NOT_FOUND, "not_configured")
+            }
+            Self::Credentials(credentials::Error::Secrets(secrets::Error::NoMasterKey)) => {
+                (S::SERVICE_UNAVAILABLE, "secrets_unavailable")
+            }
+            Self::Credentials(_) => INTERNAL,
             Self::DbErr(_) | Self::Theme(_) | Self::Internal(_) => INTERNAL,
         }
     }
@@ -75,9 +88,8 @@ impl ApiError {
             Self::Validation { field, .. }
             | Self::Tenancy(tenancy::Error::Invalid { field, .. })
             | Self::Auth(auth::Error::Invalid { field, .. })
-            | Self::Auth(auth::Error::Tenancy(tenancy::Error::Invalid { field, .. })) => {
-                Some(field)
-            }
+            | Self::Auth(auth::Error::Tenancy(tenancy::Error::Invalid { field, .. }))
+            | Self::Credentials(credentials::Error::Invalid { field, .. }) => Some(field),
             Self::Auth(auth::Error::PasswordTooShort | auth::Error::PasswordTooLong) => {
                 Some("password")
             }
@@ -135,6 +147,9 @@ impl IntoResponse for ApiError {
         let message = if status.is_server_error() {
             tracing::error!(error = ?self, "request failed");
             match status {
+                StatusCode::SERVICE_UNAVAILABLE if code == "secrets_unavailable" => {
+                    "secrets cannot be stored: the platform has no master key configured".to_owned()
+                }
                 StatusCode::SERVICE_UNAVAILABLE => "service temporarily unavailable".to_owned(),
                 _ => "internal error".to_owned(),
             }
