@@ -8,10 +8,12 @@
 
 pub mod aes;
 pub mod cert;
+pub mod client;
 pub mod credentials;
 pub mod keys;
 pub mod notify;
 pub mod response;
+pub mod sandbox;
 pub mod signing;
 
 pub use keys::{PrivateKey, PublicKey, SignType};
@@ -45,6 +47,8 @@ pub enum Error {
     },
     #[error("Alipay answered {} ({}): {}", .0.code, .0.sub_code.as_deref().unwrap_or("-"), .0.sub_msg.as_deref().unwrap_or(&.0.msg))]
     Gateway(response::GatewayError),
+    #[error("cannot reach the Alipay gateway: {0}")]
+    Transport(String),
     #[error("AES encryption or decryption failed")]
     Aes,
     #[error("invalid certificate: {0}")]

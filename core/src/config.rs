@@ -37,6 +37,16 @@ pub struct Config {
     pub secrets: SecretsConfig,
     pub themes: ThemesConfig,
     pub auth: AuthConfig,
+    pub sandbox: SandboxConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SandboxConfig {
+    /// Serve the offline Alipay sandbox under `/sandbox` (what `make run` does).
+    pub enabled: bool,
+    /// Divides Alipay's notification retry schedule (1 = real timing).
+    pub time_scale: u64,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -121,6 +131,13 @@ struct Defaults {
     secrets: DefaultSecrets,
     themes: DefaultThemes,
     auth: DefaultAuth,
+    sandbox: DefaultSandbox,
+}
+
+#[derive(Serialize)]
+struct DefaultSandbox {
+    enabled: bool,
+    time_scale: u64,
 }
 
 #[derive(Serialize)]
@@ -184,6 +201,10 @@ const DEFAULTS: Defaults = Defaults {
     auth: DefaultAuth {
         session_ttl_hours: 12,
         cookie_secure: false,
+    },
+    sandbox: DefaultSandbox {
+        enabled: false,
+        time_scale: 1,
     },
 };
 

@@ -41,7 +41,16 @@ pub struct AppState {
 
 /// The whole application as a router, ready for `axum::serve` or for `oneshot` in tests.
 pub fn router(state: AppState) -> Router {
-    Router::new()
+    build_router(state, None)
+}
+
+/// The router with the offline sandbox nested under `/sandbox`, behind the same layers.
+fn build_router(state: AppState, sandbox: Option<Router>) -> Router {
+    let mut routes = Router::new();
+    if let Some(sandbox) = sandbox {
+        routes = routes.nest_service("/sandbox", sandbox);
+    }
+    routes
         .route("/", get(home))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -150,7 +159,22 @@ pub async fn serve(state: AppState) -> anyhow::Result<()> {
     tracing::info!(address = %local, "listening");
 
     let (signalled_tx, signalled_rx) = tokio::sync::watch::channel(false);
-    let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
+    let mut sandbox = None;
+    if state.config.sandbox.enabled {
+        let base = format!("http://{local}/sandbox");
+        let opened = crate::alipay::sandbox::Sandbox::open(
+            state.db.conn.clone(),
+            &base,
+            state.config.sandbox.time_scale,
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot start the offline Alipay sandbox: {e}"))?;
+        println!(
+            "Offline Alipay sandbox at {base}/gateway.do (Alipay public key: GET {base}/alipay-public-key)"
+        );
+        sandbox = Some(opened.router());
+    }
+    let app = build_router(state, sandbox).into_make_service_with_connect_info::<SocketAddr>();
     let server = axum::serve(listener, app).with_graceful_shutdown(async move {
         shutdown_signal().await;
         tracing::info!("shutdown requested; finishing in-flight requests");

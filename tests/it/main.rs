@@ -7,5 +7,6 @@
 
 mod alipay;
 mod foundation;
+mod sandbox;
 mod rbac_property;
 mod tenancy;

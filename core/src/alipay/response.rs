@@ -7,6 +7,8 @@
 //! and the text holds `\/`, it is retried once with `/`; an unsigned `error_response` is a
 //! failure that may change no state.
 
+use std::borrow::Cow;
+
 use serde_json::Value;
 
 use super::Error;
@@ -129,12 +131,12 @@ pub struct Verified {
 /// Where the response's signature is checked against: one key, or (certificate mode) the key
 /// of the certificate the response names.
 pub trait KeyLookup {
-    fn key_for(&self, alipay_cert_sn: Option<&str>) -> Result<&PublicKey, Error>;
+    fn key_for(&self, alipay_cert_sn: Option<&str>) -> Result<Cow<'_, PublicKey>, Error>;
 }
 
 impl KeyLookup for PublicKey {
-    fn key_for(&self, _: Option<&str>) -> Result<&PublicKey, Error> {
-        Ok(self)
+    fn key_for(&self, _: Option<&str>) -> Result<Cow<'_, PublicKey>, Error> {
+        Ok(Cow::Borrowed(self))
     }
 }
 

@@ -1,0 +1,393 @@
+//! The engine's Alipay client against the offline sandbox served by the real binary: every
+//! request's signature is checked by the sandbox, every answer and notification by the engine.
+//! A full card activation and a payment with its notification run end to end.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::{Query, State};
+use axum::routing::{get, post};
+use secrecy::SecretString;
+use serde_json::{Value, json};
+use trellis_core::alipay::aes::AesKey;
+use trellis_core::alipay::client::{AlipayClient, CallOptions};
+use trellis_core::alipay::credentials::MerchantApp;
+use trellis_core::alipay::notify::{Notification, NotifyRule};
+use trellis_core::alipay::{Error, PrivateKey, PublicKey, SignType};
+use trellis_tests::{Engine, client, databases};
+
+const VECTORS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../core/tests/vectors/");
+const APP_ID: &str = "2021004199990001";
+const AES: &str = "aoMq5bkLjvVvtI5CPhxUIg==";
+
+fn app_key() -> PrivateKey {
+    PrivateKey::parse(&SecretString::from(
+        std::fs::read_to_string(format!("{VECTORS}keys/app_private_pkcs8.pem")).unwrap(),
+    ))
+    .unwrap()
+}
+
+/// Registers the test app with the sandbox and returns it as the engine would load it.
+async fn app(engine: &Engine) -> MerchantApp {
+    let http = client();
+    let key = app_key();
+    let registered: Value = http
+        .post(engine.url("/sandbox/apps"))
+        .json(&json!({"app_id": APP_ID, "app_public_key": key.public_key().to_base64(), "aes_key": AES}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    MerchantApp {
+        merchant_id: "m".into(),
+        app_id: APP_ID.into(),
+        sign_type: SignType::Rsa2,
+        private_key: key,
+        alipay_public_key: PublicKey::parse(registered["alipay_public_key"].as_str().unwrap())
+            .unwrap(),
+        aes: Some(AesKey::parse(&SecretString::from(AES)).unwrap()),
+        gateway_url: registered["gateway_url"].as_str().unwrap().to_owned(),
+        cert_sns: None,
+        alipay_cert_sn: None,
+        alipay_root_cert: None,
+    }
+}
+
+fn sandbox_engine(url: &str) -> Engine {
+    Engine::start(
+        url,
+        &[
+            ("TRELLIS_SANDBOX__ENABLED", "true"),
+            ("TRELLIS_SANDBOX__TIME_SCALE", "100000"),
+        ],
+    )
+}
+
+fn alipay() -> AlipayClient {
+    AlipayClient::new(Duration::from_secs(5), Duration::from_secs(20)).unwrap()
+}
+
+#[tokio::test]
+async fn the_sandbox_rejects_a_wrong_key_and_accepts_the_right_one() {
+    let db = trellis_tests::sqlite();
+    let engine = sandbox_engine(&db.url());
+    let good = app(&engine).await;
+    let query = json!({"out_trade_no": "nope-1"});
+    // Right key: a verified business answer (the trade does not exist).
+    match alipay()
+        .call(
+            &good,
+            "alipay.trade.query",
+            Some(&query),
+            &CallOptions::default(),
+        )
+        .await
+    {
+        Err(Error::Gateway(g)) => assert_eq!(g.sub_code.as_deref(), Some("ACQ.TRADE_NOT_EXIST")),
+        other => panic!("{other:?}"),
+    }
+    // Wrong key: Alipay's unsigned 40002 isv.invalid-signature, which changes nothing.
+    let bad = MerchantApp {
+        private_key: PrivateKey::generate().unwrap(),
+        ..app(&engine).await
+    };
+    match alipay()
+        .call(
+            &bad,
+            "alipay.trade.query",
+            Some(&query),
+            &CallOptions::default(),
+        )
+        .await
+    {
+        Err(Error::UnsignedError { code, sub_code, .. }) => {
+            assert_eq!(code, "40002");
+            assert_eq!(sub_code.as_deref(), Some("isv.invalid-signature"));
+        }
+        other => panic!("{other:?}"),
+    }
+    // A forged Alipay key on our side: the sandbox's genuine answer does not verify.
+    let wrong_alipay = MerchantApp {
+        alipay_public_key: app_key().public_key().clone(),
+        ..app(&engine).await
+    };
+    let result = alipay()
+        .call(
+            &wrong_alipay,
+            "alipay.trade.query",
+            Some(&query),
+            &CallOptions::default(),
+        )
+        .await;
+    assert!(matches!(result, Err(Error::InvalidSignature)), "{result:?}");
+}
+
+#[derive(Default)]
+struct Merchant {
+    notifications: Vec<String>,
+    callbacks: Vec<std::collections::BTreeMap<String, String>>,
+    answered: usize,
+}
+
+/// A stand-in for the merchant's side: the card callback and the notify URL.
+async fn merchant_site(alipay_key: PublicKey) -> (String, Arc<Mutex<Merchant>>) {
+    let state = Arc::new(Mutex::new(Merchant::default()));
+    type Shared = (Arc<Mutex<Merchant>>, Arc<PublicKey>);
+    async fn notify(State((state, key)): State<Shared>, body: String) -> &'static str {
+        let verified = Notification::parse(body.as_bytes())
+            .map(|n| n.verify(&key, NotifyRule::V1).is_ok())
+            .unwrap_or(false);
+        let mut s = state.lock().unwrap();
+        s.notifications.push(body);
+        s.answered += 1;
+        // Fail twice so the sandbox has to retry, then acknowledge (only what verified).
+        if s.answered < 3 || !verified {
+            "fail"
+        } else {
+            "success"
+        }
+    }
+    async fn callback(
+        State((state, _)): State<Shared>,
+        Query(q): Query<std::collections::BTreeMap<String, String>>,
+    ) -> &'static str {
+        state.lock().unwrap().callbacks.push(q);
+        "ok"
+    }
+    let router = axum::Router::new()
+        .route("/notify", post(notify))
+        .route("/card/callback", get(callback))
+        .with_state((state.clone(), Arc::new(alipay_key)));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    (base, state)
+}
+
+#[tokio::test]
+async fn a_card_activation_and_a_paid_trade_run_end_to_end() {
+    for db in databases().await {
+        let engine = sandbox_engine(&db.url());
+        let app = app(&engine).await;
+        let (site, merchant) = merchant_site(app.alipay_public_key.clone()).await;
+        let alipay = alipay();
+        let none = CallOptions::default();
+
+        // Design and sync the card.
+        let template = json!({
+            "request_id": "req-1", "card_type": "OUT_MEMBER_CARD", "write_off_type": "qrcode",
+            "template_style_info": {"card_show_name": "会员卡", "logo_id": "logo", "background_id": "bg", "bg_color": "rgb(55,112,179)"},
+        });
+        let created = alipay
+            .call(
+                &app,
+                "alipay.marketing.card.template.create",
+                Some(&template),
+                &none,
+            )
+            .await
+            .unwrap();
+        let template_id = created["template_id"].as_str().unwrap().to_owned();
+        let again = alipay
+            .call(
+                &app,
+                "alipay.marketing.card.template.create",
+                Some(&template),
+                &none,
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            again["template_id"],
+            template_id.as_str(),
+            "idempotent on request_id"
+        );
+        let form = json!({"template_id": template_id, "fields": {
+            "required": r#"{"common_fields":["OPEN_FORM_FIELD_MOBILE"]}"#,
+            "optional": r#"{"common_fields":["OPEN_FORM_FIELD_NAME","OPEN_FORM_FIELD_BIRTHDAY_WITH_YEAR"]}"#,
+        }});
+        alipay
+            .call(
+                &app,
+                "alipay.marketing.card.formtemplate.set",
+                Some(&form),
+                &none,
+            )
+            .await
+            .unwrap();
+        let bad_form = json!({"template_id": template_id, "fields": {"required": {"common_fields": ["OPEN_FORM_FIELD_MOBILE"]}}});
+        assert!(
+            alipay
+                .call(
+                    &app,
+                    "alipay.marketing.card.formtemplate.set",
+                    Some(&bad_form),
+                    &none
+                )
+                .await
+                .is_err(),
+            "fields are JSON strings"
+        );
+
+        // Claim link → a simulated consumer opens it → the callback gets an auth_code.
+        let apply = json!({"template_id": template_id, "callback": format!("{site}/card/callback"), "out_string": "m9"});
+        let link = alipay
+            .call(
+                &app,
+                "alipay.marketing.card.activateurl.apply",
+                Some(&apply),
+                &none,
+            )
+            .await
+            .unwrap();
+        let encoded = link["apply_card_url"].as_str().unwrap();
+        assert!(!encoded.contains("://"), "the link comes URL-encoded");
+        let opened: Value = client()
+            .post(engine.url("/sandbox/consumers/alice/open-claim-link"))
+            .json(&json!({"url": encoded}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(opened["callback_status"], 200, "{opened}");
+        let callback = merchant
+            .lock()
+            .unwrap()
+            .callbacks
+            .pop()
+            .expect("the callback was called");
+        assert_eq!(callback["template_id"], template_id);
+        assert_eq!(callback["out_string"], "m9");
+
+        // The activation calls: oauth.token → activateform.query → card.open (AES-encrypted, too).
+        let token_options = CallOptions {
+            extra: [
+                ("grant_type".into(), "authorization_code".into()),
+                ("code".into(), callback["auth_code"].clone()),
+            ]
+            .into(),
+            ..CallOptions::default()
+        };
+        let token = alipay
+            .call(&app, "alipay.system.oauth.token", None, &token_options)
+            .await
+            .unwrap();
+        let user_id = token["user_id"].as_str().unwrap().to_owned();
+        let reused = alipay
+            .call(&app, "alipay.system.oauth.token", None, &token_options)
+            .await;
+        assert!(reused.is_err(), "an auth_code works once");
+        let with_user = CallOptions {
+            auth_token: token["access_token"].as_str().map(str::to_owned),
+            encrypt: true,
+            ..CallOptions::default()
+        };
+        let form = alipay
+            .call(&app, "alipay.marketing.card.activateform.query", Some(&json!({"biz_type": "MEMBER_CARD", "template_id": template_id, "request_id": callback["request_id"]})), &with_user)
+            .await
+            .unwrap();
+        let infos: Value = serde_json::from_str(form["infos"].as_str().unwrap()).unwrap();
+        assert!(
+            infos
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|i| i.get("OPEN_FORM_FIELD_MOBILE").is_some())
+        );
+        let open = json!({"out_serial_no": "open-1", "card_template_id": template_id,
+            "card_user_info": {"user_uni_id": user_id, "user_uni_id_type": "UID"},
+            "card_ext_info": {"external_card_no": "E0001", "level": "普通会员", "point": "0", "balance": "0.00"}});
+        let opened = alipay
+            .call(&app, "alipay.marketing.card.open", Some(&open), &with_user)
+            .await
+            .unwrap();
+        let card_no = opened["card_info"]["biz_card_no"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let second = json!({"out_serial_no": "open-2", "card_template_id": template_id,
+            "card_user_info": {"user_uni_id": user_id, "user_uni_id_type": "UID"}, "card_ext_info": {"external_card_no": "E0002"}});
+        match alipay
+            .call(
+                &app,
+                "alipay.marketing.card.open",
+                Some(&second),
+                &with_user,
+            )
+            .await
+        {
+            Err(Error::Gateway(g)) => assert_eq!(g.sub_code.as_deref(), Some("CARD_ALREADY_EXIST")),
+            other => panic!("one card per user per template: {other:?}"),
+        }
+        let update = json!({"target_card_no": card_no, "target_card_no_type": "BIZ_CARD", "occur_time": "2026-11-25 12:00:00",
+            "card_info": {"level": "金卡", "point": "120"}});
+        alipay
+            .call(&app, "alipay.marketing.card.update", Some(&update), &none)
+            .await
+            .unwrap();
+        let card: Value = client()
+            .get(engine.url(&format!("/sandbox/cards/{card_no}")))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(card["level"], "金卡");
+        assert_eq!(card["point"], "120");
+        assert_eq!(card["updates"].as_array().unwrap().len(), 1);
+
+        // A trade, paid by a simulated consumer; the notification is retried until acknowledged.
+        let trade =
+            json!({"out_trade_no": "T-0001", "total_amount": "0.10", "subject": "会员充值"});
+        let options = CallOptions {
+            notify_url: Some(format!("{site}/notify")),
+            ..CallOptions::default()
+        };
+        let created = alipay
+            .call(&app, "alipay.trade.precreate", Some(&trade), &options)
+            .await
+            .unwrap();
+        assert!(created["qr_code"].as_str().is_some());
+        let paid = client()
+            .post(engine.url("/sandbox/consumers/alice/pay"))
+            .json(&json!({"app_id": APP_ID, "out_trade_no": "T-0001"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(paid.status(), 200);
+        let mut acknowledged = false;
+        for _ in 0..100 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            if merchant.lock().unwrap().answered >= 3 {
+                acknowledged = true;
+                break;
+            }
+        }
+        assert!(
+            acknowledged,
+            "the sandbox retried until the merchant answered success"
+        );
+        let notifications = merchant.lock().unwrap().notifications.clone();
+        let n = Notification::parse(notifications[0].as_bytes()).unwrap();
+        assert_eq!(n.get("trade_status"), Some("TRADE_SUCCESS"));
+        assert_eq!(n.get("out_trade_no"), Some("T-0001"));
+        assert!(n.verify(&app.alipay_public_key, NotifyRule::V1).is_ok());
+        let queried = alipay
+            .call(
+                &app,
+                "alipay.trade.query",
+                Some(&json!({"out_trade_no": "T-0001"})),
+                &none,
+            )
+            .await
+            .unwrap();
+        assert_eq!(queried["trade_status"], "TRADE_SUCCESS");
+        drop(engine);
+        db.cleanup().await;
+    }
+}
