@@ -7,11 +7,15 @@ PLUGINS := $(patsubst plugins/%/Cargo.toml,%,$(wildcard plugins/*/Cargo.toml))
 .PHONY: run test lint fmt wasm-target plugins build
 
 ## run: build what is needed, seed the demo tenants once and serve on SQLite at
-##      http://127.0.0.1:8080 (./data/trellis.db)
+##      http://127.0.0.1:8080 (./data/trellis.db), with the offline Alipay sandbox under /sandbox
 run: plugins
 	$(CARGO) build --bin trellis
-	./target/debug/trellis demo seed
-	TRELLIS_THEMES__RELOAD=$${TRELLIS_THEMES__RELOAD:-true} ./target/debug/trellis serve
+	@# A development master key, made once and kept beside the demo database (never for production).
+	@mkdir -p data && { [ -s data/dev-master-key ] || head -c 32 /dev/urandom | base64 > data/dev-master-key; }
+	export TRELLIS_SECRETS__MASTER_KEY="$${TRELLIS_SECRETS__MASTER_KEY:-$$(cat data/dev-master-key)}" \
+	       TRELLIS_SANDBOX__ENABLED="$${TRELLIS_SANDBOX__ENABLED:-true}" \
+	       TRELLIS_THEMES__RELOAD="$${TRELLIS_THEMES__RELOAD:-true}"; \
+	./target/debug/trellis demo seed && exec ./target/debug/trellis serve
 
 ## test: build the plugins for wasm32-wasip2 and run the whole suite
 ## (a second database leg runs when TRELLIS_TEST_DATABASE_URL names a PostgreSQL server)

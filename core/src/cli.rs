@@ -205,7 +205,13 @@ async fn execute(command: Command, config: Config) -> Result<(), Failure> {
         } => {
             let db = connect(&config).await?;
             db.migrate().await.map_err(runtime)?;
-            let seeded = crate::demo::seed(&db.conn).await.map_err(runtime)?;
+            let vault = crate::secrets::Vault::from_config(&config.secrets)
+                .map_err(|e| Failure::Usage(e.to_string()))?;
+            let sandbox = config
+                .sandbox
+                .enabled
+                .then(|| format!("http://{}/sandbox", config.http.listen));
+            let seeded = crate::demo::seed(&db.conn, &vault, sandbox.as_deref()).await.map_err(runtime)?;
             match seeded {
                 Some(text) => print!("{text}"),
                 None => println!(

@@ -6,15 +6,55 @@
 use sea_orm::DatabaseConnection;
 use secrecy::{ExposeSecret, SecretString};
 
+use crate::alipay::credentials;
+use crate::alipay::sandbox::Sandbox;
 use crate::auth::{self, NewUser, Principal, PrincipalKind};
+use crate::secrets::Vault;
 use crate::rbac::{Action, Rbac, SubjectRef};
 use crate::tenancy::{self, NewNode, NodeKind, Role};
 
 /// The host the demo partner answers on; the platform console is any other host (127.0.0.1).
 pub const DEMO_DOMAIN: &str = "localhost";
 
+/// The demo merchant's Alipay app, registered with the offline sandbox: a server-side key pair,
+/// the sandbox's public key as "Alipay's", the sandbox gateway.
+async fn wire_to_sandbox(
+    db: &DatabaseConnection,
+    vault: &Vault,
+    rbac: &Rbac,
+    actor: &Principal,
+    merchant: &crate::tenancy::Place,
+    base: &str,
+) -> Result<String, Error> {
+    const DEMO_APP_ID: &str = "2021000000000001";
+    let sandbox = Sandbox::open(db.clone(), base, 1).await?;
+    let grant = rbac.authorize(actor, Action::AlipayCredentialsWrite, merchant).await?;
+    let generated = credentials::generate_keypair(db, vault, &grant).await?;
+    let app_public = generated.app_public_key.clone().unwrap_or_default();
+    sandbox.register_app(DEMO_APP_ID, &app_public, None).await?;
+    let input = credentials::CredentialsInput {
+        app_id: DEMO_APP_ID.to_owned(),
+        sign_type: None,
+        key_mode: credentials::KeyMode::PublicKey,
+        app_private_key: None,
+        alipay_public_key: Some(sandbox.public_key().to_base64()),
+        app_cert: None,
+        alipay_cert: None,
+        alipay_root_cert: None,
+        aes_key: None,
+        gateway: credentials::GatewayKind::Custom,
+        gateway_url: Some(sandbox.gateway_url()),
+    };
+    credentials::put(db, vault, &grant, input).await?;
+    Ok(format!("  (the demo merchant's Alipay app {DEMO_APP_ID} talks to the offline sandbox at {base})\n"))
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    #[error(transparent)]
+    Credentials(#[from] credentials::Error),
+    #[error(transparent)]
+    Sandbox(#[from] crate::alipay::sandbox::Error),
     #[error(transparent)]
     Tenancy(#[from] tenancy::Error),
     #[error(transparent)]
@@ -32,7 +72,7 @@ fn password() -> Result<SecretString, Error> {
 
 /// Seeds the demo tree; returns the text to print (with the passwords), or `None` when the
 /// demo already exists.
-pub async fn seed(db: &DatabaseConnection) -> Result<Option<String>, Error> {
+pub async fn seed(db: &DatabaseConnection, vault: &Vault, sandbox_base: Option<&str>) -> Result<Option<String>, Error> {
     if tenancy::partner_for_host(db, DEMO_DOMAIN).await?.is_some() {
         return Ok(None);
     }
@@ -91,6 +131,12 @@ pub async fn seed(db: &DatabaseConnection) -> Result<Option<String>, Error> {
             role.as_str(),
             user_password.expose_secret()
         ));
+        if kind == NodeKind::Merchant
+            && let Some(base) = sandbox_base
+            && vault.is_configured()
+        {
+            out.push_str(&wire_to_sandbox(db, vault, &rbac, &actor, &place, base).await?);
+        }
         parent = place;
     }
     out.push_str("\nSign in: POST /api/v1/auth/login {\"email\": …, \"password\": …}\n");
