@@ -211,7 +211,9 @@ async fn execute(command: Command, config: Config) -> Result<(), Failure> {
                 .sandbox
                 .enabled
                 .then(|| format!("http://{}/sandbox", config.http.listen));
-            let seeded = crate::demo::seed(&db.conn, &vault, sandbox.as_deref()).await.map_err(runtime)?;
+            let seeded = crate::demo::seed(&db.conn, &vault, sandbox.as_deref())
+                .await
+                .map_err(runtime)?;
             match seeded {
                 Some(text) => print!("{text}"),
                 None => println!(

@@ -9,8 +9,8 @@ use secrecy::{ExposeSecret, SecretString};
 use crate::alipay::credentials;
 use crate::alipay::sandbox::Sandbox;
 use crate::auth::{self, NewUser, Principal, PrincipalKind};
-use crate::secrets::Vault;
 use crate::rbac::{Action, Rbac, SubjectRef};
+use crate::secrets::Vault;
 use crate::tenancy::{self, NewNode, NodeKind, Role};
 
 /// The host the demo partner answers on; the platform console is any other host (127.0.0.1).
@@ -28,7 +28,9 @@ async fn wire_to_sandbox(
 ) -> Result<String, Error> {
     const DEMO_APP_ID: &str = "2021000000000001";
     let sandbox = Sandbox::open(db.clone(), base, 1).await?;
-    let grant = rbac.authorize(actor, Action::AlipayCredentialsWrite, merchant).await?;
+    let grant = rbac
+        .authorize(actor, Action::AlipayCredentialsWrite, merchant)
+        .await?;
     let generated = credentials::generate_keypair(db, vault, &grant).await?;
     let app_public = generated.app_public_key.clone().unwrap_or_default();
     sandbox.register_app(DEMO_APP_ID, &app_public, None).await?;
@@ -46,7 +48,9 @@ async fn wire_to_sandbox(
         gateway_url: Some(sandbox.gateway_url()),
     };
     credentials::put(db, vault, &grant, input).await?;
-    Ok(format!("  (the demo merchant's Alipay app {DEMO_APP_ID} talks to the offline sandbox at {base})\n"))
+    Ok(format!(
+        "  (the demo merchant's Alipay app {DEMO_APP_ID} talks to the offline sandbox at {base})\n"
+    ))
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -72,7 +76,11 @@ fn password() -> Result<SecretString, Error> {
 
 /// Seeds the demo tree; returns the text to print (with the passwords), or `None` when the
 /// demo already exists.
-pub async fn seed(db: &DatabaseConnection, vault: &Vault, sandbox_base: Option<&str>) -> Result<Option<String>, Error> {
+pub async fn seed(
+    db: &DatabaseConnection,
+    vault: &Vault,
+    sandbox_base: Option<&str>,
+) -> Result<Option<String>, Error> {
     if tenancy::partner_for_host(db, DEMO_DOMAIN).await?.is_some() {
         return Ok(None);
     }
