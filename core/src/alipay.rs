@@ -10,6 +10,7 @@ pub mod aes;
 pub mod cert;
 pub mod client;
 pub mod credentials;
+pub mod inbound;
 pub mod keys;
 pub mod notify;
 pub mod response;

@@ -56,6 +56,10 @@ fn build_router(state: AppState, sandbox: Option<Router>) -> Router {
         .route("/readyz", get(readyz))
         .route("/static/{theme}/{*path}", get(static_asset))
         .route("/api/openapi.json", get(openapi_json))
+        .route(
+            "/alipay/notify/{merchant_id}",
+            axum::routing::post(alipay_notify),
+        )
         .merge(api::router())
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(
@@ -136,6 +140,40 @@ async fn static_asset(
         asset.bytes,
     )
         .into_response())
+}
+
+/// Alipay's asynchronous notifications for one merchant (its `notify_url`). Answers exactly
+/// `success` once the notification is verified and durably recorded; anything else makes Alipay
+/// retry on its schedule.
+async fn alipay_notify(
+    State(state): State<AppState>,
+    Path(merchant_id): Path<String>,
+    body: axum::body::Bytes,
+) -> Response {
+    use crate::alipay::inbound;
+    match inbound::receive(&state.db.conn, &merchant_id, &body).await {
+        Ok(received) => {
+            tracing::info!(id = %received.id, new = received.new, "alipay notification recorded");
+            (
+                [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+                crate::alipay::notify::ACK,
+            )
+                .into_response()
+        }
+        Err(inbound::Error::Db(error)) => ApiError::DbErr(error).into_response(),
+        Err(inbound::Error::UnknownMerchant) => {
+            ApiError::NotFound(format!("/alipay/notify/{merchant_id}")).into_response()
+        }
+        Err(error) => {
+            tracing::warn!(%error, "alipay notification refused");
+            error::error_response(
+                StatusCode::BAD_REQUEST,
+                "notification_rejected",
+                error.to_string(),
+                None,
+            )
+        }
+    }
 }
 
 async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {

@@ -391,3 +391,175 @@ async fn a_card_activation_and_a_paid_trade_run_end_to_end() {
         db.cleanup().await;
     }
 }
+
+#[tokio::test]
+async fn notifications_are_verified_recorded_once_and_acknowledged_and_no_key_is_logged() {
+    use trellis_tests::{Api, create_platform_admin};
+    for db in databases().await {
+        let engine = Engine::start(
+            &db.url(),
+            &[
+                ("TRELLIS_SANDBOX__ENABLED", "true"),
+                ("TRELLIS_SANDBOX__TIME_SCALE", "100000"),
+                ("TRELLIS_LOG__LEVEL", "debug"),
+            ],
+        );
+        let app = app(&engine).await;
+        create_platform_admin(
+            &db.url(),
+            "root@platform.test",
+            "correct horse battery staple",
+        );
+        let root = Api::new(&engine, "127.0.0.1")
+            .login("root@platform.test", "correct horse battery staple")
+            .await;
+        let partner = root
+            .post("/api/v1/partners", json!({"name": "p"}))
+            .await
+            .ok()
+            .id();
+        let agent = root
+            .post("/api/v1/agents", json!({"parent_id": partner, "name": "a"}))
+            .await
+            .ok()
+            .id();
+        let merchant = root
+            .post(
+                "/api/v1/merchants",
+                json!({"parent_id": agent, "name": "m"}),
+            )
+            .await
+            .ok()
+            .id();
+        let private_pem =
+            std::fs::read_to_string(format!("{VECTORS}keys/app_private_pkcs8.pem")).unwrap();
+        root.send(
+            reqwest::Method::PUT,
+            &format!("/api/v1/merchants/{merchant}/alipay/credentials"),
+            Some(json!({"app_id": APP_ID, "key_mode": "public_key", "app_private_key": private_pem,
+                "alipay_public_key": app.alipay_public_key.to_base64(), "aes_key": AES, "gateway": "custom", "gateway_url": app.gateway_url})),
+        )
+        .await
+        .ok();
+
+        let notify_url = engine.url(&format!("/alipay/notify/{merchant}"));
+        let options = CallOptions {
+            notify_url: Some(notify_url.clone()),
+            ..CallOptions::default()
+        };
+        let trade = json!({"out_trade_no": "T-9", "total_amount": "12.30", "subject": "会员充值"});
+        alipay()
+            .call(&app, "alipay.trade.precreate", Some(&trade), &options)
+            .await
+            .unwrap();
+        client()
+            .post(engine.url("/sandbox/consumers/bob/pay"))
+            .json(&json!({"app_id": APP_ID, "out_trade_no": "T-9"}))
+            .send()
+            .await
+            .unwrap();
+
+        // The sandbox's delivery is acknowledged by the engine with exactly `success`.
+        let mut delivery = Value::Null;
+        for _ in 0..100 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let all: Value = client()
+                .get(engine.url("/sandbox/notifications"))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            if let Some(d) = all
+                .as_array()
+                .and_then(|a| a.iter().find(|d| d["delivery"]["acknowledged"] == true))
+            {
+                delivery = d.clone();
+                break;
+            }
+        }
+        assert_eq!(
+            delivery["delivery"]["attempts"].as_array().map(Vec::len),
+            Some(1),
+            "{delivery}"
+        );
+
+        use sea_orm::{ConnectionTrait, Statement};
+        let conn = sea_orm::Database::connect(db.url().as_str()).await.unwrap();
+        let count = |conn: sea_orm::DatabaseConnection| async move {
+            let row = conn
+                .query_one_raw(Statement::from_string(
+                    conn.get_database_backend(),
+                    "SELECT COUNT(*) AS n FROM alipay_notifications",
+                ))
+                .await
+                .unwrap()
+                .unwrap();
+            row.try_get::<i64>("", "n").unwrap()
+        };
+        assert_eq!(count(conn.clone()).await, 1);
+        let row = conn
+            .query_one_raw(Statement::from_string(
+                conn.get_database_backend(),
+                "SELECT fields, trade_status FROM alipay_notifications",
+            ))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            row.try_get::<String>("", "trade_status").unwrap(),
+            "TRADE_SUCCESS"
+        );
+        let fields: std::collections::BTreeMap<String, String> =
+            serde_json::from_str(&row.try_get::<String>("", "fields").unwrap()).unwrap();
+
+        // A retry of the same notification is acknowledged and not recorded twice.
+        let mut form = url::form_urlencoded::Serializer::new(String::new());
+        for (k, v) in &fields {
+            form.append_pair(k, v);
+        }
+        let body = form.finish();
+        let again = client()
+            .post(&notify_url)
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(again.text().await.unwrap(), "success");
+        assert_eq!(count(conn.clone()).await, 1);
+        // A forged one is refused, and so is one sent to another merchant's address.
+        let forged = client()
+            .post(&notify_url)
+            .body(body.replace("12.30", "0.01"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(forged.status(), 400);
+        let elsewhere = client()
+            .post(engine.url("/alipay/notify/00000000-0000-0000-0000-000000000000"))
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(elsewhere.status(), 404);
+        conn.close().await.unwrap();
+
+        // Nothing secret reached the log, at debug level, through all of the above.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let log = engine.log();
+        let private_body: String = private_pem
+            .lines()
+            .filter(|l| !l.starts_with("-----"))
+            .collect();
+        for secret in [
+            &private_body[private_body.len() - 300..private_body.len() - 250],
+            AES,
+            trellis_tests::TEST_MASTER_KEY,
+        ] {
+            assert!(!log.contains(secret), "key material in the log");
+        }
+        drop(engine);
+        db.cleanup().await;
+    }
+}
