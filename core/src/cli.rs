@@ -52,6 +52,12 @@ pub enum Command {
         #[command(subcommand)]
         command: crate::cli::alipay::AlipayCommand,
     },
+    /// Run the offline Alipay sandbox alone (state in the configured database).
+    Sandbox {
+        /// Address to listen on; port 0 picks a free one.
+        #[arg(long, default_value = "127.0.0.1:8090")]
+        listen: std::net::SocketAddr,
+    },
     /// Secrets at rest.
     Secrets {
         #[command(subcommand)]
@@ -179,6 +185,35 @@ async fn execute(command: Command, config: Config) -> Result<(), Failure> {
             println!("applied {applied} migration(s); the schema is current");
             db.close().await;
             Ok(())
+        }
+        Command::Sandbox { listen } => {
+            let db = connect(&config).await?;
+            db.migrate().await.map_err(runtime)?;
+            let listener = tokio::net::TcpListener::bind(listen)
+                .await
+                .map_err(|e| Failure::Runtime(format!("cannot listen on {listen}: {e}")))?;
+            let local = listener.local_addr().map_err(runtime)?;
+            let base = format!("http://{local}");
+            let sandbox = crate::alipay::sandbox::Sandbox::open(
+                db.conn.clone(),
+                &base,
+                config.sandbox.time_scale,
+            )
+            .await
+            .map_err(runtime)?;
+            http::announce(&format!(
+                "Offline Alipay sandbox listening on {base}/gateway.do"
+            ));
+            http::announce(&format!(
+                "Alipay public key: {}",
+                sandbox.public_key().to_base64()
+            ));
+            let serve = axum::serve(listener, sandbox.router()).with_graceful_shutdown(async {
+                let _ = tokio::signal::ctrl_c().await;
+            });
+            let result = serve.await.map_err(|e| Failure::Runtime(e.to_string()));
+            db.close().await;
+            result
         }
         Command::Secrets {
             command: SecretsCommand::Rotate,

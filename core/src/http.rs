@@ -193,7 +193,7 @@ pub async fn serve(state: AppState) -> anyhow::Result<()> {
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
     let local = listener.local_addr()?;
-    println!("Trellis is listening on http://{local}");
+    announce(&format!("Trellis is listening on http://{local}"));
     tracing::info!(address = %local, "listening");
 
     let (signalled_tx, signalled_rx) = tokio::sync::watch::channel(false);
@@ -207,9 +207,9 @@ pub async fn serve(state: AppState) -> anyhow::Result<()> {
         )
         .await
         .map_err(|e| anyhow::anyhow!("cannot start the offline Alipay sandbox: {e}"))?;
-        println!(
+        announce(&format!(
             "Offline Alipay sandbox at {base}/gateway.do (Alipay public key: GET {base}/alipay-public-key)"
-        );
+        ));
         sandbox = Some(opened.router());
     }
     let app = build_router(state, sandbox).into_make_service_with_connect_info::<SocketAddr>();
@@ -233,6 +233,14 @@ pub async fn serve(state: AppState) -> anyhow::Result<()> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// A line on stdout for whoever started the server; a closed stdout must not stop the server.
+pub fn announce(line: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
 }
 
 async fn shutdown_signal() {

@@ -563,3 +563,43 @@ async fn notifications_are_verified_recorded_once_and_acknowledged_and_no_key_is
         db.cleanup().await;
     }
 }
+
+#[tokio::test]
+async fn trellis_sandbox_runs_the_gateway_on_its_own() {
+    use std::io::{BufRead, BufReader};
+    let db = trellis_tests::sqlite();
+    let dir = trellis_tests::tempdir();
+    let mut child = trellis_tests::trellis_command(dir.path(), &db.url())
+        .args(["sandbox", "--listen", "127.0.0.1:0"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = BufReader::new(stdout).lines().map_while(Result::ok);
+    let line = lines.find(|l| l.contains("listening on")).unwrap();
+    // Keep draining stdout, as a terminal would.
+    std::thread::spawn(move || lines.for_each(drop));
+    let gateway = line.rsplit(' ').next().unwrap().to_owned();
+    let base = gateway.trim_end_matches("/gateway.do");
+    let key: Value = client()
+        .get(format!("{base}/alipay-public-key"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        key["alipay_public_key"]
+            .as_str()
+            .unwrap()
+            .starts_with("MIIB")
+    );
+    // An unregistered app is refused the Alipay way.
+    let refused = client().post(&gateway).body("app_id=1&method=alipay.trade.query&charset=utf-8&sign_type=RSA2&sign=x&timestamp=2026-01-01%2000:00:00&version=1.0").send().await.unwrap();
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["error_response"]["sub_code"], "isv.invalid-app-id");
+    let _ = child.kill();
+    let _ = child.wait();
+}
