@@ -603,3 +603,31 @@ async fn trellis_sandbox_runs_the_gateway_on_its_own() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+#[tokio::test]
+async fn images_upload_as_unsigned_multipart_files() {
+    let db = trellis_tests::sqlite();
+    let engine = sandbox_engine(&db.url());
+    let app = app(&engine).await;
+    let png = vec![0x89, b'P', b'N', b'G', 0x0d, 0x0a, 0x1a, 0x0a, 1, 2, 3, 4];
+    let uploaded = alipay()
+        .upload_image(&app, "png", "logo", png.clone())
+        .await
+        .unwrap();
+    assert!(uploaded["image_id"].as_str().unwrap().starts_with("sbx"));
+    assert!(uploaded["image_url"].as_str().unwrap().contains("/images/"));
+    match alipay().upload_image(&app, "tiff", "logo", png).await {
+        Err(Error::Gateway(g)) => assert_eq!(g.sub_code.as_deref(), Some("INVALID_PARAMETER")),
+        other => panic!("{other:?}"),
+    }
+    let stranger = MerchantApp {
+        private_key: PrivateKey::generate().unwrap(),
+        ..app
+    };
+    assert!(matches!(
+        alipay()
+            .upload_image(&stranger, "png", "logo", vec![1])
+            .await,
+        Err(Error::UnsignedError { .. })
+    ));
+}

@@ -163,6 +163,70 @@ impl AlipayClient {
         result
     }
 
+    /// `alipay.offline.material.image.upload`: the image goes as a multipart file part, which is
+    /// not signed; `image_type` and `image_name` are signed top-level parameters.
+    pub async fn upload_image(
+        &self,
+        app: &MerchantApp,
+        image_type: &str,
+        image_name: &str,
+        content: Vec<u8>,
+    ) -> Result<Value, Error> {
+        let method = "alipay.offline.material.image.upload";
+        let span = tracing::info_span!("trellis.alipay.call", method, app_id = %app.app_id);
+        async {
+            let spec = RequestSpec {
+                method: method.to_owned(),
+                extra: [
+                    ("image_type".to_owned(), image_type.to_owned()),
+                    ("image_name".to_owned(), image_name.to_owned()),
+                ]
+                .into(),
+                ..RequestSpec::default()
+            };
+            let identity = AppIdentity {
+                app_id: app.app_id.clone(),
+                sign_type: app.sign_type,
+                cert_sns: app.cert_sns.clone(),
+            };
+            let signed = sign_request(&app.private_key, &identity, &spec, (self.clock)())?;
+            let mut form = reqwest::multipart::Form::new();
+            for (k, v) in &signed.params {
+                form = form.text(k.clone(), v.clone());
+            }
+            let part = reqwest::multipart::Part::bytes(content)
+                .file_name(format!("{image_name}.{image_type}"));
+            form = form.part("image_content", part);
+            let response = self
+                .http
+                .post(&app.gateway_url)
+                .multipart(form)
+                .send()
+                .await
+                .map_err(|e| Error::Transport(e.without_url().to_string()))?;
+            if !response.status().is_success() {
+                return Err(Error::Transport(format!(
+                    "gateway answered HTTP {}",
+                    response.status()
+                )));
+            }
+            let body = response
+                .text()
+                .await
+                .map_err(|e| Error::Transport(e.to_string()))?;
+            let keys = Keys {
+                app,
+                learnt: &self.certs,
+            };
+            let verified = response::verify_response(&body, method, app.sign_type, &keys)?;
+            let node: Value = serde_json::from_str(&verified.signed_text.replace("\\/", "/"))
+                .map_err(|_| Error::MalformedResponse("the response node is not JSON"))?;
+            response::outcome(node)
+        }
+        .instrument(span)
+        .await
+    }
+
     fn knows(&self, sn: &str) -> bool {
         self.certs
             .read()

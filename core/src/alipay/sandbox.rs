@@ -196,10 +196,15 @@ impl Sandbox {
         ))
     }
 
-    /// Answers one gateway request (the form and query parameters, merged).
-    async fn handle(&self, params: BTreeMap<String, String>) -> String {
+    /// Answers one gateway request (the form and query parameters, merged; file parts apart,
+    /// as they are not signed).
+    async fn handle(
+        &self,
+        params: BTreeMap<String, String>,
+        files: BTreeMap<String, Vec<u8>>,
+    ) -> String {
         let method = params.get("method").cloned().unwrap_or_default();
-        match self.verify_and_dispatch(&params).await {
+        match self.verify_and_dispatch(&params, &files).await {
             Ok((node, aes)) => {
                 let node_text = node.to_string();
                 let node_text = match aes {
@@ -227,6 +232,7 @@ impl Sandbox {
     async fn verify_and_dispatch(
         &self,
         p: &BTreeMap<String, String>,
+        files: &BTreeMap<String, Vec<u8>>,
     ) -> Result<(Value, Option<AesKey>), (GatewayFailure, bool)> {
         let unsigned = |f| (f, false);
         for field in [
@@ -311,10 +317,12 @@ impl Sandbox {
             })?,
             None => json!({}),
         };
-        let node = self
-            .dispatch(&p["method"], app_id, p, &biz)
-            .await
-            .map_err(|f| (f, true))?;
+        let node = if p["method"] == "alipay.offline.material.image.upload" {
+            self.image_upload(app_id, p, files).await
+        } else {
+            self.dispatch(&p["method"], app_id, p, &biz).await
+        }
+        .map_err(|f| (f, true))?;
         let mut node = node;
         if let Value::Object(map) = &mut node {
             map.insert("code".into(), json!("10000"));
@@ -357,6 +365,50 @@ impl Sandbox {
                 format!("不存在的方法名 {method}"),
             )),
         }
+    }
+
+    // ----- materials ----------------------------------------------------------------------
+
+    async fn image_upload(
+        &self,
+        app_id: &str,
+        p: &BTreeMap<String, String>,
+        files: &BTreeMap<String, Vec<u8>>,
+    ) -> Outcome {
+        let kind = p
+            .get("image_type")
+            .map(|t| t.to_ascii_lowercase())
+            .ok_or_else(|| missing("image_type"))?;
+        if !["jpg", "jpeg", "png", "gif", "bmp"].contains(&kind.as_str()) {
+            return Err(fail(
+                "40004",
+                "INVALID_PARAMETER",
+                "image_type 仅支持 jpg、png、gif、bmp",
+            ));
+        }
+        p.get("image_name")
+            .filter(|n| !n.is_empty())
+            .ok_or_else(|| missing("image_name"))?;
+        let content = files
+            .get("image_content")
+            .filter(|c| !c.is_empty())
+            .ok_or_else(|| missing("image_content"))?;
+        if content.len() > 2 * 1024 * 1024 {
+            return Err(fail("40004", "IMAGE_SIZE_EXCEED", "图片不能超过 2M"));
+        }
+        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, content);
+        let hex: String = digest.as_ref()[..12]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let image_id = format!("sbx{hex}");
+        self.store()
+            .put("image", &image_id, &json!({ "app_id": app_id, "name": p["image_name"], "type": kind, "size": content.len() }))
+            .await
+            .map_err(busy)?;
+        Ok(
+            json!({ "image_id": image_id, "image_url": format!("{}/images/{image_id}", self.inner.base_url) }),
+        )
     }
 
     // ----- member card --------------------------------------------------------------------
@@ -1294,13 +1346,42 @@ fn placeholders(backend: sea_orm::DbBackend, sql: &str) -> String {
 
 // ----- HTTP handlers ------------------------------------------------------------------------
 
-async fn gateway(State(sandbox): State<Sandbox>, uri: Uri, body: axum::body::Bytes) -> Response {
+async fn gateway(State(sandbox): State<Sandbox>, request: axum::extract::Request) -> Response {
+    let uri: Uri = request.uri().clone();
     let mut params: BTreeMap<String, String> =
         url::form_urlencoded::parse(uri.query().unwrap_or_default().as_bytes())
             .into_owned()
             .collect();
-    params.extend(url::form_urlencoded::parse(&body).into_owned());
-    let answer = sandbox.handle(params).await;
+    let mut files = BTreeMap::new();
+    let multipart = request
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("multipart/form-data"));
+    if multipart {
+        use axum::extract::FromRequest;
+        let Ok(mut form) = axum::extract::Multipart::from_request(request, &()).await else {
+            return (StatusCode::BAD_REQUEST, "malformed multipart body").into_response();
+        };
+        while let Ok(Some(field)) = form.next_field().await {
+            let name = field.name().unwrap_or_default().to_owned();
+            let is_file = field.file_name().is_some();
+            let Ok(bytes) = field.bytes().await else {
+                return (StatusCode::BAD_REQUEST, "malformed multipart body").into_response();
+            };
+            if is_file {
+                files.insert(name, bytes.to_vec());
+            } else {
+                params.insert(name, String::from_utf8_lossy(&bytes).into_owned());
+            }
+        }
+    } else {
+        let Ok(body) = axum::body::to_bytes(request.into_body(), 10 * 1024 * 1024).await else {
+            return (StatusCode::BAD_REQUEST, "unreadable body").into_response();
+        };
+        params.extend(url::form_urlencoded::parse(&body).into_owned());
+    }
+    let answer = sandbox.handle(params, files).await;
     ([("content-type", "application/json;charset=utf-8")], answer).into_response()
 }
 
