@@ -33,7 +33,9 @@ async fn wire_to_sandbox(
         .await?;
     let generated = credentials::generate_keypair(db, vault, &grant).await?;
     let app_public = generated.app_public_key.clone().unwrap_or_default();
-    sandbox.register_app(DEMO_APP_ID, &app_public, None).await?;
+    sandbox
+        .register_app(DEMO_APP_ID, &app_public, None, false)
+        .await?;
     let input = credentials::CredentialsInput {
         app_id: DEMO_APP_ID.to_owned(),
         sign_type: None,

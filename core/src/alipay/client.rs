@@ -234,20 +234,38 @@ impl AlipayClient {
             .unwrap_or(false)
     }
 
+    /// Downloads the Alipay certificate `sn` and trusts it only if it chains to the stored root.
+    /// The download's own answer is signed with that new certificate's key, so it is verified
+    /// with the key of the certificate it carries, once that certificate is trusted.
     async fn learn_certificate(&self, app: &MerchantApp, sn: &str) -> Result<(), Error> {
+        use base64::Engine as _;
+        let method = "alipay.open.app.alipaycert.download";
         let root = app
             .alipay_root_cert
             .as_deref()
             .ok_or(Error::UntrustedCertificate("no stored Alipay root"))?;
-        let answer = Box::pin(self.call_inner(
-            app,
-            "alipay.open.app.alipaycert.download",
-            Some(&serde_json::json!({ "alipay_cert_sn": sn })),
-            &CallOptions::default(),
-        ))
-        .await?;
-        use base64::Engine as _;
-        let content = answer["alipay_cert_content"]
+        let spec = RequestSpec {
+            method: method.to_owned(),
+            biz_content: Some(serde_json::json!({ "alipay_cert_sn": sn }).to_string()),
+            ..RequestSpec::default()
+        };
+        let identity = AppIdentity {
+            app_id: app.app_id.clone(),
+            sign_type: app.sign_type,
+            cert_sns: app.cert_sns.clone(),
+        };
+        let signed = sign_request(&app.private_key, &identity, &spec, (self.clock)())?;
+        let body = self
+            .post(&app.gateway_url, signed.form_body(), true)
+            .await?;
+        let parsed: Value = serde_json::from_str(&body)
+            .map_err(|_| Error::MalformedResponse("the body is not JSON"))?;
+        let node_text = response::extract_value(&body, &response::response_key(method))
+            .ok_or(Error::MalformedResponse("no certificate in the answer"))?;
+        let node: Value = serde_json::from_str(&node_text.replace("\\/", "/"))
+            .map_err(|_| Error::MalformedResponse("bad node"))?;
+        let node = response::outcome(node)?;
+        let content = node["alipay_cert_content"]
             .as_str()
             .ok_or(Error::MalformedResponse("no alipay_cert_content"))?;
         let pem = base64::engine::general_purpose::STANDARD
@@ -262,6 +280,28 @@ impl AlipayClient {
             return Err(Error::UntrustedCertificate(
                 "the downloaded certificate has another SN",
             ));
+        }
+        let signer = match parsed["alipay_cert_sn"].as_str() {
+            Some(answer_sn) if answer_sn == real_sn => key.clone(),
+            Some(answer_sn) if Some(answer_sn) == app.alipay_cert_sn.as_deref() => {
+                app.alipay_public_key.clone()
+            }
+            _ => {
+                return Err(Error::UntrustedCertificate(
+                    "the download answer is signed by an unknown certificate",
+                ));
+            }
+        };
+        let sign = parsed["sign"].as_str().ok_or(Error::InvalidSignature)?;
+        let verified = signer.verify(app.sign_type, node_text.as_bytes(), sign)
+            || (node_text.contains("\\/")
+                && signer.verify(
+                    app.sign_type,
+                    node_text.replace("\\/", "/").as_bytes(),
+                    sign,
+                ));
+        if !verified {
+            return Err(Error::InvalidSignature);
         }
         if let Ok(mut certs) = self.certs.write() {
             certs.insert(real_sn, key);

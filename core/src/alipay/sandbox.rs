@@ -6,6 +6,8 @@
 //! isv.invalid-signature` shape) — and everything it answers or notifies is signed with its own
 //! key, so the engine's verifier is exercised for real. State lives in the engine's database.
 
+pub mod certs;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -159,19 +161,88 @@ impl Sandbox {
         app_id: &str,
         app_public_key: &str,
         aes_key: Option<&str>,
-    ) -> Result<(), Error> {
-        PublicKey::parse(app_public_key)?;
+        cert_mode: bool,
+    ) -> Result<Value, Error> {
+        let key = PublicKey::parse(app_public_key)?;
         if let Some(aes) = aes_key {
             AesKey::parse(&SecretString::from(aes.to_owned()))?;
         }
-        self.store()
-            .put(
-                "app",
-                app_id,
-                &json!({ "app_public_key": app_public_key, "aes_key": aes_key }),
-            )
-            .await?;
-        Ok(())
+        let mut record =
+            json!({ "app_public_key": app_public_key, "aes_key": aes_key, "cert_mode": cert_mode });
+        let mut answer = json!({});
+        if cert_mode {
+            let ca = self.authority().await?;
+            let root_key = ca_key(&ca, "root_key")?;
+            let app_cert = certs::issue(&root_key, &format!("app {app_id}"), key.spki_der())
+                .map_err(|e| Error::Invalid(e.to_string()))?;
+            record["app_cert_sn"] = json!(super::cert::cert_sn(&app_cert)?);
+            let current = ca["current_sn"].as_str().unwrap_or_default();
+            answer = json!({
+                "app_cert": app_cert,
+                "alipay_cert": ca["certs"][current]["pem"],
+                "alipay_root_cert": ca["root_pem"],
+            });
+        }
+        self.store().put("app", app_id, &record).await?;
+        Ok(answer)
+    }
+
+    /// The sandbox's certificate authority, created on first use.
+    async fn authority(&self) -> Result<Value, Error> {
+        if let Some(ca) = self.store().get("sandbox", "ca").await? {
+            return Ok(ca);
+        }
+        let root_key = PrivateKey::generate()?;
+        let root_pem = certs::root(&root_key).map_err(|e| Error::Invalid(e.to_string()))?;
+        let mut ca = json!({
+            "root_key": root_key.to_pkcs8_base64().expose_secret(),
+            "root_pem": root_pem,
+            "root_sn": super::cert::root_cert_sn(&root_pem)?,
+            "certs": {},
+        });
+        self.rotate_into(&mut ca)?;
+        self.store().put("sandbox", "ca", &ca).await?;
+        Ok(ca)
+    }
+
+    /// Issues a new Alipay signing key and certificate and makes them current.
+    fn rotate_into(&self, ca: &mut Value) -> Result<String, Error> {
+        let root_key = ca_key(ca, "root_key")?;
+        let key = PrivateKey::generate()?;
+        let pem = certs::issue(
+            &root_key,
+            "Alipay sandbox RSA2",
+            key.public_key().spki_der(),
+        )
+        .map_err(|e| Error::Invalid(e.to_string()))?;
+        let sn = super::cert::cert_sn(&pem)?;
+        ca["certs"][&sn] = json!({ "pem": pem, "key": key.to_pkcs8_base64().expose_secret() });
+        ca["current_sn"] = json!(sn);
+        Ok(sn)
+    }
+
+    /// Rotates the certificate cert-mode answers are signed with (Alipay does this every few
+    /// years); the old one stays downloadable by its SN.
+    pub async fn rotate_alipay_certificate(&self) -> Result<String, Error> {
+        let mut ca = self.authority().await?;
+        let sn = self.rotate_into(&mut ca)?;
+        self.store().put("sandbox", "ca", &ca).await?;
+        Ok(sn)
+    }
+
+    /// For a cert-mode app: the current certificate's SN and key to sign its answers with.
+    async fn cert_signer(&self, app_id: &str) -> Option<(String, PrivateKey)> {
+        let app = self.store().get("app", app_id).await.ok()??;
+        if app["cert_mode"] != true {
+            return None;
+        }
+        let ca = self.store().get("sandbox", "ca").await.ok()??;
+        let sn = ca["current_sn"].as_str()?.to_owned();
+        let key = PrivateKey::parse(&SecretString::from(
+            ca["certs"][&sn]["key"].as_str()?.to_owned(),
+        ))
+        .ok()?;
+        Some((sn, key))
     }
 
     /// The router: `/gateway.do`, app registration, simulated consumers and inspection.
@@ -180,12 +251,29 @@ impl Sandbox {
             .route("/gateway.do", post(gateway))
             .route("/alipay-public-key", get(alipay_public_key))
             .route("/apps", post(register))
+            .route("/certificates", get(certificates))
+            .route("/rotate-alipay-cert", post(rotate_cert))
             .route("/cards/{biz_card_no}", get(card_state))
             .route("/trades/{app_id}/{out_trade_no}", get(trade_state))
             .route("/notifications", get(notifications))
             .route("/consumers/{user}/open-claim-link", post(open_claim_link))
             .route("/consumers/{user}/pay", post(pay))
             .with_state(self.clone())
+    }
+
+    /// The answer body for `app_id`: signed with the main key, or for a cert-mode app with the
+    /// current certificate's key and its `alipay_cert_sn` beside the node.
+    async fn sign_for(&self, app_id: &str, method: &str, node: &str) -> String {
+        match self.cert_signer(app_id).await {
+            Some((sn, key)) => match key.sign(SignType::Rsa2, node) {
+                Ok(sign) => format!(
+                    "{{\"{}\":{node},\"alipay_cert_sn\":\"{sn}\",\"sign\":\"{sign}\"}}",
+                    response_key(method)
+                ),
+                Err(_) => String::new(),
+            },
+            None => self.sign_body(method, node).unwrap_or_default(),
+        }
     }
 
     fn sign_body(&self, method: &str, node: &str) -> Result<String, super::Error> {
@@ -214,13 +302,15 @@ impl Sandbox {
                     },
                     None => node_text,
                 };
-                self.sign_body(&method, &node_text).unwrap_or_default()
+                let app_id = params.get("app_id").cloned().unwrap_or_default();
+                self.sign_for(&app_id, &method, &node_text).await
             }
             Err((failure, signed)) => {
                 let node = json!({ "code": failure.code, "msg": failure.msg, "sub_code": failure.sub_code, "sub_msg": failure.sub_msg }).to_string();
                 if signed {
                     // Business failures of a known, verified app are signed, like Alipay's.
-                    self.sign_body(&method, &node).unwrap_or_default()
+                    let app_id = params.get("app_id").cloned().unwrap_or_default();
+                    self.sign_for(&app_id, &method, &node).await
                 } else {
                     // Gateway-level refusals come back unsigned in error_response.
                     format!("{{\"error_response\":{node}}}")
@@ -286,6 +376,28 @@ impl Sandbox {
                     "验签出错，建议检查签名字符串或签名私钥与应用公钥是否匹配，网关生成的验签字符串为：{content}"
                 ),
             )));
+        }
+        if app["cert_mode"] == true {
+            let ca = self
+                .store()
+                .get("sandbox", "ca")
+                .await
+                .map_err(|_| unsigned(busy(())))?
+                .unwrap_or(Value::Null);
+            if p.get("app_cert_sn").map(String::as_str) != app["app_cert_sn"].as_str() {
+                return Err(unsigned(fail(
+                    "40002",
+                    "isv.invalid-app-cert-sn",
+                    "应用公钥证书序列号不匹配",
+                )));
+            }
+            if p.get("alipay_root_cert_sn").map(String::as_str) != ca["root_sn"].as_str() {
+                return Err(unsigned(fail(
+                    "40002",
+                    "isv.invalid-alipay-root-cert-sn",
+                    "支付宝根证书序列号不匹配",
+                )));
+            }
         }
         let aes = app["aes_key"]
             .as_str()
@@ -359,12 +471,32 @@ impl Sandbox {
             "alipay.trade.query" => self.trade_query(app_id, biz).await,
             "alipay.trade.close" => self.trade_close(app_id, biz).await,
             "alipay.trade.refund" => self.trade_refund(app_id, biz).await,
+            "alipay.open.app.alipaycert.download" => self.cert_download(biz).await,
             _ => Err(fail(
                 "40004",
                 "isv.invalid-method",
                 format!("不存在的方法名 {method}"),
             )),
         }
+    }
+
+    // ----- certificates -------------------------------------------------------------------
+
+    async fn cert_download(&self, biz: &Value) -> Outcome {
+        let sn = text(biz, "alipay_cert_sn").ok_or_else(|| missing("alipay_cert_sn"))?;
+        let ca = self
+            .store()
+            .get("sandbox", "ca")
+            .await
+            .map_err(busy)?
+            .unwrap_or(Value::Null);
+        let pem = ca["certs"][sn]["pem"]
+            .as_str()
+            .ok_or_else(|| fail("40004", "CERT_NOT_EXIST", "证书不存在"))?;
+        use base64::Engine as _;
+        Ok(
+            json!({ "alipay_cert_content": base64::engine::general_purpose::STANDARD.encode(pem.as_bytes()) }),
+        )
     }
 
     // ----- materials ----------------------------------------------------------------------
@@ -1150,6 +1282,13 @@ impl Sandbox {
     }
 }
 
+fn ca_key(ca: &Value, field: &str) -> Result<PrivateKey, Error> {
+    let text = ca[field]
+        .as_str()
+        .ok_or_else(|| Error::Invalid(format!("the sandbox CA has no {field}")))?;
+    Ok(PrivateKey::parse(&SecretString::from(text.to_owned()))?)
+}
+
 fn busy<E>(_: E) -> GatewayFailure {
     fail("20000", "isp.unknow-error", "系统繁忙")
 }
@@ -1397,12 +1536,59 @@ struct RegisterApp {
     app_public_key: String,
     #[serde(default)]
     aes_key: Option<String>,
+    /// 公钥证书模式: the answer carries the app certificate, Alipay's and the root.
+    #[serde(default)]
+    cert_mode: bool,
+}
+
+async fn certificates(State(sandbox): State<Sandbox>) -> Response {
+    match sandbox.authority().await {
+        Ok(ca) => {
+            let current = ca["current_sn"].as_str().unwrap_or_default();
+            Json(json!({ "alipay_root_cert": ca["root_pem"], "alipay_cert": ca["certs"][current]["pem"], "alipay_cert_sn": current }))
+                .into_response()
+        }
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "code": "unavailable", "message": e.to_string() })),
+        )
+            .into_response(),
+    }
+}
+
+async fn rotate_cert(State(sandbox): State<Sandbox>) -> Response {
+    match sandbox.rotate_alipay_certificate().await {
+        Ok(sn) => Json(json!({ "alipay_cert_sn": sn })).into_response(),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "code": "unavailable", "message": e.to_string() })),
+        )
+            .into_response(),
+    }
 }
 
 async fn register(State(sandbox): State<Sandbox>, Json(body): Json<RegisterApp>) -> Response {
-    match sandbox.register_app(&body.app_id, &body.app_public_key, body.aes_key.as_deref()).await {
-        Ok(()) => (StatusCode::CREATED, Json(json!({ "app_id": body.app_id, "alipay_public_key": sandbox.public_key().to_base64(), "gateway_url": sandbox.gateway_url() }))).into_response(),
-        Err(e) => (StatusCode::UNPROCESSABLE_ENTITY, Json(json!({ "code": "invalid_app", "message": e.to_string() }))).into_response(),
+    match sandbox
+        .register_app(
+            &body.app_id,
+            &body.app_public_key,
+            body.aes_key.as_deref(),
+            body.cert_mode,
+        )
+        .await
+    {
+        Ok(certs) => {
+            let mut answer = json!({ "app_id": body.app_id, "alipay_public_key": sandbox.public_key().to_base64(), "gateway_url": sandbox.gateway_url() });
+            if let (Value::Object(answer), Value::Object(certs)) = (&mut answer, certs) {
+                answer.extend(certs);
+            }
+            (StatusCode::CREATED, Json(answer)).into_response()
+        }
+        Err(e) => (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Json(json!({ "code": "invalid_app", "message": e.to_string() })),
+        )
+            .into_response(),
     }
 }
 
