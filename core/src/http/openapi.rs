@@ -19,6 +19,8 @@ use super::api::{
     LoginResponse, Me, NODE_ROUTES, PasswordChange,
 };
 use super::error::ErrorBody;
+use crate::alipay::SignType;
+use crate::alipay::credentials::{CredentialsInput, CredentialsView, GatewayKind, KeyMode};
 use crate::auth::{ApiKey, User, UserPatch};
 use crate::rbac::audit::{Outcome, Record};
 use crate::tenancy::{NewNode, Node, NodeKind, NodePatch, NodeStatus, Role};
@@ -44,7 +46,12 @@ use crate::tenancy::{NewNode, Node, NodeKind, NodePatch, NodeStatus, Role};
     PasswordChange,
     Me,
     Record,
-    Outcome
+    Outcome,
+    CredentialsInput,
+    CredentialsView,
+    KeyMode,
+    GatewayKind,
+    SignType
 )))]
 struct Schemas;
 
@@ -250,6 +257,37 @@ pub fn operations() -> Vec<Operation> {
             true,
         ),
     ];
+    let credentials = "/api/v1/merchants/{id}/alipay/credentials";
+    ops.push(op(
+        get,
+        credentials,
+        "A merchant's Alipay credentials: non-secret fields only",
+        "alipay",
+        None,
+        Answer::One("200", "CredentialsView"),
+        &[],
+        true,
+    ));
+    ops.push(op(
+        "put",
+        credentials,
+        "Set or replace a merchant's Alipay credentials (secrets are sealed, never returned)",
+        "alipay",
+        Some("CredentialsInput"),
+        Answer::One("200", "CredentialsView"),
+        &[],
+        true,
+    ));
+    ops.push(op(
+        post,
+        "/api/v1/merchants/{id}/alipay/keypair",
+        "Generate the merchant's app key pair on the server; returns the public key to paste into Alipay",
+        "alipay",
+        None,
+        Answer::One("201", "CredentialsView"),
+        &[],
+        true,
+    ));
     for (kind, plural) in NODE_ROUTES {
         let name = kind.as_str();
         let base = format!("/api/v1/{plural}");
@@ -463,6 +501,7 @@ pub fn document() -> utoipa::openapi::OpenApi {
             "get" => HttpMethod::Get,
             "post" => HttpMethod::Post,
             "patch" => HttpMethod::Patch,
+            "put" => HttpMethod::Put,
             _ => HttpMethod::Delete,
         };
         let item = PathItem::new(method, builder.build());
