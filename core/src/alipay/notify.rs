@@ -39,6 +39,16 @@ impl Notification {
         if !fields.contains_key("sign") {
             return Err(Error::MalformedNotification("there is no sign field"));
         }
+        // The engine always asks for UTF-8; a notification in another charset would be decoded
+        // wrongly here, so it is refused rather than mis-verified.
+        if let Some(charset) = fields.get("charset")
+            && !charset.eq_ignore_ascii_case("utf-8")
+            && !charset.eq_ignore_ascii_case("utf8")
+        {
+            return Err(Error::MalformedNotification(
+                "only charset=utf-8 notifications are accepted",
+            ));
+        }
         Ok(Self { fields })
     }
 
@@ -191,5 +201,11 @@ mod tests {
     fn malformed_bodies_are_refused() {
         assert!(Notification::parse(b"").is_err());
         assert!(Notification::parse(b"a=1&b=2").is_err());
+    }
+
+    #[test]
+    fn only_utf8_notifications_are_accepted() {
+        assert!(Notification::parse(b"charset=UTF-8&sign=x").is_ok());
+        assert!(Notification::parse(b"charset=gbk&sign=x&subject=%C4%E3%BA%C3").is_err());
     }
 }
