@@ -12,7 +12,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Duration, Utc};
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, PaginatorTrait, QueryFilter,
-    QueryOrder, QuerySelect, Set,
+    QueryOrder, Set,
 };
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
@@ -20,7 +20,7 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use crate::db::entity::{api_keys, login_failures, sessions, users};
-use crate::db::{Page, Paged};
+use crate::db::{Page, Paged, fetch_page};
 use crate::rbac::{Action, Grant, SubjectRef};
 use crate::tenancy::{self, NodeKind, Place, Role, scope_condition};
 
@@ -340,17 +340,8 @@ pub async fn list_users(
     if let Some(q) = filter.q.as_deref().map(str::trim).filter(|q| !q.is_empty()) {
         query = query.filter(users::Column::Email.contains(q.to_lowercase()));
     }
-    let total = query.clone().count(db).await?;
-    let items = query
-        .order_by_asc(users::Column::Email)
-        .offset(page.offset())
-        .limit(page.limit())
-        .all(db)
-        .await?
-        .into_iter()
-        .map(User::from)
-        .collect();
-    Ok(page.wrap(items, total))
+    let (rows, total) = fetch_page(db, query.order_by_asc(users::Column::Email), page).await?;
+    Ok(page.wrap(rows.into_iter().map(User::from).collect(), total))
 }
 
 /// Account `id` and where it sits, if it is inside `scope`; `UserNotFound` otherwise.
@@ -784,17 +775,9 @@ pub async fn list_api_keys(
     if let Some(node) = node_id {
         query = query.filter(api_keys::Column::NodeId.eq(node));
     }
-    let total = query.clone().count(db).await?;
-    let items = query
-        .order_by_desc(api_keys::Column::CreatedAt)
-        .offset(page.offset())
-        .limit(page.limit())
-        .all(db)
-        .await?
-        .into_iter()
-        .map(ApiKey::from)
-        .collect();
-    Ok(page.wrap(items, total))
+    let (rows, total) =
+        fetch_page(db, query.order_by_desc(api_keys::Column::CreatedAt), page).await?;
+    Ok(page.wrap(rows.into_iter().map(ApiKey::from).collect(), total))
 }
 
 /// Key `id` and where it sits, if it is inside `scope`.

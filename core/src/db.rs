@@ -223,6 +223,26 @@ impl Page {
     }
 }
 
+/// Runs an ordered query for one page: the total over all pages, then that page's rows.
+pub async fn fetch_page<E>(
+    db: &impl ConnectionTrait,
+    query: sea_orm::Select<E>,
+    page: Page,
+) -> Result<(Vec<E::Model>, u64), DbErr>
+where
+    E: sea_orm::EntityTrait,
+    E::Model: Sync,
+{
+    use sea_orm::{PaginatorTrait, QuerySelect};
+    let total = query.clone().count(db).await?;
+    let rows = query
+        .offset(page.offset())
+        .limit(page.limit())
+        .all(db)
+        .await?;
+    Ok((rows, total))
+}
+
 /// One page of a list, with the total across all pages.
 #[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct Paged<T> {

@@ -9,13 +9,13 @@ use chrono::Utc;
 use sea_orm::sea_query::{Alias, Expr, ExprTrait};
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, EntityTrait,
-    PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, Set, TransactionTrait,
+    PaginatorTrait, QueryFilter, QueryOrder, Set, TransactionTrait,
 };
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::db::entity::{nodes, partner_domains};
-use crate::db::{Page, Paged};
+use crate::db::{Page, Paged, fetch_page};
 use crate::rbac::{Action, Grant};
 
 /// The kinds of node, from the root down.
@@ -549,14 +549,10 @@ pub async fn list(
     if let Some(parent) = &filter.parent_id {
         query = query.filter(nodes::Column::ParentId.eq(parent.as_str()));
     }
-    let total = query.clone().count(db).await?;
-    let models = query
+    let ordered = query
         .order_by_desc(nodes::Column::CreatedAt)
-        .order_by_desc(nodes::Column::Id)
-        .offset(page.offset())
-        .limit(page.limit())
-        .all(db)
-        .await?;
+        .order_by_desc(nodes::Column::Id);
+    let (models, total) = fetch_page(db, ordered, page).await?;
     let mut items = Vec::with_capacity(models.len());
     for model in models {
         items.push(with_domains(db, model).await?);

@@ -7,15 +7,14 @@
 
 use chrono::{DateTime, Utc};
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, PaginatorTrait, QueryFilter,
-    QueryOrder, QuerySelect, Set,
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, Set,
 };
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::auth::{Principal, PrincipalKind};
 use crate::db::entity::audit_log;
-use crate::db::{Page, Paged};
+use crate::db::{Page, Paged, fetch_page};
 use crate::tenancy::{Place, scope_condition};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -162,16 +161,9 @@ pub async fn list(
     if let Some(until) = filter.until {
         query = query.filter(audit_log::Column::At.lt(until));
     }
-    let total = query.clone().count(db).await?;
-    let items = query
+    let ordered = query
         .order_by_desc(audit_log::Column::At)
-        .order_by_desc(audit_log::Column::Id)
-        .offset(page.offset())
-        .limit(page.limit())
-        .all(db)
-        .await?
-        .into_iter()
-        .map(Record::from)
-        .collect();
-    Ok(page.wrap(items, total))
+        .order_by_desc(audit_log::Column::Id);
+    let (rows, total) = fetch_page(db, ordered, page).await?;
+    Ok(page.wrap(rows.into_iter().map(Record::from).collect(), total))
 }
