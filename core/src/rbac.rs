@@ -373,8 +373,12 @@ impl Rbac {
     ) -> Result<Grant, Error> {
         let mut allowed = self.check(principal, action, target).await?;
         // A denial may come from a policy another process changed since our last poll: confirm
-        // it against the current version before refusing (allows stay on the fast path).
+        // it against the current version, then against the caller's own row, before refusing
+        // (allows stay on the fast path).
         if !allowed && self.sync().await? {
+            allowed = self.check(principal, action, target).await?;
+        }
+        if !allowed && self.refresh_subject(principal.subject_ref()).await? {
             allowed = self.check(principal, action, target).await?;
         }
         if allowed {
@@ -416,7 +420,59 @@ impl Rbac {
     /// process applies it at once, and the version bump tells every other process to reload.
     pub async fn subject_changed(&self, subject: SubjectRef<'_>) -> Result<(), Error> {
         let db = &self.inner.db;
-        let (name, edge) = match subject {
+        let (name, edge) = self.edge_of(subject).await?;
+        let version = bump_version(db).await?;
+        {
+            let mut enforcer = self.inner.enforcer.write().await;
+            enforcer
+                .remove_filtered_grouping_policy(0, vec![name.clone()])
+                .await?;
+            if let Some((role, node)) = edge {
+                enforcer
+                    .add_grouping_policy(vec![name, role_subject(role), node])
+                    .await?;
+            }
+        }
+        // Our own change is already applied; only a newer one from elsewhere needs a reload.
+        self.inner.version.fetch_max(version, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Makes this process's edge for `subject` match its row in the database; true when it changed.
+    async fn refresh_subject(&self, subject: SubjectRef<'_>) -> Result<bool, Error> {
+        let (name, edge) = self.edge_of(subject).await?;
+        let wanted: Vec<Vec<String>> = edge
+            .iter()
+            .map(|(role, node)| vec![name.clone(), role_subject(*role), node.clone()])
+            .collect();
+        // Compare under the read lock: repeated denials must not serialize every check.
+        if self
+            .inner
+            .enforcer
+            .read()
+            .await
+            .get_filtered_grouping_policy(0, vec![name.clone()])
+            == wanted
+        {
+            return Ok(false);
+        }
+        let mut enforcer = self.inner.enforcer.write().await;
+        enforcer
+            .remove_filtered_grouping_policy(0, vec![name])
+            .await?;
+        if !wanted.is_empty() {
+            enforcer.add_grouping_policies(wanted).await?;
+        }
+        Ok(true)
+    }
+
+    /// The casbin name of `subject` and the (role, node) edge its row gives it, if active.
+    async fn edge_of(
+        &self,
+        subject: SubjectRef<'_>,
+    ) -> Result<(String, Option<(Role, String)>), Error> {
+        let db = &self.inner.db;
+        Ok(match subject {
             SubjectRef::User(id) => (
                 subject_user(id),
                 users::Entity::find_by_id(id)
@@ -433,22 +489,7 @@ impl Rbac {
                     .await?
                     .and_then(|k| Role::parse(&k.role).map(|r| (r, k.node_id))),
             ),
-        };
-        let version = bump_version(db).await?;
-        {
-            let mut enforcer = self.inner.enforcer.write().await;
-            enforcer
-                .remove_filtered_grouping_policy(0, vec![name.clone()])
-                .await?;
-            if let Some((role, node)) = edge {
-                enforcer
-                    .add_grouping_policy(vec![name, role_subject(role), node])
-                    .await?;
-            }
-        }
-        // Our own change is already applied; only a newer one from elsewhere needs a reload.
-        self.inner.version.fetch_max(version, Ordering::SeqCst);
-        Ok(())
+        })
     }
 
     /// Reloads everything when another process changed the policy since the last load.

@@ -473,8 +473,10 @@ pub async fn ensure_platform(db: &impl ConnectionTrait) -> Result<Place, Error> 
         return Ok(place);
     }
     let now = Utc::now();
-    let node = nodes::ActiveModel {
-        id: Set(Uuid::now_v7().to_string()),
+    // One fixed id: two processes creating the root at once collide on the primary key
+    // instead of making two roots.
+    let inserted = nodes::ActiveModel {
+        id: Set(PLATFORM_ID.to_owned()),
         kind: Set(NodeKind::Platform.as_str().to_owned()),
         parent_id: Set(None),
         partner_id: Set(None),
@@ -488,9 +490,15 @@ pub async fn ensure_platform(db: &impl ConnectionTrait) -> Result<Place, Error> 
         updated_at: Set(now),
     }
     .insert(db)
-    .await?;
-    place_of(&node).ok_or(Error::NoPlatform)
+    .await;
+    match inserted {
+        Ok(node) => place_of(&node).ok_or(Error::NoPlatform),
+        Err(error) => platform(db).await?.ok_or(Error::Db(error)),
+    }
 }
+
+/// The id of the single platform node.
+pub const PLATFORM_ID: &str = "00000000-0000-7000-8000-000000000001";
 
 pub async fn platform(db: &impl ConnectionTrait) -> Result<Option<Place>, Error> {
     Ok(nodes::Entity::find()
