@@ -378,7 +378,11 @@ impl Rbac {
         if !allowed && self.sync().await? {
             allowed = self.check(principal, action, target).await?;
         }
-        if !allowed && self.refresh_subject(principal.subject_ref()).await? {
+        // A caller with no edge at all here may be one created a moment ago elsewhere: read its row.
+        if !allowed
+            && !self.has_edge(principal).await
+            && self.refresh_subject(principal.subject_ref()).await?
+        {
             allowed = self.check(principal, action, target).await?;
         }
         if allowed {
@@ -436,6 +440,17 @@ impl Rbac {
         // Our own change is already applied; only a newer one from elsewhere needs a reload.
         self.inner.version.fetch_max(version, Ordering::SeqCst);
         Ok(())
+    }
+
+    async fn has_edge(&self, principal: &Principal) -> bool {
+        let name = principal.casbin_subject();
+        !self
+            .inner
+            .enforcer
+            .read()
+            .await
+            .get_filtered_grouping_policy(0, vec![name])
+            .is_empty()
     }
 
     /// Makes this process's edge for `subject` match its row in the database; true when it changed.
