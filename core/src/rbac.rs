@@ -442,6 +442,8 @@ impl Rbac {
         Ok(())
     }
 
+    /// Whether this process knows the caller's role at its own node (a hash lookup: filtering
+    /// the grouping policy instead would scan every account).
     async fn has_edge(&self, principal: &Principal) -> bool {
         let name = principal.casbin_subject();
         !self
@@ -449,35 +451,36 @@ impl Rbac {
             .enforcer
             .read()
             .await
-            .get_filtered_grouping_policy(0, vec![name])
+            .get_roles_for_user(&name, Some(&principal.place.id))
             .is_empty()
     }
 
-    /// Makes this process's edge for `subject` match its row in the database; true when it changed.
+    /// Adds `subject`'s edge when its row in the database has one this process lacks; true when
+    /// it did. (Removals and moves arrive through the version poll.)
     async fn refresh_subject(&self, subject: SubjectRef<'_>) -> Result<bool, Error> {
         let (name, edge) = self.edge_of(subject).await?;
-        let wanted: Vec<Vec<String>> = edge
-            .iter()
-            .map(|(role, node)| vec![name.clone(), role_subject(*role), node.clone()])
-            .collect();
-        // Compare under the read lock: repeated denials must not serialize every check.
+        let Some((role, node)) = edge else {
+            return Ok(false);
+        };
+        let role = role_subject(role);
+        // Hash lookups only, under the read lock: repeated denials must neither scan every
+        // account nor serialize the checks of everyone else.
         if self
             .inner
             .enforcer
             .read()
             .await
-            .get_filtered_grouping_policy(0, vec![name.clone()])
-            == wanted
+            .get_roles_for_user(&name, Some(&node))
+            .contains(&role)
         {
             return Ok(false);
         }
-        let mut enforcer = self.inner.enforcer.write().await;
-        enforcer
-            .remove_filtered_grouping_policy(0, vec![name])
+        self.inner
+            .enforcer
+            .write()
+            .await
+            .add_grouping_policy(vec![name, role, node])
             .await?;
-        if !wanted.is_empty() {
-            enforcer.add_grouping_policies(wanted).await?;
-        }
         Ok(true)
     }
 
