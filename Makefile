@@ -40,5 +40,5 @@ wasm-target:
 ## plugins: build every first-party plugin as a WebAssembly component
 plugins: wasm-target
 ifneq ($(strip $(PLUGINS)),)
-	$(CARGO) build --release --target $(WASM_TARGET) $(addprefix -p trellis-plugin-,$(PLUGINS))
+	$(CARGO) build --profile plugin --target $(WASM_TARGET) $(addprefix -p trellis-plugin-,$(PLUGINS))
 endif

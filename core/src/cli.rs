@@ -52,6 +52,11 @@ pub enum Command {
         #[command(subcommand)]
         command: crate::cli::alipay::AlipayCommand,
     },
+    /// Plugin tools: build, pack, sign, inspect, run in a local harness.
+    Plugin {
+        #[command(subcommand)]
+        command: crate::cli::plugin::PluginCommand,
+    },
     /// Run the offline Alipay sandbox alone (state in the configured database).
     Sandbox {
         /// Address to listen on; port 0 picks a free one.
@@ -109,6 +114,7 @@ pub enum ConfigCommand {
 }
 
 mod alipay;
+mod plugin;
 
 /// Failures sorted by exit code.
 #[derive(Debug)]
@@ -150,6 +156,10 @@ fn run(cli: Cli) -> Result<(), Failure> {
     if let Command::Alipay { command } = cli.command {
         return alipay::run(command);
     }
+    // So do the plugin tools; `run` makes its own throwaway database.
+    if let Command::Plugin { command } = cli.command {
+        return plugin::run(command);
+    }
     let file = cli.config.or_else(config::config_file_from_env);
     let config = Config::load(file.as_deref()).map_err(|e| Failure::Usage(e.to_string()))?;
     init_tracing(&config);
@@ -163,6 +173,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
 async fn execute(command: Command, config: Config) -> Result<(), Failure> {
     match command {
         Command::Alipay { command } => alipay::run(command),
+        Command::Plugin { command } => plugin::run(command),
         Command::Config {
             command: ConfigCommand::Show,
         } => {

@@ -38,6 +38,24 @@ pub struct Config {
     pub themes: ThemesConfig,
     pub auth: AuthConfig,
     pub sandbox: SandboxConfig,
+    pub plugins: PluginsConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginsConfig {
+    /// Compiled components, by (content hash, engine configuration). Empty: `<data_dir>/plugin-cache`.
+    pub cache_dir: PathBuf,
+    /// Plugin invocations running at once in this process; more wait for a slot.
+    pub max_concurrency: u32,
+    /// Use wasmtime's pooling allocator (falls back to on-demand when the address space
+    /// cannot be reserved).
+    pub pooling: bool,
+    /// Traps of one installation within `breaker_window_secs` that suspend it.
+    pub breaker_traps: u32,
+    pub breaker_window_secs: u64,
+    /// How long a tripped installation stays suspended.
+    pub breaker_cooldown_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -132,6 +150,17 @@ struct Defaults {
     themes: DefaultThemes,
     auth: DefaultAuth,
     sandbox: DefaultSandbox,
+    plugins: DefaultPlugins,
+}
+
+#[derive(Serialize)]
+struct DefaultPlugins {
+    cache_dir: &'static str,
+    max_concurrency: u32,
+    pooling: bool,
+    breaker_traps: u32,
+    breaker_window_secs: u64,
+    breaker_cooldown_secs: u64,
 }
 
 #[derive(Serialize)]
@@ -206,6 +235,14 @@ const DEFAULTS: Defaults = Defaults {
         enabled: false,
         time_scale: 1,
     },
+    plugins: DefaultPlugins {
+        cache_dir: "",
+        max_concurrency: 1_000,
+        pooling: true,
+        breaker_traps: 5,
+        breaker_window_secs: 300,
+        breaker_cooldown_secs: 900,
+    },
 };
 
 /// The configuration file named by `TRELLIS_CONFIG`, if any. `--config` wins over it.
@@ -269,6 +306,9 @@ impl Config {
             let path = config.data_dir.join("trellis.db");
             config.database.url = SecretString::from(format!("sqlite://{}", path.display()));
         }
+        if config.plugins.cache_dir.as_os_str().is_empty() {
+            config.plugins.cache_dir = config.data_dir.join("plugin-cache");
+        }
         Ok(config)
     }
 
@@ -279,6 +319,12 @@ impl Config {
         }
         if self.auth.session_ttl_hours == 0 || self.auth.session_ttl_hours > 24 * 30 {
             return invalid("auth.session_ttl_hours", "must be between 1 and 720");
+        }
+        if self.plugins.max_concurrency == 0 || self.plugins.max_concurrency > 10_000 {
+            return invalid("plugins.max_concurrency", "must be between 1 and 10000");
+        }
+        if self.plugins.breaker_traps == 0 {
+            return invalid("plugins.breaker_traps", "must be greater than zero");
         }
         if self.database.max_connections == 0 {
             return invalid("database.max_connections", "must be greater than zero");

@@ -1,6 +1,8 @@
 //! The Trellis engine. Modules are listed in dependency order: each uses only those above it,
-//! except that mutating functions of `tenancy` and `auth` take `rbac::Grant` as their proof.
-#![forbid(unsafe_code)]
+//! except that mutating functions of `tenancy` and `auth` take `rbac::Grant` as their proof,
+//! `plugins` wraps rendered plugin pages in `themes`, and the plugin harness (a development
+//! tool) seeds its throwaway tenant with `demo`.
+#![deny(unsafe_code)]
 
 /// Process configuration: defaults, `trellis.toml`, `TRELLIS_*` environment.
 pub mod config;
@@ -16,6 +18,8 @@ pub mod rbac;
 pub mod secrets;
 /// Alipay signing, verification, certificates and AES: the only holder of merchant keys.
 pub mod alipay;
+/// The plugin host: manifests, archives, the wasmtime runtime and its capabilities.
+pub mod plugins;
 /// Handlebars themes with per-partner choice and `default` fallback.
 pub mod themes;
 /// The axum router, its layers and the server loop.

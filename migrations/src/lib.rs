@@ -10,6 +10,7 @@ mod m20261125_000002_create_auth_and_audit;
 mod m20261125_000003_create_alipay_credentials;
 mod m20261125_000004_create_sandbox_state;
 mod m20261125_000005_create_alipay_notifications;
+mod m20261126_000006_create_plugin_kv;
 
 /// Every migration of the engine, oldest first.
 pub struct Migrator;
@@ -23,6 +24,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261125_000003_create_alipay_credentials::Migration),
             Box::new(m20261125_000004_create_sandbox_state::Migration),
             Box::new(m20261125_000005_create_alipay_notifications::Migration),
+            Box::new(m20261126_000006_create_plugin_kv::Migration),
         ]
     }
 }

@@ -1,0 +1,531 @@
+//! `trellis plugin …`: build, pack, sign, inspect and run plugins locally. Everything but `run`
+//! works on files alone; `run` starts a throwaway tenant (temporary SQLite, offline sandbox).
+//! Exit 0 on success, 1 when a plugin is refused or an invocation fails, 2 on bad arguments.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use clap::Subcommand;
+use serde_json::{Value, json};
+
+use super::Failure;
+use crate::plugins::archive::{self, Archive};
+use crate::plugins::harness::{self, Harness, HarnessOptions};
+use crate::plugins::{self, Call, Manifest};
+
+const WASM_TARGET: &str = "wasm32-wasip2";
+
+#[derive(Debug, Subcommand)]
+pub enum PluginCommand {
+    /// Build the plugin crate in DIR for wasm32-wasip2 and copy the component to DIR/plugin.wasm.
+    Build {
+        dir: PathBuf,
+        /// Cargo profile to build with.
+        #[arg(long, default_value = "release")]
+        profile: String,
+    },
+    /// Pack DIR (plugin.toml, the component, templates/, assets/) into a .tplug archive,
+    /// refusing a component whose imports exceed its declared capabilities.
+    Pack {
+        dir: PathBuf,
+        /// The archive to write.
+        #[arg(short, long, value_name = "FILE.tplug")]
+        output: PathBuf,
+        /// The component to pack (default: DIR/plugin.wasm, written by `plugin build`).
+        #[arg(long, value_name = "FILE.wasm")]
+        wasm: Option<PathBuf>,
+    },
+    /// Create an Ed25519 publisher key pair: NAME.key (keep it secret) and NAME.pub.
+    Keygen {
+        /// Path prefix of the two files.
+        #[arg(long, value_name = "NAME")]
+        out: PathBuf,
+    },
+    /// Sign an archive with a publisher key.
+    Sign {
+        archive: PathBuf,
+        #[arg(long, value_name = "NAME.key")]
+        key: PathBuf,
+        /// Where to write the signed archive (default: in place).
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+    },
+    /// Show an archive's manifest, capabilities, the imports its component really uses, sizes
+    /// and signature; exit 1 if the engine would refuse it.
+    Inspect {
+        archive: PathBuf,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run one call of a plugin against a throwaway merchant (temporary SQLite database, the
+    /// offline Alipay sandbox) and print the result, logs, host calls, memory and time.
+    Run {
+        archive: PathBuf,
+        /// Deliver an event of this kind.
+        #[arg(long, conflicts_with_all = ["http", "configure", "install"])]
+        event: Option<String>,
+        /// The event's JSON payload.
+        #[arg(long, default_value = "{}")]
+        payload: String,
+        /// Send a request to a route, such as "GET /stats?x=1".
+        #[arg(long, value_name = "METHOD PATH")]
+        http: Option<String>,
+        /// The request body.
+        #[arg(long, default_value = "")]
+        body: String,
+        /// Run the configure hook with this JSON.
+        #[arg(long, value_name = "JSON")]
+        configure: Option<String>,
+        /// Run the install hook.
+        #[arg(long)]
+        install: bool,
+        /// The installation's configuration (JSON) for this call.
+        #[arg(long, value_name = "JSON", default_value = "{}")]
+        plugin_config: String,
+        /// The caller's locale: zh-CN or en.
+        #[arg(long, default_value = "zh-CN")]
+        locale: String,
+        /// Freeze the plugin's clocks and randomness.
+        #[arg(long)]
+        frozen: bool,
+        /// Folder of themes to wrap rendered pages in (default: ./themes when present).
+        #[arg(long)]
+        themes: Option<PathBuf>,
+    },
+}
+
+fn usage(message: impl Into<String>) -> Failure {
+    Failure::Usage(message.into())
+}
+
+fn refused(error: impl std::fmt::Display) -> Failure {
+    Failure::Runtime(error.to_string())
+}
+
+pub fn run(command: PluginCommand) -> Result<(), Failure> {
+    match command {
+        PluginCommand::Build { dir, profile } => build(&dir, &profile),
+        PluginCommand::Pack { dir, output, wasm } => pack(&dir, &output, wasm.as_deref()),
+        PluginCommand::Keygen { out } => {
+            let (private, public) = archive::keygen().map_err(refused)?;
+            let key = with_suffix(&out, "key");
+            let public_path = with_suffix(&out, "pub");
+            if key.exists() {
+                return Err(usage(format!(
+                    "{} exists; refusing to overwrite a key",
+                    key.display()
+                )));
+            }
+            write_private(&key, &private)?;
+            std::fs::write(&public_path, format!("{public}\n"))
+                .map_err(|e| usage(format!("{}: {e}", public_path.display())))?;
+            println!(
+                "private key: {} (keep it secret)\npublic key:  {}\n{public}",
+                key.display(),
+                public_path.display()
+            );
+            Ok(())
+        }
+        PluginCommand::Sign {
+            archive: path,
+            key,
+            output,
+        } => {
+            let bytes = read(&path)?;
+            let pem = std::fs::read_to_string(&key)
+                .map_err(|e| usage(format!("{}: {e}", key.display())))?;
+            let signed = archive::sign(&bytes, &pem).map_err(refused)?;
+            let target = output.unwrap_or(path);
+            archive::write_atomically(&target, &signed)
+                .map_err(|e| refused(format!("{}: {e}", target.display())))?;
+            let status = Archive::read(&signed).map_err(refused)?.signature;
+            println!("signed {}: {status}", target.display());
+            Ok(())
+        }
+        PluginCommand::Inspect {
+            archive: path,
+            json,
+        } => inspect(&path, json),
+        PluginCommand::Run {
+            archive: path,
+            event,
+            payload,
+            http,
+            body,
+            configure,
+            install,
+            plugin_config,
+            locale,
+            frozen,
+            themes,
+        } => {
+            let call = if let Some(kind) = event {
+                let payload: Value = serde_json::from_str(&payload)
+                    .map_err(|e| usage(format!("--payload is not JSON: {e}")))?;
+                Call::Event(plugins::Event {
+                    id: uuid::Uuid::now_v7().to_string(),
+                    kind,
+                    occurred_at: chrono::Utc::now(),
+                    payload,
+                })
+            } else if let Some(line) = http {
+                let (method, target) = line
+                    .trim()
+                    .split_once(' ')
+                    .ok_or_else(|| usage("--http takes \"METHOD /path\""))?;
+                let (path, query) = target.trim().split_once('?').unwrap_or((target.trim(), ""));
+                Call::Http(plugins::HttpRequest {
+                    method: method.to_ascii_uppercase(),
+                    path: path.to_owned(),
+                    query: query.to_owned(),
+                    headers: Vec::new(),
+                    body: body.into_bytes(),
+                })
+            } else if let Some(text) = configure {
+                let config: Value = serde_json::from_str(&text)
+                    .map_err(|e| usage(format!("--configure is not JSON: {e}")))?;
+                Call::Configure { config }
+            } else if install {
+                Call::Install {
+                    previous_version: None,
+                }
+            } else {
+                return Err(usage(
+                    "say what to run: --event KIND, --http \"GET /path\", --configure JSON or --install",
+                ));
+            };
+            let config: Value = serde_json::from_str(&plugin_config)
+                .map_err(|e| usage(format!("--plugin-config is not JSON: {e}")))?;
+            let bytes = read(&path)?;
+            let archive = Archive::read(&bytes).map_err(refused)?;
+            let themes = themes
+                .or_else(|| Some(PathBuf::from("themes")).filter(|p| p.join("default").is_dir()));
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| refused(format!("cannot start the async runtime: {e}")))?;
+            runtime.block_on(async move {
+                let options = HarnessOptions {
+                    frozen_clock: frozen.then(chrono::Utc::now),
+                    themes_dir: themes,
+                    ..HarnessOptions::default()
+                };
+                let mut harness = Harness::start(&archive, options).await.map_err(refused)?;
+                harness.config = config;
+                harness.locale = locale;
+                println!(
+                    "{} {} on a throwaway merchant {} ({} allocation)",
+                    archive.manifest.id,
+                    archive.manifest.version,
+                    harness.merchant.id,
+                    harness.runtime.allocation()
+                );
+                let outcome = harness.call(call).await;
+                print!("{}", harness::report(&outcome));
+                match outcome.result {
+                    Ok(_) => Ok(()),
+                    Err(e) => Err(refused(format!("the invocation failed: {e}"))),
+                }
+            })
+        }
+    }
+}
+
+fn with_suffix(prefix: &Path, suffix: &str) -> PathBuf {
+    let mut name = prefix.as_os_str().to_owned();
+    name.push(".");
+    name.push(suffix);
+    PathBuf::from(name)
+}
+
+#[cfg(unix)]
+fn write_private(path: &Path, text: &str) -> Result<(), Failure> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| usage(format!("{}: {e}", path.display())))?;
+    file.write_all(text.as_bytes())
+        .map_err(|e| usage(format!("{}: {e}", path.display())))
+}
+
+#[cfg(not(unix))]
+fn write_private(path: &Path, text: &str) -> Result<(), Failure> {
+    std::fs::write(path, text).map_err(|e| usage(format!("{}: {e}", path.display())))
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, Failure> {
+    std::fs::read(path).map_err(|e| usage(format!("{}: {e}", path.display())))
+}
+
+fn build(dir: &Path, profile: &str) -> Result<(), Failure> {
+    let manifest_path = dir.join("Cargo.toml");
+    if !manifest_path.is_file() {
+        return Err(usage(format!("{} has no Cargo.toml", dir.display())));
+    }
+    let installed = Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .any(|l| l.trim() == WASM_TARGET)
+        })
+        .unwrap_or(false);
+    if !installed {
+        eprintln!("installing the {WASM_TARGET} target with rustup");
+        let status = Command::new("rustup")
+            .args(["target", "add", WASM_TARGET])
+            .status()
+            .map_err(|e| refused(format!("cannot run rustup: {e}")))?;
+        if !status.success() {
+            return Err(refused(format!("rustup target add {WASM_TARGET} failed")));
+        }
+    }
+    let output = Command::new("cargo")
+        .arg("build")
+        .arg("--manifest-path")
+        .arg(&manifest_path)
+        .args(["--target", WASM_TARGET, "--profile", profile, "--lib"])
+        .arg("--message-format=json-render-diagnostics")
+        .stderr(Stdio::inherit())
+        .output()
+        .map_err(|e| refused(format!("cannot run cargo: {e}")))?;
+    if !output.status.success() {
+        return Err(refused("cargo build failed"));
+    }
+    let mut component = None;
+    for line in String::from_utf8_lossy(&output.stdout).lines() {
+        let Ok(message) = serde_json::from_str::<Value>(line) else {
+            continue;
+        };
+        if message["reason"] != "compiler-artifact" {
+            continue;
+        }
+        let is_cdylib = message["target"]["kind"]
+            .as_array()
+            .is_some_and(|k| k.iter().any(|v| v == "cdylib"));
+        let manifest_matches = message["manifest_path"]
+            .as_str()
+            .is_some_and(|p| Path::new(p).canonicalize().ok() == manifest_path.canonicalize().ok());
+        if is_cdylib && manifest_matches {
+            component = message["filenames"].as_array().and_then(|f| {
+                f.iter()
+                    .filter_map(Value::as_str)
+                    .find(|f| f.ends_with(".wasm"))
+                    .map(PathBuf::from)
+            });
+        }
+    }
+    let component = component.ok_or_else(|| {
+        refused("the build produced no component: the crate needs [lib] crate-type = [\"cdylib\"]")
+    })?;
+    let target = dir.join("plugin.wasm");
+    std::fs::copy(&component, &target)
+        .map_err(|e| refused(format!("{}: {e}", target.display())))?;
+    let size = std::fs::metadata(&target)
+        .map(|m| m.len())
+        .unwrap_or_default();
+    println!("built {} ({size} bytes)", target.display());
+    Ok(())
+}
+
+/// Files under `dir/sub`, recursively, keyed by their archive path (`sub/…`).
+fn collect(dir: &Path, sub: &str, into: &mut BTreeMap<String, Vec<u8>>) -> Result<(), Failure> {
+    let root = dir.join(sub);
+    if !root.exists() {
+        return Ok(());
+    }
+    let mut stack = vec![root.clone()];
+    while let Some(folder) = stack.pop() {
+        let entries =
+            std::fs::read_dir(&folder).map_err(|e| usage(format!("{}: {e}", folder.display())))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| usage(e.to_string()))?;
+            let path = entry.path();
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') {
+                continue;
+            }
+            let kind = entry.file_type().map_err(|e| usage(e.to_string()))?;
+            if kind.is_symlink() {
+                return Err(refused(format!(
+                    "{}: symbolic links are not packed",
+                    path.display()
+                )));
+            }
+            if kind.is_dir() {
+                stack.push(path);
+                continue;
+            }
+            let relative = path
+                .strip_prefix(dir)
+                .map_err(|e| usage(e.to_string()))?
+                .to_string_lossy()
+                .replace('\\', "/");
+            if !archive::is_safe_path(&relative) {
+                return Err(refused(format!("{relative}: not a packable file name")));
+            }
+            let bytes =
+                std::fs::read(&path).map_err(|e| usage(format!("{}: {e}", path.display())))?;
+            into.insert(relative, bytes);
+        }
+    }
+    Ok(())
+}
+
+/// Reads and validates `plugin.toml` in `dir`, resolving a schema file beside it.
+pub fn read_manifest(dir: &Path) -> Result<Manifest, Failure> {
+    let path = dir.join("plugin.toml");
+    let text =
+        std::fs::read_to_string(&path).map_err(|e| usage(format!("{}: {e}", path.display())))?;
+    let read_schema = |name: &str| -> Result<String, plugins::Error> {
+        if !archive::is_safe_path(name) {
+            return Err(plugins::Error::Manifest(format!(
+                "config.schema {name:?} must be a file in the plugin folder"
+            )));
+        }
+        std::fs::read_to_string(dir.join(name))
+            .map_err(|e| plugins::Error::Manifest(format!("config.schema {name}: {e}")))
+    };
+    Manifest::parse(&text, Some(&read_schema)).map_err(refused)
+}
+
+fn pack(dir: &Path, output: &Path, wasm: Option<&Path>) -> Result<(), Failure> {
+    let manifest = read_manifest(dir)?;
+    let wasm_path = wasm
+        .map(Path::to_owned)
+        .unwrap_or_else(|| dir.join("plugin.wasm"));
+    if !wasm_path.is_file() {
+        return Err(usage(format!(
+            "{} does not exist: run `trellis plugin build {}` first, or pass --wasm",
+            wasm_path.display(),
+            dir.display()
+        )));
+    }
+    let component = read(&wasm_path)?;
+    if component.len() > archive::MAX_COMPONENT_BYTES {
+        return Err(refused(format!(
+            "the component is {} bytes; the limit is {}",
+            component.len(),
+            archive::MAX_COMPONENT_BYTES
+        )));
+    }
+    let mut files = BTreeMap::new();
+    collect(dir, "templates", &mut files)?;
+    collect(dir, "assets", &mut files)?;
+    let imports = plugins::inspect_component(&component).map_err(refused)?;
+    plugins::check_imports(&manifest, &imports).map_err(refused)?;
+    let bytes = archive::pack(&manifest, &component, &files).map_err(refused)?;
+    // Read it back with the installer's checks, so what is written is what will load.
+    let archive = Archive::read(&bytes).map_err(refused)?;
+    archive::write_atomically(output, &bytes)
+        .map_err(|e| refused(format!("{}: {e}", output.display())))?;
+    println!(
+        "packed {} {} into {} ({} bytes; component sha256 {})",
+        archive.manifest.id,
+        archive.manifest.version,
+        output.display(),
+        bytes.len(),
+        archive.component_sha256
+    );
+    Ok(())
+}
+
+fn inspect(path: &Path, as_json: bool) -> Result<(), Failure> {
+    let bytes = read(path)?;
+    let archive = Archive::read(&bytes).map_err(refused)?;
+    let imports = plugins::inspect_component(&archive.component).map_err(refused)?;
+    let verdict = plugins::check_imports(&archive.manifest, &imports);
+    let m = &archive.manifest;
+    if as_json {
+        let report = json!({
+            "manifest": m,
+            "component_sha256": archive.component_sha256,
+            "sizes": archive.sizes(),
+            "archive_bytes": bytes.len(),
+            "imports": imports,
+            "signature": archive.signature.to_string(),
+            "host_api": { "wanted": m.host_api.to_string(), "provided": plugins::HOST_API_VERSION.to_string() },
+            "accepted": verdict.is_ok(),
+            "refusal": verdict.as_ref().err().map(ToString::to_string),
+        });
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).unwrap_or_default()
+        );
+    } else {
+        println!("{} {} — {} ({})", m.id, m.version, m.name, m.publisher);
+        if !m.description.is_empty() {
+            println!("{}", m.description);
+        }
+        println!(
+            "host-api: {} (this engine provides {})",
+            m.host_api,
+            plugins::HOST_API_VERSION
+        );
+        println!("signature: {}", archive.signature);
+        println!("component: sha256 {}", archive.component_sha256);
+        println!("imports actually used:");
+        for import in &imports {
+            println!("  {import}");
+        }
+        let caps = &m.capabilities;
+        println!("capabilities requested:");
+        match caps.kv {
+            Some(q) => println!(
+                "  kv: up to {} keys, {} bytes per merchant",
+                q.max_keys, q.max_bytes
+            ),
+            None => println!("  kv: none"),
+        }
+        let methods: Vec<&str> = caps
+            .alipay
+            .iter()
+            .flat_map(|a| a.methods.iter().map(String::as_str))
+            .collect();
+        println!(
+            "  alipay: {}",
+            if methods.is_empty() {
+                "none".to_owned()
+            } else {
+                methods.join(", ")
+            }
+        );
+        println!("  templates: {}", join_or_none(caps.templates.iter()));
+        println!("  emit: {}", join_or_none(caps.emit.iter()));
+        println!("subscribes to: {}", join_or_none(m.subscribe.iter()));
+        println!("routes:");
+        for r in &m.routes {
+            println!("  {} {} ({:?})", r.method, r.path, r.audience);
+        }
+        let l = m.limits;
+        println!(
+            "limits: memory {} MiB, cpu {} ms, wall {} ms, output {} KiB",
+            l.memory_mib, l.cpu_ms, l.wall_ms, l.output_kib
+        );
+        println!("sizes (archive {} bytes):", bytes.len());
+        for (name, size) in archive.sizes() {
+            println!("  {size:>9}  {name}");
+        }
+        match &verdict {
+            Ok(()) => println!("check: accepted (imports within the declared capabilities)"),
+            Err(e) => println!("check: REFUSED: {e}"),
+        }
+    }
+    verdict.map_err(refused)
+}
+
+fn join_or_none<'a>(items: impl Iterator<Item = &'a String>) -> String {
+    let list: Vec<&str> = items.map(String::as_str).collect();
+    if list.is_empty() {
+        "none".to_owned()
+    } else {
+        list.join(", ")
+    }
+}

@@ -1,0 +1,448 @@
+//! The key-value store behind the `kv` capability, on the engine's database.
+//!
+//! Invariant: every operation is bound to one namespace (installation, scope) fixed by the host
+//! for the invocation; a write and its quota accounting commit together or not at all, so the
+//! usage row always equals what the namespace holds.
+
+use chrono::Utc;
+use sea_orm::{
+    ConnectionTrait, DatabaseBackend, DatabaseConnection, DbErr, Statement, TransactionTrait, Value,
+};
+
+use super::manifest::KvQuota;
+
+/// Longest key, in bytes.
+pub const MAX_KEY_BYTES: usize = 256;
+/// Largest value, in bytes.
+pub const MAX_VALUE_BYTES: usize = 64 << 10;
+/// Most items one `list` returns.
+pub const MAX_LIST: u32 = 1_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum KvError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    Quota(String),
+    #[error("the counter at {0} does not hold an integer")]
+    NotACounter(String),
+    #[error("too much contention on {0}")]
+    Contention(String),
+    #[error("database error: {0}")]
+    Db(#[from] DbErr),
+}
+
+/// One namespace of the store.
+#[derive(Debug, Clone)]
+pub struct Namespace {
+    pub installation_id: String,
+    pub scope_id: String,
+    pub quota: KvQuota,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub value: Vec<u8>,
+    pub version: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Cas {
+    Stored(u64),
+    Conflict(Option<Entry>),
+}
+
+/// `?` placeholders as the backend wants them (`$1…` on PostgreSQL).
+fn sql(backend: DatabaseBackend, text: &str) -> String {
+    if backend != DatabaseBackend::Postgres {
+        return text.to_owned();
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    let mut n = 0;
+    for c in text.chars() {
+        if c == '?' {
+            n += 1;
+            out.push('$');
+            out.push_str(&n.to_string());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+fn stmt(backend: DatabaseBackend, text: &str, values: Vec<Value>) -> Statement {
+    Statement::from_sql_and_values(backend, sql(backend, text), values)
+}
+
+/// Checks a key: non-empty UTF-8 without control characters, at most [`MAX_KEY_BYTES`].
+pub fn check_key(key: &str) -> Result<(), KvError> {
+    if key.is_empty() || key.len() > MAX_KEY_BYTES {
+        return Err(KvError::Invalid(format!(
+            "a key must be 1 to {MAX_KEY_BYTES} bytes"
+        )));
+    }
+    // U+10FFFF closes prefix ranges, so it may not appear in keys.
+    if key.chars().any(|c| c.is_control() || c == '\u{10FFFF}') {
+        return Err(KvError::Invalid(
+            "a key may not contain control characters".into(),
+        ));
+    }
+    Ok(())
+}
+
+fn version_of(value: i64) -> u64 {
+    u64::try_from(value).unwrap_or_default()
+}
+
+/// Versions are time-ordered and never reused for a key, even after a delete: a stale
+/// `expected` can never match a later value.
+fn next_version(previous: Option<u64>) -> u64 {
+    let now = u64::try_from(Utc::now().timestamp_micros()).unwrap_or_default();
+    now.max(previous.map_or(0, |p| p + 1))
+}
+
+impl Namespace {
+    fn ids(&self) -> Vec<Value> {
+        vec![
+            self.installation_id.clone().into(),
+            self.scope_id.clone().into(),
+        ]
+    }
+
+    pub async fn get(
+        &self,
+        db: &impl ConnectionTrait,
+        key: &str,
+    ) -> Result<Option<Entry>, KvError> {
+        check_key(key)?;
+        let backend = db.get_database_backend();
+        let mut values = self.ids();
+        values.push(key.into());
+        let row = db
+            .query_one_raw(stmt(
+                backend,
+                "SELECT value, version FROM plugin_kv WHERE installation_id = ? AND scope_id = ? AND key = ?",
+                values,
+            ))
+            .await?;
+        Ok(match row {
+            None => None,
+            Some(row) => Some(Entry {
+                value: row.try_get("", "value")?,
+                version: version_of(row.try_get("", "version")?),
+            }),
+        })
+    }
+
+    /// Writes `value` when the key is at `expected` (`None`: absent), with the quota checked in
+    /// the same transaction.
+    pub async fn compare_and_swap(
+        &self,
+        db: &DatabaseConnection,
+        key: &str,
+        expected: Option<u64>,
+        value: &[u8],
+    ) -> Result<Cas, KvError> {
+        check_key(key)?;
+        if value.len() > MAX_VALUE_BYTES {
+            return Err(KvError::Invalid(format!(
+                "a value may be at most {MAX_VALUE_BYTES} bytes"
+            )));
+        }
+        let txn = db.begin().await?;
+        let current = self.lock_and_read(&txn, key).await?;
+        let outcome = match (&current, expected) {
+            (None, None) => {
+                let version = next_version(None);
+                self.charge(&txn, 1, (key.len() + value.len()) as i64)
+                    .await?;
+                self.insert(&txn, key, value, version).await?;
+                Cas::Stored(version)
+            }
+            (Some(entry), Some(v)) if entry.version == v => {
+                let version = next_version(Some(v));
+                self.charge(&txn, 0, value.len() as i64 - entry.value.len() as i64)
+                    .await?;
+                self.overwrite(&txn, key, value, version).await?;
+                Cas::Stored(version)
+            }
+            _ => Cas::Conflict(current.clone()),
+        };
+        txn.commit().await?;
+        Ok(outcome)
+    }
+
+    /// Deletes a key (only at `expected`, when given); true when a row went away.
+    pub async fn delete(
+        &self,
+        db: &DatabaseConnection,
+        key: &str,
+        expected: Option<u64>,
+    ) -> Result<bool, KvError> {
+        check_key(key)?;
+        let txn = db.begin().await?;
+        let current = self.lock_and_read(&txn, key).await?;
+        let deleted = match current {
+            Some(entry) if expected.is_none_or(|v| v == entry.version) => {
+                let backend = txn.get_database_backend();
+                let mut values = self.ids();
+                values.push(key.into());
+                txn.execute_raw(stmt(
+                    backend,
+                    "DELETE FROM plugin_kv WHERE installation_id = ? AND scope_id = ? AND key = ?",
+                    values,
+                ))
+                .await?;
+                self.charge(&txn, -1, -((key.len() + entry.value.len()) as i64))
+                    .await?;
+                true
+            }
+            _ => false,
+        };
+        txn.commit().await?;
+        Ok(deleted)
+    }
+
+    /// Adds `delta` to a decimal counter (absent counts as 0) and returns the new value.
+    pub async fn increment(
+        &self,
+        db: &DatabaseConnection,
+        key: &str,
+        delta: i64,
+    ) -> Result<i64, KvError> {
+        check_key(key)?;
+        let txn = db.begin().await?;
+        let current = self.lock_and_read(&txn, key).await?;
+        let old = match &current {
+            None => 0,
+            Some(entry) => std::str::from_utf8(&entry.value)
+                .ok()
+                .and_then(|t| t.trim().parse::<i64>().ok())
+                .ok_or_else(|| KvError::NotACounter(key.to_owned()))?,
+        };
+        let new = old
+            .checked_add(delta)
+            .ok_or_else(|| KvError::Invalid(format!("the counter at {key} would overflow")))?;
+        let text = new.to_string();
+        match current {
+            None => {
+                self.charge(&txn, 1, (key.len() + text.len()) as i64)
+                    .await?;
+                self.insert(&txn, key, text.as_bytes(), next_version(None))
+                    .await?;
+            }
+            Some(entry) => {
+                self.charge(&txn, 0, text.len() as i64 - entry.value.len() as i64)
+                    .await?;
+                self.overwrite(
+                    &txn,
+                    key,
+                    text.as_bytes(),
+                    next_version(Some(entry.version)),
+                )
+                .await?;
+            }
+        }
+        txn.commit().await?;
+        Ok(new)
+    }
+
+    /// Keys starting with `prefix` after `after`, in bytewise key order.
+    pub async fn list(
+        &self,
+        db: &impl ConnectionTrait,
+        prefix: &str,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<(Vec<(String, Entry)>, Option<String>), KvError> {
+        if prefix.len() > MAX_KEY_BYTES {
+            return Err(KvError::Invalid(format!(
+                "a prefix may be at most {MAX_KEY_BYTES} bytes"
+            )));
+        }
+        let limit = limit.clamp(1, MAX_LIST);
+        let backend = db.get_database_backend();
+        let mut values = self.ids();
+        let mut text = String::from(
+            "SELECT key, value, version FROM plugin_kv WHERE installation_id = ? AND scope_id = ?",
+        );
+        // A range on the primary key, not LIKE: the prefix may contain % and _.
+        let start = match after {
+            Some(a) if a > prefix => a,
+            _ => prefix,
+        };
+        if !start.is_empty() {
+            text.push_str(if after.is_some_and(|a| a > prefix) {
+                " AND key > ?"
+            } else {
+                " AND key >= ?"
+            });
+            values.push(start.into());
+        }
+        if !prefix.is_empty() {
+            text.push_str(" AND key < ?");
+            values.push(format!("{prefix}\u{10FFFF}").into());
+        }
+        text.push_str(" ORDER BY key LIMIT ?");
+        values.push(i64::from(limit + 1).into());
+        let rows = db.query_all_raw(stmt(backend, &text, values)).await?;
+        let mut items = Vec::with_capacity(rows.len());
+        for row in rows {
+            let key: String = row.try_get("", "key")?;
+            items.push((
+                key,
+                Entry {
+                    value: row.try_get("", "value")?,
+                    version: version_of(row.try_get("", "version")?),
+                },
+            ));
+        }
+        let next = if items.len() > limit as usize {
+            items.truncate(limit as usize);
+            items.last().map(|(k, _)| k.clone())
+        } else {
+            None
+        };
+        Ok((items, next))
+    }
+
+    /// Keys and bytes held now.
+    pub async fn usage(&self, db: &impl ConnectionTrait) -> Result<(u64, u64), KvError> {
+        let backend = db.get_database_backend();
+        let row = db
+            .query_one_raw(stmt(
+                backend,
+                "SELECT keys, bytes FROM plugin_kv_usage WHERE installation_id = ? AND scope_id = ?",
+                self.ids(),
+            ))
+            .await?;
+        Ok(match row {
+            None => (0, 0),
+            Some(r) => (
+                version_of(r.try_get("", "keys")?),
+                version_of(r.try_get("", "bytes")?),
+            ),
+        })
+    }
+
+    /// Takes the namespace's write lock (its usage row) and reads the key. The first statement
+    /// writes, so SQLite takes its write lock up front instead of upgrading a read lock, which
+    /// `busy_timeout` cannot wait for.
+    async fn lock_and_read(
+        &self,
+        txn: &impl ConnectionTrait,
+        key: &str,
+    ) -> Result<Option<Entry>, KvError> {
+        let backend = txn.get_database_backend();
+        txn.execute_raw(stmt(
+            backend,
+            "INSERT INTO plugin_kv_usage (installation_id, scope_id, keys, bytes) VALUES (?, ?, 0, 0) \
+             ON CONFLICT (installation_id, scope_id) DO NOTHING",
+            self.ids(),
+        ))
+        .await?;
+        if backend == DatabaseBackend::Postgres {
+            txn.execute_raw(stmt(
+                backend,
+                "SELECT keys FROM plugin_kv_usage WHERE installation_id = ? AND scope_id = ? FOR UPDATE",
+                self.ids(),
+            ))
+            .await?;
+        }
+        self.get(txn, key).await
+    }
+
+    async fn charge(
+        &self,
+        txn: &impl ConnectionTrait,
+        keys: i64,
+        bytes: i64,
+    ) -> Result<(), KvError> {
+        let backend = txn.get_database_backend();
+        let max_keys = i64::try_from(self.quota.max_keys).unwrap_or(i64::MAX);
+        let max_bytes = i64::try_from(self.quota.max_bytes).unwrap_or(i64::MAX);
+        let mut values: Vec<Value> = vec![keys.into(), bytes.into()];
+        values.extend(self.ids());
+        values.extend([
+            keys.into(),
+            keys.into(),
+            max_keys.into(),
+            bytes.into(),
+            bytes.into(),
+            max_bytes.into(),
+        ]);
+        // Shrinking writes always pass, so a namespace over a lowered quota can still clean up.
+        let result = txn
+            .execute_raw(stmt(
+                backend,
+                "UPDATE plugin_kv_usage SET keys = keys + ?, bytes = bytes + ? \
+                 WHERE installation_id = ? AND scope_id = ? \
+                 AND (? <= 0 OR keys + ? <= ?) AND (? <= 0 OR bytes + ? <= ?)",
+                values,
+            ))
+            .await?;
+        if result.rows_affected() == 0 {
+            let (used_keys, used_bytes) = self.usage(txn).await?;
+            return Err(KvError::Quota(
+                if keys > 0 && used_keys + 1 > self.quota.max_keys {
+                    format!("kv quota: {} keys at most", self.quota.max_keys)
+                } else {
+                    format!(
+                        "kv quota: {} bytes at most ({used_bytes} used)",
+                        self.quota.max_bytes
+                    )
+                },
+            ));
+        }
+        Ok(())
+    }
+
+    async fn insert(
+        &self,
+        txn: &impl ConnectionTrait,
+        key: &str,
+        value: &[u8],
+        version: u64,
+    ) -> Result<(), KvError> {
+        let backend = txn.get_database_backend();
+        let mut values = self.ids();
+        values.extend([
+            key.into(),
+            value.to_vec().into(),
+            i64::try_from(version).unwrap_or(i64::MAX).into(),
+            Utc::now().into(),
+        ]);
+        txn.execute_raw(stmt(
+            backend,
+            "INSERT INTO plugin_kv (installation_id, scope_id, key, value, version, updated_at) VALUES (?, ?, ?, ?, ?, ?)",
+            values,
+        ))
+        .await?;
+        Ok(())
+    }
+
+    async fn overwrite(
+        &self,
+        txn: &impl ConnectionTrait,
+        key: &str,
+        value: &[u8],
+        version: u64,
+    ) -> Result<(), KvError> {
+        let backend = txn.get_database_backend();
+        let mut values: Vec<Value> = vec![
+            value.to_vec().into(),
+            i64::try_from(version).unwrap_or(i64::MAX).into(),
+            Utc::now().into(),
+        ];
+        values.extend(self.ids());
+        values.push(key.into());
+        txn.execute_raw(stmt(
+            backend,
+            "UPDATE plugin_kv SET value = ?, version = ?, updated_at = ? WHERE installation_id = ? AND scope_id = ? AND key = ?",
+            values,
+        ))
+        .await?;
+        Ok(())
+    }
+}
