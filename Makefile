@@ -3,6 +3,8 @@ CARGO ?= cargo
 WASM_TARGET := wasm32-wasip2
 # Every first-party plugin crate: plugins/<name>/Cargo.toml.
 PLUGINS := $(patsubst plugins/%/Cargo.toml,%,$(wildcard plugins/*/Cargo.toml))
+# Test plugins that misbehave on purpose: tests/plugins/<name>/Cargo.toml.
+FIXTURES := $(patsubst tests/plugins/%/Cargo.toml,%,$(wildcard tests/plugins/*/Cargo.toml))
 
 .PHONY: run test lint fmt wasm-target plugins build
 
@@ -37,8 +39,8 @@ wasm-target:
 	@rustup target list --installed 2>/dev/null | grep -qx '$(WASM_TARGET)' \
 		|| rustup target add $(WASM_TARGET)
 
-## plugins: build every first-party plugin as a WebAssembly component
+## plugins: build every first-party plugin and test fixture as a WebAssembly component
+##          (into target/wasm32-wasip2/plugin/)
 plugins: wasm-target
-ifneq ($(strip $(PLUGINS)),)
-	$(CARGO) build --profile plugin --target $(WASM_TARGET) $(addprefix -p trellis-plugin-,$(PLUGINS))
-endif
+	$(CARGO) build --profile plugin --target $(WASM_TARGET) \
+		$(addprefix -p trellis-plugin-,$(PLUGINS)) $(addprefix -p trellis-fixture-,$(FIXTURES))

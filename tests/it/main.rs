@@ -6,6 +6,7 @@
 )]
 
 mod alipay;
+mod plugins;
 mod foundation;
 mod sandbox;
 mod rbac_property;

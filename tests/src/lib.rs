@@ -471,3 +471,27 @@ pub fn create_platform_admin(database_url: &str, email: &str, password: &str) {
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+/// A component built by `make plugins` (target/wasm32-wasip2/plugin/NAME.wasm).
+pub fn plugin_wasm(name: &str) -> PathBuf {
+    let path = workspace_root()
+        .join("target/wasm32-wasip2/plugin")
+        .join(format!("{name}.wasm"));
+    assert!(
+        path.is_file(),
+        "{} is missing: run `make plugins` (or `make test`) first",
+        path.display()
+    );
+    path
+}
+
+/// Packs a plugin folder of the workspace (such as `plugins/hello`) with its built component,
+/// through the same checks as `trellis plugin pack`.
+pub fn pack_plugin(dir: &str, component: &str) -> trellis_core::plugins::archive::Archive {
+    let (archive, _) = trellis_core::plugins::archive::pack_dir(
+        &workspace_root().join(dir),
+        &plugin_wasm(component),
+    )
+    .unwrap_or_else(|e| panic!("packing {dir}: {e}"));
+    archive
+}

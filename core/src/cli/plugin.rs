@@ -2,7 +2,6 @@
 //! works on files alone; `run` starts a throwaway tenant (temporary SQLite, offline sandbox).
 //! Exit 0 on success, 1 when a plugin is refused or an invocation fails, 2 on bad arguments.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -12,7 +11,7 @@ use serde_json::{Value, json};
 use super::Failure;
 use crate::plugins::archive::{self, Archive};
 use crate::plugins::harness::{self, Harness, HarnessOptions};
-use crate::plugins::{self, Call, Manifest};
+use crate::plugins::{self, Call};
 
 const WASM_TARGET: &str = "wasm32-wasip2";
 
@@ -335,72 +334,13 @@ fn build(dir: &Path, profile: &str) -> Result<(), Failure> {
     Ok(())
 }
 
-/// Files under `dir/sub`, recursively, keyed by their archive path (`sub/…`).
-fn collect(dir: &Path, sub: &str, into: &mut BTreeMap<String, Vec<u8>>) -> Result<(), Failure> {
-    let root = dir.join(sub);
-    if !root.exists() {
-        return Ok(());
-    }
-    let mut stack = vec![root.clone()];
-    while let Some(folder) = stack.pop() {
-        let entries =
-            std::fs::read_dir(&folder).map_err(|e| usage(format!("{}: {e}", folder.display())))?;
-        for entry in entries {
-            let entry = entry.map_err(|e| usage(e.to_string()))?;
-            let path = entry.path();
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if name.starts_with('.') {
-                continue;
-            }
-            let kind = entry.file_type().map_err(|e| usage(e.to_string()))?;
-            if kind.is_symlink() {
-                return Err(refused(format!(
-                    "{}: symbolic links are not packed",
-                    path.display()
-                )));
-            }
-            if kind.is_dir() {
-                stack.push(path);
-                continue;
-            }
-            let relative = path
-                .strip_prefix(dir)
-                .map_err(|e| usage(e.to_string()))?
-                .to_string_lossy()
-                .replace('\\', "/");
-            if !archive::is_safe_path(&relative) {
-                return Err(refused(format!("{relative}: not a packable file name")));
-            }
-            let bytes =
-                std::fs::read(&path).map_err(|e| usage(format!("{}: {e}", path.display())))?;
-            into.insert(relative, bytes);
-        }
-    }
-    Ok(())
-}
-
-/// Reads and validates `plugin.toml` in `dir`, resolving a schema file beside it.
-pub fn read_manifest(dir: &Path) -> Result<Manifest, Failure> {
-    let path = dir.join("plugin.toml");
-    let text =
-        std::fs::read_to_string(&path).map_err(|e| usage(format!("{}: {e}", path.display())))?;
-    let read_schema = |name: &str| -> Result<String, plugins::Error> {
-        if !archive::is_safe_path(name) {
-            return Err(plugins::Error::Manifest(format!(
-                "config.schema {name:?} must be a file in the plugin folder"
-            )));
-        }
-        std::fs::read_to_string(dir.join(name))
-            .map_err(|e| plugins::Error::Manifest(format!("config.schema {name}: {e}")))
-    };
-    Manifest::parse(&text, Some(&read_schema)).map_err(refused)
-}
-
 fn pack(dir: &Path, output: &Path, wasm: Option<&Path>) -> Result<(), Failure> {
-    let manifest = read_manifest(dir)?;
     let wasm_path = wasm
         .map(Path::to_owned)
         .unwrap_or_else(|| dir.join("plugin.wasm"));
+    if !dir.join("plugin.toml").is_file() {
+        return Err(usage(format!("{} has no plugin.toml", dir.display())));
+    }
     if !wasm_path.is_file() {
         return Err(usage(format!(
             "{} does not exist: run `trellis plugin build {}` first, or pass --wasm",
@@ -408,22 +348,7 @@ fn pack(dir: &Path, output: &Path, wasm: Option<&Path>) -> Result<(), Failure> {
             dir.display()
         )));
     }
-    let component = read(&wasm_path)?;
-    if component.len() > archive::MAX_COMPONENT_BYTES {
-        return Err(refused(format!(
-            "the component is {} bytes; the limit is {}",
-            component.len(),
-            archive::MAX_COMPONENT_BYTES
-        )));
-    }
-    let mut files = BTreeMap::new();
-    collect(dir, "templates", &mut files)?;
-    collect(dir, "assets", &mut files)?;
-    let imports = plugins::inspect_component(&component).map_err(refused)?;
-    plugins::check_imports(&manifest, &imports).map_err(refused)?;
-    let bytes = archive::pack(&manifest, &component, &files).map_err(refused)?;
-    // Read it back with the installer's checks, so what is written is what will load.
-    let archive = Archive::read(&bytes).map_err(refused)?;
+    let (archive, bytes) = archive::pack_dir(dir, &wasm_path).map_err(refused)?;
     archive::write_atomically(output, &bytes)
         .map_err(|e| refused(format!("{}: {e}", output.display())))?;
     println!(

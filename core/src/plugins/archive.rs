@@ -8,6 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
+use std::path::Path;
 
 use aws_lc_rs::signature::{self, Ed25519KeyPair, KeyPair, UnparsedPublicKey};
 use base64::Engine as _;
@@ -373,6 +374,88 @@ fn verify_signature(record: &[u8], sums: &[u8]) -> Result<SignatureStatus, Error
         .verify(sums, &sig)
         .map_err(|_| Error::BadSignature)?;
     Ok(SignatureStatus::Valid { public_key })
+}
+
+/// Reads and validates `plugin.toml` in `dir`, inlining a schema file named beside it.
+pub fn read_manifest(dir: &Path) -> Result<Manifest, Error> {
+    let path = dir.join("plugin.toml");
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| Error::Manifest(format!("{}: {e}", path.display())))?;
+    let read_schema = |name: &str| -> Result<String, Error> {
+        if !is_safe_path(name) {
+            return Err(Error::Manifest(format!(
+                "config.schema {name:?} must be a file in the plugin folder"
+            )));
+        }
+        std::fs::read_to_string(dir.join(name))
+            .map_err(|e| Error::Manifest(format!("config.schema {name}: {e}")))
+    };
+    Manifest::parse(&text, Some(&read_schema))
+}
+
+/// Files under `dir/sub`, recursively, keyed by archive path (`sub/…`); dotfiles are skipped
+/// and links refused.
+fn collect(dir: &Path, sub: &str, into: &mut BTreeMap<String, Vec<u8>>) -> Result<(), Error> {
+    let root = dir.join(sub);
+    if !root.exists() {
+        return Ok(());
+    }
+    let io = |p: &Path, e: std::io::Error| bad(format!("{}: {e}", p.display()));
+    let mut stack = vec![root];
+    while let Some(folder) = stack.pop() {
+        for entry in std::fs::read_dir(&folder).map_err(|e| io(&folder, e))? {
+            let entry = entry.map_err(|e| io(&folder, e))?;
+            let path = entry.path();
+            if entry.file_name().to_string_lossy().starts_with('.') {
+                continue;
+            }
+            let kind = entry.file_type().map_err(|e| io(&path, e))?;
+            if kind.is_symlink() {
+                return Err(bad(format!(
+                    "{}: symbolic links are not packed",
+                    path.display()
+                )));
+            }
+            if kind.is_dir() {
+                stack.push(path);
+                continue;
+            }
+            let relative = path
+                .strip_prefix(dir)
+                .map_err(|e| bad(e.to_string()))?
+                .to_string_lossy()
+                .replace('\\', "/");
+            if !is_safe_path(&relative) {
+                return Err(bad(format!("{relative}: not a packable file name")));
+            }
+            into.insert(relative, std::fs::read(&path).map_err(|e| io(&path, e))?);
+        }
+    }
+    Ok(())
+}
+
+/// Packs a plugin folder (`plugin.toml`, `templates/`, `assets/`) with a component, after the
+/// checks the installer makes: the manifest, the host-api range, the sizes and the
+/// component's imports against the declared capabilities. Returns the archive as read back.
+pub fn pack_dir(dir: &Path, wasm: &Path) -> Result<(Archive, Vec<u8>), Error> {
+    let manifest = read_manifest(dir)?;
+    manifest.check_host_api()?;
+    let component = std::fs::read(wasm).map_err(|e| bad(format!("{}: {e}", wasm.display())))?;
+    if component.len() > MAX_COMPONENT_BYTES {
+        return Err(bad(format!(
+            "the component is {} bytes; the limit is {MAX_COMPONENT_BYTES}",
+            component.len()
+        )));
+    }
+    let mut files = BTreeMap::new();
+    collect(dir, "templates", &mut files)?;
+    collect(dir, "assets", &mut files)?;
+    let imports = super::inspect_component(&component)?;
+    super::check_imports(&manifest, &imports)?;
+    let bytes = pack(&manifest, &component, &files)?;
+    // Read it back with the installer's checks, so what is written is what will load.
+    let archive = Archive::read(&bytes)?;
+    Ok((archive, bytes))
 }
 
 /// Writes bytes to `path` atomically: a temporary file beside it, renamed over it.

@@ -53,6 +53,8 @@ pub struct HarnessOptions {
     pub max_concurrency: u32,
     /// Lowest plugin log level kept.
     pub min_log_level: &'static str,
+    /// Traps within a minute that suspend an installation.
+    pub breaker_traps: u32,
 }
 
 impl Default for HarnessOptions {
@@ -63,6 +65,7 @@ impl Default for HarnessOptions {
             pooling: true,
             max_concurrency: 64,
             min_log_level: "trace",
+            breaker_traps: 1_000,
         }
     }
 }
@@ -162,7 +165,7 @@ impl Harness {
                 cache_dir: dir.path().join("plugin-cache"),
                 max_concurrency: options.max_concurrency,
                 pooling: options.pooling,
-                breaker_traps: 1_000,
+                breaker_traps: options.breaker_traps,
                 breaker_window: std::time::Duration::from_secs(60),
                 breaker_cooldown: std::time::Duration::from_secs(60),
                 frozen_clock: options.frozen_clock,

@@ -1,0 +1,497 @@
+//! The plugin sandbox with real components built from `plugins/` and `tests/plugins/`: every
+//! abuse is contained with its own error, within its limit, while other plugins keep working.
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use trellis_core::plugins::archive::{self, Archive};
+use trellis_core::plugins::harness::{Harness, HarnessOptions};
+use trellis_core::plugins::manifest::Grant;
+use trellis_core::plugins::{Error, Output, PluginError, TrapReason};
+use trellis_tests::{pack_plugin, plugin_wasm, workspace_root};
+
+fn hello() -> Archive {
+    pack_plugin("plugins/hello", "trellis_plugin_hello")
+}
+
+fn abuse() -> Archive {
+    pack_plugin("tests/plugins/abuse", "trellis_fixture_abuse")
+}
+
+fn options() -> HarnessOptions {
+    HarnessOptions {
+        themes_dir: Some(workspace_root().join("themes")),
+        ..HarnessOptions::default()
+    }
+}
+
+fn trap_of(result: &Result<Output, Error>) -> (TrapReason, String) {
+    match result {
+        Err(Error::Trap {
+            reason, message, ..
+        }) => (*reason, message.clone()),
+        other => panic!("expected a trap, got {other:?}"),
+    }
+}
+
+fn plugin_error(result: &Result<Output, Error>) -> PluginError {
+    match result {
+        Err(Error::Plugin(e)) => e.clone(),
+        other => panic!("expected a plugin error, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hello_counts_events_per_merchant_and_serves_its_page() {
+    let mut h = Harness::start(&hello(), options()).await.unwrap();
+    let configured = h
+        .configure(json!({ "greeting": "  欢迎光临  ", "milestone": 2 }))
+        .await;
+    assert_eq!(
+        configured.result.unwrap(),
+        Output::Config(json!({ "greeting": "欢迎光临", "milestone": 2 }))
+    );
+
+    let first = h.event("payment.succeeded", json!({ "amount": 100 })).await;
+    assert!(first.result.is_ok(), "{:?}", first.result);
+    assert!(first.emitted.is_empty());
+    let second = h.event("member.activated", json!({})).await;
+    assert_eq!(second.emitted.len(), 1, "a milestone every 2 events");
+    assert_eq!(second.emitted[0].kind, "hello.milestone");
+    assert_eq!(second.emitted[0].payload, json!({ "total": 2 }));
+    assert_eq!(second.logs[0].message, "counted member.activated");
+
+    let page = h.http("GET", "/", Vec::new()).await;
+    let Ok(Output::Http(response)) = page.result else {
+        panic!("{:?}", page.result)
+    };
+    let html = String::from_utf8(response.body).unwrap();
+    assert_eq!(response.status, 200);
+    assert!(html.contains("<h1>欢迎光临</h1>"), "{html}");
+    assert!(html.contains("本店已处理 2 个事件"), "{html}");
+    assert!(
+        html.contains("<!doctype html>"),
+        "wrapped in the theme: {html}"
+    );
+
+    let stats = h.http("GET", "/stats", Vec::new()).await;
+    let Ok(Output::Http(response)) = stats.result else {
+        panic!("{:?}", stats.result)
+    };
+    let body: serde_json::Value = serde_json::from_slice(&response.body).unwrap();
+    assert_eq!(
+        body,
+        json!({ "total": 2, "by_kind": { "member.activated": 1, "payment.succeeded": 1 } })
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redelivered_event_is_counted_once() {
+    let h = Harness::start(&hello(), options()).await.unwrap();
+    let event = trellis_core::plugins::Event {
+        id: "evt-1".into(),
+        kind: "payment.succeeded".into(),
+        occurred_at: chrono::Utc::now(),
+        payload: json!({}),
+    };
+    for _ in 0..3 {
+        let out = h
+            .call(trellis_core::plugins::Call::Event(event.clone()))
+            .await;
+        assert!(out.result.is_ok(), "{:?}", out.result);
+    }
+    let stats = h.http("GET", "/stats", Vec::new()).await;
+    let Ok(Output::Http(response)) = stats.result else {
+        panic!("{:?}", stats.result)
+    };
+    let body: serde_json::Value = serde_json::from_slice(&response.body).unwrap();
+    assert_eq!(body["total"], 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn configure_reports_the_plugins_field_error() {
+    let mut h = Harness::start(&hello(), options()).await.unwrap();
+    let out = h.configure(json!({ "greeting": "   " })).await;
+    assert_eq!(
+        plugin_error(&out.result),
+        PluginError::InvalidField {
+            field: "/greeting".into(),
+            message: "must not be blank".into()
+        }
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_infinite_loop_is_stopped_within_twice_its_cpu_budget() {
+    let h = Harness::start(&abuse(), options()).await.unwrap();
+    let budget = Duration::from_millis(100);
+    let started = Instant::now();
+    let out = h.event("abuse.loop", json!({})).await;
+    let (reason, message) = trap_of(&out.result);
+    assert_eq!(reason, TrapReason::CpuBudget, "{message}");
+    assert!(
+        out.cpu >= budget && out.cpu <= 2 * budget,
+        "stopped after {:?} of CPU",
+        out.cpu
+    );
+    assert!(
+        started.elapsed() < 10 * budget,
+        "the loop held the caller for {:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_memory_bomb_hits_its_memory_limit() {
+    let h = Harness::start(&abuse(), options()).await.unwrap();
+    let out = h.event("abuse.memory", json!({})).await;
+    let (reason, message) = trap_of(&out.result);
+    assert_eq!(reason, TrapReason::Memory, "{message}");
+    assert!(message.contains("the limit is 16 MiB"), "{message}");
+    assert!(out.memory_peak <= 16 << 20, "peak {}", out.memory_peak);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deep_recursion_overflows_the_guest_stack_not_the_host() {
+    let h = Harness::start(&abuse(), options()).await.unwrap();
+    let out = h.event("abuse.recurse", json!({})).await;
+    let (reason, message) = trap_of(&out.result);
+    assert_eq!(reason, TrapReason::StackOverflow, "{message}");
+    // Large frames overflow the guest's own stack in linear memory first: still contained.
+    let out = h.event("abuse.recurse_frames", json!({})).await;
+    let (reason, message) = trap_of(&out.result);
+    assert_eq!(reason, TrapReason::Fault);
+    assert!(message.contains("out of bounds"), "{message}");
+    let ok = h.event("abuse.ok", json!({})).await;
+    assert!(
+        ok.result.is_ok(),
+        "the next invocation runs normally: {:?}",
+        ok.result
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panic_is_a_trap_that_carries_the_panic_message() {
+    let h = Harness::start(&abuse(), options()).await.unwrap();
+    let out = h.event("abuse.panic", json!({})).await;
+    let (reason, message) = trap_of(&out.result);
+    assert_eq!(reason, TrapReason::Panic);
+    assert!(
+        message.contains("the abuse plugin panics on purpose"),
+        "{message}"
+    );
+    let Err(Error::Trap { backtrace, .. }) = &out.result else {
+        unreachable!()
+    };
+    assert!(
+        backtrace
+            .as_deref()
+            .unwrap_or_default()
+            .contains("trellis_fixture_abuse"),
+        "{backtrace:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_output_is_refused() {
+    let h = Harness::start(&abuse(), options()).await.unwrap();
+    let out = h.http("GET", "/big", Vec::new()).await;
+    match out.result {
+        Err(Error::OutputTooLarge { bytes, limit }) => {
+            assert_eq!(limit, 256 << 10);
+            assert!(bytes > 2 << 20);
+        }
+        other => panic!("{other:?}"),
+    }
+    let small = h.http("GET", "/small", Vec::new()).await;
+    assert!(small.result.is_ok(), "{:?}", small.result);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blocking_in_a_host_call_counts_against_the_wall_clock() {
+    let h = Harness::start(&abuse(), options()).await.unwrap();
+    let started = Instant::now();
+    let out = h.event("abuse.sleep", json!({})).await;
+    let elapsed = started.elapsed();
+    match &out.result {
+        Err(Error::Trap {
+            reason: TrapReason::WallClock,
+            ..
+        })
+        | Err(Error::Timeout { .. }) => {}
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        elapsed < Duration::from_secs(3),
+        "the 1 s wall limit held for {elapsed:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_to_undeclared_capabilities_are_denied_by_name() {
+    let h = Harness::start(&abuse(), options()).await.unwrap();
+    for (kind, needle) in [
+        (
+            "abuse.emit_undeclared",
+            "event payment.refunded is not declared",
+        ),
+        (
+            "abuse.template_undeclared",
+            "template secret.hbs is not declared",
+        ),
+        (
+            "abuse.alipay_outside",
+            "Alipay method alipay.trade.refund is not declared",
+        ),
+    ] {
+        let out = h.event(kind, json!({})).await;
+        match plugin_error(&out.result) {
+            PluginError::Denied { message } => {
+                assert!(message.contains(needle), "{kind}: {message}")
+            }
+            other => panic!("{kind}: {other:?}"),
+        }
+        assert!(
+            out.host_calls.is_empty(),
+            "{kind} reached no service: {:?}",
+            out.host_calls
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_declared_capability_the_tenant_was_not_granted_is_denied() {
+    let mut h = Harness::start(&abuse(), options()).await.unwrap();
+    h.grant = Some(Grant::none());
+    let out = h.event("abuse.ok", json!({})).await;
+    match plugin_error(&out.result) {
+        PluginError::Denied { message } => {
+            assert!(message.contains("kv is not granted"), "{message}")
+        }
+        other => panic!("{other:?}"),
+    }
+    let out = h.event("abuse.alipay_allowed", json!({})).await;
+    match plugin_error(&out.result) {
+        PluginError::Denied { message } => {
+            assert!(message.contains("not granted to this tenant"), "{message}")
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_declared_alipay_method_is_signed_by_the_host_and_answered_by_the_sandbox() {
+    let h = Harness::start(&abuse(), options()).await.unwrap();
+    let out = h.event("abuse.alipay_allowed", json!({})).await;
+    // The sandbox checked the engine's signature; its answer reaches the plugin, which
+    // succeeds or reports Alipay's own business error — never a denial.
+    match &out.result {
+        Ok(_) => {}
+        Err(Error::Plugin(PluginError::Upstream { code, .. })) => assert_ne!(code, "network"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(out.host_calls.len(), 1);
+    assert_eq!(out.host_calls[0].interface, "alipay");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kv_quota_exhaustion_is_an_error_the_plugin_sees() {
+    let h = Harness::start(&abuse(), options()).await.unwrap();
+    let out = h.event("abuse.kv_flood", json!({})).await;
+    match plugin_error(&out.result) {
+        PluginError::QuotaExceeded { message } => {
+            assert!(message.contains("kv quota"), "{message}")
+        }
+        other => panic!("{other:?}"),
+    }
+    // Nothing past the quota was stored: 4096 bytes hold 36 values of ~113 bytes at most.
+    let stored = out
+        .host_calls
+        .iter()
+        .filter(|c| c.function == "compare-and-swap" && c.ok)
+        .count();
+    assert!((1..=36).contains(&stored), "{stored} writes");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn too_many_host_calls_or_events_break_a_host_limit() {
+    let h = Harness::start(&abuse(), options()).await.unwrap();
+    let out = h.event("abuse.kv_ops", json!({})).await;
+    let (reason, message) = trap_of(&out.result);
+    assert_eq!(reason, TrapReason::HostLimit);
+    assert!(message.contains("kv operations"), "{message}");
+    let out = h.event("abuse.emit_flood", json!({})).await;
+    let (reason, message) = trap_of(&out.result);
+    assert_eq!(reason, TrapReason::HostLimit);
+    assert!(message.contains("events emitted"), "{message}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_traps_suspend_only_that_installation() {
+    let options = HarnessOptions {
+        breaker_traps: 3,
+        ..options()
+    };
+    let mut h = Harness::start(&abuse(), options).await.unwrap();
+    for _ in 0..3 {
+        let out = h.event("abuse.panic", json!({})).await;
+        trap_of(&out.result);
+    }
+    let suspended = h.event("abuse.ok", json!({})).await;
+    assert!(
+        matches!(suspended.result, Err(Error::Suspended { .. })),
+        "{:?}",
+        suspended.result
+    );
+    assert!(
+        suspended.host_calls.is_empty(),
+        "a suspended installation does not run"
+    );
+    let metrics = h.runtime.metrics();
+    assert_eq!(metrics.traps.load(std::sync::atomic::Ordering::Relaxed), 3);
+    assert_eq!(
+        metrics.suspended.load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+
+    // Another installation of the same plugin is unaffected.
+    let first = h.installation_id.clone();
+    h.installation_id = "another-installation".into();
+    let ok = h.event("abuse.ok", json!({})).await;
+    assert!(ok.result.is_ok(), "{:?}", ok.result);
+
+    // An operator lifts the suspension.
+    h.runtime.reset_breaker(&first);
+    h.installation_id = first;
+    let ok = h.event("abuse.ok", json!({})).await;
+    assert!(ok.result.is_ok(), "{:?}", ok.result);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abuse_does_not_stop_other_plugins_from_being_served() {
+    let (h, others) = Harness::start_with(&[&abuse(), &hello()], options())
+        .await
+        .unwrap();
+    let hello = others[0].clone();
+    let runtime = h.runtime.clone();
+    let mut abusers = Vec::new();
+    for kind in [
+        "abuse.loop",
+        "abuse.loop",
+        "abuse.memory",
+        "abuse.recurse",
+        "abuse.panic",
+        "abuse.loop",
+    ] {
+        let runtime = runtime.clone();
+        let plugin = h.plugin.clone();
+        let request = h.request(trellis_core::plugins::Call::Event(
+            trellis_core::plugins::Event {
+                id: uuid::Uuid::now_v7().to_string(),
+                kind: kind.into(),
+                occurred_at: chrono::Utc::now(),
+                payload: json!({}),
+            },
+        ));
+        abusers.push(tokio::spawn(async move {
+            runtime.invoke(&plugin, request).await
+        }));
+    }
+    let mut request = h.request(trellis_core::plugins::Call::Event(
+        trellis_core::plugins::Event {
+            id: String::new(),
+            kind: "payment.succeeded".into(),
+            occurred_at: chrono::Utc::now(),
+            payload: json!({}),
+        },
+    ));
+    request.tenant.installation_id = "hello-installation".into();
+    let mut served = 0;
+    for i in 0..50 {
+        let mut r = request.clone();
+        if let trellis_core::plugins::Call::Event(e) = &mut r.call {
+            e.id = format!("evt-{i}");
+        }
+        let out = runtime.invoke(&hello, r).await;
+        assert!(out.result.is_ok(), "{:?}", out.result);
+        served += 1;
+    }
+    assert_eq!(served, 50);
+    for abuser in abusers {
+        let out = abuser.await.unwrap();
+        assert!(out.result.is_err());
+    }
+}
+
+#[test]
+fn an_archive_whose_imports_exceed_its_capabilities_is_refused_naming_the_import() {
+    // The abuse component imports alipay; a manifest without the capability must not pass.
+    let dir = trellis_tests::tempdir();
+    let source = workspace_root().join("tests/plugins/abuse");
+    let manifest = std::fs::read_to_string(source.join("plugin.toml")).unwrap();
+    let stripped = manifest.replace(
+        "alipay = { methods = [\"alipay.marketing.card.template.create\"] }\n",
+        "",
+    );
+    assert_ne!(manifest, stripped);
+    std::fs::write(dir.path().join("plugin.toml"), stripped).unwrap();
+    std::fs::create_dir(dir.path().join("templates")).unwrap();
+    std::fs::copy(
+        source.join("templates/page.hbs"),
+        dir.path().join("templates/page.hbs"),
+    )
+    .unwrap();
+    let err = archive::pack_dir(dir.path(), &plugin_wasm("trellis_fixture_abuse")).unwrap_err();
+    let message = err.to_string();
+    assert!(message.contains("trellis:plugin/alipay@0.1.0"), "{message}");
+    assert!(
+        message.contains("declares no [capabilities] alipay"),
+        "{message}"
+    );
+
+    // Built by hand past the packer, the same archive is refused when the engine loads it.
+    let mut m = abuse().manifest;
+    m.capabilities.alipay = None;
+    let component = std::fs::read(plugin_wasm("trellis_fixture_abuse")).unwrap();
+    let files = [("templates/page.hbs".to_owned(), b"<p></p>".to_vec())].into();
+    let bytes = archive::pack(&m, &component, &files).unwrap();
+    let archive = Archive::read(&bytes).unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let err = rt
+        .block_on(Harness::start(&archive, options()))
+        .err()
+        .expect("the engine must refuse it");
+    assert!(
+        err.to_string().contains("trellis:plugin/alipay@0.1.0"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_component_built_against_a_newer_host_api_is_refused() {
+    let dir = workspace_root().join("tests/plugins/future-api");
+    let err = archive::pack_dir(&dir, &plugin_wasm("trellis_fixture_future_api")).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("needs host-api ^0.2, this engine provides 0.1.0"),
+        "{err}"
+    );
+    // A manifest that claims 0.1 does not help: the imports say 0.2.0.
+    let tmp = trellis_tests::tempdir();
+    let manifest = std::fs::read_to_string(dir.join("plugin.toml")).unwrap();
+    std::fs::write(
+        tmp.path().join("plugin.toml"),
+        manifest.replace("^0.2", "^0.1"),
+    )
+    .unwrap();
+    let err =
+        archive::pack_dir(tmp.path(), &plugin_wasm("trellis_fixture_future_api")).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("0.2.0 (imported by trellis:plugin/log)"),
+        "{err}"
+    );
+}

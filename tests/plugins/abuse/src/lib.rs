@@ -1,0 +1,95 @@
+//! Misbehaves on demand so the engine's containment can be tested: every event kind is one
+//! abuse, and `GET /big` answers more than the output limit.
+
+use std::hint::black_box;
+
+use trellis_host_api::prelude::*;
+
+struct Abuse;
+
+/// Recursion whose frames live on the wasm stack: overflows the engine's guest stack limit.
+#[allow(unconditional_recursion, reason = "the stack overflow is the point")]
+fn recurse(depth: u64) -> u64 {
+    black_box(recurse(black_box(depth + 1))).wrapping_add(depth)
+}
+
+/// Recursion with large locals, which Rust keeps on its stack in linear memory: overflows that
+/// stack before the wasm one.
+#[allow(unconditional_recursion, reason = "the stack overflow is the point")]
+fn recurse_frames(depth: u64) -> u64 {
+    let frame = [depth as u8; 512];
+    black_box(&frame);
+    recurse_frames(depth + 1).wrapping_add(u64::from(frame[7]))
+}
+
+impl Plugin for Abuse {
+    fn handle_event(_ctx: &Tenant, event: &Event) -> Result<()> {
+        match event.kind.as_str() {
+            "abuse.ok" => {
+                kv::increment("ok", 1)?;
+                Ok(())
+            }
+            "abuse.loop" => {
+                let mut x: u64 = 0;
+                loop {
+                    x = black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+                }
+            }
+            "abuse.memory" => {
+                let mut hoard: Vec<Vec<u8>> = Vec::new();
+                loop {
+                    hoard.push(vec![1u8; 1 << 20]);
+                    black_box(&hoard);
+                }
+            }
+            "abuse.recurse" => {
+                black_box(recurse(0));
+                Ok(())
+            }
+            "abuse.recurse_frames" => {
+                black_box(recurse_frames(0));
+                Ok(())
+            }
+            "abuse.panic" => panic!("the abuse plugin panics on purpose"),
+            "abuse.sleep" => {
+                // Blocks in a host call (a WASI poll), which the CPU budget does not see.
+                std::thread::sleep(std::time::Duration::from_secs(30));
+                Ok(())
+            }
+            "abuse.emit_undeclared" => events::emit("payment.refunded", &serde_json::json!({})),
+            "abuse.template_undeclared" => templates::render("secret.hbs", &()).map(drop),
+            "abuse.alipay_outside" => alipay::call(
+                "alipay.trade.refund",
+                &serde_json::json!({ "out_trade_no": "1" }),
+            )
+            .map(drop),
+            "abuse.alipay_allowed" => alipay::call(
+                "alipay.marketing.card.template.create",
+                &serde_json::json!({ "request_id": "abuse-1", "card_type": "OUT_MEMBER_CARD" }),
+            )
+            .map(drop),
+            "abuse.kv_flood" => {
+                for i in 0.. {
+                    kv::set_json(&format!("flood/{i:04}"), &"x".repeat(100))?;
+                }
+                Ok(())
+            }
+            "abuse.kv_ops" => loop {
+                kv::get("anything")?;
+            },
+            "abuse.emit_flood" => loop {
+                events::emit("abuse.done", &serde_json::json!({}))?;
+            },
+            other => Err(Error::invalid(format!("unknown abuse {other}"))),
+        }
+    }
+
+    fn handle_http(_ctx: &Tenant, request: &Request) -> Result<Response> {
+        match request.route.as_str() {
+            "/big" => Ok(Response::text(200, "x".repeat(2 << 20))),
+            _ => Ok(Response::text(200, "small")),
+        }
+    }
+}
+
+export_plugin!(Abuse);
