@@ -495,3 +495,126 @@ fn a_component_built_against_a_newer_host_api_is_refused() {
         "{err}"
     );
 }
+
+/// Writes every code block of host-api/README.md that carries `title="FILE"` into `dir`.
+fn write_tutorial(dir: &std::path::Path) -> usize {
+    let readme = std::fs::read_to_string(workspace_root().join("host-api/README.md")).unwrap();
+    let host_api = workspace_root().join("host-api");
+    let mut written = 0;
+    let mut lines = readme.lines();
+    while let Some(line) = lines.next() {
+        let Some(title) = line
+            .strip_prefix("```")
+            .and_then(|info| info.split_once("title=\""))
+            .and_then(|(_, rest)| rest.split_once('"'))
+            .map(|(t, _)| t.to_owned())
+        else {
+            continue;
+        };
+        let mut body = String::new();
+        for l in lines.by_ref() {
+            if l.starts_with("```") {
+                break;
+            }
+            body.push_str(l);
+            body.push('\n');
+        }
+        let body = body.replace("../trellis/host-api", &host_api.display().to_string());
+        let path = dir.join(&title);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, body).unwrap();
+        written += 1;
+    }
+    written
+}
+
+fn trellis(dir: &std::path::Path, args: &[&str]) -> (i32, String) {
+    let output = std::process::Command::new(trellis_tests::trellis_bin())
+        .current_dir(dir)
+        // Its own target folder: the test run holds the workspace's build lock.
+        .env("CARGO_TARGET_DIR", workspace_root().join("target/tutorial"))
+        .args(args)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.code().unwrap_or(-1), text)
+}
+
+#[test]
+fn the_host_api_tutorial_builds_packs_inspects_and_runs_as_written() {
+    let tmp = trellis_tests::tempdir();
+    let dir = tmp.path().join("stamps");
+    std::fs::create_dir(&dir).unwrap();
+    assert_eq!(write_tutorial(&dir), 5, "Cargo.toml, lib.rs, plugin.toml, schema, template");
+
+    let (code, out) = trellis(&dir, &["plugin", "build", "."]);
+    assert_eq!(code, 0, "{out}");
+    let (code, out) = trellis(&dir, &["plugin", "pack", ".", "-o", "stamps.tplug"]);
+    assert_eq!(code, 0, "{out}");
+    let (code, out) = trellis(&dir, &["plugin", "inspect", "stamps.tplug"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("trellis:plugin/kv@0.1.0 [compare-and-swap, get, increment]"), "{out}");
+    assert!(out.contains("check: accepted"), "{out}");
+    assert!(out.contains("signature: unsigned"), "{out}");
+
+    let (code, out) = trellis(&dir, &["plugin", "keygen", "--out", "example"]);
+    assert_eq!(code, 0, "{out}");
+    let (code, out) = trellis(&dir, &["plugin", "sign", "stamps.tplug", "--key", "example.key"]);
+    assert_eq!(code, 0, "{out}");
+    let public = std::fs::read_to_string(dir.join("example.pub")).unwrap();
+    let (code, out) = trellis(&dir, &["plugin", "inspect", "stamps.tplug"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains(&format!("signature: valid, by {}", public.trim())), "{out}");
+
+    let (code, out) = trellis(
+        &dir,
+        &["plugin", "run", "stamps.tplug", "--event", "payment.succeeded", "--payload", r#"{"buyer_id": "2088000000000001"}"#],
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("info  stamped buyer=2088000000000001 stamps=1"), "{out}");
+    assert!(out.contains("kv.increment ok"), "{out}");
+
+    let (code, out) = trellis(
+        &dir,
+        &["plugin", "run", "stamps.tplug", "--http", "GET /card/2088000000000001", "--plugin-config", r#"{"goal": 8}"#],
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("result: HTTP 200") && out.contains("<h1>0 / 8</h1>"), "{out}");
+
+    let (code, out) = trellis(&dir, &["plugin", "run", "stamps.tplug", "--configure", r#"{"goal": 80}"#]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("/goal: a card holds at most 50 stamps"), "{out}");
+
+    // Using a capability it did not declare: the packer names the import.
+    let source = std::fs::read_to_string(dir.join("src/lib.rs")).unwrap();
+    let greedy = source.replace(
+        "        Ok(config)\n    }",
+        "        let _ = alipay::call(\"alipay.trade.query\", &serde_json::json!({}));\n        Ok(config)\n    }",
+    );
+    assert_ne!(source, greedy);
+    std::fs::write(dir.join("src/lib.rs"), greedy).unwrap();
+    let (code, out) = trellis(&dir, &["plugin", "build", "."]);
+    assert_eq!(code, 0, "{out}");
+    let (code, out) = trellis(&dir, &["plugin", "pack", ".", "-o", "greedy.tplug"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("trellis:plugin/alipay@0.1.0 [call]"), "{out}");
+    assert!(!dir.join("greedy.tplug").exists());
+}
+
+#[test]
+fn a_tampered_archive_fails_inspection() {
+    let tmp = trellis_tests::tempdir();
+    let (_, bytes) = archive::pack_dir(&workspace_root().join("plugins/hello"), &plugin_wasm("trellis_plugin_hello")).unwrap();
+    // Flip one byte inside the compressed stream: gzip's CRC or the SHA-256 list catches it.
+    let mut broken = bytes.clone();
+    let middle = broken.len() / 2;
+    broken[middle] ^= 0x55;
+    std::fs::write(tmp.path().join("broken.tplug"), broken).unwrap();
+    let (code, out) = trellis(tmp.path(), &["plugin", "inspect", "broken.tplug"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("invalid archive"), "{out}");
+}
