@@ -911,6 +911,15 @@ impl Runtime {
             .cloned()
     }
 
+    /// Forgets a loaded plugin (after an upgrade or uninstall); its compiled artifact stays in
+    /// the cache, so loading it again is cheap.
+    pub fn evict(&self, sha256: &str) -> Option<Arc<Loaded>> {
+        self.loaded
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(sha256)
+    }
+
     /// Lifts a suspension (an operator's decision after fixing the cause).
     pub fn reset_breaker(&self, installation_id: &str) {
         self.breaker.reset(installation_id);
@@ -1046,7 +1055,6 @@ impl Runtime {
         let id = invocation.id.clone();
         let manifest = invocation.manifest.clone();
         let installation = invocation.tenant.installation_id.clone();
-        let _slot = self.slots.acquire().await;
         let namespace = invocation.grant.kv.map(|quota| kv::Namespace {
             installation_id: installation.clone(),
             scope_id: invocation.tenant.scope_id().to_owned(),
@@ -1081,11 +1089,13 @@ impl Runtime {
             },
         };
         if self.is_hog(&installation) {
-            // Known to be busy: wait in the heavy lane from the start.
+            // Known to be busy: wait in the heavy lane from the start, before taking a slot, so
+            // queued busy work never holds the slots quick work needs.
             if let Ok(permit) = self.heavy.clone().acquire_owned().await {
                 *lock(&state.cpu.heavy) = Some(permit);
             }
         }
+        let _slot = self.slots.acquire().await;
         let mut store = Store::new(&self.engine, state);
         let demoted = lock(&store.data().cpu.heavy).is_some();
         store.data_mut().cpu.demoted = demoted;
@@ -1109,7 +1119,9 @@ impl Runtime {
             }
             let resumed = state.cpu.resumed_at.clone();
             let origin = state.cpu.origin;
-            let demote = !state.cpu.demoted && used >= TICK;
+            // A tick of CPU makes an invocation heavy; so does another invocation of the same
+            // installation having been found heavy meanwhile.
+            let demote = !state.cpu.demoted && (used >= TICK || hog_flag.is_set());
             let slot = state.cpu.heavy.clone();
             if demote {
                 state.cpu.demoted = true;
@@ -1176,6 +1188,12 @@ struct HogFlag {
 }
 
 impl HogFlag {
+    fn is_set(&self) -> bool {
+        lock(&self.hogs)
+            .get(&self.installation)
+            .is_some_and(|at| at.elapsed() < HOG_MEMORY)
+    }
+
     fn mark(&self) {
         lock(&self.hogs).insert(self.installation.clone(), Instant::now());
     }

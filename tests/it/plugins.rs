@@ -549,7 +549,11 @@ fn the_host_api_tutorial_builds_packs_inspects_and_runs_as_written() {
     let tmp = trellis_tests::tempdir();
     let dir = tmp.path().join("stamps");
     std::fs::create_dir(&dir).unwrap();
-    assert_eq!(write_tutorial(&dir), 5, "Cargo.toml, lib.rs, plugin.toml, schema, template");
+    assert_eq!(
+        write_tutorial(&dir),
+        5,
+        "Cargo.toml, lib.rs, plugin.toml, schema, template"
+    );
 
     let (code, out) = trellis(&dir, &["plugin", "build", "."]);
     assert_eq!(code, 0, "{out}");
@@ -557,37 +561,80 @@ fn the_host_api_tutorial_builds_packs_inspects_and_runs_as_written() {
     assert_eq!(code, 0, "{out}");
     let (code, out) = trellis(&dir, &["plugin", "inspect", "stamps.tplug"]);
     assert_eq!(code, 0, "{out}");
-    assert!(out.contains("trellis:plugin/kv@0.1.0 [compare-and-swap, get, increment]"), "{out}");
+    assert!(
+        out.contains("trellis:plugin/kv@0.1.0 [compare-and-swap, get, increment]"),
+        "{out}"
+    );
     assert!(out.contains("check: accepted"), "{out}");
     assert!(out.contains("signature: unsigned"), "{out}");
 
     let (code, out) = trellis(&dir, &["plugin", "keygen", "--out", "example"]);
     assert_eq!(code, 0, "{out}");
-    let (code, out) = trellis(&dir, &["plugin", "sign", "stamps.tplug", "--key", "example.key"]);
+    let (code, out) = trellis(
+        &dir,
+        &["plugin", "sign", "stamps.tplug", "--key", "example.key"],
+    );
     assert_eq!(code, 0, "{out}");
     let public = std::fs::read_to_string(dir.join("example.pub")).unwrap();
     let (code, out) = trellis(&dir, &["plugin", "inspect", "stamps.tplug"]);
     assert_eq!(code, 0, "{out}");
-    assert!(out.contains(&format!("signature: valid, by {}", public.trim())), "{out}");
+    assert!(
+        out.contains(&format!("signature: valid, by {}", public.trim())),
+        "{out}"
+    );
 
     let (code, out) = trellis(
         &dir,
-        &["plugin", "run", "stamps.tplug", "--event", "payment.succeeded", "--payload", r#"{"buyer_id": "2088000000000001"}"#],
+        &[
+            "plugin",
+            "run",
+            "stamps.tplug",
+            "--event",
+            "payment.succeeded",
+            "--payload",
+            r#"{"buyer_id": "2088000000000001"}"#,
+        ],
     );
     assert_eq!(code, 0, "{out}");
-    assert!(out.contains("info  stamped buyer=2088000000000001 stamps=1"), "{out}");
+    assert!(
+        out.contains("info  stamped buyer=2088000000000001 stamps=1"),
+        "{out}"
+    );
     assert!(out.contains("kv.increment ok"), "{out}");
 
     let (code, out) = trellis(
         &dir,
-        &["plugin", "run", "stamps.tplug", "--http", "GET /card/2088000000000001", "--plugin-config", r#"{"goal": 8}"#],
+        &[
+            "plugin",
+            "run",
+            "stamps.tplug",
+            "--http",
+            "GET /card/2088000000000001",
+            "--plugin-config",
+            r#"{"goal": 8}"#,
+        ],
     );
     assert_eq!(code, 0, "{out}");
-    assert!(out.contains("result: HTTP 200") && out.contains("<h1>0 / 8</h1>"), "{out}");
+    assert!(
+        out.contains("result: HTTP 200") && out.contains("<h1>0 / 8</h1>"),
+        "{out}"
+    );
 
-    let (code, out) = trellis(&dir, &["plugin", "run", "stamps.tplug", "--configure", r#"{"goal": 80}"#]);
+    let (code, out) = trellis(
+        &dir,
+        &[
+            "plugin",
+            "run",
+            "stamps.tplug",
+            "--configure",
+            r#"{"goal": 80}"#,
+        ],
+    );
     assert_eq!(code, 1, "{out}");
-    assert!(out.contains("/goal: a card holds at most 50 stamps"), "{out}");
+    assert!(
+        out.contains("/goal: a card holds at most 50 stamps"),
+        "{out}"
+    );
 
     // Using a capability it did not declare: the packer names the import.
     let source = std::fs::read_to_string(dir.join("src/lib.rs")).unwrap();
@@ -608,7 +655,11 @@ fn the_host_api_tutorial_builds_packs_inspects_and_runs_as_written() {
 #[test]
 fn a_tampered_archive_fails_inspection() {
     let tmp = trellis_tests::tempdir();
-    let (_, bytes) = archive::pack_dir(&workspace_root().join("plugins/hello"), &plugin_wasm("trellis_plugin_hello")).unwrap();
+    let (_, bytes) = archive::pack_dir(
+        &workspace_root().join("plugins/hello"),
+        &plugin_wasm("trellis_plugin_hello"),
+    )
+    .unwrap();
     // Flip one byte inside the compressed stream: gzip's CRC or the SHA-256 list catches it.
     let mut broken = bytes.clone();
     let middle = broken.len() / 2;

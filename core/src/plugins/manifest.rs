@@ -37,6 +37,9 @@ pub mod ceilings {
     pub const KV_BYTES: u64 = 4 << 30;
 }
 
+/// Reads a schema file named by `config.schema`.
+pub type SchemaReader<'a> = &'a dyn Fn(&str) -> Result<String, Error>;
+
 /// A parsed and validated `plugin.toml`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -198,10 +201,7 @@ pub fn is_template_name(name: &str) -> bool {
 impl Manifest {
     /// Parses `plugin.toml` text. `read_schema` resolves `config.schema = "file.json"`; inside an
     /// archive the schema is already inline and no file may be named.
-    pub fn parse(
-        text: &str,
-        read_schema: Option<&dyn Fn(&str) -> Result<String, Error>>,
-    ) -> Result<Self, Error> {
+    pub fn parse(text: &str, read_schema: Option<SchemaReader<'_>>) -> Result<Self, Error> {
         let mut raw: toml::Table =
             toml::from_str(text).map_err(|e| invalid(format!("plugin.toml: {}", e.message())))?;
         // A schema named by file is read here and kept as JSON (TOML has no null).

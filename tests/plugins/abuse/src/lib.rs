@@ -53,6 +53,7 @@ impl Plugin for Abuse {
             "abuse.panic" => panic!("the abuse plugin panics on purpose"),
             "abuse.sleep" => {
                 // Blocks in a host call (a WASI poll), which the CPU budget does not see.
+                #[allow(clippy::disallowed_methods, reason = "blocking the guest is the point")]
                 std::thread::sleep(std::time::Duration::from_secs(30));
                 Ok(())
             }

@@ -1,0 +1,203 @@
+//! The plugin runtime: a full invocation of `plugins/hello`, loading a precompiled plugin, and
+//! how 1,000 concurrent looping invocations affect a well-behaved plugin's latency.
+//!
+//! Run: `make plugins && cargo bench -p trellis-core --bench plugins` (release). Prints
+//! medians, p99s and ratios; results are recorded in `docs/benchmarks.md`.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a benchmark fails loudly on a broken fixture"
+)]
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use trellis_core::plugins::archive::{self, Archive};
+use trellis_core::plugins::harness::{Harness, HarnessOptions};
+use trellis_core::plugins::{Call, Error, Event, HttpRequest, Outcome, Request};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn pack(dir: &str, component: &str) -> Archive {
+    let wasm = root()
+        .join("target/wasm32-wasip2/plugin")
+        .join(format!("{component}.wasm"));
+    assert!(
+        wasm.is_file(),
+        "{} is missing: run `make plugins` first",
+        wasm.display()
+    );
+    archive::pack_dir(&root().join(dir), &wasm).unwrap().0
+}
+
+fn micros(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+/// (median, p99) in µs.
+fn summary(mut samples: Vec<f64>) -> (f64, f64) {
+    samples.sort_by(f64::total_cmp);
+    let at = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize];
+    (at(0.5), at(0.99))
+}
+
+fn event(kind: &str, payload: serde_json::Value) -> Call {
+    Call::Event(Event {
+        id: uuid::Uuid::now_v7().to_string(),
+        kind: kind.into(),
+        occurred_at: chrono::Utc::now(),
+        payload,
+    })
+}
+
+fn small_page() -> Call {
+    Call::Http(HttpRequest {
+        method: "GET".into(),
+        path: "/small".into(),
+        ..HttpRequest::default()
+    })
+}
+
+fn kv_micros(outcome: &Outcome) -> f64 {
+    outcome
+        .host_calls
+        .iter()
+        .filter(|c| c.interface == "kv")
+        .map(|c| c.micros as f64)
+        .sum()
+}
+
+async fn quick_latencies(
+    h: &Harness,
+    plugin: &Arc<trellis_core::plugins::Loaded>,
+    n: usize,
+) -> Vec<f64> {
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let mut request: Request = h.request(small_page());
+        request.tenant.installation_id = "quick".into();
+        let started = Instant::now();
+        let outcome = h.runtime.invoke(plugin, request).await;
+        out.push(micros(started.elapsed()));
+        assert!(outcome.result.is_ok(), "{:?}", outcome.result);
+    }
+    out
+}
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let hello = pack("plugins/hello", "trellis_plugin_hello");
+        let abuse = pack("tests/plugins/abuse", "trellis_fixture_abuse");
+        let options = HarnessOptions {
+            max_concurrency: 2_000,
+            breaker_traps: u32::MAX,
+            min_log_level: "info",
+            ..HarnessOptions::default()
+        };
+        let (h, others) = Harness::start_with(&[&hello, &abuse], options).await.unwrap();
+        let abuse_plugin = others[0].clone();
+        println!("allocation: {}", h.runtime.allocation());
+
+        // 1. A full invocation of hello: fresh store, instantiate, a 1 KB event, its kv writes.
+        let payload = json!({ "amount": 100, "buyer_id": "2088000000000001", "note": "x".repeat(960) });
+        assert!((1000..1100).contains(&payload.to_string().len()));
+        let mut total = Vec::new();
+        let mut without_kv = Vec::new();
+        for i in 0..6_000 {
+            let mut request = h.request(event("payment.succeeded", payload.clone()));
+            // hello's kv quota is 100 keys per namespace: spread the events over namespaces.
+            request.tenant.installation_id = format!("bench-{}", i / 30);
+            let started = Instant::now();
+            let outcome = h.runtime.invoke(&h.plugin, request).await;
+            let wall = micros(started.elapsed());
+            assert!(outcome.result.is_ok(), "{:?}", outcome.result);
+            if i >= 1_000 {
+                total.push(wall);
+                without_kv.push(wall - kv_micros(&outcome));
+            }
+        }
+        let (t50, t99) = summary(total);
+        let (x50, x99) = summary(without_kv);
+        println!("hello handle-event, 1 KB payload (5,000 runs):");
+        println!("  total, with its 3 kv writes on SQLite: median {t50:.1} µs, p99 {t99:.1} µs");
+        println!("  excluding the kv host calls:           median {x50:.1} µs, p99 {x99:.1} µs (targets 40 / 150)");
+
+        // The floor: a route with no host calls.
+        let floor = quick_latencies(&h, &abuse_plugin, 5_000).await;
+        let (f50, f99) = summary(floor[500..].to_vec());
+        println!("a route with no host calls (instantiate + call + drop): median {f50:.1} µs, p99 {f99:.1} µs");
+
+        // 2. Loading a precompiled plugin (artifact cached on disk) versus compiling it.
+        let mut loads = Vec::new();
+        for _ in 0..300 {
+            h.runtime.evict(&hello.component_sha256);
+            let started = Instant::now();
+            h.runtime.load(&hello).unwrap();
+            loads.push(micros(started.elapsed()));
+        }
+        let (l50, l99) = summary(loads);
+        let mut compiles = Vec::new();
+        for _ in 0..5 {
+            let started = Instant::now();
+            trellis_core::plugins::inspect_component(&hello.component).unwrap();
+            compiles.push(micros(started.elapsed()));
+        }
+        let (c50, _) = summary(compiles);
+        println!(
+            "load precompiled hello: median {:.3} ms, p99 {:.3} ms (target 1 ms); compiling it: {:.1} ms ({:.0}×)",
+            l50 / 1e3,
+            l99 / 1e3,
+            c50 / 1e3,
+            c50 / l50
+        );
+
+        // 3. A well-behaved plugin's latency while 1,000 looping invocations are in flight.
+        let baseline = quick_latencies(&h, &abuse_plugin, 3_000).await;
+        let (b50, b99) = summary(baseline[500..].to_vec());
+        let mut loopers = Vec::new();
+        for _ in 0..1_000 {
+            let runtime = h.runtime.clone();
+            let plugin = abuse_plugin.clone();
+            let mut request = h.request(event("abuse.loop", json!({})));
+            request.tenant.installation_id = "looper".into();
+            loopers.push(tokio::spawn(async move { runtime.invoke(&plugin, request).await }));
+        }
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        let started = Instant::now();
+        let loaded = quick_latencies(&h, &abuse_plugin, 2_500).await;
+        let window = started.elapsed();
+        let (u50, u99) = summary(loaded);
+        let mut ends = std::collections::BTreeMap::<String, usize>::new();
+        let mut still_running = 0;
+        for looper in loopers {
+            if !looper.is_finished() {
+                still_running += 1;
+            }
+            let outcome = looper.await.unwrap();
+            let key = match outcome.result {
+                Err(Error::Trap { reason, .. }) => format!("trap {}", reason.as_str()),
+                Err(Error::Timeout { .. }) => "wall-clock timeout".into(),
+                Err(e) => e.to_string(),
+                Ok(_) => "finished?".into(),
+            };
+            *ends.entry(key).or_default() += 1;
+        }
+        println!("well-behaved route, idle: median {b50:.1} µs, p99 {b99:.1} µs");
+        println!(
+            "well-behaved route, 1,000 looping invocations in flight ({} still running after the {:.2} s window): median {u50:.1} µs, p99 {u99:.1} µs",
+            still_running,
+            window.as_secs_f64()
+        );
+        println!("  p99 ratio {:.2} (target ≤ 2), median ratio {:.2}", u99 / b99, u50 / b50);
+        println!("  how the loopers ended: {ends:?}");
+    });
+}
