@@ -6,6 +6,7 @@
 )]
 
 mod alipay;
+mod plugin_kv;
 mod plugins;
 mod foundation;
 mod sandbox;
