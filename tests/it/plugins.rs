@@ -669,3 +669,38 @@ fn a_tampered_archive_fails_inspection() {
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("invalid archive"), "{out}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clocks_and_randomness_come_from_the_host_and_can_be_frozen() {
+    let field = |out: &trellis_core::plugins::Outcome, name: &str| -> String {
+        out.logs[0]
+            .fields
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+            .unwrap()
+    };
+    let at = chrono::DateTime::parse_from_rfc3339("2026-01-02T03:04:05Z")
+        .unwrap()
+        .to_utc();
+    let frozen = HarnessOptions {
+        frozen_clock: Some(at),
+        ..options()
+    };
+    let h = Harness::start(&abuse(), frozen).await.unwrap();
+    let a = h.event("abuse.clock", json!({})).await;
+    let b = h.event("abuse.clock", json!({})).await;
+    assert_eq!(field(&a, "now_ms"), at.timestamp_millis().to_string());
+    assert_eq!(
+        field(&a, "random"),
+        field(&b, "random"),
+        "frozen randomness repeats"
+    );
+
+    let live = Harness::start(&abuse(), options()).await.unwrap();
+    let a = live.event("abuse.clock", json!({})).await;
+    let b = live.event("abuse.clock", json!({})).await;
+    let now: i64 = field(&a, "now_ms").parse().unwrap();
+    assert!((now - chrono::Utc::now().timestamp_millis()).abs() < 60_000);
+    assert_ne!(field(&a, "random"), field(&b, "random"));
+}

@@ -57,6 +57,18 @@ impl Plugin for Abuse {
                 std::thread::sleep(std::time::Duration::from_secs(30));
                 Ok(())
             }
+            "abuse.clock" => {
+                use std::hash::{BuildHasher, Hasher};
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_millis())
+                    .unwrap_or_default();
+                // RandomState is seeded from WASI randomness.
+                let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+                hasher.write_u64(1);
+                info!("clock"; now_ms = now, random = hasher.finish());
+                Ok(())
+            }
             "abuse.emit_undeclared" => events::emit("payment.refunded", &serde_json::json!({})),
             "abuse.template_undeclared" => templates::render("secret.hbs", &()).map(drop),
             "abuse.alipay_outside" => alipay::call(
