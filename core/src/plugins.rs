@@ -90,6 +90,8 @@ pub enum Error {
     Timeout { wall_ms: u32 },
     #[error("the plugin's output is {bytes} bytes; the limit is {limit}")]
     OutputTooLarge { bytes: usize, limit: usize },
+    #[error("the plugin could not start within {wall_ms} ms: the plugin runtime is busy")]
+    Busy { wall_ms: u32 },
     #[error("the installation is suspended until {until} after repeated failures")]
     Suspended { until: DateTime<Utc> },
 }
@@ -231,6 +233,8 @@ impl From<wit::Error> for PluginError {
 #[derive(Clone)]
 pub struct Services {
     pub db: DatabaseConnection,
+    /// Where the `kv` capability stores data: the database in the engine.
+    pub kv: kv::Store,
     pub vault: Arc<Vault>,
     pub alipay: AlipayClient,
     /// Rendered pages are wrapped in the partner's theme; without themes, bare HTML.
@@ -376,7 +380,7 @@ pub struct Invocation {
     pub manifest: Arc<Manifest>,
     pub templates: Arc<Handlebars<'static>>,
     pub tenant: TenantContext,
-    pub grant: Grant,
+    pub grant: Arc<Grant>,
     pub config: String,
     pub theme: String,
 }
@@ -397,6 +401,8 @@ impl std::fmt::Display for Import {
 /// A plugin ready to run.
 pub struct Loaded {
     pub manifest: Arc<Manifest>,
+    /// Everything the manifest declares: the grant when a request names none.
+    full_grant: Arc<Grant>,
     pub component_sha256: String,
     pub imports: Vec<Import>,
     pub precompiled_bytes: u64,
@@ -514,7 +520,7 @@ pub struct Runtime {
     engine_hash: String,
     allocation: &'static str,
     options: RuntimeOptions,
-    services: Services,
+    services: Arc<Services>,
     loaded: RwLock<HashMap<String, Arc<Loaded>>>,
     slots: Arc<Semaphore>,
     /// Invocations past their first tick of CPU share these permits, so busy plugins cannot
@@ -524,6 +530,8 @@ pub struct Runtime {
     breaker: Breaker,
     metrics: Metrics,
     stop_ticker: Arc<AtomicBool>,
+    id_prefix: String,
+    invocation_counter: AtomicU64,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -563,8 +571,9 @@ fn engine_config(pool: Option<u32>) -> wasmtime::Config {
             .max_tables_per_component(16)
             .max_core_instances_per_component(64)
             .table_elements(100_000)
-            .linear_memory_keep_resident(64 << 10)
-            .table_keep_resident(8 << 10);
+            .linear_memory_keep_resident(256 << 10)
+            .table_keep_resident(8 << 10)
+            .decommit_batch_size(64);
         cfg.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pooling));
     }
     cfg
@@ -792,11 +801,13 @@ impl Runtime {
                 open: Mutex::default(),
             },
             metrics: Metrics::default(),
+            id_prefix: uuid::Uuid::new_v4().simple().to_string()[..12].to_owned(),
+            invocation_counter: AtomicU64::new(0),
             loaded: RwLock::default(),
             stop_ticker,
             engine,
             options,
-            services,
+            services: Arc::new(services),
         })
     }
 
@@ -886,6 +897,7 @@ impl Runtime {
             .map_err(|e| Error::Compile(format!("{e:#}")))?;
         let pre = bindings::PluginPre::new(pre).map_err(|e| Error::Compile(format!("{e:#}")))?;
         let loaded = Arc::new(Loaded {
+            full_grant: Arc::new(Grant::all(&archive.manifest)),
             manifest: Arc::new(archive.manifest.clone()),
             component_sha256: archive.component_sha256.clone(),
             imports,
@@ -925,6 +937,12 @@ impl Runtime {
         self.breaker.reset(installation_id);
     }
 
+    /// Unique per process and, through the random prefix, across processes; no system call.
+    fn next_invocation_id(&self) -> String {
+        let n = self.invocation_counter.fetch_add(1, Ordering::Relaxed);
+        format!("{}-{n:010x}", self.id_prefix)
+    }
+
     fn is_hog(&self, installation: &str) -> bool {
         let mut hogs = lock(&self.hogs);
         match hogs.get(installation) {
@@ -957,7 +975,7 @@ impl Runtime {
     /// Runs one invocation. Never panics and never compiles; failures come back in the outcome.
     pub async fn invoke(&self, loaded: &Arc<Loaded>, request: Request) -> Outcome {
         let started = Instant::now();
-        let id = uuid::Uuid::now_v7().to_string();
+        let id = self.next_invocation_id();
         self.metrics.invocations.fetch_add(1, Ordering::Relaxed);
         let empty = |id: String, result: Result<Output, Error>| Outcome {
             invocation_id: id,
@@ -975,14 +993,15 @@ impl Runtime {
             self.metrics.suspended.fetch_add(1, Ordering::Relaxed);
             return empty(id, Err(Error::Suspended { until }));
         }
-        if let Err(e) = check_request(&loaded.manifest, &request.call) {
-            return empty(id, Err(e));
-        }
+        let payload = match check_request(&loaded.manifest, &request.call) {
+            Ok(payload) => payload,
+            Err(e) => return empty(id, Err(e)),
+        };
         let manifest = loaded.manifest.clone();
-        let grant = request
-            .grant
-            .clone()
-            .map_or_else(|| Grant::all(&manifest), |g| g.within(&manifest));
+        let grant = match request.grant.clone() {
+            None => loaded.full_grant.clone(),
+            Some(g) => Arc::new(g.within(&manifest)),
+        };
         let invocation = Arc::new(Invocation {
             id: id.clone(),
             manifest: manifest.clone(),
@@ -995,15 +1014,21 @@ impl Runtime {
         let wall = Duration::from_millis(u64::from(manifest.limits.wall_ms));
         // The deadline is enforced inside (epoch callback and host calls) so the journal
         // survives; this outer bound only catches what cannot be interrupted.
-        let run = self.run(loaded, invocation, request.call, started + wall);
+        let began = Arc::new(AtomicBool::new(false));
+        // Boxed: the future holds the whole store state and would otherwise be moved by value.
+        let run = Box::pin(self.run(
+            loaded,
+            invocation,
+            (request.call, payload),
+            started + wall,
+            began.clone(),
+        ));
+        let wall_ms = manifest.limits.wall_ms;
         let mut outcome = match tokio::time::timeout(wall + Duration::from_millis(500), run).await {
             Ok(outcome) => outcome,
-            Err(_) => empty(
-                id,
-                Err(Error::Timeout {
-                    wall_ms: manifest.limits.wall_ms,
-                }),
-            ),
+            // Still queued for a slot or the heavy lane: not the plugin's fault.
+            Err(_) if !began.load(Ordering::Relaxed) => empty(id, Err(Error::Busy { wall_ms })),
+            Err(_) => empty(id, Err(Error::Timeout { wall_ms })),
         };
         outcome.wall = started.elapsed();
         let counts = match &outcome.result {
@@ -1049,8 +1074,9 @@ impl Runtime {
         &self,
         loaded: &Arc<Loaded>,
         invocation: Arc<Invocation>,
-        call: Call,
+        (call, payload): (Call, Option<String>),
         deadline: Instant,
+        began: Arc<AtomicBool>,
     ) -> Outcome {
         let id = invocation.id.clone();
         let manifest = invocation.manifest.clone();
@@ -1145,11 +1171,12 @@ impl Runtime {
         });
 
         store.data().cpu.mark_resumed();
+        began.store(true, Ordering::Relaxed);
         let result = match loaded.pre.instantiate_async(&mut store).await {
             Err(e) => Err(e),
             Ok(plugin) => {
                 let tenant = host::tenant_record(&invocation);
-                call_export(&plugin, &mut store, &tenant, call).await
+                call_export(&plugin, &mut store, &tenant, call, payload).await
             }
         };
         store.data_mut().cpu.settle();
@@ -1223,18 +1250,21 @@ impl wasmtime_wasi::HostMonotonicClock for FrozenMonotonic {
 
 /// Refuses input the plugin must never see: unsubscribed events, undeclared routes, oversized
 /// payloads.
-fn check_request(manifest: &Manifest, call: &Call) -> Result<(), Error> {
+/// Returns the event payload as text, serialised once for the check and the call.
+fn check_request(manifest: &Manifest, call: &Call) -> Result<Option<String>, Error> {
     match call {
         Call::Event(event) => {
             if !manifest.subscribe.contains(&event.kind) {
                 return Err(Error::NotSubscribed(event.kind.clone()));
             }
-            let size = event.payload.to_string().len();
-            if size > MAX_INPUT_BYTES {
+            let text = event.payload.to_string();
+            if text.len() > MAX_INPUT_BYTES {
                 return Err(Error::BadInput(format!(
-                    "the event payload is {size} bytes; the limit is {MAX_INPUT_BYTES}"
+                    "the event payload is {} bytes; the limit is {MAX_INPUT_BYTES}",
+                    text.len()
                 )));
             }
+            return Ok(Some(text));
         }
         Call::Http(request) => {
             if manifest
@@ -1258,7 +1288,7 @@ fn check_request(manifest: &Manifest, call: &Call) -> Result<(), Error> {
         }
         _ => {}
     }
-    Ok(())
+    Ok(None)
 }
 
 async fn call_export(
@@ -1266,6 +1296,7 @@ async fn call_export(
     store: &mut Store<State>,
     tenant: &wit::Tenant,
     call: Call,
+    payload: Option<String>,
 ) -> wasmtime::Result<Result<Output, wit::Error>> {
     Ok(match call {
         Call::Install { previous_version } => plugin
@@ -1300,7 +1331,7 @@ async fn call_export(
                 kind: event.kind,
                 occurred_at_ms: u64::try_from(event.occurred_at.timestamp_millis())
                     .unwrap_or_default(),
-                payload: event.payload.to_string(),
+                payload: payload.unwrap_or_else(|| event.payload.to_string()),
             };
             plugin
                 .trellis_plugin_event_handler()

@@ -55,6 +55,8 @@ pub struct HarnessOptions {
     pub min_log_level: &'static str,
     /// Traps within a minute that suspend an installation.
     pub breaker_traps: u32,
+    /// Keep kv in process memory instead of the SQLite database (fast tests, benchmarks).
+    pub kv_in_memory: bool,
 }
 
 impl Default for HarnessOptions {
@@ -66,6 +68,7 @@ impl Default for HarnessOptions {
             max_concurrency: 64,
             min_log_level: "trace",
             breaker_traps: 1_000,
+            kv_in_memory: false,
         }
     }
 }
@@ -173,6 +176,11 @@ impl Harness {
             },
             Services {
                 db: db.conn.clone(),
+                kv: if options.kv_in_memory {
+                    super::kv::Store::Memory(Arc::default())
+                } else {
+                    super::kv::Store::Database(db.conn.clone())
+                },
                 vault,
                 alipay,
                 themes,

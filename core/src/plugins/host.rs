@@ -156,7 +156,7 @@ pub struct State {
     pub limiter: Limiter,
     pub cpu: CpuMeter,
     pub invocation: Arc<Invocation>,
-    pub services: Services,
+    pub services: Arc<Services>,
     pub namespace: Option<Namespace>,
     pub logs: Vec<LogLine>,
     pub log_bytes: usize,
@@ -294,7 +294,7 @@ impl kv::Host for State {
             Err(e) => return Ok(Err(e)),
         };
         let started = Instant::now();
-        let Some(result) = bounded(self.deadline, ns.get(&self.services.db, &key)).await else {
+        let Some(result) = bounded(self.deadline, self.services.kv.get(&ns, &key)).await else {
             return Err(self.deadline_passed());
         };
         self.record("kv", "get", started, result.is_ok());
@@ -316,7 +316,9 @@ impl kv::Host for State {
         let started = Instant::now();
         let Some(result) = bounded(
             self.deadline,
-            ns.compare_and_swap(&self.services.db, &key, expected, &value),
+            self.services
+                .kv
+                .compare_and_swap(&ns, &key, expected, &value),
         )
         .await
         else {
@@ -342,7 +344,7 @@ impl kv::Host for State {
         };
         let started = Instant::now();
         let Some(result) =
-            bounded(self.deadline, ns.delete(&self.services.db, &key, expected)).await
+            bounded(self.deadline, self.services.kv.delete(&ns, &key, expected)).await
         else {
             return Err(self.deadline_passed());
         };
@@ -363,7 +365,7 @@ impl kv::Host for State {
         let started = Instant::now();
         let Some(result) = bounded(
             self.deadline,
-            ns.list(&self.services.db, &prefix, after.as_deref(), limit),
+            self.services.kv.list(&ns, &prefix, after.as_deref(), limit),
         )
         .await
         else {
@@ -395,7 +397,7 @@ impl kv::Host for State {
         };
         let started = Instant::now();
         let Some(result) =
-            bounded(self.deadline, ns.increment(&self.services.db, &key, delta)).await
+            bounded(self.deadline, self.services.kv.increment(&ns, &key, delta)).await
         else {
             return Err(self.deadline_passed());
         };
@@ -570,7 +572,7 @@ impl alipay::Host for State {
 }
 
 async fn alipay_call(
-    services: Services,
+    services: Arc<Services>,
     inv: Arc<Invocation>,
     merchant: String,
     method: String,

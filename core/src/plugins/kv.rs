@@ -4,6 +4,9 @@
 //! for the invocation; a write and its quota accounting commit together or not at all, so the
 //! usage row always equals what the namespace holds.
 
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+
 use chrono::Utc;
 use sea_orm::{
     ConnectionTrait, DatabaseBackend, DatabaseConnection, DbErr, Statement, TransactionTrait, Value,
@@ -444,5 +447,229 @@ impl Namespace {
         ))
         .await?;
         Ok(())
+    }
+}
+
+/// Where kv data lives: the engine's database (always, in the engine), or process memory (an
+/// option of the local harness for plugin authors' fast tests and the runtime benchmark, so a
+/// measurement can leave the database out).
+#[derive(Clone)]
+pub enum Store {
+    Database(DatabaseConnection),
+    Memory(Arc<Mutex<MemoryKv>>),
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Store::Database(_) => "Store::Database",
+            Store::Memory(_) => "Store::Memory",
+        })
+    }
+}
+
+/// The in-memory store: the same semantics as the database one (versions, quotas, bytewise
+/// order), without durability.
+#[derive(Debug, Default)]
+pub struct MemoryKv {
+    entries: BTreeMap<(String, String, String), Entry>,
+    usage: HashMap<(String, String), (u64, u64)>,
+    last_version: u64,
+}
+
+fn locked(m: &Mutex<MemoryKv>) -> std::sync::MutexGuard<'_, MemoryKv> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl MemoryKv {
+    fn key(ns: &Namespace, key: &str) -> (String, String, String) {
+        (
+            ns.installation_id.clone(),
+            ns.scope_id.clone(),
+            key.to_owned(),
+        )
+    }
+
+    fn next_version(&mut self) -> u64 {
+        self.last_version = next_version(Some(self.last_version));
+        self.last_version
+    }
+
+    fn charge(&mut self, ns: &Namespace, keys: i64, bytes: i64) -> Result<(), KvError> {
+        let usage = self
+            .usage
+            .entry((ns.installation_id.clone(), ns.scope_id.clone()))
+            .or_default();
+        let new_keys = usage.0.saturating_add_signed(keys);
+        let new_bytes = usage.1.saturating_add_signed(bytes);
+        if keys > 0 && new_keys > ns.quota.max_keys {
+            return Err(KvError::Quota(format!(
+                "kv quota: {} keys at most",
+                ns.quota.max_keys
+            )));
+        }
+        if bytes > 0 && new_bytes > ns.quota.max_bytes {
+            return Err(KvError::Quota(format!(
+                "kv quota: {} bytes at most ({} used)",
+                ns.quota.max_bytes, usage.1
+            )));
+        }
+        *usage = (new_keys, new_bytes);
+        Ok(())
+    }
+
+    fn put(
+        &mut self,
+        ns: &Namespace,
+        key: &str,
+        value: &[u8],
+        current: Option<&Entry>,
+    ) -> Result<u64, KvError> {
+        match current {
+            None => self.charge(ns, 1, (key.len() + value.len()) as i64)?,
+            Some(old) => self.charge(ns, 0, value.len() as i64 - old.value.len() as i64)?,
+        }
+        let version = self.next_version();
+        self.entries.insert(
+            Self::key(ns, key),
+            Entry {
+                value: value.to_vec(),
+                version,
+            },
+        );
+        Ok(version)
+    }
+}
+
+impl Store {
+    /// Keys and bytes a namespace holds.
+    pub async fn usage(&self, ns: &Namespace) -> Result<(u64, u64), KvError> {
+        match self {
+            Store::Database(db) => ns.usage(db).await,
+            Store::Memory(m) => Ok(locked(m)
+                .usage
+                .get(&(ns.installation_id.clone(), ns.scope_id.clone()))
+                .copied()
+                .unwrap_or_default()),
+        }
+    }
+
+    pub async fn get(&self, ns: &Namespace, key: &str) -> Result<Option<Entry>, KvError> {
+        match self {
+            Store::Database(db) => ns.get(db, key).await,
+            Store::Memory(m) => {
+                check_key(key)?;
+                Ok(locked(m).entries.get(&MemoryKv::key(ns, key)).cloned())
+            }
+        }
+    }
+
+    pub async fn compare_and_swap(
+        &self,
+        ns: &Namespace,
+        key: &str,
+        expected: Option<u64>,
+        value: &[u8],
+    ) -> Result<Cas, KvError> {
+        match self {
+            Store::Database(db) => ns.compare_and_swap(db, key, expected, value).await,
+            Store::Memory(m) => {
+                check_key(key)?;
+                if value.len() > MAX_VALUE_BYTES {
+                    return Err(KvError::Invalid(format!(
+                        "a value may be at most {MAX_VALUE_BYTES} bytes"
+                    )));
+                }
+                let mut kv = locked(m);
+                let current = kv.entries.get(&MemoryKv::key(ns, key)).cloned();
+                match (&current, expected) {
+                    (None, None) => Ok(Cas::Stored(kv.put(ns, key, value, None)?)),
+                    (Some(entry), Some(v)) if entry.version == v => {
+                        Ok(Cas::Stored(kv.put(ns, key, value, Some(entry))?))
+                    }
+                    _ => Ok(Cas::Conflict(current)),
+                }
+            }
+        }
+    }
+
+    pub async fn delete(
+        &self,
+        ns: &Namespace,
+        key: &str,
+        expected: Option<u64>,
+    ) -> Result<bool, KvError> {
+        match self {
+            Store::Database(db) => ns.delete(db, key, expected).await,
+            Store::Memory(m) => {
+                check_key(key)?;
+                let mut kv = locked(m);
+                let k = MemoryKv::key(ns, key);
+                match kv.entries.get(&k).cloned() {
+                    Some(entry) if expected.is_none_or(|v| v == entry.version) => {
+                        kv.entries.remove(&k);
+                        kv.charge(ns, -1, -((key.len() + entry.value.len()) as i64))?;
+                        Ok(true)
+                    }
+                    _ => Ok(false),
+                }
+            }
+        }
+    }
+
+    pub async fn increment(&self, ns: &Namespace, key: &str, delta: i64) -> Result<i64, KvError> {
+        match self {
+            Store::Database(db) => ns.increment(db, key, delta).await,
+            Store::Memory(m) => {
+                check_key(key)?;
+                let mut kv = locked(m);
+                let current = kv.entries.get(&MemoryKv::key(ns, key)).cloned();
+                let old = match &current {
+                    None => 0,
+                    Some(entry) => std::str::from_utf8(&entry.value)
+                        .ok()
+                        .and_then(|t| t.trim().parse::<i64>().ok())
+                        .ok_or_else(|| KvError::NotACounter(key.to_owned()))?,
+                };
+                let new = old.checked_add(delta).ok_or_else(|| {
+                    KvError::Invalid(format!("the counter at {key} would overflow"))
+                })?;
+                kv.put(ns, key, new.to_string().as_bytes(), current.as_ref())?;
+                Ok(new)
+            }
+        }
+    }
+
+    pub async fn list(
+        &self,
+        ns: &Namespace,
+        prefix: &str,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<(Vec<(String, Entry)>, Option<String>), KvError> {
+        match self {
+            Store::Database(db) => ns.list(db, prefix, after, limit).await,
+            Store::Memory(m) => {
+                let limit = limit.clamp(1, MAX_LIST) as usize;
+                let kv = locked(m);
+                let start = MemoryKv::key(ns, after.filter(|a| *a > prefix).unwrap_or(prefix));
+                let mut items: Vec<(String, Entry)> = kv
+                    .entries
+                    .range(start..)
+                    .take_while(|((i, s, _), _)| *i == ns.installation_id && *s == ns.scope_id)
+                    .filter(|((_, _, k), _)| after.is_none_or(|a| k.as_str() > a))
+                    .take_while(|((_, _, k), _)| k.starts_with(prefix))
+                    .take(limit + 1)
+                    .map(|((_, _, k), e)| (k.clone(), e.clone()))
+                    .collect();
+                let next = if items.len() > limit {
+                    items.truncate(limit);
+                    items.last().map(|(k, _)| k.clone())
+                } else {
+                    None
+                };
+                Ok((items, next))
+            }
+        }
     }
 }

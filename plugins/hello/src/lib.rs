@@ -1,11 +1,16 @@
 //! Hello: the smallest useful Trellis plugin, and the one to copy.
 //!
-//! It counts the events each merchant receives (in kv, which the engine keeps per merchant),
-//! emits `hello.milestone` every `milestone` events, serves a themed page to members and a
-//! JSON summary to the merchant's staff.
+//! It counts the events each merchant receives in one kv document (the engine keeps kv per
+//! merchant), emits `hello.milestone` every `milestone` events, serves a themed page to members
+//! and a JSON summary to the merchant's staff.
+
+use std::collections::{BTreeMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
 use trellis_host_api::prelude::*;
+
+/// How many recent event ids the counter remembers to ignore redeliveries.
+const REMEMBERED: usize = 16;
 
 /// The merchant's configuration; `config.schema.json` describes the same shape.
 #[derive(Deserialize, Serialize)]
@@ -14,6 +19,17 @@ struct Config {
     greeting: Option<String>,
     #[serde(default)]
     milestone: Option<i64>,
+}
+
+/// Everything hello stores for a merchant: one document, updated with compare-and-swap.
+#[derive(Deserialize, Serialize, Default)]
+struct Stats {
+    total: i64,
+    by_kind: BTreeMap<String, i64>,
+    /// The last event ids counted. Delivery is at least once, and redeliveries come soon after
+    /// the first attempt, so a short memory is enough here; a plugin that must never count twice
+    /// keeps one key per event id (see the host-api tutorial).
+    recent: VecDeque<String>,
 }
 
 struct Hello;
@@ -33,25 +49,41 @@ impl Plugin for Hello {
     }
 
     fn handle_event(_ctx: &Tenant, event: &Event) -> Result<()> {
-        // Delivery is at least once: count each event id once.
-        if !kv::insert_json(&format!("seen/{}", event.id), &event.occurred_at_ms)? {
-            return Ok(());
-        }
-        let total = kv::increment("count/total", 1)?;
-        kv::increment(&format!("count/kind/{}", event.kind), 1)?;
-        info!("counted {}", event.kind; total = total);
+        // One read and one compare-and-swap; `try_update` retries if another delivery raced us.
+        let updated = kv::try_update("stats", |old: Option<Stats>| {
+            let mut stats = old.unwrap_or_default();
+            if stats.recent.contains(&event.id) {
+                return Ok(None);
+            }
+            stats.total += 1;
+            *stats.by_kind.entry(event.kind.clone()).or_default() += 1;
+            stats.recent.push_back(event.id.clone());
+            if stats.recent.len() > REMEMBERED {
+                stats.recent.pop_front();
+            }
+            Ok(Some(stats))
+        })?;
+        let Some(stats) = updated else {
+            return Ok(()); // a redelivery
+        };
+        info!("counted {}", event.kind; total = stats.total);
 
         let config: Config = config::get()?;
         if let Some(every) = config.milestone.filter(|n| *n > 0)
-            && total % every == 0
+            && stats.total % every == 0
         {
-            events::emit("hello.milestone", &serde_json::json!({ "total": total }))?;
+            events::emit(
+                "hello.milestone",
+                &serde_json::json!({ "total": stats.total }),
+            )?;
         }
         Ok(())
     }
 
     fn handle_http(ctx: &Tenant, request: &Request) -> Result<Response> {
-        let total = count("count/total")?;
+        let stats = kv::get_json::<Stats>("stats")?
+            .map(|(s, _)| s)
+            .unwrap_or_default();
         match request.route.as_str() {
             "/" => {
                 let config: Config = config::get()?;
@@ -64,37 +96,17 @@ impl Plugin for Hello {
                 });
                 let html = templates::render(
                     "page.hbs",
-                    &serde_json::json!({ "greeting": greeting, "total": total, "locale": ctx.locale }),
+                    &serde_json::json!({ "greeting": greeting, "total": stats.total, "locale": ctx.locale }),
                 )?;
                 Ok(Response::html(200, html))
             }
-            "/stats" => {
-                let page = kv::list("count/kind/", None, 100)?;
-                let kinds: serde_json::Map<String, serde_json::Value> = page
-                    .items
-                    .iter()
-                    .map(|item| {
-                        let kind = item.key.trim_start_matches("count/kind/").to_string();
-                        let n = String::from_utf8_lossy(&item.entry.value)
-                            .parse::<i64>()
-                            .unwrap_or(0);
-                        (kind, n.into())
-                    })
-                    .collect();
-                Response::json(
-                    200,
-                    &serde_json::json!({ "total": total, "by_kind": kinds }),
-                )
-            }
+            "/stats" => Response::json(
+                200,
+                &serde_json::json!({ "total": stats.total, "by_kind": stats.by_kind }),
+            ),
             other => Err(Error::not_found(other.to_string())),
         }
     }
-}
-
-fn count(key: &str) -> Result<i64> {
-    Ok(kv::get(key)?
-        .and_then(|entry| String::from_utf8_lossy(&entry.value).parse().ok())
-        .unwrap_or(0))
 }
 
 export_plugin!(Hello);

@@ -7,10 +7,15 @@ use trellis_host_api::prelude::*;
 
 struct Abuse;
 
-/// Recursion whose frames live on the wasm stack: overflows the engine's guest stack limit.
-#[allow(unconditional_recursion, reason = "the stack overflow is the point")]
+/// Recursion whose frames live on the wasm stack (no locals in linear memory): overflows the
+/// engine's guest stack limit. Not a tail call, and not a single-operation accumulator, so the
+/// compiler cannot turn it into a loop.
+#[inline(never)]
 fn recurse(depth: u64) -> u64 {
-    black_box(recurse(black_box(depth + 1))).wrapping_add(depth)
+    if depth == u64::MAX {
+        return 0;
+    }
+    recurse(depth + 1).wrapping_mul(3).wrapping_add(depth)
 }
 
 /// Recursion with large locals, which Rust keeps on its stack in linear memory: overflows that
@@ -43,7 +48,7 @@ impl Plugin for Abuse {
                 }
             }
             "abuse.recurse" => {
-                black_box(recurse(0));
+                black_box(recurse(black_box(0)));
                 Ok(())
             }
             "abuse.recurse_frames" => {
