@@ -193,7 +193,7 @@ fn main() {
         // 2. Loading a precompiled plugin (artifact cached on disk) versus compiling it.
         let mut loads = Vec::new();
         for _ in 0..300 {
-            h.runtime.evict(&hello.component_sha256);
+            h.runtime.evict(&hello.digest);
             let started = Instant::now();
             h.runtime.load(&hello).unwrap();
             loads.push(micros(started.elapsed()));

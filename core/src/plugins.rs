@@ -49,6 +49,9 @@ pub use manifest::{Grant, HOST_API_VERSION, Manifest};
 pub const TICK: Duration = Duration::from_millis(10);
 /// How long an installation that needed more than one tick of CPU starts in the heavy lane.
 const HOG_MEMORY: Duration = Duration::from_secs(10);
+/// Invocations of one installation running at once; more wait, so one busy installation can
+/// hold only a share of the runtime's slots.
+pub const PER_INSTALLATION: usize = 32;
 /// Largest event payload or HTTP body handed to a plugin.
 pub const MAX_INPUT_BYTES: usize = 1 << 20;
 
@@ -400,6 +403,8 @@ impl std::fmt::Display for Import {
 
 /// A plugin ready to run.
 pub struct Loaded {
+    /// The archive's digest (manifest, component, templates): the runtime's key for it.
+    pub digest: String,
     pub manifest: Arc<Manifest>,
     /// Everything the manifest declares: the grant when a request names none.
     full_grant: Arc<Grant>,
@@ -523,6 +528,7 @@ pub struct Runtime {
     services: Arc<Services>,
     loaded: RwLock<HashMap<String, Arc<Loaded>>>,
     slots: Arc<Semaphore>,
+    shares: Mutex<HashMap<String, Arc<Semaphore>>>,
     /// Invocations past their first tick of CPU share these permits, so busy plugins cannot
     /// occupy every worker thread and starve quick ones.
     heavy: Arc<Semaphore>,
@@ -549,6 +555,12 @@ impl Drop for Runtime {
     }
 }
 
+/// Per-component maximums: a Rust component has one memory, a few tables and a handful of core
+/// instances (its module and the shims `wit-component` adds).
+const MAX_MEMORIES: u32 = 2;
+const MAX_TABLES: u32 = 8;
+const MAX_CORE_INSTANCES: u32 = 16;
+
 fn engine_config(pool: Option<u32>) -> wasmtime::Config {
     let mut cfg = wasmtime::Config::new();
     cfg.epoch_interruption(true);
@@ -560,17 +572,19 @@ fn engine_config(pool: Option<u32>) -> wasmtime::Config {
     if let Some(n) = pool {
         let n = n.max(1);
         let mut pooling = wasmtime::PoolingAllocationConfig::default();
+        // Totals are n times the per-component maximums, so n invocations of any plugins always
+        // fit and no plugin can exhaust the pool for the others.
         pooling
             .total_component_instances(n)
-            .total_core_instances(n.saturating_mul(8))
-            .total_memories(n.saturating_mul(2))
-            .total_tables(n.saturating_mul(4))
+            .total_core_instances(n.saturating_mul(MAX_CORE_INSTANCES))
+            .total_memories(n.saturating_mul(MAX_MEMORIES))
+            .total_tables(n.saturating_mul(MAX_TABLES))
             .total_stacks(n)
             .max_memory_size((manifest::ceilings::MEMORY_MIB as usize) << 20)
-            .max_memories_per_component(4)
-            .max_tables_per_component(16)
-            .max_core_instances_per_component(64)
-            .table_elements(100_000)
+            .max_memories_per_component(MAX_MEMORIES)
+            .max_tables_per_component(MAX_TABLES)
+            .max_core_instances_per_component(MAX_CORE_INSTANCES)
+            .table_elements(20_000)
             .linear_memory_keep_resident(256 << 10)
             .table_keep_resident(8 << 10)
             .decommit_batch_size(64);
@@ -620,7 +634,7 @@ pub fn check_imports(manifest: &Manifest, imports: &[Import]) -> Result<(), Erro
                 && version <= HOST_API_VERSION;
             if !compatible {
                 return Err(Error::HostApi {
-                    wanted: format!("{version} (imported by {interface})"),
+                    wanted: format!("{version} (imported as {})", import.name),
                     provided: HOST_API_VERSION.to_string(),
                 });
             }
@@ -682,6 +696,15 @@ pub fn check_imports(manifest: &Manifest, imports: &[Import]) -> Result<(), Erro
                         | "cli/terminal-stdout"
                         | "cli/terminal-stderr"
                 );
+            // Plugins cannot sleep: a waiting plugin would hold its slot while doing nothing.
+            if rest == "clocks/monotonic-clock"
+                && import.functions.iter().any(|f| f.starts_with("subscribe"))
+            {
+                return Err(Error::UnsupportedImport {
+                    import: shown,
+                    reason: "plugins may not sleep or wait on timers".into(),
+                });
+            }
             if !allowed || !version.starts_with("0.2.") {
                 return Err(Error::UnsupportedImport {
                     import: shown,
@@ -733,6 +756,34 @@ pub fn inspect_component(wasm: &[u8]) -> Result<Vec<Import>, Error> {
     Ok(imports_of(&engine, &component))
 }
 
+/// Plugin templates may not include other templates (a cycle would recurse without end in the
+/// host) and may nest `each` at most twice (so a render's work is bounded by its data).
+fn check_template(path: &str, text: &str) -> Result<(), Error> {
+    let mut depth = 0usize;
+    let mut rest = text;
+    while let Some(at) = rest.find("{{") {
+        let tag = rest[at + 2..].trim_start_matches(['{', '~', ' ']);
+        let body = tag.trim_start_matches('#').trim_start();
+        if tag.starts_with('>') || body.starts_with('>') {
+            return Err(Error::Archive(format!(
+                "{path}: templates may not include other templates ({{{{> …}}}})"
+            )));
+        }
+        if tag.starts_with('#') && body.starts_with("each") {
+            depth += 1;
+            if depth > 2 {
+                return Err(Error::Archive(format!(
+                    "{path}: at most two nested {{{{#each}}}} blocks"
+                )));
+            }
+        } else if tag.starts_with("/each") || tag.starts_with("/ each") {
+            depth = depth.saturating_sub(1);
+        }
+        rest = &rest[at + 2..];
+    }
+    Ok(())
+}
+
 fn template_registry(archive: &Archive) -> Result<Handlebars<'static>, Error> {
     let mut registry = Handlebars::new();
     registry.set_prevent_indent(true);
@@ -742,6 +793,7 @@ fn template_registry(archive: &Archive) -> Result<Handlebars<'static>, Error> {
         };
         let text = std::str::from_utf8(bytes)
             .map_err(|_| Error::Archive(format!("{path} is not UTF-8")))?;
+        check_template(path, text)?;
         registry
             .register_template_string(name, text)
             .map_err(|e| Error::Archive(format!("{path}: {e}")))?;
@@ -791,6 +843,7 @@ impl Runtime {
             engine_hash,
             allocation,
             slots: Arc::new(Semaphore::new(options.max_concurrency as usize)),
+            shares: Mutex::default(),
             heavy: Arc::new(Semaphore::new(workers.saturating_sub(1).max(1))),
             hogs: Arc::default(),
             breaker: Breaker {
@@ -871,9 +924,7 @@ impl Runtime {
     /// Loads an archive: checks it, compiles it into the cache if needed, links it. Done at
     /// install and start-up, never per request.
     pub fn load(&self, archive: &Archive) -> Result<Arc<Loaded>, Error> {
-        if let Some(loaded) = self.get(&archive.component_sha256)
-            && *loaded.manifest == archive.manifest
-        {
+        if let Some(loaded) = self.get(&archive.digest) {
             return Ok(loaded);
         }
         archive.manifest.check_host_api()?;
@@ -897,6 +948,7 @@ impl Runtime {
             .map_err(|e| Error::Compile(format!("{e:#}")))?;
         let pre = bindings::PluginPre::new(pre).map_err(|e| Error::Compile(format!("{e:#}")))?;
         let loaded = Arc::new(Loaded {
+            digest: archive.digest.clone(),
             full_grant: Arc::new(Grant::all(&archive.manifest)),
             manifest: Arc::new(archive.manifest.clone()),
             component_sha256: archive.component_sha256.clone(),
@@ -910,31 +962,56 @@ impl Runtime {
         self.loaded
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(archive.component_sha256.clone(), loaded.clone());
+            .insert(archive.digest.clone(), loaded.clone());
         Ok(loaded)
     }
 
-    /// A loaded plugin by component hash.
-    pub fn get(&self, sha256: &str) -> Option<Arc<Loaded>> {
+    /// A loaded plugin by archive digest.
+    pub fn get(&self, digest: &str) -> Option<Arc<Loaded>> {
         self.loaded
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .get(sha256)
+            .get(digest)
             .cloned()
     }
 
     /// Forgets a loaded plugin (after an upgrade or uninstall); its compiled artifact stays in
     /// the cache, so loading it again is cheap.
-    pub fn evict(&self, sha256: &str) -> Option<Arc<Loaded>> {
+    pub fn evict(&self, digest: &str) -> Option<Arc<Loaded>> {
         self.loaded
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .remove(sha256)
+            .remove(digest)
     }
 
     /// Lifts a suspension (an operator's decision after fixing the cause).
     pub fn reset_breaker(&self, installation_id: &str) {
         self.breaker.reset(installation_id);
+    }
+
+    /// Waits for a place to run, always in the same order — the installation's share, a slot,
+    /// then (for an installation known to be heavy) a heavy-lane permit — so no two waiters can
+    /// hold what the other needs. `None` when the runtime is shutting down.
+    async fn admit(&self, installation: &str) -> Option<Permits> {
+        let share = {
+            let mut shares = lock(&self.shares);
+            shares
+                .entry(installation.to_owned())
+                .or_insert_with(|| Arc::new(Semaphore::new(PER_INSTALLATION)))
+                .clone()
+        };
+        let _installation = share.acquire_owned().await.ok()?;
+        let _slot = self.slots.clone().acquire_owned().await.ok()?;
+        let heavy = if self.is_hog(installation) {
+            Some(self.heavy.clone().acquire_owned().await.ok()?)
+        } else {
+            None
+        };
+        Some(Permits {
+            _installation,
+            _slot,
+            heavy,
+        })
     }
 
     /// Unique per process and, through the random prefix, across processes; no system call.
@@ -1012,22 +1089,25 @@ impl Runtime {
             grant,
         });
         let wall = Duration::from_millis(u64::from(manifest.limits.wall_ms));
+        let wall_ms = manifest.limits.wall_ms;
+        // Admission: waiting for a place to run is bounded by the wall time too, but it is not
+        // the plugin's fault and does not count against its deadline or its breaker.
+        let permits = match tokio::time::timeout(wall, self.admit(&installation)).await {
+            Ok(Some(permits)) => permits,
+            Ok(None) | Err(_) => return empty(id, Err(Error::Busy { wall_ms })),
+        };
         // The deadline is enforced inside (epoch callback and host calls) so the journal
         // survives; this outer bound only catches what cannot be interrupted.
-        let began = Arc::new(AtomicBool::new(false));
         // Boxed: the future holds the whole store state and would otherwise be moved by value.
         let run = Box::pin(self.run(
             loaded,
             invocation,
             (request.call, payload),
-            started + wall,
-            began.clone(),
+            Instant::now() + wall,
+            permits,
         ));
-        let wall_ms = manifest.limits.wall_ms;
         let mut outcome = match tokio::time::timeout(wall + Duration::from_millis(500), run).await {
             Ok(outcome) => outcome,
-            // Still queued for a slot or the heavy lane: not the plugin's fault.
-            Err(_) if !began.load(Ordering::Relaxed) => empty(id, Err(Error::Busy { wall_ms })),
             Err(_) => empty(id, Err(Error::Timeout { wall_ms })),
         };
         outcome.wall = started.elapsed();
@@ -1076,7 +1156,7 @@ impl Runtime {
         invocation: Arc<Invocation>,
         (call, payload): (Call, Option<String>),
         deadline: Instant,
-        began: Arc<AtomicBool>,
+        permits: Permits,
     ) -> Outcome {
         let id = invocation.id.clone();
         let manifest = invocation.manifest.clone();
@@ -1091,6 +1171,7 @@ impl Runtime {
             table: ResourceTable::new(),
             limiter: Limiter {
                 max_bytes: (manifest.limits.memory_mib as usize) << 20,
+                total: 0,
                 peak: 0,
                 denied: None,
             },
@@ -1105,6 +1186,7 @@ impl Runtime {
             emitted: Vec::new(),
             kv_ops: 0,
             alipay_calls: 0,
+            renders: 0,
             broken: None,
             deadline,
             timed_out: false,
@@ -1114,14 +1196,14 @@ impl Runtime {
                 _ => bindings::trellis::plugin::log::Level::Info,
             },
         };
-        if self.is_hog(&installation) {
-            // Known to be busy: wait in the heavy lane from the start, before taking a slot, so
-            // queued busy work never holds the slots quick work needs.
-            if let Ok(permit) = self.heavy.clone().acquire_owned().await {
-                *lock(&state.cpu.heavy) = Some(permit);
-            }
+        let Permits {
+            _installation,
+            _slot,
+            heavy: heavy_permit,
+        } = permits;
+        if let Some(permit) = heavy_permit {
+            *lock(&state.cpu.heavy) = Some(permit);
         }
-        let _slot = self.slots.acquire().await;
         let mut store = Store::new(&self.engine, state);
         let demoted = lock(&store.data().cpu.heavy).is_some();
         store.data_mut().cpu.demoted = demoted;
@@ -1171,7 +1253,6 @@ impl Runtime {
         });
 
         store.data().cpu.mark_resumed();
-        began.store(true, Ordering::Relaxed);
         let result = match loaded.pre.instantiate_async(&mut store).await {
             Err(e) => Err(e),
             Ok(plugin) => {
@@ -1206,6 +1287,13 @@ impl Runtime {
             wall: Duration::ZERO,
         }
     }
+}
+
+/// What an admitted invocation holds while it runs.
+struct Permits {
+    _installation: tokio::sync::OwnedSemaphorePermit,
+    _slot: tokio::sync::OwnedSemaphorePermit,
+    heavy: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 /// Remembers that an installation needed more than a tick of CPU.
@@ -1388,6 +1476,15 @@ fn output_size(output: &Output) -> usize {
 
 /// Names the cause of a trap from what the store observed, falling back to wasmtime's code.
 fn classify(state: &State, trap: &wasmtime::Error, manifest: &Manifest) -> Error {
+    if trap
+        .downcast_ref::<wasmtime::PoolConcurrencyLimitError>()
+        .is_some()
+    {
+        // The pool is full: the runtime's capacity, not the plugin's fault.
+        return Error::Busy {
+            wall_ms: manifest.limits.wall_ms,
+        };
+    }
     let backtrace = trap
         .downcast_ref::<wasmtime::WasmBacktrace>()
         .map(|b| b.to_string());
@@ -1443,5 +1540,91 @@ fn classify(state: &State, trap: &wasmtime::Error, manifest: &Manifest) -> Error
         reason,
         message,
         backtrace,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn templates_may_not_include_others_or_nest_loops_deeply() {
+        assert!(
+            check_template(
+                "t.hbs",
+                "<p>{{x}}</p>{{#each a}}{{#each b}}{{this}}{{/each}}{{/each}}"
+            )
+            .is_ok()
+        );
+        for bad in [
+            "{{> other.hbs}}",
+            "{{#> layout}}x{{/layout}}",
+            "{{~> x}}",
+            "{{#*inline \"p\"}}{{> p}}{{/inline}}",
+        ] {
+            let err = check_template("t.hbs", bad).unwrap_err().to_string();
+            assert!(err.contains("may not include"), "{bad}: {err}");
+        }
+        let deep = "{{#each a}}{{#each b}}{{#each c}}x{{/each}}{{/each}}{{/each}}";
+        assert!(
+            check_template("t.hbs", deep)
+                .unwrap_err()
+                .to_string()
+                .contains("nested")
+        );
+        // Sequential loops are fine.
+        let flat =
+            "{{#each a}}x{{/each}}{{#each b}}{{#each c}}y{{/each}}{{/each}}{{#each d}}z{{/each}}";
+        assert!(check_template("t.hbs", flat).is_ok());
+    }
+
+    fn import(name: &str, functions: &[&str]) -> Import {
+        Import {
+            name: name.into(),
+            functions: functions.iter().map(|f| (*f).to_owned()).collect(),
+        }
+    }
+
+    #[test]
+    fn imports_are_checked_against_the_manifest_and_the_host() {
+        let manifest = Manifest::parse(
+            "id = \"com.example.a\"\nversion = \"1.0.0\"\nhost_api = \"^0.1\"\nname = \"A\"\npublisher = \"E\"\n[capabilities]\nkv = { max_keys = 1, max_bytes = 1 }\n",
+            None,
+        )
+        .unwrap();
+        let ok = [
+            import("trellis:plugin/kv@0.1.0", &["get"]),
+            import("trellis:plugin/log@0.1.0", &["log"]),
+            import("wasi:io/streams@0.2.6", &[]),
+            import("wasi:clocks/monotonic-clock@0.2.6", &["now"]),
+        ];
+        assert!(check_imports(&manifest, &ok).is_ok());
+        for (bad, needle) in [
+            (
+                import("trellis:plugin/alipay@0.1.0", &["call"]),
+                "declares no [capabilities] alipay",
+            ),
+            (
+                import("trellis:plugin/events@0.1.0", &["emit"]),
+                "declares no [capabilities] emit",
+            ),
+            (import("trellis:plugin/kv@0.2.0", &["get"]), "host-api"),
+            (import("wasi:filesystem/types@0.2.6", &[]), "no files"),
+            (import("wasi:sockets/tcp@0.2.6", &[]), "no files, sockets"),
+            (
+                import("wasi:clocks/monotonic-clock@0.2.6", &["subscribe-duration"]),
+                "may not sleep",
+            ),
+            (import("acme:evil/x@1.0.0", &[]), "only trellis:plugin"),
+        ] {
+            let err = check_imports(&manifest, std::slice::from_ref(&bad))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(needle), "{bad}: {err}");
+            assert!(
+                err.contains(bad.name.as_str()),
+                "the message names the import: {err}"
+            );
+        }
     }
 }

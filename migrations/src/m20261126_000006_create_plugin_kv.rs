@@ -1,6 +1,6 @@
 //! Plugin key-value storage: one namespace per (installation, tenant scope), values versioned
 //! for compare-and-swap, and a usage row per namespace that enforces the manifest's quota in
-//! the same transaction as the write.
+//! the same transaction as the write (and the namespace's last version, so versions never repeat).
 
 use sea_orm_migration::prelude::*;
 use sea_orm_migration::schema::*;
@@ -26,6 +26,7 @@ enum PluginKvUsage {
     ScopeId,
     Keys,
     Bytes,
+    LastVersion,
 }
 
 #[async_trait::async_trait]
@@ -66,6 +67,7 @@ impl MigrationTrait for Migration {
                     .col(string_len(PluginKvUsage::ScopeId, 64))
                     .col(big_integer(PluginKvUsage::Keys))
                     .col(big_integer(PluginKvUsage::Bytes))
+                    .col(big_integer(PluginKvUsage::LastVersion).default(0))
                     .primary_key(
                         Index::create()
                             .col(PluginKvUsage::InstallationId)

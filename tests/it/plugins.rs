@@ -209,22 +209,39 @@ async fn oversized_output_is_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn blocking_in_a_host_call_counts_against_the_wall_clock() {
+    use sea_orm::{ConnectionTrait, TransactionTrait};
     let h = Harness::start(&abuse(), options()).await.unwrap();
+    // Another writer holds SQLite's write lock, so the plugin's kv write waits (up to the
+    // database's busy timeout of 5 s) inside a host call, where the CPU budget does not run.
+    let blocker = h.db.conn.begin().await.unwrap();
+    blocker
+        .execute_unprepared("INSERT INTO sandbox_state (namespace, key, value, updated_at) VALUES ('t', 'lock', '{}', '2026-01-01T00:00:00Z')")
+        .await
+        .unwrap();
     let started = Instant::now();
-    let out = h.event("abuse.sleep", json!({})).await;
+    let out = h.event("abuse.ok", json!({})).await;
     let elapsed = started.elapsed();
-    match &out.result {
-        Err(Error::Trap {
-            reason: TrapReason::WallClock,
-            ..
-        })
-        | Err(Error::Timeout { .. }) => {}
-        other => panic!("{other:?}"),
-    }
+    blocker.rollback().await.unwrap();
+    let (reason, message) = trap_of(&out.result);
+    assert_eq!(reason, TrapReason::WallClock, "{message}");
     assert!(
-        elapsed < Duration::from_secs(3),
+        elapsed < Duration::from_secs(2),
         "the 1 s wall limit held for {elapsed:?}"
     );
+    let ok = h.event("abuse.ok", json!({})).await;
+    assert!(ok.result.is_ok(), "{:?}", ok.result);
+}
+
+#[test]
+fn a_component_that_waits_on_timers_is_refused() {
+    let err = archive::pack_dir(
+        &workspace_root().join("tests/plugins/sleeper"),
+        &plugin_wasm("trellis_fixture_sleeper"),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("wasi:clocks/monotonic-clock"), "{err}");
+    assert!(err.contains("may not sleep"), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -491,7 +508,7 @@ fn a_component_built_against_a_newer_host_api_is_refused() {
         archive::pack_dir(tmp.path(), &plugin_wasm("trellis_fixture_future_api")).unwrap_err();
     assert!(
         err.to_string()
-            .contains("0.2.0 (imported by trellis:plugin/log)"),
+            .contains("0.2.0 (imported as trellis:plugin/log@0.2.0)"),
         "{err}"
     );
 }
@@ -609,7 +626,8 @@ fn the_host_api_tutorial_builds_packs_inspects_and_runs_as_written() {
             "run",
             "stamps.tplug",
             "--http",
-            "GET /card/2088000000000001",
+            "GET",
+            "/card/2088000000000001",
             "--plugin-config",
             r#"{"goal": 8}"#,
         ],

@@ -68,9 +68,20 @@ impl TestDb {
                 admin_url, name, ..
             } => {
                 let admin = Database::connect(admin_url.as_str()).await?;
-                admin
-                    .execute_unprepared(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
-                    .await?;
+                let drop = format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)");
+                // FORCE may not terminate an autovacuum worker that happens to be visiting the
+                // fresh database (it runs as the bootstrap superuser); it finishes within moments.
+                let mut attempt = 0;
+                loop {
+                    match admin.execute_unprepared(&drop).await {
+                        Ok(_) => break,
+                        Err(e) if attempt < 20 && e.to_string().contains("pg_signal_backend") => {
+                            attempt += 1;
+                            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                        }
+                        Err(e) => return Err(e.into()),
+                    }
+                }
                 admin.close().await?;
                 Ok(())
             }

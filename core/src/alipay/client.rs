@@ -25,6 +25,8 @@ use super::signing::{AppIdentity, RequestSpec, sign_request};
 #[derive(Debug, Clone, Default)]
 pub struct CallOptions {
     pub notify_url: Option<String>,
+    /// `return_url`, for page methods.
+    pub return_url: Option<String>,
     pub app_auth_token: Option<String>,
     pub auth_token: Option<String>,
     /// Top-level parameters such as `grant_type` and `code`.
@@ -112,7 +114,7 @@ impl AlipayClient {
             method: method.to_owned(),
             biz_content: biz,
             notify_url: options.notify_url.clone(),
-            return_url: None,
+            return_url: options.return_url.clone(),
             app_auth_token: options.app_auth_token.clone(),
             auth_token: options.auth_token.clone(),
             extra: options.extra.clone(),

@@ -72,9 +72,9 @@ pub enum PluginCommand {
         /// The event's JSON payload.
         #[arg(long, default_value = "{}")]
         payload: String,
-        /// Send a request to a route, such as "GET /stats?x=1".
-        #[arg(long, value_name = "METHOD PATH")]
-        http: Option<String>,
+        /// Send a request to a route: `--http GET /stats?x=1` (or one quoted "GET /stats").
+        #[arg(long, num_args = 1..=2, value_names = ["METHOD", "PATH"])]
+        http: Option<Vec<String>>,
         /// The request body.
         #[arg(long, default_value = "")]
         body: String,
@@ -177,11 +177,12 @@ pub fn run(command: PluginCommand) -> Result<(), Failure> {
                     occurred_at: chrono::Utc::now(),
                     payload,
                 })
-            } else if let Some(line) = http {
+            } else if let Some(parts) = http {
+                let line = parts.join(" ");
                 let (method, target) = line
                     .trim()
                     .split_once(' ')
-                    .ok_or_else(|| usage("--http takes \"METHOD /path\""))?;
+                    .ok_or_else(|| usage("--http takes a method and a path: --http GET /path"))?;
                 let (path, query) = target.trim().split_once('?').unwrap_or((target.trim(), ""));
                 Call::Http(plugins::HttpRequest {
                     method: method.to_ascii_uppercase(),

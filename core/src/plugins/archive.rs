@@ -39,8 +39,11 @@ pub struct Archive {
     pub component: Vec<u8>,
     /// `templates/…` and `assets/…` members by path.
     pub files: BTreeMap<String, Vec<u8>>,
-    /// Hex SHA-256 of the component: the plugin's content address.
+    /// Hex SHA-256 of the component (its compiled form is cached under it).
     pub component_sha256: String,
+    /// Hex SHA-256 of `SHA256SUMS`: identifies everything in the archive (manifest, component,
+    /// templates, assets) — what the runtime keys a loaded plugin by.
+    pub digest: String,
     /// Hex SHA-256 of every member, as listed in `SHA256SUMS`.
     pub sums: BTreeMap<String, String>,
     pub signature: SignatureStatus,
@@ -278,6 +281,7 @@ impl Archive {
             }
         }
         Ok(Self {
+            digest: sha256_hex(sums_text_str.as_bytes()),
             component_sha256: sha256_hex(&component),
             manifest,
             component,

@@ -28,6 +28,10 @@ pub const MAX_LOG_LINES: usize = 64;
 pub const MAX_LOG_BYTES: usize = 16 << 10;
 pub const MAX_LOG_LINE: usize = 2 << 10;
 pub const MAX_RENDER_INPUT: usize = 256 << 10;
+pub const MAX_RENDER_NODES: usize = 2_000;
+pub const MAX_RENDERS: u32 = 8;
+pub const MAX_RENDER_OUTPUT: usize = 1 << 20;
+pub const MAX_LOG_FIELDS: usize = 16;
 
 /// Alipay's common request parameters: a plugin may not set them through `params`.
 const COMMON_PARAMS: &[&str] = &[
@@ -98,13 +102,17 @@ impl CpuMeter {
             .saturating_sub(self.host_since_resume);
         self.host_since_resume = Duration::ZERO;
         self.used += ran;
+        // What was counted is not counted again by the next settle.
+        self.mark_resumed();
         self.used
     }
 }
 
-/// Caps linear memory and records the peak.
+/// Caps the linear memory of all of a store's memories together and records the peak.
 pub struct Limiter {
     pub max_bytes: usize,
+    /// The sum of every memory's current size.
+    pub total: usize,
     pub peak: usize,
     pub denied: Option<usize>,
 }
@@ -112,18 +120,20 @@ pub struct Limiter {
 impl wasmtime::ResourceLimiter for Limiter {
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        if desired > self.max_bytes {
-            self.denied = Some(desired);
+        let total = self.total.saturating_sub(current).saturating_add(desired);
+        if total > self.max_bytes {
+            self.denied = Some(total);
             return Err(wasmtime::Error::new(LimitBroken(format!(
-                "memory limit: tried to grow linear memory to {desired} bytes, the limit is {}",
+                "memory limit: tried to grow linear memory to {total} bytes, the limit is {}",
                 self.max_bytes
             ))));
         }
-        self.peak = self.peak.max(desired);
+        self.total = total;
+        self.peak = self.peak.max(total);
         Ok(true)
     }
 
@@ -145,7 +155,7 @@ impl wasmtime::ResourceLimiter for Limiter {
     }
 
     fn memories(&self) -> usize {
-        4
+        2
     }
 }
 
@@ -165,6 +175,7 @@ pub struct State {
     pub emitted: Vec<Emitted>,
     pub kv_ops: u32,
     pub alipay_calls: u32,
+    pub renders: u32,
     /// Set when a host call broke a limit, so the trap is reported by its cause.
     pub broken: Option<String>,
     /// The invocation's wall-clock deadline; host calls are cut off at it too.
@@ -215,7 +226,10 @@ impl State {
         ok: bool,
     ) {
         let elapsed = started.elapsed();
-        self.cpu.host_since_resume += elapsed;
+        // Waiting on the database or Alipay is not the plugin's CPU; rendering is (see render).
+        if interface != "templates" {
+            self.cpu.host_since_resume += elapsed;
+        }
         self.host_calls.push(HostCall {
             interface,
             function,
@@ -494,6 +508,7 @@ fn scrub(value: &mut Value) {
         Value::Object(map) => {
             map.remove("app_auth_token");
             map.remove("app_refresh_token");
+            map.remove("aes_key");
             map.values_mut().for_each(scrub);
         }
         Value::Array(items) => items.iter_mut().for_each(scrub),
@@ -608,6 +623,7 @@ async fn alipay_call(
         };
         let call_options = CallOptions {
             notify_url: options.notify_url,
+            return_url: options.return_url,
             auth_token: options.auth_token,
             extra,
             ..CallOptions::default()
@@ -648,6 +664,10 @@ impl templates::Host for State {
                 "render data may be at most {MAX_RENDER_INPUT} bytes"
             ))));
         }
+        self.renders += 1;
+        if self.renders > MAX_RENDERS {
+            return Err(self.broke(format!("more than {MAX_RENDERS} renders in one invocation")));
+        }
         let started = Instant::now();
         let result = self.render_page(&template, &data);
         self.record("templates", "render", started, result.is_ok());
@@ -659,11 +679,23 @@ impl State {
     fn render_page(&self, template: &str, data: &str) -> Result<String, types::Error> {
         let data: Value = serde_json::from_str(data)
             .map_err(|e| types::Error::InvalidInput(format!("render data is not JSON: {e}")))?;
-        let body = self
-            .invocation
+        // Templates have no includes and at most two nested loops (checked at load), so with
+        // this many values a render does at most a few million steps.
+        if count_nodes(&data) > MAX_RENDER_NODES {
+            return Err(types::Error::InvalidInput(format!(
+                "render data may hold at most {MAX_RENDER_NODES} values"
+            )));
+        }
+        let mut out = CappedWriter {
+            bytes: Vec::new(),
+            cap: MAX_RENDER_OUTPUT,
+        };
+        self.invocation
             .templates
-            .render(template, &data)
+            .render_to_write(template, &data, &mut out)
             .map_err(|e| types::Error::InvalidInput(format!("template {template}: {e}")))?;
+        let body = String::from_utf8(out.bytes)
+            .map_err(|_| types::Error::Internal("the rendered page is not UTF-8".into()))?;
         let Some(themes) = &self.services.themes else {
             return Ok(body);
         };
@@ -687,6 +719,55 @@ impl State {
     }
 }
 
+fn count_nodes(value: &Value) -> usize {
+    match value {
+        Value::Array(items) => 1 + items.iter().map(count_nodes).sum::<usize>(),
+        Value::Object(map) => 1 + map.values().map(count_nodes).sum::<usize>(),
+        _ => 1,
+    }
+}
+
+/// Stops a render once its output passes the cap.
+struct CappedWriter {
+    bytes: Vec<u8>,
+    cap: usize,
+}
+
+impl std::io::Write for CappedWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.bytes.len() + buf.len() > self.cap {
+            return Err(std::io::Error::other(format!(
+                "the page would exceed {} bytes",
+                self.cap
+            )));
+        }
+        self.bytes.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Truncates to at most `max` bytes and escapes control characters, so one log line stays one
+/// line and bounded.
+fn clean(text: &str, max: usize) -> String {
+    let mut out = String::with_capacity(text.len().min(max));
+    for c in text.chars() {
+        if out.len() >= max {
+            out.push('…');
+            break;
+        }
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 impl log::Host for State {
     fn enabled(&mut self, level: log::Level) -> wasmtime::Result<bool> {
         Ok(level_rank(level) >= level_rank(self.min_log_level))
@@ -701,23 +782,23 @@ impl log::Host for State {
         if level_rank(level) < level_rank(self.min_log_level) {
             return Ok(());
         }
-        let size = message.len() + fields.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
-        if self.logs.len() >= MAX_LOG_LINES
-            || self.log_bytes + size.min(MAX_LOG_LINE) > MAX_LOG_BYTES
-        {
+        if self.logs.len() >= MAX_LOG_LINES || self.log_bytes >= MAX_LOG_BYTES {
             self.logs_dropped += 1;
             return Ok(());
         }
-        let mut message = message;
-        if message.len() > MAX_LOG_LINE {
-            let mut cut = MAX_LOG_LINE;
-            while !message.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            message.truncate(cut);
-            message.push('…');
+        let message = clean(&message, MAX_LOG_LINE);
+        let mut fields: Vec<(String, String)> = fields
+            .iter()
+            .take(MAX_LOG_FIELDS)
+            .map(|(k, v)| (clean(k, 64), clean(v, 256)))
+            .collect();
+        fields.shrink_to_fit();
+        let size = message.len() + fields.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
+        if self.log_bytes + size > MAX_LOG_BYTES {
+            self.logs_dropped += 1;
+            return Ok(());
         }
-        self.log_bytes += size.min(MAX_LOG_LINE);
+        self.log_bytes += size;
         let inv = &self.invocation;
         let rendered: String = fields.iter().map(|(k, v)| format!(" {k}={v}")).collect();
         match level {

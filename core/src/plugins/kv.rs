@@ -19,7 +19,9 @@ pub const MAX_KEY_BYTES: usize = 256;
 /// Largest value, in bytes.
 pub const MAX_VALUE_BYTES: usize = 64 << 10;
 /// Most items one `list` returns.
-pub const MAX_LIST: u32 = 1_000;
+pub const MAX_LIST: u32 = 256;
+/// A `list` page also ends once its values pass this many bytes.
+pub const MAX_PAGE_BYTES: usize = 1 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum KvError {
@@ -78,6 +80,27 @@ fn stmt(backend: DatabaseBackend, text: &str, values: Vec<Value>) -> Statement {
     Statement::from_sql_and_values(backend, sql(backend, text), values)
 }
 
+/// Cuts fetched items (up to `limit + 1`) into a page: at most `limit` items and about
+/// [`MAX_PAGE_BYTES`] of values, with the key to continue after when more remain.
+fn page(mut items: Vec<(String, Entry)>, limit: usize) -> (Vec<(String, Entry)>, Option<String>) {
+    let mut bytes = 0;
+    let mut keep = items.len().min(limit);
+    for (i, (_, entry)) in items.iter().enumerate().take(keep) {
+        bytes += entry.value.len();
+        if bytes > MAX_PAGE_BYTES && i > 0 {
+            keep = i;
+            break;
+        }
+    }
+    if items.len() > keep {
+        items.truncate(keep);
+        let next = items.last().map(|(k, _)| k.clone());
+        (items, next)
+    } else {
+        (items, None)
+    }
+}
+
 /// Checks a key: non-empty UTF-8 without control characters, at most [`MAX_KEY_BYTES`].
 pub fn check_key(key: &str) -> Result<(), KvError> {
     if key.is_empty() || key.len() > MAX_KEY_BYTES {
@@ -98,8 +121,8 @@ fn version_of(value: i64) -> u64 {
     u64::try_from(value).unwrap_or_default()
 }
 
-/// Versions are time-ordered and never reused for a key, even after a delete: a stale
-/// `expected` can never match a later value.
+/// Versions are time-ordered and, per namespace, strictly increasing across every write and
+/// delete (the usage row keeps the last one), so a stale `expected` never matches a later value.
 fn next_version(previous: Option<u64>) -> u64 {
     let now = u64::try_from(Utc::now().timestamp_micros()).unwrap_or_default();
     now.max(previous.map_or(0, |p| p + 1))
@@ -154,19 +177,24 @@ impl Namespace {
             )));
         }
         let txn = db.begin().await?;
-        let current = self.lock_and_read(&txn, key).await?;
+        let (current, last) = self.lock_and_read(&txn, key).await?;
         let outcome = match (&current, expected) {
             (None, None) => {
-                let version = next_version(None);
-                self.charge(&txn, 1, (key.len() + value.len()) as i64)
+                let version = next_version(Some(last));
+                self.charge(&txn, 1, (key.len() + value.len()) as i64, version)
                     .await?;
                 self.insert(&txn, key, value, version).await?;
                 Cas::Stored(version)
             }
             (Some(entry), Some(v)) if entry.version == v => {
-                let version = next_version(Some(v));
-                self.charge(&txn, 0, value.len() as i64 - entry.value.len() as i64)
-                    .await?;
+                let version = next_version(Some(last.max(v)));
+                self.charge(
+                    &txn,
+                    0,
+                    value.len() as i64 - entry.value.len() as i64,
+                    version,
+                )
+                .await?;
                 self.overwrite(&txn, key, value, version).await?;
                 Cas::Stored(version)
             }
@@ -185,7 +213,7 @@ impl Namespace {
     ) -> Result<bool, KvError> {
         check_key(key)?;
         let txn = db.begin().await?;
-        let current = self.lock_and_read(&txn, key).await?;
+        let (current, last) = self.lock_and_read(&txn, key).await?;
         let deleted = match current {
             Some(entry) if expected.is_none_or(|v| v == entry.version) => {
                 let backend = txn.get_database_backend();
@@ -197,7 +225,7 @@ impl Namespace {
                     values,
                 ))
                 .await?;
-                self.charge(&txn, -1, -((key.len() + entry.value.len()) as i64))
+                self.charge(&txn, -1, -((key.len() + entry.value.len()) as i64), last)
                     .await?;
                 true
             }
@@ -216,7 +244,8 @@ impl Namespace {
     ) -> Result<i64, KvError> {
         check_key(key)?;
         let txn = db.begin().await?;
-        let current = self.lock_and_read(&txn, key).await?;
+        let (current, last) = self.lock_and_read(&txn, key).await?;
+        let version = next_version(Some(last.max(current.as_ref().map_or(0, |e| e.version))));
         let old = match &current {
             None => 0,
             Some(entry) => std::str::from_utf8(&entry.value)
@@ -230,21 +259,19 @@ impl Namespace {
         let text = new.to_string();
         match current {
             None => {
-                self.charge(&txn, 1, (key.len() + text.len()) as i64)
+                self.charge(&txn, 1, (key.len() + text.len()) as i64, version)
                     .await?;
-                self.insert(&txn, key, text.as_bytes(), next_version(None))
-                    .await?;
+                self.insert(&txn, key, text.as_bytes(), version).await?;
             }
             Some(entry) => {
-                self.charge(&txn, 0, text.len() as i64 - entry.value.len() as i64)
-                    .await?;
-                self.overwrite(
+                self.charge(
                     &txn,
-                    key,
-                    text.as_bytes(),
-                    next_version(Some(entry.version)),
+                    0,
+                    text.len() as i64 - entry.value.len() as i64,
+                    version,
                 )
                 .await?;
+                self.overwrite(&txn, key, text.as_bytes(), version).await?;
             }
         }
         txn.commit().await?;
@@ -271,17 +298,17 @@ impl Namespace {
             "SELECT key, value, version FROM plugin_kv WHERE installation_id = ? AND scope_id = ?",
         );
         // A range on the primary key, not LIKE: the prefix may contain % and _.
-        let start = match after {
-            Some(a) if a > prefix => a,
-            _ => prefix,
-        };
-        if !start.is_empty() {
-            text.push_str(if after.is_some_and(|a| a > prefix) {
-                " AND key > ?"
-            } else {
-                " AND key >= ?"
-            });
-            values.push(start.into());
+        match after {
+            // Resuming a listing: strictly after the last key returned.
+            Some(a) if a >= prefix => {
+                text.push_str(" AND key > ?");
+                values.push(a.into());
+            }
+            _ if !prefix.is_empty() => {
+                text.push_str(" AND key >= ?");
+                values.push(prefix.into());
+            }
+            _ => {}
         }
         if !prefix.is_empty() {
             text.push_str(" AND key < ?");
@@ -301,13 +328,7 @@ impl Namespace {
                 },
             ));
         }
-        let next = if items.len() > limit as usize {
-            items.truncate(limit as usize);
-            items.last().map(|(k, _)| k.clone())
-        } else {
-            None
-        };
-        Ok((items, next))
+        Ok(page(items, limit as usize))
     }
 
     /// Keys and bytes held now.
@@ -336,36 +357,49 @@ impl Namespace {
         &self,
         txn: &impl ConnectionTrait,
         key: &str,
-    ) -> Result<Option<Entry>, KvError> {
+    ) -> Result<(Option<Entry>, u64), KvError> {
         let backend = txn.get_database_backend();
         txn.execute_raw(stmt(
             backend,
-            "INSERT INTO plugin_kv_usage (installation_id, scope_id, keys, bytes) VALUES (?, ?, 0, 0) \
-             ON CONFLICT (installation_id, scope_id) DO NOTHING",
+            "INSERT INTO plugin_kv_usage (installation_id, scope_id, keys, bytes, last_version) \
+             VALUES (?, ?, 0, 0, 0) ON CONFLICT (installation_id, scope_id) DO NOTHING",
             self.ids(),
         ))
         .await?;
-        if backend == DatabaseBackend::Postgres {
-            txn.execute_raw(stmt(
+        let lock = if backend == DatabaseBackend::Postgres {
+            " FOR UPDATE"
+        } else {
+            ""
+        };
+        let row = txn
+            .query_one_raw(stmt(
                 backend,
-                "SELECT keys FROM plugin_kv_usage WHERE installation_id = ? AND scope_id = ? FOR UPDATE",
+                &format!(
+                    "SELECT last_version FROM plugin_kv_usage WHERE installation_id = ? AND scope_id = ?{lock}"
+                ),
                 self.ids(),
             ))
             .await?;
-        }
-        self.get(txn, key).await
+        let last = match row {
+            Some(r) => version_of(r.try_get("", "last_version")?),
+            None => 0,
+        };
+        Ok((self.get(txn, key).await?, last))
     }
 
+    /// Charges a write to the quota and records the version it used (`last` when it made none).
     async fn charge(
         &self,
         txn: &impl ConnectionTrait,
         keys: i64,
         bytes: i64,
+        version: u64,
     ) -> Result<(), KvError> {
         let backend = txn.get_database_backend();
         let max_keys = i64::try_from(self.quota.max_keys).unwrap_or(i64::MAX);
         let max_bytes = i64::try_from(self.quota.max_bytes).unwrap_or(i64::MAX);
-        let mut values: Vec<Value> = vec![keys.into(), bytes.into()];
+        let version = i64::try_from(version).unwrap_or(i64::MAX);
+        let mut values: Vec<Value> = vec![keys.into(), bytes.into(), version.into()];
         values.extend(self.ids());
         values.extend([
             keys.into(),
@@ -379,7 +413,7 @@ impl Namespace {
         let result = txn
             .execute_raw(stmt(
                 backend,
-                "UPDATE plugin_kv_usage SET keys = keys + ?, bytes = bytes + ? \
+                "UPDATE plugin_kv_usage SET keys = keys + ?, bytes = bytes + ?, last_version = ? \
                  WHERE installation_id = ? AND scope_id = ? \
                  AND (? <= 0 OR keys + ? <= ?) AND (? <= 0 OR bytes + ? <= ?)",
                 values,
@@ -653,7 +687,7 @@ impl Store {
                 let limit = limit.clamp(1, MAX_LIST) as usize;
                 let kv = locked(m);
                 let start = MemoryKv::key(ns, after.filter(|a| *a > prefix).unwrap_or(prefix));
-                let mut items: Vec<(String, Entry)> = kv
+                let items: Vec<(String, Entry)> = kv
                     .entries
                     .range(start..)
                     .take_while(|((i, s, _), _)| *i == ns.installation_id && *s == ns.scope_id)
@@ -662,12 +696,7 @@ impl Store {
                     .take(limit + 1)
                     .map(|((_, _, k), e)| (k.clone(), e.clone()))
                     .collect();
-                let next = if items.len() > limit {
-                    items.truncate(limit);
-                    items.last().map(|(k, _)| k.clone())
-                } else {
-                    None
-                };
+                let (items, next) = page(items, limit);
                 Ok((items, next))
             }
         }

@@ -19,7 +19,12 @@ const FORBIDDEN_ALIPAY_METHODS: &[&str] = &[
     "alipay.open.auth.token.app",
     "alipay.open.auth.token.app.query",
     "alipay.open.app.alipaycert.download",
+    "alipay.open.auth.app.aes.get",
+    "alipay.open.auth.app.aes.set",
 ];
+
+/// Event kinds only the engine emits (payments happen in the core, not in plugins).
+const RESERVED_EVENT_PREFIXES: &[&str] = &["payment.", "refund.", "trade.", "trellis."];
 
 /// The ceilings a manifest may request; the engine clamps nothing silently, it refuses.
 pub mod ceilings {
@@ -263,6 +268,16 @@ impl Manifest {
                     "event kind {kind:?} must be dotted lower-case words such as payment.succeeded"
                 )));
             }
+        }
+        if let Some(kind) = self
+            .capabilities
+            .emit
+            .iter()
+            .find(|k| RESERVED_EVENT_PREFIXES.iter().any(|p| k.starts_with(p)))
+        {
+            return Err(invalid(format!(
+                "{kind} is an engine event; plugins cannot emit it"
+            )));
         }
         if let Some(kv) = self.capabilities.kv {
             if kv.max_keys == 0 || kv.max_keys > ceilings::KV_KEYS {

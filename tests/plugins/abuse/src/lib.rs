@@ -56,12 +56,6 @@ impl Plugin for Abuse {
                 Ok(())
             }
             "abuse.panic" => panic!("the abuse plugin panics on purpose"),
-            "abuse.sleep" => {
-                // Blocks in a host call (a WASI poll), which the CPU budget does not see.
-                #[allow(clippy::disallowed_methods, reason = "blocking the guest is the point")]
-                std::thread::sleep(std::time::Duration::from_secs(30));
-                Ok(())
-            }
             "abuse.clock" => {
                 use std::hash::{BuildHasher, Hasher};
                 let now = std::time::SystemTime::now()
