@@ -995,10 +995,13 @@ impl Runtime {
     async fn admit(&self, installation: &str) -> Option<Permits> {
         let share = {
             let mut shares = lock(&self.shares);
-            shares
-                .entry(installation.to_owned())
-                .or_insert_with(|| Arc::new(Semaphore::new(PER_INSTALLATION)))
-                .clone()
+            match shares.get(installation) {
+                Some(share) => share.clone(),
+                None => shares
+                    .entry(installation.to_owned())
+                    .or_insert_with(|| Arc::new(Semaphore::new(PER_INSTALLATION)))
+                    .clone(),
+            }
         };
         let _installation = share.acquire_owned().await.ok()?;
         let _slot = self.slots.clone().acquire_owned().await.ok()?;
