@@ -55,11 +55,24 @@ async fn hello_counts_events_per_merchant_and_serves_its_page() {
     let first = h.event("payment.succeeded", json!({ "amount": 100 })).await;
     assert!(first.result.is_ok(), "{:?}", first.result);
     assert!(first.emitted.is_empty());
-    let second = h.event("member.activated", json!({})).await;
-    assert_eq!(second.emitted.len(), 1, "a milestone every 2 events");
+    assert_eq!(first.logs[0].message, "counted payment.succeeded");
+    let second = h.event("payment.succeeded", json!({ "amount": 200 })).await;
+    assert_eq!(
+        second.emitted.len(),
+        1,
+        "a milestone every 2 events of a kind"
+    );
     assert_eq!(second.emitted[0].kind, "hello.milestone");
-    assert_eq!(second.emitted[0].payload, json!({ "total": 2 }));
-    assert_eq!(second.logs[0].message, "counted member.activated");
+    assert_eq!(
+        second.emitted[0].payload,
+        json!({ "kind": "payment.succeeded", "count": 2 })
+    );
+    let third = h.event("member.activated", json!({})).await;
+    assert!(
+        third.result.is_ok() && third.emitted.is_empty(),
+        "{:?}",
+        third.result
+    );
 
     let page = h.http("GET", "/", Vec::new()).await;
     let Ok(Output::Http(response)) = page.result else {
@@ -68,7 +81,7 @@ async fn hello_counts_events_per_merchant_and_serves_its_page() {
     let html = String::from_utf8(response.body).unwrap();
     assert_eq!(response.status, 200);
     assert!(html.contains("<h1>欢迎光临</h1>"), "{html}");
-    assert!(html.contains("本店已处理 2 个事件"), "{html}");
+    assert!(html.contains("本店已处理 3 个事件"), "{html}");
     assert!(
         html.contains("<!doctype html>"),
         "wrapped in the theme: {html}"
@@ -81,31 +94,51 @@ async fn hello_counts_events_per_merchant_and_serves_its_page() {
     let body: serde_json::Value = serde_json::from_slice(&response.body).unwrap();
     assert_eq!(
         body,
-        json!({ "total": 2, "by_kind": { "member.activated": 1, "payment.succeeded": 1 } })
+        json!({ "total": 3, "by_kind": { "member.activated": 1, "payment.succeeded": 2 } })
     );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_redelivered_event_is_counted_once() {
+async fn each_merchant_has_its_own_counters() {
     let h = Harness::start(&hello(), options()).await.unwrap();
-    let event = trellis_core::plugins::Event {
-        id: "evt-1".into(),
-        kind: "payment.succeeded".into(),
-        occurred_at: chrono::Utc::now(),
-        payload: json!({}),
+    let event = |id: &str| {
+        trellis_core::plugins::Call::Event(trellis_core::plugins::Event {
+            id: id.into(),
+            kind: "payment.succeeded".into(),
+            occurred_at: chrono::Utc::now(),
+            payload: json!({}),
+        })
     };
-    for _ in 0..3 {
-        let out = h
-            .call(trellis_core::plugins::Call::Event(event.clone()))
-            .await;
+    for i in 0..3 {
+        let out = h.call(event(&format!("a-{i}"))).await;
         assert!(out.result.is_ok(), "{:?}", out.result);
     }
-    let stats = h.http("GET", "/stats", Vec::new()).await;
-    let Ok(Output::Http(response)) = stats.result else {
-        panic!("{:?}", stats.result)
+    // The same installation for another merchant: the host binds kv to that merchant.
+    let mut other = h.request(event("b-0"));
+    other.tenant.merchant_id = Some("another-merchant".into());
+    let out = h.runtime.invoke(&h.plugin, other.clone()).await;
+    assert_eq!(
+        out.logs[0].fields,
+        vec![("count".to_owned(), "1".to_owned())]
+    );
+
+    other.call = trellis_core::plugins::Call::Http(trellis_core::plugins::HttpRequest {
+        method: "GET".into(),
+        path: "/stats".into(),
+        ..Default::default()
+    });
+    let out = h.runtime.invoke(&h.plugin, other).await;
+    let Ok(Output::Http(response)) = out.result else {
+        panic!("{:?}", out.result)
     };
     let body: serde_json::Value = serde_json::from_slice(&response.body).unwrap();
     assert_eq!(body["total"], 1);
+    let mine = h.http("GET", "/stats", Vec::new()).await;
+    let Ok(Output::Http(response)) = mine.result else {
+        panic!("{:?}", mine.result)
+    };
+    let body: serde_json::Value = serde_json::from_slice(&response.body).unwrap();
+    assert_eq!(body["total"], 3);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

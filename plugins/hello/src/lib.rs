@@ -1,16 +1,11 @@
 //! Hello: the smallest useful Trellis plugin, and the one to copy.
 //!
-//! It counts the events each merchant receives in one kv document (the engine keeps kv per
-//! merchant), emits `hello.milestone` every `milestone` events, serves a themed page to members
-//! and a JSON summary to the merchant's staff.
-
-use std::collections::{BTreeMap, VecDeque};
+//! It counts the events each merchant receives (kv is kept per merchant by the engine), emits
+//! `hello.milestone` every `milestone` events of a kind, serves a themed page to members and a
+//! JSON summary to the merchant's staff.
 
 use serde::{Deserialize, Serialize};
 use trellis_host_api::prelude::*;
-
-/// How many recent event ids the counter remembers to ignore redeliveries.
-const REMEMBERED: usize = 16;
 
 /// The merchant's configuration; `config.schema.json` describes the same shape.
 #[derive(Deserialize, Serialize)]
@@ -19,17 +14,6 @@ struct Config {
     greeting: Option<String>,
     #[serde(default)]
     milestone: Option<i64>,
-}
-
-/// Everything hello stores for a merchant: one document, updated with compare-and-swap.
-#[derive(Deserialize, Serialize, Default)]
-struct Stats {
-    total: i64,
-    by_kind: BTreeMap<String, i64>,
-    /// Fingerprints of the last event ids counted. Delivery is at least once, and redeliveries
-    /// come soon after the first attempt, so a short memory is enough here; a plugin that must
-    /// never count twice keeps one key per event id (see the host-api tutorial).
-    recent: VecDeque<u64>,
 }
 
 struct Hello;
@@ -49,42 +33,27 @@ impl Plugin for Hello {
     }
 
     fn handle_event(_ctx: &Tenant, event: &Event) -> Result<()> {
-        // One read and one compare-and-swap; `try_update` retries if another delivery raced us.
-        let fingerprint = fingerprint(&event.id);
-        let updated = kv::try_update("stats", |old: Option<Stats>| {
-            let mut stats = old.unwrap_or_default();
-            if stats.recent.contains(&fingerprint) {
-                return Ok(None);
-            }
-            stats.total += 1;
-            *stats.by_kind.entry(event.kind.clone()).or_default() += 1;
-            stats.recent.push_back(fingerprint);
-            if stats.recent.len() > REMEMBERED {
-                stats.recent.pop_front();
-            }
-            Ok(Some(stats))
-        })?;
-        let Some(stats) = updated else {
-            return Ok(()); // a redelivery
-        };
-        info!("counted {}", event.kind; total = stats.total);
+        // One atomic increment per event. Delivery is at least once, so an event delivered
+        // twice is counted twice: fine for a tally like this one. A plugin that must never act
+        // twice keeps a key per event id (`kv::insert_json`), as the host-api tutorial does.
+        let count = kv::increment(&format!("count/{}", event.kind), 1)?;
+        info!("counted {}", event.kind; count = count);
 
         let config: Config = config::get()?;
         if let Some(every) = config.milestone.filter(|n| *n > 0)
-            && stats.total % every == 0
+            && count % every == 0
         {
             events::emit(
                 "hello.milestone",
-                &serde_json::json!({ "total": stats.total }),
+                &serde_json::json!({ "kind": event.kind, "count": count }),
             )?;
         }
         Ok(())
     }
 
     fn handle_http(ctx: &Tenant, request: &Request) -> Result<Response> {
-        let stats = kv::get_json::<Stats>("stats")?
-            .map(|(s, _)| s)
-            .unwrap_or_default();
+        let counts = counts()?;
+        let total: i64 = counts.iter().map(|(_, n)| n).sum();
         match request.route.as_str() {
             "/" => {
                 let config: Config = config::get()?;
@@ -97,24 +66,43 @@ impl Plugin for Hello {
                 });
                 let html = templates::render(
                     "page.hbs",
-                    &serde_json::json!({ "greeting": greeting, "total": stats.total, "locale": ctx.locale }),
+                    &serde_json::json!({ "greeting": greeting, "total": total, "locale": ctx.locale }),
                 )?;
                 Ok(Response::html(200, html))
             }
-            "/stats" => Response::json(
-                200,
-                &serde_json::json!({ "total": stats.total, "by_kind": stats.by_kind }),
-            ),
+            "/stats" => {
+                let by_kind: serde_json::Map<String, serde_json::Value> = counts
+                    .into_iter()
+                    .map(|(kind, n)| (kind, n.into()))
+                    .collect();
+                Response::json(
+                    200,
+                    &serde_json::json!({ "total": total, "by_kind": by_kind }),
+                )
+            }
             other => Err(Error::not_found(other.to_string())),
         }
     }
 }
 
-/// FNV-1a: a stable 64-bit fingerprint of an event id.
-fn fingerprint(id: &str) -> u64 {
-    id.bytes().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
-        (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
-    })
+/// Every counter, by event kind, following the pages of `kv::list`.
+fn counts() -> Result<Vec<(String, i64)>> {
+    let mut out = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = kv::list("count/", after.as_deref(), 100)?;
+        for item in &page.items {
+            let kind = item.key.trim_start_matches("count/").to_string();
+            let n = String::from_utf8_lossy(&item.entry.value)
+                .parse()
+                .unwrap_or(0);
+            out.push((kind, n));
+        }
+        match page.next {
+            Some(next) => after = Some(next),
+            None => return Ok(out),
+        }
+    }
 }
 
 export_plugin!(Hello);
