@@ -251,3 +251,22 @@ pub struct Paged<T> {
     pub per_page: u64,
     pub total: u64,
 }
+
+/// Raw SQL written with `?` placeholders, as the backend wants them (`$1…` on PostgreSQL).
+pub fn placeholders(backend: sea_orm::DbBackend, sql: &str) -> String {
+    if backend != sea_orm::DbBackend::Postgres {
+        return sql.to_owned();
+    }
+    let mut out = String::with_capacity(sql.len() + 8);
+    let mut n = 0;
+    for c in sql.chars() {
+        if c == '?' {
+            n += 1;
+            out.push('$');
+            out.push_str(&n.to_string());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}

@@ -1398,7 +1398,7 @@ impl Store<'_> {
             .0
             .query_one_raw(Statement::from_sql_and_values(
                 backend,
-                placeholders(
+                crate::db::placeholders(
                     backend,
                     "SELECT value FROM sandbox_state WHERE namespace = ? AND key = ?",
                 ),
@@ -1415,7 +1415,7 @@ impl Store<'_> {
         self.0
             .execute_raw(Statement::from_sql_and_values(
                 backend,
-                placeholders(
+                crate::db::placeholders(
                     backend,
                     "INSERT INTO sandbox_state (namespace, key, value, updated_at) VALUES (?, ?, ?, ?) \
                      ON CONFLICT (namespace, key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
@@ -1431,7 +1431,7 @@ impl Store<'_> {
         self.0
             .execute_raw(Statement::from_sql_and_values(
                 backend,
-                placeholders(
+                crate::db::placeholders(
                     backend,
                     "DELETE FROM sandbox_state WHERE namespace = ? AND key = ?",
                 ),
@@ -1447,7 +1447,7 @@ impl Store<'_> {
             .0
             .query_all_raw(Statement::from_sql_and_values(
                 backend,
-                placeholders(
+                crate::db::placeholders(
                     backend,
                     "SELECT key, value FROM sandbox_state WHERE namespace = ? ORDER BY updated_at",
                 ),
@@ -1463,24 +1463,6 @@ impl Store<'_> {
             })
             .collect())
     }
-}
-
-/// `?` placeholders as the backend wants them (`$1…` on PostgreSQL).
-fn placeholders(backend: sea_orm::DbBackend, sql: &str) -> String {
-    if backend != sea_orm::DbBackend::Postgres {
-        return sql.to_owned();
-    }
-    let mut out = String::new();
-    let mut n = 0;
-    for c in sql.chars() {
-        if c == '?' {
-            n += 1;
-            out.push_str(&format!("${n}"));
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 // ----- HTTP handlers ------------------------------------------------------------------------
@@ -1706,9 +1688,12 @@ mod tests {
     #[test]
     fn postgres_placeholders_are_numbered() {
         assert_eq!(
-            placeholders(sea_orm::DbBackend::Postgres, "a = ? AND b = ?"),
+            crate::db::placeholders(sea_orm::DbBackend::Postgres, "a = ? AND b = ?"),
             "a = $1 AND b = $2"
         );
-        assert_eq!(placeholders(sea_orm::DbBackend::Sqlite, "a = ?"), "a = ?");
+        assert_eq!(
+            crate::db::placeholders(sea_orm::DbBackend::Sqlite, "a = ?"),
+            "a = ?"
+        );
     }
 }

@@ -57,27 +57,21 @@ pub enum Cas {
     Conflict(Option<Entry>),
 }
 
-/// `?` placeholders as the backend wants them (`$1…` on PostgreSQL).
-fn sql(backend: DatabaseBackend, text: &str) -> String {
-    if backend != DatabaseBackend::Postgres {
-        return text.to_owned();
-    }
-    let mut out = String::with_capacity(text.len() + 8);
-    let mut n = 0;
-    for c in text.chars() {
-        if c == '?' {
-            n += 1;
-            out.push('$');
-            out.push_str(&n.to_string());
-        } else {
-            out.push(c);
-        }
-    }
-    out
+fn stmt(backend: DatabaseBackend, text: &str, values: Vec<Value>) -> Statement {
+    Statement::from_sql_and_values(backend, crate::db::placeholders(backend, text), values)
 }
 
-fn stmt(backend: DatabaseBackend, text: &str, values: Vec<Value>) -> Statement {
-    Statement::from_sql_and_values(backend, sql(backend, text), values)
+/// The counter after adding `delta` to what `current` holds (absent counts as 0).
+fn next_count(current: Option<&Entry>, key: &str, delta: i64) -> Result<i64, KvError> {
+    let old = match current {
+        None => 0,
+        Some(entry) => std::str::from_utf8(&entry.value)
+            .ok()
+            .and_then(|t| t.trim().parse::<i64>().ok())
+            .ok_or_else(|| KvError::NotACounter(key.to_owned()))?,
+    };
+    old.checked_add(delta)
+        .ok_or_else(|| KvError::Invalid(format!("the counter at {key} would overflow")))
 }
 
 /// Cuts fetched items (up to `limit + 1`) into a page: at most `limit` items and about
@@ -246,16 +240,7 @@ impl Namespace {
         let txn = db.begin().await?;
         let (current, last) = self.lock_and_read(&txn, key).await?;
         let version = next_version(Some(last.max(current.as_ref().map_or(0, |e| e.version))));
-        let old = match &current {
-            None => 0,
-            Some(entry) => std::str::from_utf8(&entry.value)
-                .ok()
-                .and_then(|t| t.trim().parse::<i64>().ok())
-                .ok_or_else(|| KvError::NotACounter(key.to_owned()))?,
-        };
-        let new = old
-            .checked_add(delta)
-            .ok_or_else(|| KvError::Invalid(format!("the counter at {key} would overflow")))?;
+        let new = next_count(current.as_ref(), key, delta)?;
         let text = new.to_string();
         match current {
             None => {
@@ -658,16 +643,7 @@ impl Store {
                 check_key(key)?;
                 let mut kv = locked(m);
                 let current = kv.entries.get(&MemoryKv::key(ns, key)).cloned();
-                let old = match &current {
-                    None => 0,
-                    Some(entry) => std::str::from_utf8(&entry.value)
-                        .ok()
-                        .and_then(|t| t.trim().parse::<i64>().ok())
-                        .ok_or_else(|| KvError::NotACounter(key.to_owned()))?,
-                };
-                let new = old.checked_add(delta).ok_or_else(|| {
-                    KvError::Invalid(format!("the counter at {key} would overflow"))
-                })?;
+                let new = next_count(current.as_ref(), key, delta)?;
                 kv.put(ns, key, new.to_string().as_bytes(), current.as_ref())?;
                 Ok(new)
             }
