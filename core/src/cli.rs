@@ -157,9 +157,10 @@ fn run(cli: Cli) -> Result<(), Failure> {
         return alipay::run(command);
     }
     // So do the plugin tools; `run` makes its own throwaway database.
-    if let Command::Plugin { command } = cli.command {
-        return plugin::run(command);
-    }
+    let command = match cli.command {
+        Command::Plugin { command } if !command.needs_engine() => return plugin::run(command),
+        other => other,
+    };
     let file = cli.config.or_else(config::config_file_from_env);
     let config = Config::load(file.as_deref()).map_err(|e| Failure::Usage(e.to_string()))?;
     init_tracing(&config);
@@ -167,12 +168,92 @@ fn run(cli: Cli) -> Result<(), Failure> {
         .enable_all()
         .build()
         .map_err(|e| Failure::Runtime(format!("cannot start the async runtime: {e}")))?;
-    runtime.block_on(execute(cli.command, config))
+    runtime.block_on(execute(command, config))
 }
 
 async fn execute(command: Command, config: Config) -> Result<(), Failure> {
     match command {
         Command::Alipay { command } => alipay::run(command),
+        Command::Plugin {
+            command:
+                plugin::PluginCommand::Install {
+                    files,
+                    partner,
+                    first_party,
+                    activate,
+                    offer,
+                },
+        } => {
+            let db = connect(&config).await?;
+            db.migrate().await.map_err(runtime)?;
+            let catalog = engine_catalog(&config, &db, None).await?;
+            let mut archives = Vec::new();
+            for file in &files {
+                let bytes = std::fs::read(file)
+                    .map_err(|e| Failure::Usage(format!("{}: {e}", file.display())))?;
+                archives.push((file.display().to_string(), bytes));
+            }
+            if first_party {
+                archives.extend(plugin::first_party_archives(
+                    std::path::Path::new("plugins"),
+                    std::path::Path::new("target/wasm32-wasip2/plugin"),
+                )?);
+            }
+            if archives.is_empty() {
+                return Err(Failure::Usage(
+                    "name .tplug files, or --first-party (after `make plugins`)".into(),
+                ));
+            }
+            let actor = crate::demo::operator(&db.conn).await.map_err(runtime)?;
+            let rbac = Rbac::load(db.conn.clone()).await.map_err(runtime)?;
+            let place = crate::tenancy::find_in_scope(
+                &db.conn,
+                &actor.place,
+                Some(crate::tenancy::NodeKind::Partner),
+                &partner,
+            )
+            .await
+            .map_err(|e| Failure::Usage(e.to_string()))?
+            .place();
+            let grant = rbac
+                .authorize(&actor, crate::rbac::Action::PluginManage, &place)
+                .await
+                .map_err(runtime)?;
+            let mut failed = false;
+            for (name, bytes) in archives {
+                match catalog.install(&grant, &bytes, activate).await {
+                    Ok(installed) => {
+                        if offer {
+                            catalog
+                                .offer(&grant, &installed.plugin_id, true)
+                                .await
+                                .map_err(runtime)?;
+                        }
+                        println!(
+                            "{name}: {} {} installed (active {}{})",
+                            installed.plugin_id,
+                            installed
+                                .versions
+                                .last()
+                                .map(|v| v.version.as_str())
+                                .unwrap_or_default(),
+                            installed.active_version,
+                            if offer { ", offered to agents" } else { "" }
+                        );
+                    }
+                    Err(error) => {
+                        failed = true;
+                        eprintln!("{name}: refused: {error}");
+                    }
+                }
+            }
+            db.close().await;
+            if failed {
+                Err(Failure::Runtime("some archives were refused".into()))
+            } else {
+                Ok(())
+            }
+        }
         Command::Plugin { command } => plugin::run(command),
         Command::Config {
             command: ConfigCommand::Show,
@@ -266,6 +347,17 @@ async fn execute(command: Command, config: Config) -> Result<(), Failure> {
                     "demo data already present (its passwords were printed when it was created)"
                 ),
             }
+            let archives = plugin::first_party_archives(
+                std::path::Path::new("plugins"),
+                std::path::Path::new("target/wasm32-wasip2/plugin"),
+            )?;
+            if !archives.is_empty() {
+                let catalog = engine_catalog(&config, &db, None).await?;
+                let text = crate::demo::seed_plugins(&catalog, &archives)
+                    .await
+                    .map_err(runtime)?;
+                print!("{text}");
+            }
             db.close().await;
             Ok(())
         }
@@ -311,19 +403,77 @@ async fn execute(command: Command, config: Config) -> Result<(), Failure> {
                     "secrets.master_key is not set: merchant Alipay keys cannot be stored"
                 );
             }
+            let vault = Arc::new(vault);
+            let catalog = engine_catalog_with(&config, &db, Some(themes.clone()), vault.clone())?;
+            let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+            let dispatcher = config.events.dispatcher.then(|| {
+                let dispatcher = crate::plugins::dispatch::Dispatcher::new(
+                    catalog.clone(),
+                    crate::plugins::dispatch::DispatcherOptions::from_config(&config.events),
+                );
+                tokio::spawn(dispatcher.run(stop_rx))
+            });
             let state = AppState {
                 config: Arc::new(config),
                 db: db.clone(),
                 themes,
                 rbac,
-                vault: Arc::new(vault),
+                vault,
+                catalog,
             };
             let result = http::serve(state).await;
+            let _ = stop_tx.send(true);
+            if let Some(dispatcher) = dispatcher {
+                // In-flight deliveries finish (or their leases expire and another process
+                // retries them); nothing is lost either way.
+                let _ = tokio::time::timeout(std::time::Duration::from_secs(10), dispatcher).await;
+            }
             sync.abort();
             db.close().await;
             result.map_err(Failure::from)
         }
     }
+}
+
+/// The plugin runtime and catalog of the engine, for commands that act on installed plugins.
+async fn engine_catalog(
+    config: &Config,
+    db: &Db,
+    themes: Option<Themes>,
+) -> Result<crate::plugins::catalog::Catalog, Failure> {
+    let vault = crate::secrets::Vault::from_config(&config.secrets)
+        .map_err(|e| Failure::Usage(e.to_string()))?;
+    engine_catalog_with(config, db, themes, Arc::new(vault))
+}
+
+fn engine_catalog_with(
+    config: &Config,
+    db: &Db,
+    themes: Option<Themes>,
+    vault: Arc<crate::secrets::Vault>,
+) -> Result<crate::plugins::catalog::Catalog, Failure> {
+    use crate::plugins::{Runtime, RuntimeOptions, Services, kv};
+    let alipay = crate::alipay::client::AlipayClient::new(
+        std::time::Duration::from_secs(5),
+        std::time::Duration::from_secs(15),
+    )
+    .map_err(runtime)?;
+    let plugins = Runtime::new(
+        RuntimeOptions::from_config(&config.plugins),
+        Services {
+            db: db.conn.clone(),
+            kv: kv::Store::Database(db.conn.clone()),
+            vault,
+            alipay,
+            themes,
+        },
+    )
+    .map_err(runtime)?;
+    Ok(crate::plugins::catalog::Catalog::new(
+        db.conn.clone(),
+        Arc::new(plugins),
+        crate::config::Clock::system(),
+    ))
 }
 
 async fn connect(config: &Config) -> Result<Db, Failure> {

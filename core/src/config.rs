@@ -39,6 +39,27 @@ pub struct Config {
     pub auth: AuthConfig,
     pub sandbox: SandboxConfig,
     pub plugins: PluginsConfig,
+    pub events: EventsConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventsConfig {
+    /// Run the event dispatcher in this process (every `trellis serve` may; they share the work).
+    pub dispatcher: bool,
+    /// Deliveries claimed per round.
+    pub batch: u32,
+    /// Deliveries in flight at once in this process.
+    pub concurrency: u32,
+    /// How long a claim lasts: a delivery whose dispatcher died is retried after this.
+    pub lease_secs: u64,
+    /// Pause between rounds that found nothing due, in milliseconds.
+    pub poll_ms: u64,
+    /// Attempts before a delivery is dead.
+    pub max_attempts: u32,
+    /// The first retry's delay; each later one doubles, up to `backoff_max_secs`.
+    pub backoff_first_secs: u64,
+    pub backoff_max_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -151,6 +172,19 @@ struct Defaults {
     auth: DefaultAuth,
     sandbox: DefaultSandbox,
     plugins: DefaultPlugins,
+    events: DefaultEvents,
+}
+
+#[derive(Serialize)]
+struct DefaultEvents {
+    dispatcher: bool,
+    batch: u32,
+    concurrency: u32,
+    lease_secs: u64,
+    poll_ms: u64,
+    max_attempts: u32,
+    backoff_first_secs: u64,
+    backoff_max_secs: u64,
 }
 
 #[derive(Serialize)]
@@ -243,6 +277,16 @@ const DEFAULTS: Defaults = Defaults {
         breaker_window_secs: 300,
         breaker_cooldown_secs: 900,
     },
+    events: DefaultEvents {
+        dispatcher: true,
+        batch: 64,
+        concurrency: 16,
+        lease_secs: 60,
+        poll_ms: 250,
+        max_attempts: 8,
+        backoff_first_secs: 2,
+        backoff_max_secs: 3_600,
+    },
 };
 
 /// The configuration file named by `TRELLIS_CONFIG`, if any. `--config` wins over it.
@@ -322,6 +366,18 @@ impl Config {
         }
         if self.plugins.max_concurrency == 0 || self.plugins.max_concurrency > 10_000 {
             return invalid("plugins.max_concurrency", "must be between 1 and 10000");
+        }
+        if self.events.batch == 0 || self.events.batch > 1_000 {
+            return invalid("events.batch", "must be 1 to 1000");
+        }
+        if self.events.concurrency == 0 {
+            return invalid("events.concurrency", "must be greater than zero");
+        }
+        if self.events.lease_secs == 0 || self.events.max_attempts == 0 {
+            return invalid(
+                "events.lease_secs",
+                "lease and attempts must be greater than zero",
+            );
         }
         if self.plugins.breaker_traps == 0 {
             return invalid("plugins.breaker_traps", "must be greater than zero");
@@ -678,5 +734,38 @@ mod tests {
             assert!(matches!(error, Some(Error::MissingFile(_))));
             Ok(())
         });
+    }
+}
+
+/// The engine's idea of now. Production reads the system clock; tests inject their own so that
+/// expiry and backoff are testable without waiting.
+#[derive(Clone)]
+pub struct Clock(std::sync::Arc<dyn Fn() -> chrono::DateTime<chrono::Utc> + Send + Sync>);
+
+impl Clock {
+    pub fn system() -> Self {
+        Self(std::sync::Arc::new(chrono::Utc::now))
+    }
+
+    pub fn from_fn(
+        now: impl Fn() -> chrono::DateTime<chrono::Utc> + Send + Sync + 'static,
+    ) -> Self {
+        Self(std::sync::Arc::new(now))
+    }
+
+    pub fn now(&self) -> chrono::DateTime<chrono::Utc> {
+        (self.0)()
+    }
+}
+
+impl Default for Clock {
+    fn default() -> Self {
+        Self::system()
+    }
+}
+
+impl std::fmt::Debug for Clock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Clock({})", self.now())
     }
 }

@@ -252,6 +252,25 @@ pub struct Paged<T> {
     pub total: u64,
 }
 
+/// A statement from raw SQL written with `?` placeholders.
+pub fn statement(
+    backend: sea_orm::DbBackend,
+    sql: &str,
+    values: Vec<sea_orm::Value>,
+) -> sea_orm::Statement {
+    sea_orm::Statement::from_sql_and_values(backend, placeholders(backend, sql), values)
+}
+
+/// Unix milliseconds, the representation of instants in the plugin-platform tables.
+pub fn millis(at: chrono::DateTime<chrono::Utc>) -> i64 {
+    at.timestamp_millis()
+}
+
+/// The instant of a Unix-milliseconds column.
+pub fn from_millis(ms: i64) -> chrono::DateTime<chrono::Utc> {
+    chrono::DateTime::from_timestamp_millis(ms).unwrap_or_default()
+}
+
 /// Raw SQL written with `?` placeholders, as the backend wants them (`$1…` on PostgreSQL).
 pub fn placeholders(backend: sea_orm::DbBackend, sql: &str) -> String {
     if backend != sea_orm::DbBackend::Postgres {

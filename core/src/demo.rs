@@ -67,6 +67,14 @@ pub enum Error {
     Auth(#[from] auth::Error),
     #[error(transparent)]
     Rbac(#[from] crate::rbac::Error),
+    #[error(transparent)]
+    Catalog(#[from] crate::plugins::catalog::Error),
+    #[error(transparent)]
+    Packages(#[from] crate::packages::Error),
+    #[error("database error: {0}")]
+    Db(#[from] sea_orm::DbErr),
+    #[error("{0}")]
+    Missing(String),
 }
 
 fn password() -> Result<SecretString, Error> {
@@ -151,4 +159,142 @@ pub async fn seed(
     }
     out.push_str("\nSign in: POST /api/v1/auth/login {\"email\": …, \"password\": …}\n");
     Ok(Some(out))
+}
+
+/// The demo package's name.
+pub const DEMO_PACKAGE: &str = "Demo package 演示套餐";
+
+/// The first platform administrator, acting for commands run on the server itself.
+pub async fn operator(db: &DatabaseConnection) -> Result<Principal, Error> {
+    use crate::db::entity::users;
+    use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder};
+    let admin = users::Entity::find()
+        .filter(users::Column::Role.eq(Role::PlatformAdmin.as_str()))
+        .filter(users::Column::Status.eq("active"))
+        .order_by_asc(users::Column::CreatedAt)
+        .one(db)
+        .await?
+        .ok_or_else(|| {
+            Error::Missing("no platform administrator: run `trellis admin create` first".into())
+        })?;
+    Ok(Principal {
+        kind: PrincipalKind::User,
+        id: admin.id,
+        label: admin.email,
+        role: Role::PlatformAdmin,
+        place: tenancy::ensure_platform(db).await?,
+        session_id: None,
+    })
+}
+
+/// Installs the given first-party archives for the demo partner, offers them to its agents,
+/// keeps a demo package holding all of them published, and assigns it to the demo merchant for
+/// a year. Idempotent: run on every `make run`, it only adds what changed.
+pub async fn seed_plugins(
+    catalog: &crate::plugins::catalog::Catalog,
+    archives: &[(String, Vec<u8>)],
+) -> Result<String, Error> {
+    use crate::db::entity::nodes;
+    use crate::packages::{self, Quotas, Spec};
+    use crate::plugins::catalog::Error as CatalogError;
+    use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder};
+
+    let db = &catalog.db;
+    let Some(host) = tenancy::partner_for_host(db, DEMO_DOMAIN).await? else {
+        return Ok(String::new());
+    };
+    let actor = operator(db).await?;
+    let rbac = Rbac::load(db.clone()).await?;
+    let partner = tenancy::place(db, &host.partner_id)
+        .await?
+        .ok_or_else(|| Error::Missing("the demo partner".into()))?;
+    let grant = rbac
+        .authorize(&actor, Action::PluginManage, &partner)
+        .await?;
+    let mut out = String::new();
+    for (name, bytes) in archives {
+        match catalog.install(&grant, bytes, true).await {
+            Ok(installed) => {
+                catalog.offer(&grant, &installed.plugin_id, true).await?;
+                out.push_str(&format!(
+                    "  plugin {} {} installed for the demo partner\n",
+                    installed.plugin_id, installed.active_version
+                ));
+            }
+            Err(CatalogError::VersionExists { plugin, version }) => {
+                out.push_str(&format!(
+                    "  plugin {plugin} {version} is installed with other contents; bump its version to install {name}\n"
+                ));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let offered = catalog.offered(&host.partner_id).await?;
+    if offered.is_empty() {
+        return Ok(out);
+    }
+    let find_child = |kind: NodeKind| {
+        nodes::Entity::find()
+            .filter(nodes::Column::Kind.eq(kind.as_str()))
+            .filter(nodes::Column::PartnerId.eq(host.partner_id.clone()))
+            .order_by_asc(nodes::Column::CreatedAt)
+            .one(db)
+    };
+    let agent_id = find_child(NodeKind::Agent)
+        .await?
+        .ok_or_else(|| Error::Missing("the demo agent".into()))?
+        .id;
+    let merchant_id = find_child(NodeKind::Merchant)
+        .await?
+        .ok_or_else(|| Error::Missing("the demo merchant".into()))?
+        .id;
+    let agent = tenancy::place(db, &agent_id)
+        .await?
+        .ok_or_else(|| Error::Missing("the demo agent".into()))?;
+    let merchant = tenancy::place(db, &merchant_id)
+        .await?
+        .ok_or_else(|| Error::Missing("the demo merchant".into()))?;
+    let now = catalog.now();
+    let spec = Spec {
+        name: DEMO_PACKAGE.into(),
+        description: "Every first-party plugin, for trying Trellis out.".into(),
+        plugins: offered.iter().cloned().collect(),
+        validity_days: 365,
+        quotas: Quotas::default(),
+        list_price: Some(packages::Price {
+            amount: 0,
+            currency: "CNY".into(),
+        }),
+    };
+    let write = rbac.authorize(&actor, Action::PackageWrite, &agent).await?;
+    let existing = packages::list(db, &agent)
+        .await?
+        .into_iter()
+        .find(|p| p.draft.name == DEMO_PACKAGE);
+    let package = match existing {
+        Some(p) => packages::update_draft(db, &write, &p.id, spec, &offered, now).await?,
+        None => packages::create(db, &write, spec, &offered, now).await?,
+    };
+    packages::publish(db, &write, &package.id, &offered, now).await?;
+    let package = packages::get(db, &agent, &package.id).await?;
+    let assign = rbac
+        .authorize(&actor, Action::AssignmentWrite, &merchant)
+        .await?;
+    let current = packages::list_assignments(db, &merchant, merchant.merchant_id.as_deref(), now)
+        .await?
+        .into_iter()
+        .find(|a| a.package_id == package.id && a.state == "active");
+    match current {
+        Some(a) if a.package_version == package.published_version => {}
+        Some(a) => {
+            packages::renew(db, &assign, &a, Some(a.ends_at), now).await?;
+        }
+        None => {
+            packages::assign(db, &[assign], &package, now, None, now).await?;
+            out.push_str(&format!(
+                "  package \"{DEMO_PACKAGE}\" assigned to the demo merchant for 365 days\n"
+            ));
+        }
+    }
+    Ok(out)
 }

@@ -8,6 +8,7 @@ pub mod api;
 pub mod error;
 pub mod middleware;
 pub mod openapi;
+pub mod plugins;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -24,6 +25,7 @@ use tower_http::catch_panic::CatchPanicLayer;
 
 use crate::config::Config;
 use crate::db::Db;
+use crate::plugins::catalog::Catalog;
 use crate::rbac::Rbac;
 use crate::secrets::Vault;
 use crate::themes::{DEFAULT_THEME, Locale, Themes};
@@ -37,6 +39,8 @@ pub struct AppState {
     pub themes: Themes,
     pub rbac: Rbac,
     pub vault: Arc<Vault>,
+    /// Installed plugins, packages' entitlements and the outbox, with the engine's clock.
+    pub catalog: Catalog,
 }
 
 /// The whole application as a router, ready for `axum::serve` or for `oneshot` in tests.

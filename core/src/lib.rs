@@ -18,6 +18,10 @@ pub mod rbac;
 pub mod secrets;
 /// Alipay signing, verification, certificates and AES: the only holder of merchant keys.
 pub mod alipay;
+/// The durable event outbox and its deliveries.
+pub mod events;
+/// Agents' packages, their assignment to merchants, and what a merchant is entitled to.
+pub mod packages;
 /// The plugin host: manifests, archives, the wasmtime runtime and its capabilities.
 pub mod plugins;
 /// Handlebars themes with per-partner choice and `default` fallback.

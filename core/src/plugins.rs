@@ -12,6 +12,8 @@
 //! crosses into the guest.
 
 pub mod archive;
+pub mod catalog;
+pub mod dispatch;
 mod bindings;
 pub mod harness;
 mod host;

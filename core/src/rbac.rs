@@ -50,10 +50,21 @@ pub enum Action {
     AuditRead,
     AlipayCredentialsRead,
     AlipayCredentialsWrite,
+    PluginRead,
+    PluginManage,
+    PackageRead,
+    PackageWrite,
+    AssignmentRead,
+    AssignmentWrite,
+    PluginConfigRead,
+    PluginConfigWrite,
+    PluginUse,
+    DeliveryRead,
+    DeliveryRedeliver,
 }
 
 impl Action {
-    pub const ALL: [Action; 25] = [
+    pub const ALL: [Action; 36] = [
         Self::PartnerCreate,
         Self::PartnerRead,
         Self::PartnerUpdate,
@@ -79,6 +90,17 @@ impl Action {
         Self::AuditRead,
         Self::AlipayCredentialsRead,
         Self::AlipayCredentialsWrite,
+        Self::PluginRead,
+        Self::PluginManage,
+        Self::PackageRead,
+        Self::PackageWrite,
+        Self::AssignmentRead,
+        Self::AssignmentWrite,
+        Self::PluginConfigRead,
+        Self::PluginConfigWrite,
+        Self::PluginUse,
+        Self::DeliveryRead,
+        Self::DeliveryRedeliver,
     ];
 
     /// The (object, verb) pair casbin stores.
@@ -109,6 +131,17 @@ impl Action {
             Self::AuditRead => ("audit", "read"),
             Self::AlipayCredentialsRead => ("alipay_credentials", "read"),
             Self::AlipayCredentialsWrite => ("alipay_credentials", "write"),
+            Self::PluginRead => ("plugin", "read"),
+            Self::PluginManage => ("plugin", "manage"),
+            Self::PackageRead => ("package", "read"),
+            Self::PackageWrite => ("package", "write"),
+            Self::AssignmentRead => ("assignment", "read"),
+            Self::AssignmentWrite => ("assignment", "write"),
+            Self::PluginConfigRead => ("plugin_config", "read"),
+            Self::PluginConfigWrite => ("plugin_config", "write"),
+            Self::PluginUse => ("plugin", "use"),
+            Self::DeliveryRead => ("delivery", "read"),
+            Self::DeliveryRedeliver => ("delivery", "redeliver"),
         }
     }
 
@@ -134,7 +167,13 @@ impl Action {
             | Self::MerchantSuspend
             | Self::StoreCreate
             | Self::AlipayCredentialsRead
-            | Self::AlipayCredentialsWrite => NodeKind::Merchant,
+            | Self::AlipayCredentialsWrite
+            | Self::AssignmentWrite
+            | Self::PluginConfigRead
+            | Self::PluginConfigWrite
+            | Self::PluginUse => NodeKind::Merchant,
+            Self::PluginManage => NodeKind::Partner,
+            Self::PackageWrite => NodeKind::Agent,
             Self::StoreRead | Self::StoreUpdate | Self::StoreSuspend => NodeKind::Store,
             Self::UserCreate
             | Self::UserRead
@@ -142,7 +181,12 @@ impl Action {
             | Self::ApiKeyCreate
             | Self::ApiKeyRead
             | Self::ApiKeyRevoke
-            | Self::AuditRead => return None,
+            | Self::AuditRead
+            | Self::PluginRead
+            | Self::PackageRead
+            | Self::AssignmentRead
+            | Self::DeliveryRead
+            | Self::DeliveryRedeliver => return None,
         })
     }
 
@@ -200,6 +244,7 @@ pub fn allows(role: Role, action: Action) -> bool {
                 | A::AgentCreate
                 | A::AgentUpdate
                 | A::AgentSuspend
+                | A::PluginManage
         ),
         Role::MerchantOwner => matches!(
             action,
@@ -218,6 +263,13 @@ pub fn allows(role: Role, action: Action) -> bool {
                 | A::AuditRead
                 | A::AlipayCredentialsRead
                 | A::AlipayCredentialsWrite
+                | A::PluginRead
+                | A::AssignmentRead
+                | A::PluginConfigRead
+                | A::PluginConfigWrite
+                | A::PluginUse
+                | A::DeliveryRead
+                | A::DeliveryRedeliver
         ),
         Role::MerchantStaff => matches!(action, A::StoreRead),
     }

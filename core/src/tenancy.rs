@@ -162,6 +162,18 @@ pub struct Place {
 }
 
 impl Place {
+    /// The whole tree: a scope that restricts nothing (the platform's).
+    pub fn platform_scope() -> Self {
+        Self {
+            id: String::new(),
+            kind: NodeKind::Platform,
+            partner_id: None,
+            agent_id: None,
+            merchant_id: None,
+            store_id: None,
+        }
+    }
+
     /// The id this place has for an ancestor kind (itself for its own kind).
     pub fn ancestor(&self, kind: NodeKind) -> Option<&str> {
         match kind {

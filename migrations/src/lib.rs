@@ -11,6 +11,7 @@ mod m20261125_000003_create_alipay_credentials;
 mod m20261125_000004_create_sandbox_state;
 mod m20261125_000005_create_alipay_notifications;
 mod m20261126_000006_create_plugin_kv;
+mod m20261126_000007_create_plugin_platform;
 
 /// Every migration of the engine, oldest first.
 pub struct Migrator;
@@ -25,6 +26,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261125_000004_create_sandbox_state::Migration),
             Box::new(m20261125_000005_create_alipay_notifications::Migration),
             Box::new(m20261126_000006_create_plugin_kv::Migration),
+            Box::new(m20261126_000007_create_plugin_platform::Migration),
         ]
     }
 }

@@ -7,6 +7,7 @@
 
 mod alipay;
 mod plugin_kv;
+mod platform;
 mod plugins;
 mod foundation;
 mod sandbox;

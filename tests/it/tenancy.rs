@@ -20,6 +20,71 @@ struct Tree {
     other: [String; 4],
     /// A signed-in client per role, on the first chain.
     clients: Vec<(Role, Api)>,
+    /// Made on first use by the plugin actions: hello installed and offered by the first
+    /// partner, a published package assigned to the first merchant, one delivery to it.
+    plugins: tokio::sync::OnceCell<PluginFixture>,
+}
+
+struct PluginFixture {
+    package: String,
+    delivery: String,
+}
+
+const HELLO: &str = "com.trellis.hello";
+
+impl Tree {
+    async fn plugins(&self) -> &PluginFixture {
+        self.plugins
+            .get_or_init(|| async {
+                let [partner, agent, merchant, _] = &self.chain;
+                let archive = trellis_tests::plugin_archive_bytes("plugins/hello", "trellis_plugin_hello");
+                self.root
+                    .upload(&format!("/api/v1/partners/{partner}/plugins"), archive)
+                    .await
+                    .ok();
+                self.root
+                    .post(
+                        &format!("/api/v1/partners/{partner}/plugins/{HELLO}/offer"),
+                        json!({"offered": true}),
+                    )
+                    .await
+                    .ok();
+                let package = self
+                    .root
+                    .post(
+                        "/api/v1/packages",
+                        json!({"agent_id": agent, "name": "Matrix", "plugins": [HELLO], "validity_days": 30}),
+                    )
+                    .await
+                    .ok()
+                    .id();
+                self.root
+                    .post(&format!("/api/v1/packages/{package}/publish"), json!({}))
+                    .await
+                    .ok();
+                self.root
+                    .post(
+                        &format!("/api/v1/packages/{package}/assignments"),
+                        json!({"merchant_ids": [merchant]}),
+                    )
+                    .await
+                    .ok();
+                self.root
+                    .post(
+                        &format!("/api/v1/merchants/{merchant}/events"),
+                        json!({"kind": "payment.succeeded"}),
+                    )
+                    .await
+                    .ok();
+                let deliveries = self.root.get("/api/v1/deliveries").await.ok();
+                let delivery = deliveries.body["items"][0]["id"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned();
+                PluginFixture { package, delivery }
+            })
+            .await
+    }
 }
 
 impl Tree {
@@ -61,6 +126,7 @@ impl Tree {
             chain,
             other,
             clients,
+            plugins: tokio::sync::OnceCell::new(),
         }
     }
 
@@ -250,6 +316,64 @@ async fn perform(tree: &Tree, role: Role, action: Action, serial: usize) -> u16 
         A::AuditRead => {
             let query = own.map(|n| format!("?node_id={n}")).unwrap_or_default();
             api.get(&format!("/api/v1/audit{query}")).await.status
+        }
+        A::PluginRead => api.get("/api/v1/plugins").await.status,
+        A::PluginManage => {
+            api.put(
+                &format!("/api/v1/partners/{}/plugin-policy", tree.chain[0]),
+                json!({"require_signature": false}),
+            )
+            .await
+            .status
+        }
+        A::PackageRead => api.get("/api/v1/packages").await.status,
+        A::PackageWrite => {
+            api.post(
+                "/api/v1/packages",
+                json!({"agent_id": tree.chain[1], "name": format!("Draft {serial}"), "plugins": [], "validity_days": 30}),
+            )
+            .await
+            .status
+        }
+        A::AssignmentRead => api.get("/api/v1/assignments").await.status,
+        A::AssignmentWrite => {
+            let fixture = tree.plugins().await;
+            api.post(
+                &format!("/api/v1/packages/{}/assignments", fixture.package),
+                json!({"merchant_ids": [tree.chain[2]]}),
+            )
+            .await
+            .status
+        }
+        A::PluginConfigRead | A::PluginConfigWrite => {
+            tree.plugins().await;
+            let path = format!("/api/v1/merchants/{}/plugin-configs/{HELLO}", tree.chain[2]);
+            if action == A::PluginConfigRead {
+                api.get(&path).await.status
+            } else {
+                api.put(&path, json!({"greeting": format!("Hi {serial}")}))
+                    .await
+                    .status
+            }
+        }
+        A::PluginUse => {
+            tree.plugins().await;
+            api.get(&format!(
+                "/api/v1/merchants/{}/plugins/{HELLO}/stats",
+                tree.chain[2]
+            ))
+            .await
+            .status
+        }
+        A::DeliveryRead => api.get("/api/v1/deliveries").await.status,
+        A::DeliveryRedeliver => {
+            let fixture = tree.plugins().await;
+            api.post(
+                &format!("/api/v1/deliveries/{}/redeliver", fixture.delivery),
+                json!({}),
+            )
+            .await
+            .status
         }
     }
 }

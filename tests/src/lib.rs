@@ -209,6 +209,12 @@ impl Engine {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
+        // Compiled plugins are keyed by content and engine configuration, so every test
+        // engine can share one cache instead of compiling the same component again.
+        command.env(
+            "TRELLIS_PLUGINS__CACHE_DIR",
+            workspace_root().join("target/test-plugin-cache"),
+        );
         for (key, value) in env {
             // An empty value removes the variable, e.g. to run without a master key.
             if value.is_empty() {
@@ -437,6 +443,56 @@ impl Api {
         self.send(reqwest::Method::PATCH, path, Some(body)).await
     }
 
+    pub async fn put(&self, path: &str, body: serde_json::Value) -> Reply {
+        self.send(reqwest::Method::PUT, path, Some(body)).await
+    }
+
+    /// POSTs raw bytes (`application/octet-stream`), e.g. a plugin archive.
+    pub async fn upload(&self, path: &str, bytes: Vec<u8>) -> Reply {
+        let mut request = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .header("host", &self.host)
+            .header("content-type", "application/octet-stream")
+            .body(bytes);
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        let response = request
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{path}: {e}"));
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let text = response.text().await.unwrap_or_default();
+        let body = serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text));
+        Reply {
+            status,
+            body,
+            headers,
+        }
+    }
+
+    /// GETs a page as a browser would (asking for HTML); the body is the text.
+    pub async fn page(&self, path: &str) -> Reply {
+        let response = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .header("host", &self.host)
+            .header("accept", "text/html")
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{path}: {e}"));
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let text = response.text().await.unwrap_or_default();
+        Reply {
+            status,
+            body: serde_json::Value::String(text),
+            headers,
+        }
+    }
+
     pub async fn delete(&self, path: &str) -> Reply {
         self.send(reqwest::Method::DELETE, path, None).await
     }
@@ -505,4 +561,50 @@ pub fn pack_plugin(dir: &str, component: &str) -> trellis_core::plugins::archive
     )
     .unwrap_or_else(|e| panic!("packing {dir}: {e}"));
     archive
+}
+
+/// The `.tplug` bytes of a workspace plugin folder with its built component.
+pub fn plugin_archive_bytes(dir: &str, component: &str) -> Vec<u8> {
+    trellis_core::plugins::archive::pack_dir(&workspace_root().join(dir), &plugin_wasm(component))
+        .unwrap_or_else(|e| panic!("packing {dir}: {e}"))
+        .1
+}
+
+/// The same plugin packed as another version (its folder copied with `version` changed), for
+/// upgrade and rollback tests.
+pub fn plugin_archive_as_version(dir: &str, component: &str, version: &str) -> Vec<u8> {
+    fn copy(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).unwrap_or_else(|e| panic!("{}: {e}", to.display()));
+        for entry in std::fs::read_dir(from).unwrap_or_else(|e| panic!("{}: {e}", from.display())) {
+            let entry = entry.unwrap_or_else(|e| panic!("{e}"));
+            let path = entry.path();
+            let target = to.join(entry.file_name());
+            if path.is_dir() {
+                if entry.file_name() != "src" && entry.file_name() != "target" {
+                    copy(&path, &target);
+                }
+            } else {
+                std::fs::copy(&path, &target).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            }
+        }
+    }
+    let dir_copy = tempdir();
+    copy(&workspace_root().join(dir), dir_copy.path());
+    let manifest = dir_copy.path().join("plugin.toml");
+    let text = std::fs::read_to_string(&manifest).unwrap_or_default();
+    let text = text
+        .lines()
+        .map(|line| {
+            if line.starts_with("version = ") {
+                format!("version = \"{version}\"")
+            } else {
+                line.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    std::fs::write(&manifest, text).unwrap_or_else(|e| panic!("{e}"));
+    trellis_core::plugins::archive::pack_dir(dir_copy.path(), &plugin_wasm(component))
+        .unwrap_or_else(|e| panic!("packing {dir} as {version}: {e}"))
+        .1
 }

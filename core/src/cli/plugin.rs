@@ -62,6 +62,25 @@ pub enum PluginCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Install archives for a partner of the engine's database (as the first platform
+    /// administrator): validated, compiled, stored, and their install hook run.
+    Install {
+        /// `.tplug` archives to install.
+        files: Vec<PathBuf>,
+        /// The partner that installs them.
+        #[arg(long)]
+        partner: String,
+        /// Also install every first-party plugin: each folder of `plugins/` whose component
+        /// `make plugins` built under `target/wasm32-wasip2/plugin/`.
+        #[arg(long)]
+        first_party: bool,
+        /// Move the partner's merchants to the new versions at once.
+        #[arg(long)]
+        activate: bool,
+        /// Let the partner's agents put them in packages.
+        #[arg(long)]
+        offer: bool,
+    },
     /// Run one call of a plugin against a throwaway merchant (temporary SQLite database, the
     /// offline Alipay sandbox) and print the result, logs, host calls, memory and time.
     Run {
@@ -107,8 +126,49 @@ fn refused(error: impl std::fmt::Display) -> Failure {
     Failure::Runtime(error.to_string())
 }
 
+impl PluginCommand {
+    /// Whether the command works on the engine's database (and so needs its configuration).
+    pub fn needs_engine(&self) -> bool {
+        matches!(self, Self::Install { .. })
+    }
+}
+
+/// The first-party plugins: `(folder name, packed archive)` for each folder of `plugins_dir`
+/// with a built component in `wasm_dir` (`trellis_plugin_<name>.wasm`).
+pub fn first_party_archives(
+    plugins_dir: &Path,
+    wasm_dir: &Path,
+) -> Result<Vec<(String, Vec<u8>)>, Failure> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(plugins_dir) else {
+        return Ok(out);
+    };
+    let mut dirs: Vec<PathBuf> = entries
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.join("plugin.toml").is_file())
+        .collect();
+    dirs.sort();
+    for dir in dirs {
+        let name = dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default()
+            .to_owned();
+        let wasm = wasm_dir.join(format!("trellis_plugin_{}.wasm", name.replace('-', "_")));
+        if !wasm.is_file() {
+            tracing::warn!(plugin = %name, "not built (run `make plugins`); skipped");
+            continue;
+        }
+        let (_, bytes) = archive::pack_dir(&dir, &wasm).map_err(refused)?;
+        out.push((name, bytes));
+    }
+    Ok(out)
+}
+
 pub fn run(command: PluginCommand) -> Result<(), Failure> {
     match command {
+        PluginCommand::Install { .. } => Err(usage("`plugin install` needs the engine")),
         PluginCommand::Build {
             dir,
             profile,

@@ -44,7 +44,7 @@ pub const NODE_ROUTES: [(NodeKind, &str); 4] = [
 ];
 
 pub fn router() -> Router<AppState> {
-    let mut router = Router::new()
+    let mut router = super::plugins::router()
         .route("/api/v1/auth/login", post(login))
         .route("/api/v1/auth/logout", post(logout))
         .route("/api/v1/auth/password", post(change_password))
@@ -183,13 +183,13 @@ fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
         .filter(|v| !v.is_empty())
 }
 
-fn request_id(id: &Option<Extension<RequestId>>) -> Option<&str> {
+pub(crate) fn request_id(id: &Option<Extension<RequestId>>) -> Option<&str> {
     id.as_ref().map(|Extension(RequestId(id))| id.as_str())
 }
 
 /// Records the outcome of a state-changing call and passes the result through. Refusals of ids
 /// outside the caller's subtree are filed under the caller (see `rbac::audit`).
-async fn audited<T>(
+pub(crate) async fn audited<T>(
     state: &AppState,
     caller: &Principal,
     request: Option<&str>,

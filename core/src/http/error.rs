@@ -7,7 +7,8 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
 use crate::alipay::credentials;
-use crate::{auth, db, rbac, secrets, tenancy, themes};
+use crate::plugins::catalog;
+use crate::{auth, db, events, packages, plugins, rbac, secrets, tenancy, themes};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -38,6 +39,14 @@ pub enum ApiError {
     Credentials(#[from] credentials::Error),
     #[error("asset not found")]
     Theme(#[from] themes::Error),
+    #[error(transparent)]
+    Catalog(#[from] catalog::Error),
+    #[error(transparent)]
+    Packages(#[from] packages::Error),
+    #[error(transparent)]
+    Events(#[from] events::Error),
+    #[error(transparent)]
+    Plugin(#[from] plugins::Error),
     #[error("internal error")]
     Internal(#[from] anyhow::Error),
 }
@@ -49,7 +58,7 @@ pub struct ErrorBody {
     pub code: &'static str,
     pub message: String,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub field: Option<&'static str>,
+    pub field: Option<String>,
 }
 
 const INTERNAL: (StatusCode, &str) = (StatusCode::INTERNAL_SERVER_ERROR, "internal");
@@ -78,12 +87,34 @@ impl ApiError {
                 (S::SERVICE_UNAVAILABLE, "secrets_unavailable")
             }
             Self::Credentials(_) => INTERNAL,
+            Self::Catalog(e) => catalog_status(e),
+            Self::Packages(e) => packages_status(e),
+            Self::Events(events::Error::Invalid { .. }) => {
+                (S::UNPROCESSABLE_ENTITY, "validation_failed")
+            }
+            Self::Events(events::Error::NotFound(_)) => (S::NOT_FOUND, "not_found"),
+            Self::Events(events::Error::Db(_)) => INTERNAL,
+            Self::Plugin(e) => plugin_status(e),
             Self::DbErr(_) | Self::Theme(_) | Self::Internal(_) => INTERNAL,
         }
     }
 
     /// The request field a validation error is about.
-    pub fn field(&self) -> Option<&'static str> {
+    pub fn field(&self) -> Option<String> {
+        match self {
+            Self::Catalog(
+                catalog::Error::Invalid { field, .. } | catalog::Error::ConfigRefused { field, .. },
+            ) => return Some(field.clone()),
+            Self::Packages(packages::Error::Invalid { field, .. })
+            | Self::Events(events::Error::Invalid { field, .. }) => {
+                return Some((*field).to_owned());
+            }
+            _ => {}
+        }
+        self.static_field().map(str::to_owned)
+    }
+
+    fn static_field(&self) -> Option<&'static str> {
         match self {
             Self::Validation { field, .. }
             | Self::Tenancy(tenancy::Error::Invalid { field, .. })
@@ -133,6 +164,64 @@ fn auth_status(error: &auth::Error) -> (StatusCode, &'static str) {
     }
 }
 
+fn catalog_status(error: &catalog::Error) -> (StatusCode, &'static str) {
+    use StatusCode as S;
+    use catalog::Error as C;
+    match error {
+        C::NotInstalled(_) | C::NoSuchVersion { .. } => (S::NOT_FOUND, "not_found"),
+        C::VersionExists { .. } => (S::CONFLICT, "version_exists"),
+        C::Untrusted(_) => (S::UNPROCESSABLE_ENTITY, "untrusted_publisher"),
+        C::InUse { .. } => (S::CONFLICT, "plugin_in_use"),
+        C::NoEarlierVersion(_) => (S::CONFLICT, "no_earlier_version"),
+        C::Invalid { .. } => (S::UNPROCESSABLE_ENTITY, "validation_failed"),
+        C::ConfigRefused { .. } => (S::UNPROCESSABLE_ENTITY, "config_rejected"),
+        C::Hook { source, .. } => match plugin_status(source) {
+            (status, _) if status.is_server_error() => (S::BAD_GATEWAY, "plugin_hook_failed"),
+            other => other,
+        },
+        C::Plugin(e) => plugin_status(e),
+        C::Packages(e) => packages_status(e),
+        C::Events(events::Error::Invalid { .. }) => (S::UNPROCESSABLE_ENTITY, "validation_failed"),
+        C::Events(_) | C::Db(_) => INTERNAL,
+    }
+}
+
+fn packages_status(error: &packages::Error) -> (StatusCode, &'static str) {
+    use StatusCode as S;
+    use packages::Error as P;
+    match error {
+        P::NotFound { .. } => (S::NOT_FOUND, "not_found"),
+        P::Invalid { .. } => (S::UNPROCESSABLE_ENTITY, "validation_failed"),
+        P::Unpublished(_) => (S::CONFLICT, "package_unpublished"),
+        P::Expired(_) => (S::FORBIDDEN, "package_expired"),
+        P::NotEntitled(_) => (S::FORBIDDEN, "not_entitled"),
+        P::Db(_) => INTERNAL,
+    }
+}
+
+fn plugin_status(error: &plugins::Error) -> (StatusCode, &'static str) {
+    use StatusCode as S;
+    use plugins::Error as E;
+    match error {
+        E::Manifest(_)
+        | E::HostApi { .. }
+        | E::Archive(_)
+        | E::BadSignature
+        | E::UndeclaredImport { .. }
+        | E::UnsupportedImport { .. }
+        | E::Compile(_) => (S::UNPROCESSABLE_ENTITY, "invalid_plugin"),
+        E::BadInput(_) | E::NotSubscribed(_) => (S::UNPROCESSABLE_ENTITY, "validation_failed"),
+        E::NoRoute { .. } => (S::NOT_FOUND, "not_found"),
+        E::Plugin(_) | E::Trap { .. } | E::OutputTooLarge { .. } => {
+            (S::BAD_GATEWAY, "plugin_failed")
+        }
+        E::Timeout { .. } => (S::GATEWAY_TIMEOUT, "plugin_timeout"),
+        E::Busy { .. } => (S::SERVICE_UNAVAILABLE, "plugin_busy"),
+        E::Suspended { .. } => (S::SERVICE_UNAVAILABLE, "plugin_suspended"),
+        E::Cache(_) | E::Engine(_) => INTERNAL,
+    }
+}
+
 fn rbac_status(error: &rbac::Error) -> (StatusCode, &'static str) {
     match error {
         rbac::Error::Denied { .. } => (StatusCode::FORBIDDEN, "forbidden"),
@@ -144,7 +233,9 @@ fn rbac_status(error: &rbac::Error) -> (StatusCode, &'static str) {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code) = self.status_and_code();
-        let message = if status.is_server_error() {
+        // A plugin's own failure (trap, timeout, busy) is about the plugin, not our internals:
+        // its message helps the partner and leaks nothing of the engine.
+        let message = if status.is_server_error() && !code.starts_with("plugin_") {
             tracing::error!(error = ?self, "request failed");
             match status {
                 StatusCode::SERVICE_UNAVAILABLE if code == "secrets_unavailable" => {
@@ -172,7 +263,7 @@ pub fn error_response(
     status: StatusCode,
     code: &'static str,
     message: String,
-    field: Option<&'static str>,
+    field: Option<String>,
 ) -> Response {
     let body = ErrorBody {
         code,

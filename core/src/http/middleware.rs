@@ -67,7 +67,15 @@ pub async fn observe(mut request: Request, next: Next) -> Response {
 /// Reads the whole body, up to the configured limit, before any handler runs: a handler never
 /// sees a partial body, and an oversized one is refused with 413 whatever the route.
 pub async fn limit_body(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let limit = state.config.http.body_limit;
+    let mut limit = state.config.http.body_limit;
+    // Plugin archives are uploaded whole; they have their own (larger) ceiling.
+    let path = request.uri().path();
+    if request.method() == axum::http::Method::POST
+        && path.starts_with("/api/v1/partners/")
+        && path.ends_with("/plugins")
+    {
+        limit = limit.max(crate::plugins::archive::MAX_TOTAL_BYTES);
+    }
     let declared = request
         .headers()
         .get(header::CONTENT_LENGTH)

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use chrono::Utc;
 use sea_orm::{
-    ConnectionTrait, DatabaseBackend, DatabaseConnection, DbErr, Statement, TransactionTrait, Value,
+    ConnectionTrait, DatabaseBackend, DatabaseConnection, DbErr, TransactionTrait, Value,
 };
 
 use super::manifest::KvQuota;
@@ -57,9 +57,7 @@ pub enum Cas {
     Conflict(Option<Entry>),
 }
 
-fn stmt(backend: DatabaseBackend, text: &str, values: Vec<Value>) -> Statement {
-    Statement::from_sql_and_values(backend, crate::db::placeholders(backend, text), values)
-}
+use crate::db::statement as stmt;
 
 /// The counter after adding `delta` to what `current` holds (absent counts as 0).
 fn next_count(current: Option<&Entry>, key: &str, delta: i64) -> Result<i64, KvError> {

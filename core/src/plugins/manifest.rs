@@ -177,16 +177,7 @@ fn is_reverse_dns(id: &str) -> bool {
         })
 }
 
-/// Event kinds look like `payment.succeeded`: lower-case dotted words.
-pub fn is_event_kind(kind: &str) -> bool {
-    kind.len() <= 64
-        && kind.contains('.')
-        && kind.split('.').all(|p| {
-            !p.is_empty()
-                && p.bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
-        })
-}
+pub use crate::events::is_event_kind;
 
 fn is_alipay_method(method: &str) -> bool {
     method.starts_with("alipay.")
@@ -437,7 +428,7 @@ fn route_shape(pattern: &str) -> Option<String> {
     Some(shape)
 }
 
-fn match_path(pattern: &str, path: &str) -> Option<Vec<(String, String)>> {
+pub fn match_path(pattern: &str, path: &str) -> Option<Vec<(String, String)>> {
     let pattern_segments: Vec<&str> = pattern.trim_end_matches('/').split('/').collect();
     let path_segments: Vec<&str> = path.trim_end_matches('/').split('/').collect();
     if pattern_segments.len() != path_segments.len() {

@@ -1,0 +1,570 @@
+//! The durable event outbox: every domain event is a row, fanned out in the same transaction
+//! into one delivery row per subscribing installation, which dispatchers claim, deliver, retry
+//! with exponential backoff and finally mark delivered, skipped or dead.
+//!
+//! Invariant: a delivery row is the only record of whether an installation got an event; it is
+//! unique per (event, installation), it moves to `delivered` once (guarded by the claim's lease
+//! owner), and a claim whose holder died expires and is claimed again — at least once, never lost.
+
+use chrono::{DateTime, Duration, Utc};
+use sea_orm::{
+    ConnectionTrait, DatabaseConnection, DbBackend, QueryResult, TransactionTrait, Value,
+};
+use serde::Serialize;
+use serde_json::Value as Json;
+use uuid::Uuid;
+
+use crate::db::{from_millis, millis, statement};
+use crate::tenancy::{NodeKind, Place};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{field}: {message}")]
+    Invalid {
+        field: &'static str,
+        message: String,
+    },
+    #[error("delivery {0} not found")]
+    NotFound(String),
+    #[error("database error: {0}")]
+    Db(#[from] sea_orm::DbErr),
+}
+
+/// A domain event to record.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    pub kind: String,
+    pub place: Place,
+    pub payload: Json,
+    /// `engine`, or `plugin:<id>` for a plugin's follow-up event.
+    pub source: String,
+    pub occurred_at: DateTime<Utc>,
+}
+
+/// One claimed delivery, with its event.
+#[derive(Debug, Clone)]
+pub struct Claimed {
+    pub delivery_id: String,
+    pub event_id: String,
+    pub installation_id: String,
+    pub place: Place,
+    pub kind: String,
+    pub payload: Json,
+    pub occurred_at: DateTime<Utc>,
+    pub source: String,
+    /// Including this one.
+    pub attempts: i32,
+}
+
+/// A delivery as the delivery log shows it.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct Delivery {
+    pub id: String,
+    pub event_id: String,
+    pub kind: String,
+    pub installation_id: String,
+    pub merchant_id: Option<String>,
+    /// `pending`, `delivered`, `skipped` (not entitled, expired, over quota, uninstalled) or
+    /// `dead` (gave up after the last attempt).
+    pub status: String,
+    pub attempts: i32,
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    pub last_error: Option<String>,
+    /// Time from the event's occurrence to its successful delivery.
+    pub latency_ms: Option<i64>,
+    pub created_at: DateTime<Utc>,
+    pub delivered_at: Option<DateTime<Utc>>,
+}
+
+/// Retry policy of the dispatcher.
+#[derive(Debug, Clone, Copy)]
+pub struct Backoff {
+    pub first: Duration,
+    pub max: Duration,
+    pub max_attempts: i32,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self {
+            first: Duration::seconds(2),
+            max: Duration::hours(1),
+            max_attempts: 8,
+        }
+    }
+}
+
+impl Backoff {
+    /// The wait after the `attempts`-th failed attempt: doubling from `first`, capped at `max`,
+    /// with up to a quarter of jitter so retries of a burst spread out.
+    pub fn delay(&self, attempts: i32) -> Duration {
+        let exponent = u32::try_from(attempts.saturating_sub(1).clamp(0, 30)).unwrap_or(30);
+        let base = self
+            .first
+            .checked_mul(2_i32.saturating_pow(exponent.min(20)))
+            .unwrap_or(self.max)
+            .min(self.max);
+        let jitter_ms = base.num_milliseconds() / 4;
+        let jitter = if jitter_ms > 0 {
+            fastrand_like(jitter_ms)
+        } else {
+            0
+        };
+        base + Duration::milliseconds(jitter)
+    }
+}
+
+/// A cheap non-cryptographic jitter in `0..bound` from the clock's nanoseconds.
+fn fastrand_like(bound: i64) -> i64 {
+    let nanos = i64::from(Utc::now().timestamp_subsec_nanos());
+    nanos % bound.max(1)
+}
+
+/// Event kinds look like `payment.succeeded`: lower-case dotted words.
+pub fn is_event_kind(kind: &str) -> bool {
+    kind.len() <= 64
+        && kind.contains('.')
+        && kind.split('.').all(|p| {
+            !p.is_empty()
+                && p.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        })
+}
+
+fn backend(db: &impl ConnectionTrait) -> DbBackend {
+    db.get_database_backend()
+}
+
+/// Records an event and one pending delivery per installation in `subscribers`, atomically.
+/// Returns the event id.
+pub async fn publish(
+    db: &DatabaseConnection,
+    event: &NewEvent,
+    subscribers: &[String],
+    now: DateTime<Utc>,
+) -> Result<String, Error> {
+    if !is_event_kind(&event.kind) {
+        return Err(Error::Invalid {
+            field: "kind",
+            message: format!(
+                "{:?} is not an event kind such as payment.succeeded",
+                event.kind
+            ),
+        });
+    }
+    let partner_id = event.place.partner_id.clone().ok_or(Error::Invalid {
+        field: "place",
+        message: "events belong to a partner's tenant".into(),
+    })?;
+    let id = Uuid::now_v7().to_string();
+    let txn = db.begin().await?;
+    txn.execute_raw(statement(
+        backend(&txn),
+        "INSERT INTO events (id, kind, partner_id, agent_id, merchant_id, payload, source, occurred_at) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        vec![
+            id.clone().into(),
+            event.kind.clone().into(),
+            partner_id.clone().into(),
+            event.place.agent_id.clone().into(),
+            event.place.merchant_id.clone().into(),
+            event.payload.to_string().into(),
+            event.source.clone().into(),
+            millis(event.occurred_at).into(),
+        ],
+    ))
+    .await?;
+    for installation in subscribers {
+        txn.execute_raw(statement(
+            backend(&txn),
+            "INSERT INTO event_deliveries (id, event_id, installation_id, partner_id, agent_id, merchant_id, kind, \
+             status, attempts, next_attempt_at, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', 0, ?, ?, ?)",
+            vec![
+                Uuid::now_v7().to_string().into(),
+                id.clone().into(),
+                installation.clone().into(),
+                partner_id.clone().into(),
+                event.place.agent_id.clone().into(),
+                event.place.merchant_id.clone().into(),
+                event.kind.clone().into(),
+                millis(now).into(),
+                millis(now).into(),
+                millis(now).into(),
+            ],
+        ))
+        .await?;
+    }
+    txn.commit().await?;
+    Ok(id)
+}
+
+/// Claims up to `batch` due deliveries for `owner` until `now + lease`. On PostgreSQL rows
+/// locked by another dispatcher are skipped (`FOR UPDATE SKIP LOCKED`); SQLite serialises
+/// writers, so its single statement is atomic as it stands.
+pub async fn claim(
+    db: &impl ConnectionTrait,
+    owner: &str,
+    batch: u32,
+    lease: Duration,
+    now: DateTime<Utc>,
+) -> Result<Vec<Claimed>, Error> {
+    let lock = if backend(db) == DbBackend::Postgres {
+        " FOR UPDATE SKIP LOCKED"
+    } else {
+        ""
+    };
+    let sql = format!(
+        "UPDATE event_deliveries SET lease_owner = ?, lease_until = ?, attempts = attempts + 1, updated_at = ? \
+         WHERE id IN (SELECT id FROM event_deliveries WHERE status = 'pending' AND next_attempt_at <= ? \
+         AND (lease_until IS NULL OR lease_until < ?) ORDER BY next_attempt_at, id LIMIT ?{lock}) \
+         RETURNING id"
+    );
+    let rows = db
+        .query_all_raw(statement(
+            backend(db),
+            &sql,
+            vec![
+                owner.into(),
+                millis(now + lease).into(),
+                millis(now).into(),
+                millis(now).into(),
+                millis(now).into(),
+                i64::from(batch).into(),
+            ],
+        ))
+        .await?;
+    if rows.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids: Vec<String> = rows
+        .iter()
+        .map(|r| r.try_get::<String>("", "id"))
+        .collect::<Result<_, _>>()?;
+    let marks = vec!["?"; ids.len()].join(", ");
+    let mut values: Vec<Value> = ids.into_iter().map(Value::from).collect();
+    values.push(owner.into());
+    let rows = db
+        .query_all_raw(statement(
+            backend(db),
+            &format!(
+                "SELECT d.id, d.event_id, d.installation_id, d.attempts, e.kind, e.partner_id, e.agent_id, \
+                 e.merchant_id, e.payload, e.source, e.occurred_at FROM event_deliveries d \
+                 JOIN events e ON e.id = d.event_id WHERE d.id IN ({marks}) AND d.lease_owner = ? \
+                 ORDER BY d.next_attempt_at, d.id"
+            ),
+            values,
+        ))
+        .await?;
+    rows.iter().map(claimed_of).collect()
+}
+
+fn claimed_of(row: &QueryResult) -> Result<Claimed, Error> {
+    let partner_id: String = row.try_get("", "partner_id")?;
+    let agent_id: Option<String> = row.try_get("", "agent_id")?;
+    let merchant_id: Option<String> = row.try_get("", "merchant_id")?;
+    let (id, kind) = if let Some(m) = &merchant_id {
+        (m.clone(), NodeKind::Merchant)
+    } else if let Some(a) = &agent_id {
+        (a.clone(), NodeKind::Agent)
+    } else {
+        (partner_id.clone(), NodeKind::Partner)
+    };
+    let payload: String = row.try_get("", "payload")?;
+    Ok(Claimed {
+        delivery_id: row.try_get("", "id")?,
+        event_id: row.try_get("", "event_id")?,
+        installation_id: row.try_get("", "installation_id")?,
+        place: Place {
+            id,
+            kind,
+            partner_id: Some(partner_id),
+            agent_id,
+            merchant_id,
+            store_id: None,
+        },
+        kind: row.try_get("", "kind")?,
+        payload: serde_json::from_str(&payload).unwrap_or(Json::Null),
+        occurred_at: from_millis(row.try_get("", "occurred_at")?),
+        source: row.try_get("", "source")?,
+        attempts: row.try_get("", "attempts")?,
+    })
+}
+
+/// Marks a claimed delivery delivered; false when the claim was lost (its lease expired and
+/// another dispatcher holds it now), in which case that one records the outcome.
+pub async fn delivered(
+    db: &impl ConnectionTrait,
+    claim: &Claimed,
+    owner: &str,
+    now: DateTime<Utc>,
+) -> Result<bool, Error> {
+    let latency = (now - claim.occurred_at).num_milliseconds().max(0);
+    let done = db
+        .execute_raw(statement(
+            backend(db),
+            "UPDATE event_deliveries SET status = 'delivered', delivered_at = ?, latency_ms = ?, lease_until = NULL, \
+             last_error = NULL, updated_at = ? WHERE id = ? AND lease_owner = ? AND status = 'pending'",
+            vec![
+                millis(now).into(),
+                latency.into(),
+                millis(now).into(),
+                claim.delivery_id.clone().into(),
+                owner.into(),
+            ],
+        ))
+        .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Marks a claimed delivery skipped (not attempted: `reason` says why).
+pub async fn skipped(
+    db: &impl ConnectionTrait,
+    claim: &Claimed,
+    owner: &str,
+    reason: &str,
+    now: DateTime<Utc>,
+) -> Result<bool, Error> {
+    let done = db
+        .execute_raw(statement(
+            backend(db),
+            "UPDATE event_deliveries SET status = 'skipped', last_error = ?, lease_until = NULL, updated_at = ? \
+             WHERE id = ? AND lease_owner = ? AND status = 'pending'",
+            vec![
+                reason.into(),
+                millis(now).into(),
+                claim.delivery_id.clone().into(),
+                owner.into(),
+            ],
+        ))
+        .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Records a failed attempt: retried after the backoff, or dead after the last attempt.
+pub async fn failed(
+    db: &impl ConnectionTrait,
+    claim: &Claimed,
+    owner: &str,
+    error: &str,
+    backoff: &Backoff,
+    now: DateTime<Utc>,
+) -> Result<bool, Error> {
+    let error: String = error.chars().take(1_000).collect();
+    let (status, next) = if claim.attempts >= backoff.max_attempts {
+        ("dead", now)
+    } else {
+        ("pending", now + backoff.delay(claim.attempts))
+    };
+    let done = db
+        .execute_raw(statement(
+            backend(db),
+            "UPDATE event_deliveries SET status = ?, next_attempt_at = ?, last_error = ?, lease_until = NULL, \
+             updated_at = ? WHERE id = ? AND lease_owner = ? AND status = 'pending'",
+            vec![
+                status.into(),
+                millis(next).into(),
+                error.into(),
+                millis(now).into(),
+                claim.delivery_id.clone().into(),
+                owner.into(),
+            ],
+        ))
+        .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Deliveries of `installation` to `merchant_id` that succeeded since `since` (the daily quota).
+pub async fn delivered_since(
+    db: &impl ConnectionTrait,
+    installation_id: &str,
+    merchant_id: &str,
+    since: DateTime<Utc>,
+) -> Result<u64, Error> {
+    let row = db
+        .query_one_raw(statement(
+            backend(db),
+            "SELECT COUNT(*) AS n FROM event_deliveries WHERE merchant_id = ? AND installation_id = ? \
+             AND delivered_at >= ?",
+            vec![merchant_id.into(), installation_id.into(), millis(since).into()],
+        ))
+        .await?;
+    let n: i64 = match row {
+        Some(row) => row.try_get("", "n")?,
+        None => 0,
+    };
+    Ok(u64::try_from(n).unwrap_or(0))
+}
+
+/// Filters of the delivery log.
+#[derive(Debug, Clone, Default)]
+pub struct DeliveryFilter {
+    pub installation_id: Option<String>,
+    pub status: Option<String>,
+    pub event_id: Option<String>,
+    pub limit: u64,
+    pub offset: u64,
+}
+
+const DELIVERY_COLUMNS: &str = "id, event_id, kind, installation_id, merchant_id, status, attempts, \
+     next_attempt_at, last_error, latency_ms, created_at, delivered_at";
+
+fn scope_filter(scope: &Place, values: &mut Vec<Value>) -> String {
+    let mut clauses = vec!["1 = 1".to_owned()];
+    for (kind, column) in [
+        (NodeKind::Partner, "partner_id"),
+        (NodeKind::Agent, "agent_id"),
+        (NodeKind::Merchant, "merchant_id"),
+    ] {
+        if let Some(id) = scope.ancestor(kind) {
+            clauses.push(format!("{column} = ?"));
+            values.push(id.into());
+        }
+    }
+    clauses.join(" AND ")
+}
+
+fn delivery_of(row: &QueryResult) -> Result<Delivery, Error> {
+    let status: String = row.try_get("", "status")?;
+    let next: i64 = row.try_get("", "next_attempt_at")?;
+    Ok(Delivery {
+        id: row.try_get("", "id")?,
+        event_id: row.try_get("", "event_id")?,
+        kind: row.try_get("", "kind")?,
+        installation_id: row.try_get("", "installation_id")?,
+        merchant_id: row.try_get("", "merchant_id")?,
+        next_attempt_at: (status == "pending").then(|| from_millis(next)),
+        status,
+        attempts: row.try_get("", "attempts")?,
+        last_error: row.try_get("", "last_error")?,
+        latency_ms: row.try_get("", "latency_ms")?,
+        created_at: from_millis(row.try_get("", "created_at")?),
+        delivered_at: row
+            .try_get::<Option<i64>>("", "delivered_at")?
+            .map(from_millis),
+    })
+}
+
+/// The delivery log inside `scope`, newest first.
+pub async fn deliveries(
+    db: &impl ConnectionTrait,
+    scope: &Place,
+    filter: &DeliveryFilter,
+) -> Result<(Vec<Delivery>, u64), Error> {
+    let mut values = Vec::new();
+    let mut condition = scope_filter(scope, &mut values);
+    for (column, value) in [
+        ("installation_id", &filter.installation_id),
+        ("status", &filter.status),
+        ("event_id", &filter.event_id),
+    ] {
+        if let Some(v) = value {
+            condition.push_str(&format!(" AND {column} = ?"));
+            values.push(v.clone().into());
+        }
+    }
+    let total = db
+        .query_one_raw(statement(
+            backend(db),
+            &format!("SELECT COUNT(*) AS n FROM event_deliveries WHERE {condition}"),
+            values.clone(),
+        ))
+        .await?
+        .map(|r| r.try_get::<i64>("", "n"))
+        .transpose()?
+        .unwrap_or(0);
+    values.push(
+        i64::try_from(filter.limit.clamp(1, 200))
+            .unwrap_or(50)
+            .into(),
+    );
+    values.push(i64::try_from(filter.offset).unwrap_or(0).into());
+    let rows = db
+        .query_all_raw(statement(
+            backend(db),
+            &format!(
+                "SELECT {DELIVERY_COLUMNS} FROM event_deliveries WHERE {condition} \
+                 ORDER BY created_at DESC, id DESC LIMIT ? OFFSET ?"
+            ),
+            values,
+        ))
+        .await?;
+    let items = rows.iter().map(delivery_of).collect::<Result<_, _>>()?;
+    Ok((items, u64::try_from(total).unwrap_or(0)))
+}
+
+/// One delivery inside `scope`.
+pub async fn delivery(
+    db: &impl ConnectionTrait,
+    scope: &Place,
+    id: &str,
+) -> Result<Delivery, Error> {
+    let mut values = Vec::new();
+    let condition = scope_filter(scope, &mut values);
+    values.push(id.into());
+    let row = db
+        .query_one_raw(statement(
+            backend(db),
+            &format!(
+                "SELECT {DELIVERY_COLUMNS} FROM event_deliveries WHERE {condition} AND id = ?"
+            ),
+            values,
+        ))
+        .await?
+        .ok_or_else(|| Error::NotFound(id.to_owned()))?;
+    delivery_of(&row)
+}
+
+/// Puts a finished delivery (delivered, skipped or dead) back in the queue now. A pending one
+/// is left alone: it is already on its way.
+pub async fn redeliver(
+    db: &impl ConnectionTrait,
+    delivery: &Delivery,
+    now: DateTime<Utc>,
+) -> Result<(), Error> {
+    db.execute_raw(statement(
+        backend(db),
+        "UPDATE event_deliveries SET status = 'pending', next_attempt_at = ?, attempts = 0, lease_until = NULL, \
+         lease_owner = NULL, delivered_at = NULL, updated_at = ? WHERE id = ? AND status <> 'pending'",
+        vec![millis(now).into(), millis(now).into(), delivery.id.clone().into()],
+    ))
+    .await?;
+    Ok(())
+}
+
+/// Counts of deliveries by status (for tests and the admin overview).
+pub async fn counts(
+    db: &impl ConnectionTrait,
+) -> Result<std::collections::BTreeMap<String, i64>, Error> {
+    let rows = db
+        .query_all_raw(statement(
+            backend(db),
+            "SELECT status, COUNT(*) AS n FROM event_deliveries GROUP BY status",
+            vec![],
+        ))
+        .await?;
+    let mut out = std::collections::BTreeMap::new();
+    for row in rows {
+        out.insert(row.try_get("", "status")?, row.try_get("", "n")?);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_and_is_capped() {
+        let backoff = Backoff {
+            first: Duration::seconds(2),
+            max: Duration::seconds(60),
+            max_attempts: 8,
+        };
+        let first = backoff.delay(1);
+        assert!(first >= Duration::seconds(2) && first <= Duration::milliseconds(2_500));
+        let third = backoff.delay(3);
+        assert!(third >= Duration::seconds(8) && third <= Duration::seconds(10));
+        let late = backoff.delay(30);
+        assert!(late >= Duration::seconds(60) && late <= Duration::seconds(75));
+    }
+}
