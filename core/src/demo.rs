@@ -267,8 +267,13 @@ pub async fn seed_plugins(
         }),
     };
     let write = rbac.authorize(&actor, Action::PackageWrite, &agent).await?;
-    let existing = packages::list(db, &agent)
+    let all = crate::db::Page {
+        page: 1,
+        per_page: crate::db::Page::MAX_PER_PAGE,
+    };
+    let existing = packages::list(db, &agent, all)
         .await?
+        .items
         .into_iter()
         .find(|p| p.draft.name == DEMO_PACKAGE);
     let package = match existing {
@@ -280,10 +285,12 @@ pub async fn seed_plugins(
     let assign = rbac
         .authorize(&actor, Action::AssignmentWrite, &merchant)
         .await?;
-    let current = packages::list_assignments(db, &merchant, merchant.merchant_id.as_deref(), now)
-        .await?
-        .into_iter()
-        .find(|a| a.package_id == package.id && a.state == "active");
+    let current =
+        packages::list_assignments(db, &merchant, merchant.merchant_id.as_deref(), now, all)
+            .await?
+            .items
+            .into_iter()
+            .find(|a| a.package_id == package.id && a.state == "active");
     match current {
         Some(a) if a.package_version == package.published_version => {}
         Some(a) => {

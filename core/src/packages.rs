@@ -14,7 +14,7 @@ use sea_orm::{
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::db::{from_millis, millis, statement};
+use crate::db::{Page, Paged, from_millis, millis, statement};
 use crate::rbac::Grant;
 use crate::tenancy::{NodeKind, Place};
 
@@ -201,7 +201,7 @@ pub struct Assignment {
 }
 
 /// What a merchant holds for one plugin right now.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Entitlement {
     pub plugin_id: String,
     /// When the last of the covering assignments ends.
@@ -319,18 +319,49 @@ pub async fn get(db: &impl ConnectionTrait, scope: &Place, id: &str) -> Result<P
     package_of(&row, backend(db))
 }
 
-/// Packages inside `scope`, newest first.
-pub async fn list(db: &impl ConnectionTrait, scope: &Place) -> Result<Vec<Package>, Error> {
+/// Packages inside `scope`, newest first, one page at a time.
+pub async fn list(
+    db: &impl ConnectionTrait,
+    scope: &Place,
+    page: Page,
+) -> Result<Paged<Package>, Error> {
     let mut values = Vec::new();
     let filter = scope_filter(scope, "p", &mut values);
+    let total = count(
+        db,
+        &format!("SELECT COUNT(*) AS n FROM packages p WHERE {filter}"),
+        values.clone(),
+    )
+    .await?;
+    values.push(limit_value(page.limit()));
+    values.push(limit_value(page.offset()));
     let rows = db
         .query_all_raw(statement(
             backend(db),
-            &format!("SELECT {PACKAGE_COLUMNS} WHERE {filter} ORDER BY p.created_at DESC, p.id DESC LIMIT 500"),
+            &format!("SELECT {PACKAGE_COLUMNS} WHERE {filter} ORDER BY p.created_at DESC, p.id DESC LIMIT ? OFFSET ?"),
             values,
         ))
         .await?;
-    rows.iter().map(|r| package_of(r, backend(db))).collect()
+    let items = rows
+        .iter()
+        .map(|r| package_of(r, backend(db)))
+        .collect::<Result<_, _>>()?;
+    Ok(page.wrap(items, total))
+}
+
+fn limit_value(n: u64) -> Value {
+    i64::try_from(n).unwrap_or(i64::MAX).into()
+}
+
+async fn count(db: &impl ConnectionTrait, sql: &str, values: Vec<Value>) -> Result<u64, Error> {
+    let n: i64 = match db
+        .query_one_raw(statement(backend(db), sql, values))
+        .await?
+    {
+        Some(row) => row.try_get("", "n")?,
+        None => 0,
+    };
+    Ok(u64::try_from(n).unwrap_or(0))
 }
 
 /// Replaces the draft of the package the grant's target (its agent) owns.
@@ -584,27 +615,41 @@ pub async fn get_assignment(
     assignment_of(&row, now)
 }
 
-/// Assignments inside `scope` (a merchant sees its own), optionally of one merchant.
+/// Assignments inside `scope` (a merchant sees its own), optionally of one merchant, newest
+/// first, one page at a time.
 pub async fn list_assignments(
     db: &impl ConnectionTrait,
     scope: &Place,
     merchant_id: Option<&str>,
     now: DateTime<Utc>,
-) -> Result<Vec<Assignment>, Error> {
+    page: Page,
+) -> Result<Paged<Assignment>, Error> {
     let mut values = Vec::new();
     let mut filter = scope_filter(scope, "a", &mut values);
     if let Some(merchant) = merchant_id {
         filter.push_str(" AND a.merchant_id = ?");
         values.push(merchant.into());
     }
+    let total = count(
+        db,
+        &format!("SELECT COUNT(*) AS n FROM assignments a WHERE {filter}"),
+        values.clone(),
+    )
+    .await?;
+    values.push(limit_value(page.limit()));
+    values.push(limit_value(page.offset()));
     let rows = db
         .query_all_raw(statement(
             backend(db),
-            &format!("SELECT {ASSIGNMENT_COLUMNS} WHERE {filter} ORDER BY a.created_at DESC, a.id DESC LIMIT 1000"),
+            &format!("SELECT {ASSIGNMENT_COLUMNS} WHERE {filter} ORDER BY a.created_at DESC, a.id DESC LIMIT ? OFFSET ?"),
             values,
         ))
         .await?;
-    rows.iter().map(|r| assignment_of(r, now)).collect()
+    let items = rows
+        .iter()
+        .map(|r| assignment_of(r, now))
+        .collect::<Result<_, _>>()?;
+    Ok(page.wrap(items, total))
 }
 
 /// Extends an assignment (to `ends_at`, or by the package's validity from its current end or

@@ -191,7 +191,7 @@ async fn a_partner_installs_an_agent_assigns_merchants_use_and_an_ended_package_
 
         // Not offered yet: agents see nothing and cannot package it.
         let seen = w.agent_admin.get("/api/v1/plugins").await.ok();
-        assert_eq!(seen.body.as_array().map(Vec::len), Some(0), "{label}");
+        assert_eq!(seen.body["total"], 0, "{label}");
         let spec = json!({
             "name": "Membership basic 会员基础版",
             "plugins": [HELLO],
@@ -210,7 +210,7 @@ async fn a_partner_installs_an_agent_assigns_merchants_use_and_an_ended_package_
             .await
             .ok();
         let seen = w.agent_admin.get("/api/v1/plugins").await.ok();
-        assert_eq!(seen.body[0]["plugin_id"], HELLO, "{label}");
+        assert_eq!(seen.body["items"][0]["plugin_id"], HELLO, "{label}");
 
         // --- the agent builds, publishes and assigns a package ------------------------------
         let package = w.agent_admin.post("/api/v1/packages", spec.clone()).await;
@@ -265,21 +265,32 @@ async fn a_partner_installs_an_agent_assigns_merchants_use_and_an_ended_package_
         assert_eq!(draft.body["unpublished_changes"], true);
         let held = w.owner1.get("/api/v1/assignments").await.ok();
         assert_eq!(
-            held.body.as_array().map(Vec::len),
+            held.body["items"].as_array().map(Vec::len),
             Some(1),
             "{label}: a merchant sees its own only"
         );
-        assert_eq!(held.body[0]["package_name"], "Membership basic 会员基础版");
+        assert_eq!(
+            held.body["items"][0]["package_name"],
+            "Membership basic 会员基础版"
+        );
 
         // Partners see every assignment below them.
         let all = w.partner_admin.get("/api/v1/assignments").await.ok();
-        assert_eq!(all.body.as_array().map(Vec::len), Some(2), "{label}");
+        assert_eq!(
+            all.body["items"].as_array().map(Vec::len),
+            Some(2),
+            "{label}"
+        );
         let none = w
             .foreign_partner_admin
             .get("/api/v1/assignments")
             .await
             .ok();
-        assert_eq!(none.body.as_array().map(Vec::len), Some(0), "{label}");
+        assert_eq!(
+            none.body["items"].as_array().map(Vec::len),
+            Some(0),
+            "{label}"
+        );
 
         // --- the merchant configures it -----------------------------------------------------
         let config = format!("/api/v1/merchants/{}/plugin-configs/{HELLO}", w.m1);
@@ -501,8 +512,11 @@ async fn a_partner_installs_an_agent_assigns_merchants_use_and_an_ended_package_
             .ok();
         assert_eq!(v2.body["version"], 2);
         let held = w.owner1.get("/api/v1/assignments").await.ok();
-        assert_eq!(held.body[0]["package_version"], 1, "{label}");
-        assert_eq!(held.body[0]["package_name"], "Membership basic 会员基础版");
+        assert_eq!(held.body["items"][0]["package_version"], 1, "{label}");
+        assert_eq!(
+            held.body["items"][0]["package_name"],
+            "Membership basic 会员基础版"
+        );
 
         // --- the package ends for m1 only -----------------------------------------------------
         let soon = (chrono::Utc::now() + chrono::Duration::seconds(1)).to_rfc3339();

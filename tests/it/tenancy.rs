@@ -913,6 +913,30 @@ async fn the_openapi_document_describes_every_route_and_each_is_served() {
         }
     }
     assert!(doc["components"]["schemas"]["Node"].is_object());
+    // Every reference resolves to a schema of the document.
+    fn refs(value: &serde_json::Value, out: &mut Vec<String>) {
+        match value {
+            serde_json::Value::Object(map) => {
+                for (key, item) in map {
+                    match (key.as_str(), item.as_str()) {
+                        ("$ref", Some(target)) => out.push(target.to_owned()),
+                        _ => refs(item, out),
+                    }
+                }
+            }
+            serde_json::Value::Array(items) => items.iter().for_each(|i| refs(i, out)),
+            _ => {}
+        }
+    }
+    let mut all = Vec::new();
+    refs(&doc, &mut all);
+    for target in all {
+        let name = target.trim_start_matches("#/components/schemas/");
+        assert!(
+            doc["components"]["schemas"][name].is_object(),
+            "{target} does not resolve"
+        );
+    }
 }
 
 #[tokio::test]

@@ -19,9 +19,16 @@ use super::api::{
     LoginResponse, Me, NODE_ROUTES, PasswordChange,
 };
 use super::error::ErrorBody;
+use super::plugins::{
+    ActivateRequest, AssignRequest, CreatePackageRequest, OfferRequest, PackageDetail,
+    PluginConfig, PublishEventRequest, Published, RenewRequest,
+};
 use crate::alipay::SignType;
 use crate::alipay::credentials::{CredentialsInput, CredentialsView, GatewayKind, KeyMode};
 use crate::auth::{ApiKey, User, UserPatch};
+use crate::events::Delivery;
+use crate::packages::{Assignment, Entitlement, Package, PackageVersion, Price, Quotas, Spec};
+use crate::plugins::catalog::{Installation, Policy, RouteView, VersionView};
 use crate::rbac::audit::{Outcome, Record};
 use crate::tenancy::{NewNode, Node, NodeKind, NodePatch, NodeStatus, Role};
 
@@ -51,7 +58,28 @@ use crate::tenancy::{NewNode, Node, NodeKind, NodePatch, NodeStatus, Role};
     CredentialsView,
     KeyMode,
     GatewayKind,
-    SignType
+    SignType,
+    Installation,
+    RouteView,
+    VersionView,
+    Policy,
+    Spec,
+    Quotas,
+    Price,
+    Package,
+    PackageVersion,
+    PackageDetail,
+    Assignment,
+    Entitlement,
+    Delivery,
+    ActivateRequest,
+    OfferRequest,
+    CreatePackageRequest,
+    AssignRequest,
+    RenewRequest,
+    PublishEventRequest,
+    Published,
+    PluginConfig
 )))]
 struct Schemas;
 
@@ -59,6 +87,8 @@ struct Schemas;
 #[derive(Debug, Clone, Copy)]
 pub enum Answer {
     One(&'static str, &'static str),
+    /// A bare JSON array (a batch result), with its status.
+    Many(&'static str, &'static str),
     List(&'static str),
     Empty(&'static str),
 }
@@ -288,6 +318,7 @@ pub fn operations() -> Vec<Operation> {
         &[],
         true,
     ));
+    ops.extend(platform_operations());
     for (kind, plural) in NODE_ROUTES {
         let name = kind.as_str();
         let base = format!("/api/v1/{plural}");
@@ -403,10 +434,14 @@ pub fn document() -> utoipa::openapi::OpenApi {
                     .trim_start_matches("/api/v1/")
                     .replace(['/', '{', '}', '-'], "_")
             )));
-        if operation.path.contains("{id}") {
+        for name in operation
+            .path
+            .split('/')
+            .filter_map(|segment| segment.strip_prefix('{')?.strip_suffix('}'))
+        {
             builder = builder.parameter(
                 ParameterBuilder::new()
-                    .name("id")
+                    .name(name)
                     .parameter_in(ParameterIn::Path)
                     .required(Required::True)
                     .schema(Some(ObjectBuilder::new().schema_type(Type::String)))
@@ -443,6 +478,15 @@ pub fn document() -> utoipa::openapi::OpenApi {
                     "application/json",
                     ContentBuilder::new()
                         .schema(Some(schema_ref(schema)))
+                        .build(),
+                ),
+            ),
+            Answer::Many(status, schema) => responses.response(
+                status,
+                ResponseBuilder::new().description("OK").content(
+                    "application/json",
+                    ContentBuilder::new()
+                        .schema(Some(ArrayBuilder::new().items(schema_ref(schema))))
                         .build(),
                 ),
             ),
@@ -514,4 +558,261 @@ pub fn document() -> utoipa::openapi::OpenApi {
     }
     doc.paths = paths;
     doc
+}
+
+const DELIVERY_QUERY: [(&str, &str); 6] = [
+    ("merchant_id", "deliveries to this merchant"),
+    ("installation_id", "deliveries to this installation"),
+    ("status", "pending, delivered, skipped or dead"),
+    ("event_id", "deliveries of this event"),
+    PAGE_QUERY[0],
+    PAGE_QUERY[1],
+];
+
+const ASSIGNMENT_QUERY: [(&str, &str); 3] = [
+    ("merchant_id", "assignments of this merchant"),
+    PAGE_QUERY[0],
+    PAGE_QUERY[1],
+];
+
+/// The plugin platform: catalog, packages, assignments, configuration, events.
+fn platform_operations() -> Vec<Operation> {
+    let op = |method, path: &str, summary: &str, tag, body, answer, query| Operation {
+        method,
+        path: path.to_owned(),
+        summary: summary.to_owned(),
+        tag,
+        body,
+        answer,
+        query,
+        authenticated: true,
+    };
+    let plugin = "/api/v1/partners/{id}/plugins/{plugin}";
+    vec![
+        op(
+            "get",
+            "/api/v1/plugins",
+            "Plugins you can see: installed (partner), offered (agent), entitled (merchant)",
+            "plugins",
+            None,
+            Answer::List("Installation"),
+            &PAGE_QUERY[..],
+        ),
+        op(
+            "get",
+            "/api/v1/partners/{id}/plugins",
+            "The partner's installed plugins",
+            "plugins",
+            None,
+            Answer::List("Installation"),
+            &PAGE_QUERY[..],
+        ),
+        op(
+            "post",
+            "/api/v1/partners/{id}/plugins",
+            "Install a plugin or a new version: the .tplug archive is the body (application/octet-stream); ?activate=true moves merchants to it",
+            "plugins",
+            None,
+            Answer::One("201", "Installation"),
+            &[("activate", "move every merchant to this version now")],
+        ),
+        op(
+            "get",
+            plugin,
+            "One installed plugin with its versions",
+            "plugins",
+            None,
+            Answer::One("200", "Installation"),
+            &[],
+        ),
+        op(
+            "delete",
+            plugin,
+            "Uninstall (refused while an assignment uses it unless ?force=true); data is kept",
+            "plugins",
+            None,
+            Answer::One("200", "Installation"),
+            &[("force", "uninstall even while in use")],
+        ),
+        op(
+            "post",
+            &format!("{plugin}/activate"),
+            "Move every merchant of the partner to an installed version",
+            "plugins",
+            Some("ActivateRequest"),
+            Answer::One("200", "Installation"),
+            &[],
+        ),
+        op(
+            "post",
+            &format!("{plugin}/rollback"),
+            "Move every merchant back to the newest earlier version",
+            "plugins",
+            None,
+            Answer::One("200", "Installation"),
+            &[],
+        ),
+        op(
+            "post",
+            &format!("{plugin}/offer"),
+            "Let (or stop letting) the partner's agents put the plugin in packages",
+            "plugins",
+            Some("OfferRequest"),
+            Answer::One("200", "Installation"),
+            &[],
+        ),
+        op(
+            "get",
+            "/api/v1/partners/{id}/plugin-policy",
+            "The partner's signature policy for archives",
+            "plugins",
+            None,
+            Answer::One("200", "Policy"),
+            &[],
+        ),
+        op(
+            "put",
+            "/api/v1/partners/{id}/plugin-policy",
+            "Require archives signed by trusted publisher keys",
+            "plugins",
+            Some("Policy"),
+            Answer::One("200", "Policy"),
+            &[],
+        ),
+        op(
+            "get",
+            "/api/v1/packages",
+            "Packages in your subtree",
+            "packages",
+            None,
+            Answer::List("Package"),
+            &PAGE_QUERY[..],
+        ),
+        op(
+            "post",
+            "/api/v1/packages",
+            "Create a package (a draft) for an agent",
+            "packages",
+            Some("CreatePackageRequest"),
+            Answer::One("201", "Package"),
+            &[],
+        ),
+        op(
+            "get",
+            "/api/v1/packages/{id}",
+            "A package with its published versions",
+            "packages",
+            None,
+            Answer::One("200", "PackageDetail"),
+            &[],
+        ),
+        op(
+            "put",
+            "/api/v1/packages/{id}",
+            "Replace the draft; merchants see it only once published and assigned or renewed",
+            "packages",
+            Some("Spec"),
+            Answer::One("200", "Package"),
+            &[],
+        ),
+        op(
+            "post",
+            "/api/v1/packages/{id}/publish",
+            "Publish the draft as the next version",
+            "packages",
+            None,
+            Answer::One("200", "PackageVersion"),
+            &[],
+        ),
+        op(
+            "post",
+            "/api/v1/packages/{id}/assignments",
+            "Assign the latest published version to merchants of the package's agent",
+            "packages",
+            Some("AssignRequest"),
+            Answer::Many("201", "Assignment"),
+            &[],
+        ),
+        op(
+            "get",
+            "/api/v1/assignments",
+            "Assignments in your subtree (a merchant: its own)",
+            "packages",
+            None,
+            Answer::List("Assignment"),
+            &ASSIGNMENT_QUERY[..],
+        ),
+        op(
+            "post",
+            "/api/v1/assignments/{id}/renew",
+            "Extend an assignment and move it to the package's latest version",
+            "packages",
+            Some("RenewRequest"),
+            Answer::One("200", "Assignment"),
+            &[],
+        ),
+        op(
+            "post",
+            "/api/v1/assignments/{id}/revoke",
+            "End an assignment now",
+            "packages",
+            None,
+            Answer::One("200", "Assignment"),
+            &[],
+        ),
+        op(
+            "get",
+            "/api/v1/merchants/{id}/entitlements",
+            "What the merchant is entitled to now",
+            "packages",
+            None,
+            Answer::Many("200", "Entitlement"),
+            &[],
+        ),
+        op(
+            "get",
+            "/api/v1/merchants/{id}/plugin-configs/{plugin}",
+            "The merchant's configuration of a plugin",
+            "plugins",
+            None,
+            Answer::One("200", "PluginConfig"),
+            &[],
+        ),
+        op(
+            "put",
+            "/api/v1/merchants/{id}/plugin-configs/{plugin}",
+            "Set the configuration: checked against the manifest's JSON Schema, then the plugin's configure hook",
+            "plugins",
+            Some("PluginConfig"),
+            Answer::One("200", "PluginConfig"),
+            &[],
+        ),
+        op(
+            "post",
+            "/api/v1/merchants/{id}/events",
+            "Send an event for a merchant to every subscribing plugin",
+            "events",
+            Some("PublishEventRequest"),
+            Answer::One("202", "Published"),
+            &[],
+        ),
+        op(
+            "get",
+            "/api/v1/deliveries",
+            "The event delivery log",
+            "events",
+            None,
+            Answer::List("Delivery"),
+            &DELIVERY_QUERY[..],
+        ),
+        op(
+            "post",
+            "/api/v1/deliveries/{id}/redeliver",
+            "Queue a finished delivery again",
+            "events",
+            None,
+            Answer::One("200", "Delivery"),
+            &[],
+        ),
+    ]
 }

@@ -25,6 +25,7 @@ use super::api::{ApiJson, ApiQuery, Caller, audited, request_id};
 use super::error::ApiError;
 use super::middleware::{HostContext, RequestId};
 use crate::auth::Principal;
+use crate::db::{Page, Paged};
 use crate::events::{self, DeliveryFilter, NewEvent};
 use crate::packages::{self, Spec};
 use crate::plugins::catalog::{Installation, Policy};
@@ -131,25 +132,35 @@ async fn merchant_in_scope(
 async fn list_plugins(
     State(state): State<AppState>,
     Caller(caller): Caller,
-) -> Result<Json<Vec<Installation>>, ApiError> {
+    ApiQuery(page): ApiQuery<Page>,
+) -> Result<Json<Paged<Installation>>, ApiError> {
     state
         .rbac
         .authorize(&caller, Action::PluginRead, &caller.place)
         .await?;
-    Ok(Json(state.catalog.list(&caller.place).await?))
+    Ok(Json(paged(state.catalog.list(&caller.place).await?, page)))
+}
+
+/// A page of a short list that is read whole (a partner's plugins).
+fn paged<T>(all: Vec<T>, page: Page) -> Paged<T> {
+    let total = u64::try_from(all.len()).unwrap_or(u64::MAX);
+    let skip = usize::try_from(page.offset()).unwrap_or(usize::MAX);
+    let take = usize::try_from(page.limit()).unwrap_or(usize::MAX);
+    page.wrap(all.into_iter().skip(skip).take(take).collect(), total)
 }
 
 async fn partner_plugins(
     State(state): State<AppState>,
     Caller(caller): Caller,
     Path(id): Path<String>,
-) -> Result<Json<Vec<Installation>>, ApiError> {
+    ApiQuery(page): ApiQuery<Page>,
+) -> Result<Json<Paged<Installation>>, ApiError> {
     let partner = partner_in_scope(&state, &caller, &id).await?;
     state
         .rbac
         .authorize(&caller, Action::PluginRead, &partner)
         .await?;
-    Ok(Json(state.catalog.list(&partner).await?))
+    Ok(Json(paged(state.catalog.list(&partner).await?, page)))
 }
 
 async fn get_plugin(
@@ -165,7 +176,7 @@ async fn get_plugin(
     Ok(Json(state.catalog.get(&partner, &id, &plugin).await?))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct InstallQuery {
     /// Move every merchant to the new version at once (default: only a first install is active).
     #[serde(default)]
@@ -218,7 +229,7 @@ async fn install_plugin(
     Ok((StatusCode::CREATED, Json(installed)))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct ActivateRequest {
     pub version: String,
 }
@@ -296,7 +307,7 @@ async fn rollback_plugin(
     Ok(Json(result))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct OfferRequest {
     pub offered: bool,
 }
@@ -322,7 +333,7 @@ async fn offer_plugin(
     Ok(Json(result))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct UninstallQuery {
     #[serde(default)]
     pub force: bool,
@@ -388,15 +399,18 @@ async fn put_policy(
 async fn list_packages(
     State(state): State<AppState>,
     Caller(caller): Caller,
-) -> Result<Json<Vec<packages::Package>>, ApiError> {
+    ApiQuery(page): ApiQuery<Page>,
+) -> Result<Json<Paged<packages::Package>>, ApiError> {
     state
         .rbac
         .authorize(&caller, Action::PackageRead, &caller.place)
         .await?;
-    Ok(Json(packages::list(&state.db.conn, &caller.place).await?))
+    Ok(Json(
+        packages::list(&state.db.conn, &caller.place, page).await?,
+    ))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct CreatePackageRequest {
     /// The agent that owns the package; defaults to the caller's own agent.
     #[serde(default)]
@@ -460,7 +474,7 @@ async fn create_package(
     Ok((StatusCode::CREATED, Json(package)))
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct PackageDetail {
     #[serde(flatten)]
     pub package: packages::Package,
@@ -564,7 +578,7 @@ async fn publish_package(
     Ok(Json(version))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct AssignRequest {
     pub merchant_ids: Vec<String>,
     /// A date (China business day) or an RFC 3339 instant; default now.
@@ -629,7 +643,7 @@ async fn assign_package(
     Ok((StatusCode::CREATED, Json(assigned)))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct AssignmentQuery {
     #[serde(default)]
     pub merchant_id: Option<String>,
@@ -639,7 +653,8 @@ async fn list_assignments(
     State(state): State<AppState>,
     Caller(caller): Caller,
     ApiQuery(query): ApiQuery<AssignmentQuery>,
-) -> Result<Json<Vec<packages::Assignment>>, ApiError> {
+    ApiQuery(page): ApiQuery<Page>,
+) -> Result<Json<Paged<packages::Assignment>>, ApiError> {
     let scope = match &query.merchant_id {
         Some(id) => merchant_in_scope(&state, &caller, id).await?,
         None => caller.place.clone(),
@@ -654,12 +669,13 @@ async fn list_assignments(
             &scope,
             query.merchant_id.as_deref(),
             now(&state),
+            page,
         )
         .await?,
     ))
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 pub struct RenewRequest {
     #[serde(default)]
     pub ends_at: Option<String>,
@@ -760,6 +776,11 @@ async fn entitlements(
 
 // ----- configuration ---------------------------------------------------------------------------
 
+/// A plugin's configuration for one merchant: the JSON object its manifest's schema describes.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+#[schema(value_type = Object)]
+pub struct PluginConfig(pub Value);
+
 async fn get_config(
     State(state): State<AppState>,
     Caller(caller): Caller,
@@ -808,14 +829,14 @@ async fn put_config(
 
 // ----- events and deliveries -----------------------------------------------------------------
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct PublishEventRequest {
     pub kind: String,
     #[serde(default)]
     pub payload: Value,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Published {
     pub event_id: String,
 }
@@ -874,7 +895,7 @@ async fn publish_event(
     Ok((StatusCode::ACCEPTED, Json(Published { event_id })))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct DeliveryQuery {
     #[serde(default)]
     pub merchant_id: Option<String>,
@@ -884,18 +905,6 @@ pub struct DeliveryQuery {
     pub status: Option<String>,
     #[serde(default)]
     pub event_id: Option<String>,
-    #[serde(default)]
-    pub page: Option<u64>,
-    #[serde(default)]
-    pub per_page: Option<u64>,
-}
-
-#[derive(Debug, Serialize)]
-pub struct DeliveryPage {
-    pub items: Vec<events::Delivery>,
-    pub page: u64,
-    pub per_page: u64,
-    pub total: u64,
 }
 
 /// The delivery log: a merchant sees its own, the tiers above everything below them.
@@ -903,7 +912,8 @@ async fn list_deliveries(
     State(state): State<AppState>,
     Caller(caller): Caller,
     ApiQuery(query): ApiQuery<DeliveryQuery>,
-) -> Result<Json<DeliveryPage>, ApiError> {
+    ApiQuery(page): ApiQuery<Page>,
+) -> Result<Json<Paged<events::Delivery>>, ApiError> {
     let scope = match &query.merchant_id {
         Some(id) => merchant_in_scope(&state, &caller, id).await?,
         None => caller.place.clone(),
@@ -923,22 +933,15 @@ async fn list_deliveries(
             message: "one of pending, delivered, skipped, dead".into(),
         });
     }
-    let page = query.page.unwrap_or(1).max(1);
-    let per_page = query.per_page.unwrap_or(50).clamp(1, 200);
     let filter = DeliveryFilter {
         installation_id: query.installation_id,
         status: query.status,
         event_id: query.event_id,
-        limit: per_page,
-        offset: (page - 1).saturating_mul(per_page),
+        limit: page.limit(),
+        offset: page.offset(),
     };
     let (items, total) = events::deliveries(&state.db.conn, &scope, &filter).await?;
-    Ok(Json(DeliveryPage {
-        items,
-        page,
-        per_page,
-        total,
-    }))
+    Ok(Json(page.wrap(items, total)))
 }
 
 async fn redeliver(
