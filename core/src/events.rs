@@ -373,26 +373,62 @@ pub async fn failed(
     Ok(done.rows_affected() == 1)
 }
 
-/// Deliveries of `installation` to `merchant_id` that succeeded since `since` (the daily quota).
-pub async fn delivered_since(
+/// Reserves one of `limit` deliveries of `installation` to `merchant_id` on the day starting
+/// at `day`; false when the day's quota is used up. The conditional increment is atomic, so
+/// concurrent dispatchers (in any number of processes) never exceed the quota.
+pub async fn reserve_quota(
     db: &impl ConnectionTrait,
     installation_id: &str,
     merchant_id: &str,
-    since: DateTime<Utc>,
-) -> Result<u64, Error> {
-    let row = db
-        .query_one_raw(statement(
+    day: DateTime<Utc>,
+    limit: u64,
+) -> Result<bool, Error> {
+    let key = || -> Vec<Value> {
+        vec![
+            installation_id.into(),
+            merchant_id.into(),
+            millis(day).into(),
+        ]
+    };
+    db.execute_raw(statement(
+        backend(db),
+        "INSERT INTO delivery_quota (installation_id, merchant_id, day, used) VALUES (?, ?, ?, 0) \
+         ON CONFLICT DO NOTHING",
+        key(),
+    ))
+    .await?;
+    let mut values = key();
+    values.push(i64::try_from(limit).unwrap_or(i64::MAX).into());
+    let done = db
+        .execute_raw(statement(
             backend(db),
-            "SELECT COUNT(*) AS n FROM event_deliveries WHERE merchant_id = ? AND installation_id = ? \
-             AND delivered_at >= ?",
-            vec![merchant_id.into(), installation_id.into(), millis(since).into()],
+            "UPDATE delivery_quota SET used = used + 1 \
+             WHERE installation_id = ? AND merchant_id = ? AND day = ? AND used < ?",
+            values,
         ))
         .await?;
-    let n: i64 = match row {
-        Some(row) => row.try_get("", "n")?,
-        None => 0,
-    };
-    Ok(u64::try_from(n).unwrap_or(0))
+    Ok(done.rows_affected() == 1)
+}
+
+/// Gives back a reservation whose attempt did not deliver (it failed or was skipped).
+pub async fn release_quota(
+    db: &impl ConnectionTrait,
+    installation_id: &str,
+    merchant_id: &str,
+    day: DateTime<Utc>,
+) -> Result<(), Error> {
+    db.execute_raw(statement(
+        backend(db),
+        "UPDATE delivery_quota SET used = used - 1 \
+         WHERE installation_id = ? AND merchant_id = ? AND day = ? AND used > 0",
+        vec![
+            installation_id.into(),
+            merchant_id.into(),
+            millis(day).into(),
+        ],
+    ))
+    .await?;
+    Ok(())
 }
 
 /// Filters of the delivery log.

@@ -137,6 +137,15 @@ enum EventDeliveries {
     DeliveredAt,
 }
 
+#[derive(DeriveIden)]
+enum DeliveryQuota {
+    Table,
+    InstallationId,
+    MerchantId,
+    Day,
+    Used,
+}
+
 #[async_trait::async_trait]
 impl MigrationTrait for Migration {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
@@ -361,6 +370,26 @@ impl MigrationTrait for Migration {
                     .to_owned(),
             )
             .await?;
+        // Deliveries counted against a package's daily quota, reserved atomically before each
+        // attempt so that concurrent dispatchers cannot overshoot it.
+        manager
+            .create_table(
+                Table::create()
+                    .table(DeliveryQuota::Table)
+                    .if_not_exists()
+                    .col(string_len(DeliveryQuota::InstallationId, 36))
+                    .col(string_len(DeliveryQuota::MerchantId, 36))
+                    .col(big_integer(DeliveryQuota::Day))
+                    .col(big_integer(DeliveryQuota::Used).default(0))
+                    .primary_key(
+                        Index::create()
+                            .col(DeliveryQuota::InstallationId)
+                            .col(DeliveryQuota::MerchantId)
+                            .col(DeliveryQuota::Day),
+                    )
+                    .to_owned(),
+            )
+            .await?;
         manager
             .create_index(
                 Index::create()
@@ -376,6 +405,7 @@ impl MigrationTrait for Migration {
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         for table in [
+            DeliveryQuota::Table.into_iden(),
             EventDeliveries::Table.into_iden(),
             Events::Table.into_iden(),
             PluginConfigs::Table.into_iden(),

@@ -824,3 +824,365 @@ async fn two_engines_deliver_every_event_once_per_installation_and_a_killed_engi
         db.cleanup().await;
     }
 }
+
+/// Over a random tree of two partners, two agents each and two merchants per agent, with
+/// random assignments (current, ended, revoked or none), every merchant owner reaches a
+/// plugin's admin route, its configuration, its public page and its events exactly when the
+/// merchant is its own and entitled now — and never another merchant's.
+#[tokio::test]
+async fn no_merchant_reaches_configures_or_receives_a_plugin_it_is_not_entitled_to() {
+    for db in databases().await {
+        let seed = fastrand::u64(..);
+        let mut rng = fastrand::Rng::with_seed(seed);
+        let label = format!("{} (seed {seed})", db.label());
+        let engine = Engine::start(&db.url(), &FAST);
+        create_platform_admin(&db.url(), ROOT, PASSWORD);
+        let root = Api::new(&engine, CONSOLE).login(ROOT, PASSWORD).await;
+        let archive = plugin_archive_bytes("plugins/hello", "trellis_plugin_hello");
+        // (merchant id, partner index, entitled, owner client)
+        let mut merchants: Vec<(String, usize, bool, Api)> = Vec::new();
+        let mut partners = Vec::new();
+        for p in 0..2 {
+            let domain = format!("p{p}.test");
+            let partner = node(
+                &root,
+                "partners",
+                None,
+                json!({"name": format!("P{p}"), "domains": [domain]}),
+            )
+            .await;
+            root.upload(
+                &format!("/api/v1/partners/{partner}/plugins"),
+                archive.clone(),
+            )
+            .await
+            .ok();
+            root.post(
+                &format!("/api/v1/partners/{partner}/plugins/{HELLO}/offer"),
+                json!({"offered": true}),
+            )
+            .await
+            .ok();
+            for a in 0..2 {
+                let agent = node(
+                    &root,
+                    "agents",
+                    Some(&partner),
+                    json!({"name": format!("A{p}{a}")}),
+                )
+                .await;
+                let package = root
+                    .post(
+                        "/api/v1/packages",
+                        json!({"agent_id": agent, "name": "Pkg", "plugins": [HELLO], "validity_days": 30}),
+                    )
+                    .await
+                    .ok()
+                    .id();
+                root.post(&format!("/api/v1/packages/{package}/publish"), json!({}))
+                    .await
+                    .ok();
+                for m in 0..2 {
+                    let merchant = node(
+                        &root,
+                        "merchants",
+                        Some(&agent),
+                        json!({"name": format!("M{p}{a}{m}")}),
+                    )
+                    .await;
+                    let now = chrono::Utc::now();
+                    let entitled = match rng.u8(0..4) {
+                        0 => false,
+                        1 => {
+                            // Ended yesterday.
+                            let start = (now - chrono::Duration::days(10)).to_rfc3339();
+                            let end = (now - chrono::Duration::days(1)).to_rfc3339();
+                            root.post(
+                                &format!("/api/v1/packages/{package}/assignments"),
+                                json!({"merchant_ids": [merchant], "starts_at": start, "ends_at": end}),
+                            )
+                            .await
+                            .ok();
+                            false
+                        }
+                        2 => {
+                            let made = root
+                                .post(
+                                    &format!("/api/v1/packages/{package}/assignments"),
+                                    json!({"merchant_ids": [merchant]}),
+                                )
+                                .await
+                                .ok();
+                            let id = made.body[0]["id"].as_str().unwrap().to_owned();
+                            root.post(&format!("/api/v1/assignments/{id}/revoke"), json!({}))
+                                .await
+                                .ok();
+                            false
+                        }
+                        _ => {
+                            root.post(
+                                &format!("/api/v1/packages/{package}/assignments"),
+                                json!({"merchant_ids": [merchant]}),
+                            )
+                            .await
+                            .ok();
+                            true
+                        }
+                    };
+                    let email = format!("owner-{p}{a}{m}@test.test");
+                    let owner = user(&engine, &root, &merchant, &email, &domain).await;
+                    merchants.push((merchant, p, entitled, owner));
+                }
+            }
+            partners.push(partner);
+        }
+
+        for (mine, my_partner, _, owner) in &merchants {
+            for (target, partner, entitled, _) in &merchants {
+                let status = owner.get(&stats_path(target)).await.status;
+                let config = owner
+                    .put(
+                        &format!("/api/v1/merchants/{target}/plugin-configs/{HELLO}"),
+                        json!({"greeting": "hi"}),
+                    )
+                    .await
+                    .status;
+                let page = Api::new(&engine, &format!("p{my_partner}.test"))
+                    .get(&format!("/m/{target}/{HELLO}/"))
+                    .await
+                    .status;
+                let expected_admin = match (mine == target, *entitled) {
+                    (false, _) => 404,
+                    (true, true) => 200,
+                    (true, false) => 403,
+                };
+                assert_eq!(
+                    status, expected_admin,
+                    "{label}: route of {target} as owner of {mine}"
+                );
+                assert_eq!(
+                    config, expected_admin,
+                    "{label}: config of {target} as owner of {mine}"
+                );
+                let expected_page = match (partner == my_partner, *entitled) {
+                    (false, _) => 404,
+                    (true, true) => 200,
+                    (true, false) => 403,
+                };
+                assert_eq!(
+                    page, expected_page,
+                    "{label}: page of {target} on p{my_partner}.test"
+                );
+            }
+        }
+
+        // One event for every merchant: delivered exactly to the entitled ones, skipped for the
+        // rest, and each owner's log holds its own merchant's delivery only.
+        for (merchant, _, _, _) in &merchants {
+            root.post(
+                &format!("/api/v1/merchants/{merchant}/events"),
+                json!({"kind": "payment.succeeded"}),
+            )
+            .await
+            .ok();
+        }
+        for (merchant, _, entitled, owner) in &merchants {
+            let want = if *entitled { "delivered" } else { "skipped" };
+            eventually(
+                Duration::from_secs(30),
+                "the merchant's delivery",
+                || async {
+                    let log = owner.get("/api/v1/deliveries").await.ok();
+                    let items = log.body["items"].as_array().cloned().unwrap_or_default();
+                    match items.as_slice() {
+                        [only]
+                            if only["status"] == want
+                                && only["merchant_id"] == merchant.as_str() =>
+                        {
+                            Ok(())
+                        }
+                        other => Err(format!("{label}: {other:?}")),
+                    }
+                },
+            )
+            .await;
+            let total = owner.get(&stats_path(merchant)).await;
+            if *entitled {
+                assert_eq!(total.body["total"], 1, "{label}");
+            }
+        }
+        let _ = partners;
+        drop(engine);
+        db.cleanup().await;
+    }
+}
+
+/// A delivery that keeps failing is retried with backoff, then dead, visible with its error,
+/// and a manual redelivery queues it again.
+#[tokio::test]
+async fn a_failing_delivery_is_retried_then_dead_and_can_be_redelivered() {
+    let db = trellis_tests::sqlite();
+    let engine = Engine::start(
+        &db.url(),
+        &[
+            ("TRELLIS_EVENTS__POLL_MS", "50"),
+            ("TRELLIS_EVENTS__BACKOFF_FIRST_SECS", "1"),
+            ("TRELLIS_EVENTS__MAX_ATTEMPTS", "3"),
+        ],
+    );
+    create_platform_admin(&db.url(), ROOT, PASSWORD);
+    let root = Api::new(&engine, CONSOLE).login(ROOT, PASSWORD).await;
+    let partner = node(
+        &root,
+        "partners",
+        None,
+        json!({"name": "P", "domains": ["p.test"]}),
+    )
+    .await;
+    let agent = node(&root, "agents", Some(&partner), json!({"name": "A"})).await;
+    let merchant = node(&root, "merchants", Some(&agent), json!({"name": "M"})).await;
+    let abuse = plugin_archive_bytes("tests/plugins/abuse", "trellis_fixture_abuse");
+    let installed = root
+        .upload(&format!("/api/v1/partners/{partner}/plugins"), abuse)
+        .await;
+    assert_eq!(installed.status, 201, "{installed:?}");
+    let plugin = installed.body["plugin_id"].as_str().unwrap().to_owned();
+    root.post(
+        &format!("/api/v1/partners/{partner}/plugins/{plugin}/offer"),
+        json!({"offered": true}),
+    )
+    .await
+    .ok();
+    let package = root
+        .post(
+            "/api/v1/packages",
+            json!({"agent_id": agent, "name": "Abuse", "plugins": [plugin], "validity_days": 1,
+                   "quotas": {"events_per_day": 2}}),
+        )
+        .await
+        .ok()
+        .id();
+    root.post(&format!("/api/v1/packages/{package}/publish"), json!({}))
+        .await
+        .ok();
+    root.post(
+        &format!("/api/v1/packages/{package}/assignments"),
+        json!({"merchant_ids": [merchant]}),
+    )
+    .await
+    .ok();
+    let started = Instant::now();
+    root.post(
+        &format!("/api/v1/merchants/{merchant}/events"),
+        json!({"kind": "abuse.panic"}),
+    )
+    .await
+    .ok();
+    eventually(Duration::from_secs(30), "the dead delivery", || async {
+        let items = deliveries(&root, &merchant, "dead").await;
+        if items.is_empty() {
+            Err(format!(
+                "{:?}",
+                deliveries(&root, &merchant, "pending").await
+            ))
+        } else {
+            Ok(())
+        }
+    })
+    .await;
+    let dead = deliveries(&root, &merchant, "dead").await.remove(0);
+    assert_eq!(dead["attempts"], 3, "{dead:?}");
+    assert!(
+        dead["last_error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("panic"),
+        "{dead:?}"
+    );
+    // Two retries with backoff: at least 1 s and then 2 s apart.
+    assert!(
+        started.elapsed() >= Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    let id = dead["id"].as_str().unwrap();
+    let again = root
+        .post(&format!("/api/v1/deliveries/{id}/redeliver"), json!({}))
+        .await
+        .ok();
+    assert_eq!(again.body["status"], "pending");
+    assert_eq!(again.body["attempts"], 0);
+
+    // The daily quota: two events a day are delivered, the third is skipped with the reason.
+    for _ in 0..3 {
+        root.post(
+            &format!("/api/v1/merchants/{merchant}/events"),
+            json!({"kind": "abuse.ok"}),
+        )
+        .await
+        .ok();
+    }
+    eventually(Duration::from_secs(30), "the quota skip", || async {
+        let skipped = deliveries(&root, &merchant, "skipped").await;
+        let delivered = deliveries(&root, &merchant, "delivered").await;
+        match (delivered.len(), skipped.first()) {
+            (2, Some(s))
+                if s["last_error"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .starts_with("quota_exceeded") =>
+            {
+                Ok(())
+            }
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    drop(engine);
+}
+
+/// A partner that requires signatures installs only archives signed by a key it trusts.
+#[tokio::test]
+async fn a_partner_requiring_signatures_refuses_unsigned_and_untrusted_archives() {
+    use trellis_core::plugins::archive;
+    let db = trellis_tests::sqlite();
+    let engine = Engine::start(&db.url(), &[]);
+    create_platform_admin(&db.url(), ROOT, PASSWORD);
+    let root = Api::new(&engine, CONSOLE).login(ROOT, PASSWORD).await;
+    let partner = node(
+        &root,
+        "partners",
+        None,
+        json!({"name": "P", "domains": ["p.test"]}),
+    )
+    .await;
+    let (trusted_key, trusted_public) = archive::keygen().unwrap();
+    let (other_key, _) = archive::keygen().unwrap();
+    let policy = format!("/api/v1/partners/{partner}/plugin-policy");
+    let bad = root
+        .put(
+            &policy,
+            json!({"require_signature": true, "trusted_keys": []}),
+        )
+        .await;
+    assert_eq!(bad.status, 422, "{bad:?}");
+    assert_eq!(bad.body["field"], "trusted_keys");
+    root.put(
+        &policy,
+        json!({"require_signature": true, "trusted_keys": [trusted_public]}),
+    )
+    .await
+    .ok();
+    let unsigned = plugin_archive_bytes("plugins/hello", "trellis_plugin_hello");
+    let upload = format!("/api/v1/partners/{partner}/plugins");
+    let refused = root.upload(&upload, unsigned.clone()).await;
+    assert_eq!(refused.status, 422, "{refused:?}");
+    assert_eq!(refused.body["code"], "untrusted_publisher");
+    let untrusted = archive::sign(&unsigned, &other_key).unwrap();
+    let refused = root.upload(&upload, untrusted).await;
+    assert_eq!(refused.body["code"], "untrusted_publisher", "{refused:?}");
+    let signed = archive::sign(&unsigned, &trusted_key).unwrap();
+    let installed = root.upload(&upload, signed).await;
+    assert_eq!(installed.status, 201, "{installed:?}");
+    drop(engine);
+}

@@ -996,6 +996,7 @@ impl Catalog {
         }
         let now = self.now();
         let mut config = json!({});
+        let mut reserved = None;
         if let Some(merchant_id) = &claim.place.merchant_id {
             let entitlement =
                 match packages::entitlement(&self.db, merchant_id, &installation.plugin_id, now)
@@ -1011,13 +1012,14 @@ impl Catalog {
                     Err(e) => return Delivery::Retry(e.to_string()),
                 };
             if let Some(per_day) = entitlement.quotas.events_per_day {
-                let since = china_day_start(now);
-                match events::delivered_since(&self.db, &installation.id, merchant_id, since).await
+                let day = china_day_start(now);
+                match events::reserve_quota(&self.db, &installation.id, merchant_id, day, per_day)
+                    .await
                 {
-                    Ok(n) if n >= per_day => {
+                    Ok(true) => reserved = Some((merchant_id.clone(), day)),
+                    Ok(false) => {
                         return Delivery::Skip(format!("quota_exceeded: {per_day} events per day"));
                     }
-                    Ok(_) => {}
                     Err(e) => return Delivery::Retry(e.to_string()),
                 }
             }
@@ -1027,6 +1029,23 @@ impl Catalog {
                 Err(e) => return Delivery::Retry(e.to_string()),
             }
         }
+        let outcome = self.attempt(installation, config, claim).await;
+        if outcome != Delivery::Done
+            && let Some((merchant_id, day)) = reserved
+            && let Err(error) =
+                events::release_quota(&self.db, &claim.installation_id, &merchant_id, day).await
+        {
+            tracing::warn!(%error, "could not release a quota reservation");
+        }
+        outcome
+    }
+
+    async fn attempt(
+        &self,
+        installation: Installation,
+        config: Json,
+        claim: &events::Claimed,
+    ) -> Delivery {
         if !installation.subscribe.contains(&claim.kind) {
             return Delivery::Skip("not_subscribed".into());
         }
