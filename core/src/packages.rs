@@ -785,18 +785,34 @@ pub async fn entitlement(
     Err(Error::NotEntitled(plugin_id.to_owned()))
 }
 
-/// Whether any package (published or draft) of the partner still includes the plugin, and
-/// any assignment of it is current: uninstalling is refused then unless forced.
+/// Why the partner may not uninstall a plugin now: a package whose latest published version
+/// includes it, or a current assignment holding an older version that does. `None`: unused.
 pub async fn plugin_in_use(
     db: &impl ConnectionTrait,
     partner_id: &str,
     plugin_id: &str,
     now: DateTime<Utc>,
-) -> Result<bool, Error> {
+) -> Result<Option<String>, Error> {
     let rows = db
         .query_all_raw(statement(
             backend(db),
-            "SELECT v.spec FROM assignments a JOIN package_versions v \
+            "SELECT p.id, v.spec FROM packages p JOIN package_versions v \
+             ON v.package_id = p.id AND v.version = p.published_version \
+             WHERE p.partner_id = ? AND p.status = 'active'",
+            vec![partner_id.into()],
+        ))
+        .await?;
+    for row in rows {
+        let spec = spec_of(&row.try_get::<String>("", "spec")?)?;
+        if spec.plugins.iter().any(|p| p == plugin_id) {
+            let id: String = row.try_get("", "id")?;
+            return Ok(Some(format!("package {id} ({}) includes it", spec.name)));
+        }
+    }
+    let rows = db
+        .query_all_raw(statement(
+            backend(db),
+            "SELECT a.id, v.spec FROM assignments a JOIN package_versions v \
              ON v.package_id = a.package_id AND v.version = a.package_version \
              WHERE a.partner_id = ? AND a.status = 'active' AND a.ends_at > ?",
             vec![partner_id.into(), millis(now).into()],
@@ -805,10 +821,11 @@ pub async fn plugin_in_use(
     for row in rows {
         let spec = spec_of(&row.try_get::<String>("", "spec")?)?;
         if spec.plugins.iter().any(|p| p == plugin_id) {
-            return Ok(true);
+            let id: String = row.try_get("", "id")?;
+            return Ok(Some(format!("assignment {id} holds it")));
         }
     }
-    Ok(false)
+    Ok(None)
 }
 
 #[cfg(test)]

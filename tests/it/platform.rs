@@ -1071,6 +1071,34 @@ async fn a_failing_delivery_is_retried_then_dead_and_can_be_redelivered() {
     )
     .await
     .ok();
+    // The plugin never sees the caller's credentials and cannot set cookies.
+    let response = trellis_tests::client()
+        .get(engine.url(&format!(
+            "/api/v1/merchants/{merchant}/plugins/{plugin}/headers"
+        )))
+        .header("host", CONSOLE)
+        .bearer_auth(root.token().unwrap())
+        .header("cookie", "trellis_session=secret")
+        .header("x-api-key", "secret")
+        .header("x-trace", "kept")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(
+        response.headers().get("set-cookie").is_none(),
+        "{:?}",
+        response.headers()
+    );
+    let seen: Vec<String> = response.json().await.unwrap();
+    assert!(seen.contains(&"x-trace".to_owned()), "{seen:?}");
+    for hidden in ["authorization", "cookie", "x-api-key"] {
+        assert!(
+            !seen.contains(&hidden.to_owned()),
+            "{hidden} reached the plugin: {seen:?}"
+        );
+    }
+
     let started = Instant::now();
     root.post(
         &format!("/api/v1/merchants/{merchant}/events"),
@@ -1184,5 +1212,69 @@ async fn a_partner_requiring_signatures_refuses_unsigned_and_untrusted_archives(
     let signed = archive::sign(&unsigned, &trusted_key).unwrap();
     let installed = root.upload(&upload, signed).await;
     assert_eq!(installed.status, 201, "{installed:?}");
+    drop(engine);
+}
+
+/// `trellis plugin install --first-party` installs every plugin built from `plugins/` for a
+/// partner in one command; a broken archive is refused with its reason and exit code 1.
+#[tokio::test]
+async fn first_party_plugins_install_for_a_partner_in_one_command() {
+    let db = trellis_tests::sqlite();
+    let engine = Engine::start(&db.url(), &[]);
+    create_platform_admin(&db.url(), ROOT, PASSWORD);
+    let root = Api::new(&engine, CONSOLE).login(ROOT, PASSWORD).await;
+    let partner = node(
+        &root,
+        "partners",
+        None,
+        json!({"name": "P", "domains": ["p.test"]}),
+    )
+    .await;
+    let dir = trellis_tests::tempdir();
+    let output = trellis_tests::trellis_command(dir.path(), &db.url())
+        .current_dir(trellis_tests::workspace_root())
+        .args([
+            "plugin",
+            "install",
+            "--first-party",
+            "--offer",
+            "--partner",
+            &partner,
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains(HELLO), "{stdout}");
+    let listed = root
+        .get(&format!("/api/v1/partners/{partner}/plugins"))
+        .await
+        .ok();
+    let hello = listed.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["plugin_id"] == HELLO)
+        .cloned()
+        .unwrap_or_else(|| panic!("{listed:?}"));
+    assert_eq!(hello["offered"], true);
+
+    let broken = dir.path().join("broken.tplug");
+    std::fs::write(&broken, b"not an archive").unwrap();
+    let output = trellis_tests::trellis_command(dir.path(), &db.url())
+        .args(["plugin", "install", "--partner", &partner])
+        .arg(&broken)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("refused"),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     drop(engine);
 }

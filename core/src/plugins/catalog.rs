@@ -39,10 +39,8 @@ pub enum Error {
     VersionExists { plugin: String, version: String },
     #[error("{0}")]
     Untrusted(String),
-    #[error(
-        "{plugin} is used by an active package assignment; uninstall with force=true to remove it anyway"
-    )]
-    InUse { plugin: String },
+    #[error("{plugin} is in use ({reason}); uninstall with force=true to remove it anyway")]
+    InUse { plugin: String, reason: String },
     #[error("there is no earlier version of {0} to roll back to")]
     NoEarlierVersion(String),
     #[error("{field}: {message}")]
@@ -634,11 +632,16 @@ impl Catalog {
     ) -> Result<Installation, Error> {
         let partner_id = partner_of(grant)?;
         let row = self.installed_row(&partner_id, plugin_id).await?;
-        if !force && packages::plugin_in_use(&self.db, &partner_id, plugin_id, self.now()).await? {
+        if !force
+            && let Some(reason) =
+                packages::plugin_in_use(&self.db, &partner_id, plugin_id, self.now()).await?
+        {
             return Err(Error::InUse {
                 plugin: plugin_id.to_owned(),
+                reason,
             });
         }
+
         let installation = self.view(row).await?;
         let loaded = self.loaded_of(&installation).await?;
         let partner_place = Place {
@@ -695,9 +698,11 @@ impl Catalog {
             sql.push_str(" AND partner_id = ?");
             values.push(partner.clone().into());
         }
-        if scope.agent_id.is_some() {
+        if scope.agent_id.is_some() && scope.merchant_id.is_none() {
             sql.push_str(" AND offered = ? AND status = 'installed'");
             values.push(true.into());
+        } else if scope.merchant_id.is_some() {
+            sql.push_str(" AND status = 'installed'");
         }
         sql.push_str(" ORDER BY plugin_id");
         let rows = self

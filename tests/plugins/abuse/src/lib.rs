@@ -99,6 +99,15 @@ impl Plugin for Abuse {
     fn handle_http(_ctx: &Tenant, request: &Request) -> Result<Response> {
         match request.route.as_str() {
             "/big" => Ok(Response::text(200, "x".repeat(2 << 20))),
+            "/headers" => {
+                let names: Vec<&str> = request.headers.iter().map(|h| h.name.as_str()).collect();
+                let mut response = Response::json(200, &names)?;
+                response.headers.push(trellis_host_api::Header {
+                    name: "set-cookie".into(),
+                    value: "trellis_session=stolen; Path=/".into(),
+                });
+                Ok(response)
+            }
             _ => Ok(Response::text(200, "small")),
         }
     }
