@@ -373,10 +373,19 @@ impl Config {
         if self.events.concurrency == 0 {
             return invalid("events.concurrency", "must be greater than zero");
         }
-        if self.events.lease_secs == 0 || self.events.max_attempts == 0 {
+        if self.events.lease_secs == 0 || self.events.lease_secs > 86_400 {
+            return invalid("events.lease_secs", "must be 1 to 86400");
+        }
+        if self.events.max_attempts == 0 || self.events.max_attempts > 100 {
+            return invalid("events.max_attempts", "must be 1 to 100");
+        }
+        if self.events.backoff_first_secs == 0
+            || self.events.backoff_max_secs < self.events.backoff_first_secs
+            || self.events.backoff_max_secs > 7 * 86_400
+        {
             return invalid(
-                "events.lease_secs",
-                "lease and attempts must be greater than zero",
+                "events.backoff_max_secs",
+                "backoff_first_secs must be at least 1 and at most backoff_max_secs, itself at most a week",
             );
         }
         if self.plugins.breaker_traps == 0 {

@@ -26,6 +26,10 @@ pub enum Error {
     },
     #[error("delivery {0} not found")]
     NotFound(String),
+    #[error(
+        "event chain too deep: {kind} would be the {depth}th event caused by plugins in a row (at most {MAX_DEPTH})"
+    )]
+    TooDeep { kind: String, depth: i32 },
     #[error("database error: {0}")]
     Db(#[from] sea_orm::DbErr),
 }
@@ -36,10 +40,17 @@ pub struct NewEvent {
     pub kind: String,
     pub place: Place,
     pub payload: Json,
-    /// `engine`, or `plugin:<id>` for a plugin's follow-up event.
+    /// `engine`, `api:<caller>`, or `plugin:<id>` for a plugin's follow-up event.
     pub source: String,
     pub occurred_at: DateTime<Utc>,
+    /// Plugin hops that led here: 0 from outside the plugins, the triggering event's depth + 1
+    /// for an event a plugin emits while handling another.
+    pub depth: i32,
 }
+
+/// The longest chain of plugin-emitted events: plugins that emit what other plugins (or they
+/// themselves) subscribe to cannot loop for ever.
+pub const MAX_DEPTH: i32 = 8;
 
 /// One claimed delivery, with its event.
 #[derive(Debug, Clone)]
@@ -52,6 +63,7 @@ pub struct Claimed {
     pub payload: Json,
     pub occurred_at: DateTime<Utc>,
     pub source: String,
+    pub depth: i32,
     /// Including this one.
     pub attempts: i32,
 }
@@ -152,6 +164,12 @@ pub async fn publish(
             ),
         });
     }
+    if event.depth > MAX_DEPTH {
+        return Err(Error::TooDeep {
+            kind: event.kind.clone(),
+            depth: event.depth,
+        });
+    }
     let partner_id = event.place.partner_id.clone().ok_or(Error::Invalid {
         field: "place",
         message: "events belong to a partner's tenant".into(),
@@ -160,8 +178,8 @@ pub async fn publish(
     let txn = db.begin().await?;
     txn.execute_raw(statement(
         backend(&txn),
-        "INSERT INTO events (id, kind, partner_id, agent_id, merchant_id, payload, source, occurred_at) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO events (id, kind, partner_id, agent_id, merchant_id, payload, source, depth, occurred_at) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
         vec![
             id.clone().into(),
             event.kind.clone().into(),
@@ -170,6 +188,7 @@ pub async fn publish(
             event.place.merchant_id.clone().into(),
             event.payload.to_string().into(),
             event.source.clone().into(),
+            event.depth.into(),
             millis(event.occurred_at).into(),
         ],
     ))
@@ -206,8 +225,23 @@ pub async fn claim(
     owner: &str,
     batch: u32,
     lease: Duration,
+    max_attempts: i32,
     now: DateTime<Utc>,
 ) -> Result<Vec<Claimed>, Error> {
+    // Deliveries whose every attempt was claimed but never recorded (their dispatchers died
+    // each time) are dead rather than retried for ever.
+    db.execute_raw(statement(
+        backend(db),
+        "UPDATE event_deliveries SET status = 'dead', last_error = ?, lease_until = NULL, updated_at = ? \
+         WHERE status = 'pending' AND attempts >= ? AND lease_until IS NOT NULL AND lease_until < ?",
+        vec![
+            format!("no outcome recorded after {max_attempts} attempts (the dispatchers holding it stopped)").into(),
+            millis(now).into(),
+            max_attempts.into(),
+            millis(now).into(),
+        ],
+    ))
+    .await?;
     let lock = if backend(db) == DbBackend::Postgres {
         " FOR UPDATE SKIP LOCKED"
     } else {
@@ -216,7 +250,7 @@ pub async fn claim(
     let sql = format!(
         "UPDATE event_deliveries SET lease_owner = ?, lease_until = ?, attempts = attempts + 1, updated_at = ? \
          WHERE id IN (SELECT id FROM event_deliveries WHERE status = 'pending' AND next_attempt_at <= ? \
-         AND (lease_until IS NULL OR lease_until < ?) ORDER BY next_attempt_at, id LIMIT ?{lock}) \
+         AND attempts < ? AND (lease_until IS NULL OR lease_until < ?) ORDER BY next_attempt_at, id LIMIT ?{lock}) \
          RETURNING id"
     );
     let rows = db
@@ -228,6 +262,7 @@ pub async fn claim(
                 millis(now + lease).into(),
                 millis(now).into(),
                 millis(now).into(),
+                max_attempts.into(),
                 millis(now).into(),
                 i64::from(batch).into(),
             ],
@@ -248,7 +283,7 @@ pub async fn claim(
             backend(db),
             &format!(
                 "SELECT d.id, d.event_id, d.installation_id, d.attempts, e.kind, e.partner_id, e.agent_id, \
-                 e.merchant_id, e.payload, e.source, e.occurred_at FROM event_deliveries d \
+                 e.merchant_id, e.payload, e.source, e.depth, e.occurred_at FROM event_deliveries d \
                  JOIN events e ON e.id = d.event_id WHERE d.id IN ({marks}) AND d.lease_owner = ? \
                  ORDER BY d.next_attempt_at, d.id"
             ),
@@ -286,8 +321,59 @@ fn claimed_of(row: &QueryResult) -> Result<Claimed, Error> {
         payload: serde_json::from_str(&payload).unwrap_or(Json::Null),
         occurred_at: from_millis(row.try_get("", "occurred_at")?),
         source: row.try_get("", "source")?,
+        depth: row.try_get("", "depth")?,
         attempts: row.try_get("", "attempts")?,
     })
+}
+
+/// Extends a claim's lease just before its attempt starts (a batch may wait for a free slot);
+/// false when the claim was lost meanwhile, and the attempt must not start.
+pub async fn renew_lease(
+    db: &impl ConnectionTrait,
+    claim: &Claimed,
+    owner: &str,
+    lease: Duration,
+    now: DateTime<Utc>,
+) -> Result<bool, Error> {
+    let done = db
+        .execute_raw(statement(
+            backend(db),
+            "UPDATE event_deliveries SET lease_until = ? WHERE id = ? AND lease_owner = ? AND status = 'pending'",
+            vec![
+                millis(now + lease).into(),
+                claim.delivery_id.clone().into(),
+                owner.into(),
+            ],
+        ))
+        .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Puts a claimed delivery back for later without counting the attempt: the engine, not the
+/// plugin, could not run it (no free slot, the installation's breaker is open).
+pub async fn postpone(
+    db: &impl ConnectionTrait,
+    claim: &Claimed,
+    owner: &str,
+    until: DateTime<Utc>,
+    reason: &str,
+    now: DateTime<Utc>,
+) -> Result<bool, Error> {
+    let done = db
+        .execute_raw(statement(
+            backend(db),
+            "UPDATE event_deliveries SET next_attempt_at = ?, attempts = attempts - 1, last_error = ?, \
+             lease_until = NULL, updated_at = ? WHERE id = ? AND lease_owner = ? AND status = 'pending'",
+            vec![
+                millis(until).into(),
+                reason.into(),
+                millis(now).into(),
+                claim.delivery_id.clone().into(),
+                owner.into(),
+            ],
+        ))
+        .await?;
+    Ok(done.rows_affected() == 1)
 }
 
 /// Marks a claimed delivery delivered; false when the claim was lost (its lease expired and

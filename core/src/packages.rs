@@ -477,8 +477,23 @@ pub async fn versions(
 /// China time (the platform's business day) — as a start, the day's beginning; as an end, the
 /// end of that day.
 pub fn parse_instant(field: &'static str, text: &str, end: bool) -> Result<DateTime<Utc>, Error> {
+    let at = parse_any_instant(field, text, end)?;
+    // Years far outside any subscription would only overflow date arithmetic later.
+    if !(2000..=9000).contains(&chrono::Datelike::year(&at)) {
+        return Err(invalid(field, "must be between the years 2000 and 9000"));
+    }
+    Ok(at)
+}
+
+fn parse_any_instant(field: &'static str, text: &str, end: bool) -> Result<DateTime<Utc>, Error> {
     if let Ok(at) = DateTime::parse_from_rfc3339(text) {
         return Ok(at.with_timezone(&Utc));
+    }
+    if text.starts_with(['+', '-']) {
+        return Err(invalid(
+            field,
+            "expected a date (2026-12-01) or an RFC 3339 instant",
+        ));
     }
     let date = NaiveDate::parse_from_str(text, "%Y-%m-%d")
         .map_err(|_| invalid(field, "expected a date (2026-12-01) or an RFC 3339 instant"))?;
@@ -896,5 +911,8 @@ mod tests {
         let end = parse_instant("ends_at", "2026-12-01", true).unwrap();
         assert_eq!(end.to_rfc3339(), "2026-12-01T16:00:00+00:00");
         assert!(parse_instant("ends_at", "tomorrow", true).is_err());
+        assert!(parse_instant("ends_at", "-262144-01-01", true).is_err());
+        assert!(parse_instant("ends_at", "+262143-12-31", true).is_err());
+        assert!(parse_instant("ends_at", "9999-12-31T00:00:00Z", true).is_err());
     }
 }

@@ -42,6 +42,7 @@ enum PluginVersions {
     InstallationId,
     Version,
     Digest,
+    Manifest,
     InstalledAt,
     InstalledBy,
 }
@@ -112,6 +113,7 @@ enum Events {
     MerchantId,
     Payload,
     Source,
+    Depth,
     OccurredAt,
 }
 
@@ -198,8 +200,11 @@ impl MigrationTrait for Migration {
                     .col(string_len(PluginVersions::InstallationId, 36))
                     .col(string_len(PluginVersions::Version, 64))
                     .col(string_len(PluginVersions::Digest, 64))
+                    // The manifest as JSON, so the catalog and event fan-out never need to
+                    // load (or compile) a component to know what it subscribes to.
+                    .col(text(PluginVersions::Manifest))
                     .col(big_integer(PluginVersions::InstalledAt))
-                    .col(string_len(PluginVersions::InstalledBy, 200))
+                    .col(text(PluginVersions::InstalledBy))
                     .primary_key(
                         Index::create()
                             .col(PluginVersions::InstallationId)
@@ -320,6 +325,9 @@ impl MigrationTrait for Migration {
                     .col(string_len_null(Events::MerchantId, 36))
                     .col(text(Events::Payload))
                     .col(string_len(Events::Source, 120))
+                    // How many plugin hops led to this event (0: from outside the plugins);
+                    // bounds chains of plugins emitting events to each other.
+                    .col(integer(Events::Depth).default(0))
                     .col(big_integer(Events::OccurredAt))
                     .to_owned(),
             )

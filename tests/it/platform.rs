@@ -350,6 +350,8 @@ async fn a_partner_installs_an_agent_assigns_merchants_use_and_an_ended_package_
                 .contains("sandbox"),
             "{label}: plugin pages run sandboxed"
         );
+        let console = Api::new(&engine, CONSOLE).page(&format!("/m/{}/{HELLO}/", w.m1)).await;
+        assert_eq!(console.status, 404, "{label}: member pages live on the partner's domain only");
         let elsewhere = Api::new(&engine, "p2.test")
             .page(&format!("/m/{}/{HELLO}/", w.m1))
             .await;
@@ -386,7 +388,7 @@ async fn a_partner_installs_an_agent_assigns_merchants_use_and_an_ended_package_
                 .partner_admin
                 .post(
                     &format!("/api/v1/merchants/{merchant}/events"),
-                    json!({"kind": "payment.succeeded", "payload": {"amount": 100}}),
+                    json!({"kind": "member.activated", "payload": {"member": "m-1"}}),
                 )
                 .await;
             assert_eq!(sent.status, 202, "{label}: {sent:?}");
@@ -395,10 +397,19 @@ async fn a_partner_installs_an_agent_assigns_merchants_use_and_an_ended_package_
             .agent_admin
             .post(
                 &format!("/api/v1/merchants/{}/events", w.m1),
-                json!({"kind": "payment.succeeded"}),
+                json!({"kind": "member.activated"}),
             )
             .await;
         assert_eq!(refused.status, 403, "{label}: agents do not inject events");
+        let forged = w
+            .partner_admin
+            .post(
+                &format!("/api/v1/merchants/{}/events", w.m1),
+                json!({"kind": "payment.succeeded"}),
+            )
+            .await;
+        assert_eq!(forged.status, 422, "{label}: only the engine sends payment events: {forged:?}");
+        assert_eq!(forged.body["field"], "kind");
         eventually(Duration::from_secs(30), "two deliveries to m1", || async {
             let done = deliveries(&w.owner1, &w.m1, "delivered").await;
             (done.len() == 2).then_some(()).ok_or(format!("{done:?}"))
@@ -553,7 +564,7 @@ async fn a_partner_installs_an_agent_assigns_merchants_use_and_an_ended_package_
             w.partner_admin
                 .post(
                     &format!("/api/v1/merchants/{merchant}/events"),
-                    json!({"kind": "payment.succeeded"}),
+                    json!({"kind": "member.activated"}),
                 )
                 .await
                 .ok();
@@ -981,7 +992,7 @@ async fn no_merchant_reaches_configures_or_receives_a_plugin_it_is_not_entitled_
         for (merchant, _, _, _) in &merchants {
             root.post(
                 &format!("/api/v1/merchants/{merchant}/events"),
-                json!({"kind": "payment.succeeded"}),
+                json!({"kind": "member.activated"}),
             )
             .await
             .ok();

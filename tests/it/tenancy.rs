@@ -72,7 +72,7 @@ impl Tree {
                 self.root
                     .post(
                         &format!("/api/v1/merchants/{merchant}/events"),
-                        json!({"kind": "payment.succeeded"}),
+                        json!({"kind": "member.activated"}),
                     )
                     .await
                     .ok();

@@ -93,6 +93,9 @@ impl ApiError {
                 (S::UNPROCESSABLE_ENTITY, "validation_failed")
             }
             Self::Events(events::Error::NotFound(_)) => (S::NOT_FOUND, "not_found"),
+            Self::Events(events::Error::TooDeep { .. }) => {
+                (S::UNPROCESSABLE_ENTITY, "event_chain_too_deep")
+            }
             Self::Events(events::Error::Db(_)) => INTERNAL,
             Self::Plugin(e) => plugin_status(e),
             Self::DbErr(_) | Self::Theme(_) | Self::Internal(_) => INTERNAL,
@@ -169,6 +172,7 @@ fn catalog_status(error: &catalog::Error) -> (StatusCode, &'static str) {
     use catalog::Error as C;
     match error {
         C::NotInstalled(_) | C::NoSuchVersion { .. } => (S::NOT_FOUND, "not_found"),
+        C::MissingArchive(_) => INTERNAL,
         C::VersionExists { .. } => (S::CONFLICT, "version_exists"),
         C::Untrusted(_) => (S::UNPROCESSABLE_ENTITY, "untrusted_publisher"),
         C::InUse { .. } => (S::CONFLICT, "plugin_in_use"),
@@ -182,6 +186,9 @@ fn catalog_status(error: &catalog::Error) -> (StatusCode, &'static str) {
         C::Plugin(e) => plugin_status(e),
         C::Packages(e) => packages_status(e),
         C::Events(events::Error::Invalid { .. }) => (S::UNPROCESSABLE_ENTITY, "validation_failed"),
+        C::Events(events::Error::TooDeep { .. }) => {
+            (S::UNPROCESSABLE_ENTITY, "event_chain_too_deep")
+        }
         C::Events(_) | C::Db(_) => INTERNAL,
     }
 }
@@ -212,13 +219,30 @@ fn plugin_status(error: &plugins::Error) -> (StatusCode, &'static str) {
         | E::Compile(_) => (S::UNPROCESSABLE_ENTITY, "invalid_plugin"),
         E::BadInput(_) | E::NotSubscribed(_) => (S::UNPROCESSABLE_ENTITY, "validation_failed"),
         E::NoRoute { .. } => (S::NOT_FOUND, "not_found"),
-        E::Plugin(_) | E::Trap { .. } | E::OutputTooLarge { .. } => {
-            (S::BAD_GATEWAY, "plugin_failed")
-        }
+        E::Plugin(error) => plugin_error_status(error),
+        E::Trap { .. } | E::OutputTooLarge { .. } => (S::BAD_GATEWAY, "plugin_failed"),
         E::Timeout { .. } => (S::GATEWAY_TIMEOUT, "plugin_timeout"),
         E::Busy { .. } => (S::SERVICE_UNAVAILABLE, "plugin_busy"),
         E::Suspended { .. } => (S::SERVICE_UNAVAILABLE, "plugin_suspended"),
         E::Cache(_) | E::Engine(_) => INTERNAL,
+    }
+}
+
+/// An error a plugin answered with (not a failure of the plugin): the status its kind means.
+fn plugin_error_status(error: &plugins::PluginError) -> (StatusCode, &'static str) {
+    use StatusCode as S;
+    use plugins::PluginError as P;
+    match error {
+        P::InvalidInput { .. } | P::InvalidField { .. } => {
+            (S::UNPROCESSABLE_ENTITY, "plugin_invalid_input")
+        }
+        P::NotFound { .. } => (S::NOT_FOUND, "plugin_not_found"),
+        P::Denied { .. } => (S::FORBIDDEN, "plugin_denied"),
+        P::Conflict { .. } => (S::CONFLICT, "plugin_conflict"),
+        P::QuotaExceeded { .. } => (S::TOO_MANY_REQUESTS, "plugin_quota_exceeded"),
+        P::Unsupported { .. } => (S::NOT_IMPLEMENTED, "plugin_unsupported"),
+        P::Upstream { .. } => (S::BAD_GATEWAY, "plugin_upstream_failed"),
+        P::Internal { .. } => (S::BAD_GATEWAY, "plugin_failed"),
     }
 }
 

@@ -866,6 +866,12 @@ async fn publish_event(
             .rbac
             .authorize(&caller, Action::PluginManage, &partner)
             .await?;
+        if crate::plugins::manifest::is_reserved_event(&body.kind) {
+            return Err(ApiError::Validation {
+                field: "kind",
+                message: format!("{} is an engine event; only the engine sends it", body.kind),
+            });
+        }
         if body.payload.to_string().len() > crate::plugins::MAX_INPUT_BYTES {
             return Err(ApiError::Validation {
                 field: "payload",
@@ -878,6 +884,7 @@ async fn publish_event(
             payload: body.payload,
             source: format!("api:{}", caller.id),
             occurred_at: now(&state),
+            depth: 0,
         };
         Ok(state.catalog.emit(&event).await?)
     }
@@ -1025,7 +1032,14 @@ fn plugin_request(
     }
 }
 
-fn plugin_response(response: HttpResponse) -> Response {
+/// Whether a plugin's `Location` stays on this site: a path, not another origin.
+fn is_local_location(value: &str) -> bool {
+    value.starts_with('/') && !value.starts_with("//") && !value.starts_with("/\\")
+}
+
+/// The plugin's answer as an HTTP response. `admin`: an authenticated API answer, which no
+/// shared cache may keep.
+fn plugin_response(response: HttpResponse, admin: bool) -> Response {
     let status = StatusCode::from_u16(response.status)
         .ok()
         .filter(|s| !s.is_informational())
@@ -1034,7 +1048,10 @@ fn plugin_response(response: HttpResponse) -> Response {
     let headers = out.headers_mut();
     for (name, value) in response.headers {
         let lower = name.to_ascii_lowercase();
-        if !ALLOWED_RESPONSE.contains(&lower.as_str()) {
+        if !ALLOWED_RESPONSE.contains(&lower.as_str())
+            || (lower == "location" && !is_local_location(&value))
+            || (admin && lower == "cache-control")
+        {
             continue;
         }
         if let (Ok(name), Ok(value)) = (
@@ -1048,6 +1065,12 @@ fn plugin_response(response: HttpResponse) -> Response {
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
     );
+    if admin {
+        headers.insert(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("private, no-store"),
+        );
+    }
     // The page runs in an opaque origin: its scripts cannot read or ride the partner domain's
     // session (it is served on the same host as the admin console).
     headers.insert(
@@ -1147,10 +1170,16 @@ async fn admin_route(
         }
         let outcome = state
             .catalog
-            .invoke(&live, &merchant, locale_of(&headers), Call::Http(request))
+            .invoke(
+                &live,
+                &merchant,
+                locale_of(&headers),
+                Call::Http(request),
+                0,
+            )
             .await;
         match outcome.result? {
-            crate::plugins::Output::Http(response) => Ok(plugin_response(response)),
+            crate::plugins::Output::Http(response) => Ok(plugin_response(response, true)),
             other => Err(ApiError::Internal(anyhow::anyhow!(
                 "route answered {other:?}"
             ))),
@@ -1214,15 +1243,15 @@ async fn public_route(
     )
     .await
     .map_err(|_| not_found())?;
-    if let Some(partner) = host.partner_id()
-        && node.partner_id.as_deref() != Some(partner)
-    {
+    // Member pages live on their partner's own domain only: not on the console, another
+    // partner's domain or a bare address.
+    if host.partner_id().is_none() || node.partner_id.as_deref() != host.partner_id() {
         return Err(not_found());
     }
-    if node.status != NodeStatus::Active {
+    let merchant = node.place();
+    if node.status != NodeStatus::Active || tenancy::is_blocked(&state.db.conn, &merchant).await? {
         return Err(packages::Error::NotEntitled(plugin).into());
     }
-    let merchant = node.place();
     let live = state.catalog.live(&merchant, &plugin).await?;
     let request = plugin_request(&method, &rest, &uri, &headers, body);
     let admitted = live.loaded.manifest.routes.iter().any(|r| {
@@ -1235,10 +1264,16 @@ async fn public_route(
     }
     let outcome = state
         .catalog
-        .invoke(&live, &merchant, locale_of(&headers), Call::Http(request))
+        .invoke(
+            &live,
+            &merchant,
+            locale_of(&headers),
+            Call::Http(request),
+            0,
+        )
         .await;
     match outcome.result? {
-        crate::plugins::Output::Http(response) => Ok(plugin_response(response)),
+        crate::plugins::Output::Http(response) => Ok(plugin_response(response, false)),
         other => Err(ApiError::Internal(anyhow::anyhow!(
             "route answered {other:?}"
         ))),

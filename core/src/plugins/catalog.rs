@@ -33,6 +33,8 @@ use crate::tenancy::{NodeKind, Place};
 pub enum Error {
     #[error("plugin {0} is not installed here")]
     NotInstalled(String),
+    #[error("the stored archive {0} is missing")]
+    MissingArchive(String),
     #[error("version {version} of {plugin} is not installed")]
     NoSuchVersion { plugin: String, version: String },
     #[error("version {version} of {plugin} is already installed with different contents")]
@@ -98,7 +100,9 @@ pub struct VersionView {
     /// SHA-256 of the archive's `SHA256SUMS`.
     pub digest: String,
     pub installed_at: DateTime<Utc>,
-    pub installed_by: String,
+    /// Who installed it; shown to the partner and the platform only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub installed_by: Option<String>,
 }
 
 /// A partner's rule for archives: whether they must be signed, and by whom.
@@ -209,26 +213,42 @@ impl Catalog {
     }
 
     async fn versions(&self, installation_id: &str) -> Result<Vec<VersionView>, Error> {
+        Ok(self
+            .versions_with_manifests(installation_id)
+            .await?
+            .into_iter()
+            .map(|(v, _)| v)
+            .collect())
+    }
+
+    /// Every version with its stored manifest (JSON), oldest first.
+    async fn versions_with_manifests(
+        &self,
+        installation_id: &str,
+    ) -> Result<Vec<(VersionView, String)>, Error> {
         let rows = self
             .db
             .query_all_raw(statement(
                 backend(&self.db),
-                "SELECT version, digest, installed_at, installed_by FROM plugin_versions WHERE installation_id = ?",
+                "SELECT version, digest, manifest, installed_at, installed_by FROM plugin_versions WHERE installation_id = ?",
                 vec![installation_id.into()],
             ))
             .await?;
         let mut out = rows
             .iter()
             .map(|r| {
-                Ok(VersionView {
-                    version: r.try_get("", "version")?,
-                    digest: r.try_get("", "digest")?,
-                    installed_at: from_millis(r.try_get("", "installed_at")?),
-                    installed_by: r.try_get("", "installed_by")?,
-                })
+                Ok((
+                    VersionView {
+                        version: r.try_get("", "version")?,
+                        digest: r.try_get("", "digest")?,
+                        installed_at: from_millis(r.try_get("", "installed_at")?),
+                        installed_by: Some(r.try_get("", "installed_by")?),
+                    },
+                    r.try_get::<String>("", "manifest")?,
+                ))
             })
             .collect::<Result<Vec<_>, sea_orm::DbErr>>()?;
-        out.sort_by_key(|v| semver_of(&v.version));
+        out.sort_by_key(|(v, _)| semver_of(&v.version));
         Ok(out)
     }
 
@@ -246,7 +266,7 @@ impl Catalog {
                 vec![digest.into()],
             ))
             .await?
-            .ok_or_else(|| Error::NotInstalled(format!("archive {digest}")))?;
+            .ok_or_else(|| Error::MissingArchive(digest.to_owned()))?;
         let bytes: Vec<u8> = row.try_get("", "bytes")?;
         let runtime = self.runtime.clone();
         // Reading and linking a stored archive may compile it (first use on this node): keep
@@ -260,15 +280,22 @@ impl Catalog {
         Ok(loaded)
     }
 
+    /// The catalog's view of an installation, from the database alone: the active version's
+    /// stored manifest says what it is, so a plugin that no longer loads still lists (and can
+    /// be uninstalled).
     async fn view(&self, row: Row) -> Result<Installation, Error> {
-        let versions = self.versions(&row.id).await?;
-        let digest = versions
+        let versions = self.versions_with_manifests(&row.id).await?;
+        let manifest: Option<super::Manifest> = versions
             .iter()
-            .find(|v| v.version == row.active_version)
-            .map(|v| v.digest.clone())
-            .unwrap_or_default();
-        let loaded = self.load_digest(&digest).await?;
-        let manifest = &loaded.manifest;
+            .find(|(v, _)| v.version == row.active_version)
+            .and_then(|(_, text)| serde_json::from_str(text).ok());
+        let versions: Vec<VersionView> = versions.into_iter().map(|(v, _)| v).collect();
+        let Some(manifest) = manifest else {
+            return Err(Error::MissingArchive(format!(
+                "{} {}",
+                row.plugin_id, row.active_version
+            )));
+        };
         Ok(Installation {
             id: row.id,
             partner_id: row.partner_id,
@@ -335,20 +362,15 @@ impl Catalog {
         }
         let keys = serde_json::to_string(&policy.trusted_keys).unwrap_or_else(|_| "[]".into());
         let now = millis(self.now());
-        let txn = self.db.begin().await?;
-        txn.execute_raw(statement(
-            backend(&txn),
-            "DELETE FROM plugin_policies WHERE partner_id = ?",
-            vec![partner_id.clone().into()],
-        ))
-        .await?;
-        txn.execute_raw(statement(
-            backend(&txn),
-            "INSERT INTO plugin_policies (partner_id, require_signature, trusted_keys, updated_at) VALUES (?, ?, ?, ?)",
-            vec![partner_id.into(), policy.require_signature.into(), keys.into(), now.into()],
-        ))
-        .await?;
-        txn.commit().await?;
+        self.db
+            .execute_raw(statement(
+                backend(&self.db),
+                "INSERT INTO plugin_policies (partner_id, require_signature, trusted_keys, updated_at) VALUES (?, ?, ?, ?) \
+                 ON CONFLICT (partner_id) DO UPDATE SET require_signature = excluded.require_signature, \
+                 trusted_keys = excluded.trusted_keys, updated_at = excluded.updated_at",
+                vec![partner_id.into(), policy.require_signature.into(), keys.into(), now.into()],
+            ))
+            .await?;
         Ok(policy)
     }
 
@@ -393,6 +415,14 @@ impl Catalog {
             .map_err(|e| super::Error::Engine(format!("loading task failed: {e}")))??;
         let plugin_id = archive.manifest.id.clone();
         let version = archive.manifest.version.to_string();
+        if version.len() > 64 {
+            return Err(invalid(
+                "version",
+                "a plugin version is at most 64 characters",
+            ));
+        }
+        let manifest_json = serde_json::to_string(&archive.manifest)
+            .map_err(|e| invalid("manifest", e.to_string()))?;
         let existing = self.row(&partner_id, &plugin_id).await?;
         let mut previous = None;
         if let Some(row) = &existing {
@@ -509,11 +539,12 @@ impl Catalog {
         }
         txn.execute_raw(statement(
             backend(&txn),
-            "INSERT INTO plugin_versions (installation_id, version, digest, installed_at, installed_by) VALUES (?, ?, ?, ?, ?)",
+            "INSERT INTO plugin_versions (installation_id, version, digest, manifest, installed_at, installed_by) VALUES (?, ?, ?, ?, ?, ?)",
             vec![
                 installation_id.clone().into(),
                 version.into(),
                 archive.digest.clone().into(),
+                manifest_json.into(),
                 now.into(),
                 by.into(),
             ],
@@ -643,31 +674,7 @@ impl Catalog {
         }
 
         let installation = self.view(row).await?;
-        let loaded = self.loaded_of(&installation).await?;
-        let partner_place = Place {
-            id: partner_id.clone(),
-            kind: NodeKind::Partner,
-            partner_id: Some(partner_id.clone()),
-            agent_id: None,
-            merchant_id: None,
-            store_id: None,
-        };
-        let outcome = self
-            .runtime
-            .invoke(
-                &loaded,
-                Request {
-                    tenant: TenantContext::at(&partner_place, &installation.id, "zh-CN"),
-                    grant: None,
-                    config: json!({}),
-                    theme: self.theme_of(&partner_id).await?,
-                    call: Call::Uninstall,
-                },
-            )
-            .await;
-        if let Err(error) = &outcome.result {
-            tracing::warn!(plugin = plugin_id, %error, "uninstall hook failed; uninstalling anyway");
-        }
+        self.uninstall_hook(&installation, &partner_id).await;
         self.db
             .execute_raw(statement(
                 backend(&self.db),
@@ -677,6 +684,43 @@ impl Catalog {
             .await?;
         let row = self.installed_row(&partner_id, plugin_id).await?;
         self.view(row).await
+    }
+
+    /// Runs the `uninstall` hook; its failure (or a plugin that no longer loads) is logged, not
+    /// fatal: the partner must always be able to remove a plugin.
+    async fn uninstall_hook(&self, installation: &Installation, partner_id: &str) {
+        let loaded = match self.loaded_of(installation).await {
+            Ok(l) => l,
+            Err(error) => {
+                tracing::warn!(plugin = %installation.plugin_id, %error, "cannot load the plugin for its uninstall hook; uninstalling anyway");
+                return;
+            }
+        };
+        let partner_place = Place {
+            id: partner_id.to_owned(),
+            kind: NodeKind::Partner,
+            partner_id: Some(partner_id.to_owned()),
+            agent_id: None,
+            merchant_id: None,
+            store_id: None,
+        };
+        let theme = self.theme_of(partner_id).await.unwrap_or_default();
+        let outcome = self
+            .runtime
+            .invoke(
+                &loaded,
+                Request {
+                    tenant: TenantContext::at(&partner_place, &installation.id, "zh-CN"),
+                    grant: None,
+                    config: json!({}),
+                    theme,
+                    call: Call::Uninstall,
+                },
+            )
+            .await;
+        if let Err(error) = &outcome.result {
+            tracing::warn!(plugin = %installation.plugin_id, %error, "uninstall hook failed; uninstalling anyway");
+        }
     }
 
     async fn loaded_of(&self, installation: &Installation) -> Result<Arc<Loaded>, Error> {
@@ -721,7 +765,13 @@ impl Catalog {
             {
                 continue;
             }
-            out.push(self.view(row).await?);
+            let mut view = self.view(row).await?;
+            if scope.agent_id.is_some() {
+                for version in &mut view.versions {
+                    version.installed_by = None;
+                }
+            }
+            out.push(view);
         }
         Ok(out)
     }
@@ -818,8 +868,15 @@ impl Catalog {
     }
 
     /// Runs one call of a live installation for a merchant, then records the events it
-    /// emitted in the outbox.
-    pub async fn invoke(&self, live: &Live, place: &Place, locale: &str, call: Call) -> Outcome {
+    /// emitted in the outbox, one plugin hop deeper than `depth` (the triggering event's).
+    pub async fn invoke(
+        &self,
+        live: &Live,
+        place: &Place,
+        locale: &str,
+        call: Call,
+        depth: i32,
+    ) -> Outcome {
         let outcome = self
             .runtime
             .invoke(
@@ -841,6 +898,7 @@ impl Catalog {
                     payload: emitted.payload.clone(),
                     source: format!("plugin:{}", live.installation.plugin_id),
                     occurred_at: self.now(),
+                    depth: depth + 1,
                 };
                 if let Err(error) = self.emit(&event).await {
                     tracing::error!(%error, kind = %event.kind, "could not record an emitted event");
@@ -912,28 +970,20 @@ impl Catalog {
         };
         let merchant_id = merchant.merchant_id.clone().unwrap_or_default();
         let now = millis(self.now());
-        let txn = self.db.begin().await?;
-        txn.execute_raw(statement(
-            backend(&txn),
-            "DELETE FROM plugin_configs WHERE installation_id = ? AND merchant_id = ?",
-            vec![
-                live.installation.id.clone().into(),
-                merchant_id.clone().into(),
-            ],
-        ))
-        .await?;
-        txn.execute_raw(statement(
-            backend(&txn),
-            "INSERT INTO plugin_configs (installation_id, merchant_id, config, updated_at) VALUES (?, ?, ?, ?)",
-            vec![
-                live.installation.id.clone().into(),
-                merchant_id.into(),
-                normalised.to_string().into(),
-                now.into(),
-            ],
-        ))
-        .await?;
-        txn.commit().await?;
+        self.db
+            .execute_raw(statement(
+                backend(&self.db),
+                "INSERT INTO plugin_configs (installation_id, merchant_id, config, updated_at) VALUES (?, ?, ?, ?) \
+                 ON CONFLICT (installation_id, merchant_id) DO UPDATE SET config = excluded.config, \
+                 updated_at = excluded.updated_at",
+                vec![
+                    live.installation.id.clone().into(),
+                    merchant_id.into(),
+                    normalised.to_string().into(),
+                    now.into(),
+                ],
+            ))
+            .await?;
         Ok(normalised)
     }
 
@@ -998,6 +1048,11 @@ impl Catalog {
         };
         if installation.status != "installed" {
             return Delivery::Skip("uninstalled".into());
+        }
+        match crate::tenancy::is_blocked(&self.db, &claim.place).await {
+            Ok(true) => return Delivery::Skip("suspended: the tenant is suspended".into()),
+            Ok(false) => {}
+            Err(e) => return Delivery::Retry(e.to_string()),
         }
         let now = self.now();
         let mut config = json!({});
@@ -1080,11 +1135,25 @@ impl Catalog {
                     occurred_at: claim.occurred_at,
                     payload: claim.payload.clone(),
                 }),
+                claim.depth,
             )
             .await;
         match outcome.result {
             Ok(_) => Delivery::Done,
             Err(super::Error::NotSubscribed(_)) => Delivery::Skip("not_subscribed".into()),
+            Err(super::Error::Plugin(super::PluginError::Unsupported { .. })) => {
+                Delivery::Skip("not_handled: the plugin has no event handler".into())
+            }
+            // The engine, not the plugin, could not run it: try again later without counting
+            // an attempt.
+            Err(super::Error::Busy { .. }) => Delivery::Later(
+                self.now() + chrono::Duration::seconds(2),
+                "postponed: the plugin runtime was busy".into(),
+            ),
+            Err(super::Error::Suspended { until }) => Delivery::Later(
+                until,
+                format!("postponed: the installation is suspended until {until}"),
+            ),
             Err(e) => Delivery::Retry(e.to_string()),
         }
     }
@@ -1096,6 +1165,8 @@ pub enum Delivery {
     Done,
     Skip(String),
     Retry(String),
+    /// Not attempted; due again at this instant (the attempt is not counted).
+    Later(DateTime<Utc>, String),
 }
 
 /// Midnight China time of the day `now` falls in: the platform's business day.

@@ -58,11 +58,17 @@ impl Dispatcher {
     /// many deliveries were claimed.
     pub async fn run_once(&self) -> Result<usize, events::Error> {
         let now = self.catalog.now();
+        // No more than can run at once: a claim waiting for a free slot would burn its lease.
+        let batch = self
+            .options
+            .batch
+            .min(u32::try_from(self.options.concurrency).unwrap_or(u32::MAX));
         let claimed = events::claim(
             &self.catalog.db,
             &self.owner,
-            self.options.batch,
+            batch,
             self.options.lease,
+            self.options.backoff.max_attempts,
             now,
         )
         .await?;
@@ -75,13 +81,26 @@ impl Dispatcher {
             let catalog = self.catalog.clone();
             let owner = self.owner.clone();
             let backoff = self.options.backoff;
+            let lease = self.options.lease;
             tasks.spawn(async move {
+                // Renewed as the attempt starts; a claim lost meanwhile is not attempted.
+                match events::renew_lease(&catalog.db, &claim, &owner, lease, catalog.now()).await {
+                    Ok(true) => {}
+                    Ok(false) => return,
+                    Err(error) => {
+                        tracing::warn!(delivery = %claim.delivery_id, %error, "could not renew a claim; leaving it");
+                        return;
+                    }
+                }
                 let outcome = catalog.deliver(&claim).await;
                 let now = catalog.now();
                 let recorded = match &outcome {
                     Delivery::Done => events::delivered(&catalog.db, &claim, &owner, now).await,
                     Delivery::Skip(reason) => {
                         events::skipped(&catalog.db, &claim, &owner, reason, now).await
+                    }
+                    Delivery::Later(until, reason) => {
+                        events::postpone(&catalog.db, &claim, &owner, *until, reason, now).await
                     }
                     Delivery::Retry(error) => {
                         tracing::warn!(delivery = %claim.delivery_id, kind = %claim.kind, attempt = claim.attempts, %error, "event delivery failed");
@@ -106,6 +125,13 @@ impl Dispatcher {
     /// Runs rounds until `stop` turns true; pauses `poll` after a round that found nothing.
     pub async fn run(self, mut stop: watch::Receiver<bool>) {
         tracing::info!(owner = %self.owner, "event dispatcher started");
+        let longest = i64::from(super::manifest::ceilings::WALL_MS) / 1_000 + 1;
+        if self.options.lease.num_seconds() <= longest {
+            tracing::warn!(
+                lease_secs = self.options.lease.num_seconds(),
+                "events.lease_secs is shorter than the longest plugin wall time ({longest} s): a slow delivery may be attempted twice"
+            );
+        }
         loop {
             if *stop.borrow() {
                 break;

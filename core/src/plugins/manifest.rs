@@ -26,6 +26,11 @@ const FORBIDDEN_ALIPAY_METHODS: &[&str] = &[
 /// Event kinds only the engine emits (payments happen in the core, not in plugins).
 const RESERVED_EVENT_PREFIXES: &[&str] = &["payment.", "refund.", "trade.", "trellis."];
 
+/// Whether only the engine may send events of this kind (`payment.*` and the like).
+pub fn is_reserved_event(kind: &str) -> bool {
+    RESERVED_EVENT_PREFIXES.iter().any(|p| kind.starts_with(p))
+}
+
 /// The ceilings a manifest may request; the engine clamps nothing silently, it refuses.
 pub mod ceilings {
     /// Linear memory of one invocation.
