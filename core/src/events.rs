@@ -326,6 +326,30 @@ fn claimed_of(row: &QueryResult) -> Result<Claimed, Error> {
     })
 }
 
+/// Applies `set` (with its `values`) to a claimed delivery that is still pending and still
+/// held by `owner`; false when the claim was lost (its lease expired and another dispatcher
+/// holds it now, which then records the outcome).
+async fn while_held(
+    db: &impl ConnectionTrait,
+    claim: &Claimed,
+    owner: &str,
+    set: &str,
+    mut values: Vec<Value>,
+) -> Result<bool, Error> {
+    values.push(claim.delivery_id.clone().into());
+    values.push(owner.into());
+    let done = db
+        .execute_raw(statement(
+            backend(db),
+            &format!(
+                "UPDATE event_deliveries SET {set} WHERE id = ? AND lease_owner = ? AND status = 'pending'"
+            ),
+            values,
+        ))
+        .await?;
+    Ok(done.rows_affected() == 1)
+}
+
 /// Extends a claim's lease just before its attempt starts (a batch may wait for a free slot);
 /// false when the claim was lost meanwhile, and the attempt must not start.
 pub async fn renew_lease(
@@ -335,18 +359,14 @@ pub async fn renew_lease(
     lease: Duration,
     now: DateTime<Utc>,
 ) -> Result<bool, Error> {
-    let done = db
-        .execute_raw(statement(
-            backend(db),
-            "UPDATE event_deliveries SET lease_until = ? WHERE id = ? AND lease_owner = ? AND status = 'pending'",
-            vec![
-                millis(now + lease).into(),
-                claim.delivery_id.clone().into(),
-                owner.into(),
-            ],
-        ))
-        .await?;
-    Ok(done.rows_affected() == 1)
+    while_held(
+        db,
+        claim,
+        owner,
+        "lease_until = ?",
+        vec![millis(now + lease).into()],
+    )
+    .await
 }
 
 /// Puts a claimed delivery back for later without counting the attempt: the engine, not the
@@ -359,25 +379,17 @@ pub async fn postpone(
     reason: &str,
     now: DateTime<Utc>,
 ) -> Result<bool, Error> {
-    let done = db
-        .execute_raw(statement(
-            backend(db),
-            "UPDATE event_deliveries SET next_attempt_at = ?, attempts = attempts - 1, last_error = ?, \
-             lease_until = NULL, updated_at = ? WHERE id = ? AND lease_owner = ? AND status = 'pending'",
-            vec![
-                millis(until).into(),
-                reason.into(),
-                millis(now).into(),
-                claim.delivery_id.clone().into(),
-                owner.into(),
-            ],
-        ))
-        .await?;
-    Ok(done.rows_affected() == 1)
+    while_held(
+        db,
+        claim,
+        owner,
+        "next_attempt_at = ?, attempts = attempts - 1, last_error = ?, lease_until = NULL, updated_at = ?",
+        vec![millis(until).into(), reason.into(), millis(now).into()],
+    )
+    .await
 }
 
-/// Marks a claimed delivery delivered; false when the claim was lost (its lease expired and
-/// another dispatcher holds it now), in which case that one records the outcome.
+/// Marks a claimed delivery delivered.
 pub async fn delivered(
     db: &impl ConnectionTrait,
     claim: &Claimed,
@@ -385,21 +397,14 @@ pub async fn delivered(
     now: DateTime<Utc>,
 ) -> Result<bool, Error> {
     let latency = (now - claim.occurred_at).num_milliseconds().max(0);
-    let done = db
-        .execute_raw(statement(
-            backend(db),
-            "UPDATE event_deliveries SET status = 'delivered', delivered_at = ?, latency_ms = ?, lease_until = NULL, \
-             last_error = NULL, updated_at = ? WHERE id = ? AND lease_owner = ? AND status = 'pending'",
-            vec![
-                millis(now).into(),
-                latency.into(),
-                millis(now).into(),
-                claim.delivery_id.clone().into(),
-                owner.into(),
-            ],
-        ))
-        .await?;
-    Ok(done.rows_affected() == 1)
+    while_held(
+        db,
+        claim,
+        owner,
+        "status = 'delivered', delivered_at = ?, latency_ms = ?, lease_until = NULL, last_error = NULL, updated_at = ?",
+        vec![millis(now).into(), latency.into(), millis(now).into()],
+    )
+    .await
 }
 
 /// Marks a claimed delivery skipped (not attempted: `reason` says why).
@@ -410,20 +415,14 @@ pub async fn skipped(
     reason: &str,
     now: DateTime<Utc>,
 ) -> Result<bool, Error> {
-    let done = db
-        .execute_raw(statement(
-            backend(db),
-            "UPDATE event_deliveries SET status = 'skipped', last_error = ?, lease_until = NULL, updated_at = ? \
-             WHERE id = ? AND lease_owner = ? AND status = 'pending'",
-            vec![
-                reason.into(),
-                millis(now).into(),
-                claim.delivery_id.clone().into(),
-                owner.into(),
-            ],
-        ))
-        .await?;
-    Ok(done.rows_affected() == 1)
+    while_held(
+        db,
+        claim,
+        owner,
+        "status = 'skipped', last_error = ?, lease_until = NULL, updated_at = ?",
+        vec![reason.into(), millis(now).into()],
+    )
+    .await
 }
 
 /// Records a failed attempt: retried after the backoff, or dead after the last attempt.
@@ -441,22 +440,19 @@ pub async fn failed(
     } else {
         ("pending", now + backoff.delay(claim.attempts))
     };
-    let done = db
-        .execute_raw(statement(
-            backend(db),
-            "UPDATE event_deliveries SET status = ?, next_attempt_at = ?, last_error = ?, lease_until = NULL, \
-             updated_at = ? WHERE id = ? AND lease_owner = ? AND status = 'pending'",
-            vec![
-                status.into(),
-                millis(next).into(),
-                error.into(),
-                millis(now).into(),
-                claim.delivery_id.clone().into(),
-                owner.into(),
-            ],
-        ))
-        .await?;
-    Ok(done.rows_affected() == 1)
+    while_held(
+        db,
+        claim,
+        owner,
+        "status = ?, next_attempt_at = ?, last_error = ?, lease_until = NULL, updated_at = ?",
+        vec![
+            status.into(),
+            millis(next).into(),
+            error.into(),
+            millis(now).into(),
+        ],
+    )
+    .await
 }
 
 /// Reserves one of `limit` deliveries of `installation` to `merchant_id` on the day starting

@@ -162,6 +162,18 @@ pub struct Place {
 }
 
 impl Place {
+    /// A partner's own place.
+    pub fn of_partner(partner_id: &str) -> Self {
+        Self {
+            id: partner_id.to_owned(),
+            kind: NodeKind::Partner,
+            partner_id: Some(partner_id.to_owned()),
+            agent_id: None,
+            merchant_id: None,
+            store_id: None,
+        }
+    }
+
     /// The whole tree: a scope that restricts nothing (the platform's).
     pub fn platform_scope() -> Self {
         Self {

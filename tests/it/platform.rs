@@ -350,8 +350,13 @@ async fn a_partner_installs_an_agent_assigns_merchants_use_and_an_ended_package_
                 .contains("sandbox"),
             "{label}: plugin pages run sandboxed"
         );
-        let console = Api::new(&engine, CONSOLE).page(&format!("/m/{}/{HELLO}/", w.m1)).await;
-        assert_eq!(console.status, 404, "{label}: member pages live on the partner's domain only");
+        let console = Api::new(&engine, CONSOLE)
+            .page(&format!("/m/{}/{HELLO}/", w.m1))
+            .await;
+        assert_eq!(
+            console.status, 404,
+            "{label}: member pages live on the partner's domain only"
+        );
         let elsewhere = Api::new(&engine, "p2.test")
             .page(&format!("/m/{}/{HELLO}/", w.m1))
             .await;
@@ -408,7 +413,10 @@ async fn a_partner_installs_an_agent_assigns_merchants_use_and_an_ended_package_
                 json!({"kind": "payment.succeeded"}),
             )
             .await;
-        assert_eq!(forged.status, 422, "{label}: only the engine sends payment events: {forged:?}");
+        assert_eq!(
+            forged.status, 422,
+            "{label}: only the engine sends payment events: {forged:?}"
+        );
         assert_eq!(forged.body["field"], "kind");
         eventually(Duration::from_secs(30), "two deliveries to m1", || async {
             let done = deliveries(&w.owner1, &w.m1, "delivered").await;

@@ -854,14 +854,7 @@ async fn publish_event(
     let result = async {
         let merchant = merchant_in_scope(&state, &caller, &id).await?;
         place = Some(merchant.clone());
-        let partner = Place {
-            id: merchant.partner_id.clone().unwrap_or_default(),
-            kind: NodeKind::Partner,
-            partner_id: merchant.partner_id.clone(),
-            agent_id: None,
-            merchant_id: None,
-            store_id: None,
-        };
+        let partner = Place::of_partner(merchant.partner_id.as_deref().unwrap_or_default());
         state
             .rbac
             .authorize(&caller, Action::PluginManage, &partner)

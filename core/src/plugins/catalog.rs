@@ -437,7 +437,8 @@ impl Catalog {
                 // The same archive again: installing is idempotent (it may revive an
                 // uninstalled plugin).
                 if row.status != "installed" {
-                    self.set_status(&row.id, "installed").await?;
+                    self.set_column(&row.id, "status", "installed".into())
+                        .await?;
                 }
                 let row = self
                     .row_by_id(&row.id)
@@ -450,14 +451,7 @@ impl Catalog {
         let installation_id = existing
             .as_ref()
             .map_or_else(|| Uuid::now_v7().to_string(), |r| r.id.clone());
-        let partner_place = Place {
-            id: partner_id.clone(),
-            kind: NodeKind::Partner,
-            partner_id: Some(partner_id.clone()),
-            agent_id: None,
-            merchant_id: None,
-            store_id: None,
-        };
+        let partner_place = Place::of_partner(&partner_id);
         let theme = self.theme_of(&partner_id).await?;
         let outcome = self
             .runtime
@@ -558,12 +552,15 @@ impl Catalog {
         self.view(row).await
     }
 
-    async fn set_status(&self, id: &str, status: &str) -> Result<(), Error> {
+    /// Sets one column of an installation (a name from this module, never from input).
+    async fn set_column(&self, id: &str, column: &'static str, value: Value) -> Result<(), Error> {
         self.db
             .execute_raw(statement(
                 backend(&self.db),
-                "UPDATE plugin_installations SET status = ?, updated_at = ? WHERE id = ?",
-                vec![status.into(), millis(self.now()).into(), id.into()],
+                &format!(
+                    "UPDATE plugin_installations SET {column} = ?, updated_at = ? WHERE id = ?"
+                ),
+                vec![value, millis(self.now()).into(), id.into()],
             ))
             .await?;
         Ok(())
@@ -595,16 +592,7 @@ impl Catalog {
             })?;
         // Loadable before anyone is moved onto it.
         self.load_digest(&target.digest).await?;
-        self.db
-            .execute_raw(statement(
-                backend(&self.db),
-                "UPDATE plugin_installations SET active_version = ?, updated_at = ? WHERE id = ?",
-                vec![
-                    version.into(),
-                    millis(self.now()).into(),
-                    row.id.clone().into(),
-                ],
-            ))
+        self.set_column(&row.id, "active_version", version.into())
             .await?;
         let row = self.installed_row(&partner_id, plugin_id).await?;
         self.view(row).await
@@ -637,17 +625,7 @@ impl Catalog {
         if offered && row.status != "installed" {
             return Err(Error::NotInstalled(plugin_id.to_owned()));
         }
-        self.db
-            .execute_raw(statement(
-                backend(&self.db),
-                "UPDATE plugin_installations SET offered = ?, updated_at = ? WHERE id = ?",
-                vec![
-                    offered.into(),
-                    millis(self.now()).into(),
-                    row.id.clone().into(),
-                ],
-            ))
-            .await?;
+        self.set_column(&row.id, "offered", offered.into()).await?;
         let row = self.installed_row(&partner_id, plugin_id).await?;
         self.view(row).await
     }
@@ -675,12 +653,9 @@ impl Catalog {
 
         let installation = self.view(row).await?;
         self.uninstall_hook(&installation, &partner_id).await;
-        self.db
-            .execute_raw(statement(
-                backend(&self.db),
-                "UPDATE plugin_installations SET status = 'uninstalled', offered = ?, updated_at = ? WHERE id = ?",
-                vec![false.into(), millis(self.now()).into(), installation.id.clone().into()],
-            ))
+        self.set_column(&installation.id, "offered", false.into())
+            .await?;
+        self.set_column(&installation.id, "status", "uninstalled".into())
             .await?;
         let row = self.installed_row(&partner_id, plugin_id).await?;
         self.view(row).await
@@ -696,14 +671,7 @@ impl Catalog {
                 return;
             }
         };
-        let partner_place = Place {
-            id: partner_id.to_owned(),
-            kind: NodeKind::Partner,
-            partner_id: Some(partner_id.to_owned()),
-            agent_id: None,
-            merchant_id: None,
-            store_id: None,
-        };
+        let partner_place = Place::of_partner(partner_id);
         let theme = self.theme_of(partner_id).await.unwrap_or_default();
         let outcome = self
             .runtime
