@@ -252,6 +252,21 @@ pub struct Paged<T> {
     pub total: u64,
 }
 
+/// Begins a transaction that will write. On SQLite it takes the write lock at `BEGIN`
+/// (`BEGIN IMMEDIATE`), waiting up to the busy timeout for other writers: a deferred transaction
+/// that reads and then writes fails at once (`SQLITE_BUSY`) when another connection — such as an
+/// event dispatcher — committed in between. PostgreSQL begins as usual.
+pub async fn begin_write(
+    db: &sea_orm::DatabaseConnection,
+) -> Result<sea_orm::DatabaseTransaction, sea_orm::DbErr> {
+    use sea_orm::TransactionTrait;
+    db.begin_with_options(sea_orm::TransactionOptions {
+        sqlite_transaction_mode: Some(sea_orm::SqliteTransactionMode::Immediate),
+        ..Default::default()
+    })
+    .await
+}
+
 /// A statement from raw SQL written with `?` placeholders.
 pub fn statement(
     backend: sea_orm::DbBackend,

@@ -7,9 +7,7 @@
 //! owner), and a claim whose holder died expires and is claimed again — at least once, never lost.
 
 use chrono::{DateTime, Duration, Utc};
-use sea_orm::{
-    ConnectionTrait, DatabaseConnection, DbBackend, QueryResult, TransactionTrait, Value,
-};
+use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, QueryResult, Value};
 use serde::Serialize;
 use serde_json::Value as Json;
 use uuid::Uuid;
@@ -175,7 +173,7 @@ pub async fn publish(
         message: "events belong to a partner's tenant".into(),
     })?;
     let id = Uuid::now_v7().to_string();
-    let txn = db.begin().await?;
+    let txn = crate::db::begin_write(db).await?;
     txn.execute_raw(statement(
         backend(&txn),
         "INSERT INTO events (id, kind, partner_id, agent_id, merchant_id, payload, source, depth, occurred_at) \
@@ -228,6 +226,19 @@ pub async fn claim(
     max_attempts: i32,
     now: DateTime<Utc>,
 ) -> Result<Vec<Claimed>, Error> {
+    // A read first: an idle dispatcher polls often, and must not take SQLite's write lock
+    // (or PostgreSQL row locks) when nothing is due.
+    let due = db
+        .query_one_raw(statement(
+            backend(db),
+            "SELECT id FROM event_deliveries WHERE status = 'pending' AND next_attempt_at <= ? \
+             AND (lease_until IS NULL OR lease_until < ?) LIMIT 1",
+            vec![millis(now).into(), millis(now).into()],
+        ))
+        .await?;
+    if due.is_none() {
+        return Ok(Vec::new());
+    }
     // Deliveries whose every attempt was claimed but never recorded (their dispatchers died
     // each time) are dead rather than retried for ever.
     db.execute_raw(statement(
@@ -455,16 +466,27 @@ pub async fn failed(
     .await
 }
 
-/// Reserves one of `limit` deliveries of `installation` to `merchant_id` on the day starting
-/// at `day`; false when the day's quota is used up. The conditional increment is atomic, so
-/// concurrent dispatchers (in any number of processes) never exceed the quota.
+/// What a quota reservation found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hold {
+    /// One of the day's deliveries is held for this attempt.
+    Held,
+    /// The day's quota is delivered already.
+    Exhausted,
+    /// What is left of the quota is held by attempts in flight; one may yet fail.
+    Busy,
+}
+
+/// Holds one of `limit` deliveries of `installation` to `merchant_id` on the day starting at
+/// `day` for an attempt. The conditional increment is atomic, so concurrent dispatchers (in any
+/// number of processes) never exceed the quota; [`settle_quota`] ends the hold.
 pub async fn reserve_quota(
     db: &impl ConnectionTrait,
     installation_id: &str,
     merchant_id: &str,
     day: DateTime<Utc>,
     limit: u64,
-) -> Result<bool, Error> {
+) -> Result<Hold, Error> {
     let key = || -> Vec<Value> {
         vec![
             installation_id.into(),
@@ -474,36 +496,56 @@ pub async fn reserve_quota(
     };
     db.execute_raw(statement(
         backend(db),
-        "INSERT INTO delivery_quota (installation_id, merchant_id, day, used) VALUES (?, ?, ?, 0) \
+        "INSERT INTO delivery_quota (installation_id, merchant_id, day, used, held) VALUES (?, ?, ?, 0, 0) \
          ON CONFLICT DO NOTHING",
         key(),
     ))
     .await?;
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
     let mut values = key();
-    values.push(i64::try_from(limit).unwrap_or(i64::MAX).into());
+    values.push(limit.into());
     let done = db
         .execute_raw(statement(
             backend(db),
-            "UPDATE delivery_quota SET used = used + 1 \
-             WHERE installation_id = ? AND merchant_id = ? AND day = ? AND used < ?",
+            "UPDATE delivery_quota SET held = held + 1 \
+             WHERE installation_id = ? AND merchant_id = ? AND day = ? AND used + held < ?",
             values,
         ))
         .await?;
-    Ok(done.rows_affected() == 1)
+    if done.rows_affected() == 1 {
+        return Ok(Hold::Held);
+    }
+    let used: i64 = db
+        .query_one_raw(statement(
+            backend(db),
+            "SELECT used FROM delivery_quota WHERE installation_id = ? AND merchant_id = ? AND day = ?",
+            key(),
+        ))
+        .await?
+        .map(|row| row.try_get("", "used"))
+        .transpose()?
+        .unwrap_or(0);
+    Ok(if used >= limit {
+        Hold::Exhausted
+    } else {
+        Hold::Busy
+    })
 }
 
-/// Gives back a reservation whose attempt did not deliver (it failed or was skipped).
-pub async fn release_quota(
+/// Ends a hold: counted as used when the attempt delivered, given back otherwise.
+pub async fn settle_quota(
     db: &impl ConnectionTrait,
     installation_id: &str,
     merchant_id: &str,
     day: DateTime<Utc>,
+    delivered: bool,
 ) -> Result<(), Error> {
     db.execute_raw(statement(
         backend(db),
-        "UPDATE delivery_quota SET used = used - 1 \
-         WHERE installation_id = ? AND merchant_id = ? AND day = ? AND used > 0",
+        "UPDATE delivery_quota SET held = held - 1, used = used + ? \
+         WHERE installation_id = ? AND merchant_id = ? AND day = ? AND held > 0",
         vec![
+            i64::from(delivered).into(),
             installation_id.into(),
             merchant_id.into(),
             millis(day).into(),

@@ -8,9 +8,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, Duration, NaiveDate, Utc};
-use sea_orm::{
-    ConnectionTrait, DatabaseConnection, DbBackend, QueryResult, TransactionTrait, Value,
-};
+use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, QueryResult, Value};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -397,7 +395,7 @@ pub async fn publish(
     offered: &BTreeSet<String>,
     now: DateTime<Utc>,
 ) -> Result<PackageVersion, Error> {
-    let txn = db.begin().await?;
+    let txn = crate::db::begin_write(db).await?;
     let package = get(&txn, grant.target(), id).await?;
     let mut spec = package.draft.clone();
     // What the partner offers may have changed since the draft was saved.
@@ -566,7 +564,7 @@ pub async fn assign(
     if grants.is_empty() {
         return Err(invalid("merchant_ids", "name at least one merchant"));
     }
-    let txn = db.begin().await?;
+    let txn = crate::db::begin_write(db).await?;
     let mut ids = Vec::new();
     for grant in grants {
         let merchant = grant.target();

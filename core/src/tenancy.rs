@@ -9,7 +9,7 @@ use chrono::Utc;
 use sea_orm::sea_query::{Alias, Expr, ExprTrait};
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, EntityTrait,
-    PaginatorTrait, QueryFilter, QueryOrder, Set, TransactionTrait,
+    PaginatorTrait, QueryFilter, QueryOrder, Set,
 };
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -620,7 +620,7 @@ pub async fn create(
     let id = Uuid::now_v7().to_string();
     let place = parent.child(kind, &id);
     let now = Utc::now();
-    let txn = db.begin().await?;
+    let txn = crate::db::begin_write(db).await?;
     let model = nodes::ActiveModel {
         id: Set(id.clone()),
         kind: Set(kind.as_str().to_owned()),
@@ -653,7 +653,7 @@ pub async fn update(
     if grant.action() != Action::update_node(target.kind) {
         return Err(invalid("id", "this grant does not allow updating the node"));
     }
-    let txn = db.begin().await?;
+    let txn = crate::db::begin_write(db).await?;
     let model = nodes::Entity::find_by_id(target.id.as_str())
         .one(&txn)
         .await?

@@ -146,6 +146,7 @@ enum DeliveryQuota {
     MerchantId,
     Day,
     Used,
+    Held,
 }
 
 #[async_trait::async_trait]
@@ -388,7 +389,9 @@ impl MigrationTrait for Migration {
                     .col(string_len(DeliveryQuota::InstallationId, 36))
                     .col(string_len(DeliveryQuota::MerchantId, 36))
                     .col(big_integer(DeliveryQuota::Day))
+                    // Delivered today, and held by attempts in flight.
                     .col(big_integer(DeliveryQuota::Used).default(0))
+                    .col(big_integer(DeliveryQuota::Held).default(0))
                     .primary_key(
                         Index::create()
                             .col(DeliveryQuota::InstallationId)

@@ -11,10 +11,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use sea_orm::{
-    ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait, QueryResult, TransactionTrait,
-    Value,
-};
+use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait, QueryResult, Value};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value as Json, json};
 use uuid::Uuid;
@@ -476,7 +473,7 @@ impl Catalog {
         }
         let now = millis(self.now());
         let by = grant.actor().label.clone();
-        let txn = self.db.begin().await?;
+        let txn = crate::db::begin_write(&self.db).await?;
         let stored = txn
             .query_one_raw(statement(
                 backend(&txn),
@@ -1039,31 +1036,43 @@ impl Catalog {
                     }
                     Err(e) => return Delivery::Retry(e.to_string()),
                 };
-            if let Some(per_day) = entitlement.quotas.events_per_day {
-                let day = china_day_start(now);
-                match events::reserve_quota(&self.db, &installation.id, merchant_id, day, per_day)
-                    .await
-                {
-                    Ok(true) => reserved = Some((merchant_id.clone(), day)),
-                    Ok(false) => {
-                        return Delivery::Skip(format!("quota_exceeded: {per_day} events per day"));
-                    }
-                    Err(e) => return Delivery::Retry(e.to_string()),
-                }
-            }
             match self.stored_config(&installation.id, merchant_id).await {
                 Ok(Some(c)) => config = c,
                 Ok(None) => {}
                 Err(e) => return Delivery::Retry(e.to_string()),
             }
+            // The quota is held last: nothing may return between holding and settling it.
+            if let Some(per_day) = entitlement.quotas.events_per_day {
+                let day = china_day_start(now);
+                match events::reserve_quota(&self.db, &installation.id, merchant_id, day, per_day)
+                    .await
+                {
+                    Ok(events::Hold::Held) => reserved = Some((merchant_id.clone(), day)),
+                    Ok(events::Hold::Exhausted) => {
+                        return Delivery::Skip(format!("quota_exceeded: {per_day} events per day"));
+                    }
+                    Ok(events::Hold::Busy) => {
+                        return Delivery::Later(
+                            now + chrono::Duration::seconds(2),
+                            "postponed: deliveries in flight hold the rest of today's quota".into(),
+                        );
+                    }
+                    Err(e) => return Delivery::Retry(e.to_string()),
+                }
+            }
         }
         let outcome = self.attempt(installation, config, claim).await;
-        if outcome != Delivery::Done
-            && let Some((merchant_id, day)) = reserved
-            && let Err(error) =
-                events::release_quota(&self.db, &claim.installation_id, &merchant_id, day).await
+        if let Some((merchant_id, day)) = reserved
+            && let Err(error) = events::settle_quota(
+                &self.db,
+                &claim.installation_id,
+                &merchant_id,
+                day,
+                outcome == Delivery::Done,
+            )
+            .await
         {
-            tracing::warn!(%error, "could not release a quota reservation");
+            tracing::warn!(%error, "could not settle a quota hold");
         }
         outcome
     }

@@ -8,9 +8,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
 use chrono::Utc;
-use sea_orm::{
-    ConnectionTrait, DatabaseBackend, DatabaseConnection, DbErr, TransactionTrait, Value,
-};
+use sea_orm::{ConnectionTrait, DatabaseBackend, DatabaseConnection, DbErr, Value};
 
 use super::manifest::KvQuota;
 
@@ -168,7 +166,7 @@ impl Namespace {
                 "a value may be at most {MAX_VALUE_BYTES} bytes"
             )));
         }
-        let txn = db.begin().await?;
+        let txn = crate::db::begin_write(db).await?;
         let (current, last) = self.lock_and_read(&txn, key).await?;
         let outcome = match (&current, expected) {
             (None, None) => {
@@ -204,7 +202,7 @@ impl Namespace {
         expected: Option<u64>,
     ) -> Result<bool, KvError> {
         check_key(key)?;
-        let txn = db.begin().await?;
+        let txn = crate::db::begin_write(db).await?;
         let (current, last) = self.lock_and_read(&txn, key).await?;
         let deleted = match current {
             Some(entry) if expected.is_none_or(|v| v == entry.version) => {
@@ -235,7 +233,7 @@ impl Namespace {
         delta: i64,
     ) -> Result<i64, KvError> {
         check_key(key)?;
-        let txn = db.begin().await?;
+        let txn = crate::db::begin_write(db).await?;
         let (current, last) = self.lock_and_read(&txn, key).await?;
         let version = next_version(Some(last.max(current.as_ref().map_or(0, |e| e.version))));
         let new = next_count(current.as_ref(), key, delta)?;
