@@ -7,7 +7,7 @@
 //! metered by epoch ticks, a wall-clock deadline that counts host calls, and an output cap.
 //!
 //! Invariants: nothing is compiled on the invocation path; a trap fails only its own invocation
-//! (and counts towards that installation's circuit breaker); a component whose imports exceed
+//! (and counts towards the circuit breaker of that installation for that tenant); a component whose imports exceed
 //! its manifest never loads; host calls are bound to the invocation's tenant, and no secret
 //! crosses into the guest.
 
@@ -484,9 +484,11 @@ impl Breaker {
         false
     }
 
+    /// Lifts every suspension of an installation (whichever tenants it was for).
     fn reset(&self, installation: &str) {
-        lock(&self.open).remove(installation);
-        lock(&self.recent).remove(installation);
+        let prefix = format!("{installation}/");
+        lock(&self.open).retain(|key, _| !key.starts_with(&prefix));
+        lock(&self.recent).retain(|key, _| !key.starts_with(&prefix));
     }
 }
 
@@ -1073,7 +1075,10 @@ impl Runtime {
             wall: started.elapsed(),
         };
         let installation = request.tenant.installation_id.clone();
-        if let Some(until) = self.breaker.open_until(&installation) {
+        // Per installation and tenant: one merchant's failing calls (or anonymous visitors to its
+        // public pages) must not suspend the plugin for the partner's other merchants.
+        let breaker_key = format!("{installation}/{}", request.tenant.scope_id());
+        if let Some(until) = self.breaker.open_until(&breaker_key) {
             self.metrics.suspended.fetch_add(1, Ordering::Relaxed);
             return empty(id, Err(Error::Suspended { until }));
         }
@@ -1144,11 +1149,12 @@ impl Runtime {
         };
         if counts {
             self.metrics.traps.fetch_add(1, Ordering::Relaxed);
-            if self.breaker.record(&installation) {
+            if self.breaker.record(&breaker_key) {
                 tracing::error!(
                     plugin = %manifest.id,
                     installation = %installation,
-                    "installation suspended after {} failures in {:?}",
+                    tenant = %breaker_key,
+                    "installation suspended for this tenant after {} failures in {:?}",
                     self.breaker.traps,
                     self.breaker.window
                 );

@@ -377,7 +377,7 @@ async fn too_many_host_calls_or_events_break_a_host_limit() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn repeated_traps_suspend_only_that_installation() {
+async fn repeated_traps_suspend_only_that_installation_for_that_merchant() {
     let options = HarnessOptions {
         breaker_traps: 3,
         ..options()
@@ -403,6 +403,13 @@ async fn repeated_traps_suspend_only_that_installation() {
         metrics.suspended.load(std::sync::atomic::Ordering::Relaxed),
         1
     );
+
+    // Another merchant of the same installation is unaffected.
+    let merchant = h.merchant.clone();
+    h.merchant.merchant_id = Some("another-merchant".into());
+    let ok = h.event("abuse.ok", json!({})).await;
+    assert!(ok.result.is_ok(), "{:?}", ok.result);
+    h.merchant = merchant;
 
     // Another installation of the same plugin is unaffected.
     let first = h.installation_id.clone();
