@@ -691,24 +691,6 @@ pub async fn redeliver(
     Ok(())
 }
 
-/// Counts of deliveries by status (for tests and the admin overview).
-pub async fn counts(
-    db: &impl ConnectionTrait,
-) -> Result<std::collections::BTreeMap<String, i64>, Error> {
-    let rows = db
-        .query_all_raw(statement(
-            backend(db),
-            "SELECT status, COUNT(*) AS n FROM event_deliveries GROUP BY status",
-            vec![],
-        ))
-        .await?;
-    let mut out = std::collections::BTreeMap::new();
-    for row in rows {
-        out.insert(row.try_get("", "status")?, row.try_get("", "n")?);
-    }
-    Ok(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -22,7 +22,7 @@ use crate::config::Clock;
 use crate::db::entity::nodes;
 use crate::db::{from_millis, millis, statement};
 use crate::events::{self, NewEvent};
-use crate::packages::{self, Entitlement};
+use crate::packages;
 use crate::rbac::Grant;
 use crate::tenancy::{NodeKind, Place};
 
@@ -117,7 +117,6 @@ pub struct Policy {
 pub struct Live {
     pub installation: Installation,
     pub loaded: Arc<Loaded>,
-    pub entitlement: Option<Entitlement>,
     pub config: Json,
     pub theme: String,
 }
@@ -255,16 +254,7 @@ impl Catalog {
         if let Some(loaded) = self.runtime.get(digest) {
             return Ok(loaded);
         }
-        let row = self
-            .db
-            .query_one_raw(statement(
-                backend(&self.db),
-                "SELECT bytes FROM plugin_archives WHERE digest = ?",
-                vec![digest.into()],
-            ))
-            .await?
-            .ok_or_else(|| Error::MissingArchive(digest.to_owned()))?;
-        let bytes: Vec<u8> = row.try_get("", "bytes")?;
+        let bytes = self.archive_bytes(digest).await?;
         let runtime = self.runtime.clone();
         // Reading and linking a stored archive may compile it (first use on this node): keep
         // that off the async workers.
@@ -814,8 +804,8 @@ impl Catalog {
         if row.status != "installed" {
             return Err(Error::NotInstalled(plugin_id.to_owned()));
         }
-        let entitlement =
-            packages::entitlement(&self.db, merchant_id, plugin_id, self.now()).await?;
+        // Entitled now, or the caller learns why not.
+        packages::entitlement(&self.db, merchant_id, plugin_id, self.now()).await?;
         let installation = self.view(row).await?;
         let loaded = self.loaded_of(&installation).await?;
         let config = self
@@ -826,7 +816,6 @@ impl Catalog {
         Ok(Live {
             installation,
             loaded,
-            entitlement: Some(entitlement),
             config,
             theme,
         })
@@ -990,8 +979,8 @@ impl Catalog {
         self.view(row).await
     }
 
-    /// The stored archive bytes of a plugin version (for export and other nodes).
-    pub async fn archive_bytes(&self, digest: &str) -> Result<Vec<u8>, Error> {
+    /// The stored archive bytes of a plugin version.
+    async fn archive_bytes(&self, digest: &str) -> Result<Vec<u8>, Error> {
         let row = self
             .db
             .query_one_raw(statement(
@@ -1000,7 +989,7 @@ impl Catalog {
                 vec![digest.into()],
             ))
             .await?
-            .ok_or_else(|| Error::NotInstalled(format!("archive {digest}")))?;
+            .ok_or_else(|| Error::MissingArchive(digest.to_owned()))?;
         Ok(row.try_get("", "bytes")?)
     }
 
@@ -1097,7 +1086,6 @@ impl Catalog {
         let live = Live {
             installation,
             loaded,
-            entitlement: None,
             config,
             theme,
         };
