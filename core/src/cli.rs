@@ -290,6 +290,7 @@ async fn execute(command: Command, config: Config) -> Result<(), Failure> {
                 db.conn.clone(),
                 &base,
                 config.sandbox.time_scale,
+                None,
             )
             .await
             .map_err(runtime)?;

@@ -105,6 +105,9 @@ pub struct HttpConfig {
     pub body_limit: usize,
     /// How long shutdown waits for in-flight requests before giving up, in seconds.
     pub shutdown_grace_secs: u64,
+    /// `https` or `http`: the scheme of URLs on partners' domains handed to Alipay (callbacks)
+    /// when the request did not arrive on that domain.
+    pub public_scheme: String,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -214,6 +217,7 @@ struct DefaultHttp {
     listen: &'static str,
     body_limit: usize,
     shutdown_grace_secs: u64,
+    public_scheme: &'static str,
 }
 
 #[derive(Serialize)]
@@ -245,6 +249,7 @@ const DEFAULTS: Defaults = Defaults {
         listen: "127.0.0.1:8080",
         body_limit: 1024 * 1024,
         shutdown_grace_secs: 30,
+        public_scheme: "https",
     },
     database: DefaultDatabase {
         url: "",
@@ -360,6 +365,9 @@ impl Config {
         let invalid = |key: &str, why: &str| Err(Error::Invalid(format!("{key}: {why}")));
         if self.http.body_limit == 0 {
             return invalid("http.body_limit", "must be greater than zero");
+        }
+        if self.http.public_scheme != "https" && self.http.public_scheme != "http" {
+            return invalid("http.public_scheme", "must be https or http");
         }
         if self.auth.session_ttl_hours == 0 || self.auth.session_ttl_hours > 24 * 30 {
             return invalid("auth.session_ttl_hours", "must be between 1 and 720");

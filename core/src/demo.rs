@@ -27,7 +27,7 @@ async fn wire_to_sandbox(
     base: &str,
 ) -> Result<String, Error> {
     const DEMO_APP_ID: &str = "2021000000000001";
-    let sandbox = Sandbox::open(db.clone(), base, 1).await?;
+    let sandbox = Sandbox::open(db.clone(), base, 1, None).await?;
     let grant = rbac
         .authorize(actor, Action::AlipayCredentialsWrite, merchant)
         .await?;

@@ -208,6 +208,7 @@ pub async fn serve(state: AppState) -> anyhow::Result<()> {
             state.db.conn.clone(),
             &base,
             state.config.sandbox.time_scale,
+            Some(local),
         )
         .await
         .map_err(|e| anyhow::anyhow!("cannot start the offline Alipay sandbox: {e}"))?;

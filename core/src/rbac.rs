@@ -59,12 +59,13 @@ pub enum Action {
     PluginConfigRead,
     PluginConfigWrite,
     PluginUse,
+    PluginView,
     DeliveryRead,
     DeliveryRedeliver,
 }
 
 impl Action {
-    pub const ALL: [Action; 36] = [
+    pub const ALL: [Action; 37] = [
         Self::PartnerCreate,
         Self::PartnerRead,
         Self::PartnerUpdate,
@@ -99,6 +100,7 @@ impl Action {
         Self::PluginConfigRead,
         Self::PluginConfigWrite,
         Self::PluginUse,
+        Self::PluginView,
         Self::DeliveryRead,
         Self::DeliveryRedeliver,
     ];
@@ -140,6 +142,7 @@ impl Action {
             Self::PluginConfigRead => ("plugin_config", "read"),
             Self::PluginConfigWrite => ("plugin_config", "write"),
             Self::PluginUse => ("plugin", "use"),
+            Self::PluginView => ("plugin", "view"),
             Self::DeliveryRead => ("delivery", "read"),
             Self::DeliveryRedeliver => ("delivery", "redeliver"),
         }
@@ -174,7 +177,9 @@ impl Action {
             | Self::PluginUse => NodeKind::Merchant,
             Self::PluginManage => NodeKind::Partner,
             Self::PackageWrite => NodeKind::Agent,
-            Self::StoreRead | Self::StoreUpdate | Self::StoreSuspend => NodeKind::Store,
+            Self::StoreRead | Self::StoreUpdate | Self::StoreSuspend | Self::PluginView => {
+                NodeKind::Store
+            }
             Self::UserCreate
             | Self::UserRead
             | Self::UserUpdate
@@ -268,10 +273,11 @@ pub fn allows(role: Role, action: Action) -> bool {
                 | A::PluginConfigRead
                 | A::PluginConfigWrite
                 | A::PluginUse
+                | A::PluginView
                 | A::DeliveryRead
                 | A::DeliveryRedeliver
         ),
-        Role::MerchantStaff => matches!(action, A::StoreRead),
+        Role::MerchantStaff => matches!(action, A::StoreRead | A::PluginView),
     }
 }
 
@@ -694,7 +700,7 @@ mod tests {
             assert!(allows(Role::PlatformAdmin, action));
             assert_eq!(
                 allows(Role::MerchantStaff, action),
-                action == Action::StoreRead
+                action == Action::StoreRead || action == Action::PluginView
             );
         }
     }

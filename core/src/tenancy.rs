@@ -482,6 +482,15 @@ async fn domains_of(db: &impl ConnectionTrait, partner_id: &str) -> Result<Vec<S
         .collect())
 }
 
+/// The partner's first domain in name order, if it has any: where its member pages and
+/// Alipay callbacks are addressed when a request came through another host.
+pub async fn first_domain(
+    db: &impl ConnectionTrait,
+    partner_id: &str,
+) -> Result<Option<String>, Error> {
+    Ok(domains_of(db, partner_id).await?.into_iter().next())
+}
+
 async fn with_domains(db: &impl ConnectionTrait, model: nodes::Model) -> Result<Node, Error> {
     let domains = if model.kind == NodeKind::Partner.as_str() {
         Some(domains_of(db, &model.id).await?)

@@ -505,6 +505,13 @@ pub mod alipay {
         from_json(&text, method)
     }
 
+    /// Calls a method that takes no `biz_content`, only top-level parameters — such as
+    /// `alipay.system.oauth.token` with `grant_type` and `code` in `options.params`.
+    pub fn call_params(method: &str, options: &CallOptions) -> Result<serde_json::Value> {
+        let text = raw::call(method, "", options)?;
+        from_json(&text, method)
+    }
+
     /// Uploads an image (`jpg`, `png`, …) and returns Alipay's answer (`image_id`, `image_url`).
     pub fn upload_image(name: &str, image_type: &str, content: &[u8]) -> Result<serde_json::Value> {
         let text = raw::upload_image(name, image_type, content)?;

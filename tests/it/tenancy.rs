@@ -365,6 +365,15 @@ async fn perform(tree: &Tree, role: Role, action: Action, serial: usize) -> u16 
             .await
             .status
         }
+        A::PluginView => {
+            tree.plugins().await;
+            api.get(&format!(
+                "/api/v1/stores/{}/plugins/{HELLO}/stats",
+                tree.chain[3]
+            ))
+            .await
+            .status
+        }
         A::DeliveryRead => api.get("/api/v1/deliveries").await.status,
         A::DeliveryRedeliver => {
             let fixture = tree.plugins().await;

@@ -6,7 +6,9 @@
 //! inside [`load_app`], for signing.
 
 use chrono::Utc;
-use sea_orm::{ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, Set};
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, Set,
+};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
@@ -528,13 +530,17 @@ pub async fn load_app(
     })
 }
 
-/// The merchants whose app has `app_id` (callbacks are routed by it).
+/// The partner's merchants whose app has `app_id` (callbacks on a partner's domain are
+/// routed by it), in id order.
 pub async fn merchants_for_app(
     db: &impl ConnectionTrait,
+    partner_id: &str,
     app_id: &str,
 ) -> Result<Vec<String>, Error> {
     Ok(row::Entity::find()
         .filter(row::Column::AppId.eq(app_id))
+        .filter(row::Column::PartnerId.eq(partner_id))
+        .order_by_asc(row::Column::MerchantId)
         .all(db)
         .await?
         .into_iter()

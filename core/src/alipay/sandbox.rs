@@ -56,6 +56,8 @@ struct Inner {
     /// Divides the retry schedule: 1 is Alipay's real timing; tests compress it.
     time_scale: u64,
     http: reqwest::Client,
+    /// The engine this sandbox is embedded in, if any: see [`Sandbox::target`].
+    engine: Option<std::net::SocketAddr>,
 }
 
 impl std::fmt::Debug for Sandbox {
@@ -102,10 +104,13 @@ type Outcome = Result<Value, GatewayFailure>;
 
 impl Sandbox {
     /// Opens the sandbox on the engine's database, creating its signing key on first use.
+    /// `engine`: the address of the engine this sandbox is embedded in, which receives the
+    /// callbacks and notifications addressed to host names (see [`Sandbox::target`]).
     pub async fn open(
         db: DatabaseConnection,
         base_url: &str,
         time_scale: u64,
+        engine: Option<std::net::SocketAddr>,
     ) -> Result<Self, Error> {
         let store = Store(&db);
         let key = match store.get("sandbox", "signing_key").await? {
@@ -137,6 +142,7 @@ impl Sandbox {
                 base_url: base_url.trim_end_matches('/').to_owned(),
                 time_scale: time_scale.max(1),
                 http,
+                engine,
             }),
         })
     }
@@ -1159,10 +1165,12 @@ impl Sandbox {
             .append_pair("template_id", template_id)
             .append_pair("request_id", &request_id)
             .append_pair("out_string", q.get("out_string").map_or("", String::as_str));
-        let response = self
-            .inner
-            .http
-            .get(target)
+        let (to, host) = self.target(target.as_str());
+        let mut request = self.inner.http.get(to);
+        if let Some(host) = host {
+            request = request.header("host", host);
+        }
+        let response = request
             .send()
             .await
             .map_err(|e| Error::Invalid(e.without_url().to_string()))?;
@@ -1246,17 +1254,45 @@ impl Sandbox {
         Ok(form.finish())
     }
 
+    /// Where a callback or notification addressed to `url` is sent, and the Host header it
+    /// carries. An embedded sandbox sends what is addressed to a host *name* (a partner's
+    /// domain, `localhost`) to its own engine with the Host kept: offline no other site exists,
+    /// and the engine picks the partner by Host. IP addresses are contacted as they are.
+    fn target(&self, url: &str) -> (String, Option<String>) {
+        let Some(engine) = self.inner.engine else {
+            return (url.to_owned(), None);
+        };
+        match url::Url::parse(url) {
+            Ok(parsed) if matches!(parsed.host(), Some(url::Host::Domain(_))) => {
+                let host = match (parsed.host_str(), parsed.port()) {
+                    (Some(h), Some(p)) => format!("{h}:{p}"),
+                    (Some(h), None) => h.to_owned(),
+                    (None, _) => String::new(),
+                };
+                let mut local = format!("http://{engine}{}", parsed.path());
+                if let Some(q) = parsed.query() {
+                    local.push('?');
+                    local.push_str(q);
+                }
+                (local, Some(host))
+            }
+            _ => (url.to_owned(), None),
+        }
+    }
+
     async fn deliver(&self, notify_id: &str, url: &str, body: String) {
+        let (to, host) = self.target(url);
         let mut attempts = Vec::new();
         for attempt in 0..=RETRY_SCHEDULE_SECS.len() {
             if attempt > 0 {
                 let wait = RETRY_SCHEDULE_SECS[attempt - 1] * 1000 / self.inner.time_scale;
                 tokio::time::sleep(Duration::from_millis(wait.max(1))).await;
             }
-            let sent = self
-                .inner
-                .http
-                .post(url)
+            let mut request = self.inner.http.post(&to);
+            if let Some(host) = &host {
+                request = request.header("host", host);
+            }
+            let sent = request
                 .header(
                     "content-type",
                     "application/x-www-form-urlencoded; charset=utf-8",

@@ -92,6 +92,12 @@ pub fn router() -> Router<AppState> {
             "/api/v1/merchants/{id}/plugins/{plugin}/{*rest}",
             any(admin_route),
         )
+        .route(
+            "/api/v1/stores/{id}/plugins/{plugin}/{*rest}",
+            any(store_route),
+        )
+        .route(CARD_ACTIVATION_PATH, get(card_activation))
+        .route(LEGACY_CARD_ACTIVATION_PATH, get(card_activation))
         .route("/m/{merchant}/{plugin}", any(public_route_root))
         .route("/m/{merchant}/{plugin}/", any(public_route_root))
         .route("/m/{merchant}/{plugin}/{*rest}", any(public_route))
@@ -1000,29 +1006,71 @@ const ALLOWED_RESPONSE: [&str; 9] = [
     "expires",
 ];
 
+/// The header carrying the origin of the merchant's partner domain, such as
+/// `https://pay.partner.example`: where member pages and Alipay callbacks live.
+pub const ORIGIN_HEADER: &str = "x-trellis-origin";
+
 fn plugin_request(
     method: &Method,
     rest: &str,
     uri: &Uri,
     headers: &HeaderMap,
     body: Bytes,
+    origin: Option<String>,
 ) -> HttpRequest {
+    let mut forwarded: Vec<(String, String)> = headers
+        .iter()
+        // `x-trellis-*` is the engine's to set: a client cannot forge it.
+        .filter(|(name, _)| {
+            !STRIPPED.contains(&name.as_str()) && !name.as_str().starts_with("x-trellis-")
+        })
+        .filter_map(|(name, value)| {
+            value
+                .to_str()
+                .ok()
+                .map(|v| (name.as_str().to_owned(), v.to_owned()))
+        })
+        .collect();
+    if let Some(origin) = origin {
+        forwarded.push((ORIGIN_HEADER.to_owned(), origin));
+    }
     HttpRequest {
         method: method.as_str().to_owned(),
         path: format!("/{}", rest.trim_start_matches('/')),
         query: uri.query().unwrap_or_default().to_owned(),
-        headers: headers
-            .iter()
-            .filter(|(name, _)| !STRIPPED.contains(&name.as_str()))
-            .filter_map(|(name, value)| {
-                value
-                    .to_str()
-                    .ok()
-                    .map(|v| (name.as_str().to_owned(), v.to_owned()))
-            })
-            .collect(),
+        headers: forwarded,
         body: body.to_vec(),
     }
+}
+
+/// The origin of the partner's domain for a request about one of its merchants: the request's
+/// own host when it arrived on that partner's domain, else the partner's first domain.
+async fn partner_origin(
+    state: &AppState,
+    host: &HostContext,
+    headers: &HeaderMap,
+    partner_id: Option<&str>,
+) -> Result<Option<String>, ApiError> {
+    let Some(partner_id) = partner_id else {
+        return Ok(None);
+    };
+    let configured = state.config.http.public_scheme.as_str();
+    if host.partner_id() == Some(partner_id)
+        && let Some(name) = headers.get(header::HOST).and_then(|v| v.to_str().ok())
+    {
+        let scheme = match headers
+            .get("x-forwarded-proto")
+            .and_then(|v| v.to_str().ok())
+        {
+            Some("http") => "http",
+            Some("https") => "https",
+            _ => configured,
+        };
+        return Ok(Some(format!("{scheme}://{}", name.trim())));
+    }
+    Ok(tenancy::first_domain(&state.db.conn, partner_id)
+        .await?
+        .map(|domain| format!("{configured}://{domain}")))
 }
 
 /// Whether a plugin's `Location` stays on this site: a path, not another origin.
@@ -1084,11 +1132,12 @@ fn locale_of(headers: &HeaderMap) -> &'static str {
     .tag()
 }
 
-/// The tiers a route's audience admits through the admin API.
+/// The tiers a route's audience admits at a merchant's admin path; a store's path admits
+/// `staff` routes only, for everyone who may view the store's plugins.
 fn admits(audience: Audience, role: Role) -> bool {
     match audience {
         Audience::Member => false,
-        Audience::Merchant => matches!(
+        Audience::Staff | Audience::Merchant => matches!(
             role,
             Role::MerchantOwner | Role::AgentAdmin | Role::PartnerAdmin | Role::PlatformAdmin
         ),
@@ -1100,31 +1149,58 @@ fn admits(audience: Audience, role: Role) -> bool {
     }
 }
 
+/// The node an admin plugin path names.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum AdminPath {
+    /// `/api/v1/merchants/{id}/plugins/…`: `merchant` routes (and `staff` views above staff).
+    Merchant,
+    /// `/api/v1/stores/{id}/plugins/…`: `staff` views, for the store's staff and above.
+    Store,
+}
+
+/// One admin call to a plugin's route, as the handlers below receive it.
+struct AdminCall {
+    caller: Principal,
+    rid: Option<Extension<RequestId>>,
+    host: HostContext,
+    id: String,
+    plugin: String,
+    rest: String,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+}
+
 #[allow(
     clippy::too_many_arguments,
     reason = "an axum handler takes its extractors as arguments"
 )]
 async fn admin_route_root(
-    state: State<AppState>,
-    caller: Caller,
+    State(state): State<AppState>,
+    Caller(caller): Caller,
     rid: Option<Extension<RequestId>>,
+    Extension(host): Extension<HostContext>,
     Path((id, plugin)): Path<(String, String)>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    admin_route(
-        state,
+    let rest = String::new();
+    let call = AdminCall {
         caller,
         rid,
-        Path((id, plugin, String::new())),
+        host,
+        id,
+        plugin,
+        rest,
         method,
         uri,
         headers,
         body,
-    )
-    .await
+    };
+    admin_call(state, AdminPath::Merchant, call).await
 }
 
 #[allow(
@@ -1135,27 +1211,99 @@ async fn admin_route(
     State(state): State<AppState>,
     Caller(caller): Caller,
     rid: Option<Extension<RequestId>>,
+    Extension(host): Extension<HostContext>,
     Path((id, plugin, rest)): Path<(String, String, String)>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
+    let call = AdminCall {
+        caller,
+        rid,
+        host,
+        id,
+        plugin,
+        rest,
+        method,
+        uri,
+        headers,
+        body,
+    };
+    admin_call(state, AdminPath::Merchant, call).await
+}
+
+#[allow(
+    clippy::too_many_arguments,
+    reason = "an axum handler takes its extractors as arguments"
+)]
+async fn store_route(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    rid: Option<Extension<RequestId>>,
+    Extension(host): Extension<HostContext>,
+    Path((id, plugin, rest)): Path<(String, String, String)>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let call = AdminCall {
+        caller,
+        rid,
+        host,
+        id,
+        plugin,
+        rest,
+        method,
+        uri,
+        headers,
+        body,
+    };
+    admin_call(state, AdminPath::Store, call).await
+}
+
+/// Checks, in order: the node is in the caller's subtree, RBAC (`plugin.use` on a merchant,
+/// `plugin.view` on a store), the route's audience, and the merchant's entitlement now.
+async fn admin_call(
+    state: AppState,
+    path: AdminPath,
+    call: AdminCall,
+) -> Result<Response, ApiError> {
+    let AdminCall {
+        caller,
+        rid,
+        host,
+        id,
+        plugin,
+        rest,
+        method,
+        uri,
+        headers,
+        body,
+    } = call;
     let mutating = method != Method::GET && method != Method::HEAD;
     let mut place = None;
     let result = async {
-        let merchant = merchant_in_scope(&state, &caller, &id).await?;
-        place = Some(merchant.clone());
-        state
-            .rbac
-            .authorize(&caller, Action::PluginUse, &merchant)
-            .await?;
-        let live = state.catalog.live(&merchant, &plugin).await?;
-        let request = plugin_request(&method, &rest, &uri, &headers, body);
+        let (node, action) = match path {
+            AdminPath::Merchant => (NodeKind::Merchant, Action::PluginUse),
+            AdminPath::Store => (NodeKind::Store, Action::PluginView),
+        };
+        let target = tenancy::find_in_scope(&state.db.conn, &caller.place, Some(node), &id)
+            .await?
+            .place();
+        place = Some(target.clone());
+        state.rbac.authorize(&caller, action, &target).await?;
+        let live = state.catalog.live(&target, &plugin).await?;
+        let origin = partner_origin(&state, &host, &headers, target.partner_id.as_deref()).await?;
+        let request = plugin_request(&method, &rest, &uri, &headers, body, origin);
         let manifest = &live.loaded.manifest;
         let admitted = manifest.routes.iter().any(|r| {
             r.method == request.method
-                && admits(r.audience, caller.role)
+                && match path {
+                    AdminPath::Merchant => admits(r.audience, caller.role),
+                    AdminPath::Store => r.audience == Audience::Staff,
+                }
                 && crate::plugins::manifest::match_path(&r.path, &request.path).is_some()
         });
         if !admitted {
@@ -1163,13 +1311,7 @@ async fn admin_route(
         }
         let outcome = state
             .catalog
-            .invoke(
-                &live,
-                &merchant,
-                locale_of(&headers),
-                Call::Http(request),
-                0,
-            )
+            .invoke(&live, &target, locale_of(&headers), Call::Http(request), 0)
             .await;
         match outcome.result? {
             crate::plugins::Output::Http(response) => Ok(plugin_response(response, true)),
@@ -1193,6 +1335,96 @@ async fn admin_route(
     } else {
         result
     }
+}
+
+/// The member card's activation callback, clean path.
+pub const CARD_ACTIVATION_PATH: &str = "/callbacks/alipay/card-activation";
+/// The same callback at the path the seed system registered with Alipay, so partners moving
+/// from it keep the 授权回调地址 Alipay already approved.
+pub const LEGACY_CARD_ACTIVATION_PATH: &str = "/index.php/wxapi/Al/auth/membercode/notify";
+
+/// Alipay's redirect after a consumer confirms the card form (`auth_code`, `app_id`,
+/// `template_id`, `request_id`, `out_string`), on the partner's domain. The merchant is the
+/// partner's merchant whose Alipay app is `app_id` (when several share the app, the one named
+/// by `out_string`); the plugin is the merchant's entitled plugin that answers the
+/// `alipay.card-activation` callback, which gets the query as it came.
+async fn card_activation(
+    State(state): State<AppState>,
+    Extension(host): Extension<HostContext>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let not_found = || ApiError::NotFound(uri.path().to_owned());
+    let partner_id = host.partner_id().ok_or_else(not_found)?;
+    let query: std::collections::BTreeMap<String, String> =
+        url::form_urlencoded::parse(uri.query().unwrap_or_default().as_bytes())
+            .into_owned()
+            .collect();
+    let app_id = query
+        .get("app_id")
+        .filter(|a| !a.is_empty() && a.len() <= 32 && a.bytes().all(|b| b.is_ascii_digit()))
+        .ok_or_else(|| ApiError::Validation {
+            field: "app_id",
+            message: "the callback names no Alipay app".into(),
+        })?;
+    let candidates =
+        crate::alipay::credentials::merchants_for_app(&state.db.conn, partner_id, app_id).await?;
+    let merchant_id = match candidates.as_slice() {
+        [only] => only.clone(),
+        many => query
+            .get("out_string")
+            .filter(|named| many.contains(named))
+            .cloned()
+            .ok_or_else(not_found)?,
+    };
+    let node = tenancy::find_in_scope(
+        &state.db.conn,
+        &Place::of_partner(partner_id),
+        Some(NodeKind::Merchant),
+        &merchant_id,
+    )
+    .await
+    .map_err(|_| not_found())?;
+    let merchant = node.place();
+    if node.status != NodeStatus::Active || tenancy::is_blocked(&state.db.conn, &merchant).await? {
+        return Err(packages::Error::NotEntitled("alipay.card-activation".into()).into());
+    }
+    let entitled = packages::entitlements(&state.db.conn, &merchant_id, now(&state)).await?;
+    for plugin in entitled.keys() {
+        let Ok(live) = state.catalog.live(&merchant, plugin).await else {
+            continue;
+        };
+        let Some(route) = live
+            .loaded
+            .manifest
+            .routes
+            .iter()
+            .find(|r| r.callback.as_deref() == Some("alipay.card-activation"))
+            .cloned()
+        else {
+            continue;
+        };
+        let origin = partner_origin(&state, &host, &headers, Some(partner_id)).await?;
+        let request = plugin_request(&method, &route.path, &uri, &headers, Bytes::new(), origin);
+        let outcome = state
+            .catalog
+            .invoke(
+                &live,
+                &merchant,
+                locale_of(&headers),
+                Call::Http(request),
+                0,
+            )
+            .await;
+        return match outcome.result? {
+            crate::plugins::Output::Http(response) => Ok(plugin_response(response, false)),
+            other => Err(ApiError::Internal(anyhow::anyhow!(
+                "callback answered {other:?}"
+            ))),
+        };
+    }
+    Err(packages::Error::NotEntitled("alipay.card-activation".into()).into())
 }
 
 async fn public_route_root(
@@ -1246,7 +1478,8 @@ async fn public_route(
         return Err(packages::Error::NotEntitled(plugin).into());
     }
     let live = state.catalog.live(&merchant, &plugin).await?;
-    let request = plugin_request(&method, &rest, &uri, &headers, body);
+    let origin = partner_origin(&state, &host, &headers, merchant.partner_id.as_deref()).await?;
+    let request = plugin_request(&method, &rest, &uri, &headers, body, origin);
     let admitted = live.loaded.manifest.routes.iter().any(|r| {
         r.method == request.method
             && r.audience == Audience::Member

@@ -132,7 +132,7 @@ impl Harness {
             .await
             .map_err(setup)?;
         let base = format!("http://{}/sandbox", listener.local_addr().map_err(setup)?);
-        let sandbox = Sandbox::open(db.conn.clone(), &base, 1_000)
+        let sandbox = Sandbox::open(db.conn.clone(), &base, 1_000, None)
             .await
             .map_err(setup)?;
         let app = axum::Router::new().nest_service("/sandbox", sandbox.router());

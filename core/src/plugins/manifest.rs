@@ -117,7 +117,11 @@ pub struct AlipayCapability {
 pub enum Audience {
     /// A public page for the merchant's members (consumers), on the partner's domain.
     Member,
-    /// The merchant's own staff, through the admin API.
+    /// Views for the merchant's store staff, through the admin API: reached at
+    /// `/api/v1/stores/{store}/plugins/…` by staff and the tiers above, and at the merchant's
+    /// path by the merchant owner and the tiers above.
+    Staff,
+    /// The merchant owner, through the admin API.
     Merchant,
     /// The merchant's agent, through the admin API.
     Agent,
@@ -132,7 +136,15 @@ pub struct Route {
     /// Such as `/cards/{id}`: literal segments and `{name}` segments.
     pub path: String,
     pub audience: Audience,
+    /// An engine callback this `GET`, `member` route answers, such as
+    /// `alipay.card-activation` (the member card's activation callback, which the engine
+    /// routes to the merchant by Alipay `app_id`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub callback: Option<String>,
 }
+
+/// Callbacks the engine receives on a partner's domain and hands to a plugin's route.
+pub const CALLBACKS: [&str; 1] = ["alipay.card-activation"];
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -309,6 +321,7 @@ impl Manifest {
             }
         }
         let mut seen = BTreeSet::new();
+        let mut callbacks = BTreeSet::new();
         for route in &self.routes {
             if !matches!(
                 route.method.as_str(),
@@ -325,6 +338,22 @@ impl Manifest {
                     route.path
                 ))
             })?;
+            if let Some(callback) = &route.callback {
+                if !CALLBACKS.contains(&callback.as_str()) {
+                    return Err(invalid(format!(
+                        "route callback {callback:?} must be one of {}",
+                        CALLBACKS.join(", ")
+                    )));
+                }
+                if route.method != "GET" || route.audience != Audience::Member {
+                    return Err(invalid(format!(
+                        "the {callback} callback must be a GET route for the member audience"
+                    )));
+                }
+                if !callbacks.insert(callback.clone()) {
+                    return Err(invalid(format!("callback {callback} is declared twice")));
+                }
+            }
             if !seen.insert((route.method.clone(), shape, route.audience)) {
                 return Err(invalid(format!(
                     "route {} {} is declared twice",

@@ -1,0 +1,576 @@
+//! The membership card (会员卡): the merchant's design, its sync to Alipay as a card template
+//! (create the first time, modify afterwards, then the activation form), and the claim link.
+//!
+//! Invariant: Alipay calls carry `request_id`s derived from the merchant and the design's
+//! revision, so retrying a sync never creates a second template; the outcome of every sync —
+//! including Alipay's `code` and `sub_code` on failure — is stored where the merchant sees it.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use trellis_host_api::UpstreamError;
+use trellis_host_api::prelude::*;
+
+use crate::levels::Levels;
+use crate::util;
+
+pub const KEY: &str = "cfg/card";
+pub const CLAIM_KEY: &str = "cfg/claim";
+
+/// Where Alipay sends the consumer after the form: the engine serves both on the partner's
+/// domain and routes them to this plugin's `/activate` by app id.
+pub const CLEAN_CALLBACK: &str = "/callbacks/alipay/card-activation";
+pub const LEGACY_CALLBACK: &str = "/index.php/wxapi/Al/auth/membercode/notify";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Column {
+    Points,
+    Balance,
+    Level,
+    Benefits,
+}
+
+/// Fields of the activation form, by their short names.
+const FORM_FIELDS: [(&str, &str); 10] = [
+    ("mobile", "OPEN_FORM_FIELD_MOBILE"),
+    ("name", "OPEN_FORM_FIELD_NAME"),
+    ("gender", "OPEN_FORM_FIELD_GENDER"),
+    ("birthday", "OPEN_FORM_FIELD_BIRTHDAY"),
+    ("birthday_with_year", "OPEN_FORM_FIELD_BIRTHDAY_WITH_YEAR"),
+    ("idcard", "OPEN_FORM_FIELD_IDCARD"),
+    ("email", "OPEN_FORM_FIELD_EMAIL"),
+    ("address", "OPEN_FORM_FIELD_ADDRESS"),
+    ("city", "OPEN_FORM_FIELD_CITY"),
+    ("is_student", "OPEN_FORM_FIELD_IS_STUDENT"),
+];
+
+const WRITE_OFF: [&str; 6] = ["qrcode", "dqrcode", "barcode", "dbarcode", "text", "none"];
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Form {
+    pub required: Vec<String>,
+    #[serde(default)]
+    pub optional: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Design {
+    /// The card's name in the Alipay wallet.
+    pub show_name: String,
+    pub brand_name: String,
+    /// Alipay image ids (from `POST /card/images`).
+    pub logo_id: String,
+    pub background_id: String,
+    /// `#RRGGBB` or `rgb(r,g,b)`; stored as `rgb(r,g,b)`.
+    pub bg_color: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slogan: Option<String>,
+    /// What the card shows: `points`, `balance`, `level`, `benefits`.
+    #[serde(default)]
+    pub columns: Vec<Column>,
+    pub form: Form,
+    /// Days a card is valid after opening; none for no end.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validity_days: Option<u32>,
+    /// The code shown for write-off: `qrcode`, `dqrcode`, `barcode`, `dbarcode`, `text`, `none`.
+    #[serde(default = "default_write_off")]
+    pub write_off_type: String,
+    /// Prefix of our external card numbers (letters and digits, ≤ 8).
+    #[serde(default = "default_prefix")]
+    pub card_no_prefix: String,
+}
+
+fn default_write_off() -> String {
+    "qrcode".into()
+}
+
+fn default_prefix() -> String {
+    "M".into()
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SyncStatus {
+    /// `never`, `synced`, `failed`; `stale` when the design or levels changed since.
+    pub state: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sub_code: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The (design, levels) revisions last synced.
+    #[serde(default)]
+    pub revision: (u64, u64),
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Card {
+    #[serde(default)]
+    pub design: Option<Design>,
+    #[serde(default)]
+    pub revision: u64,
+    #[serde(default)]
+    pub template_id: Option<String>,
+    #[serde(default)]
+    pub sync: SyncStatus,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Claim {
+    pub url: String,
+    pub callback: String,
+    pub template_id: String,
+    pub applied_at_ms: u64,
+}
+
+impl Card {
+    pub fn load() -> Result<(Self, Option<u64>)> {
+        Ok(match kv::get_json::<Card>(KEY)? {
+            Some((card, version)) => (card, Some(version)),
+            None => (
+                Card {
+                    sync: SyncStatus {
+                        state: "never".into(),
+                        ..SyncStatus::default()
+                    },
+                    ..Card::default()
+                },
+                None,
+            ),
+        })
+    }
+
+    /// The synced template, or a conflict telling the merchant to sync first.
+    pub fn template(&self) -> Result<&str> {
+        self.template_id
+            .as_deref()
+            .ok_or_else(|| Error::Conflict("sync the card to Alipay first".into()))
+    }
+}
+
+fn bad(field: &str, message: &str) -> Error {
+    Error::field(format!("/{field}"), message)
+}
+
+fn rgb(color: &str) -> Option<String> {
+    let color = color.trim();
+    if let Some(hex) = color.strip_prefix('#')
+        && hex.len() == 6
+    {
+        let n = u32::from_str_radix(hex, 16).ok()?;
+        return Some(format!("rgb({},{},{})", n >> 16, (n >> 8) & 0xff, n & 0xff));
+    }
+    let inner = color.strip_prefix("rgb(")?.strip_suffix(')')?;
+    let parts: Vec<u8> = inner
+        .split(',')
+        .map(|p| p.trim().parse::<u8>().ok())
+        .collect::<Option<_>>()?;
+    (parts.len() == 3).then(|| format!("rgb({},{},{})", parts[0], parts[1], parts[2]))
+}
+
+fn image_id_ok(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_graphic())
+}
+
+/// Checks and normalises a design; the first problem comes back as a field error.
+pub fn validate(mut d: Design) -> Result<Design> {
+    d.show_name = d.show_name.trim().to_owned();
+    d.brand_name = d.brand_name.trim().to_owned();
+    if d.show_name.is_empty() || d.show_name.chars().count() > 20 {
+        return Err(bad("show_name", "must be 1 to 20 characters"));
+    }
+    if d.brand_name.is_empty() || d.brand_name.chars().count() > 20 {
+        return Err(bad("brand_name", "must be 1 to 20 characters"));
+    }
+    if !image_id_ok(&d.logo_id) {
+        return Err(bad(
+            "logo_id",
+            "must be an Alipay image id (upload it first)",
+        ));
+    }
+    if !image_id_ok(&d.background_id) {
+        return Err(bad(
+            "background_id",
+            "must be an Alipay image id (upload it first)",
+        ));
+    }
+    d.bg_color =
+        rgb(&d.bg_color).ok_or_else(|| bad("bg_color", "must be #RRGGBB or rgb(r,g,b)"))?;
+    if let Some(slogan) = &d.slogan
+        && slogan.chars().count() > 30
+    {
+        return Err(bad("slogan", "must be at most 30 characters"));
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for (i, c) in d.columns.iter().enumerate() {
+        if !seen.insert(*c) {
+            return Err(bad(&format!("columns/{i}"), "is listed twice"));
+        }
+    }
+    let known = |f: &str| FORM_FIELDS.iter().any(|(short, _)| *short == f);
+    let mut fields = std::collections::BTreeSet::new();
+    for (part, list) in [
+        ("required", &d.form.required),
+        ("optional", &d.form.optional),
+    ] {
+        for (i, f) in list.iter().enumerate() {
+            if !known(f) {
+                let names: Vec<&str> = FORM_FIELDS.iter().map(|(s, _)| *s).collect();
+                return Err(bad(
+                    &format!("form/{part}/{i}"),
+                    &format!("must be one of {}", names.join(", ")),
+                ));
+            }
+            if !fields.insert(f.clone()) {
+                return Err(bad(&format!("form/{part}/{i}"), "is listed twice"));
+            }
+        }
+    }
+    if d.form.required.is_empty() {
+        return Err(bad("form/required", "at least one field is required"));
+    }
+    if let Some(days) = d.validity_days
+        && !(1..=36_500).contains(&days)
+    {
+        return Err(bad("validity_days", "must be 1 to 36500"));
+    }
+    if !WRITE_OFF.contains(&d.write_off_type.as_str()) {
+        return Err(bad(
+            "write_off_type",
+            &format!("must be one of {}", WRITE_OFF.join(", ")),
+        ));
+    }
+    if d.card_no_prefix.is_empty()
+        || d.card_no_prefix.len() > 8
+        || !d.card_no_prefix.bytes().all(|b| b.is_ascii_alphanumeric())
+    {
+        return Err(bad("card_no_prefix", "must be 1 to 8 letters or digits"));
+    }
+    Ok(d)
+}
+
+fn form_codes(list: &[String]) -> Vec<&'static str> {
+    list.iter()
+        .filter_map(|f| FORM_FIELDS.iter().find(|(s, _)| s == f).map(|(_, c)| *c))
+        .collect()
+}
+
+/// The template's blocks shared by `template.create` and `template.modify`.
+fn template_body(d: &Design, levels: &Levels, locale: &str) -> Value {
+    let zh = locale != "en";
+    let columns: Vec<Value> = d
+        .columns
+        .iter()
+        .map(|c| match c {
+            Column::Points => json!({"code": "Point", "title": if zh { "积分" } else { "Points" }}),
+            Column::Balance => {
+                json!({"code": "Balance", "title": if zh { "余额" } else { "Balance" }})
+            }
+            Column::Level => json!({"code": "Level", "title": if zh { "等级" } else { "Level" }}),
+            Column::Benefits => {
+                json!({"code": "BENEFIT_INFO", "title": if zh { "会员权益" } else { "Benefits" }})
+            }
+        })
+        .collect();
+    let mut rules = vec![
+        json!({"field_name": "Point", "rule_name": "ASSIGN_FROM_REQUEST", "rule_value": "Point"}),
+        json!({"field_name": "Balance", "rule_name": "ASSIGN_FROM_REQUEST", "rule_value": "Balance"}),
+    ];
+    rules.push(match d.validity_days {
+        Some(days) => {
+            json!({"field_name": "ValidDate", "rule_name": "DATE_IN_FUTURE", "rule_value": format!("{days}d")})
+        }
+        None => {
+            json!({"field_name": "ValidDate", "rule_name": "ASSIGN_FROM_REQUEST", "rule_value": "ValidDate"})
+        }
+    });
+    let level_conf: Vec<Value> = levels
+        .levels
+        .iter()
+        .map(|l| {
+            let mut conf =
+                json!({"level": l.id, "level_show_name": l.name, "level_desc": l.benefits});
+            if let Some(icon) = &l.icon {
+                conf["level_icon"] = json!(icon);
+            }
+            conf
+        })
+        .collect();
+    let mut style = json!({
+        "card_show_name": d.show_name,
+        "logo_id": d.logo_id,
+        "background_id": d.background_id,
+        "bg_color": d.bg_color,
+        "brand_name": d.brand_name,
+    });
+    if let Some(slogan) = &d.slogan {
+        style["slogan"] = json!(slogan);
+    }
+    json!({
+        "write_off_type": d.write_off_type,
+        "template_style_info": style,
+        "column_info_list": columns,
+        "field_rule_list": rules,
+        "card_level_conf": level_conf,
+        "template_form_config": {"fields": {
+            "required": form_codes(&d.form.required),
+            "optional": form_codes(&d.form.optional),
+        }},
+    })
+}
+
+/// Alipay's `fields` of `formtemplate.set`: each part a string holding JSON.
+fn form_body(template_id: &str, form: &Form) -> Value {
+    let part = |list: &[String]| json!({"common_fields": form_codes(list)}).to_string();
+    json!({
+        "template_id": template_id,
+        "fields": {"required": part(&form.required), "optional": part(&form.optional)},
+    })
+}
+
+/// Records a failed Alipay call on the status the merchant sees.
+pub fn failed(status: &mut SyncStatus, error: &Error) {
+    status.state = "failed".into();
+    status.at_ms = Some(util::now_ms());
+    match error {
+        Error::Upstream(UpstreamError {
+            code,
+            sub_code,
+            message,
+        }) => {
+            status.code = Some(code.clone());
+            status.sub_code = sub_code.clone();
+            status.error = Some(message.clone());
+        }
+        other => {
+            status.code = None;
+            status.sub_code = None;
+            status.error = Some(other.to_string());
+        }
+    }
+}
+
+/// Creates or modifies the template, then sets its form. Returns the card with its new sync
+/// status, already stored; `Err` only when storage itself fails.
+pub fn sync(merchant: &str, locale: &str) -> Result<Card> {
+    let (mut card, version) = Card::load()?;
+    let Some(design) = card.design.clone() else {
+        return Err(Error::Conflict("design the card first (PUT /card)".into()));
+    };
+    let levels = Levels::load()?;
+    let tag = util::short_hash(merchant);
+    let mut body = template_body(&design, &levels, locale);
+    let attempt: Result<String> = (|| {
+        let template_id = match &card.template_id {
+            None => {
+                body["request_id"] = json!(format!("c{tag}r{}l{}", card.revision, levels.revision));
+                body["card_type"] = json!("OUT_MEMBER_CARD");
+                body["biz_no_suffix_len"] = json!("12");
+                let created = alipay::call("alipay.marketing.card.template.create", &body)?;
+                created["template_id"]
+                    .as_str()
+                    .filter(|t| !t.is_empty())
+                    .ok_or_else(|| Error::internal("template.create returned no template_id"))?
+                    .to_owned()
+            }
+            Some(id) => {
+                body["request_id"] = json!(format!("m{tag}r{}l{}", card.revision, levels.revision));
+                body["template_id"] = json!(id);
+                alipay::call("alipay.marketing.card.template.modify", &body)?;
+                id.clone()
+            }
+        };
+        // The template id is kept even if the form fails, so a retry modifies, not recreates.
+        card.template_id = Some(template_id.clone());
+        alipay::call(
+            "alipay.marketing.card.formtemplate.set",
+            &form_body(&template_id, &design.form),
+        )?;
+        Ok(template_id)
+    })();
+    match &attempt {
+        Ok(_) => {
+            card.sync = SyncStatus {
+                state: "synced".into(),
+                at_ms: Some(util::now_ms()),
+                revision: (card.revision, levels.revision),
+                ..SyncStatus::default()
+            };
+        }
+        Err(e) => {
+            warn!("card sync failed: {e}");
+            failed(&mut card.sync, e);
+        }
+    }
+    store(&card, version)?;
+    Ok(card)
+}
+
+/// Writes the card back, failing with a conflict when someone changed it meanwhile.
+pub fn store(card: &Card, version: Option<u64>) -> Result<()> {
+    let bytes = serde_json::to_vec(card).map_err(|e| Error::internal(e.to_string()))?;
+    match kv::compare_and_swap(KEY, version, &bytes)? {
+        kv::CasOutcome::Stored(_) => Ok(()),
+        kv::CasOutcome::Conflict(_) => Err(Error::Conflict(
+            "the card changed meanwhile; reload and try again".into(),
+        )),
+    }
+}
+
+/// Marks a synced card stale after the design or the levels changed.
+pub fn mark_stale() -> Result<()> {
+    kv::try_update::<Card, _>(KEY, |card| {
+        Ok(card.and_then(|mut card| {
+            (card.sync.state == "synced").then(|| {
+                card.sync.state = "stale".into();
+                card
+            })
+        }))
+    })?;
+    Ok(())
+}
+
+/// `activateurl.apply` with the callback on the partner's domain; the link is stored decoded.
+pub fn apply_claim_link(origin: &str, legacy: bool, merchant: &str) -> Result<Claim> {
+    let (card, _) = Card::load()?;
+    let template_id = card.template()?.to_owned();
+    let callback = format!(
+        "{}{}",
+        origin.trim_end_matches('/'),
+        if legacy {
+            LEGACY_CALLBACK
+        } else {
+            CLEAN_CALLBACK
+        }
+    );
+    let applied = alipay::call(
+        "alipay.marketing.card.activateurl.apply",
+        &json!({"template_id": template_id, "callback": callback, "out_string": merchant}),
+    )?;
+    let encoded = applied["apply_card_url"]
+        .as_str()
+        .filter(|u| !u.is_empty())
+        .ok_or_else(|| Error::internal("activateurl.apply returned no apply_card_url"))?;
+    let claim = Claim {
+        url: util::url_decode(encoded),
+        callback,
+        template_id,
+        applied_at_ms: util::now_ms(),
+    };
+    kv::set_json(CLAIM_KEY, &claim)?;
+    Ok(claim)
+}
+
+/// Image types Alipay accepts, from the upload's content type.
+pub fn image_type(content_type: &str) -> Option<&'static str> {
+    match content_type
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase()
+        .as_str()
+    {
+        "image/png" => Some("png"),
+        "image/jpeg" | "image/jpg" => Some("jpg"),
+        "image/gif" => Some("gif"),
+        "image/bmp" => Some("bmp"),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn design() -> Design {
+        Design {
+            show_name: " 会员卡 ".into(),
+            brand_name: "Demo".into(),
+            logo_id: "img1".into(),
+            background_id: "img2".into(),
+            bg_color: "#3770B3".into(),
+            slogan: None,
+            columns: vec![Column::Points, Column::Level],
+            form: Form {
+                required: vec!["mobile".into()],
+                optional: vec!["name".into(), "birthday".into()],
+            },
+            validity_days: None,
+            write_off_type: "qrcode".into(),
+            card_no_prefix: "M".into(),
+        }
+    }
+
+    fn field_of(result: Result<Design>) -> String {
+        match result {
+            Err(Error::InvalidField(f)) => f.field,
+            other => panic!("expected a field error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_design_is_normalised() {
+        let d = validate(design()).unwrap();
+        assert_eq!(d.show_name, "会员卡");
+        assert_eq!(d.bg_color, "rgb(55,112,179)");
+        assert_eq!(rgb("rgb( 1, 2 ,3)").as_deref(), Some("rgb(1,2,3)"));
+    }
+
+    #[test]
+    fn bad_designs_name_the_field() {
+        let mut d = design();
+        d.form.required.clear();
+        assert_eq!(field_of(validate(d)), "/form/required");
+        let mut d = design();
+        d.form.optional.push("mobile".into());
+        assert_eq!(field_of(validate(d)), "/form/optional/2");
+        let mut d = design();
+        d.form.optional.push("shoe_size".into());
+        assert_eq!(field_of(validate(d)), "/form/optional/2");
+        let mut d = design();
+        d.bg_color = "blue".into();
+        assert_eq!(field_of(validate(d)), "/bg_color");
+        let mut d = design();
+        d.write_off_type = "hologram".into();
+        assert_eq!(field_of(validate(d)), "/write_off_type");
+    }
+
+    #[test]
+    fn the_form_is_sent_as_strings_holding_json() {
+        let body = form_body("T1", &validate(design()).unwrap().form);
+        let required: Value =
+            serde_json::from_str(body["fields"]["required"].as_str().unwrap()).unwrap();
+        assert_eq!(required["common_fields"][0], "OPEN_FORM_FIELD_MOBILE");
+        let optional: Value =
+            serde_json::from_str(body["fields"]["optional"].as_str().unwrap()).unwrap();
+        assert_eq!(optional["common_fields"][1], "OPEN_FORM_FIELD_BIRTHDAY");
+    }
+
+    #[test]
+    fn the_template_carries_style_columns_and_levels() {
+        let levels = Levels {
+            levels: crate::levels::validate(vec![crate::levels::Level {
+                id: String::new(),
+                name: "金卡".into(),
+                kind: crate::levels::Kind::Normal,
+                threshold: Some(0),
+                experience: None,
+                benefits: "9.5折".into(),
+                discount: Some(95),
+                icon: None,
+            }])
+            .unwrap(),
+            revision: 1,
+        };
+        let body = template_body(&validate(design()).unwrap(), &levels, "zh-CN");
+        assert_eq!(body["template_style_info"]["bg_color"], "rgb(55,112,179)");
+        assert_eq!(body["column_info_list"][0]["code"], "Point");
+        assert_eq!(body["card_level_conf"][0]["level"], "lv1");
+        assert_eq!(body["card_level_conf"][0]["level_show_name"], "金卡");
+    }
+}
