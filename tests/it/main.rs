@@ -10,6 +10,7 @@ mod plugin_kv;
 mod platform;
 mod plugins;
 mod foundation;
+mod membership;
 mod sandbox;
 mod rbac_property;
 mod tenancy;

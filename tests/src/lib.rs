@@ -449,11 +449,17 @@ impl Api {
 
     /// POSTs raw bytes (`application/octet-stream`), e.g. a plugin archive.
     pub async fn upload(&self, path: &str, bytes: Vec<u8>) -> Reply {
+        self.upload_as(path, bytes, "application/octet-stream")
+            .await
+    }
+
+    /// POSTs raw bytes with a content type.
+    pub async fn upload_as(&self, path: &str, bytes: Vec<u8>, content_type: &str) -> Reply {
         let mut request = self
             .http
             .post(format!("{}{path}", self.base))
             .header("host", &self.host)
-            .header("content-type", "application/octet-stream")
+            .header("content-type", content_type)
             .body(bytes);
         if let Some(token) = &self.token {
             request = request.bearer_auth(token);

@@ -1119,16 +1119,17 @@ impl Sandbox {
     /// "User `user` opens the claim link": confirms the form and lands on the merchant's
     /// callback with a fresh `auth_code`, as Alipay's redirect would. Returns the callback's status.
     pub async fn open_claim_link(&self, user: &str, link: &str) -> Result<(u16, String), Error> {
-        let decoded = url::form_urlencoded::parse(format!("x={link}").as_bytes())
-            .next()
-            .map(|(_, v)| v.into_owned())
-            .unwrap_or_default();
-        let url = url::Url::parse(if decoded.starts_with("http") {
-            &decoded
+        // As Alipay returns it (encoded), or decoded as merchants show it.
+        let decoded = if link.starts_with("http") {
+            link.to_owned()
         } else {
-            link
-        })
-        .map_err(|_| Error::Invalid("not a claim link".into()))?;
+            url::form_urlencoded::parse(format!("x={link}").as_bytes())
+                .next()
+                .map(|(_, v)| v.into_owned())
+                .unwrap_or_default()
+        };
+        let url =
+            url::Url::parse(&decoded).map_err(|_| Error::Invalid("not a claim link".into()))?;
         let q: BTreeMap<String, String> = url
             .query_pairs()
             .map(|(k, v)| (k.into_owned(), v.into_owned()))

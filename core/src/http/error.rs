@@ -112,6 +112,11 @@ impl ApiError {
             | Self::Events(events::Error::Invalid { field, .. }) => {
                 return Some((*field).to_owned());
             }
+            // A plugin's own field error: a JSON pointer into what its route was sent.
+            Self::Plugin(plugins::Error::Plugin(plugins::PluginError::InvalidField {
+                field,
+                ..
+            })) => return Some(field.clone()),
             _ => {}
         }
         self.static_field().map(str::to_owned)

@@ -1099,7 +1099,12 @@ fn plugin_response(response: HttpResponse, admin: bool) -> Response {
             header::HeaderName::from_bytes(lower.as_bytes()),
             HeaderValue::from_str(&value),
         ) {
-            headers.append(name, value);
+            // The body's default `application/octet-stream` gives way to the plugin's type.
+            if name == header::CONTENT_TYPE {
+                headers.insert(name, value);
+            } else {
+                headers.append(name, value);
+            }
         }
     }
     headers.insert(

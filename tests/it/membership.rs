@@ -1,0 +1,651 @@
+//! The membership plugin end to end, over HTTP against the real binary and the offline Alipay
+//! sandbox (which verifies every request signature): levels → card design and sync → claim
+//! link → a simulated consumer opens it → Alipay's callback on the seed system's legacy path →
+//! member stored and card opened → adjustments → level up → `card.update` seen by the sandbox.
+
+use std::time::{Duration, Instant};
+
+use secrecy::SecretString;
+use serde_json::{Value, json};
+use trellis_core::alipay::client::{AlipayClient, CallOptions};
+use trellis_core::alipay::credentials::MerchantApp;
+use trellis_core::alipay::{PrivateKey, PublicKey, SignType};
+use trellis_tests::{Api, Engine, client, create_platform_admin, databases, plugin_archive_bytes};
+
+const PASSWORD: &str = "correct horse battery staple";
+const ROOT: &str = "root@platform.test";
+const CONSOLE: &str = "127.0.0.1";
+const MEMBERSHIP: &str = "com.trellis.membership";
+const APP_ID: &str = "2021004199990077";
+const VECTORS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../core/tests/vectors/");
+
+const ENV: [(&str, &str); 5] = [
+    ("TRELLIS_SANDBOX__ENABLED", "true"),
+    ("TRELLIS_SANDBOX__TIME_SCALE", "100000"),
+    ("TRELLIS_EVENTS__POLL_MS", "50"),
+    ("TRELLIS_EVENTS__BACKOFF_FIRST_SECS", "1"),
+    ("TRELLIS_EVENTS__LEASE_SECS", "5"),
+];
+
+struct World {
+    root: Api,
+    m1: String,
+    m2: String,
+    store: String,
+    owner1: Api,
+    owner2: Api,
+    staff: Api,
+    foreign_admin: Api,
+    /// What the engine signs with for m1; the test uses it to play the merchant at the sandbox.
+    app: MerchantApp,
+}
+
+async fn node(root: &Api, plural: &str, parent: Option<&str>, body: Value) -> String {
+    let mut body = body;
+    if let Some(parent) = parent {
+        body["parent_id"] = json!(parent);
+    }
+    root.post(&format!("/api/v1/{plural}"), body)
+        .await
+        .ok()
+        .id()
+}
+
+async fn user(engine: &Engine, root: &Api, node: &str, email: &str, host: &str) -> Api {
+    root.post(
+        "/api/v1/users",
+        json!({"node_id": node, "email": email, "password": PASSWORD}),
+    )
+    .await
+    .ok();
+    Api::new(engine, host).login(email, PASSWORD).await
+}
+
+fn mp(merchant: &str, path: &str) -> String {
+    format!("/api/v1/merchants/{merchant}/plugins/{MEMBERSHIP}{path}")
+}
+
+fn sp(store: &str, path: &str) -> String {
+    format!("/api/v1/stores/{store}/plugins/{MEMBERSHIP}{path}")
+}
+
+async fn world(engine: &Engine, database_url: &str) -> World {
+    create_platform_admin(database_url, ROOT, PASSWORD);
+    let root = Api::new(engine, CONSOLE).login(ROOT, PASSWORD).await;
+    let partner = node(
+        &root,
+        "partners",
+        None,
+        json!({"name": "P1", "domains": ["p1.test"]}),
+    )
+    .await;
+    let agent = node(&root, "agents", Some(&partner), json!({"name": "A1"})).await;
+    let m1 = node(&root, "merchants", Some(&agent), json!({"name": "M1"})).await;
+    let m2 = node(&root, "merchants", Some(&agent), json!({"name": "M2"})).await;
+    let store = node(&root, "stores", Some(&m1), json!({"name": "S1"})).await;
+    let other = node(
+        &root,
+        "partners",
+        None,
+        json!({"name": "P2", "domains": ["p2.test"]}),
+    )
+    .await;
+    let partner_admin = user(engine, &root, &partner, "partner@p1.test", "p1.test").await;
+    let agent_admin = user(engine, &root, &agent, "agent@p1.test", "p1.test").await;
+
+    // The partner installs and offers the plugin; the agent packages it for m1 only.
+    let archive = plugin_archive_bytes("plugins/membership", "trellis_plugin_membership");
+    let installed = partner_admin
+        .upload(&format!("/api/v1/partners/{partner}/plugins"), archive)
+        .await;
+    assert_eq!(installed.status, 201, "{installed:?}");
+    partner_admin
+        .post(
+            &format!("/api/v1/partners/{partner}/plugins/{MEMBERSHIP}/offer"),
+            json!({"offered": true}),
+        )
+        .await
+        .ok();
+    let package = agent_admin
+        .post(
+            "/api/v1/packages",
+            json!({"name": "会员套餐", "plugins": [MEMBERSHIP], "validity_days": 365}),
+        )
+        .await
+        .ok()
+        .id();
+    agent_admin
+        .post(&format!("/api/v1/packages/{package}/publish"), json!({}))
+        .await
+        .ok();
+    agent_admin
+        .post(
+            &format!("/api/v1/packages/{package}/assignments"),
+            json!({"merchant_ids": [m1]}),
+        )
+        .await
+        .ok();
+
+    // m1's Alipay app, registered at the sandbox.
+    let pem = std::fs::read_to_string(format!("{VECTORS}keys/app_private_pkcs8.pem")).unwrap();
+    let key = PrivateKey::parse(&SecretString::from(pem.clone())).unwrap();
+    let registered: Value = client()
+        .post(engine.url("/sandbox/apps"))
+        .json(&json!({"app_id": APP_ID, "app_public_key": key.public_key().to_base64()}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let alipay_key = registered["alipay_public_key"].as_str().unwrap().to_owned();
+    let gateway_url = registered["gateway_url"].as_str().unwrap().to_owned();
+    let owner1 = user(engine, &root, &m1, "owner1@p1.test", "p1.test").await;
+    owner1
+        .put(
+            &format!("/api/v1/merchants/{m1}/alipay/credentials"),
+            json!({"app_id": APP_ID, "key_mode": "public_key", "app_private_key": pem,
+                "alipay_public_key": alipay_key, "gateway": "custom", "gateway_url": gateway_url}),
+        )
+        .await
+        .ok();
+    let app = MerchantApp {
+        merchant_id: m1.clone(),
+        app_id: APP_ID.into(),
+        sign_type: SignType::Rsa2,
+        private_key: key,
+        alipay_public_key: PublicKey::parse(&alipay_key).unwrap(),
+        aes: None,
+        gateway_url,
+        cert_sns: None,
+        alipay_cert_sn: None,
+        alipay_root_cert: None,
+    };
+    World {
+        owner2: user(engine, &root, &m2, "owner2@p1.test", "p1.test").await,
+        staff: user(engine, &root, &store, "staff@p1.test", "p1.test").await,
+        foreign_admin: user(engine, &root, &other, "partner@p2.test", "p2.test").await,
+        root,
+        m1,
+        m2,
+        store,
+        owner1,
+        app,
+    }
+}
+
+fn levels() -> Value {
+    json!({"levels": [
+        {"name": "普通会员", "kind": "normal", "threshold": 0, "benefits": "积分"},
+        {"name": "银卡", "kind": "normal", "threshold": 100, "discount": 98},
+        {"name": "金卡", "kind": "normal", "threshold": 500, "discount": 95, "benefits": "9.5折"},
+        {"id": "staff", "name": "员工卡", "kind": "locked", "experience": 300, "discount": 80},
+    ]})
+}
+
+fn design(logo: &str) -> Value {
+    json!({
+        "show_name": "演示会员卡", "brand_name": "演示商户", "logo_id": logo, "background_id": logo,
+        "bg_color": "#3770B3", "columns": ["points", "balance", "level"],
+        "form": {"required": ["mobile"], "optional": ["name", "birthday_with_year"]},
+        "write_off_type": "qrcode", "card_no_prefix": "VIP",
+    })
+}
+
+async fn sandbox_card(engine: &Engine, biz_card_no: &str) -> Value {
+    client()
+        .get(engine.url(&format!("/sandbox/cards/{biz_card_no}")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+async fn open_claim_link(engine: &Engine, consumer: &str, link: &str) -> Value {
+    client()
+        .post(engine.url(&format!("/sandbox/consumers/{consumer}/open-claim-link")))
+        .json(&json!({"url": link}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+async fn member(api: &Api, merchant: &str, id: &str) -> Value {
+    api.get(&mp(merchant, &format!("/members/{id}")))
+        .await
+        .ok()
+        .body
+}
+
+/// Polls `check` until it holds or `within` passes.
+async fn eventually<F, Fut>(within: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), String>>,
+{
+    let started = Instant::now();
+    loop {
+        match check().await {
+            Ok(()) => return,
+            Err(last) if started.elapsed() > within => panic!("{what}: {last}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_merchant_runs_alipay_membership_from_levels_to_card_updates_against_the_sandbox() {
+    for db in databases().await {
+        let engine = Engine::start(&db.url(), &ENV);
+        let w = world(&engine, &db.url()).await;
+        let label = db.label();
+        let m1 = w.m1.as_str();
+
+        // --- levels ------------------------------------------------------------------------
+        let mut bad = levels();
+        bad["levels"][2]["threshold"] = json!(100);
+        let refused = w.owner1.put(&mp(m1, "/levels"), bad).await;
+        assert_eq!(refused.status, 422, "{label}: {refused:?}");
+        assert_eq!(refused.body["field"], "/levels/2/threshold", "{label}");
+        let stored = w.owner1.put(&mp(m1, "/levels"), levels()).await.ok();
+        let ids: Vec<&str> = stored.body["levels"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l["id"].as_str().unwrap())
+            .collect();
+        assert_eq!(ids, ["lv1", "lv2", "lv3", "staff"], "{label}");
+        // Staff see levels at their store's path but cannot change them anywhere.
+        let seen = w.staff.get(&sp(&w.store, "/levels")).await.ok();
+        assert_eq!(seen.body["levels"][1]["name"], "银卡", "{label}");
+        let denied = w.staff.put(&sp(&w.store, "/levels"), levels()).await;
+        assert_eq!(denied.status, 404, "{label}: {denied:?}");
+        let denied = w.staff.put(&mp(m1, "/levels"), levels()).await;
+        assert!(
+            denied.status == 403 || denied.status == 404,
+            "{label}: {denied:?}"
+        );
+
+        // --- the card: images, design, sync ------------------------------------------------
+        let png = b"\x89PNG\r\n\x1a\n demo logo".to_vec();
+        let image = w
+            .owner1
+            .upload_as(&mp(m1, "/card/images?name=logo.png"), png, "image/png")
+            .await
+            .ok();
+        let logo = image.body["image_id"].as_str().unwrap().to_owned();
+        let not_image = w
+            .owner1
+            .upload_as(&mp(m1, "/card/images"), b"x".to_vec(), "text/plain")
+            .await;
+        assert_eq!(not_image.status, 422, "{label}: {not_image:?}");
+        let early = w.owner1.post(&mp(m1, "/card/sync"), json!({})).await;
+        assert_eq!(
+            early.status, 409,
+            "{label}: nothing designed yet: {early:?}"
+        );
+        let mut wrong = design(&logo);
+        wrong["form"]["required"] = json!([]);
+        let refused = w.owner1.put(&mp(m1, "/card"), wrong).await;
+        assert_eq!(refused.body["field"], "/form/required", "{label}");
+        w.owner1.put(&mp(m1, "/card"), design(&logo)).await.ok();
+        let synced = w.owner1.post(&mp(m1, "/card/sync"), json!({})).await.ok();
+        assert_eq!(
+            synced.body["sync"]["state"], "synced",
+            "{label}: {synced:?}"
+        );
+        let template_id = synced.body["template_id"].as_str().unwrap().to_owned();
+        // A changed design is stale until synced again, which modifies the same template.
+        let mut slogan = design(&logo);
+        slogan["slogan"] = json!("欢迎光临");
+        let changed = w.owner1.put(&mp(m1, "/card"), slogan).await.ok();
+        assert_eq!(changed.body["sync"]["state"], "stale", "{label}");
+        let again = w.owner1.post(&mp(m1, "/card/sync"), json!({})).await.ok();
+        assert_eq!(again.body["template_id"], template_id.as_str(), "{label}");
+        assert_eq!(again.body["sync"]["state"], "synced", "{label}");
+
+        // --- the claim link ----------------------------------------------------------------
+        let claim = w
+            .owner1
+            .post(&mp(m1, "/claim-link"), json!({"callback": "legacy"}))
+            .await
+            .ok();
+        let link = claim.body["claim"]["url"].as_str().unwrap().to_owned();
+        assert!(
+            link.contains("/sandbox/activecard?"),
+            "{label}: decoded: {link}"
+        );
+        assert_eq!(
+            claim.body["claim"]["callback"],
+            "https://p1.test/index.php/wxapi/Al/auth/membercode/notify",
+            "{label}: on the partner's domain"
+        );
+        assert!(claim.body["qr_svg"].as_str().unwrap().contains("<svg"));
+        let qr = w.staff.get(&sp(&w.store, "/claim-link/qr.svg")).await;
+        assert_eq!(qr.status, 200, "{label}");
+        assert_eq!(qr.headers["content-type"], "image/svg+xml", "{label}");
+
+        // --- a consumer claims the card: the callback arrives on the legacy path -----------
+        let opened = open_claim_link(&engine, "alice", &link).await;
+        assert_eq!(opened["callback_status"], 200, "{label}: {opened}");
+        let page = opened["callback_body"].as_str().unwrap();
+        assert!(page.contains("开卡成功"), "{label}: {page}");
+        assert!(
+            page.contains("演示会员卡"),
+            "{label}: the page shows the card"
+        );
+        let list = w.owner1.get(&mp(m1, "/members")).await.ok();
+        assert_eq!(list.body["items"].as_array().unwrap().len(), 1, "{label}");
+        let alice = list.body["items"][0].clone();
+        let id = alice["id"].as_str().unwrap().to_owned();
+        let biz_card_no = alice["biz_card_no"].as_str().unwrap().to_owned();
+        assert_eq!(alice["level"], "lv1", "{label}");
+        assert_eq!(alice["level_name"], "普通会员", "{label}");
+        assert!(
+            alice["external_card_no"]
+                .as_str()
+                .unwrap()
+                .starts_with("VIP")
+        );
+        assert!(alice["user_id"].as_str().unwrap().starts_with("2088"));
+        let mobile = alice["mobile"].as_str().unwrap().to_owned();
+        assert!(mobile.starts_with("138"), "{label}: {alice}");
+        let at_alipay = sandbox_card(&engine, &biz_card_no).await;
+        assert_eq!(at_alipay["external_card_no"], alice["external_card_no"]);
+        assert_eq!(at_alipay["level"], "lv1", "{label}");
+
+        // The same consumer again, through the clean path: no second member or card.
+        let clean_link = link.replace(
+            "%2Findex.php%2Fwxapi%2FAl%2Fauth%2Fmembercode%2Fnotify",
+            "%2Fcallbacks%2Falipay%2Fcard-activation",
+        );
+        assert_ne!(
+            clean_link, link,
+            "{label}: the callback is encoded in the link"
+        );
+        let twice = open_claim_link(&engine, "alice", &clean_link).await;
+        assert_eq!(twice["callback_status"], 200, "{label}: {twice}");
+        assert!(
+            twice["callback_body"]
+                .as_str()
+                .unwrap()
+                .contains("已是会员"),
+            "{label}: {twice}"
+        );
+        let list = w.owner1.get(&mp(m1, "/members")).await.ok();
+        assert_eq!(list.body["items"].as_array().unwrap().len(), 1, "{label}");
+        let bob = open_claim_link(&engine, "bob", &link).await;
+        assert_eq!(bob["callback_status"], 200, "{label}: {bob}");
+
+        // --- search ------------------------------------------------------------------------
+        let found = w
+            .staff
+            .get(&sp(&w.store, &format!("/members?q={}", &mobile[..7])))
+            .await
+            .ok();
+        let hits: Vec<&str> = found.body["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["id"].as_str().unwrap())
+            .collect();
+        assert!(hits.contains(&id.as_str()), "{label}: {found:?}");
+        let by_card = w
+            .owner1
+            .get(&mp(
+                m1,
+                &format!(
+                    "/members?by=card&q={}",
+                    alice["external_card_no"].as_str().unwrap()
+                ),
+            ))
+            .await
+            .ok();
+        assert_eq!(by_card.body["items"][0]["id"], id.as_str(), "{label}");
+        let by_level = w.owner1.get(&mp(m1, "/members?by=level&q=lv1")).await.ok();
+        assert_eq!(
+            by_level.body["items"].as_array().unwrap().len(),
+            2,
+            "{label}"
+        );
+
+        // --- adjustments: staff view, owners adjust ----------------------------------------
+        let adjust =
+            json!({"experience": 150, "points": 120, "reason": "开业赠送", "request_id": "open-1"});
+        let denied = w
+            .staff
+            .post(
+                &sp(&w.store, &format!("/members/{id}/adjustments")),
+                adjust.clone(),
+            )
+            .await;
+        assert_eq!(
+            denied.status, 404,
+            "{label}: staff cannot adjust: {denied:?}"
+        );
+        let done = w
+            .owner1
+            .post(
+                &mp(m1, &format!("/members/{id}/adjustments")),
+                adjust.clone(),
+            )
+            .await
+            .ok();
+        assert_eq!(done.body["applied"], true, "{label}");
+        assert_eq!(
+            done.body["member"]["level"], "lv2",
+            "{label}: level up to 银卡"
+        );
+        assert_eq!(done.body["member"]["points"], 120, "{label}");
+        assert_eq!(
+            done.body["member"]["card_sync"]["state"], "synced",
+            "{label}"
+        );
+        let replay = w
+            .owner1
+            .post(&mp(m1, &format!("/members/{id}/adjustments")), adjust)
+            .await
+            .ok();
+        assert_eq!(replay.body["applied"], false, "{label}: same request id");
+        assert_eq!(
+            replay.body["member"]["points"], 120,
+            "{label}: not credited twice"
+        );
+        let at_alipay = sandbox_card(&engine, &biz_card_no).await;
+        assert_eq!(at_alipay["level"], "lv2", "{label}: {at_alipay}");
+        assert_eq!(at_alipay["point"], "120", "{label}");
+        let overdraw = w
+            .owner1
+            .post(
+                &mp(m1, &format!("/members/{id}/adjustments")),
+                json!({"points": -1000, "reason": "兑换"}),
+            )
+            .await;
+        assert_eq!(overdraw.status, 409, "{label}: {overdraw:?}");
+
+        let gold = w
+            .owner1
+            .post(
+                &mp(m1, &format!("/members/{id}/adjustments")),
+                json!({"experience": 400, "points": 30, "balance": 1050, "reason": "消费"}),
+            )
+            .await
+            .ok();
+        assert_eq!(gold.body["member"]["level"], "lv3", "{label}: 金卡 at 550");
+        let at_alipay = sandbox_card(&engine, &biz_card_no).await;
+        assert_eq!(at_alipay["level"], "lv3", "{label}");
+        assert_eq!(at_alipay["point"], "150", "{label}");
+        assert_eq!(at_alipay["balance"], "10.50", "{label}");
+
+        // A locked level is granted at its fixed experience and survives recomputation.
+        let locked = w
+            .owner1
+            .post(
+                &mp(m1, &format!("/members/{id}/adjustments")),
+                json!({"grant_level": "staff", "reason": "员工"}),
+            )
+            .await
+            .ok();
+        assert_eq!(locked.body["member"]["level"], "staff", "{label}");
+        assert_eq!(locked.body["member"]["experience"], 300, "{label}");
+        let more = w
+            .owner1
+            .post(
+                &mp(m1, &format!("/members/{id}/adjustments")),
+                json!({"experience": 1000, "reason": "消费"}),
+            )
+            .await
+            .ok();
+        assert_eq!(more.body["member"]["level"], "staff", "{label}: locked");
+        let recomputed = w.owner1.post(&mp(m1, "/recompute"), json!({})).await.ok();
+        assert_eq!(recomputed.body["changed"], 0, "{label}");
+        assert_eq!(member(&w.owner1, m1, &id).await["member"]["level"], "staff");
+
+        // The ledger, newest first.
+        let detail = w
+            .staff
+            .get(&sp(&w.store, &format!("/members/{id}")))
+            .await
+            .ok()
+            .body;
+        let reasons: Vec<&str> = detail["ledger"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["reason"].as_str().unwrap())
+            .collect();
+        assert_eq!(reasons, ["消费", "员工", "消费", "开业赠送"], "{label}");
+
+        // --- member.adjust from another plugin, idempotent on its request id --------------
+        for _ in 0..2 {
+            w.root
+                .post(
+                    &format!("/api/v1/merchants/{m1}/events"),
+                    json!({"kind": "member.adjust", "payload": {"request_id": "rule-42", "member_id": id, "points": 5, "reason": "消费返积分"}}),
+                )
+                .await
+                .ok();
+        }
+        let owner = w.owner1.clone();
+        let (m1_owned, id_owned) = (m1.to_owned(), id.clone());
+        eventually(Duration::from_secs(30), "member.adjust credited", || {
+            let (owner, m1, id) = (owner.clone(), m1_owned.clone(), id_owned.clone());
+            async move {
+                let points = member(&owner, &m1, &id).await["member"]["points"].clone();
+                if points == 155 {
+                    Ok(())
+                } else {
+                    Err(format!("points {points}"))
+                }
+            }
+        })
+        .await;
+        let engine_card = engine.url(&format!("/sandbox/cards/{biz_card_no}"));
+        eventually(Duration::from_secs(10), "card shows 155", || {
+            let url = engine_card.clone();
+            async move {
+                let card: Value = client()
+                    .get(url)
+                    .send()
+                    .await
+                    .unwrap()
+                    .json()
+                    .await
+                    .unwrap();
+                if card["point"] == "155" {
+                    Ok(())
+                } else {
+                    Err(card.to_string())
+                }
+            }
+        })
+        .await;
+        // Both events delivered; the second credited nothing.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(member(&w.owner1, m1, &id).await["member"]["points"], 155);
+
+        // --- a failed card.update is visible and retried -----------------------------------
+        let alipay = AlipayClient::new(Duration::from_secs(5), Duration::from_secs(20)).unwrap();
+        alipay
+            .call(
+                &w.app,
+                "alipay.marketing.card.delete",
+                Some(&json!({"target_card_no": biz_card_no, "target_card_no_type": "BIZ_CARD", "out_serial_no": "del-1", "reason_code": "USER_UNBUND"})),
+                &CallOptions::default(),
+            )
+            .await
+            .unwrap();
+        let failed = w
+            .owner1
+            .post(
+                &mp(m1, &format!("/members/{id}/adjustments")),
+                json!({"points": 1, "reason": "测试"}),
+            )
+            .await
+            .ok();
+        assert_eq!(
+            failed.body["applied"], true,
+            "{label}: the change itself stands"
+        );
+        let sync = &failed.body["member"]["card_sync"];
+        assert_eq!(sync["state"], "failed", "{label}: {sync}");
+        assert_eq!(sync["sub_code"], "CARD_NOT_EXIST", "{label}");
+        let failing = w.owner1.get(&mp(m1, "/members?by=sync_failing")).await.ok();
+        assert_eq!(failing.body["items"][0]["id"], id.as_str(), "{label}");
+        let owner = w.owner1.clone();
+        let m1_owned = m1.to_owned();
+        eventually(
+            Duration::from_secs(30),
+            "the retry is in the delivery log",
+            || {
+                let (owner, m1) = (owner.clone(), m1_owned.clone());
+                async move {
+                    let log = owner
+                        .get(&format!("/api/v1/deliveries?merchant_id={m1}&per_page=200"))
+                        .await
+                        .ok();
+                    let retried = log.body["items"].as_array().unwrap().iter().any(|d| {
+                        d["kind"] == "membership.card_sync"
+                            && d["attempts"].as_i64().unwrap_or(0) >= 1
+                    });
+                    if retried {
+                        Ok(())
+                    } else {
+                        Err(log.body.to_string())
+                    }
+                }
+            },
+        )
+        .await;
+
+        // --- isolation ---------------------------------------------------------------------
+        let not_entitled = w.owner2.get(&mp(&w.m2, "/members")).await;
+        assert_eq!(not_entitled.status, 403, "{label}: {not_entitled:?}");
+        assert_eq!(not_entitled.body["code"], "not_entitled", "{label}");
+        let foreign = w.owner2.get(&mp(m1, "/members")).await;
+        assert_eq!(foreign.status, 404, "{label}: another merchant's members");
+        let foreign = w.foreign_admin.get(&mp(m1, "/members")).await;
+        assert_eq!(foreign.status, 404, "{label}: another partner");
+        let other_domain = client()
+            .get(engine.url(&format!(
+                "/index.php/wxapi/Al/auth/membercode/notify?app_id={APP_ID}&auth_code=x&request_id=1"
+            )))
+            .header("host", "p2.test")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            other_domain.status(),
+            404,
+            "{label}: callbacks stay on the partner's domain"
+        );
+
+        drop(engine);
+        db.cleanup().await;
+    }
+}
