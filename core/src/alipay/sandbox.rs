@@ -1120,7 +1120,7 @@ impl Sandbox {
     /// callback with a fresh `auth_code`, as Alipay's redirect would. Returns the callback's status.
     pub async fn open_claim_link(&self, user: &str, link: &str) -> Result<(u16, String), Error> {
         // As Alipay returns it (encoded), or decoded as merchants show it.
-        let decoded = if link.starts_with("http") {
+        let decoded = if link.starts_with("http://") || link.starts_with("https://") {
             link.to_owned()
         } else {
             url::form_urlencoded::parse(format!("x={link}").as_bytes())

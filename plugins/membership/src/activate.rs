@@ -198,30 +198,10 @@ fn open(
         return Ok((member.clone(), true));
     }
     let now = util::now_ms();
-    let prefix = card
-        .design
-        .as_ref()
-        .map_or_else(|| "M".to_owned(), |d| d.card_no_prefix.clone());
-    let mut member = existing.clone().unwrap_or_else(|| Member {
-        id: id.clone(),
-        user_id: None,
-        open_id: None,
-        name: String::new(),
-        mobile: String::new(),
-        birthday: None,
-        gender: None,
-        level: levels.level_for(0, None),
-        experience: 0,
-        points: 0,
-        balance: 0,
-        biz_card_no: None,
-        external_card_no: format!("{prefix}{id}"),
-        opened_at_ms: now,
-        source: "alipay".into(),
-        seq: 0,
-        journal: Vec::new(),
-        card_sync: CardSync::default(),
-        updated_at_ms: now,
+    let mut member = existing.clone().unwrap_or_else(|| {
+        let mut fresh = members::blank(id.clone(), &prefix_of(card), "alipay");
+        fresh.level = levels.level_for(0, None);
+        fresh
     });
     member.user_id = user_id.clone();
     member.open_id = open_id.clone();
@@ -326,6 +306,12 @@ fn open(
     )?;
     info!("member activated"; member = member.id.clone());
     Ok((member, false))
+}
+
+fn prefix_of(card: &Card) -> String {
+    card.design
+        .as_ref()
+        .map_or_else(|| "M".to_owned(), |d| d.card_no_prefix.clone())
 }
 
 /// An imported member with exactly this mobile that has no Alipay card yet.

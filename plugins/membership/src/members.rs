@@ -680,15 +680,26 @@ pub fn mobile_taken(mobile: &str) -> Result<bool> {
     Ok(false)
 }
 
-/// Builds a new member record with the next id and the card number that goes with it.
-pub fn new_member(levels: &Levels, experience: i64) -> Result<Member> {
-    let id = next_id()?;
-    let prefix = Card::load()?
+/// The prefix of our card numbers, from the card design (`M` before there is one).
+pub fn card_prefix() -> Result<String> {
+    Ok(Card::load()?
         .0
         .design
-        .map_or_else(|| "M".to_owned(), |d| d.card_no_prefix);
+        .map_or_else(|| "M".to_owned(), |d| d.card_no_prefix))
+}
+
+/// Builds a new member record with the next id and the card number that goes with it.
+pub fn new_member(levels: &Levels, prefix: &str, experience: i64) -> Result<Member> {
+    let mut member = blank(next_id()?, prefix, "import");
+    member.experience = experience;
+    member.level = levels.level_for(experience, None);
+    Ok(member)
+}
+
+/// A member with nothing yet: no card, no points, no level.
+pub fn blank(id: String, prefix: &str, source: &str) -> Member {
     let now = util::now_ms();
-    Ok(Member {
+    Member {
         external_card_no: format!("{prefix}{id}"),
         id,
         user_id: None,
@@ -697,13 +708,13 @@ pub fn new_member(levels: &Levels, experience: i64) -> Result<Member> {
         mobile: String::new(),
         birthday: None,
         gender: None,
-        level: levels.level_for(experience, None),
-        experience,
+        level: None,
+        experience: 0,
         points: 0,
         balance: 0,
         biz_card_no: None,
         opened_at_ms: now,
-        source: "import".into(),
+        source: source.to_owned(),
         seq: 0,
         journal: Vec::new(),
         card_sync: CardSync {
@@ -711,7 +722,7 @@ pub fn new_member(levels: &Levels, experience: i64) -> Result<Member> {
             ..CardSync::default()
         },
         updated_at_ms: now,
-    })
+    }
 }
 
 #[cfg(test)]
