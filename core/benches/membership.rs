@@ -4,8 +4,8 @@
 //! list, a member's detail, and an adjustment — each with the number of kv calls it made, which
 //! stays flat as members grow (no full scan).
 //!
-//! Run: `make plugins && cargo bench -p trellis-core --bench membership` (release). Set
-//! `MEMBERS=N` for another size. Results are recorded in `docs/benchmarks.md`.
+//! Run: `make plugins && cargo bench -p trellis-core --bench membership` (release); add
+//! `-- N` after the command for another size. Results are recorded in `docs/benchmarks.md`.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -70,16 +70,17 @@ fn summary(mut samples: Vec<f64>) -> (f64, f64) {
     (at(0.5), at(0.99))
 }
 
-async fn measure<F, Fut>(name: &str, rounds: usize, mut call: F)
+/// Times `rounds` invocations of the route `request(i)` names: (method, target, body).
+async fn measure<F>(h: &Harness, name: &str, rounds: usize, mut request: F)
 where
-    F: FnMut(usize) -> Fut,
-    Fut: std::future::Future<Output = Outcome>,
+    F: FnMut(usize) -> (&'static str, String, Vec<u8>),
 {
     let mut samples = Vec::with_capacity(rounds);
     let mut kv = 0;
     for i in 0..rounds {
+        let (method, target, payload) = request(i);
         let started = Instant::now();
-        let outcome = call(i).await;
+        let outcome = h.http(method, &target, payload).await;
         samples.push(started.elapsed().as_secs_f64() * 1e3);
         body(&outcome);
         kv = kv.max(kv_calls(&outcome));
@@ -89,9 +90,10 @@ where
 }
 
 fn main() {
-    let members: usize = std::env::var("MEMBERS")
-        .ok()
-        .and_then(|n| n.parse().ok())
+    // `cargo bench … -- N` for another size; cargo's own flags (`--bench`) are not numbers.
+    let members: usize = std::env::args()
+        .skip(1)
+        .find_map(|a| a.parse().ok())
         .unwrap_or(100_000);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -136,38 +138,34 @@ fn main() {
         );
 
         let pick = |i: usize| (i * 104_729) % members;
-        measure("search by mobile (exact)", 300, |i| {
-            h.http("GET", &format!("/members?q={}", mobile(pick(i))), Vec::new())
+        let get = |target: String| ("GET", target, Vec::new());
+        measure(&h, "search by mobile (exact)", 300, |i| {
+            get(format!("/members?q={}", mobile(pick(i))))
         })
         .await;
-        measure("search by mobile prefix (7 digits)", 300, |i| {
-            h.http(
-                "GET",
-                &format!("/members?q={}&limit=20", &mobile(pick(i))[..7]),
-                Vec::new(),
-            )
+        measure(&h, "search by mobile prefix (7 digits)", 300, |i| {
+            get(format!("/members?q={}&limit=20", &mobile(pick(i))[..7]))
         })
         .await;
-        measure("list, first page of 50", 100, |_| {
-            h.http("GET", "/members?limit=50", Vec::new())
+        measure(&h, "list, first page of 50", 100, |_| {
+            get("/members?limit=50".into())
         })
         .await;
         let deep = format!("{:010}", members / 2);
-        measure("list, page of 50 in the middle", 100, |_| {
-            h.http("GET", &format!("/members?limit=50&after={deep}"), Vec::new())
+        measure(&h, "list, page of 50 in the middle", 100, |_| {
+            get(format!("/members?limit=50&after={deep}"))
         })
         .await;
-        measure("member detail with ledger", 300, |i| {
-            h.http("GET", &format!("/members/{:010}", pick(i) + 1), Vec::new())
+        measure(&h, "member detail with ledger", 300, |i| {
+            get(format!("/members/{:010}", pick(i) + 1))
         })
         .await;
-        measure("adjust points and experience", 300, |i| {
-            h.http(
+        measure(&h, "adjust points and experience", 300, |i| {
+            let adjust = json!({"points": 10, "experience": 25, "reason": "bench"});
+            (
                 "POST",
-                &format!("/members/{:010}/adjustments", pick(i) + 1),
-                json!({"points": 10, "experience": 25, "reason": "bench"})
-                    .to_string()
-                    .into_bytes(),
+                format!("/members/{:010}/adjustments", pick(i) + 1),
+                adjust.to_string().into_bytes(),
             )
         })
         .await;
