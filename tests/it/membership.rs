@@ -109,7 +109,7 @@ async fn world(engine: &Engine, database_url: &str) -> World {
     let package = agent_admin
         .post(
             "/api/v1/packages",
-            json!({"name": "会员套餐", "plugins": [MEMBERSHIP], "validity_days": 365}),
+            json!({"name": "会员套餐", "plugins": [MEMBERSHIP], "validity_days": 365, "quotas": {"max_members": 2}}),
         )
         .await
         .ok()
@@ -379,8 +379,31 @@ async fn a_merchant_runs_alipay_membership_from_levels_to_card_updates_against_t
         );
         let list = w.owner1.get(&mp(m1, "/members")).await.ok();
         assert_eq!(list.body["items"].as_array().unwrap().len(), 1, "{label}");
+        assert_eq!(list.body["total"], 1, "{label}");
         let bob = open_claim_link(&engine, "bob", &link).await;
         assert_eq!(bob["callback_status"], 200, "{label}: {bob}");
+        // The package allows two members.
+        let carol = open_claim_link(&engine, "carol", &link).await;
+        assert_eq!(carol["callback_status"], 403, "{label}: {carol}");
+        assert!(
+            carol["callback_body"]
+                .as_str()
+                .unwrap()
+                .contains("名额已满"),
+            "{label}: {carol}"
+        );
+        let imported = w
+            .owner1
+            .post(
+                &mp(m1, "/members/import"),
+                json!({"members": [{"mobile": "13900000001", "name": "导入"}]}),
+            )
+            .await
+            .ok();
+        assert_eq!(
+            imported.body["skipped"][0]["reason"], "member quota reached",
+            "{label}: {imported:?}"
+        );
 
         // --- search ------------------------------------------------------------------------
         let found = w
@@ -627,6 +650,13 @@ async fn a_merchant_runs_alipay_membership_from_levels_to_card_updates_against_t
         let not_entitled = w.owner2.get(&mp(&w.m2, "/members")).await;
         assert_eq!(not_entitled.status, 403, "{label}: {not_entitled:?}");
         assert_eq!(not_entitled.body["code"], "not_entitled", "{label}");
+        let page = client()
+            .get(engine.url(&format!("/m/{}/{MEMBERSHIP}/activate", w.m2)))
+            .header("host", "p1.test")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(page.status(), 403, "{label}: m2's member page");
         let foreign = w.owner2.get(&mp(m1, "/members")).await;
         assert_eq!(foreign.status, 404, "{label}: another merchant's members");
         let foreign = w.foreign_admin.get(&mp(m1, "/members")).await;

@@ -28,7 +28,7 @@ use crate::auth::Principal;
 use crate::db::{Page, Paged};
 use crate::events::{self, DeliveryFilter, NewEvent};
 use crate::packages::{self, Spec};
-use crate::plugins::catalog::{Installation, Policy};
+use crate::plugins::catalog::{Installation, Live, Policy};
 use crate::plugins::manifest::Audience;
 use crate::plugins::{Call, HttpRequest, HttpResponse};
 use crate::rbac::Action;
@@ -1010,13 +1010,29 @@ const ALLOWED_RESPONSE: [&str; 9] = [
 /// `https://pay.partner.example`: where member pages and Alipay callbacks live.
 pub const ORIGIN_HEADER: &str = "x-trellis-origin";
 
+/// The header carrying the merchant's member quota from its packages, when one is set.
+pub const MAX_MEMBERS_HEADER: &str = "x-trellis-max-members";
+
+/// What the engine tells a plugin beside the request: the partner domain's origin and the
+/// merchant's package quotas.
+fn engine_headers(origin: Option<String>, live: &Live) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    if let Some(origin) = origin {
+        out.push((ORIGIN_HEADER.to_owned(), origin));
+    }
+    if let Some(max) = live.quotas.max_members {
+        out.push((MAX_MEMBERS_HEADER.to_owned(), max.to_string()));
+    }
+    out
+}
+
 fn plugin_request(
     method: &Method,
     rest: &str,
     uri: &Uri,
     headers: &HeaderMap,
     body: Bytes,
-    origin: Option<String>,
+    engine: Vec<(String, String)>,
 ) -> HttpRequest {
     let mut forwarded: Vec<(String, String)> = headers
         .iter()
@@ -1031,9 +1047,7 @@ fn plugin_request(
                 .map(|v| (name.as_str().to_owned(), v.to_owned()))
         })
         .collect();
-    if let Some(origin) = origin {
-        forwarded.push((ORIGIN_HEADER.to_owned(), origin));
-    }
+    forwarded.extend(engine);
     HttpRequest {
         method: method.as_str().to_owned(),
         path: format!("/{}", rest.trim_start_matches('/')),
@@ -1301,7 +1315,8 @@ async fn admin_call(
         state.rbac.authorize(&caller, action, &target).await?;
         let live = state.catalog.live(&target, &plugin).await?;
         let origin = partner_origin(&state, &host, &headers, target.partner_id.as_deref()).await?;
-        let request = plugin_request(&method, &rest, &uri, &headers, body, origin);
+        let engine = engine_headers(origin, &live);
+        let request = plugin_request(&method, &rest, &uri, &headers, body, engine);
         let manifest = &live.loaded.manifest;
         let admitted = manifest.routes.iter().any(|r| {
             r.method == request.method
@@ -1411,7 +1426,8 @@ async fn card_activation(
             continue;
         };
         let origin = partner_origin(&state, &host, &headers, Some(partner_id)).await?;
-        let request = plugin_request(&method, &route.path, &uri, &headers, Bytes::new(), origin);
+        let engine = engine_headers(origin, &live);
+        let request = plugin_request(&method, &route.path, &uri, &headers, Bytes::new(), engine);
         let outcome = state
             .catalog
             .invoke(
@@ -1484,7 +1500,8 @@ async fn public_route(
     }
     let live = state.catalog.live(&merchant, &plugin).await?;
     let origin = partner_origin(&state, &host, &headers, merchant.partner_id.as_deref()).await?;
-    let request = plugin_request(&method, &rest, &uri, &headers, body, origin);
+    let engine = engine_headers(origin, &live);
+    let request = plugin_request(&method, &rest, &uri, &headers, body, engine);
     let admitted = live.loaded.manifest.routes.iter().any(|r| {
         r.method == request.method
             && r.audience == Audience::Member

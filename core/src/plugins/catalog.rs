@@ -119,6 +119,8 @@ pub struct Live {
     pub loaded: Arc<Loaded>,
     pub config: Json,
     pub theme: String,
+    /// The merchant's package quotas for this plugin (the most generous of its packages).
+    pub quotas: packages::Quotas,
 }
 
 /// The catalog of this process: the database, the runtime, the clock.
@@ -805,7 +807,8 @@ impl Catalog {
             return Err(Error::NotInstalled(plugin_id.to_owned()));
         }
         // Entitled now, or the caller learns why not.
-        packages::entitlement(&self.db, merchant_id, plugin_id, self.now()).await?;
+        let entitlement =
+            packages::entitlement(&self.db, merchant_id, plugin_id, self.now()).await?;
         let installation = self.view(row).await?;
         let loaded = self.loaded_of(&installation).await?;
         let config = self
@@ -818,6 +821,7 @@ impl Catalog {
             loaded,
             config,
             theme,
+            quotas: entitlement.quotas,
         })
     }
 
@@ -1088,6 +1092,7 @@ impl Catalog {
             loaded,
             config,
             theme,
+            quotas: packages::Quotas::default(),
         };
         let outcome = self
             .invoke(

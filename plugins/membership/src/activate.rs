@@ -105,7 +105,15 @@ pub fn handle(ctx: &Tenant, request: &Request) -> Result<Response> {
     if param("template_id").is_some_and(|t| t != template_id) {
         return refuse(404, "unknown_card");
     }
-    match open(ctx, &card, &levels, &template_id, &auth_code, &request_id) {
+    match open(
+        ctx,
+        request,
+        &card,
+        &levels,
+        &template_id,
+        &auth_code,
+        &request_id,
+    ) {
         Ok((member, already)) => page(
             ctx,
             &card,
@@ -116,6 +124,7 @@ pub fn handle(ctx: &Tenant, request: &Request) -> Result<Response> {
                 member: Some(&member),
             },
         ),
+        Err(Error::QuotaExceeded(_)) => refuse(403, "full"),
         Err(Error::Upstream(e)) => {
             warn!("activation failed at Alipay: {}", e.message; code = e.code, sub_code = e.sub_code.clone().unwrap_or_default());
             refuse(502, "alipay_failed")
@@ -127,6 +136,7 @@ pub fn handle(ctx: &Tenant, request: &Request) -> Result<Response> {
 /// Opens the card for the user behind `auth_code`; true when the user was a member already.
 fn open(
     ctx: &Tenant,
+    request: &Request,
     card: &Card,
     levels: &Levels,
     template_id: &str,
@@ -178,6 +188,11 @@ fn open(
             };
             let candidate = match imported {
                 Some(member) => member.id,
+                None if !members::room_for_one(request)? => {
+                    return Err(Error::QuotaExceeded(
+                        "the merchant's package allows no more members".into(),
+                    ));
+                }
                 None => members::next_id()?,
             };
             match kv::compare_and_swap(&user_key, None, candidate.as_bytes())? {

@@ -62,8 +62,12 @@ fn after_change(
     member: &Member,
     entry: Option<&members::Entry>,
 ) -> Result<Member> {
-    let level_from = before.and_then(|b| b.level.clone());
-    if before.is_some() && level_from != member.level {
+    // The entry knows the level the change started from, even if others changed it since.
+    let level_from = match entry {
+        Some(e) => e.level_from.clone(),
+        None => before.and_then(|b| b.level.clone()),
+    };
+    if (before.is_some() || entry.is_some()) && level_from != member.level {
         events::emit(
             "member.level_changed",
             &json!({
@@ -272,7 +276,10 @@ impl Plugin for Membership {
                     members::search(&search, after.as_deref(), limit(request, 50)?)?;
                 let levels = Levels::load()?;
                 let items: Vec<Value> = found.iter().map(|m| members::view(m, &levels)).collect();
-                Response::json(200, &json!({"items": items, "next": next}))
+                Response::json(
+                    200,
+                    &json!({"items": items, "next": next, "total": members::count()?}),
+                )
             }
             ("GET", "/members/{id}") => {
                 let (member, _) = member_param(request)?;
@@ -307,6 +314,10 @@ impl Plugin for Membership {
                     }
                     if members::mobile_taken(&mobile)? {
                         skipped.push(json!({"index": i, "reason": "duplicate mobile"}));
+                        continue;
+                    }
+                    if !members::room_for_one(request)? {
+                        skipped.push(json!({"index": i, "reason": "member quota reached"}));
                         continue;
                     }
                     let mut member = members::new_member(&levels, &prefix, row.experience)?;

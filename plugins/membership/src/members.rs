@@ -15,6 +15,7 @@
 //! | `l/{id}/{9999999999 - seq}` | a ledger entry: newest first in key order |
 //! | `src/{source}/{source id}` | the ledger entry that applied it: a replay credits nothing |
 //! | `seq/member` | the member id counter |
+//! | `count/members` | how many members there are (the package's `max_members` is checked on it) |
 //!
 //! Invariant: a change is applied at most once per (source, source id). The member record is
 //! the single source of truth: a change lands there together with its ledger entry in the
@@ -194,8 +195,31 @@ pub fn create(member: &Member) -> Result<()> {
     kv::set_json(&level_key(member.level.as_deref(), id), &1)?;
     let bytes = serde_json::to_vec(member).map_err(internal)?;
     match kv::compare_and_swap(&member_key(id), None, &bytes)? {
-        kv::CasOutcome::Stored(_) => Ok(()),
+        kv::CasOutcome::Stored(_) => {
+            kv::increment(COUNT_KEY, 1)?;
+            Ok(())
+        }
         kv::CasOutcome::Conflict(_) => Err(Error::Conflict(format!("member {id} exists"))),
+    }
+}
+
+const COUNT_KEY: &str = "count/members";
+
+/// How many members the merchant has.
+pub fn count() -> Result<i64> {
+    kv::increment(COUNT_KEY, 0)
+}
+
+/// Whether the merchant's packages allow one more member: the engine sends the quota as
+/// `x-trellis-max-members` when a package sets one. Checked before each new member, so
+/// simultaneous sign-ups may pass it by the few in flight.
+pub fn room_for_one(request: &Request) -> Result<bool> {
+    match request
+        .header("x-trellis-max-members")
+        .and_then(|m| m.parse::<i64>().ok())
+    {
+        Some(max) => Ok(count()? < max),
+        None => Ok(true),
     }
 }
 
