@@ -286,8 +286,9 @@ impl Request {
     }
 }
 
-/// Decodes `%XX` escapes and `+` (as a space) in a query component.
-fn percent_decode(text: &str) -> String {
+/// Decodes `%XX` escapes and `+` (as a space) once, as in a query component — for example
+/// Alipay's URL-encoded `apply_card_url`. Malformed escapes are kept as they are.
+pub fn percent_decode(text: &str) -> String {
     let bytes = text.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -640,5 +641,10 @@ mod tests {
         assert_eq!(percent_decode("%E4%BC%9A"), "会");
         assert_eq!(percent_decode("100%"), "100%");
         assert_eq!(percent_decode("%zz"), "%zz");
+        // One level only: an encoded link keeps the escapes of its own query.
+        assert_eq!(
+            percent_decode("https%3A%2F%2Fx.test%2Fa%3Fb%3D%2526"),
+            "https://x.test/a?b=%26"
+        );
     }
 }

@@ -3,14 +3,17 @@
 //! link → a simulated consumer opens it → Alipay's callback on the seed system's legacy path →
 //! member stored and card opened → adjustments → level up → `card.update` seen by the sandbox.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use secrecy::SecretString;
 use serde_json::{Value, json};
 use trellis_core::alipay::client::{AlipayClient, CallOptions};
 use trellis_core::alipay::credentials::MerchantApp;
 use trellis_core::alipay::{PrivateKey, PublicKey, SignType};
-use trellis_tests::{Api, Engine, client, create_platform_admin, databases, plugin_archive_bytes};
+use trellis_tests::{
+    Api, Engine, client, create_node as node, create_platform_admin, create_user as user,
+    databases, eventually, plugin_archive_bytes,
+};
 
 const PASSWORD: &str = "correct horse battery staple";
 const ROOT: &str = "root@platform.test";
@@ -38,27 +41,6 @@ struct World {
     foreign_admin: Api,
     /// What the engine signs with for m1; the test uses it to play the merchant at the sandbox.
     app: MerchantApp,
-}
-
-async fn node(root: &Api, plural: &str, parent: Option<&str>, body: Value) -> String {
-    let mut body = body;
-    if let Some(parent) = parent {
-        body["parent_id"] = json!(parent);
-    }
-    root.post(&format!("/api/v1/{plural}"), body)
-        .await
-        .ok()
-        .id()
-}
-
-async fn user(engine: &Engine, root: &Api, node: &str, email: &str, host: &str) -> Api {
-    root.post(
-        "/api/v1/users",
-        json!({"node_id": node, "email": email, "password": PASSWORD}),
-    )
-    .await
-    .ok();
-    Api::new(engine, host).login(email, PASSWORD).await
 }
 
 fn mp(merchant: &str, path: &str) -> String {
@@ -220,22 +202,6 @@ async fn member(api: &Api, merchant: &str, id: &str) -> Value {
         .await
         .ok()
         .body
-}
-
-/// Polls `check` until it holds or `within` passes.
-async fn eventually<F, Fut>(within: Duration, what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<(), String>>,
-{
-    let started = Instant::now();
-    loop {
-        match check().await {
-            Ok(()) => return,
-            Err(last) if started.elapsed() > within => panic!("{what}: {last}"),
-            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-        }
-    }
 }
 
 #[tokio::test]

@@ -6,7 +6,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use trellis_tests::{
-    Api, Engine, create_platform_admin, databases, plugin_archive_as_version, plugin_archive_bytes,
+    Api, Engine, create_node as node, create_platform_admin, create_user as user, databases,
+    eventually, plugin_archive_as_version, plugin_archive_bytes,
 };
 
 const PASSWORD: &str = "correct horse battery staple";
@@ -37,27 +38,6 @@ struct World {
     owner2: Api,
     owner_none: Api,
     foreign_partner_admin: Api,
-}
-
-async fn node(root: &Api, plural: &str, parent: Option<&str>, body: Value) -> String {
-    let mut body = body;
-    if let Some(parent) = parent {
-        body["parent_id"] = json!(parent);
-    }
-    root.post(&format!("/api/v1/{plural}"), body)
-        .await
-        .ok()
-        .id()
-}
-
-async fn user(engine: &Engine, root: &Api, node: &str, email: &str, host: &str) -> Api {
-    root.post(
-        "/api/v1/users",
-        json!({"node_id": node, "email": email, "password": PASSWORD}),
-    )
-    .await
-    .ok();
-    Api::new(engine, host).login(email, PASSWORD).await
 }
 
 async fn world(engine: &Engine, database_url: &str) -> World {
@@ -103,22 +83,6 @@ async fn world(engine: &Engine, database_url: &str) -> World {
         m2,
         m_none,
         foreign,
-    }
-}
-
-/// Polls `check` until it holds or `within` passes.
-async fn eventually<F, Fut>(within: Duration, what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<(), String>>,
-{
-    let started = Instant::now();
-    loop {
-        match check().await {
-            Ok(()) => return,
-            Err(last) if started.elapsed() > within => panic!("{what}: {last}"),
-            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-        }
     }
 }
 

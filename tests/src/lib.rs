@@ -614,3 +614,49 @@ pub fn plugin_archive_as_version(dir: &str, component: &str, version: &str) -> V
         .unwrap_or_else(|e| panic!("packing {dir} as {version}: {e}"))
         .1
 }
+
+/// The password the end-to-end tests give every account they create.
+pub const TEST_PASSWORD: &str = "correct horse battery staple";
+
+/// Creates a node through the admin API as `root` and returns its id.
+pub async fn create_node(
+    root: &Api,
+    plural: &str,
+    parent: Option<&str>,
+    mut body: serde_json::Value,
+) -> String {
+    if let Some(parent) = parent {
+        body["parent_id"] = serde_json::json!(parent);
+    }
+    root.post(&format!("/api/v1/{plural}"), body)
+        .await
+        .ok()
+        .id()
+}
+
+/// Creates an account at `node` (password [`TEST_PASSWORD`]) and signs it in on `host`.
+pub async fn create_user(engine: &Engine, root: &Api, node: &str, email: &str, host: &str) -> Api {
+    root.post(
+        "/api/v1/users",
+        serde_json::json!({"node_id": node, "email": email, "password": TEST_PASSWORD}),
+    )
+    .await
+    .ok();
+    Api::new(engine, host).login(email, TEST_PASSWORD).await
+}
+
+/// Polls `check` until it holds, or panics with `what` and the last failure after `within`.
+pub async fn eventually<F, Fut>(within: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), String>>,
+{
+    let started = std::time::Instant::now();
+    loop {
+        match check().await {
+            Ok(()) => return,
+            Err(last) if started.elapsed() > within => panic!("{what}: {last}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}

@@ -80,21 +80,15 @@ pub fn router() -> Router<AppState> {
         .route("/api/v1/merchants/{id}/events", post(publish_event))
         .route("/api/v1/deliveries", get(list_deliveries))
         .route("/api/v1/deliveries/{id}/redeliver", post(redeliver))
-        .route(
-            "/api/v1/merchants/{id}/plugins/{plugin}",
-            any(admin_route_root),
-        )
-        .route(
-            "/api/v1/merchants/{id}/plugins/{plugin}/",
-            any(admin_route_root),
-        )
+        .route("/api/v1/merchants/{id}/plugins/{plugin}", any(admin_route))
+        .route("/api/v1/merchants/{id}/plugins/{plugin}/", any(admin_route))
         .route(
             "/api/v1/merchants/{id}/plugins/{plugin}/{*rest}",
             any(admin_route),
         )
         .route(
             "/api/v1/stores/{id}/plugins/{plugin}/{*rest}",
-            any(store_route),
+            any(admin_route),
         )
         .route(CARD_ACTIVATION_PATH, get(card_activation))
         .route(LEGACY_CARD_ACTIVATION_PATH, get(card_activation))
@@ -1177,7 +1171,46 @@ enum AdminPath {
     Store,
 }
 
-/// One admin call to a plugin's route, as the handlers below receive it.
+/// Every admin path of a plugin's routes, merchant and store, with or without a rest: the
+/// matched pattern says which node the path names.
+#[allow(
+    clippy::too_many_arguments,
+    reason = "an axum handler takes its extractors as arguments"
+)]
+async fn admin_route(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    rid: Option<Extension<RequestId>>,
+    Extension(host): Extension<HostContext>,
+    matched: axum::extract::MatchedPath,
+    Path(params): Path<std::collections::HashMap<String, String>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let path = if matched.as_str().starts_with("/api/v1/stores/") {
+        AdminPath::Store
+    } else {
+        AdminPath::Merchant
+    };
+    let param = |name: &str| params.get(name).cloned().unwrap_or_default();
+    let call = AdminCall {
+        caller,
+        rid,
+        host,
+        id: param("id"),
+        plugin: param("plugin"),
+        rest: param("rest"),
+        method,
+        uri,
+        headers,
+        body,
+    };
+    admin_call(state, path, call).await
+}
+
+/// One admin call to a plugin's route.
 struct AdminCall {
     caller: Principal,
     rid: Option<Extension<RequestId>>,
@@ -1189,97 +1222,6 @@ struct AdminCall {
     uri: Uri,
     headers: HeaderMap,
     body: Bytes,
-}
-
-#[allow(
-    clippy::too_many_arguments,
-    reason = "an axum handler takes its extractors as arguments"
-)]
-async fn admin_route_root(
-    State(state): State<AppState>,
-    Caller(caller): Caller,
-    rid: Option<Extension<RequestId>>,
-    Extension(host): Extension<HostContext>,
-    Path((id, plugin)): Path<(String, String)>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<Response, ApiError> {
-    let rest = String::new();
-    let call = AdminCall {
-        caller,
-        rid,
-        host,
-        id,
-        plugin,
-        rest,
-        method,
-        uri,
-        headers,
-        body,
-    };
-    admin_call(state, AdminPath::Merchant, call).await
-}
-
-#[allow(
-    clippy::too_many_arguments,
-    reason = "an axum handler takes its extractors as arguments"
-)]
-async fn admin_route(
-    State(state): State<AppState>,
-    Caller(caller): Caller,
-    rid: Option<Extension<RequestId>>,
-    Extension(host): Extension<HostContext>,
-    Path((id, plugin, rest)): Path<(String, String, String)>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<Response, ApiError> {
-    let call = AdminCall {
-        caller,
-        rid,
-        host,
-        id,
-        plugin,
-        rest,
-        method,
-        uri,
-        headers,
-        body,
-    };
-    admin_call(state, AdminPath::Merchant, call).await
-}
-
-#[allow(
-    clippy::too_many_arguments,
-    reason = "an axum handler takes its extractors as arguments"
-)]
-async fn store_route(
-    State(state): State<AppState>,
-    Caller(caller): Caller,
-    rid: Option<Extension<RequestId>>,
-    Extension(host): Extension<HostContext>,
-    Path((id, plugin, rest)): Path<(String, String, String)>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<Response, ApiError> {
-    let call = AdminCall {
-        caller,
-        rid,
-        host,
-        id,
-        plugin,
-        rest,
-        method,
-        uri,
-        headers,
-        body,
-    };
-    admin_call(state, AdminPath::Store, call).await
 }
 
 /// Checks, in order: the node is in the caller's subtree, RBAC (`plugin.use` on a merchant,

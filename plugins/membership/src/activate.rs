@@ -277,12 +277,9 @@ fn open(
     let biz_card_no = text(&opened["card_info"], "biz_card_no")
         .ok_or_else(|| Error::internal("card.open returned no biz_card_no"))?;
     member.biz_card_no = Some(biz_card_no.clone());
-    member.card_sync = CardSync {
-        state: "synced".into(),
-        at_ms: Some(now),
-        synced_seq: member.seq,
-        ..CardSync::default()
-    };
+    member.card_sync = CardSync::new("none");
+    member.card_sync.succeeded();
+    member.card_sync.synced_seq = member.seq;
     member.updated_at_ms = now;
     if existing.is_some() {
         kv::compare_and_swap(

@@ -90,21 +90,76 @@ fn default_prefix() -> String {
     "M".into()
 }
 
+/// How something at Alipay — the card template, or one member's card — stands against ours.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct SyncStatus {
-    /// `never`, `synced`, `failed`; `stale` when the design or levels changed since.
+    /// The template: `never`, `synced`, `failed`, or `stale` when the design or levels changed
+    /// since. A member's card: `none` (no Alipay card), `synced`, `pending` or `failed`.
     pub state: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub at_ms: Option<u64>,
+    /// Alipay's `code`, `sub_code` and message of the last failure.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub code: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sub_code: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
-    /// The (design, levels) revisions last synced.
+    /// Failures in a row.
     #[serde(default)]
+    pub attempts: u32,
+    /// The template: the (design, levels) revisions last synced.
+    #[serde(default, skip_serializing_if = "is_zero_pair")]
     pub revision: (u64, u64),
+    /// A member's card: the ledger sequence it last showed.
+    #[serde(default)]
+    pub synced_seq: u64,
+}
+
+fn is_zero_pair(pair: &(u64, u64)) -> bool {
+    *pair == (0, 0)
+}
+
+impl SyncStatus {
+    pub fn new(state: &str) -> Self {
+        Self {
+            state: state.to_owned(),
+            ..Self::default()
+        }
+    }
+
+    /// Records a success now.
+    pub fn succeeded(&mut self) {
+        self.state = "synced".into();
+        self.at_ms = Some(util::now_ms());
+        self.code = None;
+        self.sub_code = None;
+        self.error = None;
+        self.attempts = 0;
+    }
+
+    /// Records a failed Alipay call, with Alipay's codes when Alipay answered.
+    pub fn failed(&mut self, error: &Error) {
+        self.state = "failed".into();
+        self.at_ms = Some(util::now_ms());
+        self.attempts += 1;
+        match error {
+            Error::Upstream(UpstreamError {
+                code,
+                sub_code,
+                message,
+            }) => {
+                self.code = Some(code.clone());
+                self.sub_code = sub_code.clone();
+                self.error = Some(message.clone());
+            }
+            other => {
+                self.code = None;
+                self.sub_code = None;
+                self.error = Some(other.to_string());
+            }
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -133,10 +188,7 @@ impl Card {
             Some((card, version)) => (card, Some(version)),
             None => (
                 Card {
-                    sync: SyncStatus {
-                        state: "never".into(),
-                        ..SyncStatus::default()
-                    },
+                    sync: SyncStatus::new("never"),
                     ..Card::default()
                 },
                 None,
@@ -332,28 +384,6 @@ fn form_body(template_id: &str, form: &Form) -> Value {
     })
 }
 
-/// Records a failed Alipay call on the status the merchant sees.
-pub fn failed(status: &mut SyncStatus, error: &Error) {
-    status.state = "failed".into();
-    status.at_ms = Some(util::now_ms());
-    match error {
-        Error::Upstream(UpstreamError {
-            code,
-            sub_code,
-            message,
-        }) => {
-            status.code = Some(code.clone());
-            status.sub_code = sub_code.clone();
-            status.error = Some(message.clone());
-        }
-        other => {
-            status.code = None;
-            status.sub_code = None;
-            status.error = Some(other.to_string());
-        }
-    }
-}
-
 /// Creates or modifies the template, then sets its form. Returns the card with its new sync
 /// status, already stored; `Err` only when storage itself fails.
 pub fn sync(merchant: &str, locale: &str) -> Result<Card> {
@@ -394,16 +424,12 @@ pub fn sync(merchant: &str, locale: &str) -> Result<Card> {
     })();
     match &attempt {
         Ok(_) => {
-            card.sync = SyncStatus {
-                state: "synced".into(),
-                at_ms: Some(util::now_ms()),
-                revision: (card.revision, levels.revision),
-                ..SyncStatus::default()
-            };
+            card.sync.succeeded();
+            card.sync.revision = (card.revision, levels.revision);
         }
         Err(e) => {
             warn!("card sync failed: {e}");
-            failed(&mut card.sync, e);
+            card.sync.failed(e);
         }
     }
     store(&card, version)?;
@@ -456,7 +482,7 @@ pub fn apply_claim_link(origin: &str, legacy: bool, merchant: &str) -> Result<Cl
         .filter(|u| !u.is_empty())
         .ok_or_else(|| Error::internal("activateurl.apply returned no apply_card_url"))?;
     let claim = Claim {
-        url: util::url_decode(encoded),
+        url: trellis_host_api::percent_decode(encoded),
         callback,
         template_id,
         applied_at_ms: util::now_ms(),

@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use trellis_host_api::prelude::*;
 
-use crate::card::{self, Card};
+use crate::card::Card;
 use crate::levels::{Kind, Levels};
 use crate::util;
 
@@ -35,24 +35,8 @@ use crate::util;
 const ROUNDS: usize = 16;
 const LEDGER_TOP: u64 = 9_999_999_999;
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct CardSync {
-    /// `none` (no Alipay card), `synced`, `pending` or `failed`.
-    pub state: String,
-    #[serde(default)]
-    pub attempts: u32,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub at_ms: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub code: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub sub_code: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-    /// The ledger sequence the card last showed.
-    #[serde(default)]
-    pub synced_seq: u64,
-}
+/// A member's card against ours (`state`: `none`, `synced`, `pending` or `failed`).
+pub use crate::card::SyncStatus as CardSync;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Entry {
@@ -504,25 +488,13 @@ pub fn sync_card(id: &str) -> Result<Member> {
         match &failure {
             None => {
                 m.card_sync.synced_seq = sent_seq;
-                m.card_sync.attempts = 0;
-                m.card_sync.code = None;
-                m.card_sync.sub_code = None;
-                m.card_sync.error = None;
-                m.card_sync.at_ms = Some(util::now_ms());
-                if m.seq == sent_seq {
-                    m.card_sync.state = "synced".into();
+                let pending = m.seq != sent_seq;
+                m.card_sync.succeeded();
+                if pending {
+                    m.card_sync.state = "pending".into();
                 }
             }
-            Some(e) => {
-                let mut status = card::SyncStatus::default();
-                card::failed(&mut status, e);
-                m.card_sync.state = "failed".into();
-                m.card_sync.attempts += 1;
-                m.card_sync.at_ms = status.at_ms;
-                m.card_sync.code = status.code;
-                m.card_sync.sub_code = status.sub_code;
-                m.card_sync.error = status.error;
-            }
+            Some(e) => m.card_sync.failed(e),
         }
         m
     })?;
@@ -741,10 +713,7 @@ pub fn blank(id: String, prefix: &str, source: &str) -> Member {
         source: source.to_owned(),
         seq: 0,
         journal: Vec::new(),
-        card_sync: CardSync {
-            state: "none".into(),
-            ..CardSync::default()
-        },
+        card_sync: CardSync::new("none"),
         updated_at_ms: now,
     }
 }

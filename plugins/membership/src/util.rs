@@ -1,4 +1,4 @@
-//! Small pure helpers: Beijing time for Alipay, URL decoding, short hashes, money and QR codes.
+//! Small pure helpers: Beijing time for Alipay, short hashes, money and QR codes.
 
 use trellis_host_api::prelude::*;
 
@@ -36,33 +36,6 @@ pub fn beijing(ms: u64) -> String {
         rem % 3600 / 60,
         rem % 60
     )
-}
-
-/// Decodes `%XX` escapes (and `+` as a space) once: Alipay returns `apply_card_url` encoded.
-pub fn url_decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < bytes.len() => {
-                match std::str::from_utf8(&bytes[i + 1..i + 3])
-                    .ok()
-                    .and_then(|h| u8::from_str_radix(h, 16).ok())
-                {
-                    Some(b) => {
-                        out.push(b);
-                        i += 2;
-                    }
-                    None => out.push(b'%'),
-                }
-            }
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// A short stable hash (FNV-1a, 64 bits, hex) for building Alipay `request_id`s that stay
@@ -111,16 +84,6 @@ mod tests {
         assert_eq!(beijing(0), "1970-01-01 08:00:00");
         // A leap day.
         assert_eq!(beijing(951_782_400_000), "2000-02-29 08:00:00");
-    }
-
-    #[test]
-    fn url_decoding_undoes_one_level_only() {
-        assert_eq!(
-            url_decode("https%3A%2F%2Fx.test%2Fa%3Fb%3D%2526"),
-            "https://x.test/a?b=%26"
-        );
-        assert_eq!(url_decode("100%"), "100%");
-        assert_eq!(url_decode("a+b%zz"), "a b%zz");
     }
 
     #[test]
