@@ -111,7 +111,7 @@ fn main() {
         body(&h.http("PUT", "/levels", levels.to_string().into_bytes()).await);
 
         let started = Instant::now();
-        for batch in (0..members).collect::<Vec<_>>().chunks(100) {
+        for batch in (0..members).collect::<Vec<_>>().chunks(50) {
             let rows: Vec<Value> = batch
                 .iter()
                 .map(|&i| {
@@ -133,7 +133,7 @@ fn main() {
             );
         }
         println!(
-            "imported {members} members in {:.1} s (100 per call)",
+            "imported {members} members in {:.1} s (50 per call)",
             started.elapsed().as_secs_f64()
         );
 

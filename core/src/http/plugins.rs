@@ -1260,14 +1260,14 @@ async fn admin_call(
         let engine = engine_headers(origin, &live);
         let request = plugin_request(&method, &rest, &uri, &headers, body, engine);
         let manifest = &live.loaded.manifest;
-        let admitted = manifest.routes.iter().any(|r| {
-            r.method == request.method
-                && match path {
-                    AdminPath::Merchant => admits(r.audience, caller.role),
-                    AdminPath::Store => r.audience == Audience::Staff,
-                }
-                && crate::plugins::manifest::match_path(&r.path, &request.path).is_some()
-        });
+        // The route the runtime will dispatch to (the first that matches) is the one whose
+        // audience counts: a later route of a wider audience must not admit the call.
+        let admitted = manifest
+            .match_route(&request.method, &request.path)
+            .is_some_and(|(r, _)| match path {
+                AdminPath::Merchant => admits(r.audience, caller.role),
+                AdminPath::Store => r.audience == Audience::Staff,
+            });
         if !admitted {
             return Err(ApiError::NotFound(uri.path().to_owned()));
         }
@@ -1444,11 +1444,11 @@ async fn public_route(
     let origin = partner_origin(&state, &host, &headers, merchant.partner_id.as_deref()).await?;
     let engine = engine_headers(origin, &live);
     let request = plugin_request(&method, &rest, &uri, &headers, body, engine);
-    let admitted = live.loaded.manifest.routes.iter().any(|r| {
-        r.method == request.method
-            && r.audience == Audience::Member
-            && crate::plugins::manifest::match_path(&r.path, &request.path).is_some()
-    });
+    let admitted = live
+        .loaded
+        .manifest
+        .match_route(&request.method, &request.path)
+        .is_some_and(|(r, _)| r.audience == Audience::Member);
     if !admitted {
         return Err(not_found());
     }

@@ -186,6 +186,18 @@ fn open(
                 Some(m) => imported_with_mobile(m)?,
                 None => None,
             };
+            // An imported member is claimed once, by the first user whose form gives its mobile.
+            let imported = match imported {
+                Some(m) => match kv::compare_and_swap(
+                    &format!("claim/{}", m.id),
+                    None,
+                    user_key.as_bytes(),
+                )? {
+                    kv::CasOutcome::Stored(_) => Some(m),
+                    kv::CasOutcome::Conflict(_) => None,
+                },
+                None => None,
+            };
             let candidate = match imported {
                 Some(member) => member.id,
                 None if !members::room_for_one(request)? => {
@@ -207,6 +219,15 @@ fn open(
         }
     };
     let existing = members::load(&id)?.map(|(m, _)| m);
+    if let Some(m) = &existing {
+        let mine = (user_id.is_some() && m.user_id == user_id)
+            || (open_id.is_some() && m.open_id == open_id);
+        if !mine && (m.user_id.is_some() || m.open_id.is_some()) {
+            return Err(Error::Conflict(
+                "this member belongs to another Alipay user".into(),
+            ));
+        }
+    }
     if let Some(member) = &existing
         && member.biz_card_no.is_some()
     {
@@ -221,18 +242,22 @@ fn open(
     member.user_id = user_id.clone();
     member.open_id = open_id.clone();
     if member.name.is_empty() {
-        member.name = field("OPEN_FORM_FIELD_NAME").unwrap_or_default();
+        member.name = field("OPEN_FORM_FIELD_NAME")
+            .map(|n| n.trim().chars().take(64).collect())
+            .unwrap_or_default();
     }
     if member.mobile.is_empty() {
         member.mobile = mobile.clone().unwrap_or_default();
     }
     member.birthday = member.birthday.clone().or_else(|| {
-        field("OPEN_FORM_FIELD_BIRTHDAY_WITH_YEAR").or_else(|| field("OPEN_FORM_FIELD_BIRTHDAY"))
+        field("OPEN_FORM_FIELD_BIRTHDAY_WITH_YEAR")
+            .or_else(|| field("OPEN_FORM_FIELD_BIRTHDAY"))
+            .filter(|b| members::valid_birthday(b))
     });
     member.gender = member
         .gender
         .clone()
-        .or_else(|| field("OPEN_FORM_FIELD_GENDER"));
+        .or_else(|| field("OPEN_FORM_FIELD_GENDER").filter(|g| g.len() <= 8));
     let valid_date = match card.design.as_ref().and_then(|d| d.validity_days) {
         Some(days) => util::beijing(now + u64::from(days) * 86_400_000),
         None => "2099-12-31 23:59:59".to_owned(),
@@ -299,8 +324,20 @@ fn open(
             }
             m.birthday = m.birthday.clone().or_else(|| linked.birthday.clone());
             m.gender = m.gender.clone().or_else(|| linked.gender.clone());
+            // Changed since the card was opened with its values: the card needs them.
+            if m.seq != linked.card_sync.synced_seq {
+                m.card_sync.state = "pending".into();
+            }
             m
         })?;
+        if !member.name.is_empty() {
+            kv::set_json(&members::name_key(&member.name, &member.id), &1)?;
+        }
+        if let Ok(m) = members::sync_card(&member.id) {
+            member = m;
+        } else {
+            events::emit("membership.card_sync", &json!({"member_id": member.id}))?;
+        }
     } else {
         members::create(&member)?;
     }

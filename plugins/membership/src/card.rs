@@ -387,7 +387,7 @@ fn form_body(template_id: &str, form: &Form) -> Value {
 /// Creates or modifies the template, then sets its form. Returns the card with its new sync
 /// status, already stored; `Err` only when storage itself fails.
 pub fn sync(merchant: &str, locale: &str) -> Result<Card> {
-    let (mut card, version) = Card::load()?;
+    let (mut card, _) = Card::load()?;
     let Some(design) = card.design.clone() else {
         return Err(Error::Conflict("design the card first (PUT /card)".into()));
     };
@@ -432,8 +432,18 @@ pub fn sync(merchant: &str, locale: &str) -> Result<Card> {
             card.sync.failed(e);
         }
     }
-    store(&card, version)?;
-    Ok(card)
+    // Merged into what is stored now, so a design changed meanwhile keeps its edit and a
+    // template just created is never lost (losing it would create a second one next time).
+    let outcome = card.clone();
+    kv::update::<Card, _>(KEY, move |stored| {
+        let mut current = stored.unwrap_or_else(|| outcome.clone());
+        current.template_id = outcome.template_id.clone().or(current.template_id);
+        current.sync = outcome.sync.clone();
+        if current.sync.state == "synced" && current.revision != outcome.revision {
+            current.sync.state = "stale".into();
+        }
+        current
+    })
 }
 
 /// Writes the card back, failing with a conflict when someone changed it meanwhile.

@@ -61,7 +61,8 @@ fn field(index: usize, name: &str, message: &str) -> Error {
 }
 
 fn valid_id(id: &str) -> bool {
-    !id.is_empty()
+    // Starts with a letter or digit: `-` alone stands for "no level" in the level index.
+    id.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
         && id.len() <= 32
         && id
             .bytes()
@@ -94,7 +95,11 @@ pub fn validate(mut levels: Vec<Level>) -> Result<Vec<Level>> {
         }
         if !level.id.is_empty() {
             if !valid_id(&level.id) {
-                return Err(field(i, "id", "must be 1 to 32 of a-z, 0-9 and -"));
+                return Err(field(
+                    i,
+                    "id",
+                    "must be 1 to 32 of a-z, 0-9 and -, starting with a letter or digit",
+                ));
             }
             if !ids.insert(level.id.clone()) {
                 return Err(field(i, "id", "is used by another level"));

@@ -38,6 +38,16 @@ fn limit(request: &Request, default: u32) -> Result<u32> {
     }
 }
 
+/// A paging cursor from the query: a key suffix this plugin gave out.
+fn cursor(request: &Request, name: &str) -> Result<Option<String>> {
+    match request.query_param(name) {
+        Some(c) if c.is_empty() || c.len() > 200 => {
+            Err(Error::invalid(format!("{name} is not a cursor")))
+        }
+        other => Ok(other),
+    }
+}
+
 fn card_view(card: &Card) -> Value {
     json!({
         "design": card.design,
@@ -271,7 +281,7 @@ impl Plugin for Membership {
                         ));
                     }
                 };
-                let after = request.query_param("after");
+                let after = cursor(request, "after")?;
                 let (found, next) =
                     members::search(&search, after.as_deref(), limit(request, 50)?)?;
                 let levels = Levels::load()?;
@@ -283,7 +293,7 @@ impl Plugin for Membership {
             }
             ("GET", "/members/{id}") => {
                 let (member, _) = member_param(request)?;
-                let after = request.query_param("ledger_after");
+                let after = cursor(request, "ledger_after")?;
                 let (ledger, next) =
                     members::ledger(&member, after.as_deref(), limit(request, 50)?)?;
                 let levels = Levels::load()?;
@@ -294,29 +304,27 @@ impl Plugin for Membership {
             }
             ("POST", "/members/import") => {
                 let input: ImportInput = request.json()?;
-                // About seven kv operations a member, within the 1,000 an invocation may make.
-                if input.members.is_empty() || input.members.len() > 100 {
-                    return Err(Error::field("/members", "send 1 to 100 members at a time"));
+                // About ten kv operations a member, within the 1,000 an invocation may make.
+                if input.members.is_empty() || input.members.len() > 50 {
+                    return Err(Error::field("/members", "send 1 to 50 members at a time"));
                 }
                 let levels = Levels::load()?;
                 let prefix = members::card_prefix()?;
+                let max = members::max_members(request);
+                let mut count = members::count()?;
                 let mut created = Vec::new();
                 let mut skipped = Vec::new();
                 for (i, row) in input.members.into_iter().enumerate() {
                     let mobile = row.mobile.trim().to_owned();
-                    if !members::valid_mobile(&mobile) {
-                        skipped.push(json!({"index": i, "reason": "invalid mobile"}));
-                        continue;
-                    }
-                    if row.points < 0 || row.balance < 0 || row.experience < 0 {
-                        skipped.push(json!({"index": i, "reason": "negative values"}));
+                    if let Err(reason) = row.check(&mobile) {
+                        skipped.push(json!({"index": i, "reason": reason}));
                         continue;
                     }
                     if members::mobile_taken(&mobile)? {
                         skipped.push(json!({"index": i, "reason": "duplicate mobile"}));
                         continue;
                     }
-                    if !members::room_for_one(request)? {
+                    if max.is_some_and(|max| count >= max) {
                         skipped.push(json!({"index": i, "reason": "member quota reached"}));
                         continue;
                     }
@@ -328,6 +336,7 @@ impl Plugin for Membership {
                     member.points = row.points;
                     member.balance = row.balance;
                     members::create(&member)?;
+                    count += 1;
                     created.push(member.id);
                 }
                 Response::json(200, &json!({"created": created, "skipped": skipped}))
@@ -344,7 +353,8 @@ impl Plugin for Membership {
                 let member = if applied.applied {
                     after_change(Some(&before), &applied.member, applied.entry.as_ref())?
                 } else {
-                    applied.member
+                    // A replay: finish what an interrupted first attempt may have left undone.
+                    after_change(None, &applied.member, None)?
                 };
                 let levels = Levels::load()?;
                 Response::json(
@@ -378,6 +388,9 @@ impl Plugin for Membership {
                     request.json()?
                 };
                 let levels = Levels::load()?;
+                if input.after.as_ref().is_some_and(|a| a.len() > 200) {
+                    return Err(Error::field("/after", "is not a cursor"));
+                }
                 let page = kv::list("m/", input.after.map(|a| format!("m/{a}")).as_deref(), 100)?;
                 let (mut processed, mut changed) = (0, 0);
                 let mut last = None;
@@ -441,10 +454,25 @@ impl Plugin for Membership {
                     request_id: Some(req.request_id.clone()),
                     ..Adjustment::default()
                 };
-                adj.check()?;
-                let applied = members::apply(&before.id, &adj, "adjust", &req.request_id)?;
+                // A refused request stays refused: retrying it later would credit or debit a
+                // member long after the fact, so it is logged and dropped, not failed.
+                let applied = match adj
+                    .check()
+                    .and_then(|()| members::apply(&before.id, &adj, "adjust", &req.request_id))
+                {
+                    Ok(applied) => applied,
+                    Err(
+                        e @ (Error::InvalidField(_) | Error::InvalidInput(_) | Error::Conflict(_)),
+                    ) => {
+                        warn!("member.adjust refused: {e}"; request = req.request_id);
+                        return Ok(());
+                    }
+                    Err(e) => return Err(e),
+                };
                 if applied.applied {
                     after_change(Some(&before), &applied.member, applied.entry.as_ref())?;
+                } else {
+                    after_change(None, &applied.member, None)?;
                 }
                 Ok(())
             }

@@ -13,7 +13,7 @@
 //! | `ix/user/{u:user id or o:open id}` | member id: one member (and card) per Alipay user |
 //! | `ix/sync/{id}` | `1` while the member's card sync is pending or failing |
 //! | `l/{id}/{9999999999 - seq}` | a ledger entry: newest first in key order |
-//! | `src/{source}/{source id}` | the ledger entry that applied it: a replay credits nothing |
+//! | `src/{id}/{source}/{source id}` | the ledger entry that applied it: a replay credits nothing |
 //! | `seq/member` | the member id counter |
 //! | `count/members` | how many members there are (the package's `max_members` is checked on it) |
 //!
@@ -100,12 +100,32 @@ fn ledger_key(id: &str, seq: u64) -> String {
     format!("l/{id}/{:010}", LEDGER_TOP.saturating_sub(seq))
 }
 
-fn source_key(source: &str, source_id: &str) -> String {
-    format!("src/{source}/{source_id}")
+/// Per member: a request id reused for another member is that member's own change.
+fn source_key(id: &str, source: &str, source_id: &str) -> String {
+    format!("src/{id}/{source}/{source_id}")
 }
 
 fn level_key(level: Option<&str>, id: &str) -> String {
     format!("ix/level/{}/{id}", level.unwrap_or("-"))
+}
+
+/// The name index key; names are cut to 120 bytes in it (keys are at most 256).
+pub fn name_key(name: &str, id: &str) -> String {
+    format!("ix/name/{}/{id}", util::key_segment(name))
+}
+
+fn sync_key(id: &str) -> String {
+    format!("ix/sync/{id}")
+}
+
+/// Removes a member's old level index key, unless a concurrent change has moved the member
+/// back to that level meanwhile (the key is theirs then).
+fn drop_level_key(id: &str, old: Option<&str>) -> Result<()> {
+    let current = load(id)?.map(|(m, _)| m.level);
+    if current.as_ref().is_none_or(|level| level.as_deref() != old) {
+        kv::delete(&level_key(old, id))?;
+    }
+    Ok(())
 }
 
 pub fn user_key(user_id: Option<&str>, open_id: Option<&str>) -> Option<String> {
@@ -153,7 +173,12 @@ pub fn find_by_user(user_id: Option<&str>, open_id: Option<&str>) -> Result<Opti
         return Ok(None);
     };
     let id = String::from_utf8_lossy(&entry.value).into_owned();
-    Ok(load(&id)?.map(|(m, _)| m))
+    // The record must belong to this user: a claim left by an interrupted activation may
+    // point at a member another user holds.
+    Ok(load(&id)?.map(|(m, _)| m).filter(|m| {
+        (user_id.is_some() && m.user_id.as_deref() == user_id)
+            || (open_id.is_some() && m.open_id.as_deref() == open_id)
+    }))
 }
 
 /// Stores a new member: index keys first, then the record (which makes them count).
@@ -163,10 +188,7 @@ pub fn create(member: &Member) -> Result<()> {
         kv::set_json(&format!("ix/mobile/{}/{id}", member.mobile), &1)?;
     }
     if !member.name.is_empty() {
-        kv::set_json(
-            &format!("ix/name/{}/{id}", util::key_segment(&member.name)),
-            &1,
-        )?;
+        kv::set_json(&name_key(&member.name, id), &1)?;
     }
     kv::compare_and_swap(
         &format!("ix/card/{}", member.external_card_no),
@@ -198,13 +220,17 @@ pub fn count() -> Result<i64> {
 /// `x-trellis-max-members` when a package sets one. Checked before each new member, so
 /// simultaneous sign-ups may pass it by the few in flight.
 pub fn room_for_one(request: &Request) -> Result<bool> {
-    match request
-        .header("x-trellis-max-members")
-        .and_then(|m| m.parse::<i64>().ok())
-    {
+    match max_members(request) {
         Some(max) => Ok(count()? < max),
         None => Ok(true),
     }
+}
+
+/// The member quota the engine sent, if the merchant's packages set one.
+pub fn max_members(request: &Request) -> Option<i64> {
+    request
+        .header("x-trellis-max-members")
+        .and_then(|m| m.parse::<i64>().ok())
 }
 
 /// A change requested by the merchant, another plugin or an event.
@@ -240,7 +266,7 @@ impl Adjustment {
             ("points", self.points),
             ("balance", self.balance),
         ] {
-            if v.abs() > LIMIT {
+            if v.unsigned_abs() > LIMIT.unsigned_abs() {
                 return Err(Error::field(format!("/{name}"), "is out of range"));
             }
         }
@@ -294,23 +320,15 @@ pub struct Applied {
 pub fn apply(id: &str, adj: &Adjustment, source: &str, source_id: &str) -> Result<Applied> {
     let levels = Levels::load()?;
     for _ in 0..ROUNDS {
-        if kv::get(&source_key(source, source_id))?.is_some() {
-            let member = load(id)?
-                .ok_or_else(|| Error::not_found(format!("member {id}")))?
-                .0;
-            return Ok(Applied {
-                member,
-                applied: false,
-                entry: None,
-            });
-        }
+        // The record first, then the source mark: a flush writes the mark before it clears the
+        // journal, so a change applied before this read is in one of the two.
         let (member, version) =
             load(id)?.ok_or_else(|| Error::not_found(format!("member {id}")))?;
-        if member
+        let replayed = member
             .journal
             .iter()
-            .any(|e| e.source == source && e.source_id == source_id)
-        {
+            .any(|e| e.source == source && e.source_id == source_id);
+        if replayed || kv::get(&source_key(id, source, source_id))?.is_some() {
             let member = flush(id)?.unwrap_or(member);
             return Ok(Applied {
                 member,
@@ -319,9 +337,19 @@ pub fn apply(id: &str, adj: &Adjustment, source: &str, source_id: &str) -> Resul
             });
         }
         let mut next = member.clone();
-        next.experience += adj.experience;
-        next.points += adj.points;
-        next.balance += adj.balance;
+        let out_of_range = || Error::Conflict("the result would be out of range".into());
+        next.experience = next
+            .experience
+            .checked_add(adj.experience)
+            .ok_or_else(out_of_range)?;
+        next.points = next
+            .points
+            .checked_add(adj.points)
+            .ok_or_else(out_of_range)?;
+        next.balance = next
+            .balance
+            .checked_add(adj.balance)
+            .ok_or_else(out_of_range)?;
         if next.points < 0 {
             return Err(Error::Conflict(format!(
                 "the member has {} points; cannot take {}",
@@ -370,7 +398,9 @@ pub fn apply(id: &str, adj: &Adjustment, source: &str, source_id: &str) -> Resul
             || next.points != member.points
             || next.balance != member.balance;
         if card_changed && member.biz_card_no.is_some() {
+            // Listed as pending before it is, so a call cut short still leaves it findable.
             next.card_sync.state = "pending".into();
+            kv::set_json(&sync_key(id), &1)?;
         }
         if next.level != member.level {
             kv::set_json(&level_key(next.level.as_deref(), id), &1)?;
@@ -381,7 +411,7 @@ pub fn apply(id: &str, adj: &Adjustment, source: &str, source_id: &str) -> Resul
             kv::CasOutcome::Conflict(_) => continue,
         }
         if next.level != member.level {
-            kv::delete(&level_key(member.level.as_deref(), id))?;
+            drop_level_key(id, member.level.as_deref())?;
         }
         let member = flush(id)?.unwrap_or(next);
         return Ok(Applied {
@@ -408,7 +438,7 @@ pub fn flush(id: &str) -> Result<Option<Member>> {
         for entry in &member.journal {
             kv::set_json(&ledger_key(id, entry.seq), entry)?;
             kv::set_json(
-                &source_key(&entry.source, &entry.source_id),
+                &source_key(id, &entry.source, &entry.source_id),
                 &json!({"member": id, "seq": entry.seq}),
             )?;
         }
@@ -439,13 +469,14 @@ pub fn recompute(id: &str, levels: &Levels) -> Result<Option<Member>> {
         next.updated_at_ms = util::now_ms();
         if next.biz_card_no.is_some() {
             next.card_sync.state = "pending".into();
+            kv::set_json(&sync_key(id), &1)?;
         }
         kv::set_json(&level_key(next.level.as_deref(), id), &1)?;
         let bytes = serde_json::to_vec(&next).map_err(internal)?;
         if let kv::CasOutcome::Stored(_) =
             kv::compare_and_swap(&member_key(id), Some(version), &bytes)?
         {
-            kv::delete(&level_key(member.level.as_deref(), id))?;
+            drop_level_key(id, member.level.as_deref())?;
             return Ok(Some(next));
         }
     }
@@ -501,12 +532,12 @@ pub fn sync_card(id: &str) -> Result<Member> {
     match failure {
         None => {
             if updated.card_sync.state == "synced" {
-                kv::delete(&format!("ix/sync/{id}"))?;
+                kv::delete(&sync_key(id))?;
             }
             Ok(updated)
         }
         Some(e) => {
-            kv::set_json(&format!("ix/sync/{id}"), &1)?;
+            kv::set_json(&sync_key(id), &1)?;
             Err(e)
         }
     }
@@ -655,6 +686,42 @@ pub struct Import {
     pub balance: i64,
 }
 
+impl Import {
+    /// Why the row cannot be imported, if it cannot.
+    pub fn check(&self, mobile: &str) -> Result<(), &'static str> {
+        if !valid_mobile(mobile) {
+            return Err("invalid mobile");
+        }
+        for v in [self.experience, self.points, self.balance] {
+            if !(0..=LIMIT).contains(&v) {
+                return Err("experience, points and balance must be 0 to 10^12");
+            }
+        }
+        if self.birthday.as_ref().is_some_and(|b| !valid_birthday(b)) {
+            return Err("birthday must be YYYY-MM-DD or MM-DD");
+        }
+        if self
+            .gender
+            .as_ref()
+            .is_some_and(|g| !["m", "f", "male", "female"].contains(&g.as_str()))
+        {
+            return Err("gender must be m or f");
+        }
+        Ok(())
+    }
+}
+
+/// `YYYY-MM-DD` or `MM-DD`, as Alipay's form gives birthdays.
+pub fn valid_birthday(text: &str) -> bool {
+    let digits = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_digit());
+    let parts: Vec<&str> = text.split('-').collect();
+    match parts.as_slice() {
+        [y, m, d] => digits(y, 4) && digits(m, 2) && digits(d, 2),
+        [m, d] => digits(m, 2) && digits(d, 2),
+        _ => false,
+    }
+}
+
 pub fn valid_mobile(mobile: &str) -> bool {
     (5..=20).contains(&mobile.len())
         && mobile
@@ -748,6 +815,24 @@ mod tests {
         assert!(
             matches!(granted.check(), Err(Error::InvalidField(f)) if f.field == "/grant_level")
         );
+    }
+
+    #[test]
+    fn imports_refuse_values_out_of_range_and_odd_birthdays() {
+        let row = |birthday: &str, points: i64| Import {
+            mobile: "13800138000".into(),
+            name: String::new(),
+            birthday: Some(birthday.into()),
+            gender: None,
+            experience: 0,
+            points,
+            balance: 0,
+        };
+        assert!(row("1990-05-20", 10).check("13800138000").is_ok());
+        assert!(row("05-20", 10).check("13800138000").is_ok());
+        assert!(row("May 20", 10).check("13800138000").is_err());
+        assert!(row("05-20", -1).check("13800138000").is_err());
+        assert!(row("05-20", i64::MAX).check("13800138000").is_err());
     }
 
     #[test]

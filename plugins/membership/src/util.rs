@@ -70,7 +70,15 @@ pub fn qr_svg(text: &str) -> Result<String> {
 /// Escapes text for a kv key segment: `/` separates segments, so it is replaced, and case is
 /// folded so that searching by name ignores it.
 pub fn key_segment(text: &str) -> String {
-    text.trim().to_lowercase().replace('/', " ")
+    let mut out = text.trim().to_lowercase().replace('/', " ");
+    if out.len() > 120 {
+        let mut end = 120;
+        while !out.is_char_boundary(end) {
+            end -= 1;
+        }
+        out.truncate(end);
+    }
+    out
 }
 
 #[cfg(test)]
@@ -99,6 +107,15 @@ mod tests {
             qr_svg("https://memberprod.alipay.com/account/openform/activecard.htm?x=1").unwrap();
         assert!(svg.contains("<svg"), "{svg}");
         assert!(svg.trim_end().ends_with("</svg>"));
+    }
+
+    #[test]
+    fn key_segments_stay_short_on_a_character_boundary() {
+        let long = "会".repeat(100);
+        let segment = key_segment(&long);
+        assert!(segment.len() <= 120);
+        assert_eq!(segment, "会".repeat(40));
+        assert_eq!(key_segment(" A/b "), "a b");
     }
 
     #[test]
