@@ -11,8 +11,8 @@ use trellis_core::alipay::client::{AlipayClient, CallOptions};
 use trellis_core::alipay::credentials::MerchantApp;
 use trellis_core::alipay::{PrivateKey, PublicKey, SignType};
 use trellis_tests::{
-    Api, Engine, client, create_node as node, create_platform_admin, create_user as user,
-    databases, eventually, plugin_archive_bytes,
+    Api, Engine, client, create_node as node, create_partner, create_platform_admin,
+    create_user as user, databases, eventually, plugin_archive_bytes, register_sandbox_app,
 };
 
 const PASSWORD: &str = "correct horse battery staple";
@@ -54,24 +54,12 @@ fn sp(store: &str, path: &str) -> String {
 async fn world(engine: &Engine, database_url: &str) -> World {
     create_platform_admin(database_url, ROOT, PASSWORD);
     let root = Api::new(engine, CONSOLE).login(ROOT, PASSWORD).await;
-    let partner = node(
-        &root,
-        "partners",
-        None,
-        json!({"name": "P1", "domains": ["p1.test"]}),
-    )
-    .await;
+    let partner = create_partner(&root, "P1", "p1.test").await;
     let agent = node(&root, "agents", Some(&partner), json!({"name": "A1"})).await;
     let m1 = node(&root, "merchants", Some(&agent), json!({"name": "M1"})).await;
     let m2 = node(&root, "merchants", Some(&agent), json!({"name": "M2"})).await;
     let store = node(&root, "stores", Some(&m1), json!({"name": "S1"})).await;
-    let other = node(
-        &root,
-        "partners",
-        None,
-        json!({"name": "P2", "domains": ["p2.test"]}),
-    )
-    .await;
+    let other = create_partner(&root, "P2", "p2.test").await;
     let partner_admin = user(engine, &root, &partner, "partner@p1.test", "p1.test").await;
     let agent_admin = user(engine, &root, &agent, "agent@p1.test", "p1.test").await;
 
@@ -111,15 +99,11 @@ async fn world(engine: &Engine, database_url: &str) -> World {
     // m1's Alipay app, registered at the sandbox.
     let pem = std::fs::read_to_string(format!("{VECTORS}keys/app_private_pkcs8.pem")).unwrap();
     let key = PrivateKey::parse(&SecretString::from(pem.clone())).unwrap();
-    let registered: Value = client()
-        .post(engine.url("/sandbox/apps"))
-        .json(&json!({"app_id": APP_ID, "app_public_key": key.public_key().to_base64()}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let registered = register_sandbox_app(
+        engine,
+        json!({"app_id": APP_ID, "app_public_key": key.public_key().to_base64()}),
+    )
+    .await;
     let alipay_key = registered["alipay_public_key"].as_str().unwrap().to_owned();
     let gateway_url = registered["gateway_url"].as_str().unwrap().to_owned();
     let owner1 = user(engine, &root, &m1, "owner1@p1.test", "p1.test").await;

@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use trellis_tests::{
-    Api, Engine, create_node as node, create_platform_admin, create_user as user, databases,
-    eventually, plugin_archive_as_version, plugin_archive_bytes,
+    Api, Engine, create_node as node, create_partner, create_platform_admin, create_user as user,
+    databases, eventually, plugin_archive_as_version, plugin_archive_bytes,
 };
 
 const PASSWORD: &str = "correct horse battery staple";
@@ -43,24 +43,12 @@ struct World {
 async fn world(engine: &Engine, database_url: &str) -> World {
     create_platform_admin(database_url, ROOT, PASSWORD);
     let root = Api::new(engine, CONSOLE).login(ROOT, PASSWORD).await;
-    let partner = node(
-        &root,
-        "partners",
-        None,
-        json!({"name": "P1", "domains": ["p1.test"]}),
-    )
-    .await;
+    let partner = create_partner(&root, "P1", "p1.test").await;
     let agent = node(&root, "agents", Some(&partner), json!({"name": "A1"})).await;
     let m1 = node(&root, "merchants", Some(&agent), json!({"name": "M1"})).await;
     let m2 = node(&root, "merchants", Some(&agent), json!({"name": "M2"})).await;
     let m_none = node(&root, "merchants", Some(&agent), json!({"name": "M3"})).await;
-    let other = node(
-        &root,
-        "partners",
-        None,
-        json!({"name": "P2", "domains": ["p2.test"]}),
-    )
-    .await;
+    let other = create_partner(&root, "P2", "p2.test").await;
     let other_agent = node(&root, "agents", Some(&other), json!({"name": "A2"})).await;
     let foreign = node(
         &root,

@@ -14,7 +14,7 @@ use trellis_core::alipay::client::{AlipayClient, CallOptions};
 use trellis_core::alipay::credentials::MerchantApp;
 use trellis_core::alipay::notify::{Notification, NotifyRule};
 use trellis_core::alipay::{Error, PrivateKey, PublicKey, SignType};
-use trellis_tests::{Engine, client, databases};
+use trellis_tests::{Engine, client, databases, register_sandbox_app};
 
 const VECTORS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../core/tests/vectors/");
 const APP_ID: &str = "2021004199990001";
@@ -29,17 +29,12 @@ fn app_key() -> PrivateKey {
 
 /// Registers the test app with the sandbox and returns it as the engine would load it.
 async fn app(engine: &Engine) -> MerchantApp {
-    let http = client();
     let key = app_key();
-    let registered: Value = http
-        .post(engine.url("/sandbox/apps"))
-        .json(&json!({"app_id": APP_ID, "app_public_key": key.public_key().to_base64(), "aes_key": AES}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let registered = register_sandbox_app(
+        engine,
+        json!({"app_id": APP_ID, "app_public_key": key.public_key().to_base64(), "aes_key": AES}),
+    )
+    .await;
     MerchantApp {
         merchant_id: "m".into(),
         app_id: APP_ID.into(),

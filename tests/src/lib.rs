@@ -634,6 +634,31 @@ pub async fn create_node(
         .id()
 }
 
+/// Registers an app with the engine's offline sandbox (`POST /sandbox/apps`); returns the
+/// sandbox's answer (its Alipay public key, the gateway URL, certificates in cert mode).
+pub async fn register_sandbox_app(engine: &Engine, app: serde_json::Value) -> serde_json::Value {
+    client()
+        .post(engine.url("/sandbox/apps"))
+        .json(&app)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("/sandbox/apps: {e}"))
+        .json()
+        .await
+        .unwrap_or_else(|e| panic!("/sandbox/apps: {e}"))
+}
+
+/// Creates a partner with one domain and returns its id.
+pub async fn create_partner(root: &Api, name: &str, domain: &str) -> String {
+    create_node(
+        root,
+        "partners",
+        None,
+        serde_json::json!({"name": name, "domains": [domain]}),
+    )
+    .await
+}
+
 /// Creates an account at `node` (password [`TEST_PASSWORD`]) and signs it in on `host`.
 pub async fn create_user(engine: &Engine, root: &Api, node: &str, email: &str, host: &str) -> Api {
     root.post(

@@ -1271,16 +1271,7 @@ async fn admin_call(
         if !admitted {
             return Err(ApiError::NotFound(uri.path().to_owned()));
         }
-        let outcome = state
-            .catalog
-            .invoke(&live, &target, locale_of(&headers), Call::Http(request), 0)
-            .await;
-        match outcome.result? {
-            crate::plugins::Output::Http(response) => Ok(plugin_response(response, true)),
-            other => Err(ApiError::Internal(anyhow::anyhow!(
-                "route answered {other:?}"
-            ))),
-        }
+        run_route(&state, &live, &target, &headers, request, true).await
     }
     .await;
     if mutating {
@@ -1370,22 +1361,7 @@ async fn card_activation(
         let origin = partner_origin(&state, &host, &headers, Some(partner_id)).await?;
         let engine = engine_headers(origin, &live);
         let request = plugin_request(&method, &route.path, &uri, &headers, Bytes::new(), engine);
-        let outcome = state
-            .catalog
-            .invoke(
-                &live,
-                &merchant,
-                locale_of(&headers),
-                Call::Http(request),
-                0,
-            )
-            .await;
-        return match outcome.result? {
-            crate::plugins::Output::Http(response) => Ok(plugin_response(response, false)),
-            other => Err(ApiError::Internal(anyhow::anyhow!(
-                "callback answered {other:?}"
-            ))),
-        };
+        return run_route(&state, &live, &merchant, &headers, request, false).await;
     }
     Err(packages::Error::NotEntitled("alipay.card-activation".into()).into())
 }
@@ -1452,18 +1428,25 @@ async fn public_route(
     if !admitted {
         return Err(not_found());
     }
+    run_route(&state, &live, &merchant, &headers, request, false).await
+}
+
+/// Runs one of a live plugin's routes for `place` and answers with what it returned.
+/// `admin`: an authenticated API answer, which no shared cache may keep.
+async fn run_route(
+    state: &AppState,
+    live: &Live,
+    place: &Place,
+    headers: &HeaderMap,
+    request: HttpRequest,
+    admin: bool,
+) -> Result<Response, ApiError> {
     let outcome = state
         .catalog
-        .invoke(
-            &live,
-            &merchant,
-            locale_of(&headers),
-            Call::Http(request),
-            0,
-        )
+        .invoke(live, place, locale_of(headers), Call::Http(request), 0)
         .await;
     match outcome.result? {
-        crate::plugins::Output::Http(response) => Ok(plugin_response(response, false)),
+        crate::plugins::Output::Http(response) => Ok(plugin_response(response, admin)),
         other => Err(ApiError::Internal(anyhow::anyhow!(
             "route answered {other:?}"
         ))),
