@@ -10,13 +10,15 @@ FIXTURES := $(patsubst tests/plugins/%/Cargo.toml,%,$(wildcard tests/plugins/*/C
 
 ## run: build what is needed, seed the demo tenants once and serve on SQLite at
 ##      http://127.0.0.1:8080 (./data/trellis.db), with the offline Alipay sandbox under /sandbox
+##      (Alipay callbacks on the demo partner's domain use http://localhost:8080)
 run: plugins
 	$(CARGO) build --bin trellis
 	@# A development master key, made once and kept beside the demo database (never for production).
 	@mkdir -p data && { [ -s data/dev-master-key ] || head -c 32 /dev/urandom | base64 > data/dev-master-key; }
 	export TRELLIS_SECRETS__MASTER_KEY="$${TRELLIS_SECRETS__MASTER_KEY:-$$(cat data/dev-master-key)}" \
 	       TRELLIS_SANDBOX__ENABLED="$${TRELLIS_SANDBOX__ENABLED:-true}" \
-	       TRELLIS_THEMES__RELOAD="$${TRELLIS_THEMES__RELOAD:-true}"; \
+	       TRELLIS_THEMES__RELOAD="$${TRELLIS_THEMES__RELOAD:-true}" \
+	       TRELLIS_HTTP__PUBLIC_SCHEME="$${TRELLIS_HTTP__PUBLIC_SCHEME:-http}"; \
 	./target/debug/trellis demo seed && exec ./target/debug/trellis serve
 
 ## test: build the plugins for wasm32-wasip2 and run the whole suite
