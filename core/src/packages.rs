@@ -325,9 +325,30 @@ pub async fn list(
 ) -> Result<Paged<Package>, Error> {
     let mut values = Vec::new();
     let filter = scope_filter(scope, "p", &mut values);
+    newest_page(
+        db,
+        ("packages", "p", PACKAGE_COLUMNS),
+        &filter,
+        values,
+        page,
+        |r| package_of(r, backend(db)),
+    )
+    .await
+}
+
+/// One page of `table alias` rows matching `filter` (with its `values`), newest first, and the
+/// total; `columns` is the select list with its `FROM`.
+async fn newest_page<T>(
+    db: &impl ConnectionTrait,
+    (table, alias, columns): (&str, &str, &str),
+    filter: &str,
+    mut values: Vec<Value>,
+    page: Page,
+    item: impl Fn(&QueryResult) -> Result<T, Error>,
+) -> Result<Paged<T>, Error> {
     let total = count(
         db,
-        &format!("SELECT COUNT(*) AS n FROM packages p WHERE {filter}"),
+        &format!("SELECT COUNT(*) AS n FROM {table} {alias} WHERE {filter}"),
         values.clone(),
     )
     .await?;
@@ -336,14 +357,14 @@ pub async fn list(
     let rows = db
         .query_all_raw(statement(
             backend(db),
-            &format!("SELECT {PACKAGE_COLUMNS} WHERE {filter} ORDER BY p.created_at DESC, p.id DESC LIMIT ? OFFSET ?"),
+            &format!(
+                "SELECT {columns} WHERE {filter} \
+                 ORDER BY {alias}.created_at DESC, {alias}.id DESC LIMIT ? OFFSET ?"
+            ),
             values,
         ))
         .await?;
-    let items = rows
-        .iter()
-        .map(|r| package_of(r, backend(db)))
-        .collect::<Result<_, _>>()?;
+    let items = rows.iter().map(item).collect::<Result<_, _>>()?;
     Ok(page.wrap(items, total))
 }
 
@@ -643,26 +664,15 @@ pub async fn list_assignments(
         filter.push_str(" AND a.merchant_id = ?");
         values.push(merchant.into());
     }
-    let total = count(
+    newest_page(
         db,
-        &format!("SELECT COUNT(*) AS n FROM assignments a WHERE {filter}"),
-        values.clone(),
+        ("assignments", "a", ASSIGNMENT_COLUMNS),
+        &filter,
+        values,
+        page,
+        |r| assignment_of(r, now),
     )
-    .await?;
-    values.push(limit_value(page.limit()));
-    values.push(limit_value(page.offset()));
-    let rows = db
-        .query_all_raw(statement(
-            backend(db),
-            &format!("SELECT {ASSIGNMENT_COLUMNS} WHERE {filter} ORDER BY a.created_at DESC, a.id DESC LIMIT ? OFFSET ?"),
-            values,
-        ))
-        .await?;
-    let items = rows
-        .iter()
-        .map(|r| assignment_of(r, now))
-        .collect::<Result<_, _>>()?;
-    Ok(page.wrap(items, total))
+    .await
 }
 
 /// Extends an assignment (to `ends_at`, or by the package's validity from its current end or

@@ -235,7 +235,7 @@ fn open(
     }
     let now = util::now_ms();
     let mut member = existing.clone().unwrap_or_else(|| {
-        let mut fresh = members::blank(id.clone(), &prefix_of(card), "alipay");
+        let mut fresh = members::blank(id.clone(), &card.card_no_prefix(), "alipay");
         fresh.level = levels.level_for(0, None);
         fresh
     });
@@ -357,27 +357,11 @@ fn open(
     Ok((member, false))
 }
 
-fn prefix_of(card: &Card) -> String {
-    card.design
-        .as_ref()
-        .map_or_else(|| "M".to_owned(), |d| d.card_no_prefix.clone())
-}
-
 /// An imported member with exactly this mobile that has no Alipay card yet.
 fn imported_with_mobile(mobile: &str) -> Result<Option<Member>> {
-    let page = kv::list(&format!("ix/mobile/{mobile}/"), None, 8)?;
-    for item in &page.items {
-        if let Some(id) = item.key.rsplit('/').next()
-            && let Some((m, _)) = members::load(id)?
-            && m.mobile == mobile
-            && m.biz_card_no.is_none()
-            && m.user_id.is_none()
-            && m.open_id.is_none()
-        {
-            return Ok(Some(m));
-        }
-    }
-    Ok(None)
+    Ok(members::with_mobile(mobile)?
+        .into_iter()
+        .find(|m| m.biz_card_no.is_none() && m.user_id.is_none() && m.open_id.is_none()))
 }
 
 #[cfg(test)]

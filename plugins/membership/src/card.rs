@@ -14,7 +14,7 @@ use crate::levels::Levels;
 use crate::util;
 
 pub const KEY: &str = "cfg/card";
-pub const CLAIM_KEY: &str = "cfg/claim";
+const CLAIM_KEY: &str = "cfg/claim";
 
 /// Where Alipay sends the consumer after the form: the engine serves both on the partner's
 /// domain and routes them to this plugin's `/activate` by app id.
@@ -194,6 +194,13 @@ impl Card {
                 None,
             ),
         })
+    }
+
+    /// The prefix of our card numbers (`M` before the card is designed).
+    pub fn card_no_prefix(&self) -> String {
+        self.design
+            .as_ref()
+            .map_or_else(|| "M".to_owned(), |d| d.card_no_prefix.clone())
     }
 
     /// The synced template, or a conflict telling the merchant to sync first.
@@ -499,6 +506,13 @@ pub fn apply_claim_link(origin: &str, legacy: bool, merchant: &str) -> Result<Cl
     };
     kv::set_json(CLAIM_KEY, &claim)?;
     Ok(claim)
+}
+
+/// The claim link last applied for, or not-found telling the merchant to apply.
+pub fn stored_claim() -> Result<Claim> {
+    kv::get_json::<Claim>(CLAIM_KEY)?
+        .map(|(claim, _)| claim)
+        .ok_or_else(|| Error::not_found("no claim link yet (POST /claim-link)"))
 }
 
 /// Image types Alipay accepts, from the upload's content type.

@@ -222,14 +222,12 @@ impl Plugin for Membership {
                 Response::json(200, &card_view(&card))
             }
             ("GET", "/claim-link") => {
-                let (claim, _) = kv::get_json::<card::Claim>(card::CLAIM_KEY)?
-                    .ok_or_else(|| Error::not_found("no claim link yet (POST /claim-link)"))?;
+                let claim = card::stored_claim()?;
                 let svg = util::qr_svg(&claim.url)?;
                 Response::json(200, &json!({"claim": claim, "qr_svg": svg}))
             }
             ("GET", "/claim-link/qr.svg") => {
-                let (claim, _) = kv::get_json::<card::Claim>(card::CLAIM_KEY)?
-                    .ok_or_else(|| Error::not_found("no claim link yet (POST /claim-link)"))?;
+                let claim = card::stored_claim()?;
                 Ok(Response::new(
                     200,
                     "image/svg+xml",
@@ -320,7 +318,7 @@ impl Plugin for Membership {
                         skipped.push(json!({"index": i, "reason": reason}));
                         continue;
                     }
-                    if members::mobile_taken(&mobile)? {
+                    if !members::with_mobile(&mobile)?.is_empty() {
                         skipped.push(json!({"index": i, "reason": "duplicate mobile"}));
                         continue;
                     }

@@ -730,25 +730,24 @@ pub fn valid_mobile(mobile: &str) -> bool {
             .all(|(i, b)| b.is_ascii_digit() || (i == 0 && b == b'+'))
 }
 
-/// Whether some member already has exactly this mobile.
-pub fn mobile_taken(mobile: &str) -> Result<bool> {
+/// The members with exactly this mobile (the index is checked against each record).
+pub fn with_mobile(mobile: &str) -> Result<Vec<Member>> {
     let page = kv::list(&format!("ix/mobile/{mobile}/"), None, 8)?;
+    let mut out = Vec::new();
     for item in &page.items {
         if let Some(id) = item.key.rsplit('/').next()
-            && load(id)?.is_some_and(|(m, _)| m.mobile == mobile)
+            && let Some((m, _)) = load(id)?
+            && m.mobile == mobile
         {
-            return Ok(true);
+            out.push(m);
         }
     }
-    Ok(false)
+    Ok(out)
 }
 
 /// The prefix of our card numbers, from the card design (`M` before there is one).
 pub fn card_prefix() -> Result<String> {
-    Ok(Card::load()?
-        .0
-        .design
-        .map_or_else(|| "M".to_owned(), |d| d.card_no_prefix))
+    Ok(Card::load()?.0.card_no_prefix())
 }
 
 /// Builds a new member record with the next id and the card number that goes with it.
