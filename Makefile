@@ -10,7 +10,8 @@ FIXTURES := $(patsubst tests/plugins/%/Cargo.toml,%,$(wildcard tests/plugins/*/C
 
 ## run: build what is needed, seed the demo tenants once and serve on SQLite at
 ##      http://127.0.0.1:8080 (./data/trellis.db), with the offline Alipay sandbox under /sandbox
-##      (Alipay callbacks on the demo partner's domain use http://localhost:8080)
+##      (Alipay callbacks on the demo partner's domain use http://localhost:8080); merchants may use
+##      custom gateways, on loopback too, so the demo merchant reaches that sandbox
 run: plugins
 	$(CARGO) build --bin trellis
 	@# A development master key, made once and kept beside the demo database (never for production).
@@ -18,7 +19,9 @@ run: plugins
 	export TRELLIS_SECRETS__MASTER_KEY="$${TRELLIS_SECRETS__MASTER_KEY:-$$(cat data/dev-master-key)}" \
 	       TRELLIS_SANDBOX__ENABLED="$${TRELLIS_SANDBOX__ENABLED:-true}" \
 	       TRELLIS_THEMES__RELOAD="$${TRELLIS_THEMES__RELOAD:-true}" \
-	       TRELLIS_HTTP__PUBLIC_SCHEME="$${TRELLIS_HTTP__PUBLIC_SCHEME:-http}"; \
+	       TRELLIS_HTTP__PUBLIC_SCHEME="$${TRELLIS_HTTP__PUBLIC_SCHEME:-http}" \
+	       TRELLIS_ALIPAY__ALLOW_CUSTOM_GATEWAY="$${TRELLIS_ALIPAY__ALLOW_CUSTOM_GATEWAY:-true}" \
+	       TRELLIS_ALIPAY__CUSTOM_GATEWAY_NETWORKS="$${TRELLIS_ALIPAY__CUSTOM_GATEWAY_NETWORKS:-[\"127.0.0.0/8\", \"::1\"]}"; \
 	./target/debug/trellis demo seed && exec ./target/debug/trellis serve
 
 ## test: build the plugins for wasm32-wasip2 and run the whole suite

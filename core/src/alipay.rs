@@ -10,6 +10,7 @@ pub mod aes;
 pub mod cert;
 pub mod client;
 pub mod credentials;
+pub mod gateway;
 pub mod inbound;
 pub mod keys;
 pub mod notify;
@@ -50,6 +51,12 @@ pub enum Error {
     Gateway(response::GatewayError),
     #[error("cannot reach the Alipay gateway: {0}")]
     Transport(String),
+    #[error("the Alipay gateway is not allowed: {0}")]
+    GatewayRefused(&'static str),
+    #[error("the Alipay gateway's answer is larger than {limit} bytes")]
+    ResponseTooLarge { limit: usize },
+    #[error("the Alipay gateway did not answer before the caller's deadline")]
+    DeadlineExceeded,
     #[error("AES encryption or decryption failed")]
     Aes,
     #[error("invalid certificate: {0}")]

@@ -57,6 +57,14 @@ pub enum Error {
     InvalidCredentials,
     #[error("too many failed sign-ins; try again in {retry_after} seconds")]
     Throttled { retry_after: u64 },
+    #[error("too many sign-ins at once; try again shortly")]
+    Busy,
+    #[error("API keys cannot manage passwords, API keys or sessions; sign in to do this")]
+    ApiKeyRefused,
+    #[error(
+        "only an account of a higher tier may set another account's password; change your own at /api/v1/auth/password"
+    )]
+    NotAbove,
     #[error("authentication required")]
     Unauthenticated,
     #[error("this account, or a node above it, is suspended")]
@@ -132,6 +140,66 @@ pub fn verify_password(password: &SecretString, stored: &str) -> bool {
     Argon2::default()
         .verify_password(password.expose_secret().as_bytes(), &parsed)
         .is_ok()
+}
+
+/// Runs Argon2 off the async workers, on at most `threads` blocking threads at once, with at most
+/// `queue` more callers waiting: a burst of sign-ins costs a bounded share of the machine and
+/// the rest of the server (probes, pages, API) keeps answering. Callers past the queue are
+/// refused at once ([`Error::Busy`]) rather than piling up.
+#[derive(Debug, Clone)]
+pub struct Hasher {
+    running: std::sync::Arc<tokio::sync::Semaphore>,
+    admitted: std::sync::Arc<tokio::sync::Semaphore>,
+}
+
+/// A place among the hasher's callers, taken before any other work is done for a sign-in.
+#[derive(Debug)]
+pub struct HashSlot(
+    #[allow(dead_code, reason = "held for its drop")] tokio::sync::OwnedSemaphorePermit,
+);
+
+impl Hasher {
+    /// `threads` 0 means half the cores, at least one.
+    pub fn new(threads: u32, queue: u32) -> Self {
+        let threads = match threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1)),
+            n => n as usize,
+        };
+        Self {
+            running: std::sync::Arc::new(tokio::sync::Semaphore::new(threads)),
+            admitted: std::sync::Arc::new(tokio::sync::Semaphore::new(threads + queue as usize)),
+        }
+    }
+
+    /// A slot, or [`Error::Busy`] at once when every thread is busy and the queue is full.
+    pub fn admit(&self) -> Result<HashSlot, Error> {
+        self.admitted
+            .clone()
+            .try_acquire_owned()
+            .map(HashSlot)
+            .map_err(|_| Error::Busy)
+    }
+
+    /// Whether `password` matches `stored` (the decoy when `None`), on a hashing thread.
+    pub async fn verify(
+        &self,
+        _slot: HashSlot,
+        password: &SecretString,
+        stored: Option<String>,
+    ) -> Result<bool, Error> {
+        let _running = self
+            .running
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| Error::Busy)?;
+        let password = password.clone();
+        tokio::task::spawn_blocking(move || {
+            verify_password(&password, stored.as_deref().unwrap_or_else(|| decoy_hash()))
+        })
+        .await
+        .map_err(|_| Error::Hash)
+    }
 }
 
 /// A hash to verify against when the account does not exist, so a wrong email costs the same
@@ -403,6 +471,12 @@ pub async fn update_user(
         active.status = Set(status.clone());
     }
     if let Some(password) = &patch.password {
+        require_session(grant.actor())?;
+        // A reset comes from a tier above, never from a peer or the account itself (which
+        // changes its password with the current one at `/auth/password`).
+        if grant.actor().place.kind.depth() >= grant.target().kind.depth() {
+            return Err(Error::NotAbove);
+        }
         active.password_hash = Set(hash_password(password)?);
         revoke = true;
     }
@@ -424,40 +498,46 @@ pub struct Login {
 
 /// Signs in with email and password on a host that belongs to `host_partner` (or to the platform
 /// console when `None`). Accounts of a partner sign in only on that partner's domains, so a token
-/// issued on one partner is never valid on another's. Failures count per account and per IP.
+/// issued on one partner is never valid on another's.
+///
+/// Every attempt is counted before the password is checked (see [`reserve_attempt`]), so
+/// concurrent guesses cannot outrun the limit; a success gives its count back. A wrong password,
+/// an unknown or disabled account, a foreign host and a suspended node all answer the same
+/// [`Error::InvalidCredentials`], so no answer tells a right password from a wrong one.
 pub async fn login(
-    db: &impl ConnectionTrait,
+    db: &sea_orm::DatabaseConnection,
+    hasher: &Hasher,
     email: &str,
     password: &SecretString,
     ip: &str,
     host_partner: Option<&str>,
     ttl: Duration,
 ) -> Result<Login, Error> {
+    let slot = hasher.admit()?;
     let account = email.trim().to_lowercase();
-    throttle_check(db, &account, ip).await?;
+    let attempt = reserve_attempt(db, &account, ip).await?;
     let user = users::Entity::find()
         .filter(users::Column::Email.eq(account.as_str()))
         .one(db)
         .await?;
-    let stored = user
-        .as_ref()
-        .map_or(decoy_hash(), |u| u.password_hash.as_str());
-    let password_ok = verify_password(password, stored);
+    let stored = user.as_ref().map(|u| u.password_hash.clone());
+    let password_ok = hasher.verify(slot, password, stored).await?;
     let user = match user {
         Some(user)
             if password_ok && user.status == "active" && partner_matches(&user, host_partner) =>
         {
             user
         }
-        _ => {
-            record_failure(db, &account, ip).await?;
-            return Err(Error::InvalidCredentials);
-        }
+        _ => return Err(Error::InvalidCredentials),
     };
     let kind = Role::parse(&user.role).map_or(NodeKind::Store, Role::kind);
     if tenancy::is_blocked(db, &place_of_user(&user, kind)).await? {
-        return Err(Error::Suspended);
+        return Err(Error::InvalidCredentials);
     }
+    // The attempt succeeded: it no longer counts against the account or the address.
+    login_failures::Entity::delete_by_id(attempt)
+        .exec(db)
+        .await?;
     let token = random_token(32)?;
     let now = Utc::now();
     let expires_at = now + ttl;
@@ -488,56 +568,79 @@ fn partner_matches(user: &users::Model, host_partner: Option<&str>) -> bool {
     }
 }
 
-async fn throttle_check(db: &impl ConnectionTrait, account: &str, ip: &str) -> Result<(), Error> {
-    let since = Utc::now() - Duration::seconds(FAILURE_WINDOW_SECS);
+/// Counts one sign-in attempt for `account` and for `ip` before the password is checked, or
+/// refuses it ([`Error::Throttled`]) when either is at its limit within the window. The count
+/// and the insert are one atomic step across every engine process: SQLite's write transaction
+/// takes the database lock at `BEGIN`, and on PostgreSQL transaction-scoped advisory locks on
+/// the account and then the address serialise attempts for the same ones. Returns the row's
+/// id, which a successful sign-in deletes.
+async fn reserve_attempt(
+    db: &sea_orm::DatabaseConnection,
+    account: &str,
+    ip: &str,
+) -> Result<i64, Error> {
+    let account: String = account.chars().take(254).collect();
+    let ip: String = ip.chars().take(64).collect();
+    let txn = crate::db::begin_write(db).await?;
+    if txn.get_database_backend() == sea_orm::DbBackend::Postgres {
+        // Accounts before addresses, in two key spaces, so two attempts never wait on each other
+        // in opposite orders.
+        for (space, key) in [(1_i32, account.as_str()), (2_i32, ip.as_str())] {
+            txn.execute_raw(sea_orm::Statement::from_sql_and_values(
+                sea_orm::DbBackend::Postgres,
+                "SELECT pg_advisory_xact_lock($1, hashtext($2))",
+                [sea_orm::Value::from(space), key.into()],
+            ))
+            .await?;
+        }
+    }
+    let now = Utc::now();
+    let since = now - Duration::seconds(FAILURE_WINDOW_SECS);
     let recent = |column: login_failures::Column, value: &str| {
         login_failures::Entity::find()
             .filter(column.eq(value.to_owned()))
             .filter(login_failures::Column::At.gt(since))
     };
-    let by_account = recent(login_failures::Column::Account, account);
-    let by_ip = recent(login_failures::Column::Ip, ip);
-    let account_count = by_account.clone().count(db).await?;
-    let ip_count = by_ip.clone().count(db).await?;
-    let limited = if account_count >= ACCOUNT_FAILURE_LIMIT {
+    let by_account = recent(login_failures::Column::Account, &account);
+    let by_ip = recent(login_failures::Column::Ip, &ip);
+    let limited = if by_account.clone().count(&txn).await? >= ACCOUNT_FAILURE_LIMIT {
         Some(by_account)
-    } else if ip_count >= IP_FAILURE_LIMIT {
+    } else if by_ip.clone().count(&txn).await? >= IP_FAILURE_LIMIT {
         Some(by_ip)
     } else {
         None
     };
-    let Some(query) = limited else { return Ok(()) };
-    // Locked until the oldest failure still counted leaves the window.
-    let oldest = query
-        .order_by_asc(login_failures::Column::At)
-        .one(db)
-        .await?;
-    let retry_after = oldest.map_or(FAILURE_WINDOW_SECS, |f| {
-        (f.at + Duration::seconds(FAILURE_WINDOW_SECS) - Utc::now())
-            .num_seconds()
-            .max(1)
-    });
-    Err(Error::Throttled {
-        retry_after: retry_after.unsigned_abs(),
-    })
-}
-
-async fn record_failure(db: &impl ConnectionTrait, account: &str, ip: &str) -> Result<(), Error> {
-    let now = Utc::now();
-    login_failures::ActiveModel {
+    if let Some(query) = limited {
+        // Locked until the oldest attempt still counted leaves the window.
+        let oldest = query
+            .order_by_asc(login_failures::Column::At)
+            .one(&txn)
+            .await?;
+        txn.commit().await?;
+        let retry_after = oldest.map_or(FAILURE_WINDOW_SECS, |f| {
+            (f.at + Duration::seconds(FAILURE_WINDOW_SECS) - now)
+                .num_seconds()
+                .max(1)
+        });
+        return Err(Error::Throttled {
+            retry_after: retry_after.unsigned_abs(),
+        });
+    }
+    let row = login_failures::ActiveModel {
         id: sea_orm::NotSet,
-        account: Set(account.chars().take(254).collect()),
-        ip: Set(ip.chars().take(64).collect()),
+        account: Set(account),
+        ip: Set(ip),
         at: Set(now),
     }
-    .insert(db)
+    .insert(&txn)
     .await?;
     // Old rows are worthless; drop them as we go rather than in a separate job.
     login_failures::Entity::delete_many()
         .filter(login_failures::Column::At.lt(now - Duration::seconds(FAILURE_WINDOW_SECS * 2)))
-        .exec(db)
+        .exec(&txn)
         .await?;
-    Ok(())
+    txn.commit().await?;
+    Ok(row.id)
 }
 
 /// The principal behind a session token or API key, used on a host of `host_partner`.
@@ -663,24 +766,51 @@ pub async fn revoke_sessions(
     Ok(())
 }
 
+/// Credentials (passwords, API keys, sessions) are managed by accounts only (a signed-in
+/// session, or the operator at the server's shell): a leaked API key must not be able to mint
+/// more keys or take over the account that made it.
+pub fn require_session(actor: &Principal) -> Result<(), Error> {
+    match actor.kind {
+        PrincipalKind::User => Ok(()),
+        PrincipalKind::ApiKey => Err(Error::ApiKeyRefused),
+    }
+}
+
 /// Changes the caller's own password after checking the current one; other sessions end.
+/// The current password is checked like a sign-in (counted first, against the same limits, on
+/// the hasher's threads), so a stolen session cannot use this to guess it.
 pub async fn change_password(
-    db: &impl ConnectionTrait,
+    db: &sea_orm::DatabaseConnection,
+    hasher: &Hasher,
     principal: &Principal,
+    ip: &str,
     current: &SecretString,
     new: &SecretString,
 ) -> Result<(), Error> {
     if principal.kind != PrincipalKind::User {
         return Err(invalid("current_password", "API keys have no password"));
     }
+    validate_password(new).map_err(|e| invalid("new_password", e.to_string()))?;
     let user = users::Entity::find_by_id(principal.id.as_str())
         .one(db)
         .await?
         .ok_or(Error::Unauthenticated)?;
-    if !verify_password(current, &user.password_hash) {
+    let slot = hasher.admit()?;
+    let attempt = reserve_attempt(db, &user.email, ip).await?;
+    if !hasher
+        .verify(slot, current, Some(user.password_hash.clone()))
+        .await?
+    {
         return Err(invalid("current_password", "is wrong"));
     }
-    let hash = hash_password(new).map_err(|e| invalid("new_password", e.to_string()))?;
+    login_failures::Entity::delete_by_id(attempt)
+        .exec(db)
+        .await?;
+    let new = new.clone();
+    let hash = tokio::task::spawn_blocking(move || hash_password(&new))
+        .await
+        .map_err(|_| Error::Hash)?
+        .map_err(|e| invalid("new_password", e.to_string()))?;
     let mut active: users::ActiveModel = user.into();
     active.password_hash = Set(hash);
     active.updated_at = Set(Utc::now());
@@ -736,6 +866,7 @@ pub async fn create_api_key(
             "this grant does not allow creating API keys",
         ));
     }
+    require_session(grant.actor())?;
     let name = input.name.trim();
     if name.is_empty() || name.chars().count() > 100 || name.chars().any(char::is_control) {
         return Err(invalid("name", "must be 1-100 printable characters"));
@@ -812,6 +943,7 @@ pub async fn revoke_api_key(
     if grant.action() != Action::ApiKeyRevoke {
         return Err(invalid("id", "this grant does not allow revoking API keys"));
     }
+    require_session(grant.actor())?;
     let model = api_keys::Entity::find_by_id(id)
         .filter(api_keys::Column::NodeId.eq(grant.target().id.as_str()))
         .one(db)

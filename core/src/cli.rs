@@ -414,7 +414,16 @@ async fn execute(command: Command, config: Config) -> Result<(), Failure> {
                 );
                 tokio::spawn(dispatcher.run(stop_rx))
             });
+            let pruner = tokio::spawn(crate::rbac::audit::prune_periodically(
+                db.conn.clone(),
+                config.audit.retention_days,
+                stop_tx.subscribe(),
+            ));
             let state = AppState {
+                hasher: crate::auth::Hasher::new(config.auth.hash_threads, config.auth.hash_queue),
+                uploads: Arc::new(tokio::sync::Semaphore::new(
+                    config.http.max_concurrent_uploads as usize,
+                )),
                 config: Arc::new(config),
                 db: db.clone(),
                 themes,
@@ -430,6 +439,7 @@ async fn execute(command: Command, config: Config) -> Result<(), Failure> {
                 let _ = tokio::time::timeout(std::time::Duration::from_secs(10), dispatcher).await;
             }
             sync.abort();
+            pruner.abort();
             db.close().await;
             result.map_err(Failure::from)
         }
@@ -454,7 +464,8 @@ fn engine_catalog_with(
     vault: Arc<crate::secrets::Vault>,
 ) -> Result<crate::plugins::catalog::Catalog, Failure> {
     use crate::plugins::{Runtime, RuntimeOptions, Services, kv};
-    let alipay = crate::alipay::client::AlipayClient::new(
+    let alipay = crate::alipay::client::AlipayClient::with_policy(
+        crate::alipay::gateway::GatewayPolicy::from_config(&config.alipay),
         std::time::Duration::from_secs(5),
         std::time::Duration::from_secs(15),
     )
@@ -474,7 +485,8 @@ fn engine_catalog_with(
         db.conn.clone(),
         Arc::new(plugins),
         crate::config::Clock::system(),
-    ))
+    )
+    .with_event_limits(crate::events::Limits::from_config(&config.events)))
 }
 
 async fn connect(config: &Config) -> Result<Db, Failure> {

@@ -40,6 +40,33 @@ pub struct Config {
     pub sandbox: SandboxConfig,
     pub plugins: PluginsConfig,
     pub events: EventsConfig,
+    pub audit: AuditConfig,
+    pub alipay: AlipayConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlipayConfig {
+    /// Let merchants point their app at a gateway URL of their own (`custom`): a platform
+    /// decision, since the engine posts signed requests wherever that URL leads.
+    pub allow_custom_gateway: bool,
+    /// Networks (CIDRs or single addresses) a gateway may be at although they are not public:
+    /// loopback, private, link-local and other special ranges are refused unless named here.
+    pub custom_gateway_networks: Vec<crate::alipay::gateway::Network>,
+    /// Largest answer read from a gateway, in bytes; a longer one fails the call.
+    pub max_response_bytes: usize,
+    /// SHA-256 fingerprints (hex, `:` optional) of the root certificates a merchant may store
+    /// for the `production` gateway in certificate mode. Alipay's root vouches for every key the
+    /// engine takes as Alipay's, so only Alipay's own may be stored; list a new one here when
+    /// Alipay publishes it.
+    pub production_root_fingerprints: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    /// Days an audit entry is kept; older ones are deleted hourly. 0 keeps them forever.
+    pub retention_days: u32,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -60,6 +87,14 @@ pub struct EventsConfig {
     /// The first retry's delay; each later one doubles, up to `backoff_max_secs`.
     pub backoff_first_secs: u64,
     pub backoff_max_secs: u64,
+    /// Events plugins may emit, at any depth, in the chain that one originating event starts.
+    pub chain_max_events: u32,
+    /// Deliveries those events may fan out to, together.
+    pub chain_max_deliveries: u32,
+    /// Sustained emissions per minute of one installation for one merchant (or partner).
+    pub emit_per_minute: u32,
+    /// Emissions one installation may make for one merchant at once before that pace applies.
+    pub emit_burst: u32,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -95,6 +130,10 @@ pub struct AuthConfig {
     pub session_ttl_hours: u32,
     /// Mark the session cookie `Secure` (serve over HTTPS, or behind a TLS-terminating proxy).
     pub cookie_secure: bool,
+    /// Password hashes computed at once, on blocking threads; 0 means half the cores (at least 1).
+    pub hash_threads: u32,
+    /// Sign-ins waiting for a hashing thread; one more is refused at once with 429.
+    pub hash_queue: u32,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -108,6 +147,18 @@ pub struct HttpConfig {
     /// `https` or `http`: the scheme of URLs on partners' domains handed to Alipay (callbacks)
     /// when the request did not arrive on that domain.
     pub public_scheme: String,
+    /// Host names (or IP literals) that serve the platform console. No partner can claim them;
+    /// a host that is neither one of these nor a partner's domain is answered 404.
+    pub console_hosts: Vec<String>,
+    /// Connections served at once; further ones wait in the listen backlog.
+    pub max_connections: u32,
+    /// How long a client may take to send a request's headers (and, on a kept-alive
+    /// connection, to start the next request), in seconds.
+    pub header_read_timeout_secs: u64,
+    /// How long a client may take to send a request's body, in seconds.
+    pub body_read_timeout_secs: u64,
+    /// Plugin archive uploads read at once (each up to the archive ceiling); more get 429.
+    pub max_concurrent_uploads: u32,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -176,6 +227,21 @@ struct Defaults {
     sandbox: DefaultSandbox,
     plugins: DefaultPlugins,
     events: DefaultEvents,
+    audit: DefaultAudit,
+    alipay: DefaultAlipay,
+}
+
+#[derive(Serialize)]
+struct DefaultAlipay {
+    allow_custom_gateway: bool,
+    custom_gateway_networks: &'static [&'static str],
+    max_response_bytes: usize,
+    production_root_fingerprints: &'static [&'static str],
+}
+
+#[derive(Serialize)]
+struct DefaultAudit {
+    retention_days: u32,
 }
 
 #[derive(Serialize)]
@@ -188,6 +254,10 @@ struct DefaultEvents {
     max_attempts: u32,
     backoff_first_secs: u64,
     backoff_max_secs: u64,
+    chain_max_events: u32,
+    chain_max_deliveries: u32,
+    emit_per_minute: u32,
+    emit_burst: u32,
 }
 
 #[derive(Serialize)]
@@ -210,6 +280,8 @@ struct DefaultSandbox {
 struct DefaultAuth {
     session_ttl_hours: u32,
     cookie_secure: bool,
+    hash_threads: u32,
+    hash_queue: u32,
 }
 
 #[derive(Serialize)]
@@ -218,6 +290,11 @@ struct DefaultHttp {
     body_limit: usize,
     shutdown_grace_secs: u64,
     public_scheme: &'static str,
+    console_hosts: &'static [&'static str],
+    max_connections: u32,
+    header_read_timeout_secs: u64,
+    body_read_timeout_secs: u64,
+    max_concurrent_uploads: u32,
 }
 
 #[derive(Serialize)]
@@ -250,6 +327,11 @@ const DEFAULTS: Defaults = Defaults {
         body_limit: 1024 * 1024,
         shutdown_grace_secs: 30,
         public_scheme: "https",
+        console_hosts: &["127.0.0.1", "::1"],
+        max_connections: 4_096,
+        header_read_timeout_secs: 10,
+        body_read_timeout_secs: 30,
+        max_concurrent_uploads: 4,
     },
     database: DefaultDatabase {
         url: "",
@@ -269,6 +351,8 @@ const DEFAULTS: Defaults = Defaults {
     auth: DefaultAuth {
         session_ttl_hours: 12,
         cookie_secure: false,
+        hash_threads: 0,
+        hash_queue: 32,
     },
     sandbox: DefaultSandbox {
         enabled: false,
@@ -291,6 +375,19 @@ const DEFAULTS: Defaults = Defaults {
         max_attempts: 8,
         backoff_first_secs: 2,
         backoff_max_secs: 3_600,
+        chain_max_events: 100,
+        chain_max_deliveries: 500,
+        emit_per_minute: 600,
+        emit_burst: 100,
+    },
+    audit: DefaultAudit {
+        retention_days: 365,
+    },
+    alipay: DefaultAlipay {
+        allow_custom_gateway: false,
+        custom_gateway_networks: &[],
+        max_response_bytes: crate::alipay::gateway::DEFAULT_MAX_RESPONSE_BYTES,
+        production_root_fingerprints: &crate::alipay::cert::ALIPAY_PRODUCTION_ROOT_FINGERPRINTS,
     },
 };
 
@@ -355,6 +452,13 @@ impl Config {
             let path = config.data_dir.join("trellis.db");
             config.database.url = SecretString::from(format!("sqlite://{}", path.display()));
         }
+        // Compared with request hosts as `tenancy::parse_host_header` gives them.
+        config.http.console_hosts = config
+            .http
+            .console_hosts
+            .iter()
+            .filter_map(|h| console_host_name(h))
+            .collect();
         if config.plugins.cache_dir.as_os_str().is_empty() {
             config.plugins.cache_dir = config.data_dir.join("plugin-cache");
         }
@@ -368,6 +472,62 @@ impl Config {
         }
         if self.http.public_scheme != "https" && self.http.public_scheme != "http" {
             return invalid("http.public_scheme", "must be https or http");
+        }
+        if self.http.console_hosts.is_empty() {
+            return invalid("http.console_hosts", "name at least one console host");
+        }
+        for host in &self.http.console_hosts {
+            if console_host_name(host).is_none() {
+                return invalid(
+                    "http.console_hosts",
+                    &format!("{host:?} is not a host name or IP address (no port)"),
+                );
+            }
+        }
+        if self.http.max_connections == 0 || self.http.max_connections > 1_000_000 {
+            return invalid("http.max_connections", "must be 1 to 1000000");
+        }
+        if self.http.header_read_timeout_secs == 0 || self.http.header_read_timeout_secs > 600 {
+            return invalid("http.header_read_timeout_secs", "must be 1 to 600");
+        }
+        if self.http.body_read_timeout_secs == 0 || self.http.body_read_timeout_secs > 3_600 {
+            return invalid("http.body_read_timeout_secs", "must be 1 to 3600");
+        }
+        if self.http.max_concurrent_uploads == 0 || self.http.max_concurrent_uploads > 1_000 {
+            return invalid("http.max_concurrent_uploads", "must be 1 to 1000");
+        }
+        if self.auth.hash_threads > 1_024 {
+            return invalid("auth.hash_threads", "must be 0 (half the cores) to 1024");
+        }
+        if self.auth.hash_queue > 100_000 {
+            return invalid("auth.hash_queue", "must be 0 to 100000");
+        }
+        if self.audit.retention_days > 36_500 {
+            return invalid("audit.retention_days", "must be 0 (forever) to 36500");
+        }
+        if !(4 * 1024..=64 * 1024 * 1024).contains(&self.alipay.max_response_bytes) {
+            return invalid(
+                "alipay.max_response_bytes",
+                "must be 4096 (4 KiB) to 67108864 (64 MiB)",
+            );
+        }
+        if self.alipay.custom_gateway_networks.len() > 64 {
+            return invalid("alipay.custom_gateway_networks", "name at most 64 networks");
+        }
+        // Empty would refuse every production merchant in certificate mode: a typo, not a policy.
+        if self.alipay.production_root_fingerprints.is_empty() {
+            return invalid(
+                "alipay.production_root_fingerprints",
+                "name at least one root (leave the key out for Alipay's published roots)",
+            );
+        }
+        for fingerprint in &self.alipay.production_root_fingerprints {
+            if crate::alipay::cert::normalize_fingerprint(fingerprint).is_none() {
+                return invalid(
+                    "alipay.production_root_fingerprints",
+                    &format!("{fingerprint:?} is not a SHA-256 fingerprint (64 hex digits)"),
+                );
+            }
         }
         if self.auth.session_ttl_hours == 0 || self.auth.session_ttl_hours > 24 * 30 {
             return invalid("auth.session_ttl_hours", "must be between 1 and 720");
@@ -386,6 +546,20 @@ impl Config {
         }
         if self.events.max_attempts == 0 || self.events.max_attempts > 100 {
             return invalid("events.max_attempts", "must be 1 to 100");
+        }
+        if self.events.chain_max_events == 0 || self.events.chain_max_events > 10_000 {
+            return invalid("events.chain_max_events", "must be 1 to 10000");
+        }
+        if self.events.chain_max_deliveries == 0 || self.events.chain_max_deliveries > 100_000 {
+            return invalid("events.chain_max_deliveries", "must be 1 to 100000");
+        }
+        if self.events.emit_per_minute == 0 || self.events.emit_per_minute > 60_000 {
+            return invalid("events.emit_per_minute", "must be 1 to 60000");
+        }
+        // One call may emit up to 10 events (a host limit); a smaller burst would refuse a
+        // well-behaved call's emissions however long it waited.
+        if self.events.emit_burst < 10 || self.events.emit_burst > 10_000 {
+            return invalid("events.emit_burst", "must be 10 to 10000");
         }
         if self.events.backoff_first_secs == 0
             || self.events.backoff_max_secs < self.events.backoff_first_secs
@@ -433,6 +607,24 @@ impl Config {
     pub fn redacted_toml(&self) -> String {
         toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
     }
+}
+
+/// A console host in the form request hosts are compared in: an IP address as `IpAddr` prints
+/// it (IPv6 without brackets), a name lower-cased without a trailing dot. `None` when it is
+/// neither (a port, user-info or any other character).
+fn console_host_name(raw: &str) -> Option<String> {
+    let raw = raw.trim();
+    if let Ok(address) = raw.parse::<std::net::IpAddr>() {
+        return Some(address.to_string());
+    }
+    let name = raw.strip_suffix('.').unwrap_or(raw);
+    let valid = !name.is_empty()
+        && name.len() <= 253
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+        && !name.split('.').any(str::is_empty);
+    valid.then(|| name.to_ascii_lowercase())
 }
 
 impl LogFormat {
@@ -751,6 +943,115 @@ mod tests {
             assert!(matches!(error, Some(Error::MissingFile(_))));
             Ok(())
         });
+    }
+
+    #[test]
+    fn custom_alipay_gateways_are_off_by_default_and_answers_capped_at_one_mebibyte() {
+        with_jail(|_| {
+            let config = Config::load(None).map_err(|e| e.to_string())?;
+            assert!(!config.alipay.allow_custom_gateway);
+            assert!(config.alipay.custom_gateway_networks.is_empty());
+            assert_eq!(config.alipay.max_response_bytes, 1024 * 1024);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn gateway_networks_load_from_the_environment_as_a_list() {
+        with_jail(|jail| {
+            jail.set_env("TRELLIS_ALIPAY__ALLOW_CUSTOM_GATEWAY", "true");
+            jail.set_env(
+                "TRELLIS_ALIPAY__CUSTOM_GATEWAY_NETWORKS",
+                r#"["127.0.0.0/8", "::1"]"#,
+            );
+            let config = Config::load(None).map_err(|e| e.to_string())?;
+            assert!(config.alipay.allow_custom_gateway);
+            let networks: Vec<String> = config
+                .alipay
+                .custom_gateway_networks
+                .iter()
+                .map(ToString::to_string)
+                .collect();
+            assert_eq!(networks, ["127.0.0.0/8", "::1/128"]);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_bad_gateway_network_or_response_cap_fails_naming_the_key() {
+        for (key, value, named) in [
+            (
+                "TRELLIS_ALIPAY__CUSTOM_GATEWAY_NETWORKS",
+                r#"["10.0.0.0/33"]"#,
+                "alipay.custom_gateway_networks",
+            ),
+            (
+                "TRELLIS_ALIPAY__CUSTOM_GATEWAY_NETWORKS",
+                r#"["intranet"]"#,
+                "alipay.custom_gateway_networks",
+            ),
+            (
+                "TRELLIS_ALIPAY__MAX_RESPONSE_BYTES",
+                "0",
+                "alipay.max_response_bytes",
+            ),
+            (
+                "TRELLIS_ALIPAY__MAX_RESPONSE_BYTES",
+                "1073741824",
+                "alipay.max_response_bytes",
+            ),
+        ] {
+            with_jail(|jail| {
+                jail.set_env(key, value);
+                let error = Config::load(None)
+                    .err()
+                    .map(|e| e.to_string())
+                    .unwrap_or_default();
+                assert!(error.contains(named), "{value}: {error}");
+                Ok(())
+            });
+        }
+    }
+
+    #[test]
+    fn production_alipay_roots_default_to_alipays_published_ones_and_can_be_replaced() {
+        with_jail(|jail| {
+            let config = Config::load(None).map_err(|e| e.to_string())?;
+            assert_eq!(
+                config.alipay.production_root_fingerprints,
+                crate::alipay::cert::ALIPAY_PRODUCTION_ROOT_FINGERPRINTS
+            );
+            let colons = "84:58:68:02:29:31:57:41:D3:A9:AB:29:9A:D3:57:85:3E:A7:B8:AC:44:24:8D:65:BC:EC:C7:88:69:BE:BD:A7";
+            jail.create_file(
+                "trellis.toml",
+                &format!("[alipay]\nproduction_root_fingerprints = [\"{colons}\"]\n"),
+            )?;
+            let config =
+                Config::load(Some(Path::new("trellis.toml"))).map_err(|e| e.to_string())?;
+            assert_eq!(config.alipay.production_root_fingerprints, [colons]);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_production_root_fingerprint_that_is_not_one_fails_naming_the_key() {
+        for list in ["[\"8458680229\"]", "[]"] {
+            with_jail(|jail| {
+                jail.create_file(
+                    "trellis.toml",
+                    &format!("[alipay]\nproduction_root_fingerprints = {list}\n"),
+                )?;
+                let error = Config::load(Some(Path::new("trellis.toml")))
+                    .err()
+                    .map(|e| e.to_string())
+                    .unwrap_or_default();
+                assert!(
+                    error.contains("alipay.production_root_fingerprints"),
+                    "{list}: {error}"
+                );
+                Ok(())
+            });
+        }
     }
 }
 

@@ -3,6 +3,8 @@
 //!
 //! Invariant: every connection has foreign keys enforced (SQLite: `PRAGMA foreign_keys = ON`,
 //! WAL, a busy timeout), and both engines run the same migrations from `trellis-migrations`.
+//! A transaction from [`Db::begin_durable`] is on disk when its commit returns, on both engines;
+//! other SQLite commits may be lost to a power cut (never corrupted): see `docs/benchmarks.md`.
 
 pub mod entity;
 
@@ -45,10 +47,17 @@ pub enum Error {
     Pending(usize),
 }
 
+/// Connections in the SQLite pool behind [`Db::begin_durable`]. Its writers queue for SQLite's
+/// single write lock anyway; two let a reader proceed beside a writer.
+const DURABLE_CONNECTIONS: u32 = 2;
+
 /// The engine's database: the pool plus what readiness needs to know about where it lives.
 #[derive(Clone, Debug)]
 pub struct Db {
     pub conn: DatabaseConnection,
+    /// On a SQLite file, a second pool on the same file whose connections run with
+    /// `synchronous = FULL`; otherwise the same pool as `conn`.
+    durable: DatabaseConnection,
     pub kind: DatabaseKind,
     /// The SQLite file, when the database is one (not for `:memory:`).
     sqlite_file: Option<PathBuf>,
@@ -60,48 +69,72 @@ impl Db {
     pub async fn connect(config: &Config) -> Result<Self, Error> {
         let url = config.database.url.expose_secret().to_owned();
         let kind = config.database_kind();
-        let mut options = ConnectOptions::new(url.clone());
-        options
-            .max_connections(config.database.max_connections)
-            .connect_timeout(Duration::from_secs(10))
-            .acquire_timeout(Duration::from_secs(10))
-            .sqlx_logging(false);
-        let mut sqlite_file = None;
-        if kind == DatabaseKind::Sqlite {
-            let parsed = SqliteConnectOptions::from_str(&url).map_err(|e| Error::BadSqliteUrl {
-                url: redact_url(&url),
-                message: e.to_string(),
-            })?;
-            let file = parsed.get_filename().to_owned();
-            if !is_memory(&file) {
-                if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
-                    std::fs::create_dir_all(dir).map_err(|source| Error::CreateDir {
-                        path: dir.to_owned(),
-                        source,
-                    })?;
-                }
-                sqlite_file = Some(file);
-            }
-            let busy = Duration::from_millis(config.database.busy_timeout_ms);
-            options.map_sqlx_sqlite_opts(move |o| {
-                o.create_if_missing(true)
-                    .journal_mode(SqliteJournalMode::Wal)
-                    .synchronous(SqliteSynchronous::Normal)
-                    .foreign_keys(true)
-                    .busy_timeout(busy)
+        let max = config.database.max_connections;
+        if kind != DatabaseKind::Sqlite {
+            let conn = open(&url, max, None).await?;
+            return Ok(Self {
+                durable: conn.clone(),
+                conn,
+                kind,
+                sqlite_file: None,
             });
         }
-        let conn = Database::connect(options)
-            .await
-            .map_err(|source| Error::Connect {
-                url: redact_url(&url),
+        let parsed = SqliteConnectOptions::from_str(&url).map_err(|e| Error::BadSqliteUrl {
+            url: redact_url(&url),
+            message: e.to_string(),
+        })?;
+        let file = parsed.get_filename().to_owned();
+        let busy = Duration::from_millis(config.database.busy_timeout_ms);
+        if is_memory(&file) {
+            let conn = open(&url, max, Some((busy, SqliteSynchronous::Normal))).await?;
+            return Ok(Self {
+                durable: conn.clone(),
+                conn,
+                kind,
+                sqlite_file: None,
+            });
+        }
+        if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|source| Error::CreateDir {
+                path: dir.to_owned(),
                 source,
             })?;
+        }
+        // In WAL mode NORMAL commits without an fsync: a power cut can drop the last commits
+        // (never corrupt the file). FULL fsyncs the WAL at every commit while holding SQLite's
+        // single write lock — 1.5× a NORMAL commit on the development machine, as much more as
+        // the disk's flush takes elsewhere — so only commits acknowledged to someone who will
+        // not deliver again pay it (`docs/benchmarks.md`).
+        let conn = open(&url, max, Some((busy, SqliteSynchronous::Normal))).await?;
+        let durable = open(
+            &url,
+            DURABLE_CONNECTIONS.min(max),
+            Some((busy, SqliteSynchronous::Full)),
+        )
+        .await?;
         Ok(Self {
             conn,
+            durable,
             kind,
-            sqlite_file,
+            sqlite_file: Some(file),
         })
+    }
+
+    /// Begins a transaction whose commit is on disk before `commit` returns, whatever the
+    /// engine's or the server's defaults: on SQLite it runs on a `synchronous = FULL` connection
+    /// and takes the write lock at `BEGIN` (as [`begin_write`]); on PostgreSQL it sets
+    /// `synchronous_commit` on for itself, since a server may run with it off. For what is
+    /// acknowledged to a party that will not deliver it again, such as Alipay's notifications.
+    pub async fn begin_durable(&self) -> Result<sea_orm::DatabaseTransaction, DbErr> {
+        match self.kind {
+            DatabaseKind::Sqlite => begin_write(&self.durable).await,
+            DatabaseKind::Postgres => {
+                let txn = self.durable.begin().await?;
+                txn.execute_unprepared("SET LOCAL synchronous_commit TO on")
+                    .await?;
+                Ok(txn)
+            }
+        }
     }
 
     /// Applies every pending migration; returns how many ran. Safe to call from several
@@ -162,10 +195,41 @@ impl Db {
     }
 
     pub async fn close(self) {
-        if let Err(error) = self.conn.close().await {
-            tracing::warn!(%error, "closing the database pool failed");
+        for pool in [self.durable, self.conn] {
+            if let Err(error) = pool.close().await {
+                tracing::warn!(%error, "closing the database pool failed");
+            }
         }
     }
+}
+
+/// One pool on `url`; `sqlite` is the busy timeout and synchronous level of a SQLite database.
+async fn open(
+    url: &str,
+    max_connections: u32,
+    sqlite: Option<(Duration, SqliteSynchronous)>,
+) -> Result<DatabaseConnection, Error> {
+    let mut options = ConnectOptions::new(url.to_owned());
+    options
+        .max_connections(max_connections)
+        .connect_timeout(Duration::from_secs(10))
+        .acquire_timeout(Duration::from_secs(10))
+        .sqlx_logging(false);
+    if let Some((busy, synchronous)) = sqlite {
+        options.map_sqlx_sqlite_opts(move |o| {
+            o.create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                .synchronous(synchronous)
+                .foreign_keys(true)
+                .busy_timeout(busy)
+        });
+    }
+    Database::connect(options)
+        .await
+        .map_err(|source| Error::Connect {
+            url: redact_url(url),
+            source,
+        })
 }
 
 fn is_memory(file: &Path) -> bool {
@@ -173,8 +237,11 @@ fn is_memory(file: &Path) -> bool {
 }
 
 /// Which page of a list a caller asked for: 1-based, at most [`Page::MAX_PER_PAGE`] items.
+/// From a query string it is validated, not clamped: a page past [`Page::MAX_PAGE`] or a size
+/// outside 1 to [`Page::MAX_PER_PAGE`] is refused (422), so no caller can push an offset that
+/// overflows the database's integer types.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, utoipa::IntoParams)]
-#[serde(default)]
+#[serde(try_from = "PageQuery")]
 pub struct Page {
     /// 1-based page number.
     pub page: u64,
@@ -191,14 +258,51 @@ impl Default for Page {
     }
 }
 
+/// The raw query form of [`Page`], before its bounds are checked.
+#[derive(serde::Deserialize)]
+#[serde(default)]
+struct PageQuery {
+    page: u64,
+    per_page: u64,
+}
+
+impl Default for PageQuery {
+    fn default() -> Self {
+        let page = Page::default();
+        Self {
+            page: page.page,
+            per_page: page.per_page,
+        }
+    }
+}
+
+impl TryFrom<PageQuery> for Page {
+    type Error = String;
+
+    fn try_from(query: PageQuery) -> Result<Self, Self::Error> {
+        if !(1..=Page::MAX_PAGE).contains(&query.page) {
+            return Err(format!("page must be 1 to {}", Page::MAX_PAGE));
+        }
+        if !(1..=Page::MAX_PER_PAGE).contains(&query.per_page) {
+            return Err(format!("per_page must be 1 to {}", Page::MAX_PER_PAGE));
+        }
+        Ok(Self {
+            page: query.page,
+            per_page: query.per_page,
+        })
+    }
+}
+
 impl Page {
     pub const MAX_PER_PAGE: u64 = 200;
+    /// The last page a caller may ask for: 200 million rows in, far past any list we keep.
+    pub const MAX_PAGE: u64 = 1_000_000;
 
     /// The page with out-of-range values clamped rather than refused: page 0 is page 1 and an
     /// oversized page is the largest one allowed.
     pub fn clamped(self) -> Self {
         Self {
-            page: self.page.max(1),
+            page: self.page.clamp(1, Self::MAX_PAGE),
             per_page: self.per_page.clamp(1, Self::MAX_PER_PAGE),
         }
     }
@@ -303,4 +407,88 @@ pub fn placeholders(backend: sea_orm::DbBackend, sql: &str) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn sqlite_file_db(dir: &Path) -> Db {
+        let mut config = Config::load(None).unwrap();
+        config.data_dir = dir.to_owned();
+        config.database.url =
+            secrecy::SecretString::from(format!("sqlite://{}", dir.join("t.db").display()));
+        Db::connect(&config).await.unwrap()
+    }
+
+    /// `PRAGMA synchronous` of the connection `db` runs on: 1 is NORMAL, 2 is FULL.
+    async fn synchronous(db: &impl ConnectionTrait) -> i32 {
+        db.query_one_raw(sea_orm::Statement::from_string(
+            sea_orm::DbBackend::Sqlite,
+            "PRAGMA synchronous",
+        ))
+        .await
+        .unwrap()
+        .unwrap()
+        .try_get("", "synchronous")
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn durable_transactions_on_sqlite_run_with_synchronous_full() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sqlite_file_db(dir.path()).await;
+        // Every connection of the pool at once, so each is seen and none twice.
+        let mut held = Vec::new();
+        for _ in 0..DURABLE_CONNECTIONS {
+            held.push(db.durable.begin().await.unwrap());
+        }
+        for txn in &held {
+            assert_eq!(synchronous(txn).await, 2);
+        }
+        for txn in held {
+            txn.rollback().await.unwrap();
+        }
+        for _ in 0..3 {
+            let txn = db.begin_durable().await.unwrap();
+            assert_eq!(synchronous(&txn).await, 2);
+            txn.commit().await.unwrap();
+        }
+        // The rest of the engine keeps NORMAL; the choice is measured in docs/benchmarks.md.
+        assert_eq!(synchronous(&db.conn).await, 1);
+        db.close().await;
+    }
+
+    async fn synchronous_commit(db: &impl ConnectionTrait) -> String {
+        db.query_one_raw(sea_orm::Statement::from_string(
+            sea_orm::DbBackend::Postgres,
+            "SHOW synchronous_commit",
+        ))
+        .await
+        .unwrap()
+        .unwrap()
+        .try_get("", "synchronous_commit")
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn durable_transactions_on_postgres_commit_synchronously_even_when_the_server_does_not() {
+        let Some(admin_url) = crate::config::test_database_url_from_env() else {
+            eprintln!("PostgreSQL leg skipped: TRELLIS_TEST_DATABASE_URL is not set");
+            return;
+        };
+        let mut url = url::Url::parse(&admin_url).unwrap();
+        url.query_pairs_mut()
+            .append_pair("options", "-c synchronous_commit=off");
+        let mut config = Config::load(None).unwrap();
+        config.database.url = secrecy::SecretString::from(url.to_string());
+        let db = Db::connect(&config).await.unwrap();
+        let plain = db.conn.begin().await.unwrap();
+        assert_eq!(synchronous_commit(&plain).await, "off");
+        plain.rollback().await.unwrap();
+        let durable = db.begin_durable().await.unwrap();
+        assert_eq!(synchronous_commit(&durable).await, "on");
+        durable.commit().await.unwrap();
+        db.close().await;
+    }
 }

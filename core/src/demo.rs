@@ -127,7 +127,9 @@ pub async fn seed(
             theme: None,
             domains: (kind == NodeKind::Partner).then(|| vec![DEMO_DOMAIN.to_owned()]),
         };
-        let node = tenancy::create(db, &grant, kind, input).await?;
+        // The demo's own domain is `localhost`; console hosts are matched before partner
+        // domains, so even a console configured on `localhost` could not be taken over by it.
+        let node = tenancy::create(db, &grant, kind, input, &[]).await?;
         let place = node.place();
         let role = Role::for_kind(kind);
         let user_password = password()?;

@@ -10,7 +10,6 @@ pub mod middleware;
 pub mod openapi;
 pub mod plugins;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -41,6 +40,10 @@ pub struct AppState {
     pub vault: Arc<Vault>,
     /// Installed plugins, packages' entitlements and the outbox, with the engine's clock.
     pub catalog: Catalog,
+    /// Where sign-ins check passwords, off the async workers.
+    pub hasher: crate::auth::Hasher,
+    /// Plugin archive uploads being read now (`http.max_concurrent_uploads`).
+    pub uploads: Arc<tokio::sync::Semaphore>,
 }
 
 /// The whole application as a router, ready for `axum::serve` or for `oneshot` in tests.
@@ -66,13 +69,14 @@ fn build_router(state: AppState, sandbox: Option<Router>) -> Router {
         )
         .merge(api::router())
         .fallback(not_found)
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            middleware::resolve_host,
-        ))
+        // The body is read after the host is known, so an upload's caller can be checked first.
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             middleware::limit_body,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            middleware::resolve_host,
         ))
         .layer(CatchPanicLayer::custom(middleware::panic_response))
         .layer(axum::middleware::from_fn_with_state(
@@ -155,7 +159,7 @@ async fn alipay_notify(
     body: axum::body::Bytes,
 ) -> Response {
     use crate::alipay::inbound;
-    match inbound::receive(&state.db.conn, &merchant_id, &body).await {
+    match inbound::receive(&state.db, &merchant_id, &body).await {
         Ok(received) => {
             tracing::info!(id = %received.id, new = received.new, "alipay notification recorded");
             (
@@ -200,7 +204,6 @@ pub async fn serve(state: AppState) -> anyhow::Result<()> {
     announce(&format!("Trellis is listening on http://{local}"));
     tracing::info!(address = %local, "listening");
 
-    let (signalled_tx, signalled_rx) = tokio::sync::watch::channel(false);
     let mut sandbox = None;
     if state.config.sandbox.enabled {
         let base = format!("http://{local}/sandbox");
@@ -217,27 +220,118 @@ pub async fn serve(state: AppState) -> anyhow::Result<()> {
         ));
         sandbox = Some(opened.router());
     }
-    let app = build_router(state, sandbox).into_make_service_with_connect_info::<SocketAddr>();
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+    let limits = ConnectionLimits::of(&state.config.http);
+    let app = build_router(state, sandbox);
+    let shutdown = async {
         shutdown_signal().await;
         tracing::info!("shutdown requested; finishing in-flight requests");
-        let _ = signalled_tx.send(true);
-    });
-    let deadline = async move {
-        let mut rx = signalled_rx;
-        while !*rx.borrow() {
-            if rx.changed().await.is_err() {
-                std::future::pending::<()>().await;
-            }
-        }
-        tokio::time::sleep(grace).await;
     };
-    tokio::select! {
-        result = server => result.map_err(|e| anyhow::anyhow!("server failed: {e}"))?,
-        () = deadline => anyhow::bail!("requests still in flight after the {}s shutdown grace period", grace.as_secs()),
+    accept_loop(listener, app, limits.clone(), shutdown).await;
+    if tokio::time::timeout(grace, limits.drained()).await.is_err() {
+        anyhow::bail!(
+            "requests still in flight after the {}s shutdown grace period",
+            grace.as_secs()
+        );
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// What bounds the connections of one server: how many at once, and how long a client may take
+/// to send a request's headers.
+#[derive(Clone)]
+struct ConnectionLimits {
+    slots: Arc<tokio::sync::Semaphore>,
+    max: u32,
+    header_read_timeout: Duration,
+    /// Ends once every connection has been told to finish (graceful shutdown).
+    closing: tokio::sync::watch::Sender<bool>,
+}
+
+impl ConnectionLimits {
+    fn of(config: &crate::config::HttpConfig) -> Self {
+        Self {
+            slots: Arc::new(tokio::sync::Semaphore::new(config.max_connections as usize)),
+            max: config.max_connections,
+            header_read_timeout: Duration::from_secs(config.header_read_timeout_secs),
+            closing: tokio::sync::watch::Sender::new(false),
+        }
+    }
+
+    /// Resolves when every connection slot is free again: all connections have closed.
+    async fn drained(&self) {
+        let _ = self.slots.acquire_many(self.max).await;
+    }
+}
+
+/// Accepts connections until `shutdown` resolves, each holding one of `limits`' slots (a client
+/// past the cap waits in the listen backlog), served as HTTP/1 with a header read timeout so a
+/// client that trickles its headers, or never sends any, loses its connection. On shutdown, each
+/// connection finishes its in-flight request and closes.
+async fn accept_loop(
+    listener: TcpListener,
+    app: Router,
+    limits: ConnectionLimits,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let permit = tokio::select! {
+            () = &mut shutdown => break,
+            permit = limits.slots.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break,
+            },
+        };
+        let (stream, remote) = tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // Out of file descriptors and the like: pause rather than spin.
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let app = app.clone();
+        let service = hyper::service::service_fn(
+            move |mut request: hyper::Request<hyper::body::Incoming>| {
+                request
+                    .extensions_mut()
+                    .insert(axum::extract::ConnectInfo(remote));
+                tower::ServiceExt::oneshot(app.clone(), request.map(axum::body::Body::new))
+            },
+        );
+        let mut builder = hyper::server::conn::http1::Builder::new();
+        builder
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.header_read_timeout);
+        let mut closing = limits.closing.subscribe();
+        tokio::spawn(async move {
+            let connection = builder.serve_connection(TokioIo::new(stream), service);
+            let mut connection = std::pin::pin!(connection);
+            loop {
+                tokio::select! {
+                    result = connection.as_mut() => {
+                        if let Err(error) = result {
+                            tracing::debug!(%error, "connection ended with an error");
+                        }
+                        break;
+                    }
+                    changed = closing.changed() => {
+                        if changed.is_err() || *closing.borrow() {
+                            connection.as_mut().graceful_shutdown();
+                        }
+                    }
+                }
+            }
+            drop(permit);
+        });
+    }
+    let _ = limits.closing.send(true);
 }
 
 /// A line on stdout for whoever started the server; a closed stdout must not stop the server.

@@ -1,7 +1,8 @@
 //! The Trellis engine. Modules are listed in dependency order: each uses only those above it,
 //! except that mutating functions of `tenancy` and `auth` take `rbac::Grant` as their proof,
-//! `plugins` wraps rendered plugin pages in `themes`, and the plugin harness (a development
-//! tool) seeds its throwaway tenant with `demo`.
+//! `plugins` wraps rendered plugin pages in `themes`, the plugin harness (a development
+//! tool) seeds its throwaway tenant with `demo`, and `config` validates the `[alipay]` settings
+//! with `alipay`'s own parsers (gateway networks, pinned root fingerprints).
 #![deny(unsafe_code)]
 
 /// Process configuration: defaults, `trellis.toml`, `TRELLIS_*` environment.

@@ -195,6 +195,14 @@ impl Action {
         })
     }
 
+    /// Whether the action changes a node itself (its fields or its status), which nobody may do
+    /// to the node they stand on.
+    pub fn changes_node(self) -> bool {
+        NodeKind::ALL
+            .into_iter()
+            .any(|kind| self == Self::update_node(kind) || self == Self::suspend_node(kind))
+    }
+
     pub fn create_node(kind: NodeKind) -> Action {
         match kind {
             NodeKind::Platform | NodeKind::Partner => Self::PartnerCreate,
@@ -239,7 +247,12 @@ pub fn allows(role: Role, action: Action) -> bool {
     use Action as A;
     match role {
         Role::PlatformAdmin => true,
-        Role::PartnerAdmin => !matches!(action, A::PartnerCreate | A::PartnerSuspend),
+        // A partner's domains, theme and status are set from the tier above: a partner that
+        // could set its own domains could claim any host, the console's among them.
+        Role::PartnerAdmin => !matches!(
+            action,
+            A::PartnerCreate | A::PartnerUpdate | A::PartnerSuspend
+        ),
         Role::AgentAdmin => !matches!(
             action,
             A::PartnerCreate
@@ -254,7 +267,6 @@ pub fn allows(role: Role, action: Action) -> bool {
         Role::MerchantOwner => matches!(
             action,
             A::MerchantRead
-                | A::MerchantUpdate
                 | A::StoreCreate
                 | A::StoreRead
                 | A::StoreUpdate
@@ -288,7 +300,8 @@ pub fn permissions_markdown() -> String {
          Generated from `core/src/rbac.rs` (`rbac::allows`); a test fails when this file is stale.\n\n\
          A role is held at one node and acts on that node and the nodes below it — never above or\n\
          beside. A target outside the caller's subtree answers 404, as if it did not exist; an action\n\
-         the matrix denies inside the subtree answers 403.\n\n",
+         the matrix denies inside the subtree answers 403. Nobody changes or suspends the node they\n\
+         stand on: a partner's name, domains and theme, like its status, are set from the tier above.\n\n",
     );
     out.push_str("| action |");
     for role in Role::ALL {
@@ -429,6 +442,15 @@ impl Rbac {
         action: Action,
         target: &Place,
     ) -> Result<Grant, Error> {
+        // The matrix already denies it; this holds even if a future matrix edit did not.
+        if action.changes_node()
+            && action.target_kind() == Some(target.kind)
+            && target.id == principal.place.id
+        {
+            return Err(Error::Denied {
+                action: action.name(),
+            });
+        }
         let mut allowed = self.check(principal, action, target).await?;
         // A denial may come from a policy another process changed since our last poll: confirm
         // it against the current version, then against the caller's own row, before refusing
@@ -712,10 +734,24 @@ mod tests {
                 continue;
             }
             let kind = role.kind();
+            // Update covers every field of a node: its name, and a partner's domains and theme.
             assert!(!allows(role, Action::create_node(kind)), "{role:?}");
-            assert!(!allows(role, Action::suspend_node(kind)), "{role:?}");
+            for action in [Action::update_node(kind), Action::suspend_node(kind)] {
+                assert!(!allows(role, action), "{role:?} may {}", action.name());
+                assert!(action.changes_node(), "{}", action.name());
+            }
         }
-        assert!(!allows(Role::AgentAdmin, Action::AgentUpdate));
+    }
+
+    #[test]
+    fn only_node_changes_are_refused_on_the_callers_own_node() {
+        let changes: Vec<Action> = Action::ALL
+            .into_iter()
+            .filter(|a| a.changes_node())
+            .collect();
+        assert_eq!(changes.len(), 8, "{changes:?}");
+        assert!(!Action::MerchantRead.changes_node());
+        assert!(!Action::AlipayCredentialsWrite.changes_node());
     }
 
     #[test]

@@ -12,6 +12,8 @@ mod m20261125_000004_create_sandbox_state;
 mod m20261125_000005_create_alipay_notifications;
 mod m20261126_000006_create_plugin_kv;
 mod m20261126_000007_create_plugin_platform;
+mod m20261128_000008_create_event_budgets;
+mod m20261204_000009_key_alipay_notifications_by_merchant;
 
 /// Every migration of the engine, oldest first.
 pub struct Migrator;
@@ -27,6 +29,8 @@ impl MigratorTrait for Migrator {
             Box::new(m20261125_000005_create_alipay_notifications::Migration),
             Box::new(m20261126_000006_create_plugin_kv::Migration),
             Box::new(m20261126_000007_create_plugin_platform::Migration),
+            Box::new(m20261128_000008_create_event_budgets::Migration),
+            Box::new(m20261204_000009_key_alipay_notifications_by_merchant::Migration),
         ]
     }
 }

@@ -9,6 +9,7 @@ use secrecy::SecretString;
 use serde_json::{Value, json};
 use trellis_core::alipay::client::{AlipayClient, CallOptions};
 use trellis_core::alipay::credentials::MerchantApp;
+use trellis_core::alipay::gateway::GatewayPolicy;
 use trellis_core::alipay::{PrivateKey, PublicKey, SignType};
 use trellis_tests::{
     Api, Engine, client, create_node as node, create_partner, create_platform_admin,
@@ -543,7 +544,12 @@ async fn a_merchant_runs_alipay_membership_from_levels_to_card_updates_against_t
         assert_eq!(member(&w.owner1, m1, &id).await["member"]["points"], 155);
 
         // --- a failed card.update is visible and retried -----------------------------------
-        let alipay = AlipayClient::new(Duration::from_secs(5), Duration::from_secs(20)).unwrap();
+        let alipay = AlipayClient::with_policy(
+            GatewayPolicy::local_sandbox(),
+            Duration::from_secs(5),
+            Duration::from_secs(20),
+        )
+        .unwrap();
         alipay
             .call(
                 &w.app,

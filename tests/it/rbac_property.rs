@@ -59,7 +59,7 @@ async fn random_tree(
                 name: format!("{} {n}", kind.as_str()),
                 ..NewNode::default()
             };
-            let node = tenancy::create(&db.conn, &grant, kind, input)
+            let node = tenancy::create(&db.conn, &grant, kind, input, &[])
                 .await
                 .unwrap();
             places.push(node.place());

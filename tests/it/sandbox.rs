@@ -12,6 +12,7 @@ use serde_json::{Value, json};
 use trellis_core::alipay::aes::AesKey;
 use trellis_core::alipay::client::{AlipayClient, CallOptions};
 use trellis_core::alipay::credentials::MerchantApp;
+use trellis_core::alipay::gateway::GatewayPolicy;
 use trellis_core::alipay::notify::{Notification, NotifyRule};
 use trellis_core::alipay::{Error, PrivateKey, PublicKey, SignType};
 use trellis_tests::{Engine, client, databases, register_sandbox_app};
@@ -61,7 +62,13 @@ fn sandbox_engine(url: &str) -> Engine {
 }
 
 fn alipay() -> AlipayClient {
-    AlipayClient::new(Duration::from_secs(5), Duration::from_secs(20)).unwrap()
+    // The sandbox is the engine under test, on loopback.
+    AlipayClient::with_policy(
+        GatewayPolicy::local_sandbox(),
+        Duration::from_secs(5),
+        Duration::from_secs(20),
+    )
+    .unwrap()
 }
 
 #[tokio::test]

@@ -544,13 +544,15 @@ async fn suspending_a_node_blocks_sign_in_and_api_use_below_it() {
     let reply = staff.get("/api/v1/me").await;
     assert_eq!(reply.status, 403);
     assert_eq!(reply.body["code"], "suspended");
+    // Sign-in below it fails as a wrong password would: the answer reveals nothing.
     let reply = Api::new(&engine, "p1.test")
         .post(
             "/api/v1/auth/login",
             json!({"email": "merchant_owner@one.test", "password": PASSWORD}),
         )
         .await;
-    assert_eq!(reply.status, 403, "{reply:?}");
+    assert_eq!(reply.status, 401, "{reply:?}");
+    assert_eq!(reply.body["code"], "invalid_credentials");
     // Above and beside the suspended node, work goes on.
     assert_eq!(partner.get("/api/v1/me").await.status, 200);
     partner

@@ -215,6 +215,14 @@ impl Engine {
             "TRELLIS_PLUGINS__CACHE_DIR",
             workspace_root().join("target/test-plugin-cache"),
         );
+        // The offline sandbox the tests use is the engine itself, on loopback: merchants may
+        // point a custom gateway at it. Tests of the gateway rules override or remove these.
+        command
+            .env("TRELLIS_ALIPAY__ALLOW_CUSTOM_GATEWAY", "true")
+            .env(
+                "TRELLIS_ALIPAY__CUSTOM_GATEWAY_NETWORKS",
+                r#"["127.0.0.0/8", "::1"]"#,
+            );
         for (key, value) in env {
             // An empty value removes the variable, e.g. to run without a master key.
             if value.is_empty() {
@@ -322,11 +330,15 @@ impl Drop for Engine {
     }
 }
 
-/// An HTTP client that never follows redirects and never uses a proxy.
+/// An HTTP client that never follows redirects and never uses a proxy. Like any well-behaved
+/// client it drops a kept-alive connection before the engine's idle limit
+/// (`http.header_read_timeout_secs`, 10 s) closes it: a test that blocks its runtime (running the
+/// CLI, say) would otherwise write its next request into a connection already closed.
 pub fn client() -> reqwest::Client {
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .no_proxy()
+        .pool_idle_timeout(Duration::from_secs(5))
         .timeout(Duration::from_secs(30))
         .build()
         .unwrap_or_else(|e| panic!("cannot build the HTTP client: {e}"))

@@ -6,11 +6,16 @@
 //! signed with an RSA algorithm (OID `1.2.840.113549.1.1.*`), in file order, joined by `_`. The
 //! bundle is parsed certificate by certificate and the outer signature OID is read before any
 //! full parse, because Alipay's bundle holds SM2 and ECDSA roots strict parsers reject.
+//!
+//! A root is identified by its fingerprint, the SHA-256 of its DER, never by its name: anyone can
+//! make a self-signed root with Alipay's subject name, and a certificate with the same issuer and
+//! serial, hence the same SN, under it.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use chrono::{DateTime, Utc};
 use md5::{Digest, Md5};
+use sha2::Sha256;
 use x509_cert::Certificate;
 use x509_cert::attr::AttributeTypeAndValue;
 use x509_cert::der::{Decode, Encode};
@@ -21,6 +26,21 @@ use super::keys::PublicKey;
 const RSA_FAMILY: &str = "1.2.840.113549.1.1.";
 const SHA256_WITH_RSA: &str = "1.2.840.113549.1.1.11";
 const SHA1_WITH_RSA: &str = "1.2.840.113549.1.1.5";
+
+/// Fingerprints of the RSA-signed roots in Alipay's published root bundle (`alipayRootCert.crt`,
+/// as shipped with Alipay's SDKs, e.g. `alipay-sdk-nodejs-all` `test/fixtures/alipayRootCert.crt`
+/// at e1676390871eb7a69b4f81aa15de8327ac15738a): the only roots a certificate-mode answer can
+/// chain to, since [`trust`] skips the bundle's SM2 (`NRCAC ROOTCA`) and ECDSA (`… E1`) roots.
+/// In bundle order:
+/// * `CN=Ant Financial Certification Authority R1, OU=Certification Authority, O=Ant Financial, C=CN`
+///   (sha256WithRSA, serial 1fcfa18d6a480d11, 2018–2038); Alipay's RSA2 public certificates are
+///   issued by its `… Class 2 R1` CA;
+/// * `CN=iTrusChina Class 2 Root CA - G3, OU=China Trust Network, O=iTrusChina, C=CN`
+///   (sha1WithRSA, serial 10c764e9d560384212d9c08fd10e373fdd0fb396, 2013–2033).
+pub const ALIPAY_PRODUCTION_ROOT_FINGERPRINTS: [&str; 2] = [
+    "8458680229315741d3a9ab299ad357853ea7b8ac44248d65bcecc78869bebda7",
+    "7dd16c32a554a6a77e842a879baaeb74ce0b25a8435a6acb0a4bd2e4b64cdc1f",
+];
 
 /// The DER blocks of every `CERTIFICATE` in a PEM text, in file order.
 pub fn pem_certificates(pem: &str) -> Result<Vec<Vec<u8>>, Error> {
@@ -279,6 +299,46 @@ fn public_key_der(der: &[u8]) -> Result<PublicKey, Error> {
     PublicKey::from_der(&spki)
 }
 
+/// The fingerprint of one certificate: lowercase hex of the SHA-256 of its DER.
+pub fn fingerprint_der(der: &[u8]) -> String {
+    <Sha256 as sha2::Digest>::digest(der)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// A fingerprint as written by people or tools (any case, `:` or spaces between bytes) in the
+/// form [`fingerprint_der`] gives; `None` unless it is 32 bytes of hex.
+pub fn normalize_fingerprint(text: &str) -> Option<String> {
+    let hex: String = text
+        .chars()
+        .filter(|c| *c != ':' && !c.is_whitespace())
+        .map(|c| c.to_ascii_lowercase())
+        .collect();
+    (hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit())).then_some(hex)
+}
+
+/// The fingerprints of the roots in a bundle that [`trust`] may chain to (the RSA-signed ones),
+/// in file order.
+pub fn rsa_root_fingerprints(root_pem: &str) -> Result<Vec<String>, Error> {
+    let mut out = Vec::new();
+    for der in pem_certificates(root_pem)? {
+        if signature_oid(&der)?.starts_with(RSA_FAMILY) {
+            out.push(fingerprint_der(&der));
+        }
+    }
+    Ok(out)
+}
+
+/// A certificate found trustworthy, with the root that vouched for it.
+#[derive(Debug, Clone)]
+pub struct Anchored {
+    pub sn: String,
+    pub key: PublicKey,
+    /// [`fingerprint_der`] of the root whose signature it carries.
+    pub root_fingerprint: String,
+}
+
 /// Whether `cert_pem` (e.g. a rotated Alipay certificate from `alipay.open.app.alipaycert.download`)
 /// was signed by one of the RSA roots in `root_pem` and is valid at `now`. Returns its SN and key.
 pub fn trust(
@@ -286,6 +346,16 @@ pub fn trust(
     root_pem: &str,
     now: DateTime<Utc>,
 ) -> Result<(String, PublicKey), Error> {
+    trust_anchored(cert_pem, root_pem, now).map(|a| (a.sn, a.key))
+}
+
+/// [`trust`], also naming the root that signed the certificate: what is learnt from it is worth
+/// only as much as that exact root.
+pub fn trust_anchored(
+    cert_pem: &str,
+    root_pem: &str,
+    now: DateTime<Utc>,
+) -> Result<Anchored, Error> {
     let der = pem_certificates(cert_pem)?
         .into_iter()
         .next()
@@ -321,7 +391,11 @@ pub fn trust(
             }
         };
         if root_key.verify(sign_type, raw.tbs, &STANDARD.encode(raw.signature)) {
-            return Ok((cert_sn_der(&der)?, public_key_der(&der)?));
+            return Ok(Anchored {
+                sn: cert_sn_der(&der)?,
+                key: public_key_der(&der)?,
+                root_fingerprint: fingerprint_der(&root_der),
+            });
         }
     }
     Err(Error::UntrustedCertificate(
@@ -361,6 +435,47 @@ mod tests {
         );
         assert!(pem_certificates("-----BEGIN CERTIFICATE-----\nAAAA\n").is_err());
         assert!(cert_sn("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----").is_err());
+    }
+
+    #[test]
+    fn fingerprints_are_read_in_any_usual_spelling() {
+        let plain = ALIPAY_PRODUCTION_ROOT_FINGERPRINTS[0];
+        let colons = "84:58:68:02:29:31:57:41:D3:A9:AB:29:9A:D3:57:85:3E:A7:B8:AC:44:24:8D:65:BC:EC:C7:88:69:BE:BD:A7";
+        assert_eq!(normalize_fingerprint(colons).as_deref(), Some(plain));
+        assert_eq!(
+            normalize_fingerprint(&plain.to_uppercase()).as_deref(),
+            Some(plain)
+        );
+        assert_eq!(normalize_fingerprint(&plain[..62]), None);
+        assert_eq!(normalize_fingerprint(&format!("{}zz", &plain[..62])), None);
+        assert_eq!(normalize_fingerprint(""), None);
+    }
+
+    /// The pinned fingerprints are those of the RSA roots of Alipay's real bundle (from the
+    /// shared reference, when present), in bundle order.
+    #[test]
+    fn the_pinned_fingerprints_are_alipays_published_rsa_roots() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../shared/alipay/real-samples.json"
+        );
+        let Ok(text) = std::fs::read_to_string(path) else {
+            eprintln!("skipped: {path} is absent");
+            return;
+        };
+        let samples: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let root = samples["certificates"]["alipay_root_cert_pem"]
+            .as_str()
+            .unwrap();
+        assert_eq!(
+            rsa_root_fingerprints(root).unwrap(),
+            ALIPAY_PRODUCTION_ROOT_FINGERPRINTS
+        );
+        assert_eq!(
+            pem_certificates(root).unwrap().len(),
+            4,
+            "SM2 and ECDSA roots too"
+        );
     }
 
     /// Alipay's real certificates (from the shared reference, when present): the SNs match what

@@ -13,6 +13,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
 use super::aes::AesKey;
+use super::gateway::GatewayPolicy;
 use super::keys::{PrivateKey, PublicKey, SignType};
 use super::{Error as AlipayError, cert};
 use crate::db::entity::alipay_credentials as row;
@@ -24,6 +25,8 @@ use crate::tenancy::NodeKind;
 pub const PRODUCTION_GATEWAY: &str = "https://openapi.alipay.com/gateway.do";
 /// Alipay's own sandbox.
 pub const SANDBOX_GATEWAY: &str = "https://openapi-sandbox.dl.alipaydev.com/gateway.do";
+/// The host of [`PRODUCTION_GATEWAY`]: a `custom` URL on it is held to the production rules.
+const PRODUCTION_HOST: &str = "openapi.alipay.com";
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -44,6 +47,74 @@ fn invalid(field: &'static str, message: impl std::fmt::Display) -> Error {
     Error::Invalid {
         field,
         message: message.to_string(),
+    }
+}
+
+/// The Alipay roots a merchant may store for the production gateway in certificate mode
+/// (`alipay.production_root_fingerprints`), as SHA-256 fingerprints of the roots' DER.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProductionRoots(Vec<String>);
+
+impl ProductionRoots {
+    /// Alipay's published roots, [`cert::ALIPAY_PRODUCTION_ROOT_FINGERPRINTS`].
+    pub fn published() -> Self {
+        Self::new(cert::ALIPAY_PRODUCTION_ROOT_FINGERPRINTS)
+    }
+
+    /// Fingerprints in any usual spelling; an entry that is not one pins nothing, so a typo
+    /// refuses roots rather than admitting them.
+    pub fn new<S: AsRef<str>>(fingerprints: impl IntoIterator<Item = S>) -> Self {
+        Self(
+            fingerprints
+                .into_iter()
+                .filter_map(|f| cert::normalize_fingerprint(f.as_ref()))
+                .collect(),
+        )
+    }
+
+    fn allows(&self, fingerprint: &str) -> bool {
+        self.0.iter().any(|f| f == fingerprint)
+    }
+}
+
+impl Default for ProductionRoots {
+    fn default() -> Self {
+        Self::published()
+    }
+}
+
+/// Whether calls go to Alipay's production gateway, whichever way the merchant named it.
+fn targets_production(kind: GatewayKind, custom_url: Option<&str>) -> bool {
+    match kind {
+        GatewayKind::Production => true,
+        GatewayKind::Sandbox => false,
+        GatewayKind::Custom => custom_url
+            .and_then(|u| url::Url::parse(u).ok())
+            .is_some_and(|u| u.host_str() == Some(PRODUCTION_HOST)),
+    }
+}
+
+/// A root bundle holds for production only if every root that can vouch for a certificate is
+/// Alipay's: a merchant's own root with Alipay's name would make any key pass as Alipay's.
+fn check_pinned(root_pem: &str, roots: &ProductionRoots) -> Result<(), Error> {
+    let fingerprints =
+        cert::rsa_root_fingerprints(root_pem).map_err(|e| invalid("alipay_root_cert", e))?;
+    if fingerprints.is_empty() {
+        return Err(invalid(
+            "alipay_root_cert",
+            "the bundle holds no RSA-signed root",
+        ));
+    }
+    match fingerprints.iter().find(|fp| !roots.allows(fp)) {
+        Some(fp) => Err(invalid(
+            "alipay_root_cert",
+            format!(
+                "the production gateway accepts only Alipay's published root certificate \
+                 (alipayRootCert.crt); this bundle holds a root with SHA-256 fingerprint {fp}, \
+                 which alipay.production_root_fingerprints does not list"
+            ),
+        )),
+        None => Ok(()),
     }
 }
 
@@ -274,13 +345,51 @@ async fn save(
     })
 }
 
+/// Whether the platform lets a merchant use the gateway `input` names: a `custom` one only when
+/// `alipay.allow_custom_gateway` is on, and at an IP-literal host only at an address the policy
+/// permits. The API checks this before [`put`]; the client checks every call again (and every
+/// name as it resolves), so credentials stored under another policy gain nothing.
+pub fn check_gateway(input: &CredentialsInput, gateways: &GatewayPolicy) -> Result<(), Error> {
+    if input.gateway != GatewayKind::Custom {
+        return Ok(());
+    }
+    if !gateways.allows_custom() {
+        return Err(invalid(
+            "gateway",
+            "custom gateways are not enabled on this platform; use production or sandbox",
+        ));
+    }
+    let url = input
+        .gateway_url
+        .as_deref()
+        .map(str::trim)
+        .unwrap_or_default();
+    match gateways.check_url(url) {
+        Ok(_) => Ok(()),
+        Err(AlipayError::GatewayRefused(reason)) => Err(invalid("gateway_url", reason)),
+        Err(other) => Err(invalid("gateway_url", other)),
+    }
+}
+
 /// Sets or replaces the merchant's credentials (the grant's target), after validating every
-/// key and certificate and checking that they belong together.
+/// key and certificate and checking that they belong together; a production root must be one of
+/// Alipay's published roots.
 pub async fn put(
     db: &impl ConnectionTrait,
     vault: &Vault,
     grant: &Grant,
     input: CredentialsInput,
+) -> Result<CredentialsView, Error> {
+    put_with_roots(db, vault, grant, input, &ProductionRoots::published()).await
+}
+
+/// [`put`], with the production roots the configuration pins.
+pub async fn put_with_roots(
+    db: &impl ConnectionTrait,
+    vault: &Vault,
+    grant: &Grant,
+    input: CredentialsInput,
+    production_roots: &ProductionRoots,
 ) -> Result<CredentialsView, Error> {
     let merchant_id = check_merchant(grant, Action::AlipayCredentialsWrite)?;
     let existing = row::Entity::find_by_id(merchant_id).one(db).await?;
@@ -369,6 +478,9 @@ pub async fn put(
             let app_cert = need(&input.app_cert, "app_cert")?;
             let alipay_cert = need(&input.alipay_cert, "alipay_cert")?;
             let root = need(&input.alipay_root_cert, "alipay_root_cert")?;
+            if targets_production(input.gateway, custom_url.as_deref()) {
+                check_pinned(&root, production_roots)?;
+            }
             let app_sn = cert::cert_sn(&app_cert).map_err(|e| invalid("app_cert", e))?;
             let root_sn = cert::root_cert_sn(&root).map_err(|e| invalid("alipay_root_cert", e))?;
             let (alipay_sn, alipay_key) = cert::trust(&alipay_cert, &root, Utc::now())
@@ -587,4 +699,95 @@ pub async fn rotate_all(db: &impl ConnectionTrait, vault: &Vault) -> Result<usiz
         }
     }
     Ok(changed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::alipay::sandbox::certs;
+
+    fn own_root() -> String {
+        certs::root(&PrivateKey::generate().unwrap()).unwrap()
+    }
+
+    fn field_and_message(result: Result<(), Error>) -> (&'static str, String) {
+        match result {
+            Err(Error::Invalid { field, message }) => (field, message),
+            other => panic!("expected a validation error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_root_of_ones_own_is_refused_for_production_naming_the_field_and_its_fingerprint() {
+        let root = own_root();
+        let fingerprint = cert::rsa_root_fingerprints(&root).unwrap().remove(0);
+        let (field, message) = field_and_message(check_pinned(&root, &ProductionRoots::default()));
+        assert_eq!(field, "alipay_root_cert");
+        assert!(message.contains(&fingerprint), "{message}");
+        assert!(
+            message.contains("alipay.production_root_fingerprints"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn a_bundle_is_refused_when_any_of_its_rsa_roots_is_not_pinned() {
+        let pinned = own_root();
+        let extra = own_root();
+        let roots = ProductionRoots::new(cert::rsa_root_fingerprints(&pinned).unwrap());
+        check_pinned(&pinned, &roots).unwrap();
+        let bundle = format!("{pinned}\n{extra}");
+        let (field, _) = field_and_message(check_pinned(&bundle, &roots));
+        assert_eq!(field, "alipay_root_cert");
+    }
+
+    #[test]
+    fn the_configured_fingerprints_replace_the_published_ones() {
+        let root = own_root();
+        let fingerprint = cert::rsa_root_fingerprints(&root).unwrap().remove(0);
+        let colons = fingerprint
+            .as_bytes()
+            .chunks(2)
+            .map(|c| std::str::from_utf8(c).unwrap().to_uppercase())
+            .collect::<Vec<_>>()
+            .join(":");
+        check_pinned(&root, &ProductionRoots::new([colons])).unwrap();
+        assert!(check_pinned(&root, &ProductionRoots::new(["not a fingerprint"])).is_err());
+    }
+
+    /// Alipay's real bundle (from the shared reference, when present) passes the default pins.
+    #[test]
+    fn alipays_published_root_bundle_is_accepted_for_production() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../shared/alipay/real-samples.json"
+        );
+        let Ok(text) = std::fs::read_to_string(path) else {
+            eprintln!("skipped: {path} is absent");
+            return;
+        };
+        let samples: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let root = samples["certificates"]["alipay_root_cert_pem"]
+            .as_str()
+            .unwrap();
+        check_pinned(root, &ProductionRoots::default()).unwrap();
+    }
+
+    #[test]
+    fn pinning_applies_to_production_however_it_is_named_and_only_to_it() {
+        assert!(targets_production(GatewayKind::Production, None));
+        assert!(targets_production(
+            GatewayKind::Custom,
+            Some("https://OpenAPI.alipay.com/gateway.do")
+        ));
+        assert!(!targets_production(GatewayKind::Sandbox, None));
+        assert!(!targets_production(
+            GatewayKind::Custom,
+            Some("http://127.0.0.1:8080/sandbox/gateway.do")
+        ));
+        assert!(!targets_production(
+            GatewayKind::Custom,
+            Some("https://openapi.alipay.com.example.org/gateway.do")
+        ));
+    }
 }

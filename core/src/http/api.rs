@@ -21,6 +21,7 @@ use super::AppState;
 use super::error::ApiError;
 use super::middleware::{HostContext, RequestId};
 use crate::alipay::credentials::{self, CredentialsInput, CredentialsView};
+use crate::alipay::gateway::GatewayPolicy;
 use crate::auth::{
     self, ApiKey, NewApiKey, NewUser, Principal, PrincipalKind, User, UserFilter, UserPatch,
 };
@@ -148,18 +149,26 @@ impl FromRequestParts<AppState> for Caller {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let token = bearer(&parts.headers).or_else(|| cookie(&parts.headers, SESSION_COOKIE));
-        let Some(token) = token else {
-            return Err(auth::Error::Unauthenticated.into());
-        };
         let host = parts
             .extensions
             .get::<HostContext>()
             .cloned()
-            .unwrap_or(HostContext(None));
-        let principal = auth::authenticate(&state.db.conn, &token, host.partner_id()).await?;
-        Ok(Self(principal))
+            .unwrap_or_default();
+        Ok(Self(principal_of(state, &parts.headers, &host).await?))
     }
+}
+
+/// The principal behind a request's session token (Bearer or cookie) or API key (Bearer).
+pub(crate) async fn principal_of(
+    state: &AppState,
+    headers: &HeaderMap,
+    host: &HostContext,
+) -> Result<Principal, ApiError> {
+    let token = bearer(headers).or_else(|| cookie(headers, SESSION_COOKIE));
+    let Some(token) = token else {
+        return Err(auth::Error::Unauthenticated.into());
+    };
+    Ok(auth::authenticate(&state.db.conn, &token, host.partner_id()).await?)
 }
 
 fn bearer(headers: &HeaderMap) -> Option<String> {
@@ -254,13 +263,11 @@ async fn login(
     id: Option<Extension<RequestId>>,
     ApiJson(body): ApiJson<LoginRequest>,
 ) -> Result<Response, ApiError> {
-    let ip = connect.map_or_else(
-        || "unknown".to_owned(),
-        |Extension(ConnectInfo(addr))| addr.ip().to_string(),
-    );
+    let ip = client_ip(connect);
     let ttl = chrono::Duration::hours(i64::from(state.config.auth.session_ttl_hours));
     let result = auth::login(
         &state.db.conn,
+        &state.hasher,
         &body.email,
         &body.password,
         &ip,
@@ -270,6 +277,13 @@ async fn login(
     .await;
     let (outcome, actor_id) = match &result {
         Ok(login) => (Outcome::Success, Some(login.user.id.clone())),
+        // Refused before any password was checked: anonymous callers could grow the audit log
+        // without bound with these, so they go to the log only. Checked failures are bounded by
+        // the throttle (per account and per address) and are audited.
+        Err(error @ (auth::Error::Throttled { .. } | auth::Error::Busy)) => {
+            tracing::info!(%ip, %error, "sign-in refused before the password check");
+            return Err(clone_auth(error).into());
+        }
         Err(_) => (Outcome::Failed, None),
     };
     let entry = audit::Entry {
@@ -315,6 +329,14 @@ async fn login(
     Ok(response)
 }
 
+/// The peer's address, which sign-in limits count per.
+fn client_ip(connect: Option<Extension<ConnectInfo<SocketAddr>>>) -> String {
+    connect.map_or_else(
+        || "unknown".to_owned(),
+        |Extension(ConnectInfo(addr))| addr.ip().to_string(),
+    )
+}
+
 /// Only the variant matters for the audit detail; auth errors carry no secrets.
 fn clone_auth(error: &auth::Error) -> auth::Error {
     match error {
@@ -322,6 +344,7 @@ fn clone_auth(error: &auth::Error) -> auth::Error {
             retry_after: *retry_after,
         },
         auth::Error::Suspended => auth::Error::Suspended,
+        auth::Error::Busy => auth::Error::Busy,
         _ => auth::Error::InvalidCredentials,
     }
 }
@@ -352,12 +375,16 @@ pub struct PasswordChange {
 async fn change_password(
     State(state): State<AppState>,
     Caller(caller): Caller,
+    connect: Option<Extension<ConnectInfo<SocketAddr>>>,
     id: Option<Extension<RequestId>>,
     ApiJson(body): ApiJson<PasswordChange>,
 ) -> Result<StatusCode, ApiError> {
+    let ip = client_ip(connect);
     let result = auth::change_password(
         &state.db.conn,
+        &state.hasher,
         &caller,
+        &ip,
         &body.current_password,
         &body.new_password,
     )
@@ -468,7 +495,16 @@ async fn create_node(
     let result = async {
         let parent = parent_for(&state, &caller, kind, body.parent_id.as_deref()).await?;
         let grant = state.rbac.authorize(&caller, action, &parent).await?;
-        Ok::<_, ApiError>(tenancy::create(&state.db.conn, &grant, kind, body.node).await?)
+        Ok::<_, ApiError>(
+            tenancy::create(
+                &state.db.conn,
+                &grant,
+                kind,
+                body.node,
+                &state.config.http.console_hosts,
+            )
+            .await?,
+        )
     }
     .await;
     let place = result.as_ref().ok().map(Node::place);
@@ -530,7 +566,15 @@ async fn update_node(
         let node = tenancy::find_in_scope(&state.db.conn, &caller.place, Some(kind), &id).await?;
         place = Some(node.place());
         let grant = state.rbac.authorize(&caller, action, &node.place()).await?;
-        Ok::<_, ApiError>(tenancy::update(&state.db.conn, &grant, patch).await?)
+        Ok::<_, ApiError>(
+            tenancy::update(
+                &state.db.conn,
+                &grant,
+                patch,
+                &state.config.http.console_hosts,
+            )
+            .await?,
+        )
     }
     .await;
     let node = audited(
@@ -904,7 +948,13 @@ async fn put_credentials(
             .rbac
             .authorize(&caller, Action::AlipayCredentialsWrite, &merchant.place())
             .await?;
-        Ok::<_, ApiError>(credentials::put(&state.db.conn, &state.vault, &grant, body).await?)
+        let gateways = GatewayPolicy::from_config(&state.config.alipay);
+        credentials::check_gateway(&body, &gateways)?;
+        let roots =
+            credentials::ProductionRoots::new(&state.config.alipay.production_root_fingerprints);
+        Ok::<_, ApiError>(
+            credentials::put_with_roots(&state.db.conn, &state.vault, &grant, body, &roots).await?,
+        )
     }
     .await;
     let view = audited(

@@ -14,6 +14,12 @@ use crate::{auth, db, events, packages, plugins, rbac, secrets, tenancy, themes}
 pub enum ApiError {
     #[error("no route for {0}")]
     NotFound(String),
+    #[error("this host is not served here")]
+    UnknownHost,
+    #[error("too many {0} at once; try again shortly")]
+    Busy(&'static str),
+    #[error("the request body was not received in time")]
+    BodyTimeout,
     #[error("request body is larger than the limit of {limit} bytes")]
     PayloadTooLarge { limit: usize },
     #[error("the request body could not be read")]
@@ -70,6 +76,9 @@ impl ApiError {
             Self::NotFound(_) | Self::Theme(themes::Error::AssetNotFound) => {
                 (S::NOT_FOUND, "not_found")
             }
+            Self::UnknownHost => (S::NOT_FOUND, "unknown_host"),
+            Self::Busy(_) => (S::TOO_MANY_REQUESTS, "busy"),
+            Self::BodyTimeout => (S::REQUEST_TIMEOUT, "request_timeout"),
             Self::PayloadTooLarge { .. } => (S::PAYLOAD_TOO_LARGE, "payload_too_large"),
             Self::BadBody | Self::BadRequest(_) => (S::BAD_REQUEST, "bad_request"),
             Self::Validation { .. } => (S::UNPROCESSABLE_ENTITY, "validation_failed"),
@@ -95,6 +104,9 @@ impl ApiError {
             Self::Events(events::Error::NotFound(_)) => (S::NOT_FOUND, "not_found"),
             Self::Events(events::Error::TooDeep { .. }) => {
                 (S::UNPROCESSABLE_ENTITY, "event_chain_too_deep")
+            }
+            Self::Events(events::Error::OverBudget { .. }) => {
+                (S::TOO_MANY_REQUESTS, "event_budget_spent")
             }
             Self::Events(events::Error::Db(_)) => INTERNAL,
             Self::Plugin(e) => plugin_status(e),
@@ -163,6 +175,9 @@ fn auth_status(error: &auth::Error) -> (StatusCode, &'static str) {
         A::EmailTaken(_) => (S::CONFLICT, "email_taken"),
         A::InvalidCredentials => (S::UNAUTHORIZED, "invalid_credentials"),
         A::Throttled { .. } => (S::TOO_MANY_REQUESTS, "too_many_attempts"),
+        A::Busy => (S::TOO_MANY_REQUESTS, "busy"),
+        A::ApiKeyRefused => (S::FORBIDDEN, "session_required"),
+        A::NotAbove => (S::FORBIDDEN, "forbidden"),
         A::Unauthenticated => (S::UNAUTHORIZED, "unauthenticated"),
         A::Suspended => (S::FORBIDDEN, "suspended"),
         A::UserNotFound(_) | A::KeyNotFound(_) => (S::NOT_FOUND, "not_found"),

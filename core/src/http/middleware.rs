@@ -64,17 +64,35 @@ pub async fn observe(mut request: Request, next: Next) -> Response {
     response
 }
 
-/// Reads the whole body, up to the configured limit, before any handler runs: a handler never
-/// sees a partial body, and an oversized one is refused with 413 whatever the route.
+/// Reads the whole body, up to the configured limit and within `http.body_read_timeout_secs`,
+/// before any handler runs: a handler never sees a partial body, an oversized one is refused with
+/// 413 and a slow one with 408, whatever the route.
+///
+/// Plugin archives have a larger ceiling, granted only to a caller who is already signed in
+/// with a role that may install plugins (checked from the headers, before a byte of the body is
+/// read) and only while fewer than `http.max_concurrent_uploads` others are being read, so the
+/// memory uploads can hold is bounded and never open to anonymous callers.
 pub async fn limit_body(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let mut limit = state.config.http.body_limit;
-    // Plugin archives are uploaded whole; they have their own (larger) ceiling.
-    let path = request.uri().path();
-    if request.method() == axum::http::Method::POST
-        && path.starts_with("/api/v1/partners/")
-        && path.ends_with("/plugins")
-    {
-        limit = limit.max(crate::plugins::archive::MAX_TOTAL_BYTES);
+    let mut upload_slot = None;
+    if is_archive_upload(&request) {
+        let host = request
+            .extensions()
+            .get::<HostContext>()
+            .cloned()
+            .unwrap_or_default();
+        let caller = super::api::principal_of(&state, request.headers(), &host).await;
+        match caller {
+            Ok(caller) if crate::rbac::allows(caller.role, crate::rbac::Action::PluginManage) => {
+                match state.uploads.clone().try_acquire_owned() {
+                    Ok(slot) => upload_slot = Some(slot),
+                    Err(_) => return ApiError::Busy("uploads").into_response(),
+                }
+                limit = limit.max(crate::plugins::archive::MAX_TOTAL_BYTES);
+            }
+            Ok(_) => {}
+            Err(error) => return error.into_response(),
+        }
     }
     let declared = request
         .headers()
@@ -85,18 +103,41 @@ pub async fn limit_body(State(state): State<AppState>, request: Request, next: N
         return ApiError::PayloadTooLarge { limit }.into_response();
     }
     let (parts, body) = request.into_parts();
-    let bytes: Bytes = match Limited::new(body, limit).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(error) if error.is::<http_body_util::LengthLimitError>() => {
+    let timeout = std::time::Duration::from_secs(state.config.http.body_read_timeout_secs);
+    let collected = tokio::time::timeout(timeout, Limited::new(body, limit).collect()).await;
+    let bytes: Bytes = match collected {
+        Ok(Ok(collected)) => collected.to_bytes(),
+        Ok(Err(error)) if error.is::<http_body_util::LengthLimitError>() => {
             return ApiError::PayloadTooLarge { limit }.into_response();
         }
-        Err(error) => {
+        Ok(Err(error)) => {
             tracing::debug!(%error, "reading the request body failed");
             return ApiError::BadBody.into_response();
         }
+        Err(_) => {
+            let mut response = ApiError::BodyTimeout.into_response();
+            // The rest of the body may still be on its way: do not keep the connection.
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            return response;
+        }
     };
-    next.run(Request::from_parts(parts, Body::from(bytes)))
-        .await
+    let response = next
+        .run(Request::from_parts(parts, Body::from(bytes)))
+        .await;
+    drop(upload_slot);
+    response
+}
+
+/// `POST /api/v1/partners/{id}/plugins`: the one route that takes a plugin archive.
+fn is_archive_upload(request: &Request) -> bool {
+    let path = request.uri().path();
+    request.method() == axum::http::Method::POST
+        && path
+            .strip_prefix("/api/v1/partners/")
+            .and_then(|rest| rest.strip_suffix("/plugins"))
+            .is_some_and(|id| !id.is_empty() && !id.contains('/'))
 }
 
 /// For a browser (it asks for HTML and is not calling `/api/…`), replaces our JSON error bodies
@@ -156,19 +197,35 @@ fn wants_html(request: &Request) -> bool {
         .is_some_and(|accept| accept.contains("text/html"))
 }
 
-/// The partner the request's `Host` belongs to, if any (white label); `None` is the platform
-/// console. Resolved once per request, before any handler runs.
-#[derive(Debug, Clone)]
-pub struct HostContext(pub Option<HostPartner>);
+/// Where the request's `Host` points: a partner's domain (white label), or the platform console
+/// (`partner` is `None`). Resolved once per request, before any handler runs.
+#[derive(Debug, Clone, Default)]
+pub struct HostContext {
+    pub partner: Option<HostPartner>,
+    /// The port the `Host` header named, if any: origins keep it (`http://localhost:8080`).
+    pub port: Option<u16>,
+}
 
 impl HostContext {
     pub fn partner_id(&self) -> Option<&str> {
-        self.0.as_ref().map(|p| p.partner_id.as_str())
+        self.partner.as_ref().map(|p| p.partner_id.as_str())
+    }
+
+    /// The origin of the partner domain the request came through, built from the stored domain
+    /// (never from the raw header) and the header's port.
+    pub fn partner_origin(&self, scheme: &str) -> Option<String> {
+        let partner = self.partner.as_ref()?;
+        Some(match self.port {
+            Some(port) => format!("{scheme}://{}:{port}", partner.domain),
+            None => format!("{scheme}://{}", partner.domain),
+        })
     }
 }
 
-/// Resolves the host's partner for everything but the probes and static files, and records the
-/// partner's theme on the response so error pages wear it.
+/// Resolves the host for everything but the probes and static files: a console host
+/// (`http.console_hosts`), else the partner that claims it, else 404 — a host nobody set up
+/// reaches nothing. A `Host` that does not parse strictly is 400. Records the partner's theme on
+/// the response so error pages wear it.
 pub async fn resolve_host(
     State(state): State<AppState>,
     mut request: Request,
@@ -178,19 +235,27 @@ pub async fn resolve_host(
     if path == "/healthz" || path == "/readyz" || path.starts_with("/static/") {
         return next.run(request).await;
     }
-    let host = request
-        .headers()
-        .get(header::HOST)
-        .and_then(|v| v.to_str().ok())
-        .or_else(|| request.uri().host())
-        .unwrap_or_default()
-        .to_owned();
-    let partner = match tenancy::partner_for_host(&state.db.conn, &host).await {
-        Ok(partner) => partner,
-        Err(error) => return ApiError::from(error).into_response(),
+    let raw = match request.headers().get(header::HOST) {
+        Some(value) => value.to_str().ok().map(str::to_owned),
+        None => request.uri().authority().map(|a| a.as_str().to_owned()),
+    };
+    let Some((name, port)) = raw.as_deref().and_then(tenancy::parse_host_header) else {
+        return ApiError::BadRequest("the Host header is missing or malformed".into())
+            .into_response();
+    };
+    let partner = if state.config.http.console_hosts.contains(&name) {
+        None
+    } else {
+        match tenancy::partner_for_host(&state.db.conn, &name).await {
+            Ok(Some(partner)) => Some(partner),
+            Ok(None) => return ApiError::UnknownHost.into_response(),
+            Err(error) => return ApiError::from(error).into_response(),
+        }
     };
     let theme = partner.as_ref().and_then(|p| p.theme.clone());
-    request.extensions_mut().insert(HostContext(partner));
+    request
+        .extensions_mut()
+        .insert(HostContext { partner, port });
     let mut response = next.run(request).await;
     if let Some(theme) = theme {
         response.extensions_mut().insert(ThemeChoice(theme));

@@ -1051,8 +1051,9 @@ fn plugin_request(
     }
 }
 
-/// The origin of the partner's domain for a request about one of its merchants: the request's
-/// own host when it arrived on that partner's domain, else the partner's first domain.
+/// The origin of the partner's domain for a request about one of its merchants: the domain the
+/// request arrived on when it is that partner's, else the partner's first domain. Either way the
+/// name is a stored domain, never the raw `Host` header.
 async fn partner_origin(
     state: &AppState,
     host: &HostContext,
@@ -1063,9 +1064,7 @@ async fn partner_origin(
         return Ok(None);
     };
     let configured = state.config.http.public_scheme.as_str();
-    if host.partner_id() == Some(partner_id)
-        && let Some(name) = headers.get(header::HOST).and_then(|v| v.to_str().ok())
-    {
+    if host.partner_id() == Some(partner_id) {
         let scheme = match headers
             .get("x-forwarded-proto")
             .and_then(|v| v.to_str().ok())
@@ -1074,7 +1073,7 @@ async fn partner_origin(
             Some("https") => "https",
             _ => configured,
         };
-        return Ok(Some(format!("{scheme}://{}", name.trim())));
+        return Ok(host.partner_origin(scheme));
     }
     Ok(tenancy::first_domain(&state.db.conn, partner_id)
         .await?

@@ -7,7 +7,6 @@ wasmtime::component::bindgen!({
     imports: {
         "trellis:plugin/log": trappable,
         "trellis:plugin/config": trappable,
-        "trellis:plugin/events": trappable,
         default: async | trappable,
     },
     exports: { default: async },

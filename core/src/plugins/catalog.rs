@@ -129,6 +129,8 @@ pub struct Catalog {
     pub db: DatabaseConnection,
     pub runtime: Arc<Runtime>,
     pub clock: Clock,
+    /// What plugins' emissions may add to the outbox.
+    pub event_limits: events::Limits,
 }
 
 fn backend(db: &impl ConnectionTrait) -> DbBackend {
@@ -179,7 +181,19 @@ const COLUMNS: &str =
 
 impl Catalog {
     pub fn new(db: DatabaseConnection, runtime: Arc<Runtime>, clock: Clock) -> Self {
-        Self { db, runtime, clock }
+        Self {
+            db,
+            runtime,
+            clock,
+            event_limits: events::Limits::default(),
+        }
+    }
+
+    /// The same catalog with the `[events]` bounds on plugins' emissions.
+    #[must_use]
+    pub fn with_event_limits(mut self, limits: events::Limits) -> Self {
+        self.event_limits = limits;
+        self
     }
 
     pub fn now(&self) -> DateTime<Utc> {
@@ -827,6 +841,7 @@ impl Catalog {
 
     /// Runs one call of a live installation for a merchant, then records the events it
     /// emitted in the outbox, one plugin hop deeper than `depth` (the triggering event's).
+    /// Each event it emits starts a chain of its own (an HTTP route handles no event).
     pub async fn invoke(
         &self,
         live: &Live,
@@ -835,17 +850,44 @@ impl Catalog {
         call: Call,
         depth: i32,
     ) -> Outcome {
-        let outcome = self
-            .runtime
-            .invoke(
-                &live.loaded,
-                Request {
-                    tenant: TenantContext::at(place, &live.installation.id, locale),
-                    grant: None,
-                    config: live.config.clone(),
-                    theme: live.theme.clone(),
-                    call,
-                },
+        self.invoke_in_chain(live, place, locale, call, depth, None)
+            .await
+            .0
+    }
+
+    /// [`invoke`](Self::invoke) continuing the chain started by `root_id`: what the call emits
+    /// is paced and charged to that chain's budget as it emits (a refused emission answers the
+    /// plugin `quota-exceeded`), and given back if the call fails. Also returns the last refusal.
+    async fn invoke_in_chain(
+        &self,
+        live: &Live,
+        place: &Place,
+        locale: &str,
+        call: Call,
+        depth: i32,
+        root_id: Option<&str>,
+    ) -> (Outcome, Option<events::Refusal>) {
+        let emitter = events::Emitter::new(
+            &live.installation.id,
+            place,
+            root_id,
+            depth + 1,
+            self.event_limits,
+            self.clock.clone(),
+        );
+        let outcome = events::EMITTER
+            .scope(
+                emitter.clone(),
+                self.runtime.invoke(
+                    &live.loaded,
+                    Request {
+                        tenant: TenantContext::at(place, &live.installation.id, locale),
+                        grant: None,
+                        config: live.config.clone(),
+                        theme: live.theme.clone(),
+                        call,
+                    },
+                ),
             )
             .await;
         if outcome.result.is_ok() {
@@ -858,12 +900,20 @@ impl Catalog {
                     occurred_at: self.now(),
                     depth: depth + 1,
                 };
-                if let Err(error) = self.emit(&event).await {
-                    tracing::error!(%error, kind = %event.kind, "could not record an emitted event");
+                match self.emit_in_chain(&event, root_id).await {
+                    Ok(_) => {}
+                    Err(error @ Error::Events(events::Error::OverBudget { .. })) => {
+                        tracing::warn!(%error, kind = %event.kind, installation = %live.installation.id, "an emitted event was not recorded");
+                    }
+                    Err(error) => {
+                        tracing::error!(%error, kind = %event.kind, installation = %live.installation.id, "could not record an emitted event");
+                    }
                 }
             }
+        } else if let Err(error) = events::refund(&self.db, &emitter).await {
+            tracing::warn!(%error, installation = %live.installation.id, "could not give back what a failed call's emissions were charged");
         }
-        outcome
+        (outcome, emitter.refusal())
     }
 
     /// The merchant's configuration of a plugin (`{}` until set).
@@ -949,6 +999,16 @@ impl Catalog {
     /// partner whose active version subscribes to its kind. Entitlement is checked when each
     /// delivery is attempted (a skip is visible in the delivery log).
     pub async fn emit(&self, event: &NewEvent) -> Result<String, Error> {
+        self.emit_in_chain(event, None).await
+    }
+
+    /// [`emit`](Self::emit) for an event that continues the chain started by `root_id`: its
+    /// deliveries are charged to that chain's budget.
+    async fn emit_in_chain(
+        &self,
+        event: &NewEvent,
+        root_id: Option<&str>,
+    ) -> Result<String, Error> {
         let partner_id = event
             .place
             .partner_id
@@ -971,7 +1031,15 @@ impl Catalog {
                 subscribers.push(id);
             }
         }
-        Ok(events::publish(&self.db, event, &subscribers, self.now()).await?)
+        Ok(events::publish(
+            &self.db,
+            event,
+            &subscribers,
+            root_id,
+            &self.event_limits,
+            self.now(),
+        )
+        .await?)
     }
 
     /// The installation by id (the dispatcher's view), whatever its status.
@@ -1007,8 +1075,15 @@ impl Catalog {
         if installation.status != "installed" {
             return Delivery::Skip("uninstalled".into());
         }
+        // Claims hold a suspended tenant's deliveries back; this one was claimed just before the
+        // suspension, so it waits with them for the tenant to be active again.
         match crate::tenancy::is_blocked(&self.db, &claim.place).await {
-            Ok(true) => return Delivery::Skip("suspended: the tenant is suspended".into()),
+            Ok(true) => {
+                return Delivery::Later(
+                    self.now() + chrono::Duration::minutes(1),
+                    "held: the tenant is suspended".into(),
+                );
+            }
             Ok(false) => {}
             Err(e) => return Delivery::Retry(e.to_string()),
         }
@@ -1094,8 +1169,8 @@ impl Catalog {
             theme,
             quotas: packages::Quotas::default(),
         };
-        let outcome = self
-            .invoke(
+        let (outcome, refusal) = self
+            .invoke_in_chain(
                 &live,
                 &claim.place,
                 "zh-CN",
@@ -1106,25 +1181,34 @@ impl Catalog {
                     payload: claim.payload.clone(),
                 }),
                 claim.depth,
+                Some(&claim.root_id),
             )
             .await;
-        match outcome.result {
-            Ok(_) => Delivery::Done,
-            Err(super::Error::NotSubscribed(_)) => Delivery::Skip("not_subscribed".into()),
-            Err(super::Error::Plugin(super::PluginError::Unsupported { .. })) => {
+        match (outcome.result, refusal) {
+            (Ok(_), _) => Delivery::Done,
+            // The plugin gave up on an emission the engine refused: a spent chain stays spent,
+            // while the pace allows the emission again later (without counting an attempt).
+            (Err(super::Error::Plugin(_)), Some(events::Refusal::Chain(reason))) => {
+                Delivery::Skip(format!("over_budget: {reason}"))
+            }
+            (Err(super::Error::Plugin(_)), Some(events::Refusal::Pace { message, retry_at })) => {
+                Delivery::Later(retry_at, format!("postponed: {message}"))
+            }
+            (Err(super::Error::NotSubscribed(_)), _) => Delivery::Skip("not_subscribed".into()),
+            (Err(super::Error::Plugin(super::PluginError::Unsupported { .. })), _) => {
                 Delivery::Skip("not_handled: the plugin has no event handler".into())
             }
             // The engine, not the plugin, could not run it: try again later without counting
             // an attempt.
-            Err(super::Error::Busy { .. }) => Delivery::Later(
+            (Err(super::Error::Busy { .. }), _) => Delivery::Later(
                 self.now() + chrono::Duration::seconds(2),
                 "postponed: the plugin runtime was busy".into(),
             ),
-            Err(super::Error::Suspended { until }) => Delivery::Later(
+            (Err(super::Error::Suspended { until }), _) => Delivery::Later(
                 until,
                 format!("postponed: the installation is suspended until {until}"),
             ),
-            Err(e) => Delivery::Retry(e.to_string()),
+            (Err(e), _) => Delivery::Retry(e.to_string()),
         }
     }
 }

@@ -20,6 +20,7 @@ use super::{
     Services, TenantContext,
 };
 use crate::alipay::client::AlipayClient;
+use crate::alipay::gateway::GatewayPolicy;
 use crate::alipay::sandbox::Sandbox;
 use crate::config::Config;
 use crate::db::Db;
@@ -158,7 +159,9 @@ impl Harness {
             Some(dir) => Some(Themes::load(dir, false).map_err(setup)?),
             None => None,
         };
-        let alipay = AlipayClient::new(
+        // The harness's own sandbox listens on loopback.
+        let alipay = AlipayClient::with_policy(
+            GatewayPolicy::local_sandbox(),
             std::time::Duration::from_secs(5),
             std::time::Duration::from_secs(15),
         )

@@ -464,41 +464,104 @@ fn host_fault(inv: &Invocation, what: &str, error: &dyn std::fmt::Display) -> ty
     types::Error::Internal(format!("{what} failed; see the engine log"))
 }
 
+/// What the plugin learns of a failed Alipay call. Only a verified answer's text passes: anything
+/// else may come from whatever the gateway URL reached (and a plugin hands errors on to its API
+/// callers), so it goes to the log and the plugin gets a fixed message naming the kind.
 fn alipay_error(inv: &Invocation, error: crate::alipay::Error) -> types::Error {
-    {
-        use crate::alipay::Error as A;
-        match error {
-            A::Gateway(g) => types::Error::Upstream(types::UpstreamError {
-                message: g.sub_msg.clone().unwrap_or_else(|| g.msg.clone()),
-                code: g.code,
-                sub_code: g.sub_code,
-            }),
-            A::UnsignedError {
-                code,
-                sub_code,
-                msg,
-            } => types::Error::Upstream(types::UpstreamError {
-                code,
-                sub_code,
-                message: msg,
-            }),
-            A::Transport(m) => types::Error::Upstream(types::UpstreamError {
-                code: "network".into(),
-                sub_code: None,
-                message: m,
-            }),
-            A::InvalidSignature
-            | A::MalformedResponse(_)
-            | A::UntrustedCertificate(_)
-            | A::BadCertificate(_) => types::Error::Upstream(types::UpstreamError {
-                code: "invalid_response".into(),
-                sub_code: None,
-                message: error.to_string(),
-            }),
-            A::BadRequest(m) => types::Error::InvalidInput(m),
-            other => host_fault(inv, "alipay", &other),
+    use crate::alipay::Error as A;
+    let upstream = |code: &str, sub_code: Option<String>, message: &str| {
+        types::Error::Upstream(types::UpstreamError {
+            code: code.to_owned(),
+            sub_code,
+            message: message.to_owned(),
+        })
+    };
+    let logged = |error: &A| {
+        tracing::warn!(
+            plugin = %inv.manifest.id,
+            installation = %inv.tenant.installation_id,
+            invocation = %inv.id,
+            "alipay call failed: {error}"
+        );
+    };
+    match error {
+        A::Gateway(g) => types::Error::Upstream(types::UpstreamError {
+            message: g.sub_msg.clone().unwrap_or_else(|| g.msg.clone()),
+            code: g.code,
+            sub_code: g.sub_code,
+        }),
+        A::UnsignedError {
+            ref code,
+            ref sub_code,
+            ref msg,
+        } => {
+            tracing::warn!(
+                plugin = %inv.manifest.id,
+                invocation = %inv.id,
+                code = %code,
+                sub_code = sub_code.as_deref().unwrap_or(""),
+                msg = %msg,
+                "the gateway refused an alipay call without signing its answer"
+            );
+            // Alipay's codes are what plugins branch on; anything else shaped like them is
+            // dropped rather than passed on.
+            let code = Some(code.clone())
+                .filter(|c| looks_like_a_code(c))
+                .unwrap_or_else(|| "unsigned_error".to_owned());
+            upstream(
+                &code,
+                sub_code.clone().filter(|c| looks_like_a_code(c)),
+                "the gateway refused the call without a signed answer",
+            )
         }
+        A::Transport(_) => {
+            logged(&error);
+            upstream("network", None, "the Alipay gateway could not be reached")
+        }
+        A::DeadlineExceeded => {
+            logged(&error);
+            upstream(
+                "network",
+                None,
+                "the Alipay gateway did not answer before the deadline",
+            )
+        }
+        A::GatewayRefused(_) => {
+            logged(&error);
+            upstream(
+                "gateway_not_allowed",
+                None,
+                "the merchant's Alipay gateway is not allowed on this platform",
+            )
+        }
+        A::ResponseTooLarge { .. } => {
+            logged(&error);
+            upstream(
+                "invalid_response",
+                None,
+                "the Alipay gateway's answer was larger than the platform accepts",
+            )
+        }
+        A::InvalidSignature
+        | A::MalformedResponse(_)
+        | A::UntrustedCertificate(_)
+        | A::BadCertificate(_) => {
+            logged(&error);
+            // These texts are the engine's own, never the gateway's.
+            upstream("invalid_response", None, &error.to_string())
+        }
+        A::BadRequest(m) => types::Error::InvalidInput(m),
+        other => host_fault(inv, "alipay", &other),
     }
+}
+
+/// Alipay's `code` and `sub_code` values: `40004`, `isv.invalid-app-id`, `ACQ.TRADE_NOT_EXIST`.
+fn looks_like_a_code(text: &str) -> bool {
+    !text.is_empty()
+        && text.len() <= 64
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
 }
 
 /// Removes tokens that belong to the merchant's authorisation from a response before the
@@ -535,6 +598,7 @@ impl alipay::Host for State {
             method,
             biz_content,
             options,
+            self.deadline,
         );
         let Some(result) = bounded(self.deadline, call).await else {
             return Err(self.deadline_passed());
@@ -557,6 +621,7 @@ impl alipay::Host for State {
         let started = Instant::now();
         let services = self.services.clone();
         let inv = self.invocation.clone();
+        let deadline = self.deadline;
         let upload = async move {
             match credentials::load_app(&services.db, &services.vault, &merchant).await {
                 Err(credentials::Error::NotConfigured) => Err(types::Error::NotFound(
@@ -566,7 +631,7 @@ impl alipay::Host for State {
                 Ok(app) => {
                     match services
                         .alipay
-                        .upload_image(&app, &image_type, &name, content)
+                        .upload_image_until(&app, &image_type, &name, content, Some(deadline))
                         .await
                     {
                         Ok(mut v) => {
@@ -593,6 +658,7 @@ async fn alipay_call(
     method: String,
     biz_content: String,
     options: alipay::CallOptions,
+    deadline: Instant,
 ) -> Result<String, types::Error> {
     {
         let biz: Option<Value> =
@@ -626,6 +692,7 @@ async fn alipay_call(
             return_url: options.return_url,
             auth_token: options.auth_token,
             extra,
+            deadline: Some(deadline),
             ..CallOptions::default()
         };
         match services
@@ -831,7 +898,7 @@ impl config::Host for State {
 }
 
 impl events::Host for State {
-    fn emit(
+    async fn emit(
         &mut self,
         kind: String,
         payload: String,
@@ -864,6 +931,29 @@ impl events::Host for State {
                 ))));
             }
         };
+        // Only what the catalog will record is paced and charged to a chain; without an
+        // emitter (a lifecycle hook, `trellis plugin run`) emissions are just collected.
+        if let Ok(emitter) = crate::events::EMITTER.try_with(Clone::clone) {
+            let started = Instant::now();
+            let Some(admitted) = bounded(
+                self.deadline,
+                crate::events::admit(&self.services.db, &emitter),
+            )
+            .await
+            else {
+                return Err(self.deadline_passed());
+            };
+            self.record("events", "emit", started, matches!(admitted, Ok(Ok(()))));
+            match admitted {
+                Ok(Ok(())) => {}
+                Ok(Err(refusal)) => {
+                    return Ok(Err(types::Error::QuotaExceeded(
+                        refusal.message().to_owned(),
+                    )));
+                }
+                Err(error) => return Ok(Err(self.host_fault("events", &error))),
+            }
+        }
         self.emitted.push(Emitted { kind, payload });
         Ok(Ok(()))
     }

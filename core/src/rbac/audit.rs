@@ -167,3 +167,39 @@ pub async fn list(
     let (rows, total) = fetch_page(db, ordered, page).await?;
     Ok(page.wrap(rows.into_iter().map(Record::from).collect(), total))
 }
+
+/// Deletes entries older than `retention_days` (0 keeps everything); returns how many went.
+pub async fn prune(db: &impl ConnectionTrait, retention_days: u32) -> Result<u64, sea_orm::DbErr> {
+    if retention_days == 0 {
+        return Ok(0);
+    }
+    let cutoff = Utc::now() - chrono::Duration::days(i64::from(retention_days));
+    let result = audit_log::Entity::delete_many()
+        .filter(audit_log::Column::At.lt(cutoff))
+        .exec(db)
+        .await?;
+    Ok(result.rows_affected)
+}
+
+/// Prunes hourly (and once at start) until `stop` turns true.
+pub async fn prune_periodically(
+    db: sea_orm::DatabaseConnection,
+    retention_days: u32,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut every = tokio::time::interval(std::time::Duration::from_secs(3_600));
+    loop {
+        tokio::select! {
+            _ = every.tick() => match prune(&db, retention_days).await {
+                Ok(0) => {}
+                Ok(pruned) => tracing::info!(pruned, retention_days, "old audit entries deleted"),
+                Err(error) => tracing::warn!(%error, "pruning the audit log failed"),
+            },
+            changed = stop.changed() => {
+                if changed.is_err() || *stop.borrow() {
+                    break;
+                }
+            }
+        }
+    }
+}

@@ -1,4 +1,5 @@
-//! A verified Alipay notification, kept as received (all decoded fields, as JSON).
+//! A verified Alipay notification, kept as received (all decoded fields, as JSON); unique per
+//! (merchant, app, notify id).
 
 use sea_orm::entity::prelude::*;
 
@@ -10,6 +11,8 @@ pub struct Model {
     pub merchant_id: String,
     pub partner_id: Option<String>,
     pub agent_id: Option<String>,
+    /// The merchant's app the notification was verified for: its `app_id`, or its
+    /// `auth_app_id` when a service provider's app sent it.
     pub app_id: String,
     pub notify_id: String,
     pub notify_type: String,
