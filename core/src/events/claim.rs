@@ -1,0 +1,261 @@
+//! Claiming due deliveries fairly: in turns across partners and, within a partner, across
+//! merchants, holding back suspended tenants and partners that have no room left.
+//!
+//! Invariant: a delivery is leased to one dispatcher at a time; a suspended tenant's deliveries
+//! are never claimed.
+
+use chrono::{DateTime, Duration, Utc};
+use sea_orm::{ConnectionTrait, DbBackend, QueryResult, Value};
+use serde_json::Value as Json;
+
+use super::{Claimed, Error, backend};
+use crate::db::{from_millis, millis, statement};
+use crate::tenancy::{NodeKind, Place};
+
+/// Deliveries of a suspended partner, agent or merchant: held out of every claim until the node
+/// is active again. The suspended nodes are few, so each list is read once per statement.
+const NOT_SUSPENDED: &str = "partner_id NOT IN (SELECT id FROM nodes WHERE status = 'suspended') \
+     AND (agent_id IS NULL OR agent_id NOT IN (SELECT id FROM nodes WHERE status = 'suspended')) \
+     AND (merchant_id IS NULL OR merchant_id NOT IN (SELECT id FROM nodes WHERE status = 'suspended'))";
+
+/// How many deliveries of each partner the claiming process may still start: one partner may
+/// hold at most `per_partner` of its slots, so the rest stay free for the others however slow
+/// that partner's plugins are.
+#[derive(Debug, Clone, Copy)]
+pub struct Room<'a> {
+    /// This process's deliveries in flight, by partner.
+    pub in_flight: &'a std::collections::HashMap<String, usize>,
+    pub per_partner: usize,
+    /// A partner with less room than this is left out of the claim: giving it one slot at a
+    /// time would rank every due delivery for each one.
+    pub least: usize,
+}
+
+impl Room<'_> {
+    fn of(&self, partner_id: &str) -> usize {
+        self.per_partner
+            .saturating_sub(self.in_flight.get(partner_id).copied().unwrap_or(0))
+    }
+
+    fn held_back(&self) -> Vec<String> {
+        self.in_flight
+            .keys()
+            .filter(|p| self.of(p) < self.least.max(1))
+            .cloned()
+            .collect()
+    }
+}
+
+/// Claims up to `batch` due deliveries for `owner` until `now + lease`, in turns: the oldest due
+/// delivery of every partner comes before the second of any, and within a partner the oldest of
+/// every merchant before the second of any, so one tenant's backlog delays another's deliveries
+/// by at most a round rather than by the whole backlog. Deliveries of suspended tenants are held,
+/// and no partner gets more than its `room`.
+///
+/// The turns are ranked by a read (no locks; it reads every due delivery), then the first
+/// `batch` still claimable are leased by a short write; rows another dispatcher leased meanwhile
+/// are passed over (on PostgreSQL rows it is leasing are skipped, `FOR UPDATE SKIP LOCKED`;
+/// SQLite serialises writers, so each write is atomic as it stands).
+pub async fn claim(
+    db: &impl ConnectionTrait,
+    owner: &str,
+    batch: u32,
+    room: Room<'_>,
+    lease: Duration,
+    max_attempts: i32,
+    now: DateTime<Utc>,
+) -> Result<Vec<Claimed>, Error> {
+    // A read first: an idle dispatcher polls often, and must not take SQLite's write lock
+    // (or PostgreSQL row locks) when nothing is due.
+    let due = db
+        .query_one_raw(statement(
+            backend(db),
+            &format!(
+                "SELECT id FROM event_deliveries WHERE status = 'pending' AND next_attempt_at <= ? \
+                 AND (lease_until IS NULL OR lease_until < ?) AND {NOT_SUSPENDED} LIMIT 1"
+            ),
+            vec![millis(now).into(), millis(now).into()],
+        ))
+        .await?;
+    if due.is_none() {
+        return Ok(Vec::new());
+    }
+    // Deliveries whose every attempt was claimed but never recorded (their dispatchers died
+    // each time) are dead rather than retried for ever.
+    db.execute_raw(statement(
+        backend(db),
+        "UPDATE event_deliveries SET status = 'dead', last_error = ?, lease_until = NULL, updated_at = ? \
+         WHERE status = 'pending' AND attempts >= ? AND lease_until IS NOT NULL AND lease_until < ?",
+        vec![
+            format!("no outcome recorded after {max_attempts} attempts (the dispatchers holding it stopped)").into(),
+            millis(now).into(),
+            max_attempts.into(),
+            millis(now).into(),
+        ],
+    ))
+    .await?;
+    // Twice the batch: another dispatcher ranking at the same moment takes the same first turns.
+    let candidates = fair_turns(
+        db,
+        batch.saturating_mul(2),
+        &room.held_back(),
+        max_attempts,
+        now,
+    )
+    .await?;
+    let mut taken: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    let candidates: Vec<String> = candidates
+        .iter()
+        .filter(|(_, partner)| {
+            let count = taken.entry(partner.as_str()).or_default();
+            *count += 1;
+            *count <= room.of(partner)
+        })
+        .map(|(id, _)| id.clone())
+        .collect();
+    let mut claimed: Vec<String> = Vec::new();
+    let mut rest = candidates.as_slice();
+    let wanted = usize::try_from(batch).unwrap_or(usize::MAX);
+    while claimed.len() < wanted && !rest.is_empty() {
+        let (chunk, after) = rest.split_at((wanted - claimed.len()).min(rest.len()));
+        rest = after;
+        claimed.extend(lease_rows(db, owner, chunk, lease, max_attempts, now).await?);
+    }
+    if claimed.is_empty() {
+        return Ok(Vec::new());
+    }
+    let marks = vec!["?"; claimed.len()].join(", ");
+    let mut values: Vec<Value> = claimed.into_iter().map(Value::from).collect();
+    values.push(owner.into());
+    let rows = db
+        .query_all_raw(statement(
+            backend(db),
+            &format!(
+                "SELECT d.id, d.event_id, d.installation_id, d.attempts, e.kind, e.partner_id, e.agent_id, \
+                 e.merchant_id, e.payload, e.source, e.depth, e.root_id, e.occurred_at FROM event_deliveries d \
+                 JOIN events e ON e.id = d.event_id WHERE d.id IN ({marks}) AND d.lease_owner = ? \
+                 ORDER BY d.next_attempt_at, d.id"
+            ),
+            values,
+        ))
+        .await?;
+    rows.iter().map(claimed_of).collect()
+}
+
+/// Up to `limit` due deliveries (id, partner) in fair order: by turn within their partner (each
+/// merchant's oldest first, then each one's second, …), oldest first within a turn. The
+/// `held_back` partners are left out.
+async fn fair_turns(
+    db: &impl ConnectionTrait,
+    limit: u32,
+    held_back: &[String],
+    max_attempts: i32,
+    now: DateTime<Utc>,
+) -> Result<Vec<(String, String)>, Error> {
+    let limit = i64::from(limit);
+    let mut values: Vec<Value> = vec![millis(now).into(), max_attempts.into(), millis(now).into()];
+    let held_back = if held_back.is_empty() {
+        String::new()
+    } else {
+        values.extend(held_back.iter().cloned().map(Value::from));
+        format!(
+            " AND partner_id NOT IN ({})",
+            vec!["?"; held_back.len()].join(", ")
+        )
+    };
+    values.extend([limit.into(), limit.into(), limit.into()]);
+    // No merchant or partner can have more than `limit` deliveries among the first `limit`,
+    // so later turns are cut before they are ranked again.
+    let rows = db
+        .query_all_raw(statement(
+            backend(db),
+            &format!(
+                "SELECT id, partner_id FROM (\
+                   SELECT id, partner_id, next_attempt_at, \
+                   ROW_NUMBER() OVER (PARTITION BY partner_id ORDER BY merchant_turn, next_attempt_at, id) AS turn \
+                   FROM (\
+                     SELECT id, partner_id, next_attempt_at, \
+                     ROW_NUMBER() OVER (PARTITION BY partner_id, merchant_id ORDER BY next_attempt_at, id) AS merchant_turn \
+                     FROM event_deliveries WHERE status = 'pending' AND next_attempt_at <= ? AND attempts < ? \
+                     AND (lease_until IS NULL OR lease_until < ?) AND {NOT_SUSPENDED}{held_back}\
+                   ) per_merchant WHERE merchant_turn <= ?\
+                 ) per_partner WHERE turn <= ? ORDER BY turn, next_attempt_at, id LIMIT ?"
+            ),
+            values,
+        ))
+        .await?;
+    rows.iter()
+        .map(|r| Ok((r.try_get("", "id")?, r.try_get("", "partner_id")?)))
+        .collect()
+}
+
+/// Leases those of `ids` that are still claimable to `owner`; returns the ids it leased.
+async fn lease_rows(
+    db: &impl ConnectionTrait,
+    owner: &str,
+    ids: &[String],
+    lease: Duration,
+    max_attempts: i32,
+    now: DateTime<Utc>,
+) -> Result<Vec<String>, Error> {
+    let lock = if backend(db) == DbBackend::Postgres {
+        " FOR UPDATE SKIP LOCKED"
+    } else {
+        ""
+    };
+    let marks = vec!["?"; ids.len()].join(", ");
+    let mut values: Vec<Value> = vec![owner.into(), millis(now + lease).into(), millis(now).into()];
+    values.extend(ids.iter().cloned().map(Value::from));
+    values.extend([max_attempts.into(), millis(now).into()]);
+    let rows = db
+        .query_all_raw(statement(
+            backend(db),
+            &format!(
+                "UPDATE event_deliveries SET lease_owner = ?, lease_until = ?, attempts = attempts + 1, updated_at = ? \
+                 WHERE id IN (SELECT id FROM event_deliveries WHERE id IN ({marks}) AND status = 'pending' \
+                 AND attempts < ? AND (lease_until IS NULL OR lease_until < ?){lock}) RETURNING id"
+            ),
+            values,
+        ))
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| r.try_get::<String>("", "id"))
+        .collect::<Result<_, _>>()?)
+}
+
+fn claimed_of(row: &QueryResult) -> Result<Claimed, Error> {
+    let partner_id: String = row.try_get("", "partner_id")?;
+    let agent_id: Option<String> = row.try_get("", "agent_id")?;
+    let merchant_id: Option<String> = row.try_get("", "merchant_id")?;
+    let (id, kind) = if let Some(m) = &merchant_id {
+        (m.clone(), NodeKind::Merchant)
+    } else if let Some(a) = &agent_id {
+        (a.clone(), NodeKind::Agent)
+    } else {
+        (partner_id.clone(), NodeKind::Partner)
+    };
+    let payload: String = row.try_get("", "payload")?;
+    Ok(Claimed {
+        delivery_id: row.try_get("", "id")?,
+        root_id: row
+            .try_get::<Option<String>>("", "root_id")?
+            .map_or_else(|| row.try_get("", "event_id"), Ok)?,
+        event_id: row.try_get("", "event_id")?,
+        installation_id: row.try_get("", "installation_id")?,
+        place: Place {
+            id,
+            kind,
+            partner_id: Some(partner_id),
+            agent_id,
+            merchant_id,
+            store_id: None,
+        },
+        kind: row.try_get("", "kind")?,
+        payload: serde_json::from_str(&payload).unwrap_or(Json::Null),
+        occurred_at: from_millis(row.try_get("", "occurred_at")?),
+        source: row.try_get("", "source")?,
+        depth: row.try_get("", "depth")?,
+        attempts: row.try_get("", "attempts")?,
+    })
+}
