@@ -13,7 +13,7 @@ use trellis_core::alipay::gateway::GatewayPolicy;
 use trellis_core::alipay::{PrivateKey, PublicKey, SignType};
 use trellis_tests::{
     Api, Engine, client, create_node as node, create_partner, create_platform_admin,
-    create_user as user, databases, eventually, plugin_archive_bytes, register_sandbox_app,
+    create_user as user, databases, eventually, register_sandbox_app,
 };
 
 const PASSWORD: &str = "correct horse battery staple";
@@ -65,37 +65,19 @@ async fn world(engine: &Engine, database_url: &str) -> World {
     let agent_admin = user(engine, &root, &agent, "agent@p1.test", "p1.test").await;
 
     // The partner installs and offers the plugin; the agent packages it for m1 only.
-    let archive = plugin_archive_bytes("plugins/membership", "trellis_plugin_membership");
-    let installed = partner_admin
-        .upload(&format!("/api/v1/partners/{partner}/plugins"), archive)
-        .await;
-    assert_eq!(installed.status, 201, "{installed:?}");
-    partner_admin
-        .post(
-            &format!("/api/v1/partners/{partner}/plugins/{MEMBERSHIP}/offer"),
-            json!({"offered": true}),
-        )
-        .await
-        .ok();
-    let package = agent_admin
-        .post(
-            "/api/v1/packages",
-            json!({"name": "会员套餐", "plugins": [MEMBERSHIP], "validity_days": 365, "quotas": {"max_members": 2}}),
-        )
-        .await
-        .ok()
-        .id();
-    agent_admin
-        .post(&format!("/api/v1/packages/{package}/publish"), json!({}))
-        .await
-        .ok();
-    agent_admin
-        .post(
-            &format!("/api/v1/packages/{package}/assignments"),
-            json!({"merchant_ids": [m1]}),
-        )
-        .await
-        .ok();
+    trellis_tests::install_and_assign(
+        &partner_admin,
+        &agent_admin,
+        &partner,
+        (
+            "plugins/membership",
+            "trellis_plugin_membership",
+            MEMBERSHIP,
+        ),
+        json!({"name": "会员套餐", "validity_days": 365, "quotas": {"max_members": 2}}),
+        &[&m1],
+    )
+    .await;
 
     // m1's Alipay app, registered at the sandbox.
     let pem = std::fs::read_to_string(format!("{VECTORS}keys/app_private_pkcs8.pem")).unwrap();

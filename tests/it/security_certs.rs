@@ -20,7 +20,7 @@ use serde_json::{Value, json};
 use trellis_core::alipay::{PrivateKey, SignType, cert, response};
 use trellis_tests::{
     Api, Engine, client, create_node as node, create_partner, create_platform_admin,
-    create_user as user, eventually, plugin_archive_bytes, register_sandbox_app,
+    create_user as user, eventually, register_sandbox_app,
 };
 
 const PASSWORD: &str = "correct horse battery staple";
@@ -240,37 +240,19 @@ async fn merchants(engine: &Engine, database_url: &str) -> [(String, Api); 2] {
     let b = node(&root, "merchants", Some(&agent), json!({"name": "B"})).await;
     let partner_admin = user(engine, &root, &partner, "partner@p1.test", "p1.test").await;
     let agent_admin = user(engine, &root, &agent, "agent@p1.test", "p1.test").await;
-    let archive = plugin_archive_bytes("plugins/membership", "trellis_plugin_membership");
-    let installed = partner_admin
-        .upload(&format!("/api/v1/partners/{partner}/plugins"), archive)
-        .await;
-    assert_eq!(installed.status, 201, "{installed:?}");
-    partner_admin
-        .post(
-            &format!("/api/v1/partners/{partner}/plugins/{MEMBERSHIP}/offer"),
-            json!({"offered": true}),
-        )
-        .await
-        .ok();
-    let package = agent_admin
-        .post(
-            "/api/v1/packages",
-            json!({"name": "会员", "plugins": [MEMBERSHIP], "validity_days": 365, "quotas": {"max_members": 2}}),
-        )
-        .await
-        .ok()
-        .id();
-    agent_admin
-        .post(&format!("/api/v1/packages/{package}/publish"), json!({}))
-        .await
-        .ok();
-    agent_admin
-        .post(
-            &format!("/api/v1/packages/{package}/assignments"),
-            json!({"merchant_ids": [a, b]}),
-        )
-        .await
-        .ok();
+    trellis_tests::install_and_assign(
+        &partner_admin,
+        &agent_admin,
+        &partner,
+        (
+            "plugins/membership",
+            "trellis_plugin_membership",
+            MEMBERSHIP,
+        ),
+        json!({"name": "会员", "validity_days": 365, "quotas": {"max_members": 2}}),
+        &[&a, &b],
+    )
+    .await;
     let owner_a = user(engine, &root, &a, "owner@a.test", "p1.test").await;
     let owner_b = user(engine, &root, &b, "owner@b.test", "p1.test").await;
     for (merchant, owner) in [(&a, &owner_a), (&b, &owner_b)] {

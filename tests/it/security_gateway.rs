@@ -11,7 +11,6 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use trellis_tests::{
     Api, Engine, client, create_node, create_partner, create_platform_admin, create_user,
-    plugin_archive_bytes,
 };
 
 const PASSWORD: &str = "correct horse battery staple";
@@ -53,37 +52,19 @@ impl Merchant {
         let agent_admin = create_user(engine, &root, &agent, "agent@p1.test", "p1.test").await;
         let partner_admin =
             create_user(engine, &root, &partner, "partner@p1.test", "p1.test").await;
-        let archive = plugin_archive_bytes("plugins/membership", "trellis_plugin_membership");
-        let installed = partner_admin
-            .upload(&format!("/api/v1/partners/{partner}/plugins"), archive)
-            .await;
-        assert_eq!(installed.status, 201, "{installed:?}");
-        partner_admin
-            .post(
-                &format!("/api/v1/partners/{partner}/plugins/{MEMBERSHIP}/offer"),
-                json!({"offered": true}),
-            )
-            .await
-            .ok();
-        let package = agent_admin
-            .post(
-                "/api/v1/packages",
-                json!({"name": "会员套餐", "plugins": [MEMBERSHIP], "validity_days": 365}),
-            )
-            .await
-            .ok()
-            .id();
-        agent_admin
-            .post(&format!("/api/v1/packages/{package}/publish"), json!({}))
-            .await
-            .ok();
-        agent_admin
-            .post(
-                &format!("/api/v1/packages/{package}/assignments"),
-                json!({"merchant_ids": [id]}),
-            )
-            .await
-            .ok();
+        trellis_tests::install_and_assign(
+            &partner_admin,
+            &agent_admin,
+            &partner,
+            (
+                "plugins/membership",
+                "trellis_plugin_membership",
+                MEMBERSHIP,
+            ),
+            json!({"name": "会员套餐", "validity_days": 365}),
+            &[&id],
+        )
+        .await;
         let owner = create_user(engine, &root, &id, "owner@p1.test", "p1.test").await;
         Self { owner, id }
     }

@@ -682,6 +682,53 @@ pub async fn create_user(engine: &Engine, root: &Api, node: &str, email: &str, h
     Api::new(engine, host).login(email, TEST_PASSWORD).await
 }
 
+/// The way a plugin reaches merchants: `partner_admin` installs the archive built from
+/// `plugin_dir` (its component `component`) and offers plugin `plugin_id`; `agent_admin`
+/// packages it (`package` is the package's JSON, whose `plugins` is set here), publishes the
+/// package and assigns it to `merchants`. Returns the package's id.
+pub async fn install_and_assign(
+    partner_admin: &Api,
+    agent_admin: &Api,
+    partner: &str,
+    (plugin_dir, component, plugin_id): (&str, &str, &str),
+    mut package: serde_json::Value,
+    merchants: &[&str],
+) -> String {
+    let archive = plugin_archive_bytes(plugin_dir, component);
+    let installed = partner_admin
+        .upload(&format!("/api/v1/partners/{partner}/plugins"), archive)
+        .await;
+    assert_eq!(installed.status, 201, "{installed:?}");
+    partner_admin
+        .post(
+            &format!("/api/v1/partners/{partner}/plugins/{plugin_id}/offer"),
+            serde_json::json!({"offered": true}),
+        )
+        .await
+        .ok();
+    package["plugins"] = serde_json::json!([plugin_id]);
+    let package = agent_admin
+        .post("/api/v1/packages", package)
+        .await
+        .ok()
+        .id();
+    agent_admin
+        .post(
+            &format!("/api/v1/packages/{package}/publish"),
+            serde_json::json!({}),
+        )
+        .await
+        .ok();
+    agent_admin
+        .post(
+            &format!("/api/v1/packages/{package}/assignments"),
+            serde_json::json!({"merchant_ids": merchants}),
+        )
+        .await
+        .ok();
+    package
+}
+
 /// Polls `check` until it holds, or panics with `what` and the last failure after `within`.
 pub async fn eventually<F, Fut>(within: Duration, what: &str, mut check: F)
 where
