@@ -66,7 +66,7 @@ pub enum Error {
     #[error("API keys cannot manage passwords, API keys or sessions; sign in to do this")]
     ApiKeyRefused,
     #[error(
-        "only an account of a higher tier may set another account's password; change your own at /api/v1/auth/password"
+        "only an account of a higher tier may set another account's password or status; change your own password at /api/v1/auth/password"
     )]
     NotAbove,
     #[error("authentication required")]
@@ -297,8 +297,11 @@ pub struct NewUser {
 }
 
 /// Creates an account on the grant's target node, with the role of that node's tier.
+/// Only accounts create accounts: an API key that could create one with a password of its
+/// choosing could sign in as it and manage credentials after all.
 pub async fn create_user(
     db: &impl ConnectionTrait,
+    hasher: &Hasher,
     grant: &Grant,
     input: NewUser,
 ) -> Result<User, Error> {
@@ -308,10 +311,21 @@ pub async fn create_user(
             "this grant does not allow creating accounts",
         ));
     }
+    require_session(grant.actor())?;
     let place = grant.target();
     let role = tier_role(place, input.role)?;
     let email = normalize_email(&input.email)?;
-    let hash = hash_password(&input.password)?;
+    validate_password(&input.password)?;
+    // A taken email costs no hash.
+    if users::Entity::find()
+        .filter(users::Column::Email.eq(email.as_str()))
+        .one(db)
+        .await?
+        .is_some()
+    {
+        return Err(Error::EmailTaken(email));
+    }
+    let hash = hasher.hash(&input.password).await?;
     Ok(insert_user(db, place, &email, hash, role).await?.into())
 }
 
@@ -385,14 +399,26 @@ pub struct UserPatch {
 }
 
 /// Updates account `user_id`, which must stand on the grant's target node.
+///
+/// An account's status and password are changed only by an account (never an API key) of a
+/// strictly higher tier: a peer or the account itself cannot undo what the tier above decided,
+/// and one's own password changes at `/auth/password` with the current one. Disabling an
+/// account ends its sessions and revokes the API keys it created.
 pub async fn update_user(
     db: &impl ConnectionTrait,
+    hasher: &Hasher,
     grant: &Grant,
     user_id: &str,
     patch: UserPatch,
 ) -> Result<User, Error> {
     if grant.action() != Action::UserUpdate {
         return Err(invalid("id", "this grant does not allow changing accounts"));
+    }
+    if patch.status.is_some() || patch.password.is_some() {
+        require_session(grant.actor())?;
+        if grant.actor().place.kind.depth() >= grant.target().kind.depth() {
+            return Err(Error::NotAbove);
+        }
     }
     let model = users::Entity::find_by_id(user_id)
         .filter(users::Column::NodeId.eq(grant.target().id.as_str()))
@@ -405,29 +431,28 @@ pub async fn update_user(
         if status != "active" && status != "disabled" {
             return Err(invalid("status", "must be \"active\" or \"disabled\""));
         }
-        if status == "disabled"
-            && grant.actor().kind == PrincipalKind::User
-            && grant.actor().id == user_id
-        {
-            return Err(invalid("status", "you cannot disable your own account"));
-        }
         revoke |= status == "disabled";
         active.status = Set(status.clone());
     }
     if let Some(password) = &patch.password {
-        require_session(grant.actor())?;
-        // A reset comes from a tier above, never from a peer or the account itself (which
-        // changes its password with the current one at `/auth/password`).
-        if grant.actor().place.kind.depth() >= grant.target().kind.depth() {
-            return Err(Error::NotAbove);
-        }
-        active.password_hash = Set(hash_password(password)?);
+        active.password_hash = Set(hasher.hash(password).await?);
         revoke = true;
     }
     active.updated_at = Set(Utc::now());
     let model = active.update(db).await?;
     if revoke {
         revoke_sessions(db, user_id, None).await?;
+    }
+    if patch.status.as_deref() == Some("disabled") {
+        api_keys::Entity::update_many()
+            .col_expr(
+                api_keys::Column::RevokedAt,
+                sea_orm::sea_query::Expr::value(Utc::now()),
+            )
+            .filter(api_keys::Column::CreatedBy.eq(user_id))
+            .filter(api_keys::Column::RevokedAt.is_null())
+            .exec(db)
+            .await?;
     }
     Ok(model.into())
 }
@@ -507,8 +532,8 @@ fn partner_matches(user: &users::Model, host_partner: Option<&str>) -> bool {
     match host_partner {
         // A partner's domain serves that partner's accounts only.
         Some(partner) => user.partner_id.as_deref() == Some(partner),
-        // The platform console (any host no partner claims) serves everyone.
-        None => true,
+        // The platform console serves the platform's own accounts only.
+        None => user.partner_id.is_none(),
     }
 }
 

@@ -424,6 +424,10 @@ async fn execute(command: Command, config: Config) -> Result<(), Failure> {
                 uploads: Arc::new(tokio::sync::Semaphore::new(
                     config.http.max_concurrent_uploads as usize,
                 )),
+                body_budget: Arc::new(tokio::sync::Semaphore::new(
+                    usize::try_from(config.http.max_buffered_body_bytes / 1024)
+                        .unwrap_or(usize::MAX >> 4),
+                )),
                 config: Arc::new(config),
                 db: db.clone(),
                 themes,

@@ -159,6 +159,15 @@ pub struct HttpConfig {
     pub body_read_timeout_secs: u64,
     /// Plugin archive uploads read at once (each up to the archive ceiling); more get 429.
     pub max_concurrent_uploads: u32,
+    /// Connections one client address may hold at once (0: no per-address cap, for a server
+    /// behind a proxy whose address every client shares).
+    pub max_connections_per_ip: u32,
+    /// How long a write to a client may stay blocked (a client that stops reading), in seconds.
+    pub write_timeout_secs: u64,
+    /// Request bytes held in memory across all requests being read; past it, 503 at once.
+    pub max_buffered_body_bytes: u64,
+    /// Largest body of a request that carries no credentials (sign-in, callbacks, member pages).
+    pub anonymous_body_limit: usize,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -295,6 +304,10 @@ struct DefaultHttp {
     header_read_timeout_secs: u64,
     body_read_timeout_secs: u64,
     max_concurrent_uploads: u32,
+    max_connections_per_ip: u32,
+    write_timeout_secs: u64,
+    max_buffered_body_bytes: u64,
+    anonymous_body_limit: usize,
 }
 
 #[derive(Serialize)]
@@ -332,6 +345,10 @@ const DEFAULTS: Defaults = Defaults {
         header_read_timeout_secs: 10,
         body_read_timeout_secs: 30,
         max_concurrent_uploads: 4,
+        max_connections_per_ip: 256,
+        write_timeout_secs: 30,
+        max_buffered_body_bytes: 256 * 1024 * 1024,
+        anonymous_body_limit: 64 * 1024,
     },
     database: DefaultDatabase {
         url: "",
@@ -495,6 +512,28 @@ impl Config {
         }
         if self.http.max_concurrent_uploads == 0 || self.http.max_concurrent_uploads > 1_000 {
             return invalid("http.max_concurrent_uploads", "must be 1 to 1000");
+        }
+        if self.http.max_connections_per_ip > 1_000_000 {
+            return invalid(
+                "http.max_connections_per_ip",
+                "must be 0 (no cap) to 1000000",
+            );
+        }
+        if self.http.write_timeout_secs == 0 || self.http.write_timeout_secs > 3_600 {
+            return invalid("http.write_timeout_secs", "must be 1 to 3600");
+        }
+        if self.http.max_buffered_body_bytes < 64 * 1024 * 1024
+            || self.http.max_buffered_body_bytes > 1 << 40
+        {
+            return invalid(
+                "http.max_buffered_body_bytes",
+                "must be 67108864 (64 MiB, two archive uploads) to 1099511627776",
+            );
+        }
+        if self.http.anonymous_body_limit == 0
+            || self.http.anonymous_body_limit > self.http.body_limit
+        {
+            return invalid("http.anonymous_body_limit", "must be 1 to http.body_limit");
         }
         if self.auth.hash_threads > 1_024 {
             return invalid("auth.hash_threads", "must be 0 (half the cores) to 1024");

@@ -112,6 +112,7 @@ pub async fn seed(
         place: platform.clone(),
         session_id: None,
     };
+    let hasher = auth::Hasher::new(1, 8);
     let mut parent = platform;
     for (kind, name) in [
         (NodeKind::Partner, "Demo Partner 演示服务商"),
@@ -137,6 +138,7 @@ pub async fn seed(
         let grant = rbac.authorize(&actor, Action::UserCreate, &place).await?;
         let user = auth::create_user(
             db,
+            &hasher,
             &grant,
             NewUser {
                 email: email.clone(),

@@ -44,6 +44,8 @@ pub struct AppState {
     pub hasher: crate::auth::Hasher,
     /// Plugin archive uploads being read now (`http.max_concurrent_uploads`).
     pub uploads: Arc<tokio::sync::Semaphore>,
+    /// KiB of request bodies that may be held in memory at once (`http.max_buffered_body_bytes`).
+    pub body_budget: Arc<tokio::sync::Semaphore>,
 }
 
 /// The whole application as a router, ready for `axum::serve` or for `oneshot` in tests.
@@ -244,6 +246,9 @@ struct ConnectionLimits {
     slots: Arc<tokio::sync::Semaphore>,
     max: u32,
     header_read_timeout: Duration,
+    write_timeout: Duration,
+    per_peer: u32,
+    peers: Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, u32>>>,
     /// Ends once every connection has been told to finish (graceful shutdown).
     closing: tokio::sync::watch::Sender<bool>,
 }
@@ -254,13 +259,152 @@ impl ConnectionLimits {
             slots: Arc::new(tokio::sync::Semaphore::new(config.max_connections as usize)),
             max: config.max_connections,
             header_read_timeout: Duration::from_secs(config.header_read_timeout_secs),
+            write_timeout: Duration::from_secs(config.write_timeout_secs),
+            per_peer: config.max_connections_per_ip,
+            peers: Arc::default(),
             closing: tokio::sync::watch::Sender::new(false),
         }
+    }
+
+    /// Counts a connection from `peer`, or `None` when that address already holds its share.
+    fn admit_peer(&self, peer: std::net::IpAddr) -> Option<PeerSlot> {
+        if self.per_peer == 0 {
+            return Some(PeerSlot(None));
+        }
+        let mut peers = self
+            .peers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let count = peers.entry(peer).or_insert(0);
+        if *count >= self.per_peer {
+            return None;
+        }
+        *count += 1;
+        Some(PeerSlot(Some((Arc::clone(&self.peers), peer))))
     }
 
     /// Resolves when every connection slot is free again: all connections have closed.
     async fn drained(&self) {
         let _ = self.slots.acquire_many(self.max).await;
+    }
+}
+
+type PeerCounts = Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, u32>>>;
+
+/// One connection counted against its peer's share; gives it back when dropped.
+struct PeerSlot(Option<(PeerCounts, std::net::IpAddr)>);
+
+impl Drop for PeerSlot {
+    fn drop(&mut self) {
+        if let Some((peers, peer)) = self.0.take() {
+            let mut peers = peers
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Some(count) = peers.get_mut(&peer) {
+                *count = count.saturating_sub(1);
+                if *count == 0 {
+                    peers.remove(&peer);
+                }
+            }
+        }
+    }
+}
+
+/// A connection whose writes must make progress: a client that stops reading its answers
+/// (so that the engine's writes stay pending) loses the connection after `timeout`, instead of
+/// holding its slot for ever.
+struct WriteDeadline<S> {
+    inner: S,
+    timeout: Duration,
+    stalled: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<S> WriteDeadline<S> {
+    fn new(inner: S, timeout: Duration) -> Self {
+        Self {
+            inner,
+            timeout,
+            stalled: None,
+        }
+    }
+
+    /// Passes a ready poll through; on a pending one, fails once the write has been pending for
+    /// the whole timeout.
+    fn guard<T>(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        polled: std::task::Poll<std::io::Result<T>>,
+    ) -> std::task::Poll<std::io::Result<T>> {
+        use std::task::Poll;
+        match polled {
+            Poll::Ready(result) => {
+                self.stalled = None;
+                Poll::Ready(result)
+            }
+            Poll::Pending => {
+                let timeout = self.timeout;
+                let stalled = self
+                    .stalled
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+                match stalled.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "the client stopped reading",
+                    ))),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
+    }
+}
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for WriteDeadline<S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for WriteDeadline<S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.guard(cx, polled)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.guard(cx, polled)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_flush(cx);
+        self.guard(cx, polled)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_shutdown(cx);
+        self.guard(cx, polled)
     }
 }
 
@@ -296,6 +440,12 @@ async fn accept_loop(
                 }
             },
         };
+        // Past its share, a peer's connection is closed at once (it still holds no slot of ours
+        // beyond this moment), so one client cannot take every connection.
+        let Some(peer_slot) = limits.admit_peer(remote.ip().to_canonical()) else {
+            drop(stream);
+            continue;
+        };
         let app = app.clone();
         let service = hyper::service::service_fn(
             move |mut request: hyper::Request<hyper::body::Incoming>| {
@@ -310,7 +460,9 @@ async fn accept_loop(
             .timer(TokioTimer::new())
             .header_read_timeout(limits.header_read_timeout);
         let mut closing = limits.closing.subscribe();
+        let limits_write_timeout = limits.write_timeout;
         tokio::spawn(async move {
+            let stream = WriteDeadline::new(stream, limits_write_timeout);
             let connection = builder.serve_connection(TokioIo::new(stream), service);
             let mut connection = std::pin::pin!(connection);
             loop {
@@ -328,6 +480,7 @@ async fn accept_loop(
                     }
                 }
             }
+            drop(peer_slot);
             drop(permit);
         });
     }

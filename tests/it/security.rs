@@ -127,9 +127,17 @@ async fn a_partner_cannot_take_the_console_host_or_change_its_own_node() {
         assert_eq!(reply.status, 409, "{reply:?}");
         assert_eq!(reply.body["code"], "domain_taken");
 
-        // The console is still the console: the platform admin signs in there as before.
+        // The console is still the console: the platform admin signs in there as before, and
+        // a partner's account does not.
         let console = Api::new(&engine, CONSOLE);
         console.login(ROOT, TEST_PASSWORD).await;
+        let reply = console
+            .post(
+                "/api/v1/auth/login",
+                json!({"email": "partner@one.test", "password": TEST_PASSWORD}),
+            )
+            .await;
+        assert_eq!(reply.status, 401, "{reply:?}");
         assert_eq!(
             console
                 .with_token(w.root.token().unwrap())
@@ -168,6 +176,34 @@ async fn a_host_nobody_set_up_reaches_nothing_and_a_malformed_host_is_refused() 
         let reply = Api::new(&engine, host).get("/api/v1/me").await;
         assert_eq!(reply.status, 400, "{host}: {reply:?}");
     }
+    // Two hosts in one request: a second Host header, or an absolute-form target naming
+    // another host than Host.
+    for request in [
+        "GET /api/v1/me HTTP/1.1\r\nHost: 127.0.0.1\r\nHost: p1.test\r\nConnection: close\r\n\r\n",
+        "GET http://p1.test/api/v1/me HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
+    ] {
+        let answer = raw_exchange(&engine, request.as_bytes(), Duration::from_secs(5)).await;
+        assert!(answer.starts_with("HTTP/1.1 400"), "{request:?}: {answer}");
+    }
+    // The offline sandbox is the operator's: never on a partner's domain, and it calls back
+    // nothing but host names (through this engine) and loopback addresses.
+    let sandboxed = Engine::start(&db.url(), &[("TRELLIS_SANDBOX__ENABLED", "true")]);
+    let root = Api::new(&sandboxed, CONSOLE)
+        .login(ROOT, TEST_PASSWORD)
+        .await;
+    create_partner(&root, "Partner", "p1.test").await;
+    let reply = Api::new(&sandboxed, "p1.test")
+        .get("/sandbox/alipay-public-key")
+        .await;
+    assert_eq!(reply.status, 404, "{reply:?}");
+    let reply = Api::new(&sandboxed, CONSOLE)
+        .post(
+            "/sandbox/consumers/alice/open-claim-link",
+            json!({"url": "https://x/?app_id=1&template_id=1&callback=http%3A%2F%2F10.1.2.3%2Fmeta-data"}),
+        )
+        .await;
+    assert!(reply.status >= 400, "{reply:?}");
+    drop(sandboxed);
     drop(engine);
     db.cleanup().await;
 }
@@ -398,6 +434,22 @@ async fn passwords_and_keys_are_managed_only_by_accounts_of_a_higher_tier() {
         assert_eq!(reply.body["code"], "session_required");
         let reply = machine.delete(&format!("/api/v1/api-keys/{key_id}")).await;
         assert_eq!(reply.status, 403, "{reply:?}");
+        // Nor create an account with a password of its choosing, nor change an account's status.
+        let reply = machine
+            .post(
+                "/api/v1/users",
+                json!({"email": "shadow@evil.test", "password": "a shadow password"}),
+            )
+            .await;
+        assert_eq!(reply.status, 403, "{reply:?}");
+        let staff_id = user_id(&w.staff).await;
+        let reply = machine
+            .patch(
+                &format!("/api/v1/users/{staff_id}"),
+                json!({"status": "disabled"}),
+            )
+            .await;
+        assert_eq!(reply.status, 403, "{reply:?}");
 
         // One's own password changes only with the current one.
         let reply = w
@@ -411,6 +463,23 @@ async fn passwords_and_keys_are_managed_only_by_accounts_of_a_higher_tier() {
             .patch(&format!("/api/v1/users/{owner_id}"), new_password.clone())
             .await;
         assert_eq!(reply.status, 403, "{reply:?}");
+        // Nor undo the tier above's decision about an account's status.
+        let peer_id = user_id(&peer).await;
+        w.agent
+            .patch(
+                &format!("/api/v1/users/{peer_id}"),
+                json!({"status": "disabled"}),
+            )
+            .await
+            .ok();
+        let reply = w
+            .owner
+            .patch(
+                &format!("/api/v1/users/{peer_id}"),
+                json!({"status": "active"}),
+            )
+            .await;
+        assert_eq!(reply.status, 403, "{reply:?}");
         // Still the old password.
         Api::new(&engine, "p1.test")
             .login("owner@one.test", TEST_PASSWORD)
@@ -422,6 +491,23 @@ async fn passwords_and_keys_are_managed_only_by_accounts_of_a_higher_tier() {
             .await
             .ok();
         assert_eq!(w.owner.get("/api/v1/me").await.status, 401);
+        // Disabling the owner revokes the keys it made.
+        assert_eq!(machine.get("/api/v1/me").await.status, 200);
+        w.agent
+            .patch(
+                &format!("/api/v1/users/{owner_id}"),
+                json!({"status": "disabled"}),
+            )
+            .await
+            .ok();
+        assert_eq!(machine.get("/api/v1/me").await.status, 401);
+        w.agent
+            .patch(
+                &format!("/api/v1/users/{owner_id}"),
+                json!({"status": "active"}),
+            )
+            .await
+            .ok();
         Api::new(&engine, "p1.test")
             .login("owner@one.test", "a brand new password")
             .await;

@@ -257,7 +257,10 @@ async fn perform(tree: &Tree, role: Role, action: Action, serial: usize) -> u16 
             api.post("/api/v1/users", body).await.status
         }
         A::UserRead | A::UserUpdate => {
-            let body = json!({"node_id": own, "email": format!("helper{serial}@one.test"), "password": PASSWORD});
+            // Accounts are changed from a tier above: the helper stands one tier below the
+            // caller, where there is one.
+            let below = tree.chain.get(role.kind().depth()).cloned().or(own.clone());
+            let body = json!({"node_id": below, "email": format!("helper{serial}@one.test"), "password": PASSWORD});
             let helper = tree.root.post("/api/v1/users", body).await.ok().id();
             if action == A::UserRead {
                 api.get(&format!("/api/v1/users/{helper}")).await.status

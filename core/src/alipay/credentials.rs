@@ -548,7 +548,12 @@ pub async fn generate_keypair(
     let existing = row::Entity::find_by_id(merchant_id).one(db).await?;
     let exists = existing.is_some();
     let mut model = existing.unwrap_or_else(|| blank(grant, merchant_id));
-    let key = PrivateKey::generate().map_err(|e: AlipayError| invalid("app_private_key", e))?;
+    // RSA key generation takes tens of milliseconds of CPU: off the async workers, so a flood
+    // of these calls cannot stall the server.
+    let key = tokio::task::spawn_blocking(PrivateKey::generate)
+        .await
+        .map_err(|_| invalid("app_private_key", "key generation was interrupted"))?
+        .map_err(|e: AlipayError| invalid("app_private_key", e))?;
     let sealed = vault.seal(
         key.to_pkcs8_base64().expose_secret().as_bytes(),
         &aad(merchant_id, "app_private_key"),

@@ -32,6 +32,9 @@ use super::signing::{beijing_timestamp, sign_content};
 /// Alipay's retry schedule for unacknowledged notifications: 4m, 10m, 10m, 1h, 2h, 6h, 15h.
 pub const RETRY_SCHEDULE_SECS: [u64; 7] = [240, 600, 600, 3600, 7200, 21600, 54000];
 
+/// The most of a merchant callback's answer the sandbox hands back to whoever opened the link.
+const MAX_CALLBACK_BODY: usize = 64 * 1024;
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("sandbox storage failed: {0}")]
@@ -1166,17 +1169,26 @@ impl Sandbox {
             .append_pair("template_id", template_id)
             .append_pair("request_id", &request_id)
             .append_pair("out_string", q.get("out_string").map_or("", String::as_str));
-        let (to, host) = self.target(target.as_str());
+        let (to, host) = self.target(target.as_str())?;
         let mut request = self.inner.http.get(to);
         if let Some(host) = host {
             request = request.header("host", host);
         }
-        let response = request
+        let mut response = request
             .send()
             .await
             .map_err(|e| Error::Invalid(e.without_url().to_string()))?;
         let status = response.status().as_u16();
-        Ok((status, response.text().await.unwrap_or_default()))
+        // What the callback answered is shown to whoever opened the link: a page's worth.
+        let mut body = Vec::new();
+        while let Ok(Some(chunk)) = response.chunk().await {
+            body.extend_from_slice(&chunk);
+            if body.len() >= MAX_CALLBACK_BODY {
+                body.truncate(MAX_CALLBACK_BODY);
+                break;
+            }
+        }
+        Ok((status, String::from_utf8_lossy(&body).into_owned()))
     }
 
     /// "User `user` pays trade `out_trade_no`": marks it paid and sends the signed
@@ -1258,12 +1270,19 @@ impl Sandbox {
     /// Where a callback or notification addressed to `url` is sent, and the Host header it
     /// carries. An embedded sandbox sends what is addressed to a host *name* (a partner's
     /// domain, `localhost`) to its own engine with the Host kept: offline no other site exists,
-    /// and the engine picks the partner by Host. IP addresses are contacted as they are.
-    fn target(&self, url: &str) -> (String, Option<String>) {
+    /// and the engine picks the partner by Host. IP addresses are contacted as they are, on
+    /// loopback only (a merchant's stand-in in tests), so the sandbox cannot be turned into a
+    /// way to reach the rest of the network.
+    fn target(&self, url: &str) -> Result<(String, Option<String>), Error> {
         let Some(engine) = self.inner.engine else {
-            return (url.to_owned(), None);
+            return Ok((url.to_owned(), None));
         };
-        match url::Url::parse(url) {
+        let loopback = |host: Option<url::Host<&str>>| match host {
+            Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+            Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+            _ => false,
+        };
+        Ok(match url::Url::parse(url) {
             Ok(parsed) if matches!(parsed.host(), Some(url::Host::Domain(_))) => {
                 let host = match (parsed.host_str(), parsed.port()) {
                     (Some(h), Some(p)) => format!("{h}:{p}"),
@@ -1277,12 +1296,23 @@ impl Sandbox {
                 }
                 (local, Some(host))
             }
-            _ => (url.to_owned(), None),
-        }
+            Ok(parsed) if loopback(parsed.host()) => (url.to_owned(), None),
+            _ => {
+                return Err(Error::Invalid(
+                    "the sandbox calls back host names and loopback addresses only".into(),
+                ));
+            }
+        })
     }
 
     async fn deliver(&self, notify_id: &str, url: &str, body: String) {
-        let (to, host) = self.target(url);
+        let (to, host) = match self.target(url) {
+            Ok(target) => target,
+            Err(error) => {
+                tracing::warn!(%error, notify_id, "sandbox notification not sent");
+                return;
+            }
+        };
         let mut attempts = Vec::new();
         for attempt in 0..=RETRY_SCHEDULE_SECS.len() {
             if attempt > 0 {

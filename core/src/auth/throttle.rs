@@ -12,7 +12,7 @@ use sea_orm::{
 use secrecy::SecretString;
 
 use super::{
-    ACCOUNT_FAILURE_LIMIT, Error, FAILURE_WINDOW_SECS, IP_FAILURE_LIMIT, decoy_hash,
+    ACCOUNT_FAILURE_LIMIT, Error, FAILURE_WINDOW_SECS, IP_FAILURE_LIMIT, decoy_hash, hash_password,
     verify_password,
 };
 use crate::db::entity::login_failures;
@@ -53,6 +53,22 @@ impl Hasher {
             .try_acquire_owned()
             .map(HashSlot)
             .map_err(|_| Error::Busy)
+    }
+
+    /// The Argon2 hash of a new password, on a hashing thread; [`Error::Busy`] at once when
+    /// the queue is full.
+    pub async fn hash(&self, password: &SecretString) -> Result<String, Error> {
+        let _slot = self.admit()?;
+        let _running = self
+            .running
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| Error::Busy)?;
+        let password = password.clone();
+        tokio::task::spawn_blocking(move || hash_password(&password))
+            .await
+            .map_err(|_| Error::Hash)?
     }
 
     /// Whether `password` matches `stored` (the decoy when `None`), on a hashing thread.

@@ -329,12 +329,17 @@ async fn login(
     Ok(response)
 }
 
-/// The peer's address, which sign-in limits count per.
+/// The peer's address, which sign-in limits count per: an IPv6 address by its /64, since one
+/// subscriber usually holds a whole /64 and could otherwise rotate through it.
 fn client_ip(connect: Option<Extension<ConnectInfo<SocketAddr>>>) -> String {
-    connect.map_or_else(
-        || "unknown".to_owned(),
-        |Extension(ConnectInfo(addr))| addr.ip().to_string(),
-    )
+    match connect.map(|Extension(ConnectInfo(addr))| addr.ip().to_canonical()) {
+        Some(std::net::IpAddr::V6(v6)) => {
+            let s = v6.segments();
+            format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+        }
+        Some(v4) => v4.to_string(),
+        None => "unknown".to_owned(),
+    }
 }
 
 /// Only the variant matters for the audit detail; auth errors carry no secrets.
@@ -388,8 +393,20 @@ async fn change_password(
         &body.current_password,
         &body.new_password,
     )
-    .await
-    .map_err(ApiError::from);
+    .await;
+    // As at sign-in: attempts refused before the check are not audited, so a session cannot
+    // grow the log by hammering this.
+    if let Err(error @ (auth::Error::Throttled { .. } | auth::Error::Busy)) = &result {
+        tracing::info!(%ip, %error, "password change refused before the password check");
+    }
+    let refused_early = matches!(
+        result,
+        Err(auth::Error::Throttled { .. } | auth::Error::Busy)
+    );
+    let result = result.map_err(ApiError::from);
+    if refused_early {
+        return result.map(|()| StatusCode::NO_CONTENT);
+    }
     let place = caller.place.clone();
     audited(
         &state,
@@ -670,7 +687,7 @@ async fn create_user(
             .rbac
             .authorize(&caller, Action::UserCreate, &node)
             .await?;
-        let user = auth::create_user(&state.db.conn, &grant, body.user).await?;
+        let user = auth::create_user(&state.db.conn, &state.hasher, &grant, body.user).await?;
         state
             .rbac
             .subject_changed(SubjectRef::User(&user.id))
@@ -740,7 +757,7 @@ async fn update_user(
             .rbac
             .authorize(&caller, Action::UserUpdate, &user_place)
             .await?;
-        let user = auth::update_user(&state.db.conn, &grant, &id, patch).await?;
+        let user = auth::update_user(&state.db.conn, &state.hasher, &grant, &id, patch).await?;
         state
             .rbac
             .subject_changed(SubjectRef::User(&user.id))

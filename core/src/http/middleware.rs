@@ -72,8 +72,19 @@ pub async fn observe(mut request: Request, next: Next) -> Response {
 /// with a role that may install plugins (checked from the headers, before a byte of the body is
 /// read) and only while fewer than `http.max_concurrent_uploads` others are being read, so the
 /// memory uploads can hold is bounded and never open to anonymous callers.
+///
+/// A request that carries no credentials gets the smaller `http.anonymous_body_limit` (the
+/// operator's sandbox aside), and every body in memory holds its share of
+/// `http.max_buffered_body_bytes` while its request runs, so slow or stalled senders cannot
+/// pin more memory than that between them.
 pub async fn limit_body(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let mut limit = state.config.http.body_limit;
+    let anonymous = !request.headers().contains_key(header::AUTHORIZATION)
+        && !request.headers().contains_key(header::COOKIE);
+    let path = request.uri().path();
+    if anonymous && path != "/sandbox" && !path.starts_with("/sandbox/") {
+        limit = limit.min(state.config.http.anonymous_body_limit);
+    }
     let mut upload_slot = None;
     if is_archive_upload(&request) {
         let host = request
@@ -102,6 +113,22 @@ pub async fn limit_body(State(state): State<AppState>, request: Request, next: N
     if declared.is_some_and(|len| len > limit as u64) {
         return ApiError::PayloadTooLarge { limit }.into_response();
     }
+    // The most this body can take: its declared length, the whole limit when it is sent in
+    // chunks, nothing when it has neither.
+    let reserve = match declared {
+        Some(len) => len,
+        None if request.headers().contains_key(header::TRANSFER_ENCODING) => limit as u64,
+        None => 0,
+    };
+    let kib = u32::try_from(reserve.div_ceil(1024)).unwrap_or(u32::MAX);
+    let _buffered = if kib == 0 {
+        None
+    } else {
+        match state.body_budget.clone().try_acquire_many_owned(kib) {
+            Ok(permit) => Some(permit),
+            Err(_) => return ApiError::Busy("requests being received").into_response(),
+        }
+    };
     let (parts, body) = request.into_parts();
     let timeout = std::time::Duration::from_secs(state.config.http.body_read_timeout_secs);
     let collected = tokio::time::timeout(timeout, Limited::new(body, limit).collect()).await;
@@ -235,11 +262,21 @@ pub async fn resolve_host(
     if path == "/healthz" || path == "/readyz" || path.starts_with("/static/") {
         return next.run(request).await;
     }
-    let raw = match request.headers().get(header::HOST) {
-        Some(value) => value.to_str().ok().map(str::to_owned),
-        None => request.uri().authority().map(|a| a.as_str().to_owned()),
-    };
-    let Some((name, port)) = raw.as_deref().and_then(tenancy::parse_host_header) else {
+    let mut headers = request.headers().get_all(header::HOST).iter();
+    let (header_host, repeated) = (headers.next(), headers.next().is_some());
+    let parsed_header = header_host
+        .and_then(|v| v.to_str().ok())
+        .and_then(tenancy::parse_host_header);
+    let parsed_target = request
+        .uri()
+        .authority()
+        .and_then(|a| tenancy::parse_host_header(a.as_str()));
+    // One host per request: a second `Host`, or an absolute-form target naming another host
+    // than `Host`, is where a proxy in front and this engine could disagree about the tenant.
+    let consistent = !repeated
+        && (header_host.is_none() || parsed_header.is_some())
+        && (parsed_target.is_none() || parsed_header.is_none() || parsed_target == parsed_header);
+    let Some((name, port)) = parsed_header.or(parsed_target).filter(|_| consistent) else {
         return ApiError::BadRequest("the Host header is missing or malformed".into())
             .into_response();
     };
@@ -252,6 +289,10 @@ pub async fn resolve_host(
             Err(error) => return ApiError::from(error).into_response(),
         }
     };
+    // The offline sandbox is a development tool of the operator's: never on a partner's domain.
+    if partner.is_some() && (path == "/sandbox" || path.starts_with("/sandbox/")) {
+        return ApiError::NotFound(path.to_owned()).into_response();
+    }
     let theme = partner.as_ref().and_then(|p| p.theme.clone());
     request
         .extensions_mut()
