@@ -81,6 +81,7 @@ async fn merchant(db: &Db, alipay: &PrivateKey) {
         name: Set("bench".into()),
         theme: Set(None),
         status: Set("active".into()),
+        suspended_by_tier: Set(None),
         created_at: Set(now),
         updated_at: Set(now),
     }

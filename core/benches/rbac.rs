@@ -41,6 +41,7 @@ fn node(kind: NodeKind, parent: &Place, n: usize) -> (nodes::ActiveModel, Place)
         name: Set(format!("{} {n}", kind.as_str())),
         theme: Set(None),
         status: Set("active".to_owned()),
+        suspended_by_tier: Set(None),
         created_at: Set(Utc::now()),
         updated_at: Set(Utc::now()),
     };

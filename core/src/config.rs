@@ -530,10 +530,9 @@ impl Config {
                 "must be 67108864 (64 MiB, two archive uploads) to 1099511627776",
             );
         }
-        if self.http.anonymous_body_limit == 0
-            || self.http.anonymous_body_limit > self.http.body_limit
-        {
-            return invalid("http.anonymous_body_limit", "must be 1 to http.body_limit");
+        // Above `body_limit` it changes nothing: the smaller of the two applies.
+        if self.http.anonymous_body_limit == 0 || self.http.anonymous_body_limit > 1 << 30 {
+            return invalid("http.anonymous_body_limit", "must be 1 to 1073741824");
         }
         if self.auth.hash_threads > 1_024 {
             return invalid("auth.hash_threads", "must be 0 (half the cores) to 1024");

@@ -333,6 +333,8 @@ pub enum Error {
     },
     #[error("domain {0} already belongs to a partner")]
     DomainTaken(String),
+    #[error("a tier above yours suspended this node; only it can resume it")]
+    SuspendedAbove,
     #[error("the platform node is missing; run `trellis migrate` and `trellis admin create`")]
     NoPlatform,
     #[error("database error: {0}")]
@@ -467,6 +469,7 @@ pub async fn ensure_platform(db: &impl ConnectionTrait) -> Result<Place, Error> 
         name: Set("Platform".to_owned()),
         theme: Set(None),
         status: Set(NodeStatus::Active.as_str().to_owned()),
+        suspended_by_tier: Set(None),
         created_at: Set(now),
         updated_at: Set(now),
     }
@@ -591,6 +594,7 @@ pub async fn create(
         name: Set(name),
         theme: Set(theme),
         status: Set(NodeStatus::Active.as_str().to_owned()),
+        suspended_by_tier: Set(None),
         created_at: Set(now),
         updated_at: Set(now),
     }
@@ -665,8 +669,18 @@ pub async fn set_status(
             kind: target.kind.as_str(),
             id: target.id.clone(),
         })?;
+    // Whoever suspends a node sets the bar for resuming it: a lower tier cannot lift what a
+    // tier above it decided (nor re-suspend it to take the decision over).
+    let tier = i32::try_from(grant.actor().place.kind.depth()).unwrap_or(i32::MAX);
+    if model.status == NodeStatus::Suspended.as_str()
+        && let Some(by) = model.suspended_by_tier
+        && tier > by
+    {
+        return Err(Error::SuspendedAbove);
+    }
     let mut active: nodes::ActiveModel = model.into();
     active.status = Set(status.as_str().to_owned());
+    active.suspended_by_tier = Set((status == NodeStatus::Suspended).then_some(tier));
     active.updated_at = Set(Utc::now());
     with_domains(db, active.update(db).await?).await
 }

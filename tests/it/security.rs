@@ -516,6 +516,45 @@ async fn passwords_and_keys_are_managed_only_by_accounts_of_a_higher_tier() {
     }
 }
 
+#[tokio::test]
+async fn a_lower_tier_cannot_lift_a_suspension_decided_above_it() {
+    for db in databases().await {
+        let engine = Engine::start(&db.url(), &[]);
+        let w = World::build(&engine, &db.url()).await;
+        let merchant = format!("/api/v1/merchants/{}", w.merchant_id);
+        w.partner
+            .post(&format!("{merchant}/suspend"), json!({}))
+            .await
+            .ok();
+        assert_eq!(w.owner.get("/api/v1/me").await.status, 403);
+        for attempt in ["resume", "suspend"] {
+            let reply = w
+                .agent
+                .post(&format!("{merchant}/{attempt}"), json!({}))
+                .await;
+            assert_eq!(reply.status, 403, "{attempt}: {reply:?}");
+            assert_eq!(reply.body["code"], "suspended_above");
+        }
+        assert_eq!(w.owner.get("/api/v1/me").await.status, 403);
+        w.partner
+            .post(&format!("{merchant}/resume"), json!({}))
+            .await
+            .ok();
+        assert_eq!(w.owner.get("/api/v1/me").await.status, 200);
+        // What the agent suspends, the agent (or a tier above) resumes.
+        w.agent
+            .post(&format!("{merchant}/suspend"), json!({}))
+            .await
+            .ok();
+        w.agent
+            .post(&format!("{merchant}/resume"), json!({}))
+            .await
+            .ok();
+        drop(engine);
+        db.cleanup().await;
+    }
+}
+
 // ----- 8. paging bounds ----------------------------------------------------------------------
 
 #[tokio::test]

@@ -198,6 +198,7 @@ mod tests {
             name: Set(id.to_owned()),
             theme: Set(None),
             status: Set("active".into()),
+            suspended_by_tier: Set(None),
             created_at: Set(now),
             updated_at: Set(now),
         }

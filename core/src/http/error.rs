@@ -161,6 +161,7 @@ fn tenancy_status(error: &tenancy::Error) -> (StatusCode, &'static str) {
         T::NotFound { .. } => (StatusCode::NOT_FOUND, "not_found"),
         T::Invalid { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "validation_failed"),
         T::DomainTaken(_) => (StatusCode::CONFLICT, "domain_taken"),
+        T::SuspendedAbove => (StatusCode::FORBIDDEN, "suspended_above"),
         T::NoPlatform | T::Db(_) => INTERNAL,
     }
 }

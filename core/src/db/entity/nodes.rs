@@ -16,6 +16,8 @@ pub struct Model {
     pub name: String,
     pub theme: Option<String>,
     pub status: String,
+    /// The tier (depth) of whoever suspended the node; only that tier or one above resumes it.
+    pub suspended_by_tier: Option<i32>,
     pub created_at: DateTimeUtc,
     pub updated_at: DateTimeUtc,
 }
