@@ -853,6 +853,25 @@ mod tests {
     use super::*;
 
     #[test]
+    fn normalize_email_lowercases_and_checks() {
+        assert_eq!(
+            normalize_email("  Ops@Example.COM ").unwrap(),
+            "ops@example.com"
+        );
+        for bad in [
+            "",
+            "no-at.example.com",
+            "@example.com",
+            "a@b",
+            "a@@b.com",
+            "a b@c.com",
+            "a@.com",
+        ] {
+            assert!(normalize_email(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn a_hash_is_argon2id_salted_and_verifies_only_the_same_password() {
         let password = SecretString::from("correct horse battery");
         let first = hash_password(&password).unwrap();

@@ -413,6 +413,15 @@ pub fn placeholders(backend: sea_orm::DbBackend, sql: &str) -> String {
 mod tests {
     use super::*;
 
+    #[test]
+    fn postgres_placeholders_are_numbered() {
+        assert_eq!(
+            placeholders(sea_orm::DbBackend::Postgres, "a = ? AND b = ?"),
+            "a = $1 AND b = $2"
+        );
+        assert_eq!(placeholders(sea_orm::DbBackend::Sqlite, "a = ?"), "a = ?");
+    }
+
     async fn sqlite_file_db(dir: &Path) -> Db {
         let mut config = Config::load(None).unwrap();
         config.data_dir = dir.to_owned();

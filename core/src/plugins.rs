@@ -45,7 +45,7 @@ use crate::themes::Themes;
 use archive::Archive;
 use bindings::trellis::plugin::types as wit;
 use host::{CpuMeter, Limiter, State};
-pub use manifest::{Grant, HOST_API_VERSION, Manifest};
+pub use manifest::{Allowance, HOST_API_VERSION, Manifest};
 
 /// The epoch tick: the granularity of CPU metering and of yielding to other tasks.
 pub const TICK: Duration = Duration::from_millis(10);
@@ -327,7 +327,7 @@ pub enum Call {
 pub struct Request {
     pub tenant: TenantContext,
     /// What this tenant is granted; `None`: everything the manifest declares.
-    pub grant: Option<Grant>,
+    pub grant: Option<Allowance>,
     /// The validated configuration of this installation for this tenant.
     pub config: Value,
     /// The partner's theme, for rendered pages.
@@ -385,7 +385,7 @@ pub struct Invocation {
     pub manifest: Arc<Manifest>,
     pub templates: Arc<Handlebars<'static>>,
     pub tenant: TenantContext,
-    pub grant: Arc<Grant>,
+    pub grant: Arc<Allowance>,
     pub config: String,
     pub theme: String,
 }
@@ -409,7 +409,7 @@ pub struct Loaded {
     pub digest: String,
     pub manifest: Arc<Manifest>,
     /// Everything the manifest declares: the grant when a request names none.
-    full_grant: Arc<Grant>,
+    full_grant: Arc<Allowance>,
     pub component_sha256: String,
     pub imports: Vec<Import>,
     pub precompiled_bytes: u64,
@@ -955,7 +955,7 @@ impl Runtime {
         let pre = bindings::PluginPre::new(pre).map_err(|e| Error::Compile(format!("{e:#}")))?;
         let loaded = Arc::new(Loaded {
             digest: archive.digest.clone(),
-            full_grant: Arc::new(Grant::all(&archive.manifest)),
+            full_grant: Arc::new(Allowance::all(&archive.manifest)),
             manifest: Arc::new(archive.manifest.clone()),
             component_sha256: archive.component_sha256.clone(),
             imports,

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use trellis_core::plugins::archive::{self, Archive};
 use trellis_core::plugins::harness::{Harness, HarnessOptions};
-use trellis_core::plugins::manifest::Grant;
+use trellis_core::plugins::manifest::Allowance;
 use trellis_core::plugins::{Error, Output, PluginError, TrapReason};
 use trellis_tests::{pack_plugin, plugin_wasm, workspace_root};
 
@@ -312,7 +312,7 @@ async fn calls_to_undeclared_capabilities_are_denied_by_name() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_declared_capability_the_tenant_was_not_granted_is_denied() {
     let mut h = Harness::start(&abuse(), options()).await.unwrap();
-    h.grant = Some(Grant::none());
+    h.grant = Some(Allowance::none());
     let out = h.event("abuse.ok", json!({})).await;
     match plugin_error(&out.result) {
         PluginError::Denied { message } => {

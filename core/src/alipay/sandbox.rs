@@ -1751,16 +1751,4 @@ mod tests {
             sandbox_user_id("alice").starts_with("2088") && sandbox_user_id("alice").len() == 16
         );
     }
-
-    #[test]
-    fn postgres_placeholders_are_numbered() {
-        assert_eq!(
-            crate::db::placeholders(sea_orm::DbBackend::Postgres, "a = ? AND b = ?"),
-            "a = $1 AND b = $2"
-        );
-        assert_eq!(
-            crate::db::placeholders(sea_orm::DbBackend::Sqlite, "a = ?"),
-            "a = ?"
-        );
-    }
 }

@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 
 use super::archive::Archive;
 use super::{
-    Call, Event, Grant, HttpRequest, Loaded, Outcome, Output, Request, Runtime, RuntimeOptions,
+    Allowance, Call, Event, HttpRequest, Loaded, Outcome, Output, Request, Runtime, RuntimeOptions,
     Services, TenantContext,
 };
 use crate::alipay::client::AlipayClient;
@@ -83,7 +83,7 @@ pub struct Harness {
     pub db: Db,
     pub installation_id: String,
     pub config: Value,
-    pub grant: Option<Grant>,
+    pub grant: Option<Allowance>,
     pub locale: String,
     server: tokio::task::JoinHandle<()>,
     // Last: the folder outlives everything that uses it.

@@ -482,17 +482,18 @@ pub fn match_path(pattern: &str, path: &str) -> Option<Vec<(String, String)>> {
     Some(params)
 }
 
-/// What a tenant is granted of a manifest's capabilities (its package's grant); the host
+/// What a tenant is allowed of a manifest's capabilities (its package's allowance; not to be
+/// confused with `rbac::Grant`, the proof of an authorization); the host
 /// checks every capability call against both.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Grant {
+pub struct Allowance {
     pub kv: Option<KvQuota>,
     pub alipay_methods: BTreeSet<String>,
     pub templates: bool,
     pub emit: BTreeSet<String>,
 }
 
-impl Grant {
+impl Allowance {
     /// Everything the manifest asks for.
     pub fn all(manifest: &Manifest) -> Self {
         let caps = &manifest.capabilities;
@@ -625,7 +626,7 @@ schema = { type = "object" }
     #[test]
     fn a_grant_never_exceeds_the_manifest() {
         let m = Manifest::parse(HELLO, None).unwrap();
-        let wide = Grant {
+        let wide = Allowance {
             kv: Some(KvQuota {
                 max_keys: 1_000_000,
                 max_bytes: 1,
