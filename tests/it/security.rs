@@ -404,6 +404,58 @@ async fn large_bodies_need_a_signed_in_caller_and_slow_clients_lose_their_connec
     db.cleanup().await;
 }
 
+#[tokio::test]
+async fn a_client_that_stops_reading_loses_its_connection_and_anonymous_bodies_stay_small() {
+    let db = trellis_tests::sqlite();
+    // One connection in all: a client that never reads its answers would otherwise hold it.
+    let engine = Engine::start(
+        &db.url(),
+        &[
+            ("TRELLIS_HTTP__MAX_CONNECTIONS", "1"),
+            ("TRELLIS_HTTP__WRITE_TIMEOUT_SECS", "1"),
+        ],
+    );
+    let address: std::net::SocketAddr = engine
+        .base_url
+        .trim_start_matches("http://")
+        .parse()
+        .unwrap();
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stalled = socket.connect(address).await.unwrap();
+    let mut pipelined = Vec::new();
+    for _ in 0..200 {
+        pipelined.extend_from_slice(b"GET /api/openapi.json HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n");
+    }
+    stalled.write_all(&pipelined).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The only slot is freed once the engine's writes have been blocked for a second.
+    let probe = trellis_tests::client()
+        .get(engine.url("/healthz"))
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await;
+    assert!(
+        probe.is_ok_and(|r| r.status() == 200),
+        "a client that stopped reading kept the only connection"
+    );
+    drop(stalled);
+    drop(engine);
+
+    // Without credentials, a body is small: 64 KiB by default.
+    let engine = Engine::start(&db.url(), &[]);
+    let reply = trellis_tests::client()
+        .post(engine.url("/api/v1/auth/login"))
+        .header("content-type", "application/json")
+        .body(vec![b' '; 100 * 1024])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reply.status(), 413);
+    drop(engine);
+    db.cleanup().await;
+}
+
 // ----- 7. password takeover -----------------------------------------------------------------
 
 #[tokio::test]
