@@ -660,6 +660,14 @@ pub async fn revoke_sessions(
     Ok(())
 }
 
+impl Error {
+    /// Whether an attempt was refused before any password was checked (throttled, or the
+    /// hashing queue full): nothing about the account was learnt or tried.
+    pub fn refused_before_check(&self) -> bool {
+        matches!(self, Self::Throttled { .. } | Self::Busy)
+    }
+}
+
 /// Credentials (passwords, API keys, sessions) are managed by accounts only (a signed-in
 /// session, or the operator at the server's shell): a leaked API key must not be able to mint
 /// more keys or take over the account that made it.

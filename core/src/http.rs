@@ -248,7 +248,7 @@ struct ConnectionLimits {
     header_read_timeout: Duration,
     write_timeout: Duration,
     per_peer: u32,
-    peers: Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, u32>>>,
+    peers: PeerCounts,
     /// Ends once every connection has been told to finish (graceful shutdown).
     closing: tokio::sync::watch::Sender<bool>,
 }

@@ -58,38 +58,41 @@ impl Hasher {
     /// The Argon2 hash of a new password, on a hashing thread; [`Error::Busy`] at once when
     /// the queue is full.
     pub async fn hash(&self, password: &SecretString) -> Result<String, Error> {
-        let _slot = self.admit()?;
-        let _running = self
-            .running
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| Error::Busy)?;
+        let slot = self.admit()?;
         let password = password.clone();
-        tokio::task::spawn_blocking(move || hash_password(&password))
-            .await
-            .map_err(|_| Error::Hash)?
+        self.run(slot, move || hash_password(&password)).await?
     }
 
     /// Whether `password` matches `stored` (the decoy when `None`), on a hashing thread.
     pub async fn verify(
         &self,
-        _slot: HashSlot,
+        slot: HashSlot,
         password: &SecretString,
         stored: Option<String>,
     ) -> Result<bool, Error> {
+        let password = password.clone();
+        self.run(slot, move || {
+            verify_password(&password, stored.as_deref().unwrap_or_else(|| decoy_hash()))
+        })
+        .await
+    }
+
+    /// Runs `work` on a blocking thread once one of the hashing threads is free; `_slot` holds
+    /// the caller's place until then.
+    async fn run<T: Send + 'static>(
+        &self,
+        _slot: HashSlot,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, Error> {
         let _running = self
             .running
             .clone()
             .acquire_owned()
             .await
             .map_err(|_| Error::Busy)?;
-        let password = password.clone();
-        tokio::task::spawn_blocking(move || {
-            verify_password(&password, stored.as_deref().unwrap_or_else(|| decoy_hash()))
-        })
-        .await
-        .map_err(|_| Error::Hash)
+        tokio::task::spawn_blocking(work)
+            .await
+            .map_err(|_| Error::Hash)
     }
 }
 

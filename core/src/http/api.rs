@@ -280,7 +280,7 @@ async fn login(
         // Refused before any password was checked: anonymous callers could grow the audit log
         // without bound with these, so they go to the log only. Checked failures are bounded by
         // the throttle (per account and per address) and are audited.
-        Err(error @ (auth::Error::Throttled { .. } | auth::Error::Busy)) => {
+        Err(error) if error.refused_before_check() => {
             tracing::info!(%ip, %error, "sign-in refused before the password check");
             return Err(clone_auth(error).into());
         }
@@ -396,17 +396,13 @@ async fn change_password(
     .await;
     // As at sign-in: attempts refused before the check are not audited, so a session cannot
     // grow the log by hammering this.
-    if let Err(error @ (auth::Error::Throttled { .. } | auth::Error::Busy)) = &result {
+    if let Err(error) = &result
+        && error.refused_before_check()
+    {
         tracing::info!(%ip, %error, "password change refused before the password check");
+        return Err(clone_auth(error).into());
     }
-    let refused_early = matches!(
-        result,
-        Err(auth::Error::Throttled { .. } | auth::Error::Busy)
-    );
     let result = result.map_err(ApiError::from);
-    if refused_early {
-        return result.map(|()| StatusCode::NO_CONTENT);
-    }
     let place = caller.place.clone();
     audited(
         &state,

@@ -82,7 +82,7 @@ pub async fn limit_body(State(state): State<AppState>, request: Request, next: N
     let anonymous = !request.headers().contains_key(header::AUTHORIZATION)
         && !request.headers().contains_key(header::COOKIE);
     let path = request.uri().path();
-    if anonymous && path != "/sandbox" && !path.starts_with("/sandbox/") {
+    if anonymous && !is_sandbox(path) {
         limit = limit.min(state.config.http.anonymous_body_limit);
     }
     let mut upload_slot = None;
@@ -155,6 +155,11 @@ pub async fn limit_body(State(state): State<AppState>, request: Request, next: N
         .await;
     drop(upload_slot);
     response
+}
+
+/// The offline sandbox's routes, nested under `/sandbox`.
+fn is_sandbox(path: &str) -> bool {
+    path == "/sandbox" || path.starts_with("/sandbox/")
 }
 
 /// `POST /api/v1/partners/{id}/plugins`: the one route that takes a plugin archive.
@@ -290,7 +295,7 @@ pub async fn resolve_host(
         }
     };
     // The offline sandbox is a development tool of the operator's: never on a partner's domain.
-    if partner.is_some() && (path == "/sandbox" || path.starts_with("/sandbox/")) {
+    if partner.is_some() && is_sandbox(path) {
         return ApiError::NotFound(path.to_owned()).into_response();
     }
     let theme = partner.as_ref().and_then(|p| p.theme.clone());
