@@ -655,6 +655,13 @@ fn console_host_name(raw: &str) -> Option<String> {
     if let Ok(address) = raw.parse::<std::net::IpAddr>() {
         return Some(address.to_string());
     }
+    host_name(raw)
+}
+
+/// A host name as hosts are compared: letters, digits, `-` and `.` in non-empty labels, at most
+/// 253 characters, lower-cased and without a trailing dot. `None` for anything else. Console
+/// hosts and request hosts (`tenancy::parse_host_header`) share this one syntax.
+pub fn host_name(raw: &str) -> Option<String> {
     let name = raw.strip_suffix('.').unwrap_or(raw);
     let valid = !name.is_empty()
         && name.len() <= 253

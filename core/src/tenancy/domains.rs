@@ -90,14 +90,7 @@ pub fn parse_host_header(header: &str) -> Option<(String, Option<u16>)> {
         Some((name, port)) => (name, port_of(&format!(":{port}"))?),
         None => (header, None),
     };
-    let name = name.strip_suffix('.').unwrap_or(name);
-    let valid = !name.is_empty()
-        && name.len() <= 253
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
-        && !name.split('.').any(str::is_empty);
-    valid.then(|| (name.to_ascii_lowercase(), port))
+    crate::config::host_name(name).map(|name| (name, port))
 }
 
 pub(super) async fn domains_of(
