@@ -5,7 +5,7 @@ use serde_json::{Value, json};
 use trellis_tests::{Api, Engine, create_platform_admin, databases, trellis_command};
 
 const PASSWORD: &str = "correct horse battery staple";
-const VECTORS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../core/tests/vectors/");
+const VECTORS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../core/alipay/tests/vectors/");
 
 fn vector_file(name: &str) -> String {
     std::fs::read_to_string(format!("{VECTORS}{name}")).unwrap()

@@ -7,10 +7,10 @@ use std::time::Duration;
 
 use secrecy::SecretString;
 use serde_json::{Value, json};
-use trellis_core::alipay::client::{AlipayClient, CallOptions};
-use trellis_core::alipay::credentials::MerchantApp;
-use trellis_core::alipay::gateway::GatewayPolicy;
-use trellis_core::alipay::{PrivateKey, PublicKey, SignType};
+use trellis_engine::alipay::client::MerchantApp;
+use trellis_engine::alipay::client::{AlipayClient, CallOptions};
+use trellis_engine::alipay::gateway::GatewayPolicy;
+use trellis_engine::alipay::{PrivateKey, PublicKey, SignType};
 use trellis_tests::{
     Api, Engine, client, create_node as node, create_partner, create_platform_admin,
     create_user as user, databases, eventually, register_sandbox_app,
@@ -21,7 +21,7 @@ const ROOT: &str = "root@platform.test";
 const CONSOLE: &str = "127.0.0.1";
 const MEMBERSHIP: &str = "com.trellis.membership";
 const APP_ID: &str = "2021004199990077";
-const VECTORS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../core/tests/vectors/");
+const VECTORS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../core/alipay/tests/vectors/");
 
 const ENV: [(&str, &str); 5] = [
     ("TRELLIS_SANDBOX__ENABLED", "true"),

@@ -1143,7 +1143,7 @@ async fn a_failing_delivery_is_retried_then_dead_and_can_be_redelivered() {
 /// A partner that requires signatures installs only archives signed by a key it trusts.
 #[tokio::test]
 async fn a_partner_requiring_signatures_refuses_unsigned_and_untrusted_archives() {
-    use trellis_core::plugins::archive;
+    use trellis_engine::plugins::archive;
     let db = trellis_tests::sqlite();
     let engine = Engine::start(&db.url(), &[]);
     create_platform_admin(&db.url(), ROOT, PASSWORD);

@@ -3,8 +3,8 @@
 
 use sea_orm::Database;
 use sea_orm_migration::MigratorTrait;
-use trellis_core::plugins::kv::{Cas, KvError, Namespace, Store};
-use trellis_core::plugins::manifest::KvQuota;
+use trellis_engine::plugins::kv::{Cas, KvError, Namespace, Store};
+use trellis_engine::plugins::manifest::KvQuota;
 use trellis_tests::databases;
 
 fn ns(installation: &str, scope: &str, max_keys: u64, max_bytes: u64) -> Namespace {

@@ -4,10 +4,10 @@
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use trellis_core::plugins::archive::{self, Archive};
-use trellis_core::plugins::harness::{Harness, HarnessOptions};
-use trellis_core::plugins::manifest::Allowance;
-use trellis_core::plugins::{Error, Output, PluginError, TrapReason};
+use trellis_engine::plugins::archive::{self, Archive};
+use trellis_engine::plugins::harness::{Harness, HarnessOptions};
+use trellis_engine::plugins::manifest::Allowance;
+use trellis_engine::plugins::{Error, Output, PluginError, TrapReason};
 use trellis_tests::{pack_plugin, plugin_wasm, workspace_root};
 
 fn hello() -> Archive {
@@ -102,7 +102,7 @@ async fn hello_counts_events_per_merchant_and_serves_its_page() {
 async fn each_merchant_has_its_own_counters() {
     let h = Harness::start(&hello(), options()).await.unwrap();
     let event = |id: &str| {
-        trellis_core::plugins::Call::Event(trellis_core::plugins::Event {
+        trellis_engine::plugins::Call::Event(trellis_engine::plugins::Event {
             id: id.into(),
             kind: "payment.succeeded".into(),
             occurred_at: chrono::Utc::now(),
@@ -122,7 +122,7 @@ async fn each_merchant_has_its_own_counters() {
         vec![("count".to_owned(), "1".to_owned())]
     );
 
-    other.call = trellis_core::plugins::Call::Http(trellis_core::plugins::HttpRequest {
+    other.call = trellis_engine::plugins::Call::Http(trellis_engine::plugins::HttpRequest {
         method: "GET".into(),
         path: "/stats".into(),
         ..Default::default()
@@ -442,8 +442,8 @@ async fn abuse_does_not_stop_other_plugins_from_being_served() {
     ] {
         let runtime = runtime.clone();
         let plugin = h.plugin.clone();
-        let request = h.request(trellis_core::plugins::Call::Event(
-            trellis_core::plugins::Event {
+        let request = h.request(trellis_engine::plugins::Call::Event(
+            trellis_engine::plugins::Event {
                 id: uuid::Uuid::now_v7().to_string(),
                 kind: kind.into(),
                 occurred_at: chrono::Utc::now(),
@@ -454,8 +454,8 @@ async fn abuse_does_not_stop_other_plugins_from_being_served() {
             runtime.invoke(&plugin, request).await
         }));
     }
-    let mut request = h.request(trellis_core::plugins::Call::Event(
-        trellis_core::plugins::Event {
+    let mut request = h.request(trellis_engine::plugins::Call::Event(
+        trellis_engine::plugins::Event {
             id: String::new(),
             kind: "payment.succeeded".into(),
             occurred_at: chrono::Utc::now(),
@@ -466,7 +466,7 @@ async fn abuse_does_not_stop_other_plugins_from_being_served() {
     let mut served = 0;
     for i in 0..50 {
         let mut r = request.clone();
-        if let trellis_core::plugins::Call::Event(e) = &mut r.call {
+        if let trellis_engine::plugins::Call::Event(e) = &mut r.call {
             e.id = format!("evt-{i}");
         }
         let out = runtime.invoke(&hello, r).await;
@@ -730,7 +730,7 @@ fn a_tampered_archive_fails_inspection() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clocks_and_randomness_come_from_the_host_and_can_be_frozen() {
-    let field = |out: &trellis_core::plugins::Outcome, name: &str| -> String {
+    let field = |out: &trellis_engine::plugins::Outcome, name: &str| -> String {
         out.logs[0]
             .fields
             .iter()

@@ -4,12 +4,12 @@
 
 use chrono::Utc;
 use sea_orm::{ActiveModelTrait, Set};
-use trellis_core::auth::{Principal, PrincipalKind};
-use trellis_core::config::Config;
-use trellis_core::db::Db;
-use trellis_core::db::entity::users;
-use trellis_core::rbac::{Action, Rbac, allows};
-use trellis_core::tenancy::{self, NewNode, NodeKind, Place, Role};
+use trellis_engine::auth::{Principal, PrincipalKind};
+use trellis_engine::config::Config;
+use trellis_engine::db::Db;
+use trellis_engine::db::entity::users;
+use trellis_engine::rbac::{Action, Rbac, allows};
+use trellis_engine::tenancy::{self, NewNode, NodeKind, Place, Role};
 use trellis_tests::databases;
 
 const TREES: usize = 5;

@@ -9,15 +9,15 @@ use axum::extract::{Query, State};
 use axum::routing::{get, post};
 use secrecy::SecretString;
 use serde_json::{Value, json};
-use trellis_core::alipay::aes::AesKey;
-use trellis_core::alipay::client::{AlipayClient, CallOptions};
-use trellis_core::alipay::credentials::MerchantApp;
-use trellis_core::alipay::gateway::GatewayPolicy;
-use trellis_core::alipay::notify::{Notification, NotifyRule};
-use trellis_core::alipay::{Error, PrivateKey, PublicKey, SignType};
+use trellis_engine::alipay::aes::AesKey;
+use trellis_engine::alipay::client::MerchantApp;
+use trellis_engine::alipay::client::{AlipayClient, CallOptions};
+use trellis_engine::alipay::gateway::GatewayPolicy;
+use trellis_engine::alipay::notify::{Notification, NotifyRule};
+use trellis_engine::alipay::{Error, PrivateKey, PublicKey, SignType};
 use trellis_tests::{Engine, client, databases, register_sandbox_app};
 
-const VECTORS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../core/tests/vectors/");
+const VECTORS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../core/alipay/tests/vectors/");
 const APP_ID: &str = "2021004199990001";
 const AES: &str = "aoMq5bkLjvVvtI5CPhxUIg==";
 
@@ -636,8 +636,8 @@ async fn images_upload_as_unsigned_multipart_files() {
 
 #[tokio::test]
 async fn certificate_mode_follows_a_rotated_alipay_certificate_only_through_the_stored_root() {
-    use trellis_core::alipay::credentials;
-    use trellis_core::secrets::Vault;
+    use trellis_engine::alipay::credentials;
+    use trellis_engine::secrets::Vault;
     use trellis_tests::{Api, create_platform_admin};
     for db in databases().await {
         let engine = sandbox_engine(&db.url());
@@ -693,7 +693,7 @@ async fn certificate_mode_follows_a_rotated_alipay_certificate_only_through_the_
 
         // The engine's own stored credentials, opened from the vault as any call would.
         let conn = sea_orm::Database::connect(db.url().as_str()).await.unwrap();
-        let config = trellis_core::config::SecretsConfig {
+        let config = trellis_engine::config::SecretsConfig {
             master_key: Some(SecretString::from(trellis_tests::TEST_MASTER_KEY)),
             previous_master_keys: Vec::new(),
         };
@@ -750,7 +750,7 @@ async fn certificate_mode_follows_a_rotated_alipay_certificate_only_through_the_
         // With a different root on file, the downloaded certificate is not trusted.
         let other_root =
             std::fs::read_to_string(format!("{VECTORS}certs/root_bundle.pem")).unwrap();
-        let suspicious = credentials::MerchantApp {
+        let suspicious = trellis_engine::alipay::client::MerchantApp {
             alipay_root_cert: Some(other_root),
             ..credentials::load_app(&conn, &vault, &merchant)
                 .await

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use secrecy::SecretString;
 use serde_json::{Value, json};
-use trellis_core::alipay::{PrivateKey, SignType, cert, response};
+use trellis_engine::alipay::{PrivateKey, SignType, cert, response};
 use trellis_tests::{
     Api, Engine, client, create_node as node, create_partner, create_platform_admin,
     create_user as user, eventually, register_sandbox_app,
@@ -26,7 +26,7 @@ use trellis_tests::{
 const PASSWORD: &str = "correct horse battery staple";
 const ROOT: &str = "root@platform.test";
 const MEMBERSHIP: &str = "com.trellis.membership";
-const VECTORS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../core/tests/vectors/");
+const VECTORS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../core/alipay/tests/vectors/");
 /// What the engine logs when it trusts a downloaded certificate.
 const LEARNT: &str = "learnt a rotated Alipay certificate";
 /// The subject of the sandbox's root (`alipay::sandbox::certs`), which the forged root copies.

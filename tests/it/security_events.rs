@@ -45,7 +45,7 @@ fn storm_copy(n: usize) -> Vec<u8> {
                 &format!("id = \"test.trellis.storm-{n}\""),
             );
     std::fs::write(dir.path().join("plugin.toml"), manifest).unwrap();
-    trellis_core::plugins::archive::pack_dir(
+    trellis_engine::plugins::archive::pack_dir(
         Path::new(dir.path()),
         &plugin_wasm("trellis_fixture_storm"),
     )

@@ -16,7 +16,7 @@ use trellis_tests::{
 const PASSWORD: &str = "correct horse battery staple";
 const ROOT: &str = "root@platform.test";
 const MEMBERSHIP: &str = "com.trellis.membership";
-const VECTORS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../core/tests/vectors/");
+const VECTORS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../core/alipay/tests/vectors/");
 /// Text only the stand-in gateway sends: it must never appear in an API answer.
 const MARKER: &str = "internal-only-3f9c";
 

@@ -6,14 +6,14 @@
 use sea_orm::{ConnectionTrait, Statement};
 use secrecy::SecretString;
 use serde_json::{Value, json};
-use trellis_core::alipay::notify::{Notification, NotifyRule};
-use trellis_core::alipay::{PrivateKey, SignType};
+use trellis_engine::alipay::notify::{Notification, NotifyRule};
+use trellis_engine::alipay::{PrivateKey, SignType};
 use trellis_tests::{
     Api, Engine, TEST_PASSWORD, client, create_node, create_partner, create_platform_admin,
     databases,
 };
 
-const VECTORS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../core/tests/vectors/");
+const VECTORS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../core/alipay/tests/vectors/");
 const MERCHANT_APP: &str = "2021004100000001";
 const ISV_APP: &str = "2021004100000999";
 const NOTIFY_ID: &str = "2024052000222103000012345678901234";

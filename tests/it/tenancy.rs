@@ -3,8 +3,8 @@
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use trellis_core::rbac::{Action, allows};
-use trellis_core::tenancy::{NodeKind, Role};
+use trellis_engine::rbac::{Action, allows};
+use trellis_engine::tenancy::{NodeKind, Role};
 use trellis_tests::{Api, Engine, create_platform_admin, databases};
 
 const PASSWORD: &str = "correct horse battery staple";

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use sea_orm::{ConnectionTrait, Database};
 
-pub use trellis_core;
+pub use trellis_engine;
 
 /// The master key every test engine seals secrets with. A TEST KEY: it protects nothing real.
 pub const TEST_MASTER_KEY: &str = "dGVzdC1vbmx5LW1hc3Rlci1rZXktMzItYnl0ZXMhISE=";
@@ -102,7 +102,7 @@ impl TestDb {
 /// `TRELLIS_TEST_DATABASE_URL` names a server (each call gets a database of its own there).
 pub async fn databases() -> Vec<TestDb> {
     let mut legs = vec![TestDb::Sqlite { dir: tempdir() }];
-    match trellis_core::config::test_database_url_from_env() {
+    match trellis_engine::config::test_database_url_from_env() {
         Some(admin_url) => legs.push(fresh_postgres(&admin_url).await),
         None => {
             static SKIPPED: Once = Once::new();
@@ -237,7 +237,7 @@ impl Engine {
         let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
         if let Some(pipe) = child.stderr.take() {
             let sink = stderr.clone();
-            let echo = trellis_core::config::test_log_from_env();
+            let echo = trellis_engine::config::test_log_from_env();
             std::thread::spawn(move || {
                 for line in BufReader::new(pipe).lines().map_while(Result::ok) {
                     if echo {
@@ -572,8 +572,8 @@ pub fn plugin_wasm(name: &str) -> PathBuf {
 
 /// Packs a plugin folder of the workspace (such as `plugins/hello`) with its built component,
 /// through the same checks as `trellis plugin pack`.
-pub fn pack_plugin(dir: &str, component: &str) -> trellis_core::plugins::archive::Archive {
-    let (archive, _) = trellis_core::plugins::archive::pack_dir(
+pub fn pack_plugin(dir: &str, component: &str) -> trellis_engine::plugins::archive::Archive {
+    let (archive, _) = trellis_engine::plugins::archive::pack_dir(
         &workspace_root().join(dir),
         &plugin_wasm(component),
     )
@@ -583,7 +583,7 @@ pub fn pack_plugin(dir: &str, component: &str) -> trellis_core::plugins::archive
 
 /// The `.tplug` bytes of a workspace plugin folder with its built component.
 pub fn plugin_archive_bytes(dir: &str, component: &str) -> Vec<u8> {
-    trellis_core::plugins::archive::pack_dir(&workspace_root().join(dir), &plugin_wasm(component))
+    trellis_engine::plugins::archive::pack_dir(&workspace_root().join(dir), &plugin_wasm(component))
         .unwrap_or_else(|e| panic!("packing {dir}: {e}"))
         .1
 }
@@ -622,7 +622,7 @@ pub fn plugin_archive_as_version(dir: &str, component: &str, version: &str) -> V
         .collect::<Vec<_>>()
         .join("\n");
     std::fs::write(&manifest, text).unwrap_or_else(|e| panic!("{e}"));
-    trellis_core::plugins::archive::pack_dir(dir_copy.path(), &plugin_wasm(component))
+    trellis_engine::plugins::archive::pack_dir(dir_copy.path(), &plugin_wasm(component))
         .unwrap_or_else(|e| panic!("packing {dir} as {version}: {e}"))
         .1
 }

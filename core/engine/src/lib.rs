@@ -1,0 +1,36 @@
+//! The Trellis engine. Modules are listed in dependency order: each uses only those above it,
+//! except that mutating functions of `tenancy` and `auth` take `rbac::Grant` as their proof,
+//! `plugins` wraps rendered plugin pages in `themes`, and the plugin harness (a development
+//! tool) seeds its throwaway tenant with `demo`. The Alipay protocol (`trellis-alipay`) and the
+//! offline sandbox (`trellis-alipay-sandbox`) are crates below the engine.
+#![deny(unsafe_code)]
+
+/// Process configuration: defaults, `trellis.toml`, `TRELLIS_*` environment.
+pub mod config;
+/// The database pool (SQLite or PostgreSQL), entities and migrations.
+pub mod db;
+/// The tenant tree: platform, partners, agents, merchants, stores.
+pub mod tenancy;
+/// Who is calling: accounts, sessions, API keys, sign-in throttling.
+pub mod auth;
+/// May they: the permission matrix, casbin, the `Grant` proof, the audit log.
+pub mod rbac;
+/// Secrets at rest: AES-256-GCM under the configured master key, with rotation.
+pub mod secrets;
+/// Merchants' sealed Alipay credentials and the intake of Alipay's notifications; the protocol
+/// itself is `trellis-alipay`, re-exported here.
+pub mod alipay;
+/// The durable event outbox and its deliveries.
+pub mod events;
+/// Agents' packages, their assignment to merchants, and what a merchant is entitled to.
+pub mod packages;
+/// The plugin host: manifests, archives, the wasmtime runtime and its capabilities.
+pub mod plugins;
+/// Handlebars themes with per-partner choice and `default` fallback.
+pub mod themes;
+/// The axum router, its layers and the server loop.
+pub mod http;
+/// Demo data for `make run`.
+pub mod demo;
+/// The `trellis` command line.
+pub mod cli;
