@@ -1,9 +1,12 @@
 //! The Trellis schema as an ordered list of migrations, the same on SQLite and PostgreSQL.
 //!
 //! Invariant: a migration, once released, never changes; new schema is a new file named
-//! `mYYYYMMDD_NNNNNN_<verb>_<object>.rs`, appended to [`Migrator::migrations`].
+//! `mYYYYMMDD_NNNNNN_<verb>_<object>.rs`, appended to [`Migrator::migrations`]. A new table
+//! declares its tenant ids and instants with [`columns`].
 
 pub use sea_orm_migration::prelude::*;
+
+pub mod columns;
 
 mod m20261125_000001_create_tenancy;
 mod m20261125_000002_create_auth_and_audit;

@@ -163,7 +163,7 @@ async fn an_oversized_body_is_refused_with_413_json_on_any_route() {
 #[tokio::test]
 async fn graceful_shutdown_completes_an_in_flight_request_and_exits_zero() {
     let db = trellis_tests::sqlite();
-    let mut engine = Engine::start(&db.url(), &[]);
+    let mut engine = Engine::spawn(&db.url(), &[]);
     let address = engine.base_url.trim_start_matches("http://").to_owned();
     let mut stream = TcpStream::connect(&address).await.unwrap();
     // Headers and half the body: the request is in flight when the signal arrives.
@@ -198,7 +198,7 @@ async fn graceful_shutdown_completes_an_in_flight_request_and_exits_zero() {
 #[tokio::test]
 async fn request_ids_are_echoed_or_minted() {
     let db = trellis_tests::sqlite();
-    let engine = Engine::start(&db.url(), &[]);
+    let engine = Engine::spawn(&db.url(), &[]);
     let http = client();
     let minted = http.get(engine.url("/healthz")).send().await.unwrap();
     let id = minted.headers()["x-request-id"]

@@ -688,7 +688,7 @@ async fn two_engines_deliver_every_event_once_per_installation_and_a_killed_engi
             ("TRELLIS_EVENTS__LEASE_SECS", "3"),
             ("TRELLIS_EVENTS__BACKOFF_FIRST_SECS", "1"),
         ];
-        let mut first = Engine::start(&db.url(), &env);
+        let mut first = Engine::spawn(&db.url(), &env);
         create_platform_admin(&db.url(), ROOT, PASSWORD);
         let root = Api::new(&first, CONSOLE).login(ROOT, PASSWORD).await;
         let partner = node(
@@ -732,7 +732,7 @@ async fn two_engines_deliver_every_event_once_per_installation_and_a_killed_engi
 
         let conn = sea_orm::Database::connect(db.url()).await.unwrap();
         enqueue(&conn, (&partner, &agent, &merchant), &installation, n).await;
-        let second = Engine::start(&db.url(), &env);
+        let second = Engine::spawn(&db.url(), &env);
         let delivered_sql = "SELECT COUNT(*) FROM event_deliveries WHERE status = 'delivered'";
 
         // Kill the first engine once it is well into the work: its claimed deliveries must be

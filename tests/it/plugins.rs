@@ -21,6 +21,7 @@ fn abuse() -> Archive {
 fn options() -> HarnessOptions {
     HarnessOptions {
         themes_dir: Some(workspace_root().join("themes")),
+        cache_dir: Some(workspace_root().join("target/test-plugin-cache")),
         ..HarnessOptions::default()
     }
 }

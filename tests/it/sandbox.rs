@@ -398,7 +398,7 @@ async fn a_card_activation_and_a_paid_trade_run_end_to_end() {
 async fn notifications_are_verified_recorded_once_and_acknowledged_and_no_key_is_logged() {
     use trellis_tests::{Api, create_platform_admin};
     for db in databases().await {
-        let engine = Engine::start(
+        let engine = Engine::spawn(
             &db.url(),
             &[
                 ("TRELLIS_SANDBOX__ENABLED", "true"),

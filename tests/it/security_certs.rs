@@ -295,7 +295,7 @@ async fn sandbox(engine: &Engine, path: &str) -> Value {
 #[tokio::test]
 async fn a_forged_root_cannot_poison_another_merchants_trust() {
     let db = trellis_tests::sqlite();
-    let engine = Engine::start(&db.url(), &ENV);
+    let engine = Engine::spawn(&db.url(), &ENV);
     let [(a, owner_a), (b, owner_b)] = merchants(&engine, &db.url()).await;
 
     // B: certificate mode against the sandbox, with the sandbox's genuine root.

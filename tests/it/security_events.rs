@@ -103,7 +103,7 @@ impl Storm {
     /// Partner A with two merchants entitled to every storm copy; partner B with one merchant
     /// entitled to the ledger. Nothing is sent yet.
     async fn set_up(database_url: &str) -> Self {
-        let engine = Engine::start(database_url, &env());
+        let engine = Engine::spawn(database_url, &env());
         create_platform_admin(database_url, ROOT, PASSWORD);
         let root = Api::new(&engine, CONSOLE).login(ROOT, PASSWORD).await;
 

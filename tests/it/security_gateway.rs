@@ -154,7 +154,7 @@ async fn a_custom_gateway_is_refused_when_the_platform_does_not_allow_custom_gat
 async fn a_gateway_on_loopback_is_never_reached_when_the_platform_names_no_such_network() {
     let db = trellis_tests::sqlite();
     // Custom gateways on, but no network named: an empty value removes the harness's loopback.
-    let engine = Engine::start(
+    let engine = Engine::spawn(
         &db.url(),
         &[
             ("TRELLIS_ALIPAY__ALLOW_CUSTOM_GATEWAY", "true"),
@@ -309,7 +309,7 @@ async fn read_request(stream: &mut tokio::net::TcpStream) {
 async fn an_oversized_answer_fails_cleanly_and_no_gateway_text_reaches_the_caller() {
     let db = trellis_tests::sqlite();
     // The harness names loopback, so the stand-in gateway is reachable.
-    let engine = Engine::start(&db.url(), &[]);
+    let engine = Engine::spawn(&db.url(), &[]);
     let merchant = Merchant::new(&engine, &db.url()).await;
     let (url, served) =
         stand_in_gateway(vec![Answer::Huge(5 * 1024 * 1024), Answer::UnsignedError]).await;

@@ -31,29 +31,36 @@ struct PluginFixture {
 }
 
 const HELLO: &str = "com.trellis.hello";
+/// A fixture with a route for every admin audience (`/staff`, `/headers`, `/agent`, `/partner`).
+const ABUSE: &str = "test.trellis.abuse";
 
 impl Tree {
     async fn plugins(&self) -> &PluginFixture {
         self.plugins
             .get_or_init(|| async {
                 let [partner, agent, merchant, _] = &self.chain;
-                let archive = trellis_tests::plugin_archive_bytes("plugins/hello", "trellis_plugin_hello");
-                self.root
-                    .upload(&format!("/api/v1/partners/{partner}/plugins"), archive)
-                    .await
-                    .ok();
-                self.root
-                    .post(
-                        &format!("/api/v1/partners/{partner}/plugins/{HELLO}/offer"),
-                        json!({"offered": true}),
-                    )
-                    .await
-                    .ok();
+                for (dir, lib, id) in [
+                    ("plugins/hello", "trellis_plugin_hello", HELLO),
+                    ("tests/plugins/abuse", "trellis_fixture_abuse", ABUSE),
+                ] {
+                    let archive = trellis_tests::plugin_archive_bytes(dir, lib);
+                    self.root
+                        .upload(&format!("/api/v1/partners/{partner}/plugins"), archive)
+                        .await
+                        .ok();
+                    self.root
+                        .post(
+                            &format!("/api/v1/partners/{partner}/plugins/{id}/offer"),
+                            json!({"offered": true}),
+                        )
+                        .await
+                        .ok();
+                }
                 let package = self
                     .root
                     .post(
                         "/api/v1/packages",
-                        json!({"agent_id": agent, "name": "Matrix", "plugins": [HELLO], "validity_days": 30}),
+                        json!({"agent_id": agent, "name": "Matrix", "plugins": [HELLO, ABUSE], "validity_days": 30}),
                     )
                     .await
                     .ok()
@@ -376,6 +383,23 @@ async fn perform(tree: &Tree, role: Role, action: Action, serial: usize) -> u16 
             ))
             .await
             .status
+        }
+        A::PluginRouteStaff => {
+            tree.plugins().await;
+            let store = &tree.chain[3];
+            let path = format!("/api/v1/stores/{store}/plugins/{ABUSE}/staff");
+            api.get(&path).await.status
+        }
+        A::PluginRouteMerchant | A::PluginRouteAgent | A::PluginRoutePartner => {
+            tree.plugins().await;
+            let route = match action {
+                A::PluginRouteMerchant => "headers",
+                A::PluginRouteAgent => "agent",
+                _ => "partner",
+            };
+            let merchant = &tree.chain[2];
+            let path = format!("/api/v1/merchants/{merchant}/plugins/{ABUSE}/{route}");
+            api.get(&path).await.status
         }
         A::DeliveryRead => api.get("/api/v1/deliveries").await.status,
         A::DeliveryRedeliver => {
@@ -1010,7 +1034,7 @@ async fn a_role_change_made_through_one_engine_is_enforced_by_another_within_a_s
 async fn no_password_token_or_key_is_stored_or_logged_in_clear() {
     use sea_orm::{ConnectionTrait, Statement};
     for db in databases().await {
-        let engine = Engine::start(&db.url(), &[("TRELLIS_LOG__LEVEL", "debug")]);
+        let engine = Engine::spawn(&db.url(), &[("TRELLIS_LOG__LEVEL", "debug")]);
         let tree = Tree::build(&engine, &db.url()).await;
         let key = tree
             .client(Role::AgentAdmin)

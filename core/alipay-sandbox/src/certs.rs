@@ -1,6 +1,7 @@
-//! The sandbox's certificate authority for 公钥证书模式: a root, the certificate of the key the
-//! sandbox signs cert-mode answers with (rotatable), and app certificates for registered apps.
-//! Test-only material: it certifies nothing outside the sandbox.
+//! Minting the X.509 certificates of the sandbox's certificate authority for 公钥证书模式: a
+//! root, the certificate of the key the sandbox signs cert-mode answers with, and app
+//! certificates. Test-only material: it certifies nothing outside the sandbox. The CA's state
+//! and the cert-mode endpoints that use these are in `certificates`.
 
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, Issuer, KeyPair,

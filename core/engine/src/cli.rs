@@ -14,7 +14,7 @@ use secrecy::SecretString;
 
 use crate::config::{self, Config, LogFormat};
 use crate::db::Db;
-use crate::http::{self, AppState};
+use crate::http;
 use crate::rbac::Rbac;
 use crate::themes::Themes;
 
@@ -386,66 +386,12 @@ async fn execute(command: Command, config: Config) -> Result<(), Failure> {
             Ok(())
         }
         Command::Serve { no_migrate } => {
-            let themes = Themes::load(&config.themes.dir, config.themes.reload)
-                .map_err(|e| Failure::Usage(format!("themes.dir: {e}")))?;
-            let db = connect(&config).await?;
-            if config.database.auto_migrate && !no_migrate {
-                let applied = db.migrate().await.map_err(runtime)?;
-                if applied > 0 {
-                    tracing::info!(applied, "migrations applied");
-                }
-            }
-            let rbac = Rbac::load(db.conn.clone()).await.map_err(runtime)?;
-            let sync = rbac.spawn_sync(std::time::Duration::from_millis(500));
-            let vault = crate::secrets::Vault::from_config(&config.secrets)
-                .map_err(|e| Failure::Usage(e.to_string()))?;
-            if !vault.is_configured() {
-                tracing::warn!(
-                    "secrets.master_key is not set: merchant Alipay keys cannot be stored"
-                );
-            }
-            let vault = Arc::new(vault);
-            let catalog = engine_catalog_with(&config, &db, Some(themes.clone()), vault.clone())?;
-            let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-            let dispatcher = config.events.dispatcher.then(|| {
-                let dispatcher = crate::plugins::dispatch::Dispatcher::new(
-                    catalog.clone(),
-                    crate::plugins::dispatch::DispatcherOptions::from_config(&config.events),
-                );
-                tokio::spawn(dispatcher.run(stop_rx))
-            });
-            let pruner = tokio::spawn(crate::rbac::audit::prune_periodically(
-                db.conn.clone(),
-                config.audit.retention_days,
-                stop_tx.subscribe(),
-            ));
-            let state = AppState {
-                hasher: crate::auth::Hasher::new(config.auth.hash_threads, config.auth.hash_queue),
-                uploads: Arc::new(tokio::sync::Semaphore::new(
-                    config.http.max_concurrent_uploads as usize,
-                )),
-                body_budget: Arc::new(tokio::sync::Semaphore::new(
-                    usize::try_from(config.http.max_buffered_body_bytes / 1024)
-                        .unwrap_or(usize::MAX >> 4),
-                )),
-                config: Arc::new(config),
-                db: db.clone(),
-                themes,
-                rbac,
-                vault,
-                catalog,
-            };
-            let result = http::serve(state).await;
-            let _ = stop_tx.send(true);
-            if let Some(dispatcher) = dispatcher {
-                // In-flight deliveries finish (or their leases expire and another process
-                // retries them); nothing is lost either way.
-                let _ = tokio::time::timeout(std::time::Duration::from_secs(10), dispatcher).await;
-            }
-            sync.abort();
-            pruner.abort();
-            db.close().await;
-            result.map_err(Failure::from)
+            let mut build = crate::app::Build::of(&config);
+            build.migrate &= !no_migrate;
+            let app = crate::app::App::build(config, build)
+                .await
+                .map_err(app_failure)?;
+            app.serve().await.map_err(app_failure)
         }
     }
 }
@@ -458,39 +404,23 @@ async fn engine_catalog(
 ) -> Result<crate::plugins::catalog::Catalog, Failure> {
     let vault = crate::secrets::Vault::from_config(&config.secrets)
         .map_err(|e| Failure::Usage(e.to_string()))?;
-    engine_catalog_with(config, db, themes, Arc::new(vault))
-}
-
-fn engine_catalog_with(
-    config: &Config,
-    db: &Db,
-    themes: Option<Themes>,
-    vault: Arc<crate::secrets::Vault>,
-) -> Result<crate::plugins::catalog::Catalog, Failure> {
-    use crate::plugins::{Runtime, RuntimeOptions, Services, kv};
-    let alipay = crate::alipay::client::AlipayClient::with_policy(
-        config.alipay.gateway_policy(),
-        std::time::Duration::from_secs(5),
-        std::time::Duration::from_secs(15),
-    )
-    .map_err(runtime)?;
-    let plugins = Runtime::new(
-        RuntimeOptions::from_config(&config.plugins),
-        Services {
-            db: db.conn.clone(),
-            kv: kv::Store::Database(db.conn.clone()),
-            vault,
-            alipay,
-            themes,
-        },
-    )
-    .map_err(runtime)?;
-    Ok(crate::plugins::catalog::Catalog::new(
-        db.conn.clone(),
-        Arc::new(plugins),
+    crate::app::catalog(
+        config,
+        db,
+        themes,
+        Arc::new(vault),
         crate::config::Clock::system(),
     )
-    .with_event_limits(crate::events::Limits::from_config(&config.events)))
+    .map_err(app_failure)
+}
+
+/// A configuration the application cannot start with is a usage error; anything else a
+/// runtime failure.
+fn app_failure(error: crate::app::Error) -> Failure {
+    match error {
+        crate::app::Error::Config(message) => Failure::Usage(message),
+        other => runtime(other),
+    }
 }
 
 async fn connect(config: &Config) -> Result<Db, Failure> {

@@ -462,6 +462,38 @@ pub fn bless_from_env() -> bool {
 impl Config {
     /// Loads the layers in order: defaults, `file` (which must exist when named), environment.
     pub fn load(file: Option<&Path>) -> Result<Self, Error> {
+        let env = Env::prefixed("TRELLIS_")
+            .ignore(NON_KEY_VARIABLES)
+            .split("__");
+        Self::load_from(file, env)
+    }
+
+    /// As [`Config::load`], with the `TRELLIS_*` variables given instead of read from the
+    /// process: an application built in-process (the test harness) gets exactly the settings a
+    /// `trellis` process started with those variables would.
+    pub fn load_with_variables<'a>(
+        file: Option<&Path>,
+        variables: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> Result<Self, Error> {
+        let mut given = Figment::new();
+        for (name, value) in variables {
+            let Some(key) = name.strip_prefix("TRELLIS_") else {
+                continue;
+            };
+            if NON_KEY_VARIABLES.contains(&key) {
+                continue;
+            }
+            // Parsed as the environment provider parses values: `true`, numbers, `[…]` lists.
+            let value: figment::value::Value = match value.parse() {
+                Ok(value) => value,
+                Err(never) => match never {},
+            };
+            given = given.merge((key.to_ascii_lowercase().replace("__", "."), value));
+        }
+        Self::load_from(file, given)
+    }
+
+    fn load_from(file: Option<&Path>, variables: impl figment::Provider) -> Result<Self, Error> {
         let mut figment = Figment::from(Serialized::defaults(&DEFAULTS));
         if let Some(file) = file {
             if !file.is_file() {
@@ -469,11 +501,7 @@ impl Config {
             }
             figment = figment.merge(Toml::file_exact(file));
         }
-        figment = figment.merge(
-            Env::prefixed("TRELLIS_")
-                .ignore(NON_KEY_VARIABLES)
-                .split("__"),
-        );
+        figment = figment.merge(variables);
         let mut config: Config = figment.extract().map_err(|e| Error::Invalid(describe(e)))?;
         config.validate()?;
         if config.database.url.expose_secret().trim().is_empty() {

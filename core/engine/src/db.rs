@@ -5,8 +5,14 @@
 //! WAL, a busy timeout), and both engines run the same migrations from `trellis-migrations`.
 //! A transaction from [`Db::begin_durable`] is on disk when its commit returns, on both engines;
 //! other SQLite commits may be lost to a power cut (never corrupted): see `docs/benchmarks.md`.
+//! Raw SQL goes through [`sql`]; tables with sea-orm entities through [`entity`].
 
 pub mod entity;
+pub mod sql;
+
+/// The plugin catalog (`plugins/catalog.rs` and its modules) still names these here; the rest of
+/// the engine goes through [`sql`].
+pub use sql::{from_millis, millis, statement};
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -149,9 +155,11 @@ impl Db {
         match self.kind {
             DatabaseKind::Postgres => {
                 let txn = self.conn.begin().await.map_err(Error::Migrate)?;
-                txn.execute_unprepared(&format!(
-                    "SELECT pg_advisory_xact_lock({MIGRATION_LOCK_KEY})"
-                ))
+                sql::query(
+                    "SELECT pg_advisory_xact_lock(?)",
+                    [MIGRATION_LOCK_KEY.into()],
+                )
+                .execute(&txn)
                 .await
                 .map_err(Error::Migrate)?;
                 let still_pending = Migrator::get_pending_migrations(&txn)
@@ -371,56 +379,9 @@ pub async fn begin_write(
     .await
 }
 
-/// A statement from raw SQL written with `?` placeholders.
-pub fn statement(
-    backend: sea_orm::DbBackend,
-    sql: &str,
-    values: Vec<sea_orm::Value>,
-) -> sea_orm::Statement {
-    sea_orm::Statement::from_sql_and_values(backend, placeholders(backend, sql), values)
-}
-
-/// Unix milliseconds, the representation of instants in the plugin-platform tables.
-pub fn millis(at: chrono::DateTime<chrono::Utc>) -> i64 {
-    at.timestamp_millis()
-}
-
-/// The instant of a Unix-milliseconds column.
-pub fn from_millis(ms: i64) -> chrono::DateTime<chrono::Utc> {
-    chrono::DateTime::from_timestamp_millis(ms).unwrap_or_default()
-}
-
-/// Raw SQL written with `?` placeholders, as the backend wants them (`$1…` on PostgreSQL).
-pub fn placeholders(backend: sea_orm::DbBackend, sql: &str) -> String {
-    if backend != sea_orm::DbBackend::Postgres {
-        return sql.to_owned();
-    }
-    let mut out = String::with_capacity(sql.len() + 8);
-    let mut n = 0;
-    for c in sql.chars() {
-        if c == '?' {
-            n += 1;
-            out.push('$');
-            out.push_str(&n.to_string());
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn postgres_placeholders_are_numbered() {
-        assert_eq!(
-            placeholders(sea_orm::DbBackend::Postgres, "a = ? AND b = ?"),
-            "a = $1 AND b = $2"
-        );
-        assert_eq!(placeholders(sea_orm::DbBackend::Sqlite, "a = ?"), "a = ?");
-    }
 
     async fn sqlite_file_db(dir: &Path) -> Db {
         let mut config = Config::load(None).unwrap();
@@ -432,15 +393,11 @@ mod tests {
 
     /// `PRAGMA synchronous` of the connection `db` runs on: 1 is NORMAL, 2 is FULL.
     async fn synchronous(db: &impl ConnectionTrait) -> i32 {
-        db.query_one_raw(sea_orm::Statement::from_string(
-            sea_orm::DbBackend::Sqlite,
-            "PRAGMA synchronous",
-        ))
-        .await
-        .unwrap()
-        .unwrap()
-        .try_get("", "synchronous")
-        .unwrap()
+        sql::query("PRAGMA synchronous", [])
+            .scalar(db)
+            .await
+            .unwrap()
+            .unwrap()
     }
 
     #[tokio::test]
@@ -469,15 +426,11 @@ mod tests {
     }
 
     async fn synchronous_commit(db: &impl ConnectionTrait) -> String {
-        db.query_one_raw(sea_orm::Statement::from_string(
-            sea_orm::DbBackend::Postgres,
-            "SHOW synchronous_commit",
-        ))
-        .await
-        .unwrap()
-        .unwrap()
-        .try_get("", "synchronous_commit")
-        .unwrap()
+        sql::query("SHOW synchronous_commit", [])
+            .scalar(db)
+            .await
+            .unwrap()
+            .unwrap()
     }
 
     #[tokio::test]

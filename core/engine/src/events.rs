@@ -12,20 +12,21 @@
 //! bounded per chain (everything that descended from one originating event).
 
 use chrono::{DateTime, Duration, Utc};
-use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, QueryResult, Value};
-use serde::Serialize;
+use sea_orm::{ConnectionTrait, DatabaseConnection, Value};
 use serde_json::Value as Json;
 use uuid::Uuid;
 
-use crate::db::{from_millis, millis, statement};
-use crate::tenancy::{NodeKind, Place};
+use crate::db::sql::{self, Millis};
+use crate::tenancy::Place;
 
 mod budget;
 mod claim;
+mod log;
 
 use budget::open_chain;
 pub use budget::{EMITTER, Emitter, Limits, Refusal, admit, refund};
 pub use claim::{Room, claim};
+pub use log::{Delivery, DeliveryFilter, deliveries, delivery, redeliver};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -88,26 +89,6 @@ pub struct Claimed {
     pub attempts: i32,
 }
 
-/// A delivery as the delivery log shows it.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
-pub struct Delivery {
-    pub id: String,
-    pub event_id: String,
-    pub kind: String,
-    pub installation_id: String,
-    pub merchant_id: Option<String>,
-    /// `pending`, `delivered`, `skipped` (not entitled, expired, over quota, uninstalled) or
-    /// `dead` (gave up after the last attempt).
-    pub status: String,
-    pub attempts: i32,
-    pub next_attempt_at: Option<DateTime<Utc>>,
-    pub last_error: Option<String>,
-    /// Time from the event's occurrence to its successful delivery.
-    pub latency_ms: Option<i64>,
-    pub created_at: DateTime<Utc>,
-    pub delivered_at: Option<DateTime<Utc>>,
-}
-
 /// Retry policy of the dispatcher.
 #[derive(Debug, Clone, Copy)]
 pub struct Backoff {
@@ -163,10 +144,6 @@ pub fn is_event_kind(kind: &str) -> bool {
         })
 }
 
-pub(crate) fn backend(db: &impl ConnectionTrait) -> DbBackend {
-    db.get_database_backend()
-}
-
 /// Records an event and one pending delivery per installation in `subscribers`, atomically.
 /// An event that continues the chain started by `root_id` charges its deliveries to that
 /// chain's budget, and is refused whole when they do not fit. Returns the event id.
@@ -204,19 +181,18 @@ pub async fn publish(
     {
         open_chain(&txn, root, &partner_id, now).await?;
         let fanout = i64::try_from(subscribers.len()).unwrap_or(i64::MAX);
-        let charged = txn
-            .execute_raw(statement(
-                backend(&txn),
-                "UPDATE event_chains SET deliveries = deliveries + ? WHERE root_id = ? AND deliveries + ? <= ?",
-                vec![
-                    fanout.into(),
-                    root.into(),
-                    fanout.into(),
-                    i64::from(limits.chain_deliveries).into(),
-                ],
-            ))
-            .await?;
-        if charged.rows_affected() != 1 {
+        let charged = sql::query(
+            "UPDATE event_chains SET deliveries = deliveries + ? WHERE root_id = ? AND deliveries + ? <= ?",
+            [
+                fanout.into(),
+                root.into(),
+                fanout.into(),
+                i64::from(limits.chain_deliveries).into(),
+            ],
+        )
+        .execute(&txn)
+        .await?;
+        if charged != 1 {
             txn.rollback().await?;
             return Err(Error::OverBudget {
                 root: root.to_owned(),
@@ -225,11 +201,10 @@ pub async fn publish(
             });
         }
     }
-    txn.execute_raw(statement(
-        backend(&txn),
+    sql::query(
         "INSERT INTO events (id, kind, partner_id, agent_id, merchant_id, payload, source, depth, root_id, occurred_at) \
          VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        vec![
+        [
             id.clone().into(),
             event.kind.clone().into(),
             partner_id.clone().into(),
@@ -239,16 +214,16 @@ pub async fn publish(
             event.source.clone().into(),
             event.depth.into(),
             root_id.map(str::to_owned).into(),
-            millis(event.occurred_at).into(),
+            Millis(event.occurred_at).into(),
         ],
-    ))
+    )
+    .execute(&txn)
     .await?;
     for installation in subscribers {
-        txn.execute_raw(statement(
-            backend(&txn),
+        sql::query(
             "INSERT INTO event_deliveries (id, event_id, installation_id, partner_id, agent_id, merchant_id, kind, \
              status, attempts, next_attempt_at, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', 0, ?, ?, ?)",
-            vec![
+            [
                 Uuid::now_v7().to_string().into(),
                 id.clone().into(),
                 installation.clone().into(),
@@ -256,11 +231,12 @@ pub async fn publish(
                 event.place.agent_id.clone().into(),
                 event.place.merchant_id.clone().into(),
                 event.kind.clone().into(),
-                millis(now).into(),
-                millis(now).into(),
-                millis(now).into(),
+                Millis(now).into(),
+                Millis(now).into(),
+                Millis(now).into(),
             ],
-        ))
+        )
+        .execute(&txn)
         .await?;
     }
     txn.commit().await?;
@@ -279,16 +255,15 @@ async fn while_held(
 ) -> Result<bool, Error> {
     values.push(claim.delivery_id.clone().into());
     values.push(owner.into());
-    let done = db
-        .execute_raw(statement(
-            backend(db),
-            &format!(
-                "UPDATE event_deliveries SET {set} WHERE id = ? AND lease_owner = ? AND status = 'pending'"
-            ),
-            values,
-        ))
-        .await?;
-    Ok(done.rows_affected() == 1)
+    let done = sql::query(
+        &format!(
+            "UPDATE event_deliveries SET {set} WHERE id = ? AND lease_owner = ? AND status = 'pending'"
+        ),
+        values,
+    )
+    .execute(db)
+    .await?;
+    Ok(done == 1)
 }
 
 /// Extends a claim's lease just before its attempt starts (a batch may wait for a free slot);
@@ -305,7 +280,7 @@ pub async fn renew_lease(
         claim,
         owner,
         "lease_until = ?",
-        vec![millis(now + lease).into()],
+        vec![Millis(now + lease).into()],
     )
     .await
 }
@@ -325,7 +300,7 @@ pub async fn postpone(
         claim,
         owner,
         "next_attempt_at = ?, attempts = attempts - 1, last_error = ?, lease_until = NULL, updated_at = ?",
-        vec![millis(until).into(), reason.into(), millis(now).into()],
+        vec![Millis(until).into(), reason.into(), Millis(now).into()],
     )
     .await
 }
@@ -343,7 +318,7 @@ pub async fn delivered(
         claim,
         owner,
         "status = 'delivered', delivered_at = ?, latency_ms = ?, lease_until = NULL, last_error = NULL, updated_at = ?",
-        vec![millis(now).into(), latency.into(), millis(now).into()],
+        vec![Millis(now).into(), latency.into(), Millis(now).into()],
     )
     .await
 }
@@ -361,7 +336,7 @@ pub async fn skipped(
         claim,
         owner,
         "status = 'skipped', last_error = ?, lease_until = NULL, updated_at = ?",
-        vec![reason.into(), millis(now).into()],
+        vec![reason.into(), Millis(now).into()],
     )
     .await
 }
@@ -388,9 +363,9 @@ pub async fn failed(
         "status = ?, next_attempt_at = ?, last_error = ?, lease_until = NULL, updated_at = ?",
         vec![
             status.into(),
-            millis(next).into(),
+            Millis(next).into(),
             error.into(),
-            millis(now).into(),
+            Millis(now).into(),
         ],
     )
     .await
@@ -421,40 +396,36 @@ pub async fn reserve_quota(
         vec![
             installation_id.into(),
             merchant_id.into(),
-            millis(day).into(),
+            Millis(day).into(),
         ]
     };
-    db.execute_raw(statement(
-        backend(db),
+    sql::query(
         "INSERT INTO delivery_quota (installation_id, merchant_id, day, used, held) VALUES (?, ?, ?, 0, 0) \
          ON CONFLICT DO NOTHING",
         key(),
-    ))
+    )
+    .execute(db)
     .await?;
     let limit = i64::try_from(limit).unwrap_or(i64::MAX);
     let mut values = key();
     values.push(limit.into());
-    let done = db
-        .execute_raw(statement(
-            backend(db),
-            "UPDATE delivery_quota SET held = held + 1 \
-             WHERE installation_id = ? AND merchant_id = ? AND day = ? AND used + held < ?",
-            values,
-        ))
-        .await?;
-    if done.rows_affected() == 1 {
+    let done = sql::query(
+        "UPDATE delivery_quota SET held = held + 1 \
+         WHERE installation_id = ? AND merchant_id = ? AND day = ? AND used + held < ?",
+        values,
+    )
+    .execute(db)
+    .await?;
+    if done == 1 {
         return Ok(Hold::Held);
     }
-    let used: i64 = db
-        .query_one_raw(statement(
-            backend(db),
-            "SELECT used FROM delivery_quota WHERE installation_id = ? AND merchant_id = ? AND day = ?",
-            key(),
-        ))
-        .await?
-        .map(|row| row.try_get("", "used"))
-        .transpose()?
-        .unwrap_or(0);
+    let used: i64 = sql::query(
+        "SELECT used FROM delivery_quota WHERE installation_id = ? AND merchant_id = ? AND day = ?",
+        key(),
+    )
+    .scalar(db)
+    .await?
+    .unwrap_or(0);
     Ok(if used >= limit {
         Hold::Exhausted
     } else {
@@ -470,153 +441,17 @@ pub async fn settle_quota(
     day: DateTime<Utc>,
     delivered: bool,
 ) -> Result<(), Error> {
-    db.execute_raw(statement(
-        backend(db),
+    sql::query(
         "UPDATE delivery_quota SET held = held - 1, used = used + ? \
          WHERE installation_id = ? AND merchant_id = ? AND day = ? AND held > 0",
-        vec![
+        [
             i64::from(delivered).into(),
             installation_id.into(),
             merchant_id.into(),
-            millis(day).into(),
+            Millis(day).into(),
         ],
-    ))
-    .await?;
-    Ok(())
-}
-
-/// Filters of the delivery log.
-#[derive(Debug, Clone, Default)]
-pub struct DeliveryFilter {
-    pub installation_id: Option<String>,
-    pub status: Option<String>,
-    pub event_id: Option<String>,
-    pub limit: u64,
-    pub offset: u64,
-}
-
-const DELIVERY_COLUMNS: &str = "id, event_id, kind, installation_id, merchant_id, status, attempts, \
-     next_attempt_at, last_error, latency_ms, created_at, delivered_at";
-
-fn scope_filter(scope: &Place, values: &mut Vec<Value>) -> String {
-    let mut clauses = vec!["1 = 1".to_owned()];
-    for (kind, column) in [
-        (NodeKind::Partner, "partner_id"),
-        (NodeKind::Agent, "agent_id"),
-        (NodeKind::Merchant, "merchant_id"),
-    ] {
-        if let Some(id) = scope.ancestor(kind) {
-            clauses.push(format!("{column} = ?"));
-            values.push(id.into());
-        }
-    }
-    clauses.join(" AND ")
-}
-
-fn delivery_of(row: &QueryResult) -> Result<Delivery, Error> {
-    let status: String = row.try_get("", "status")?;
-    let next: i64 = row.try_get("", "next_attempt_at")?;
-    Ok(Delivery {
-        id: row.try_get("", "id")?,
-        event_id: row.try_get("", "event_id")?,
-        kind: row.try_get("", "kind")?,
-        installation_id: row.try_get("", "installation_id")?,
-        merchant_id: row.try_get("", "merchant_id")?,
-        next_attempt_at: (status == "pending").then(|| from_millis(next)),
-        status,
-        attempts: row.try_get("", "attempts")?,
-        last_error: row.try_get("", "last_error")?,
-        latency_ms: row.try_get("", "latency_ms")?,
-        created_at: from_millis(row.try_get("", "created_at")?),
-        delivered_at: row
-            .try_get::<Option<i64>>("", "delivered_at")?
-            .map(from_millis),
-    })
-}
-
-/// The delivery log inside `scope`, newest first.
-pub async fn deliveries(
-    db: &impl ConnectionTrait,
-    scope: &Place,
-    filter: &DeliveryFilter,
-) -> Result<(Vec<Delivery>, u64), Error> {
-    let mut values = Vec::new();
-    let mut condition = scope_filter(scope, &mut values);
-    for (column, value) in [
-        ("installation_id", &filter.installation_id),
-        ("status", &filter.status),
-        ("event_id", &filter.event_id),
-    ] {
-        if let Some(v) = value {
-            condition.push_str(&format!(" AND {column} = ?"));
-            values.push(v.clone().into());
-        }
-    }
-    let total = db
-        .query_one_raw(statement(
-            backend(db),
-            &format!("SELECT COUNT(*) AS n FROM event_deliveries WHERE {condition}"),
-            values.clone(),
-        ))
-        .await?
-        .map(|r| r.try_get::<i64>("", "n"))
-        .transpose()?
-        .unwrap_or(0);
-    values.push(
-        i64::try_from(filter.limit.clamp(1, 200))
-            .unwrap_or(50)
-            .into(),
-    );
-    values.push(i64::try_from(filter.offset).unwrap_or(0).into());
-    let rows = db
-        .query_all_raw(statement(
-            backend(db),
-            &format!(
-                "SELECT {DELIVERY_COLUMNS} FROM event_deliveries WHERE {condition} \
-                 ORDER BY created_at DESC, id DESC LIMIT ? OFFSET ?"
-            ),
-            values,
-        ))
-        .await?;
-    let items = rows.iter().map(delivery_of).collect::<Result<_, _>>()?;
-    Ok((items, u64::try_from(total).unwrap_or(0)))
-}
-
-/// One delivery inside `scope`.
-pub async fn delivery(
-    db: &impl ConnectionTrait,
-    scope: &Place,
-    id: &str,
-) -> Result<Delivery, Error> {
-    let mut values = Vec::new();
-    let condition = scope_filter(scope, &mut values);
-    values.push(id.into());
-    let row = db
-        .query_one_raw(statement(
-            backend(db),
-            &format!(
-                "SELECT {DELIVERY_COLUMNS} FROM event_deliveries WHERE {condition} AND id = ?"
-            ),
-            values,
-        ))
-        .await?
-        .ok_or_else(|| Error::NotFound(id.to_owned()))?;
-    delivery_of(&row)
-}
-
-/// Puts a finished delivery (delivered, skipped or dead) back in the queue now. A pending one
-/// is left alone: it is already on its way.
-pub async fn redeliver(
-    db: &impl ConnectionTrait,
-    delivery: &Delivery,
-    now: DateTime<Utc>,
-) -> Result<(), Error> {
-    db.execute_raw(statement(
-        backend(db),
-        "UPDATE event_deliveries SET status = 'pending', next_attempt_at = ?, attempts = 0, lease_until = NULL, \
-         lease_owner = NULL, delivered_at = NULL, updated_at = ? WHERE id = ? AND status <> 'pending'",
-        vec![millis(now).into(), millis(now).into(), delivery.id.clone().into()],
-    ))
+    )
+    .execute(db)
     .await?;
     Ok(())
 }
@@ -629,6 +464,7 @@ mod tests {
 
     use super::*;
     use crate::config::Clock;
+    use crate::tenancy::NodeKind;
 
     async fn database(dir: &std::path::Path) -> DatabaseConnection {
         let mut config = crate::config::Config::load(None).unwrap();
@@ -761,26 +597,23 @@ mod tests {
         backlog(&db, &merchant("p-a", "m-a1"), 3, Utc::now()).await;
         backlog(&db, &merchant("p-b", "m-b1"), 1, Utc::now()).await;
         // The status as tenancy writes it, which the claims' filter spells out.
-        db.execute_raw(statement(
-            backend(&db),
+        sql::query(
             "INSERT INTO nodes (id, kind, name, status, created_at, updated_at) VALUES ('p-a', 'partner', 'A', ?, ?, ?)",
-            vec![
+            [
                 crate::tenancy::NodeStatus::Suspended.as_str().into(),
                 Utc::now().into(),
                 Utc::now().into(),
             ],
-        ))
+        )
+        .execute(&db)
         .await
         .unwrap();
         assert_eq!(claimed_merchants(&db, 10).await, ["m-b1"]);
         assert!(claimed_merchants(&db, 10).await.is_empty());
-        db.execute_raw(statement(
-            backend(&db),
-            "UPDATE nodes SET status = 'active' WHERE id = 'p-a'",
-            vec![],
-        ))
-        .await
-        .unwrap();
+        sql::query("UPDATE nodes SET status = 'active' WHERE id = 'p-a'", [])
+            .execute(&db)
+            .await
+            .unwrap();
         assert_eq!(claimed_merchants(&db, 10).await, ["m-a1"; 3]);
     }
 
@@ -804,7 +637,7 @@ mod tests {
             panic!("the eleventh emission is paced");
         };
         assert!(message.contains("60 events per minute"), "{message}");
-        assert_eq!(retry_at, from_millis(millis(start) + 1_000));
+        assert_eq!(retry_at, sql::from_millis(sql::millis(start) + 1_000));
         // Another merchant, and another installation, have a pace of their own.
         let elsewhere = Emitter::new(
             "i-1",

@@ -4,11 +4,31 @@
 //! Invariant: only this module turns errors into responses; every error a client sees is JSON
 //! `{code, message}` (or, for a browser, the theme's page for it) and never carries internals.
 
-pub mod api;
 pub mod error;
 pub mod middleware;
+/// The shared extractors and the scope → authorize → audit door every handler goes through.
+pub mod extract;
+/// Sign-in, sign-out, password, `me`.
+pub mod session;
+/// The tenant tree: partners, agents, merchants, stores.
+pub mod nodes;
+/// Accounts and API keys.
+pub mod accounts;
+/// The audit log.
+pub mod audit;
+/// Merchants' Alipay credentials and key pairs.
+pub mod credentials;
+/// The partner's plugin catalog and policy.
+pub mod catalog;
+/// Agents' packages, assignments and merchants' entitlements.
+pub mod packages;
+/// Per-merchant plugin configuration.
+pub mod configs;
+/// Publishing events and the delivery log.
+pub mod events;
+/// The plugins' own routes (admin, store, member pages, the card-activation callback).
+pub mod plugin_routes;
 pub mod openapi;
-pub mod plugins;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -48,13 +68,9 @@ pub struct AppState {
     pub body_budget: Arc<tokio::sync::Semaphore>,
 }
 
-/// The whole application as a router, ready for `axum::serve` or for `oneshot` in tests.
-pub fn router(state: AppState) -> Router {
-    build_router(state, None)
-}
-
-/// The router with the offline sandbox nested under `/sandbox`, behind the same layers.
-fn build_router(state: AppState, sandbox: Option<Router>) -> Router {
+/// The whole application as a router, with the offline sandbox (when given) nested under
+/// `/sandbox` behind the same layers.
+pub fn router(state: AppState, sandbox: Option<Router>) -> Router {
     let mut routes = Router::new();
     if let Some(sandbox) = sandbox {
         routes = routes.nest_service("/sandbox", sandbox);
@@ -69,7 +85,16 @@ fn build_router(state: AppState, sandbox: Option<Router>) -> Router {
             "/alipay/notify/{merchant_id}",
             axum::routing::post(alipay_notify),
         )
-        .merge(api::router())
+        .merge(session::router())
+        .merge(nodes::router())
+        .merge(accounts::router())
+        .merge(audit::router())
+        .merge(credentials::router())
+        .merge(catalog::router())
+        .merge(packages::router())
+        .merge(configs::router())
+        .merge(events::router())
+        .merge(plugin_routes::router())
         .fallback(not_found)
         // The body is read after the host is known, so an upload's caller can be checked first.
         .layer(axum::middleware::from_fn_with_state(
@@ -194,40 +219,16 @@ async fn not_found(request: Request) -> ApiError {
     ApiError::NotFound(request.uri().path().to_owned())
 }
 
-/// Binds, announces the address on stdout (tests and `make run` read that line), serves until
-/// SIGINT or SIGTERM, then lets in-flight requests finish within the grace period.
-pub async fn serve(state: AppState) -> anyhow::Result<()> {
-    let listen = state.config.http.listen;
-    let grace = Duration::from_secs(state.config.http.shutdown_grace_secs);
-    let listener = TcpListener::bind(listen)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
-    let local = listener.local_addr()?;
-    announce(&format!("Trellis is listening on http://{local}"));
-    tracing::info!(address = %local, "listening");
-
-    let mut sandbox = None;
-    if state.config.sandbox.enabled {
-        let base = format!("http://{local}/sandbox");
-        let opened = crate::alipay::sandbox::Sandbox::open(
-            state.db.conn.clone(),
-            &base,
-            state.config.sandbox.time_scale,
-            Some(local),
-        )
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot start the offline Alipay sandbox: {e}"))?;
-        announce(&format!(
-            "Offline Alipay sandbox at {base}/gateway.do (Alipay public key: GET {base}/alipay-public-key)"
-        ));
-        sandbox = Some(opened.router());
-    }
-    let limits = ConnectionLimits::of(&state.config.http);
-    let app = build_router(state, sandbox);
-    let shutdown = async {
-        shutdown_signal().await;
-        tracing::info!("shutdown requested; finishing in-flight requests");
-    };
+/// Serves `app` on `listener` until `shutdown` resolves, then lets in-flight requests finish
+/// within `http.shutdown_grace_secs`. The router comes from the composition root (`app`).
+pub async fn serve(
+    config: &Config,
+    listener: TcpListener,
+    app: Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let grace = Duration::from_secs(config.http.shutdown_grace_secs);
+    let limits = ConnectionLimits::of(&config.http);
     accept_loop(listener, app, limits.clone(), shutdown).await;
     if tokio::time::timeout(grace, limits.drained()).await.is_err() {
         anyhow::bail!(
@@ -495,7 +496,7 @@ pub fn announce(line: &str) {
     let _ = out.flush();
 }
 
-async fn shutdown_signal() {
+pub async fn shutdown_signal() {
     let interrupt = async {
         if let Err(error) = tokio::signal::ctrl_c().await {
             tracing::error!(%error, "cannot listen for SIGINT");

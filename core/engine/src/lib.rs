@@ -26,10 +26,15 @@ pub mod events;
 pub mod packages;
 /// The plugin host: manifests, archives, the wasmtime runtime and its capabilities.
 pub mod plugins;
+/// One door for plugin calls: runs a plugin route for any door (admin, store staff, member
+/// page, engine callback) from domain inputs.
+pub mod doors;
 /// Handlebars themes with per-partner choice and `default` fallback.
 pub mod themes;
 /// The axum router, its layers and the server loop.
 pub mod http;
+/// The composition root: builds the application from its configuration and owns its clock.
+pub mod app;
 /// Demo data for `make run`.
 pub mod demo;
 /// The `trellis` command line.

@@ -8,13 +8,18 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, Duration, NaiveDate, Utc};
-use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, QueryResult, Value};
+use sea_orm::{ConnectionTrait, DatabaseConnection, FromQueryResult, Value};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::db::{Page, Paged, from_millis, millis, statement};
+use crate::db::sql::{self, Millis};
+use crate::db::{Page, Paged};
 use crate::rbac::Grant;
 use crate::tenancy::{NodeKind, Place};
+
+mod assignments;
+
+pub use assignments::{assign, get_assignment, list_assignments, renew, revoke};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -33,6 +38,14 @@ pub enum Error {
     NotEntitled(String),
     #[error("database error: {0}")]
     Db(#[from] sea_orm::DbErr),
+}
+
+/// The row a lookup found, or [`Error::NotFound`] naming what it looked for.
+fn found<T>(row: Option<T>, kind: &'static str, id: &str) -> Result<T, Error> {
+    row.ok_or_else(|| Error::NotFound {
+        kind,
+        id: id.to_owned(),
+    })
 }
 
 fn invalid(field: &'static str, message: impl Into<String>) -> Error {
@@ -207,10 +220,6 @@ pub struct Entitlement {
     pub quotas: Quotas,
 }
 
-fn backend(db: &impl ConnectionTrait) -> DbBackend {
-    db.get_database_backend()
-}
-
 fn spec_of(text: &str) -> Result<Spec, Error> {
     serde_json::from_str(text)
         .map_err(|e| Error::Db(sea_orm::DbErr::Custom(format!("stored package spec: {e}"))))
@@ -220,22 +229,38 @@ fn spec_text(spec: &Spec) -> String {
     serde_json::to_string(spec).unwrap_or_default()
 }
 
-fn package_of(row: &QueryResult, db: DbBackend) -> Result<Package, Error> {
-    let _ = db;
-    let draft = spec_of(&row.try_get::<String>("", "draft")?)?;
-    let published: Option<String> = row.try_get("", "published_spec")?;
-    let published = published.map(|s| spec_of(&s)).transpose()?;
-    Ok(Package {
-        id: row.try_get("", "id")?,
-        partner_id: row.try_get("", "partner_id")?,
-        agent_id: row.try_get("", "agent_id")?,
-        unpublished_changes: published.as_ref() != Some(&draft),
-        draft,
-        published_version: row.try_get("", "published_version")?,
-        status: row.try_get("", "status")?,
-        created_at: from_millis(row.try_get("", "created_at")?),
-        updated_at: from_millis(row.try_get("", "updated_at")?),
-    })
+/// A package with its latest published spec, as [`PACKAGE_COLUMNS`] read it.
+#[derive(FromQueryResult)]
+struct PackageRow {
+    id: String,
+    partner_id: String,
+    agent_id: String,
+    draft: String,
+    published_version: i32,
+    status: String,
+    created_at: Millis,
+    updated_at: Millis,
+    published_spec: Option<String>,
+}
+
+impl TryFrom<PackageRow> for Package {
+    type Error = Error;
+
+    fn try_from(row: PackageRow) -> Result<Self, Error> {
+        let draft = spec_of(&row.draft)?;
+        let published = row.published_spec.map(|s| spec_of(&s)).transpose()?;
+        Ok(Package {
+            id: row.id,
+            partner_id: row.partner_id,
+            agent_id: row.agent_id,
+            unpublished_changes: published.as_ref() != Some(&draft),
+            draft,
+            published_version: row.published_version,
+            status: row.status,
+            created_at: row.created_at.0,
+            updated_at: row.updated_at.0,
+        })
+    }
 }
 
 const PACKAGE_COLUMNS: &str = "p.id, p.partner_id, p.agent_id, p.draft, p.published_version, p.status, \
@@ -282,39 +307,46 @@ pub async fn create(
     };
     spec.validate(offered, false)?;
     let id = Uuid::now_v7().to_string();
-    db.execute_raw(statement(
-        backend(db),
+    sql::query(
         "INSERT INTO packages (id, partner_id, agent_id, draft, published_version, status, created_at, updated_at) \
          VALUES (?, ?, ?, ?, 0, 'active', ?, ?)",
-        vec![
+        [
             id.clone().into(),
             partner_id.clone().into(),
             agent_id.clone().into(),
             spec_text(&spec).into(),
-            millis(now).into(),
-            millis(now).into(),
+            Millis(now).into(),
+            Millis(now).into(),
         ],
-    ))
+    )
+    .execute(db)
     .await?;
     get(db, &Place::platform_scope(), &id).await
 }
 
 /// A package inside `scope` (its agent's subtree, or above).
 pub async fn get(db: &impl ConnectionTrait, scope: &Place, id: &str) -> Result<Package, Error> {
+    let row: PackageRow = one_in_scope(db, ("p", PACKAGE_COLUMNS), scope, ("package", id)).await?;
+    row.try_into()
+}
+
+/// The row of `columns` (a select list with its `FROM`) whose `alias.id` is `id`, if it is
+/// inside `scope`; else [`Error::NotFound`] naming a `kind`.
+async fn one_in_scope<R: FromQueryResult>(
+    db: &impl ConnectionTrait,
+    (alias, columns): (&str, &str),
+    scope: &Place,
+    (kind, id): (&'static str, &str),
+) -> Result<R, Error> {
     let mut values = vec![Value::from(id)];
-    let filter = scope_filter(scope, "p", &mut values);
-    let row = db
-        .query_one_raw(statement(
-            backend(db),
-            &format!("SELECT {PACKAGE_COLUMNS} WHERE p.id = ? AND {filter}"),
-            values,
-        ))
-        .await?
-        .ok_or_else(|| Error::NotFound {
-            kind: "package",
-            id: id.to_owned(),
-        })?;
-    package_of(&row, backend(db))
+    let filter = scope_filter(scope, alias, &mut values);
+    let row = sql::query(
+        &format!("SELECT {columns} WHERE {alias}.id = ? AND {filter}"),
+        values,
+    )
+    .one(db)
+    .await?;
+    found(row, kind, id)
 }
 
 /// Packages inside `scope`, newest first, one page at a time.
@@ -331,56 +363,44 @@ pub async fn list(
         &filter,
         values,
         page,
-        |r| package_of(r, backend(db)),
+        |row: PackageRow| row.try_into(),
     )
     .await
 }
 
 /// One page of `table alias` rows matching `filter` (with its `values`), newest first, and the
 /// total; `columns` is the select list with its `FROM`.
-async fn newest_page<T>(
+async fn newest_page<R: FromQueryResult, T>(
     db: &impl ConnectionTrait,
     (table, alias, columns): (&str, &str, &str),
     filter: &str,
     mut values: Vec<Value>,
     page: Page,
-    item: impl Fn(&QueryResult) -> Result<T, Error>,
+    item: impl Fn(R) -> Result<T, Error>,
 ) -> Result<Paged<T>, Error> {
-    let total = count(
-        db,
+    let total = sql::query(
         &format!("SELECT COUNT(*) AS n FROM {table} {alias} WHERE {filter}"),
         values.clone(),
     )
+    .count(db)
     .await?;
     values.push(limit_value(page.limit()));
     values.push(limit_value(page.offset()));
-    let rows = db
-        .query_all_raw(statement(
-            backend(db),
-            &format!(
-                "SELECT {columns} WHERE {filter} \
-                 ORDER BY {alias}.created_at DESC, {alias}.id DESC LIMIT ? OFFSET ?"
-            ),
-            values,
-        ))
-        .await?;
-    let items = rows.iter().map(item).collect::<Result<_, _>>()?;
+    let rows: Vec<R> = sql::query(
+        &format!(
+            "SELECT {columns} WHERE {filter} \
+             ORDER BY {alias}.created_at DESC, {alias}.id DESC LIMIT ? OFFSET ?"
+        ),
+        values,
+    )
+    .all(db)
+    .await?;
+    let items = rows.into_iter().map(item).collect::<Result<_, _>>()?;
     Ok(page.wrap(items, total))
 }
 
 fn limit_value(n: u64) -> Value {
     i64::try_from(n).unwrap_or(i64::MAX).into()
-}
-
-async fn count(db: &impl ConnectionTrait, sql: &str, values: Vec<Value>) -> Result<u64, Error> {
-    let n: i64 = match db
-        .query_one_raw(statement(backend(db), sql, values))
-        .await?
-    {
-        Some(row) => row.try_get("", "n")?,
-        None => 0,
-    };
-    Ok(u64::try_from(n).unwrap_or(0))
 }
 
 /// Replaces the draft of the package the grant's target (its agent) owns.
@@ -394,15 +414,15 @@ pub async fn update_draft(
 ) -> Result<Package, Error> {
     let package = get(db, grant.target(), id).await?;
     spec.validate(offered, false)?;
-    db.execute_raw(statement(
-        backend(db),
+    sql::query(
         "UPDATE packages SET draft = ?, updated_at = ? WHERE id = ?",
-        vec![
+        [
             spec_text(&spec).into(),
-            millis(now).into(),
+            Millis(now).into(),
             package.id.clone().into(),
         ],
-    ))
+    )
+    .execute(db)
     .await?;
     get(db, grant.target(), id).await
 }
@@ -426,19 +446,19 @@ pub async fn publish(
         return version(db, id, package.published_version).await;
     }
     let next = package.published_version + 1;
-    txn.execute_raw(statement(
-        backend(&txn),
+    sql::query(
         "INSERT INTO package_versions (package_id, version, spec, published_at) VALUES (?, ?, ?, ?)",
-        vec![id.into(), next.into(), spec_text(&spec).into(), millis(now).into()],
-    ))
+        [id.into(), next.into(), spec_text(&spec).into(), Millis(now).into()],
+    )
+    .execute(&txn)
     .await?;
     // The guard makes two concurrent publishes collide on the primary key rather than skip a
     // version.
-    txn.execute_raw(statement(
-        backend(&txn),
+    sql::query(
         "UPDATE packages SET published_version = ?, updated_at = ? WHERE id = ? AND published_version = ?",
-        vec![next.into(), millis(now).into(), id.into(), package.published_version.into()],
-    ))
+        [next.into(), Millis(now).into(), id.into(), package.published_version.into()],
+    )
+    .execute(&txn)
     .await?;
     txn.commit().await?;
     version(db, id, next).await
@@ -449,23 +469,32 @@ pub async fn version(
     package_id: &str,
     version: i32,
 ) -> Result<PackageVersion, Error> {
-    let row = db
-        .query_one_raw(statement(
-            backend(db),
-            "SELECT spec, published_at FROM package_versions WHERE package_id = ? AND version = ?",
-            vec![package_id.into(), version.into()],
-        ))
-        .await?
-        .ok_or_else(|| Error::NotFound {
-            kind: "package version",
-            id: format!("{package_id}@{version}"),
-        })?;
-    Ok(PackageVersion {
-        package_id: package_id.to_owned(),
-        version,
-        spec: spec_of(&row.try_get::<String>("", "spec")?)?,
-        published_at: from_millis(row.try_get("", "published_at")?),
-    })
+    let row: Option<VersionRow> = sql::query(
+        "SELECT version, spec, published_at FROM package_versions WHERE package_id = ? AND version = ?",
+        [package_id.into(), version.into()],
+    )
+    .one(db)
+    .await?;
+    found(row, "package version", &format!("{package_id}@{version}"))?.of(package_id)
+}
+
+/// A published version as `package_versions` holds it.
+#[derive(FromQueryResult)]
+struct VersionRow {
+    version: i32,
+    spec: String,
+    published_at: Millis,
+}
+
+impl VersionRow {
+    fn of(self, package_id: &str) -> Result<PackageVersion, Error> {
+        Ok(PackageVersion {
+            package_id: package_id.to_owned(),
+            version: self.version,
+            spec: spec_of(&self.spec)?,
+            published_at: self.published_at.0,
+        })
+    }
 }
 
 /// Every version of a package, oldest first.
@@ -473,23 +502,13 @@ pub async fn versions(
     db: &impl ConnectionTrait,
     package_id: &str,
 ) -> Result<Vec<PackageVersion>, Error> {
-    let rows = db
-        .query_all_raw(statement(
-            backend(db),
-            "SELECT version, spec, published_at FROM package_versions WHERE package_id = ? ORDER BY version",
-            vec![package_id.into()],
-        ))
-        .await?;
-    rows.iter()
-        .map(|row| {
-            Ok(PackageVersion {
-                package_id: package_id.to_owned(),
-                version: row.try_get("", "version")?,
-                spec: spec_of(&row.try_get::<String>("", "spec")?)?,
-                published_at: from_millis(row.try_get("", "published_at")?),
-            })
-        })
-        .collect()
+    let rows: Vec<VersionRow> = sql::query(
+        "SELECT version, spec, published_at FROM package_versions WHERE package_id = ? ORDER BY version",
+        [package_id.into()],
+    )
+    .all(db)
+    .await?;
+    rows.into_iter().map(|row| row.of(package_id)).collect()
 }
 
 /// A start or end as clients send it: an RFC 3339 instant, or a date, which means midnight
@@ -525,238 +544,24 @@ fn parse_any_instant(field: &'static str, text: &str, end: bool) -> Result<DateT
     Ok(midnight.and_utc() - Duration::hours(8))
 }
 
-const ASSIGNMENT_COLUMNS: &str = "a.id, a.package_id, a.package_version, a.merchant_id, a.agent_id, a.partner_id, \
-     a.starts_at, a.ends_at, a.status, a.created_at, a.updated_at, v.spec \
-     FROM assignments a JOIN package_versions v ON v.package_id = a.package_id AND v.version = a.package_version";
-
-fn assignment_of(row: &QueryResult, now: DateTime<Utc>) -> Result<Assignment, Error> {
-    let spec = spec_of(&row.try_get::<String>("", "spec")?)?;
-    let status: String = row.try_get("", "status")?;
-    let starts_at = from_millis(row.try_get("", "starts_at")?);
-    let ends_at = from_millis(row.try_get("", "ends_at")?);
-    let state = if status == "revoked" {
-        "revoked"
-    } else if now < starts_at {
-        "scheduled"
-    } else if now >= ends_at {
-        "expired"
-    } else {
-        "active"
-    };
-    Ok(Assignment {
-        id: row.try_get("", "id")?,
-        package_id: row.try_get("", "package_id")?,
-        package_version: row.try_get("", "package_version")?,
-        package_name: spec.name,
-        plugins: spec.plugins,
-        merchant_id: row.try_get("", "merchant_id")?,
-        agent_id: row.try_get("", "agent_id")?,
-        partner_id: row.try_get("", "partner_id")?,
-        starts_at,
-        ends_at,
-        state: state.into(),
-        created_at: from_millis(row.try_get("", "created_at")?),
-        updated_at: from_millis(row.try_get("", "updated_at")?),
-    })
-}
-
-/// Assigns the latest published version of a package to each merchant. The grants are one per
-/// merchant (each authorized on that merchant); every merchant must sit under the package's agent.
-pub async fn assign(
-    db: &DatabaseConnection,
-    grants: &[Grant],
-    package: &Package,
-    starts_at: DateTime<Utc>,
-    ends_at: Option<DateTime<Utc>>,
-    now: DateTime<Utc>,
-) -> Result<Vec<Assignment>, Error> {
-    if package.published_version == 0 {
-        return Err(Error::Unpublished(package.id.clone()));
-    }
-    if package.status != "active" {
-        return Err(invalid("package_id", "the package is archived"));
-    }
-    let published = version(db, &package.id, package.published_version).await?;
-    let ends_at =
-        ends_at.unwrap_or(starts_at + Duration::days(i64::from(published.spec.validity_days)));
-    if ends_at <= starts_at {
-        return Err(invalid("ends_at", "must be after starts_at"));
-    }
-    if grants.is_empty() {
-        return Err(invalid("merchant_ids", "name at least one merchant"));
-    }
-    let txn = crate::db::begin_write(db).await?;
-    let mut ids = Vec::new();
-    for grant in grants {
-        let merchant = grant.target();
-        let Some(merchant_id) = &merchant.merchant_id else {
-            return Err(invalid("merchant_ids", "assignments are made to merchants"));
-        };
-        if merchant.agent_id.as_deref() != Some(package.agent_id.as_str()) {
-            return Err(invalid(
-                "merchant_ids",
-                format!("merchant {merchant_id} is not a merchant of the package's agent"),
-            ));
-        }
-        let id = Uuid::now_v7().to_string();
-        txn.execute_raw(statement(
-            backend(&txn),
-            "INSERT INTO assignments (id, package_id, package_version, merchant_id, agent_id, partner_id, \
-             starts_at, ends_at, status, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'active', ?, ?)",
-            vec![
-                id.clone().into(),
-                package.id.clone().into(),
-                package.published_version.into(),
-                merchant_id.clone().into(),
-                package.agent_id.clone().into(),
-                package.partner_id.clone().into(),
-                millis(starts_at).into(),
-                millis(ends_at).into(),
-                millis(now).into(),
-                millis(now).into(),
-            ],
-        ))
-        .await?;
-        ids.push(id);
-    }
-    txn.commit().await?;
-    let mut out = Vec::new();
-    for id in ids {
-        out.push(get_assignment(db, &Place::platform_scope(), &id, now).await?);
-    }
-    Ok(out)
-}
-
-pub async fn get_assignment(
-    db: &impl ConnectionTrait,
-    scope: &Place,
-    id: &str,
-    now: DateTime<Utc>,
-) -> Result<Assignment, Error> {
-    let mut values = vec![Value::from(id)];
-    let filter = scope_filter(scope, "a", &mut values);
-    let row = db
-        .query_one_raw(statement(
-            backend(db),
-            &format!("SELECT {ASSIGNMENT_COLUMNS} WHERE a.id = ? AND {filter}"),
-            values,
-        ))
-        .await?
-        .ok_or_else(|| Error::NotFound {
-            kind: "assignment",
-            id: id.to_owned(),
-        })?;
-    assignment_of(&row, now)
-}
-
-/// Assignments inside `scope` (a merchant sees its own), optionally of one merchant, newest
-/// first, one page at a time.
-pub async fn list_assignments(
-    db: &impl ConnectionTrait,
-    scope: &Place,
-    merchant_id: Option<&str>,
-    now: DateTime<Utc>,
-    page: Page,
-) -> Result<Paged<Assignment>, Error> {
-    let mut values = Vec::new();
-    let mut filter = scope_filter(scope, "a", &mut values);
-    if let Some(merchant) = merchant_id {
-        filter.push_str(" AND a.merchant_id = ?");
-        values.push(merchant.into());
-    }
-    newest_page(
-        db,
-        ("assignments", "a", ASSIGNMENT_COLUMNS),
-        &filter,
-        values,
-        page,
-        |r| assignment_of(r, now),
-    )
-    .await
-}
-
-/// Extends an assignment (to `ends_at`, or by the package's validity from its current end or
-/// from now, whichever is later) and moves it to the package's latest published version.
-pub async fn renew(
-    db: &impl ConnectionTrait,
-    grant: &Grant,
-    assignment: &Assignment,
-    ends_at: Option<DateTime<Utc>>,
-    now: DateTime<Utc>,
-) -> Result<Assignment, Error> {
-    if assignment.state == "revoked" {
-        return Err(invalid(
-            "id",
-            "a revoked assignment cannot be renewed; assign again",
-        ));
-    }
-    let row = db
-        .query_one_raw(statement(
-            backend(db),
-            "SELECT published_version FROM packages WHERE id = ?",
-            vec![assignment.package_id.clone().into()],
-        ))
-        .await?
-        .ok_or_else(|| Error::NotFound {
-            kind: "package",
-            id: assignment.package_id.clone(),
-        })?;
-    let latest: i32 = row.try_get("", "published_version")?;
-    let published = version(db, &assignment.package_id, latest).await?;
-    let ends_at = ends_at.unwrap_or_else(|| {
-        assignment.ends_at.max(now) + Duration::days(i64::from(published.spec.validity_days))
-    });
-    if ends_at <= assignment.starts_at {
-        return Err(invalid("ends_at", "must be after the assignment's start"));
-    }
-    db.execute_raw(statement(
-        backend(db),
-        "UPDATE assignments SET ends_at = ?, package_version = ?, updated_at = ? WHERE id = ?",
-        vec![
-            millis(ends_at).into(),
-            latest.into(),
-            millis(now).into(),
-            assignment.id.clone().into(),
-        ],
-    ))
-    .await?;
-    get_assignment(db, grant.target(), &assignment.id, now).await
-}
-
-pub async fn revoke(
-    db: &impl ConnectionTrait,
-    grant: &Grant,
-    assignment: &Assignment,
-    now: DateTime<Utc>,
-) -> Result<Assignment, Error> {
-    db.execute_raw(statement(
-        backend(db),
-        "UPDATE assignments SET status = 'revoked', updated_at = ? WHERE id = ?",
-        vec![millis(now).into(), assignment.id.clone().into()],
-    ))
-    .await?;
-    get_assignment(db, grant.target(), &assignment.id, now).await
-}
-
 /// Everything `merchant_id` is entitled to at `now`: the union of its active assignments.
 pub async fn entitlements(
     db: &impl ConnectionTrait,
     merchant_id: &str,
     now: DateTime<Utc>,
 ) -> Result<BTreeMap<String, Entitlement>, Error> {
-    let rows = db
-        .query_all_raw(statement(
-            backend(db),
-            "SELECT a.ends_at, v.spec FROM assignments a JOIN package_versions v \
-             ON v.package_id = a.package_id AND v.version = a.package_version \
-             WHERE a.merchant_id = ? AND a.status = 'active' AND a.starts_at <= ? AND a.ends_at > ?",
-            vec![merchant_id.into(), millis(now).into(), millis(now).into()],
-        ))
-        .await?;
+    let rows: Vec<Covering> = sql::query(
+        "SELECT a.ends_at, v.spec FROM assignments a JOIN package_versions v \
+         ON v.package_id = a.package_id AND v.version = a.package_version \
+         WHERE a.merchant_id = ? AND a.status = 'active' AND a.starts_at <= ? AND a.ends_at > ?",
+        [merchant_id.into(), Millis(now).into(), Millis(now).into()],
+    )
+    .all(db)
+    .await?;
     let mut out: BTreeMap<String, Entitlement> = BTreeMap::new();
     for row in rows {
-        let ends_at = from_millis(row.try_get("", "ends_at")?);
-        let spec = spec_of(&row.try_get::<String>("", "spec")?)?;
+        let ends_at = row.ends_at.0;
+        let spec = spec_of(&row.spec)?;
         for plugin in spec.plugins {
             match out.get_mut(&plugin) {
                 Some(held) => {
@@ -790,17 +595,16 @@ pub async fn entitlement(
     if let Some(held) = entitlements(db, merchant_id, now).await?.remove(plugin_id) {
         return Ok(held);
     }
-    let rows = db
-        .query_all_raw(statement(
-            backend(db),
-            "SELECT v.spec FROM assignments a JOIN package_versions v \
-             ON v.package_id = a.package_id AND v.version = a.package_version \
-             WHERE a.merchant_id = ? AND a.starts_at <= ?",
-            vec![merchant_id.into(), millis(now).into()],
-        ))
-        .await?;
+    let rows: Vec<SpecOf> = sql::query(
+        "SELECT a.id, v.spec FROM assignments a JOIN package_versions v \
+         ON v.package_id = a.package_id AND v.version = a.package_version \
+         WHERE a.merchant_id = ? AND a.starts_at <= ?",
+        [merchant_id.into(), Millis(now).into()],
+    )
+    .all(db)
+    .await?;
     for row in rows {
-        let spec = spec_of(&row.try_get::<String>("", "spec")?)?;
+        let spec = spec_of(&row.spec)?;
         if spec.plugins.iter().any(|p| p == plugin_id) {
             return Err(Error::Expired(plugin_id.to_owned()));
         }
@@ -816,39 +620,52 @@ pub async fn plugin_in_use(
     plugin_id: &str,
     now: DateTime<Utc>,
 ) -> Result<Option<String>, Error> {
-    let rows = db
-        .query_all_raw(statement(
-            backend(db),
-            "SELECT p.id, v.spec FROM packages p JOIN package_versions v \
-             ON v.package_id = p.id AND v.version = p.published_version \
-             WHERE p.partner_id = ? AND p.status = 'active'",
-            vec![partner_id.into()],
-        ))
-        .await?;
+    let rows: Vec<SpecOf> = sql::query(
+        "SELECT p.id, v.spec FROM packages p JOIN package_versions v \
+         ON v.package_id = p.id AND v.version = p.published_version \
+         WHERE p.partner_id = ? AND p.status = 'active'",
+        [partner_id.into()],
+    )
+    .all(db)
+    .await?;
     for row in rows {
-        let spec = spec_of(&row.try_get::<String>("", "spec")?)?;
+        let spec = spec_of(&row.spec)?;
         if spec.plugins.iter().any(|p| p == plugin_id) {
-            let id: String = row.try_get("", "id")?;
-            return Ok(Some(format!("package {id} ({}) includes it", spec.name)));
+            return Ok(Some(format!(
+                "package {} ({}) includes it",
+                row.id, spec.name
+            )));
         }
     }
-    let rows = db
-        .query_all_raw(statement(
-            backend(db),
-            "SELECT a.id, v.spec FROM assignments a JOIN package_versions v \
-             ON v.package_id = a.package_id AND v.version = a.package_version \
-             WHERE a.partner_id = ? AND a.status = 'active' AND a.ends_at > ?",
-            vec![partner_id.into(), millis(now).into()],
-        ))
-        .await?;
+    let rows: Vec<SpecOf> = sql::query(
+        "SELECT a.id, v.spec FROM assignments a JOIN package_versions v \
+         ON v.package_id = a.package_id AND v.version = a.package_version \
+         WHERE a.partner_id = ? AND a.status = 'active' AND a.ends_at > ?",
+        [partner_id.into(), Millis(now).into()],
+    )
+    .all(db)
+    .await?;
     for row in rows {
-        let spec = spec_of(&row.try_get::<String>("", "spec")?)?;
+        let spec = spec_of(&row.spec)?;
         if spec.plugins.iter().any(|p| p == plugin_id) {
-            let id: String = row.try_get("", "id")?;
-            return Ok(Some(format!("assignment {id} holds it")));
+            return Ok(Some(format!("assignment {} holds it", row.id)));
         }
     }
     Ok(None)
+}
+
+/// A package or assignment, and the spec of the version it stands for.
+#[derive(FromQueryResult)]
+struct SpecOf {
+    id: String,
+    spec: String,
+}
+
+/// A current assignment's end and the spec it holds the merchant to.
+#[derive(FromQueryResult)]
+struct Covering {
+    ends_at: Millis,
+    spec: String,
 }
 
 #[cfg(test)]

@@ -13,13 +13,12 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use casbin::{CoreApi, DefaultModel, Enforcer, MemoryAdapter, MgmtApi, RbacApi};
-use sea_orm::{
-    ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter, Statement,
-};
+use sea_orm::{ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter};
 use tokio::sync::RwLock;
 
 use crate::auth::Principal;
 use crate::db::entity::{api_keys, users};
+use crate::db::sql;
 use crate::tenancy::{self, NodeKind, Place, Role};
 
 /// Every action the admin API authorizes. The strings of each live in [`Action::casbin`] only.
@@ -62,10 +61,18 @@ pub enum Action {
     PluginView,
     DeliveryRead,
     DeliveryRedeliver,
+    /// Calling a plugin route whose audience is `staff` (at a store's or a merchant's path).
+    PluginRouteStaff,
+    /// Calling a plugin route whose audience is `merchant`.
+    PluginRouteMerchant,
+    /// Calling a plugin route whose audience is `agent`.
+    PluginRouteAgent,
+    /// Calling a plugin route whose audience is `partner`.
+    PluginRoutePartner,
 }
 
 impl Action {
-    pub const ALL: [Action; 37] = [
+    pub const ALL: [Action; 41] = [
         Self::PartnerCreate,
         Self::PartnerRead,
         Self::PartnerUpdate,
@@ -103,6 +110,10 @@ impl Action {
         Self::PluginView,
         Self::DeliveryRead,
         Self::DeliveryRedeliver,
+        Self::PluginRouteStaff,
+        Self::PluginRouteMerchant,
+        Self::PluginRouteAgent,
+        Self::PluginRoutePartner,
     ];
 
     /// The (object, verb) pair casbin stores.
@@ -145,6 +156,10 @@ impl Action {
             Self::PluginView => ("plugin", "view"),
             Self::DeliveryRead => ("delivery", "read"),
             Self::DeliveryRedeliver => ("delivery", "redeliver"),
+            Self::PluginRouteStaff => ("plugin.route", "staff"),
+            Self::PluginRouteMerchant => ("plugin.route", "merchant"),
+            Self::PluginRouteAgent => ("plugin.route", "agent"),
+            Self::PluginRoutePartner => ("plugin.route", "partner"),
         }
     }
 
@@ -174,12 +189,17 @@ impl Action {
             | Self::AssignmentWrite
             | Self::PluginConfigRead
             | Self::PluginConfigWrite
-            | Self::PluginUse => NodeKind::Merchant,
+            | Self::PluginUse
+            | Self::PluginRouteMerchant
+            | Self::PluginRouteAgent
+            | Self::PluginRoutePartner => NodeKind::Merchant,
             Self::PluginManage => NodeKind::Partner,
             Self::PackageWrite => NodeKind::Agent,
-            Self::StoreRead | Self::StoreUpdate | Self::StoreSuspend | Self::PluginView => {
-                NodeKind::Store
-            }
+            Self::StoreRead
+            | Self::StoreUpdate
+            | Self::StoreSuspend
+            | Self::PluginView
+            | Self::PluginRouteStaff => NodeKind::Store,
             Self::UserCreate
             | Self::UserRead
             | Self::UserUpdate
@@ -263,6 +283,7 @@ pub fn allows(role: Role, action: Action) -> bool {
                 | A::AgentUpdate
                 | A::AgentSuspend
                 | A::PluginManage
+                | A::PluginRoutePartner
         ),
         Role::MerchantOwner => matches!(
             action,
@@ -288,8 +309,10 @@ pub fn allows(role: Role, action: Action) -> bool {
                 | A::PluginView
                 | A::DeliveryRead
                 | A::DeliveryRedeliver
+                | A::PluginRouteStaff
+                | A::PluginRouteMerchant
         ),
-        Role::MerchantStaff => matches!(action, A::StoreRead | A::PluginView),
+        Role::MerchantStaff => matches!(action, A::StoreRead | A::PluginView | A::PluginRouteStaff),
     }
 }
 
@@ -301,7 +324,12 @@ pub fn permissions_markdown() -> String {
          A role is held at one node and acts on that node and the nodes below it — never above or\n\
          beside. A target outside the caller's subtree answers 404, as if it did not exist; an action\n\
          the matrix denies inside the subtree answers 403. Nobody changes or suspends the node they\n\
-         stand on: a partner's name, domains and theme, like its status, are set from the tier above.\n\n",
+         stand on: a partner's name, domains and theme, like its status, are set from the tier above.\n\n\
+         A plugin's routes are reached through doors (`doors`). At `/api/v1/merchants/{id}/plugins/…` a\n\
+         call needs `plugin.use` on the merchant and the `plugin.route.*` action of the route's audience;\n\
+         at `/api/v1/stores/{id}/plugins/…` it needs `plugin.view` on the store and `plugin.route.staff`,\n\
+         and only `staff` routes are served there. `member` routes are the partner's public pages at\n\
+         `/m/{merchant}/{plugin}/…`: no sign-in and no action, and no admin path serves them.\n\n",
     );
     out.push_str("| action |");
     for role in Role::ALL {
@@ -634,15 +662,11 @@ pub enum SubjectRef<'a> {
 }
 
 async fn read_version(db: &impl ConnectionTrait) -> Result<i64, Error> {
-    let row = db
-        .query_one_raw(Statement::from_string(
-            db.get_database_backend(),
-            "SELECT version FROM policy_version WHERE id = 1",
-        ))
-        .await?;
-    Ok(row
-        .and_then(|r| r.try_get::<i64>("", "version").ok())
-        .unwrap_or(0))
+    let version = sql::query("SELECT version FROM policy_version WHERE id = 1", [])
+        .scalar(db)
+        .await?
+        .unwrap_or(0);
+    Ok(version)
 }
 
 /// Tells every engine process that accounts or keys changed, for writers outside `Rbac` (the
@@ -652,8 +676,12 @@ pub async fn bump_policy_version(db: &impl ConnectionTrait) -> Result<i64, Error
 }
 
 async fn bump_version(db: &impl ConnectionTrait) -> Result<i64, Error> {
-    db.execute_unprepared("UPDATE policy_version SET version = version + 1 WHERE id = 1")
-        .await?;
+    sql::query(
+        "UPDATE policy_version SET version = version + 1 WHERE id = 1",
+        [],
+    )
+    .execute(db)
+    .await?;
     read_version(db).await
 }
 
@@ -722,7 +750,9 @@ mod tests {
             assert!(allows(Role::PlatformAdmin, action));
             assert_eq!(
                 allows(Role::MerchantStaff, action),
-                action == Action::StoreRead || action == Action::PluginView
+                action == Action::StoreRead
+                    || action == Action::PluginView
+                    || action == Action::PluginRouteStaff
             );
         }
     }

@@ -6,8 +6,7 @@
 
 use chrono::{Duration, Utc};
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, PaginatorTrait, QueryFilter,
-    QueryOrder, Set,
+    ActiveModelTrait, ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, Set,
 };
 use secrecy::SecretString;
 
@@ -16,6 +15,7 @@ use super::{
     verify_password,
 };
 use crate::db::entity::login_failures;
+use crate::db::sql;
 
 /// Runs Argon2 off the async workers, on at most `threads` blocking threads at once, with at most
 /// `queue` more callers waiting: a burst of sign-ins costs a bounded share of the machine and
@@ -110,17 +110,10 @@ pub(super) async fn reserve_attempt(
     let account: String = account.chars().take(254).collect();
     let ip: String = ip.chars().take(64).collect();
     let txn = crate::db::begin_write(db).await?;
-    if txn.get_database_backend() == sea_orm::DbBackend::Postgres {
-        // Accounts before addresses, in two key spaces, so two attempts never wait on each other
-        // in opposite orders.
-        for (space, key) in [(1_i32, account.as_str()), (2_i32, ip.as_str())] {
-            txn.execute_raw(sea_orm::Statement::from_sql_and_values(
-                sea_orm::DbBackend::Postgres,
-                "SELECT pg_advisory_xact_lock($1, hashtext($2))",
-                [sea_orm::Value::from(space), key.into()],
-            ))
-            .await?;
-        }
+    // Accounts before addresses, in two key spaces, so two attempts never wait on each other in
+    // opposite orders.
+    for (space, key) in [(1_i32, account.as_str()), (2_i32, ip.as_str())] {
+        sql::advisory_lock(&txn, space, key).await?;
     }
     let now = Utc::now();
     let since = now - Duration::seconds(FAILURE_WINDOW_SECS);

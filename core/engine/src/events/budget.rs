@@ -9,9 +9,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 use chrono::{DateTime, Utc};
 use sea_orm::{ConnectionTrait, DatabaseConnection};
 
-use super::{Error, MAX_DEPTH, backend};
+use super::{Error, MAX_DEPTH};
 use crate::config::{Clock, EventsConfig};
-use crate::db::{from_millis, millis, statement};
+use crate::db::sql::{self, Millis, from_millis, millis};
 use crate::tenancy::Place;
 
 /// Bounds on what plugins' emissions may add to the outbox (`[events]` settings).
@@ -154,12 +154,12 @@ pub(super) async fn open_chain(
     partner_id: &str,
     now: DateTime<Utc>,
 ) -> Result<(), Error> {
-    db.execute_raw(statement(
-        backend(db),
+    sql::query(
         "INSERT INTO event_chains (root_id, partner_id, events, deliveries, created_at) VALUES (?, ?, 0, 0, ?) \
          ON CONFLICT DO NOTHING",
-        vec![root.into(), partner_id.into(), millis(now).into()],
-    ))
+        [root.into(), partner_id.into(), Millis(now).into()],
+    )
+    .execute(db)
     .await?;
     Ok(())
 }
@@ -186,45 +186,41 @@ pub async fn admit(
     let txn = crate::db::begin_write(db).await?;
     // The generic cell rate algorithm: `tat` is when the pace would next allow an emission;
     // one may run ahead of it by the burst.
-    txn.execute_raw(statement(
-        backend(&txn),
+    sql::query(
         "INSERT INTO event_emission_rates (installation_id, scope_id, tat) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
-        vec![
+        [
             emitter.installation_id.clone().into(),
             emitter.scope_id.clone().into(),
             now.into(),
         ],
-    ))
+    )
+    .execute(&txn)
     .await?;
-    let paced = txn
-        .execute_raw(statement(
-            backend(&txn),
-            "UPDATE event_emission_rates SET tat = (CASE WHEN tat > ? THEN tat ELSE ? END) + ? \
-             WHERE installation_id = ? AND scope_id = ? AND tat <= ?",
-            vec![
-                now.into(),
-                now.into(),
-                limits.interval_ms().into(),
+    let paced = sql::query(
+        "UPDATE event_emission_rates SET tat = (CASE WHEN tat > ? THEN tat ELSE ? END) + ? \
+         WHERE installation_id = ? AND scope_id = ? AND tat <= ?",
+        [
+            now.into(),
+            now.into(),
+            limits.interval_ms().into(),
+            emitter.installation_id.clone().into(),
+            emitter.scope_id.clone().into(),
+            (now + limits.tolerance_ms()).into(),
+        ],
+    )
+    .execute(&txn)
+    .await?;
+    if paced != 1 {
+        let tat: i64 = sql::query(
+            "SELECT tat FROM event_emission_rates WHERE installation_id = ? AND scope_id = ?",
+            [
                 emitter.installation_id.clone().into(),
                 emitter.scope_id.clone().into(),
-                (now + limits.tolerance_ms()).into(),
             ],
-        ))
-        .await?;
-    if paced.rows_affected() != 1 {
-        let tat: i64 = txn
-            .query_one_raw(statement(
-                backend(&txn),
-                "SELECT tat FROM event_emission_rates WHERE installation_id = ? AND scope_id = ?",
-                vec![
-                    emitter.installation_id.clone().into(),
-                    emitter.scope_id.clone().into(),
-                ],
-            ))
-            .await?
-            .map(|row| row.try_get("", "tat"))
-            .transpose()?
-            .unwrap_or(now);
+        )
+        .scalar(&txn)
+        .await?
+        .unwrap_or(now);
         txn.rollback().await?;
         return refused(Refusal::Pace {
             message: format!(
@@ -236,18 +232,17 @@ pub async fn admit(
     }
     if let Some(root) = &emitter.root_id {
         open_chain(&txn, root, &emitter.partner_id, from_millis(now)).await?;
-        let charged = txn
-            .execute_raw(statement(
-                backend(&txn),
-                "UPDATE event_chains SET events = events + 1 WHERE root_id = ? AND events < ? AND deliveries < ?",
-                vec![
-                    root.clone().into(),
-                    i64::from(limits.chain_events).into(),
-                    i64::from(limits.chain_deliveries).into(),
-                ],
-            ))
-            .await?;
-        if charged.rows_affected() != 1 {
+        let charged = sql::query(
+            "UPDATE event_chains SET events = events + 1 WHERE root_id = ? AND events < ? AND deliveries < ?",
+            [
+                root.clone().into(),
+                i64::from(limits.chain_events).into(),
+                i64::from(limits.chain_deliveries).into(),
+            ],
+        )
+        .execute(&txn)
+        .await?;
+        if charged != 1 {
             txn.rollback().await?;
             return refused(Refusal::Chain(format!(
                 "fan-out budget spent: the chain started by event {root} may cause at most {} events and {} deliveries",
@@ -268,26 +263,26 @@ pub async fn refund(db: &DatabaseConnection, emitter: &Emitter) -> Result<(), Er
         return Ok(());
     }
     let txn = crate::db::begin_write(db).await?;
-    txn.execute_raw(statement(
-        backend(&txn),
+    sql::query(
         "UPDATE event_emission_rates SET tat = tat - ? WHERE installation_id = ? AND scope_id = ?",
-        vec![
+        [
             (emitter.limits.interval_ms() * i64::from(events)).into(),
             emitter.installation_id.clone().into(),
             emitter.scope_id.clone().into(),
         ],
-    ))
+    )
+    .execute(&txn)
     .await?;
     if let Some(root) = &emitter.root_id {
-        txn.execute_raw(statement(
-            backend(&txn),
+        sql::query(
             "UPDATE event_chains SET events = events - ? WHERE root_id = ? AND events >= ?",
-            vec![
+            [
                 i64::from(events).into(),
                 root.clone().into(),
                 i64::from(events).into(),
             ],
-        ))
+        )
+        .execute(&txn)
         .await?;
     }
     txn.commit().await?;

@@ -5,11 +5,11 @@
 //! are never claimed.
 
 use chrono::{DateTime, Duration, Utc};
-use sea_orm::{ConnectionTrait, DbBackend, QueryResult, Value};
+use sea_orm::{ConnectionTrait, FromQueryResult, Value};
 use serde_json::Value as Json;
 
-use super::{Claimed, Error, backend};
-use crate::db::{from_millis, millis, statement};
+use super::{Claimed, Error};
+use crate::db::sql::{self, Millis, RowLock};
 use crate::tenancy::{NodeKind, Place};
 
 /// Deliveries of a suspended partner, agent or merchant: held out of every claim until the node
@@ -67,32 +67,31 @@ pub async fn claim(
 ) -> Result<Vec<Claimed>, Error> {
     // A read first: an idle dispatcher polls often, and must not take SQLite's write lock
     // (or PostgreSQL row locks) when nothing is due.
-    let due = db
-        .query_one_raw(statement(
-            backend(db),
-            &format!(
-                "SELECT id FROM event_deliveries WHERE status = 'pending' AND next_attempt_at <= ? \
-                 AND (lease_until IS NULL OR lease_until < ?) AND {NOT_SUSPENDED} LIMIT 1"
-            ),
-            vec![millis(now).into(), millis(now).into()],
-        ))
-        .await?;
+    let due: Option<String> = sql::query(
+        &format!(
+            "SELECT id FROM event_deliveries WHERE status = 'pending' AND next_attempt_at <= ? \
+             AND (lease_until IS NULL OR lease_until < ?) AND {NOT_SUSPENDED} LIMIT 1"
+        ),
+        [Millis(now).into(), Millis(now).into()],
+    )
+    .scalar(db)
+    .await?;
     if due.is_none() {
         return Ok(Vec::new());
     }
     // Deliveries whose every attempt was claimed but never recorded (their dispatchers died
     // each time) are dead rather than retried for ever.
-    db.execute_raw(statement(
-        backend(db),
+    sql::query(
         "UPDATE event_deliveries SET status = 'dead', last_error = ?, lease_until = NULL, updated_at = ? \
          WHERE status = 'pending' AND attempts >= ? AND lease_until IS NOT NULL AND lease_until < ?",
-        vec![
+        [
             format!("no outcome recorded after {max_attempts} attempts (the dispatchers holding it stopped)").into(),
-            millis(now).into(),
+            Millis(now).into(),
             max_attempts.into(),
-            millis(now).into(),
+            Millis(now).into(),
         ],
-    ))
+    )
+    .execute(db)
     .await?;
     // Twice the batch: another dispatcher ranking at the same moment takes the same first turns.
     let candidates = fair_turns(
@@ -124,22 +123,21 @@ pub async fn claim(
     if claimed.is_empty() {
         return Ok(Vec::new());
     }
-    let marks = vec!["?"; claimed.len()].join(", ");
+    let marks = sql::marks(claimed.len());
     let mut values: Vec<Value> = claimed.into_iter().map(Value::from).collect();
     values.push(owner.into());
-    let rows = db
-        .query_all_raw(statement(
-            backend(db),
-            &format!(
-                "SELECT d.id, d.event_id, d.installation_id, d.attempts, e.kind, e.partner_id, e.agent_id, \
-                 e.merchant_id, e.payload, e.source, e.depth, e.root_id, e.occurred_at FROM event_deliveries d \
-                 JOIN events e ON e.id = d.event_id WHERE d.id IN ({marks}) AND d.lease_owner = ? \
-                 ORDER BY d.next_attempt_at, d.id"
-            ),
-            values,
-        ))
-        .await?;
-    rows.iter().map(claimed_of).collect()
+    let rows: Vec<ClaimedRow> = sql::query(
+        &format!(
+            "SELECT d.id, d.event_id, d.installation_id, d.attempts, e.kind, e.partner_id, e.agent_id, \
+             e.merchant_id, e.payload, e.source, e.depth, e.root_id, e.occurred_at FROM event_deliveries d \
+             JOIN events e ON e.id = d.event_id WHERE d.id IN ({marks}) AND d.lease_owner = ? \
+             ORDER BY d.next_attempt_at, d.id"
+        ),
+        values,
+    )
+    .all(db)
+    .await?;
+    Ok(rows.into_iter().map(Claimed::from).collect())
 }
 
 /// Up to `limit` due deliveries (id, partner) in fair order: by turn within their partner (each
@@ -153,40 +151,41 @@ async fn fair_turns(
     now: DateTime<Utc>,
 ) -> Result<Vec<(String, String)>, Error> {
     let limit = i64::from(limit);
-    let mut values: Vec<Value> = vec![millis(now).into(), max_attempts.into(), millis(now).into()];
+    let mut values: Vec<Value> = vec![Millis(now).into(), max_attempts.into(), Millis(now).into()];
     let held_back = if held_back.is_empty() {
         String::new()
     } else {
         values.extend(held_back.iter().cloned().map(Value::from));
-        format!(
-            " AND partner_id NOT IN ({})",
-            vec!["?"; held_back.len()].join(", ")
-        )
+        format!(" AND partner_id NOT IN ({})", sql::marks(held_back.len()))
     };
     values.extend([limit.into(), limit.into(), limit.into()]);
     // No merchant or partner can have more than `limit` deliveries among the first `limit`,
     // so later turns are cut before they are ranked again.
-    let rows = db
-        .query_all_raw(statement(
-            backend(db),
-            &format!(
-                "SELECT id, partner_id FROM (\
-                   SELECT id, partner_id, next_attempt_at, \
-                   ROW_NUMBER() OVER (PARTITION BY partner_id ORDER BY merchant_turn, next_attempt_at, id) AS turn \
-                   FROM (\
-                     SELECT id, partner_id, next_attempt_at, \
-                     ROW_NUMBER() OVER (PARTITION BY partner_id, merchant_id ORDER BY next_attempt_at, id) AS merchant_turn \
-                     FROM event_deliveries WHERE status = 'pending' AND next_attempt_at <= ? AND attempts < ? \
-                     AND (lease_until IS NULL OR lease_until < ?) AND {NOT_SUSPENDED}{held_back}\
-                   ) per_merchant WHERE merchant_turn <= ?\
-                 ) per_partner WHERE turn <= ? ORDER BY turn, next_attempt_at, id LIMIT ?"
-            ),
-            values,
-        ))
-        .await?;
-    rows.iter()
-        .map(|r| Ok((r.try_get("", "id")?, r.try_get("", "partner_id")?)))
-        .collect()
+    let turns: Vec<Turn> = sql::query(
+        &format!(
+            "SELECT id, partner_id FROM (\
+               SELECT id, partner_id, next_attempt_at, \
+               ROW_NUMBER() OVER (PARTITION BY partner_id ORDER BY merchant_turn, next_attempt_at, id) AS turn \
+               FROM (\
+                 SELECT id, partner_id, next_attempt_at, \
+                 ROW_NUMBER() OVER (PARTITION BY partner_id, merchant_id ORDER BY next_attempt_at, id) AS merchant_turn \
+                 FROM event_deliveries WHERE status = 'pending' AND next_attempt_at <= ? AND attempts < ? \
+                 AND (lease_until IS NULL OR lease_until < ?) AND {NOT_SUSPENDED}{held_back}\
+               ) per_merchant WHERE merchant_turn <= ?\
+             ) per_partner WHERE turn <= ? ORDER BY turn, next_attempt_at, id LIMIT ?"
+        ),
+        values,
+    )
+    .all(db)
+    .await?;
+    Ok(turns.into_iter().map(|t| (t.id, t.partner_id)).collect())
+}
+
+/// A due delivery in the fair order, and whose it is.
+#[derive(FromQueryResult)]
+struct Turn {
+    id: String,
+    partner_id: String,
 }
 
 /// Leases those of `ids` that are still claimable to `owner`; returns the ids it leased.
@@ -198,64 +197,76 @@ async fn lease_rows(
     max_attempts: i32,
     now: DateTime<Utc>,
 ) -> Result<Vec<String>, Error> {
-    let lock = if backend(db) == DbBackend::Postgres {
-        " FOR UPDATE SKIP LOCKED"
-    } else {
-        ""
-    };
-    let marks = vec!["?"; ids.len()].join(", ");
-    let mut values: Vec<Value> = vec![owner.into(), millis(now + lease).into(), millis(now).into()];
+    let lock = sql::for_update(db, RowLock::SkipLocked);
+    let marks = sql::marks(ids.len());
+    let mut values: Vec<Value> = vec![owner.into(), Millis(now + lease).into(), Millis(now).into()];
     values.extend(ids.iter().cloned().map(Value::from));
-    values.extend([max_attempts.into(), millis(now).into()]);
-    let rows = db
-        .query_all_raw(statement(
-            backend(db),
-            &format!(
-                "UPDATE event_deliveries SET lease_owner = ?, lease_until = ?, attempts = attempts + 1, updated_at = ? \
-                 WHERE id IN (SELECT id FROM event_deliveries WHERE id IN ({marks}) AND status = 'pending' \
-                 AND attempts < ? AND (lease_until IS NULL OR lease_until < ?){lock}) RETURNING id"
-            ),
-            values,
-        ))
-        .await?;
-    Ok(rows
-        .iter()
-        .map(|r| r.try_get::<String>("", "id"))
-        .collect::<Result<_, _>>()?)
+    values.extend([max_attempts.into(), Millis(now).into()]);
+    let leased: Vec<Leased> = sql::query(
+        &format!(
+            "UPDATE event_deliveries SET lease_owner = ?, lease_until = ?, attempts = attempts + 1, updated_at = ? \
+             WHERE id IN (SELECT id FROM event_deliveries WHERE id IN ({marks}) AND status = 'pending' \
+             AND attempts < ? AND (lease_until IS NULL OR lease_until < ?){lock}) RETURNING id"
+        ),
+        values,
+    )
+    .all(db)
+    .await?;
+    Ok(leased.into_iter().map(|l| l.id).collect())
 }
 
-fn claimed_of(row: &QueryResult) -> Result<Claimed, Error> {
-    let partner_id: String = row.try_get("", "partner_id")?;
-    let agent_id: Option<String> = row.try_get("", "agent_id")?;
-    let merchant_id: Option<String> = row.try_get("", "merchant_id")?;
-    let (id, kind) = if let Some(m) = &merchant_id {
-        (m.clone(), NodeKind::Merchant)
-    } else if let Some(a) = &agent_id {
-        (a.clone(), NodeKind::Agent)
-    } else {
-        (partner_id.clone(), NodeKind::Partner)
-    };
-    let payload: String = row.try_get("", "payload")?;
-    Ok(Claimed {
-        delivery_id: row.try_get("", "id")?,
-        root_id: row
-            .try_get::<Option<String>>("", "root_id")?
-            .map_or_else(|| row.try_get("", "event_id"), Ok)?,
-        event_id: row.try_get("", "event_id")?,
-        installation_id: row.try_get("", "installation_id")?,
-        place: Place {
-            id,
-            kind,
-            partner_id: Some(partner_id),
-            agent_id,
-            merchant_id,
-            store_id: None,
-        },
-        kind: row.try_get("", "kind")?,
-        payload: serde_json::from_str(&payload).unwrap_or(Json::Null),
-        occurred_at: from_millis(row.try_get("", "occurred_at")?),
-        source: row.try_get("", "source")?,
-        depth: row.try_get("", "depth")?,
-        attempts: row.try_get("", "attempts")?,
-    })
+/// A delivery the lease took.
+#[derive(FromQueryResult)]
+struct Leased {
+    id: String,
+}
+
+/// A leased delivery joined with its event, as [`claim`] reads it.
+#[derive(FromQueryResult)]
+struct ClaimedRow {
+    id: String,
+    event_id: String,
+    installation_id: String,
+    attempts: i32,
+    kind: String,
+    partner_id: String,
+    agent_id: Option<String>,
+    merchant_id: Option<String>,
+    payload: String,
+    source: String,
+    depth: i32,
+    root_id: Option<String>,
+    occurred_at: Millis,
+}
+
+impl From<ClaimedRow> for Claimed {
+    fn from(row: ClaimedRow) -> Self {
+        let (id, kind) = if let Some(m) = &row.merchant_id {
+            (m.clone(), NodeKind::Merchant)
+        } else if let Some(a) = &row.agent_id {
+            (a.clone(), NodeKind::Agent)
+        } else {
+            (row.partner_id.clone(), NodeKind::Partner)
+        };
+        Self {
+            delivery_id: row.id,
+            root_id: row.root_id.unwrap_or_else(|| row.event_id.clone()),
+            event_id: row.event_id,
+            installation_id: row.installation_id,
+            place: Place {
+                id,
+                kind,
+                partner_id: Some(row.partner_id),
+                agent_id: row.agent_id,
+                merchant_id: row.merchant_id,
+                store_id: None,
+            },
+            kind: row.kind,
+            payload: serde_json::from_str(&row.payload).unwrap_or(Json::Null),
+            occurred_at: row.occurred_at.0,
+            source: row.source,
+            depth: row.depth,
+            attempts: row.attempts,
+        }
+    }
 }

@@ -57,6 +57,28 @@ pub enum ApiError {
     Internal(#[from] anyhow::Error),
 }
 
+impl From<crate::doors::Error> for ApiError {
+    fn from(error: crate::doors::Error) -> Self {
+        use crate::doors::Error as E;
+        match error {
+            E::NoRoute => Self::NotFound(String::new()),
+            E::NoApp => Self::Validation {
+                field: "app_id",
+                message: "the callback names no Alipay app".into(),
+            },
+            E::NotHttp => Self::Internal(anyhow::anyhow!(
+                "a route answered something other than HTTP"
+            )),
+            E::Tenancy(e) => e.into(),
+            E::Rbac(e) => e.into(),
+            E::Credentials(e) => e.into(),
+            E::Catalog(e) => e.into(),
+            E::Packages(e) => e.into(),
+            E::Plugin(e) => e.into(),
+        }
+    }
+}
+
 /// The JSON body of every error: clients branch on `code`, people read `message`, forms
 /// highlight `field`.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]

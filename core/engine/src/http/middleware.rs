@@ -92,7 +92,7 @@ pub async fn limit_body(State(state): State<AppState>, request: Request, next: N
             .get::<HostContext>()
             .cloned()
             .unwrap_or_default();
-        let caller = super::api::principal_of(&state, request.headers(), &host).await;
+        let caller = super::extract::principal_of(&state, request.headers(), &host).await;
         match caller {
             Ok(caller) if crate::rbac::allows(caller.role, crate::rbac::Action::PluginManage) => {
                 match state.uploads.clone().try_acquire_owned() {

@@ -14,15 +14,14 @@ use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, Type};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
 use utoipa::openapi::{ContentBuilder, InfoBuilder, PathsBuilder, Ref, Required, ResponsesBuilder};
 
-use super::api::{
-    CreateKeyRequest, CreateNodeRequest, CreateUserRequest, CreatedKey, LoginRequest,
-    LoginResponse, Me, NODE_ROUTES, PasswordChange,
-};
+use super::accounts::{CreateKeyRequest, CreateUserRequest, CreatedKey};
+use super::catalog::{ActivateRequest, OfferRequest};
+use super::configs::PluginConfig;
 use super::error::ErrorBody;
-use super::plugins::{
-    ActivateRequest, AssignRequest, CreatePackageRequest, OfferRequest, PackageDetail,
-    PluginConfig, PublishEventRequest, Published, RenewRequest,
-};
+use super::events::{PublishEventRequest, Published};
+use super::nodes::{CreateNodeRequest, NODE_ROUTES};
+use super::packages::{AssignRequest, CreatePackageRequest, PackageDetail, RenewRequest};
+use super::session::{LoginRequest, LoginResponse, Me, PasswordChange};
 use crate::alipay::SignType;
 use crate::alipay::credentials::{CredentialsInput, CredentialsView, GatewayKind, KeyMode};
 use crate::auth::{ApiKey, User, UserPatch};

@@ -10,7 +10,8 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use super::catalog::{Catalog, Delivery};
+use super::catalog::Catalog;
+use super::delivery::{self, Delivery};
 use crate::config::EventsConfig;
 use crate::events::{self, Backoff};
 
@@ -121,7 +122,7 @@ impl Dispatcher {
                     return;
                 }
             }
-            let outcome = catalog.deliver(&claim).await;
+            let outcome = delivery::deliver(&catalog, &claim).await;
             let now = catalog.now();
             let recorded = match &outcome {
                 Delivery::Done => events::delivered(&catalog.db, &claim, &owner, now).await,

@@ -58,6 +58,10 @@ pub struct HarnessOptions {
     pub breaker_traps: u32,
     /// Keep kv in process memory instead of the SQLite database (fast tests, benchmarks).
     pub kv_in_memory: bool,
+    /// Where compiled components are cached; `None`: a fresh folder of the harness's own.
+    /// Compiling is most of a harness's start, so suites share one cache (it is keyed by the
+    /// component's content and the engine's configuration).
+    pub cache_dir: Option<PathBuf>,
 }
 
 impl Default for HarnessOptions {
@@ -70,6 +74,7 @@ impl Default for HarnessOptions {
             min_log_level: "trace",
             breaker_traps: 1_000,
             kv_in_memory: false,
+            cache_dir: None,
         }
     }
 }
@@ -168,7 +173,10 @@ impl Harness {
         .map_err(setup)?;
         let runtime = Runtime::new(
             RuntimeOptions {
-                cache_dir: dir.path().join("plugin-cache"),
+                cache_dir: options
+                    .cache_dir
+                    .clone()
+                    .unwrap_or_else(|| dir.path().join("plugin-cache")),
                 max_concurrency: options.max_concurrency,
                 pooling: options.pooling,
                 breaker_traps: options.breaker_traps,

@@ -8,9 +8,10 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
 use chrono::Utc;
-use sea_orm::{ConnectionTrait, DatabaseBackend, DatabaseConnection, DbErr, Value};
+use sea_orm::{ConnectionTrait, DatabaseConnection, DbErr, FromQueryResult, Value};
 
 use super::manifest::KvQuota;
+use crate::db::sql::{self, RowLock};
 
 /// Longest key, in bytes.
 pub const MAX_KEY_BYTES: usize = 256;
@@ -55,7 +56,36 @@ pub enum Cas {
     Conflict(Option<Entry>),
 }
 
-use crate::db::statement as stmt;
+/// An entry as `plugin_kv` holds it.
+#[derive(FromQueryResult)]
+struct EntryRow {
+    value: Vec<u8>,
+    version: i64,
+}
+
+impl From<EntryRow> for Entry {
+    fn from(row: EntryRow) -> Self {
+        Self {
+            value: row.value,
+            version: version_of(row.version),
+        }
+    }
+}
+
+/// An entry of a listing, with its key.
+#[derive(FromQueryResult)]
+struct KeyedRow {
+    key: String,
+    #[sea_orm(nested)]
+    entry: EntryRow,
+}
+
+/// What a namespace holds, as its usage row counts it.
+#[derive(FromQueryResult)]
+struct UsageRow {
+    keys: i64,
+    bytes: i64,
+}
 
 /// The counter after adding `delta` to what `current` holds (absent counts as 0).
 fn next_count(current: Option<&Entry>, key: &str, delta: i64) -> Result<i64, KvError> {
@@ -132,23 +162,15 @@ impl Namespace {
         key: &str,
     ) -> Result<Option<Entry>, KvError> {
         check_key(key)?;
-        let backend = db.get_database_backend();
         let mut values = self.ids();
         values.push(key.into());
-        let row = db
-            .query_one_raw(stmt(
-                backend,
-                "SELECT value, version FROM plugin_kv WHERE installation_id = ? AND scope_id = ? AND key = ?",
-                values,
-            ))
-            .await?;
-        Ok(match row {
-            None => None,
-            Some(row) => Some(Entry {
-                value: row.try_get("", "value")?,
-                version: version_of(row.try_get("", "version")?),
-            }),
-        })
+        let row: Option<EntryRow> = sql::query(
+            "SELECT value, version FROM plugin_kv WHERE installation_id = ? AND scope_id = ? AND key = ?",
+            values,
+        )
+        .one(db)
+        .await?;
+        Ok(row.map(Entry::from))
     }
 
     /// Writes `value` when the key is at `expected` (`None`: absent), with the quota checked in
@@ -206,14 +228,13 @@ impl Namespace {
         let (current, last) = self.lock_and_read(&txn, key).await?;
         let deleted = match current {
             Some(entry) if expected.is_none_or(|v| v == entry.version) => {
-                let backend = txn.get_database_backend();
                 let mut values = self.ids();
                 values.push(key.into());
-                txn.execute_raw(stmt(
-                    backend,
+                sql::query(
                     "DELETE FROM plugin_kv WHERE installation_id = ? AND scope_id = ? AND key = ?",
                     values,
-                ))
+                )
+                .execute(&txn)
                 .await?;
                 self.charge(&txn, -1, -((key.len() + entry.value.len()) as i64), last)
                     .await?;
@@ -273,7 +294,6 @@ impl Namespace {
             )));
         }
         let limit = limit.clamp(1, MAX_LIST);
-        let backend = db.get_database_backend();
         let mut values = self.ids();
         let mut text = String::from(
             "SELECT key, value, version FROM plugin_kv WHERE installation_id = ? AND scope_id = ?",
@@ -297,38 +317,23 @@ impl Namespace {
         }
         text.push_str(" ORDER BY key LIMIT ?");
         values.push(i64::from(limit + 1).into());
-        let rows = db.query_all_raw(stmt(backend, &text, values)).await?;
-        let mut items = Vec::with_capacity(rows.len());
-        for row in rows {
-            let key: String = row.try_get("", "key")?;
-            items.push((
-                key,
-                Entry {
-                    value: row.try_get("", "value")?,
-                    version: version_of(row.try_get("", "version")?),
-                },
-            ));
-        }
+        let rows: Vec<KeyedRow> = sql::query(&text, values).all(db).await?;
+        let items = rows
+            .into_iter()
+            .map(|row| (row.key, Entry::from(row.entry)))
+            .collect();
         Ok(page(items, limit as usize))
     }
 
     /// Keys and bytes held now.
     pub async fn usage(&self, db: &impl ConnectionTrait) -> Result<(u64, u64), KvError> {
-        let backend = db.get_database_backend();
-        let row = db
-            .query_one_raw(stmt(
-                backend,
-                "SELECT keys, bytes FROM plugin_kv_usage WHERE installation_id = ? AND scope_id = ?",
-                self.ids(),
-            ))
-            .await?;
-        Ok(match row {
-            None => (0, 0),
-            Some(r) => (
-                version_of(r.try_get("", "keys")?),
-                version_of(r.try_get("", "bytes")?),
-            ),
-        })
+        let row: Option<UsageRow> = sql::query(
+            "SELECT keys, bytes FROM plugin_kv_usage WHERE installation_id = ? AND scope_id = ?",
+            self.ids(),
+        )
+        .one(db)
+        .await?;
+        Ok(row.map_or((0, 0), |r| (version_of(r.keys), version_of(r.bytes))))
     }
 
     /// Takes the namespace's write lock (its usage row) and reads the key. The first statement
@@ -339,33 +344,23 @@ impl Namespace {
         txn: &impl ConnectionTrait,
         key: &str,
     ) -> Result<(Option<Entry>, u64), KvError> {
-        let backend = txn.get_database_backend();
-        txn.execute_raw(stmt(
-            backend,
+        sql::query(
             "INSERT INTO plugin_kv_usage (installation_id, scope_id, keys, bytes, last_version) \
              VALUES (?, ?, 0, 0, 0) ON CONFLICT (installation_id, scope_id) DO NOTHING",
             self.ids(),
-        ))
+        )
+        .execute(txn)
         .await?;
-        let lock = if backend == DatabaseBackend::Postgres {
-            " FOR UPDATE"
-        } else {
-            ""
-        };
-        let row = txn
-            .query_one_raw(stmt(
-                backend,
-                &format!(
-                    "SELECT last_version FROM plugin_kv_usage WHERE installation_id = ? AND scope_id = ?{lock}"
-                ),
-                self.ids(),
-            ))
-            .await?;
-        let last = match row {
-            Some(r) => version_of(r.try_get("", "last_version")?),
-            None => 0,
-        };
-        Ok((self.get(txn, key).await?, last))
+        let lock = sql::for_update(txn, RowLock::Wait);
+        let last: Option<i64> = sql::query(
+            &format!(
+                "SELECT last_version FROM plugin_kv_usage WHERE installation_id = ? AND scope_id = ?{lock}"
+            ),
+            self.ids(),
+        )
+        .scalar(txn)
+        .await?;
+        Ok((self.get(txn, key).await?, last.map_or(0, version_of)))
     }
 
     /// Charges a write to the quota and records the version it used (`last` when it made none).
@@ -376,7 +371,6 @@ impl Namespace {
         bytes: i64,
         version: u64,
     ) -> Result<(), KvError> {
-        let backend = txn.get_database_backend();
         let max_keys = i64::try_from(self.quota.max_keys).unwrap_or(i64::MAX);
         let max_bytes = i64::try_from(self.quota.max_bytes).unwrap_or(i64::MAX);
         let version = i64::try_from(version).unwrap_or(i64::MAX);
@@ -391,16 +385,15 @@ impl Namespace {
             max_bytes.into(),
         ]);
         // Shrinking writes always pass, so a namespace over a lowered quota can still clean up.
-        let result = txn
-            .execute_raw(stmt(
-                backend,
-                "UPDATE plugin_kv_usage SET keys = keys + ?, bytes = bytes + ?, last_version = ? \
-                 WHERE installation_id = ? AND scope_id = ? \
-                 AND (? <= 0 OR keys + ? <= ?) AND (? <= 0 OR bytes + ? <= ?)",
-                values,
-            ))
-            .await?;
-        if result.rows_affected() == 0 {
+        let charged = sql::query(
+            "UPDATE plugin_kv_usage SET keys = keys + ?, bytes = bytes + ?, last_version = ? \
+             WHERE installation_id = ? AND scope_id = ? \
+             AND (? <= 0 OR keys + ? <= ?) AND (? <= 0 OR bytes + ? <= ?)",
+            values,
+        )
+        .execute(txn)
+        .await?;
+        if charged == 0 {
             let (used_keys, used_bytes) = self.usage(txn).await?;
             return Err(KvError::Quota(
                 if keys > 0 && used_keys + 1 > self.quota.max_keys {
@@ -423,7 +416,6 @@ impl Namespace {
         value: &[u8],
         version: u64,
     ) -> Result<(), KvError> {
-        let backend = txn.get_database_backend();
         let mut values = self.ids();
         values.extend([
             key.into(),
@@ -431,11 +423,11 @@ impl Namespace {
             i64::try_from(version).unwrap_or(i64::MAX).into(),
             Utc::now().into(),
         ]);
-        txn.execute_raw(stmt(
-            backend,
+        sql::query(
             "INSERT INTO plugin_kv (installation_id, scope_id, key, value, version, updated_at) VALUES (?, ?, ?, ?, ?, ?)",
             values,
-        ))
+        )
+        .execute(txn)
         .await?;
         Ok(())
     }
@@ -447,7 +439,6 @@ impl Namespace {
         value: &[u8],
         version: u64,
     ) -> Result<(), KvError> {
-        let backend = txn.get_database_backend();
         let mut values: Vec<Value> = vec![
             value.to_vec().into(),
             i64::try_from(version).unwrap_or(i64::MAX).into(),
@@ -455,11 +446,11 @@ impl Namespace {
         ];
         values.extend(self.ids());
         values.push(key.into());
-        txn.execute_raw(stmt(
-            backend,
+        sql::query(
             "UPDATE plugin_kv SET value = ?, version = ?, updated_at = ? WHERE installation_id = ? AND scope_id = ? AND key = ?",
             values,
-        ))
+        )
+        .execute(txn)
         .await?;
         Ok(())
     }

@@ -1,0 +1,308 @@
+//! The one door for raw SQL: statements written once with `?` placeholders, run on whichever
+//! engine the connection is, and read into row structs that derive [`FromQueryResult`].
+//!
+//! The rule going forward:
+//! - New raw SQL goes through this module — `sql::query(text, values)` then `.execute(db)`,
+//!   `.one(db)`, `.all(db)` or `.scalar(db)` ([`Query`]); nothing else builds a `Statement` from
+//!   SQL text or picks a placeholder style, and a row is a `#[derive(FromQueryResult)]` struct
+//!   beside its query, never a chain of `try_get` calls. Whatever differs between the engines in
+//!   a statement ([`for_update`], [`advisory_lock`]) is decided here too.
+//! - New tables store instants as Unix milliseconds in `BIGINT` columns (the migrations'
+//!   `columns` helper declares them), bound and read as [`Millis`]. Integers compare the same way
+//!   in SQL on SQLite and PostgreSQL, which the outbox's claims rely on; the older sea-orm
+//!   entities' `TIMESTAMPTZ` columns stay as they are.
+//!
+//! Statements without values or rows (session settings, the readiness probe) may still use
+//! `execute_unprepared`: there is nothing to bind and nothing to read.
+
+use chrono::{DateTime, Utc};
+use sea_orm::{ConnectionTrait, DbBackend, DbErr, FromQueryResult, Statement, TryGetable, Value};
+
+/// An instant in a Unix-milliseconds `BIGINT` column: bind it as a value, or name it as the
+/// type of a row struct's field. sea-orm's own type, so an entity can use it as well.
+pub use sea_orm::prelude::ChronoUnixTimestampMillis as Millis;
+
+/// The engine behind a connection or transaction.
+pub fn backend(db: &impl ConnectionTrait) -> DbBackend {
+    db.get_database_backend()
+}
+
+/// A statement from SQL written with `?` placeholders, in the backend's form: what [`query`]
+/// runs, and what code not yet moved to it (the plugin catalog) builds by hand.
+pub fn statement(
+    backend: DbBackend,
+    sql: &str,
+    values: impl IntoIterator<Item = Value>,
+) -> Statement {
+    Statement::from_sql_and_values(backend, placeholders(backend, sql), values)
+}
+
+/// A statement written with `?` placeholders, with its values: `query(text, values)`, then
+/// run on a connection or transaction with [`Query::execute`], [`Query::one`], [`Query::all`] or
+/// [`Query::scalar`].
+pub fn query(sql: &str, values: impl IntoIterator<Item = Value>) -> Query<'_> {
+    Query {
+        sql,
+        values: values.into_iter().collect(),
+    }
+}
+
+/// A statement and its values, not yet bound to an engine's placeholder style.
+#[derive(Debug, Clone)]
+#[must_use = "a query does nothing until it runs"]
+pub struct Query<'a> {
+    sql: &'a str,
+    values: Vec<Value>,
+}
+
+impl Query<'_> {
+    fn on(self, db: &impl ConnectionTrait) -> Statement {
+        statement(backend(db), self.sql, self.values)
+    }
+
+    /// Runs a statement that returns no rows; returns how many rows it changed, which a
+    /// conditional update reads as "did the condition hold".
+    pub async fn execute(self, db: &impl ConnectionTrait) -> Result<u64, DbErr> {
+        Ok(db.execute_raw(self.on(db)).await?.rows_affected())
+    }
+
+    /// The first row, if any.
+    pub async fn one<T: FromQueryResult>(
+        self,
+        db: &impl ConnectionTrait,
+    ) -> Result<Option<T>, DbErr> {
+        T::find_by_statement(self.on(db)).one(db).await
+    }
+
+    /// Every row.
+    pub async fn all<T: FromQueryResult>(self, db: &impl ConnectionTrait) -> Result<Vec<T>, DbErr> {
+        T::find_by_statement(self.on(db)).all(db).await
+    }
+
+    /// What a `SELECT COUNT(*) …` counted; 0 when it returns no row.
+    pub async fn count(self, db: &impl ConnectionTrait) -> Result<u64, DbErr> {
+        let n: Option<i64> = self.scalar(db).await?;
+        Ok(n.map_or(0, |n| u64::try_from(n).unwrap_or(0)))
+    }
+
+    /// The first column of the first row (a count, one setting), if there is a row.
+    pub async fn scalar<T: TryGetable>(
+        self,
+        db: &impl ConnectionTrait,
+    ) -> Result<Option<T>, DbErr> {
+        let row = db.query_one_raw(self.on(db)).await?;
+        Ok(row.map(|row| T::try_get_by_index(&row, 0)).transpose()?)
+    }
+}
+
+/// `n` placeholders separated by commas, for an `IN (…)` list of `n` values.
+pub fn marks(n: usize) -> String {
+    vec!["?"; n].join(", ")
+}
+
+/// What a `SELECT … FOR UPDATE` does with rows another transaction holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RowLock {
+    /// Waits for them.
+    Wait,
+    /// Passes over them, so concurrent claimers take different rows.
+    SkipLocked,
+}
+
+/// The clause, with its leading space, that locks the rows a `SELECT` reads until its
+/// transaction ends. PostgreSQL: `FOR UPDATE`; SQLite has no row locks and needs none, since its
+/// writers take turns on the whole database (see [`super::begin_write`]).
+pub fn for_update(db: &impl ConnectionTrait, lock: RowLock) -> &'static str {
+    match (backend(db), lock) {
+        (DbBackend::Postgres, RowLock::Wait) => " FOR UPDATE",
+        (DbBackend::Postgres, RowLock::SkipLocked) => " FOR UPDATE SKIP LOCKED",
+        _ => "",
+    }
+}
+
+/// Serialises the transaction `txn` with every other one that locks the same (`space`, `key`),
+/// until it ends. PostgreSQL: a transaction-scoped advisory lock on the key's hash; SQLite: nothing
+/// more, as a write transaction from [`super::begin_write`] already holds the database's only
+/// write lock — so on SQLite call it in one of those.
+pub async fn advisory_lock(txn: &impl ConnectionTrait, space: i32, key: &str) -> Result<(), DbErr> {
+    if backend(txn) == DbBackend::Postgres {
+        query(
+            "SELECT pg_advisory_xact_lock(?, hashtext(?))",
+            [space.into(), key.into()],
+        )
+        .execute(txn)
+        .await?;
+    }
+    Ok(())
+}
+
+/// Unix milliseconds of an instant, for arithmetic on millisecond columns in code.
+pub fn millis(at: DateTime<Utc>) -> i64 {
+    at.timestamp_millis()
+}
+
+/// The instant of a count of Unix milliseconds; the epoch for one outside chrono's range.
+pub fn from_millis(ms: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_millis(ms).unwrap_or_default()
+}
+
+/// SQL written with `?` placeholders, as the backend wants them: `$1`, `$2`… on PostgreSQL.
+/// A `?` inside a quoted literal or identifier is text, not a placeholder.
+pub fn placeholders(backend: DbBackend, sql: &str) -> String {
+    if backend != DbBackend::Postgres {
+        return sql.to_owned();
+    }
+    let mut out = String::with_capacity(sql.len() + 8);
+    let mut n = 0;
+    let mut quote = None;
+    for c in sql.chars() {
+        match (quote, c) {
+            (None, '?') => {
+                n += 1;
+                out.push('$');
+                out.push_str(&n.to_string());
+                continue;
+            }
+            (None, '\'' | '"') => quote = Some(c),
+            // A doubled quote inside a literal closes and reopens it: still inside.
+            (Some(q), c) if c == q => quote = None,
+            _ => {}
+        }
+        out.push(c);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use sea_orm::{Database, DatabaseTransaction, TransactionTrait};
+
+    use super::*;
+
+    #[test]
+    fn postgres_placeholders_are_numbered() {
+        assert_eq!(
+            placeholders(DbBackend::Postgres, "a = ? AND b = ?"),
+            "a = $1 AND b = $2"
+        );
+        assert_eq!(placeholders(DbBackend::Sqlite, "a = ?"), "a = ?");
+    }
+
+    #[test]
+    fn a_question_mark_inside_quotes_is_not_a_placeholder() {
+        assert_eq!(
+            placeholders(
+                DbBackend::Postgres,
+                "a = '?' AND \"b?\" = ? AND c = 'it''s ?' AND d = ?"
+            ),
+            "a = '?' AND \"b?\" = $1 AND c = 'it''s ?' AND d = $2"
+        );
+    }
+
+    #[test]
+    fn marks_list_one_placeholder_per_value() {
+        assert_eq!(marks(3), "?, ?, ?");
+        assert_eq!(marks(1), "?");
+    }
+
+    #[test]
+    fn millis_out_of_range_read_as_the_epoch() {
+        let at = from_millis(1_700_000_000_123);
+        assert_eq!(millis(at), 1_700_000_000_123);
+        assert_eq!(from_millis(i64::MAX), DateTime::<Utc>::default());
+    }
+
+    #[derive(Debug, PartialEq, FromQueryResult)]
+    struct Row {
+        name: String,
+        at: Millis,
+        until: Option<Millis>,
+    }
+
+    /// Runs the same statements on `txn`'s engine: writes, rows, scalars and the locking clauses.
+    async fn round_trip(txn: &DatabaseTransaction) -> Result<(), DbErr> {
+        let at = from_millis(1_764_000_000_123);
+        query(
+            "CREATE TEMPORARY TABLE sql_door (name TEXT NOT NULL, at BIGINT NOT NULL, until BIGINT)",
+            [],
+        )
+        .execute(txn)
+        .await?;
+        let inserted = query(
+            "INSERT INTO sql_door (name, at, until) VALUES (?, ?, ?), (?, ?, ?)",
+            [
+                "a".into(),
+                Millis(at).into(),
+                Some(Millis(at)).into(),
+                "b?".into(),
+                Millis(at).into(),
+                None::<Millis>.into(),
+            ],
+        )
+        .execute(txn)
+        .await?;
+        assert_eq!(inserted, 2);
+        let rows: Vec<Row> = query("SELECT name, at, until FROM sql_door ORDER BY name", [])
+            .all(txn)
+            .await?;
+        assert_eq!(
+            rows,
+            [
+                Row {
+                    name: "a".into(),
+                    at: Millis(at),
+                    until: Some(Millis(at)),
+                },
+                Row {
+                    name: "b?".into(),
+                    at: Millis(at),
+                    until: None,
+                },
+            ]
+        );
+        let lock = for_update(txn, RowLock::SkipLocked);
+        let row: Option<Row> = query(
+            &format!("SELECT name, at, until FROM sql_door WHERE name = ? AND at = ?{lock}"),
+            ["b?".into(), Millis(at).into()],
+        )
+        .one(txn)
+        .await?;
+        assert_eq!(row.map(|r| r.name).as_deref(), Some("b?"));
+        let count = query(
+            &format!(
+                "SELECT COUNT(*) AS n FROM sql_door WHERE name IN ({}) AND at <= ?",
+                marks(2)
+            ),
+            ["a".into(), "b?".into(), Millis(at).into()],
+        )
+        .count(txn)
+        .await?;
+        assert_eq!(count, 2);
+        let missing = query("SELECT at FROM sql_door WHERE name = 'c'", []);
+        assert_eq!(missing.scalar::<i64>(txn).await?, None);
+        advisory_lock(txn, 1, "sql door").await
+    }
+
+    #[tokio::test]
+    async fn rows_and_millis_round_trip_on_sqlite() {
+        let db = Database::connect("sqlite::memory:").await.unwrap();
+        // One transaction keeps every statement on one connection of the in-memory pool.
+        let txn = db.begin().await.unwrap();
+        assert_eq!(for_update(&txn, RowLock::Wait), "");
+        round_trip(&txn).await.unwrap();
+        txn.rollback().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn rows_and_millis_round_trip_on_postgres() {
+        let Some(url) = crate::config::test_database_url_from_env() else {
+            eprintln!("PostgreSQL leg skipped: TRELLIS_TEST_DATABASE_URL is not set");
+            return;
+        };
+        let db = Database::connect(url).await.unwrap();
+        let txn = db.begin().await.unwrap();
+        assert_eq!(for_update(&txn, RowLock::Wait), " FOR UPDATE");
+        round_trip(&txn).await.unwrap();
+        txn.rollback().await.unwrap();
+    }
+}

@@ -1,0 +1,87 @@
+//! A merchant's Alipay app over HTTP: reading what is stored (never a private key), storing
+//! keys or certificates, and generating a key pair whose public half the merchant uploads to
+//! Alipay.
+//!
+//! Invariant: keys are sealed before they are stored, a gateway outside the platform's
+//! `[alipay]` rules is refused, and production roots must be Alipay's pinned ones.
+
+use axum::extract::Path;
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+
+use super::AppState;
+use super::error::ApiError;
+use super::extract::{ApiJson, Ctx, Target};
+use crate::alipay::credentials::{self, CredentialsInput, CredentialsView};
+use crate::rbac::Action;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route(
+            "/api/v1/merchants/{id}/alipay/credentials",
+            get(get_credentials).put(put_credentials),
+        )
+        .route(
+            "/api/v1/merchants/{id}/alipay/keypair",
+            post(generate_keypair),
+        )
+}
+
+async fn get_credentials(
+    ctx: Ctx,
+    Path(id): Path<String>,
+) -> Result<Json<CredentialsView>, ApiError> {
+    ctx.allow(Action::AlipayCredentialsRead, Target::merchant(&id))
+        .await?;
+    let view = credentials::get(&ctx.state.db.conn, &id)
+        .await?
+        .ok_or(credentials::Error::NotConfigured)?;
+    Ok(Json(view))
+}
+
+async fn put_credentials(
+    ctx: Ctx,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<CredentialsInput>,
+) -> Result<Json<CredentialsView>, ApiError> {
+    let state = &ctx.state;
+    let view = ctx
+        .change(
+            Action::AlipayCredentialsWrite,
+            Target::merchant(&id),
+            "alipay_credentials.write",
+            ("merchant", Some(&id)),
+        )
+        .run(async |grant| {
+            credentials::check_gateway(&body, &state.config.alipay.gateway_policy())?;
+            let roots = credentials::ProductionRoots::new(
+                &state.config.alipay.production_root_fingerprints,
+            );
+            Ok(
+                credentials::put_with_roots(&state.db.conn, &state.vault, &grant, body, &roots)
+                    .await?,
+            )
+        })
+        .await?;
+    Ok(Json(view))
+}
+
+async fn generate_keypair(
+    ctx: Ctx,
+    Path(id): Path<String>,
+) -> Result<(StatusCode, Json<CredentialsView>), ApiError> {
+    let state = &ctx.state;
+    let view = ctx
+        .change(
+            Action::AlipayCredentialsWrite,
+            Target::merchant(&id),
+            "alipay_credentials.keypair",
+            ("merchant", Some(&id)),
+        )
+        .run(async |grant| {
+            Ok(credentials::generate_keypair(&state.db.conn, &state.vault, &grant).await?)
+        })
+        .await?;
+    Ok((StatusCode::CREATED, Json(view)))
+}

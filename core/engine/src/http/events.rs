@@ -1,0 +1,154 @@
+//! Events over HTTP: a partner publishing an event for one of its merchants, and the delivery
+//! log with redelivery.
+//!
+//! Invariant: the engine's own event kinds cannot be published from outside, and a caller sees
+//! and redelivers only deliveries inside its subtree.
+
+use axum::extract::Path;
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::AppState;
+use super::error::ApiError;
+use super::extract::{ApiJson, ApiQuery, Ctx, Target};
+use crate::db::{Page, Paged};
+use crate::events::{self, DeliveryFilter, NewEvent};
+use crate::rbac::Action;
+use crate::tenancy::Place;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/v1/merchants/{id}/events", post(publish_event))
+        .route("/api/v1/deliveries", get(list_deliveries))
+        .route("/api/v1/deliveries/{id}/redeliver", post(redeliver))
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+pub struct PublishEventRequest {
+    pub kind: String,
+    #[serde(default)]
+    pub payload: Value,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Published {
+    pub event_id: String,
+}
+
+/// A partner (or the platform) sends an event for one of its merchants — a test event, or one
+/// from a system outside Trellis — to every subscribing plugin.
+async fn publish_event(
+    ctx: Ctx,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<PublishEventRequest>,
+) -> Result<(StatusCode, Json<Published>), ApiError> {
+    let mut place = None;
+    let result = async {
+        let merchant = ctx.place(Target::merchant(&id)).await?;
+        place = Some(merchant.clone());
+        // Publishing is the partner's act, whoever stands below it.
+        let partner = Place::of_partner(merchant.partner_id.as_deref().unwrap_or_default());
+        ctx.allow(Action::PluginManage, Target::Place(partner))
+            .await?;
+        if crate::plugins::manifest::is_reserved_event(&body.kind) {
+            return Err(ApiError::Validation {
+                field: "kind",
+                message: format!("{} is an engine event; only the engine sends it", body.kind),
+            });
+        }
+        if body.payload.to_string().len() > crate::plugins::MAX_INPUT_BYTES {
+            return Err(ApiError::Validation {
+                field: "payload",
+                message: "the payload is larger than 1 MiB".into(),
+            });
+        }
+        let event = NewEvent {
+            kind: body.kind,
+            place: merchant,
+            payload: body.payload,
+            source: format!("api:{}", ctx.caller.id),
+            occurred_at: ctx.state.catalog.now(),
+            depth: 0,
+        };
+        Ok(ctx.state.catalog.emit(&event).await?)
+    }
+    .await;
+    let event_id = ctx
+        .audited(
+            "event.publish",
+            ("merchant", Some(&id)),
+            place.as_ref(),
+            result,
+        )
+        .await?;
+    Ok((StatusCode::ACCEPTED, Json(Published { event_id })))
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+pub struct DeliveryQuery {
+    #[serde(default)]
+    pub merchant_id: Option<String>,
+    #[serde(default)]
+    pub installation_id: Option<String>,
+    #[serde(default)]
+    pub status: Option<String>,
+    #[serde(default)]
+    pub event_id: Option<String>,
+}
+
+/// The delivery log: a merchant sees its own, the tiers above everything below them.
+async fn list_deliveries(
+    ctx: Ctx,
+    ApiQuery(query): ApiQuery<DeliveryQuery>,
+    ApiQuery(page): ApiQuery<Page>,
+) -> Result<Json<Paged<events::Delivery>>, ApiError> {
+    let scope = match &query.merchant_id {
+        Some(id) => Target::merchant(id),
+        None => Target::own(),
+    };
+    let grant = ctx.allow(Action::DeliveryRead, scope).await?;
+    if let Some(status) = &query.status
+        && !matches!(
+            status.as_str(),
+            "pending" | "delivered" | "skipped" | "dead"
+        )
+    {
+        return Err(ApiError::Validation {
+            field: "status",
+            message: "one of pending, delivered, skipped, dead".into(),
+        });
+    }
+    let filter = DeliveryFilter {
+        installation_id: query.installation_id,
+        status: query.status,
+        event_id: query.event_id,
+        limit: page.limit(),
+        offset: page.offset(),
+    };
+    let (items, total) = events::deliveries(&ctx.state.db.conn, grant.target(), &filter).await?;
+    Ok(Json(page.wrap(items, total)))
+}
+
+async fn redeliver(ctx: Ctx, Path(id): Path<String>) -> Result<Json<events::Delivery>, ApiError> {
+    let conn = &ctx.state.db.conn;
+    let scope = &ctx.caller.place;
+    let result = async {
+        let delivery = events::delivery(conn, scope, &id).await?;
+        ctx.allow(Action::DeliveryRedeliver, Target::own()).await?;
+        events::redeliver(conn, &delivery, ctx.state.catalog.now()).await?;
+        Ok(events::delivery(conn, scope, &id).await?)
+    }
+    .await;
+    let delivery = ctx
+        .audited(
+            "delivery.redeliver",
+            ("delivery", Some(&id)),
+            Some(scope),
+            result,
+        )
+        .await?;
+    Ok(Json(delivery))
+}

@@ -1,0 +1,196 @@
+//! Who may run now: each installation gets a share of the runtime's slots, an installation
+//! known to be heavy also waits for the heavy lane, and an installation that keeps failing for
+//! one tenant is suspended for that tenant by the circuit breaker.
+//!
+//! Invariant: an invocation takes its permits always in the same order — the installation's
+//! share, a slot, then (when heavy) a heavy-lane permit — so no two waiters can hold what the
+//! other needs.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// How long an installation that needed more than one tick of CPU starts in the heavy lane.
+const HOG_MEMORY: Duration = Duration::from_secs(10);
+/// Invocations of one installation running at once; more wait, so one busy installation can
+/// hold only a share of the runtime's slots.
+pub const PER_INSTALLATION: usize = 32;
+
+/// A poisoned lock still guards plain bookkeeping: a panic elsewhere must not stop admission.
+pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The runtime's places to run, and its memory of which installations are heavy or failing.
+pub(super) struct Admission {
+    slots: Arc<Semaphore>,
+    shares: Mutex<HashMap<String, Arc<Semaphore>>>,
+    /// Invocations past their first tick of CPU share these permits, so busy plugins cannot
+    /// occupy every worker thread and starve quick ones.
+    heavy: Arc<Semaphore>,
+    hogs: Arc<Mutex<HashMap<String, Instant>>>,
+    pub(super) breaker: Breaker,
+}
+
+impl Admission {
+    pub(super) fn new(max_concurrency: u32, breaker: Breaker) -> Self {
+        let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+        Self {
+            slots: Arc::new(Semaphore::new(max_concurrency as usize)),
+            shares: Mutex::default(),
+            heavy: Arc::new(Semaphore::new(workers.saturating_sub(1).max(1))),
+            hogs: Arc::default(),
+            breaker,
+        }
+    }
+
+    /// Waits for a place to run, in the order the module's invariant names. `None` when the
+    /// runtime is shutting down.
+    pub(super) async fn admit(&self, installation: &str) -> Option<Permits> {
+        let share = {
+            let mut shares = lock(&self.shares);
+            match shares.get(installation) {
+                Some(share) => share.clone(),
+                None => shares
+                    .entry(installation.to_owned())
+                    .or_insert_with(|| Arc::new(Semaphore::new(PER_INSTALLATION)))
+                    .clone(),
+            }
+        };
+        let _installation = share.acquire_owned().await.ok()?;
+        let _slot = self.slots.clone().acquire_owned().await.ok()?;
+        let heavy = if self.is_hog(installation) {
+            Some(self.heavy.clone().acquire_owned().await.ok()?)
+        } else {
+            None
+        };
+        Some(Permits {
+            _installation,
+            _slot,
+            heavy,
+        })
+    }
+
+    fn is_hog(&self, installation: &str) -> bool {
+        let mut hogs = lock(&self.hogs);
+        match hogs.get(installation) {
+            Some(at) if at.elapsed() < HOG_MEMORY => true,
+            Some(_) => {
+                hogs.remove(installation);
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// The heavy lane an invocation moves to once it has used a tick of CPU.
+    pub(super) fn heavy_lane(&self) -> Arc<Semaphore> {
+        self.heavy.clone()
+    }
+
+    /// The flag an invocation of `installation` sets when it turns out heavy, and reads to
+    /// learn that another invocation of it did.
+    pub(super) fn hog_flag(&self, installation: String) -> HogFlag {
+        HogFlag {
+            hogs: self.hogs.clone(),
+            installation,
+        }
+    }
+}
+
+/// What an admitted invocation holds while it runs.
+pub(super) struct Permits {
+    _installation: OwnedSemaphorePermit,
+    _slot: OwnedSemaphorePermit,
+    heavy: Option<OwnedSemaphorePermit>,
+}
+
+impl Permits {
+    /// The heavy-lane permit, for the store to hold (and drop) with its CPU meter.
+    pub(super) fn take_heavy(&mut self) -> Option<OwnedSemaphorePermit> {
+        self.heavy.take()
+    }
+}
+
+/// Remembers that an installation needed more than a tick of CPU.
+pub(super) struct HogFlag {
+    hogs: Arc<Mutex<HashMap<String, Instant>>>,
+    installation: String,
+}
+
+impl HogFlag {
+    pub(super) fn is_set(&self) -> bool {
+        lock(&self.hogs)
+            .get(&self.installation)
+            .is_some_and(|at| at.elapsed() < HOG_MEMORY)
+    }
+
+    pub(super) fn mark(&self) {
+        lock(&self.hogs).insert(self.installation.clone(), Instant::now());
+    }
+}
+
+/// Trips an installation after too many traps in a window.
+pub(super) struct Breaker {
+    pub(super) traps: u32,
+    pub(super) window: Duration,
+    cooldown: Duration,
+    recent: Mutex<HashMap<String, VecDeque<Instant>>>,
+    open: Mutex<HashMap<String, (Instant, DateTime<Utc>)>>,
+}
+
+impl Breaker {
+    pub(super) fn new(traps: u32, window: Duration, cooldown: Duration) -> Self {
+        Self {
+            traps,
+            window,
+            cooldown,
+            recent: Mutex::default(),
+            open: Mutex::default(),
+        }
+    }
+
+    pub(super) fn open_until(&self, installation: &str) -> Option<DateTime<Utc>> {
+        let mut open = lock(&self.open);
+        match open.get(installation) {
+            Some((until, at)) if *until > Instant::now() => Some(*at),
+            Some(_) => {
+                open.remove(installation);
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// Records a trap; true when it tripped the breaker.
+    pub(super) fn record(&self, installation: &str) -> bool {
+        let now = Instant::now();
+        let mut recent = lock(&self.recent);
+        let times = recent.entry(installation.to_owned()).or_default();
+        times.push_back(now);
+        while times
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > self.window)
+        {
+            times.pop_front();
+        }
+        if times.len() >= self.traps as usize {
+            times.clear();
+            let until = Utc::now()
+                + chrono::Duration::from_std(self.cooldown).unwrap_or(chrono::Duration::zero());
+            lock(&self.open).insert(installation.to_owned(), (now + self.cooldown, until));
+            return true;
+        }
+        false
+    }
+
+    /// Lifts every suspension of an installation (whichever tenants it was for).
+    pub(super) fn reset(&self, installation: &str) {
+        let prefix = format!("{installation}/");
+        lock(&self.open).retain(|key, _| !key.starts_with(&prefix));
+        lock(&self.recent).retain(|key, _| !key.starts_with(&prefix));
+    }
+}

@@ -1,0 +1,140 @@
+//! Merchants' configuration of a plugin: validated against the manifest's JSON Schema, then
+//! by the plugin's `configure` hook, and stored as the hook normalised it.
+//!
+//! Invariant: what is stored is what the plugin's `configure` hook returned for a merchant
+//! entitled to the plugin at that moment; a configuration the schema or the hook refuses is
+//! never stored.
+
+use sea_orm::ConnectionTrait;
+use serde_json::{Value as Json, json};
+
+use super::{Catalog, Error, backend, invalid};
+use crate::db::{millis, statement};
+use crate::plugins::{self, Call, Output, Request, TenantContext};
+use crate::rbac::Grant;
+use crate::tenancy::Place;
+
+impl Catalog {
+    /// The merchant's configuration of a plugin (`{}` until set).
+    pub async fn config(&self, merchant: &Place, plugin_id: &str) -> Result<Json, Error> {
+        let (Some(partner_id), Some(merchant_id)) = (&merchant.partner_id, &merchant.merchant_id)
+        else {
+            return Err(Error::NotInstalled(plugin_id.to_owned()));
+        };
+        let row = self.installed_row(partner_id, plugin_id).await?;
+        Ok(self
+            .stored_config(&row.id, merchant_id)
+            .await?
+            .unwrap_or_else(|| json!({})))
+    }
+
+    /// Validates a merchant's configuration against the manifest's JSON Schema, then the
+    /// plugin's `configure` hook, and stores what the hook returns. The grant targets the
+    /// merchant; it must be entitled to the plugin.
+    pub async fn configure(
+        &self,
+        grant: &Grant,
+        plugin_id: &str,
+        config: Json,
+    ) -> Result<Json, Error> {
+        let merchant = grant.target().clone();
+        let live = self.live(&merchant, plugin_id).await?;
+        if let Some(schema) = &live.loaded.manifest.config.schema {
+            check_schema(schema, &config)?;
+        }
+        let outcome = self
+            .runtime
+            .invoke(
+                &live.loaded,
+                Request {
+                    tenant: TenantContext::at(&merchant, &live.installation.id, "zh-CN"),
+                    grant: None,
+                    config: live.config.clone(),
+                    theme: live.theme.clone(),
+                    call: Call::Configure { config },
+                },
+            )
+            .await;
+        let normalised = match outcome.result {
+            Ok(Output::Config(value)) => value,
+            Ok(other) => {
+                return Err(Error::Hook {
+                    hook: "configure",
+                    source: plugins::Error::BadInput(format!("configure answered {other:?}")),
+                });
+            }
+            Err(plugins::Error::Plugin(plugins::PluginError::InvalidField { field, message })) => {
+                // Plugins name fields as JSON pointers (`/greeting`); the API as paths.
+                let field = field.trim_start_matches('/').replace('/', ".");
+                return Err(Error::ConfigRefused { field, message });
+            }
+            Err(source) => {
+                return Err(Error::Hook {
+                    hook: "configure",
+                    source,
+                });
+            }
+        };
+        let merchant_id = merchant.merchant_id.clone().unwrap_or_default();
+        let now = millis(self.now());
+        self.db
+            .execute_raw(statement(
+                backend(&self.db),
+                "INSERT INTO plugin_configs (installation_id, merchant_id, config, updated_at) VALUES (?, ?, ?, ?) \
+                 ON CONFLICT (installation_id, merchant_id) DO UPDATE SET config = excluded.config, \
+                 updated_at = excluded.updated_at",
+                vec![
+                    live.installation.id.clone().into(),
+                    merchant_id.into(),
+                    normalised.to_string().into(),
+                    now.into(),
+                ],
+            ))
+            .await?;
+        Ok(normalised)
+    }
+}
+
+/// Validates `config` against a manifest's JSON Schema, naming the first failing field.
+pub fn check_schema(schema: &Json, config: &Json) -> Result<(), Error> {
+    let validator = jsonschema::validator_for(schema).map_err(|e| {
+        invalid(
+            "schema",
+            format!("the plugin's config schema is invalid: {e}"),
+        )
+    })?;
+    if let Some(error) = validator.iter_errors(config).next() {
+        let pointer = error.instance_path().to_string();
+        let field = pointer.trim_start_matches('/').replace('/', ".");
+        let field = if field.is_empty() {
+            "config".to_owned()
+        } else {
+            field
+        };
+        return Err(Error::Invalid {
+            field,
+            message: error.to_string(),
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_configuration_outside_the_schema_names_the_field() {
+        let schema = json!({
+            "type": "object",
+            "properties": { "greeting": { "type": "string", "maxLength": 5 } },
+            "additionalProperties": false
+        });
+        check_schema(&schema, &json!({ "greeting": "hi" })).unwrap();
+        match check_schema(&schema, &json!({ "greeting": "far too long" })) {
+            Err(Error::Invalid { field, .. }) => assert_eq!(field, "greeting"),
+            other => panic!("{other:?}"),
+        }
+        assert!(check_schema(&schema, &json!({ "other": 1 })).is_err());
+    }
+}

@@ -1,0 +1,143 @@
+//! The `kv` capability: the installation's key-value store, in the namespace the host bound to
+//! this store (the tenant's merchant, which its stores share, else its agent or partner).
+//!
+//! Invariant: every kv function goes through `kv_call`, so each one is counted against the
+//! per-invocation cap, refused unless kv is declared and granted, cut off at the deadline and
+//! journalled — none can skip a step.
+
+use super::{State, denied};
+use crate::plugins::bindings::trellis::plugin::{kv, types};
+use crate::plugins::kv::{Cas, Entry, KvError, Namespace, Store};
+
+/// kv operations one invocation may make; one more traps it.
+const MAX_KV_OPS: u32 = 1_000;
+
+impl State {
+    /// The kv namespace, or the reason the plugin may not use kv here.
+    fn kv(&mut self) -> wasmtime::Result<Result<Namespace, types::Error>> {
+        self.kv_ops += 1;
+        if self.kv_ops > MAX_KV_OPS {
+            return Err(self.broke(format!(
+                "more than {MAX_KV_OPS} kv operations in one invocation"
+            )));
+        }
+        Ok(self.namespace.clone().ok_or_else(|| {
+            denied(if self.invocation.manifest.capabilities.kv.is_none() {
+                "kv is not declared in the manifest".into()
+            } else {
+                "kv is not granted to this tenant".into()
+            })
+        }))
+    }
+
+    fn kv_error(&self, error: KvError) -> types::Error {
+        match error {
+            KvError::Invalid(m) => types::Error::InvalidInput(m),
+            KvError::Quota(m) => types::Error::QuotaExceeded(m),
+            KvError::NotACounter(k) => {
+                types::Error::InvalidInput(format!("the value at {k} is not an integer counter"))
+            }
+            KvError::Contention(k) => types::Error::Conflict(k),
+            KvError::Db(e) => self.host_fault("kv", &e),
+        }
+    }
+
+    /// Runs one kv operation on the store in this tenant's namespace, on the path every kv
+    /// function shares.
+    async fn kv_call<T>(
+        &mut self,
+        function: &'static str,
+        operation: impl AsyncFnOnce(&Store, &Namespace) -> Result<T, KvError>,
+    ) -> wasmtime::Result<Result<T, types::Error>> {
+        let ns = match self.kv()? {
+            Ok(ns) => ns,
+            Err(e) => return Ok(Err(e)),
+        };
+        let services = self.services.clone();
+        let result = self
+            .timed("kv", function, operation(&services.kv, &ns))
+            .await?;
+        Ok(result.map_err(|e| self.kv_error(e)))
+    }
+}
+
+fn to_entry(entry: Entry) -> kv::Entry {
+    kv::Entry {
+        value: entry.value,
+        version: entry.version,
+    }
+}
+
+impl kv::Host for State {
+    async fn get(
+        &mut self,
+        key: String,
+    ) -> wasmtime::Result<Result<Option<kv::Entry>, types::Error>> {
+        let found = self
+            .kv_call("get", async |store, ns| store.get(ns, &key).await)
+            .await?;
+        Ok(found.map(|e| e.map(to_entry)))
+    }
+
+    async fn compare_and_swap(
+        &mut self,
+        key: String,
+        expected: Option<u64>,
+        value: Vec<u8>,
+    ) -> wasmtime::Result<Result<kv::CasOutcome, types::Error>> {
+        let swapped = self
+            .kv_call("compare-and-swap", async |store, ns| {
+                store.compare_and_swap(ns, &key, expected, &value).await
+            })
+            .await?;
+        Ok(swapped.map(|outcome| match outcome {
+            Cas::Stored(v) => kv::CasOutcome::Stored(v),
+            Cas::Conflict(e) => kv::CasOutcome::Conflict(e.map(to_entry)),
+        }))
+    }
+
+    async fn delete(
+        &mut self,
+        key: String,
+        expected: Option<u64>,
+    ) -> wasmtime::Result<Result<bool, types::Error>> {
+        self.kv_call("delete", async |store, ns| {
+            store.delete(ns, &key, expected).await
+        })
+        .await
+    }
+
+    async fn list(
+        &mut self,
+        prefix: String,
+        after: Option<String>,
+        limit: u32,
+    ) -> wasmtime::Result<Result<kv::Page, types::Error>> {
+        let page = self
+            .kv_call("list", async |store, ns| {
+                store.list(ns, &prefix, after.as_deref(), limit).await
+            })
+            .await?;
+        Ok(page.map(|(items, next)| kv::Page {
+            items: items
+                .into_iter()
+                .map(|(key, entry)| kv::Item {
+                    key,
+                    entry: to_entry(entry),
+                })
+                .collect(),
+            next,
+        }))
+    }
+
+    async fn increment(
+        &mut self,
+        key: String,
+        delta: i64,
+    ) -> wasmtime::Result<Result<i64, types::Error>> {
+        self.kv_call("increment", async |store, ns| {
+            store.increment(ns, &key, delta).await
+        })
+        .await
+    }
+}

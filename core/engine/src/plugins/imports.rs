@@ -1,0 +1,227 @@
+//! What a component imports, and whether the engine will link it: every import must be an
+//! interface the engine provides and, for a capability, one the manifest declares.
+//!
+//! Invariant: a component importing files, sockets, timers to wait on, a newer host API, or a
+//! capability its manifest does not declare is refused here, before it is linked or run.
+
+use serde::Serialize;
+use wasmtime::Engine;
+use wasmtime::component::Component;
+use wasmtime::component::types::ComponentItem;
+
+use super::Error;
+use super::engine::engine_config;
+use super::manifest::{HOST_API_VERSION, Manifest};
+
+/// One interface a component imports, with the functions it uses.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Import {
+    pub name: String,
+    pub functions: Vec<String>,
+}
+
+impl std::fmt::Display for Import {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} [{}]", self.name, self.functions.join(", "))
+    }
+}
+
+fn interface_of(import: &str) -> (&str, &str) {
+    // "trellis:plugin/kv@0.1.0" → ("trellis:plugin/kv", "0.1.0")
+    import.split_once('@').unwrap_or((import, ""))
+}
+
+/// Checks a component's imports against its manifest: every import must be an interface the
+/// engine provides and, for capabilities, one the manifest declares.
+pub fn check_imports(manifest: &Manifest, imports: &[Import]) -> Result<(), Error> {
+    let caps = &manifest.capabilities;
+    for import in imports {
+        let (interface, version) = interface_of(&import.name);
+        let shown = import.to_string();
+        if let Some(name) = interface.strip_prefix("trellis:plugin/") {
+            let version =
+                semver::Version::parse(version).map_err(|_| Error::UnsupportedImport {
+                    import: shown.clone(),
+                    reason: "trellis:plugin imports must carry a version".into(),
+                })?;
+            let compatible = semver::VersionReq::parse(&format!("^{HOST_API_VERSION}"))
+                .is_ok_and(|r| r.matches(&version))
+                && version <= HOST_API_VERSION;
+            if !compatible {
+                return Err(Error::HostApi {
+                    wanted: format!("{version} (imported as {})", import.name),
+                    provided: HOST_API_VERSION.to_string(),
+                });
+            }
+            let undeclared = |reason: &str| Error::UndeclaredImport {
+                import: shown.clone(),
+                reason: reason.to_owned(),
+            };
+            match name {
+                "types" | "log" | "config" => {}
+                "kv" if caps.kv.is_none() => {
+                    return Err(undeclared("plugin.toml declares no [capabilities] kv"));
+                }
+                "alipay" => {
+                    let methods = caps.alipay.as_ref().map(|a| &a.methods);
+                    if methods.is_none_or(|m| m.is_empty()) {
+                        return Err(undeclared(
+                            "plugin.toml declares no [capabilities] alipay methods",
+                        ));
+                    }
+                    if import.functions.iter().any(|f| f == "upload-image")
+                        && !methods
+                            .is_some_and(|m| m.contains("alipay.offline.material.image.upload"))
+                    {
+                        return Err(undeclared(
+                            "upload-image needs alipay.offline.material.image.upload in [capabilities] alipay methods",
+                        ));
+                    }
+                }
+                "templates" if caps.templates.is_empty() => {
+                    return Err(undeclared(
+                        "plugin.toml declares no [capabilities] templates",
+                    ));
+                }
+                "events" if caps.emit.is_empty() => {
+                    return Err(undeclared("plugin.toml declares no [capabilities] emit"));
+                }
+                "kv" | "templates" | "events" => {}
+                _ => {
+                    return Err(Error::UnsupportedImport {
+                        import: shown,
+                        reason: "not an interface of trellis:plugin".into(),
+                    });
+                }
+            }
+        } else if let Some(rest) = interface.strip_prefix("wasi:") {
+            let allowed = rest.starts_with("io/")
+                || rest.starts_with("clocks/")
+                || rest.starts_with("random/")
+                || matches!(
+                    rest,
+                    "cli/environment"
+                        | "cli/exit"
+                        | "cli/stdin"
+                        | "cli/stdout"
+                        | "cli/stderr"
+                        | "cli/terminal-input"
+                        | "cli/terminal-output"
+                        | "cli/terminal-stdin"
+                        | "cli/terminal-stdout"
+                        | "cli/terminal-stderr"
+                );
+            // Plugins cannot sleep: a waiting plugin would hold its slot while doing nothing.
+            if rest == "clocks/monotonic-clock"
+                && import.functions.iter().any(|f| f.starts_with("subscribe"))
+            {
+                return Err(Error::UnsupportedImport {
+                    import: shown,
+                    reason: "plugins may not sleep or wait on timers".into(),
+                });
+            }
+            if !allowed || !version.starts_with("0.2.") {
+                return Err(Error::UnsupportedImport {
+                    import: shown,
+                    reason: "plugins get no files, sockets or network; only wasi io, clocks, random and stdio 0.2".into(),
+                });
+            }
+        } else {
+            return Err(Error::UnsupportedImport {
+                import: shown,
+                reason: "only trellis:plugin and basic wasi interfaces are provided".into(),
+            });
+        }
+    }
+    Ok(())
+}
+
+pub(super) fn imports_of(engine: &Engine, component: &Component) -> Vec<Import> {
+    let ty = component.component_type();
+    let mut out: Vec<Import> = ty
+        .imports(engine)
+        .map(|(name, item)| {
+            let functions = match item.ty {
+                ComponentItem::ComponentInstance(instance) => {
+                    let mut f: Vec<String> = instance
+                        .exports(engine)
+                        .filter(|(_, item)| matches!(item.ty, ComponentItem::ComponentFunc(_)))
+                        .map(|(n, _)| n.to_owned())
+                        .collect();
+                    f.sort();
+                    f
+                }
+                _ => Vec::new(),
+            };
+            Import {
+                name: name.to_owned(),
+                functions,
+            }
+        })
+        .collect();
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    out
+}
+
+/// Reads a component's imports with a throwaway engine (packing and inspecting run without a
+/// database or runtime).
+pub fn inspect_component(wasm: &[u8]) -> Result<Vec<Import>, Error> {
+    let engine = Engine::new(&engine_config(None)).map_err(|e| Error::Engine(e.to_string()))?;
+    let component = Component::new(&engine, wasm).map_err(|e| Error::Compile(format!("{e:#}")))?;
+    Ok(imports_of(&engine, &component))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn import(name: &str, functions: &[&str]) -> Import {
+        Import {
+            name: name.into(),
+            functions: functions.iter().map(|f| (*f).to_owned()).collect(),
+        }
+    }
+
+    #[test]
+    fn imports_are_checked_against_the_manifest_and_the_host() {
+        let manifest = Manifest::parse(
+            "id = \"com.example.a\"\nversion = \"1.0.0\"\nhost_api = \"^0.1\"\nname = \"A\"\npublisher = \"E\"\n[capabilities]\nkv = { max_keys = 1, max_bytes = 1 }\n",
+            None,
+        )
+        .unwrap();
+        let ok = [
+            import("trellis:plugin/kv@0.1.0", &["get"]),
+            import("trellis:plugin/log@0.1.0", &["log"]),
+            import("wasi:io/streams@0.2.6", &[]),
+            import("wasi:clocks/monotonic-clock@0.2.6", &["now"]),
+        ];
+        assert!(check_imports(&manifest, &ok).is_ok());
+        for (bad, needle) in [
+            (
+                import("trellis:plugin/alipay@0.1.0", &["call"]),
+                "declares no [capabilities] alipay",
+            ),
+            (
+                import("trellis:plugin/events@0.1.0", &["emit"]),
+                "declares no [capabilities] emit",
+            ),
+            (import("trellis:plugin/kv@0.2.0", &["get"]), "host-api"),
+            (import("wasi:filesystem/types@0.2.6", &[]), "no files"),
+            (import("wasi:sockets/tcp@0.2.6", &[]), "no files, sockets"),
+            (
+                import("wasi:clocks/monotonic-clock@0.2.6", &["subscribe-duration"]),
+                "may not sleep",
+            ),
+            (import("acme:evil/x@1.0.0", &[]), "only trellis:plugin"),
+        ] {
+            let err = check_imports(&manifest, std::slice::from_ref(&bad))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(needle), "{bad}: {err}");
+            assert!(
+                err.contains(bad.name.as_str()),
+                "the message names the import: {err}"
+            );
+        }
+    }
+}

@@ -1,0 +1,429 @@
+//! The plugin runtime of one process: the engine and linker, the plugins loaded into it, and
+//! invocations, each run in a fresh store with a memory cap, a CPU budget metered by epoch
+//! ticks, a wall-clock deadline that counts host calls, and an output cap.
+//!
+//! Invariant: nothing is compiled on the invocation path, and `invoke` never panics: every
+//! failure, a trap included, comes back in the outcome of that invocation alone (and counts
+//! towards the breaker of that installation for that tenant).
+
+/// Loading: checking, compiling into the on-disk cache, linking; the loaded plugins.
+mod load;
+/// The WASI context of a store: no network, and frozen clocks and randomness when asked.
+mod wasi;
+/// Calling a component's exports: the request checks before, the output cap after.
+mod exports;
+/// Naming the cause of a trap from what the store observed.
+mod traps;
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use wasmtime::component::{Linker, ResourceTable};
+use wasmtime::{Engine, Store, UpdateDeadline};
+
+pub use exports::MAX_INPUT_BYTES;
+pub use load::Loaded;
+
+use super::admission::{Admission, Breaker, Permits, lock};
+use super::bindings::trellis::plugin::log::Level;
+use super::engine::{TICK, engine_config, spawn_ticker};
+use super::host::{self, CpuMeter, Limiter, State};
+use super::{
+    Call, Error, Invocation, Outcome, Output, PluginError, Request, Services, bindings, kv,
+};
+use crate::config::PluginsConfig;
+
+/// Counters since start-up.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    pub invocations: AtomicU64,
+    pub traps: AtomicU64,
+    pub timeouts: AtomicU64,
+    pub suspended: AtomicU64,
+}
+
+/// Options of a runtime beyond the configuration file.
+#[derive(Debug, Clone)]
+pub struct RuntimeOptions {
+    pub cache_dir: PathBuf,
+    pub max_concurrency: u32,
+    pub pooling: bool,
+    pub breaker_traps: u32,
+    pub breaker_window: Duration,
+    pub breaker_cooldown: Duration,
+    /// Freeze WASI clocks and randomness (tests, the harness's `--frozen`).
+    pub frozen_clock: Option<DateTime<Utc>>,
+    /// The lowest plugin log level kept.
+    pub min_log_level: &'static str,
+}
+
+impl RuntimeOptions {
+    pub fn from_config(config: &PluginsConfig) -> Self {
+        Self {
+            cache_dir: config.cache_dir.clone(),
+            max_concurrency: config.max_concurrency,
+            pooling: config.pooling,
+            breaker_traps: config.breaker_traps,
+            breaker_window: Duration::from_secs(config.breaker_window_secs),
+            breaker_cooldown: Duration::from_secs(config.breaker_cooldown_secs),
+            frozen_clock: None,
+            min_log_level: "info",
+        }
+    }
+}
+
+/// The plugin runtime of one process.
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<State>,
+    engine_hash: String,
+    allocation: &'static str,
+    options: RuntimeOptions,
+    services: Arc<Services>,
+    loaded: RwLock<HashMap<String, Arc<Loaded>>>,
+    admission: Admission,
+    metrics: Metrics,
+    stop_ticker: Arc<AtomicBool>,
+    id_prefix: String,
+    invocation_counter: AtomicU64,
+}
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime")
+            .field("allocation", &self.allocation)
+            .field("engine_hash", &self.engine_hash)
+            .finish()
+    }
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        self.stop_ticker.store(true, Ordering::Relaxed);
+    }
+}
+
+impl Runtime {
+    /// Starts the engine: pooling when the address space allows, else on-demand.
+    pub fn new(options: RuntimeOptions, services: Services) -> Result<Self, Error> {
+        let (engine, allocation) = if options.pooling {
+            match Engine::new(&engine_config(Some(options.max_concurrency))) {
+                Ok(engine) => (engine, "pooling"),
+                Err(e) => {
+                    tracing::warn!(
+                        "the pooling allocator is unavailable ({e}); using on-demand allocation"
+                    );
+                    let engine = Engine::new(&engine_config(None))
+                        .map_err(|e| Error::Engine(e.to_string()))?;
+                    (engine, "on-demand")
+                }
+            }
+        } else {
+            let engine =
+                Engine::new(&engine_config(None)).map_err(|e| Error::Engine(e.to_string()))?;
+            (engine, "on-demand")
+        };
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        engine.precompile_compatibility_hash().hash(&mut hasher);
+        let engine_hash = format!("{:016x}", hasher.finish());
+
+        let mut linker: Linker<State> = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+            .map_err(|e| Error::Engine(e.to_string()))?;
+        bindings::Plugin::add_to_linker::<State, wasmtime::component::HasSelf<State>>(
+            &mut linker,
+            |s| s,
+        )
+        .map_err(|e| Error::Engine(e.to_string()))?;
+
+        let stop_ticker = Arc::new(AtomicBool::new(false));
+        spawn_ticker(engine.clone(), stop_ticker.clone());
+        tracing::info!(allocation, engine = %engine_hash, "plugin engine ready");
+        Ok(Self {
+            linker,
+            engine_hash,
+            allocation,
+            admission: Admission::new(
+                options.max_concurrency,
+                Breaker::new(
+                    options.breaker_traps,
+                    options.breaker_window,
+                    options.breaker_cooldown,
+                ),
+            ),
+            metrics: Metrics::default(),
+            id_prefix: uuid::Uuid::new_v4().simple().to_string()[..12].to_owned(),
+            invocation_counter: AtomicU64::new(0),
+            loaded: RwLock::default(),
+            stop_ticker,
+            engine,
+            options,
+            services: Arc::new(services),
+        })
+    }
+
+    /// "pooling" or "on-demand".
+    pub fn allocation(&self) -> &'static str {
+        self.allocation
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    pub fn services(&self) -> &Services {
+        &self.services
+    }
+
+    /// Lifts a suspension (an operator's decision after fixing the cause).
+    pub fn reset_breaker(&self, installation_id: &str) {
+        self.admission.breaker.reset(installation_id);
+    }
+
+    /// Unique per process and, through the random prefix, across processes; no system call.
+    fn next_invocation_id(&self) -> String {
+        let n = self.invocation_counter.fetch_add(1, Ordering::Relaxed);
+        format!("{}-{n:010x}", self.id_prefix)
+    }
+
+    /// Runs one invocation. Never panics and never compiles; failures come back in the outcome.
+    pub async fn invoke(&self, loaded: &Arc<Loaded>, request: Request) -> Outcome {
+        let started = Instant::now();
+        let id = self.next_invocation_id();
+        self.metrics.invocations.fetch_add(1, Ordering::Relaxed);
+        let empty = |id: String, result: Result<Output, Error>| Outcome {
+            invocation_id: id,
+            result,
+            logs: Vec::new(),
+            logs_dropped: 0,
+            host_calls: Vec::new(),
+            emitted: Vec::new(),
+            memory_peak: 0,
+            cpu: Duration::ZERO,
+            wall: started.elapsed(),
+        };
+        let installation = request.tenant.installation_id.clone();
+        // Per installation and tenant: one merchant's failing calls (or anonymous visitors to its
+        // public pages) must not suspend the plugin for the partner's other merchants.
+        let breaker_key = format!("{installation}/{}", request.tenant.scope_id());
+        if let Some(until) = self.admission.breaker.open_until(&breaker_key) {
+            self.metrics.suspended.fetch_add(1, Ordering::Relaxed);
+            return empty(id, Err(Error::Suspended { until }));
+        }
+        let payload = match exports::check_request(&loaded.manifest, &request.call) {
+            Ok(payload) => payload,
+            Err(e) => return empty(id, Err(e)),
+        };
+        let manifest = loaded.manifest.clone();
+        let grant = match request.grant.clone() {
+            None => loaded.full_grant.clone(),
+            Some(g) => Arc::new(g.within(&manifest)),
+        };
+        let invocation = Arc::new(Invocation {
+            id: id.clone(),
+            manifest: manifest.clone(),
+            templates: loaded.templates.clone(),
+            tenant: request.tenant.clone(),
+            config: request.config.to_string(),
+            theme: request.theme.clone(),
+            grant,
+        });
+        let wall = Duration::from_millis(u64::from(manifest.limits.wall_ms));
+        let wall_ms = manifest.limits.wall_ms;
+        // Admission: waiting for a place to run is bounded by the wall time too, but it is not
+        // the plugin's fault and does not count against its deadline or its breaker.
+        let permits = match tokio::time::timeout(wall, self.admission.admit(&installation)).await {
+            Ok(Some(permits)) => permits,
+            Ok(None) | Err(_) => return empty(id, Err(Error::Busy { wall_ms })),
+        };
+        // The deadline is enforced inside (epoch callback and host calls) so the journal
+        // survives; this outer bound only catches what cannot be interrupted.
+        // Boxed: the future holds the whole store state and would otherwise be moved by value.
+        let run = Box::pin(self.run(
+            loaded,
+            invocation,
+            (request.call, payload),
+            Instant::now() + wall,
+            permits,
+        ));
+        let mut outcome = match tokio::time::timeout(wall + Duration::from_millis(500), run).await {
+            Ok(outcome) => outcome,
+            Err(_) => empty(id, Err(Error::Timeout { wall_ms })),
+        };
+        outcome.wall = started.elapsed();
+        let counts = match &outcome.result {
+            Err(Error::Trap {
+                reason,
+                message,
+                backtrace,
+            }) => {
+                tracing::warn!(
+                    plugin = %manifest.id,
+                    installation = %installation,
+                    invocation = %outcome.invocation_id,
+                    reason = reason.as_str(),
+                    backtrace = backtrace.as_deref().unwrap_or(""),
+                    "plugin trapped: {message}"
+                );
+                true
+            }
+            Err(Error::Timeout { .. }) => {
+                self.metrics.timeouts.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(plugin = %manifest.id, installation = %installation, "plugin timed out");
+                true
+            }
+            Err(Error::OutputTooLarge { .. }) => true,
+            _ => false,
+        };
+        if counts {
+            self.metrics.traps.fetch_add(1, Ordering::Relaxed);
+            if self.admission.breaker.record(&breaker_key) {
+                tracing::error!(
+                    plugin = %manifest.id,
+                    installation = %installation,
+                    tenant = %breaker_key,
+                    "installation suspended for this tenant after {} failures in {:?}",
+                    self.admission.breaker.traps,
+                    self.admission.breaker.window
+                );
+            }
+        }
+        outcome
+    }
+
+    async fn run(
+        &self,
+        loaded: &Arc<Loaded>,
+        invocation: Arc<Invocation>,
+        (call, payload): (Call, Option<String>),
+        deadline: Instant,
+        mut permits: Permits,
+    ) -> Outcome {
+        let id = invocation.id.clone();
+        let manifest = invocation.manifest.clone();
+        let installation = invocation.tenant.installation_id.clone();
+        let namespace = invocation.grant.kv.map(|quota| kv::Namespace {
+            installation_id: installation.clone(),
+            scope_id: invocation.tenant.scope_id().to_owned(),
+            quota,
+        });
+        let state = State {
+            wasi: wasi::context(self.options.frozen_clock),
+            table: ResourceTable::new(),
+            limiter: Limiter {
+                max_bytes: (manifest.limits.memory_mib as usize) << 20,
+                total: 0,
+                peak: 0,
+                denied: None,
+            },
+            cpu: CpuMeter::new(Duration::from_millis(u64::from(manifest.limits.cpu_ms))),
+            invocation: invocation.clone(),
+            services: self.services.clone(),
+            namespace,
+            logs: Vec::new(),
+            log_bytes: 0,
+            logs_dropped: 0,
+            host_calls: Vec::new(),
+            emitted: Vec::new(),
+            kv_ops: 0,
+            alipay_calls: 0,
+            renders: 0,
+            broken: None,
+            deadline,
+            timed_out: false,
+            min_log_level: match self.options.min_log_level {
+                "trace" => Level::Trace,
+                "debug" => Level::Debug,
+                _ => Level::Info,
+            },
+        };
+        // The share and the slot stay held (in `permits`) until the store is gone.
+        if let Some(permit) = permits.take_heavy() {
+            *lock(&state.cpu.heavy) = Some(permit);
+        }
+        let mut store = Store::new(&self.engine, state);
+        let demoted = lock(&store.data().cpu.heavy).is_some();
+        store.data_mut().cpu.demoted = demoted;
+        store.limiter(|s| &mut s.limiter);
+        store.set_epoch_deadline(1);
+        let heavy = self.admission.heavy_lane();
+        let hog_flag = self.admission.hog_flag(installation);
+        store.epoch_deadline_callback(move |mut cx| {
+            let state = cx.data_mut();
+            let used = state.cpu.settle();
+            if used >= state.cpu.budget {
+                state.cpu.interrupted = true;
+                return Ok(UpdateDeadline::Interrupt);
+            }
+            if Instant::now() >= state.deadline {
+                state.timed_out = true;
+                return Ok(UpdateDeadline::Interrupt);
+            }
+            let resumed = state.cpu.resumed_at.clone();
+            let origin = state.cpu.origin;
+            // A tick of CPU makes an invocation heavy; so does another invocation of the same
+            // installation having been found heavy meanwhile.
+            let demote = !state.cpu.demoted && (used >= TICK || hog_flag.is_set());
+            let slot = state.cpu.heavy.clone();
+            if demote {
+                state.cpu.demoted = true;
+                hog_flag.mark();
+            }
+            let heavy = heavy.clone();
+            Ok(UpdateDeadline::YieldCustom(
+                1,
+                Box::pin(async move {
+                    if demote {
+                        if let Ok(permit) = heavy.acquire_owned().await {
+                            *lock(&slot) = Some(permit);
+                        }
+                    } else {
+                        tokio::task::yield_now().await;
+                    }
+                    let nanos = u64::try_from(origin.elapsed().as_nanos()).unwrap_or(u64::MAX);
+                    resumed.store(nanos, Ordering::Relaxed);
+                }),
+            ))
+        });
+
+        store.data().cpu.mark_resumed();
+        let result = match loaded.pre.instantiate_async(&mut store).await {
+            Err(e) => Err(e),
+            Ok(plugin) => {
+                let tenant = host::tenant_record(&invocation);
+                exports::call_export(&plugin, &mut store, &tenant, call, payload).await
+            }
+        };
+        store.data_mut().cpu.settle();
+        let limit = (manifest.limits.output_kib as usize) << 10;
+        let result = match result {
+            Ok(Ok(output)) => {
+                let bytes = exports::output_size(&output);
+                if bytes > limit {
+                    Err(Error::OutputTooLarge { bytes, limit })
+                } else {
+                    Ok(output)
+                }
+            }
+            Ok(Err(guest)) => Err(Error::Plugin(PluginError::from(guest))),
+            Err(trap) => Err(traps::classify(store.data(), &trap, &manifest)),
+        };
+        let state = store.data_mut();
+        Outcome {
+            invocation_id: id,
+            result,
+            logs: std::mem::take(&mut state.logs),
+            logs_dropped: state.logs_dropped,
+            host_calls: std::mem::take(&mut state.host_calls),
+            emitted: std::mem::take(&mut state.emitted),
+            memory_peak: state.limiter.peak,
+            cpu: state.cpu.used,
+            wall: Duration::ZERO,
+        }
+    }
+}
