@@ -4,8 +4,8 @@
 use std::time::{Duration, Instant};
 
 use serde_json::json;
+use trellis_engine::harness::{Harness, HarnessOptions};
 use trellis_engine::plugins::archive::{self, Archive};
-use trellis_engine::plugins::harness::{Harness, HarnessOptions};
 use trellis_engine::plugins::manifest::Allowance;
 use trellis_engine::plugins::{Error, Output, PluginError, TrapReason};
 use trellis_tests::{pack_plugin, plugin_wasm, workspace_root};

@@ -16,8 +16,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+use trellis_engine::harness::{Harness, HarnessOptions};
 use trellis_engine::plugins::archive::{self, Archive};
-use trellis_engine::plugins::harness::{Harness, HarnessOptions};
 use trellis_engine::plugins::{Outcome, Output};
 
 fn root() -> PathBuf {

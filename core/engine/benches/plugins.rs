@@ -14,8 +14,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
+use trellis_engine::harness::{Harness, HarnessOptions};
 use trellis_engine::plugins::archive::{self, Archive};
-use trellis_engine::plugins::harness::{Harness, HarnessOptions};
 use trellis_engine::plugins::{Call, Error, Event, HttpRequest, Outcome, Request};
 
 fn root() -> PathBuf {

@@ -17,6 +17,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::alipay::client::AlipayClient;
+use crate::alipay::gateway::GatewayPolicy;
 use crate::alipay::sandbox::Sandbox;
 use crate::auth::Hasher;
 use crate::config::{Clock, Config};
@@ -217,6 +218,28 @@ impl App {
     }
 }
 
+/// A plugin runtime over `db`, with `vault` and an Alipay client held to `gateways`: the
+/// engine's (through [`catalog`]) and the plugin harness's, wired the same way.
+pub fn plugin_runtime(
+    options: RuntimeOptions,
+    db: &Db,
+    kv: kv::Store,
+    vault: Arc<Vault>,
+    gateways: GatewayPolicy,
+    themes: Option<Themes>,
+) -> Result<Runtime, Error> {
+    let alipay =
+        AlipayClient::with_policy(gateways, Duration::from_secs(5), Duration::from_secs(15))?;
+    let services = Services {
+        db: db.conn.clone(),
+        kv,
+        vault,
+        alipay,
+        themes,
+    };
+    Ok(Runtime::new(options, services)?)
+}
+
 /// Where the embedded sandbox is reached when the engine listens at `local`.
 fn sandbox_base(local: SocketAddr) -> String {
     format!("http://{local}/sandbox")
@@ -231,20 +254,13 @@ pub fn catalog(
     vault: Arc<Vault>,
     clock: Clock,
 ) -> Result<Catalog, Error> {
-    let alipay = AlipayClient::with_policy(
-        config.alipay.gateway_policy(),
-        Duration::from_secs(5),
-        Duration::from_secs(15),
-    )?;
-    let plugins = Runtime::new(
+    let plugins = plugin_runtime(
         RuntimeOptions::from_config(&config.plugins),
-        Services {
-            db: db.conn.clone(),
-            kv: kv::Store::Database(db.conn.clone()),
-            vault,
-            alipay,
-            themes,
-        },
+        db,
+        kv::Store::Database(db.conn.clone()),
+        vault,
+        config.alipay.gateway_policy(),
+        themes,
     )?;
     Ok(Catalog::new(db.conn.clone(), Arc::new(plugins), clock)
         .with_event_limits(crate::events::Limits::from_config(&config.events)))

@@ -1,39 +1,40 @@
-//! Authentication and accounts: who is calling.
+//! Authentication and accounts: who is calling (a [`Principal`]) and the accounts behind it.
+//! Passwords, sessions and API keys each have their own file below; this one keeps accounts.
 //!
 //! Invariant: a password, session token or API key in clear exists only in the request that
 //! carries it (and once, in the response that creates it); what is stored is an Argon2id hash
 //! (passwords) or a SHA-256 digest (high-entropy tokens), and nothing here logs either.
 
-use argon2::Argon2;
-use argon2::password_hash::phc::PasswordHash;
-use argon2::password_hash::{PasswordHasher, PasswordVerifier};
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use chrono::{DateTime, Duration, Utc};
+use chrono::{DateTime, Utc};
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, Set,
 };
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use crate::db::entity::{api_keys, login_failures, sessions, users};
+use crate::db::entity::{login_failures, users};
 use crate::db::{Page, Paged, fetch_page};
 use crate::rbac::{Action, Grant, SubjectRef};
 use crate::tenancy::{self, NodeKind, Place, Role, scope_condition};
 
+mod api_keys;
+mod passwords;
+mod sessions;
 mod throttle;
+mod tokens;
 
+pub use api_keys::{
+    API_KEY_PREFIX, ApiKey, NewApiKey, create_api_key, find_api_key_in_scope, list_api_keys,
+    revoke_api_key,
+};
+pub use passwords::{
+    MAX_PASSWORD_LEN, MIN_PASSWORD_LEN, hash_password, validate_password, verify_password,
+};
+pub use sessions::{Login, login, logout, revoke_sessions};
 use throttle::reserve_attempt;
 pub use throttle::{HashSlot, Hasher};
 
-/// Shortest password accepted for an account.
-pub const MIN_PASSWORD_LEN: usize = 10;
-/// Longest password accepted: Argon2 would take any length, but a megabyte "password" is abuse.
-pub const MAX_PASSWORD_LEN: usize = 256;
-/// API keys start with this, so they are told from session tokens (and found by secret scanners).
-pub const API_KEY_PREFIX: &str = "trk_";
 /// Failed sign-ins that lock an account (or an IP, at [`IP_FAILURE_LIMIT`]) for the window.
 pub const ACCOUNT_FAILURE_LIMIT: u64 = 5;
 pub const IP_FAILURE_LIMIT: u64 = 20;
@@ -115,55 +116,12 @@ pub fn normalize_email(raw: &str) -> Result<String, Error> {
     }
 }
 
-/// Checks the length rules without looking at the content beyond counting characters.
-pub fn validate_password(password: &SecretString) -> Result<(), Error> {
-    let len = password.expose_secret().chars().count();
-    if len < MIN_PASSWORD_LEN {
-        return Err(Error::PasswordTooShort);
+impl Error {
+    /// Whether an attempt was refused before any password was checked (throttled, or the
+    /// hashing queue full): nothing about the account was learnt or tried.
+    pub fn refused_before_check(&self) -> bool {
+        matches!(self, Self::Throttled { .. } | Self::Busy)
     }
-    if len > MAX_PASSWORD_LEN {
-        return Err(Error::PasswordTooLong);
-    }
-    Ok(())
-}
-
-/// The PHC string (`$argon2id$v=19$…`) of `password` under a fresh random salt.
-pub fn hash_password(password: &SecretString) -> Result<String, Error> {
-    validate_password(password)?;
-    Argon2::default()
-        .hash_password(password.expose_secret().as_bytes())
-        .map(|hash| hash.to_string())
-        .map_err(|_| Error::Hash)
-}
-
-/// Whether `password` matches the stored PHC string. A malformed stored hash never matches.
-pub fn verify_password(password: &SecretString, stored: &str) -> bool {
-    let Ok(parsed) = PasswordHash::new(stored) else {
-        return false;
-    };
-    Argon2::default()
-        .verify_password(password.expose_secret().as_bytes(), &parsed)
-        .is_ok()
-}
-
-/// A hash to verify against when the account does not exist, so a wrong email costs the same
-/// time as a wrong password and response timing does not reveal which accounts exist.
-fn decoy_hash() -> &'static str {
-    static DECOY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    DECOY.get_or_init(|| {
-        hash_password(&SecretString::from("decoy-password-never-matches")).unwrap_or_default()
-    })
-}
-
-fn digest(token: &str) -> String {
-    let hash = Sha256::digest(token.as_bytes());
-    hash.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn random_token(bytes: usize) -> Result<String, Error> {
-    let mut buf = vec![0u8; bytes];
-    getrandom::fill(&mut buf).map_err(|_| Error::Hash)?;
-    Ok(URL_SAFE_NO_PAD.encode(buf))
 }
 
 /// Who is calling: an account through its session, or a machine through its API key.
@@ -197,6 +155,28 @@ impl Principal {
             PrincipalKind::ApiKey => SubjectRef::ApiKey(&self.id),
         }
     }
+}
+
+/// Credentials (passwords, API keys, sessions) are managed by accounts only (a signed-in
+/// session, or the operator at the server's shell): a leaked API key must not be able to mint
+/// more keys or take over the account that made it.
+pub fn require_session(actor: &Principal) -> Result<(), Error> {
+    match actor.kind {
+        PrincipalKind::User => Ok(()),
+        PrincipalKind::ApiKey => Err(Error::ApiKeyRefused),
+    }
+}
+
+/// The principal behind a session token or API key, used on a host of `host_partner`.
+pub async fn authenticate(
+    db: &impl ConnectionTrait,
+    token: &str,
+    host_partner: Option<&str>,
+) -> Result<Principal, Error> {
+    if token.starts_with(API_KEY_PREFIX) {
+        return api_keys::authenticate_key(db, token).await;
+    }
+    sessions::authenticate_session(db, token, host_partner).await
 }
 
 /// An account as the API shows it (never its hash).
@@ -444,238 +424,9 @@ pub async fn update_user(
         revoke_sessions(db, user_id, None).await?;
     }
     if patch.status.as_deref() == Some("disabled") {
-        api_keys::Entity::update_many()
-            .col_expr(
-                api_keys::Column::RevokedAt,
-                sea_orm::sea_query::Expr::value(Utc::now()),
-            )
-            .filter(api_keys::Column::CreatedBy.eq(user_id))
-            .filter(api_keys::Column::RevokedAt.is_null())
-            .exec(db)
-            .await?;
+        api_keys::revoke_keys_created_by(db, user_id).await?;
     }
     Ok(model.into())
-}
-
-/// What a successful sign-in returns. The token is shown this once.
-#[derive(Debug)]
-pub struct Login {
-    pub token: SecretString,
-    pub expires_at: DateTime<Utc>,
-    pub user: User,
-}
-
-/// Signs in with email and password on a host that belongs to `host_partner` (or to the platform
-/// console when `None`). Accounts of a partner sign in only on that partner's domains, so a token
-/// issued on one partner is never valid on another's.
-///
-/// Every attempt is counted before the password is checked (see [`reserve_attempt`]), so
-/// concurrent guesses cannot outrun the limit; a success gives its count back. A wrong password,
-/// an unknown or disabled account, a foreign host and a suspended node all answer the same
-/// [`Error::InvalidCredentials`], so no answer tells a right password from a wrong one.
-pub async fn login(
-    db: &sea_orm::DatabaseConnection,
-    hasher: &Hasher,
-    email: &str,
-    password: &SecretString,
-    ip: &str,
-    host_partner: Option<&str>,
-    ttl: Duration,
-) -> Result<Login, Error> {
-    let slot = hasher.admit()?;
-    let account = email.trim().to_lowercase();
-    let attempt = reserve_attempt(db, &account, ip).await?;
-    let user = users::Entity::find()
-        .filter(users::Column::Email.eq(account.as_str()))
-        .one(db)
-        .await?;
-    let stored = user.as_ref().map(|u| u.password_hash.clone());
-    let password_ok = hasher.verify(slot, password, stored).await?;
-    let user = match user {
-        Some(user)
-            if password_ok && user.status == "active" && partner_matches(&user, host_partner) =>
-        {
-            user
-        }
-        _ => return Err(Error::InvalidCredentials),
-    };
-    let kind = Role::parse(&user.role).map_or(NodeKind::Store, Role::kind);
-    if tenancy::is_blocked(db, &place_of_user(&user, kind)).await? {
-        return Err(Error::InvalidCredentials);
-    }
-    // The attempt succeeded: it no longer counts against the account or the address.
-    login_failures::Entity::delete_by_id(attempt)
-        .exec(db)
-        .await?;
-    let token = random_token(32)?;
-    let now = Utc::now();
-    let expires_at = now + ttl;
-    sessions::ActiveModel {
-        id: Set(Uuid::now_v7().to_string()),
-        token_hash: Set(digest(&token)),
-        user_id: Set(user.id.clone()),
-        partner_scope: Set(host_partner.map(str::to_owned)),
-        created_at: Set(now),
-        expires_at: Set(expires_at),
-        revoked_at: Set(None),
-    }
-    .insert(db)
-    .await?;
-    Ok(Login {
-        token: SecretString::from(token),
-        expires_at,
-        user: user.into(),
-    })
-}
-
-fn partner_matches(user: &users::Model, host_partner: Option<&str>) -> bool {
-    match host_partner {
-        // A partner's domain serves that partner's accounts only.
-        Some(partner) => user.partner_id.as_deref() == Some(partner),
-        // The platform console serves the platform's own accounts only.
-        None => user.partner_id.is_none(),
-    }
-}
-
-/// The principal behind a session token or API key, used on a host of `host_partner`.
-pub async fn authenticate(
-    db: &impl ConnectionTrait,
-    token: &str,
-    host_partner: Option<&str>,
-) -> Result<Principal, Error> {
-    if token.starts_with(API_KEY_PREFIX) {
-        return authenticate_key(db, token).await;
-    }
-    let session = sessions::Entity::find()
-        .filter(sessions::Column::TokenHash.eq(digest(token)))
-        .one(db)
-        .await?
-        .ok_or(Error::Unauthenticated)?;
-    if session.revoked_at.is_some()
-        || session.expires_at <= Utc::now()
-        || session.partner_scope.as_deref() != host_partner
-    {
-        return Err(Error::Unauthenticated);
-    }
-    let user = users::Entity::find_by_id(session.user_id.as_str())
-        .one(db)
-        .await?
-        .ok_or(Error::Unauthenticated)?;
-    if user.status != "active" {
-        return Err(Error::Unauthenticated);
-    }
-    let role = Role::parse(&user.role).ok_or(Error::Unauthenticated)?;
-    let place = place_of_user(&user, role.kind());
-    if tenancy::is_blocked(db, &place).await? {
-        return Err(Error::Suspended);
-    }
-    Ok(Principal {
-        kind: PrincipalKind::User,
-        id: user.id,
-        label: user.email,
-        role,
-        place,
-        session_id: Some(session.id),
-    })
-}
-
-async fn authenticate_key(db: &impl ConnectionTrait, token: &str) -> Result<Principal, Error> {
-    // trk_<prefix>_<secret>: the prefix finds the row, the digest of the whole key proves it.
-    let prefix = token
-        .strip_prefix(API_KEY_PREFIX)
-        .and_then(|rest| rest.split_once('_'))
-        .map(|(p, _)| p);
-    let Some(prefix) = prefix else {
-        return Err(Error::Unauthenticated);
-    };
-    let key = api_keys::Entity::find()
-        .filter(api_keys::Column::Prefix.eq(prefix))
-        .one(db)
-        .await?
-        .ok_or(Error::Unauthenticated)?;
-    let presented = digest(token);
-    if key.revoked_at.is_some() || !constant_time_eq(presented.as_bytes(), key.key_hash.as_bytes())
-    {
-        return Err(Error::Unauthenticated);
-    }
-    let role = Role::parse(&key.role).ok_or(Error::Unauthenticated)?;
-    let place = Place {
-        id: key.node_id.clone(),
-        kind: role.kind(),
-        partner_id: key.partner_id.clone(),
-        agent_id: key.agent_id.clone(),
-        merchant_id: key.merchant_id.clone(),
-        store_id: key.store_id.clone(),
-    };
-    if tenancy::is_blocked(db, &place).await? {
-        return Err(Error::Suspended);
-    }
-    let mut active: api_keys::ActiveModel = key.clone().into();
-    active.last_used_at = Set(Some(Utc::now()));
-    active.update(db).await?;
-    Ok(Principal {
-        kind: PrincipalKind::ApiKey,
-        id: key.id,
-        label: key.name,
-        role,
-        place,
-        session_id: None,
-    })
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-/// Ends one session.
-pub async fn logout(db: &impl ConnectionTrait, session_id: &str) -> Result<(), Error> {
-    sessions::Entity::update_many()
-        .col_expr(
-            sessions::Column::RevokedAt,
-            sea_orm::sea_query::Expr::value(Utc::now()),
-        )
-        .filter(sessions::Column::Id.eq(session_id))
-        .exec(db)
-        .await?;
-    Ok(())
-}
-
-/// Revokes every session of `user_id` except `keep`.
-pub async fn revoke_sessions(
-    db: &impl ConnectionTrait,
-    user_id: &str,
-    keep: Option<&str>,
-) -> Result<(), Error> {
-    let mut query = sessions::Entity::update_many()
-        .col_expr(
-            sessions::Column::RevokedAt,
-            sea_orm::sea_query::Expr::value(Utc::now()),
-        )
-        .filter(sessions::Column::UserId.eq(user_id))
-        .filter(sessions::Column::RevokedAt.is_null());
-    if let Some(keep) = keep {
-        query = query.filter(sessions::Column::Id.ne(keep));
-    }
-    query.exec(db).await?;
-    Ok(())
-}
-
-impl Error {
-    /// Whether an attempt was refused before any password was checked (throttled, or the
-    /// hashing queue full): nothing about the account was learnt or tried.
-    pub fn refused_before_check(&self) -> bool {
-        matches!(self, Self::Throttled { .. } | Self::Busy)
-    }
-}
-
-/// Credentials (passwords, API keys, sessions) are managed by accounts only (a signed-in
-/// session, or the operator at the server's shell): a leaked API key must not be able to mint
-/// more keys or take over the account that made it.
-pub fn require_session(actor: &Principal) -> Result<(), Error> {
-    match actor.kind {
-        PrincipalKind::User => Ok(()),
-        PrincipalKind::ApiKey => Err(Error::ApiKeyRefused),
-    }
 }
 
 /// Changes the caller's own password after checking the current one; other sessions end.
@@ -720,142 +471,6 @@ pub async fn change_password(
     revoke_sessions(db, &principal.id, principal.session_id.as_deref()).await
 }
 
-/// An API key as the API shows it: never the secret, only its public prefix.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
-pub struct ApiKey {
-    pub id: String,
-    pub name: String,
-    pub prefix: String,
-    pub node_id: String,
-    pub role: Role,
-    pub created_at: DateTime<Utc>,
-    pub last_used_at: Option<DateTime<Utc>>,
-    pub revoked_at: Option<DateTime<Utc>>,
-}
-
-impl From<api_keys::Model> for ApiKey {
-    fn from(model: api_keys::Model) -> Self {
-        Self {
-            role: Role::parse(&model.role).unwrap_or(Role::MerchantStaff),
-            id: model.id,
-            name: model.name,
-            prefix: model.prefix,
-            node_id: model.node_id,
-            created_at: model.created_at,
-            last_used_at: model.last_used_at,
-            revoked_at: model.revoked_at,
-        }
-    }
-}
-
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
-pub struct NewApiKey {
-    pub name: String,
-    /// Defaults to the role of the node's tier; any other role is refused.
-    #[serde(default)]
-    pub role: Option<Role>,
-}
-
-/// Creates a key on the grant's target node. Returns the key in clear, this once.
-pub async fn create_api_key(
-    db: &impl ConnectionTrait,
-    grant: &Grant,
-    input: NewApiKey,
-) -> Result<(SecretString, ApiKey), Error> {
-    if grant.action() != Action::ApiKeyCreate {
-        return Err(invalid(
-            "node_id",
-            "this grant does not allow creating API keys",
-        ));
-    }
-    require_session(grant.actor())?;
-    let name = input.name.trim();
-    if name.is_empty() || name.chars().count() > 100 || name.chars().any(char::is_control) {
-        return Err(invalid("name", "must be 1-100 printable characters"));
-    }
-    let place = grant.target();
-    let role = tier_role(place, input.role)?;
-    let prefix = random_token(9)?.replace(['-', '_'], "x");
-    let secret = format!("{API_KEY_PREFIX}{prefix}_{}", random_token(32)?);
-    let model = api_keys::ActiveModel {
-        id: Set(Uuid::now_v7().to_string()),
-        node_id: Set(place.id.clone()),
-        partner_id: Set(place.partner_id.clone()),
-        agent_id: Set(place.agent_id.clone()),
-        merchant_id: Set(place.merchant_id.clone()),
-        store_id: Set(place.store_id.clone()),
-        name: Set(name.to_owned()),
-        prefix: Set(prefix),
-        key_hash: Set(digest(&secret)),
-        role: Set(role.as_str().to_owned()),
-        created_by: Set(Some(grant.actor().id.clone())),
-        created_at: Set(Utc::now()),
-        last_used_at: Set(None),
-        revoked_at: Set(None),
-    }
-    .insert(db)
-    .await?;
-    Ok((SecretString::from(secret), model.into()))
-}
-
-pub async fn list_api_keys(
-    db: &impl ConnectionTrait,
-    scope: &Place,
-    node_id: Option<&str>,
-    page: Page,
-) -> Result<Paged<ApiKey>, Error> {
-    let mut query = api_keys::Entity::find().filter(scope_condition(scope));
-    if let Some(node) = node_id {
-        query = query.filter(api_keys::Column::NodeId.eq(node));
-    }
-    let (rows, total) =
-        fetch_page(db, query.order_by_desc(api_keys::Column::CreatedAt), page).await?;
-    Ok(page.wrap(rows.into_iter().map(ApiKey::from).collect(), total))
-}
-
-/// Key `id` and where it sits, if it is inside `scope`.
-pub async fn find_api_key_in_scope(
-    db: &impl ConnectionTrait,
-    scope: &Place,
-    id: &str,
-) -> Result<(ApiKey, Place), Error> {
-    let model = api_keys::Entity::find_by_id(id)
-        .filter(scope_condition(scope))
-        .one(db)
-        .await?
-        .ok_or_else(|| Error::KeyNotFound(id.to_owned()))?;
-    let kind = Role::parse(&model.role).map_or(NodeKind::Store, Role::kind);
-    let place = Place {
-        id: model.node_id.clone(),
-        kind,
-        partner_id: model.partner_id.clone(),
-        agent_id: model.agent_id.clone(),
-        merchant_id: model.merchant_id.clone(),
-        store_id: model.store_id.clone(),
-    };
-    Ok((model.into(), place))
-}
-
-/// Revokes key `id`, which must stand on the grant's target node.
-pub async fn revoke_api_key(
-    db: &impl ConnectionTrait,
-    grant: &Grant,
-    id: &str,
-) -> Result<ApiKey, Error> {
-    if grant.action() != Action::ApiKeyRevoke {
-        return Err(invalid("id", "this grant does not allow revoking API keys"));
-    }
-    require_session(grant.actor())?;
-    let model = api_keys::Entity::find_by_id(id)
-        .filter(api_keys::Column::NodeId.eq(grant.target().id.as_str()))
-        .one(db)
-        .await?
-        .ok_or_else(|| Error::KeyNotFound(id.to_owned()))?;
-    let mut active: api_keys::ActiveModel = model.into();
-    active.revoked_at = Set(Some(Utc::now()));
-    Ok(active.update(db).await?.into())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -877,46 +492,5 @@ mod tests {
         ] {
             assert!(normalize_email(bad).is_err(), "{bad}");
         }
-    }
-
-    #[test]
-    fn a_hash_is_argon2id_salted_and_verifies_only_the_same_password() {
-        let password = SecretString::from("correct horse battery");
-        let first = hash_password(&password).unwrap();
-        let second = hash_password(&password).unwrap();
-        assert!(first.starts_with("$argon2id$"), "{first}");
-        assert_ne!(first, second, "each hash has its own salt");
-        assert!(!first.contains("correct horse"));
-        assert!(verify_password(&password, &first));
-        assert!(!verify_password(
-            &SecretString::from("correct horse battery!"),
-            &first
-        ));
-        assert!(!verify_password(&password, "not a phc string"));
-    }
-
-    #[test]
-    fn short_and_huge_passwords_are_refused() {
-        assert!(matches!(
-            hash_password(&SecretString::from("short")),
-            Err(Error::PasswordTooShort)
-        ));
-        assert!(matches!(
-            hash_password(&SecretString::from("x".repeat(MAX_PASSWORD_LEN + 1))),
-            Err(Error::PasswordTooLong)
-        ));
-    }
-
-    #[test]
-    fn tokens_are_random_and_stored_as_digests() {
-        let a = random_token(32).unwrap();
-        let b = random_token(32).unwrap();
-        assert_ne!(a, b);
-        assert_eq!(a.len(), 43);
-        assert_eq!(digest(&a).len(), 64);
-        assert_ne!(digest(&a), a);
-        assert!(constant_time_eq(b"abc", b"abc"));
-        assert!(!constant_time_eq(b"abc", b"abd"));
-        assert!(!constant_time_eq(b"abc", b"ab"));
     }
 }

@@ -10,10 +10,6 @@
 pub mod entity;
 pub mod sql;
 
-/// The plugin catalog (`plugins/catalog.rs` and its modules) still names these here; the rest of
-/// the engine goes through [`sql`].
-pub use sql::{from_millis, millis, statement};
-
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;

@@ -1,7 +1,6 @@
 //! The Trellis engine. Modules are listed in dependency order: each uses only those above it,
-//! except that mutating functions of `tenancy` and `auth` take `rbac::Grant` as their proof,
-//! `plugins` wraps rendered plugin pages in `themes`, and the plugin harness (a development
-//! tool) seeds its throwaway tenant with `demo`. The Alipay protocol (`trellis-alipay`) and the
+//! except that mutating functions of `tenancy` and `auth` take `rbac::Grant` as their proof
+//! (the one deliberate cycle). The Alipay protocol (`trellis-alipay`) and the
 //! offline sandbox (`trellis-alipay-sandbox`) are crates below the engine.
 #![deny(unsafe_code)]
 
@@ -24,18 +23,20 @@ pub mod alipay;
 pub mod events;
 /// Agents' packages, their assignment to merchants, and what a merchant is entitled to.
 pub mod packages;
+/// Handlebars themes with per-partner choice and `default` fallback.
+pub mod themes;
 /// The plugin host: manifests, archives, the wasmtime runtime and its capabilities.
 pub mod plugins;
 /// One door for plugin calls: runs a plugin route for any door (admin, store staff, member
 /// page, engine callback) from domain inputs.
 pub mod doors;
-/// Handlebars themes with per-partner choice and `default` fallback.
-pub mod themes;
 /// The axum router, its layers and the server loop.
 pub mod http;
 /// The composition root: builds the application from its configuration and owns its clock.
 pub mod app;
 /// Demo data for `make run`.
 pub mod demo;
+/// The plugin harness: one plugin on a throwaway tenant and sandbox, for authors and tests.
+pub mod harness;
 /// The `trellis` command line.
 pub mod cli;

@@ -42,8 +42,6 @@ pub mod catalog;
 pub mod delivery;
 /// The event dispatcher: claims due deliveries from the outbox and records their outcomes.
 pub mod dispatch;
-/// A local harness for plugin authors and tests: one plugin against a throwaway tenant.
-pub mod harness;
 
 pub use admission::PER_INSTALLATION;
 pub use engine::TICK;

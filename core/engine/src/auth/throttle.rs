@@ -10,10 +10,8 @@ use sea_orm::{
 };
 use secrecy::SecretString;
 
-use super::{
-    ACCOUNT_FAILURE_LIMIT, Error, FAILURE_WINDOW_SECS, IP_FAILURE_LIMIT, decoy_hash, hash_password,
-    verify_password,
-};
+use super::passwords::{decoy_hash, hash_password, verify_password};
+use super::{ACCOUNT_FAILURE_LIMIT, Error, FAILURE_WINDOW_SECS, IP_FAILURE_LIMIT};
 use crate::db::entity::login_failures;
 use crate::db::sql;
 

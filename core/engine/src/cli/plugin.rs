@@ -9,8 +9,8 @@ use clap::Subcommand;
 use serde_json::{Value, json};
 
 use super::Failure;
+use crate::harness::{self, Harness, HarnessOptions};
 use crate::plugins::archive::{self, Archive};
-use crate::plugins::harness::{self, Harness, HarnessOptions};
 use crate::plugins::{self, Call};
 
 const WASM_TARGET: &str = "wasm32-wasip2";

@@ -28,12 +28,8 @@ pub fn backend(db: &impl ConnectionTrait) -> DbBackend {
 }
 
 /// A statement from SQL written with `?` placeholders, in the backend's form: what [`query`]
-/// runs, and what code not yet moved to it (the plugin catalog) builds by hand.
-pub fn statement(
-    backend: DbBackend,
-    sql: &str,
-    values: impl IntoIterator<Item = Value>,
-) -> Statement {
+/// runs.
+fn statement(backend: DbBackend, sql: &str, values: impl IntoIterator<Item = Value>) -> Statement {
     Statement::from_sql_and_values(backend, placeholders(backend, sql), values)
 }
 

@@ -16,7 +16,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use sha2::{Digest, Sha256};
 
 use super::Error;
-use super::manifest::Manifest;
+use super::manifest::{Manifest, is_safe_path};
 
 /// The largest component accepted.
 pub const MAX_COMPONENT_BYTES: usize = 16 << 20;
@@ -67,22 +67,6 @@ impl std::fmt::Display for SignatureStatus {
             SignatureStatus::Valid { public_key } => write!(f, "valid, by {public_key}"),
         }
     }
-}
-
-/// A relative path of plain segments: no `..`, no leading `/`, no backslashes or control
-/// characters, at most 200 bytes.
-pub fn is_safe_path(path: &str) -> bool {
-    !path.is_empty()
-        && path.len() <= 200
-        && !path.starts_with('/')
-        && path.split('/').all(|seg| {
-            !seg.is_empty()
-                && seg != "."
-                && seg != ".."
-                && seg
-                    .chars()
-                    .all(|c| !c.is_control() && c != '\\' && c != ':')
-        })
 }
 
 fn hex(bytes: &[u8]) -> String {

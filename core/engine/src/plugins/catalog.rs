@@ -18,7 +18,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait, QueryResult, Value};
+use sea_orm::{DatabaseConnection, EntityTrait, FromQueryResult, Value};
 use serde::Serialize;
 use serde_json::{Value as Json, json};
 
@@ -26,7 +26,7 @@ use super::archive::Archive;
 use super::{Call, Loaded, Outcome, Request, Runtime, TenantContext};
 use crate::config::Clock;
 use crate::db::entity::nodes;
-use crate::db::{from_millis, statement};
+use crate::db::sql::{self, Millis};
 use crate::events::{self, NewEvent};
 use crate::packages;
 use crate::rbac::Grant;
@@ -131,10 +131,6 @@ pub struct Catalog {
     pub event_limits: events::Limits,
 }
 
-fn backend(db: &impl ConnectionTrait) -> DbBackend {
-    db.get_database_backend()
-}
-
 fn invalid(field: &str, message: impl Into<String>) -> Error {
     Error::Invalid {
         field: field.to_owned(),
@@ -150,6 +146,8 @@ fn partner_of(grant: &Grant) -> Result<String, Error> {
     }
 }
 
+/// An installation as [`COLUMNS`] read it.
+#[derive(FromQueryResult)]
 struct Row {
     id: String,
     partner_id: String,
@@ -157,25 +155,28 @@ struct Row {
     active_version: String,
     offered: bool,
     status: String,
-    installed_at: i64,
-    updated_at: i64,
-}
-
-fn row_of(r: &QueryResult) -> Result<Row, sea_orm::DbErr> {
-    Ok(Row {
-        id: r.try_get("", "id")?,
-        partner_id: r.try_get("", "partner_id")?,
-        plugin_id: r.try_get("", "plugin_id")?,
-        active_version: r.try_get("", "active_version")?,
-        offered: r.try_get("", "offered")?,
-        status: r.try_get("", "status")?,
-        installed_at: r.try_get("", "installed_at")?,
-        updated_at: r.try_get("", "updated_at")?,
-    })
+    installed_at: Millis,
+    updated_at: Millis,
 }
 
 const COLUMNS: &str =
     "id, partner_id, plugin_id, active_version, offered, status, installed_at, updated_at";
+
+/// A version of an installation, with its stored manifest (JSON).
+#[derive(FromQueryResult)]
+struct VersionRow {
+    version: String,
+    digest: String,
+    manifest: String,
+    installed_at: Millis,
+    installed_by: String,
+}
+
+/// A plugin the partner offers its agents.
+#[derive(FromQueryResult)]
+struct OfferedRow {
+    plugin_id: String,
+}
 
 impl Catalog {
     pub fn new(db: DatabaseConnection, runtime: Arc<Runtime>, clock: Clock) -> Self {
@@ -199,27 +200,23 @@ impl Catalog {
     }
 
     async fn row(&self, partner_id: &str, plugin_id: &str) -> Result<Option<Row>, Error> {
-        let row = self
-            .db
-            .query_one_raw(statement(
-                backend(&self.db),
-                &format!("SELECT {COLUMNS} FROM plugin_installations WHERE partner_id = ? AND plugin_id = ?"),
-                vec![partner_id.into(), plugin_id.into()],
-            ))
-            .await?;
-        Ok(row.as_ref().map(row_of).transpose()?)
+        Ok(sql::query(
+            &format!(
+                "SELECT {COLUMNS} FROM plugin_installations WHERE partner_id = ? AND plugin_id = ?"
+            ),
+            [partner_id.into(), plugin_id.into()],
+        )
+        .one(&self.db)
+        .await?)
     }
 
     async fn row_by_id(&self, id: &str) -> Result<Option<Row>, Error> {
-        let row = self
-            .db
-            .query_one_raw(statement(
-                backend(&self.db),
-                &format!("SELECT {COLUMNS} FROM plugin_installations WHERE id = ?"),
-                vec![id.into()],
-            ))
-            .await?;
-        Ok(row.as_ref().map(row_of).transpose()?)
+        Ok(sql::query(
+            &format!("SELECT {COLUMNS} FROM plugin_installations WHERE id = ?"),
+            [id.into()],
+        )
+        .one(&self.db)
+        .await?)
     }
 
     async fn versions(&self, installation_id: &str) -> Result<Vec<VersionView>, Error> {
@@ -236,28 +233,26 @@ impl Catalog {
         &self,
         installation_id: &str,
     ) -> Result<Vec<(VersionView, String)>, Error> {
-        let rows = self
-            .db
-            .query_all_raw(statement(
-                backend(&self.db),
-                "SELECT version, digest, manifest, installed_at, installed_by FROM plugin_versions WHERE installation_id = ?",
-                vec![installation_id.into()],
-            ))
-            .await?;
-        let mut out = rows
-            .iter()
+        let rows: Vec<VersionRow> = sql::query(
+            "SELECT version, digest, manifest, installed_at, installed_by FROM plugin_versions WHERE installation_id = ?",
+            [installation_id.into()],
+        )
+        .all(&self.db)
+        .await?;
+        let mut out: Vec<(VersionView, String)> = rows
+            .into_iter()
             .map(|r| {
-                Ok((
+                (
                     VersionView {
-                        version: r.try_get("", "version")?,
-                        digest: r.try_get("", "digest")?,
-                        installed_at: from_millis(r.try_get("", "installed_at")?),
-                        installed_by: Some(r.try_get("", "installed_by")?),
+                        version: r.version,
+                        digest: r.digest,
+                        installed_at: r.installed_at.0,
+                        installed_by: Some(r.installed_by),
                     },
-                    r.try_get::<String>("", "manifest")?,
-                ))
+                    r.manifest,
+                )
             })
-            .collect::<Result<Vec<_>, sea_orm::DbErr>>()?;
+            .collect();
         out.sort_by_key(|(v, _)| semver_of(&v.version));
         Ok(out)
     }
@@ -321,8 +316,8 @@ impl Catalog {
                 })
                 .collect(),
             versions,
-            installed_at: from_millis(row.installed_at),
-            updated_at: from_millis(row.updated_at),
+            installed_at: row.installed_at.0,
+            updated_at: row.updated_at.0,
         })
     }
 
@@ -348,30 +343,26 @@ impl Catalog {
     /// What `scope` may see of the catalog: a partner (or the platform) every installation of
     /// its partner(s); an agent what its partner offers; a merchant what it is entitled to now.
     pub async fn list(&self, scope: &Place) -> Result<Vec<Installation>, Error> {
-        let mut sql = format!("SELECT {COLUMNS} FROM plugin_installations WHERE 1 = 1");
+        let mut text = format!("SELECT {COLUMNS} FROM plugin_installations WHERE 1 = 1");
         let mut values: Vec<Value> = Vec::new();
         if let Some(partner) = &scope.partner_id {
-            sql.push_str(" AND partner_id = ?");
+            text.push_str(" AND partner_id = ?");
             values.push(partner.clone().into());
         }
         if scope.agent_id.is_some() && scope.merchant_id.is_none() {
-            sql.push_str(" AND offered = ? AND status = 'installed'");
+            text.push_str(" AND offered = ? AND status = 'installed'");
             values.push(true.into());
         } else if scope.merchant_id.is_some() {
-            sql.push_str(" AND status = 'installed'");
+            text.push_str(" AND status = 'installed'");
         }
-        sql.push_str(" ORDER BY plugin_id");
-        let rows = self
-            .db
-            .query_all_raw(statement(backend(&self.db), &sql, values))
-            .await?;
+        text.push_str(" ORDER BY plugin_id");
+        let rows: Vec<Row> = sql::query(&text, values).all(&self.db).await?;
         let entitled = match &scope.merchant_id {
             Some(merchant) => Some(packages::entitlements(&self.db, merchant, self.now()).await?),
             None => None,
         };
         let mut out = Vec::new();
         for row in rows {
-            let row = row_of(&row)?;
             if let Some(entitled) = &entitled
                 && !entitled.contains_key(&row.plugin_id)
             {
@@ -408,17 +399,13 @@ impl Catalog {
 
     /// The plugin ids the partner offers to its agents (what packages may include).
     pub async fn offered(&self, partner_id: &str) -> Result<BTreeSet<String>, Error> {
-        let rows = self
-            .db
-            .query_all_raw(statement(
-                backend(&self.db),
-                "SELECT plugin_id FROM plugin_installations WHERE partner_id = ? AND offered = ? AND status = 'installed'",
-                vec![partner_id.into(), true.into()],
-            ))
-            .await?;
-        rows.iter()
-            .map(|r| r.try_get::<String>("", "plugin_id").map_err(Error::from))
-            .collect()
+        let rows: Vec<OfferedRow> = sql::query(
+            "SELECT plugin_id FROM plugin_installations WHERE partner_id = ? AND offered = ? AND status = 'installed'",
+            [partner_id.into(), true.into()],
+        )
+        .all(&self.db)
+        .await?;
+        Ok(rows.into_iter().map(|r| r.plugin_id).collect())
     }
 
     pub async fn theme_of(&self, partner_id: &str) -> Result<String, Error> {
@@ -434,20 +421,13 @@ impl Catalog {
         installation_id: &str,
         merchant_id: &str,
     ) -> Result<Option<Json>, Error> {
-        let row = self
-            .db
-            .query_one_raw(statement(
-                backend(&self.db),
-                "SELECT config FROM plugin_configs WHERE installation_id = ? AND merchant_id = ?",
-                vec![installation_id.into(), merchant_id.into()],
-            ))
-            .await?;
-        Ok(match row {
-            Some(row) => Some(
-                serde_json::from_str(&row.try_get::<String>("", "config")?).unwrap_or(Json::Null),
-            ),
-            None => None,
-        })
+        let config: Option<String> = sql::query(
+            "SELECT config FROM plugin_configs WHERE installation_id = ? AND merchant_id = ?",
+            [installation_id.into(), merchant_id.into()],
+        )
+        .scalar(&self.db)
+        .await?;
+        Ok(config.map(|text| serde_json::from_str(&text).unwrap_or(Json::Null)))
     }
 
     /// The installation of `plugin_id` for the merchant at `merchant` — entitled now — with its
@@ -576,17 +556,14 @@ impl Catalog {
             .partner_id
             .clone()
             .ok_or_else(|| invalid("place", "events belong to a partner's tenant"))?;
-        let rows = self
-            .db
-            .query_all_raw(statement(
-                backend(&self.db),
-                &format!("SELECT {COLUMNS} FROM plugin_installations WHERE partner_id = ? AND status = 'installed'"),
-                vec![partner_id.into()],
-            ))
-            .await?;
+        let rows: Vec<Row> = sql::query(
+            &format!("SELECT {COLUMNS} FROM plugin_installations WHERE partner_id = ? AND status = 'installed'"),
+            [partner_id.into()],
+        )
+        .all(&self.db)
+        .await?;
         let mut subscribers = Vec::new();
         for row in rows {
-            let row = row_of(&row)?;
             let id = row.id.clone();
             let installation = self.view(row).await?;
             if installation.subscribe.contains(&event.kind) {
@@ -615,16 +592,13 @@ impl Catalog {
 
     /// The stored archive bytes of a plugin version.
     async fn archive_bytes(&self, digest: &str) -> Result<Vec<u8>, Error> {
-        let row = self
-            .db
-            .query_one_raw(statement(
-                backend(&self.db),
-                "SELECT bytes FROM plugin_archives WHERE digest = ?",
-                vec![digest.into()],
-            ))
-            .await?
-            .ok_or_else(|| Error::MissingArchive(digest.to_owned()))?;
-        Ok(row.try_get("", "bytes")?)
+        sql::query(
+            "SELECT bytes FROM plugin_archives WHERE digest = ?",
+            [digest.into()],
+        )
+        .scalar(&self.db)
+        .await?
+        .ok_or_else(|| Error::MissingArchive(digest.to_owned()))
     }
 }
 

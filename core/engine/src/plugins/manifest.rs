@@ -208,7 +208,7 @@ fn is_alipay_method(method: &str) -> bool {
 
 /// A template name: a relative path of plain segments, ending in `.hbs`.
 pub fn is_template_name(name: &str) -> bool {
-    name.ends_with(".hbs") && super::archive::is_safe_path(&format!("templates/{name}"))
+    name.ends_with(".hbs") && is_safe_path(&format!("templates/{name}"))
 }
 
 impl Manifest {
@@ -538,6 +538,23 @@ impl Allowance {
         self.emit = self.emit.intersection(&all.emit).cloned().collect();
         self
     }
+}
+
+/// A relative path of plain segments (inside an archive, or a template's name under
+/// `templates/`): no `..`, no leading `/`, no backslashes or control
+/// characters, at most 200 bytes.
+pub fn is_safe_path(path: &str) -> bool {
+    !path.is_empty()
+        && path.len() <= 200
+        && !path.starts_with('/')
+        && path.split('/').all(|seg| {
+            !seg.is_empty()
+                && seg != "."
+                && seg != ".."
+                && seg
+                    .chars()
+                    .all(|c| !c.is_control() && c != '\\' && c != ':')
+        })
 }
 
 #[cfg(test)]

@@ -5,11 +5,10 @@
 //! entitled to the plugin at that moment; a configuration the schema or the hook refuses is
 //! never stored.
 
-use sea_orm::ConnectionTrait;
 use serde_json::{Value as Json, json};
 
-use super::{Catalog, Error, backend, invalid};
-use crate::db::{millis, statement};
+use super::{Catalog, Error, invalid};
+use crate::db::sql::{self, Millis};
 use crate::plugins::{self, Call, Output, Request, TenantContext};
 use crate::rbac::Grant;
 use crate::tenancy::Place;
@@ -76,21 +75,19 @@ impl Catalog {
             }
         };
         let merchant_id = merchant.merchant_id.clone().unwrap_or_default();
-        let now = millis(self.now());
-        self.db
-            .execute_raw(statement(
-                backend(&self.db),
-                "INSERT INTO plugin_configs (installation_id, merchant_id, config, updated_at) VALUES (?, ?, ?, ?) \
-                 ON CONFLICT (installation_id, merchant_id) DO UPDATE SET config = excluded.config, \
-                 updated_at = excluded.updated_at",
-                vec![
-                    live.installation.id.clone().into(),
-                    merchant_id.into(),
-                    normalised.to_string().into(),
-                    now.into(),
-                ],
-            ))
-            .await?;
+        sql::query(
+            "INSERT INTO plugin_configs (installation_id, merchant_id, config, updated_at) VALUES (?, ?, ?, ?) \
+             ON CONFLICT (installation_id, merchant_id) DO UPDATE SET config = excluded.config, \
+             updated_at = excluded.updated_at",
+            [
+                live.installation.id.clone().into(),
+                merchant_id.into(),
+                normalised.to_string().into(),
+                Millis(self.now()).into(),
+            ],
+        )
+        .execute(&self.db)
+        .await?;
         Ok(normalised)
     }
 }

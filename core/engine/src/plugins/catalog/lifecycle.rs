@@ -8,12 +8,12 @@
 
 use std::sync::Arc;
 
-use sea_orm::{ConnectionTrait, Value};
+use sea_orm::Value;
 use serde_json::json;
 use uuid::Uuid;
 
-use super::{Catalog, Error, Installation, backend, invalid, partner_of, semver_of};
-use crate::db::{millis, statement};
+use super::{Catalog, Error, Installation, invalid, partner_of, semver_of};
+use crate::db::sql::{self, Millis};
 use crate::packages;
 use crate::plugins::archive::{Archive, SignatureStatus};
 use crate::plugins::{self, Call, Request, TenantContext};
@@ -121,21 +121,19 @@ impl Catalog {
                 source,
             });
         }
-        let now = millis(self.now());
+        let now = Millis(self.now());
         let by = grant.actor().label.clone();
         let txn = crate::db::begin_write(&self.db).await?;
-        let stored = txn
-            .query_one_raw(statement(
-                backend(&txn),
-                "SELECT digest FROM plugin_archives WHERE digest = ?",
-                vec![archive.digest.clone().into()],
-            ))
-            .await?;
+        let stored: Option<String> = sql::query(
+            "SELECT digest FROM plugin_archives WHERE digest = ?",
+            [archive.digest.clone().into()],
+        )
+        .scalar(&txn)
+        .await?;
         if stored.is_none() {
-            txn.execute_raw(statement(
-                backend(&txn),
+            sql::query(
                 "INSERT INTO plugin_archives (digest, plugin_id, version, bytes, size, uploaded_at) VALUES (?, ?, ?, ?, ?, ?)",
-                vec![
+                [
                     archive.digest.clone().into(),
                     plugin_id.clone().into(),
                     version.clone().into(),
@@ -143,16 +141,16 @@ impl Catalog {
                     i64::try_from(bytes.len()).unwrap_or(i64::MAX).into(),
                     now.into(),
                 ],
-            ))
+            )
+            .execute(&txn)
             .await?;
         }
         match &existing {
             None => {
-                txn.execute_raw(statement(
-                    backend(&txn),
+                sql::query(
                     "INSERT INTO plugin_installations (id, partner_id, plugin_id, active_version, offered, status, installed_at, updated_at) \
                      VALUES (?, ?, ?, ?, ?, 'installed', ?, ?)",
-                    vec![
+                    [
                         installation_id.clone().into(),
                         partner_id.clone().into(),
                         plugin_id.clone().into(),
@@ -161,7 +159,8 @@ impl Catalog {
                         now.into(),
                         now.into(),
                     ],
-                ))
+                )
+                .execute(&txn)
                 .await?;
             }
             Some(row) => {
@@ -170,18 +169,17 @@ impl Catalog {
                 } else {
                     row.active_version.clone()
                 };
-                txn.execute_raw(statement(
-                    backend(&txn),
+                sql::query(
                     "UPDATE plugin_installations SET active_version = ?, status = 'installed', updated_at = ? WHERE id = ?",
-                    vec![active.into(), now.into(), row.id.clone().into()],
-                ))
+                    [active.into(), now.into(), row.id.clone().into()],
+                )
+                .execute(&txn)
                 .await?;
             }
         }
-        txn.execute_raw(statement(
-            backend(&txn),
+        sql::query(
             "INSERT INTO plugin_versions (installation_id, version, digest, manifest, installed_at, installed_by) VALUES (?, ?, ?, ?, ?, ?)",
-            vec![
+            [
                 installation_id.clone().into(),
                 version.into(),
                 archive.digest.clone().into(),
@@ -189,7 +187,8 @@ impl Catalog {
                 now.into(),
                 by.into(),
             ],
-        ))
+        )
+        .execute(&txn)
         .await?;
         txn.commit().await?;
         let row = self
@@ -201,15 +200,12 @@ impl Catalog {
 
     /// Sets one column of an installation (a name from this module, never from input).
     async fn set_column(&self, id: &str, column: &'static str, value: Value) -> Result<(), Error> {
-        self.db
-            .execute_raw(statement(
-                backend(&self.db),
-                &format!(
-                    "UPDATE plugin_installations SET {column} = ?, updated_at = ? WHERE id = ?"
-                ),
-                vec![value, millis(self.now()).into(), id.into()],
-            ))
-            .await?;
+        sql::query(
+            &format!("UPDATE plugin_installations SET {column} = ?, updated_at = ? WHERE id = ?"),
+            [value, Millis(self.now()).into(), id.into()],
+        )
+        .execute(&self.db)
+        .await?;
         Ok(())
     }
 

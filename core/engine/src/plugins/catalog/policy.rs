@@ -3,11 +3,11 @@
 //! Invariant: a stored policy that requires signatures names at least one trusted key, each
 //! of which parses as a public key.
 
-use sea_orm::ConnectionTrait;
+use sea_orm::FromQueryResult;
 use serde::{Deserialize, Serialize};
 
-use super::{Catalog, Error, backend, invalid, partner_of};
-use crate::db::{millis, statement};
+use super::{Catalog, Error, invalid, partner_of};
+use crate::db::sql::{self, Millis};
 use crate::rbac::Grant;
 
 /// A partner's rule for archives: whether they must be signed, and by whom.
@@ -21,24 +21,28 @@ pub struct Policy {
     pub trusted_keys: Vec<String>,
 }
 
+/// A stored policy; `trusted_keys` is a JSON array of key strings.
+#[derive(FromQueryResult)]
+struct PolicyRow {
+    require_signature: bool,
+    trusted_keys: String,
+}
+
 impl Catalog {
     /// The partner's policy on signatures.
     pub async fn policy(&self, partner_id: &str) -> Result<Policy, Error> {
-        let row = self
-            .db
-            .query_one_raw(statement(
-                backend(&self.db),
-                "SELECT require_signature, trusted_keys FROM plugin_policies WHERE partner_id = ?",
-                vec![partner_id.into()],
-            ))
-            .await?;
+        let row: Option<PolicyRow> = sql::query(
+            "SELECT require_signature, trusted_keys FROM plugin_policies WHERE partner_id = ?",
+            [partner_id.into()],
+        )
+        .one(&self.db)
+        .await?;
         let Some(row) = row else {
             return Ok(Policy::default());
         };
-        let keys: String = row.try_get("", "trusted_keys")?;
         Ok(Policy {
-            require_signature: row.try_get("", "require_signature")?,
-            trusted_keys: serde_json::from_str(&keys).unwrap_or_default(),
+            require_signature: row.require_signature,
+            trusted_keys: serde_json::from_str(&row.trusted_keys).unwrap_or_default(),
         })
     }
 
@@ -58,16 +62,19 @@ impl Catalog {
             ));
         }
         let keys = serde_json::to_string(&policy.trusted_keys).unwrap_or_else(|_| "[]".into());
-        let now = millis(self.now());
-        self.db
-            .execute_raw(statement(
-                backend(&self.db),
-                "INSERT INTO plugin_policies (partner_id, require_signature, trusted_keys, updated_at) VALUES (?, ?, ?, ?) \
-                 ON CONFLICT (partner_id) DO UPDATE SET require_signature = excluded.require_signature, \
-                 trusted_keys = excluded.trusted_keys, updated_at = excluded.updated_at",
-                vec![partner_id.into(), policy.require_signature.into(), keys.into(), now.into()],
-            ))
-            .await?;
+        sql::query(
+            "INSERT INTO plugin_policies (partner_id, require_signature, trusted_keys, updated_at) VALUES (?, ?, ?, ?) \
+             ON CONFLICT (partner_id) DO UPDATE SET require_signature = excluded.require_signature, \
+             trusted_keys = excluded.trusted_keys, updated_at = excluded.updated_at",
+            [
+                partner_id.into(),
+                policy.require_signature.into(),
+                keys.into(),
+                Millis(self.now()).into(),
+            ],
+        )
+        .execute(&self.db)
+        .await?;
         Ok(policy)
     }
 }

@@ -14,17 +14,16 @@ use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
 use secrecy::SecretString;
 use serde_json::{Value, json};
 
-use super::archive::Archive;
-use super::{
-    Allowance, Call, Event, HttpRequest, Loaded, Outcome, Output, Request, Runtime, RuntimeOptions,
-    Services, TenantContext,
-};
-use crate::alipay::client::AlipayClient;
 use crate::alipay::gateway::GatewayPolicy;
 use crate::alipay::sandbox::Sandbox;
 use crate::config::Config;
 use crate::db::Db;
 use crate::db::entity::nodes;
+use crate::plugins::archive::Archive;
+use crate::plugins::{
+    Allowance, Call, Event, HttpRequest, Loaded, Outcome, Output, Request, Runtime, RuntimeOptions,
+    TenantContext,
+};
 use crate::secrets::Vault;
 use crate::tenancy::{self, Place};
 use crate::themes::Themes;
@@ -34,7 +33,7 @@ pub enum HarnessError {
     #[error("{0}")]
     Setup(String),
     #[error(transparent)]
-    Plugin(#[from] super::Error),
+    Plugin(#[from] crate::plugins::Error),
 }
 
 fn setup(e: impl std::fmt::Display) -> HarnessError {
@@ -164,14 +163,12 @@ impl Harness {
             Some(dir) => Some(Themes::load(dir, false).map_err(setup)?),
             None => None,
         };
-        // The harness's own sandbox listens on loopback.
-        let alipay = AlipayClient::with_policy(
-            GatewayPolicy::local_sandbox(),
-            std::time::Duration::from_secs(5),
-            std::time::Duration::from_secs(15),
-        )
-        .map_err(setup)?;
-        let runtime = Runtime::new(
+        let kv = if options.kv_in_memory {
+            crate::plugins::kv::Store::Memory(Arc::default())
+        } else {
+            crate::plugins::kv::Store::Database(db.conn.clone())
+        };
+        let runtime = crate::app::plugin_runtime(
             RuntimeOptions {
                 cache_dir: options
                     .cache_dir
@@ -185,18 +182,14 @@ impl Harness {
                 frozen_clock: options.frozen_clock,
                 min_log_level: options.min_log_level,
             },
-            Services {
-                db: db.conn.clone(),
-                kv: if options.kv_in_memory {
-                    super::kv::Store::Memory(Arc::default())
-                } else {
-                    super::kv::Store::Database(db.conn.clone())
-                },
-                vault,
-                alipay,
-                themes,
-            },
-        )?;
+            &db,
+            kv,
+            vault,
+            // The harness's own sandbox listens on loopback.
+            GatewayPolicy::local_sandbox(),
+            themes,
+        )
+        .map_err(setup)?;
         let plugin = runtime.load(first)?;
         let mut others = Vec::new();
         for archive in &archives[1..] {
@@ -296,7 +289,7 @@ pub fn report(outcome: &Outcome) -> String {
         }
         Err(e) => {
             out.push_str(&format!("result: error: {e}\n"));
-            if let super::Error::Trap {
+            if let crate::plugins::Error::Trap {
                 reason, backtrace, ..
             } = e
             {
