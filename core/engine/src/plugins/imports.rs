@@ -5,6 +5,7 @@
 //! capability its manifest does not declare is refused here, before it is linked or run.
 
 use serde::Serialize;
+use sha2::Digest as _;
 use wasmtime::Engine;
 use wasmtime::component::Component;
 use wasmtime::component::types::ComponentItem;
@@ -166,9 +167,29 @@ pub(super) fn imports_of(engine: &Engine, component: &Component) -> Vec<Import> 
 /// Reads a component's imports with a throwaway engine (packing and inspecting run without a
 /// database or runtime).
 pub fn inspect_component(wasm: &[u8]) -> Result<Vec<Import>, Error> {
+    // Reading the imports compiles the whole component. Packing often sees the same component
+    // again (several manifests, versions or copies of one plugin), so the answers of this
+    // process are kept by the component's digest; compile errors are not kept.
+    const KEPT: usize = 32;
+    type Seen = Vec<([u8; 32], Vec<Import>)>;
+    static SEEN: std::sync::Mutex<Seen> = std::sync::Mutex::new(Vec::new());
+    let seen = || {
+        SEEN.lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    };
+    let digest: [u8; 32] = sha2::Sha256::digest(wasm).into();
+    if let Some((_, imports)) = seen().iter().find(|(d, _)| *d == digest) {
+        return Ok(imports.clone());
+    }
     let engine = Engine::new(&engine_config(None)).map_err(|e| Error::Engine(e.to_string()))?;
     let component = Component::new(&engine, wasm).map_err(|e| Error::Compile(format!("{e:#}")))?;
-    Ok(imports_of(&engine, &component))
+    let imports = imports_of(&engine, &component);
+    let mut kept = seen();
+    if kept.len() >= KEPT {
+        kept.remove(0);
+    }
+    kept.push((digest, imports.clone()));
+    Ok(imports)
 }
 
 #[cfg(test)]
