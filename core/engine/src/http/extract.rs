@@ -268,16 +268,36 @@ impl Ctx {
         place: Option<&Place>,
         result: Result<T, ApiError>,
     ) -> Result<T, ApiError> {
-        audited(
-            &self.state,
-            &self.caller,
-            self.request_id.as_deref(),
-            action,
-            target,
+        let (outcome, detail) = match &result {
+            Ok(_) => (Outcome::Success, None),
+            Err(e) if e.status_and_code().0 == StatusCode::FORBIDDEN || e.is_not_found() => {
+                (Outcome::Denied, Some(e.status_and_code().1.to_owned()))
+            }
+            Err(e) => (Outcome::Failed, Some(e.status_and_code().1.to_owned())),
+        };
+        let place = if outcome == Outcome::Denied {
+            None
+        } else {
+            place
+        };
+        let entry = audit::Entry {
+            actor: Some(&self.caller),
             place,
-            result,
-        )
-        .await
+            action,
+            target_type: target.0,
+            target_id: target.1,
+            request_id: self.request_id.as_deref(),
+            outcome,
+            detail,
+        };
+        if let Err(error) = audit::record(&self.state.db.conn, entry).await {
+            // An action that cannot be audited must not be reported as done.
+            tracing::error!(%error, action, "audit record failed");
+            if result.is_ok() {
+                return Err(ApiError::DbErr(error));
+            }
+        }
+        result
     }
 }
 
@@ -331,47 +351,4 @@ impl<'a> Change<'a> {
         let id = created.as_deref().or(id);
         ctx.audited(&name, (kind, id), place.as_ref(), result).await
     }
-}
-
-/// Records the outcome of a state-changing call and passes the result through. Refusals of ids
-/// outside the caller's subtree are filed under the caller (see `rbac::audit`).
-pub(crate) async fn audited<T>(
-    state: &AppState,
-    caller: &Principal,
-    request: Option<&str>,
-    action: &str,
-    target: (&str, Option<&str>),
-    place: Option<&Place>,
-    result: Result<T, ApiError>,
-) -> Result<T, ApiError> {
-    let (outcome, detail) = match &result {
-        Ok(_) => (Outcome::Success, None),
-        Err(e) if e.status_and_code().0 == StatusCode::FORBIDDEN || e.is_not_found() => {
-            (Outcome::Denied, Some(e.status_and_code().1.to_owned()))
-        }
-        Err(e) => (Outcome::Failed, Some(e.status_and_code().1.to_owned())),
-    };
-    let place = if outcome == Outcome::Denied {
-        None
-    } else {
-        place
-    };
-    let entry = audit::Entry {
-        actor: Some(caller),
-        place,
-        action,
-        target_type: target.0,
-        target_id: target.1,
-        request_id: request,
-        outcome,
-        detail,
-    };
-    if let Err(error) = audit::record(&state.db.conn, entry).await {
-        // An action that cannot be audited must not be reported as done.
-        tracing::error!(%error, action, "audit record failed");
-        if result.is_ok() {
-            return Err(ApiError::DbErr(error));
-        }
-    }
-    result
 }

@@ -193,14 +193,10 @@ async fn card_activation(
     let answer = doors(&state)
         .call(door, "", &arrival, incoming.request(""))
         .await;
-    match answer.result {
-        Ok(response) => Ok(plugin_response(response, false)),
-        Err(doors::Error::NoApp) => Err(ApiError::Validation {
-            field: "app_id",
-            message: "the callback names no Alipay app".into(),
-        }),
-        Err(error) => Err(door_error(error, &uri)),
-    }
+    answer
+        .result
+        .map(|response| plugin_response(response, false))
+        .map_err(|e| door_error(e, &uri))
 }
 
 /// A member page: no sign-in, on the partner's own domain (404 on another partner's), for an
