@@ -29,7 +29,8 @@ run: plugins
 test: plugins
 	@if [ -z "$$TRELLIS_TEST_DATABASE_URL" ]; then \
 		echo "PostgreSQL leg skipped: set TRELLIS_TEST_DATABASE_URL=postgres://… to run it"; fi
-	$(CARGO) build --workspace --bins
+	@# No separate `cargo build --bins`: it would resolve features without the dev-dependencies
+	@# and compile the engine twice. The engine's own CLI tests make cargo build `trellis`.
 	$(CARGO) test --workspace
 
 ## lint: clippy over every target, warnings are errors

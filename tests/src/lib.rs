@@ -167,7 +167,7 @@ pub fn trellis_bin() -> PathBuf {
     let bin = profile_dir.join(format!("trellis{}", std::env::consts::EXE_SUFFIX));
     assert!(
         bin.is_file(),
-        "{} is missing: build it first (`cargo build --bin trellis`; `make test` does)",
+        "{} is missing: build it first (`cargo build --bin trellis`; `cargo test --workspace` does)",
         bin.display()
     );
     bin

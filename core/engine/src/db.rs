@@ -218,6 +218,9 @@ async fn open(
         .max_connections(max_connections)
         .connect_timeout(Duration::from_secs(10))
         .acquire_timeout(Duration::from_secs(10))
+        // A ping on every checkout doubles the round trips of a busy engine; a connection that
+        // sat idle long enough for a server, proxy or firewall to drop it is still checked.
+        .test_before_acquire_if_idle_for(Duration::from_secs(30))
         .sqlx_logging(false);
     if let Some((busy, synchronous)) = sqlite {
         options.map_sqlx_sqlite_opts(move |o| {

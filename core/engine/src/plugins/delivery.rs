@@ -14,6 +14,9 @@ use super::{Call, Error, Event, PluginError};
 use crate::events;
 use crate::packages;
 
+/// How long a delivery found held by a suspension waits before its next claim.
+const HELD_PAUSE_SECS: i64 = 5;
+
 /// What became of one delivery attempt.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Delivery {
@@ -35,11 +38,12 @@ pub async fn deliver(catalog: &Catalog, claim: &events::Claimed) -> Delivery {
         return Delivery::Skip("uninstalled".into());
     }
     // Claims hold a suspended tenant's deliveries back; this one was claimed just before the
-    // suspension, so it waits with them for the tenant to be active again.
+    // suspension, so it waits with them for the tenant to be active again. Claims skip it while
+    // the suspension lasts, so a short pause suffices and a resume releases it within seconds.
     match crate::tenancy::is_blocked(&catalog.db, &claim.place).await {
         Ok(true) => {
             return Delivery::Later(
-                catalog.now() + chrono::Duration::minutes(1),
+                catalog.now() + chrono::Duration::seconds(HELD_PAUSE_SECS),
                 "held: the tenant is suspended".into(),
             );
         }
