@@ -6,10 +6,12 @@
 )]
 
 mod alipay;
+mod alipay_conformance;
 mod plugin_kv;
 mod platform;
 mod plugins;
 mod foundation;
+mod make_run;
 mod membership;
 mod sandbox;
 mod rbac_property;

@@ -13,7 +13,7 @@ use trellis_engine::alipay::gateway::GatewayPolicy;
 use trellis_engine::alipay::{PrivateKey, PublicKey, SignType};
 use trellis_tests::{
     Api, Engine, client, create_node as node, create_partner, create_platform_admin,
-    create_user as user, databases, eventually, register_sandbox_app,
+    create_user as user, databases, eventually, png, register_sandbox_app,
 };
 
 const PASSWORD: &str = "correct horse battery staple";
@@ -52,7 +52,7 @@ fn sp(store: &str, path: &str) -> String {
     format!("/api/v1/stores/{store}/plugins/{MEMBERSHIP}{path}")
 }
 
-async fn world(engine: &Engine, database_url: &str) -> World {
+async fn world(engine: &Engine, database_url: &str, identity: &str) -> World {
     create_platform_admin(database_url, ROOT, PASSWORD);
     let root = Api::new(engine, CONSOLE).login(ROOT, PASSWORD).await;
     let partner = create_partner(&root, "P1", "p1.test").await;
@@ -84,7 +84,7 @@ async fn world(engine: &Engine, database_url: &str) -> World {
     let key = PrivateKey::parse(&SecretString::from(pem.clone())).unwrap();
     let registered = register_sandbox_app(
         engine,
-        json!({"app_id": APP_ID, "app_public_key": key.public_key().to_base64()}),
+        json!({"app_id": APP_ID, "app_public_key": key.public_key().to_base64(), "identity": identity}),
     )
     .await;
     let alipay_key = registered["alipay_public_key"].as_str().unwrap().to_owned();
@@ -132,9 +132,9 @@ fn levels() -> Value {
     ]})
 }
 
-fn design(logo: &str) -> Value {
+fn design(logo: &str, background: &str) -> Value {
     json!({
-        "show_name": "演示会员卡", "brand_name": "演示商户", "logo_id": logo, "background_id": logo,
+        "show_name": "演示会员卡", "brand_name": "演示商户", "logo_id": logo, "background_id": background,
         "bg_color": "#3770B3", "columns": ["points", "balance", "level"],
         "form": {"required": ["mobile"], "optional": ["name", "birthday_with_year"]},
         "write_off_type": "qrcode", "card_no_prefix": "VIP",
@@ -172,10 +172,20 @@ async fn member(api: &Api, merchant: &str, id: &str) -> Value {
 }
 
 #[tokio::test]
-async fn a_merchant_runs_alipay_membership_from_levels_to_card_updates_against_the_sandbox() {
+async fn a_merchant_runs_alipay_membership_from_levels_to_card_updates_in_a_uid_mode_app() {
+    journey("uid").await;
+}
+
+/// Alipay's default for new apps: the app learns only an `open_id`, per app.
+#[tokio::test]
+async fn a_merchant_runs_alipay_membership_from_levels_to_card_updates_in_an_openid_mode_app() {
+    journey("openid").await;
+}
+
+async fn journey(identity: &str) {
     for db in databases().await {
         let engine = Engine::start(&db.url(), &ENV);
-        let w = world(&engine, &db.url()).await;
+        let w = world(&engine, &db.url(), identity).await;
         let label = db.label();
         let m1 = w.m1.as_str();
 
@@ -205,16 +215,39 @@ async fn a_merchant_runs_alipay_membership_from_levels_to_card_updates_against_t
         );
 
         // --- the card: images, design, sync ------------------------------------------------
-        let png = b"\x89PNG\r\n\x1a\n demo logo".to_vec();
+        // Images where Alipay's rules allow them: a square logo, a wide background.
+        let too_small = w
+            .owner1
+            .upload_as(&mp(m1, "/card/images?use=logo"), png(400, 400), "image/png")
+            .await;
+        assert_eq!(too_small.status, 422, "{label}: {too_small:?}");
         let image = w
             .owner1
-            .upload_as(&mp(m1, "/card/images?name=logo.png"), png, "image/png")
+            .upload_as(
+                &mp(m1, "/card/images?use=logo&name=logo.png"),
+                png(600, 600),
+                "image/png",
+            )
             .await
             .ok();
         let logo = image.body["image_id"].as_str().unwrap().to_owned();
+        let image = w
+            .owner1
+            .upload_as(
+                &mp(m1, "/card/images?use=background"),
+                png(1020, 643),
+                "image/png",
+            )
+            .await
+            .ok();
+        let background = image.body["image_id"].as_str().unwrap().to_owned();
         let not_image = w
             .owner1
-            .upload_as(&mp(m1, "/card/images"), b"x".to_vec(), "text/plain")
+            .upload_as(
+                &mp(m1, "/card/images?use=logo"),
+                b"x".to_vec(),
+                "text/plain",
+            )
             .await;
         assert_eq!(not_image.status, 422, "{label}: {not_image:?}");
         let early = w.owner1.post(&mp(m1, "/card/sync"), json!({})).await;
@@ -222,11 +255,14 @@ async fn a_merchant_runs_alipay_membership_from_levels_to_card_updates_against_t
             early.status, 409,
             "{label}: nothing designed yet: {early:?}"
         );
-        let mut wrong = design(&logo);
+        let mut wrong = design(&logo, &background);
         wrong["form"]["required"] = json!([]);
         let refused = w.owner1.put(&mp(m1, "/card"), wrong).await;
         assert_eq!(refused.body["field"], "/form/required", "{label}");
-        w.owner1.put(&mp(m1, "/card"), design(&logo)).await.ok();
+        w.owner1
+            .put(&mp(m1, "/card"), design(&logo, &background))
+            .await
+            .ok();
         let synced = w.owner1.post(&mp(m1, "/card/sync"), json!({})).await.ok();
         assert_eq!(
             synced.body["sync"]["state"], "synced",
@@ -234,7 +270,7 @@ async fn a_merchant_runs_alipay_membership_from_levels_to_card_updates_against_t
         );
         let template_id = synced.body["template_id"].as_str().unwrap().to_owned();
         // A changed design is stale until synced again, which modifies the same template.
-        let mut slogan = design(&logo);
+        let mut slogan = design(&logo, &background);
         slogan["slogan"] = json!("欢迎光临");
         let changed = w.owner1.put(&mp(m1, "/card"), slogan).await.ok();
         assert_eq!(changed.body["sync"]["state"], "stale", "{label}");
@@ -285,12 +321,36 @@ async fn a_merchant_runs_alipay_membership_from_levels_to_card_updates_against_t
                 .unwrap()
                 .starts_with("VIP")
         );
-        assert!(alice["user_id"].as_str().unwrap().starts_with("2088"));
+        // The app learns only the identifier its mode gives it.
+        if identity == "uid" {
+            assert!(alice["user_id"].as_str().unwrap().starts_with("2088"));
+            assert!(alice["open_id"].is_null(), "{label}: {alice}");
+        } else {
+            assert!(alice["open_id"].as_str().unwrap().starts_with("074"));
+            assert!(alice["user_id"].is_null(), "{label}: {alice}");
+        }
         let mobile = alice["mobile"].as_str().unwrap().to_owned();
         assert!(mobile.starts_with("138"), "{label}: {alice}");
         let at_alipay = sandbox_card(&engine, &biz_card_no).await;
         assert_eq!(at_alipay["external_card_no"], alice["external_card_no"]);
         assert_eq!(at_alipay["level"], "lv1", "{label}");
+        // The card's face shows points, balance and level, filled from the card.
+        let shown = |code: &str| {
+            at_alipay["shown"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|row| row["code"] == code)
+                .map(|row| row["value"].clone())
+                .unwrap_or_else(|| panic!("{label}: no {code} row in {at_alipay}"))
+        };
+        assert_eq!(shown("POINT"), "0", "{label}");
+        assert_eq!(shown("BALANCE"), "0.00", "{label}");
+        assert_eq!(shown("LEVEL"), "普通会员", "{label}");
+        assert!(
+            biz_card_no.len() == 12 && biz_card_no.bytes().all(|b| b.is_ascii_digit()),
+            "{label}: the number follows the template's suffix length: {biz_card_no}"
+        );
 
         // The same consumer again, through the clean path: no second member or card.
         let clean_link = link.replace(

@@ -15,7 +15,7 @@ use trellis_engine::alipay::client::{AlipayClient, CallOptions};
 use trellis_engine::alipay::gateway::GatewayPolicy;
 use trellis_engine::alipay::notify::{Notification, NotifyRule};
 use trellis_engine::alipay::{Error, PrivateKey, PublicKey, SignType};
-use trellis_tests::{Engine, client, databases, register_sandbox_app};
+use trellis_tests::{Engine, client, databases, png, register_sandbox_app};
 
 const VECTORS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../core/alipay/tests/vectors/");
 const APP_ID: &str = "2021004199990001";
@@ -126,6 +126,104 @@ async fn the_sandbox_rejects_a_wrong_key_and_accepts_the_right_one() {
     assert!(matches!(result, Err(Error::InvalidSignature)), "{result:?}");
 }
 
+#[tokio::test]
+async fn the_sandbox_refuses_malformed_trades_with_alipays_codes() {
+    let db = trellis_tests::sqlite();
+    let engine = sandbox_engine(&db.url());
+    let app = app(&engine).await;
+    let none = CallOptions::default();
+    let refusal = |result: Result<Value, Error>| match result {
+        Err(Error::Gateway(g)) => (g.code, g.sub_code.unwrap_or_default()),
+        other => panic!("{other:?}"),
+    };
+    let order =
+        |out: &str| json!({"out_trade_no": out, "total_amount": "1.00", "subject": "会员充值"});
+    let invalid = ("40004".to_owned(), "ACQ.INVALID_PARAMETER".to_owned());
+    // A `-` in out_trade_no, a missing subject, a third decimal: malformed fields.
+    let mut bad = vec![order("T-1")];
+    bad.push(json!({"out_trade_no": "T_1", "total_amount": "1.00"}));
+    bad.push(json!({"out_trade_no": "T_1", "total_amount": "1.001", "subject": "s"}));
+    for biz in bad {
+        let result = alipay()
+            .call(&app, "alipay.trade.precreate", Some(&biz), &none)
+            .await;
+        assert_eq!(refusal(result), invalid, "{biz}");
+    }
+    // create in a UID-mode app with an OpenID buyer.
+    let mut create = order("T_2");
+    create["buyer_open_id"] = json!("074abc");
+    let result = alipay()
+        .call(&app, "alipay.trade.create", Some(&create), &none)
+        .await;
+    assert_eq!(refusal(result), invalid);
+    // A payment code that is not one.
+    let mut pay = order("T_3");
+    pay["scene"] = json!("bar_code");
+    pay["auth_code"] = json!("1234");
+    let result = alipay()
+        .call(&app, "alipay.trade.pay", Some(&pay), &none)
+        .await;
+    assert_eq!(
+        refusal(result),
+        ("40004".into(), "ACQ.PAYMENT_AUTH_CODE_INVALID".into())
+    );
+    // Refunding an unpaid trade; cancelling one that does not exist.
+    alipay()
+        .call(&app, "alipay.trade.precreate", Some(&order("T_4")), &none)
+        .await
+        .unwrap();
+    let refund = json!({"out_trade_no": "T_4", "refund_amount": "1.00"});
+    let result = alipay()
+        .call(&app, "alipay.trade.refund", Some(&refund), &none)
+        .await;
+    assert_eq!(
+        refusal(result),
+        ("40004".into(), "ACQ.TRADE_STATUS_ERROR".into())
+    );
+    let result = alipay()
+        .call(
+            &app,
+            "alipay.trade.cancel",
+            Some(&json!({"out_trade_no": "T_9"})),
+            &none,
+        )
+        .await;
+    assert_eq!(
+        refusal(result),
+        ("40004".into(), "ACQ.TRADE_NOT_EXIST".into())
+    );
+    // A code ending in 3 waits for its buyer (10003), who then pays through the consumer route.
+    let waiting_code = "2812345678901233";
+    pay["out_trade_no"] = json!("T_5");
+    pay["auth_code"] = json!(waiting_code);
+    let result = alipay()
+        .call(&app, "alipay.trade.pay", Some(&pay), &none)
+        .await;
+    assert!(
+        matches!(&result, Err(Error::Gateway(g)) if g.code == "10003" && g.sub_code.is_none()),
+        "{result:?}"
+    );
+    let paid = client()
+        .post(engine.url(&format!("/sandbox/consumers/{waiting_code}/pay")))
+        .json(&json!({"app_id": APP_ID, "out_trade_no": "T_5"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(paid.status(), 200);
+    let queried = alipay()
+        .call(
+            &app,
+            "alipay.trade.query",
+            Some(&json!({"out_trade_no": "T_5"})),
+            &none,
+        )
+        .await
+        .unwrap();
+    assert_eq!(queried["trade_status"], "TRADE_SUCCESS");
+    drop(engine);
+    db.cleanup().await;
+}
+
 #[derive(Default)]
 struct Merchant {
     notifications: Vec<String>,
@@ -177,10 +275,25 @@ async fn a_card_activation_and_a_paid_trade_run_end_to_end() {
         let alipay = alipay();
         let none = CallOptions::default();
 
-        // Design and sync the card.
+        // Design and sync the card: its images first.
+        let mut images = Vec::new();
+        for image in [png(500, 500), png(1020, 643)] {
+            let uploaded = alipay
+                .upload_image(&app, "png", "card", image)
+                .await
+                .unwrap();
+            images.push(uploaded["image_id"].clone());
+        }
         let template = json!({
-            "request_id": "req-1", "card_type": "OUT_MEMBER_CARD", "write_off_type": "qrcode",
-            "template_style_info": {"card_show_name": "会员卡", "logo_id": "logo", "background_id": "bg", "bg_color": "rgb(55,112,179)"},
+            "request_id": "req1", "card_type": "OUT_MEMBER_CARD", "write_off_type": "qrcode",
+            "biz_no_prefix": "VIP", "biz_no_suffix_len": "10",
+            "template_style_info": {"card_show_name": "会员卡", "logo_id": images[0], "background_id": images[1], "bg_color": "rgb(55,112,179)"},
+            "column_info_list": [{"code": "POINT", "title": "积分"}, {"code": "LEVEL", "title": "等级"}],
+            "field_rule_list": [
+                {"field_name": "Point", "rule_name": "ASSIGN_FROM_REQUEST", "rule_value": "Point"},
+                {"field_name": "Level", "rule_name": "ASSIGN_FROM_REQUEST", "rule_value": "Level"},
+            ],
+            "card_level_conf": [{"level": "普通会员", "level_show_name": "普通会员"}, {"level": "金卡", "level_show_name": "金卡"}],
         });
         let created = alipay
             .call(
@@ -345,7 +458,7 @@ async fn a_card_activation_and_a_paid_trade_run_end_to_end() {
 
         // A trade, paid by a simulated consumer; the notification is retried until acknowledged.
         let trade =
-            json!({"out_trade_no": "T-0001", "total_amount": "0.10", "subject": "会员充值"});
+            json!({"out_trade_no": "T_0001", "total_amount": "0.10", "subject": "会员充值"});
         let options = CallOptions {
             notify_url: Some(format!("{site}/notify")),
             ..CallOptions::default()
@@ -357,7 +470,7 @@ async fn a_card_activation_and_a_paid_trade_run_end_to_end() {
         assert!(created["qr_code"].as_str().is_some());
         let paid = client()
             .post(engine.url("/sandbox/consumers/alice/pay"))
-            .json(&json!({"app_id": APP_ID, "out_trade_no": "T-0001"}))
+            .json(&json!({"app_id": APP_ID, "out_trade_no": "T_0001"}))
             .send()
             .await
             .unwrap();
@@ -377,13 +490,13 @@ async fn a_card_activation_and_a_paid_trade_run_end_to_end() {
         let notifications = merchant.lock().unwrap().notifications.clone();
         let n = Notification::parse(notifications[0].as_bytes()).unwrap();
         assert_eq!(n.get("trade_status"), Some("TRADE_SUCCESS"));
-        assert_eq!(n.get("out_trade_no"), Some("T-0001"));
+        assert_eq!(n.get("out_trade_no"), Some("T_0001"));
         assert!(n.verify(&app.alipay_public_key, NotifyRule::V1).is_ok());
         let queried = alipay
             .call(
                 &app,
                 "alipay.trade.query",
-                Some(&json!({"out_trade_no": "T-0001"})),
+                Some(&json!({"out_trade_no": "T_0001"})),
                 &none,
             )
             .await
@@ -449,14 +562,14 @@ async fn notifications_are_verified_recorded_once_and_acknowledged_and_no_key_is
             notify_url: Some(notify_url.clone()),
             ..CallOptions::default()
         };
-        let trade = json!({"out_trade_no": "T-9", "total_amount": "12.30", "subject": "会员充值"});
+        let trade = json!({"out_trade_no": "T_9", "total_amount": "12.30", "subject": "会员充值"});
         alipay()
             .call(&app, "alipay.trade.precreate", Some(&trade), &options)
             .await
             .unwrap();
         client()
             .post(engine.url("/sandbox/consumers/bob/pay"))
-            .json(&json!({"app_id": APP_ID, "out_trade_no": "T-9"}))
+            .json(&json!({"app_id": APP_ID, "out_trade_no": "T_9"}))
             .send()
             .await
             .unwrap();
@@ -611,15 +724,27 @@ async fn images_upload_as_unsigned_multipart_files() {
     let db = trellis_tests::sqlite();
     let engine = sandbox_engine(&db.url());
     let app = app(&engine).await;
-    let png = vec![0x89, b'P', b'N', b'G', 0x0d, 0x0a, 0x1a, 0x0a, 1, 2, 3, 4];
+    let image = png(500, 500);
     let uploaded = alipay()
-        .upload_image(&app, "png", "logo", png.clone())
+        .upload_image(&app, "png", "logo", image.clone())
         .await
         .unwrap();
     assert!(uploaded["image_id"].as_str().unwrap().starts_with("sbx"));
     assert!(uploaded["image_url"].as_str().unwrap().contains("/images/"));
-    match alipay().upload_image(&app, "tiff", "logo", png).await {
-        Err(Error::Gateway(g)) => assert_eq!(g.sub_code.as_deref(), Some("INVALID_PARAMETER")),
+    match alipay().upload_image(&app, "tiff", "logo", image).await {
+        Err(Error::Gateway(g)) => {
+            assert_eq!(g.sub_code.as_deref(), Some("isv.invalid-parameter"));
+        }
+        other => panic!("{other:?}"),
+    }
+    // Bytes that are no image, named as one.
+    match alipay()
+        .upload_image(&app, "png", "logo", b"\x89PNG\r\n\x1a\n".to_vec())
+        .await
+    {
+        Err(Error::Gateway(g)) => {
+            assert_eq!(g.sub_code.as_deref(), Some("isv.invalid-file-extension"));
+        }
         other => panic!("{other:?}"),
     }
     let stranger = MerchantApp {

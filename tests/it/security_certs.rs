@@ -20,7 +20,7 @@ use serde_json::{Value, json};
 use trellis_engine::alipay::{PrivateKey, SignType, cert, response};
 use trellis_tests::{
     Api, Engine, client, create_node as node, create_partner, create_platform_admin,
-    create_user as user, eventually, register_sandbox_app,
+    create_user as user, eventually, png, register_sandbox_app,
 };
 
 const PASSWORD: &str = "correct horse battery staple";
@@ -183,9 +183,10 @@ async fn evil_gateway(sn: String, forgery: &Forgery) -> String {
     }
     async fn answer(
         axum::extract::State(evil): axum::extract::State<Evil>,
-        form: String,
+        uri: axum::http::Uri,
     ) -> String {
-        let method = url::form_urlencoded::parse(form.as_bytes())
+        // Common parameters travel in the query, as the SDKs send them.
+        let method = url::form_urlencoded::parse(uri.query().unwrap_or_default().as_bytes())
             .find(|(k, _)| k == "method")
             .map(|(_, v)| v.into_owned())
             .unwrap_or_default();
@@ -314,6 +315,23 @@ async fn a_forged_root_cannot_poison_another_merchants_trust() {
         )
         .await
         .ok();
+    // B's card images, uploaded to the sandbox before the rotation, for a design it accepts.
+    let mut b_design = design();
+    for (field, usage, image) in [
+        ("logo_id", "logo", png(500, 500)),
+        ("background_id", "background", png(1020, 643)),
+    ] {
+        let uploaded = owner_b
+            .upload_as(
+                &mp(&b, &format!("/card/images?use={usage}")),
+                image,
+                "image/png",
+            )
+            .await
+            .ok();
+        b_design[field] = uploaded.body["image_id"].clone();
+    }
+    owner_b.put(&mp(&b, "/card"), b_design).await.ok();
 
     // The sandbox rotates its certificate; its SN, issuer and serial are public.
     let rotated_sn = sandbox(&engine, "/rotate-alipay-cert").await["alipay_cert_sn"]

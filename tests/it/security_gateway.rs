@@ -83,10 +83,10 @@ impl Merchant {
         self.owner
             .upload_as(
                 &format!(
-                    "/api/v1/merchants/{}/plugins/{MEMBERSHIP}/card/images?name=logo.png",
+                    "/api/v1/merchants/{}/plugins/{MEMBERSHIP}/card/images?use=logo&name=logo.png",
                     self.id
                 ),
-                b"\x89PNG\r\n\x1a\n logo".to_vec(),
+                trellis_tests::png(500, 500),
                 "image/png",
             )
             .await

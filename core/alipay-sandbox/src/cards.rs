@@ -3,6 +3,16 @@
 //! (alipay.offline.material.image.upload) templates show as logo and background.
 //!
 //! Invariant: one card per template per user; an app sees only its own templates and cards.
+//!
+//! Sources per method (alipay-sdk-java-all `com.alipay.api.domain`): `AlipayMarketingCardOpenModel`,
+//! `CardUserInfo` (user_uni_id_type `UID` with user_uni_id or open_id), `MerchantCard`,
+//! `MerchantMenber` (`gende` MALE/FEMALE, `birth` yyyy-MM-dd), `AlipayMarketingCardUpdateModel`,
+//! `AlipayMarketingCardFormtemplateSetModel` / `OpenFormFieldDO`,
+//! `AlipayMarketingCardActivateurlApplyModel`, `AlipayMarketingCardActivateformQueryModel`;
+//! field lengths from Alipay's API pages for each method. `docs/alipay.md` tabulates them.
+
+mod images;
+mod rules;
 
 use std::collections::BTreeMap;
 
@@ -15,62 +25,19 @@ use serde_json::{Value, json};
 
 use trellis_alipay::signing::beijing_timestamp;
 
-use crate::gateway::{GatewayFailure, Outcome, busy, fail, missing};
+use crate::apps::Identity;
+use crate::consumers::open_id_for;
+use crate::gateway::{GatewayFailure, Outcome, busy, fail};
+use crate::schema::{Family, Fields};
 use crate::{Sandbox, fastish_number, text};
+use rules::{Change, check_template_whole};
 
 impl Sandbox {
-    pub(crate) async fn image_upload(
-        &self,
-        app_id: &str,
-        p: &BTreeMap<String, String>,
-        files: &BTreeMap<String, Vec<u8>>,
-    ) -> Outcome {
-        let kind = p
-            .get("image_type")
-            .map(|t| t.to_ascii_lowercase())
-            .ok_or_else(|| missing("image_type"))?;
-        if !["jpg", "jpeg", "png", "gif", "bmp"].contains(&kind.as_str()) {
-            return Err(fail(
-                "40004",
-                "INVALID_PARAMETER",
-                "image_type 仅支持 jpg、png、gif、bmp",
-            ));
-        }
-        p.get("image_name")
-            .filter(|n| !n.is_empty())
-            .ok_or_else(|| missing("image_name"))?;
-        let content = files
-            .get("image_content")
-            .filter(|c| !c.is_empty())
-            .ok_or_else(|| missing("image_content"))?;
-        if content.len() > 2 * 1024 * 1024 {
-            return Err(fail("40004", "IMAGE_SIZE_EXCEED", "图片不能超过 2M"));
-        }
-        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, content);
-        let hex: String = digest.as_ref()[..12]
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        let image_id = format!("sbx{hex}");
-        self.store()
-            .put("image", &image_id, &json!({ "app_id": app_id, "name": p["image_name"], "type": kind, "size": content.len() }))
-            .await
-            .map_err(busy)?;
-        Ok(
-            json!({ "image_id": image_id, "image_url": format!("{}/images/{image_id}", self.inner.base_url) }),
-        )
-    }
-
     pub(crate) async fn template_create(&self, app_id: &str, biz: &Value) -> Outcome {
-        let request_id = text(biz, "request_id").ok_or_else(|| missing("request_id"))?;
-        if text(biz, "card_type") != Some("OUT_MEMBER_CARD") {
-            return Err(fail(
-                "40004",
-                "INVALID_PARAMETER",
-                "card_type 必须为 OUT_MEMBER_CARD",
-            ));
-        }
-        validate_template(biz)?;
+        self.check_template_request(app_id, biz, Change::Create)
+            .await?;
+        check_template_whole(biz)?;
+        let request_id = text(biz, "request_id").unwrap_or_default();
         let idempotency = format!("{app_id}:{request_id}");
         if let Some(done) = self
             .store()
@@ -102,7 +69,8 @@ impl Sandbox {
         app_id: &str,
         template_id: Option<&str>,
     ) -> Result<(String, Value), GatewayFailure> {
-        let id = template_id.ok_or_else(|| missing("template_id"))?;
+        let id = template_id
+            .ok_or_else(|| fail("40001", "isv.missing-parameter", "缺少必选参数 template_id"))?;
         let record = self.store().get("template", id).await.map_err(busy)?;
         match record {
             Some(r) if r["app_id"] == app_id => Ok((id.to_owned(), r)),
@@ -111,9 +79,9 @@ impl Sandbox {
     }
 
     pub(crate) async fn template_modify(&self, app_id: &str, biz: &Value) -> Outcome {
-        text(biz, "request_id").ok_or_else(|| missing("request_id"))?;
+        self.check_template_request(app_id, biz, Change::Modify)
+            .await?;
         let (id, mut record) = self.template_of(app_id, text(biz, "template_id")).await?;
-        validate_template(biz)?;
         if let (Value::Object(stored), Value::Object(update)) = (&mut record["template"], biz) {
             for (k, v) in update {
                 if k != "request_id" && k != "template_id" {
@@ -121,6 +89,7 @@ impl Sandbox {
                 }
             }
         }
+        check_template_whole(&record["template"])?;
         self.store()
             .put("template", &id, &record)
             .await
@@ -139,8 +108,10 @@ impl Sandbox {
     }
 
     pub(crate) async fn formtemplate_set(&self, app_id: &str, biz: &Value) -> Outcome {
+        let f = Fields::of(biz, Family::Other);
+        f.text("template_id", 32)?;
         let (id, mut record) = self.template_of(app_id, text(biz, "template_id")).await?;
-        let fields = biz.get("fields").ok_or_else(|| missing("fields"))?;
+        let fields = f.object("fields")?;
         const ALLOWED: [&str; 13] = [
             "OPEN_FORM_FIELD_MOBILE",
             "OPEN_FORM_FIELD_GENDER",
@@ -157,51 +128,33 @@ impl Sandbox {
             "OPEN_FORM_FIELD_MEMBER_GRADE",
         ];
         let mut parsed = json!({});
-        let mut total = 0;
+        let mut seen = std::collections::BTreeSet::new();
         for part in ["required", "optional"] {
-            let Some(raw) = fields.get(part) else {
+            // `OpenFormFieldDO` types both as strings holding JSON.
+            let Some(raw) = fields.optional_text(part, 102_400)? else {
                 continue;
             };
-            // Alipay types both as strings holding JSON.
-            let text = raw.as_str().ok_or_else(|| {
-                fail(
-                    "40004",
-                    "INVALID_PARAMETER",
-                    format!("fields.{part} 必须是 JSON 字符串"),
-                )
-            })?;
-            let inner: Value = serde_json::from_str(text).map_err(|_| {
-                fail(
-                    "40004",
-                    "INVALID_PARAMETER",
-                    format!("fields.{part} 不是合法的 JSON"),
-                )
-            })?;
+            let inner: Value =
+                serde_json::from_str(raw).map_err(|_| fields.invalid(part, "不是合法的 JSON"))?;
             let list = inner["common_fields"]
                 .as_array()
-                .cloned()
-                .unwrap_or_default();
-            for field in &list {
-                if !field.as_str().is_some_and(|f| ALLOWED.contains(&f)) {
-                    return Err(fail(
-                        "40004",
-                        "INVALID_PARAMETER",
-                        format!("不支持的表单字段 {field}"),
-                    ));
+                .ok_or_else(|| fields.invalid(part, "须为 {\"common_fields\":[…]}"))?;
+            for field in list {
+                let name = field
+                    .as_str()
+                    .and_then(|f| ALLOWED.iter().find(|a| **a == f))
+                    .ok_or_else(|| fields.invalid(part, &format!("不支持的表单字段 {field}")))?;
+                if !seen.insert(*name) {
+                    return Err(fields.invalid(part, &format!("表单字段 {name} 重复")));
                 }
             }
-            total += list.len();
             parsed[part] = json!(list);
         }
         if parsed["required"].as_array().is_none_or(Vec::is_empty) {
-            return Err(fail(
-                "40004",
-                "INVALID_PARAMETER",
-                "fields.required 至少需要一个字段",
-            ));
+            return Err(fields.invalid("required", "至少需要一个字段"));
         }
-        if total > 20 {
-            return Err(fail("40004", "INVALID_PARAMETER", "表单字段不能超过 20 个"));
+        if seen.len() > 20 {
+            return Err(fields.invalid("required", "表单字段不能超过 20 个"));
         }
         record["form"] = parsed;
         self.store()
@@ -212,12 +165,20 @@ impl Sandbox {
     }
 
     pub(crate) async fn activateurl_apply(&self, app_id: &str, biz: &Value) -> Outcome {
+        let f = Fields::of(biz, Family::Other);
+        f.text("template_id", 32)?;
+        f.optional_text("out_string", 256)?;
+        f.optional_text("follow_app_id", 512)?;
         let (id, _) = self.template_of(app_id, text(biz, "template_id")).await?;
-        let callback = text(biz, "callback").ok_or_else(|| missing("callback"))?;
-        let parsed = url::Url::parse(callback)
-            .map_err(|_| fail("40004", "INVALID_PARAMETER", "callback 不是合法的地址"))?;
-        if parsed.query().is_some() {
-            return Err(fail("40004", "INVALID_PARAMETER", "callback 不能带参数"));
+        // Optional for Alipay (it then uses the app's registered callback); the sandbox keeps no
+        // registered callback, so a link without one cannot land anywhere.
+        let callback = f.optional_text("callback", 10_240)?.unwrap_or_default();
+        if !callback.is_empty() {
+            let parsed =
+                url::Url::parse(callback).map_err(|_| f.invalid("callback", "不是合法的地址"))?;
+            if parsed.query().is_some() {
+                return Err(f.invalid("callback", "不能带参数"));
+            }
         }
         let mut link = url::Url::parse(&format!("{}/activecard", self.inner.base_url))
             .map_err(|_| busy(()))?;
@@ -238,16 +199,25 @@ impl Sandbox {
         p: &BTreeMap<String, String>,
         biz: &Value,
     ) -> Outcome {
-        if text(biz, "biz_type") != Some("MEMBER_CARD") {
-            return Err(fail(
-                "40004",
-                "INVALID_PARAMETER",
-                "biz_type 必须为 MEMBER_CARD",
-            ));
+        let f = Fields::of(biz, Family::Other);
+        f.one_of("biz_type", &["MEMBER_CARD"])?;
+        f.text("template_id", 32)?;
+        let request_id = f.text("request_id", 128)?;
+        let (template_id, template) = self.template_of(app_id, text(biz, "template_id")).await?;
+        let user = self.user_of_token(app_id, p, false).await?;
+        // The request id is the one the consumer's claim landed with, for this template.
+        let claim = self
+            .store()
+            .get("claim_request", &format!("{app_id}:{request_id}"))
+            .await
+            .map_err(busy)?;
+        if claim.as_ref().is_none_or(|c| {
+            c["user_id"] != user["user_id"] || c["template_id"] != json!(template_id)
+        }) {
+            return Err(f.invalid("request_id", "不是该用户领卡时的 request_id"));
         }
-        let (_, template) = self.template_of(app_id, text(biz, "template_id")).await?;
-        text(biz, "request_id").ok_or_else(|| missing("request_id"))?;
-        let user = self.user_of_token(app_id, p).await?;
+        // A well-formed query spends one of the token's uses.
+        self.user_of_token(app_id, p, true).await?;
         let mut infos = Vec::new();
         for part in ["required", "optional"] {
             for field in template["form"][part]
@@ -259,7 +229,10 @@ impl Sandbox {
                 let value = match name {
                     "OPEN_FORM_FIELD_MOBILE" => user["mobile"].clone(),
                     "OPEN_FORM_FIELD_NAME" => user["name"].clone(),
-                    "OPEN_FORM_FIELD_GENDER" => user["gender"].clone(),
+                    // As Alipay's form answers it: the Chinese word.
+                    "OPEN_FORM_FIELD_GENDER" => {
+                        json!(if user["gender"] == "f" { "女" } else { "男" })
+                    }
                     "OPEN_FORM_FIELD_BIRTHDAY" => json!(
                         user["birthday"]
                             .as_str()
@@ -283,24 +256,58 @@ impl Sandbox {
         p: &BTreeMap<String, String>,
         biz: &Value,
     ) -> Outcome {
-        let serial = text(biz, "out_serial_no").ok_or_else(|| missing("out_serial_no"))?;
-        let (template_id, _) = self
+        let f = Fields::of(biz, Family::Other);
+        let serial = f.text("out_serial_no", 64)?;
+        f.text("card_template_id", 32)?;
+        let (template_id, template) = self
             .template_of(app_id, text(biz, "card_template_id"))
             .await?;
-        let user_info = biz
-            .get("card_user_info")
-            .ok_or_else(|| missing("card_user_info"))?;
-        let ext = biz
-            .get("card_ext_info")
-            .ok_or_else(|| missing("card_ext_info"))?;
-        let token_user = self.user_of_token(app_id, p).await?;
-        let user_id = user_info["user_uni_id"]
+        let who = f.object("card_user_info")?;
+        who.one_of("user_uni_id_type", &["UID"])?;
+        let uid = who.optional_text("user_uni_id", 32)?;
+        let open_id = who.optional_text("open_id", 128)?;
+        let identity = self.identity_of(app_id).await;
+        let claimed = match (identity, uid, open_id) {
+            (Identity::Uid, Some(uid), None) => uid.to_owned(),
+            (Identity::OpenId, None, Some(open_id)) => open_id.to_owned(),
+            (_, None, None) => return Err(who.missing("user_uni_id")),
+            (Identity::Uid, _, _) => {
+                return Err(who.invalid("open_id", "UID 模式的应用只传 user_uni_id"));
+            }
+            (Identity::OpenId, _, _) => {
+                return Err(who.invalid("user_uni_id", "OpenID 模式的应用只传 open_id"));
+            }
+        };
+        let ext = f.object("card_ext_info")?;
+        ext.text("external_card_no", 64)?;
+        ext.optional_datetime("open_date")?;
+        ext.optional_datetime("valid_date")?;
+        check_card_values(&ext, &template)?;
+        if let Some(member) = f.optional_object("member_ext_info")? {
+            member.optional_text("name", 64)?;
+            member.optional_one_of("gende", &["MALE", "FEMALE"])?;
+            if let Some(birth) = member.optional_text("birth", 10)?
+                && chrono::NaiveDate::parse_from_str(birth, "%Y-%m-%d").is_err()
+            {
+                return Err(member.invalid("birth", "格式须为 yyyy-MM-dd"));
+            }
+            if let Some(cell) = member.optional_text("cell", 20)?
+                && !cell.bytes().all(|b| b.is_ascii_digit())
+            {
+                return Err(member.invalid("cell", "须为数字"));
+            }
+        }
+        // Who the token names, without spending it: a refused opening spends none of its uses.
+        let token_user = self.user_of_token(app_id, p, false).await?;
+        let user_id = token_user["user_id"]
             .as_str()
-            .or_else(|| user_info["open_id"].as_str())
-            .unwrap_or_default();
-        if user_id != token_user["user_id"].as_str().unwrap_or_default()
-            && user_id != token_user["open_id"].as_str().unwrap_or_default()
-        {
+            .unwrap_or_default()
+            .to_owned();
+        let expected = match identity {
+            Identity::Uid => user_id.clone(),
+            Identity::OpenId => open_id_for(app_id, &user_id),
+        };
+        if claimed != expected {
             return Err(fail("40004", "USER_NOT_MATCH", "开卡用户与授权用户不一致"));
         }
         if let Some(done) = self
@@ -322,11 +329,9 @@ impl Sandbox {
         {
             return Err(fail("40004", "CARD_ALREADY_EXIST", "用户已领取该会员卡"));
         }
-        let biz_card_no = format!(
-            "{}{:012}",
-            text(&Value::Null, "").unwrap_or("VIP"),
-            fastish_number() % 1_000_000_000_000
-        );
+        self.user_of_token(app_id, p, true).await?;
+        let biz_card_no = card_number(&template["template"]);
+        let ext = &biz["card_ext_info"];
         let card = json!({
             "biz_card_no": biz_card_no,
             "external_card_no": ext["external_card_no"],
@@ -361,14 +366,9 @@ impl Sandbox {
     }
 
     async fn card_of(&self, app_id: &str, biz: &Value) -> Result<(String, Value), GatewayFailure> {
-        let no = text(biz, "target_card_no").ok_or_else(|| missing("target_card_no"))?;
-        if text(biz, "target_card_no_type") != Some("BIZ_CARD") {
-            return Err(fail(
-                "40004",
-                "INVALID_PARAMETER",
-                "target_card_no_type 仅支持 BIZ_CARD",
-            ));
-        }
+        let f = Fields::of(biz, Family::Other);
+        let no = f.text("target_card_no", 32)?;
+        f.one_of("target_card_no_type", &["BIZ_CARD"])?;
         match self.store().get("card", no).await.map_err(busy)? {
             Some(card) if card["app_id"] == app_id && card["deleted"] != true => {
                 Ok((no.to_owned(), card))
@@ -387,8 +387,20 @@ impl Sandbox {
 
     pub(crate) async fn card_update(&self, app_id: &str, biz: &Value) -> Outcome {
         let (no, mut card) = self.card_of(app_id, biz).await?;
-        text(biz, "occur_time").ok_or_else(|| missing("occur_time"))?;
-        let info = biz.get("card_info").ok_or_else(|| missing("card_info"))?;
+        let f = Fields::of(biz, Family::Other);
+        f.datetime("occur_time")?;
+        let fields = f.object("card_info")?;
+        for fixed in ["open_date", "valid_date"] {
+            if fields.has(fixed) {
+                return Err(fields.invalid(fixed, "开卡日期和有效期不能修改"));
+            }
+        }
+        let template = self
+            .template_of(app_id, card["template_id"].as_str())
+            .await?
+            .1;
+        check_card_values(&fields, &template)?;
+        let info = &biz["card_info"];
         for field in ["level", "point", "balance", "external_card_no"] {
             if let Some(v) = info.get(field) {
                 card[field] = v.clone();
@@ -403,7 +415,7 @@ impl Sandbox {
 
     pub(crate) async fn card_delete(&self, app_id: &str, biz: &Value) -> Outcome {
         let (no, mut card) = self.card_of(app_id, biz).await?;
-        text(biz, "out_serial_no").ok_or_else(|| missing("out_serial_no"))?;
+        Fields::of(biz, Family::Other).text("out_serial_no", 64)?;
         card["deleted"] = json!(true);
         self.store().put("card", &no, &card).await.map_err(busy)?;
         let owner = format!(
@@ -419,51 +431,93 @@ impl Sandbox {
     }
 }
 
-fn validate_template(biz: &Value) -> Result<(), GatewayFailure> {
-    let style = biz
-        .get("template_style_info")
-        .ok_or_else(|| missing("template_style_info"))?;
-    for field in ["card_show_name", "logo_id", "background_id", "bg_color"] {
-        if text(style, field).is_none() {
-            return Err(missing(&format!("template_style_info.{field}")));
-        }
-    }
-    if let Some(len) = biz.get("biz_no_suffix_len") {
-        let n = len
-            .as_str()
-            .and_then(|s| s.parse::<usize>().ok())
-            .or_else(|| len.as_u64().map(|n| n as usize))
-            .unwrap_or(0);
-        let prefix = text(biz, "biz_no_prefix").unwrap_or_default().len();
-        if !(8..=32).contains(&n) || prefix + n > 32 {
-            return Err(fail(
-                "40004",
-                "INVALID_PARAMETER",
-                "biz_no_suffix_len 须在 [8,32] 且前缀加后缀不超过 32",
-            ));
-        }
-    }
-    if let Some(kind) = text(biz, "write_off_type")
-        && ![
-            "qrcode",
-            "dqrcode",
-            "barcode",
-            "dbarcode",
-            "text",
-            "mdqrcode",
-            "mdbarcode",
-            "none",
-        ]
-        .contains(&kind)
+/// A card's point, balance and level as `MerchantCard` documents them: a point is a number with
+/// at most two decimals, a balance yuan with two, a level one the template configured.
+fn check_card_values(card: &Fields<'_>, template: &Value) -> Result<(), GatewayFailure> {
+    if let Some(point) = card.optional_text("point", 64)?
+        && !is_decimal(point)
     {
-        return Err(fail("40004", "INVALID_PARAMETER", "write_off_type 无效"));
+        return Err(card.invalid("point", "须为数字，最多两位小数"));
+    }
+    if let Some(balance) = card.optional_text("balance", 32)?
+        && !is_decimal(balance)
+    {
+        return Err(card.invalid("balance", "须为金额（元），最多两位小数"));
+    }
+    if let Some(level) = card.optional_text("level", 64)? {
+        let configured = template["template"]["card_level_conf"]
+            .as_array()
+            .is_some_and(|levels| levels.iter().any(|l| l["level"] == level));
+        if !configured {
+            return Err(card.invalid("level", "须为模板 card_level_conf 中的等级"));
+        }
     }
     Ok(())
 }
 
+fn is_decimal(value: &str) -> bool {
+    let (whole, frac) = value.split_once('.').unwrap_or((value, ""));
+    !whole.is_empty()
+        && whole.len() <= 12
+        && frac.len() <= 2
+        && whole.bytes().all(|b| b.is_ascii_digit())
+        && frac.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// A new card's number: the template's prefix and as many digits as its suffix length says.
+fn card_number(template: &Value) -> String {
+    let prefix = template["biz_no_prefix"].as_str().unwrap_or_default();
+    let digits = template["biz_no_suffix_len"]
+        .as_str()
+        .and_then(|n| n.parse::<usize>().ok())
+        .unwrap_or(12)
+        .clamp(8, 32);
+    let mut number = String::new();
+    while number.len() < digits {
+        number.push_str(&fastish_number().to_string());
+    }
+    number.truncate(digits);
+    format!("{prefix}{number}")
+}
+
+/// What a card shows, row by row: each of its template's columns with the value Alipay would
+/// put there (standard columns take the card's own point, balance or level).
+fn shown_rows(template: &Value, card: &Value) -> Value {
+    let rows: Vec<Value> = template["column_info_list"]
+        .as_array()
+        .map(|columns| {
+            columns
+                .iter()
+                .map(|column| {
+                    let value = match column["code"].as_str().unwrap_or_default() {
+                        "POINT" => card["point"].clone(),
+                        "BALANCE" => card["balance"].clone(),
+                        "LEVEL" => template["card_level_conf"]
+                            .as_array()
+                            .and_then(|levels| levels.iter().find(|l| l["level"] == card["level"]))
+                            .map_or(card["level"].clone(), |l| l["level_show_name"].clone()),
+                        _ => column["value"].clone(),
+                    };
+                    json!({ "code": column["code"], "title": column["title"], "value": value })
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    Value::Array(rows)
+}
+
+/// `/cards/{biz_card_no}`: the card as stored, and `shown`, the rows its face shows.
 pub(crate) async fn card_state(State(sandbox): State<Sandbox>, Path(no): Path<String>) -> Response {
     match sandbox.store().get("card", &no).await {
-        Ok(Some(card)) => Json(card).into_response(),
+        Ok(Some(mut card)) => {
+            let template = match card["template_id"].as_str() {
+                Some(id) => sandbox.store().get("template", id).await.ok().flatten(),
+                None => None,
+            }
+            .unwrap_or(Value::Null);
+            card["shown"] = shown_rows(&template["template"], &card);
+            Json(card).into_response()
+        }
         _ => (
             StatusCode::NOT_FOUND,
             Json(json!({ "code": "not_found", "message": "no such card" })),

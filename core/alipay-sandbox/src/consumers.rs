@@ -6,14 +6,25 @@ use std::collections::BTreeMap;
 use serde_json::{Value, json};
 
 use crate::Sandbox;
+use crate::apps::Identity;
 use crate::gateway::Outcome;
 
 impl Sandbox {
     pub(crate) async fn user_info(&self, app_id: &str, p: &BTreeMap<String, String>) -> Outcome {
-        let user = self.user_of_token(app_id, p).await?;
-        Ok(
-            json!({ "user_id": user["user_id"], "open_id": user["open_id"], "nick_name": user["name"], "mobile": user["mobile"], "gender": user["gender"], "city": "杭州市" }),
-        )
+        let user = self.user_of_token(app_id, p, false).await?;
+        let identity = self.identity_of(app_id).await;
+        let mut answer = identifiers(
+            identity,
+            app_id,
+            user["user_id"].as_str().unwrap_or_default(),
+        );
+        // alipay-sdk-python `AlipayUserInfoShareResponse`: gender `F` (女) or `M` (男).
+        let gender = if user["gender"] == "f" { "F" } else { "M" };
+        answer["nick_name"] = user["name"].clone();
+        answer["gender"] = json!(gender);
+        answer["city"] = json!("杭州市");
+        answer["province"] = json!("浙江省");
+        Ok(answer)
     }
 }
 
@@ -27,10 +38,32 @@ pub fn sandbox_user_id(name: &str) -> String {
     format!("2088{n:012}")
 }
 
+/// The consumer's `open_id` as `app_id` sees it: Alipay's OpenIDs are per app, so two apps
+/// never see the same one for one consumer.
+pub fn open_id_for(app_id: &str, user_id: &str) -> String {
+    let digest = aws_lc_rs::digest::digest(
+        &aws_lc_rs::digest::SHA256,
+        format!("{app_id}\n{user_id}").as_bytes(),
+    );
+    let hex: String = digest.as_ref()[..20]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("074{hex}")
+}
+
+/// The identifiers an app receives for a consumer, by its mode: `user_id` or `open_id`.
+pub(crate) fn identifiers(identity: Identity, app_id: &str, user_id: &str) -> Value {
+    match identity {
+        Identity::Uid => json!({ "user_id": user_id }),
+        Identity::OpenId => json!({ "open_id": open_id_for(app_id, user_id) }),
+    }
+}
+
 pub(crate) fn consumer_profile(user_id: &str) -> Value {
     let tail = &user_id[user_id.len().saturating_sub(8)..];
     json!({
-        "user_id": user_id, "open_id": format!("074a{tail}sandbox"), "name": format!("沙箱用户{}", &tail[4..]),
+        "user_id": user_id, "name": format!("沙箱用户{}", &tail[4..]),
         "mobile": format!("138{tail}"), "gender": "m", "birthday": "1990-05-20",
     })
 }

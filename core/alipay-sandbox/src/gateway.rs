@@ -17,16 +17,16 @@ use serde_json::{Value, json};
 use trellis_alipay::aes::AesKey;
 use trellis_alipay::keys::{PublicKey, SignType};
 use trellis_alipay::response::response_key;
-use trellis_alipay::signing::sign_content;
+use trellis_alipay::signing::{COMMON_PARAMS, sign_content};
 
 use crate::Sandbox;
 
 /// A gateway failure in Alipay's shape.
 pub(crate) struct GatewayFailure {
-    code: &'static str,
-    msg: &'static str,
-    sub_code: String,
-    sub_msg: String,
+    pub(crate) code: &'static str,
+    pub(crate) msg: &'static str,
+    pub(crate) sub_code: String,
+    pub(crate) sub_msg: String,
 }
 
 pub(crate) fn fail(
@@ -35,10 +35,13 @@ pub(crate) fn fail(
     sub_msg: impl Into<String>,
 ) -> GatewayFailure {
     let msg = match code {
+        "20000" => "Service Currently Unavailable",
+        "20001" => "Insufficient Token Permissions",
         "40001" => "Missing Required Arguments",
         "40002" => "Invalid Arguments",
+        "40003" => "Insufficient Conditions",
         "40004" => "Business Failed",
-        "20001" => "Insufficient Token Permissions",
+        "40006" => "Insufficient Permissions",
         _ => "Failed",
     };
     GatewayFailure {
@@ -49,12 +52,20 @@ pub(crate) fn fail(
     }
 }
 
+/// A missing common or top-level parameter, with the sub_code Alipay's gateway table gives it
+/// (`sign` is `isv.missing-signature`, not `isv.missing-sign`); a business field's absence is
+/// [`crate::schema::Fields::missing`].
 pub(crate) fn missing(field: &str) -> GatewayFailure {
-    fail(
-        "40001",
-        &format!("isv.missing-{}", field.replace('_', "-")),
-        format!("缺少必选参数 {field}"),
-    )
+    let sub_code = match field {
+        "app_id" => "isv.missing-app-id",
+        "method" => "isv.missing-method",
+        "sign" => "isv.missing-signature",
+        "sign_type" => "isv.missing-signature-type",
+        "timestamp" => "isv.missing-timestamp",
+        "version" => "isv.missing-version",
+        _ => "isv.missing-parameter",
+    };
+    fail("40001", sub_code, format!("缺少必选参数 {field}"))
 }
 
 pub(crate) fn busy<E>(_: E) -> GatewayFailure {
@@ -86,11 +97,25 @@ pub(crate) async fn gateway(
         while let Ok(Some(field)) = form.next_field().await {
             let name = field.name().unwrap_or_default().to_owned();
             let is_file = field.file_name().is_some();
+            let file_name = field.file_name().unwrap_or_default().to_owned();
+            let content_type = field.content_type().map(str::to_owned);
             let Ok(bytes) = field.bytes().await else {
                 return (StatusCode::BAD_REQUEST, "malformed multipart body").into_response();
             };
             if is_file {
-                files.insert(name, bytes.to_vec());
+                // A file part names its file and its media type, as every SDK sends it.
+                let Some(kind) = content_type else {
+                    return failure_page(fail(
+                        "40002",
+                        "isv.invalid-file-extension",
+                        format!("文件 {name} 缺少 Content-Type"),
+                    ));
+                };
+                files.insert(name, (file_name, kind, bytes.to_vec()));
+            } else if COMMON_PARAMS.contains(&name.as_str()) {
+                // The SDKs send the common parameters in the URL; a multipart body cannot
+                // carry them (the gateway does not read them there).
+                continue;
             } else {
                 params.insert(name, String::from_utf8_lossy(&bytes).into_owned());
             }
@@ -104,6 +129,19 @@ pub(crate) async fn gateway(
     let answer = sandbox.handle(params, files).await;
     ([("content-type", "application/json;charset=utf-8")], answer).into_response()
 }
+
+/// An unsigned gateway refusal, answered before any app is known.
+fn failure_page(failure: GatewayFailure) -> Response {
+    let node = json!({ "code": failure.code, "msg": failure.msg, "sub_code": failure.sub_code, "sub_msg": failure.sub_msg });
+    (
+        [("content-type", "application/json;charset=utf-8")],
+        format!("{{\"error_response\":{node}}}"),
+    )
+        .into_response()
+}
+
+/// An uploaded file part: its file name, media type and bytes (not signed).
+pub(crate) type Files = BTreeMap<String, (String, String, Vec<u8>)>;
 
 impl Sandbox {
     /// The answer body for `app_id`: signed with the main key, or for a cert-mode app with the
@@ -131,11 +169,7 @@ impl Sandbox {
 
     /// Answers one gateway request (the form and query parameters, merged; file parts apart,
     /// as they are not signed).
-    async fn handle(
-        &self,
-        params: BTreeMap<String, String>,
-        files: BTreeMap<String, Vec<u8>>,
-    ) -> String {
+    async fn handle(&self, params: BTreeMap<String, String>, files: Files) -> String {
         let method = params.get("method").cloned().unwrap_or_default();
         match self.verify_and_dispatch(&params, &files).await {
             Ok((node, aes)) => {
@@ -167,7 +201,7 @@ impl Sandbox {
     async fn verify_and_dispatch(
         &self,
         p: &BTreeMap<String, String>,
-        files: &BTreeMap<String, Vec<u8>>,
+        files: &Files,
     ) -> Result<(Value, Option<AesKey>), (GatewayFailure, bool)> {
         let unsigned = |f| (f, false);
         for field in [
@@ -199,6 +233,22 @@ impl Sandbox {
         })?;
         if !p["charset"].eq_ignore_ascii_case("utf-8") {
             return Err(unsigned(fail("40002", "isv.invalid-charset", "字符集错误")));
+        }
+        if p["version"] != "1.0" {
+            return Err(unsigned(fail(
+                "40002",
+                "isv.invalid-parameter",
+                "version 须为 1.0",
+            )));
+        }
+        if p.get("format")
+            .is_some_and(|f| !f.eq_ignore_ascii_case("json"))
+        {
+            return Err(unsigned(fail(
+                "40002",
+                "isv.invalid-format",
+                "无效的数据格式",
+            )));
         }
         let stamp = NaiveDateTime::parse_from_str(&p["timestamp"], "%Y-%m-%d %H:%M:%S")
             .map_err(|_| unsigned(fail("40002", "isv.invalid-timestamp", "非法的时间戳参数")))?;
@@ -253,14 +303,13 @@ impl Sandbox {
                 let aes = aes.as_ref().ok_or_else(|| {
                     unsigned(fail(
                         "40002",
-                        "isv.missing-encrypt-key",
+                        "isv.decryption-error-not-valid-encrypt-key",
                         "应用未配置加密密钥",
                     ))
                 })?;
-                Some(
-                    aes.decrypt(cipher)
-                        .map_err(|_| unsigned(fail("40002", "isv.decryption-error", "解密出错")))?,
-                )
+                Some(aes.decrypt(cipher).map_err(|_| {
+                    unsigned(fail("40002", "isv.decryption-error-unknown", "解密出错"))
+                })?)
             }
             (text, _) => text.cloned(),
         };
@@ -268,7 +317,7 @@ impl Sandbox {
             Some(text) => serde_json::from_str(&text).map_err(|_| {
                 unsigned(fail(
                     "40002",
-                    "isv.invalid-biz-content",
+                    "isv.invalid-parameter",
                     "biz_content 不是合法的 JSON",
                 ))
             })?,
@@ -281,7 +330,12 @@ impl Sandbox {
         }
         .map_err(|f| (f, true))?;
         let mut node = node;
-        if let Value::Object(map) = &mut node {
+        // Alipay's answers carry `code: 10000` — except a successful oauth.token, which has no
+        // code at all, and those a product sets itself (a payment waiting: 10003).
+        if let Value::Object(map) = &mut node
+            && p["method"] != "alipay.system.oauth.token"
+            && !map.contains_key("code")
+        {
             map.insert("code".into(), json!("10000"));
             map.insert("msg".into(), json!("Success"));
         }
@@ -310,15 +364,17 @@ impl Sandbox {
             "alipay.marketing.card.delete" => self.card_delete(app_id, biz).await,
             "alipay.system.oauth.token" => self.oauth_token(app_id, p).await,
             "alipay.user.info.share" => self.user_info(app_id, p).await,
-            "alipay.trade.precreate" | "alipay.trade.create" | "alipay.trade.pay" => {
-                self.trade_new(method, app_id, p, biz).await
-            }
+            "alipay.trade.precreate" => self.trade_precreate(app_id, p, biz).await,
+            "alipay.trade.create" => self.trade_create(app_id, p, biz).await,
+            "alipay.trade.pay" => self.trade_pay(app_id, p, biz).await,
             "alipay.trade.query" => self.trade_query(app_id, biz).await,
             "alipay.trade.close" => self.trade_close(app_id, biz).await,
+            "alipay.trade.cancel" => self.trade_cancel(app_id, biz).await,
             "alipay.trade.refund" => self.trade_refund(app_id, biz).await,
+            "alipay.trade.fastpay.refund.query" => self.trade_refund_query(app_id, biz).await,
             "alipay.open.app.alipaycert.download" => self.cert_download(biz).await,
             _ => Err(fail(
-                "40004",
+                "40002",
                 "isv.invalid-method",
                 format!("不存在的方法名 {method}"),
             )),

@@ -18,11 +18,14 @@ mod consumers;
 mod gateway;
 mod notifications;
 mod oauth;
+mod schema;
 mod store;
 mod trades;
 
-pub use consumers::sandbox_user_id;
+pub use apps::Identity;
+pub use consumers::{open_id_for, sandbox_user_id};
 pub use notifications::RETRY_SCHEDULE_SECS;
+pub use trades::WAITING_CODE_LAST_DIGIT;
 
 use store::Store;
 

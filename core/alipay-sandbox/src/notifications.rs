@@ -20,17 +20,28 @@ use trellis_alipay::keys::SignType;
 use trellis_alipay::notify::ACK;
 use trellis_alipay::signing::{beijing_timestamp, sign_content};
 
+use crate::apps::Identity;
+use crate::consumers::open_id_for;
 use crate::{Error, Sandbox};
 
 /// Alipay's retry schedule for unacknowledged notifications: 4m, 10m, 10m, 1h, 2h, 6h, 15h.
 pub const RETRY_SCHEDULE_SECS: [u64; 7] = [240, 600, 600, 3600, 7200, 21600, 54000];
 
 impl Sandbox {
+    /// A `trade_status_sync` for `trade`, naming the buyer as the app's identity mode does:
+    /// `buyer_id` for a UID-mode app, `buyer_open_id` for an OpenID-mode one.
     pub(crate) fn trade_notification(
         &self,
         trade: &Value,
+        identity: Identity,
     ) -> Result<String, trellis_alipay::Error> {
         let s = |v: &Value| v.as_str().unwrap_or_default().to_owned();
+        let buyer = s(&trade["buyer_user_id"]);
+        let (buyer_key, buyer) = match identity {
+            Identity::Uid => ("buyer_id", buyer),
+            Identity::OpenId if buyer.is_empty() => ("buyer_open_id", buyer),
+            Identity::OpenId => ("buyer_open_id", open_id_for(&s(&trade["app_id"]), &buyer)),
+        };
         let mut fields: BTreeMap<String, String> = [
             ("notify_type", "trade_status_sync".to_owned()),
             ("notify_id", format!("{}", Uuid::new_v4().simple())),
@@ -45,7 +56,7 @@ impl Sandbox {
             ("total_amount", s(&trade["total_amount"])),
             ("receipt_amount", s(&trade["total_amount"])),
             ("buyer_pay_amount", s(&trade["total_amount"])),
-            ("buyer_id", s(&trade["buyer_user_id"])),
+            (buyer_key, buyer),
             ("subject", s(&trade["subject"])),
             ("gmt_create", s(&trade["gmt_create"])),
             ("gmt_payment", s(&trade["gmt_payment"])),

@@ -17,12 +17,15 @@ use uuid::Uuid;
 
 use trellis_alipay::signing::beijing_timestamp;
 
-use crate::consumers::{consumer_profile, sandbox_user_id};
+use crate::consumers::{consumer_profile, identifiers, sandbox_user_id};
 use crate::gateway::{GatewayFailure, Outcome, busy, fail, missing};
 use crate::{Error, Sandbox, fastish_number};
 
 /// The most of a merchant callback's answer the sandbox hands back to whoever opened the link.
 const MAX_CALLBACK_BODY: usize = 64 * 1024;
+/// Member-card calls one access token may make: Alipay's member-card FAQ allows two, the form
+/// query and the card opening.
+const CARD_USES_PER_TOKEN: u64 = 2;
 
 impl Sandbox {
     pub(crate) async fn oauth_token(&self, app_id: &str, p: &BTreeMap<String, String>) -> Outcome {
@@ -75,30 +78,41 @@ impl Sandbox {
             )
             .await
             .map_err(busy)?;
-        let profile = self
-            .store()
-            .get("user", &user_id)
-            .await
-            .map_err(busy)?
-            .unwrap_or_else(|| consumer_profile(&user_id));
-        Ok(json!({
-            "access_token": access, "refresh_token": refresh, "expires_in": 1_296_000, "re_expires_in": 2_592_000,
-            "auth_start": beijing_timestamp(Utc::now()), "user_id": user_id, "open_id": profile["open_id"],
-        }))
+        // A successful answer has no `code` (the gateway adds none for this method), and the
+        // app learns only the identifier its mode gives it.
+        let mut answer = identifiers(self.identity_of(app_id).await, app_id, &user_id);
+        answer["access_token"] = json!(access);
+        answer["refresh_token"] = json!(refresh);
+        answer["expires_in"] = json!(1_296_000);
+        answer["re_expires_in"] = json!(2_592_000);
+        answer["auth_start"] = json!(beijing_timestamp(Utc::now()));
+        Ok(answer)
     }
 
+    /// The consumer an `auth_token` was granted for. A member-card call (`card_use`) spends one
+    /// of the token's uses; past them the token is refused as Alipay refuses it.
     pub(crate) async fn user_of_token(
         &self,
         app_id: &str,
         p: &BTreeMap<String, String>,
+        card_use: bool,
     ) -> Result<Value, GatewayFailure> {
         let token = p
             .get("auth_token")
             .filter(|t| !t.is_empty())
             .ok_or_else(|| missing("auth_token"))?;
         let grant = self.store().get("token", token).await.map_err(busy)?;
+        let refused = || fail("20001", "aop.invalid-auth-token", "无效的访问令牌");
         match grant {
-            Some(g) if g["app_id"] == app_id => {
+            Some(mut g) if g["app_id"] == app_id => {
+                if card_use {
+                    let used = g["card_uses"].as_u64().unwrap_or(0);
+                    if used >= CARD_USES_PER_TOKEN {
+                        return Err(refused());
+                    }
+                    g["card_uses"] = json!(used + 1);
+                    self.store().put("token", token, &g).await.map_err(busy)?;
+                }
                 let user = g["user_id"].as_str().unwrap_or_default().to_owned();
                 Ok(self
                     .store()
@@ -107,7 +121,7 @@ impl Sandbox {
                     .map_err(busy)?
                     .unwrap_or_else(|| consumer_profile(&user)))
             }
-            _ => Err(fail("20001", "aop.invalid-auth-token", "无效的访问令牌")),
+            _ => Err(refused()),
         }
     }
 
@@ -151,6 +165,14 @@ impl Sandbox {
             )
             .await?;
         let request_id = format!("{}", fastish_number());
+        // activateform.query must name this request, for this consumer and template.
+        self.store()
+            .put(
+                "claim_request",
+                &format!("{app_id}:{request_id}"),
+                &json!({ "user_id": user_id, "template_id": template_id }),
+            )
+            .await?;
         let mut target =
             url::Url::parse(callback).map_err(|_| Error::Invalid("bad callback".into()))?;
         target

@@ -23,7 +23,7 @@ use super::aes::AesKey;
 use super::gateway::{self, GatewayPolicy};
 use super::keys::{PrivateKey, PublicKey, SignType};
 use super::response::{self, KeyLookup};
-use super::signing::{AppIdentity, RequestSpec, sign_request};
+use super::signing::{AppIdentity, RequestSpec, SignedRequest, sign_request};
 
 /// Everything needed to sign for and verify on behalf of one merchant, opened from the vault.
 pub struct MerchantApp {
@@ -85,10 +85,11 @@ impl std::fmt::Debug for AlipayClient {
 }
 
 /// Query methods may be retried on transport failures; anything that changes state may not.
-fn is_retryable(method: &str) -> bool {
-    method.ends_with(".query")
-        || method.ends_with(".batchquery")
-        || method == "alipay.user.info.share"
+/// Neither may a call made with a consumer's `auth_token`: Alipay lets a token be used a set
+/// number of times (twice in the member-card flow: the form query, then the card), so an attempt
+/// lost in transit may have spent the use the next step needs.
+fn is_retryable(method: &str, options: &CallOptions) -> bool {
+    options.auth_token.is_none() && (method.ends_with(".query") || method.ends_with(".batchquery"))
 }
 
 impl AlipayClient {
@@ -178,12 +179,16 @@ impl AlipayClient {
         };
         let signed = sign_request(&app.private_key, &identity, &spec, (self.clock)())?;
         let body = self
-            .post(&app.gateway_url, signed.form_body(), is_retryable(method))
+            .post(&app.gateway_url, &signed, is_retryable(method, options))
             .await?;
+        self.answer(app, method, &body).await
+    }
 
+    /// Verifies and decodes a gateway answer: learns a rotated Alipay certificate first (in
+    /// certificate mode), checks the signature, decrypts an AES node and maps the codes.
+    async fn answer(&self, app: &MerchantApp, method: &str, body: &str) -> Result<Value, Error> {
         let roots = stored_roots(app);
-        // Certificate mode: learn a rotated Alipay certificate before verifying.
-        if let Some(sn) = serde_json::from_str::<Value>(&body)
+        if let Some(sn) = serde_json::from_str::<Value>(body)
             .ok()
             .and_then(|v| v["alipay_cert_sn"].as_str().map(str::to_owned))
             && app.cert_sns.is_some()
@@ -198,7 +203,7 @@ impl AlipayClient {
             roots: &roots,
             learnt: &self.certs,
         };
-        let verified = response::verify_response(&body, method, app.sign_type, &keys)?;
+        let verified = response::verify_response(body, method, app.sign_type, &keys)?;
         let text = if verified.signed_text.starts_with('"') {
             let cipher: String = serde_json::from_str(&verified.signed_text)
                 .map_err(|_| Error::MalformedResponse("bad ciphertext"))?;
@@ -259,13 +264,19 @@ impl AlipayClient {
                 cert_sns: app.cert_sns.clone(),
             };
             let signed = sign_request(&app.private_key, &identity, &spec, (self.clock)())?;
+            // As the SDKs send it: the common parameters in the URL, each business parameter
+            // as a text part, the file as a part with its name and media type.
             let mut form = reqwest::multipart::Form::new();
-            for (k, v) in &signed.params {
+            for (k, v) in signed.business_params() {
                 form = form.text(k.clone(), v.clone());
             }
             let part = reqwest::multipart::Part::bytes(content)
-                .file_name(format!("{image_name}.{image_type}"));
+                .file_name(upload_file_name(image_name, image_type))
+                .mime_str(image_media_type(image_type))
+                .map_err(|e| Error::BadRequest(e.to_string()))?;
             form = form.part("image_content", part);
+            let mut url = url;
+            url.set_query(Some(&signed.query_string()));
             let response = self
                 .http
                 .post(url)
@@ -280,16 +291,7 @@ impl AlipayClient {
                 )));
             }
             let body = gateway::read_capped(response, self.policy.max_response_bytes()).await?;
-            let roots = stored_roots(app);
-            let keys = Keys {
-                app,
-                roots: &roots,
-                learnt: &self.certs,
-            };
-            let verified = response::verify_response(&body, method, app.sign_type, &keys)?;
-            let node: Value = serde_json::from_str(&verified.signed_text.replace("\\/", "/"))
-                .map_err(|_| Error::MalformedResponse("the response node is not JSON"))?;
-            response::outcome(node)
+            self.answer(app, method, &body).await
         };
         until(deadline, upload).instrument(span).await
     }
@@ -315,9 +317,7 @@ impl AlipayClient {
             cert_sns: app.cert_sns.clone(),
         };
         let signed = sign_request(&app.private_key, &identity, &spec, (self.clock)())?;
-        let body = self
-            .post(&app.gateway_url, signed.form_body(), true)
-            .await?;
+        let body = self.post(&app.gateway_url, &signed, true).await?;
         let parsed: Value = serde_json::from_str(&body)
             .map_err(|_| Error::MalformedResponse("the body is not JSON"))?;
         let node_text = response::extract_value(&body, &response::response_key(method))
@@ -372,8 +372,17 @@ impl AlipayClient {
         Ok(())
     }
 
-    async fn post(&self, url: &str, form: String, retryable: bool) -> Result<String, Error> {
-        let url = self.policy.check_url(url)?;
+    /// Posts a signed request: the common parameters in the URL's query, the business ones in
+    /// the form body.
+    async fn post(
+        &self,
+        url: &str,
+        signed: &SignedRequest,
+        retryable: bool,
+    ) -> Result<String, Error> {
+        let mut url = self.policy.check_url(url)?;
+        url.set_query(Some(&signed.query_string()));
+        let form = signed.business_body();
         let attempts = if retryable { 3 } else { 1 };
         let mut last = None;
         for attempt in 0..attempts {
@@ -413,6 +422,28 @@ impl AlipayClient {
             }
         }
         Err(last.unwrap_or_else(|| Error::Transport("no attempt made".into())))
+    }
+}
+
+/// The upload's file name: the image's name with the extension `image_type` names, once.
+fn upload_file_name(image_name: &str, image_type: &str) -> String {
+    let ext = format!(".{}", image_type.to_ascii_lowercase());
+    if image_name.to_ascii_lowercase().ends_with(&ext) {
+        image_name.to_owned()
+    } else {
+        format!("{image_name}{ext}")
+    }
+}
+
+/// The media type of an upload's file part, from Alipay's `image_type`.
+fn image_media_type(image_type: &str) -> &'static str {
+    match image_type.to_ascii_lowercase().as_str() {
+        "jpg" | "jpeg" => "image/jpeg",
+        "png" => "image/png",
+        "gif" => "image/gif",
+        "bmp" => "image/bmp",
+        "mp4" => "video/mp4",
+        _ => "application/octet-stream",
     }
 }
 
@@ -488,6 +519,30 @@ impl KeyLookup for Keys<'_> {
 #[cfg(test)]
 mod tests {
     use std::sync::Mutex;
+
+    #[test]
+    fn only_queries_without_a_consumer_token_are_retried() {
+        let none = CallOptions::default();
+        let token = CallOptions {
+            auth_token: Some("authusrB1".into()),
+            ..CallOptions::default()
+        };
+        assert!(is_retryable("alipay.trade.query", &none));
+        assert!(!is_retryable("alipay.trade.pay", &none));
+        // The member-card token serves a set number of calls: a lost attempt may have spent one.
+        assert!(!is_retryable(
+            "alipay.marketing.card.activateform.query",
+            &token
+        ));
+        assert!(!is_retryable("alipay.user.info.share", &token));
+    }
+
+    #[test]
+    fn an_upload_names_its_file_once_with_the_extension_and_media_type() {
+        assert_eq!(upload_file_name("logo", "png"), "logo.png");
+        assert_eq!(upload_file_name("logo.PNG", "png"), "logo.PNG");
+        assert_eq!(image_media_type("jpg"), "image/jpeg");
+    }
 
     use base64::Engine as _;
     use rcgen::{
@@ -589,11 +644,15 @@ mod tests {
 
     async fn answer(
         axum::extract::State(gateway): axum::extract::State<Gateway>,
+        uri: axum::http::Uri,
         form: String,
     ) -> String {
-        let params: HashMap<String, String> = url::form_urlencoded::parse(form.as_bytes())
-            .into_owned()
-            .collect();
+        // Like Alipay's gateway: the common parameters in the query, the business ones in the body.
+        let params: HashMap<String, String> =
+            url::form_urlencoded::parse(uri.query().unwrap_or_default().as_bytes())
+                .chain(url::form_urlencoded::parse(form.as_bytes()))
+                .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                .collect();
         let method = params["method"].clone();
         let b = gateway.lock().unwrap();
         let node = if method == "alipay.open.app.alipaycert.download" {

@@ -197,15 +197,18 @@ fn codes_of(node: &str) -> (String, Option<String>, String) {
     )
 }
 
-/// The business outcome of a verified JSON node: `Ok(node)` for `code == 10000`, else the
-/// gateway error with its codes.
+/// The business outcome of a verified JSON node: `Ok(node)` for `code == 10000`, and for a node
+/// with neither `code` nor `sub_code` (a successful `alipay.system.oauth.token` answer carries
+/// no code at all; the Java SDK's `isSuccess` is likewise "no `sub_code`"); else the gateway
+/// error with its codes. `10003` (a payment waiting for the buyer) comes back as an error of
+/// kind [`GatewayErrorKind::InProcess`], for the caller to poll.
 pub fn outcome(node: Value) -> Result<Value, Error> {
     let code = node
         .get("code")
         .and_then(Value::as_str)
         .unwrap_or_default()
         .to_owned();
-    if code == "10000" {
+    if code == "10000" || (node.get("code").is_none() && node.get("sub_code").is_none()) {
         return Ok(node);
     }
     let text = |k: &str| node.get(k).and_then(Value::as_str).map(str::to_owned);
@@ -232,6 +235,8 @@ pub struct GatewayError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum GatewayErrorKind {
+    /// 10003: the payment waits for the buyer (a password or confirmation); poll the trade.
+    InProcess,
     /// 20000: the outcome is unknown; query before retrying anything that moves money.
     ServiceUnavailable,
     /// 20001: the token lacks permission.
@@ -252,6 +257,7 @@ pub enum GatewayErrorKind {
 impl GatewayErrorKind {
     pub fn of(code: &str) -> Self {
         match code {
+            "10003" => Self::InProcess,
             "20000" => Self::ServiceUnavailable,
             "20001" => Self::InsufficientTokenPermission,
             "40001" => Self::MissingParameter,
@@ -377,5 +383,26 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(outcome(serde_json::json!({"code":"10000"})).is_ok());
+    }
+
+    #[test]
+    fn an_oauth_token_answer_without_a_code_is_a_success_and_10003_asks_to_poll() {
+        // The shape of a real `alipay_system_oauth_token_response` (OpenID-mode app).
+        let token = serde_json::json!({
+            "access_token": "authusrB1", "auth_start": "2025-10-15 13:19:21", "expires_in": 1296000,
+            "re_expires_in": 2592000, "refresh_token": "authusrB2", "open_id": "083lxyz"
+        });
+        assert_eq!(outcome(token.clone()).unwrap(), token);
+        let refused =
+            serde_json::json!({"sub_code": "isv.code-invalid", "sub_msg": "授权码code无效"});
+        assert!(
+            outcome(refused).is_err(),
+            "a sub_code without a code is no success"
+        );
+        let waiting = serde_json::json!({"code": "10003", "msg": " order success pay inprocess", "out_trade_no": "T1"});
+        match outcome(waiting) {
+            Err(Error::Gateway(g)) => assert_eq!(g.kind, GatewayErrorKind::InProcess),
+            other => panic!("{other:?}"),
+        }
     }
 }

@@ -39,6 +39,18 @@ pub fn sign_content(params: &BTreeMap<String, String>) -> String {
     out
 }
 
+fn is_common(key: &str) -> bool {
+    COMMON_PARAMS.contains(&key)
+}
+
+fn encode<'a>(pairs: impl Iterator<Item = (&'a String, &'a String)>) -> String {
+    let mut form = url::form_urlencoded::Serializer::new(String::new());
+    for (key, value) in pairs {
+        form.append_pair(key, value);
+    }
+    form.finish()
+}
+
 /// The app identity a request is signed with.
 #[derive(Debug, Clone)]
 pub struct AppIdentity {
@@ -66,6 +78,29 @@ pub struct RequestSpec {
     pub encrypted: bool,
 }
 
+/// Alipay's common request parameters (and `sign`). Every official SDK sends them in the URL's
+/// query string and only the business parameters in the body (alipay-sdk-python
+/// `DefaultAlipayClient.__prepare_request`; the Java SDK's `ProtocalMustParams` and
+/// `ProtocalOptParams`); for an upload the body is multipart and cannot carry them.
+pub const COMMON_PARAMS: &[&str] = &[
+    "app_id",
+    "method",
+    "format",
+    "return_url",
+    "charset",
+    "sign_type",
+    "sign",
+    "timestamp",
+    "version",
+    "notify_url",
+    "app_auth_token",
+    "app_cert_sn",
+    "alipay_root_cert_sn",
+    "encrypt_type",
+    "auth_token",
+    "alipay_sdk",
+];
+
 /// A signed request: every parameter, `sign` included.
 #[derive(Debug, Clone)]
 pub struct SignedRequest {
@@ -77,11 +112,22 @@ pub struct SignedRequest {
 impl SignedRequest {
     /// `application/x-www-form-urlencoded` body of every parameter.
     pub fn form_body(&self) -> String {
-        let mut form = url::form_urlencoded::Serializer::new(String::new());
-        for (key, value) in &self.params {
-            form.append_pair(key, value);
-        }
-        form.finish()
+        encode(self.params.iter())
+    }
+
+    /// The common parameters and `sign`, encoded for the URL's query string.
+    pub fn query_string(&self) -> String {
+        encode(self.params.iter().filter(|(k, _)| is_common(k)))
+    }
+
+    /// The business parameters (`biz_content` and the API's own top-level parameters).
+    pub fn business_params(&self) -> impl Iterator<Item = (&String, &String)> {
+        self.params.iter().filter(|(k, _)| !is_common(k))
+    }
+
+    /// [`Self::business_params`] as an `application/x-www-form-urlencoded` body.
+    pub fn business_body(&self) -> String {
+        encode(self.business_params())
     }
 
     pub fn get(&self, key: &str) -> Option<&str> {

@@ -17,7 +17,8 @@ use crate::tenancy::{self, NewNode, NodeKind, Role};
 pub const DEMO_DOMAIN: &str = "localhost";
 
 /// The demo merchant's Alipay app, registered with the offline sandbox: a server-side key pair,
-/// the sandbox's public key as "Alipay's", the sandbox gateway.
+/// the sandbox's public key as "Alipay's", the sandbox gateway. The app is in OpenID mode, as
+/// Alipay creates new apps: it learns a consumer's `open_id`, never the `user_id`.
 async fn wire_to_sandbox(
     db: &DatabaseConnection,
     vault: &Vault,
@@ -34,7 +35,13 @@ async fn wire_to_sandbox(
     let generated = credentials::generate_keypair(db, vault, &grant).await?;
     let app_public = generated.app_public_key.clone().unwrap_or_default();
     sandbox
-        .register_app(DEMO_APP_ID, &app_public, None, false)
+        .register_app_as(
+            DEMO_APP_ID,
+            &app_public,
+            None,
+            false,
+            crate::alipay::sandbox::Identity::OpenId,
+        )
         .await?;
     let input = credentials::CredentialsInput {
         app_id: DEMO_APP_ID.to_owned(),

@@ -2,11 +2,14 @@
 //! partner, with `default` as the fallback for anything a theme does not override.
 //!
 //! Invariant: every theme renders every page (missing templates come from `default`), and
-//! output is HTML-escaped unless a template opts out with triple braces.
+//! output is HTML-escaped unless a template opts out with triple braces. A render never parses a
+//! template: templates are compiled at load and, in reload mode, again when their files change,
+//! always on a thread of their own (see [`compile`]), so a page renders the same wherever it is
+//! asked for — a request handler or a plugin's host call — and with reload on or off.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Component, Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use handlebars::Handlebars;
 use serde_json::{Map, Value};
@@ -36,6 +39,8 @@ pub enum Error {
     Strings { path: PathBuf, message: String },
     #[error("no template {0}")]
     MissingTemplate(String),
+    #[error("cannot start the thread that compiles templates: {0}")]
+    Compiler(std::io::Error),
     #[error("rendering {name} failed: {message}")]
     Render { name: String, message: String },
     #[error("asset not found")]
@@ -100,13 +105,26 @@ pub struct Asset {
     pub etag: String,
 }
 
-struct Theme {
+/// Template sources by registered name (`pages/home`): the file and its text.
+type Sources = BTreeMap<String, (PathBuf, String)>;
+
+/// A theme's templates, compiled, with the sources they were compiled from.
+struct Templates {
+    sources: Sources,
     registry: Handlebars<'static>,
+}
+
+struct Theme {
+    /// The theme's own folder; `None` for `default`, whose templates are everyone's base.
+    overlay: Option<PathBuf>,
+    /// Replaced in reload mode when the template files change.
+    templates: Mutex<Arc<Templates>>,
     /// Strings per locale, already merged over `default`'s.
     strings: HashMap<Locale, Value>,
 }
 
-/// Every theme found under the themes folder, loaded once (and re-read per render in reload mode).
+/// Every theme found under the themes folder, loaded once (and re-read per render in reload mode:
+/// strings every time, templates recompiled when their files changed).
 #[derive(Clone)]
 pub struct Themes {
     dir: PathBuf,
@@ -147,19 +165,22 @@ impl Themes {
             if !entry.path().is_dir() || !is_valid_name(&name) {
                 continue;
             }
-            let mut registry = Handlebars::new();
-            registry.set_dev_mode(reload);
-            registry.set_prevent_indent(true);
-            register_templates(&mut registry, &default_dir)?;
-            if name != DEFAULT_THEME {
-                register_templates(&mut registry, &entry.path())?;
-            }
-            let strings = if name == DEFAULT_THEME {
-                default_strings.clone()
-            } else {
-                load_strings(&entry.path(), Some(&default_strings))?
+            let overlay = (name != DEFAULT_THEME).then(|| entry.path());
+            let sources = read_sources(&default_dir, overlay.as_deref())?;
+            let registry = compile(&sources)?;
+            let strings = match &overlay {
+                None => default_strings.clone(),
+                Some(own) => load_strings(own, Some(&default_strings))?,
             };
-            themes.insert(name, Theme { registry, strings });
+            let templates = Mutex::new(Arc::new(Templates { sources, registry }));
+            themes.insert(
+                name,
+                Theme {
+                    overlay,
+                    templates,
+                    strings,
+                },
+            );
         }
         Ok(Self {
             dir: dir.to_owned(),
@@ -186,6 +207,7 @@ impl Themes {
 
     pub fn has_template(&self, theme: &str, name: &str) -> bool {
         self.theme(theme)
+            .and_then(|t| self.templates(t).ok())
             .is_some_and(|t| t.registry.has_template(name))
     }
 
@@ -203,7 +225,8 @@ impl Themes {
         let Some(theme) = self.theme(theme_name) else {
             return Err(Error::MissingTemplate(name));
         };
-        if !theme.registry.has_template(&name) {
+        let templates = self.templates(theme)?;
+        if !templates.registry.has_template(&name) {
             return Err(Error::MissingTemplate(name));
         }
         let strings = if self.reload {
@@ -220,7 +243,7 @@ impl Themes {
         root.insert("lang".into(), locale.tag().into());
         root.insert("theme".into(), theme_name.into());
         root.insert("assets".into(), format!("/static/{theme_name}").into());
-        theme
+        templates
             .registry
             .render(&name, &Value::Object(root))
             .map_err(|e| Error::Render {
@@ -263,6 +286,23 @@ impl Themes {
         self.themes.get(name)
     }
 
+    /// The theme's compiled templates; in reload mode first re-read from disk and, when any file
+    /// changed (or appeared, or went), compiled again.
+    fn templates(&self, theme: &Theme) -> Result<Arc<Templates>, Error> {
+        let current = Arc::clone(&lock(&theme.templates));
+        if !self.reload {
+            return Ok(current);
+        }
+        let sources = read_sources(&self.dir.join(DEFAULT_THEME), theme.overlay.as_deref())?;
+        if sources == current.sources {
+            return Ok(current);
+        }
+        let registry = compile(&sources)?;
+        let fresh = Arc::new(Templates { sources, registry });
+        *lock(&theme.templates) = Arc::clone(&fresh);
+        Ok(fresh)
+    }
+
     fn reload_strings(&self, theme: &str, locale: Locale) -> Result<Value, Error> {
         let defaults = load_strings(&self.dir.join(DEFAULT_THEME), None)?;
         let strings = if theme == DEFAULT_THEME {
@@ -282,7 +322,58 @@ fn is_valid_name(name: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
 }
 
-fn register_templates(registry: &mut Handlebars<'static>, theme_dir: &Path) -> Result<(), Error> {
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The templates of `default_dir`, with those of `overlay` (a partner theme's folder) replacing
+/// the ones of the same name.
+fn read_sources(default_dir: &Path, overlay: Option<&Path>) -> Result<Sources, Error> {
+    let mut sources = Sources::new();
+    read_templates(default_dir, &mut sources)?;
+    if let Some(own) = overlay {
+        read_templates(own, &mut sources)?;
+    }
+    Ok(sources)
+}
+
+/// Compiles `sources` into a registry, on a thread of its own.
+///
+/// The template parser (pest, under handlebars) guards its recursion by measuring how much of
+/// the current thread's stack is left, and it can only measure the stack the thread was started
+/// with. A plugin's host call runs on the plugin's wasmtime fiber, another stack altogether;
+/// there the parser finds "no stack left" and refuses every template with `stack limit reached`.
+/// Compiling on a fresh thread gives the parser a stack it can measure, whoever asks.
+fn compile(sources: &Sources) -> Result<Handlebars<'static>, Error> {
+    std::thread::scope(|scope| {
+        let compiler = std::thread::Builder::new()
+            .name("trellis-themes".into())
+            .spawn_scoped(scope, || compile_here(sources))
+            .map_err(Error::Compiler)?;
+        compiler
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })
+}
+
+fn compile_here(sources: &Sources) -> Result<Handlebars<'static>, Error> {
+    let mut registry = Handlebars::new();
+    registry.set_prevent_indent(true);
+    for (name, (path, text)) in sources {
+        registry
+            .register_template_string(name, text)
+            .map_err(|e| Error::Template {
+                name: name.clone(),
+                path: path.clone(),
+                message: e.to_string(),
+            })?;
+    }
+    Ok(registry)
+}
+
+/// Reads the `.hbs` files of a theme's template folders into `sources`, named
+/// `<folder>/<file stem>`.
+fn read_templates(theme_dir: &Path, sources: &mut Sources) -> Result<(), Error> {
     for folder in TEMPLATE_DIRS {
         let dir = theme_dir.join(folder);
         if !dir.is_dir() {
@@ -299,13 +390,11 @@ fn register_templates(registry: &mut Handlebars<'static>, theme_dir: &Path) -> R
             };
             let stem = relative.with_extension("");
             let name = format!("{folder}/{}", stem.to_string_lossy().replace('\\', "/"));
-            registry
-                .register_template_file(&name, &file)
-                .map_err(|e| Error::Template {
-                    name: name.clone(),
-                    path: file.clone(),
-                    message: e.to_string(),
-                })?;
+            let text = std::fs::read_to_string(&file).map_err(|source| Error::Io {
+                path: file.clone(),
+                source,
+            })?;
+            sources.insert(name, (file, text));
         }
     }
     Ok(())
@@ -531,6 +620,147 @@ mod tests {
             .render_page("default", "hello", Locale::En, json!({"name": "n"}))
             .unwrap();
         assert_eq!(html, "<main>Hi n</main>");
+    }
+
+    /// The repository's own themes, as `make run` serves them.
+    fn repo_themes() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../themes")
+    }
+
+    /// What a plugin's `templates.render` asks the theme for (see `plugins::host::templates`).
+    fn plugin_page() -> Value {
+        json!({"title": "Hello", "plugin_body": "<section class=\"hello\"><h1>你好</h1></section>"})
+    }
+
+    /// Runs `call` where a plugin's host calls run: inside a wasm function called with
+    /// `call_async`, on the fiber stack wasmtime gives the instance.
+    async fn in_a_host_call<R: Send + 'static>(call: impl Fn() -> R + Send + Sync + 'static) -> R {
+        // (module (import "host" "call" (func)) (func (export "run") call 0))
+        const MODULE: &[u8] = &[
+            0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00, // magic, version
+            0x01, 0x04, 0x01, 0x60, 0x00, 0x00, // types: () -> ()
+            0x02, 0x0d, 0x01, 0x04, b'h', b'o', b's', b't', 0x04, b'c', b'a', b'l', b'l', 0x00,
+            0x00, // import host.call
+            0x03, 0x02, 0x01, 0x00, // one function
+            0x07, 0x07, 0x01, 0x03, b'r', b'u', b'n', 0x00, 0x01, // export run
+            0x0a, 0x06, 0x01, 0x04, 0x00, 0x10, 0x00, 0x0b, // run: call 0
+        ];
+        let engine = wasmtime::Engine::new(&wasmtime::Config::new()).unwrap();
+        let module = wasmtime::Module::new(&engine, MODULE).unwrap();
+        let mut linker = wasmtime::Linker::<Option<R>>::new(&engine);
+        linker
+            .func_wrap(
+                "host",
+                "call",
+                move |mut caller: wasmtime::Caller<'_, Option<R>>| {
+                    *caller.data_mut() = Some(call());
+                },
+            )
+            .unwrap();
+        let mut store = wasmtime::Store::new(&engine, None);
+        let instance = linker.instantiate_async(&mut store, &module).await.unwrap();
+        let run = instance
+            .get_typed_func::<(), ()>(&mut store, "run")
+            .unwrap();
+        run.call_async(&mut store, ()).await.unwrap();
+        store.into_data().unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_plugin_page_renders_inside_a_host_call_with_reload_on_as_with_it_off() {
+        let dir = repo_themes();
+        let fixed = Themes::load(&dir, false).unwrap();
+        for theme in ["default", "jade"] {
+            let expected = fixed
+                .render_page(theme, "plugin", Locale::ZhCn, plugin_page())
+                .unwrap();
+            assert!(
+                expected.contains(
+                    "<div class=\"plugin\">\n<section class=\"hello\"><h1>你好</h1></section>"
+                ),
+                "{theme}: {expected}"
+            );
+            assert!(expected.contains("<title>Hello · "), "{theme}: {expected}");
+            assert!(
+                expected.contains(&format!("/static/{theme}/theme.css")),
+                "{theme}: {expected}"
+            );
+            for reload in [false, true] {
+                let themes = Themes::load(&dir, reload).unwrap();
+                let name = theme.to_owned();
+                let html = in_a_host_call(move || {
+                    themes
+                        .render_page(&name, "plugin", Locale::ZhCn, plugin_page())
+                        .map_err(|e| e.to_string())
+                })
+                .await;
+                assert_eq!(
+                    html.as_deref(),
+                    Ok(expected.as_str()),
+                    "{theme}, reload {reload}"
+                );
+            }
+        }
+        let jade = fixed
+            .render_page("jade", "plugin", Locale::En, plugin_page())
+            .unwrap();
+        assert!(jade.contains("/static/jade/brand.css"), "{jade}");
+    }
+
+    #[test]
+    fn every_page_of_the_repository_themes_renders_alike_with_reload_on_and_off() {
+        let dir = repo_themes();
+        let fixed = Themes::load(&dir, false).unwrap();
+        let reloading = Themes::load(&dir, true).unwrap();
+        let data = json!({"status": 500, "message": "m", "version": "v", "title": "t",
+            "plugin_body": "<p>b</p>"});
+        for theme in ["default", "jade"] {
+            for page in ["home", "plugin", "404", "500", "error"] {
+                for locale in Locale::ALL {
+                    let expected = fixed
+                        .render_page(theme, page, locale, data.clone())
+                        .unwrap();
+                    let html = reloading
+                        .render_page(theme, page, locale, data.clone())
+                        .unwrap();
+                    assert_eq!(html, expected, "{theme} {page} {locale:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn reload_mode_picks_up_new_and_removed_templates() {
+        let dir = fixture();
+        let themes = Themes::load(dir.path(), true).unwrap();
+        assert!(matches!(
+            themes.render_page("default", "new", Locale::En, Value::Null),
+            Err(Error::MissingTemplate(_))
+        ));
+        write(
+            dir.path(),
+            "default/pages/new.hbs",
+            "new {{> partials/bit}}",
+        );
+        write(dir.path(), "default/partials/bit.hbs", "bit");
+        assert_eq!(
+            themes
+                .render_page("acme", "new", Locale::En, Value::Null)
+                .unwrap(),
+            "new bit"
+        );
+        std::fs::remove_file(dir.path().join("acme/pages/other.hbs")).unwrap();
+        assert_eq!(
+            themes
+                .render_page("acme", "other", Locale::En, Value::Null)
+                .unwrap(),
+            "default other"
+        );
+        write(dir.path(), "default/pages/new.hbs", "{{#if}}");
+        assert!(matches!(
+            themes.render_page("default", "new", Locale::En, Value::Null),
+            Err(Error::Template { .. })
+        ));
     }
 
     #[test]

@@ -254,10 +254,12 @@ fn open(
             .or_else(|| field("OPEN_FORM_FIELD_BIRTHDAY"))
             .filter(|b| members::valid_birthday(b))
     });
-    member.gender = member
-        .gender
-        .clone()
-        .or_else(|| field("OPEN_FORM_FIELD_GENDER").filter(|g| g.len() <= 8));
+    member.gender = member.gender.clone().or_else(|| {
+        // Stored as members store it (m or f); Alipay's form answers 男 or 女.
+        field("OPEN_FORM_FIELD_GENDER")
+            .and_then(|g| alipay_gender(&g))
+            .map(|g| if g == "MALE" { "m" } else { "f" }.to_owned())
+    });
     let valid_date = match card.design.as_ref().and_then(|d| d.validity_days) {
         Some(days) => util::beijing(now + u64::from(days) * 86_400_000),
         None => "2099-12-31 23:59:59".to_owned(),
@@ -272,20 +274,25 @@ fn open(
     if let Some(level) = &member.level {
         ext["level"] = json!(level);
     }
+    // `CardUserInfo`: the type is `UID` in both modes; the id is the user id or, for an
+    // OpenID-mode app, the open id.
     let user_info = match &user_id {
         Some(uid) => json!({"user_uni_id_type": "UID", "user_uni_id": uid}),
-        None => json!({"open_id": open_id}),
+        None => json!({"user_uni_id_type": "UID", "open_id": open_id}),
     };
     let mut member_info = json!({});
-    for (key, value) in [("name", &member.name), ("cell", &member.mobile)] {
-        if !value.is_empty() {
-            member_info[key] = json!(value);
-        }
+    if !member.name.is_empty() {
+        member_info["name"] = json!(member.name);
     }
-    if let Some(birth) = &member.birthday {
+    if let Some(cell) = alipay_cell(&member.mobile) {
+        member_info["cell"] = json!(cell);
+    }
+    // `MerchantMenber`: `birth` is yyyy-MM-dd (a birthday without its year is left out) and
+    // `gende` (sic) is MALE or FEMALE.
+    if let Some(birth) = member.birthday.as_ref().filter(|b| b.len() == 10) {
         member_info["birth"] = json!(birth);
     }
-    if let Some(gender) = &member.gender {
+    if let Some(gender) = member.gender.as_deref().and_then(alipay_gender) {
         member_info["gende"] = json!(gender);
     }
     let opened = alipay::call_with(
@@ -364,6 +371,26 @@ fn imported_with_mobile(mobile: &str) -> Result<Option<Member>> {
         .find(|m| m.biz_card_no.is_none() && m.user_id.is_none() && m.open_id.is_none()))
 }
 
+/// A mobile number as `member_ext_info.cell` takes it: digits only. A mainland number keeps
+/// its national form (`+86` dropped); any other international number is left out.
+fn alipay_cell(mobile: &str) -> Option<String> {
+    let national = match mobile.strip_prefix('+') {
+        Some(rest) => rest.strip_prefix("86")?,
+        None => mobile,
+    };
+    (!national.is_empty() && national.len() <= 20 && national.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| national.to_owned())
+}
+
+/// A gender as `member_ext_info.gende` takes it, from the form's 男/女 or a stored m/f.
+fn alipay_gender(gender: &str) -> Option<&'static str> {
+    match gender.trim().to_ascii_lowercase().as_str() {
+        "男" | "m" | "male" => Some("MALE"),
+        "女" | "f" | "female" => Some("FEMALE"),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -375,5 +402,23 @@ mod tests {
         assert_eq!(values["OPEN_FORM_FIELD_MOBILE"], "13552319194");
         assert_eq!(values["OPEN_FORM_FIELD_NAME"], "李飞");
         assert!(form_values(&json!({"infos": "not json"})).is_empty());
+    }
+
+    #[test]
+    fn mobiles_are_sent_as_digits() {
+        assert_eq!(alipay_cell("13800000000").as_deref(), Some("13800000000"));
+        assert_eq!(
+            alipay_cell("+8613800000000").as_deref(),
+            Some("13800000000")
+        );
+        assert_eq!(alipay_cell("+4479460000000"), None);
+        assert_eq!(alipay_cell(""), None);
+    }
+
+    #[test]
+    fn genders_are_sent_as_alipay_spells_them() {
+        assert_eq!(alipay_gender("男"), Some("MALE"));
+        assert_eq!(alipay_gender("f"), Some("FEMALE"));
+        assert_eq!(alipay_gender("x"), None);
     }
 }

@@ -44,7 +44,10 @@ const FORM_FIELDS: [(&str, &str); 10] = [
     ("is_student", "OPEN_FORM_FIELD_IS_STUDENT"),
 ];
 
-const WRITE_OFF: [&str; 6] = ["qrcode", "dqrcode", "barcode", "dbarcode", "text", "none"];
+/// Alipay's write-off codes a card may show (`AlipayMarketingCardTemplateCreateModel`; `none`
+/// shows no code, per Alipay's member-card FAQ). `text` is deprecated and the `md*` kinds need a
+/// notification setup this plugin does not offer.
+const WRITE_OFF: [&str; 5] = ["qrcode", "dqrcode", "barcode", "dbarcode", "none"];
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -67,14 +70,14 @@ pub struct Design {
     pub bg_color: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub slogan: Option<String>,
-    /// What the card shows: `points`, `balance`, `level`, `benefits`.
+    /// What the card shows, at least one of: `points`, `balance`, `level`, `benefits`.
     #[serde(default)]
     pub columns: Vec<Column>,
     pub form: Form,
     /// Days a card is valid after opening; none for no end.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub validity_days: Option<u32>,
-    /// The code shown for write-off: `qrcode`, `dqrcode`, `barcode`, `dbarcode`, `text`, `none`.
+    /// The code shown for write-off: `qrcode`, `dqrcode`, `barcode`, `dbarcode`, `none`.
     #[serde(default = "default_write_off")]
     pub write_off_type: String,
     /// Prefix of our external card numbers (letters and digits, ≤ 8).
@@ -231,8 +234,13 @@ fn rgb(color: &str) -> Option<String> {
     (parts.len() == 3).then(|| format!("rgb({},{},{})", parts[0], parts[1], parts[2]))
 }
 
-fn image_id_ok(id: &str) -> bool {
-    !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_graphic())
+/// An Alipay image id: what `image.upload` returns (never a URL).
+pub fn image_id_ok(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 128
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 /// Checks and normalises a design; the first problem comes back as a field error.
@@ -263,6 +271,12 @@ pub fn validate(mut d: Design) -> Result<Design> {
         && slogan.chars().count() > 30
     {
         return Err(bad("slogan", "must be at most 30 characters"));
+    }
+    if d.columns.is_empty() {
+        return Err(bad(
+            "columns",
+            "choose at least one of points, balance, level, benefits",
+        ));
     }
     let mut seen = std::collections::BTreeSet::new();
     for (i, c) in d.columns.iter().enumerate() {
@@ -318,27 +332,63 @@ fn form_codes(list: &[String]) -> Vec<&'static str> {
         .collect()
 }
 
-/// The template's blocks shared by `template.create` and `template.modify`.
-fn template_body(d: &Design, levels: &Levels, locale: &str) -> Value {
+/// The template's blocks shared by `template.create` and `template.modify`, as
+/// alipay-sdk-java-all's `AlipayMarketingCardTemplateCreateModel` documents them: standard
+/// columns by their upper-case codes (`POINT`, `BALANCE`, `LEVEL`), each filled by the field rule
+/// of the same name; benefits as a row that opens the levels' benefits. A design that asks for
+/// something the levels cannot fill is a conflict the merchant can fix.
+fn template_body(d: &Design, levels: &Levels, locale: &str) -> Result<Value> {
     let zh = locale != "en";
-    let columns: Vec<Value> = d
-        .columns
-        .iter()
-        .map(|c| match c {
-            Column::Points => json!({"code": "Point", "title": if zh { "积分" } else { "Points" }}),
-            Column::Balance => {
-                json!({"code": "Balance", "title": if zh { "余额" } else { "Balance" }})
+    let title = |zh_text: &str, en: &str| {
+        if zh {
+            zh_text.to_owned()
+        } else {
+            en.to_owned()
+        }
+    };
+    let mut columns = Vec::new();
+    for c in &d.columns {
+        columns.push(match c {
+            Column::Points => json!({"code": "POINT", "title": title("积分", "Points")}),
+            Column::Balance => json!({"code": "BALANCE", "title": title("余额", "Balance")}),
+            Column::Level => {
+                if levels.levels.is_empty() {
+                    return Err(Error::Conflict(
+                        "the card shows the level: define member levels first (PUT /levels)".into(),
+                    ));
+                }
+                json!({"code": "LEVEL", "title": title("等级", "Level")})
             }
-            Column::Level => json!({"code": "Level", "title": if zh { "等级" } else { "Level" }}),
             Column::Benefits => {
-                json!({"code": "BENEFIT_INFO", "title": if zh { "会员权益" } else { "Benefits" }})
+                let descs: Vec<String> = levels
+                    .levels
+                    .iter()
+                    .filter(|l| !l.benefits.trim().is_empty())
+                    .map(|l| format!("{}: {}", l.name, l.benefits.trim()))
+                    .take(20)
+                    .collect();
+                if descs.is_empty() {
+                    return Err(Error::Conflict(
+                        "the card shows benefits: describe them on a member level first (PUT /levels)"
+                            .into(),
+                    ));
+                }
+                let heading = title("会员权益", "Benefits");
+                json!({"code": "BENEFIT_INFO", "title": heading, "operate_type": "openNative",
+                    "more_info": {"title": heading, "descs": descs}})
             }
-        })
-        .collect();
+        });
+    }
     let mut rules = vec![
         json!({"field_name": "Point", "rule_name": "ASSIGN_FROM_REQUEST", "rule_value": "Point"}),
         json!({"field_name": "Balance", "rule_name": "ASSIGN_FROM_REQUEST", "rule_value": "Balance"}),
+        json!({"field_name": "OpenDate", "rule_name": "ASSIGN_FROM_REQUEST", "rule_value": "OpenDate"}),
     ];
+    if !levels.levels.is_empty() {
+        rules.push(
+            json!({"field_name": "Level", "rule_name": "ASSIGN_FROM_REQUEST", "rule_value": "Level"}),
+        );
+    }
     rules.push(match d.validity_days {
         Some(days) => {
             json!({"field_name": "ValidDate", "rule_name": "DATE_IN_FUTURE", "rule_value": format!("{days}d")})
@@ -369,26 +419,26 @@ fn template_body(d: &Design, levels: &Levels, locale: &str) -> Value {
     if let Some(slogan) = &d.slogan {
         style["slogan"] = json!(slogan);
     }
-    json!({
+    // No `template_form_config`: it belongs to the mini-program opening flow; this card's form
+    // is set with `formtemplate.set`.
+    Ok(json!({
         "write_off_type": d.write_off_type,
         "template_style_info": style,
         "column_info_list": columns,
         "field_rule_list": rules,
         "card_level_conf": level_conf,
-        "template_form_config": {"fields": {
-            "required": form_codes(&d.form.required),
-            "optional": form_codes(&d.form.optional),
-        }},
-    })
+    }))
 }
 
-/// Alipay's `fields` of `formtemplate.set`: each part a string holding JSON.
+/// Alipay's `fields` of `formtemplate.set`: each part a string holding JSON
+/// (`OpenFormFieldDO`); no optional part when there is none.
 fn form_body(template_id: &str, form: &Form) -> Value {
     let part = |list: &[String]| json!({"common_fields": form_codes(list)}).to_string();
-    json!({
-        "template_id": template_id,
-        "fields": {"required": part(&form.required), "optional": part(&form.optional)},
-    })
+    let mut fields = json!({"required": part(&form.required)});
+    if !form.optional.is_empty() {
+        fields["optional"] = json!(part(&form.optional));
+    }
+    json!({"template_id": template_id, "fields": fields})
 }
 
 /// Creates or modifies the template, then sets its form. Returns the card with its new sync
@@ -400,8 +450,8 @@ pub fn sync(merchant: &str, locale: &str) -> Result<Card> {
     };
     let levels = Levels::load()?;
     let tag = util::short_hash(merchant);
-    let mut body = template_body(&design, &levels, locale);
     let attempt: Result<String> = (|| {
+        let mut body = template_body(&design, &levels, locale)?;
         let template_id = match &card.template_id {
             None => {
                 body["request_id"] = json!(format!("c{tag}r{}l{}", card.revision, levels.revision));
@@ -499,7 +549,7 @@ pub fn apply_claim_link(origin: &str, legacy: bool, merchant: &str) -> Result<Cl
         .filter(|u| !u.is_empty())
         .ok_or_else(|| Error::internal("activateurl.apply returned no apply_card_url"))?;
     let claim = Claim {
-        url: trellis_host_api::percent_decode(encoded),
+        url: decoded_link(encoded),
         callback,
         template_id,
         applied_at_ms: util::now_ms(),
@@ -508,11 +558,69 @@ pub fn apply_claim_link(origin: &str, legacy: bool, merchant: &str) -> Result<Cl
     Ok(claim)
 }
 
+/// Alipay returns `apply_card_url` URL-encoded, to be decoded once. A link that already reads
+/// as a URL is kept as it is: decoding it again would turn an escape inside its own query
+/// (`%3D` in a nested parameter) into the character.
+fn decoded_link(link: &str) -> String {
+    if link.contains("://") {
+        link.to_owned()
+    } else {
+        trellis_host_api::percent_decode(link)
+    }
+}
+
 /// The claim link last applied for, or not-found telling the merchant to apply.
 pub fn stored_claim() -> Result<Claim> {
     kv::get_json::<Claim>(CLAIM_KEY)?
         .map(|(claim, _)| claim)
         .ok_or_else(|| Error::not_found("no claim link yet (POST /claim-link)"))
+}
+
+/// Where the card shows an uploaded image, and the rules Alipay sets for it
+/// (alipay-sdk-java-all `TemplateStyleInfoDTO`: the logo square, at least 500×500 and at most
+/// 1 MB; the background at least 1020×643 and at most 2 MB; other images at most 5 MB, the
+/// upload's own limit).
+pub fn check_image(usage: &str, kind: &str, bytes: &[u8]) -> Result<()> {
+    let format = match imagesize::image_type(bytes) {
+        Ok(imagesize::ImageType::Png) => "png",
+        Ok(imagesize::ImageType::Jpeg) => "jpg",
+        Ok(imagesize::ImageType::Gif) => "gif",
+        Ok(imagesize::ImageType::Bmp) => "bmp",
+        _ => {
+            return Err(Error::invalid(
+                "the body is not a PNG, JPEG, GIF or BMP image",
+            ));
+        }
+    };
+    if format != kind {
+        return Err(Error::invalid(format!(
+            "the image is a {format}, not the {kind} its content type says"
+        )));
+    }
+    let size = imagesize::blob_size(bytes)
+        .map_err(|_| Error::invalid("the image's dimensions cannot be read"))?;
+    let (w, h, len) = (size.width, size.height, bytes.len());
+    const MIB: usize = 1024 * 1024;
+    let problem = match usage {
+        "logo" if len > MIB => Some(format!("a logo is at most 1 MB ({len} bytes sent)")),
+        "logo" if w != h || w < 500 => Some(format!(
+            "a logo is square and at least 500×500 ({w}×{h} sent)"
+        )),
+        "background" if len > 2 * MIB => {
+            Some(format!("a background is at most 2 MB ({len} bytes sent)"))
+        }
+        "background" if w < 1020 || h < 643 => {
+            Some(format!("a background is at least 1020×643 ({w}×{h} sent)"))
+        }
+        "logo" | "background" => None,
+        "icon" if len > 5 * MIB => Some(format!("an image is at most 5 MB ({len} bytes sent)")),
+        "icon" => None,
+        _ => Some("say where the image goes: ?use=logo, background or icon".to_owned()),
+    };
+    match problem {
+        Some(message) => Err(Error::invalid(message)),
+        None => Ok(()),
+    }
 }
 
 /// Image types Alipay accepts, from the upload's content type.
@@ -617,10 +725,89 @@ mod tests {
             .unwrap(),
             revision: 1,
         };
-        let body = template_body(&validate(design()).unwrap(), &levels, "zh-CN");
+        let body = template_body(&validate(design()).unwrap(), &levels, "zh-CN").unwrap();
         assert_eq!(body["template_style_info"]["bg_color"], "rgb(55,112,179)");
-        assert_eq!(body["column_info_list"][0]["code"], "Point");
+        assert_eq!(body["column_info_list"][0]["code"], "POINT");
+        assert_eq!(body["column_info_list"][1]["code"], "LEVEL");
+        let rules: Vec<&str> = body["field_rule_list"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["field_name"].as_str().unwrap())
+            .collect();
+        for needed in ["Point", "Balance", "Level", "OpenDate", "ValidDate"] {
+            assert!(rules.contains(&needed), "{needed} in {rules:?}");
+        }
+        assert!(body.get("template_form_config").is_none());
         assert_eq!(body["card_level_conf"][0]["level"], "lv1");
         assert_eq!(body["card_level_conf"][0]["level_show_name"], "金卡");
+    }
+
+    #[test]
+    fn benefits_open_a_page_and_a_level_column_needs_levels() {
+        let mut d = validate(design()).unwrap();
+        d.columns = vec![Column::Benefits];
+        assert!(matches!(
+            template_body(&d, &Levels::default(), "zh-CN"),
+            Err(Error::Conflict(_))
+        ));
+        d.columns = vec![Column::Level];
+        assert!(matches!(
+            template_body(&d, &Levels::default(), "zh-CN"),
+            Err(Error::Conflict(_))
+        ));
+        let mut d = design();
+        d.columns.clear();
+        assert_eq!(field_of(validate(d)), "/columns");
+        let mut d = design();
+        d.write_off_type = "text".into();
+        assert_eq!(field_of(validate(d)), "/write_off_type");
+    }
+
+    #[test]
+    fn an_empty_optional_form_part_is_left_out() {
+        let mut d = validate(design()).unwrap();
+        d.form.optional.clear();
+        let body = form_body("T1", &d.form);
+        assert!(body["fields"].get("optional").is_none());
+    }
+
+    #[test]
+    fn a_claim_link_is_decoded_once_and_only_when_encoded() {
+        let inner = "https://p.test/cb?x=a%3Db";
+        assert_eq!(decoded_link(inner), inner, "already decoded: kept");
+        let encoded = "https%3A%2F%2Fp.test%2Fcb%3Fx%3Da%253Db";
+        assert_eq!(decoded_link(encoded), inner);
+    }
+
+    fn png(width: u32, height: u32) -> Vec<u8> {
+        // A PNG signature and IHDR: all the header the size check reads.
+        let mut bytes = vec![0x89, b'P', b'N', b'G', 0x0d, 0x0a, 0x1a, 0x0a, 0, 0, 0, 13];
+        bytes.extend_from_slice(b"IHDR");
+        bytes.extend_from_slice(&width.to_be_bytes());
+        bytes.extend_from_slice(&height.to_be_bytes());
+        bytes.extend_from_slice(&[8, 6, 0, 0, 0, 0, 0, 0, 0]);
+        bytes
+    }
+
+    #[test]
+    fn images_follow_alipay_s_rules_for_where_they_go() {
+        assert!(check_image("logo", "png", &png(500, 500)).is_ok());
+        assert!(
+            check_image("logo", "png", &png(600, 500)).is_err(),
+            "not square"
+        );
+        assert!(
+            check_image("logo", "png", &png(400, 400)).is_err(),
+            "too small"
+        );
+        assert!(check_image("background", "png", &png(1020, 643)).is_ok());
+        assert!(check_image("background", "png", &png(1000, 643)).is_err());
+        assert!(
+            check_image("logo", "jpg", &png(500, 500)).is_err(),
+            "a PNG sent as JPEG"
+        );
+        assert!(check_image("anywhere", "png", &png(500, 500)).is_err());
+        assert!(check_image("icon", "png", b"not an image").is_err());
     }
 }

@@ -37,7 +37,8 @@ pub struct Level {
     /// Percent of the price a member pays, 1–100 (95 is 9.5折); none for no discount.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub discount: Option<u8>,
-    /// An Alipay image id or an `https://` URL.
+    /// An Alipay image id (from `POST /card/images`): `card_level_conf.level_icon` takes only
+    /// uploaded images (alipay-sdk-java-all `TemplateCardLevelConfDTO`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub icon: Option<String>,
 }
@@ -114,12 +115,12 @@ pub fn validate(mut levels: Vec<Level>) -> Result<Vec<Level>> {
             return Err(field(i, "discount", "must be 1 to 100 (percent paid)"));
         }
         if let Some(icon) = &level.icon
-            && (icon.is_empty() || icon.len() > 512)
+            && !crate::card::image_id_ok(icon)
         {
             return Err(field(
                 i,
                 "icon",
-                "must be an image id or URL of at most 512 bytes",
+                "must be an Alipay image id (upload it with POST /card/images first)",
             ));
         }
         match level.kind {

@@ -193,13 +193,12 @@ impl Plugin for Membership {
                     .ok_or_else(|| {
                         Error::invalid("send a PNG, JPEG, GIF or BMP image with its content type")
                     })?;
-                if request.body.is_empty() || request.body.len() > 2 * 1024 * 1024 {
-                    return Err(Error::invalid("an image is 1 byte to 2 MiB"));
-                }
+                let usage = request.query_param("use").unwrap_or_default();
+                card::check_image(&usage, kind, &request.body)?;
                 let name = request
                     .query_param("name")
-                    .filter(|n| !n.is_empty() && n.len() <= 64)
-                    .unwrap_or_else(|| format!("image.{kind}"));
+                    .filter(|n| !n.is_empty() && n.chars().count() <= 64)
+                    .unwrap_or_else(|| format!("{usage}.{kind}"));
                 let uploaded = alipay::upload_image(&name, kind, &request.body)?;
                 Response::json(
                     200,

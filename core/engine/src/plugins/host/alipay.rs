@@ -19,26 +19,6 @@ use crate::plugins::{Invocation, Services};
 /// Alipay calls one invocation may make; one more traps it.
 const MAX_ALIPAY_CALLS: u32 = 20;
 
-/// Alipay's common request parameters: a plugin may not set them through `params`.
-const COMMON_PARAMS: &[&str] = &[
-    "app_id",
-    "method",
-    "format",
-    "return_url",
-    "charset",
-    "sign_type",
-    "sign",
-    "timestamp",
-    "version",
-    "notify_url",
-    "app_auth_token",
-    "biz_content",
-    "app_cert_sn",
-    "alipay_root_cert_sn",
-    "encrypt_type",
-    "auth_token",
-];
-
 impl State {
     /// Checks an Alipay method against the manifest and the grant, and counts the call.
     fn alipay_allowed(&mut self, method: &str) -> wasmtime::Result<Result<String, types::Error>> {
@@ -255,7 +235,8 @@ async fn alipay_call(
     };
     let mut extra = std::collections::BTreeMap::new();
     for (k, v) in options.params {
-        if COMMON_PARAMS.contains(&k.as_str()) {
+        // Alipay's common parameters and `biz_content` are the engine's to set.
+        if k == "biz_content" || crate::alipay::signing::COMMON_PARAMS.contains(&k.as_str()) {
             return Err(types::Error::InvalidInput(format!(
                 "{k} is a common parameter set by the host"
             )));
