@@ -458,7 +458,7 @@ fn check_card_values(card: &Fields<'_>, template: &Value) -> Result<(), GatewayF
 fn is_decimal(value: &str) -> bool {
     let (whole, frac) = value.split_once('.').unwrap_or((value, ""));
     !whole.is_empty()
-        && whole.len() <= 12
+        && whole.len() <= 20
         && frac.len() <= 2
         && whole.bytes().all(|b| b.is_ascii_digit())
         && frac.bytes().all(|b| b.is_ascii_digit())

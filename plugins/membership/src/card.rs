@@ -360,11 +360,12 @@ fn template_body(d: &Design, levels: &Levels, locale: &str) -> Result<Value> {
                 json!({"code": "LEVEL", "title": title("等级", "Level")})
             }
             Column::Benefits => {
+                // One line per level, long text over several lines (the page shows a list).
                 let descs: Vec<String> = levels
                     .levels
                     .iter()
                     .filter(|l| !l.benefits.trim().is_empty())
-                    .map(|l| format!("{}: {}", l.name, l.benefits.trim()))
+                    .flat_map(|l| lines(&format!("{}: {}", l.name, l.benefits.trim()), 200))
                     .take(20)
                     .collect();
                 if descs.is_empty() {
@@ -428,6 +429,12 @@ fn template_body(d: &Design, levels: &Levels, locale: &str) -> Result<Value> {
         "field_rule_list": rules,
         "card_level_conf": level_conf,
     }))
+}
+
+/// `text` in lines of at most `max` characters.
+fn lines(text: &str, max: usize) -> Vec<String> {
+    let chars: Vec<char> = text.chars().collect();
+    chars.chunks(max).map(|c| c.iter().collect()).collect()
 }
 
 /// Alipay's `fields` of `formtemplate.set`: each part a string holding JSON
@@ -762,6 +769,15 @@ mod tests {
         let mut d = design();
         d.write_off_type = "text".into();
         assert_eq!(field_of(validate(d)), "/write_off_type");
+    }
+
+    #[test]
+    fn long_benefits_are_shown_over_several_lines() {
+        let split = lines(&"权".repeat(450), 200);
+        assert_eq!(
+            split.iter().map(|l| l.chars().count()).collect::<Vec<_>>(),
+            [200, 200, 50]
+        );
     }
 
     #[test]
