@@ -13,6 +13,7 @@ mod plugins;
 mod foundation;
 mod make_run;
 mod membership;
+mod payments;
 mod sandbox;
 mod rbac_property;
 mod security;

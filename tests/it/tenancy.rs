@@ -23,6 +23,8 @@ struct Tree {
     /// Made on first use by the plugin actions: hello installed and offered by the first
     /// partner, a published package assigned to the first merchant, one delivery to it.
     plugins: tokio::sync::OnceCell<PluginFixture>,
+    /// Made on first use by the payment actions: a payment of the first store, paid.
+    paid: tokio::sync::OnceCell<String>,
 }
 
 struct PluginFixture {
@@ -34,7 +36,75 @@ const HELLO: &str = "com.trellis.hello";
 /// A fixture with a route for every admin audience (`/staff`, `/headers`, `/agent`, `/partner`).
 const ABUSE: &str = "test.trellis.abuse";
 
+const SANDBOX_APP: &str = "2021004199990099";
+const VECTORS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../core/alipay/tests/vectors/");
+
 impl Tree {
+    /// The first merchant's Alipay app, at the engine's sandbox: stored again before each
+    /// payment action, because the key-pair actions of the matrix replace its key.
+    async fn wire_alipay(&self, engine: &Engine) {
+        let pem = std::fs::read_to_string(format!("{VECTORS}keys/app_private_pkcs8.pem")).unwrap();
+        let key =
+            trellis_engine::alipay::PrivateKey::parse(&secrecy::SecretString::from(pem.clone()))
+                .unwrap();
+        let registered = trellis_tests::register_sandbox_app(
+            engine,
+            json!({"app_id": SANDBOX_APP, "app_public_key": key.public_key().to_base64()}),
+        )
+        .await;
+        self.root
+            .put(
+                &format!("/api/v1/merchants/{}/alipay/credentials", self.chain[2]),
+                json!({"app_id": SANDBOX_APP, "key_mode": "public_key", "app_private_key": pem,
+                    "alipay_public_key": registered["alipay_public_key"], "gateway": "custom",
+                    "gateway_url": registered["gateway_url"]}),
+            )
+            .await
+            .ok();
+    }
+
+    /// A payment of the first store that a consumer paid (10,000 fen: room for every
+    /// refund cell).
+    async fn paid(&self, engine: &Engine) -> &str {
+        self.paid
+            .get_or_init(|| async {
+                let created = self
+                    .root
+                    .post(
+                        &format!("/api/v1/stores/{}/payments", self.chain[3]),
+                        json!({"scene": "precreate", "amount_fen": 10_000, "subject": "matrix"}),
+                    )
+                    .await
+                    .ok();
+                let id = created.body["id"].as_str().unwrap().to_owned();
+                let out_trade_no = created.body["out_trade_no"].as_str().unwrap().to_owned();
+                let paid: serde_json::Value = trellis_tests::client()
+                    .post(engine.url("/sandbox/consumers/matrix/pay"))
+                    .json(&json!({"app_id": SANDBOX_APP, "out_trade_no": out_trade_no}))
+                    .send()
+                    .await
+                    .unwrap()
+                    .json()
+                    .await
+                    .unwrap();
+                assert_eq!(paid["trade_status"], "TRADE_SUCCESS", "{paid}");
+                trellis_tests::eventually(
+                    Duration::from_secs(20),
+                    "the payment is paid",
+                    || async {
+                        let now = self.root.get(&format!("/api/v1/payments/{id}")).await.ok();
+                        match now.body["status"].as_str() {
+                            Some("succeeded") => Ok(()),
+                            other => Err(format!("{other:?}")),
+                        }
+                    },
+                )
+                .await;
+                id
+            })
+            .await
+    }
+
     async fn plugins(&self) -> &PluginFixture {
         self.plugins
             .get_or_init(|| async {
@@ -134,6 +204,7 @@ impl Tree {
             other,
             clients,
             plugins: tokio::sync::OnceCell::new(),
+            paid: tokio::sync::OnceCell::new(),
         }
     }
 
@@ -202,7 +273,7 @@ fn plural(kind: NodeKind) -> &'static str {
 
 /// Performs `action` as `role` against the first chain's node of the action's target kind (or
 /// the role's own node), returning the status. Helper accounts and keys are made by the root.
-async fn perform(tree: &Tree, role: Role, action: Action, serial: usize) -> u16 {
+async fn perform(engine: &Engine, tree: &Tree, role: Role, action: Action, serial: usize) -> u16 {
     let api = tree.client(role);
     let own = tree.node_of(role).map(str::to_owned);
     let node_of_kind = |kind: NodeKind| match kind {
@@ -401,6 +472,30 @@ async fn perform(tree: &Tree, role: Role, action: Action, serial: usize) -> u16 
             let path = format!("/api/v1/merchants/{merchant}/plugins/{ABUSE}/{route}");
             api.get(&path).await.status
         }
+        A::PaymentRead => {
+            api.get(&format!("/api/v1/stores/{}/payments", tree.chain[3]))
+                .await
+                .status
+        }
+        A::PaymentCreate => {
+            tree.wire_alipay(engine).await;
+            api.post(
+                &format!("/api/v1/stores/{}/payments", tree.chain[3]),
+                json!({"scene": "precreate", "amount_fen": 100, "subject": format!("cell {serial}")}),
+            )
+            .await
+            .status
+        }
+        A::PaymentRefund => {
+            tree.wire_alipay(engine).await;
+            let paid = tree.paid(engine).await;
+            api.post(
+                &format!("/api/v1/payments/{paid}/refunds"),
+                json!({"amount_fen": 1, "out_request_no": format!("M{serial}")}),
+            )
+            .await
+            .status
+        }
         A::DeliveryRead => api.get("/api/v1/deliveries").await.status,
         A::DeliveryRedeliver => {
             let fixture = tree.plugins().await;
@@ -417,13 +512,20 @@ async fn perform(tree: &Tree, role: Role, action: Action, serial: usize) -> u16 
 #[tokio::test]
 async fn every_cell_of_the_permission_matrix_holds_over_http() {
     for db in databases().await {
-        let engine = Engine::start(&db.url(), &[]);
+        // The payment actions need a merchant whose Alipay app is the engine's sandbox.
+        let engine = Engine::start(
+            &db.url(),
+            &[
+                ("TRELLIS_SANDBOX__ENABLED", "true"),
+                ("TRELLIS_SANDBOX__TIME_SCALE", "100000"),
+            ],
+        );
         let tree = Tree::build(&engine, &db.url()).await;
         let mut serial = 0;
         for role in Role::ALL {
             for action in Action::ALL {
                 serial += 1;
-                let status = perform(&tree, role, action, serial).await;
+                let status = perform(&engine, &tree, role, action, serial).await;
                 let target_depth = action
                     .target_kind()
                     .map_or(role.kind().depth(), NodeKind::depth);

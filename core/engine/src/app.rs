@@ -121,7 +121,15 @@ impl App {
             let options = DispatcherOptions::from_config(&config.events);
             tokio::spawn(Dispatcher::new(catalog.clone(), options).run(stopped))
         });
+        let payments = crate::payments::Payments::new(
+            db.clone(),
+            vault.clone(),
+            catalog.runtime.services().alipay.clone(),
+            catalog.clone(),
+            &config.http.public_scheme,
+        );
         let state = AppState {
+            payments,
             hasher: Hasher::new(config.auth.hash_threads, config.auth.hash_queue),
             uploads: Arc::new(tokio::sync::Semaphore::new(
                 config.http.max_concurrent_uploads as usize,

@@ -201,13 +201,52 @@ pub async fn publish(
             });
         }
     }
+    record(&txn, &id, &partner_id, event, subscribers, root_id, now).await?;
+    txn.commit().await?;
+    Ok(id)
+}
+
+/// Records an event and its pending deliveries inside the caller's transaction: the payment
+/// ledger writes its events in the same commit as the change they announce. No chain budget
+/// applies (the event starts no plugin chain). Returns the event id.
+pub async fn publish_in(
+    txn: &impl ConnectionTrait,
+    event: &NewEvent,
+    subscribers: &[String],
+    now: DateTime<Utc>,
+) -> Result<String, Error> {
+    if !is_event_kind(&event.kind) {
+        return Err(Error::Invalid {
+            field: "kind",
+            message: format!("{:?} is not an event kind", event.kind),
+        });
+    }
+    let partner_id = event.place.partner_id.clone().ok_or(Error::Invalid {
+        field: "place",
+        message: "events belong to a partner's tenant".into(),
+    })?;
+    let id = Uuid::now_v7().to_string();
+    record(txn, &id, &partner_id, event, subscribers, None, now).await?;
+    Ok(id)
+}
+
+/// Inserts the event row and one pending delivery per subscriber.
+async fn record(
+    txn: &impl ConnectionTrait,
+    id: &str,
+    partner_id: &str,
+    event: &NewEvent,
+    subscribers: &[String],
+    root_id: Option<&str>,
+    now: DateTime<Utc>,
+) -> Result<(), Error> {
     sql::query(
         "INSERT INTO events (id, kind, partner_id, agent_id, merchant_id, payload, source, depth, root_id, occurred_at) \
          VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         [
-            id.clone().into(),
+            id.into(),
             event.kind.clone().into(),
-            partner_id.clone().into(),
+            partner_id.into(),
             event.place.agent_id.clone().into(),
             event.place.merchant_id.clone().into(),
             event.payload.to_string().into(),
@@ -217,7 +256,7 @@ pub async fn publish(
             Millis(event.occurred_at).into(),
         ],
     )
-    .execute(&txn)
+    .execute(txn)
     .await?;
     for installation in subscribers {
         sql::query(
@@ -225,9 +264,9 @@ pub async fn publish(
              status, attempts, next_attempt_at, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', 0, ?, ?, ?)",
             [
                 Uuid::now_v7().to_string().into(),
-                id.clone().into(),
+                id.into(),
                 installation.clone().into(),
-                partner_id.clone().into(),
+                partner_id.into(),
                 event.place.agent_id.clone().into(),
                 event.place.merchant_id.clone().into(),
                 event.kind.clone().into(),
@@ -236,11 +275,10 @@ pub async fn publish(
                 Millis(now).into(),
             ],
         )
-        .execute(&txn)
+        .execute(txn)
         .await?;
     }
-    txn.commit().await?;
-    Ok(id)
+    Ok(())
 }
 
 /// Applies `set` (with its `values`) to a claimed delivery that is still pending and still

@@ -28,6 +28,8 @@ pub mod configs;
 pub mod events;
 /// The plugins' own routes (admin, store, member pages, the card-activation callback).
 pub mod plugin_routes;
+/// Payments: trades, the ledger, refunds.
+pub mod payments;
 pub mod openapi;
 
 use std::sync::Arc;
@@ -60,6 +62,8 @@ pub struct AppState {
     pub vault: Arc<Vault>,
     /// Installed plugins, packages' entitlements and the outbox, with the engine's clock.
     pub catalog: Catalog,
+    /// The payment ledger and the trades it creates at Alipay.
+    pub payments: crate::payments::Payments,
     /// Where sign-ins check passwords, off the async workers.
     pub hasher: crate::auth::Hasher,
     /// Plugin archive uploads being read now (`http.max_concurrent_uploads`).
@@ -95,6 +99,7 @@ pub fn router(state: AppState, sandbox: Option<Router>) -> Router {
         .merge(configs::router())
         .merge(events::router())
         .merge(plugin_routes::router())
+        .merge(payments::router())
         .fallback(not_found)
         // The body is read after the host is known, so an upload's caller can be checked first.
         .layer(axum::middleware::from_fn_with_state(
@@ -189,6 +194,19 @@ async fn alipay_notify(
     match inbound::receive(&state.db, &merchant_id, &body).await {
         Ok(received) => {
             tracing::info!(id = %received.id, new = received.new, "alipay notification recorded");
+            // Applied whether new or not: a redelivery after a failed application retries it,
+            // and a transition already made is not made twice. Alipay hears `success` only
+            // once the ledger's change and its events are committed.
+            match state
+                .payments
+                .apply_notification(&merchant_id, &received.id, &received.notification)
+                .await
+            {
+                Ok(applied) => {
+                    tracing::info!(id = %received.id, ?applied, "alipay notification applied")
+                }
+                Err(error) => return ApiError::Payments(error).into_response(),
+            }
             (
                 [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
                 crate::alipay::notify::ACK,

@@ -27,6 +27,8 @@ pub mod packages;
 pub mod themes;
 /// The plugin host: manifests, archives, the wasmtime runtime and its capabilities.
 pub mod plugins;
+/// Payments: trades created at Alipay, the ledger that follows them, refunds and payment events.
+pub mod payments;
 /// One door for plugin calls: runs a plugin route for any door (admin, store staff, member
 /// page, engine callback) from domain inputs.
 pub mod doors;

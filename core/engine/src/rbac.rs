@@ -69,10 +69,16 @@ pub enum Action {
     PluginRouteAgent,
     /// Calling a plugin route whose audience is `partner`.
     PluginRoutePartner,
+    /// Creating (and closing) a trade at a store: its owner and staff.
+    PaymentCreate,
+    /// Reading payments, their refunds and the notifications not applied.
+    PaymentRead,
+    /// Refunding a payment: the merchant's owner.
+    PaymentRefund,
 }
 
 impl Action {
-    pub const ALL: [Action; 41] = [
+    pub const ALL: [Action; 44] = [
         Self::PartnerCreate,
         Self::PartnerRead,
         Self::PartnerUpdate,
@@ -114,6 +120,9 @@ impl Action {
         Self::PluginRouteMerchant,
         Self::PluginRouteAgent,
         Self::PluginRoutePartner,
+        Self::PaymentCreate,
+        Self::PaymentRead,
+        Self::PaymentRefund,
     ];
 
     /// The (object, verb) pair casbin stores.
@@ -160,6 +169,9 @@ impl Action {
             Self::PluginRouteMerchant => ("plugin.route", "merchant"),
             Self::PluginRouteAgent => ("plugin.route", "agent"),
             Self::PluginRoutePartner => ("plugin.route", "partner"),
+            Self::PaymentCreate => ("payment", "create"),
+            Self::PaymentRead => ("payment", "read"),
+            Self::PaymentRefund => ("payment", "refund"),
         }
     }
 
@@ -192,14 +204,17 @@ impl Action {
             | Self::PluginUse
             | Self::PluginRouteMerchant
             | Self::PluginRouteAgent
-            | Self::PluginRoutePartner => NodeKind::Merchant,
+            | Self::PluginRoutePartner
+            | Self::PaymentRefund => NodeKind::Merchant,
             Self::PluginManage => NodeKind::Partner,
             Self::PackageWrite => NodeKind::Agent,
             Self::StoreRead
             | Self::StoreUpdate
             | Self::StoreSuspend
             | Self::PluginView
-            | Self::PluginRouteStaff => NodeKind::Store,
+            | Self::PluginRouteStaff
+            | Self::PaymentCreate
+            | Self::PaymentRead => NodeKind::Store,
             Self::UserCreate
             | Self::UserRead
             | Self::UserUpdate
@@ -269,9 +284,15 @@ pub fn allows(role: Role, action: Action) -> bool {
         Role::PlatformAdmin => true,
         // A partner's domains, theme and status are set from the tier above: a partner that
         // could set its own domains could claim any host, the console's among them.
+        // Money moves at the merchant: the tiers above read payments but neither take nor
+        // refund them.
         Role::PartnerAdmin => !matches!(
             action,
-            A::PartnerCreate | A::PartnerUpdate | A::PartnerSuspend
+            A::PartnerCreate
+                | A::PartnerUpdate
+                | A::PartnerSuspend
+                | A::PaymentCreate
+                | A::PaymentRefund
         ),
         Role::AgentAdmin => !matches!(
             action,
@@ -284,6 +305,8 @@ pub fn allows(role: Role, action: Action) -> bool {
                 | A::AgentSuspend
                 | A::PluginManage
                 | A::PluginRoutePartner
+                | A::PaymentCreate
+                | A::PaymentRefund
         ),
         Role::MerchantOwner => matches!(
             action,
@@ -311,8 +334,14 @@ pub fn allows(role: Role, action: Action) -> bool {
                 | A::DeliveryRedeliver
                 | A::PluginRouteStaff
                 | A::PluginRouteMerchant
+                | A::PaymentCreate
+                | A::PaymentRead
+                | A::PaymentRefund
         ),
-        Role::MerchantStaff => matches!(action, A::StoreRead | A::PluginView | A::PluginRouteStaff),
+        Role::MerchantStaff => matches!(
+            action,
+            A::StoreRead | A::PluginView | A::PluginRouteStaff | A::PaymentCreate | A::PaymentRead
+        ),
     }
 }
 
@@ -745,7 +774,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_platform_admin_may_do_everything_and_staff_only_read_their_store() {
+    fn the_platform_admin_may_do_everything_and_staff_only_read_their_store_and_sell() {
         for action in Action::ALL {
             assert!(allows(Role::PlatformAdmin, action));
             assert_eq!(
@@ -753,8 +782,21 @@ mod tests {
                 action == Action::StoreRead
                     || action == Action::PluginView
                     || action == Action::PluginRouteStaff
+                    || action == Action::PaymentCreate
+                    || action == Action::PaymentRead
             );
         }
+    }
+
+    #[test]
+    fn money_moves_at_the_merchant_the_tiers_above_only_read_it() {
+        for role in [Role::PartnerAdmin, Role::AgentAdmin] {
+            assert!(allows(role, Action::PaymentRead));
+            assert!(!allows(role, Action::PaymentCreate));
+            assert!(!allows(role, Action::PaymentRefund));
+        }
+        assert!(allows(Role::MerchantOwner, Action::PaymentRefund));
+        assert!(!allows(Role::MerchantStaff, Action::PaymentRefund));
     }
 
     #[test]

@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use crate::alipay::credentials;
 use crate::plugins::catalog;
-use crate::{auth, db, events, packages, plugins, rbac, secrets, tenancy, themes};
+use crate::{auth, db, events, packages, payments, plugins, rbac, secrets, tenancy, themes};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -53,6 +53,8 @@ pub enum ApiError {
     Events(#[from] events::Error),
     #[error(transparent)]
     Plugin(#[from] plugins::Error),
+    #[error(transparent)]
+    Payments(#[from] payments::Error),
     #[error("internal error")]
     Internal(#[from] anyhow::Error),
 }
@@ -132,6 +134,7 @@ impl ApiError {
             }
             Self::Events(events::Error::Db(_)) => INTERNAL,
             Self::Plugin(e) => plugin_status(e),
+            Self::Payments(e) => payments_status(e),
             Self::DbErr(_) | Self::Theme(_) | Self::Internal(_) => INTERNAL,
         }
     }
@@ -159,6 +162,7 @@ impl ApiError {
     fn static_field(&self) -> Option<&'static str> {
         match self {
             Self::Validation { field, .. }
+            | Self::Payments(payments::Error::Invalid { field, .. })
             | Self::Tenancy(tenancy::Error::Invalid { field, .. })
             | Self::Auth(auth::Error::Invalid { field, .. })
             | Self::Auth(auth::Error::Tenancy(tenancy::Error::Invalid { field, .. }))
@@ -297,12 +301,31 @@ fn rbac_status(error: &rbac::Error) -> (StatusCode, &'static str) {
     }
 }
 
+fn payments_status(error: &payments::Error) -> (StatusCode, &'static str) {
+    use StatusCode as S;
+    use payments::Error as E;
+    match error {
+        E::Invalid { .. } => (S::UNPROCESSABLE_ENTITY, "validation_failed"),
+        E::NotFound => (S::NOT_FOUND, "not_found"),
+        E::Conflict(_) => (S::CONFLICT, "conflict"),
+        E::NoCredentials => (S::CONFLICT, "alipay_not_configured"),
+        // Alipay's refusal, with its codes in the message: the merchant can act on it.
+        E::Refused(_) => (S::BAD_GATEWAY, "alipay_refused"),
+        E::Alipay(_) => (S::BAD_GATEWAY, "alipay_unavailable"),
+        E::Tenancy(e) => tenancy_status(e),
+        E::Credentials(_) | E::Events(_) | E::Catalog(_) | E::Db(_) => INTERNAL,
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code) = self.status_and_code();
         // A plugin's own failure (trap, timeout, busy) is about the plugin, not our internals:
         // its message helps the partner and leaks nothing of the engine.
-        let message = if status.is_server_error() && !code.starts_with("plugin_") {
+        let message = if status.is_server_error()
+            && !code.starts_with("plugin_")
+            && !code.starts_with("alipay_")
+        {
             tracing::error!(error = ?self, "request failed");
             match status {
                 StatusCode::SERVICE_UNAVAILABLE if code == "secrets_unavailable" => {

@@ -544,6 +544,26 @@ impl Catalog {
         self.emit_in_chain(event, None).await
     }
 
+    /// The partner's installations subscribed to events of `kind` (entitlement is checked when
+    /// each delivery is attempted).
+    pub async fn subscribers(&self, partner_id: &str, kind: &str) -> Result<Vec<String>, Error> {
+        let rows: Vec<Row> = sql::query(
+            &format!("SELECT {COLUMNS} FROM plugin_installations WHERE partner_id = ? AND status = 'installed'"),
+            [partner_id.into()],
+        )
+        .all(&self.db)
+        .await?;
+        let mut subscribers = Vec::new();
+        for row in rows {
+            let id = row.id.clone();
+            let installation = self.view(row).await?;
+            if installation.subscribe.iter().any(|k| k == kind) {
+                subscribers.push(id);
+            }
+        }
+        Ok(subscribers)
+    }
+
     /// [`emit`](Self::emit) for an event that continues the chain started by `root_id`: its
     /// deliveries are charged to that chain's budget.
     async fn emit_in_chain(
@@ -556,20 +576,7 @@ impl Catalog {
             .partner_id
             .clone()
             .ok_or_else(|| invalid("place", "events belong to a partner's tenant"))?;
-        let rows: Vec<Row> = sql::query(
-            &format!("SELECT {COLUMNS} FROM plugin_installations WHERE partner_id = ? AND status = 'installed'"),
-            [partner_id.into()],
-        )
-        .all(&self.db)
-        .await?;
-        let mut subscribers = Vec::new();
-        for row in rows {
-            let id = row.id.clone();
-            let installation = self.view(row).await?;
-            if installation.subscribe.contains(&event.kind) {
-                subscribers.push(id);
-            }
-        }
+        let subscribers = self.subscribers(&partner_id, &event.kind).await?;
         Ok(events::publish(
             &self.db,
             event,

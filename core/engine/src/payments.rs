@@ -1,0 +1,295 @@
+//! Payments: the trades the engine creates at Alipay for a merchant's store, the ledger that
+//! follows them (statuses, refunds), and the payment events plugins receive.
+//!
+//! Invariant: the ledger changes only through Alipay's verified answers and notifications, each
+//! applied by one forward-only transition together with its event in one durable transaction;
+//! an amount is fen in an integer, and a refund never takes the refunded total past what was
+//! paid.
+
+pub mod ledger;
+mod notify;
+mod store;
+mod trades;
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use sea_orm::DbErr;
+use serde_json::{Value, json};
+
+use crate::alipay::client::AlipayClient;
+use crate::config::Clock;
+use crate::db::Db;
+use crate::plugins::catalog::Catalog;
+use crate::secrets::Vault;
+use crate::tenancy::Place;
+
+pub use ledger::Status;
+pub use notify::Applied;
+pub use store::{Anomaly, Facts, Payment, Refund};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{field}: {message}")]
+    Invalid {
+        field: &'static str,
+        message: String,
+    },
+    #[error("no such payment")]
+    NotFound,
+    #[error("{0}")]
+    Conflict(String),
+    #[error("this merchant has no Alipay credentials")]
+    NoCredentials,
+    /// Alipay refused, with its codes.
+    #[error(
+        "alipay refused: {} {} {}",
+        .0.code,
+        .0.sub_code.as_deref().unwrap_or_default(),
+        .0.sub_msg.as_deref().unwrap_or_default()
+    )]
+    Refused(crate::alipay::response::GatewayError),
+    /// Alipay could not be reached or answered something unverifiable; the outcome is unknown.
+    #[error("alipay: {0}")]
+    Alipay(crate::alipay::Error),
+    #[error("alipay credentials: {0}")]
+    Credentials(#[from] crate::alipay::credentials::Error),
+    #[error("event outbox: {0}")]
+    Events(#[from] crate::events::Error),
+    #[error("plugin catalog: {0}")]
+    Catalog(String),
+    #[error("tenancy: {0}")]
+    Tenancy(#[from] crate::tenancy::Error),
+    #[error("database error: {0}")]
+    Db(#[from] DbErr),
+}
+
+impl From<crate::alipay::Error> for Error {
+    fn from(error: crate::alipay::Error) -> Self {
+        match error {
+            crate::alipay::Error::Gateway(g) => Error::Refused(g),
+            other => Error::Alipay(other),
+        }
+    }
+}
+
+/// The payment service: the ledger's database, the vault holding merchants' keys, the Alipay
+/// client and the outbox's subscribers, with the engine's clock.
+#[derive(Clone)]
+pub struct Payments {
+    db: Db,
+    vault: Arc<Vault>,
+    alipay: AlipayClient,
+    catalog: Catalog,
+    clock: Clock,
+    /// `http.public_scheme`: the scheme of the partner domain Alipay notifies.
+    public_scheme: String,
+}
+
+impl std::fmt::Debug for Payments {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Payments").finish_non_exhaustive()
+    }
+}
+
+/// A trade to create: the store it is for, what for, and how much.
+#[derive(Debug, Clone)]
+pub struct NewTrade {
+    pub store: Place,
+    pub amount_fen: i64,
+    pub subject: String,
+    /// `sale`, `recharge` or a plugin's own tag.
+    pub purpose: String,
+    pub device_id: Option<String>,
+    pub operator_id: Option<String>,
+    pub plugin_id: Option<String>,
+}
+
+/// How long a new trade may wait for its buyer (Alipay's `timeout_express`): after it,
+/// reconciliation closes it.
+pub const TRADE_TIMEOUT_MINUTES: i64 = 15;
+/// The longest subject Alipay takes (`AlipayTradePrecreateModel.subject`).
+pub const MAX_SUBJECT_CHARS: usize = 256;
+
+impl Payments {
+    pub fn new(
+        db: Db,
+        vault: Arc<Vault>,
+        alipay: AlipayClient,
+        catalog: Catalog,
+        public_scheme: &str,
+    ) -> Self {
+        let clock = catalog.clock.clone();
+        Self {
+            db,
+            vault,
+            alipay,
+            catalog,
+            clock,
+            public_scheme: public_scheme.to_owned(),
+        }
+    }
+
+    fn now(&self) -> DateTime<Utc> {
+        self.clock.now()
+    }
+
+    /// A payment by id, whoever's: callers check the place it returns against their grant.
+    pub async fn get(&self, id: &str) -> Result<Payment, Error> {
+        store::by_id(&self.db.conn, id)
+            .await?
+            .ok_or(Error::NotFound)
+    }
+
+    /// The newest `limit` payments of a store or a merchant.
+    pub async fn list(
+        &self,
+        at: crate::tenancy::NodeKind,
+        id: &str,
+        limit: u64,
+    ) -> Result<Vec<Payment>, Error> {
+        Ok(store::newest(&self.db.conn, at, id, limit).await?)
+    }
+
+    pub async fn refunds(&self, payment_id: &str) -> Result<Vec<Refund>, Error> {
+        Ok(store::refunds_of(&self.db.conn, payment_id).await?)
+    }
+
+    pub async fn anomalies(&self, merchant_id: &str, limit: u64) -> Result<Vec<Anomaly>, Error> {
+        Ok(store::anomalies_of(&self.db.conn, merchant_id, limit).await?)
+    }
+}
+
+/// Checks a new trade's own fields: the amount, the subject and the purpose.
+fn check(trade: &NewTrade) -> Result<(), Error> {
+    if !(1..=ledger::MAX_FEN).contains(&trade.amount_fen) {
+        return Err(Error::Invalid {
+            field: "amount_fen",
+            message: format!("must be 1 to {} fen", ledger::MAX_FEN),
+        });
+    }
+    let subject = trade.subject.trim();
+    if subject.is_empty() || subject.chars().count() > MAX_SUBJECT_CHARS {
+        return Err(Error::Invalid {
+            field: "subject",
+            message: format!("must be 1 to {MAX_SUBJECT_CHARS} characters"),
+        });
+    }
+    // Alipay's subject refuses `/`, `=` and `&` (alipay-sdk-java-all `AlipayTradePrecreateModel`).
+    if subject.contains(['/', '=', '&']) {
+        return Err(Error::Invalid {
+            field: "subject",
+            message: "must not contain /, = or &".into(),
+        });
+    }
+    if trade.purpose.is_empty()
+        || trade.purpose.len() > 64
+        || !trade
+            .purpose
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'.')
+    {
+        return Err(Error::Invalid {
+            field: "purpose",
+            message: "must be 1 to 64 of a-z, 0-9, _ and . (sale, recharge or a plugin's tag)"
+                .into(),
+        });
+    }
+    if let Some(device) = &trade.device_id
+        && (device.is_empty() || device.len() > 32 || !device.bytes().all(|b| b.is_ascii_graphic()))
+    {
+        return Err(Error::Invalid {
+            field: "device_id",
+            message: "must be 1 to 32 printable characters".into(),
+        });
+    }
+    Ok(())
+}
+
+/// What a payment event carries (`payment.succeeded`, `payment.closed`): the payment as plugins
+/// need it, amounts in fen.
+fn payment_payload(p: &Payment) -> Value {
+    json!({
+        "payment_id": p.id,
+        "merchant_id": p.merchant_id,
+        "store_id": p.store_id,
+        "device_id": p.device_id,
+        "amount_fen": p.amount_fen,
+        "buyer_id": p.buyer_id,
+        "buyer_open_id": p.buyer_open_id,
+        "purpose": p.purpose,
+        "plugin_id": p.plugin_id,
+        "out_trade_no": p.out_trade_no,
+        "trade_no": p.trade_no,
+        "paid_at": p.paid_at.map(|ms| crate::db::sql::from_millis(ms).to_rfc3339()),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn trade() -> NewTrade {
+        NewTrade {
+            store: Place {
+                id: "s".into(),
+                kind: crate::tenancy::NodeKind::Store,
+                partner_id: Some("p".into()),
+                agent_id: Some("a".into()),
+                merchant_id: Some("m".into()),
+                store_id: Some("s".into()),
+            },
+            amount_fen: 1230,
+            subject: "咖啡".into(),
+            purpose: "sale".into(),
+            device_id: None,
+            operator_id: None,
+            plugin_id: None,
+        }
+    }
+
+    #[test]
+    fn a_trade_needs_a_bounded_amount_a_plain_subject_and_a_tag() {
+        assert!(check(&trade()).is_ok());
+        for amount in [0, -1, ledger::MAX_FEN + 1] {
+            let t = NewTrade {
+                amount_fen: amount,
+                ..trade()
+            };
+            assert!(
+                matches!(
+                    check(&t),
+                    Err(Error::Invalid {
+                        field: "amount_fen",
+                        ..
+                    })
+                ),
+                "{amount}"
+            );
+        }
+        for subject in ["", "a=b", &"字".repeat(257)] {
+            let t = NewTrade {
+                subject: subject.to_owned(),
+                ..trade()
+            };
+            assert!(matches!(
+                check(&t),
+                Err(Error::Invalid {
+                    field: "subject",
+                    ..
+                })
+            ));
+        }
+        let t = NewTrade {
+            purpose: "Sale!".into(),
+            ..trade()
+        };
+        assert!(matches!(
+            check(&t),
+            Err(Error::Invalid {
+                field: "purpose",
+                ..
+            })
+        ));
+    }
+}

@@ -1,0 +1,489 @@
+//! The ledger's rows: payments, their refunds and the notifications that could not be applied,
+//! read and written through the raw-SQL door.
+//!
+//! Invariant: a payment's status changes only by [`advance`], one conditional update whose
+//! `WHERE` lists the statuses it may come from, so concurrent appliers of the same answer move a
+//! payment once, and a refund's amount is reserved by one conditional update that never lets the
+//! refunded total pass the paid amount.
+
+use chrono::{DateTime, Utc};
+use sea_orm::{ConnectionTrait, DbErr, FromQueryResult};
+
+use super::ledger::Status;
+use crate::db::sql::{self, Millis};
+
+pub(super) const COLUMNS: &str = "id, partner_id, agent_id, merchant_id, store_id, device_id, operator_id, app_id, \
+     out_trade_no, trade_no, scene, amount_fen, refunded_fen, subject, purpose, plugin_id, qr_code, buyer_id, \
+     buyer_open_id, buyer_logon_id, status, expires_at, waiting_at, paid_at, finished_at, closed_at, checked_at, \
+     created_at, updated_at";
+
+/// One payment as stored; instants are Unix milliseconds.
+#[derive(Debug, Clone, FromQueryResult, serde::Serialize)]
+pub struct Payment {
+    pub id: String,
+    pub partner_id: String,
+    pub agent_id: String,
+    pub merchant_id: String,
+    pub store_id: Option<String>,
+    pub device_id: Option<String>,
+    pub operator_id: Option<String>,
+    pub app_id: String,
+    pub out_trade_no: String,
+    pub trade_no: Option<String>,
+    /// `precreate` (a QR code the buyer scans), `bar_code`, `security_code` (face) or `jsapi`.
+    pub scene: String,
+    pub amount_fen: i64,
+    pub refunded_fen: i64,
+    pub subject: String,
+    pub purpose: String,
+    pub plugin_id: Option<String>,
+    pub qr_code: Option<String>,
+    pub buyer_id: Option<String>,
+    pub buyer_open_id: Option<String>,
+    pub buyer_logon_id: Option<String>,
+    pub status: String,
+    pub expires_at: Option<i64>,
+    pub waiting_at: Option<i64>,
+    pub paid_at: Option<i64>,
+    pub finished_at: Option<i64>,
+    pub closed_at: Option<i64>,
+    pub checked_at: Option<i64>,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+impl Payment {
+    pub fn status(&self) -> Status {
+        Status::parse(&self.status).unwrap_or(Status::Created)
+    }
+}
+
+/// What a new payment row holds.
+pub(super) struct NewPayment<'a> {
+    pub id: &'a str,
+    pub place: [Option<&'a str>; 4],
+    pub device_id: Option<&'a str>,
+    pub operator_id: Option<&'a str>,
+    pub app_id: &'a str,
+    pub out_trade_no: &'a str,
+    pub scene: &'a str,
+    pub amount_fen: i64,
+    pub subject: &'a str,
+    pub purpose: &'a str,
+    pub plugin_id: Option<&'a str>,
+    pub buyer_id: Option<&'a str>,
+    pub buyer_open_id: Option<&'a str>,
+    pub expires_at: DateTime<Utc>,
+    pub now: DateTime<Utc>,
+}
+
+pub(super) async fn insert(db: &impl ConnectionTrait, p: &NewPayment<'_>) -> Result<(), DbErr> {
+    let [partner, agent, merchant, store] = p.place;
+    sql::query(
+        "INSERT INTO payments (id, partner_id, agent_id, merchant_id, store_id, device_id, operator_id, app_id, \
+         out_trade_no, scene, amount_fen, refunded_fen, subject, purpose, plugin_id, buyer_id, buyer_open_id, \
+         status, expires_at, created_at, updated_at) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?, ?, ?, 'created', ?, ?, ?)",
+        [
+            p.id.into(),
+            partner.map(str::to_owned).into(),
+            agent.map(str::to_owned).into(),
+            merchant.map(str::to_owned).into(),
+            store.map(str::to_owned).into(),
+            p.device_id.map(str::to_owned).into(),
+            p.operator_id.map(str::to_owned).into(),
+            p.app_id.into(),
+            p.out_trade_no.into(),
+            p.scene.into(),
+            p.amount_fen.into(),
+            p.subject.into(),
+            p.purpose.into(),
+            p.plugin_id.map(str::to_owned).into(),
+            p.buyer_id.map(str::to_owned).into(),
+            p.buyer_open_id.map(str::to_owned).into(),
+            Millis(p.expires_at).into(),
+            Millis(p.now).into(),
+            Millis(p.now).into(),
+        ],
+    )
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+pub(super) async fn by_id(db: &impl ConnectionTrait, id: &str) -> Result<Option<Payment>, DbErr> {
+    sql::query(
+        &format!("SELECT {COLUMNS} FROM payments WHERE id = ?"),
+        [id.into()],
+    )
+    .one(db)
+    .await
+}
+
+/// The newest `limit` payments of store or merchant `id`.
+pub(super) async fn newest(
+    db: &impl ConnectionTrait,
+    at: crate::tenancy::NodeKind,
+    id: &str,
+    limit: u64,
+) -> Result<Vec<Payment>, DbErr> {
+    let column = if at == crate::tenancy::NodeKind::Store {
+        "store_id"
+    } else {
+        "merchant_id"
+    };
+    sql::query(
+        &format!(
+            "SELECT {COLUMNS} FROM payments WHERE {column} = ? ORDER BY created_at DESC, id DESC LIMIT ?"
+        ),
+        [id.into(), i64::try_from(limit).unwrap_or(50).into()],
+    )
+    .all(db)
+    .await
+}
+
+/// The payment a notification names: Alipay's key for a trade is the app and `out_trade_no`.
+pub(super) async fn by_trade(
+    db: &impl ConnectionTrait,
+    app_id: &str,
+    out_trade_no: &str,
+) -> Result<Option<Payment>, DbErr> {
+    sql::query(
+        &format!("SELECT {COLUMNS} FROM payments WHERE app_id = ? AND out_trade_no = ?"),
+        [app_id.into(), out_trade_no.into()],
+    )
+    .one(db)
+    .await
+}
+
+/// What Alipay said about a trade, to be kept with the payment when it moves it.
+#[derive(Debug, Clone, Default)]
+pub struct Facts {
+    pub trade_no: Option<String>,
+    pub buyer_id: Option<String>,
+    pub buyer_open_id: Option<String>,
+    pub buyer_logon_id: Option<String>,
+    pub paid_at: Option<DateTime<Utc>>,
+    pub qr_code: Option<String>,
+}
+
+/// Moves payment `id` to `to` when it is in a status that may become `to`; true when it moved.
+/// Alipay's facts fill what the row does not know yet (a trade number, the buyer).
+pub(super) async fn advance(
+    db: &impl ConnectionTrait,
+    id: &str,
+    to: Status,
+    facts: &Facts,
+    now: DateTime<Utc>,
+) -> Result<bool, DbErr> {
+    let sources = Status::sources_of(to);
+    if sources.is_empty() {
+        return Ok(false);
+    }
+    // The instant of the step; a payment's paid time is set below, once, whatever the step.
+    let stamp = match to {
+        Status::Waiting => Some("waiting_at"),
+        Status::Finished => Some("finished_at"),
+        Status::Closed => Some("closed_at"),
+        Status::Created | Status::Succeeded => None,
+    };
+    // A trade found finished before its success was seen was paid too: it gets a paid time.
+    let paid = if matches!(to, Status::Succeeded | Status::Finished) {
+        Some(Millis(facts.paid_at.unwrap_or(now)))
+    } else {
+        None
+    };
+    let mut values: Vec<sea_orm::Value> = vec![to.as_str().into()];
+    if stamp.is_some() {
+        values.push(Millis(now).into());
+    }
+    values.extend([
+        facts.trade_no.clone().into(),
+        facts.buyer_id.clone().into(),
+        facts.buyer_open_id.clone().into(),
+        facts.buyer_logon_id.clone().into(),
+        paid.into(),
+        Millis(now).into(),
+        id.into(),
+    ]);
+    values.extend(sources.iter().map(|s| s.as_str().into()));
+    let stamp = stamp
+        .map(|column| format!("{column} = ?, "))
+        .unwrap_or_default();
+    let changed = sql::query(
+        &format!(
+            "UPDATE payments SET status = ?, {stamp}\
+             trade_no = COALESCE(trade_no, ?), buyer_id = COALESCE(buyer_id, ?), \
+             buyer_open_id = COALESCE(buyer_open_id, ?), buyer_logon_id = COALESCE(buyer_logon_id, ?), \
+             paid_at = COALESCE(paid_at, ?), updated_at = ? \
+             WHERE id = ? AND status IN ({})",
+            sql::marks(sources.len())
+        ),
+        values,
+    )
+    .execute(db)
+    .await?;
+    Ok(changed == 1)
+}
+
+/// Notes that Alipay was asked about the payment now (reconciliation asks the longest-unasked
+/// first).
+pub(super) async fn checked(
+    db: &impl ConnectionTrait,
+    id: &str,
+    now: DateTime<Utc>,
+) -> Result<(), DbErr> {
+    sql::query(
+        "UPDATE payments SET checked_at = ? WHERE id = ?",
+        [Millis(now).into(), id.into()],
+    )
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// Keeps what Alipay answered at creation (the QR code, the trade number) on a new payment.
+pub(super) async fn created(
+    db: &impl ConnectionTrait,
+    id: &str,
+    facts: &Facts,
+    now: DateTime<Utc>,
+) -> Result<(), DbErr> {
+    sql::query(
+        "UPDATE payments SET qr_code = COALESCE(?, qr_code), trade_no = COALESCE(trade_no, ?), updated_at = ? \
+         WHERE id = ?",
+        [
+            facts.qr_code.clone().into(),
+            facts.trade_no.clone().into(),
+            Millis(now).into(),
+            id.into(),
+        ],
+    )
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// One refund as stored.
+#[derive(Debug, Clone, FromQueryResult, serde::Serialize)]
+pub struct Refund {
+    pub id: String,
+    pub payment_id: String,
+    pub out_request_no: String,
+    pub amount_fen: i64,
+    pub reason: Option<String>,
+    /// `pending` (asked of Alipay), `succeeded` or `failed` (Alipay refused; the amount is free
+    /// again).
+    pub status: String,
+    pub operator_id: Option<String>,
+    pub refunded_at: Option<i64>,
+    pub created_at: i64,
+}
+
+const REFUND_COLUMNS: &str = "id, payment_id, out_request_no, amount_fen, reason, status, operator_id, refunded_at, created_at";
+
+pub(super) async fn refund_by_request(
+    db: &impl ConnectionTrait,
+    payment_id: &str,
+    out_request_no: &str,
+) -> Result<Option<Refund>, DbErr> {
+    sql::query(
+        &format!(
+            "SELECT {REFUND_COLUMNS} FROM payment_refunds WHERE payment_id = ? AND out_request_no = ?"
+        ),
+        [payment_id.into(), out_request_no.into()],
+    )
+    .one(db)
+    .await
+}
+
+pub(super) async fn refund_by_id(
+    db: &impl ConnectionTrait,
+    id: &str,
+) -> Result<Option<Refund>, DbErr> {
+    sql::query(
+        &format!("SELECT {REFUND_COLUMNS} FROM payment_refunds WHERE id = ?"),
+        [id.into()],
+    )
+    .one(db)
+    .await
+}
+
+pub(super) async fn refunds_of(
+    db: &impl ConnectionTrait,
+    payment_id: &str,
+) -> Result<Vec<Refund>, DbErr> {
+    sql::query(
+        &format!(
+            "SELECT {REFUND_COLUMNS} FROM payment_refunds WHERE payment_id = ? ORDER BY created_at, id"
+        ),
+        [payment_id.into()],
+    )
+    .all(db)
+    .await
+}
+
+/// Reserves `amount` of what remains refundable on a paid payment; false when it does not fit
+/// (or the payment is not paid). The refunded total never passes the paid amount, however many
+/// refunds race.
+pub(super) async fn reserve_refund(
+    db: &impl ConnectionTrait,
+    payment_id: &str,
+    amount: i64,
+    now: DateTime<Utc>,
+) -> Result<bool, DbErr> {
+    let changed = sql::query(
+        "UPDATE payments SET refunded_fen = refunded_fen + ?, updated_at = ? \
+         WHERE id = ? AND status = 'succeeded' AND refunded_fen + ? <= amount_fen",
+        [
+            amount.into(),
+            Millis(now).into(),
+            payment_id.into(),
+            amount.into(),
+        ],
+    )
+    .execute(db)
+    .await?;
+    Ok(changed == 1)
+}
+
+/// Gives a refused refund's amount back to what remains refundable.
+pub(super) async fn release_refund(
+    db: &impl ConnectionTrait,
+    payment_id: &str,
+    amount: i64,
+    now: DateTime<Utc>,
+) -> Result<(), DbErr> {
+    sql::query(
+        "UPDATE payments SET refunded_fen = refunded_fen - ?, updated_at = ? WHERE id = ? AND refunded_fen >= ?",
+        [
+            amount.into(),
+            Millis(now).into(),
+            payment_id.into(),
+            amount.into(),
+        ],
+    )
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+pub(super) struct NewRefund<'a> {
+    pub id: &'a str,
+    pub payment: &'a Payment,
+    pub out_request_no: &'a str,
+    pub amount_fen: i64,
+    pub reason: Option<&'a str>,
+    pub operator_id: Option<&'a str>,
+    pub now: DateTime<Utc>,
+}
+
+pub(super) async fn insert_refund(
+    db: &impl ConnectionTrait,
+    r: &NewRefund<'_>,
+) -> Result<(), DbErr> {
+    sql::query(
+        "INSERT INTO payment_refunds (id, payment_id, partner_id, agent_id, merchant_id, store_id, operator_id, \
+         out_request_no, amount_fen, reason, status, created_at, updated_at) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?)",
+        [
+            r.id.into(),
+            r.payment.id.clone().into(),
+            r.payment.partner_id.clone().into(),
+            r.payment.agent_id.clone().into(),
+            r.payment.merchant_id.clone().into(),
+            r.payment.store_id.clone().into(),
+            r.operator_id.map(str::to_owned).into(),
+            r.out_request_no.into(),
+            r.amount_fen.into(),
+            r.reason.map(str::to_owned).into(),
+            Millis(r.now).into(),
+            Millis(r.now).into(),
+        ],
+    )
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// Settles a pending refund as `succeeded` or `failed`; true when this call settled it.
+pub(super) async fn settle_refund(
+    db: &impl ConnectionTrait,
+    id: &str,
+    succeeded: bool,
+    now: DateTime<Utc>,
+) -> Result<bool, DbErr> {
+    let changed = sql::query(
+        "UPDATE payment_refunds SET status = ?, refunded_at = ?, updated_at = ? WHERE id = ? AND status = 'pending'",
+        [
+            if succeeded { "succeeded" } else { "failed" }.into(),
+            if succeeded { Some(Millis(now)) } else { None }.into(),
+            Millis(now).into(),
+            id.into(),
+        ],
+    )
+    .execute(db)
+    .await?;
+    Ok(changed == 1)
+}
+
+/// A notification the ledger could not apply, kept for the merchant to see.
+pub(super) async fn record_anomaly(
+    db: &impl ConnectionTrait,
+    place: [Option<&str>; 4],
+    notification_id: &str,
+    payment_id: Option<&str>,
+    kind: &str,
+    detail: &str,
+    now: DateTime<Utc>,
+) -> Result<(), DbErr> {
+    let [partner, agent, merchant, store] = place;
+    sql::query(
+        "INSERT INTO payment_anomalies (id, partner_id, agent_id, merchant_id, store_id, notification_id, payment_id, \
+         kind, detail, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [
+            uuid::Uuid::now_v7().to_string().into(),
+            partner.map(str::to_owned).into(),
+            agent.map(str::to_owned).into(),
+            merchant.map(str::to_owned).into(),
+            store.map(str::to_owned).into(),
+            notification_id.into(),
+            payment_id.map(str::to_owned).into(),
+            kind.into(),
+            detail.chars().take(512).collect::<String>().into(),
+            Millis(now).into(),
+            Millis(now).into(),
+        ],
+    )
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// One recorded anomaly.
+#[derive(Debug, Clone, FromQueryResult, serde::Serialize)]
+pub struct Anomaly {
+    pub id: String,
+    pub notification_id: String,
+    pub payment_id: Option<String>,
+    pub kind: String,
+    pub detail: String,
+    pub created_at: i64,
+}
+
+pub(super) async fn anomalies_of(
+    db: &impl ConnectionTrait,
+    merchant_id: &str,
+    limit: u64,
+) -> Result<Vec<Anomaly>, DbErr> {
+    sql::query(
+        "SELECT id, notification_id, payment_id, kind, detail, created_at FROM payment_anomalies \
+         WHERE merchant_id = ? ORDER BY created_at DESC, id DESC LIMIT ?",
+        [
+            merchant_id.into(),
+            i64::try_from(limit).unwrap_or(100).into(),
+        ],
+    )
+    .all(db)
+    .await
+}

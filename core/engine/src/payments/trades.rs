@@ -1,0 +1,381 @@
+//! Creating and steering trades at Alipay: `precreate` (a QR code the buyer scans), `query`,
+//! `close` and `refund`, each recorded in the ledger before Alipay is asked and settled by its
+//! verified answer.
+//!
+//! Invariant: a request that may have reached Alipay is never forgotten — the payment or refund
+//! row exists before the call, and an unknown outcome leaves it open for a query, never marked
+//! failed on a guess. Field sources: alipay-sdk-java-all `AlipayTradePrecreateModel`,
+//! `AlipayTradeQueryModel`, `AlipayTradeCloseModel`, `AlipayTradeRefundModel`.
+
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use super::ledger::{self, Status};
+use super::store::{self, Facts, NewPayment, NewRefund, Payment, Refund};
+use super::{Error, NewTrade, Payments, TRADE_TIMEOUT_MINUTES, check};
+use crate::alipay::client::{CallOptions, MerchantApp};
+use crate::alipay::credentials;
+use crate::tenancy;
+
+impl Payments {
+    async fn app(&self, merchant_id: &str) -> Result<MerchantApp, Error> {
+        match credentials::load_app(&self.db.conn, &self.vault, merchant_id).await {
+            Ok(app) => Ok(app),
+            Err(credentials::Error::NotConfigured) => Err(Error::NoCredentials),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Where Alipay notifies this merchant's trades: the engine's notify path on the partner's
+    /// first domain.
+    async fn notify_url(&self, partner_id: &str, merchant_id: &str) -> Result<String, Error> {
+        let domain = tenancy::first_domain(&self.db.conn, partner_id)
+            .await?
+            .ok_or_else(|| {
+                Error::Conflict("the partner has no domain for Alipay to notify".into())
+            })?;
+        Ok(format!(
+            "{}://{domain}/alipay/notify/{merchant_id}",
+            self.public_scheme
+        ))
+    }
+
+    /// A dynamic QR code for `trade`: the payment is recorded, then `alipay.trade.precreate`
+    /// returns the code the buyer scans. Alipay creates the trade when it is scanned, so the
+    /// payment stays `created` until Alipay tells us more.
+    pub async fn precreate(&self, trade: NewTrade) -> Result<Payment, Error> {
+        check(&trade)?;
+        let place = &trade.store;
+        let (Some(partner), Some(merchant)) = (&place.partner_id, &place.merchant_id) else {
+            return Err(Error::Invalid {
+                field: "store",
+                message: "a payment belongs to a merchant's store".into(),
+            });
+        };
+        let app = self.app(merchant).await?;
+        let notify_url = self.notify_url(partner, merchant).await?;
+        let now = self.now();
+        let id = Uuid::now_v7().to_string();
+        let out_trade_no = ledger::out_trade_no(now);
+        store::insert(
+            &self.db.conn,
+            &NewPayment {
+                id: &id,
+                place: [
+                    place.partner_id.as_deref(),
+                    place.agent_id.as_deref(),
+                    place.merchant_id.as_deref(),
+                    place.store_id.as_deref(),
+                ],
+                device_id: trade.device_id.as_deref(),
+                operator_id: trade.operator_id.as_deref(),
+                app_id: &app.app_id,
+                out_trade_no: &out_trade_no,
+                scene: "precreate",
+                amount_fen: trade.amount_fen,
+                subject: trade.subject.trim(),
+                purpose: &trade.purpose,
+                plugin_id: trade.plugin_id.as_deref(),
+                buyer_id: None,
+                buyer_open_id: None,
+                expires_at: now + chrono::Duration::minutes(TRADE_TIMEOUT_MINUTES),
+                now,
+            },
+        )
+        .await?;
+        let mut biz = json!({
+            "out_trade_no": out_trade_no,
+            "total_amount": ledger::yuan(trade.amount_fen),
+            "subject": trade.subject.trim(),
+            "product_code": "FACE_TO_FACE_PAYMENT",
+            "timeout_express": format!("{TRADE_TIMEOUT_MINUTES}m"),
+        });
+        if let Some(device) = &trade.device_id {
+            biz["terminal_id"] = json!(device);
+        }
+        let options = CallOptions {
+            notify_url: Some(notify_url),
+            ..CallOptions::default()
+        };
+        match self
+            .alipay
+            .call(&app, "alipay.trade.precreate", Some(&biz), &options)
+            .await
+        {
+            Ok(answer) => {
+                let facts = Facts {
+                    qr_code: text(&answer, "qr_code"),
+                    ..Facts::default()
+                };
+                store::created(&self.db.conn, &id, &facts, self.now()).await?;
+                self.get(&id).await
+            }
+            Err(crate::alipay::Error::Gateway(refusal)) => {
+                // Alipay holds no trade: the payment closes, with nothing to announce.
+                store::advance(
+                    &self.db.conn,
+                    &id,
+                    Status::Closed,
+                    &Facts::default(),
+                    self.now(),
+                )
+                .await?;
+                Err(Error::Refused(refusal))
+            }
+            // The outcome is unknown: the payment stays open for a query.
+            Err(other) => Err(Error::Alipay(other)),
+        }
+    }
+
+    /// Asks Alipay where the trade stands and applies the answer; the payment as it is now.
+    pub async fn query(&self, payment: &Payment) -> Result<Payment, Error> {
+        let app = self.app(&payment.merchant_id).await?;
+        let biz = json!({"out_trade_no": payment.out_trade_no});
+        match self
+            .alipay
+            .call(
+                &app,
+                "alipay.trade.query",
+                Some(&biz),
+                &CallOptions::default(),
+            )
+            .await
+        {
+            Ok(answer) => {
+                let status = answer["trade_status"]
+                    .as_str()
+                    .and_then(Status::of_trade_status);
+                if let Some(status) = status {
+                    self.transition(payment, status, &facts_of_answer(&answer))
+                        .await?;
+                }
+            }
+            // Not scanned yet (precreate) or never reached Alipay.
+            Err(crate::alipay::Error::Gateway(g))
+                if g.sub_code.as_deref() == Some("ACQ.TRADE_NOT_EXIST") => {}
+            Err(other) => return Err(other.into()),
+        }
+        store::checked(&self.db.conn, &payment.id, self.now()).await?;
+        self.get(&payment.id).await
+    }
+
+    /// Closes an unpaid trade (`alipay.trade.close`); a trade Alipay never created (a QR code
+    /// not scanned) closes in the ledger alone.
+    pub async fn close(&self, payment: &Payment) -> Result<Payment, Error> {
+        if !payment.status().may_become(Status::Closed) {
+            return Err(Error::Conflict(format!(
+                "a {} payment cannot be closed",
+                payment.status()
+            )));
+        }
+        let app = self.app(&payment.merchant_id).await?;
+        let biz = json!({"out_trade_no": payment.out_trade_no});
+        match self
+            .alipay
+            .call(
+                &app,
+                "alipay.trade.close",
+                Some(&biz),
+                &CallOptions::default(),
+            )
+            .await
+        {
+            Ok(_) => {}
+            Err(crate::alipay::Error::Gateway(g))
+                if g.sub_code.as_deref() == Some("ACQ.TRADE_NOT_EXIST") => {}
+            Err(crate::alipay::Error::Gateway(g))
+                if g.sub_code.as_deref() == Some("ACQ.TRADE_STATUS_ERROR") =>
+            {
+                // Paid meanwhile: learn how it stands instead.
+                let now = self.query(payment).await?;
+                return Err(Error::Conflict(format!(
+                    "Alipay would not close it: the payment is {}",
+                    now.status
+                )));
+            }
+            Err(other) => return Err(other.into()),
+        }
+        self.transition(payment, Status::Closed, &Facts::default())
+            .await?;
+        self.get(&payment.id).await
+    }
+
+    /// Refunds `amount_fen` of a paid payment (`alipay.trade.refund`). `out_request_no` makes it
+    /// idempotent: the same number again returns the same refund; another amount under it is a
+    /// conflict. The amount is reserved before Alipay is asked, so concurrent refunds never pass
+    /// what was paid.
+    pub async fn refund(
+        &self,
+        payment: &Payment,
+        amount_fen: i64,
+        out_request_no: Option<String>,
+        reason: Option<String>,
+        operator_id: Option<&str>,
+    ) -> Result<Refund, Error> {
+        if amount_fen < 1 {
+            return Err(Error::Invalid {
+                field: "amount_fen",
+                message: "must be at least 1 fen".into(),
+            });
+        }
+        if let Some(reason) = &reason
+            && reason.chars().count() > 256
+        {
+            return Err(Error::Invalid {
+                field: "reason",
+                message: "must be at most 256 characters".into(),
+            });
+        }
+        let request_no = match out_request_no {
+            Some(no) if ledger::is_request_no(&no) => no,
+            Some(_) => {
+                return Err(Error::Invalid {
+                    field: "out_request_no",
+                    message: "must be 1 to 64 letters, digits or underscores".into(),
+                });
+            }
+            None => ledger::out_request_no(self.now()),
+        };
+        if let Some(existing) =
+            store::refund_by_request(&self.db.conn, &payment.id, &request_no).await?
+        {
+            if existing.amount_fen != amount_fen {
+                return Err(Error::Conflict(format!(
+                    "refund {request_no} was for {} fen",
+                    existing.amount_fen
+                )));
+            }
+            return Ok(existing);
+        }
+        if payment.status() != Status::Succeeded {
+            return Err(Error::Invalid {
+                field: "payment",
+                message: format!("a {} payment cannot be refunded", payment.status()),
+            });
+        }
+        let remaining = payment.amount_fen - payment.refunded_fen;
+        if amount_fen > remaining {
+            return Err(Error::Invalid {
+                field: "amount_fen",
+                message: format!("at most {remaining} fen remain to refund"),
+            });
+        }
+        let app = self.app(&payment.merchant_id).await?;
+        let id = Uuid::now_v7().to_string();
+        let now = self.now();
+        let txn = self.db.begin_durable().await?;
+        if !store::reserve_refund(&txn, &payment.id, amount_fen, now).await? {
+            txn.rollback().await?;
+            return Err(Error::Invalid {
+                field: "amount_fen",
+                message: "more than remains to refund".into(),
+            });
+        }
+        store::insert_refund(
+            &txn,
+            &NewRefund {
+                id: &id,
+                payment,
+                out_request_no: &request_no,
+                amount_fen,
+                reason: reason.as_deref(),
+                operator_id,
+                now,
+            },
+        )
+        .await?;
+        txn.commit().await?;
+        let mut biz = json!({
+            "out_trade_no": payment.out_trade_no,
+            "refund_amount": ledger::yuan(amount_fen),
+            "out_request_no": request_no,
+        });
+        if let Some(reason) = &reason {
+            biz["refund_reason"] = json!(reason);
+        }
+        match self
+            .alipay
+            .call(
+                &app,
+                "alipay.trade.refund",
+                Some(&biz),
+                &CallOptions::default(),
+            )
+            .await
+        {
+            Ok(_) => self.refund_succeeded(payment, &id).await?,
+            Err(crate::alipay::Error::Gateway(refusal)) => {
+                let now = self.now();
+                let txn = self.db.begin_durable().await?;
+                if store::settle_refund(&txn, &id, false, now).await? {
+                    store::release_refund(&txn, &payment.id, amount_fen, now).await?;
+                }
+                txn.commit().await?;
+                return Err(Error::Refused(refusal));
+            }
+            // Unknown: the refund stays pending (and its amount reserved) until Alipay says.
+            Err(other) => return Err(Error::Alipay(other)),
+        }
+        store::refund_by_request(&self.db.conn, &payment.id, &request_no)
+            .await?
+            .ok_or(Error::NotFound)
+    }
+
+    /// Settles a pending refund as succeeded and announces it, once.
+    pub(super) async fn refund_succeeded(
+        &self,
+        payment: &Payment,
+        refund_id: &str,
+    ) -> Result<(), Error> {
+        let subscribers = self
+            .subscribers(&payment.partner_id, "refund.succeeded")
+            .await?;
+        let now = self.now();
+        let txn = self.db.begin_durable().await?;
+        if store::settle_refund(&txn, refund_id, true, now).await? {
+            let refund = store::refund_by_id(&txn, refund_id)
+                .await?
+                .ok_or(Error::NotFound)?;
+            let mut payload = super::payment_payload(payment);
+            payload["refund_id"] = json!(refund.id);
+            payload["out_request_no"] = json!(refund.out_request_no);
+            payload["refund_fen"] = json!(refund.amount_fen);
+            self.announce(
+                &txn,
+                payment,
+                "refund.succeeded",
+                payload,
+                &subscribers,
+                now,
+            )
+            .await?;
+        }
+        txn.commit().await?;
+        Ok(())
+    }
+}
+
+fn text(answer: &Value, key: &str) -> Option<String> {
+    answer[key]
+        .as_str()
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+}
+
+/// What a `trade.query` answer tells about the trade.
+fn facts_of_answer(answer: &Value) -> Facts {
+    Facts {
+        trade_no: text(answer, "trade_no"),
+        buyer_id: text(answer, "buyer_user_id"),
+        buyer_open_id: text(answer, "buyer_open_id"),
+        buyer_logon_id: text(answer, "buyer_logon_id"),
+        paid_at: text(answer, "send_pay_date").and_then(|t| beijing(&t)),
+        qr_code: None,
+    }
+}
+
+/// An Alipay time (`yyyy-MM-dd HH:mm:ss`, Beijing time) as an instant.
+pub(super) fn beijing(text: &str) -> Option<chrono::DateTime<chrono::Utc>> {
+    let local = chrono::NaiveDateTime::parse_from_str(text, "%Y-%m-%d %H:%M:%S").ok()?;
+    Some((local - chrono::Duration::hours(8)).and_utc())
+}

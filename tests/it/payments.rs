@@ -1,0 +1,285 @@
+//! Money through the core, end to end on both databases against the offline sandbox: a store's
+//! cashier creates a trade (a QR code), a consumer pays it, Alipay's notification moves the
+//! ledger to `succeeded` and `payment.succeeded` reaches a subscribed plugin once; the owner
+//! refunds part, `refund.succeeded` is recorded, and a refund beyond what remains is refused.
+
+use std::time::Duration;
+
+use sea_orm::{ConnectionTrait, Statement};
+use secrecy::SecretString;
+use serde_json::{Value, json};
+use trellis_engine::alipay::PrivateKey;
+use trellis_tests::{
+    Api, Engine, client, create_node as node, create_partner, create_platform_admin,
+    create_user as user, databases, eventually, register_sandbox_app,
+};
+
+const PASSWORD: &str = "correct horse battery staple";
+const ROOT: &str = "root@platform.test";
+const CONSOLE: &str = "127.0.0.1";
+const HELLO: &str = "com.trellis.hello";
+const APP_ID: &str = "2021004199990088";
+const VECTORS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../core/alipay/tests/vectors/");
+
+const ENV: [(&str, &str); 4] = [
+    ("TRELLIS_SANDBOX__ENABLED", "true"),
+    ("TRELLIS_SANDBOX__TIME_SCALE", "100000"),
+    ("TRELLIS_EVENTS__POLL_MS", "50"),
+    ("TRELLIS_EVENTS__BACKOFF_FIRST_SECS", "1"),
+];
+
+struct Shop {
+    owner: Api,
+    cashier: Api,
+    stranger: Api,
+    merchant: String,
+    store: String,
+}
+
+/// A partner with hello installed for its merchant, whose Alipay app is registered at the
+/// sandbox; the merchant's owner, a cashier of its store, and another merchant's owner.
+async fn shop(engine: &Engine, database_url: &str) -> Shop {
+    create_platform_admin(database_url, ROOT, PASSWORD);
+    let root = Api::new(engine, CONSOLE).login(ROOT, PASSWORD).await;
+    let partner = create_partner(&root, "P1", "p1.test").await;
+    let agent = node(&root, "agents", Some(&partner), json!({"name": "A1"})).await;
+    let merchant = node(&root, "merchants", Some(&agent), json!({"name": "M1"})).await;
+    let other = node(&root, "merchants", Some(&agent), json!({"name": "M2"})).await;
+    let store = node(&root, "stores", Some(&merchant), json!({"name": "S1"})).await;
+    let partner_admin = user(engine, &root, &partner, "partner@p1.test", "p1.test").await;
+    let agent_admin = user(engine, &root, &agent, "agent@p1.test", "p1.test").await;
+    trellis_tests::install_and_assign(
+        &partner_admin,
+        &agent_admin,
+        &partner,
+        ("plugins/hello", "trellis_plugin_hello", HELLO),
+        json!({"name": "Hello", "validity_days": 30}),
+        &[&merchant],
+    )
+    .await;
+    let pem = std::fs::read_to_string(format!("{VECTORS}keys/app_private_pkcs8.pem")).unwrap();
+    let key = PrivateKey::parse(&SecretString::from(pem.clone())).unwrap();
+    let registered = register_sandbox_app(
+        engine,
+        json!({"app_id": APP_ID, "app_public_key": key.public_key().to_base64()}),
+    )
+    .await;
+    let owner = user(engine, &root, &merchant, "owner@m1.test", "p1.test").await;
+    owner
+        .put(
+            &format!("/api/v1/merchants/{merchant}/alipay/credentials"),
+            json!({"app_id": APP_ID, "key_mode": "public_key", "app_private_key": pem,
+                "alipay_public_key": registered["alipay_public_key"], "gateway": "custom",
+                "gateway_url": registered["gateway_url"]}),
+        )
+        .await
+        .ok();
+    Shop {
+        cashier: user(engine, &root, &store, "cashier@m1.test", "p1.test").await,
+        stranger: user(engine, &root, &other, "owner@m2.test", "p1.test").await,
+        owner,
+        merchant,
+        store,
+    }
+}
+
+async fn count(database_url: &str, sql: &str) -> i64 {
+    let conn = sea_orm::Database::connect(database_url).await.unwrap();
+    let n = conn
+        .query_one_raw(Statement::from_string(conn.get_database_backend(), sql))
+        .await
+        .unwrap()
+        .map_or(0, |row| row.try_get_by_index::<i64>(0).unwrap_or(0));
+    conn.close().await.ok();
+    n
+}
+
+#[tokio::test]
+async fn a_cashiers_qr_code_is_paid_notified_announced_once_and_partly_refunded() {
+    for db in databases().await {
+        let label = db.label();
+        let engine = Engine::start(&db.url(), &ENV);
+        let s = shop(&engine, &db.url()).await;
+        let store_path = format!("/api/v1/stores/{}/payments", s.store);
+
+        // Bad input changes nothing.
+        for (body, field) in [
+            (
+                json!({"scene": "precreate", "amount_fen": 0, "subject": "咖啡"}),
+                "amount_fen",
+            ),
+            (
+                json!({"scene": "precreate", "amount_fen": -5, "subject": "咖啡"}),
+                "amount_fen",
+            ),
+            (
+                json!({"scene": "precreate", "amount_fen": 10_000_000_001_i64, "subject": "咖啡"}),
+                "amount_fen",
+            ),
+            (
+                json!({"scene": "precreate", "amount_fen": 100, "subject": "a=b"}),
+                "subject",
+            ),
+        ] {
+            let refused = s.cashier.post(&store_path, body).await;
+            assert_eq!(refused.status, 422, "{label}: {refused:?}");
+            assert_eq!(refused.body["field"], field, "{label}");
+        }
+        assert_eq!(
+            count(&db.url(), "SELECT COUNT(*) FROM payments").await,
+            0,
+            "{label}: nothing recorded for refused input"
+        );
+        // Another merchant's owner cannot sell at this store.
+        let foreign = s
+            .stranger
+            .post(
+                &store_path,
+                json!({"scene": "precreate", "amount_fen": 100, "subject": "咖啡"}),
+            )
+            .await;
+        assert_eq!(foreign.status, 404, "{label}: {foreign:?}");
+
+        // The cashier's QR code.
+        let created = s
+            .cashier
+            .post(
+                &store_path,
+                json!({"scene": "precreate", "amount_fen": 1230, "subject": "咖啡两杯"}),
+            )
+            .await;
+        assert_eq!(created.status, 201, "{label}: {created:?}");
+        let payment = created.body.clone();
+        let id = payment["id"].as_str().unwrap().to_owned();
+        assert_eq!(payment["status"], "created", "{label}");
+        assert_eq!(payment["amount_fen"], 1230, "{label}");
+        assert!(
+            payment["qr_code"].as_str().unwrap().starts_with("http"),
+            "{label}: {payment}"
+        );
+        assert!(payment["qr_svg"].as_str().unwrap().contains("<svg"));
+        let out_trade_no = payment["out_trade_no"].as_str().unwrap().to_owned();
+        assert!(
+            out_trade_no.len() <= 64 && out_trade_no.bytes().all(|b| b.is_ascii_alphanumeric())
+        );
+        // The stranger cannot read it either.
+        let hidden = s.stranger.get(&format!("/api/v1/payments/{id}")).await;
+        assert_eq!(hidden.status, 404, "{label}");
+
+        // A consumer pays; the sandbox notifies the partner's domain.
+        let paid: Value = client()
+            .post(engine.url("/sandbox/consumers/alice/pay"))
+            .json(&json!({"app_id": APP_ID, "out_trade_no": out_trade_no}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(paid["trade_status"], "TRADE_SUCCESS", "{label}: {paid}");
+        eventually(
+            Duration::from_secs(20),
+            "the ledger hears of it",
+            || async {
+                let now = s.cashier.get(&format!("/api/v1/payments/{id}")).await.ok();
+                match now.body["status"].as_str() {
+                    Some("succeeded") => Ok(()),
+                    other => Err(format!("{label}: {other:?}")),
+                }
+            },
+        )
+        .await;
+        let now = s.owner.get(&format!("/api/v1/payments/{id}")).await.ok();
+        assert!(now.body["trade_no"].as_str().is_some(), "{label}: {now:?}");
+        assert!(now.body["paid_at"].as_i64().is_some(), "{label}");
+        assert!(now.body.get("qr_svg").is_none(), "{label}: paid: no code");
+
+        // payment.succeeded reaches hello once (it counts what it is given).
+        eventually(
+            Duration::from_secs(20),
+            "hello counted the payment",
+            || async {
+                let stats = s
+                    .cashier
+                    .get(&format!("/api/v1/stores/{}/plugins/{HELLO}/stats", s.store))
+                    .await;
+                match stats.body["by_kind"]["payment.succeeded"].as_i64() {
+                    Some(1) => Ok(()),
+                    other => Err(format!("{label}: {other:?} in {:?}", stats.body)),
+                }
+            },
+        )
+        .await;
+        assert_eq!(
+            count(
+                &db.url(),
+                "SELECT COUNT(*) FROM events WHERE kind = 'payment.succeeded'"
+            )
+            .await,
+            1,
+            "{label}: one event for one payment"
+        );
+
+        // Refunds are the owner's.
+        let refund_path = format!("/api/v1/payments/{id}/refunds");
+        let by_cashier = s
+            .cashier
+            .post(&refund_path, json!({"amount_fen": 100}))
+            .await;
+        // The refund is decided at the merchant, above the cashier's store: not even visible.
+        assert_eq!(by_cashier.status, 404, "{label}: {by_cashier:?}");
+        let refund = s
+            .owner
+            .post(
+                &refund_path,
+                json!({"amount_fen": 1000, "out_request_no": "R1", "reason": "少一杯"}),
+            )
+            .await;
+        assert_eq!(refund.status, 201, "{label}: {refund:?}");
+        assert_eq!(refund.body["status"], "succeeded", "{label}");
+        // The same request again is the same refund, not a second one.
+        let again = s
+            .owner
+            .post(
+                &refund_path,
+                json!({"amount_fen": 1000, "out_request_no": "R1"}),
+            )
+            .await;
+        assert_eq!(again.body["id"], refund.body["id"], "{label}: {again:?}");
+        // Beyond what remains (230 fen): refused, and nothing changes.
+        let beyond = s
+            .owner
+            .post(
+                &refund_path,
+                json!({"amount_fen": 231, "out_request_no": "R2"}),
+            )
+            .await;
+        assert_eq!(beyond.status, 422, "{label}: {beyond:?}");
+        let after = s.owner.get(&format!("/api/v1/payments/{id}")).await.ok();
+        assert_eq!(after.body["refunded_fen"], 1000, "{label}");
+        assert_eq!(
+            after.body["refunds"].as_array().unwrap().len(),
+            1,
+            "{label}"
+        );
+        assert_eq!(
+            count(
+                &db.url(),
+                "SELECT COUNT(*) FROM events WHERE kind = 'refund.succeeded'"
+            )
+            .await,
+            1,
+            "{label}"
+        );
+
+        // The notification again (Alipay retries): acknowledged, nothing moves twice.
+        let list = s
+            .owner
+            .get(&format!("/api/v1/merchants/{}/payments", s.merchant))
+            .await
+            .ok();
+        assert_eq!(list.body.as_array().unwrap().len(), 1, "{label}");
+        drop(engine);
+        db.cleanup().await;
+    }
+}
