@@ -29,6 +29,10 @@ const ENV: [(&str, &str); 4] = [
 ];
 
 struct Shop {
+    /// The merchant's app as the engine signs with it: the test plays a second system on it.
+    pem: String,
+    alipay_public_key: String,
+    gateway_url: String,
     owner: Api,
     cashier: Api,
     stranger: Api,
@@ -75,11 +79,32 @@ async fn shop(engine: &Engine, database_url: &str) -> Shop {
         .await
         .ok();
     Shop {
+        pem,
+        alipay_public_key: registered["alipay_public_key"].as_str().unwrap().to_owned(),
+        gateway_url: registered["gateway_url"].as_str().unwrap().to_owned(),
         cashier: user(engine, &root, &store, "cashier@m1.test", "p1.test").await,
         stranger: user(engine, &root, &other, "owner@m2.test", "p1.test").await,
         owner,
         merchant,
         store,
+    }
+}
+
+impl Shop {
+    fn merchant_app(&self) -> trellis_engine::alipay::client::MerchantApp {
+        trellis_engine::alipay::client::MerchantApp {
+            merchant_id: self.merchant.clone(),
+            app_id: APP_ID.into(),
+            sign_type: trellis_engine::alipay::SignType::Rsa2,
+            private_key: PrivateKey::parse(&SecretString::from(self.pem.clone())).unwrap(),
+            alipay_public_key: trellis_engine::alipay::PublicKey::parse(&self.alipay_public_key)
+                .unwrap(),
+            aes: None,
+            gateway_url: self.gateway_url.clone(),
+            cert_sns: None,
+            alipay_cert_sn: None,
+            alipay_root_cert: None,
+        }
     }
 }
 
@@ -272,6 +297,54 @@ async fn a_cashiers_qr_code_is_paid_notified_announced_once_and_partly_refunded(
             "{label}"
         );
 
+        // A trade this engine never created, paid and notified to the merchant's notify URL:
+        // recorded and shown to the merchant, applied to nothing.
+        let stray = s.merchant_app();
+        let alipay = trellis_engine::alipay::client::AlipayClient::with_policy(
+            trellis_engine::alipay::gateway::GatewayPolicy::local_sandbox(),
+            Duration::from_secs(5),
+            Duration::from_secs(20),
+        )
+        .unwrap();
+        alipay
+            .call(
+                &stray,
+                "alipay.trade.precreate",
+                Some(&json!({"out_trade_no": "X0001", "total_amount": "1.00", "subject": "stray"})),
+                &trellis_engine::alipay::client::CallOptions {
+                    notify_url: Some(format!("https://p1.test/alipay/notify/{}", s.merchant)),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        client()
+            .post(engine.url("/sandbox/consumers/bob/pay"))
+            .json(&json!({"app_id": APP_ID, "out_trade_no": "X0001"}))
+            .send()
+            .await
+            .unwrap();
+        eventually(Duration::from_secs(20), "the stray is reported", || async {
+            let anomalies = s
+                .owner
+                .get(&format!(
+                    "/api/v1/merchants/{}/payment-anomalies",
+                    s.merchant
+                ))
+                .await
+                .ok();
+            match anomalies.body[0]["kind"].as_str() {
+                Some("unknown_trade") => Ok(()),
+                other => Err(format!("{label}: {other:?}")),
+            }
+        })
+        .await;
+        assert_eq!(
+            count(&db.url(), "SELECT COUNT(*) FROM payments").await,
+            1,
+            "{label}: the stray trade is in no ledger"
+        );
+
         // The notification again (Alipay retries): acknowledged, nothing moves twice.
         let list = s
             .owner
@@ -279,6 +352,64 @@ async fn a_cashiers_qr_code_is_paid_notified_announced_once_and_partly_refunded(
             .await
             .ok();
         assert_eq!(list.body.as_array().unwrap().len(), 1, "{label}");
+        drop(engine);
+        db.cleanup().await;
+    }
+}
+
+/// A payment whose notification was lost (and one made while the engine heard nothing) is found
+/// by reconciliation, applied once, and announced once, however many rounds look at it.
+#[tokio::test]
+async fn a_payment_whose_notification_was_lost_is_found_by_reconciliation_and_applied_once() {
+    for db in databases().await {
+        let label = db.label();
+        let mut env = ENV.to_vec();
+        env.push(("TRELLIS_PAYMENTS__RECONCILE_EVERY_SECS", "1"));
+        let engine = Engine::start(&db.url(), &env);
+        let s = shop(&engine, &db.url()).await;
+        let created = s
+            .cashier
+            .post(
+                &format!("/api/v1/stores/{}/payments", s.store),
+                json!({"scene": "precreate", "amount_fen": 500, "subject": "lost"}),
+            )
+            .await
+            .ok();
+        let id = created.body["id"].as_str().unwrap().to_owned();
+        let out_trade_no = created.body["out_trade_no"].as_str().unwrap().to_owned();
+        let paid: Value = client()
+            .post(engine.url("/sandbox/consumers/carol/pay"))
+            .json(&json!({"app_id": APP_ID, "out_trade_no": out_trade_no, "notify": false}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(paid["trade_status"], "TRADE_SUCCESS", "{label}: {paid}");
+        eventually(
+            Duration::from_secs(30),
+            "reconciliation finds it",
+            || async {
+                let now = s.cashier.get(&format!("/api/v1/payments/{id}")).await.ok();
+                match now.body["status"].as_str() {
+                    Some("succeeded") => Ok(()),
+                    other => Err(format!("{label}: {other:?}")),
+                }
+            },
+        )
+        .await;
+        // Later rounds change nothing more.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        assert_eq!(
+            count(
+                &db.url(),
+                "SELECT COUNT(*) FROM events WHERE kind = 'payment.succeeded'"
+            )
+            .await,
+            1,
+            "{label}: one event"
+        );
         drop(engine);
         db.cleanup().await;
     }

@@ -117,10 +117,6 @@ impl App {
             config.audit.retention_days,
             stopped.clone(),
         )));
-        let dispatcher = config.events.dispatcher.then(|| {
-            let options = DispatcherOptions::from_config(&config.events);
-            tokio::spawn(Dispatcher::new(catalog.clone(), options).run(stopped))
-        });
         let payments = crate::payments::Payments::new(
             db.clone(),
             vault.clone(),
@@ -128,6 +124,17 @@ impl App {
             catalog.clone(),
             &config.http.public_scheme,
         );
+        if config.payments.reconcile {
+            background.push(tokio::spawn(crate::payments::reconcile::run(
+                payments.clone(),
+                crate::payments::reconcile::Options::from_config(&config.payments),
+                stopped.clone(),
+            )));
+        }
+        let dispatcher = config.events.dispatcher.then(|| {
+            let options = DispatcherOptions::from_config(&config.events);
+            tokio::spawn(Dispatcher::new(catalog.clone(), options).run(stopped))
+        });
         let state = AppState {
             payments,
             hasher: Hasher::new(config.auth.hash_threads, config.auth.hash_queue),

@@ -26,8 +26,8 @@ pub use hosts::host_name;
 pub use redact::redact_url;
 pub use sections::{
     AlipayConfig, AuditConfig, AuthConfig, DatabaseConfig, DatabaseKind, EventsConfig, HttpConfig,
-    LogConfig, LogFormat, PluginsConfig, SandboxConfig, SecretsConfig, ThemesConfig,
-    decode_master_key,
+    LogConfig, LogFormat, PaymentsConfig, PluginsConfig, SandboxConfig, SecretsConfig,
+    ThemesConfig, decode_master_key,
 };
 
 /// Environment variables with the `TRELLIS_` prefix that are not configuration keys.
@@ -57,6 +57,7 @@ pub struct Config {
     pub sandbox: SandboxConfig,
     pub plugins: PluginsConfig,
     pub events: EventsConfig,
+    pub payments: PaymentsConfig,
     pub audit: AuditConfig,
     pub alipay: AlipayConfig,
 }

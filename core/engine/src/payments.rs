@@ -8,6 +8,7 @@
 
 pub mod ledger;
 mod notify;
+pub mod reconcile;
 mod store;
 mod trades;
 

@@ -27,6 +27,18 @@ impl Sandbox {
     /// to a buyer — create's, or the holder of the code of a waiting payment, who is the
     /// consumer named by the code — is paid by that buyer only.
     pub async fn pay(&self, user: &str, app_id: &str, out_trade_no: &str) -> Result<Value, Error> {
+        self.pay_and_notify(user, app_id, out_trade_no, true).await
+    }
+
+    /// [`Self::pay`], with the notification sent or, `notify: false`, lost on its way: the
+    /// merchant then learns of the payment only by asking (what reconciliation is for).
+    pub async fn pay_and_notify(
+        &self,
+        user: &str,
+        app_id: &str,
+        out_trade_no: &str,
+        notify: bool,
+    ) -> Result<Value, Error> {
         let key = trade_key(app_id, out_trade_no);
         let mut trade = self
             .store()
@@ -53,7 +65,9 @@ impl Sandbox {
         trade["buyer_user_id"] = json!(user_id);
         trade["gmt_payment"] = json!(beijing_timestamp(Utc::now()));
         self.save_trade(&trade).await?;
-        if let Some(url) = trade["notify_url"].as_str().map(str::to_owned) {
+        if let Some(url) = trade["notify_url"].as_str().map(str::to_owned)
+            && notify
+        {
             let identity = self
                 .identity_of(trade["app_id"].as_str().unwrap_or_default())
                 .await;
@@ -84,6 +98,13 @@ pub(crate) async fn trade_state(
 pub(crate) struct Pay {
     app_id: String,
     out_trade_no: String,
+    /// `false`: the notification is lost (default `true`).
+    #[serde(default = "yes")]
+    notify: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 pub(crate) async fn pay(
@@ -92,14 +113,15 @@ pub(crate) async fn pay(
     Query(q): Query<BTreeMap<String, String>>,
     body: Option<Json<Pay>>,
 ) -> Response {
-    let (app, out) = match body {
-        Some(Json(p)) => (p.app_id, p.out_trade_no),
+    let (app, out, notify) = match body {
+        Some(Json(p)) => (p.app_id, p.out_trade_no, p.notify),
         None => (
             q.get("app_id").cloned().unwrap_or_default(),
             q.get("out_trade_no").cloned().unwrap_or_default(),
+            q.get("notify").is_none_or(|n| n != "false"),
         ),
     };
-    match sandbox.pay(&user, &app, &out).await {
+    match sandbox.pay_and_notify(&user, &app, &out, notify).await {
         Ok(trade) => Json(trade).into_response(),
         Err(e) => (
             StatusCode::UNPROCESSABLE_ENTITY,

@@ -21,8 +21,16 @@ pub(super) struct Defaults {
     sandbox: DefaultSandbox,
     plugins: DefaultPlugins,
     events: DefaultEvents,
+    payments: DefaultPayments,
     audit: DefaultAudit,
     alipay: DefaultAlipay,
+}
+
+#[derive(Serialize)]
+struct DefaultPayments {
+    reconcile: bool,
+    reconcile_every_secs: u64,
+    reconcile_batch: u32,
 }
 
 #[derive(Serialize)]
@@ -181,6 +189,11 @@ pub(super) const DEFAULTS: Defaults = Defaults {
         chain_max_deliveries: 500,
         emit_per_minute: 600,
         emit_burst: 100,
+    },
+    payments: DefaultPayments {
+        reconcile: true,
+        reconcile_every_secs: 60,
+        reconcile_batch: 50,
     },
     audit: DefaultAudit {
         retention_days: 365,

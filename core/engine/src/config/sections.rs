@@ -78,6 +78,19 @@ pub struct EventsConfig {
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
+pub struct PaymentsConfig {
+    /// Run reconciliation in this process (every `trellis serve` may; each payment is claimed by
+    /// one of them per round).
+    pub reconcile: bool,
+    /// How long an open payment goes without a word from Alipay before it is asked about, and the
+    /// pause between rounds.
+    pub reconcile_every_secs: u64,
+    /// Payments asked about per round.
+    pub reconcile_batch: u32,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
 pub struct PluginsConfig {
     /// Compiled components, by (content hash, engine configuration). Empty: `<data_dir>/plugin-cache`.
     pub cache_dir: PathBuf,
