@@ -414,3 +414,112 @@ async fn a_payment_whose_notification_was_lost_is_found_by_reconciliation_and_ap
         db.cleanup().await;
     }
 }
+
+/// At the counter: a buyer's payment code or face pays at once; a code the buyer must still
+/// confirm (`10003`) waits and is polled until the buyer pays; one never confirmed is cancelled at
+/// its deadline. Each paid payment is announced once, the cancelled one closed.
+#[tokio::test]
+async fn a_buyers_code_or_face_pays_at_once_or_after_confirming_and_an_unconfirmed_one_is_cancelled()
+ {
+    for db in databases().await {
+        let label = db.label();
+        let mut env = ENV.to_vec();
+        env.push(("TRELLIS_PAYMENTS__PAY_WAIT_SECS", "4"));
+        env.push(("TRELLIS_PAYMENTS__PAY_POLL_MS", "200"));
+        let engine = Engine::start(&db.url(), &env);
+        let s = shop(&engine, &db.url()).await;
+        let path = format!("/api/v1/stores/{}/payments", s.store);
+        let pay = |scene: &str, code: &str| json!({"scene": scene, "auth_code": code, "amount_fen": 300, "subject": "面包"});
+
+        let refused = s.cashier.post(&path, pay("bar_code", "12345")).await;
+        assert_eq!(refused.status, 422, "{label}: {refused:?}");
+        assert_eq!(refused.body["field"], "auth_code", "{label}");
+
+        let at_once = s
+            .cashier
+            .post(&path, pay("bar_code", "280000000000000001"))
+            .await;
+        assert_eq!(at_once.status, 201, "{label}: {at_once:?}");
+        assert_eq!(at_once.body["status"], "succeeded", "{label}");
+        assert!(
+            at_once.body["buyer_id"]
+                .as_str()
+                .unwrap()
+                .starts_with("2088")
+        );
+        let face = s
+            .cashier
+            .post(
+                &path,
+                pay("security_code", "fp0123456789abcdef0123456789abcdef1"),
+            )
+            .await;
+        assert_eq!(face.body["status"], "succeeded", "{label}: {face:?}");
+
+        // The buyer confirms a second after the cashier scanned the code.
+        let waiting_code = "280000000000000013";
+        let confirm = {
+            let url = engine.url(&format!("/sandbox/consumers/{waiting_code}/pay"));
+            let db_url = db.url();
+            tokio::spawn(async move {
+                for _ in 0..40 {
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                    let conn = sea_orm::Database::connect(&db_url).await.unwrap();
+                    let row = conn
+                        .query_one_raw(Statement::from_string(
+                            conn.get_database_backend(),
+                            "SELECT out_trade_no FROM payments WHERE status = 'waiting'",
+                        ))
+                        .await
+                        .unwrap();
+                    conn.close().await.ok();
+                    if let Some(row) = row {
+                        let out: String = row.try_get_by_index(0).unwrap();
+                        let answer = client()
+                            .post(&url)
+                            .json(&json!({"app_id": APP_ID, "out_trade_no": out}))
+                            .send()
+                            .await
+                            .unwrap();
+                        return answer.status().as_u16();
+                    }
+                }
+                0
+            })
+        };
+        let confirmed = s.cashier.post(&path, pay("bar_code", waiting_code)).await;
+        assert_eq!(confirm.await.unwrap(), 200, "{label}: the buyer confirmed");
+        assert_eq!(confirmed.status, 201, "{label}: {confirmed:?}");
+        assert_eq!(confirmed.body["status"], "succeeded", "{label}");
+
+        // Never confirmed: cancelled at the deadline.
+        let unconfirmed = s
+            .cashier
+            .post(&path, pay("bar_code", "280000000000000023"))
+            .await;
+        assert_eq!(
+            unconfirmed.body["status"], "closed",
+            "{label}: {unconfirmed:?}"
+        );
+
+        eventually(Duration::from_secs(20), "the events", || async {
+            let paid = count(
+                &db.url(),
+                "SELECT COUNT(*) FROM events WHERE kind = 'payment.succeeded'",
+            )
+            .await;
+            let closed = count(
+                &db.url(),
+                "SELECT COUNT(*) FROM events WHERE kind = 'payment.closed'",
+            )
+            .await;
+            match (paid, closed) {
+                (3, 1) => Ok(()),
+                other => Err(format!("{label}: {other:?}")),
+            }
+        })
+        .await;
+        drop(engine);
+        db.cleanup().await;
+    }
+}

@@ -12,6 +12,8 @@
 pub mod aes;
 /// Certificate mode: app and root certificate SNs, chain checks, pinned roots.
 pub mod cert;
+/// The buyer's codes `alipay.trade.pay` takes (payment codes, face-pay tokens), by scene.
+pub mod codes;
 /// Which gateways may be called: the built-in ones, custom URLs and the networks they may resolve to.
 pub mod gateway;
 /// RSA keys (PKCS#1 and PKCS#8) and the `sign_type` they sign under.

@@ -7,8 +7,8 @@
 //! a notification is acted on only after it verified with the key that merchant registered.
 
 pub use trellis_alipay::{
-    Error, PrivateKey, PublicKey, SignType, aes, cert, client, gateway, keys, notify, response,
-    signing,
+    Error, PrivateKey, PublicKey, SignType, aes, cert, client, codes, gateway, keys, notify,
+    response, signing,
 };
 pub use trellis_alipay_sandbox as sandbox;
 

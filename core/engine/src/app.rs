@@ -123,6 +123,10 @@ impl App {
             catalog.runtime.services().alipay.clone(),
             catalog.clone(),
             &config.http.public_scheme,
+            crate::payments::codes::Waiting {
+                deadline: Duration::from_secs(config.payments.pay_wait_secs.max(1)),
+                poll: Duration::from_millis(config.payments.pay_poll_ms.max(100)),
+            },
         );
         if config.payments.reconcile {
             background.push(tokio::spawn(crate::payments::reconcile::run(

@@ -6,6 +6,7 @@
 //! an amount is fen in an integer, and a refund never takes the refunded total past what was
 //! paid.
 
+pub mod codes;
 pub mod ledger;
 mod notify;
 pub mod reconcile;
@@ -25,6 +26,7 @@ use crate::plugins::catalog::Catalog;
 use crate::secrets::Vault;
 use crate::tenancy::Place;
 
+pub use codes::Scene;
 pub use ledger::Status;
 pub use notify::Applied;
 pub use store::{Anomaly, Facts, Payment, Refund};
@@ -85,6 +87,8 @@ pub struct Payments {
     clock: Clock,
     /// `http.public_scheme`: the scheme of the partner domain Alipay notifies.
     public_scheme: String,
+    /// How long a code payment waits for its buyer, and its polling.
+    waiting: codes::Waiting,
 }
 
 impl std::fmt::Debug for Payments {
@@ -119,6 +123,7 @@ impl Payments {
         alipay: AlipayClient,
         catalog: Catalog,
         public_scheme: &str,
+        waiting: codes::Waiting,
     ) -> Self {
         let clock = catalog.clock.clone();
         Self {
@@ -128,6 +133,7 @@ impl Payments {
             catalog,
             clock,
             public_scheme: public_scheme.to_owned(),
+            waiting,
         }
     }
 

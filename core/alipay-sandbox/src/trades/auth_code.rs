@@ -12,31 +12,14 @@ use crate::consumers::sandbox_user_id;
 /// `POST /consumers/{auth_code}/pay`.
 pub const WAITING_CODE_LAST_DIGIT: char = '3';
 
-/// The `scene` values of `alipay.trade.pay`: `bar_code` (the buyer's payment code) and
-/// `security_code` (a face-payment token). Source: SDK model `AlipayTradePayModel.scene`;
-/// the older `wave_code` is no longer listed there.
-pub(super) const SCENES: [&str; 2] = ["bar_code", "security_code"];
+/// The `scene` values of `alipay.trade.pay` (SDK model `AlipayTradePayModel.scene`; the older
+/// `wave_code` is no longer listed there).
+pub(super) const SCENES: [&str; 2] = trellis_alipay::codes::SCENES;
 
-/// Whether `code` has the shape `scene` documents. Source: `AlipayTradePayModel.auth_code`
-/// javadoc and the sigoden/alipay types: a payment code is 16–24 digits starting with 25–30;
-/// a face token starts with `fp`.
+/// Whether `code` has the shape `scene` documents: the protocol crate's rule, which the engine
+/// checks too.
 pub(super) fn fits(scene: &str, code: &str) -> bool {
-    match scene {
-        "bar_code" => {
-            (16..=24).contains(&code.len())
-                && code.bytes().all(|b| b.is_ascii_digit())
-                && code
-                    .get(..2)
-                    .and_then(|p| p.parse::<u8>().ok())
-                    .is_some_and(|p| (25..=30).contains(&p))
-        }
-        "security_code" => {
-            code.len() > 2
-                && code.starts_with("fp")
-                && code.bytes().all(|b| b.is_ascii_alphanumeric())
-        }
-        _ => false,
-    }
+    trellis_alipay::codes::fits(scene, code)
 }
 
 /// Whether paying with `code` waits for the buyer (a `10003` answer).

@@ -28,6 +28,8 @@ pub(super) struct Defaults {
 
 #[derive(Serialize)]
 struct DefaultPayments {
+    pay_wait_secs: u64,
+    pay_poll_ms: u64,
     reconcile: bool,
     reconcile_every_secs: u64,
     reconcile_batch: u32,
@@ -191,6 +193,8 @@ pub(super) const DEFAULTS: Defaults = Defaults {
         emit_burst: 100,
     },
     payments: DefaultPayments {
+        pay_wait_secs: 60,
+        pay_poll_ms: 3_000,
         reconcile: true,
         reconcile_every_secs: 60,
         reconcile_batch: 50,

@@ -79,6 +79,11 @@ pub struct EventsConfig {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PaymentsConfig {
+    /// How long a payment with the buyer's code or face waits for the buyer to confirm before it
+    /// is cancelled.
+    pub pay_wait_secs: u64,
+    /// The pause between queries while it waits, in milliseconds.
+    pub pay_poll_ms: u64,
     /// Run reconciliation in this process (every `trellis serve` may; each payment is claimed by
     /// one of them per round).
     pub reconcile: bool,

@@ -42,8 +42,11 @@ pub fn router() -> Router<AppState> {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CreatePayment {
-    /// `precreate`: a QR code the buyer scans with Alipay.
+    /// `precreate` (a QR code the buyer scans with Alipay), `bar_code` (the buyer's payment
+    /// code, in `auth_code`) or `security_code` (a face-pay token, in `auth_code`).
     pub scene: String,
+    #[serde(default)]
+    pub auth_code: Option<String>,
     /// Fen (1 yuan = 100), at least 1.
     pub amount_fen: i64,
     pub subject: String,
@@ -82,6 +85,9 @@ pub struct ListQuery {
 }
 
 const MAX_LIST: u64 = 200;
+/// How long a code payment's request waits for the buyer before answering 202 (the payment
+/// goes on being polled).
+const PAY_INLINE: std::time::Duration = std::time::Duration::from_secs(10);
 
 fn qr_svg(payment: &Payment) -> Option<String> {
     let code = payment.qr_code.as_deref()?;
@@ -120,12 +126,6 @@ async fn create_payment(
             ("store", Some(&id)),
         )
         .run(async |grant| {
-            if body.scene != "precreate" {
-                return Err(ApiError::Validation {
-                    field: "scene",
-                    message: "must be precreate".into(),
-                });
-            }
             let trade = NewTrade {
                 store: grant.target().clone(),
                 amount_fen: body.amount_fen,
@@ -135,10 +135,31 @@ async fn create_payment(
                 operator_id: Some(ctx.caller.id.clone()),
                 plugin_id: None,
             };
-            Ok(state.payments.precreate(trade).await?)
+            if body.scene == "precreate" {
+                return Ok(state.payments.precreate(trade).await?);
+            }
+            let scene = payments::Scene::parse(&body.scene).ok_or(ApiError::Validation {
+                field: "scene",
+                message: "must be precreate, bar_code or security_code".into(),
+            })?;
+            let code = body.auth_code.as_deref().ok_or(ApiError::Validation {
+                field: "auth_code",
+                message: "the buyer's code is required for this scene".into(),
+            })?;
+            Ok(state.payments.pay(trade, scene, code, PAY_INLINE).await?)
         })
         .await?;
-    Ok((StatusCode::CREATED, Json(view(&ctx, payment).await?)))
+    // A code payment still waiting for its buyer is accepted, not done: the caller polls it.
+    let waiting = matches!(
+        payment.status(),
+        payments::Status::Created | payments::Status::Waiting
+    );
+    let status = if waiting && body.scene != "precreate" {
+        StatusCode::ACCEPTED
+    } else {
+        StatusCode::CREATED
+    };
+    Ok((status, Json(view(&ctx, payment).await?)))
 }
 
 async fn list(

@@ -18,7 +18,7 @@ use crate::alipay::credentials;
 use crate::tenancy;
 
 impl Payments {
-    async fn app(&self, merchant_id: &str) -> Result<MerchantApp, Error> {
+    pub(super) async fn app(&self, merchant_id: &str) -> Result<MerchantApp, Error> {
         match credentials::load_app(&self.db.conn, &self.vault, merchant_id).await {
             Ok(app) => Ok(app),
             Err(credentials::Error::NotConfigured) => Err(Error::NoCredentials),
@@ -28,7 +28,11 @@ impl Payments {
 
     /// Where Alipay notifies this merchant's trades: the engine's notify path on the partner's
     /// first domain.
-    async fn notify_url(&self, partner_id: &str, merchant_id: &str) -> Result<String, Error> {
+    pub(super) async fn notify_url(
+        &self,
+        partner_id: &str,
+        merchant_id: &str,
+    ) -> Result<String, Error> {
         let domain = tenancy::first_domain(&self.db.conn, partner_id)
             .await?
             .ok_or_else(|| {
@@ -40,11 +44,16 @@ impl Payments {
         ))
     }
 
-    /// A dynamic QR code for `trade`: the payment is recorded, then `alipay.trade.precreate`
-    /// returns the code the buyer scans. Alipay creates the trade when it is scanned, so the
-    /// payment stays `created` until Alipay tells us more.
-    pub async fn precreate(&self, trade: NewTrade) -> Result<Payment, Error> {
-        check(&trade)?;
+    /// Records a new trade before Alipay is asked about it: checks it, loads the merchant's app,
+    /// makes its `out_trade_no` and `notify_url`, and inserts the payment (`created`), expiring
+    /// after `expires_in`. What every way of creating a trade starts with.
+    pub(super) async fn open_trade(
+        &self,
+        trade: &NewTrade,
+        scene: &str,
+        expires_in: chrono::Duration,
+    ) -> Result<Opened, Error> {
+        check(trade)?;
         let place = &trade.store;
         let (Some(partner), Some(merchant)) = (&place.partner_id, &place.merchant_id) else {
             return Err(Error::Invalid {
@@ -71,14 +80,14 @@ impl Payments {
                 operator_id: trade.operator_id.as_deref(),
                 app_id: &app.app_id,
                 out_trade_no: &out_trade_no,
-                scene: "precreate",
+                scene,
                 amount_fen: trade.amount_fen,
                 subject: trade.subject.trim(),
                 purpose: &trade.purpose,
                 plugin_id: trade.plugin_id.as_deref(),
                 buyer_id: None,
                 buyer_open_id: None,
-                expires_at: now + chrono::Duration::minutes(TRADE_TIMEOUT_MINUTES),
+                expires_at: now + expires_in,
                 now,
             },
         )
@@ -88,7 +97,6 @@ impl Payments {
             "total_amount": ledger::yuan(trade.amount_fen),
             "subject": trade.subject.trim(),
             "product_code": "FACE_TO_FACE_PAYMENT",
-            "timeout_express": format!("{TRADE_TIMEOUT_MINUTES}m"),
         });
         if let Some(device) = &trade.device_id {
             biz["terminal_id"] = json!(device);
@@ -97,6 +105,31 @@ impl Payments {
             notify_url: Some(notify_url),
             ..CallOptions::default()
         };
+        Ok(Opened {
+            id,
+            app,
+            biz,
+            options,
+        })
+    }
+
+    /// A dynamic QR code for `trade`: the payment is recorded, then `alipay.trade.precreate`
+    /// returns the code the buyer scans. Alipay creates the trade when it is scanned, so the
+    /// payment stays `created` until Alipay tells us more.
+    pub async fn precreate(&self, trade: NewTrade) -> Result<Payment, Error> {
+        let Opened {
+            id,
+            app,
+            mut biz,
+            options,
+        } = self
+            .open_trade(
+                &trade,
+                "precreate",
+                chrono::Duration::minutes(TRADE_TIMEOUT_MINUTES),
+            )
+            .await?;
+        biz["timeout_express"] = json!(format!("{TRADE_TIMEOUT_MINUTES}m"));
         match self
             .alipay
             .call(&app, "alipay.trade.precreate", Some(&biz), &options)
@@ -110,37 +143,51 @@ impl Payments {
                 store::created(&self.db.conn, &id, &facts, self.now()).await?;
                 self.get(&id).await
             }
-            Err(crate::alipay::Error::Gateway(refusal)) => {
-                // Alipay holds no trade: the payment closes, with nothing to announce.
-                store::advance(
-                    &self.db.conn,
-                    &id,
-                    Status::Closed,
-                    &Facts::default(),
-                    self.now(),
-                )
-                .await?;
-                Err(Error::Refused(refusal))
-            }
+            Err(crate::alipay::Error::Gateway(refusal)) => Err(self.refused(&id, refusal).await),
             // The outcome is unknown: the payment stays open for a query.
             Err(other) => Err(Error::Alipay(other)),
         }
     }
 
-    /// Asks Alipay where the trade stands and applies the answer; the payment as it is now.
-    pub async fn query(&self, payment: &Payment) -> Result<Payment, Error> {
+    /// Alipay refused to create payment `id`'s trade: it holds none, so the payment closes with
+    /// nothing to announce. The error for the caller: the refusal, or the database's failure.
+    pub(super) async fn refused(
+        &self,
+        id: &str,
+        refusal: crate::alipay::response::GatewayError,
+    ) -> Error {
+        match store::advance(
+            &self.db.conn,
+            id,
+            Status::Closed,
+            &Facts::default(),
+            self.now(),
+        )
+        .await
+        {
+            Ok(_) => Error::Refused(refusal),
+            Err(e) => e.into(),
+        }
+    }
+
+    /// Calls `method` about `payment`'s trade, named by its `out_trade_no`: Alipay's answer, or
+    /// its refusal, as the caller decides what each means.
+    pub(super) async fn ask(
+        &self,
+        payment: &Payment,
+        method: &str,
+    ) -> Result<Result<Value, crate::alipay::Error>, Error> {
         let app = self.app(&payment.merchant_id).await?;
         let biz = json!({"out_trade_no": payment.out_trade_no});
-        match self
+        Ok(self
             .alipay
-            .call(
-                &app,
-                "alipay.trade.query",
-                Some(&biz),
-                &CallOptions::default(),
-            )
-            .await
-        {
+            .call(&app, method, Some(&biz), &CallOptions::default())
+            .await)
+    }
+
+    /// Asks Alipay where the trade stands and applies the answer; the payment as it is now.
+    pub async fn query(&self, payment: &Payment) -> Result<Payment, Error> {
+        match self.ask(payment, "alipay.trade.query").await? {
             Ok(answer) => {
                 let status = answer["trade_status"]
                     .as_str()
@@ -168,18 +215,7 @@ impl Payments {
                 payment.status()
             )));
         }
-        let app = self.app(&payment.merchant_id).await?;
-        let biz = json!({"out_trade_no": payment.out_trade_no});
-        match self
-            .alipay
-            .call(
-                &app,
-                "alipay.trade.close",
-                Some(&biz),
-                &CallOptions::default(),
-            )
-            .await
-        {
+        match self.ask(payment, "alipay.trade.close").await? {
             Ok(_) => {}
             Err(crate::alipay::Error::Gateway(g))
                 if g.sub_code.as_deref() == Some("ACQ.TRADE_NOT_EXIST") => {}
@@ -355,7 +391,16 @@ impl Payments {
     }
 }
 
-fn text(answer: &Value, key: &str) -> Option<String> {
+/// A trade recorded and ready to send: its payment id, the merchant's app, the business
+/// content common to every creation, and the call options carrying its `notify_url`.
+pub(super) struct Opened {
+    pub id: String,
+    pub app: MerchantApp,
+    pub biz: Value,
+    pub options: CallOptions,
+}
+
+pub(super) fn text(answer: &Value, key: &str) -> Option<String> {
     answer[key]
         .as_str()
         .filter(|s| !s.is_empty())
@@ -363,7 +408,7 @@ fn text(answer: &Value, key: &str) -> Option<String> {
 }
 
 /// What a `trade.query` answer tells about the trade.
-fn facts_of_answer(answer: &Value) -> Facts {
+pub(super) fn facts_of_answer(answer: &Value) -> Facts {
     Facts {
         trade_no: text(answer, "trade_no"),
         buyer_id: text(answer, "buyer_user_id"),
