@@ -345,13 +345,59 @@ async fn a_cashiers_qr_code_is_paid_notified_announced_once_and_partly_refunded(
             "{label}: the stray trade is in no ledger"
         );
 
-        // The notification again (Alipay retries): acknowledged, nothing moves twice.
-        let list = s
+        // The merchant's views: filtered lists, daily totals, the export.
+        let merchant_path = format!("/api/v1/merchants/{}/payments", s.merchant);
+        let list = s.owner.get(&merchant_path).await.ok();
+        assert_eq!(list.body["items"].as_array().unwrap().len(), 1, "{label}");
+        for (query, expected) in [
+            ("?status=succeeded", 1),
+            ("?status=closed", 0),
+            ("?min_fen=1231", 0),
+            ("?max_fen=1230", 1),
+            (&format!("?store_id={}", s.store) as &str, 1),
+            ("?buyer=nobody", 0),
+        ] {
+            let page = s.owner.get(&format!("{merchant_path}{query}")).await.ok();
+            assert_eq!(
+                page.body["items"].as_array().unwrap().len(),
+                expected,
+                "{label}: {query}"
+            );
+        }
+        let bad = s.owner.get(&format!("{merchant_path}?status=paid")).await;
+        assert_eq!(bad.status, 422, "{label}: {bad:?}");
+        let unknown = s.owner.get(&format!("{merchant_path}?colour=red")).await;
+        assert_eq!(unknown.status, 422, "{label}: {unknown:?}");
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        let day = 86_400_000;
+        let totals = s
             .owner
-            .get(&format!("/api/v1/merchants/{}/payments", s.merchant))
+            .get(&format!(
+                "{merchant_path}/daily?from={}&to={}",
+                now_ms - day,
+                now_ms + day
+            ))
             .await
             .ok();
-        assert_eq!(list.body.as_array().unwrap().len(), 1, "{label}");
+        assert_eq!(totals.body[0]["paid"], 1, "{label}: {totals:?}");
+        assert_eq!(totals.body[0]["amount_fen"], 1230, "{label}");
+        assert_eq!(totals.body[0]["refunded_fen"], 1000, "{label}");
+        let too_long = s
+            .owner
+            .get(&format!("{merchant_path}/daily?from=0&to={now_ms}"))
+            .await;
+        assert_eq!(too_long.status, 422, "{label}: a range is at most a year");
+        let csv = s.owner.get(&format!("{merchant_path}.csv")).await;
+        assert_eq!(csv.status, 200, "{label}");
+        assert_eq!(csv.headers["content-type"], "text/csv; charset=utf-8");
+        let text = csv.body.as_str().unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2, "{label}: {text:?}");
+        assert!(lines[0].starts_with("id,created_at"), "{label}");
+        assert!(lines[1].contains(&id) && lines[1].contains("12.30") && lines[1].contains("10.00"));
+        // Staff read their store's payments, not the merchant's export.
+        let staff_csv = s.cashier.get(&format!("{merchant_path}.csv")).await;
+        assert_eq!(staff_csv.status, 404, "{label}");
         drop(engine);
         db.cleanup().await;
     }

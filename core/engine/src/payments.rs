@@ -10,6 +10,7 @@ pub mod codes;
 pub mod ledger;
 mod notify;
 pub mod reconcile;
+pub mod reports;
 mod store;
 mod trades;
 
@@ -146,16 +147,6 @@ impl Payments {
         store::by_id(&self.db.conn, id)
             .await?
             .ok_or(Error::NotFound)
-    }
-
-    /// The newest `limit` payments of a store or a merchant.
-    pub async fn list(
-        &self,
-        at: crate::tenancy::NodeKind,
-        id: &str,
-        limit: u64,
-    ) -> Result<Vec<Payment>, Error> {
-        Ok(store::newest(&self.db.conn, at, id, limit).await?)
     }
 
     pub async fn refunds(&self, payment_id: &str) -> Result<Vec<Refund>, Error> {

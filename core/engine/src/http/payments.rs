@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use super::AppState;
 use super::error::ApiError;
 use super::extract::{ApiJson, ApiQuery, Ctx, Target};
-use crate::payments::{self, Anomaly, NewTrade, Payment, Refund};
+use crate::payments::{self, Anomaly, NewTrade, Payment, Refund, reports};
 use crate::rbac::Action;
 use crate::tenancy::NodeKind;
 
@@ -29,6 +29,12 @@ pub fn router() -> Router<AppState> {
             "/api/v1/merchants/{id}/payments",
             get(list_merchant_payments),
         )
+        .route(
+            "/api/v1/merchants/{id}/payments.csv",
+            get(export_merchant_payments),
+        )
+        .route("/api/v1/merchants/{id}/payments/daily", get(daily_merchant))
+        .route("/api/v1/stores/{id}/payments/daily", get(daily_store))
         .route(
             "/api/v1/merchants/{id}/payment-anomalies",
             get(list_anomalies),
@@ -78,10 +84,82 @@ pub struct RefundRequest {
     pub reason: Option<String>,
 }
 
+/// `?store_id=&status=&from=&to=&buyer=&min_fen=&max_fen=&after=&limit=`; `from` and `to` are
+/// Unix milliseconds, `after` the `next` of the previous page.
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ListQuery {
     #[serde(default)]
+    pub store_id: Option<String>,
+    #[serde(default)]
+    pub status: Option<String>,
+    #[serde(default)]
+    pub from: Option<i64>,
+    #[serde(default)]
+    pub to: Option<i64>,
+    #[serde(default)]
+    pub buyer: Option<String>,
+    #[serde(default)]
+    pub min_fen: Option<i64>,
+    #[serde(default)]
+    pub max_fen: Option<i64>,
+    #[serde(default)]
+    pub after: Option<String>,
+    #[serde(default)]
     pub limit: Option<u64>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct PaymentPage {
+    pub items: Vec<Payment>,
+    /// Give as `after` for the next page; absent on the last.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DayQuery {
+    pub from: i64,
+    pub to: i64,
+}
+
+impl ListQuery {
+    fn filter(&self) -> Result<(reports::Filter, Option<reports::Cursor>), ApiError> {
+        let status = match &self.status {
+            Some(s) => Some(payments::Status::parse(s).ok_or(ApiError::Validation {
+                field: "status",
+                message: "must be created, waiting, succeeded, finished or closed".into(),
+            })?),
+            None => None,
+        };
+        let after = match &self.after {
+            Some(a) => Some(reports::Cursor::parse(a).ok_or(ApiError::Validation {
+                field: "after",
+                message: "must be the next of a previous page".into(),
+            })?),
+            None => None,
+        };
+        let bounded = |v: Option<String>, field: &'static str| match v {
+            Some(v) if v.len() > 128 => Err(ApiError::Validation {
+                field,
+                message: "must be at most 128 characters".into(),
+            }),
+            other => Ok(other),
+        };
+        Ok((
+            reports::Filter {
+                store_id: bounded(self.store_id.clone(), "store_id")?,
+                status,
+                from_ms: self.from,
+                to_ms: self.to,
+                buyer: bounded(self.buyer.clone(), "buyer")?,
+                min_fen: self.min_fen,
+                max_fen: self.max_fen,
+            },
+            after,
+        ))
+    }
 }
 
 const MAX_LIST: u64 = 200;
@@ -166,28 +244,127 @@ async fn list(
     ctx: &Ctx,
     kind: NodeKind,
     id: &str,
-    limit: Option<u64>,
-) -> Result<Json<Vec<Payment>>, ApiError> {
+    q: &ListQuery,
+) -> Result<Json<PaymentPage>, ApiError> {
     ctx.allow(Action::PaymentRead, Target::Node(Some(kind), id))
         .await?;
-    let limit = limit.unwrap_or(50).clamp(1, MAX_LIST);
-    Ok(Json(ctx.state.payments.list(kind, id, limit).await?))
+    let (filter, after) = q.filter()?;
+    let limit = q.limit.unwrap_or(50).clamp(1, MAX_LIST);
+    let items = ctx
+        .state
+        .payments
+        .search(kind, id, &filter, after.as_ref(), limit)
+        .await?;
+    let next = (items.len() as u64 == limit)
+        .then(|| items.last().map(reports::Cursor::of))
+        .flatten();
+    Ok(Json(PaymentPage { items, next }))
 }
 
 async fn list_store_payments(
     ctx: Ctx,
     Path(id): Path<String>,
     ApiQuery(q): ApiQuery<ListQuery>,
-) -> Result<Json<Vec<Payment>>, ApiError> {
-    list(&ctx, NodeKind::Store, &id, q.limit).await
+) -> Result<Json<PaymentPage>, ApiError> {
+    list(&ctx, NodeKind::Store, &id, &q).await
 }
 
 async fn list_merchant_payments(
     ctx: Ctx,
     Path(id): Path<String>,
     ApiQuery(q): ApiQuery<ListQuery>,
-) -> Result<Json<Vec<Payment>>, ApiError> {
-    list(&ctx, NodeKind::Merchant, &id, q.limit).await
+) -> Result<Json<PaymentPage>, ApiError> {
+    list(&ctx, NodeKind::Merchant, &id, &q).await
+}
+
+async fn daily(
+    ctx: &Ctx,
+    kind: NodeKind,
+    id: &str,
+    q: &DayQuery,
+) -> Result<Json<Vec<reports::Day>>, ApiError> {
+    ctx.allow(Action::PaymentRead, Target::Node(Some(kind), id))
+        .await?;
+    Ok(Json(
+        ctx.state.payments.daily(kind, id, q.from, q.to).await?,
+    ))
+}
+
+/// Paid payments per store and Beijing day between `from` and `to` (Unix milliseconds).
+async fn daily_merchant(
+    ctx: Ctx,
+    Path(id): Path<String>,
+    ApiQuery(q): ApiQuery<DayQuery>,
+) -> Result<Json<Vec<reports::Day>>, ApiError> {
+    daily(&ctx, NodeKind::Merchant, &id, &q).await
+}
+
+async fn daily_store(
+    ctx: Ctx,
+    Path(id): Path<String>,
+    ApiQuery(q): ApiQuery<DayQuery>,
+) -> Result<Json<Vec<reports::Day>>, ApiError> {
+    daily(&ctx, NodeKind::Store, &id, &q).await
+}
+
+/// The merchant's payments matching the filter as CSV, newest first, written while it is read
+/// a page at a time: a year of a busy merchant never sits in memory.
+async fn export_merchant_payments(
+    ctx: Ctx,
+    Path(id): Path<String>,
+    ApiQuery(q): ApiQuery<ListQuery>,
+) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse;
+    ctx.allow(Action::PaymentRead, Target::merchant(&id))
+        .await?;
+    let (filter, after) = q.filter()?;
+    let payments = ctx.state.payments.clone();
+    // State: the cursor of the next page, and whether the header was written; `None` when done.
+    let start: Option<(Option<reports::Cursor>, bool)> = Some((after, false));
+    let stream = futures_util::stream::unfold(start, move |state| {
+        let payments = payments.clone();
+        let filter = filter.clone();
+        let id = id.clone();
+        async move {
+            let (cursor, started) = state?;
+            if !started {
+                return Some((
+                    Ok::<_, std::io::Error>(reports::CSV_HEADER.to_owned()),
+                    Some((cursor, true)),
+                ));
+            }
+            match payments
+                .export_page(NodeKind::Merchant, &id, &filter, cursor.as_ref())
+                .await
+            {
+                Ok(page) if page.is_empty() => None,
+                Ok(page) => {
+                    let next = page.last().map(|p| reports::Cursor {
+                        created_at: p.created_at,
+                        id: p.id.clone(),
+                    });
+                    let text: String = page.iter().map(reports::csv_line).collect();
+                    Some((Ok(text), Some((next, true))))
+                }
+                Err(error) => {
+                    // Headers are sent: the broken body is the client's sign; the log has why.
+                    tracing::error!(%error, "the payments export stopped");
+                    Some((Err(std::io::Error::other("export failed")), None))
+                }
+            }
+        }
+    });
+    Ok((
+        [
+            (axum::http::header::CONTENT_TYPE, "text/csv; charset=utf-8"),
+            (
+                axum::http::header::CONTENT_DISPOSITION,
+                "attachment; filename=\"payments.csv\"",
+            ),
+        ],
+        axum::body::Body::from_stream(stream),
+    )
+        .into_response())
 }
 
 async fn list_anomalies(

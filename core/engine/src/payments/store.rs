@@ -120,28 +120,6 @@ pub(super) async fn by_id(db: &impl ConnectionTrait, id: &str) -> Result<Option<
     .await
 }
 
-/// The newest `limit` payments of store or merchant `id`.
-pub(super) async fn newest(
-    db: &impl ConnectionTrait,
-    at: crate::tenancy::NodeKind,
-    id: &str,
-    limit: u64,
-) -> Result<Vec<Payment>, DbErr> {
-    let column = if at == crate::tenancy::NodeKind::Store {
-        "store_id"
-    } else {
-        "merchant_id"
-    };
-    sql::query(
-        &format!(
-            "SELECT {COLUMNS} FROM payments WHERE {column} = ? ORDER BY created_at DESC, id DESC LIMIT ?"
-        ),
-        [id.into(), i64::try_from(limit).unwrap_or(50).into()],
-    )
-    .all(db)
-    .await
-}
-
 /// The payment a notification names: Alipay's key for a trade is the app and `out_trade_no`.
 pub(super) async fn by_trade(
     db: &impl ConnectionTrait,
