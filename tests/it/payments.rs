@@ -216,6 +216,10 @@ async fn a_cashiers_qr_code_is_paid_notified_announced_once_and_partly_refunded(
         .await;
         let now = s.owner.get(&format!("/api/v1/payments/{id}")).await.ok();
         assert!(now.body["trade_no"].as_str().is_some(), "{label}: {now:?}");
+        assert_eq!(
+            now.body["notifications"][0]["trade_status"], "TRADE_SUCCESS",
+            "{label}: the detail shows what Alipay said"
+        );
         assert!(now.body["paid_at"].as_i64().is_some(), "{label}");
         assert!(now.body.get("qr_svg").is_none(), "{label}: paid: no code");
 
@@ -561,6 +565,64 @@ async fn a_buyers_code_or_face_pays_at_once_or_after_confirming_and_an_unconfirm
             .await;
             match (paid, closed) {
                 (3, 1) => Ok(()),
+                other => Err(format!("{label}: {other:?}")),
+            }
+        })
+        .await;
+        drop(engine);
+        db.cleanup().await;
+    }
+}
+
+/// A page inside Alipay: the trade is created for the signed-in buyer, who pays it in Alipay;
+/// the notification moves it like any other. A malformed buyer id changes nothing.
+#[tokio::test]
+async fn a_trade_for_a_buyer_signed_in_inside_alipay_is_created_for_them_and_paid() {
+    for db in databases().await {
+        let label = db.label();
+        let engine = Engine::start(&db.url(), &ENV);
+        let s = shop(&engine, &db.url()).await;
+        let path = format!("/api/v1/stores/{}/payments", s.store);
+        let bad = s
+            .cashier
+            .post(
+                &path,
+                json!({"scene": "jsapi", "buyer_id": "1234", "amount_fen": 800, "subject": "会员充值"}),
+            )
+            .await;
+        assert_eq!(bad.status, 422, "{label}: {bad:?}");
+        assert_eq!(bad.body["field"], "buyer_id", "{label}");
+        let buyer = trellis_engine::alipay::sandbox::sandbox_user_id("dave");
+        let created = s
+            .cashier
+            .post(
+                &path,
+                json!({"scene": "jsapi", "buyer_id": buyer, "amount_fen": 800,
+                    "subject": "会员充值", "purpose": "recharge"}),
+            )
+            .await;
+        assert_eq!(created.status, 201, "{label}: {created:?}");
+        assert_eq!(created.body["status"], "waiting", "{label}");
+        assert!(
+            created.body["trade_no"].as_str().is_some(),
+            "{label}: my.tradePay needs it"
+        );
+        let id = created.body["id"].as_str().unwrap().to_owned();
+        let out_trade_no = created.body["out_trade_no"].as_str().unwrap().to_owned();
+        let paid: Value = client()
+            .post(engine.url("/sandbox/consumers/dave/pay"))
+            .json(&json!({"app_id": APP_ID, "out_trade_no": out_trade_no}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(paid["trade_status"], "TRADE_SUCCESS", "{label}: {paid}");
+        eventually(Duration::from_secs(20), "the payment succeeds", || async {
+            let now = s.cashier.get(&format!("/api/v1/payments/{id}")).await.ok();
+            match (now.body["status"].as_str(), now.body["purpose"].as_str()) {
+                (Some("succeeded"), Some("recharge")) => Ok(()),
                 other => Err(format!("{label}: {other:?}")),
             }
         })

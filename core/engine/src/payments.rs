@@ -12,7 +12,7 @@ mod notify;
 pub mod reconcile;
 pub mod reports;
 mod store;
-mod trades;
+pub mod trades;
 
 use std::sync::Arc;
 
@@ -31,6 +31,7 @@ pub use codes::Scene;
 pub use ledger::Status;
 pub use notify::Applied;
 pub use store::{Anomaly, Facts, Payment, Refund};
+pub use trades::Buyer;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -98,6 +99,16 @@ impl std::fmt::Debug for Payments {
     }
 }
 
+/// One notification about a payment, as its detail lists them.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct NotificationView {
+    pub id: String,
+    pub notify_type: String,
+    pub trade_status: Option<String>,
+    /// Unix milliseconds.
+    pub received_at: i64,
+}
+
 /// A trade to create: the store it is for, what for, and how much.
 #[derive(Debug, Clone)]
 pub struct NewTrade {
@@ -147,6 +158,30 @@ impl Payments {
         store::by_id(&self.db.conn, id)
             .await?
             .ok_or(Error::NotFound)
+    }
+
+    /// The notifications Alipay sent about `payment`'s trade, oldest first: what the merchant
+    /// checks when a payment looks wrong (at most 100; each holds a few fields).
+    pub async fn notifications(&self, payment: &Payment) -> Result<Vec<NotificationView>, Error> {
+        use crate::db::entity::alipay_notifications as n;
+        use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
+        let rows = n::Entity::find()
+            .filter(n::Column::MerchantId.eq(payment.merchant_id.as_str()))
+            .filter(n::Column::AppId.eq(payment.app_id.as_str()))
+            .filter(n::Column::OutTradeNo.eq(payment.out_trade_no.as_str()))
+            .order_by_asc(n::Column::ReceivedAt)
+            .limit(100)
+            .all(&self.db.conn)
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|row| NotificationView {
+                id: row.id,
+                notify_type: row.notify_type,
+                trade_status: row.trade_status,
+                received_at: row.received_at.timestamp_millis(),
+            })
+            .collect())
     }
 
     pub async fn refunds(&self, payment_id: &str) -> Result<Vec<Refund>, Error> {

@@ -32,8 +32,8 @@ impl Opening {
     /// The `product_code` values each method accepts. precreate and pay: `FACE_TO_FACE_PAYMENT`
     /// (SDK models `AlipayTradePrecreateModel`, `AlipayTradePayModel`; pay's pre-auth and
     /// withholding products are not simulated). create: `FACE_TO_FACE_PAYMENT` (SDK model
-    /// `AlipayTradeCreateModel`) and `JSAPI_PAY`, which only the team's protocol reference §8
-    /// gives, from community integrations.
+    /// `AlipayTradeCreateModel`) and `JSAPI_PAY`, which only community integrations of in-app
+    /// payments give (unconfirmed).
     fn product_codes(self) -> &'static [&'static str] {
         match self {
             Self::Precreate | Self::Pay => &["FACE_TO_FACE_PAYMENT"],

@@ -53,6 +53,11 @@ pub struct CreatePayment {
     pub scene: String,
     #[serde(default)]
     pub auth_code: Option<String>,
+    /// `jsapi`: the buyer signed in to the page inside Alipay, by the merchant app's kind of id.
+    #[serde(default)]
+    pub buyer_id: Option<String>,
+    #[serde(default)]
+    pub buyer_open_id: Option<String>,
     /// Fen (1 yuan = 100), at least 1.
     pub amount_fen: i64,
     pub subject: String,
@@ -71,6 +76,8 @@ pub struct PaymentView {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub qr_svg: Option<String>,
     pub refunds: Vec<Refund>,
+    /// Alipay's notifications about the trade, oldest first.
+    pub notifications: Vec<payments::NotificationView>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -182,10 +189,12 @@ fn qr_svg(payment: &Payment) -> Option<String> {
 
 async fn view(ctx: &Ctx, payment: Payment) -> Result<PaymentView, ApiError> {
     let refunds = ctx.state.payments.refunds(&payment.id).await?;
+    let notifications = ctx.state.payments.notifications(&payment).await?;
     Ok(PaymentView {
         qr_svg: qr_svg(&payment),
         payment,
         refunds,
+        notifications,
     })
 }
 
@@ -216,9 +225,14 @@ async fn create_payment(
             if body.scene == "precreate" {
                 return Ok(state.payments.precreate(trade).await?);
             }
+            if body.scene == "jsapi" {
+                let buyer =
+                    payments::Buyer::of(body.buyer_id.as_deref(), body.buyer_open_id.as_deref())?;
+                return Ok(state.payments.create_jsapi(trade, buyer).await?);
+            }
             let scene = payments::Scene::parse(&body.scene).ok_or(ApiError::Validation {
                 field: "scene",
-                message: "must be precreate, bar_code or security_code".into(),
+                message: "must be precreate, bar_code, security_code or jsapi".into(),
             })?;
             let code = body.auth_code.as_deref().ok_or(ApiError::Validation {
                 field: "auth_code",
@@ -232,7 +246,7 @@ async fn create_payment(
         payment.status(),
         payments::Status::Created | payments::Status::Waiting
     );
-    let status = if waiting && body.scene != "precreate" {
+    let status = if waiting && (body.scene == "bar_code" || body.scene == "security_code") {
         StatusCode::ACCEPTED
     } else {
         StatusCode::CREATED

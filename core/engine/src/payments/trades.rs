@@ -113,6 +113,20 @@ impl Payments {
         })
     }
 
+    /// [`Self::open_trade`] for a trade that waits for its buyer: it expires after
+    /// [`TRADE_TIMEOUT_MINUTES`], and Alipay is told so (`timeout_express`).
+    async fn open_timed_trade(&self, trade: &NewTrade, scene: &str) -> Result<Opened, Error> {
+        let mut opened = self
+            .open_trade(
+                trade,
+                scene,
+                chrono::Duration::minutes(TRADE_TIMEOUT_MINUTES),
+            )
+            .await?;
+        opened.biz["timeout_express"] = json!(format!("{TRADE_TIMEOUT_MINUTES}m"));
+        Ok(opened)
+    }
+
     /// A dynamic QR code for `trade`: the payment is recorded, then `alipay.trade.precreate`
     /// returns the code the buyer scans. Alipay creates the trade when it is scanned, so the
     /// payment stays `created` until Alipay tells us more.
@@ -120,16 +134,9 @@ impl Payments {
         let Opened {
             id,
             app,
-            mut biz,
+            biz,
             options,
-        } = self
-            .open_trade(
-                &trade,
-                "precreate",
-                chrono::Duration::minutes(TRADE_TIMEOUT_MINUTES),
-            )
-            .await?;
-        biz["timeout_express"] = json!(format!("{TRADE_TIMEOUT_MINUTES}m"));
+        } = self.open_timed_trade(&trade, "precreate").await?;
         match self
             .alipay
             .call(&app, "alipay.trade.precreate", Some(&biz), &options)
@@ -183,6 +190,50 @@ impl Payments {
             .alipay
             .call(&app, method, Some(&biz), &CallOptions::default())
             .await)
+    }
+
+    /// A trade for a page inside Alipay (a mini program or an H5 page in the Alipay app):
+    /// `alipay.trade.create` for the signed-in buyer, whose Alipay `trade_no` the page hands to
+    /// `my.tradePay`. The payment waits for the buyer from then on.
+    pub async fn create_jsapi(&self, trade: NewTrade, buyer: Buyer) -> Result<Payment, Error> {
+        let Opened {
+            id,
+            app,
+            mut biz,
+            options,
+        } = self.open_timed_trade(&trade, "jsapi").await?;
+        // JSAPI_PAY: the product code community integrations of in-app payments send; the SDK
+        // model lists only the default FACE_TO_FACE_PAYMENT (docs/alipay.md marks it unconfirmed).
+        biz["product_code"] = json!("JSAPI_PAY");
+        let (buyer_id, buyer_open_id) = match &buyer {
+            Buyer::UserId(uid) => {
+                biz["buyer_id"] = json!(uid);
+                (Some(uid.clone()), None)
+            }
+            Buyer::OpenId(open_id) => {
+                biz["buyer_open_id"] = json!(open_id);
+                (None, Some(open_id.clone()))
+            }
+        };
+        match self
+            .alipay
+            .call(&app, "alipay.trade.create", Some(&biz), &options)
+            .await
+        {
+            Ok(answer) => {
+                let payment = self.get(&id).await?;
+                let facts = Facts {
+                    trade_no: text(&answer, "trade_no"),
+                    buyer_id,
+                    buyer_open_id,
+                    ..Facts::default()
+                };
+                self.transition(&payment, Status::Waiting, &facts).await?;
+                self.get(&id).await
+            }
+            Err(crate::alipay::Error::Gateway(refusal)) => Err(self.refused(&id, refusal).await),
+            Err(other) => Err(Error::Alipay(other)),
+        }
     }
 
     /// Asks Alipay where the trade stands and applies the answer; the payment as it is now.
@@ -388,6 +439,49 @@ impl Payments {
         }
         txn.commit().await?;
         Ok(())
+    }
+}
+
+/// The buyer of an in-app trade, as the merchant's app knows them.
+#[derive(Debug, Clone)]
+pub enum Buyer {
+    /// A UID-mode app's `user_id` (2088 and 12 digits).
+    UserId(String),
+    /// An OpenID-mode app's `open_id`.
+    OpenId(String),
+}
+
+impl Buyer {
+    /// The buyer named by a request's `buyer_id` or `buyer_open_id` (exactly one).
+    pub fn of(buyer_id: Option<&str>, buyer_open_id: Option<&str>) -> Result<Self, Error> {
+        match (buyer_id, buyer_open_id) {
+            (Some(uid), None)
+                if uid.len() == 16
+                    && uid.starts_with("2088")
+                    && uid.bytes().all(|b| b.is_ascii_digit()) =>
+            {
+                Ok(Buyer::UserId(uid.to_owned()))
+            }
+            (Some(_), None) => Err(Error::Invalid {
+                field: "buyer_id",
+                message: "must be an Alipay user id: 2088 and 12 digits".into(),
+            }),
+            (None, Some(open_id))
+                if !open_id.is_empty()
+                    && open_id.len() <= 128
+                    && open_id.bytes().all(|b| b.is_ascii_alphanumeric()) =>
+            {
+                Ok(Buyer::OpenId(open_id.to_owned()))
+            }
+            (None, Some(_)) => Err(Error::Invalid {
+                field: "buyer_open_id",
+                message: "must be an Alipay open id: 1 to 128 letters and digits".into(),
+            }),
+            _ => Err(Error::Invalid {
+                field: "buyer_id",
+                message: "give exactly one of buyer_id and buyer_open_id".into(),
+            }),
+        }
     }
 }
 
