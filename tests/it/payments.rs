@@ -108,6 +108,32 @@ impl Shop {
     }
 }
 
+/// Sandbox consumer `user` pays trade `out_trade_no` of the shop's app; with `notify: false` the
+/// notification is lost. Returns the sandbox's view of the trade.
+async fn consumer_pays(engine: &Engine, user: &str, out_trade_no: &str, notify: bool) -> Value {
+    client()
+        .post(engine.url(&format!("/sandbox/consumers/{user}/pay")))
+        .json(&json!({"app_id": APP_ID, "out_trade_no": out_trade_no, "notify": notify}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// Waits until payment `id`, read by `api`, is `succeeded`.
+async fn until_paid(api: &Api, id: &str, label: &str, within: Duration) {
+    eventually(within, "the payment succeeds", || async {
+        let now = api.get(&format!("/api/v1/payments/{id}")).await.ok();
+        match now.body["status"].as_str() {
+            Some("succeeded") => Ok(()),
+            other => Err(format!("{label}: {other:?}")),
+        }
+    })
+    .await;
+}
+
 async fn count(database_url: &str, sql: &str) -> i64 {
     let conn = sea_orm::Database::connect(database_url).await.unwrap();
     let n = conn
@@ -192,28 +218,10 @@ async fn a_cashiers_qr_code_is_paid_notified_announced_once_and_partly_refunded(
         assert_eq!(hidden.status, 404, "{label}");
 
         // A consumer pays; the sandbox notifies the partner's domain.
-        let paid: Value = client()
-            .post(engine.url("/sandbox/consumers/alice/pay"))
-            .json(&json!({"app_id": APP_ID, "out_trade_no": out_trade_no}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let paid = consumer_pays(&engine, "alice", &out_trade_no, true).await;
         assert_eq!(paid["trade_status"], "TRADE_SUCCESS", "{label}: {paid}");
-        eventually(
-            Duration::from_secs(20),
-            "the ledger hears of it",
-            || async {
-                let now = s.cashier.get(&format!("/api/v1/payments/{id}")).await.ok();
-                match now.body["status"].as_str() {
-                    Some("succeeded") => Ok(()),
-                    other => Err(format!("{label}: {other:?}")),
-                }
-            },
-        )
-        .await;
+        // The ledger hears of it.
+        until_paid(&s.cashier, &id, label, Duration::from_secs(20)).await;
         let now = s.owner.get(&format!("/api/v1/payments/{id}")).await.ok();
         assert!(now.body["trade_no"].as_str().is_some(), "{label}: {now:?}");
         assert_eq!(
@@ -427,28 +435,10 @@ async fn a_payment_whose_notification_was_lost_is_found_by_reconciliation_and_ap
             .ok();
         let id = created.body["id"].as_str().unwrap().to_owned();
         let out_trade_no = created.body["out_trade_no"].as_str().unwrap().to_owned();
-        let paid: Value = client()
-            .post(engine.url("/sandbox/consumers/carol/pay"))
-            .json(&json!({"app_id": APP_ID, "out_trade_no": out_trade_no, "notify": false}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let paid = consumer_pays(&engine, "carol", &out_trade_no, false).await;
         assert_eq!(paid["trade_status"], "TRADE_SUCCESS", "{label}: {paid}");
-        eventually(
-            Duration::from_secs(30),
-            "reconciliation finds it",
-            || async {
-                let now = s.cashier.get(&format!("/api/v1/payments/{id}")).await.ok();
-                match now.body["status"].as_str() {
-                    Some("succeeded") => Ok(()),
-                    other => Err(format!("{label}: {other:?}")),
-                }
-            },
-        )
-        .await;
+        // Reconciliation finds it.
+        until_paid(&s.cashier, &id, label, Duration::from_secs(30)).await;
         // Later rounds change nothing more.
         tokio::time::sleep(Duration::from_secs(3)).await;
         assert_eq!(
@@ -609,15 +599,7 @@ async fn a_trade_for_a_buyer_signed_in_inside_alipay_is_created_for_them_and_pai
         );
         let id = created.body["id"].as_str().unwrap().to_owned();
         let out_trade_no = created.body["out_trade_no"].as_str().unwrap().to_owned();
-        let paid: Value = client()
-            .post(engine.url("/sandbox/consumers/dave/pay"))
-            .json(&json!({"app_id": APP_ID, "out_trade_no": out_trade_no}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let paid = consumer_pays(&engine, "dave", &out_trade_no, true).await;
         assert_eq!(paid["trade_status"], "TRADE_SUCCESS", "{label}: {paid}");
         eventually(Duration::from_secs(20), "the payment succeeds", || async {
             let now = s.cashier.get(&format!("/api/v1/payments/{id}")).await.ok();
@@ -627,6 +609,25 @@ async fn a_trade_for_a_buyer_signed_in_inside_alipay_is_created_for_them_and_pai
             }
         })
         .await;
+
+        // Two owners' refunds race for more than the 800 fen paid: one wins, the other is
+        // refused, and the refunded total never passes what was paid.
+        let refund_path = format!("/api/v1/payments/{id}/refunds");
+        let (first, second) = tokio::join!(
+            s.owner.post(
+                &refund_path,
+                json!({"amount_fen": 500, "out_request_no": "RA"})
+            ),
+            s.owner.post(
+                &refund_path,
+                json!({"amount_fen": 500, "out_request_no": "RB"})
+            ),
+        );
+        let mut statuses = [first.status, second.status];
+        statuses.sort_unstable();
+        assert_eq!(statuses, [201, 422], "{label}: {first:?} {second:?}");
+        let after = s.owner.get(&format!("/api/v1/payments/{id}")).await.ok();
+        assert_eq!(after.body["refunded_fen"], 500, "{label}: {after:?}");
         drop(engine);
         db.cleanup().await;
     }
