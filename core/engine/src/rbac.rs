@@ -511,8 +511,11 @@ impl Rbac {
         let mut allowed = self.check(principal, action, target).await?;
         // A denial may come from a policy another process changed since our last poll: confirm
         // it against the current version, then against the caller's own row, before refusing
-        // (allows stay on the fast path).
-        if !allowed && self.sync().await? {
+        // (allows stay on the fast path). The second check runs even when this `sync` found
+        // nothing new: the poller may have swapped in the newer policy between our first check
+        // and the version read, and only a fresh look at the enforcer sees it.
+        if !allowed {
+            self.sync().await?;
             allowed = self.check(principal, action, target).await?;
         }
         // A caller with no edge at all here may be one created a moment ago elsewhere: read its row.
@@ -705,13 +708,16 @@ pub async fn bump_policy_version(db: &impl ConnectionTrait) -> Result<i64, Error
 }
 
 async fn bump_version(db: &impl ConnectionTrait) -> Result<i64, Error> {
-    sql::query(
-        "UPDATE policy_version SET version = version + 1 WHERE id = 1",
+    // The version our own bump made, not whatever a second read finds: another process may bump
+    // in between, and taking its version as ours would skip reloading its change.
+    let version = sql::query(
+        "UPDATE policy_version SET version = version + 1 WHERE id = 1 RETURNING version",
         [],
     )
-    .execute(db)
-    .await?;
-    read_version(db).await
+    .scalar(db)
+    .await?
+    .unwrap_or(0);
+    Ok(version)
 }
 
 async fn build_enforcer(db: &impl ConnectionTrait) -> Result<Enforcer, Error> {
