@@ -128,6 +128,14 @@ impl App {
                 poll: Duration::from_millis(config.payments.pay_poll_ms.max(100)),
             },
         );
+        let (payments, writer) = payments.group_commit(
+            crate::payments::GroupCommit {
+                max_batch: config.payments.ingest_batch as usize,
+                queue: config.payments.ingest_queue as usize,
+            },
+            stopped.clone(),
+        );
+        background.push(writer);
         if config.payments.reconcile {
             background.push(tokio::spawn(crate::payments::reconcile::run(
                 payments.clone(),

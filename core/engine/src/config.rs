@@ -222,6 +222,12 @@ impl Config {
         if self.auth.hash_queue > 100_000 {
             return invalid("auth.hash_queue", "must be 0 to 100000");
         }
+        if !(1..=4_096).contains(&self.payments.ingest_batch) {
+            return invalid("payments.ingest_batch", "must be 1 to 4096");
+        }
+        if !(1..=1_000_000).contains(&self.payments.ingest_queue) {
+            return invalid("payments.ingest_queue", "must be 1 to 1000000");
+        }
         if self.audit.retention_days > 36_500 {
             return invalid("audit.retention_days", "must be 0 (forever) to 36500");
         }

@@ -191,28 +191,22 @@ async fn alipay_notify(
     body: axum::body::Bytes,
 ) -> Response {
     use crate::alipay::inbound;
-    match inbound::receive(&state.db, &merchant_id, &body).await {
-        Ok(received) => {
-            tracing::info!(id = %received.id, new = received.new, "alipay notification recorded");
-            // Applied whether new or not: a redelivery after a failed application retries it,
-            // and a transition already made is not made twice. Alipay hears `success` only
-            // once the ledger's change and its events are committed.
-            match state
-                .payments
-                .apply_notification(&merchant_id, &received.id, &received.notification)
-                .await
-            {
-                Ok(applied) => {
-                    tracing::info!(id = %received.id, ?applied, "alipay notification applied")
-                }
-                Err(error) => return ApiError::Payments(error).into_response(),
+    // Verified here, many at once; recorded and applied by the payments' writer together with
+    // whatever else arrived meanwhile. Applied whether new or not: a redelivery after a failed
+    // application retries it, and a transition already made is not made twice. Alipay hears
+    // `success` only once the record, the ledger's change and its events are committed.
+    match inbound::verify(&state.db, &merchant_id, &body).await {
+        Ok(verified) => match state.payments.take(verified).await {
+            Ok(taken) => {
+                tracing::info!(id = %taken.id, new = taken.new, applied = ?taken.applied, "alipay notification taken");
+                (
+                    [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+                    crate::alipay::notify::ACK,
+                )
+                    .into_response()
             }
-            (
-                [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-                crate::alipay::notify::ACK,
-            )
-                .into_response()
-        }
+            Err(error) => ApiError::Payments(error).into_response(),
+        },
         Err(inbound::Error::Db(error)) => ApiError::DbErr(error).into_response(),
         Err(inbound::Error::UnknownMerchant) => {
             ApiError::NotFound(format!("/alipay/notify/{merchant_id}")).into_response()

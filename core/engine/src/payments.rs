@@ -7,6 +7,7 @@
 //! paid.
 
 pub mod codes;
+pub mod ingest;
 pub mod ledger;
 mod notify;
 pub mod reconcile;
@@ -28,6 +29,7 @@ use crate::secrets::Vault;
 use crate::tenancy::Place;
 
 pub use codes::Scene;
+pub use ingest::{GroupCommit, Taken};
 pub use ledger::Status;
 pub use notify::Applied;
 pub use store::{Anomaly, Facts, Payment, Refund};
@@ -65,6 +67,9 @@ pub enum Error {
     Catalog(String),
     #[error("tenancy: {0}")]
     Tenancy(#[from] crate::tenancy::Error),
+    /// The notification writer stopped before answering; nothing was acknowledged.
+    #[error("the engine is stopping")]
+    Stopping,
     #[error("database error: {0}")]
     Db(#[from] DbErr),
 }
@@ -91,6 +96,8 @@ pub struct Payments {
     public_scheme: String,
     /// How long a code payment waits for its buyer, and its polling.
     waiting: codes::Waiting,
+    /// The notification writer's queue, once [`Self::group_commit`] started it.
+    intake: Option<tokio::sync::mpsc::Sender<ingest::Job>>,
 }
 
 impl std::fmt::Debug for Payments {
@@ -146,6 +153,7 @@ impl Payments {
             clock,
             public_scheme: public_scheme.to_owned(),
             waiting,
+            intake: None,
         }
     }
 

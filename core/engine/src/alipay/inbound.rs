@@ -9,7 +9,8 @@
 //! app and notify id alone would let one merchant's record swallow another's notification.
 
 use chrono::Utc;
-use sea_orm::{ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, Set};
+use sea_orm::sea_query::OnConflict;
+use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, Set};
 use uuid::Uuid;
 
 use super::notify::{Notification, NotifyRule};
@@ -44,8 +45,37 @@ pub struct Received {
     pub notification: Notification,
 }
 
+/// A notification verified for a merchant and not yet recorded: what [`record_in`] writes.
+#[derive(Debug, Clone)]
+pub struct Verified {
+    pub merchant_id: String,
+    pub partner_id: Option<String>,
+    pub agent_id: Option<String>,
+    /// The merchant's own app id (what the record is keyed by).
+    pub app_id: String,
+    pub notify_id: String,
+    pub rule: NotifyRule,
+    pub notification: Notification,
+    /// The record's id when an earlier delivery already recorded it.
+    pub recorded: Option<String>,
+}
+
 /// Verifies `body` for `merchant_id` and records it; returns once the record is durable.
 pub async fn receive(db: &Db, merchant_id: &str, body: &[u8]) -> Result<Received, Error> {
+    let verified = verify(db, merchant_id, body).await?;
+    if let Some(id) = verified.recorded.clone() {
+        return Ok(verified.into_received(id, false));
+    }
+    let txn = db.begin_durable().await?;
+    let (id, new) = record_in(&txn, &verified).await?;
+    txn.commit().await?;
+    Ok(verified.into_received(id, new))
+}
+
+/// Everything [`receive`] does short of writing: the merchant's key, parsing, the signature, the
+/// app, the notify id, and whether it is already recorded. Reads only, so many requests may run
+/// it at once and leave the writing to one transaction for all of them.
+pub async fn verify(db: &Db, merchant_id: &str, body: &[u8]) -> Result<Verified, Error> {
     let creds = alipay_credentials::Entity::find_by_id(merchant_id)
         .one(&db.conn)
         .await?
@@ -71,14 +101,41 @@ pub async fn receive(db: &Db, merchant_id: &str, body: &[u8]) -> Result<Received
         .collect();
     // Every record was committed durably, and a commit is visible only once it is: a record
     // found here may be acknowledged again.
-    if let Some(existing) = recorded(&db.conn, merchant_id, app_id, &notify_id).await? {
-        return Ok(Received {
-            id: existing,
-            rule,
-            new: false,
-            notification,
-        });
+    let recorded = recorded(&db.conn, merchant_id, app_id, &notify_id).await?;
+    Ok(Verified {
+        merchant_id: merchant_id.to_owned(),
+        partner_id: creds.partner_id.clone(),
+        agent_id: creds.agent_id.clone(),
+        app_id: app_id.clone(),
+        notify_id,
+        rule,
+        notification,
+        recorded,
+    })
+}
+
+impl Verified {
+    fn into_received(self, id: String, new: bool) -> Received {
+        Received {
+            id,
+            rule: self.rule,
+            new,
+            notification: self.notification,
+        }
     }
+}
+
+/// Records `verified` inside the caller's transaction unless its key is already recorded;
+/// returns the record's id and whether this call made it. Durable once the caller commits
+/// a [`Db::begin_durable`] transaction.
+pub async fn record_in(
+    txn: &impl ConnectionTrait,
+    verified: &Verified,
+) -> Result<(String, bool), sea_orm::DbErr> {
+    if let Some(id) = &verified.recorded {
+        return Ok((id.clone(), false));
+    }
+    let notification = &verified.notification;
     let id = Uuid::now_v7().to_string();
     let fields = serde_json::to_string(&notification.fields).unwrap_or_default();
     let text = |k: &str| {
@@ -88,11 +145,11 @@ pub async fn receive(db: &Db, merchant_id: &str, body: &[u8]) -> Result<Received
     };
     let record = alipay_notifications::ActiveModel {
         id: Set(id.clone()),
-        merchant_id: Set(merchant_id.to_owned()),
-        partner_id: Set(creds.partner_id.clone()),
-        agent_id: Set(creds.agent_id.clone()),
-        app_id: Set(app_id.clone()),
-        notify_id: Set(notify_id.clone()),
+        merchant_id: Set(verified.merchant_id.clone()),
+        partner_id: Set(verified.partner_id.clone()),
+        agent_id: Set(verified.agent_id.clone()),
+        app_id: Set(verified.app_id.clone()),
+        notify_id: Set(verified.notify_id.clone()),
         notify_type: Set(text("notify_type")
             .or_else(|| text("msg_method"))
             .unwrap_or_else(|| "unknown".into())),
@@ -102,31 +159,31 @@ pub async fn receive(db: &Db, merchant_id: &str, body: &[u8]) -> Result<Received
         fields: Set(fields),
         received_at: Set(Utc::now()),
     };
-    let txn = db.begin_durable().await?;
-    match record.insert(&txn).await {
-        Ok(_) => {
-            txn.commit().await?;
-            Ok(Received {
-                id,
-                rule,
-                new: true,
-                notification,
-            })
-        }
-        // Two deliveries raced past the lookup: the unique index kept the other one, whose
-        // durable commit is what made it visible here.
-        Err(error) if is_unique_violation(&error) => {
-            txn.rollback().await?;
-            let existing = recorded(&db.conn, merchant_id, app_id, &notify_id).await?;
-            Ok(Received {
-                id: existing.unwrap_or(id),
-                rule,
-                new: false,
-                notification,
-            })
-        }
-        Err(error) => Err(error.into()),
+    // Two deliveries may race past the lookup: the unique key keeps the first, and the other
+    // finds its record (committed, or ahead of it in this same transaction).
+    let inserted = alipay_notifications::Entity::insert(record)
+        .on_conflict(
+            OnConflict::columns([
+                alipay_notifications::Column::MerchantId,
+                alipay_notifications::Column::AppId,
+                alipay_notifications::Column::NotifyId,
+            ])
+            .do_nothing()
+            .to_owned(),
+        )
+        .exec_without_returning(txn)
+        .await?;
+    if inserted == 1 {
+        return Ok((id, true));
     }
+    let existing = recorded(
+        txn,
+        &verified.merchant_id,
+        &verified.app_id,
+        &verified.notify_id,
+    )
+    .await?;
+    Ok((existing.unwrap_or(id), false))
 }
 
 /// The id of the record of `notify_id` for this merchant's app, if there is one.
@@ -145,16 +202,12 @@ async fn recorded(
         .map(|m| m.id))
 }
 
-fn is_unique_violation(error: &sea_orm::DbErr) -> bool {
-    let text = error.to_string().to_ascii_lowercase();
-    text.contains("unique") || text.contains("duplicate key")
-}
-
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
     use std::path::Path;
 
+    use sea_orm::ActiveModelTrait;
     use secrecy::SecretString;
 
     use super::*;

@@ -33,6 +33,8 @@ struct DefaultPayments {
     reconcile: bool,
     reconcile_every_secs: u64,
     reconcile_batch: u32,
+    ingest_batch: u32,
+    ingest_queue: u32,
 }
 
 #[derive(Serialize)]
@@ -198,6 +200,8 @@ pub(super) const DEFAULTS: Defaults = Defaults {
         reconcile: true,
         reconcile_every_secs: 60,
         reconcile_batch: 50,
+        ingest_batch: 256,
+        ingest_queue: 4_096,
     },
     audit: DefaultAudit {
         retention_days: 365,

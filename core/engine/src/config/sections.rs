@@ -92,6 +92,11 @@ pub struct PaymentsConfig {
     pub reconcile_every_secs: u64,
     /// Payments asked about per round.
     pub reconcile_batch: u32,
+    /// Alipay notifications recorded and applied per durable transaction at most (group
+    /// commit: one flush to disk for every notification waiting at that moment).
+    pub ingest_batch: u32,
+    /// Verified notifications waiting for that transaction at most; beyond it requests wait.
+    pub ingest_queue: u32,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

@@ -313,6 +313,7 @@ fn payments_status(error: &payments::Error) -> (StatusCode, &'static str) {
         E::Refused(_) => (S::BAD_GATEWAY, "alipay_refused"),
         E::Alipay(_) => (S::BAD_GATEWAY, "alipay_unavailable"),
         E::Tenancy(e) => tenancy_status(e),
+        E::Stopping => (S::SERVICE_UNAVAILABLE, "unavailable"),
         E::Credentials(_) | E::Events(_) | E::Catalog(_) | E::Db(_) => INTERNAL,
     }
 }

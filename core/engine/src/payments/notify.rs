@@ -3,12 +3,15 @@
 //!
 //! Invariant: a notification moves a payment only when it names a trade of this merchant's app
 //! that the engine created, for the amount the ledger holds; anything else is recorded as an
-//! anomaly for the merchant and applied to nothing. A transition and its event commit together,
-//! durably, before the caller acknowledges Alipay.
+//! anomaly for the merchant (once, with the notification's first delivery) and applied to
+//! nothing. A transition and its event commit together, durably, before the caller acknowledges
+//! Alipay; the status a transition starts from is read under the row's lock.
+
+use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 use sea_orm::ConnectionTrait;
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use super::ledger::{self, Status};
 use super::store::{self, Facts, Payment};
@@ -17,6 +20,9 @@ use super::{Error, Payments, payment_payload};
 use crate::alipay::notify::Notification;
 use crate::events::{self, NewEvent};
 use crate::tenancy::{NodeKind, Place};
+
+/// The events the ledger announces.
+pub(super) const KINDS: [&str; 3] = ["payment.succeeded", "payment.closed", "refund.succeeded"];
 
 /// What a notification did to the ledger.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,6 +39,63 @@ pub enum Applied {
     Ignored,
 }
 
+/// Who receives each payment event, per partner: read before a write transaction opens, so the
+/// transaction holds the write lock only for writing.
+#[derive(Debug, Default)]
+pub(super) struct Audience(HashMap<(String, &'static str), Vec<String>>);
+
+impl Audience {
+    /// The subscribers of `partners` to every payment event.
+    pub(super) async fn load<'a>(
+        payments: &Payments,
+        partners: impl IntoIterator<Item = &'a str>,
+    ) -> Result<Self, Error> {
+        let mut audience = Self::default();
+        for partner in partners {
+            audience.fill(payments, partner).await?;
+        }
+        Ok(audience)
+    }
+
+    async fn fill(&mut self, payments: &Payments, partner: &str) -> Result<(), Error> {
+        for kind in KINDS {
+            let key = (partner.to_owned(), kind);
+            if !self.0.contains_key(&key) {
+                let subscribers = payments.subscribers(partner, kind).await?;
+                self.0.insert(key, subscribers);
+            }
+        }
+        Ok(())
+    }
+
+    /// `partner`'s subscribers to `kind`, read now if [`Self::load`] did not (a payment of a
+    /// partner the notification's merchant did not name).
+    async fn of(
+        &mut self,
+        payments: &Payments,
+        partner: &str,
+        kind: &'static str,
+    ) -> Result<Vec<String>, Error> {
+        self.fill(payments, partner).await?;
+        Ok(self
+            .0
+            .get(&(partner.to_owned(), kind))
+            .cloned()
+            .unwrap_or_default())
+    }
+}
+
+/// Where a verified notification came from: the merchant whose URL received it, the record
+/// that keeps it, and whether this delivery made that record.
+#[derive(Debug, Clone)]
+pub(super) struct Source<'a> {
+    pub merchant_id: &'a str,
+    pub partner_id: Option<&'a str>,
+    pub agent_id: Option<&'a str>,
+    pub notification_id: &'a str,
+    pub new: bool,
+}
+
 impl Payments {
     /// The partner's installations subscribed to `kind`.
     pub(super) async fn subscribers(
@@ -47,7 +110,7 @@ impl Payments {
     }
 
     /// Records `kind` about `payment` in the outbox, inside the caller's transaction.
-    pub(super) async fn announce(
+    async fn announce(
         &self,
         txn: &impl ConnectionTrait,
         payment: &Payment,
@@ -95,25 +158,47 @@ impl Payments {
         if !payment.status().may_become(to) {
             return Ok(false);
         }
-        let was_paid = matches!(payment.status(), Status::Succeeded | Status::Finished);
+        let mut audience = Audience::load(self, [payment.partner_id.as_str()]).await?;
+        let txn = self.db.begin_durable().await?;
+        let moved = self
+            .transition_in(&txn, &payment.id, to, facts, &mut audience, self.now())
+            .await?;
+        txn.commit().await?;
+        Ok(moved)
+    }
+
+    /// [`Self::transition`] inside the caller's transaction, deciding on the payment's status
+    /// as the locked row has it (a stale copy could announce a payment twice).
+    pub(super) async fn transition_in(
+        &self,
+        txn: &impl ConnectionTrait,
+        payment_id: &str,
+        to: Status,
+        facts: &Facts,
+        audience: &mut Audience,
+        now: DateTime<Utc>,
+    ) -> Result<bool, Error> {
+        let Some(payment) = store::locked(txn, payment_id).await? else {
+            return Err(Error::NotFound);
+        };
+        let from = payment.status();
+        if !from.may_become(to) {
+            return Ok(false);
+        }
+        let was_paid = matches!(from, Status::Succeeded | Status::Finished);
         let kind = match to {
             Status::Succeeded | Status::Finished if !was_paid => Some("payment.succeeded"),
             Status::Closed => Some("payment.closed"),
             _ => None,
         };
-        let subscribers = match kind {
-            Some(kind) => self.subscribers(&payment.partner_id, kind).await?,
-            None => Vec::new(),
-        };
-        let now = self.now();
-        let txn = self.db.begin_durable().await?;
-        let moved = store::advance(&txn, &payment.id, to, facts, now).await?;
+        let moved = store::advance(txn, payment_id, to, facts, now).await?;
         if moved && let Some(kind) = kind {
-            let current = store::by_id(&txn, &payment.id)
+            let current = store::by_id(txn, payment_id)
                 .await?
                 .ok_or(Error::NotFound)?;
+            let subscribers = audience.of(self, &current.partner_id, kind).await?;
             self.announce(
-                &txn,
+                txn,
                 &current,
                 kind,
                 payment_payload(&current),
@@ -122,18 +207,60 @@ impl Payments {
             )
             .await?;
         }
-        txn.commit().await?;
         Ok(moved)
     }
 
-    /// Applies a verified notification that `merchant_id` received (recorded as
-    /// `notification_id`). Returns what it did; an error only when the database failed, and
-    /// then the caller must not acknowledge Alipay (it will deliver again).
-    pub async fn apply_notification(
+    /// Settles refund `refund_id` of `payment` as succeeded and announces `refund.succeeded`,
+    /// once: a refund already settled is left as it is. One durable transaction.
+    pub(super) async fn refund_succeeded(
         &self,
-        merchant_id: &str,
-        notification_id: &str,
+        payment: &Payment,
+        refund_id: &str,
+    ) -> Result<(), Error> {
+        let mut audience = Audience::load(self, [payment.partner_id.as_str()]).await?;
+        let txn = self.db.begin_durable().await?;
+        self.refund_succeeded_in(&txn, payment, refund_id, &mut audience, self.now())
+            .await?;
+        txn.commit().await?;
+        Ok(())
+    }
+
+    async fn refund_succeeded_in(
+        &self,
+        txn: &impl ConnectionTrait,
+        payment: &Payment,
+        refund_id: &str,
+        audience: &mut Audience,
+        now: DateTime<Utc>,
+    ) -> Result<bool, Error> {
+        if !store::settle_refund(txn, refund_id, true, now).await? {
+            return Ok(false);
+        }
+        let refund = store::refund_by_id(txn, refund_id)
+            .await?
+            .ok_or(Error::NotFound)?;
+        let mut payload = payment_payload(payment);
+        payload["refund_id"] = json!(refund.id);
+        payload["out_request_no"] = json!(refund.out_request_no);
+        payload["refund_fen"] = json!(refund.amount_fen);
+        let subscribers = audience
+            .of(self, &payment.partner_id, "refund.succeeded")
+            .await?;
+        self.announce(txn, payment, "refund.succeeded", payload, &subscribers, now)
+            .await?;
+        Ok(true)
+    }
+
+    /// Applies a verified notification inside the caller's (durable) transaction: the ledger
+    /// change, its event, or the anomaly. An error means the database failed; the caller must
+    /// then roll back and not acknowledge Alipay, which will deliver again.
+    pub(super) async fn apply_in(
+        &self,
+        txn: &impl ConnectionTrait,
+        source: &Source<'_>,
         n: &Notification,
+        audience: &mut Audience,
+        now: DateTime<Utc>,
     ) -> Result<Applied, Error> {
         if n.get("notify_type") != Some("trade_status_sync") {
             return Ok(Applied::Ignored);
@@ -144,32 +271,32 @@ impl Payments {
             .into_iter()
             .flatten()
         {
-            if let Some(found) = store::by_trade(&self.db.conn, app, out_trade_no).await? {
+            if let Some(found) = store::by_trade(txn, app, out_trade_no).await? {
                 payment = Some(found);
                 break;
             }
         }
         let Some(payment) = payment else {
-            return self
-                .anomaly(
-                    merchant_id,
-                    notification_id,
-                    None,
-                    "unknown_trade",
-                    format!("no trade {out_trade_no} was created here for this app"),
-                )
-                .await;
+            return anomaly(
+                txn,
+                source,
+                None,
+                "unknown_trade",
+                format!("no trade {out_trade_no} was created here for this app"),
+                now,
+            )
+            .await;
         };
-        if payment.merchant_id != merchant_id {
-            return self
-                .anomaly(
-                    merchant_id,
-                    notification_id,
-                    None,
-                    "foreign_trade",
-                    format!("trade {out_trade_no} belongs to another merchant"),
-                )
-                .await;
+        if payment.merchant_id != source.merchant_id {
+            return anomaly(
+                txn,
+                source,
+                None,
+                "foreign_trade",
+                format!("trade {out_trade_no} belongs to another merchant"),
+                now,
+            )
+            .await;
         }
         let amount = n.get("total_amount").and_then(ledger::fen);
         if amount != Some(payment.amount_fen) {
@@ -179,27 +306,27 @@ impl Payments {
                 notified = n.get("total_amount").unwrap_or_default(),
                 "alipay notification amount does not match the ledger; not applied"
             );
-            return self
-                .anomaly(
-                    merchant_id,
-                    notification_id,
-                    Some(&payment.id),
-                    "amount_mismatch",
-                    format!(
-                        "notified {} yuan, the ledger holds {} yuan",
-                        n.get("total_amount").unwrap_or_default(),
-                        ledger::yuan(payment.amount_fen)
-                    ),
-                )
-                .await;
+            return anomaly(
+                txn,
+                source,
+                Some(&payment.id),
+                "amount_mismatch",
+                format!(
+                    "notified {} yuan, the ledger holds {} yuan",
+                    n.get("total_amount").unwrap_or_default(),
+                    ledger::yuan(payment.amount_fen)
+                ),
+                now,
+            )
+            .await;
         }
         // A refund's notification names the refund (out_biz_no is its out_request_no).
         if let (Some(request_no), Some(_)) = (n.get("out_biz_no"), n.get("refund_fee"))
-            && let Some(refund) =
-                store::refund_by_request(&self.db.conn, &payment.id, request_no).await?
+            && let Some(refund) = store::refund_by_request(txn, &payment.id, request_no).await?
         {
             if refund.status == "pending" {
-                self.refund_succeeded(&payment, &refund.id).await?;
+                self.refund_succeeded_in(txn, &payment, &refund.id, audience, now)
+                    .await?;
             }
             return Ok(Applied::Refunded(request_no.to_owned()));
         }
@@ -214,40 +341,46 @@ impl Payments {
             paid_at: n.get("gmt_payment").and_then(beijing),
             qr_code: None,
         };
-        Ok(if self.transition(&payment, status, &facts).await? {
-            Applied::Moved(status)
-        } else {
-            Applied::Unchanged
-        })
+        Ok(
+            if self
+                .transition_in(txn, &payment.id, status, &facts, audience, now)
+                .await?
+            {
+                Applied::Moved(status)
+            } else {
+                Applied::Unchanged
+            },
+        )
     }
+}
 
-    async fn anomaly(
-        &self,
-        merchant_id: &str,
-        notification_id: &str,
-        payment_id: Option<&str>,
-        kind: &'static str,
-        detail: String,
-    ) -> Result<Applied, Error> {
-        let merchant = crate::tenancy::place(&self.db.conn, merchant_id)
-            .await?
-            .ok_or(Error::NotFound)?;
-        tracing::warn!(merchant = %merchant_id, notification = %notification_id, kind, %detail, "alipay notification not applied");
+/// Records what a notification could not do, for the merchant to see: on its first delivery
+/// only, so Alipay's retries of it do not repeat the record.
+async fn anomaly(
+    txn: &impl ConnectionTrait,
+    source: &Source<'_>,
+    payment_id: Option<&str>,
+    kind: &'static str,
+    detail: String,
+    now: DateTime<Utc>,
+) -> Result<Applied, Error> {
+    if source.new {
+        tracing::warn!(merchant = %source.merchant_id, notification = %source.notification_id, kind, %detail, "alipay notification not applied");
         store::record_anomaly(
-            &self.db.conn,
+            txn,
             [
-                merchant.partner_id.as_deref(),
-                merchant.agent_id.as_deref(),
-                Some(merchant_id),
+                source.partner_id,
+                source.agent_id,
+                Some(source.merchant_id),
                 None,
             ],
-            notification_id,
+            source.notification_id,
             payment_id,
             kind,
             &detail,
-            self.now(),
+            now,
         )
         .await?;
-        Ok(Applied::Anomaly(kind))
     }
+    Ok(Applied::Anomaly(kind))
 }

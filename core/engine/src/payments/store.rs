@@ -120,6 +120,20 @@ pub(super) async fn by_id(db: &impl ConnectionTrait, id: &str) -> Result<Option<
     .await
 }
 
+/// [`by_id`], locking the row until the caller's transaction ends (PostgreSQL; SQLite's write
+/// transaction already excludes every other writer): a transition decides on the status it read.
+pub(super) async fn locked(db: &impl ConnectionTrait, id: &str) -> Result<Option<Payment>, DbErr> {
+    sql::query(
+        &format!(
+            "SELECT {COLUMNS} FROM payments WHERE id = ?{}",
+            sql::for_update(db, sql::RowLock::Wait)
+        ),
+        [id.into()],
+    )
+    .one(db)
+    .await
+}
+
 /// The payment a notification names: Alipay's key for a trade is the app and `out_trade_no`.
 pub(super) async fn by_trade(
     db: &impl ConnectionTrait,

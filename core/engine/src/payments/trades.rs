@@ -407,39 +407,6 @@ impl Payments {
             .await?
             .ok_or(Error::NotFound)
     }
-
-    /// Settles a pending refund as succeeded and announces it, once.
-    pub(super) async fn refund_succeeded(
-        &self,
-        payment: &Payment,
-        refund_id: &str,
-    ) -> Result<(), Error> {
-        let subscribers = self
-            .subscribers(&payment.partner_id, "refund.succeeded")
-            .await?;
-        let now = self.now();
-        let txn = self.db.begin_durable().await?;
-        if store::settle_refund(&txn, refund_id, true, now).await? {
-            let refund = store::refund_by_id(&txn, refund_id)
-                .await?
-                .ok_or(Error::NotFound)?;
-            let mut payload = super::payment_payload(payment);
-            payload["refund_id"] = json!(refund.id);
-            payload["out_request_no"] = json!(refund.out_request_no);
-            payload["refund_fen"] = json!(refund.amount_fen);
-            self.announce(
-                &txn,
-                payment,
-                "refund.succeeded",
-                payload,
-                &subscribers,
-                now,
-            )
-            .await?;
-        }
-        txn.commit().await?;
-        Ok(())
-    }
 }
 
 /// The buyer of an in-app trade, as the merchant's app knows them.
