@@ -59,10 +59,10 @@ impl Audience {
 
     async fn fill(&mut self, payments: &Payments, partner: &str) -> Result<(), Error> {
         for kind in KINDS {
-            let key = (partner.to_owned(), kind);
-            if !self.0.contains_key(&key) {
-                let subscribers = payments.subscribers(partner, kind).await?;
-                self.0.insert(key, subscribers);
+            if let std::collections::hash_map::Entry::Vacant(slot) =
+                self.0.entry((partner.to_owned(), kind))
+            {
+                slot.insert(payments.subscribers(partner, kind).await?);
             }
         }
         Ok(())
