@@ -22,11 +22,13 @@ use crate::tenancy::Place;
 mod budget;
 mod claim;
 mod log;
+mod outbox;
 
 use budget::open_chain;
 pub use budget::{EMITTER, Emitter, Limits, Refusal, admit, refund};
 pub use claim::{Room, claim};
 pub use log::{Delivery, DeliveryFilter, deliveries, delivery, redeliver};
+pub use outbox::Outbox;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -203,30 +205,6 @@ pub async fn publish(
     }
     record(&txn, &id, &partner_id, event, subscribers, root_id, now).await?;
     txn.commit().await?;
-    Ok(id)
-}
-
-/// Records an event and its pending deliveries inside the caller's transaction: the payment
-/// ledger writes its events in the same commit as the change they announce. No chain budget
-/// applies (the event starts no plugin chain). Returns the event id.
-pub async fn publish_in(
-    txn: &impl ConnectionTrait,
-    event: &NewEvent,
-    subscribers: &[String],
-    now: DateTime<Utc>,
-) -> Result<String, Error> {
-    if !is_event_kind(&event.kind) {
-        return Err(Error::Invalid {
-            field: "kind",
-            message: format!("{:?} is not an event kind", event.kind),
-        });
-    }
-    let partner_id = event.place.partner_id.clone().ok_or(Error::Invalid {
-        field: "place",
-        message: "events belong to a partner's tenant".into(),
-    })?;
-    let id = Uuid::now_v7().to_string();
-    record(txn, &id, &partner_id, event, subscribers, None, now).await?;
     Ok(id)
 }
 

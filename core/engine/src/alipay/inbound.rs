@@ -8,15 +8,17 @@
 //! one matched by `app_id`, another by `auth_app_id` under a service provider's app — so the
 //! app and notify id alone would let one merchant's record swallow another's notification.
 
+use std::collections::HashMap;
+use std::sync::{Arc, LazyLock, Mutex};
+
 use chrono::Utc;
-use sea_orm::sea_query::OnConflict;
-use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, Set};
+use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter};
 use uuid::Uuid;
 
 use super::notify::{Notification, NotifyRule};
 use super::{Error as AlipayError, PublicKey};
 use crate::db::Db;
-use crate::db::entity::{alipay_credentials, alipay_notifications};
+use crate::db::entity::alipay_notifications;
 
 /// The width of the `notify_id` column; longer ids are kept (and matched) by this prefix.
 const NOTIFY_ID_CHARS: usize = 128;
@@ -76,15 +78,46 @@ pub async fn receive(db: &Db, merchant_id: &str, body: &[u8]) -> Result<Received
 /// app, the notify id, and whether it is already recorded. Reads only, so many requests may run
 /// it at once and leave the writing to one transaction for all of them.
 pub async fn verify(db: &Db, merchant_id: &str, body: &[u8]) -> Result<Verified, Error> {
-    let creds = alipay_credentials::Entity::find_by_id(merchant_id)
-        .one(&db.conn)
-        .await?
-        .ok_or(Error::UnknownMerchant)?;
-    let (Some(app_id), Some(key)) = (&creds.app_id, &creds.alipay_public_key) else {
+    let parsed = Notification::parse(body);
+    let notify_id: String = parsed
+        .as_ref()
+        .ok()
+        .and_then(|n| n.get("notify_id"))
+        .unwrap_or_default()
+        .chars()
+        .take(NOTIFY_ID_CHARS)
+        .collect();
+    // The merchant's app and key and this notification's record, if any, in one read: every
+    // delivery asks both.
+    #[derive(sea_orm::FromQueryResult)]
+    struct Row {
+        app_id: Option<String>,
+        alipay_public_key: Option<String>,
+        partner_id: Option<String>,
+        agent_id: Option<String>,
+        recorded: Option<String>,
+    }
+    let row: Option<Row> = crate::db::sql::query(
+        "SELECT c.app_id, c.alipay_public_key, c.partner_id, c.agent_id, \
+         (SELECT n.id FROM alipay_notifications n WHERE n.merchant_id = c.merchant_id \
+          AND n.app_id = c.app_id AND n.notify_id = ?) AS recorded \
+         FROM alipay_credentials c WHERE c.merchant_id = ?",
+        [notify_id.clone().into(), merchant_id.into()],
+    )
+    .one(&db.conn)
+    .await?;
+    let Some(Row {
+        app_id: Some(app_id),
+        alipay_public_key: Some(key),
+        partner_id,
+        agent_id,
+        recorded,
+    }) = row
+    else {
         return Err(Error::UnknownMerchant);
     };
-    let key = PublicKey::parse(key)?;
-    let notification = Notification::parse(body)?;
+    let key = public_key(&key)?;
+    let notification = parsed?;
     let rule = notification.verify_auto(&key)?;
     // In ISV mode app_id is the partner's app and auth_app_id the merchant's; either may match,
     // and the one that does is the merchant's own app id, which is what the record keeps.
@@ -92,26 +125,41 @@ pub async fn verify(db: &Db, merchant_id: &str, body: &[u8]) -> Result<Verified,
     if sent_for != app_id && notification.get("auth_app_id") != Some(app_id.as_str()) {
         return Err(Error::WrongApp(sent_for.chars().take(32).collect()));
     }
-    let notify_id: String = notification
-        .get("notify_id")
-        .filter(|n| !n.is_empty())
-        .ok_or(Error::NoNotifyId)?
-        .chars()
-        .take(NOTIFY_ID_CHARS)
-        .collect();
+    if notify_id.is_empty() {
+        return Err(Error::NoNotifyId);
+    }
     // Every record was committed durably, and a commit is visible only once it is: a record
     // found here may be acknowledged again.
-    let recorded = recorded(&db.conn, merchant_id, app_id, &notify_id).await?;
     Ok(Verified {
         merchant_id: merchant_id.to_owned(),
-        partner_id: creds.partner_id.clone(),
-        agent_id: creds.agent_id.clone(),
-        app_id: app_id.clone(),
+        partner_id,
+        agent_id,
+        app_id,
         notify_id,
         rule,
         notification,
         recorded,
     })
+}
+
+/// The merchant's Alipay public key, parsed once per distinct key text: parsing validates the
+/// key, which costs more than verifying a notification with it. The cache is keyed by the
+/// text itself, so a changed key is simply another entry.
+fn public_key(text: &str) -> Result<Arc<PublicKey>, Error> {
+    static KEYS: LazyLock<Mutex<HashMap<String, Arc<PublicKey>>>> = LazyLock::new(Default::default);
+    /// Distinct keys kept at most; past it the cache starts over.
+    const MAX_KEYS: usize = 4_096;
+    if let Some(key) = KEYS.lock().ok().and_then(|keys| keys.get(text).cloned()) {
+        return Ok(key);
+    }
+    let key = Arc::new(PublicKey::parse(text)?);
+    if let Ok(mut keys) = KEYS.lock() {
+        if keys.len() >= MAX_KEYS {
+            keys.clear();
+        }
+        keys.insert(text.to_owned(), key.clone());
+    }
+    Ok(key)
 }
 
 impl Verified {
@@ -132,58 +180,121 @@ pub async fn record_in(
     txn: &impl ConnectionTrait,
     verified: &Verified,
 ) -> Result<(String, bool), sea_orm::DbErr> {
-    if let Some(id) = &verified.recorded {
-        return Ok((id.clone(), false));
+    let mut recorded = record_all(txn, std::slice::from_ref(verified)).await?;
+    Ok(recorded.pop().unwrap_or_default())
+}
+
+/// [`record_in`] for many notifications in one statement (group commit): one `(id, new)` per
+/// notification, in order. A key twice in `batch` is recorded once, for its first.
+pub async fn record_all(
+    txn: &impl ConnectionTrait,
+    batch: &[Verified],
+) -> Result<Vec<(String, bool)>, sea_orm::DbErr> {
+    use std::collections::HashMap;
+    let now = Utc::now();
+    let mut out: Vec<(String, bool)> = Vec::with_capacity(batch.len());
+    let mut firsts: HashMap<(&str, &str, &str), usize> = HashMap::new();
+    let mut rows: Vec<sea_orm::Value> = Vec::new();
+    let mut fresh = 0;
+    for (i, verified) in batch.iter().enumerate() {
+        if let Some(id) = &verified.recorded {
+            out.push((id.clone(), false));
+            continue;
+        }
+        let key = (
+            verified.merchant_id.as_str(),
+            verified.app_id.as_str(),
+            verified.notify_id.as_str(),
+        );
+        if let Some(&first) = firsts.get(&key) {
+            out.push((out[first].0.clone(), false));
+            continue;
+        }
+        firsts.insert(key, i);
+        let id = Uuid::now_v7().to_string();
+        let n = &verified.notification;
+        let text = |k: &str| n.get(k).map(|v| v.chars().take(64).collect::<String>());
+        rows.extend([
+            id.clone().into(),
+            verified.merchant_id.clone().into(),
+            verified.partner_id.clone().into(),
+            verified.agent_id.clone().into(),
+            verified.app_id.clone().into(),
+            verified.notify_id.clone().into(),
+            text("notify_type")
+                .or_else(|| text("msg_method"))
+                .unwrap_or_else(|| "unknown".into())
+                .into(),
+            text("out_trade_no").into(),
+            text("trade_no").into(),
+            text("trade_status").into(),
+            serde_json::to_string(&n.fields).unwrap_or_default().into(),
+            now.into(),
+        ]);
+        fresh += 1;
+        // Not ours until the insert says so.
+        out.push((id, false));
     }
-    let notification = &verified.notification;
-    let id = Uuid::now_v7().to_string();
-    let fields = serde_json::to_string(&notification.fields).unwrap_or_default();
-    let text = |k: &str| {
-        notification
-            .get(k)
-            .map(|v| v.chars().take(64).collect::<String>())
-    };
-    let record = alipay_notifications::ActiveModel {
-        id: Set(id.clone()),
-        merchant_id: Set(verified.merchant_id.clone()),
-        partner_id: Set(verified.partner_id.clone()),
-        agent_id: Set(verified.agent_id.clone()),
-        app_id: Set(verified.app_id.clone()),
-        notify_id: Set(verified.notify_id.clone()),
-        notify_type: Set(text("notify_type")
-            .or_else(|| text("msg_method"))
-            .unwrap_or_else(|| "unknown".into())),
-        out_trade_no: Set(text("out_trade_no")),
-        trade_no: Set(text("trade_no")),
-        trade_status: Set(text("trade_status")),
-        fields: Set(fields),
-        received_at: Set(Utc::now()),
-    };
-    // Two deliveries may race past the lookup: the unique key keeps the first, and the other
-    // finds its record (committed, or ahead of it in this same transaction).
-    let inserted = alipay_notifications::Entity::insert(record)
-        .on_conflict(
-            OnConflict::columns([
-                alipay_notifications::Column::MerchantId,
-                alipay_notifications::Column::AppId,
-                alipay_notifications::Column::NotifyId,
-            ])
-            .do_nothing()
-            .to_owned(),
+    if fresh == 0 {
+        return Ok(out);
+    }
+    // Two deliveries may race past the lookup: the unique key keeps the first, and RETURNING
+    // names only the rows this statement inserted.
+    let statement = format!(
+        "INSERT INTO alipay_notifications (id, merchant_id, partner_id, agent_id, app_id, notify_id, \
+         notify_type, out_trade_no, trade_no, trade_status, fields, received_at) VALUES {} \
+         ON CONFLICT (merchant_id, app_id, notify_id) DO NOTHING RETURNING id",
+        vec!["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"; fresh].join(", ")
+    );
+    #[derive(sea_orm::FromQueryResult)]
+    struct Inserted {
+        id: String,
+    }
+    let inserted: std::collections::HashSet<String> = crate::db::sql::query(&statement, rows)
+        .all::<Inserted>(txn)
+        .await?
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
+    for (i, verified) in batch.iter().enumerate() {
+        let (id, new) = &mut out[i];
+        if verified.recorded.is_some()
+            || firsts.get(&(
+                verified.merchant_id.as_str(),
+                verified.app_id.as_str(),
+                verified.notify_id.as_str(),
+            )) != Some(&i)
+        {
+            continue;
+        }
+        if inserted.contains(id.as_str()) {
+            *new = true;
+        } else if let Some(existing) = recorded(
+            txn,
+            &verified.merchant_id,
+            &verified.app_id,
+            &verified.notify_id,
         )
-        .exec_without_returning(txn)
-        .await?;
-    if inserted == 1 {
-        return Ok((id, true));
+        .await?
+        {
+            *id = existing;
+        }
     }
-    let existing = recorded(
-        txn,
-        &verified.merchant_id,
-        &verified.app_id,
-        &verified.notify_id,
-    )
-    .await?;
-    Ok((existing.unwrap_or(id), false))
+    // A later duplicate in the batch carries its first's id, now final.
+    for (i, verified) in batch.iter().enumerate() {
+        let key = (
+            verified.merchant_id.as_str(),
+            verified.app_id.as_str(),
+            verified.notify_id.as_str(),
+        );
+        if verified.recorded.is_none()
+            && let Some(&first) = firsts.get(&key)
+            && first != i
+        {
+            out[i] = (out[first].0.clone(), false);
+        }
+    }
+    Ok(out)
 }
 
 /// The id of the record of `notify_id` for this merchant's app, if there is one.
@@ -207,13 +318,13 @@ mod tests {
     use std::collections::BTreeMap;
     use std::path::Path;
 
-    use sea_orm::ActiveModelTrait;
+    use sea_orm::{ActiveModelTrait, Set};
     use secrecy::SecretString;
 
     use super::*;
     use crate::alipay::{PrivateKey, SignType};
     use crate::config::Config;
-    use crate::db::entity::nodes;
+    use crate::db::entity::{alipay_credentials, nodes};
 
     const MERCHANT_APP: &str = "2021004100000001";
     const ISV_APP: &str = "2021004100000999";
@@ -367,6 +478,42 @@ mod tests {
             assert_eq!(again.id, first.id);
         }
         assert_eq!(records(&db).await.len(), 2);
+        db.close().await;
+    }
+
+    #[tokio::test]
+    async fn a_batch_records_each_key_once_and_names_the_record_of_one_recorded_meanwhile() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = database(dir.path()).await;
+        let alipay = alipay_key();
+        merchant(&db, "m-direct", MERCHANT_APP, &alipay).await;
+        let first = notification(&alipay, &[("app_id", MERCHANT_APP)], "1");
+        let second = notification(
+            &alipay,
+            &[("app_id", MERCHANT_APP), ("notify_id", "another-notify-id")],
+            "2",
+        );
+        // Both verified before anything is recorded, as concurrent deliveries are.
+        let a = verify(&db, "m-direct", &first).await.unwrap();
+        let b = verify(&db, "m-direct", &second).await.unwrap();
+        let a_again = verify(&db, "m-direct", &first).await.unwrap();
+        // Another delivery of `first` commits its record before the batch.
+        let earlier = receive(&db, "m-direct", &first).await.unwrap();
+        assert!(earlier.new);
+
+        let txn = db.begin_durable().await.unwrap();
+        let recorded = record_all(&txn, &[a, b.clone(), a_again, b]).await.unwrap();
+        txn.commit().await.unwrap();
+
+        assert_eq!(recorded[0], (earlier.id.clone(), false));
+        assert!(recorded[1].1, "the second notification is new");
+        assert_eq!(recorded[2], (earlier.id, false));
+        assert_eq!(recorded[3], (recorded[1].0.clone(), false));
+        let all = alipay_notifications::Entity::find()
+            .all(&db.conn)
+            .await
+            .unwrap();
+        assert_eq!(all.len(), 2);
         db.close().await;
     }
 }

@@ -8,12 +8,12 @@
 //! transaction, so one bad notification cannot fail the others; with no writer running (unit
 //! tests, a writer stopping) the caller's own task does the same work alone.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
-use super::notify::{Audience, Source};
+use super::notify::{Audience, Changes, Source};
 use super::{Applied, Error, Payments};
 use crate::alipay::inbound::{self, Verified};
 
@@ -45,6 +45,15 @@ pub struct GroupCommit {
 impl Payments {
     /// Records and applies a verified notification; returns once that is durable.
     pub async fn take(&self, verified: Verified) -> Result<Taken, Error> {
+        // A record is written in the same transaction as its application, so a recorded
+        // notification was applied: a redelivery needs no write, only the answer.
+        if let Some(id) = verified.recorded.clone() {
+            return Ok(Taken {
+                id,
+                new: false,
+                applied: Applied::Unchanged,
+            });
+        }
         let verified = match &self.intake {
             Some(intake) => {
                 let (reply, answer) = oneshot::channel();
@@ -57,8 +66,8 @@ impl Payments {
             }
             None => verified,
         };
-        let mut audience = Audience::load(self, verified.partner_id.as_deref()).await?;
-        self.commit_batch(std::slice::from_ref(&verified), &mut audience)
+        let audience = Audience::load(self, verified.partner_id.as_deref()).await?;
+        self.commit_batch(std::slice::from_ref(&verified), &audience)
             .await?
             .pop()
             .ok_or(Error::Stopping)
@@ -83,25 +92,49 @@ impl Payments {
     async fn commit_batch(
         &self,
         batch: &[Verified],
-        audience: &mut Audience,
+        audience: &Audience,
     ) -> Result<Vec<Taken>, Error> {
-        let now = self.now();
+        let mut changes = Changes::new(audience.clone(), self.now());
         let txn = self.db.begin_durable().await?;
+        let recorded = inbound::record_all(&txn, batch).await?;
+        // The batch's trades in one read per app (in ISV mode a notification may name its
+        // trade under either app id).
+        let mut wanted: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+        for (verified, (_, new)) in batch.iter().zip(&recorded) {
+            let n = &verified.notification;
+            if let (true, Some(out)) = (*new, n.get("out_trade_no")) {
+                for app in [n.get("auth_app_id"), n.get("app_id")]
+                    .into_iter()
+                    .flatten()
+                {
+                    wanted.entry(app).or_default().insert(out);
+                }
+            }
+        }
+        for (app, outs) in wanted {
+            let outs: Vec<&str> = outs.into_iter().collect();
+            changes.preload(&txn, app, &outs).await?;
+        }
         let mut taken = Vec::with_capacity(batch.len());
-        for verified in batch {
-            let (id, new) = inbound::record_in(&txn, verified).await?;
-            let source = Source {
-                merchant_id: &verified.merchant_id,
-                partner_id: verified.partner_id.as_deref(),
-                agent_id: verified.agent_id.as_deref(),
-                notification_id: &id,
-                new,
+        for (verified, (id, new)) in batch.iter().zip(recorded) {
+            // Recorded before means applied before: the record and its application commit
+            // together.
+            let applied = if new {
+                let source = Source {
+                    merchant_id: &verified.merchant_id,
+                    partner_id: verified.partner_id.as_deref(),
+                    agent_id: verified.agent_id.as_deref(),
+                    notification_id: &id,
+                    new,
+                };
+                self.apply_in(&txn, &source, &verified.notification, &mut changes)
+                    .await?
+            } else {
+                Applied::Unchanged
             };
-            let applied = self
-                .apply_in(&txn, &source, &verified.notification, audience, now)
-                .await?;
             taken.push(Taken { id, new, applied });
         }
+        changes.outbox.write(&txn).await?;
         txn.commit().await?;
         Ok(taken)
     }
@@ -115,7 +148,7 @@ impl Payments {
             .iter()
             .filter_map(|j| j.verified.partner_id.as_deref())
             .collect();
-        let mut audience = match Audience::load(self, partners).await {
+        let audience = match Audience::load(self, partners).await {
             Ok(audience) => audience,
             Err(error) => {
                 tracing::warn!(%error, "payment event subscribers unavailable");
@@ -126,7 +159,7 @@ impl Payments {
             }
         };
         let batch: Vec<Verified> = jobs.iter().map(|j| j.verified.clone()).collect();
-        match self.commit_batch(&batch, &mut audience).await {
+        match self.commit_batch(&batch, &audience).await {
             Ok(taken) => {
                 for (job, taken) in jobs.into_iter().zip(taken) {
                     let _ = job.reply.send(Ok(taken));
@@ -141,7 +174,7 @@ impl Payments {
                 tracing::warn!(%error, size = jobs.len(), "notification batch failed; retrying one by one");
                 for job in jobs {
                     let one = self
-                        .commit_batch(std::slice::from_ref(&job.verified), &mut audience)
+                        .commit_batch(std::slice::from_ref(&job.verified), &audience)
                         .await
                         .and_then(|mut t| t.pop().ok_or(Error::Stopping));
                     let _ = job.reply.send(one);

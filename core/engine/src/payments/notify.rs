@@ -18,7 +18,7 @@ use super::store::{self, Facts, Payment};
 use super::trades::beijing;
 use super::{Error, Payments, payment_payload};
 use crate::alipay::notify::Notification;
-use crate::events::{self, NewEvent};
+use crate::events::{NewEvent, Outbox};
 use crate::tenancy::{NodeKind, Place};
 
 /// The events the ledger announces.
@@ -41,7 +41,7 @@ pub enum Applied {
 
 /// Who receives each payment event, per partner: read before a write transaction opens, so the
 /// transaction holds the write lock only for writing.
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Default)]
 pub(super) struct Audience(HashMap<(String, &'static str), Vec<String>>);
 
 impl Audience {
@@ -85,6 +85,70 @@ impl Audience {
     }
 }
 
+/// What one write transaction of the ledger carries to its commit: who hears of each event,
+/// the events (written together just before the commit), the payments it has read (under their
+/// locks) by Alipay's key, and its instant.
+#[derive(Debug)]
+pub(super) struct Changes {
+    pub audience: Audience,
+    pub outbox: Outbox,
+    trades: HashMap<(String, String), Option<Payment>>,
+    pub now: DateTime<Utc>,
+}
+
+impl Changes {
+    pub(super) fn new(audience: Audience, now: DateTime<Utc>) -> Self {
+        Self {
+            audience,
+            outbox: Outbox::default(),
+            trades: HashMap::new(),
+            now,
+        }
+    }
+
+    /// Reads (and locks) the payments of app `app_id` named `out_trade_nos` in one statement,
+    /// so a batch of notifications finds its trades without a read each.
+    pub(super) async fn preload(
+        &mut self,
+        txn: &impl ConnectionTrait,
+        app_id: &str,
+        out_trade_nos: &[&str],
+    ) -> Result<(), Error> {
+        for chunk in out_trade_nos.chunks(500) {
+            for out in chunk {
+                self.trades
+                    .insert((app_id.to_owned(), (*out).to_owned()), None);
+            }
+            for payment in store::by_trades(txn, app_id, chunk).await? {
+                let key = (payment.app_id.clone(), payment.out_trade_no.clone());
+                self.trades.insert(key, Some(payment));
+            }
+        }
+        Ok(())
+    }
+
+    /// The payment of `app_id` named `out_trade_no`, as this transaction last saw it.
+    async fn trade(
+        &mut self,
+        txn: &impl ConnectionTrait,
+        app_id: &str,
+        out_trade_no: &str,
+    ) -> Result<Option<Payment>, Error> {
+        let key = (app_id.to_owned(), out_trade_no.to_owned());
+        if let Some(known) = self.trades.get(&key) {
+            return Ok(known.clone());
+        }
+        let found = store::by_trade(txn, app_id, out_trade_no).await?;
+        self.trades.insert(key, found.clone());
+        Ok(found)
+    }
+
+    fn saw(&mut self, payment: &Payment) {
+        let key = (payment.app_id.clone(), payment.out_trade_no.clone());
+        self.trades.insert(key, Some(payment.clone()));
+    }
+}
+
 /// Where a verified notification came from: the merchant whose URL received it, the record
 /// that keeps it, and whether this delivery made that record.
 #[derive(Debug, Clone)]
@@ -109,15 +173,13 @@ impl Payments {
             .map_err(|e| Error::Catalog(e.to_string()))
     }
 
-    /// Records `kind` about `payment` in the outbox, inside the caller's transaction.
+    /// Adds `kind` about `payment` to the transaction's outbox.
     async fn announce(
         &self,
-        txn: &impl ConnectionTrait,
+        changes: &mut Changes,
         payment: &Payment,
-        kind: &str,
+        kind: &'static str,
         payload: Value,
-        subscribers: &[String],
-        now: DateTime<Utc>,
     ) -> Result<(), Error> {
         let place = Place {
             id: payment
@@ -139,10 +201,11 @@ impl Payments {
             place,
             payload,
             source: "engine".into(),
-            occurred_at: now,
+            occurred_at: changes.now,
             depth: 0,
         };
-        events::publish_in(txn, &event, subscribers, now).await?;
+        let subscribers = changes.audience.of(self, &payment.partner_id, kind).await?;
+        changes.outbox.push(&event, &subscribers, changes.now)?;
         Ok(())
     }
 
@@ -158,29 +221,30 @@ impl Payments {
         if !payment.status().may_become(to) {
             return Ok(false);
         }
-        let mut audience = Audience::load(self, [payment.partner_id.as_str()]).await?;
+        let audience = Audience::load(self, [payment.partner_id.as_str()]).await?;
+        let mut changes = Changes::new(audience, self.now());
         let txn = self.db.begin_durable().await?;
+        let Some(current) = store::locked(&txn, &payment.id).await? else {
+            return Err(Error::NotFound);
+        };
         let moved = self
-            .transition_in(&txn, &payment.id, to, facts, &mut audience, self.now())
+            .transition_in(&txn, &current, to, facts, &mut changes)
             .await?;
+        changes.outbox.write(&txn).await?;
         txn.commit().await?;
         Ok(moved)
     }
 
-    /// [`Self::transition`] inside the caller's transaction, deciding on the payment's status
-    /// as the locked row has it (a stale copy could announce a payment twice).
+    /// [`Self::transition`] inside the caller's transaction, from `payment` as read in it under
+    /// the row's lock (a stale copy could announce a payment twice).
     pub(super) async fn transition_in(
         &self,
         txn: &impl ConnectionTrait,
-        payment_id: &str,
+        payment: &Payment,
         to: Status,
         facts: &Facts,
-        audience: &mut Audience,
-        now: DateTime<Utc>,
+        changes: &mut Changes,
     ) -> Result<bool, Error> {
-        let Some(payment) = store::locked(txn, payment_id).await? else {
-            return Err(Error::NotFound);
-        };
         let from = payment.status();
         if !from.may_become(to) {
             return Ok(false);
@@ -191,23 +255,15 @@ impl Payments {
             Status::Closed => Some("payment.closed"),
             _ => None,
         };
-        let moved = store::advance(txn, payment_id, to, facts, now).await?;
-        if moved && let Some(kind) = kind {
-            let current = store::by_id(txn, payment_id)
-                .await?
-                .ok_or(Error::NotFound)?;
-            let subscribers = audience.of(self, &current.partner_id, kind).await?;
-            self.announce(
-                txn,
-                &current,
-                kind,
-                payment_payload(&current),
-                &subscribers,
-                now,
-            )
-            .await?;
+        let Some(current) = store::advance(txn, &payment.id, to, facts, changes.now).await? else {
+            return Ok(false);
+        };
+        changes.saw(&current);
+        if let Some(kind) = kind {
+            self.announce(changes, &current, kind, payment_payload(&current))
+                .await?;
         }
-        Ok(moved)
+        Ok(true)
     }
 
     /// Settles refund `refund_id` of `payment` as succeeded and announces `refund.succeeded`,
@@ -217,10 +273,12 @@ impl Payments {
         payment: &Payment,
         refund_id: &str,
     ) -> Result<(), Error> {
-        let mut audience = Audience::load(self, [payment.partner_id.as_str()]).await?;
+        let audience = Audience::load(self, [payment.partner_id.as_str()]).await?;
+        let mut changes = Changes::new(audience, self.now());
         let txn = self.db.begin_durable().await?;
-        self.refund_succeeded_in(&txn, payment, refund_id, &mut audience, self.now())
+        self.refund_succeeded_in(&txn, payment, refund_id, &mut changes)
             .await?;
+        changes.outbox.write(&txn).await?;
         txn.commit().await?;
         Ok(())
     }
@@ -230,10 +288,9 @@ impl Payments {
         txn: &impl ConnectionTrait,
         payment: &Payment,
         refund_id: &str,
-        audience: &mut Audience,
-        now: DateTime<Utc>,
+        changes: &mut Changes,
     ) -> Result<bool, Error> {
-        if !store::settle_refund(txn, refund_id, true, now).await? {
+        if !store::settle_refund(txn, refund_id, true, changes.now).await? {
             return Ok(false);
         }
         let refund = store::refund_by_id(txn, refund_id)
@@ -243,24 +300,21 @@ impl Payments {
         payload["refund_id"] = json!(refund.id);
         payload["out_request_no"] = json!(refund.out_request_no);
         payload["refund_fen"] = json!(refund.amount_fen);
-        let subscribers = audience
-            .of(self, &payment.partner_id, "refund.succeeded")
-            .await?;
-        self.announce(txn, payment, "refund.succeeded", payload, &subscribers, now)
+        self.announce(changes, payment, "refund.succeeded", payload)
             .await?;
         Ok(true)
     }
 
     /// Applies a verified notification inside the caller's (durable) transaction: the ledger
-    /// change, its event, or the anomaly. An error means the database failed; the caller must
-    /// then roll back and not acknowledge Alipay, which will deliver again.
+    /// change and its event (in `changes`' outbox, which the caller writes before committing),
+    /// or the anomaly. An error means the database failed; the caller must then roll back and
+    /// not acknowledge Alipay, which will deliver again.
     pub(super) async fn apply_in(
         &self,
         txn: &impl ConnectionTrait,
         source: &Source<'_>,
         n: &Notification,
-        audience: &mut Audience,
-        now: DateTime<Utc>,
+        changes: &mut Changes,
     ) -> Result<Applied, Error> {
         if n.get("notify_type") != Some("trade_status_sync") {
             return Ok(Applied::Ignored);
@@ -271,11 +325,12 @@ impl Payments {
             .into_iter()
             .flatten()
         {
-            if let Some(found) = store::by_trade(txn, app, out_trade_no).await? {
+            if let Some(found) = changes.trade(txn, app, out_trade_no).await? {
                 payment = Some(found);
                 break;
             }
         }
+        let now = changes.now;
         let Some(payment) = payment else {
             return anomaly(
                 txn,
@@ -325,7 +380,7 @@ impl Payments {
             && let Some(refund) = store::refund_by_request(txn, &payment.id, request_no).await?
         {
             if refund.status == "pending" {
-                self.refund_succeeded_in(txn, &payment, &refund.id, audience, now)
+                self.refund_succeeded_in(txn, &payment, &refund.id, changes)
                     .await?;
             }
             return Ok(Applied::Refunded(request_no.to_owned()));
@@ -343,7 +398,7 @@ impl Payments {
         };
         Ok(
             if self
-                .transition_in(txn, &payment.id, status, &facts, audience, now)
+                .transition_in(txn, &payment, status, &facts, changes)
                 .await?
             {
                 Applied::Moved(status)

@@ -135,16 +135,45 @@ pub(super) async fn locked(db: &impl ConnectionTrait, id: &str) -> Result<Option
 }
 
 /// The payment a notification names: Alipay's key for a trade is the app and `out_trade_no`.
+/// Locked as [`locked`] does: a transition decides on the status read here.
 pub(super) async fn by_trade(
     db: &impl ConnectionTrait,
     app_id: &str,
     out_trade_no: &str,
 ) -> Result<Option<Payment>, DbErr> {
     sql::query(
-        &format!("SELECT {COLUMNS} FROM payments WHERE app_id = ? AND out_trade_no = ?"),
+        &format!(
+            "SELECT {COLUMNS} FROM payments WHERE app_id = ? AND out_trade_no = ?{}",
+            sql::for_update(db, sql::RowLock::Wait)
+        ),
         [app_id.into(), out_trade_no.into()],
     )
     .one(db)
+    .await
+}
+
+/// The payments of app `app_id` named `out_trade_nos`, locked as [`by_trade`] locks one.
+pub(super) async fn by_trades(
+    db: &impl ConnectionTrait,
+    app_id: &str,
+    out_trade_nos: &[&str],
+) -> Result<Vec<Payment>, DbErr> {
+    if out_trade_nos.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut values: Vec<sea_orm::Value> = vec![app_id.into()];
+    values.extend(out_trade_nos.iter().map(|o| (*o).into()));
+    // Ordered, so two engines locking overlapping batches take the rows in the same order.
+    sql::query(
+        &format!(
+            "SELECT {COLUMNS} FROM payments WHERE app_id = ? AND out_trade_no IN ({}) \
+             ORDER BY out_trade_no{}",
+            sql::marks(out_trade_nos.len()),
+            sql::for_update(db, sql::RowLock::Wait)
+        ),
+        values,
+    )
+    .all(db)
     .await
 }
 
@@ -159,18 +188,19 @@ pub struct Facts {
     pub qr_code: Option<String>,
 }
 
-/// Moves payment `id` to `to` when it is in a status that may become `to`; true when it moved.
-/// Alipay's facts fill what the row does not know yet (a trade number, the buyer).
+/// Moves payment `id` to `to` when it is in a status that may become `to`; the payment as it
+/// now is when it moved. Alipay's facts fill what the row does not know yet (a trade number,
+/// the buyer).
 pub(super) async fn advance(
     db: &impl ConnectionTrait,
     id: &str,
     to: Status,
     facts: &Facts,
     now: DateTime<Utc>,
-) -> Result<bool, DbErr> {
+) -> Result<Option<Payment>, DbErr> {
     let sources = Status::sources_of(to);
     if sources.is_empty() {
-        return Ok(false);
+        return Ok(None);
     }
     // The instant of the step; a payment's paid time is set below, once, whatever the step.
     let stamp = match to {
@@ -202,20 +232,21 @@ pub(super) async fn advance(
     let stamp = stamp
         .map(|column| format!("{column} = ?, "))
         .unwrap_or_default();
-    let changed = sql::query(
+    // RETURNING (PostgreSQL, SQLite 3.35+) hands back the row the event describes without a
+    // second read.
+    sql::query(
         &format!(
             "UPDATE payments SET status = ?, {stamp}\
              trade_no = COALESCE(trade_no, ?), buyer_id = COALESCE(buyer_id, ?), \
              buyer_open_id = COALESCE(buyer_open_id, ?), buyer_logon_id = COALESCE(buyer_logon_id, ?), \
              paid_at = COALESCE(paid_at, ?), updated_at = ? \
-             WHERE id = ? AND status IN ({})",
+             WHERE id = ? AND status IN ({}) RETURNING {COLUMNS}",
             sql::marks(sources.len())
         ),
         values,
     )
-    .execute(db)
-    .await?;
-    Ok(changed == 1)
+    .one(db)
+    .await
 }
 
 /// Notes that Alipay was asked about the payment now (reconciliation asks the longest-unasked

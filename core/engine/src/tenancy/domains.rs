@@ -10,7 +10,7 @@ use sea_orm::{
 };
 
 use super::{Error, NodeStatus, invalid};
-use crate::db::entity::{nodes, partner_domains};
+use crate::db::entity::partner_domains;
 
 /// A host name as partners register it: IDNA (punycode) and lower case, no trailing dot. IP
 /// literals, ports, user-info and wildcards are refused: a partner's domain is a name only.
@@ -126,25 +126,31 @@ pub struct HostPartner {
     pub domain: String,
 }
 
-/// The partner that claims `host`, a name in [`parse_host_header`] form.
+/// The partner that claims `host`, a name in [`parse_host_header`] form. One read: every
+/// request on a partner's domain (Alipay's notifications among them) asks it.
 pub async fn partner_for_host(
     db: &impl ConnectionTrait,
     host: &str,
 ) -> Result<Option<HostPartner>, Error> {
-    let Some(domain) = partner_domains::Entity::find_by_id(host).one(db).await? else {
-        return Ok(None);
-    };
-    let Some(partner) = nodes::Entity::find_by_id(domain.partner_id.as_str())
-        .one(db)
-        .await?
-    else {
-        return Ok(None);
-    };
-    Ok(Some(HostPartner {
-        partner_id: partner.id,
-        theme: partner.theme,
-        suspended: partner.status == NodeStatus::Suspended.as_str(),
-        domain: domain.domain,
+    #[derive(sea_orm::FromQueryResult)]
+    struct Row {
+        partner_id: String,
+        theme: Option<String>,
+        status: String,
+        domain: String,
+    }
+    let row: Option<Row> = crate::db::sql::query(
+        "SELECT n.id AS partner_id, n.theme, n.status, d.domain FROM partner_domains d \
+         JOIN nodes n ON n.id = d.partner_id WHERE d.domain = ?",
+        [host.into()],
+    )
+    .one(db)
+    .await?;
+    Ok(row.map(|row| HostPartner {
+        partner_id: row.partner_id,
+        theme: row.theme,
+        suspended: row.status == NodeStatus::Suspended.as_str(),
+        domain: row.domain,
     }))
 }
 
