@@ -14,6 +14,7 @@ mod foundation;
 mod make_run;
 mod membership;
 mod payments;
+mod payments_edges;
 mod sandbox;
 mod rbac_property;
 mod security;

@@ -17,32 +17,34 @@ use trellis_tests::{
 const PASSWORD: &str = "correct horse battery staple";
 const ROOT: &str = "root@platform.test";
 const CONSOLE: &str = "127.0.0.1";
-const HELLO: &str = "com.trellis.hello";
-const APP_ID: &str = "2021004199990088";
+pub(crate) const HELLO: &str = "com.trellis.hello";
+pub(crate) const APP_ID: &str = "2021004199990088";
 const VECTORS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../core/alipay/tests/vectors/");
 
-const ENV: [(&str, &str); 4] = [
+pub(crate) const ENV: [(&str, &str); 4] = [
     ("TRELLIS_SANDBOX__ENABLED", "true"),
     ("TRELLIS_SANDBOX__TIME_SCALE", "100000"),
     ("TRELLIS_EVENTS__POLL_MS", "50"),
     ("TRELLIS_EVENTS__BACKOFF_FIRST_SECS", "1"),
 ];
 
-struct Shop {
+pub(crate) struct Shop {
     /// The merchant's app as the engine signs with it: the test plays a second system on it.
-    pem: String,
-    alipay_public_key: String,
-    gateway_url: String,
-    owner: Api,
-    cashier: Api,
-    stranger: Api,
-    merchant: String,
-    store: String,
+    pub(crate) pem: String,
+    pub(crate) alipay_public_key: String,
+    pub(crate) gateway_url: String,
+    pub(crate) owner: Api,
+    pub(crate) cashier: Api,
+    pub(crate) stranger: Api,
+    pub(crate) merchant: String,
+    pub(crate) store: String,
+    /// The stranger's merchant.
+    pub(crate) other: String,
 }
 
 /// A partner with hello installed for its merchant, whose Alipay app is registered at the
 /// sandbox; the merchant's owner, a cashier of its store, and another merchant's owner.
-async fn shop(engine: &Engine, database_url: &str) -> Shop {
+pub(crate) async fn shop(engine: &Engine, database_url: &str) -> Shop {
     create_platform_admin(database_url, ROOT, PASSWORD);
     let root = Api::new(engine, CONSOLE).login(ROOT, PASSWORD).await;
     let partner = create_partner(&root, "P1", "p1.test").await;
@@ -87,6 +89,7 @@ async fn shop(engine: &Engine, database_url: &str) -> Shop {
         owner,
         merchant,
         store,
+        other,
     }
 }
 
@@ -110,7 +113,12 @@ impl Shop {
 
 /// Sandbox consumer `user` pays trade `out_trade_no` of the shop's app; with `notify: false` the
 /// notification is lost. Returns the sandbox's view of the trade.
-async fn consumer_pays(engine: &Engine, user: &str, out_trade_no: &str, notify: bool) -> Value {
+pub(crate) async fn consumer_pays(
+    engine: &Engine,
+    user: &str,
+    out_trade_no: &str,
+    notify: bool,
+) -> Value {
     client()
         .post(engine.url(&format!("/sandbox/consumers/{user}/pay")))
         .json(&json!({"app_id": APP_ID, "out_trade_no": out_trade_no, "notify": notify}))
@@ -123,7 +131,7 @@ async fn consumer_pays(engine: &Engine, user: &str, out_trade_no: &str, notify: 
 }
 
 /// Waits until payment `id`, read by `api`, is `succeeded`.
-async fn until_paid(api: &Api, id: &str, label: &str, within: Duration) {
+pub(crate) async fn until_paid(api: &Api, id: &str, label: &str, within: Duration) {
     eventually(within, "the payment succeeds", || async {
         let now = api.get(&format!("/api/v1/payments/{id}")).await.ok();
         match now.body["status"].as_str() {
@@ -134,7 +142,7 @@ async fn until_paid(api: &Api, id: &str, label: &str, within: Duration) {
     .await;
 }
 
-async fn count(database_url: &str, sql: &str) -> i64 {
+pub(crate) async fn count(database_url: &str, sql: &str) -> i64 {
     let conn = sea_orm::Database::connect(database_url).await.unwrap();
     let n = conn
         .query_one_raw(Statement::from_string(conn.get_database_backend(), sql))

@@ -326,7 +326,12 @@ impl Sandbox {
         let node = if p["method"] == "alipay.offline.material.image.upload" {
             self.image_upload(app_id, p, files).await
         } else {
-            self.dispatch(&p["method"], app_id, p, &biz).await
+            self.with_fault(
+                app_id,
+                &p["method"],
+                self.dispatch(&p["method"], app_id, p, &biz),
+            )
+            .await
         }
         .map_err(|f| (f, true))?;
         let mut node = node;

@@ -8,13 +8,15 @@
 //!
 //! Each Alipay product has its own module, so a method's rules sit beside Alipay's page for it:
 //! `gateway` (the entry every request passes), `apps`, `cards`, `oauth`, `consumers`, `trades`,
-//! `notifications` and `certificates`; [`certs`] mints X.509 certificates, `store` keeps state.
+//! `notifications` and `certificates`; `faults` makes the next call of a method fail on
+//! demand; [`certs`] mints X.509 certificates, `store` keeps state.
 
 mod apps;
 mod cards;
 mod certificates;
 pub mod certs;
 mod consumers;
+mod faults;
 mod gateway;
 mod notifications;
 mod oauth;
@@ -24,6 +26,7 @@ mod trades;
 
 pub use apps::Identity;
 pub use consumers::{open_id_for, sandbox_user_id};
+pub use faults::Fault;
 pub use notifications::RETRY_SCHEDULE_SECS;
 pub use trades::WAITING_CODE_LAST_DIGIT;
 
@@ -152,6 +155,11 @@ impl Sandbox {
                 post(oauth::open_claim_link),
             )
             .route("/consumers/{user}/pay", post(trades::pay))
+            .route("/faults", post(faults::arm))
+            .route(
+                "/trades/{app_id}/{out_trade_no}/notify",
+                post(trades::notify_on_demand),
+            )
             .with_state(self.clone())
     }
 }

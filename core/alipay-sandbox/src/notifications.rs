@@ -35,6 +35,18 @@ impl Sandbox {
         trade: &Value,
         identity: Identity,
     ) -> Result<String, trellis_alipay::Error> {
+        self.trade_notification_with(trade, identity, BTreeMap::new())
+    }
+
+    /// [`Self::trade_notification`] with `extra` fields added or replacing the trade's (a
+    /// refund's `out_biz_no`, `refund_fee` and `gmt_refund`; a test's forged amount), signed
+    /// like the rest.
+    pub(crate) fn trade_notification_with(
+        &self,
+        trade: &Value,
+        identity: Identity,
+        extra: BTreeMap<String, String>,
+    ) -> Result<String, trellis_alipay::Error> {
         let s = |v: &Value| v.as_str().unwrap_or_default().to_owned();
         let buyer = s(&trade["buyer_user_id"]);
         let (buyer_key, buyer) = match identity {
@@ -72,6 +84,7 @@ impl Sandbox {
         .map(|(k, v)| (k.to_owned(), v))
         .filter(|(_, v)| !v.is_empty())
         .collect();
+        fields.extend(extra);
         // V1: sign_type is not part of what trade notifications sign.
         let sign = self
             .inner
@@ -121,6 +134,32 @@ impl Sandbox {
                     "the sandbox calls back host names and loopback addresses only".into(),
                 ));
             }
+        })
+    }
+
+    /// One delivery attempt of `body` to `url`, not retried: the merchant's HTTP status and
+    /// answer.
+    pub(crate) async fn deliver_once(
+        &self,
+        url: &str,
+        body: String,
+    ) -> Result<(u16, String), Error> {
+        let (to, host) = self.target(url)?;
+        let mut request = self.inner.http.post(&to);
+        if let Some(host) = &host {
+            request = request.header("host", host);
+        }
+        let sent = request
+            .header(
+                "content-type",
+                "application/x-www-form-urlencoded; charset=utf-8",
+            )
+            .body(body)
+            .send()
+            .await;
+        Ok(match sent {
+            Ok(r) => (r.status().as_u16(), r.text().await.unwrap_or_default()),
+            Err(e) => (0, e.without_url().to_string()),
         })
     }
 

@@ -1,8 +1,9 @@
 //! Trades (`alipay.trade.*`), one job per file: `open` checks and opens trades (precreate,
 //! create, pay with the buyer's code), `auth_code` tells a payment code its scene accepts from
 //! one it refuses, `lifecycle` answers query, close and cancel, `refunds` refunds and answers
-//! refund queries, and `consumer` plays the buyer (`/consumers/{user}/pay`) and serves the
-//! `/trades` inspection route. This file holds what they share: the stored trade record,
+//! refund queries (and notifies refunds), `consumer` plays the buyer (`/consumers/{user}/pay`)
+//! and serves the `/trades` inspection route, and `on_demand` sends a trade's notification again,
+//! late or altered, when a test asks. This file holds what they share: the stored trade record,
 //! finding it by `trade_no` or `out_trade_no`, and the buyer fields an answer may carry.
 //!
 //! Invariant: a trade is stored once, under `{app_id}:{out_trade_no}`, and indexed under
@@ -19,6 +20,7 @@
 mod auth_code;
 mod consumer;
 mod lifecycle;
+mod on_demand;
 mod open;
 mod refunds;
 #[cfg(test)]
@@ -26,6 +28,7 @@ mod testing;
 
 pub use auth_code::WAITING_CODE_LAST_DIGIT;
 pub(crate) use consumer::{pay, trade_state};
+pub(crate) use on_demand::notify_on_demand;
 
 use serde_json::{Map, Value, json};
 

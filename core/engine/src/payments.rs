@@ -11,6 +11,7 @@ pub mod ingest;
 pub mod ledger;
 mod notify;
 pub mod reconcile;
+mod refunds;
 pub mod reports;
 mod store;
 pub mod trades;

@@ -133,40 +133,9 @@ pub(crate) async fn pay(
 
 #[cfg(test)]
 mod tests {
-    use std::sync::{Arc, Mutex};
-    use std::time::Duration;
-
-    use axum::routing::post;
-    use trellis_alipay::notify::{Notification, NotifyRule};
+    use trellis_alipay::notify::NotifyRule;
 
     use super::super::testing::*;
-
-    /// A merchant's notify URL on loopback that records every body and acknowledges it.
-    async fn merchant() -> (String, Arc<Mutex<Vec<String>>>) {
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let record = seen.clone();
-        let router = axum::Router::new().route(
-            "/notify",
-            post(move |body: String| async move {
-                record.lock().unwrap().push(body);
-                "success"
-            }),
-        );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}/notify", listener.local_addr().unwrap());
-        tokio::spawn(async move { axum::serve(listener, router).await });
-        (url, seen)
-    }
-
-    async fn first_notification(seen: &Arc<Mutex<Vec<String>>>) -> Notification {
-        for _ in 0..200 {
-            if let Some(body) = seen.lock().unwrap().first() {
-                return Notification::parse(body.as_bytes()).unwrap();
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        panic!("no notification arrived");
-    }
 
     #[tokio::test]
     async fn a_consumer_paying_a_trade_notifies_the_merchant_with_a_signed_message() {

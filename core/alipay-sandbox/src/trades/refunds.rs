@@ -103,7 +103,42 @@ impl Sandbox {
             .await
             .map_err(busy)?;
         self.save_trade(&trade).await.map_err(busy)?;
+        self.notify_refund(&trade, &refund).await;
         Ok(self.refunded(&trade, &refund, "Y").await)
+    }
+
+    /// A refund's `trade_status_sync` to the trade's `notify_url`: the trade's fields with
+    /// `out_biz_no` (the refund's `out_request_no`), `refund_fee` (refunded so far) and
+    /// `gmt_refund`, its status `TRADE_SUCCESS` after a partial refund and `TRADE_CLOSED` after
+    /// a full one (the notification page's field list, as `alipay-protocol.md` §8 records it).
+    async fn notify_refund(&self, trade: &Value, refund: &Value) {
+        let Some(url) = trade["notify_url"].as_str().map(str::to_owned) else {
+            return;
+        };
+        let identity = self
+            .identity_of(trade["app_id"].as_str().unwrap_or_default())
+            .await;
+        let text = |v: &Value| v.as_str().unwrap_or_default().to_owned();
+        let extra = [
+            ("out_biz_no", text(&refund["out_request_no"])),
+            ("refund_fee", yuan(fen_in(trade, "refunded_fen"))),
+            ("gmt_refund", text(&refund["gmt_refund_pay"])),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        match self.trade_notification_with(trade, identity, extra) {
+            Ok(body) => {
+                let sandbox = self.clone();
+                let id = format!(
+                    "{}-{}",
+                    text(&trade["trade_no"]),
+                    text(&refund["out_request_no"])
+                );
+                tokio::spawn(async move { sandbox.deliver(&id, &url, body).await });
+            }
+            Err(error) => tracing::warn!(%error, "sandbox could not sign a refund notification"),
+        }
     }
 
     /// refund's answer (sigoden/alipay refund response type): the ids, the buyer, whether money

@@ -5,9 +5,12 @@
 //! Invariant: every fixture sandbox is fresh (its own database), so tests never share trades.
 
 use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use sea_orm::ConnectionTrait;
 use serde_json::{Value, json};
+use trellis_alipay::notify::Notification;
 
 use crate::apps::Identity;
 use crate::gateway::Outcome;
@@ -106,4 +109,37 @@ pub(super) async fn paid_trade(sandbox: &Sandbox, app: &str, out: &str, amount: 
 /// The user id of the consumer holding a payment code.
 pub(super) fn holder(code: &str) -> String {
     sandbox_user_id(code)
+}
+
+/// A merchant's notify URL on loopback that records every body and acknowledges it.
+pub(super) async fn merchant() -> (String, Arc<Mutex<Vec<String>>>) {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let record = seen.clone();
+    let router = axum::Router::new().route(
+        "/notify",
+        axum::routing::post(move |body: String| async move {
+            record.lock().unwrap().push(body);
+            "success"
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/notify", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    (url, seen)
+}
+
+/// The `n`th notification the merchant received (from 0), once it has arrived.
+pub(super) async fn nth_notification(seen: &Arc<Mutex<Vec<String>>>, n: usize) -> Notification {
+    for _ in 0..200 {
+        if let Some(body) = seen.lock().unwrap().get(n) {
+            return Notification::parse(body.as_bytes()).unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("notification {n} did not arrive");
+}
+
+/// The first notification the merchant received.
+pub(super) async fn first_notification(seen: &Arc<Mutex<Vec<String>>>) -> Notification {
+    nth_notification(seen, 0).await
 }

@@ -43,6 +43,10 @@ pub fn router() -> Router<AppState> {
         .route("/api/v1/payments/{id}/query", post(query_payment))
         .route("/api/v1/payments/{id}/close", post(close_payment))
         .route("/api/v1/payments/{id}/refunds", post(refund_payment))
+        .route(
+            "/api/v1/payments/{id}/refunds/{refund_id}/query",
+            post(query_refund),
+        )
 }
 
 #[derive(Debug, Deserialize)]
@@ -471,4 +475,35 @@ async fn refund_payment(
         })
         .await?;
     Ok((StatusCode::CREATED, Json(refund)))
+}
+
+/// Asks Alipay about a refund whose answer was lost (`alipay.trade.fastpay.refund.query`) and
+/// settles it by what Alipay says; owners only, like refunding.
+async fn query_refund(
+    ctx: Ctx,
+    Path((id, refund_id)): Path<(String, String)>,
+) -> Result<Json<Refund>, ApiError> {
+    let payment = payment_for(&ctx, Action::PaymentRefund, &id).await?;
+    let state = &ctx.state;
+    let refund = state.payments.refund_of(&payment.id, &refund_id).await?;
+    // A refund younger than a reconciliation interval may still be on its way to Alipay.
+    let settled_after = i64::try_from(state.config.payments.reconcile_every_secs)
+        .ok()
+        .and_then(chrono::Duration::try_seconds)
+        .unwrap_or(chrono::Duration::MAX);
+    let refund = ctx
+        .change(
+            Action::PaymentRefund,
+            Target::merchant(&payment.merchant_id),
+            "payment.refund_query",
+            ("refund", Some(&refund_id)),
+        )
+        .run(async |_| {
+            Ok(state
+                .payments
+                .query_refund(&payment, &refund, settled_after)
+                .await?)
+        })
+        .await?;
+    Ok(Json(refund))
 }

@@ -1,7 +1,7 @@
 //! Reconciliation: asks Alipay about payments it has said nothing of for a while — a lost
 //! notification, a payment made while no engine was up, a QR code never scanned — and applies
 //! the answer through the same transition as a notification; a trade still unpaid after its
-//! deadline is closed.
+//! deadline is closed; refunds pending as long are queried (`refunds`).
 //!
 //! Invariant: each payment is claimed for a round by one conditional update (`checked_at`
 //! moved forward from what this process read), so any number of processes reconcile without
@@ -42,7 +42,7 @@ struct Due {
 
 impl Payments {
     /// One round: claims up to `batch` open payments not heard of for `every`, oldest first, and
-    /// asks Alipay about each. Returns how many were asked.
+    /// asks Alipay about each; then as many refunds pending as long. Returns how many were asked.
     pub async fn reconcile_round(&self, options: Options) -> Result<usize, Error> {
         let now = self.now();
         let quiet = chrono::Duration::from_std(options.every).unwrap_or(chrono::Duration::MAX);
@@ -65,7 +65,7 @@ impl Payments {
                 tracing::warn!(payment = %payment.id, %error, "reconciliation could not settle a payment; it is asked again next round");
             }
         }
-        Ok(asked)
+        Ok(asked + self.reconcile_refunds(quiet, options.batch).await?)
     }
 
     /// Takes `payment` for this round, unless another process took it since it was read.

@@ -1,6 +1,6 @@
-//! Creating and steering trades at Alipay: `precreate` (a QR code the buyer scans), `query`,
-//! `close` and `refund`, each recorded in the ledger before Alipay is asked and settled by its
-//! verified answer.
+//! Creating and steering trades at Alipay: `precreate` (a QR code the buyer scans), JSAPI
+//! `create`, `query` and `close`, each recorded in the ledger before Alipay is asked and settled
+//! by its verified answer.
 //!
 //! Invariant: a request that may have reached Alipay is never forgotten — the payment or refund
 //! row exists before the call, and an unknown outcome leaves it open for a query, never marked
@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use super::ledger::{self, Status};
-use super::store::{self, Facts, NewPayment, NewRefund, Payment, Refund};
+use super::store::{self, Facts, NewPayment, Payment};
 use super::{Error, NewTrade, Payments, TRADE_TIMEOUT_MINUTES, check};
 use crate::alipay::client::{CallOptions, MerchantApp};
 use crate::alipay::credentials;
@@ -285,127 +285,6 @@ impl Payments {
         self.transition(payment, Status::Closed, &Facts::default())
             .await?;
         self.get(&payment.id).await
-    }
-
-    /// Refunds `amount_fen` of a paid payment (`alipay.trade.refund`). `out_request_no` makes it
-    /// idempotent: the same number again returns the same refund; another amount under it is a
-    /// conflict. The amount is reserved before Alipay is asked, so concurrent refunds never pass
-    /// what was paid.
-    pub async fn refund(
-        &self,
-        payment: &Payment,
-        amount_fen: i64,
-        out_request_no: Option<String>,
-        reason: Option<String>,
-        operator_id: Option<&str>,
-    ) -> Result<Refund, Error> {
-        if amount_fen < 1 {
-            return Err(Error::Invalid {
-                field: "amount_fen",
-                message: "must be at least 1 fen".into(),
-            });
-        }
-        if let Some(reason) = &reason
-            && reason.chars().count() > 256
-        {
-            return Err(Error::Invalid {
-                field: "reason",
-                message: "must be at most 256 characters".into(),
-            });
-        }
-        let request_no = match out_request_no {
-            Some(no) if ledger::is_request_no(&no) => no,
-            Some(_) => {
-                return Err(Error::Invalid {
-                    field: "out_request_no",
-                    message: "must be 1 to 64 letters, digits or underscores".into(),
-                });
-            }
-            None => ledger::out_request_no(self.now()),
-        };
-        if let Some(existing) =
-            store::refund_by_request(&self.db.conn, &payment.id, &request_no).await?
-        {
-            if existing.amount_fen != amount_fen {
-                return Err(Error::Conflict(format!(
-                    "refund {request_no} was for {} fen",
-                    existing.amount_fen
-                )));
-            }
-            return Ok(existing);
-        }
-        if payment.status() != Status::Succeeded {
-            return Err(Error::Invalid {
-                field: "payment",
-                message: format!("a {} payment cannot be refunded", payment.status()),
-            });
-        }
-        let remaining = payment.amount_fen - payment.refunded_fen;
-        if amount_fen > remaining {
-            return Err(Error::Invalid {
-                field: "amount_fen",
-                message: format!("at most {remaining} fen remain to refund"),
-            });
-        }
-        let app = self.app(&payment.merchant_id).await?;
-        let id = Uuid::now_v7().to_string();
-        let now = self.now();
-        let txn = self.db.begin_durable().await?;
-        if !store::reserve_refund(&txn, &payment.id, amount_fen, now).await? {
-            txn.rollback().await?;
-            return Err(Error::Invalid {
-                field: "amount_fen",
-                message: "more than remains to refund".into(),
-            });
-        }
-        store::insert_refund(
-            &txn,
-            &NewRefund {
-                id: &id,
-                payment,
-                out_request_no: &request_no,
-                amount_fen,
-                reason: reason.as_deref(),
-                operator_id,
-                now,
-            },
-        )
-        .await?;
-        txn.commit().await?;
-        let mut biz = json!({
-            "out_trade_no": payment.out_trade_no,
-            "refund_amount": ledger::yuan(amount_fen),
-            "out_request_no": request_no,
-        });
-        if let Some(reason) = &reason {
-            biz["refund_reason"] = json!(reason);
-        }
-        match self
-            .alipay
-            .call(
-                &app,
-                "alipay.trade.refund",
-                Some(&biz),
-                &CallOptions::default(),
-            )
-            .await
-        {
-            Ok(_) => self.refund_succeeded(payment, &id).await?,
-            Err(crate::alipay::Error::Gateway(refusal)) => {
-                let now = self.now();
-                let txn = self.db.begin_durable().await?;
-                if store::settle_refund(&txn, &id, false, now).await? {
-                    store::release_refund(&txn, &payment.id, amount_fen, now).await?;
-                }
-                txn.commit().await?;
-                return Err(Error::Refused(refusal));
-            }
-            // Unknown: the refund stays pending (and its amount reserved) until Alipay says.
-            Err(other) => return Err(Error::Alipay(other)),
-        }
-        store::refund_by_request(&self.db.conn, &payment.id, &request_no)
-            .await?
-            .ok_or(Error::NotFound)
     }
 }
 
