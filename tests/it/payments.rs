@@ -45,6 +45,12 @@ pub(crate) struct Shop {
 /// A partner with hello installed for its merchant, whose Alipay app is registered at the
 /// sandbox; the merchant's owner, a cashier of its store, and another merchant's owner.
 pub(crate) async fn shop(engine: &Engine, database_url: &str) -> Shop {
+    shop_at(engine, database_url, engine).await
+}
+
+/// [`shop`], with the merchant's app registered at the sandbox of `alipay` (another engine
+/// playing Alipay, which stays up when `engine` stops).
+pub(crate) async fn shop_at(engine: &Engine, database_url: &str, alipay: &Engine) -> Shop {
     create_platform_admin(database_url, ROOT, PASSWORD);
     let root = Api::new(engine, CONSOLE).login(ROOT, PASSWORD).await;
     let partner = create_partner(&root, "P1", "p1.test").await;
@@ -66,7 +72,7 @@ pub(crate) async fn shop(engine: &Engine, database_url: &str) -> Shop {
     let pem = std::fs::read_to_string(format!("{VECTORS}keys/app_private_pkcs8.pem")).unwrap();
     let key = PrivateKey::parse(&SecretString::from(pem.clone())).unwrap();
     let registered = register_sandbox_app(
-        engine,
+        alipay,
         json!({"app_id": APP_ID, "app_public_key": key.public_key().to_base64()}),
     )
     .await;

@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use trellis_tests::{Api, Engine, client, databases, eventually};
 
-use crate::payments::{APP_ID, ENV, Shop, consumer_pays, count, shop, until_paid};
+use crate::payments::{APP_ID, ENV, Shop, consumer_pays, count, shop, shop_at, until_paid};
 
 /// A paid QR-code payment of `amount_fen` at the shop's store; its id and `out_trade_no`.
 async fn paid(engine: &Engine, s: &Shop, amount_fen: i64, label: &str) -> (String, String) {
@@ -323,6 +323,49 @@ async fn a_code_payment_refused_is_closed_and_one_whose_answer_was_lost_is_asked
         until_paid(&s.cashier, &id, label, Duration::from_secs(20)).await;
         assert_eq!(events(&db.url(), "payment.succeeded").await, 1, "{label}");
         drop(engine);
+        db.cleanup().await;
+    }
+}
+
+#[tokio::test]
+async fn a_payment_made_while_the_engine_was_down_is_applied_once_when_it_is_back() {
+    for db in databases().await {
+        let label = db.label();
+        // Alipay: another engine's sandbox on a database of its own, up all along.
+        let alipay_db = trellis_tests::sqlite();
+        let alipay = Engine::start(&alipay_db.url(), &ENV);
+        let mut env = ENV.to_vec();
+        env.push(("TRELLIS_PAYMENTS__RECONCILE_EVERY_SECS", "1"));
+        let engine = Engine::start(&db.url(), &env);
+        let s = shop_at(&engine, &db.url(), &alipay).await;
+        let created = s
+            .cashier
+            .post(
+                &format!("/api/v1/stores/{}/payments", s.store),
+                json!({"scene": "precreate", "amount_fen": 4_200, "subject": "晚餐"}),
+            )
+            .await
+            .ok();
+        let id = created.body["id"].as_str().unwrap().to_owned();
+        let out = created.body["out_trade_no"].as_str().unwrap().to_owned();
+
+        // The engine stops; the buyer pays meanwhile, and Alipay's notification finds nobody.
+        drop(engine);
+        let paid = consumer_pays(&alipay, "alice", &out, true).await;
+        assert_eq!(paid["trade_status"], "TRADE_SUCCESS", "{label}: {paid}");
+
+        // Back up (sessions survive: they live in the database), reconciliation asks Alipay.
+        let engine = Engine::start(&db.url(), &env);
+        let owner = s.owner.on_engine(&engine);
+        until_paid(&owner, &id, label, Duration::from_secs(30)).await;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        assert_eq!(
+            events(&db.url(), "payment.succeeded").await,
+            1,
+            "{label}: applied once, however many rounds looked"
+        );
+        drop(engine);
+        drop(alipay);
         db.cleanup().await;
     }
 }

@@ -257,6 +257,16 @@ impl Api {
         }
     }
 
+    /// The same caller (host and token) on another engine, e.g. the same database's engine
+    /// after a restart.
+    pub fn on_engine(&self, engine: &Engine) -> Self {
+        Self {
+            http: client(),
+            base: engine.base_url.clone(),
+            ..self.clone()
+        }
+    }
+
     pub fn token(&self) -> Option<&str> {
         self.token.as_deref()
     }
