@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use serde_json::{Value, json};
+use trellis_tests::storm::Storm;
 use trellis_tests::{Api, Engine, client, databases, eventually};
 
 use crate::payments::{APP_ID, ENV, Shop, consumer_pays, count, shop, shop_at, until_paid};
@@ -366,6 +367,49 @@ async fn a_payment_made_while_the_engine_was_down_is_applied_once_when_it_is_bac
         );
         drop(engine);
         drop(alipay);
+        db.cleanup().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_storm_on_two_engines_applies_each_trade_once_though_one_engine_is_killed() {
+    for db in databases().await {
+        let label = db.label();
+        // The full 100,000 is `benches/storm.rs`; the suite keeps the shape at a tenth (PostgreSQL)
+        // and a fiftieth (SQLite, one writer at a time).
+        let storm = if label == "postgres" {
+            Storm {
+                trades: 2_000,
+                notifications: 10_000,
+                concurrency: 32,
+            }
+        } else {
+            Storm {
+                trades: 400,
+                notifications: 2_000,
+                concurrency: 16,
+            }
+        };
+        let outcome = trellis_tests::storm::run(&db.url(), storm).await;
+        let trades = i64::try_from(storm.trades).unwrap();
+        assert_eq!(
+            outcome.deliveries, storm.notifications,
+            "{label}: {outcome:?}"
+        );
+        assert_eq!(
+            outcome.finished, trades,
+            "{label}: every trade finished: {outcome:?}"
+        );
+        assert_eq!(
+            outcome.succeeded_events, trades,
+            "{label}: one payment.succeeded per trade: {outcome:?}"
+        );
+        assert_eq!(
+            outcome.records,
+            i64::try_from(outcome.distinct).unwrap(),
+            "{label}: each notification recorded once: {outcome:?}"
+        );
+        eprintln!("{label}: {outcome:?}");
         db.cleanup().await;
     }
 }

@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 mod engine;
+pub mod storm;
 
 pub use engine::{Engine, trellis_command};
 
@@ -124,7 +125,8 @@ pub fn sqlite() -> TestDb {
     TestDb::Sqlite { dir: tempdir() }
 }
 
-async fn fresh_postgres(admin_url: &str) -> TestDb {
+/// A new, empty PostgreSQL database on the server `admin_url` names.
+pub async fn fresh_postgres(admin_url: &str) -> TestDb {
     let name = format!("trellis_t_{}", uuid::Uuid::new_v4().simple());
     let admin = Database::connect(admin_url)
         .await
