@@ -222,7 +222,16 @@ async fn a_cashiers_qr_code_is_paid_notified_announced_once_and_partly_refunded(
             payment["qr_code"].as_str().unwrap().starts_with("http"),
             "{label}: {payment}"
         );
-        assert!(payment["qr_svg"].as_str().unwrap().contains("<svg"));
+        let svg_url = payment["qr_svg_url"].as_str().unwrap().to_owned();
+        let svg = s.cashier.get(&svg_url).await;
+        assert_eq!(svg.status, 200, "{label}: {svg:?}");
+        assert_eq!(svg.headers["content-type"], "image/svg+xml", "{label}");
+        assert!(
+            svg.body.as_str().unwrap_or_default().contains("<svg"),
+            "{label}"
+        );
+        let foreign_svg = s.stranger.get(&svg_url).await;
+        assert_eq!(foreign_svg.status, 404, "{label}: another merchant's code");
         let out_trade_no = payment["out_trade_no"].as_str().unwrap().to_owned();
         assert!(
             out_trade_no.len() <= 64 && out_trade_no.bytes().all(|b| b.is_ascii_alphanumeric())
@@ -243,7 +252,15 @@ async fn a_cashiers_qr_code_is_paid_notified_announced_once_and_partly_refunded(
             "{label}: the detail shows what Alipay said"
         );
         assert!(now.body["paid_at"].as_i64().is_some(), "{label}");
-        assert!(now.body.get("qr_svg").is_none(), "{label}: paid: no code");
+        assert!(
+            now.body.get("qr_svg_url").is_none(),
+            "{label}: paid: no code"
+        );
+        assert_eq!(
+            s.cashier.get(&svg_url).await.status,
+            404,
+            "{label}: paid: no code"
+        );
 
         // payment.succeeded reaches hello once (it counts what it is given).
         eventually(

@@ -5,6 +5,8 @@
 //! parses and converts key encodings and signs the legacy SHA-1 variant, which aws-lc-rs's
 //! ring-style API does not offer.
 
+use std::sync::Arc;
+
 use aws_lc_rs::encoding::AsDer;
 use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::rsa::KeySize;
@@ -70,8 +72,14 @@ fn der_from_text(text: &str, what: &'static str) -> Result<Vec<u8>, Error> {
     })
 }
 
-/// An app private key, ready to sign. Its `Debug` shows only the public fingerprint.
+/// An app private key, ready to sign. Its `Debug` shows only the public fingerprint. Cloning
+/// shares the parsed key (parsing validates it, which costs more than signing with it).
+#[derive(Clone)]
 pub struct PrivateKey {
+    inner: Arc<PrivateParts>,
+}
+
+struct PrivateParts {
     signer: RsaKeyPair,
     /// PKCS#8 DER, kept for the legacy SHA-1 path and for re-export.
     pkcs8: SecretBox<Vec<u8>>,
@@ -80,7 +88,7 @@ pub struct PrivateKey {
 
 impl std::fmt::Debug for PrivateKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "PrivateKey({})", self.public.fingerprint())
+        write!(f, "PrivateKey({})", self.inner.public.fingerprint())
     }
 }
 
@@ -126,9 +134,11 @@ impl PrivateKey {
             })?;
         let public = PublicKey::from_der(spki.as_bytes())?;
         Ok(Self {
-            signer,
-            pkcs8: SecretBox::new(Box::new(pkcs8.as_bytes().to_vec())),
-            public,
+            inner: Arc::new(PrivateParts {
+                signer,
+                pkcs8: SecretBox::new(Box::new(pkcs8.as_bytes().to_vec())),
+                public,
+            }),
         })
     }
 
@@ -141,15 +151,16 @@ impl PrivateKey {
     }
 
     pub fn public_key(&self) -> &PublicKey {
-        &self.public
+        &self.inner.public
     }
 
     /// `sign` of Alipay: PKCS#1 v1.5 over `content`'s UTF-8 bytes, standard base64.
     pub fn sign(&self, sign_type: SignType, content: &str) -> Result<String, Error> {
         let signature = match sign_type {
             SignType::Rsa2 => {
-                let mut out = vec![0u8; self.signer.public_modulus_len()];
-                self.signer
+                let mut out = vec![0u8; self.inner.signer.public_modulus_len()];
+                self.inner
+                    .signer
                     .sign(
                         &lc::RSA_PKCS1_SHA256,
                         &SystemRandom::new(),
@@ -171,7 +182,7 @@ impl PrivateKey {
                 );
                 let mut info = SHA1_PREFIX.to_vec();
                 info.extend_from_slice(digest.as_ref());
-                let key = rsa::PrivateKey::from_pkcs8_der(self.pkcs8.expose_secret())
+                let key = rsa::PrivateKey::from_pkcs8_der(self.inner.pkcs8.expose_secret())
                     .map_err(|_| Error::Signing)?;
                 key.sign(rsa::Pkcs1v15Sign::new_unprefixed(), &info)
                     .map_err(|_| Error::Signing)?
@@ -182,20 +193,26 @@ impl PrivateKey {
 
     /// PKCS#8 DER as bare base64 (what Java integrations and Alipay's key tool call "PKCS8").
     pub fn to_pkcs8_base64(&self) -> SecretString {
-        SecretString::from(STANDARD.encode(self.pkcs8.expose_secret()))
+        SecretString::from(STANDARD.encode(self.inner.pkcs8.expose_secret()))
     }
 
     /// PKCS#1 DER as bare base64 ("PKCS1", what the Python and older Node SDKs want).
     pub fn to_pkcs1_base64(&self) -> Result<SecretString, Error> {
-        let key = rsa::PrivateKey::from_pkcs8_der(self.pkcs8.expose_secret())
+        let key = rsa::PrivateKey::from_pkcs8_der(self.inner.pkcs8.expose_secret())
             .map_err(|_| Error::Signing)?;
         let der = key.to_pkcs1_der().map_err(|_| Error::Signing)?;
         Ok(SecretString::from(STANDARD.encode(der.as_bytes())))
     }
 }
 
-/// An RSA public key (SubjectPublicKeyInfo), parsed once for verification.
+/// An RSA public key (SubjectPublicKeyInfo), parsed once for verification. Cloning shares the
+/// parsed key.
+#[derive(Clone)]
 pub struct PublicKey {
+    inner: Arc<PublicParts>,
+}
+
+struct PublicParts {
     spki: Vec<u8>,
     sha256: ParsedPublicKey,
     sha1: ParsedPublicKey,
@@ -204,13 +221,6 @@ pub struct PublicKey {
 impl std::fmt::Debug for PublicKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "PublicKey({})", self.fingerprint())
-    }
-}
-
-impl Clone for PublicKey {
-    fn clone(&self) -> Self {
-        // Re-parsing cannot fail: the bytes were accepted once already.
-        Self::from_der(&self.spki).unwrap_or_else(|_| unreachable!("a parsed key re-parses"))
     }
 }
 
@@ -245,7 +255,9 @@ impl PublicKey {
             ParsedPublicKey::new(&lc::RSA_PKCS1_2048_8192_SHA256, &spki).map_err(|_| bad())?;
         let sha1 = ParsedPublicKey::new(&lc::RSA_PKCS1_2048_8192_SHA1_FOR_LEGACY_USE_ONLY, &spki)
             .map_err(|_| bad())?;
-        Ok(Self { spki, sha256, sha1 })
+        Ok(Self {
+            inner: Arc::new(PublicParts { spki, sha256, sha1 }),
+        })
     }
 
     /// Whether `signature` (standard base64) is `sign_type`'s signature of `content`.
@@ -254,15 +266,15 @@ impl PublicKey {
             return false;
         };
         let key = match sign_type {
-            SignType::Rsa2 => &self.sha256,
-            SignType::Rsa => &self.sha1,
+            SignType::Rsa2 => &self.inner.sha256,
+            SignType::Rsa => &self.inner.sha1,
         };
         key.verify_sig(content, &raw).is_ok()
     }
 
     /// SPKI DER as bare base64: what a merchant pastes into Alipay's console as 应用公钥.
     pub fn to_base64(&self) -> String {
-        STANDARD.encode(&self.spki)
+        STANDARD.encode(&self.inner.spki)
     }
 
     pub fn to_pem(&self) -> String {
@@ -280,26 +292,26 @@ impl PublicKey {
 
     /// `SHA256:` and the hex SHA-256 of the SPKI DER: safe to show and log.
     pub fn fingerprint(&self) -> String {
-        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &self.spki);
+        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &self.inner.spki);
         let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
         format!("SHA256:{hex}")
     }
 
     pub fn spki_der(&self) -> &[u8] {
-        &self.spki
+        &self.inner.spki
     }
 }
 
 /// For tests that build keys from the public half of a key pair they own.
 impl From<&PrivateKey> for PublicKey {
     fn from(key: &PrivateKey) -> Self {
-        key.public.clone()
+        key.inner.public.clone()
     }
 }
 
 /// The aws-lc-rs public key of a signer, for callers that need it raw.
 pub fn public_key_bytes(key: &PrivateKey) -> Vec<u8> {
-    key.signer.public_key().as_ref().to_vec()
+    key.inner.signer.public_key().as_ref().to_vec()
 }
 
 #[cfg(test)]

@@ -14,3 +14,4 @@ pub use trellis_alipay_sandbox as sandbox;
 
 pub mod credentials;
 pub mod inbound;
+pub mod parsed;

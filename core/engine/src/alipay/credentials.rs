@@ -578,11 +578,16 @@ pub async fn load_app(
         key_id: model.app_private_key_kid.clone().unwrap_or_default(),
         blob: model.app_private_key.clone().unwrap_or_default(),
     };
-    let private_key =
-        PrivateKey::parse(&vault.open_str(&sealed, &aad(merchant_id, "app_private_key"))?)
-            .map_err(|e| invalid("app_private_key", e))?;
+    let private_key = super::parsed::private_key(
+        merchant_id,
+        &format!("{}:{}", sealed.key_id, sealed.blob),
+        || {
+            PrivateKey::parse(&vault.open_str(&sealed, &aad(merchant_id, "app_private_key"))?)
+                .map_err(|e| invalid("app_private_key", e))
+        },
+    )?;
     let alipay_public_key =
-        PublicKey::parse(model.alipay_public_key.as_deref().unwrap_or_default())
+        super::parsed::public_key(model.alipay_public_key.as_deref().unwrap_or_default())
             .map_err(|e| invalid("alipay_public_key", e))?;
     let aes = match (&model.aes_key, &model.aes_key_kid) {
         (Some(blob), Some(kid)) => {

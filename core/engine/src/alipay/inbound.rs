@@ -8,15 +8,12 @@
 //! one matched by `app_id`, another by `auth_app_id` under a service provider's app — so the
 //! app and notify id alone would let one merchant's record swallow another's notification.
 
-use std::collections::HashMap;
-use std::sync::{Arc, LazyLock, Mutex};
-
 use chrono::Utc;
 use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter};
 use uuid::Uuid;
 
+use super::Error as AlipayError;
 use super::notify::{Notification, NotifyRule};
-use super::{Error as AlipayError, PublicKey};
 use crate::db::Db;
 use crate::db::entity::alipay_notifications;
 
@@ -116,7 +113,7 @@ pub async fn verify(db: &Db, merchant_id: &str, body: &[u8]) -> Result<Verified,
     else {
         return Err(Error::UnknownMerchant);
     };
-    let key = public_key(&key)?;
+    let key = super::parsed::public_key(&key)?;
     let notification = parsed?;
     let rule = notification.verify_auto(&key)?;
     // In ISV mode app_id is the partner's app and auth_app_id the merchant's; either may match,
@@ -140,26 +137,6 @@ pub async fn verify(db: &Db, merchant_id: &str, body: &[u8]) -> Result<Verified,
         notification,
         recorded,
     })
-}
-
-/// The merchant's Alipay public key, parsed once per distinct key text: parsing validates the
-/// key, which costs more than verifying a notification with it. The cache is keyed by the
-/// text itself, so a changed key is simply another entry.
-fn public_key(text: &str) -> Result<Arc<PublicKey>, Error> {
-    static KEYS: LazyLock<Mutex<HashMap<String, Arc<PublicKey>>>> = LazyLock::new(Default::default);
-    /// Distinct keys kept at most; past it the cache starts over.
-    const MAX_KEYS: usize = 4_096;
-    if let Some(key) = KEYS.lock().ok().and_then(|keys| keys.get(text).cloned()) {
-        return Ok(key);
-    }
-    let key = Arc::new(PublicKey::parse(text)?);
-    if let Ok(mut keys) = KEYS.lock() {
-        if keys.len() >= MAX_KEYS {
-            keys.clear();
-        }
-        keys.insert(text.to_owned(), key.clone());
-    }
-    Ok(key)
 }
 
 impl Verified {

@@ -40,6 +40,7 @@ pub fn router() -> Router<AppState> {
             get(list_anomalies),
         )
         .route("/api/v1/payments/{id}", get(get_payment))
+        .route("/api/v1/payments/{id}/qr.svg", get(payment_qr_svg))
         .route("/api/v1/payments/{id}/query", post(query_payment))
         .route("/api/v1/payments/{id}/close", post(close_payment))
         .route("/api/v1/payments/{id}/refunds", post(refund_payment))
@@ -76,9 +77,10 @@ pub struct CreatePayment {
 pub struct PaymentView {
     #[serde(flatten)]
     pub payment: Payment,
-    /// The QR code as SVG, for a precreated payment not yet paid.
+    /// Where the QR code is served as SVG (`GET /api/v1/payments/{id}/qr.svg`), for a
+    /// precreated payment not yet paid.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub qr_svg: Option<String>,
+    pub qr_svg_url: Option<String>,
     pub refunds: Vec<Refund>,
     /// Alipay's notifications about the trade, oldest first.
     pub notifications: Vec<payments::NotificationView>,
@@ -178,28 +180,64 @@ const MAX_LIST: u64 = 200;
 /// goes on being polled).
 const PAY_INLINE: std::time::Duration = std::time::Duration::from_secs(10);
 
-fn qr_svg(payment: &Payment) -> Option<String> {
-    let code = payment.qr_code.as_deref()?;
-    if payment.status().is_final() || payment.paid_at.is_some() {
-        return None;
-    }
-    let qr = qrcode::QrCode::new(code.as_bytes()).ok()?;
-    Some(
-        qr.render::<qrcode::render::svg::Color<'_>>()
-            .min_dimensions(200, 200)
-            .build(),
-    )
+/// Whether `payment` still shows its QR code: precreated, not yet paid or closed.
+fn shows_qr(payment: &Payment) -> bool {
+    payment.qr_code.is_some() && !payment.status().is_final() && payment.paid_at.is_none()
+}
+
+fn qr_svg_url(payment: &Payment) -> Option<String> {
+    shows_qr(payment).then(|| format!("/api/v1/payments/{}/qr.svg", payment.id))
 }
 
 async fn view(ctx: &Ctx, payment: Payment) -> Result<PaymentView, ApiError> {
     let refunds = ctx.state.payments.refunds(&payment.id).await?;
     let notifications = ctx.state.payments.notifications(&payment).await?;
     Ok(PaymentView {
-        qr_svg: qr_svg(&payment),
+        qr_svg_url: qr_svg_url(&payment),
         payment,
         refunds,
         notifications,
     })
+}
+
+/// A payment just created has no refunds and no notifications yet: its view needs no reads.
+fn new_view(payment: Payment) -> PaymentView {
+    PaymentView {
+        qr_svg_url: qr_svg_url(&payment),
+        payment,
+        refunds: Vec::new(),
+        notifications: Vec::new(),
+    }
+}
+
+/// The payment's QR code as SVG, drawn from Alipay's `qr_code` on request (the cashier's screen
+/// shows it as an image; creating the trade does not wait for the drawing). Gone once paid
+/// or closed.
+async fn payment_qr_svg(
+    ctx: Ctx,
+    Path(id): Path<String>,
+) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse;
+    let payment = payment_for(&ctx, Action::PaymentRead, &id).await?;
+    let code = payment
+        .qr_code
+        .as_deref()
+        .filter(|_| shows_qr(&payment))
+        .ok_or_else(|| ApiError::NotFound(format!("/api/v1/payments/{id}/qr.svg")))?;
+    let qr = qrcode::QrCode::new(code.as_bytes())
+        .map_err(|e| ApiError::Internal(anyhow::anyhow!("qr code: {e}")))?;
+    let svg = qr
+        .render::<qrcode::render::svg::Color<'_>>()
+        .min_dimensions(200, 200)
+        .build();
+    Ok((
+        [
+            (axum::http::header::CONTENT_TYPE, "image/svg+xml"),
+            (axum::http::header::CACHE_CONTROL, "private, max-age=300"),
+        ],
+        svg,
+    )
+        .into_response())
 }
 
 /// A trade for the store: `precreate` records the payment and returns Alipay's QR code.
@@ -255,7 +293,7 @@ async fn create_payment(
     } else {
         StatusCode::CREATED
     };
-    Ok((status, Json(view(&ctx, payment).await?)))
+    Ok((status, Json(new_view(payment))))
 }
 
 async fn list(

@@ -271,10 +271,12 @@ pub(super) async fn created(
     id: &str,
     facts: &Facts,
     now: DateTime<Utc>,
-) -> Result<(), DbErr> {
+) -> Result<Option<Payment>, DbErr> {
     sql::query(
-        "UPDATE payments SET qr_code = COALESCE(?, qr_code), trade_no = COALESCE(trade_no, ?), updated_at = ? \
-         WHERE id = ?",
+        &format!(
+            "UPDATE payments SET qr_code = COALESCE(?, qr_code), trade_no = COALESCE(trade_no, ?), \
+             updated_at = ? WHERE id = ? RETURNING {COLUMNS}"
+        ),
         [
             facts.qr_code.clone().into(),
             facts.trade_no.clone().into(),
@@ -282,9 +284,8 @@ pub(super) async fn created(
             id.into(),
         ],
     )
-    .execute(db)
-    .await?;
-    Ok(())
+    .one(db)
+    .await
 }
 
 /// One refund as stored.

@@ -147,8 +147,9 @@ impl Payments {
                     qr_code: text(&answer, "qr_code"),
                     ..Facts::default()
                 };
-                store::created(&self.db.conn, &id, &facts, self.now()).await?;
-                self.get(&id).await
+                store::created(&self.db.conn, &id, &facts, self.now())
+                    .await?
+                    .ok_or(Error::NotFound)
             }
             Err(crate::alipay::Error::Gateway(refusal)) => Err(self.refused(&id, refusal).await),
             // The outcome is unknown: the payment stays open for a query.
