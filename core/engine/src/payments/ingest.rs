@@ -94,7 +94,7 @@ impl Payments {
         batch: &[Verified],
         audience: &Audience,
     ) -> Result<Vec<Taken>, Error> {
-        let mut changes = Changes::new(audience.clone(), self.now());
+        let mut changes = Changes::new(audience.clone(), self.now()).deferring();
         let txn = self.db.begin_durable().await?;
         let recorded = inbound::record_all(&txn, batch).await?;
         // The batch's trades in one read per app (in ISV mode a notification may name its
@@ -134,6 +134,7 @@ impl Payments {
             };
             taken.push(Taken { id, new, applied });
         }
+        changes.flush(&txn).await?;
         changes.outbox.write(&txn).await?;
         txn.commit().await?;
         Ok(taken)

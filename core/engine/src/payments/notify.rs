@@ -94,6 +94,8 @@ pub(super) struct Changes {
     pub outbox: Outbox,
     trades: HashMap<(String, String), Option<Payment>>,
     pub now: DateTime<Utc>,
+    /// Deferred steps (a batch): written by [`Self::flush`], one statement per target status.
+    steps: Option<Vec<(Status, String, Facts)>>,
 }
 
 impl Changes {
@@ -103,7 +105,42 @@ impl Changes {
             outbox: Outbox::default(),
             trades: HashMap::new(),
             now,
+            steps: None,
         }
+    }
+
+    /// Defers every step to [`Self::flush`]: a batch of notifications moves its payments in
+    /// a few statements instead of one each. Only for payments read into this transaction
+    /// under their locks ([`Self::preload`]), whose next state is then known without asking.
+    pub(super) fn deferring(mut self) -> Self {
+        self.steps = Some(Vec::new());
+        self
+    }
+
+    /// Writes the deferred steps. Each payment moved must move: one that did not means the
+    /// rows were not as read, and the whole transaction must be rolled back.
+    pub(super) async fn flush(&mut self, txn: &impl ConnectionTrait) -> Result<(), Error> {
+        let Some(steps) = self.steps.as_mut() else {
+            return Ok(());
+        };
+        let pending = std::mem::take(steps);
+        for to in Status::ALL {
+            let group: Vec<(&str, &Facts)> = pending
+                .iter()
+                .filter(|(status, _, _)| *status == to)
+                .map(|(_, id, facts)| (id.as_str(), facts))
+                .collect();
+            for chunk in group.chunks(200) {
+                let moved = store::advance_many(txn, to, chunk, self.now).await?;
+                if moved != chunk.len() as u64 {
+                    return Err(Error::Db(sea_orm::DbErr::Custom(format!(
+                        "a batch moved {moved} of {} payments to {to}: the rows changed under it",
+                        chunk.len()
+                    ))));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Reads (and locks) the payments of app `app_id` named `out_trade_nos` in one statement,
@@ -255,8 +292,26 @@ impl Payments {
             Status::Closed => Some("payment.closed"),
             _ => None,
         };
-        let Some(current) = store::advance(txn, &payment.id, to, facts, changes.now).await? else {
-            return Ok(false);
+        let current = if changes.steps.is_some() {
+            // A second step of one payment in a batch follows the first, written before it.
+            if changes
+                .steps
+                .as_ref()
+                .is_some_and(|steps| steps.iter().any(|(_, id, _)| *id == payment.id))
+            {
+                changes.flush(txn).await?;
+            }
+            let next = payment.advanced(to, facts, changes.now);
+            if let Some(steps) = changes.steps.as_mut() {
+                steps.push((to, payment.id.clone(), facts.clone()));
+            }
+            next
+        } else {
+            let Some(moved) = store::advance(txn, &payment.id, to, facts, changes.now).await?
+            else {
+                return Ok(false);
+            };
+            moved
         };
         changes.saw(&current);
         if let Some(kind) = kind {

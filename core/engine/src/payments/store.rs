@@ -56,6 +56,34 @@ impl Payment {
     pub fn status(&self) -> Status {
         Status::parse(&self.status).unwrap_or(Status::Created)
     }
+
+    /// This payment as [`advance`] leaves it when it moves to `to` with `facts` at `now`: what
+    /// a batch announces before [`advance_many`] writes it.
+    pub(super) fn advanced(&self, to: Status, facts: &Facts, now: DateTime<Utc>) -> Payment {
+        let now_ms = now.timestamp_millis();
+        let mut next = self.clone();
+        next.status = to.as_str().to_owned();
+        match to {
+            Status::Waiting => next.waiting_at = Some(now_ms),
+            Status::Finished => next.finished_at = Some(now_ms),
+            Status::Closed => next.closed_at = Some(now_ms),
+            Status::Created | Status::Succeeded => {}
+        }
+        let keep = |old: &mut Option<String>, new: &Option<String>| {
+            if old.is_none() {
+                old.clone_from(new);
+            }
+        };
+        keep(&mut next.trade_no, &facts.trade_no);
+        keep(&mut next.buyer_id, &facts.buyer_id);
+        keep(&mut next.buyer_open_id, &facts.buyer_open_id);
+        keep(&mut next.buyer_logon_id, &facts.buyer_logon_id);
+        if next.paid_at.is_none() && matches!(to, Status::Succeeded | Status::Finished) {
+            next.paid_at = Some(facts.paid_at.unwrap_or(now).timestamp_millis());
+        }
+        next.updated_at = now_ms;
+        next
+    }
 }
 
 /// What a new payment row holds.
@@ -247,6 +275,72 @@ pub(super) async fn advance(
     )
     .one(db)
     .await
+}
+
+/// [`advance`] for many payments moving to the same `to`, each with its facts, in one
+/// statement; how many moved.
+pub(super) async fn advance_many(
+    db: &impl ConnectionTrait,
+    to: Status,
+    steps: &[(&str, &Facts)],
+    now: DateTime<Utc>,
+) -> Result<u64, DbErr> {
+    let sources = Status::sources_of(to);
+    if sources.is_empty() || steps.is_empty() {
+        return Ok(0);
+    }
+    let stamp = match to {
+        Status::Waiting => "waiting_at = ?, ",
+        Status::Finished => "finished_at = ?, ",
+        Status::Closed => "closed_at = ?, ",
+        Status::Created | Status::Succeeded => "",
+    };
+    let mut values: Vec<sea_orm::Value> = vec![to.as_str().into()];
+    if !stamp.is_empty() {
+        values.push(Millis(now).into());
+    }
+    values.push(Millis(now).into());
+    // One CASE per column, naming each payment's own fact; a payment's paid time is set once,
+    // whatever the step (as `advance` does).
+    let paid = matches!(to, Status::Succeeded | Status::Finished);
+    let mut sets = Vec::new();
+    let columns: [(&str, fn(&Facts, DateTime<Utc>, bool) -> sea_orm::Value); 5] = [
+        ("trade_no", |f, _, _| f.trade_no.clone().into()),
+        ("buyer_id", |f, _, _| f.buyer_id.clone().into()),
+        ("buyer_open_id", |f, _, _| f.buyer_open_id.clone().into()),
+        ("buyer_logon_id", |f, _, _| f.buyer_logon_id.clone().into()),
+        ("paid_at", |f, now, paid| {
+            paid.then(|| f.paid_at.unwrap_or(now).timestamp_millis())
+                .into()
+        }),
+    ];
+    for (column, value) in columns {
+        let cast = if column == "paid_at" {
+            "BIGINT"
+        } else {
+            "TEXT"
+        };
+        let whens = vec![format!("WHEN ? THEN CAST(? AS {cast})"); steps.len()].join(" ");
+        sets.push(format!(
+            "{column} = COALESCE({column}, CASE id {whens} END)"
+        ));
+        for (id, facts) in steps {
+            values.push((*id).into());
+            values.push(value(facts, now, paid));
+        }
+    }
+    values.extend(steps.iter().map(|(id, _)| (*id).into()));
+    values.extend(sources.iter().map(|s| s.as_str().into()));
+    // `COALESCE(status, '')`: the guard must not steer the planner to the status index (every
+    // open payment) when the ids name the rows.
+    let statement = format!(
+        "UPDATE payments SET status = ?, {stamp}updated_at = ?, {} WHERE id IN ({}) \
+         AND COALESCE(status, '') IN ({})",
+        sets.join(", "),
+        sql::marks(steps.len()),
+        sql::marks(sources.len())
+    );
+    sql::query(&statement, values).execute(db).await
 }
 
 /// Notes that Alipay was asked about the payment now (reconciliation asks the longest-unasked
@@ -510,4 +604,130 @@ pub(super) async fn anomalies_of(
     )
     .all(db)
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use secrecy::SecretString;
+
+    use super::*;
+    use crate::config::Config;
+    use crate::db::Db;
+
+    async fn database(dir: &std::path::Path) -> Db {
+        let mut config = Config::load(None).unwrap();
+        config.data_dir = dir.to_owned();
+        config.database.url =
+            SecretString::from(format!("sqlite://{}", dir.join("t.db").display()));
+        let db = Db::connect(&config).await.unwrap();
+        db.migrate().await.unwrap();
+        db
+    }
+
+    async fn payment(db: &Db, id: &str, status: &str, trade_no: Option<&str>) -> Payment {
+        let now = Utc::now() - chrono::Duration::seconds(5);
+        sql::query(
+            "INSERT INTO payments (id, partner_id, agent_id, merchant_id, store_id, app_id, \
+             out_trade_no, trade_no, scene, amount_fen, refunded_fen, subject, purpose, status, \
+             created_at, updated_at) VALUES (?, 'p', 'a', 'm', 's', 'app', ?, ?, 'precreate', 100, \
+             0, 'x', 'sale', ?, ?, ?)",
+            [
+                id.into(),
+                format!("T{id}").into(),
+                trade_no.map(str::to_owned).into(),
+                status.into(),
+                Millis(now).into(),
+                Millis(now).into(),
+            ],
+        )
+        .execute(&db.conn)
+        .await
+        .unwrap();
+        by_id(&db.conn, id).await.unwrap().unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_batched_step_leaves_each_row_as_announced_and_as_one_step_would() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = database(dir.path()).await;
+        let now = Utc::now();
+        let paid_at = now - chrono::Duration::seconds(2);
+        let facts = |n: &str| Facts {
+            trade_no: Some(format!("2026{n}")),
+            buyer_id: Some(format!("2088{n}")),
+            buyer_open_id: None,
+            buyer_logon_id: Some("159****0000".into()),
+            paid_at: Some(paid_at),
+            qr_code: None,
+        };
+        for to in [
+            Status::Succeeded,
+            Status::Finished,
+            Status::Waiting,
+            Status::Closed,
+        ] {
+            let (one_fact, two_fact) = (facts("1"), facts("2"));
+            let batched_a = payment(&db, &format!("{to}-a"), "waiting", None).await;
+            let batched_b = payment(&db, &format!("{to}-b"), "created", Some("kept")).await;
+            let single = payment(&db, &format!("{to}-s"), "waiting", None).await;
+            let expected_a = batched_a.advanced(to, &one_fact, now);
+            let expected_b = batched_b.advanced(to, &two_fact, now);
+            let moved = advance_many(
+                &db.conn,
+                to,
+                &[
+                    (batched_a.id.as_str(), &one_fact),
+                    (batched_b.id.as_str(), &two_fact),
+                ],
+                now,
+            )
+            .await
+            .unwrap();
+            let read = |id: String| {
+                let conn = db.conn.clone();
+                async move { by_id(&conn, &id).await.unwrap().unwrap() }
+            };
+            let (a, b) = (
+                read(batched_a.id.clone()).await,
+                read(batched_b.id.clone()).await,
+            );
+            let expected = [(&a, &expected_a), (&b, &expected_b)];
+            if to == Status::Waiting {
+                // Only a created payment waits: the waiting one is not moved again.
+                assert_eq!(moved, 1, "{to}");
+                assert_eq!(
+                    serde_json::to_value(&b).unwrap(),
+                    serde_json::to_value(&expected_b).unwrap()
+                );
+                continue;
+            }
+            assert_eq!(moved, 2, "{to}");
+            let stepped = advance(&db.conn, &single.id, to, &one_fact, now)
+                .await
+                .unwrap()
+                .unwrap();
+            for (row, announced) in expected {
+                assert_eq!(
+                    serde_json::to_value(row).unwrap(),
+                    serde_json::to_value(announced).unwrap(),
+                    "{to}"
+                );
+            }
+            assert_eq!(
+                b.trade_no.as_deref(),
+                Some("kept"),
+                "{to}: known facts stay"
+            );
+            let mut single_as_a = stepped.clone();
+            single_as_a.id.clone_from(&a.id);
+            single_as_a.out_trade_no.clone_from(&a.out_trade_no);
+            single_as_a.created_at = a.created_at;
+            assert_eq!(
+                serde_json::to_value(&single_as_a).unwrap(),
+                serde_json::to_value(&a).unwrap(),
+                "{to}: one step and a batch leave the same row"
+            );
+        }
+        db.close().await;
+    }
 }
