@@ -277,6 +277,9 @@ pub(super) async fn advance(
     .await
 }
 
+/// One fact of a step, as bound: (facts, now, whether the step pays).
+type FactOf = fn(&Facts, DateTime<Utc>, bool) -> sea_orm::Value;
+
 /// [`advance`] for many payments moving to the same `to`, each with its facts, in one
 /// statement; how many moved.
 pub(super) async fn advance_many(
@@ -304,7 +307,7 @@ pub(super) async fn advance_many(
     // whatever the step (as `advance` does).
     let paid = matches!(to, Status::Succeeded | Status::Finished);
     let mut sets = Vec::new();
-    let columns: [(&str, fn(&Facts, DateTime<Utc>, bool) -> sea_orm::Value); 5] = [
+    let columns: [(&str, FactOf); 5] = [
         ("trade_no", |f, _, _| f.trade_no.clone().into()),
         ("buyer_id", |f, _, _| f.buyer_id.clone().into()),
         ("buyer_open_id", |f, _, _| f.buyer_open_id.clone().into()),
