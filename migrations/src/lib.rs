@@ -19,6 +19,7 @@ mod m20261128_000008_create_event_budgets;
 mod m20261204_000009_key_alipay_notifications_by_merchant;
 mod m20261204_000010_record_who_suspended_a_node;
 mod m20261205_000011_create_payments;
+mod m20261205_000012_record_payment_checks;
 
 /// Every migration of the engine, oldest first.
 pub struct Migrator;
@@ -38,6 +39,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261204_000009_key_alipay_notifications_by_merchant::Migration),
             Box::new(m20261204_000010_record_who_suspended_a_node::Migration),
             Box::new(m20261205_000011_create_payments::Migration),
+            Box::new(m20261205_000012_record_payment_checks::Migration),
         ]
     }
 }

@@ -224,6 +224,7 @@ async fn a_refund_whose_answer_was_lost_is_settled_once_by_its_notification_or_b
             .await;
         assert_eq!(asked.status, 200, "{label}: {asked:?}");
         assert_eq!(asked.body["status"], "succeeded", "{label}");
+
         // Staff cannot ask (refunds are the owner's).
         let by_cashier = s
             .cashier
@@ -323,6 +324,15 @@ async fn a_code_payment_refused_is_closed_and_one_whose_answer_was_lost_is_asked
         let id = unknown.body["id"].as_str().unwrap().to_owned();
         until_paid(&s.cashier, &id, label, Duration::from_secs(20)).await;
         assert_eq!(events(&db.url(), "payment.succeeded").await, 1, "{label}");
+        // The detail shows how the engine found out.
+        let detail = s.owner.get(&format!("/api/v1/payments/{id}")).await.ok();
+        let asked = detail.body["checks"].as_array().unwrap();
+        assert!(
+            asked.iter().any(|c| c["method"] == "alipay.trade.query"
+                && c["outcome"] == "ok"
+                && c["trade_status"] == "TRADE_SUCCESS"),
+            "{label}: {asked:?}"
+        );
         drop(engine);
         db.cleanup().await;
     }

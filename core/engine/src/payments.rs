@@ -33,7 +33,7 @@ pub use codes::Scene;
 pub use ingest::{GroupCommit, Taken};
 pub use ledger::Status;
 pub use notify::Applied;
-pub use store::{Anomaly, Facts, Payment, Refund};
+pub use store::{Anomaly, Check, Facts, Payment, Refund};
 pub use trades::Buyer;
 
 #[derive(Debug, thiserror::Error)]
@@ -191,6 +191,11 @@ impl Payments {
                 received_at: row.received_at.timestamp_millis(),
             })
             .collect())
+    }
+
+    /// What the engine asked Alipay about the payment and heard, oldest first (the newest 100).
+    pub async fn checks(&self, payment_id: &str) -> Result<Vec<Check>, Error> {
+        Ok(store::checks_of(&self.db.conn, payment_id, 100).await?)
     }
 
     pub async fn refunds(&self, payment_id: &str) -> Result<Vec<Refund>, Error> {

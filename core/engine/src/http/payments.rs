@@ -84,6 +84,9 @@ pub struct PaymentView {
     pub refunds: Vec<Refund>,
     /// Alipay's notifications about the trade, oldest first.
     pub notifications: Vec<payments::NotificationView>,
+    /// What the engine asked Alipay about the trade (query, close, cancel, refund queries) and
+    /// what it answered, oldest first.
+    pub checks: Vec<payments::Check>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -192,11 +195,13 @@ fn qr_svg_url(payment: &Payment) -> Option<String> {
 async fn view(ctx: &Ctx, payment: Payment) -> Result<PaymentView, ApiError> {
     let refunds = ctx.state.payments.refunds(&payment.id).await?;
     let notifications = ctx.state.payments.notifications(&payment).await?;
+    let checks = ctx.state.payments.checks(&payment.id).await?;
     Ok(PaymentView {
         qr_svg_url: qr_svg_url(&payment),
         payment,
         refunds,
         notifications,
+        checks,
     })
 }
 
@@ -207,6 +212,7 @@ fn new_view(payment: Payment) -> PaymentView {
         payment,
         refunds: Vec::new(),
         notifications: Vec::new(),
+        checks: Vec::new(),
     }
 }
 

@@ -195,15 +195,13 @@ impl Payments {
                 "out_trade_no": payment.out_trade_no,
                 "out_request_no": refund.out_request_no,
             });
+            let method = "alipay.trade.fastpay.refund.query";
             let answer = self
                 .alipay
-                .call(
-                    &app,
-                    "alipay.trade.fastpay.refund.query",
-                    Some(&biz),
-                    &CallOptions::default(),
-                )
-                .await?;
+                .call(&app, method, Some(&biz), &CallOptions::default())
+                .await;
+            self.checked(payment, method, &answer).await?;
+            let answer = answer?;
             let age = self.now() - sql::from_millis(refund.created_at);
             match answer.get("refund_status").and_then(|s| s.as_str()) {
                 Some("REFUND_SUCCESS") => self.refund_succeeded(payment, &refund.id).await?,

@@ -548,6 +548,70 @@ pub(super) async fn settle_refund(
     Ok(changed == 1)
 }
 
+/// Records that the engine asked Alipay `method` about `payment` and what it heard.
+pub(super) async fn record_check(
+    db: &impl ConnectionTrait,
+    payment: &Payment,
+    method: &str,
+    outcome: &str,
+    trade_status: Option<&str>,
+    now: DateTime<Utc>,
+) -> Result<(), DbErr> {
+    sql::query(
+        "INSERT INTO payment_checks (id, payment_id, partner_id, agent_id, merchant_id, store_id, \
+         method, outcome, trade_status, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [
+            uuid::Uuid::now_v7().to_string().into(),
+            payment.id.clone().into(),
+            payment.partner_id.clone().into(),
+            payment.agent_id.clone().into(),
+            payment.merchant_id.clone().into(),
+            payment.store_id.clone().into(),
+            method.chars().take(64).collect::<String>().into(),
+            outcome.chars().take(64).collect::<String>().into(),
+            trade_status
+                .map(|s| s.chars().take(32).collect::<String>())
+                .into(),
+            Millis(now).into(),
+            Millis(now).into(),
+        ],
+    )
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// One question the engine asked Alipay about a payment.
+#[derive(Debug, Clone, FromQueryResult, serde::Serialize)]
+pub struct Check {
+    pub method: String,
+    /// `ok`, Alipay's sub-code of a refusal, or `unreachable`.
+    pub outcome: String,
+    pub trade_status: Option<String>,
+    /// Unix milliseconds.
+    pub created_at: i64,
+}
+
+/// The newest `limit` questions about `payment_id`, oldest first.
+pub(super) async fn checks_of(
+    db: &impl ConnectionTrait,
+    payment_id: &str,
+    limit: u64,
+) -> Result<Vec<Check>, DbErr> {
+    let mut checks: Vec<Check> = sql::query(
+        "SELECT method, outcome, trade_status, created_at FROM payment_checks WHERE payment_id = ? \
+         ORDER BY created_at DESC, id DESC LIMIT ?",
+        [
+            payment_id.into(),
+            i64::try_from(limit).unwrap_or(i64::MAX).into(),
+        ],
+    )
+    .all(db)
+    .await?;
+    checks.reverse();
+    Ok(checks)
+}
+
 /// A notification the ledger could not apply, kept for the merchant to see.
 pub(super) async fn record_anomaly(
     db: &impl ConnectionTrait,

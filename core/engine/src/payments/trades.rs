@@ -187,10 +187,38 @@ impl Payments {
     ) -> Result<Result<Value, crate::alipay::Error>, Error> {
         let app = self.app(&payment.merchant_id).await?;
         let biz = json!({"out_trade_no": payment.out_trade_no});
-        Ok(self
+        let answer = self
             .alipay
             .call(&app, method, Some(&biz), &CallOptions::default())
-            .await)
+            .await;
+        self.checked(payment, method, &answer).await?;
+        Ok(answer)
+    }
+
+    /// Keeps what Alipay answered `method` about `payment`, for the payment's history.
+    pub(super) async fn checked(
+        &self,
+        payment: &Payment,
+        method: &str,
+        answer: &Result<Value, crate::alipay::Error>,
+    ) -> Result<(), Error> {
+        let (outcome, trade_status) = match answer {
+            Ok(answer) => ("ok".to_owned(), answer["trade_status"].as_str()),
+            Err(crate::alipay::Error::Gateway(g)) => {
+                (g.sub_code.clone().unwrap_or_else(|| g.code.clone()), None)
+            }
+            Err(_) => ("unreachable".to_owned(), None),
+        };
+        store::record_check(
+            &self.db.conn,
+            payment,
+            method,
+            &outcome,
+            trade_status,
+            self.now(),
+        )
+        .await?;
+        Ok(())
     }
 
     /// A trade for a page inside Alipay (a mini program or an H5 page in the Alipay app):
