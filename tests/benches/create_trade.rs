@@ -15,18 +15,14 @@
 
 use std::time::{Duration, Instant};
 
-use sea_orm::Database;
-use secrecy::SecretString;
 use serde_json::json;
 use trellis_engine::alipay::client::{AlipayClient, CallOptions, MerchantApp};
 use trellis_engine::alipay::gateway::GatewayPolicy;
-use trellis_engine::alipay::{PrivateKey, PublicKey, SignType};
-use trellis_tests::{Api, Engine, create_node, create_partner, create_user, register_sandbox_app};
+use trellis_engine::alipay::{PublicKey, SignType};
+use trellis_tests::fixtures::{branch, vector_key, vector_pem};
+use trellis_tests::{Engine, create_user, register_sandbox_app};
 
-const ROOT: &str = "root@platform.test";
-const PASSWORD: &str = "a bench-only password";
 const APP_ID: &str = "2021004199990066";
-const VECTORS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../core/alipay/tests/vectors/");
 const ROUNDS: usize = 400;
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -54,23 +50,16 @@ async fn main() {
             ("TRELLIS_LOG__LEVEL", "warn"),
         ],
     );
-    let db = Database::connect(&url).await.unwrap();
-    trellis_engine::auth::create_platform_admin(&db, ROOT, &SecretString::from(PASSWORD))
-        .await
-        .unwrap();
-    let root = Api::new(&engine, "127.0.0.1").login(ROOT, PASSWORD).await;
-    let partner = create_partner(&root, "P1", "p1.test").await;
-    let agent = create_node(&root, "agents", Some(&partner), json!({"name": "A1"})).await;
-    let merchant = create_node(&root, "merchants", Some(&agent), json!({"name": "M1"})).await;
-    let store = create_node(&root, "stores", Some(&merchant), json!({"name": "S1"})).await;
-    let pem = std::fs::read_to_string(format!("{VECTORS}keys/app_private_pkcs8.pem")).unwrap();
-    let key = PrivateKey::parse(&SecretString::from(pem.clone())).unwrap();
+    let branch = branch(&engine, &url, "p1.test").await;
+    let (root, merchant, store) = (&branch.root, &branch.merchant, &branch.store);
+    let pem = vector_pem("app_private_pkcs8.pem");
+    let key = vector_key("app_private_pkcs8.pem");
     let registered = register_sandbox_app(
         &engine,
         json!({"app_id": APP_ID, "app_public_key": key.public_key().to_base64()}),
     )
     .await;
-    let owner = create_user(&engine, &root, &merchant, "owner@m1.test", "p1.test").await;
+    let owner = create_user(&engine, root, merchant, "owner@m1.test", "p1.test").await;
     owner
         .put(
             &format!("/api/v1/merchants/{merchant}/alipay/credentials"),
@@ -80,11 +69,11 @@ async fn main() {
         )
         .await
         .ok();
-    let cashier = create_user(&engine, &root, &store, "cashier@m1.test", "p1.test").await;
+    let cashier = create_user(&engine, root, store, "cashier@m1.test", "p1.test").await;
 
     // The anchor: the same method, signed with the same key, straight at the sandbox.
     let app = MerchantApp {
-        merchant_id: merchant.clone(),
+        merchant_id: merchant.to_owned(),
         app_id: APP_ID.into(),
         sign_type: SignType::Rsa2,
         private_key: key,

@@ -24,111 +24,54 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sea_orm::{ConnectionTrait, Database, DatabaseConnection, Statement};
-use secrecy::SecretString;
 use serde_json::json;
 use trellis_engine::alipay::notify::Notification;
 use trellis_engine::alipay::signing::sign_content;
 use trellis_engine::alipay::{PrivateKey, PublicKey, SignType};
-use trellis_tests::{Api, Engine, create_node, create_partner, create_user, register_sandbox_app};
+use trellis_tests::fixtures::{Branch, branch, vector_key, vector_pem, waiting_trades};
+use trellis_tests::{Engine, create_user, register_sandbox_app};
 
-const ROOT: &str = "root@platform.test";
-const PASSWORD: &str = "a bench-only password";
 const APP_ID: &str = "2021004199990088";
-const VECTORS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../core/alipay/tests/vectors/");
 const BURST: usize = 20_000;
 const PACED_RATE: u64 = 2_500;
 const PACED: usize = 10_000;
 const CONNECTIONS: usize = 64;
 
-struct Shop {
-    partner: String,
-    agent: String,
-    merchant: String,
-    store: String,
-}
-
-fn key(file: &str) -> PrivateKey {
-    let pem = std::fs::read_to_string(format!("{VECTORS}keys/{file}")).unwrap();
-    PrivateKey::parse(&SecretString::from(pem)).unwrap()
-}
-
-async fn shop(engine: &Engine, url: &str) -> Shop {
-    let db = Database::connect(url).await.unwrap();
-    trellis_engine::auth::create_platform_admin(&db, ROOT, &SecretString::from(PASSWORD))
-        .await
-        .unwrap();
-    let root = Api::new(engine, "127.0.0.1").login(ROOT, PASSWORD).await;
-    let partner = create_partner(&root, "P1", "p1.test").await;
-    let agent = create_node(&root, "agents", Some(&partner), json!({"name": "A1"})).await;
-    let merchant = create_node(&root, "merchants", Some(&agent), json!({"name": "M1"})).await;
-    let store = create_node(&root, "stores", Some(&merchant), json!({"name": "S1"})).await;
-    let partner_admin = create_user(engine, &root, &partner, "partner@p1.test", "p1.test").await;
-    let agent_admin = create_user(engine, &root, &agent, "agent@p1.test", "p1.test").await;
+/// A branch whose merchant's hello is subscribed to `payment.succeeded` and whose Alipay
+/// credentials trust the test vectors' Alipay key: this bench signs what Alipay would.
+async fn shop(engine: &Engine, url: &str) -> Branch {
+    let branch = branch(engine, url, "p1.test").await;
+    let root = &branch.root;
+    let partner_admin =
+        create_user(engine, root, &branch.partner, "partner@p1.test", "p1.test").await;
+    let agent_admin = create_user(engine, root, &branch.agent, "agent@p1.test", "p1.test").await;
     trellis_tests::install_and_assign(
         &partner_admin,
         &agent_admin,
-        &partner,
+        &branch.partner,
         ("plugins/hello", "trellis_plugin_hello", "com.trellis.hello"),
         json!({"name": "Hello", "validity_days": 30}),
-        &[&merchant],
+        &[&branch.merchant],
     )
     .await;
-    let app_key = std::fs::read_to_string(format!("{VECTORS}keys/app_private_pkcs8.pem")).unwrap();
     let registered = register_sandbox_app(
         engine,
-        json!({"app_id": APP_ID, "app_public_key": key("app_private_pkcs8.pem").public_key().to_base64()}),
+        json!({"app_id": APP_ID,
+            "app_public_key": vector_key("app_private_pkcs8.pem").public_key().to_base64()}),
     )
     .await;
-    let owner = create_user(engine, &root, &merchant, "owner@m1.test", "p1.test").await;
-    // The test vectors' Alipay key stands in for Alipay's: this bench signs what Alipay would.
+    let owner = create_user(engine, root, &branch.merchant, "owner@m1.test", "p1.test").await;
     owner
         .put(
-            &format!("/api/v1/merchants/{merchant}/alipay/credentials"),
-            json!({"app_id": APP_ID, "key_mode": "public_key", "app_private_key": app_key,
-                "alipay_public_key": key("alipay_private_pkcs8.pem").public_key().to_base64(),
+            &format!("/api/v1/merchants/{}/alipay/credentials", branch.merchant),
+            json!({"app_id": APP_ID, "key_mode": "public_key",
+                "app_private_key": vector_pem("app_private_pkcs8.pem"),
+                "alipay_public_key": vector_key("alipay_private_pkcs8.pem").public_key().to_base64(),
                 "gateway": "custom", "gateway_url": registered["gateway_url"]}),
         )
         .await
         .ok();
-    Shop {
-        partner,
-        agent,
-        merchant,
-        store,
-    }
-}
-
-/// `count` trades of 1 yuan waiting for their buyers, straight into the ledger (creating them
-/// through Alipay is measured elsewhere); returns their `out_trade_no`s.
-async fn trades(db: &DatabaseConnection, shop: &Shop, prefix: &str, count: usize) -> Vec<String> {
-    let now = chrono::Utc::now().timestamp_millis();
-    let expires = now + 3_600_000;
-    let outs: Vec<String> = (0..count).map(|i| format!("{prefix}{i:08}")).collect();
-    for chunk in outs.chunks(500) {
-        let rows: Vec<String> = chunk
-            .iter()
-            .map(|out| {
-                format!(
-                    "('{}', '{}', '{}', '{}', '{}', '{APP_ID}', '{out}', 'precreate', 100, 0, \
-                     'bench', 'sale', 'waiting', {expires}, {now}, {now})",
-                    uuid::Uuid::now_v7(),
-                    shop.partner,
-                    shop.agent,
-                    shop.merchant,
-                    shop.store
-                )
-            })
-            .collect();
-        db.execute_unprepared(&format!(
-            "INSERT INTO payments (id, partner_id, agent_id, merchant_id, store_id, app_id, \
-             out_trade_no, scene, amount_fen, refunded_fen, subject, purpose, status, expires_at, \
-             created_at, updated_at) VALUES {}",
-            rows.join(", ")
-        ))
-        .await
-        .unwrap();
-    }
-    outs
+    branch
 }
 
 /// Alipay's `TRADE_SUCCESS` notification for `out_trade_no`, signed (V1) and form-encoded.
@@ -177,14 +120,14 @@ fn sign_all(outs: &[String], first: usize) -> Vec<Vec<u8>> {
     let (a, b) = outs.split_at(half);
     std::thread::scope(|s| {
         let left = s.spawn(|| {
-            let alipay = key("alipay_private_pkcs8.pem");
+            let alipay = vector_key("alipay_private_pkcs8.pem");
             a.iter()
                 .enumerate()
                 .map(|(i, out)| notification(&alipay, out, first + i))
                 .collect::<Vec<_>>()
         });
         let right = s.spawn(|| {
-            let alipay = key("alipay_private_pkcs8.pem");
+            let alipay = vector_key("alipay_private_pkcs8.pem");
             b.iter()
                 .enumerate()
                 .map(|(i, out)| notification(&alipay, out, first + half + i))
@@ -198,8 +141,12 @@ fn sign_all(outs: &[String], first: usize) -> Vec<Vec<u8>> {
 
 /// Parses and verifies every body on both cores; notifications per second.
 fn verify_ceiling(bodies: &[Vec<u8>]) -> f64 {
-    let public =
-        PublicKey::parse(&key("alipay_private_pkcs8.pem").public_key().to_base64()).unwrap();
+    let public = PublicKey::parse(
+        &vector_key("alipay_private_pkcs8.pem")
+            .public_key()
+            .to_base64(),
+    )
+    .unwrap();
     let started = Instant::now();
     let (a, b) = bodies.split_at(bodies.len() / 2);
     std::thread::scope(|s| {
@@ -340,8 +287,8 @@ async fn main() {
     );
     let shop = shop(&engine, &url).await;
     let db = Database::connect(&url).await.unwrap();
-    let burst_outs = trades(&db, &shop, "B", BURST).await;
-    let paced_outs = trades(&db, &shop, "P", PACED).await;
+    let burst_outs = waiting_trades(&url, &shop, APP_ID, "B", BURST, 100).await;
+    let paced_outs = waiting_trades(&url, &shop, APP_ID, "P", PACED, 100).await;
     let signing = Instant::now();
     let burst_bodies = sign_all(&burst_outs, 0);
     let paced_bodies = sign_all(&paced_outs, BURST);

@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 mod engine;
+pub mod fixtures;
 pub mod storm;
 
 pub use engine::{Engine, trellis_command};

@@ -11,16 +11,14 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use sea_orm::{ConnectionTrait, Database, DatabaseConnection, Statement};
-use secrecy::SecretString;
 use serde_json::json;
 use trellis_engine::alipay::signing::sign_content;
 use trellis_engine::alipay::{PrivateKey, SignType};
 
-use crate::{Api, Engine, create_node, create_partner, create_platform_admin, create_user};
+use crate::fixtures::{branch, vector_key, vector_pem, waiting_trades};
+use crate::{Engine, create_user};
 
-const ROOT: &str = "root@platform.test";
 const APP_ID: &str = "2021004199990077";
-const VECTORS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../core/alipay/tests/vectors/");
 
 /// How big a storm.
 #[derive(Debug, Clone, Copy)]
@@ -43,12 +41,6 @@ pub struct Outcome {
     pub succeeded_events: i64,
     pub records: i64,
     pub distinct: usize,
-}
-
-fn key(file: &str) -> PrivateKey {
-    let pem = std::fs::read_to_string(format!("{VECTORS}keys/{file}"))
-        .unwrap_or_else(|e| panic!("test key {file}: {e}"));
-    PrivateKey::parse(&SecretString::from(pem)).unwrap_or_else(|e| panic!("test key: {e}"))
 }
 
 async fn scalar(db: &DatabaseConnection, sql: &str) -> i64 {
@@ -101,58 +93,31 @@ pub async fn run(database_url: &str, storm: Storm) -> Outcome {
     ];
     let mut first = Engine::spawn(database_url, &env);
     let second = Engine::spawn(database_url, &env);
-    create_platform_admin(database_url, ROOT, crate::TEST_PASSWORD);
-    let root = Api::new(&second, "127.0.0.1")
-        .login(ROOT, crate::TEST_PASSWORD)
-        .await;
-    let partner = create_partner(&root, "Storm", "storm.test").await;
-    let agent = create_node(&root, "agents", Some(&partner), json!({"name": "A"})).await;
-    let merchant = create_node(&root, "merchants", Some(&agent), json!({"name": "M"})).await;
-    let store = create_node(&root, "stores", Some(&merchant), json!({"name": "S"})).await;
-    let owner = create_user(&second, &root, &merchant, "owner@storm.test", "storm.test").await;
-    let app_key = std::fs::read_to_string(format!("{VECTORS}keys/app_private_pkcs8.pem"))
-        .unwrap_or_else(|e| panic!("{e}"));
+    let branch = branch(&second, database_url, "storm.test").await;
+    let merchant = branch.merchant.clone();
+    let owner = create_user(
+        &second,
+        &branch.root,
+        &merchant,
+        "owner@storm.test",
+        "storm.test",
+    )
+    .await;
     // The test vectors' Alipay key stands in for Alipay's.
     owner
         .put(
             &format!("/api/v1/merchants/{merchant}/alipay/credentials"),
-            json!({"app_id": APP_ID, "key_mode": "public_key", "app_private_key": app_key,
-                "alipay_public_key": key("alipay_private_pkcs8.pem").public_key().to_base64(),
+            json!({"app_id": APP_ID, "key_mode": "public_key",
+                "app_private_key": vector_pem("app_private_pkcs8.pem"),
+                "alipay_public_key": vector_key("alipay_private_pkcs8.pem").public_key().to_base64(),
                 "gateway": "custom", "gateway_url": "http://127.0.0.1:9/gateway.do"}),
         )
         .await
         .ok();
-
-    // The trades, straight into the ledger, waiting for their buyers.
-    let db = Database::connect(database_url)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    let now = chrono::Utc::now().timestamp_millis();
-    let outs: Vec<String> = (0..storm.trades).map(|i| format!("S{i:09}")).collect();
-    for chunk in outs.chunks(500) {
-        let rows: Vec<String> = chunk
-            .iter()
-            .map(|out| {
-                format!(
-                    "('{}', '{partner}', '{agent}', '{merchant}', '{store}', '{APP_ID}', '{out}', \
-                     'precreate', 200, 0, 'storm', 'sale', 'waiting', {}, {now}, {now})",
-                    uuid::Uuid::now_v7(),
-                    now + 3_600_000,
-                )
-            })
-            .collect();
-        db.execute_unprepared(&format!(
-            "INSERT INTO payments (id, partner_id, agent_id, merchant_id, store_id, app_id, \
-             out_trade_no, scene, amount_fen, refunded_fen, subject, purpose, status, expires_at, \
-             created_at, updated_at) VALUES {}",
-            rows.join(", ")
-        ))
-        .await
-        .unwrap_or_else(|e| panic!("trades: {e}"));
-    }
+    let outs = waiting_trades(database_url, &branch, APP_ID, "S", storm.trades, 200).await;
 
     // Every trade: waiting, paid, finished; every other trade paid twice (two notify ids).
-    let alipay = key("alipay_private_pkcs8.pem");
+    let alipay = vector_key("alipay_private_pkcs8.pem");
     let mut bodies: Vec<Vec<u8>> = Vec::new();
     for (i, out) in outs.iter().enumerate() {
         for (n, status) in ["WAIT_BUYER_PAY", "TRADE_SUCCESS", "TRADE_FINISHED"]
@@ -251,6 +216,9 @@ pub async fn run(database_url: &str, storm: Storm) -> Outcome {
         sender.await.unwrap_or_else(|e| panic!("sender: {e}"));
     }
     let elapsed = started.elapsed();
+    let db = Database::connect(database_url)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     let merchant_filter = format!("merchant_id = '{merchant}'");
     let outcome = Outcome {
         elapsed,

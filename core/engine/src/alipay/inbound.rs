@@ -183,8 +183,9 @@ pub async fn record_all(
             verified.app_id.as_str(),
             verified.notify_id.as_str(),
         );
-        if let Some(&first) = firsts.get(&key) {
-            out.push((out[first].0.clone(), false));
+        if firsts.contains_key(&key) {
+            // Given its first's id once that is final, below.
+            out.push((String::new(), false));
             continue;
         }
         firsts.insert(key, i);

@@ -154,7 +154,7 @@ impl Payments {
             Err(error) => {
                 tracing::warn!(%error, "payment event subscribers unavailable");
                 for job in jobs {
-                    let _ = job.reply.send(Err(Error::Stopping));
+                    let _ = job.reply.send(Err(Error::Catalog(error.to_string())));
                 }
                 return;
             }
