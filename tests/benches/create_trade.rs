@@ -22,6 +22,10 @@ use trellis_engine::alipay::{PublicKey, SignType};
 use trellis_tests::fixtures::{branch, vector_key, vector_pem};
 use trellis_tests::{Engine, create_user, register_sandbox_app};
 
+/// The engine runs on the allocator its binary uses.
+#[global_allocator]
+static ALLOCATOR: trellis_engine::Allocator = trellis_engine::Allocator;
+
 const APP_ID: &str = "2021004199990066";
 const ROUNDS: usize = 400;
 

@@ -31,6 +31,10 @@ use trellis_engine::alipay::{PrivateKey, PublicKey, SignType};
 use trellis_tests::fixtures::{Branch, branch, vector_key, vector_pem, waiting_trades};
 use trellis_tests::{Engine, create_user, register_sandbox_app};
 
+/// The engine runs on the allocator its binary uses.
+#[global_allocator]
+static ALLOCATOR: trellis_engine::Allocator = trellis_engine::Allocator;
+
 const APP_ID: &str = "2021004199990088";
 const BURST: usize = 20_000;
 const PACED_RATE: u64 = 2_500;

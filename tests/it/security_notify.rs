@@ -170,3 +170,56 @@ async fn one_notify_id_for_two_merchants_of_one_app_is_recorded_for_each_and_a_r
         db.cleanup().await;
     }
 }
+
+/// The engine keeps a merchant's Alipay key in memory for a moment (`database.recent_reads_ms`),
+/// but a change made through it applies to the very next notification: a key the merchant
+/// replaced (say, after it leaked) verifies nothing more, and credentials saved after a refusal
+/// are used at once.
+#[tokio::test]
+async fn a_replaced_alipay_key_verifies_nothing_from_the_next_notification_on() {
+    let db = databases().await.remove(0);
+    let engine = Engine::start(&db.url(), &[("TRELLIS_DATABASE__RECENT_READS_MS", "60000")]);
+    create_platform_admin(&db.url(), "root@platform.test", TEST_PASSWORD);
+    let root = Api::new(&engine, "127.0.0.1")
+        .login("root@platform.test", TEST_PASSWORD)
+        .await;
+    let partner = create_partner(&root, "keys", "keys.test").await;
+    let agent = create_node(&root, "agents", Some(&partner), json!({"name": "a"})).await;
+    let merchant = create_node(&root, "merchants", Some(&agent), json!({"name": "m"})).await;
+    let old = alipay_key();
+    let first = notification(&old, &[("app_id", MERCHANT_APP)], "1");
+    assert_eq!(
+        post(&engine, &merchant, &first).await.0,
+        404,
+        "no credentials yet"
+    );
+
+    let path = format!("/api/v1/merchants/{merchant}/alipay/credentials");
+    root.put(&path, credentials()).await.ok();
+    assert_eq!(
+        post(&engine, &merchant, &first).await,
+        (200, "success".to_owned()),
+        "credentials saved after a refusal apply at once"
+    );
+
+    let new = PrivateKey::generate().unwrap();
+    let mut replaced = credentials();
+    replaced["alipay_public_key"] = json!(new.public_key().to_base64());
+    root.put(&path, replaced).await.ok();
+    let second = |key: &PrivateKey| {
+        notification(
+            key,
+            &[("app_id", MERCHANT_APP), ("notify_id", "after-the-new-key")],
+            "2",
+        )
+    };
+    let (status, body) = post(&engine, &merchant, &second(&old)).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("notification_rejected"), "{body}");
+    assert_eq!(
+        post(&engine, &merchant, &second(&new)).await,
+        (200, "success".to_owned())
+    );
+    drop(engine);
+    db.cleanup().await;
+}

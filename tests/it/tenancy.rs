@@ -1253,3 +1253,36 @@ async fn a_partners_domain_wears_its_theme_and_an_unknown_theme_falls_back_to_de
         .unwrap();
     assert_eq!(css.status(), 200, "assets a theme lacks come from default");
 }
+
+/// The partner behind a host is kept in memory for a moment (`database.recent_reads_ms`, here
+/// a minute), yet a domain the partner gave up reaches nothing from the next request on, and
+/// its new one works at once.
+#[tokio::test]
+async fn a_partners_given_up_domain_reaches_nothing_from_the_next_request_on() {
+    let db = trellis_tests::sqlite();
+    let engine = Engine::start(&db.url(), &[("TRELLIS_DATABASE__RECENT_READS_MS", "60000")]);
+    create_platform_admin(&db.url(), ROOT_EMAIL, PASSWORD);
+    let root = Api::new(&engine, CONSOLE).login(ROOT_EMAIL, PASSWORD).await;
+    let partner = root
+        .post(
+            "/api/v1/partners",
+            json!({"name": "Moving", "domains": ["old.moving.test"]}),
+        )
+        .await
+        .ok();
+    let id = partner.body["id"].as_str().unwrap().to_owned();
+    let code = |host: &'static str| {
+        let api = Api::new(&engine, host);
+        async move { api.get("/api/v1/nowhere").await.body["code"].clone() }
+    };
+    assert_eq!(code("old.moving.test").await, "not_found");
+    assert_eq!(code("new.moving.test").await, "unknown_host");
+    root.patch(
+        &format!("/api/v1/partners/{id}"),
+        json!({"domains": ["new.moving.test"]}),
+    )
+    .await
+    .ok();
+    assert_eq!(code("old.moving.test").await, "unknown_host");
+    assert_eq!(code("new.moving.test").await, "not_found");
+}

@@ -117,6 +117,7 @@ impl App {
             config.audit.retention_days,
             stopped.clone(),
         )));
+        let recent_reads = Duration::from_millis(config.database.recent_reads_ms);
         let payments = crate::payments::Payments::new(
             db.clone(),
             vault.clone(),
@@ -127,7 +128,8 @@ impl App {
                 deadline: Duration::from_secs(config.payments.pay_wait_secs.max(1)),
                 poll: Duration::from_millis(config.payments.pay_poll_ms.max(100)),
             },
-        );
+        )
+        .keeping_reads(recent_reads);
         let (payments, writer) = payments.group_commit(
             crate::payments::GroupCommit {
                 max_batch: config.payments.ingest_batch as usize,
@@ -148,6 +150,7 @@ impl App {
             tokio::spawn(Dispatcher::new(catalog.clone(), options).run(stopped))
         });
         let state = AppState {
+            hosts: crate::db::Recent::new(recent_reads, 10_000),
             payments,
             hasher: Hasher::new(config.auth.hash_threads, config.auth.hash_queue),
             uploads: Arc::new(tokio::sync::Semaphore::new(

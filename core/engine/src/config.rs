@@ -299,6 +299,9 @@ impl Config {
         if self.plugins.breaker_traps == 0 {
             return invalid("plugins.breaker_traps", "must be greater than zero");
         }
+        if self.database.recent_reads_ms > 60_000 {
+            return invalid("database.recent_reads_ms", "must be 0 to 60000");
+        }
         if self.database.max_connections == 0 {
             return invalid("database.max_connections", "must be greater than zero");
         }

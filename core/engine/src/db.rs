@@ -8,7 +8,10 @@
 //! Raw SQL goes through [`sql`]; tables with sea-orm entities through [`entity`].
 
 pub mod entity;
+pub mod recent;
 pub mod sql;
+
+pub use recent::Recent;
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;

@@ -62,6 +62,8 @@ pub struct AppState {
     pub vault: Arc<Vault>,
     /// Installed plugins, packages' entitlements and the outbox, with the engine's clock.
     pub catalog: Catalog,
+    /// The partner behind each host recently served, by host (`database.recent_reads_ms`).
+    pub hosts: crate::db::Recent<String, crate::tenancy::HostPartner>,
     /// The payment ledger and the trades it creates at Alipay.
     pub payments: crate::payments::Payments,
     /// Where sign-ins check passwords, off the async workers.
@@ -195,7 +197,12 @@ async fn alipay_notify(
     // whatever else arrived meanwhile. Applied whether new or not: a redelivery after a failed
     // application retries it, and a transition already made is not made twice. Alipay hears
     // `success` only once the record, the ledger's change and its events are committed.
-    match inbound::verify(&state.db, &merchant_id, &body).await {
+    let verified = match state.payments.receiver(&merchant_id).await {
+        Ok(Some(receiver)) => inbound::verify(&receiver, &merchant_id, &body),
+        Ok(None) => Err(inbound::Error::UnknownMerchant),
+        Err(error) => Err(error),
+    };
+    match verified {
         Ok(verified) => match state.payments.take(verified).await {
             Ok(taken) => {
                 tracing::info!(id = %taken.id, new = taken.new, applied = ?taken.applied, "alipay notification taken");

@@ -42,3 +42,7 @@ pub mod demo;
 pub mod harness;
 /// The `trellis` command line.
 pub mod cli;
+
+/// The allocator the `trellis` binary runs on, for programs that embed the engine (its
+/// benchmarks) to run on the same.
+pub use mimalloc::MiMalloc as Allocator;

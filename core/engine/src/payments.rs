@@ -22,9 +22,10 @@ use chrono::{DateTime, Utc};
 use sea_orm::DbErr;
 use serde_json::{Value, json};
 
-use crate::alipay::client::AlipayClient;
+use crate::alipay::client::{AlipayClient, MerchantApp};
+use crate::alipay::inbound::{self, Receiver};
 use crate::config::Clock;
-use crate::db::Db;
+use crate::db::{Db, Recent};
 use crate::plugins::catalog::Catalog;
 use crate::secrets::Vault;
 use crate::tenancy::Place;
@@ -99,6 +100,33 @@ pub struct Payments {
     waiting: codes::Waiting,
     /// The notification writer's queue, once [`Self::group_commit`] started it.
     intake: Option<tokio::sync::mpsc::Sender<ingest::Job>>,
+    /// What every notification or new trade of a merchant reads, kept for a moment.
+    recent: RecentReads,
+}
+
+/// Reads kept for `database.recent_reads_ms` (see `db::recent`): nothing until
+/// [`Payments::keeping_reads`] says how long.
+#[derive(Clone, Debug)]
+struct RecentReads {
+    /// A merchant's notification receiver, by merchant.
+    receivers: Recent<String, Receiver>,
+    /// A merchant's app opened for signing, by merchant.
+    apps: Recent<String, Arc<MerchantApp>>,
+    /// A partner's first domain, by partner.
+    domains: Recent<String, String>,
+}
+
+impl RecentReads {
+    /// Merchants and partners kept at most, per kind.
+    const MAX_ENTRIES: usize = 10_000;
+
+    fn new(ttl: std::time::Duration) -> Self {
+        Self {
+            receivers: Recent::new(ttl, Self::MAX_ENTRIES),
+            apps: Recent::new(ttl, Self::MAX_ENTRIES),
+            domains: Recent::new(ttl, Self::MAX_ENTRIES),
+        }
+    }
 }
 
 impl std::fmt::Debug for Payments {
@@ -155,7 +183,40 @@ impl Payments {
             public_scheme: public_scheme.to_owned(),
             waiting,
             intake: None,
+            recent: RecentReads::new(std::time::Duration::ZERO),
         }
+    }
+
+    /// These payments, keeping a merchant's credentials and a partner's first domain for up to
+    /// `ttl` after reading them (`database.recent_reads_ms`).
+    pub fn keeping_reads(mut self, ttl: std::time::Duration) -> Self {
+        self.recent = RecentReads::new(ttl);
+        self
+    }
+
+    /// After a change to `merchant_id`'s Alipay credentials in this process: the next
+    /// notification and trade read them again.
+    pub fn forget_merchant(&self, merchant_id: &str) {
+        let key = merchant_id.to_owned();
+        self.recent.receivers.forget(&key);
+        self.recent.apps.forget(&key);
+    }
+
+    /// After a change to `partner_id`'s domains in this process: the next trade's `notify_url`
+    /// is built from them.
+    pub fn forget_partner(&self, partner_id: &str) {
+        self.recent.domains.forget(&partner_id.to_owned());
+    }
+
+    /// What `merchant_id`'s notifications are verified against, if it has credentials.
+    pub async fn receiver(&self, merchant_id: &str) -> Result<Option<Receiver>, inbound::Error> {
+        self.recent
+            .receivers
+            .get_or_load(
+                &merchant_id.to_owned(),
+                inbound::receiver(&self.db, merchant_id),
+            )
+            .await
     }
 
     fn now(&self) -> DateTime<Utc> {

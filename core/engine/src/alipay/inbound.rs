@@ -13,6 +13,7 @@ use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter};
 use uuid::Uuid;
 
 use super::Error as AlipayError;
+use super::PublicKey;
 use super::notify::{Notification, NotifyRule};
 use crate::db::Db;
 use crate::db::entity::alipay_notifications;
@@ -44,6 +45,51 @@ pub struct Received {
     pub notification: Notification,
 }
 
+/// What a merchant's notifications are verified against: its own app id, Alipay's key (parsed)
+/// and the tiers above the merchant, which its records carry. Read once per merchant and kept
+/// for a moment by the payments' intake (see `db::recent`).
+#[derive(Debug, Clone)]
+pub struct Receiver {
+    pub app_id: String,
+    pub alipay_public_key: PublicKey,
+    pub partner_id: Option<String>,
+    pub agent_id: Option<String>,
+}
+
+/// The receiver of `merchant_id`'s notifications, if it has an app id and Alipay's key. A key
+/// that does not parse refuses every notification, as Alipay's own would.
+pub async fn receiver(db: &Db, merchant_id: &str) -> Result<Option<Receiver>, Error> {
+    #[derive(sea_orm::FromQueryResult)]
+    struct Row {
+        app_id: Option<String>,
+        alipay_public_key: Option<String>,
+        partner_id: Option<String>,
+        agent_id: Option<String>,
+    }
+    let row: Option<Row> = crate::db::sql::query(
+        "SELECT app_id, alipay_public_key, partner_id, agent_id FROM alipay_credentials \
+         WHERE merchant_id = ?",
+        [merchant_id.into()],
+    )
+    .one(&db.conn)
+    .await?;
+    let Some(Row {
+        app_id: Some(app_id),
+        alipay_public_key: Some(key),
+        partner_id,
+        agent_id,
+    }) = row
+    else {
+        return Ok(None);
+    };
+    Ok(Some(Receiver {
+        app_id,
+        alipay_public_key: super::parsed::public_key(&key)?,
+        partner_id,
+        agent_id,
+    }))
+}
+
 /// A notification verified for a merchant and not yet recorded: what [`record_in`] writes.
 #[derive(Debug, Clone)]
 pub struct Verified {
@@ -55,69 +101,40 @@ pub struct Verified {
     pub notify_id: String,
     pub rule: NotifyRule,
     pub notification: Notification,
-    /// The record's id when an earlier delivery already recorded it.
-    pub recorded: Option<String>,
 }
 
 /// Verifies `body` for `merchant_id` and records it; returns once the record is durable.
 pub async fn receive(db: &Db, merchant_id: &str, body: &[u8]) -> Result<Received, Error> {
-    let verified = verify(db, merchant_id, body).await?;
-    if let Some(id) = verified.recorded.clone() {
-        return Ok(verified.into_received(id, false));
-    }
+    let receiver = receiver(db, merchant_id)
+        .await?
+        .ok_or(Error::UnknownMerchant)?;
+    let verified = verify(&receiver, merchant_id, body)?;
     let txn = db.begin_durable().await?;
     let (id, new) = record_in(&txn, &verified).await?;
     txn.commit().await?;
-    Ok(verified.into_received(id, new))
+    Ok(Received {
+        id,
+        rule: verified.rule,
+        new,
+        notification: verified.notification,
+    })
 }
 
-/// Everything [`receive`] does short of writing: the merchant's key, parsing, the signature, the
-/// app, the notify id, and whether it is already recorded. Reads only, so many requests may run
-/// it at once and leave the writing to one transaction for all of them.
-pub async fn verify(db: &Db, merchant_id: &str, body: &[u8]) -> Result<Verified, Error> {
-    let parsed = Notification::parse(body);
-    let notify_id: String = parsed
-        .as_ref()
-        .ok()
-        .and_then(|n| n.get("notify_id"))
+/// Everything [`receive`] does short of writing: parsing, the signature under the right rule,
+/// the app, the notify id. No database: many requests run it at once and leave recording —
+/// and telling a redelivery from a new notification — to one transaction for all of them.
+pub fn verify(receiver: &Receiver, merchant_id: &str, body: &[u8]) -> Result<Verified, Error> {
+    let notification = Notification::parse(body)?;
+    let notify_id: String = notification
+        .get("notify_id")
         .unwrap_or_default()
         .chars()
         .take(NOTIFY_ID_CHARS)
         .collect();
-    // The merchant's app and key and this notification's record, if any, in one read: every
-    // delivery asks both.
-    #[derive(sea_orm::FromQueryResult)]
-    struct Row {
-        app_id: Option<String>,
-        alipay_public_key: Option<String>,
-        partner_id: Option<String>,
-        agent_id: Option<String>,
-        recorded: Option<String>,
-    }
-    let row: Option<Row> = crate::db::sql::query(
-        "SELECT c.app_id, c.alipay_public_key, c.partner_id, c.agent_id, \
-         (SELECT n.id FROM alipay_notifications n WHERE n.merchant_id = c.merchant_id \
-          AND n.app_id = c.app_id AND n.notify_id = ?) AS recorded \
-         FROM alipay_credentials c WHERE c.merchant_id = ?",
-        [notify_id.clone().into(), merchant_id.into()],
-    )
-    .one(&db.conn)
-    .await?;
-    let Some(Row {
-        app_id: Some(app_id),
-        alipay_public_key: Some(key),
-        partner_id,
-        agent_id,
-        recorded,
-    }) = row
-    else {
-        return Err(Error::UnknownMerchant);
-    };
-    let key = super::parsed::public_key(&key)?;
-    let notification = parsed?;
-    let rule = notification.verify_auto(&key)?;
+    let rule = notification.verify_auto(&receiver.alipay_public_key)?;
     // In ISV mode app_id is the partner's app and auth_app_id the merchant's; either may match,
     // and the one that does is the merchant's own app id, which is what the record keeps.
+    let app_id = &receiver.app_id;
     let sent_for = notification.get("app_id").unwrap_or_default();
     if sent_for != app_id && notification.get("auth_app_id") != Some(app_id.as_str()) {
         return Err(Error::WrongApp(sent_for.chars().take(32).collect()));
@@ -125,29 +142,15 @@ pub async fn verify(db: &Db, merchant_id: &str, body: &[u8]) -> Result<Verified,
     if notify_id.is_empty() {
         return Err(Error::NoNotifyId);
     }
-    // Every record was committed durably, and a commit is visible only once it is: a record
-    // found here may be acknowledged again.
     Ok(Verified {
         merchant_id: merchant_id.to_owned(),
-        partner_id,
-        agent_id,
-        app_id,
+        partner_id: receiver.partner_id.clone(),
+        agent_id: receiver.agent_id.clone(),
+        app_id: app_id.clone(),
         notify_id,
         rule,
         notification,
-        recorded,
     })
-}
-
-impl Verified {
-    fn into_received(self, id: String, new: bool) -> Received {
-        Received {
-            id,
-            rule: self.rule,
-            new,
-            notification: self.notification,
-        }
-    }
 }
 
 /// Records `verified` inside the caller's transaction unless its key is already recorded;
@@ -162,33 +165,28 @@ pub async fn record_in(
 }
 
 /// [`record_in`] for many notifications in one statement (group commit): one `(id, new)` per
-/// notification, in order. A key twice in `batch` is recorded once, for its first.
+/// notification, in order. A key twice in `batch` is recorded once, for its first; a key
+/// recorded earlier is named by its record's id, not new.
 pub async fn record_all(
     txn: &impl ConnectionTrait,
     batch: &[Verified],
 ) -> Result<Vec<(String, bool)>, sea_orm::DbErr> {
-    use std::collections::HashMap;
+    use std::collections::{BTreeMap, HashMap};
+    type Key<'a> = (&'a str, &'a str, &'a str);
+    fn key(v: &Verified) -> Key<'_> {
+        (&v.merchant_id, &v.app_id, &v.notify_id)
+    }
     let now = Utc::now();
     let mut out: Vec<(String, bool)> = Vec::with_capacity(batch.len());
-    let mut firsts: HashMap<(&str, &str, &str), usize> = HashMap::new();
+    let mut firsts: HashMap<Key, usize> = HashMap::new();
     let mut rows: Vec<sea_orm::Value> = Vec::new();
-    let mut fresh = 0;
     for (i, verified) in batch.iter().enumerate() {
-        if let Some(id) = &verified.recorded {
-            out.push((id.clone(), false));
-            continue;
-        }
-        let key = (
-            verified.merchant_id.as_str(),
-            verified.app_id.as_str(),
-            verified.notify_id.as_str(),
-        );
-        if firsts.contains_key(&key) {
+        if firsts.contains_key(&key(verified)) {
             // Given its first's id once that is final, below.
             out.push((String::new(), false));
             continue;
         }
-        firsts.insert(key, i);
+        firsts.insert(key(verified), i);
         let id = Uuid::now_v7().to_string();
         let n = &verified.notification;
         let text = |k: &str| n.get(k).map(|v| v.chars().take(64).collect::<String>());
@@ -209,86 +207,61 @@ pub async fn record_all(
             serde_json::to_string(&n.fields).unwrap_or_default().into(),
             now.into(),
         ]);
-        fresh += 1;
         // Not ours until the insert says so.
         out.push((id, false));
     }
-    if fresh == 0 {
+    if firsts.is_empty() {
         return Ok(out);
     }
-    // Two deliveries may race past the lookup: the unique key keeps the first, and RETURNING
-    // names only the rows this statement inserted.
+    // A redelivery, or a delivery racing another engine's: the unique key keeps the first
+    // record, and RETURNING names only the rows this statement inserted.
     let statement = format!(
         "INSERT INTO alipay_notifications (id, merchant_id, partner_id, agent_id, app_id, notify_id, \
          notify_type, out_trade_no, trade_no, trade_status, fields, received_at) VALUES {} \
          ON CONFLICT (merchant_id, app_id, notify_id) DO NOTHING RETURNING id",
-        vec!["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"; fresh].join(", ")
+        vec!["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"; firsts.len()].join(", ")
     );
     #[derive(sea_orm::FromQueryResult)]
-    struct Inserted {
+    struct Id {
         id: String,
     }
     let inserted: std::collections::HashSet<String> = crate::db::sql::query(&statement, rows)
-        .all::<Inserted>(txn)
+        .all::<Id>(txn)
         .await?
         .into_iter()
         .map(|r| r.id)
         .collect();
-    for (i, verified) in batch.iter().enumerate() {
-        let (id, new) = &mut out[i];
-        if verified.recorded.is_some()
-            || firsts.get(&(
-                verified.merchant_id.as_str(),
-                verified.app_id.as_str(),
-                verified.notify_id.as_str(),
-            )) != Some(&i)
-        {
-            continue;
+    // The records that were there before, in one read per merchant app.
+    let mut earlier: BTreeMap<(&str, &str), Vec<&str>> = BTreeMap::new();
+    for (&(merchant, app, notify), &i) in &firsts {
+        if inserted.contains(out[i].0.as_str()) {
+            out[i].1 = true;
+        } else {
+            earlier.entry((merchant, app)).or_default().push(notify);
         }
-        if inserted.contains(id.as_str()) {
-            *new = true;
-        } else if let Some(existing) = recorded(
-            txn,
-            &verified.merchant_id,
-            &verified.app_id,
-            &verified.notify_id,
-        )
-        .await?
+    }
+    for ((merchant, app), notify_ids) in earlier {
+        for found in alipay_notifications::Entity::find()
+            .filter(alipay_notifications::Column::MerchantId.eq(merchant))
+            .filter(alipay_notifications::Column::AppId.eq(app))
+            .filter(alipay_notifications::Column::NotifyId.is_in(notify_ids))
+            .all(txn)
+            .await?
         {
-            *id = existing;
+            if let Some(&i) = firsts.get(&(merchant, app, found.notify_id.as_str())) {
+                out[i].0 = found.id;
+            }
         }
     }
     // A later duplicate in the batch carries its first's id, now final.
     for (i, verified) in batch.iter().enumerate() {
-        let key = (
-            verified.merchant_id.as_str(),
-            verified.app_id.as_str(),
-            verified.notify_id.as_str(),
-        );
-        if verified.recorded.is_none()
-            && let Some(&first) = firsts.get(&key)
+        if let Some(&first) = firsts.get(&key(verified))
             && first != i
         {
             out[i] = (out[first].0.clone(), false);
         }
     }
     Ok(out)
-}
-
-/// The id of the record of `notify_id` for this merchant's app, if there is one.
-async fn recorded(
-    db: &impl ConnectionTrait,
-    merchant_id: &str,
-    app_id: &str,
-    notify_id: &str,
-) -> Result<Option<String>, sea_orm::DbErr> {
-    Ok(alipay_notifications::Entity::find()
-        .filter(alipay_notifications::Column::MerchantId.eq(merchant_id))
-        .filter(alipay_notifications::Column::AppId.eq(app_id))
-        .filter(alipay_notifications::Column::NotifyId.eq(notify_id))
-        .one(db)
-        .await?
-        .map(|m| m.id))
 }
 
 #[cfg(test)]
@@ -472,9 +445,10 @@ mod tests {
             "2",
         );
         // Both verified before anything is recorded, as concurrent deliveries are.
-        let a = verify(&db, "m-direct", &first).await.unwrap();
-        let b = verify(&db, "m-direct", &second).await.unwrap();
-        let a_again = verify(&db, "m-direct", &first).await.unwrap();
+        let to = receiver(&db, "m-direct").await.unwrap().unwrap();
+        let a = verify(&to, "m-direct", &first).unwrap();
+        let b = verify(&to, "m-direct", &second).unwrap();
+        let a_again = verify(&to, "m-direct", &first).unwrap();
         // Another delivery of `first` commits its record before the batch.
         let earlier = receive(&db, "m-direct", &first).await.unwrap();
         assert!(earlier.new);

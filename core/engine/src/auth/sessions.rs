@@ -94,42 +94,71 @@ fn partner_matches(user: &users::Model, host_partner: Option<&str>) -> bool {
     }
 }
 
-/// The account behind a session token, used on a host of `host_partner`.
+/// The account behind a session token, used on a host of `host_partner`. One read — the
+/// session, its account and whether any node from the account's up to the partner is
+/// suspended — as every signed-in request asks it.
 pub(super) async fn authenticate_session(
     db: &impl ConnectionTrait,
     token: &str,
     host_partner: Option<&str>,
 ) -> Result<Principal, Error> {
-    let session = sessions::Entity::find()
-        .filter(sessions::Column::TokenHash.eq(digest(token)))
-        .one(db)
-        .await?
-        .ok_or(Error::Unauthenticated)?;
-    if session.revoked_at.is_some()
-        || session.expires_at <= Utc::now()
-        || session.partner_scope.as_deref() != host_partner
+    #[derive(sea_orm::FromQueryResult)]
+    struct Row {
+        session_id: String,
+        revoked_at: Option<DateTime<Utc>>,
+        expires_at: DateTime<Utc>,
+        partner_scope: Option<String>,
+        user_id: String,
+        email: String,
+        role: String,
+        status: String,
+        node_id: String,
+        partner_id: Option<String>,
+        agent_id: Option<String>,
+        merchant_id: Option<String>,
+        store_id: Option<String>,
+        suspended: i64,
+    }
+    let row: Row = crate::db::sql::query(
+        "SELECT s.id AS session_id, s.revoked_at, s.expires_at, s.partner_scope, \
+         u.id AS user_id, u.email, u.role, u.status, u.node_id, u.partner_id, u.agent_id, \
+         u.merchant_id, u.store_id, \
+         (SELECT COUNT(*) FROM nodes n WHERE n.status = ? AND n.id IN \
+          (u.node_id, u.partner_id, u.agent_id, u.merchant_id, u.store_id)) AS suspended \
+         FROM sessions s JOIN users u ON u.id = s.user_id WHERE s.token_hash = ?",
+        [
+            tenancy::NodeStatus::Suspended.as_str().into(),
+            digest(token).into(),
+        ],
+    )
+    .one(db)
+    .await?
+    .ok_or(Error::Unauthenticated)?;
+    if row.revoked_at.is_some()
+        || row.expires_at <= Utc::now()
+        || row.partner_scope.as_deref() != host_partner
+        || row.status != "active"
     {
         return Err(Error::Unauthenticated);
     }
-    let user = users::Entity::find_by_id(session.user_id.as_str())
-        .one(db)
-        .await?
-        .ok_or(Error::Unauthenticated)?;
-    if user.status != "active" {
-        return Err(Error::Unauthenticated);
-    }
-    let role = Role::parse(&user.role).ok_or(Error::Unauthenticated)?;
-    let place = place_of_user(&user, role.kind());
-    if tenancy::is_blocked(db, &place).await? {
+    let role = Role::parse(&row.role).ok_or(Error::Unauthenticated)?;
+    if row.suspended > 0 {
         return Err(Error::Suspended);
     }
     Ok(Principal {
         kind: PrincipalKind::User,
-        id: user.id,
-        label: user.email,
+        id: row.user_id,
+        label: row.email,
         role,
-        place,
-        session_id: Some(session.id),
+        place: tenancy::Place {
+            id: row.node_id,
+            kind: role.kind(),
+            partner_id: row.partner_id,
+            agent_id: row.agent_id,
+            merchant_id: row.merchant_id,
+            store_id: row.store_id,
+        },
+        session_id: Some(row.session_id),
     })
 }
 

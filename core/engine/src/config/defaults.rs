@@ -113,6 +113,7 @@ struct DefaultDatabase {
     auto_migrate: bool,
     max_connections: u32,
     busy_timeout_ms: u64,
+    recent_reads_ms: u64,
 }
 
 #[derive(Serialize)]
@@ -152,6 +153,7 @@ pub(super) const DEFAULTS: Defaults = Defaults {
         auto_migrate: true,
         max_connections: 8,
         busy_timeout_ms: 5_000,
+        recent_reads_ms: 1_000,
     },
     log: DefaultLog {
         level: "info",

@@ -183,6 +183,11 @@ pub struct DatabaseConfig {
     pub max_connections: u32,
     /// How long SQLite waits on a locked database before failing, in milliseconds.
     pub busy_timeout_ms: u64,
+    /// How long rows that nearly every request of a kind reads (the partner behind a host, a
+    /// merchant's Alipay credentials, a partner's first domain) may be served from memory, in
+    /// milliseconds; 0 reads them every time. A change made through this engine is seen at
+    /// once; one made through another engine process, within this window.
+    pub recent_reads_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

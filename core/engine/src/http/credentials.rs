@@ -58,10 +58,12 @@ async fn put_credentials(
             let roots = credentials::ProductionRoots::new(
                 &state.config.alipay.production_root_fingerprints,
             );
-            Ok(
+            let view =
                 credentials::put_with_roots(&state.db.conn, &state.vault, &grant, body, &roots)
-                    .await?,
-            )
+                    .await?;
+            // The next notification and trade use the new keys.
+            state.payments.forget_merchant(&id);
+            Ok(view)
         })
         .await?;
     Ok(Json(view))
@@ -80,7 +82,9 @@ async fn generate_keypair(
             ("merchant", Some(&id)),
         )
         .run(async |grant| {
-            Ok(credentials::generate_keypair(&state.db.conn, &state.vault, &grant).await?)
+            let view = credentials::generate_keypair(&state.db.conn, &state.vault, &grant).await?;
+            state.payments.forget_merchant(&id);
+            Ok(view)
         })
         .await?;
     Ok((StatusCode::CREATED, Json(view)))

@@ -288,7 +288,8 @@ pub async fn resolve_host(
     let partner = if state.config.http.console_hosts.contains(&name) {
         None
     } else {
-        match tenancy::partner_for_host(&state.db.conn, &name).await {
+        let read = tenancy::partner_for_host(&state.db.conn, &name);
+        match state.hosts.get_or_load(&name, read).await {
             Ok(Some(partner)) => Some(partner),
             Ok(None) => return ApiError::UnknownHost.into_response(),
             Err(error) => return ApiError::from(error).into_response(),

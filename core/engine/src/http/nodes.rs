@@ -166,7 +166,11 @@ async fn update_node(
         )
         .run(async |grant| {
             let hosts = &state.config.http.console_hosts;
-            Ok(tenancy::update(&state.db.conn, &grant, patch, hosts).await?)
+            let node = tenancy::update(&state.db.conn, &grant, patch, hosts).await?;
+            // Its domains or theme may have changed: requests and trades see them at once.
+            state.hosts.forget_all();
+            state.payments.forget_partner(&id);
+            Ok(node)
         })
         .await?;
     Ok(Json(node))
@@ -192,7 +196,12 @@ async fn set_node_status(
             audit_as,
             (kind.as_str(), Some(&id)),
         )
-        .run(async |grant| Ok(tenancy::set_status(conn, &grant, status).await?))
+        .run(async |grant| {
+            let node = tenancy::set_status(conn, &grant, status).await?;
+            // A suspended partner's hosts are refused from the next request on.
+            ctx.state.hosts.forget_all();
+            Ok(node)
+        })
         .await?;
     Ok(Json(node))
 }

@@ -1,7 +1,8 @@
 //! Alipay's notifications taken in by group commit: each request verifies its own notification
-//! (reads and the signature, many at once), then hands it to one writer, which records and
-//! applies every notification waiting at that moment in one durable transaction and answers
-//! them all after its commit — one flush to disk for the lot instead of two per notification.
+//! (the signature, against its merchant's key kept for a moment — no database round trip, many
+//! at once), then hands it to one writer, which records and applies every notification waiting
+//! at that moment in one durable transaction — telling redeliveries apart by their records — and
+//! answers them all after its commit: one flush to disk for the lot.
 //!
 //! Invariant: a notification is acknowledged only after the commit that holds its record, its
 //! ledger change and its events. A batch that fails is retried one notification per
@@ -43,17 +44,9 @@ pub struct GroupCommit {
 }
 
 impl Payments {
-    /// Records and applies a verified notification; returns once that is durable.
+    /// Records and applies a verified notification; returns once that is durable. A
+    /// redelivery is told apart by the writer (its record exists) and answered as it was.
     pub async fn take(&self, verified: Verified) -> Result<Taken, Error> {
-        // A record is written in the same transaction as its application, so a recorded
-        // notification was applied: a redelivery needs no write, only the answer.
-        if let Some(id) = verified.recorded.clone() {
-            return Ok(Taken {
-                id,
-                new: false,
-                applied: Applied::Unchanged,
-            });
-        }
         let verified = match &self.intake {
             Some(intake) => {
                 let (reply, answer) = oneshot::channel();

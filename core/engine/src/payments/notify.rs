@@ -58,12 +58,17 @@ impl Audience {
     }
 
     async fn fill(&mut self, payments: &Payments, partner: &str) -> Result<(), Error> {
+        if self.0.contains_key(&(partner.to_owned(), KINDS[0])) {
+            return Ok(());
+        }
+        let subscriptions = payments.subscriptions(partner).await?;
         for kind in KINDS {
-            if let std::collections::hash_map::Entry::Vacant(slot) =
-                self.0.entry((partner.to_owned(), kind))
-            {
-                slot.insert(payments.subscribers(partner, kind).await?);
-            }
+            let subscribers = subscriptions
+                .iter()
+                .filter(|(_, kinds)| kinds.iter().any(|k| k == kind))
+                .map(|(id, _)| id.clone())
+                .collect();
+            self.0.insert((partner.to_owned(), kind), subscribers);
         }
         Ok(())
     }
@@ -199,13 +204,12 @@ pub(super) struct Source<'a> {
 
 impl Payments {
     /// The partner's installations subscribed to `kind`.
-    pub(super) async fn subscribers(
+    pub(super) async fn subscriptions(
         &self,
         partner_id: &str,
-        kind: &str,
-    ) -> Result<Vec<String>, Error> {
+    ) -> Result<Vec<(String, Vec<String>)>, Error> {
         self.catalog
-            .subscribers(partner_id, kind)
+            .subscriptions(partner_id)
             .await
             .map_err(|e| Error::Catalog(e.to_string()))
     }

@@ -7,6 +7,8 @@
 //! failed on a guess. Field sources: alipay-sdk-java-all `AlipayTradePrecreateModel`,
 //! `AlipayTradeQueryModel`, `AlipayTradeCloseModel`, `AlipayTradeRefundModel`.
 
+use std::sync::Arc;
+
 use serde_json::{Value, json};
 use uuid::Uuid;
 
@@ -18,12 +20,19 @@ use crate::alipay::credentials;
 use crate::tenancy;
 
 impl Payments {
-    pub(super) async fn app(&self, merchant_id: &str) -> Result<MerchantApp, Error> {
-        match credentials::load_app(&self.db.conn, &self.vault, merchant_id).await {
-            Ok(app) => Ok(app),
-            Err(credentials::Error::NotConfigured) => Err(Error::NoCredentials),
-            Err(e) => Err(e.into()),
-        }
+    pub(super) async fn app(&self, merchant_id: &str) -> Result<Arc<MerchantApp>, Error> {
+        let load = async {
+            match credentials::load_app(&self.db.conn, &self.vault, merchant_id).await {
+                Ok(app) => Ok(Some(Arc::new(app))),
+                Err(credentials::Error::NotConfigured) => Ok(None),
+                Err(e) => Err(Error::from(e)),
+            }
+        };
+        self.recent
+            .apps
+            .get_or_load(&merchant_id.to_owned(), load)
+            .await?
+            .ok_or(Error::NoCredentials)
     }
 
     /// Where Alipay notifies this merchant's trades: the engine's notify path on the partner's
@@ -33,7 +42,11 @@ impl Payments {
         partner_id: &str,
         merchant_id: &str,
     ) -> Result<String, Error> {
-        let domain = tenancy::first_domain(&self.db.conn, partner_id)
+        let load = async { tenancy::first_domain(&self.db.conn, partner_id).await };
+        let domain = self
+            .recent
+            .domains
+            .get_or_load(&partner_id.to_owned(), load)
             .await?
             .ok_or_else(|| {
                 Error::Conflict("the partner has no domain for Alipay to notify".into())
@@ -364,7 +377,7 @@ impl Buyer {
 /// content common to every creation, and the call options carrying its `notify_url`.
 pub(super) struct Opened {
     pub id: String,
-    pub app: MerchantApp,
+    pub app: Arc<MerchantApp>,
     pub biz: Value,
     pub options: CallOptions,
 }

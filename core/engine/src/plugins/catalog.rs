@@ -547,21 +547,47 @@ impl Catalog {
     /// The partner's installations subscribed to events of `kind` (entitlement is checked when
     /// each delivery is attempted).
     pub async fn subscribers(&self, partner_id: &str, kind: &str) -> Result<Vec<String>, Error> {
-        let rows: Vec<Row> = sql::query(
-            &format!("SELECT {COLUMNS} FROM plugin_installations WHERE partner_id = ? AND status = 'installed'"),
+        Ok(self
+            .subscriptions(partner_id)
+            .await?
+            .into_iter()
+            .filter(|(_, kinds)| kinds.iter().any(|k| k == kind))
+            .map(|(id, _)| id)
+            .collect())
+    }
+
+    /// The partner's installed plugins with the event kinds their active versions subscribe
+    /// to, in one read.
+    pub async fn subscriptions(
+        &self,
+        partner_id: &str,
+    ) -> Result<Vec<(String, Vec<String>)>, Error> {
+        #[derive(FromQueryResult)]
+        struct Active {
+            id: String,
+            manifest: String,
+        }
+        /// The one field of a stored manifest wanted here.
+        #[derive(serde::Deserialize)]
+        struct Subscribes {
+            #[serde(default)]
+            subscribe: Vec<String>,
+        }
+        let rows: Vec<Active> = sql::query(
+            "SELECT i.id, v.manifest FROM plugin_installations i JOIN plugin_versions v \
+             ON v.installation_id = i.id AND v.version = i.active_version \
+             WHERE i.partner_id = ? AND i.status = 'installed' ORDER BY i.id",
             [partner_id.into()],
         )
         .all(&self.db)
         .await?;
-        let mut subscribers = Vec::new();
-        for row in rows {
-            let id = row.id.clone();
-            let installation = self.view(row).await?;
-            if installation.subscribe.iter().any(|k| k == kind) {
-                subscribers.push(id);
-            }
-        }
-        Ok(subscribers)
+        rows.into_iter()
+            .map(|row| {
+                let manifest: Subscribes = serde_json::from_str(&row.manifest)
+                    .map_err(|_| Error::MissingArchive(row.id.clone()))?;
+                Ok((row.id, manifest.subscribe))
+            })
+            .collect()
     }
 
     /// [`emit`](Self::emit) for an event that continues the chain started by `root_id`: its

@@ -127,7 +127,8 @@ pub struct HostPartner {
 }
 
 /// The partner that claims `host`, a name in [`parse_host_header`] form. One read: every
-/// request on a partner's domain (Alipay's notifications among them) asks it.
+/// request on a partner's domain (Alipay's notifications among them) needs it, and the HTTP
+/// layer keeps the answer for `database.recent_reads_ms`.
 pub async fn partner_for_host(
     db: &impl ConnectionTrait,
     host: &str,
