@@ -678,10 +678,7 @@ async fn two_engines_deliver_every_event_once_per_installation_and_a_killed_engi
     for db in databases().await {
         // 2,000 events per database in the suite; `TRELLIS_TEST_EVENTS=10000` runs the full
         // scale (docs/benchmarks.md, event delivery).
-        let n: usize = std::env::var("TRELLIS_TEST_EVENTS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(2_000);
+        let n = trellis_engine::config::test_events_from_env().unwrap_or(2_000);
         let label = db.label();
         let env = [
             ("TRELLIS_EVENTS__POLL_MS", "50"),

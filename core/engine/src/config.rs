@@ -84,6 +84,18 @@ pub fn test_database_url_from_env() -> Option<String> {
         .filter(|v| !v.is_empty())
 }
 
+/// How many events the test-suite's two-engine delivery test queues (`TRELLIS_TEST_EVENTS`), if
+/// set to a number: its full scale is run by hand.
+#[allow(
+    clippy::disallowed_methods,
+    reason = "this module is the one that reads the environment"
+)]
+pub fn test_events_from_env() -> Option<usize> {
+    std::env::var("TRELLIS_TEST_EVENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+}
+
 /// Whether the test-suite should print the engine's logs.
 #[allow(
     clippy::disallowed_methods,
