@@ -21,7 +21,7 @@ const LEDGER: &str = "test.trellis.ledger";
 /// Copies of the storm plugin partner A installs, each under its own id.
 const COPIES: usize = 5;
 /// Originating events partner A sends into the storm.
-const ROOTS: usize = 6;
+const ROOTS: usize = 3;
 const CHAIN_EVENTS: i64 = 60;
 const CHAIN_DELIVERIES: i64 = 300;
 
