@@ -303,6 +303,59 @@ async fn browsers_get_themed_error_pages_and_api_clients_get_json() {
     assert_eq!(escape.status(), 404);
 }
 
+/// Every error is JSON for an API client (a themed page for a browser), a known path asked with
+/// a method it does not answer included: the engine's routes, Alipay's notify path and the
+/// offline sandbox alike, with the `Allow` header.
+#[tokio::test]
+async fn a_known_path_asked_with_another_method_answers_json_405_naming_what_is_allowed() {
+    let db = trellis_tests::sqlite();
+    let engine = Engine::start(&db.url(), &[("TRELLIS_SANDBOX__ENABLED", "true")]);
+    let http = client();
+    for (method, path, allowed) in [
+        (reqwest::Method::GET, "/api/v1/merchants/m-1/events", "POST"),
+        (reqwest::Method::DELETE, "/healthz", "GET"),
+        (reqwest::Method::GET, "/alipay/notify/m-1", "POST"),
+        (reqwest::Method::PATCH, "/api/v1/auth/login", "POST"),
+        (reqwest::Method::GET, "/sandbox/gateway.do", "POST"),
+    ] {
+        let reply = http
+            .request(method.clone(), engine.url(path))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(reply.status(), 405, "{method} {path}");
+        let allow = reply.headers()["allow"].to_str().unwrap().to_owned();
+        assert!(allow.contains(allowed), "{method} {path}: Allow {allow}");
+        let body = json(reply).await;
+        assert_eq!(
+            body["code"], "method_not_allowed",
+            "{method} {path}: {body}"
+        );
+        assert!(body["message"].as_str().unwrap().contains(method.as_str()));
+    }
+    // A browser gets the themed page, with the same status.
+    let page = http
+        .delete(engine.url("/healthz"))
+        .header("accept", "text/html")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 405);
+    assert!(
+        page.text()
+            .await
+            .unwrap()
+            .contains("DELETE is not answered")
+    );
+    let unknown = http
+        .get(engine.url("/sandbox/nowhere"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unknown.status(), 404);
+    assert_eq!(json(unknown).await["code"], "not_found");
+}
+
 #[tokio::test]
 async fn admin_create_stores_only_a_hash_and_refuses_duplicates() {
     use sea_orm::{ConnectionTrait, Statement};

@@ -35,8 +35,8 @@ use store::Store;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
 use axum::routing::{get, post};
+use axum::{Json, Router};
 use sea_orm::DatabaseConnection;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Value, json};
@@ -160,8 +160,30 @@ impl Sandbox {
                 "/trades/{app_id}/{out_trade_no}/notify",
                 post(trades::notify_on_demand),
             )
+            // Errors are JSON `{code, message}` here too, a wrong method included.
+            .fallback(no_route)
+            .method_not_allowed_fallback(wrong_method)
             .with_state(self.clone())
     }
+}
+
+async fn no_route(uri: axum::http::Uri) -> (axum::http::StatusCode, Json<Value>) {
+    let path: String = uri.path().chars().take(256).collect();
+    (
+        axum::http::StatusCode::NOT_FOUND,
+        Json(json!({ "code": "not_found", "message": format!("no sandbox route {path}") })),
+    )
+}
+
+async fn wrong_method(method: axum::http::Method) -> (axum::http::StatusCode, Json<Value>) {
+    let method: String = method.as_str().chars().take(16).collect();
+    (
+        axum::http::StatusCode::METHOD_NOT_ALLOWED,
+        Json(json!({
+            "code": "method_not_allowed",
+            "message": format!("{method} is not answered for this path (its Allow header lists what is)"),
+        })),
+    )
 }
 
 /// A string field of a request, where Alipay treats an empty one as missing.

@@ -103,6 +103,9 @@ pub fn router(state: AppState, sandbox: Option<Router>) -> Router {
         .merge(plugin_routes::router())
         .merge(payments::router())
         .fallback(not_found)
+        // After every route: a known path asked with another method gets a JSON error too
+        // (axum adds the route's `Allow` header).
+        .method_not_allowed_fallback(method_not_allowed)
         // The body is read after the host is known, so an upload's caller can be checked first.
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -236,6 +239,10 @@ async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {
 
 async fn not_found(request: Request) -> ApiError {
     ApiError::NotFound(request.uri().path().to_owned())
+}
+
+async fn method_not_allowed(method: axum::http::Method) -> ApiError {
+    ApiError::MethodNotAllowed(method.as_str().chars().take(16).collect())
 }
 
 /// Serves `app` on `listener` until `shutdown` resolves, then lets in-flight requests finish

@@ -16,6 +16,8 @@ pub enum ApiError {
     NotFound(String),
     #[error("this host is not served here")]
     UnknownHost,
+    #[error("{0} is not answered for this path (its Allow header lists what is)")]
+    MethodNotAllowed(String),
     #[error("too many {0} at once; try again shortly")]
     Busy(&'static str),
     #[error("the request body was not received in time")]
@@ -101,6 +103,7 @@ impl ApiError {
                 (S::NOT_FOUND, "not_found")
             }
             Self::UnknownHost => (S::NOT_FOUND, "unknown_host"),
+            Self::MethodNotAllowed(_) => (S::METHOD_NOT_ALLOWED, "method_not_allowed"),
             Self::Busy(_) => (S::TOO_MANY_REQUESTS, "busy"),
             Self::BodyTimeout => (S::REQUEST_TIMEOUT, "request_timeout"),
             Self::PayloadTooLarge { .. } => (S::PAYLOAD_TOO_LARGE, "payload_too_large"),
