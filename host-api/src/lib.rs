@@ -571,7 +571,7 @@ pub mod events {
     use crate::bindings::trellis::plugin::events as raw;
     use serde::Serialize;
 
-    /// Emits an event of a kind listed under `[capabilities] events`. It is published when the
+    /// Emits an event of a kind listed under `[capabilities] emit`. It is published when the
     /// current call succeeds.
     pub fn emit<T: Serialize + ?Sized>(kind: &str, payload: &T) -> Result<()> {
         raw::emit(kind, &to_json(payload)?)
