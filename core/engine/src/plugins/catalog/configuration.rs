@@ -101,12 +101,29 @@ pub fn check_schema(schema: &Json, config: &Json) -> Result<(), Error> {
         )
     })?;
     if let Some(error) = validator.iter_errors(config).next() {
+        use jsonschema::error::ValidationErrorKind as Kind;
         let pointer = error.instance_path().to_string();
-        let field = pointer.trim_start_matches('/').replace('/', ".");
-        let field = if field.is_empty() {
+        let mut path: Vec<String> = pointer
+            .trim_start_matches('/')
+            .split('/')
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect();
+        // A missing or unexpected property is reported at its object: name the property.
+        match error.kind() {
+            Kind::Required { property } => {
+                path.push(property.as_str().unwrap_or_default().to_owned());
+            }
+            Kind::AdditionalProperties { unexpected } => {
+                path.extend(unexpected.first().cloned());
+            }
+            _ => {}
+        }
+        path.retain(|s| !s.is_empty());
+        let field = if path.is_empty() {
             "config".to_owned()
         } else {
-            field
+            path.join(".")
         };
         return Err(Error::Invalid {
             field,
@@ -133,5 +150,47 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(check_schema(&schema, &json!({ "other": 1 })).is_err());
+    }
+
+    fn field_of(schema: &Json, config: &Json) -> String {
+        match check_schema(schema, config) {
+            Err(Error::Invalid { field, .. }) => field,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_missing_or_unexpected_property_is_named_not_its_object() {
+        let schema = json!({
+            "type": "object",
+            "required": ["goal"],
+            "properties": {
+                "goal": { "type": "integer" },
+                "reward": {
+                    "type": "object",
+                    "required": ["title"],
+                    "properties": { "title": { "type": "string" } },
+                    "additionalProperties": false
+                }
+            },
+            "additionalProperties": false
+        });
+        assert_eq!(field_of(&schema, &json!({})), "goal");
+        assert_eq!(
+            field_of(&schema, &json!({ "goal": 1, "colour": "red" })),
+            "colour"
+        );
+        assert_eq!(
+            field_of(&schema, &json!({ "goal": 1, "reward": {} })),
+            "reward.title"
+        );
+        assert_eq!(
+            field_of(
+                &schema,
+                &json!({ "goal": 1, "reward": { "title": "x", "extra": 1 } })
+            ),
+            "reward.extra"
+        );
+        assert_eq!(field_of(&schema, &json!([])), "config");
     }
 }
