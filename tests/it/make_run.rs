@@ -146,6 +146,16 @@ impl Demo {
                 "the seed installs {plugin}:\n{seeded}"
             );
         }
+        let listen = env
+            .iter()
+            .find(|(k, _)| k == "TRELLIS_HTTP__LISTEN")
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default();
+        let port = listen.rsplit(':').next().unwrap_or_default();
+        assert!(
+            seeded.contains(&format!("sign in at http://{DEMO_DOMAIN}:{port})")),
+            "sign-in lines name the port the engine listens on:\n{seeded}"
+        );
         let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         let engine = Engine::spawn(&db.url(), &env);
         Self {
@@ -306,4 +316,30 @@ async fn make_runs_own_settings_serve_hellos_public_page_on_the_demo_partners_do
         html.contains("<h1>你好</h1>") && html.contains("本店已处理 0 个事件。"),
         "the demo tenant is greeted in Chinese: {html}"
     );
+}
+
+/// `trellis demo seed` run outside the repository seeds the tenants, says why no plugin was
+/// installed instead of installing nothing silently, and names the port it was configured with.
+#[test]
+fn demo_seed_outside_the_repository_says_why_no_plugin_was_installed() {
+    let db = sqlite();
+    let dir = tempdir();
+    let out = trellis_command(dir.path(), &db.url())
+        .env("TRELLIS_HTTP__LISTEN", "127.0.0.1:9123")
+        .args(["demo", "seed"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("sign in at http://127.0.0.1:9123)"), "{text}");
+    assert!(
+        text.contains(&format!("sign in at http://{DEMO_DOMAIN}:9123)")),
+        "{text}"
+    );
+    assert!(!text.contains(":8080"), "{text}");
+    assert!(text.contains("no first-party plugins installed"), "{text}");
 }

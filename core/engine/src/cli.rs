@@ -339,7 +339,8 @@ async fn execute(command: Command, config: Config) -> Result<(), Failure> {
                 .sandbox
                 .enabled
                 .then(|| format!("http://{}/sandbox", config.http.listen));
-            let seeded = crate::demo::seed(&db.conn, &vault, sandbox.as_deref())
+            let port = config.http.listen.port();
+            let seeded = crate::demo::seed(&db.conn, &vault, sandbox.as_deref(), port)
                 .await
                 .map_err(runtime)?;
             match seeded {
@@ -352,7 +353,15 @@ async fn execute(command: Command, config: Config) -> Result<(), Failure> {
                 std::path::Path::new("plugins"),
                 std::path::Path::new("target/wasm32-wasip2/plugin"),
             )?;
-            if !archives.is_empty() {
+            if archives.is_empty() {
+                // Run outside the repository (or before `make plugins`): say so rather than
+                // leave a demo without plugins unexplained.
+                println!(
+                    "no first-party plugins installed: none built under ./plugins \
+                     (target/wasm32-wasip2/plugin). Run `make plugins` in the Trellis repository \
+                     and seed again from there, or install plugins through the API"
+                );
+            } else {
                 let catalog = engine_catalog(&config, &db, None).await?;
                 let text = crate::demo::seed_plugins(&catalog, &archives)
                     .await

@@ -91,12 +91,13 @@ fn password() -> Result<SecretString, Error> {
     Ok(SecretString::from(format!("demo-{text}")))
 }
 
-/// Seeds the demo tree; returns the text to print (with the passwords), or `None` when the
-/// demo already exists.
+/// Seeds the demo tree; returns the text to print (with the passwords and where each account
+/// signs in, on `port`), or `None` when the demo already exists.
 pub async fn seed(
     db: &DatabaseConnection,
     vault: &Vault,
     sandbox_base: Option<&str>,
+    port: u16,
 ) -> Result<Option<String>, Error> {
     if tenancy::partner_for_host(db, DEMO_DOMAIN).await?.is_some() {
         return Ok(None);
@@ -106,7 +107,7 @@ pub async fn seed(
     let admin_email = "platform-admin@demo.trellis.test".to_owned();
     let admin = auth::create_platform_admin(db, &admin_email, &admin_password).await?;
     out.push_str(&format!(
-        "  platform_admin  {admin_email:<36} {}   (sign in at http://127.0.0.1:8080)\n",
+        "  platform_admin  {admin_email:<36} {}   (sign in at http://127.0.0.1:{port})\n",
         admin_password.expose_secret()
     ));
     let rbac = Rbac::load(db.clone()).await?;
@@ -156,7 +157,7 @@ pub async fn seed(
         .await?;
         rbac.subject_changed(SubjectRef::User(&user.id)).await?;
         out.push_str(&format!(
-            "  {:<15} {email:<36} {}   (sign in at http://{DEMO_DOMAIN}:8080)\n",
+            "  {:<15} {email:<36} {}   (sign in at http://{DEMO_DOMAIN}:{port})\n",
             role.as_str(),
             user_password.expose_secret()
         ));

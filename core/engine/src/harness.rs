@@ -136,7 +136,8 @@ impl Harness {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .map_err(setup)?;
-        let base = format!("http://{}/sandbox", listener.local_addr().map_err(setup)?);
+        let address = listener.local_addr().map_err(setup)?;
+        let base = format!("http://{address}/sandbox");
         let sandbox = Sandbox::open(db.conn.clone(), &base, 1_000, None)
             .await
             .map_err(setup)?;
@@ -144,7 +145,7 @@ impl Harness {
         let server = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
-        crate::demo::seed(&db.conn, &vault, Some(&base))
+        crate::demo::seed(&db.conn, &vault, Some(&base), address.port())
             .await
             .map_err(setup)?;
         let merchant_id = nodes::Entity::find()
