@@ -27,6 +27,13 @@ pub enum PluginCommand {
         /// first 256 KiB of memory resident between calls, so a small stack makes calls faster.
         #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(16..=8192))]
         stack_kib: u32,
+        /// Cargo features of the plugin crate to build with (comma-separated or repeated), as
+        /// `cargo build --features`.
+        #[arg(long, short = 'F', value_delimiter = ',')]
+        features: Vec<String>,
+        /// Build without the crate's default features.
+        #[arg(long)]
+        no_default_features: bool,
     },
     /// Pack DIR (plugin.toml, the component, templates/, assets/) into a .tplug archive,
     /// refusing a component whose imports exceed its declared capabilities.
@@ -173,7 +180,17 @@ pub fn run(command: PluginCommand) -> Result<(), Failure> {
             dir,
             profile,
             stack_kib,
-        } => build(&dir, &profile, stack_kib),
+            features,
+            no_default_features,
+        } => build(
+            &dir,
+            &BuildOptions {
+                profile,
+                stack_kib,
+                features,
+                no_default_features,
+            },
+        ),
         PluginCommand::Pack { dir, output, wasm } => pack(&dir, &output, wasm.as_deref()),
         PluginCommand::Keygen { out } => {
             let (private, public) = archive::keygen().map_err(refused)?;
@@ -331,7 +348,56 @@ fn read(path: &Path) -> Result<Vec<u8>, Failure> {
     std::fs::read(path).map_err(|e| usage(format!("{}: {e}", path.display())))
 }
 
-fn build(dir: &Path, profile: &str, stack_kib: u32) -> Result<(), Failure> {
+/// How `trellis plugin build` builds: what it passes to cargo besides the crate and target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct BuildOptions {
+    profile: String,
+    stack_kib: u32,
+    features: Vec<String>,
+    no_default_features: bool,
+}
+
+impl BuildOptions {
+    /// The arguments of `cargo` for the crate at `manifest_path`.
+    fn cargo_args(&self, manifest_path: &Path) -> Vec<std::ffi::OsString> {
+        let mut args: Vec<std::ffi::OsString> = vec![
+            "build".into(),
+            "--manifest-path".into(),
+            manifest_path.into(),
+            "--target".into(),
+            WASM_TARGET.into(),
+            "--profile".into(),
+            self.profile.clone().into(),
+            "--lib".into(),
+        ];
+        let features: Vec<&str> = self
+            .features
+            .iter()
+            .map(|f| f.trim())
+            .filter(|f| !f.is_empty())
+            .collect();
+        if !features.is_empty() {
+            args.push("--features".into());
+            args.push(features.join(",").into());
+        }
+        if self.no_default_features {
+            args.push("--no-default-features".into());
+        }
+        // Added to (not replacing) the crate's own rustflags; RUSTFLAGS, when set, still wins.
+        args.push("--config".into());
+        args.push(
+            format!(
+                "target.{WASM_TARGET}.rustflags=[\"-C\", \"link-arg=-zstack-size={}\"]",
+                u64::from(self.stack_kib) * 1024
+            )
+            .into(),
+        );
+        args.push("--message-format=json-render-diagnostics".into());
+        args
+    }
+}
+
+fn build(dir: &Path, options: &BuildOptions) -> Result<(), Failure> {
     let manifest_path = dir.join("Cargo.toml");
     if !manifest_path.is_file() {
         return Err(usage(format!("{} has no Cargo.toml", dir.display())));
@@ -356,17 +422,7 @@ fn build(dir: &Path, profile: &str, stack_kib: u32) -> Result<(), Failure> {
         }
     }
     let output = Command::new("cargo")
-        .arg("build")
-        .arg("--manifest-path")
-        .arg(&manifest_path)
-        .args(["--target", WASM_TARGET, "--profile", profile, "--lib"])
-        // Added to (not replacing) the crate's own rustflags; RUSTFLAGS, when set, still wins.
-        .arg("--config")
-        .arg(format!(
-            "target.{WASM_TARGET}.rustflags=[\"-C\", \"link-arg=-zstack-size={}\"]",
-            u64::from(stack_kib) * 1024
-        ))
-        .arg("--message-format=json-render-diagnostics")
+        .args(options.cargo_args(&manifest_path))
         .stderr(Stdio::inherit())
         .output()
         .map_err(|e| refused(format!("cannot run cargo: {e}")))?;
@@ -527,5 +583,72 @@ fn join_or_none<'a>(items: impl Iterator<Item = &'a String>) -> String {
         "none".to_owned()
     } else {
         list.join(", ")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(options: &BuildOptions) -> Vec<String> {
+        options
+            .cargo_args(Path::new("p/Cargo.toml"))
+            .into_iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn plugin_build_passes_the_chosen_features_to_cargo() {
+        let plain = BuildOptions {
+            profile: "release".into(),
+            stack_kib: 64,
+            features: Vec::new(),
+            no_default_features: false,
+        };
+        let plain_args = args(&plain);
+        assert!(!plain_args.iter().any(|a| a.contains("features")));
+        assert!(plain_args.iter().any(|a| a.contains("-zstack-size=65536")));
+
+        let chosen = BuildOptions {
+            features: vec!["stamps".into(), " rewards ".into(), String::new()],
+            no_default_features: true,
+            ..plain
+        };
+        let chosen_args = args(&chosen);
+        let at = chosen_args.iter().position(|a| a == "--features").unwrap();
+        assert_eq!(chosen_args[at + 1], "stamps,rewards");
+        assert!(chosen_args.contains(&"--no-default-features".to_owned()));
+    }
+
+    #[test]
+    fn the_command_line_takes_features_comma_separated_or_repeated() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(subcommand)]
+            command: PluginCommand,
+        }
+        let parsed = Cli::try_parse_from([
+            "plugin",
+            "build",
+            "dir",
+            "--features",
+            "a,b",
+            "-F",
+            "c",
+            "--no-default-features",
+        ])
+        .unwrap();
+        let PluginCommand::Build {
+            features,
+            no_default_features,
+            ..
+        } = parsed.command
+        else {
+            panic!("not a build");
+        };
+        assert_eq!(features, ["a", "b", "c"]);
+        assert!(no_default_features);
     }
 }
