@@ -381,11 +381,19 @@ pub async fn begin_write(
     .await
 }
 
+/// A migrated SQLite database in `dir`, for the engine's unit tests.
+#[cfg(test)]
+pub(crate) async fn test_sqlite(dir: &Path) -> Db {
+    let db = tests::sqlite_file_db(dir).await;
+    db.migrate().await.unwrap();
+    db
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    async fn sqlite_file_db(dir: &Path) -> Db {
+    pub(super) async fn sqlite_file_db(dir: &Path) -> Db {
         let mut config = Config::load(None).unwrap();
         config.data_dir = dir.to_owned();
         config.database.url =

@@ -483,13 +483,7 @@ mod tests {
     use crate::tenancy::NodeKind;
 
     async fn database(dir: &std::path::Path) -> DatabaseConnection {
-        let mut config = crate::config::Config::load(None).unwrap();
-        config.data_dir = dir.to_owned();
-        config.database.url =
-            secrecy::SecretString::from(format!("sqlite://{}", dir.join("t.db").display()));
-        let db = crate::db::Db::connect(&config).await.unwrap();
-        db.migrate().await.unwrap();
-        db.conn
+        crate::db::test_sqlite(dir).await.conn
     }
 
     fn merchant(partner: &str, merchant: &str) -> Place {

@@ -274,7 +274,6 @@ mod tests {
 
     use super::*;
     use crate::alipay::{PrivateKey, SignType};
-    use crate::config::Config;
     use crate::db::entity::{alipay_credentials, nodes};
 
     const MERCHANT_APP: &str = "2021004100000001";
@@ -291,13 +290,7 @@ mod tests {
     }
 
     async fn database(dir: &Path) -> Db {
-        let mut config = Config::load(None).unwrap();
-        config.data_dir = dir.to_owned();
-        config.database.url =
-            SecretString::from(format!("sqlite://{}", dir.join("t.db").display()));
-        let db = Db::connect(&config).await.unwrap();
-        db.migrate().await.unwrap();
-        db
+        crate::db::test_sqlite(dir).await
     }
 
     async fn merchant(db: &Db, id: &str, app_id: &str, alipay: &PrivateKey) {

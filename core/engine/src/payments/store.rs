@@ -675,20 +675,12 @@ pub(super) async fn anomalies_of(
 
 #[cfg(test)]
 mod tests {
-    use secrecy::SecretString;
 
     use super::*;
-    use crate::config::Config;
     use crate::db::Db;
 
     async fn database(dir: &std::path::Path) -> Db {
-        let mut config = Config::load(None).unwrap();
-        config.data_dir = dir.to_owned();
-        config.database.url =
-            SecretString::from(format!("sqlite://{}", dir.join("t.db").display()));
-        let db = Db::connect(&config).await.unwrap();
-        db.migrate().await.unwrap();
-        db
+        crate::db::test_sqlite(dir).await
     }
 
     async fn payment(db: &Db, id: &str, status: &str, trade_no: Option<&str>) -> Payment {
