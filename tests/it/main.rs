@@ -7,6 +7,7 @@
 
 mod alipay;
 mod alipay_conformance;
+mod plugin_atomicity;
 mod plugin_kv;
 mod platform;
 mod plugins;

@@ -633,46 +633,6 @@ async fn count(conn: &sea_orm::DatabaseConnection, sql: &str) -> i64 {
     row.try_get_by_index::<i64>(0).unwrap()
 }
 
-/// Writes `n` events of `test.tick` for one merchant, each with its pending delivery to
-/// `installation`, in a few large statements (what `events::publish` does one at a time).
-async fn enqueue(
-    conn: &sea_orm::DatabaseConnection,
-    place: (&str, &str, &str),
-    installation: &str,
-    n: usize,
-) {
-    use sea_orm::ConnectionTrait;
-    let (partner, agent, merchant) = place;
-    let now = chrono::Utc::now().timestamp_millis();
-    for chunk in (0..n).collect::<Vec<_>>().chunks(500) {
-        let mut events = Vec::new();
-        let mut deliveries = Vec::new();
-        for _ in chunk {
-            let event = uuid::Uuid::now_v7();
-            let delivery = uuid::Uuid::now_v7();
-            events.push(format!(
-                "('{event}', 'test.tick', '{partner}', '{agent}', '{merchant}', '{{}}', 'test', {now})"
-            ));
-            deliveries.push(format!(
-                "('{delivery}', '{event}', '{installation}', '{partner}', '{agent}', '{merchant}', 'test.tick', 'pending', 0, {now}, {now}, {now})"
-            ));
-        }
-        conn.execute_unprepared(&format!(
-            "INSERT INTO events (id, kind, partner_id, agent_id, merchant_id, payload, source, occurred_at) VALUES {}",
-            events.join(", ")
-        ))
-        .await
-        .unwrap();
-        conn.execute_unprepared(&format!(
-            "INSERT INTO event_deliveries (id, event_id, installation_id, partner_id, agent_id, merchant_id, kind, \
-             status, attempts, next_attempt_at, created_at, updated_at) VALUES {}",
-            deliveries.join(", ")
-        ))
-        .await
-        .unwrap();
-    }
-}
-
 #[tokio::test]
 async fn two_engines_deliver_every_event_once_per_installation_and_a_killed_engine_loses_none() {
     for db in databases().await {
@@ -700,38 +660,27 @@ async fn two_engines_deliver_every_event_once_per_installation_and_a_killed_engi
         .await;
         let agent = node(&root, "agents", Some(&partner), json!({"name": "A"})).await;
         let merchant = node(&root, "merchants", Some(&agent), json!({"name": "M"})).await;
-        let archive = plugin_archive_bytes("tests/plugins/ledger", "trellis_fixture_ledger");
-        let installed = root
-            .upload(&format!("/api/v1/partners/{partner}/plugins"), archive)
-            .await
-            .ok();
-        let installation = installed.id();
-        root.post(
-            &format!("/api/v1/partners/{partner}/plugins/test.trellis.ledger/offer"),
-            json!({"offered": true}),
+        let installation = trellis_tests::fixtures::entitle(
+            &root,
+            (&partner, &agent),
+            &[&merchant],
+            (
+                "tests/plugins/ledger",
+                "trellis_fixture_ledger",
+                "test.trellis.ledger",
+            ),
         )
-        .await
-        .ok();
-        let package = root
-            .post(
-                "/api/v1/packages",
-                json!({"agent_id": agent, "name": "Ledger", "plugins": ["test.trellis.ledger"], "validity_days": 30}),
-            )
-            .await
-            .ok()
-            .id();
-        root.post(&format!("/api/v1/packages/{package}/publish"), json!({}))
-            .await
-            .ok();
-        root.post(
-            &format!("/api/v1/packages/{package}/assignments"),
-            json!({"merchant_ids": [merchant]}),
-        )
-        .await
-        .ok();
+        .await;
 
         let conn = sea_orm::Database::connect(db.url()).await.unwrap();
-        enqueue(&conn, (&partner, &agent, &merchant), &installation, n).await;
+        trellis_tests::fixtures::queue_events(
+            &conn,
+            (&partner, &agent, &merchant),
+            (&installation, "test.tick"),
+            n,
+            chrono::Utc::now().timestamp_millis(),
+        )
+        .await;
         let second = Engine::spawn(&db.url(), &env);
         let delivered_sql = "SELECT COUNT(*) FROM event_deliveries WHERE status = 'delivered'";
 

@@ -112,3 +112,85 @@ pub async fn waiting_trades(
     db.close().await.ok();
     outs
 }
+
+/// Installs the test or first-party plugin built from `dir` (component `component`, id
+/// `plugin_id`) for `partner`, offers it to its agents, and entitles `merchants` to it through a
+/// published package of `agent`; returns the installation id.
+pub async fn entitle(
+    root: &Api,
+    (partner, agent): (&str, &str),
+    merchants: &[&str],
+    (dir, component, plugin_id): (&str, &str, &str),
+) -> String {
+    let installation = root
+        .upload(
+            &format!("/api/v1/partners/{partner}/plugins"),
+            crate::plugin_archive_bytes(dir, component),
+        )
+        .await
+        .ok()
+        .id();
+    root.post(
+        &format!("/api/v1/partners/{partner}/plugins/{plugin_id}/offer"),
+        json!({"offered": true}),
+    )
+    .await
+    .ok();
+    let package = root
+        .post(
+            "/api/v1/packages",
+            json!({"agent_id": agent, "name": plugin_id, "plugins": [plugin_id], "validity_days": 30}),
+        )
+        .await
+        .ok()
+        .id();
+    root.post(&format!("/api/v1/packages/{package}/publish"), json!({}))
+        .await
+        .ok();
+    root.post(
+        &format!("/api/v1/packages/{package}/assignments"),
+        json!({"merchant_ids": merchants}),
+    )
+    .await
+    .ok();
+    installation
+}
+
+/// `n` events of `kind` for the merchant at `place` (partner, agent, merchant), each with one
+/// pending delivery to `installation` due at `due_ms`, straight into the outbox in batches: what
+/// is measured or tested is their delivery, not recording them.
+pub async fn queue_events(
+    conn: &sea_orm::DatabaseConnection,
+    (partner, agent, merchant): (&str, &str, &str),
+    (installation, kind): (&str, &str),
+    n: usize,
+    due_ms: i64,
+) {
+    for chunk in (0..n).collect::<Vec<_>>().chunks(500) {
+        let mut events = Vec::new();
+        let mut deliveries = Vec::new();
+        for _ in chunk {
+            let event = uuid::Uuid::now_v7();
+            let delivery = uuid::Uuid::now_v7();
+            events.push(format!(
+                "('{event}', '{kind}', '{partner}', '{agent}', '{merchant}', '{{}}', 'test', {due_ms})"
+            ));
+            deliveries.push(format!(
+                "('{delivery}', '{event}', '{installation}', '{partner}', '{agent}', '{merchant}', '{kind}', 'pending', 0, {due_ms}, {due_ms}, {due_ms})"
+            ));
+        }
+        conn.execute_unprepared(&format!(
+            "INSERT INTO events (id, kind, partner_id, agent_id, merchant_id, payload, source, occurred_at) VALUES {}",
+            events.join(", ")
+        ))
+        .await
+        .unwrap_or_else(|e| panic!("queueing events: {e}"));
+        conn.execute_unprepared(&format!(
+            "INSERT INTO event_deliveries (id, event_id, installation_id, partner_id, agent_id, merchant_id, kind, \
+             status, attempts, next_attempt_at, created_at, updated_at) VALUES {}",
+            deliveries.join(", ")
+        ))
+        .await
+        .unwrap_or_else(|e| panic!("queueing deliveries: {e}"));
+    }
+}

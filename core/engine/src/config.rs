@@ -311,6 +311,9 @@ impl Config {
         if self.plugins.breaker_traps == 0 {
             return invalid("plugins.breaker_traps", "must be greater than zero");
         }
+        if self.plugins.conflict_retries > 20 {
+            return invalid("plugins.conflict_retries", "must be 0 to 20");
+        }
         if self.database.recent_reads_ms > 60_000 {
             return invalid("database.recent_reads_ms", "must be 0 to 60000");
         }

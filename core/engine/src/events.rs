@@ -157,6 +157,29 @@ pub async fn publish(
     limits: &Limits,
     now: DateTime<Utc>,
 ) -> Result<String, Error> {
+    let txn = crate::db::begin_write(db).await?;
+    match publish_in(&txn, event, subscribers, root_id, limits, now).await {
+        Ok(id) => {
+            txn.commit().await?;
+            Ok(id)
+        }
+        Err(error) => {
+            txn.rollback().await?;
+            Err(error)
+        }
+    }
+}
+
+/// [`publish`] inside the caller's write transaction (an invocation's commit). A refused event
+/// writes nothing, so the caller may go on with the rest of its transaction.
+pub async fn publish_in(
+    txn: &impl ConnectionTrait,
+    event: &NewEvent,
+    subscribers: &[String],
+    root_id: Option<&str>,
+    limits: &Limits,
+    now: DateTime<Utc>,
+) -> Result<String, Error> {
     if !is_event_kind(&event.kind) {
         return Err(Error::Invalid {
             field: "kind",
@@ -177,11 +200,10 @@ pub async fn publish(
         message: "events belong to a partner's tenant".into(),
     })?;
     let id = Uuid::now_v7().to_string();
-    let txn = crate::db::begin_write(db).await?;
     if let Some(root) = root_id
         && !subscribers.is_empty()
     {
-        open_chain(&txn, root, &partner_id, now).await?;
+        open_chain(txn, root, &partner_id, now).await?;
         let fanout = i64::try_from(subscribers.len()).unwrap_or(i64::MAX);
         let charged = sql::query(
             "UPDATE event_chains SET deliveries = deliveries + ? WHERE root_id = ? AND deliveries + ? <= ?",
@@ -192,10 +214,9 @@ pub async fn publish(
                 i64::from(limits.chain_deliveries).into(),
             ],
         )
-        .execute(&txn)
+        .execute(txn)
         .await?;
         if charged != 1 {
-            txn.rollback().await?;
             return Err(Error::OverBudget {
                 root: root.to_owned(),
                 what: "deliveries",
@@ -203,8 +224,7 @@ pub async fn publish(
             });
         }
     }
-    record(&txn, &id, &partner_id, event, subscribers, root_id, now).await?;
-    txn.commit().await?;
+    record(txn, &id, &partner_id, event, subscribers, root_id, now).await?;
     Ok(id)
 }
 

@@ -180,6 +180,7 @@ impl Harness {
                 breaker_traps: options.breaker_traps,
                 breaker_window: std::time::Duration::from_secs(60),
                 breaker_cooldown: std::time::Duration::from_secs(60),
+                conflict_retries: 3,
                 frozen_clock: options.frozen_clock,
                 min_log_level: options.min_log_level,
             },
@@ -222,6 +223,7 @@ impl Harness {
             config: self.config.clone(),
             theme: "default".into(),
             call,
+            finish: None,
         }
     }
 

@@ -50,6 +50,6 @@ pub use imports::{Import, check_imports, inspect_component};
 pub use manifest::{Allowance, HOST_API_VERSION, Manifest};
 pub use runtime::{Loaded, MAX_INPUT_BYTES, Metrics, Runtime, RuntimeOptions};
 pub use types::{
-    Call, Emitted, Event, HostCall, HttpRequest, HttpResponse, Invocation, LogLine, Outcome,
-    Output, Request, Services, TenantContext,
+    BoxFuture, Call, Emitted, Event, Finish, FinishError, Finishing, HostCall, HttpRequest,
+    HttpResponse, Invocation, LogLine, Outcome, Output, Request, Services, TenantContext,
 };

@@ -74,6 +74,7 @@ struct DefaultPlugins {
     breaker_traps: u32,
     breaker_window_secs: u64,
     breaker_cooldown_secs: u64,
+    conflict_retries: u32,
 }
 
 #[derive(Serialize)]
@@ -181,6 +182,7 @@ pub(super) const DEFAULTS: Defaults = Defaults {
         breaker_traps: 5,
         breaker_window_secs: 300,
         breaker_cooldown_secs: 900,
+        conflict_retries: 3,
     },
     events: DefaultEvents {
         dispatcher: true,

@@ -114,6 +114,9 @@ pub struct PluginsConfig {
     pub breaker_window_secs: u64,
     /// How long a tripped installation stays suspended.
     pub breaker_cooldown_secs: u64,
+    /// How many more times an invocation runs when kv data it read changed before it could
+    /// commit (never one that called Alipay); then it fails as a conflict.
+    pub conflict_retries: u32,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

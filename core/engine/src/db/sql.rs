@@ -103,6 +103,8 @@ pub enum RowLock {
     Wait,
     /// Passes over them, so concurrent claimers take different rows.
     SkipLocked,
+    /// Waits for them, and holds off writers without holding off other readers.
+    Share,
 }
 
 /// The clause, with its leading space, that locks the rows a `SELECT` reads until its
@@ -112,6 +114,7 @@ pub fn for_update(db: &impl ConnectionTrait, lock: RowLock) -> &'static str {
     match (backend(db), lock) {
         (DbBackend::Postgres, RowLock::Wait) => " FOR UPDATE",
         (DbBackend::Postgres, RowLock::SkipLocked) => " FOR UPDATE SKIP LOCKED",
+        (DbBackend::Postgres, RowLock::Share) => " FOR SHARE",
         _ => "",
     }
 }

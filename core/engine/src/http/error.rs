@@ -274,7 +274,8 @@ fn plugin_status(error: &plugins::Error) -> (StatusCode, &'static str) {
         E::Timeout { .. } => (S::GATEWAY_TIMEOUT, "plugin_timeout"),
         E::Busy { .. } => (S::SERVICE_UNAVAILABLE, "plugin_busy"),
         E::Suspended { .. } => (S::SERVICE_UNAVAILABLE, "plugin_suspended"),
-        E::Cache(_) | E::Engine(_) => INTERNAL,
+        E::Conflict { .. } => (S::CONFLICT, "plugin_conflict"),
+        E::Cache(_) | E::Engine(_) | E::Commit(_) | E::Abandoned(_) => INTERNAL,
     }
 }
 

@@ -1,10 +1,11 @@
 //! Who may run now: each installation gets a share of the runtime's slots, an installation
-//! known to be heavy also waits for the heavy lane, and an installation that keeps failing for
-//! one tenant is suspended for that tenant by the circuit breaker.
+//! known to be heavy also waits for the heavy lane, an installation that keeps failing for one
+//! tenant is suspended for that tenant by the circuit breaker, and invocations working on one kv
+//! namespace take turns.
 //!
 //! Invariant: an invocation takes its permits always in the same order — the installation's
 //! share, a slot, then (when heavy) a heavy-lane permit — so no two waiters can hold what the
-//! other needs.
+//! other needs; a namespace's gate comes last, and waiting for it is bounded by the wall time.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -18,6 +19,54 @@ const HOG_MEMORY: Duration = Duration::from_secs(10);
 /// Invocations of one installation running at once; more wait, so one busy installation can
 /// hold only a share of the runtime's slots.
 pub const PER_INSTALLATION: usize = 32;
+
+/// One kv-using invocation at a time per namespace in this process, from its first kv operation
+/// to the end of its commit: invocations on one merchant's data take turns instead of reading
+/// the same keys and all but one failing their commit (another process can still get in
+/// between; the commit's check catches that). An invocation gives its turn up while it waits
+/// for Alipay.
+#[derive(Default)]
+pub(super) struct Gates {
+    gates: Mutex<HashMap<String, std::sync::Weak<tokio::sync::Mutex<()>>>>,
+    /// Gates created since the map was last swept of unused ones.
+    created: std::sync::atomic::AtomicUsize,
+}
+
+/// How many gates are created between sweeps of the unused ones.
+const GATE_SWEEP: usize = 4_096;
+
+impl Gates {
+    /// The gate of a namespace, made on first use and dropped once no invocation holds it.
+    pub(super) fn gate(&self, namespace: &str) -> Arc<tokio::sync::Mutex<()>> {
+        use std::sync::atomic::Ordering;
+        let mut gates = lock(&self.gates);
+        if let Some(gate) = gates.get(namespace).and_then(std::sync::Weak::upgrade) {
+            return gate;
+        }
+        if self.created.fetch_add(1, Ordering::Relaxed) % GATE_SWEEP == GATE_SWEEP - 1 {
+            gates.retain(|_, gate| gate.strong_count() > 0);
+        }
+        let gate = Arc::new(tokio::sync::Mutex::new(()));
+        gates.insert(namespace.to_owned(), Arc::downgrade(&gate));
+        gate
+    }
+}
+
+/// Where an invocation stands with its namespace's gate.
+#[derive(Default)]
+pub(super) enum Turn {
+    /// It uses no kv.
+    #[default]
+    None,
+    /// It will wait for this gate at its first kv operation.
+    Waiting(Arc<tokio::sync::Mutex<()>>),
+    /// It holds the gate until its commit ends.
+    Held {
+        _guard: tokio::sync::OwnedMutexGuard<()>,
+    },
+    /// It gave its turn up to wait for Alipay, and runs on without one.
+    GivenUp,
+}
 
 /// A poisoned lock still guards plain bookkeeping: a panic elsewhere must not stop admission.
 pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

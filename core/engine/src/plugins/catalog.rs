@@ -1,6 +1,6 @@
 //! The partner's plugin catalog: which plugins a partner installed, at which versions, what it
 //! offers its agents, and — for now — finding a merchant's live installation, invoking it and
-//! recording the events plugins emit in the outbox.
+//! committing what the invocation emitted with what it wrote.
 //!
 //! Invariant: an installation is one (partner, plugin id) pair with a stable id — its kv data
 //! and breaker survive upgrades — and runs exactly its `active_version`; every archive it ever
@@ -13,6 +13,8 @@ mod policy;
 mod lifecycle;
 /// Merchants' configuration of a plugin, checked by its schema and its `configure` hook.
 mod configuration;
+/// What an invocation commits with its kv writes: its events, a delivery's outcome.
+mod finishing;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -23,7 +25,7 @@ use serde::Serialize;
 use serde_json::{Value as Json, json};
 
 use super::archive::Archive;
-use super::{Call, Loaded, Outcome, Request, Runtime, TenantContext};
+use super::{Call, Finishing, Loaded, Outcome, Request, Runtime, TenantContext};
 use crate::config::Clock;
 use crate::db::entity::nodes;
 use crate::db::sql::{self, Millis};
@@ -33,6 +35,7 @@ use crate::rbac::Grant;
 use crate::tenancy::{NodeKind, Place};
 
 pub use configuration::check_schema;
+pub(super) use finishing::Claim;
 pub use policy::Policy;
 
 #[derive(Debug, thiserror::Error)]
@@ -109,6 +112,14 @@ pub struct VersionView {
     /// Who installed it; shown to the partner and the platform only.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub installed_by: Option<String>,
+}
+
+/// What an invocation continues: the depth of the event it handles (0 for none), the chain it
+/// belongs to, and the delivery it makes.
+pub(super) struct Cause {
+    pub depth: i32,
+    pub root_id: Option<String>,
+    pub claim: Option<Claim>,
 }
 
 /// Everything needed to run one installation for one merchant now.
@@ -460,9 +471,9 @@ impl Catalog {
         })
     }
 
-    /// Runs one call of a live installation for a merchant, then records the events it
-    /// emitted in the outbox, one plugin hop deeper than `depth` (the triggering event's).
-    /// Each event it emits starts a chain of its own (an HTTP route handles no event).
+    /// Runs one call of a live installation for a merchant and commits what it wrote with the
+    /// events it emitted, one plugin hop deeper than `depth` (the triggering event's). Each
+    /// event it emits starts a chain of its own (an HTTP route handles no event).
     pub async fn invoke(
         &self,
         live: &Live,
@@ -471,23 +482,35 @@ impl Catalog {
         call: Call,
         depth: i32,
     ) -> Outcome {
-        self.invoke_in_chain(live, place, locale, call, depth, None)
+        let cause = Cause {
+            depth,
+            root_id: None,
+            claim: None,
+        };
+        self.invoke_in_chain(live, place, locale, call, cause)
             .await
             .0
     }
 
-    /// [`invoke`](Self::invoke) continuing the chain started by `root_id`: what the call emits
-    /// is paced and charged to that chain's budget as it emits (a refused emission answers the
-    /// plugin `quota-exceeded`), and given back if the call fails. Also returns the last refusal.
+    /// [`invoke`](Self::invoke) for what `cause` says: continuing the chain started by its
+    /// `root_id`, what the call emits is paced and charged to that chain's budget as it emits (a
+    /// refused emission answers the plugin `quota-exceeded`), and given back if the call fails;
+    /// a delivery's `claim` is marked delivered in the same commit. Also returns the last
+    /// refusal.
     pub(super) async fn invoke_in_chain(
         &self,
         live: &Live,
         place: &Place,
         locale: &str,
         call: Call,
-        depth: i32,
-        root_id: Option<&str>,
+        cause: Cause,
     ) -> (Outcome, Option<events::Refusal>) {
+        let Cause {
+            depth,
+            root_id,
+            claim,
+        } = cause;
+        let root_id = root_id.as_deref();
         let emitter = events::Emitter::new(
             &live.installation.id,
             place,
@@ -496,6 +519,16 @@ impl Catalog {
             self.event_limits,
             self.clock.clone(),
         );
+        let recorder = finishing::Recorder {
+            catalog: self.clone(),
+            place: place.clone(),
+            plugin_id: live.installation.plugin_id.clone(),
+            installation_id: live.installation.id.clone(),
+            depth: depth + 1,
+            root_id: root_id.map(str::to_owned),
+            emitter: emitter.clone(),
+            claim,
+        };
         let outcome = events::EMITTER
             .scope(
                 emitter.clone(),
@@ -507,33 +540,11 @@ impl Catalog {
                         config: live.config.clone(),
                         theme: live.theme.clone(),
                         call,
+                        finish: Some(Finishing(Arc::new(recorder))),
                     },
                 ),
             )
             .await;
-        if outcome.result.is_ok() {
-            for emitted in &outcome.emitted {
-                let event = NewEvent {
-                    kind: emitted.kind.clone(),
-                    place: place.clone(),
-                    payload: emitted.payload.clone(),
-                    source: format!("plugin:{}", live.installation.plugin_id),
-                    occurred_at: self.now(),
-                    depth: depth + 1,
-                };
-                match self.emit_in_chain(&event, root_id).await {
-                    Ok(_) => {}
-                    Err(error @ Error::Events(events::Error::OverBudget { .. })) => {
-                        tracing::warn!(%error, kind = %event.kind, installation = %live.installation.id, "an emitted event was not recorded");
-                    }
-                    Err(error) => {
-                        tracing::error!(%error, kind = %event.kind, installation = %live.installation.id, "could not record an emitted event");
-                    }
-                }
-            }
-        } else if let Err(error) = events::refund(&self.db, &emitter).await {
-            tracing::warn!(%error, installation = %live.installation.id, "could not give back what a failed call's emissions were charged");
-        }
         (outcome, emitter.refusal())
     }
 
@@ -541,7 +552,21 @@ impl Catalog {
     /// partner whose active version subscribes to its kind. Entitlement is checked when each
     /// delivery is attempted (a skip is visible in the delivery log).
     pub async fn emit(&self, event: &NewEvent) -> Result<String, Error> {
-        self.emit_in_chain(event, None).await
+        let partner_id = event
+            .place
+            .partner_id
+            .clone()
+            .ok_or_else(|| invalid("place", "events belong to a partner's tenant"))?;
+        let subscribers = self.subscribers(&partner_id, &event.kind).await?;
+        Ok(events::publish(
+            &self.db,
+            event,
+            &subscribers,
+            None,
+            &self.event_limits,
+            self.now(),
+        )
+        .await?)
     }
 
     /// The partner's installations subscribed to events of `kind` (entitlement is checked when
@@ -562,56 +587,7 @@ impl Catalog {
         &self,
         partner_id: &str,
     ) -> Result<Vec<(String, Vec<String>)>, Error> {
-        #[derive(FromQueryResult)]
-        struct Active {
-            id: String,
-            manifest: String,
-        }
-        /// The one field of a stored manifest wanted here.
-        #[derive(serde::Deserialize)]
-        struct Subscribes {
-            #[serde(default)]
-            subscribe: Vec<String>,
-        }
-        let rows: Vec<Active> = sql::query(
-            "SELECT i.id, v.manifest FROM plugin_installations i JOIN plugin_versions v \
-             ON v.installation_id = i.id AND v.version = i.active_version \
-             WHERE i.partner_id = ? AND i.status = 'installed' ORDER BY i.id",
-            [partner_id.into()],
-        )
-        .all(&self.db)
-        .await?;
-        rows.into_iter()
-            .map(|row| {
-                let manifest: Subscribes = serde_json::from_str(&row.manifest)
-                    .map_err(|_| Error::MissingArchive(row.id.clone()))?;
-                Ok((row.id, manifest.subscribe))
-            })
-            .collect()
-    }
-
-    /// [`emit`](Self::emit) for an event that continues the chain started by `root_id`: its
-    /// deliveries are charged to that chain's budget.
-    async fn emit_in_chain(
-        &self,
-        event: &NewEvent,
-        root_id: Option<&str>,
-    ) -> Result<String, Error> {
-        let partner_id = event
-            .place
-            .partner_id
-            .clone()
-            .ok_or_else(|| invalid("place", "events belong to a partner's tenant"))?;
-        let subscribers = self.subscribers(&partner_id, &event.kind).await?;
-        Ok(events::publish(
-            &self.db,
-            event,
-            &subscribers,
-            root_id,
-            &self.event_limits,
-            self.now(),
-        )
-        .await?)
+        subscriptions_on(&self.db, partner_id).await
     }
 
     /// The installation by id (the dispatcher's view), whatever its status.
@@ -633,6 +609,41 @@ impl Catalog {
         .await?
         .ok_or_else(|| Error::MissingArchive(digest.to_owned()))
     }
+}
+
+/// [`Catalog::subscriptions`] on a given connection: inside a transaction that holds SQLite's
+/// one writer, a read on another pooled connection could wait for a connection held by a
+/// writer waiting for this one.
+pub(super) async fn subscriptions_on(
+    db: &impl sea_orm::ConnectionTrait,
+    partner_id: &str,
+) -> Result<Vec<(String, Vec<String>)>, Error> {
+    #[derive(FromQueryResult)]
+    struct Active {
+        id: String,
+        manifest: String,
+    }
+    /// The one field of a stored manifest wanted here.
+    #[derive(serde::Deserialize)]
+    struct Subscribes {
+        #[serde(default)]
+        subscribe: Vec<String>,
+    }
+    let rows: Vec<Active> = sql::query(
+        "SELECT i.id, v.manifest FROM plugin_installations i JOIN plugin_versions v \
+         ON v.installation_id = i.id AND v.version = i.active_version \
+         WHERE i.partner_id = ? AND i.status = 'installed' ORDER BY i.id",
+        [partner_id.into()],
+    )
+    .all(db)
+    .await?;
+    rows.into_iter()
+        .map(|row| {
+            let manifest: Subscribes = serde_json::from_str(&row.manifest)
+                .map_err(|_| Error::MissingArchive(row.id.clone()))?;
+            Ok((row.id, manifest.subscribe))
+        })
+        .collect()
 }
 
 fn semver_of(version: &str) -> semver::Version {

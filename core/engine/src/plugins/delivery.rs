@@ -1,6 +1,7 @@
 //! Delivering one claimed event to its installation: whether it may be delivered now
 //! (installed, tenant active, merchant entitled, within its daily quota) and what became of the
-//! attempt. The dispatcher records the outcome.
+//! attempt. A successful attempt is marked delivered in the commit of what the plugin did; the
+//! dispatcher records every other outcome.
 //!
 //! Invariant: entitlement and quota are checked at the moment of delivery, not when the event
 //! was recorded; a quota hold taken for an attempt is always settled, and only a successful
@@ -20,6 +21,7 @@ const HELD_PAUSE_SECS: i64 = 5;
 /// What became of one delivery attempt.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Delivery {
+    /// Delivered, and already recorded so with what the plugin did.
     Done,
     Skip(String),
     Retry(String),
@@ -27,8 +29,9 @@ pub enum Delivery {
     Later(DateTime<Utc>, String),
 }
 
-/// Delivers one claimed event; the dispatcher records the outcome.
-pub async fn deliver(catalog: &Catalog, claim: &events::Claimed) -> Delivery {
+/// Delivers one claimed event, held by `owner`; the dispatcher records the outcome unless it is
+/// [`Delivery::Done`].
+pub async fn deliver(catalog: &Catalog, claim: &events::Claimed, owner: &str) -> Delivery {
     let installation = match catalog.installation(&claim.installation_id).await {
         Ok(i) => i,
         Err(catalog::Error::NotInstalled(_)) => return Delivery::Skip("uninstalled".into()),
@@ -92,14 +95,21 @@ pub async fn deliver(catalog: &Catalog, claim: &events::Claimed) -> Delivery {
             }
         }
     }
-    let outcome = attempt(catalog, installation, config, claim).await;
-    if let Some((merchant_id, day)) = reserved
+    let held = catalog::Claim {
+        claim: claim.clone(),
+        owner: owner.to_owned(),
+        quota: reserved.clone(),
+    };
+    let outcome = attempt(catalog, installation, config, held).await;
+    // A delivered attempt used its hold up in its commit; any other gives it back.
+    if outcome != Delivery::Done
+        && let Some((merchant_id, day)) = reserved
         && let Err(error) = events::settle_quota(
             &catalog.db,
             &claim.installation_id,
             &merchant_id,
             day,
-            outcome == Delivery::Done,
+            false,
         )
         .await
     {
@@ -112,8 +122,9 @@ async fn attempt(
     catalog: &Catalog,
     installation: Installation,
     config: Json,
-    claim: &events::Claimed,
+    held: catalog::Claim,
 ) -> Delivery {
+    let claim = &held.claim;
     if !installation.subscribe.contains(&claim.kind) {
         return Delivery::Skip("not_subscribed".into());
     }
@@ -132,20 +143,20 @@ async fn attempt(
         theme,
         quotas: packages::Quotas::default(),
     };
+    let call = Call::Event(Event {
+        id: claim.event_id.clone(),
+        kind: claim.kind.clone(),
+        occurred_at: claim.occurred_at,
+        payload: claim.payload.clone(),
+    });
+    let place = claim.place.clone();
+    let cause = catalog::Cause {
+        depth: claim.depth,
+        root_id: Some(claim.root_id.clone()),
+        claim: Some(held),
+    };
     let (outcome, refusal) = catalog
-        .invoke_in_chain(
-            &live,
-            &claim.place,
-            "zh-CN",
-            Call::Event(Event {
-                id: claim.event_id.clone(),
-                kind: claim.kind.clone(),
-                occurred_at: claim.occurred_at,
-                payload: claim.payload.clone(),
-            }),
-            claim.depth,
-            Some(&claim.root_id),
-        )
+        .invoke_in_chain(&live, &place, "zh-CN", call, cause)
         .await;
     match (outcome.result, refusal) {
         (Ok(_), _) => Delivery::Done,

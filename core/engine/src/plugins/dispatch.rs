@@ -122,10 +122,11 @@ impl Dispatcher {
                     return;
                 }
             }
-            let outcome = delivery::deliver(&catalog, &claim).await;
+            let outcome = delivery::deliver(&catalog, &claim, &owner).await;
             let now = catalog.now();
             let recorded = match &outcome {
-                Delivery::Done => events::delivered(&catalog.db, &claim, &owner, now).await,
+                // Marked delivered in the commit of what the plugin did.
+                Delivery::Done => Ok(true),
                 Delivery::Skip(reason) => {
                     events::skipped(&catalog.db, &claim, &owner, reason, now).await
                 }

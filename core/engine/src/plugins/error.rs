@@ -51,6 +51,14 @@ pub enum Error {
     Busy { wall_ms: u32 },
     #[error("the installation is suspended until {until} after repeated failures")]
     Suspended { until: DateTime<Utc> },
+    #[error(
+        "the plugin's data changed while it ran ({what}), {runs} times in a row; nothing it did was kept"
+    )]
+    Conflict { what: String, runs: u32 },
+    #[error("what the plugin did could not be committed: {0}")]
+    Commit(String),
+    #[error("{0}")]
+    Abandoned(String),
 }
 
 /// Why the host stopped an invocation.

@@ -26,9 +26,10 @@ use std::time::{Duration, Instant};
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
+use super::admission::Turn;
 use super::bindings::trellis::plugin::log::Level;
 use super::bindings::trellis::plugin::types;
-use super::kv::Namespace;
+use super::kv::Txn;
 use super::{Emitted, HostCall, Invocation, LogLine, Services};
 
 /// A limit the plugin broke inside a host call; the invocation traps with it.
@@ -145,7 +146,11 @@ pub struct State {
     pub cpu: CpuMeter,
     pub invocation: Arc<Invocation>,
     pub services: Arc<Services>,
-    pub namespace: Option<Namespace>,
+    /// The invocation's kv transaction, when kv is declared and granted; committed by the
+    /// runtime when the invocation succeeds.
+    pub txn: Option<Txn>,
+    /// The invocation's turn on its kv namespace in this process.
+    pub turn: Turn,
     pub logs: Vec<LogLine>,
     pub log_bytes: usize,
     pub logs_dropped: usize,

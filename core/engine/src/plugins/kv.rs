@@ -1,8 +1,13 @@
-//! The key-value store behind the `kv` capability, on the engine's database.
+//! The key-value store behind the `kv` capability, on the engine's database (or, for the
+//! local harness, in memory), and the transactions invocations read and write it through.
 //!
 //! Invariant: every operation is bound to one namespace (installation, scope) fixed by the host
-//! for the invocation; a write and its quota accounting commit together or not at all, so the
-//! usage row always equals what the namespace holds.
+//! for the invocation; nothing is written except by committing a [`Txn`], whose writes, version
+//! bumps and quota accounting commit together or not at all, so the usage row always equals
+//! what the namespace holds.
+
+/// One invocation's reads and buffered writes, and committing them.
+mod txn;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -11,7 +16,9 @@ use chrono::Utc;
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbErr, FromQueryResult, Value};
 
 use super::manifest::KvQuota;
-use crate::db::sql::{self, RowLock};
+use crate::db::sql;
+
+pub use txn::Txn;
 
 /// Longest key, in bytes.
 pub const MAX_KEY_BYTES: usize = 256;
@@ -32,6 +39,9 @@ pub enum KvError {
     NotACounter(String),
     #[error("too much contention on {0}")]
     Contention(String),
+    /// What a transaction read changed before it committed; nothing was written.
+    #[error("{0} changed while the transaction ran")]
+    Changed(String),
     #[error("database error: {0}")]
     Db(#[from] DbErr),
 }
@@ -148,6 +158,44 @@ fn next_version(previous: Option<u64>) -> u64 {
     now.max(previous.map_or(0, |p| p + 1))
 }
 
+/// Where a listing starts: at its prefix, or strictly after a key a previous page ended on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Start {
+    At(String),
+    After(String),
+}
+
+impl Start {
+    fn of(prefix: &str, after: Option<&str>) -> Self {
+        match after {
+            // Resuming a listing: strictly after the last key returned.
+            Some(a) if a >= prefix => Start::After(a.to_owned()),
+            _ => Start::At(prefix.to_owned()),
+        }
+    }
+
+    fn admits(&self, key: &str) -> bool {
+        match self {
+            Start::At(s) => key >= s.as_str(),
+            Start::After(s) => key > s.as_str(),
+        }
+    }
+}
+
+/// The end of a prefix's key range: every key starting with `prefix` sorts below it.
+fn prefix_end(prefix: &str) -> Option<String> {
+    (!prefix.is_empty()).then(|| format!("{prefix}\u{10FFFF}"))
+}
+
+fn check_prefix(prefix: &str) -> Result<(), KvError> {
+    if prefix.len() > MAX_KEY_BYTES {
+        return Err(KvError::Invalid(format!(
+            "a prefix may be at most {MAX_KEY_BYTES} bytes"
+        )));
+    }
+    Ok(())
+}
+
 impl Namespace {
     fn ids(&self) -> Vec<Value> {
         vec![
@@ -156,12 +204,7 @@ impl Namespace {
         ]
     }
 
-    pub async fn get(
-        &self,
-        db: &impl ConnectionTrait,
-        key: &str,
-    ) -> Result<Option<Entry>, KvError> {
-        check_key(key)?;
+    async fn get(&self, db: &impl ConnectionTrait, key: &str) -> Result<Option<Entry>, KvError> {
         let mut values = self.ids();
         values.push(key.into());
         let row: Option<EntryRow> = sql::query(
@@ -173,160 +216,50 @@ impl Namespace {
         Ok(row.map(Entry::from))
     }
 
-    /// Writes `value` when the key is at `expected` (`None`: absent), with the quota checked in
-    /// the same transaction.
-    pub async fn compare_and_swap(
-        &self,
-        db: &DatabaseConnection,
-        key: &str,
-        expected: Option<u64>,
-        value: &[u8],
-    ) -> Result<Cas, KvError> {
-        check_key(key)?;
-        if value.len() > MAX_VALUE_BYTES {
-            return Err(KvError::Invalid(format!(
-                "a value may be at most {MAX_VALUE_BYTES} bytes"
-            )));
-        }
-        let txn = crate::db::begin_write(db).await?;
-        let (current, last) = self.lock_and_read(&txn, key).await?;
-        let outcome = match (&current, expected) {
-            (None, None) => {
-                let version = next_version(Some(last));
-                self.charge(&txn, 1, (key.len() + value.len()) as i64, version)
-                    .await?;
-                self.insert(&txn, key, value, version).await?;
-                Cas::Stored(version)
-            }
-            (Some(entry), Some(v)) if entry.version == v => {
-                let version = next_version(Some(last.max(v)));
-                self.charge(
-                    &txn,
-                    0,
-                    value.len() as i64 - entry.value.len() as i64,
-                    version,
-                )
-                .await?;
-                self.overwrite(&txn, key, value, version).await?;
-                Cas::Stored(version)
-            }
-            _ => Cas::Conflict(current.clone()),
-        };
-        txn.commit().await?;
-        Ok(outcome)
-    }
-
-    /// Deletes a key (only at `expected`, when given); true when a row went away.
-    pub async fn delete(
-        &self,
-        db: &DatabaseConnection,
-        key: &str,
-        expected: Option<u64>,
-    ) -> Result<bool, KvError> {
-        check_key(key)?;
-        let txn = crate::db::begin_write(db).await?;
-        let (current, last) = self.lock_and_read(&txn, key).await?;
-        let deleted = match current {
-            Some(entry) if expected.is_none_or(|v| v == entry.version) => {
-                let mut values = self.ids();
-                values.push(key.into());
-                sql::query(
-                    "DELETE FROM plugin_kv WHERE installation_id = ? AND scope_id = ? AND key = ?",
-                    values,
-                )
-                .execute(&txn)
-                .await?;
-                self.charge(&txn, -1, -((key.len() + entry.value.len()) as i64), last)
-                    .await?;
-                true
-            }
-            _ => false,
-        };
-        txn.commit().await?;
-        Ok(deleted)
-    }
-
-    /// Adds `delta` to a decimal counter (absent counts as 0) and returns the new value.
-    pub async fn increment(
-        &self,
-        db: &DatabaseConnection,
-        key: &str,
-        delta: i64,
-    ) -> Result<i64, KvError> {
-        check_key(key)?;
-        let txn = crate::db::begin_write(db).await?;
-        let (current, last) = self.lock_and_read(&txn, key).await?;
-        let version = next_version(Some(last.max(current.as_ref().map_or(0, |e| e.version))));
-        let new = next_count(current.as_ref(), key, delta)?;
-        let text = new.to_string();
-        match current {
-            None => {
-                self.charge(&txn, 1, (key.len() + text.len()) as i64, version)
-                    .await?;
-                self.insert(&txn, key, text.as_bytes(), version).await?;
-            }
-            Some(entry) => {
-                self.charge(
-                    &txn,
-                    0,
-                    text.len() as i64 - entry.value.len() as i64,
-                    version,
-                )
-                .await?;
-                self.overwrite(&txn, key, text.as_bytes(), version).await?;
-            }
-        }
-        txn.commit().await?;
-        Ok(new)
-    }
-
-    /// Keys starting with `prefix` after `after`, in bytewise key order.
-    pub async fn list(
+    /// At most `n` keys starting with `prefix` from `start` (up to `through`, when given), in
+    /// bytewise key order. A range on the primary key, not LIKE: a prefix may hold % and _.
+    async fn range(
         &self,
         db: &impl ConnectionTrait,
         prefix: &str,
-        after: Option<&str>,
-        limit: u32,
-    ) -> Result<(Vec<(String, Entry)>, Option<String>), KvError> {
-        if prefix.len() > MAX_KEY_BYTES {
-            return Err(KvError::Invalid(format!(
-                "a prefix may be at most {MAX_KEY_BYTES} bytes"
-            )));
-        }
-        let limit = limit.clamp(1, MAX_LIST);
+        start: &Start,
+        through: Option<&str>,
+        n: usize,
+    ) -> Result<Vec<(String, Entry)>, KvError> {
         let mut values = self.ids();
         let mut text = String::from(
             "SELECT key, value, version FROM plugin_kv WHERE installation_id = ? AND scope_id = ?",
         );
-        // A range on the primary key, not LIKE: the prefix may contain % and _.
-        match after {
-            // Resuming a listing: strictly after the last key returned.
-            Some(a) if a >= prefix => {
+        match start {
+            Start::After(a) => {
                 text.push_str(" AND key > ?");
-                values.push(a.into());
+                values.push(a.clone().into());
             }
-            _ if !prefix.is_empty() => {
+            Start::At(p) if !p.is_empty() => {
                 text.push_str(" AND key >= ?");
-                values.push(prefix.into());
+                values.push(p.clone().into());
             }
-            _ => {}
+            Start::At(_) => {}
         }
-        if !prefix.is_empty() {
+        if let Some(end) = prefix_end(prefix) {
             text.push_str(" AND key < ?");
-            values.push(format!("{prefix}\u{10FFFF}").into());
+            values.push(end.into());
+        }
+        if let Some(last) = through {
+            text.push_str(" AND key <= ?");
+            values.push(last.into());
         }
         text.push_str(" ORDER BY key LIMIT ?");
-        values.push(i64::from(limit + 1).into());
+        values.push(i64::try_from(n).unwrap_or(i64::MAX).into());
         let rows: Vec<KeyedRow> = sql::query(&text, values).all(db).await?;
-        let items = rows
+        Ok(rows
             .into_iter()
             .map(|row| (row.key, Entry::from(row.entry)))
-            .collect();
-        Ok(page(items, limit as usize))
+            .collect())
     }
 
     /// Keys and bytes held now.
-    pub async fn usage(&self, db: &impl ConnectionTrait) -> Result<(u64, u64), KvError> {
+    async fn usage(&self, db: &impl ConnectionTrait) -> Result<(u64, u64), KvError> {
         let row: Option<UsageRow> = sql::query(
             "SELECT keys, bytes FROM plugin_kv_usage WHERE installation_id = ? AND scope_id = ?",
             self.ids(),
@@ -334,125 +267,6 @@ impl Namespace {
         .one(db)
         .await?;
         Ok(row.map_or((0, 0), |r| (version_of(r.keys), version_of(r.bytes))))
-    }
-
-    /// Takes the namespace's write lock (its usage row) and reads the key. The first statement
-    /// writes, so SQLite takes its write lock up front instead of upgrading a read lock, which
-    /// `busy_timeout` cannot wait for.
-    async fn lock_and_read(
-        &self,
-        txn: &impl ConnectionTrait,
-        key: &str,
-    ) -> Result<(Option<Entry>, u64), KvError> {
-        sql::query(
-            "INSERT INTO plugin_kv_usage (installation_id, scope_id, keys, bytes, last_version) \
-             VALUES (?, ?, 0, 0, 0) ON CONFLICT (installation_id, scope_id) DO NOTHING",
-            self.ids(),
-        )
-        .execute(txn)
-        .await?;
-        let lock = sql::for_update(txn, RowLock::Wait);
-        let last: Option<i64> = sql::query(
-            &format!(
-                "SELECT last_version FROM plugin_kv_usage WHERE installation_id = ? AND scope_id = ?{lock}"
-            ),
-            self.ids(),
-        )
-        .scalar(txn)
-        .await?;
-        Ok((self.get(txn, key).await?, last.map_or(0, version_of)))
-    }
-
-    /// Charges a write to the quota and records the version it used (`last` when it made none).
-    async fn charge(
-        &self,
-        txn: &impl ConnectionTrait,
-        keys: i64,
-        bytes: i64,
-        version: u64,
-    ) -> Result<(), KvError> {
-        let max_keys = i64::try_from(self.quota.max_keys).unwrap_or(i64::MAX);
-        let max_bytes = i64::try_from(self.quota.max_bytes).unwrap_or(i64::MAX);
-        let version = i64::try_from(version).unwrap_or(i64::MAX);
-        let mut values: Vec<Value> = vec![keys.into(), bytes.into(), version.into()];
-        values.extend(self.ids());
-        values.extend([
-            keys.into(),
-            keys.into(),
-            max_keys.into(),
-            bytes.into(),
-            bytes.into(),
-            max_bytes.into(),
-        ]);
-        // Shrinking writes always pass, so a namespace over a lowered quota can still clean up.
-        let charged = sql::query(
-            "UPDATE plugin_kv_usage SET keys = keys + ?, bytes = bytes + ?, last_version = ? \
-             WHERE installation_id = ? AND scope_id = ? \
-             AND (? <= 0 OR keys + ? <= ?) AND (? <= 0 OR bytes + ? <= ?)",
-            values,
-        )
-        .execute(txn)
-        .await?;
-        if charged == 0 {
-            let (used_keys, used_bytes) = self.usage(txn).await?;
-            return Err(KvError::Quota(
-                if keys > 0 && used_keys + 1 > self.quota.max_keys {
-                    format!("kv quota: {} keys at most", self.quota.max_keys)
-                } else {
-                    format!(
-                        "kv quota: {} bytes at most ({used_bytes} used)",
-                        self.quota.max_bytes
-                    )
-                },
-            ));
-        }
-        Ok(())
-    }
-
-    async fn insert(
-        &self,
-        txn: &impl ConnectionTrait,
-        key: &str,
-        value: &[u8],
-        version: u64,
-    ) -> Result<(), KvError> {
-        let mut values = self.ids();
-        values.extend([
-            key.into(),
-            value.to_vec().into(),
-            i64::try_from(version).unwrap_or(i64::MAX).into(),
-            Utc::now().into(),
-        ]);
-        sql::query(
-            "INSERT INTO plugin_kv (installation_id, scope_id, key, value, version, updated_at) VALUES (?, ?, ?, ?, ?, ?)",
-            values,
-        )
-        .execute(txn)
-        .await?;
-        Ok(())
-    }
-
-    async fn overwrite(
-        &self,
-        txn: &impl ConnectionTrait,
-        key: &str,
-        value: &[u8],
-        version: u64,
-    ) -> Result<(), KvError> {
-        let mut values: Vec<Value> = vec![
-            value.to_vec().into(),
-            i64::try_from(version).unwrap_or(i64::MAX).into(),
-            Utc::now().into(),
-        ];
-        values.extend(self.ids());
-        values.push(key.into());
-        sql::query(
-            "UPDATE plugin_kv SET value = ?, version = ?, updated_at = ? WHERE installation_id = ? AND scope_id = ? AND key = ?",
-            values,
-        )
-        .execute(txn)
-        .await?;
-        Ok(())
     }
 }
 
@@ -475,12 +289,12 @@ impl std::fmt::Debug for Store {
 }
 
 /// The in-memory store: the same semantics as the database one (versions, quotas, bytewise
-/// order), without durability.
+/// order, commits that check what their transaction read), without durability.
 #[derive(Debug, Default)]
 pub struct MemoryKv {
     entries: BTreeMap<(String, String, String), Entry>,
     usage: HashMap<(String, String), (u64, u64)>,
-    last_version: u64,
+    last_version: HashMap<(String, String), u64>,
 }
 
 fn locked(m: &Mutex<MemoryKv>) -> std::sync::MutexGuard<'_, MemoryKv> {
@@ -496,56 +310,68 @@ impl MemoryKv {
         )
     }
 
-    fn next_version(&mut self) -> u64 {
-        self.last_version = next_version(Some(self.last_version));
-        self.last_version
+    fn namespace(ns: &Namespace) -> (String, String) {
+        (ns.installation_id.clone(), ns.scope_id.clone())
     }
 
-    fn charge(&mut self, ns: &Namespace, keys: i64, bytes: i64) -> Result<(), KvError> {
-        let usage = self
-            .usage
-            .entry((ns.installation_id.clone(), ns.scope_id.clone()))
-            .or_default();
-        let new_keys = usage.0.saturating_add_signed(keys);
-        let new_bytes = usage.1.saturating_add_signed(bytes);
-        if keys > 0 && new_keys > ns.quota.max_keys {
-            return Err(KvError::Quota(format!(
-                "kv quota: {} keys at most",
-                ns.quota.max_keys
-            )));
-        }
-        if bytes > 0 && new_bytes > ns.quota.max_bytes {
-            return Err(KvError::Quota(format!(
-                "kv quota: {} bytes at most ({} used)",
-                ns.quota.max_bytes, usage.1
-            )));
-        }
-        *usage = (new_keys, new_bytes);
-        Ok(())
-    }
-
-    fn put(
-        &mut self,
+    fn range(
+        &self,
         ns: &Namespace,
-        key: &str,
-        value: &[u8],
-        current: Option<&Entry>,
-    ) -> Result<u64, KvError> {
-        match current {
-            None => self.charge(ns, 1, (key.len() + value.len()) as i64)?,
-            Some(old) => self.charge(ns, 0, value.len() as i64 - old.value.len() as i64)?,
-        }
-        let version = self.next_version();
-        self.entries.insert(
-            Self::key(ns, key),
-            Entry {
-                value: value.to_vec(),
-                version,
-            },
-        );
-        Ok(version)
+        prefix: &str,
+        start: &Start,
+        through: Option<&str>,
+        n: usize,
+    ) -> Vec<(String, Entry)> {
+        let from = match start {
+            Start::At(s) | Start::After(s) => MemoryKv::key(ns, s),
+        };
+        self.entries
+            .range(from..)
+            .take_while(|((i, s, _), _)| *i == ns.installation_id && *s == ns.scope_id)
+            .filter(|((_, _, k), _)| start.admits(k))
+            .take_while(|((_, _, k), _)| {
+                k.starts_with(prefix) && through.is_none_or(|t| k.as_str() <= t)
+            })
+            .take(n)
+            .map(|((_, _, k), e)| (k.clone(), e.clone()))
+            .collect()
     }
 }
+
+/// A write made on its own, outside an invocation.
+trait Single {
+    type Out;
+    async fn run(&self, txn: &mut Txn, store: &Store) -> Result<Self::Out, KvError>;
+}
+
+struct CasOp<'a>(&'a str, Option<u64>, &'a [u8]);
+struct DeleteOp<'a>(&'a str, Option<u64>);
+struct IncrementOp<'a>(&'a str, i64);
+
+impl Single for CasOp<'_> {
+    type Out = Cas;
+    async fn run(&self, txn: &mut Txn, store: &Store) -> Result<Cas, KvError> {
+        txn.compare_and_swap(store, self.0, self.1, self.2).await
+    }
+}
+
+impl Single for DeleteOp<'_> {
+    type Out = bool;
+    async fn run(&self, txn: &mut Txn, store: &Store) -> Result<bool, KvError> {
+        txn.delete(store, self.0, self.1).await
+    }
+}
+
+impl Single for IncrementOp<'_> {
+    type Out = i64;
+    async fn run(&self, txn: &mut Txn, store: &Store) -> Result<i64, KvError> {
+        txn.increment(store, self.0, self.1).await
+    }
+}
+
+/// How many times a single-operation call of [`Store`] is tried when another writer changed its
+/// key between its read and its commit.
+const SINGLE_OP_ATTEMPTS: u32 = 50;
 
 impl Store {
     /// Keys and bytes a namespace holds.
@@ -554,20 +380,68 @@ impl Store {
             Store::Database(db) => ns.usage(db).await,
             Store::Memory(m) => Ok(locked(m)
                 .usage
-                .get(&(ns.installation_id.clone(), ns.scope_id.clone()))
+                .get(&MemoryKv::namespace(ns))
                 .copied()
                 .unwrap_or_default()),
         }
     }
 
-    pub async fn get(&self, ns: &Namespace, key: &str) -> Result<Option<Entry>, KvError> {
+    /// The committed entry at `key`.
+    async fn read(&self, ns: &Namespace, key: &str) -> Result<Option<Entry>, KvError> {
         match self {
             Store::Database(db) => ns.get(db, key).await,
-            Store::Memory(m) => {
-                check_key(key)?;
-                Ok(locked(m).entries.get(&MemoryKv::key(ns, key)).cloned())
-            }
+            Store::Memory(m) => Ok(locked(m).entries.get(&MemoryKv::key(ns, key)).cloned()),
         }
+    }
+
+    /// Committed entries of a key range; see [`Namespace::range`].
+    async fn read_range(
+        &self,
+        ns: &Namespace,
+        prefix: &str,
+        start: &Start,
+        through: Option<&str>,
+        n: usize,
+    ) -> Result<Vec<(String, Entry)>, KvError> {
+        match self {
+            Store::Database(db) => ns.range(db, prefix, start, through, n).await,
+            Store::Memory(m) => Ok(locked(m).range(ns, prefix, start, through, n)),
+        }
+    }
+
+    /// Runs `op` in a transaction of its own and commits it, again from the start when another
+    /// writer changed what it read meanwhile: one operation, atomic on its own.
+    async fn single<O: Single>(&self, ns: &Namespace, op: O) -> Result<O::Out, KvError> {
+        let mut changed = String::new();
+        for _ in 0..SINGLE_OP_ATTEMPTS {
+            let mut txn = Txn::new(ns.clone());
+            let out = op.run(&mut txn, self).await?;
+            match self.commit(txn).await {
+                Ok(()) => return Ok(out),
+                Err(KvError::Changed(key)) => changed = key,
+                Err(e) => return Err(e),
+            }
+            tokio::task::yield_now().await;
+        }
+        Err(KvError::Contention(changed))
+    }
+
+    /// Commits a transaction in a database transaction of its own (or under the memory lock).
+    pub async fn commit(&self, txn: Txn) -> Result<(), KvError> {
+        match self {
+            Store::Database(db) => {
+                let tx = crate::db::begin_write(db).await?;
+                txn.commit_in(&tx).await?;
+                tx.commit().await?;
+                Ok(())
+            }
+            Store::Memory(m) => txn.commit_memory(m),
+        }
+    }
+
+    pub async fn get(&self, ns: &Namespace, key: &str) -> Result<Option<Entry>, KvError> {
+        let mut txn = Txn::new(ns.clone());
+        txn.get(self, key).await
     }
 
     pub async fn compare_and_swap(
@@ -577,26 +451,7 @@ impl Store {
         expected: Option<u64>,
         value: &[u8],
     ) -> Result<Cas, KvError> {
-        match self {
-            Store::Database(db) => ns.compare_and_swap(db, key, expected, value).await,
-            Store::Memory(m) => {
-                check_key(key)?;
-                if value.len() > MAX_VALUE_BYTES {
-                    return Err(KvError::Invalid(format!(
-                        "a value may be at most {MAX_VALUE_BYTES} bytes"
-                    )));
-                }
-                let mut kv = locked(m);
-                let current = kv.entries.get(&MemoryKv::key(ns, key)).cloned();
-                match (&current, expected) {
-                    (None, None) => Ok(Cas::Stored(kv.put(ns, key, value, None)?)),
-                    (Some(entry), Some(v)) if entry.version == v => {
-                        Ok(Cas::Stored(kv.put(ns, key, value, Some(entry))?))
-                    }
-                    _ => Ok(Cas::Conflict(current)),
-                }
-            }
-        }
+        self.single(ns, CasOp(key, expected, value)).await
     }
 
     pub async fn delete(
@@ -605,36 +460,11 @@ impl Store {
         key: &str,
         expected: Option<u64>,
     ) -> Result<bool, KvError> {
-        match self {
-            Store::Database(db) => ns.delete(db, key, expected).await,
-            Store::Memory(m) => {
-                check_key(key)?;
-                let mut kv = locked(m);
-                let k = MemoryKv::key(ns, key);
-                match kv.entries.get(&k).cloned() {
-                    Some(entry) if expected.is_none_or(|v| v == entry.version) => {
-                        kv.entries.remove(&k);
-                        kv.charge(ns, -1, -((key.len() + entry.value.len()) as i64))?;
-                        Ok(true)
-                    }
-                    _ => Ok(false),
-                }
-            }
-        }
+        self.single(ns, DeleteOp(key, expected)).await
     }
 
     pub async fn increment(&self, ns: &Namespace, key: &str, delta: i64) -> Result<i64, KvError> {
-        match self {
-            Store::Database(db) => ns.increment(db, key, delta).await,
-            Store::Memory(m) => {
-                check_key(key)?;
-                let mut kv = locked(m);
-                let current = kv.entries.get(&MemoryKv::key(ns, key)).cloned();
-                let new = next_count(current.as_ref(), key, delta)?;
-                kv.put(ns, key, new.to_string().as_bytes(), current.as_ref())?;
-                Ok(new)
-            }
-        }
+        self.single(ns, IncrementOp(key, delta)).await
     }
 
     pub async fn list(
@@ -644,24 +474,7 @@ impl Store {
         after: Option<&str>,
         limit: u32,
     ) -> Result<(Vec<(String, Entry)>, Option<String>), KvError> {
-        match self {
-            Store::Database(db) => ns.list(db, prefix, after, limit).await,
-            Store::Memory(m) => {
-                let limit = limit.clamp(1, MAX_LIST) as usize;
-                let kv = locked(m);
-                let start = MemoryKv::key(ns, after.filter(|a| *a > prefix).unwrap_or(prefix));
-                let items: Vec<(String, Entry)> = kv
-                    .entries
-                    .range(start..)
-                    .take_while(|((i, s, _), _)| *i == ns.installation_id && *s == ns.scope_id)
-                    .filter(|((_, _, k), _)| after.is_none_or(|a| k.as_str() > a))
-                    .take_while(|((_, _, k), _)| k.starts_with(prefix))
-                    .take(limit + 1)
-                    .map(|((_, _, k), e)| (k.clone(), e.clone()))
-                    .collect();
-                let (items, next) = page(items, limit);
-                Ok((items, next))
-            }
-        }
+        let mut txn = Txn::new(ns.clone());
+        txn.list(self, prefix, after, limit).await
     }
 }

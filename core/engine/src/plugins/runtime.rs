@@ -14,6 +14,8 @@ mod wasi;
 mod exports;
 /// Naming the cause of a trap from what the store observed.
 mod traps;
+/// Committing a run that succeeded: its kv writes with the caller's finishing work.
+mod commit;
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
@@ -29,14 +31,16 @@ use wasmtime::{Engine, Store, UpdateDeadline};
 pub use exports::MAX_INPUT_BYTES;
 pub use load::Loaded;
 
-use super::admission::{Admission, Breaker, Permits, lock};
+use super::admission::{Admission, Breaker, Gates, Permits, Turn, lock};
 use super::bindings::trellis::plugin::log::Level;
 use super::engine::{TICK, engine_config, spawn_ticker};
 use super::host::{self, CpuMeter, Limiter, State};
+use super::manifest::Manifest;
 use super::{
     Call, Error, Invocation, Outcome, Output, PluginError, Request, Services, bindings, kv,
 };
 use crate::config::PluginsConfig;
+use commit::Refused;
 
 /// Counters since start-up.
 #[derive(Debug, Default)]
@@ -45,6 +49,20 @@ pub struct Metrics {
     pub traps: AtomicU64,
     pub timeouts: AtomicU64,
     pub suspended: AtomicU64,
+    /// Runs whose work was thrown away because kv data they read changed before they committed.
+    pub conflicts: AtomicU64,
+}
+
+/// What a run leaves behind for its commit.
+#[derive(Default)]
+struct Ran {
+    txn: Option<kv::Txn>,
+    /// False once it called Alipay: running it again would call Alipay again.
+    repeatable: bool,
+    /// The run's wall-clock deadline, which its commit keeps too.
+    deadline: Option<Instant>,
+    /// Its namespace's turn, held until the commit ends.
+    turn: Turn,
 }
 
 /// Options of a runtime beyond the configuration file.
@@ -56,6 +74,8 @@ pub struct RuntimeOptions {
     pub breaker_traps: u32,
     pub breaker_window: Duration,
     pub breaker_cooldown: Duration,
+    /// How many more times an invocation runs when what it read changed before it committed.
+    pub conflict_retries: u32,
     /// Freeze WASI clocks and randomness (tests, the harness's `--frozen`).
     pub frozen_clock: Option<DateTime<Utc>>,
     /// The lowest plugin log level kept.
@@ -71,6 +91,7 @@ impl RuntimeOptions {
             breaker_traps: config.breaker_traps,
             breaker_window: Duration::from_secs(config.breaker_window_secs),
             breaker_cooldown: Duration::from_secs(config.breaker_cooldown_secs),
+            conflict_retries: config.conflict_retries,
             frozen_clock: None,
             min_log_level: "info",
         }
@@ -87,6 +108,7 @@ pub struct Runtime {
     services: Arc<Services>,
     loaded: RwLock<HashMap<String, Arc<Loaded>>>,
     admission: Admission,
+    gates: Gates,
     metrics: Metrics,
     stop_ticker: Arc<AtomicBool>,
     id_prefix: String,
@@ -156,6 +178,7 @@ impl Runtime {
                     options.breaker_cooldown,
                 ),
             ),
+            gates: Gates::default(),
             metrics: Metrics::default(),
             id_prefix: uuid::Uuid::new_v4().simple().to_string()[..12].to_owned(),
             invocation_counter: AtomicU64::new(0),
@@ -191,25 +214,105 @@ impl Runtime {
         format!("{}-{n:010x}", self.id_prefix)
     }
 
-    /// Runs one invocation. Never panics and never compiles; failures come back in the outcome.
+    /// Runs one invocation and commits what it did (its kv writes, with the request's finishing
+    /// work) when it succeeds; nothing of a failed one is kept. When kv data it read changed
+    /// before it could commit, it runs again (up to `conflict_retries` more times, and never
+    /// after calling Alipay). Never panics and never compiles; failures come back in the outcome.
     pub async fn invoke(&self, loaded: &Arc<Loaded>, request: Request) -> Outcome {
         let started = Instant::now();
+        let finish = request.finish.as_ref().map(|f| f.0.clone());
+        let mut runs = 0;
+        let mut outcome = loop {
+            runs += 1;
+            let (mut outcome, ran) = self.attempt(loaded, &request, started).await;
+            let _turn = ran.turn;
+            outcome.runs = runs;
+            if outcome.result.is_err() {
+                break outcome;
+            }
+            let committing =
+                commit::commit(&self.services, ran.txn, finish.as_deref(), &outcome.emitted);
+            // Waiting for the database's write lock is the invocation's wall time too.
+            let committed = match ran.deadline {
+                Some(deadline) => tokio::time::timeout_at(deadline.into(), committing)
+                    .await
+                    .unwrap_or(Err(Refused::Late)),
+                None => committing.await,
+            };
+            outcome.result = match committed {
+                Ok(()) => break outcome,
+                Err(Refused::Late) => Err(Error::Trap {
+                    reason: super::TrapReason::WallClock,
+                    message: format!(
+                        "the wall-clock deadline ({} ms) passed while committing what the plugin did",
+                        loaded.manifest.limits.wall_ms
+                    ),
+                    backtrace: None,
+                }),
+                Err(Refused::Again(_))
+                    if ran.repeatable && runs <= self.options.conflict_retries =>
+                {
+                    self.metrics.conflicts.fetch_add(1, Ordering::Relaxed);
+                    if let Some(finish) = &finish {
+                        finish.discard().await;
+                    }
+                    continue;
+                }
+                Err(Refused::Again(what)) => {
+                    self.metrics.conflicts.fetch_add(1, Ordering::Relaxed);
+                    Err(Error::Conflict { what, runs })
+                }
+                Err(Refused::Lost(why)) => Err(Error::Abandoned(why)),
+                Err(Refused::Failed(error)) => {
+                    tracing::error!(
+                        plugin = %loaded.manifest.id,
+                        installation = %request.tenant.installation_id,
+                        invocation = %outcome.invocation_id,
+                        %error,
+                        "could not commit what a plugin did"
+                    );
+                    Err(Error::Commit(
+                        "the database failed; see the engine log".into(),
+                    ))
+                }
+            };
+            break outcome;
+        };
+        if outcome.result.is_err()
+            && let Some(finish) = &finish
+        {
+            finish.discard().await;
+        }
+        outcome.wall = started.elapsed();
+        self.count_failure(&loaded.manifest, &request, &outcome);
+        outcome
+    }
+
+    /// Runs an invocation once, in a fresh store.
+    async fn attempt(
+        &self,
+        loaded: &Arc<Loaded>,
+        request: &Request,
+        started: Instant,
+    ) -> (Outcome, Ran) {
         let id = self.next_invocation_id();
         self.metrics.invocations.fetch_add(1, Ordering::Relaxed);
-        let empty = |id: String, result: Result<Output, Error>| Outcome {
-            invocation_id: id,
-            result,
-            logs: Vec::new(),
-            logs_dropped: 0,
-            host_calls: Vec::new(),
-            emitted: Vec::new(),
-            memory_peak: 0,
-            cpu: Duration::ZERO,
-            wall: started.elapsed(),
+        let empty = |id: String, result: Result<Output, Error>| {
+            let outcome = Outcome {
+                invocation_id: id,
+                result,
+                logs: Vec::new(),
+                logs_dropped: 0,
+                host_calls: Vec::new(),
+                emitted: Vec::new(),
+                runs: 1,
+                memory_peak: 0,
+                cpu: Duration::ZERO,
+                wall: started.elapsed(),
+            };
+            (outcome, Ran::default())
         };
         let installation = request.tenant.installation_id.clone();
-        // Per installation and tenant: one merchant's failing calls (or anonymous visitors to its
-        // public pages) must not suspend the plugin for the partner's other merchants.
         let breaker_key = format!("{installation}/{}", request.tenant.scope_id());
         if let Some(until) = self.admission.breaker.open_until(&breaker_key) {
             self.metrics.suspended.fetch_add(1, Ordering::Relaxed);
@@ -247,15 +350,21 @@ impl Runtime {
         let run = Box::pin(self.run(
             loaded,
             invocation,
-            (request.call, payload),
+            (request.call.clone(), payload),
             Instant::now() + wall,
             permits,
         ));
-        let mut outcome = match tokio::time::timeout(wall + Duration::from_millis(500), run).await {
-            Ok(outcome) => outcome,
+        match tokio::time::timeout(wall + Duration::from_millis(500), run).await {
+            Ok(ran) => ran,
             Err(_) => empty(id, Err(Error::Timeout { wall_ms })),
-        };
-        outcome.wall = started.elapsed();
+        }
+    }
+
+    /// Counts a failure that is the plugin's fault towards its breaker, per installation and
+    /// tenant: one merchant's failing calls (or anonymous visitors to its public pages) must not
+    /// suspend the plugin for the partner's other merchants.
+    fn count_failure(&self, manifest: &Manifest, request: &Request, outcome: &Outcome) {
+        let installation = &request.tenant.installation_id;
         let counts = match &outcome.result {
             Err(Error::Trap {
                 reason,
@@ -282,6 +391,7 @@ impl Runtime {
         };
         if counts {
             self.metrics.traps.fetch_add(1, Ordering::Relaxed);
+            let breaker_key = format!("{installation}/{}", request.tenant.scope_id());
             if self.admission.breaker.record(&breaker_key) {
                 tracing::error!(
                     plugin = %manifest.id,
@@ -293,7 +403,6 @@ impl Runtime {
                 );
             }
         }
-        outcome
     }
 
     async fn run(
@@ -303,14 +412,16 @@ impl Runtime {
         (call, payload): (Call, Option<String>),
         deadline: Instant,
         mut permits: Permits,
-    ) -> Outcome {
+    ) -> (Outcome, Ran) {
         let id = invocation.id.clone();
         let manifest = invocation.manifest.clone();
         let installation = invocation.tenant.installation_id.clone();
-        let namespace = invocation.grant.kv.map(|quota| kv::Namespace {
-            installation_id: installation.clone(),
-            scope_id: invocation.tenant.scope_id().to_owned(),
-            quota,
+        let txn = invocation.grant.kv.map(|quota| {
+            kv::Txn::new(kv::Namespace {
+                installation_id: installation.clone(),
+                scope_id: invocation.tenant.scope_id().to_owned(),
+                quota,
+            })
         });
         let state = State {
             wasi: wasi::context(self.options.frozen_clock),
@@ -324,7 +435,15 @@ impl Runtime {
             cpu: CpuMeter::new(Duration::from_millis(u64::from(manifest.limits.cpu_ms))),
             invocation: invocation.clone(),
             services: self.services.clone(),
-            namespace,
+            turn: if txn.is_some() {
+                Turn::Waiting(
+                    self.gates
+                        .gate(&format!("{installation}/{}", invocation.tenant.scope_id())),
+                )
+            } else {
+                Turn::None
+            },
+            txn,
             logs: Vec::new(),
             log_bytes: 0,
             logs_dropped: 0,
@@ -414,16 +533,24 @@ impl Runtime {
             Err(trap) => Err(traps::classify(store.data(), &trap, &manifest)),
         };
         let state = store.data_mut();
-        Outcome {
+        let outcome = Outcome {
             invocation_id: id,
             result,
             logs: std::mem::take(&mut state.logs),
             logs_dropped: state.logs_dropped,
             host_calls: std::mem::take(&mut state.host_calls),
             emitted: std::mem::take(&mut state.emitted),
+            runs: 1,
             memory_peak: state.limiter.peak,
             cpu: state.cpu.used,
             wall: Duration::ZERO,
-        }
+        };
+        let ran = Ran {
+            turn: std::mem::take(&mut state.turn),
+            txn: state.txn.take(),
+            repeatable: state.alipay_calls == 0,
+            deadline: Some(state.deadline),
+        };
+        (outcome, ran)
     }
 }

@@ -7,9 +7,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::pin::Pin;
+
 use chrono::{DateTime, Utc};
 use handlebars::Handlebars;
-use sea_orm::DatabaseConnection;
+use sea_orm::{DatabaseConnection, DatabaseTransaction, DbErr};
 use serde::Serialize;
 use serde_json::Value;
 
@@ -109,6 +111,49 @@ pub enum Call {
     Http(HttpRequest),
 }
 
+/// A boxed future, for the object-safe [`Finish`].
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Why a caller's finishing work could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum FinishError {
+    /// The work is no longer this caller's to finish (a delivery's claim passed to another
+    /// dispatcher, which runs it again); nothing of the invocation is committed.
+    #[error("{0}")]
+    Lost(String),
+    #[error("database error: {0}")]
+    Db(#[from] DbErr),
+}
+
+/// Work a caller commits in the same database transaction as an invocation's kv writes, when
+/// the invocation succeeds: recording the events it emitted, a delivery's outcome. So an
+/// invocation's writes, its events and the record that it ran are all kept, or none is.
+pub trait Finish: Send + Sync {
+    /// Whether there is anything to write for a run that emitted `emitted`.
+    fn has_work(&self, emitted: &[Emitted]) -> bool;
+
+    /// Writes the caller's part; an error rolls the invocation's writes back too.
+    fn write<'a>(
+        &'a self,
+        tx: &'a DatabaseTransaction,
+        emitted: &'a [Emitted],
+    ) -> BoxFuture<'a, Result<(), FinishError>>;
+
+    /// What one run did is thrown away: it failed, or it runs again because what it read
+    /// changed. Gives back what its emissions were charged.
+    fn discard(&self) -> BoxFuture<'_, ()>;
+}
+
+/// A caller's [`Finish`], carried by a [`Request`].
+#[derive(Clone)]
+pub struct Finishing(pub Arc<dyn Finish>);
+
+impl std::fmt::Debug for Finishing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Finishing")
+    }
+}
+
 /// One invocation as the caller asks for it.
 #[derive(Debug, Clone)]
 pub struct Request {
@@ -120,6 +165,8 @@ pub struct Request {
     /// The partner's theme, for rendered pages.
     pub theme: String,
     pub call: Call,
+    /// Committed with the invocation's kv writes; `None`: they commit alone.
+    pub finish: Option<Finishing>,
 }
 
 /// What an invocation produced.
@@ -159,8 +206,12 @@ pub struct Outcome {
     pub logs: Vec<LogLine>,
     pub logs_dropped: usize,
     pub host_calls: Vec<HostCall>,
-    /// Events to publish; only meaningful when `result` is `Ok`.
+    /// What the last run emitted; recorded (by the caller's [`Finish`]) only when `result` is
+    /// `Ok`.
     pub emitted: Vec<Emitted>,
+    /// How many times it ran: more than once when kv data it read changed before it could
+    /// commit.
+    pub runs: u32,
     pub memory_peak: usize,
     pub cpu: Duration,
     pub wall: Duration,

@@ -51,6 +51,7 @@ impl Catalog {
                     config: live.config.clone(),
                     theme: live.theme.clone(),
                     call: Call::Configure { config },
+                    finish: None,
                 },
             )
             .await;

@@ -112,6 +112,7 @@ impl Catalog {
                     call: Call::Install {
                         previous_version: previous.clone(),
                     },
+                    finish: None,
                 },
             )
             .await;
@@ -320,6 +321,7 @@ impl Catalog {
                     config: json!({}),
                     theme,
                     call: Call::Uninstall,
+                    finish: None,
                 },
             )
             .await;

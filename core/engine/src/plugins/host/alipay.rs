@@ -13,6 +13,7 @@ use serde_json::Value;
 use super::{State, denied, host_fault};
 use crate::alipay::client::{CallOptions, MerchantApp};
 use crate::alipay::credentials;
+use crate::plugins::admission::Turn;
 use crate::plugins::bindings::trellis::plugin::{alipay, types};
 use crate::plugins::{Invocation, Services};
 
@@ -23,6 +24,10 @@ impl State {
     /// Checks an Alipay method against the manifest and the grant, and counts the call.
     fn alipay_allowed(&mut self, method: &str) -> wasmtime::Result<Result<String, types::Error>> {
         self.alipay_calls += 1;
+        // Waiting on Alipay with the namespace's turn would hold up the merchant's other calls.
+        if matches!(self.turn, Turn::Held { .. } | Turn::Waiting(_)) {
+            self.turn = Turn::GivenUp;
+        }
         if self.alipay_calls > MAX_ALIPAY_CALLS {
             return Err(self.broke(format!(
                 "more than {MAX_ALIPAY_CALLS} Alipay calls in one invocation"

@@ -1,33 +1,39 @@
 //! The `kv` capability: the installation's key-value store, in the namespace the host bound to
-//! this store (the tenant's merchant, which its stores share, else its agent or partner).
+//! this store (the tenant's merchant, which its stores share, else its agent or partner),
+//! through the invocation's transaction: reads see its own writes, and writes wait for the
+//! invocation to succeed.
 //!
 //! Invariant: every kv function goes through `kv_call`, so each one is counted against the
 //! per-invocation cap, refused unless kv is declared and granted, cut off at the deadline and
 //! journalled — none can skip a step.
 
-use super::{State, denied};
+use super::{State, bounded, denied};
+use crate::plugins::admission::Turn;
 use crate::plugins::bindings::trellis::plugin::{kv, types};
-use crate::plugins::kv::{Cas, Entry, KvError, Namespace, Store};
+use crate::plugins::kv::{Cas, Entry, KvError, Store, Txn};
 
 /// kv operations one invocation may make; one more traps it.
 const MAX_KV_OPS: u32 = 1_000;
 
 impl State {
-    /// The kv namespace, or the reason the plugin may not use kv here.
-    fn kv(&mut self) -> wasmtime::Result<Result<Namespace, types::Error>> {
+    /// Counts one kv operation; the reason the plugin may not use kv here, if any.
+    fn kv(&mut self) -> wasmtime::Result<Result<(), types::Error>> {
         self.kv_ops += 1;
         if self.kv_ops > MAX_KV_OPS {
             return Err(self.broke(format!(
                 "more than {MAX_KV_OPS} kv operations in one invocation"
             )));
         }
-        Ok(self.namespace.clone().ok_or_else(|| {
-            denied(if self.invocation.manifest.capabilities.kv.is_none() {
+        if self.txn.is_some() {
+            return Ok(Ok(()));
+        }
+        Ok(Err(denied(
+            if self.invocation.manifest.capabilities.kv.is_none() {
                 "kv is not declared in the manifest".into()
             } else {
                 "kv is not granted to this tenant".into()
-            })
-        }))
+            },
+        )))
     }
 
     fn kv_error(&self, error: KvError) -> types::Error {
@@ -37,27 +43,40 @@ impl State {
             KvError::NotACounter(k) => {
                 types::Error::InvalidInput(format!("the value at {k} is not an integer counter"))
             }
-            KvError::Contention(k) => types::Error::Conflict(k),
+            KvError::Contention(k) | KvError::Changed(k) => types::Error::Conflict(k),
             KvError::Db(e) => self.host_fault("kv", &e),
         }
     }
 
-    /// Runs one kv operation on the store in this tenant's namespace, on the path every kv
-    /// function shares.
+    /// Runs one kv operation in the invocation's transaction, on the path every kv function
+    /// shares.
     async fn kv_call<T>(
         &mut self,
         function: &'static str,
-        operation: impl AsyncFnOnce(&Store, &Namespace) -> Result<T, KvError>,
+        operation: impl AsyncFnOnce(&mut Txn, &Store) -> Result<T, KvError>,
     ) -> wasmtime::Result<Result<T, types::Error>> {
-        let ns = match self.kv()? {
-            Ok(ns) => ns,
-            Err(e) => return Ok(Err(e)),
-        };
+        if let Err(e) = self.kv()? {
+            return Ok(Err(e));
+        }
+        if let Turn::Waiting(gate) = &self.turn {
+            let started = std::time::Instant::now();
+            let Some(held) = bounded(self.deadline, gate.clone().lock_owned()).await else {
+                return Err(self.deadline_passed());
+            };
+            // Waiting for a turn is not the plugin's CPU.
+            self.cpu.host_since_resume += started.elapsed();
+            self.turn = Turn::Held { _guard: held };
+        }
         let services = self.services.clone();
+        // Taken out for the call, so the store's state stays borrowable for the journal.
+        let Some(mut txn) = self.txn.take() else {
+            return Ok(Err(types::Error::Internal("kv is unavailable".into())));
+        };
         let result = self
-            .timed("kv", function, operation(&services.kv, &ns))
-            .await?;
-        Ok(result.map_err(|e| self.kv_error(e)))
+            .timed("kv", function, operation(&mut txn, &services.kv))
+            .await;
+        self.txn = Some(txn);
+        Ok(result?.map_err(|e| self.kv_error(e)))
     }
 }
 
@@ -74,7 +93,7 @@ impl kv::Host for State {
         key: String,
     ) -> wasmtime::Result<Result<Option<kv::Entry>, types::Error>> {
         let found = self
-            .kv_call("get", async |store, ns| store.get(ns, &key).await)
+            .kv_call("get", async |txn, store| txn.get(store, &key).await)
             .await?;
         Ok(found.map(|e| e.map(to_entry)))
     }
@@ -86,8 +105,8 @@ impl kv::Host for State {
         value: Vec<u8>,
     ) -> wasmtime::Result<Result<kv::CasOutcome, types::Error>> {
         let swapped = self
-            .kv_call("compare-and-swap", async |store, ns| {
-                store.compare_and_swap(ns, &key, expected, &value).await
+            .kv_call("compare-and-swap", async |txn, store| {
+                txn.compare_and_swap(store, &key, expected, &value).await
             })
             .await?;
         Ok(swapped.map(|outcome| match outcome {
@@ -101,8 +120,8 @@ impl kv::Host for State {
         key: String,
         expected: Option<u64>,
     ) -> wasmtime::Result<Result<bool, types::Error>> {
-        self.kv_call("delete", async |store, ns| {
-            store.delete(ns, &key, expected).await
+        self.kv_call("delete", async |txn, store| {
+            txn.delete(store, &key, expected).await
         })
         .await
     }
@@ -114,8 +133,8 @@ impl kv::Host for State {
         limit: u32,
     ) -> wasmtime::Result<Result<kv::Page, types::Error>> {
         let page = self
-            .kv_call("list", async |store, ns| {
-                store.list(ns, &prefix, after.as_deref(), limit).await
+            .kv_call("list", async |txn, store| {
+                txn.list(store, &prefix, after.as_deref(), limit).await
             })
             .await?;
         Ok(page.map(|(items, next)| kv::Page {
@@ -135,8 +154,8 @@ impl kv::Host for State {
         key: String,
         delta: i64,
     ) -> wasmtime::Result<Result<i64, types::Error>> {
-        self.kv_call("increment", async |store, ns| {
-            store.increment(ns, &key, delta).await
+        self.kv_call("increment", async |txn, store| {
+            txn.increment(store, &key, delta).await
         })
         .await
     }

@@ -1,0 +1,100 @@
+//! Committing a run that succeeded: its kv transaction and the caller's finishing work (the
+//! events it emitted, a delivery's outcome) in one database transaction.
+//!
+//! Invariant: either everything a run did is committed or nothing is; a run whose reads changed
+//! meanwhile commits nothing and says so, for the runtime to run it again or give up.
+
+use super::super::kv::{KvError, Store, Txn};
+use super::super::{Emitted, Finish, FinishError, Services};
+
+/// Why a run's work was not committed.
+#[derive(Debug)]
+pub(super) enum Refused {
+    /// kv data it read changed, or concurrent commits filled the quota: running it again sees
+    /// the new state.
+    Again(String),
+    /// The caller's work is no longer its own to finish.
+    Lost(String),
+    /// The database failed; details are logged.
+    Failed(String),
+    /// The invocation's deadline passed before the commit ended (set by the runtime).
+    Late,
+}
+
+impl From<KvError> for Refused {
+    fn from(error: KvError) -> Self {
+        match error {
+            KvError::Changed(key) | KvError::Contention(key) => Refused::Again(key),
+            KvError::Quota(message) => Refused::Again(message),
+            other => Refused::Failed(other.to_string()),
+        }
+    }
+}
+
+impl From<FinishError> for Refused {
+    fn from(error: FinishError) -> Self {
+        match error {
+            FinishError::Lost(why) => Refused::Lost(why),
+            FinishError::Db(e) => Refused::Failed(e.to_string()),
+        }
+    }
+}
+
+impl From<sea_orm::DbErr> for Refused {
+    fn from(error: sea_orm::DbErr) -> Self {
+        Refused::Failed(error.to_string())
+    }
+}
+
+/// Commits what a successful run did. A run that only read one key and has no finishing work
+/// has nothing to commit (a single read is consistent on its own); one that read several keys has
+/// them checked, in a transaction that writes nothing, so what it answered was one state.
+pub(super) async fn commit(
+    services: &Services,
+    txn: Option<Txn>,
+    finish: Option<&dyn Finish>,
+    emitted: &[Emitted],
+) -> Result<(), Refused> {
+    let finish = finish.filter(|f| f.has_work(emitted));
+    let mut txn =
+        txn.filter(|t| t.writes() || t.reads() > 1 || (finish.is_some() && t.reads() > 0));
+    let db = match &services.kv {
+        Store::Database(db) => db,
+        // The harness keeps kv in memory and has no finishing work; were there any, it would
+        // commit after the kv writes, not with them.
+        Store::Memory(kv) => {
+            if let Some(txn) = txn.take() {
+                txn.commit_memory(kv)?;
+            }
+            &services.db
+        }
+    };
+    let writes = finish.is_some() || txn.as_ref().is_some_and(Txn::writes);
+    if txn.is_none() && !writes {
+        return Ok(());
+    }
+    let tx = if writes {
+        crate::db::begin_write(db).await?
+    } else {
+        sea_orm::TransactionTrait::begin(db).await?
+    };
+    let written = async {
+        if let Some(txn) = txn {
+            txn.commit_in(&tx).await?;
+        }
+        if let Some(finish) = finish {
+            finish.write(&tx, emitted).await?;
+        }
+        Ok::<(), Refused>(())
+    }
+    .await;
+    match written {
+        Ok(()) => Ok(tx.commit().await?),
+        Err(refused) => {
+            // Dropping the transaction would roll back too, but not before the next statement
+            // on SQLite's one writer.
+            tx.rollback().await?;
+            Err(refused)
+        }
+    }
+}
