@@ -58,7 +58,7 @@ async fn latencies(conn: &DatabaseConnection) -> Vec<i64> {
 /// Delivers `n` events with `engines` engines on the database at `url`; prints the rate.
 async fn measure(label: &str, url: &str, engines: usize, n: usize) {
     let env = [
-        ("TRELLIS_EVENTS__POLL_MS", "20"),
+        ("TRELLIS_EVENTS__POLL_MS", "50"),
         ("TRELLIS_PLUGINS__BREAKER_TRAPS", "1000000"),
         ("TRELLIS_LOG__LEVEL", "warn"),
     ];

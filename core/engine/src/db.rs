@@ -224,7 +224,8 @@ async fn open(
         // A ping on every checkout doubles the round trips of a busy engine; a connection that
         // sat idle long enough for a server, proxy or firewall to drop it is still checked.
         .test_before_acquire_if_idle_for(Duration::from_secs(30))
-        .sqlx_logging(false);
+        .sqlx_logging(true)
+        .sqlx_logging_level(tracing::log::LevelFilter::Debug);
     if let Some((busy, synchronous)) = sqlite {
         options.map_sqlx_sqlite_opts(move |o| {
             o.create_if_missing(true)
@@ -364,6 +365,24 @@ pub struct Paged<T> {
     pub page: u64,
     pub per_page: u64,
     pub total: u64,
+}
+
+/// SQLite has one writer at a time, and a connection waiting for the write lock sleeps in
+/// SQLite's busy handler (1, 2, 5, 10… ms at a time): busy writers of one process would spend
+/// more time asleep than writing. The hottest writers (plugin commits, claims) take turns here
+/// instead, woken the moment the turn is free. Per process: every database of a process shares
+/// it, which only the tests' in-process engines notice.
+static SQLITE_WRITER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// This process's turn to write to `db`, when it is SQLite; hold it across the transaction.
+/// `None` on PostgreSQL, whose writers do not exclude each other.
+pub async fn write_turn(
+    db: &impl sea_orm::ConnectionTrait,
+) -> Option<tokio::sync::MutexGuard<'static, ()>> {
+    match db.get_database_backend() {
+        sea_orm::DbBackend::Sqlite => Some(SQLITE_WRITER.lock().await),
+        _ => None,
+    }
 }
 
 /// Begins a transaction that will write. On SQLite it takes the write lock at `BEGIN`

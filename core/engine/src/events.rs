@@ -26,7 +26,7 @@ mod outbox;
 
 use budget::open_chain;
 pub use budget::{EMITTER, Emitter, Limits, Refusal, admit, refund};
-pub use claim::{Room, claim};
+pub use claim::{Room, bury_abandoned, claim};
 pub use log::{Delivery, DeliveryFilter, deliveries, delivery, redeliver};
 pub use outbox::Outbox;
 
@@ -575,6 +575,50 @@ mod tests {
         let clock =
             Clock::from_fn(move || start + Duration::milliseconds(read.load(Ordering::SeqCst)));
         (clock, offset)
+    }
+
+    #[tokio::test]
+    async fn a_delivery_claimed_to_its_last_attempt_by_dispatchers_that_died_is_buried_dead() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = database(dir.path()).await;
+        backlog(&db, &merchant("p-a", "m-a1"), 2, Utc::now()).await;
+        let room = HashMap::new();
+        // Two claims with attempts to spare, then the last, each holder dying with its lease.
+        let mut now = Utc::now() + Duration::seconds(1);
+        for _ in 0..2 {
+            let claimed = claim(
+                &db,
+                "gone",
+                10,
+                Room {
+                    in_flight: &room,
+                    per_partner: 10,
+                    least: 1,
+                },
+                Duration::seconds(30),
+                2,
+                now,
+            )
+            .await
+            .unwrap();
+            assert_eq!(claimed.len(), 2);
+            assert_eq!(
+                bury_abandoned(&db, 2, now).await.unwrap(),
+                0,
+                "leases still run"
+            );
+            now += Duration::seconds(31);
+        }
+        assert_eq!(bury_abandoned(&db, 2, now).await.unwrap(), 2);
+        let dead: i64 = sql::query(
+            "SELECT COUNT(*) FROM event_deliveries WHERE status = 'dead' AND last_error LIKE 'no outcome recorded%'",
+            [],
+        )
+        .scalar(&db)
+        .await
+        .unwrap()
+        .unwrap();
+        assert_eq!(dead, 2);
     }
 
     #[tokio::test]

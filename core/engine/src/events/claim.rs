@@ -79,20 +79,6 @@ pub async fn claim(
     if due.is_none() {
         return Ok(Vec::new());
     }
-    // Deliveries whose every attempt was claimed but never recorded (their dispatchers died
-    // each time) are dead rather than retried for ever.
-    sql::query(
-        "UPDATE event_deliveries SET status = 'dead', last_error = ?, lease_until = NULL, updated_at = ? \
-         WHERE status = 'pending' AND attempts >= ? AND lease_until IS NOT NULL AND lease_until < ?",
-        [
-            format!("no outcome recorded after {max_attempts} attempts (the dispatchers holding it stopped)").into(),
-            Millis(now).into(),
-            max_attempts.into(),
-            Millis(now).into(),
-        ],
-    )
-    .execute(db)
-    .await?;
     // Twice the batch: another dispatcher ranking at the same moment takes the same first turns.
     let candidates = fair_turns(
         db,
@@ -118,6 +104,7 @@ pub async fn claim(
     while claimed.len() < wanted && !rest.is_empty() {
         let (chunk, after) = rest.split_at((wanted - claimed.len()).min(rest.len()));
         rest = after;
+        let _turn = crate::db::write_turn(db).await;
         claimed.extend(lease_rows(db, owner, chunk, lease, max_attempts, now).await?);
     }
     if claimed.is_empty() {
@@ -140,6 +127,28 @@ pub async fn claim(
     Ok(rows.into_iter().map(Claimed::from).collect())
 }
 
+/// Marks dead the deliveries whose every attempt was claimed but never recorded (their
+/// dispatchers died each time), rather than claiming them for ever. It reads every pending
+/// delivery, so dispatchers run it now and then, not with every claim.
+pub async fn bury_abandoned(
+    db: &impl ConnectionTrait,
+    max_attempts: i32,
+    now: DateTime<Utc>,
+) -> Result<u64, Error> {
+    Ok(sql::query(
+        "UPDATE event_deliveries SET status = 'dead', last_error = ?, lease_until = NULL, updated_at = ? \
+         WHERE status = 'pending' AND attempts >= ? AND lease_until IS NOT NULL AND lease_until < ?",
+        [
+            format!("no outcome recorded after {max_attempts} attempts (the dispatchers holding it stopped)").into(),
+            Millis(now).into(),
+            max_attempts.into(),
+            Millis(now).into(),
+        ],
+    )
+    .execute(db)
+    .await?)
+}
+
 /// Up to `limit` due deliveries (id, partner) in fair order: by turn within their partner (each
 /// merchant's oldest first, then each one's second, …), oldest first within a turn. The
 /// `held_back` partners are left out.
@@ -151,27 +160,65 @@ async fn fair_turns(
     now: DateTime<Utc>,
 ) -> Result<Vec<(String, String)>, Error> {
     let limit = i64::from(limit);
-    let mut values: Vec<Value> = vec![Millis(now).into(), max_attempts.into(), Millis(now).into()];
+    let mut values: Vec<Value> = Vec::new();
     let held_back = if held_back.is_empty() {
         String::new()
     } else {
         values.extend(held_back.iter().cloned().map(Value::from));
         format!(" AND partner_id NOT IN ({})", sql::marks(held_back.len()))
     };
-    values.extend([limit.into(), limit.into(), limit.into()]);
-    // No merchant or partner can have more than `limit` deliveries among the first `limit`,
-    // so later turns are cut before they are ranked again.
+    let due = "status = 'pending' AND partner_id = g.partner_id AND next_attempt_at <= ? \
+               AND attempts < ? AND (lease_until IS NULL OR lease_until < ?)";
+    let first = |values: &mut Vec<Value>| {
+        values.extend([
+            Millis(now).into(),
+            max_attempts.into(),
+            Millis(now).into(),
+            limit.into(),
+        ]);
+    };
+    // No merchant or partner can have more than `limit` deliveries among the first `limit`, so
+    // only the first `limit` due deliveries of each (partner, merchant) are ranked: each is an
+    // index range, and the ranking costs as much however long the backlog behind them is.
+    let firsts = match sql::backend(db) {
+        // A lateral join runs each range once per (partner, merchant); an equality keeps it on
+        // the index, so deliveries without a merchant are a range of their own.
+        sea_orm::DbBackend::Postgres => {
+            first(&mut values);
+            first(&mut values);
+            format!(
+                "CROSS JOIN LATERAL (\
+                   (SELECT id, next_attempt_at FROM event_deliveries WHERE {due} \
+                    AND merchant_id = g.merchant_id AND {NOT_SUSPENDED} ORDER BY next_attempt_at, id LIMIT ?) \
+                   UNION ALL \
+                   (SELECT id, next_attempt_at FROM event_deliveries WHERE {due} \
+                    AND g.merchant_id IS NULL AND merchant_id IS NULL AND {NOT_SUSPENDED} \
+                    ORDER BY next_attempt_at, id LIMIT ?)\
+                 ) d"
+            )
+        }
+        // SQLite has no lateral joins; `IS` compares NULLs and keeps to the index.
+        _ => {
+            first(&mut values);
+            format!(
+                "JOIN event_deliveries d ON d.id IN (\
+                   SELECT id FROM event_deliveries WHERE {due} AND merchant_id IS g.merchant_id \
+                   AND {NOT_SUSPENDED} ORDER BY next_attempt_at, id LIMIT ?)"
+            )
+        }
+    };
+    values.extend([limit.into(), limit.into()]);
     let turns: Vec<Turn> = sql::query(
         &format!(
             "SELECT id, partner_id FROM (\
                SELECT id, partner_id, next_attempt_at, \
                ROW_NUMBER() OVER (PARTITION BY partner_id ORDER BY merchant_turn, next_attempt_at, id) AS turn \
                FROM (\
-                 SELECT id, partner_id, next_attempt_at, \
-                 ROW_NUMBER() OVER (PARTITION BY partner_id, merchant_id ORDER BY next_attempt_at, id) AS merchant_turn \
-                 FROM event_deliveries WHERE status = 'pending' AND next_attempt_at <= ? AND attempts < ? \
-                 AND (lease_until IS NULL OR lease_until < ?) AND {NOT_SUSPENDED}{held_back}\
-               ) per_merchant WHERE merchant_turn <= ?\
+                 SELECT d.id, g.partner_id, d.next_attempt_at, \
+                 ROW_NUMBER() OVER (PARTITION BY g.partner_id, g.merchant_id ORDER BY d.next_attempt_at, d.id) AS merchant_turn \
+                 FROM (SELECT DISTINCT partner_id, merchant_id FROM event_deliveries \
+                       WHERE status = 'pending'{held_back}) g {firsts}\
+               ) per_merchant\
              ) per_partner WHERE turn <= ? ORDER BY turn, next_attempt_at, id LIMIT ?"
         ),
         values,
@@ -197,16 +244,27 @@ async fn lease_rows(
     max_attempts: i32,
     now: DateTime<Utc>,
 ) -> Result<Vec<String>, Error> {
-    let lock = sql::for_update(db, RowLock::SkipLocked);
     let marks = sql::marks(ids.len());
     let mut values: Vec<Value> = vec![owner.into(), Millis(now + lease).into(), Millis(now).into()];
     values.extend(ids.iter().cloned().map(Value::from));
     values.extend([max_attempts.into(), Millis(now).into()]);
+    let claimable =
+        "status = 'pending' AND attempts < ? AND (lease_until IS NULL OR lease_until < ?)";
+    // PostgreSQL passes over rows another dispatcher is leasing; SQLite's writers take turns,
+    // and there the ids are looked up by their key directly.
+    let which = match sql::backend(db) {
+        sea_orm::DbBackend::Postgres => {
+            let lock = sql::for_update(db, RowLock::SkipLocked);
+            format!(
+                "id IN (SELECT id FROM event_deliveries WHERE id IN ({marks}) AND {claimable}{lock})"
+            )
+        }
+        _ => format!("id IN ({marks}) AND {claimable}"),
+    };
     let leased: Vec<Leased> = sql::query(
         &format!(
             "UPDATE event_deliveries SET lease_owner = ?, lease_until = ?, attempts = attempts + 1, updated_at = ? \
-             WHERE id IN (SELECT id FROM event_deliveries WHERE id IN ({marks}) AND status = 'pending' \
-             AND attempts < ? AND (lease_until IS NULL OR lease_until < ?){lock}) RETURNING id"
+             WHERE {which} RETURNING id"
         ),
         values,
     )

@@ -4,8 +4,8 @@
 //! Invariant: a delivery's outcome is written only by the dispatcher holding its claim; any
 //! number of processes may run dispatchers against one database.
 
-use std::collections::HashMap;
-use std::time::Duration;
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -47,12 +47,18 @@ pub struct Dispatcher {
     options: DispatcherOptions,
 }
 
-/// The deliveries this process has running, counted by partner.
+/// The deliveries this process has claimed: running, or waiting for a free slot; counted by
+/// partner.
 #[derive(Default)]
 struct Running {
     tasks: JoinSet<()>,
     partners: HashMap<tokio::task::Id, String>,
+    /// Claimed (running or waiting), by partner.
     by_partner: HashMap<String, usize>,
+    /// Running, by partner.
+    running_by_partner: HashMap<String, usize>,
+    /// Claimed, in the claim's fair order, with the moment of their claim.
+    waiting: VecDeque<(Instant, events::Claimed)>,
 }
 
 impl Running {
@@ -60,10 +66,43 @@ impl Running {
         self.tasks.len()
     }
 
-    fn start(&mut self, partner: String, delivery: impl Future<Output = ()> + Send + 'static) {
-        let id = self.tasks.spawn(delivery).id();
-        *self.by_partner.entry(partner.clone()).or_default() += 1;
-        self.partners.insert(id, partner);
+    /// Keeps a claimed delivery until a slot is free; it counts against its partner's room.
+    fn wait(&mut self, claim: events::Claimed) {
+        let partner = claim.place.partner_id.clone().unwrap_or_default();
+        *self.by_partner.entry(partner).or_default() += 1;
+        self.waiting.push_back((Instant::now(), claim));
+    }
+
+    /// Starts waiting deliveries, in the order they were claimed, until `concurrency` run;
+    /// a partner with `per_partner` running waits for one of them to end.
+    fn start_waiting<F>(
+        &mut self,
+        concurrency: usize,
+        per_partner: usize,
+        deliver: impl Fn(Instant, events::Claimed) -> F,
+    ) where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let mut at = 0;
+        while self.tasks.len() < concurrency && at < self.waiting.len() {
+            let partner = self.waiting[at]
+                .1
+                .place
+                .partner_id
+                .clone()
+                .unwrap_or_default();
+            let running = self.running_by_partner.entry(partner.clone()).or_default();
+            if *running >= per_partner {
+                at += 1;
+                continue;
+            }
+            *running += 1;
+            let Some((claimed_at, claim)) = self.waiting.remove(at) else {
+                break;
+            };
+            let id = self.tasks.spawn(deliver(claimed_at, claim)).id();
+            self.partners.insert(id, partner);
+        }
     }
 
     fn ended(&mut self, result: Result<(tokio::task::Id, ()), tokio::task::JoinError>) {
@@ -72,12 +111,14 @@ impl Running {
             // A panicked delivery frees its slot too; its lease expires and it is retried.
             Err(error) => error.id(),
         };
-        if let Some(partner) = self.partners.remove(&id)
-            && let Some(count) = self.by_partner.get_mut(&partner)
-        {
-            *count = count.saturating_sub(1);
-            if *count == 0 {
-                self.by_partner.remove(&partner);
+        if let Some(partner) = self.partners.remove(&id) {
+            for counts in [&mut self.by_partner, &mut self.running_by_partner] {
+                if let Some(count) = counts.get_mut(&partner) {
+                    *count = count.saturating_sub(1);
+                    if *count == 0 {
+                        counts.remove(&partner);
+                    }
+                }
             }
         }
     }
@@ -107,19 +148,28 @@ impl Dispatcher {
     }
 
     /// Attempts one claimed delivery and records its outcome.
-    fn deliver(&self, claim: events::Claimed) -> impl Future<Output = ()> + Send + 'static {
+    fn deliver(
+        &self,
+        claimed_at: Instant,
+        claim: events::Claimed,
+    ) -> impl Future<Output = ()> + Send + 'static {
         let catalog = self.catalog.clone();
         let owner = self.owner.clone();
         let backoff = self.options.backoff;
         let lease = self.options.lease;
         async move {
-            // Renewed as the attempt starts; a claim lost meanwhile is not attempted.
-            match events::renew_lease(&catalog.db, &claim, &owner, lease, catalog.now()).await {
-                Ok(true) => {}
-                Ok(false) => return,
-                Err(error) => {
-                    tracing::warn!(delivery = %claim.delivery_id, %error, "could not renew a claim; leaving it");
-                    return;
+            // A claim that waited for a slot for half its lease is renewed as the attempt starts
+            // (a claim lost meanwhile is not attempted); a fresh one needs no extra write. Either
+            // way only the claim's holder can record the outcome.
+            let waited = chrono::Duration::from_std(claimed_at.elapsed()).unwrap_or(lease);
+            if waited * 2 >= lease {
+                match events::renew_lease(&catalog.db, &claim, &owner, lease, catalog.now()).await {
+                    Ok(true) => {}
+                    Ok(false) => return,
+                    Err(error) => {
+                        tracing::warn!(delivery = %claim.delivery_id, %error, "could not renew a claim; leaving it");
+                        return;
+                    }
                 }
             }
             let outcome = delivery::deliver(&catalog, &claim, &owner).await;
@@ -164,35 +214,72 @@ impl Dispatcher {
             );
         }
         let concurrency = self.options.concurrency.max(1);
-        let batch = usize::try_from(self.options.batch).unwrap_or(usize::MAX);
-        // Each claim ranks every due delivery, so it waits for a quarter of the slots to free
-        // up rather than claiming for each one.
+        let batch = usize::try_from(self.options.batch)
+            .unwrap_or(usize::MAX)
+            .max(1);
+        // A claim waits for a quarter of the slots to free up rather than claiming for each one.
         let refill = (concurrency / 4).max(1);
+        // One partner runs at most three quarters of the slots, and may have a batch more
+        // claimed, waiting: a busy partner is claimed for about once per half batch, and
+        // another partner's delivery is claimed by the next claim.
         let per_partner = concurrency - concurrency / 4;
+        let claim_cap = per_partner + batch;
+        // After a claim that found nothing for anyone with room, the next waits for the poll,
+        // unless the queue runs lower than it was then and below half a batch.
+        let mut quiet: Option<(Instant, usize)> = None;
         let mut running = Running::default();
+        // Abandoned deliveries are looked for a few times per lease, not at every claim.
+        let sweep_every = (self
+            .options
+            .lease
+            .to_std()
+            .unwrap_or(Duration::from_secs(60))
+            / 2)
+        .clamp(Duration::from_secs(1), Duration::from_secs(30));
+        let mut swept = Instant::now();
         loop {
             if *stop.borrow() {
                 break;
             }
+            if swept.elapsed() >= sweep_every {
+                swept = Instant::now();
+                let max = self.options.backoff.max_attempts;
+                if let Err(error) =
+                    events::bury_abandoned(&self.catalog.db, max, self.catalog.now()).await
+                {
+                    tracing::warn!(%error, "could not look for abandoned deliveries");
+                }
+            }
             running.reap();
+            running.start_waiting(concurrency, per_partner, |at, claim| {
+                self.deliver(at, claim)
+            });
             let free = concurrency.saturating_sub(running.len());
-            if free < refill {
+            let quiet_until = quiet
+                .filter(|(until, queued)| {
+                    Instant::now() < *until && running.waiting.len() >= (*queued).min(batch / 2)
+                })
+                .map(|(until, _)| until);
+            if free < refill || quiet_until.is_some() {
+                let until = quiet_until.unwrap_or_else(|| Instant::now() + self.options.poll);
                 tokio::select! {
-                    () = running.next() => {}
+                    () = running.next(), if running.len() > 0 => {}
+                    () = tokio::time::sleep_until(until.into()) => {}
                     _ = stop.changed() => {}
                 }
                 continue;
             }
             let room = events::Room {
                 in_flight: &running.by_partner,
-                per_partner,
+                per_partner: claim_cap,
                 least: refill,
             };
-            // No more than can run at once: a claim waiting for a free slot would burn its lease.
+            // A whole batch at a time, which waits here for free slots (each claim is renewed
+            // if it waited half its lease).
             let claimed = events::claim(
                 &self.catalog.db,
                 &self.owner,
-                u32::try_from(free.min(batch)).unwrap_or(u32::MAX),
+                u32::try_from(batch).unwrap_or(u32::MAX),
                 room,
                 self.options.lease,
                 self.options.backoff.max_attempts,
@@ -200,11 +287,18 @@ impl Dispatcher {
             )
             .await;
             let pause = match claimed {
-                Ok(claimed) if claimed.is_empty() => self.options.poll,
+                Ok(claimed) if claimed.is_empty() => {
+                    if !running.waiting.is_empty() {
+                        // Those with room have nothing due; the queue keeps the slots busy.
+                        quiet = Some((Instant::now() + self.options.poll, running.waiting.len()));
+                        continue;
+                    }
+                    self.options.poll
+                }
                 Ok(claimed) => {
+                    quiet = None;
                     for claim in claimed {
-                        let partner = claim.place.partner_id.clone().unwrap_or_default();
-                        running.start(partner, self.deliver(claim));
+                        running.wait(claim);
                     }
                     continue;
                 }
@@ -226,7 +320,23 @@ impl Dispatcher {
                 }
             }
         }
-        // In-flight deliveries finish (or their leases expire and another process retries them).
+        // Claims still waiting are given back at once (their attempt not counted), so another
+        // process need not wait for their leases; in-flight deliveries finish.
+        for (_, claim) in std::mem::take(&mut running.waiting) {
+            let now = self.catalog.now();
+            if let Err(error) = events::postpone(
+                &self.catalog.db,
+                &claim,
+                &self.owner,
+                now,
+                "released: the dispatcher stopped",
+                now,
+            )
+            .await
+            {
+                tracing::warn!(delivery = %claim.delivery_id, %error, "could not give a claim back; it is claimed again once its lease ends");
+            }
+        }
         while running.len() > 0 {
             running.next().await;
         }

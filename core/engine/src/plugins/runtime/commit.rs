@@ -73,6 +73,11 @@ pub(super) async fn commit(
     if txn.is_none() && !writes {
         return Ok(());
     }
+    let _turn = if writes {
+        crate::db::write_turn(db).await
+    } else {
+        None
+    };
     let tx = if writes {
         crate::db::begin_write(db).await?
     } else {
