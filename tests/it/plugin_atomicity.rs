@@ -139,6 +139,33 @@ async fn a_failed_invocation_keeps_no_write_and_no_event_and_a_successful_one_ke
         );
         assert_eq!(count(&conn, events).await, 2, "{label}");
 
+        // The merchant's event log shows what was kept, with its payloads; nothing of the
+        // failures.
+        let log = root
+            .get(&format!(
+                "/api/v1/merchants/{merchant}/events?source=plugin:{ATOMIC}"
+            ))
+            .await
+            .ok();
+        assert_eq!(log.body["total"], 2, "{label}: {:?}", log.body);
+        let items = log.body["items"].as_array().unwrap();
+        assert!(
+            items
+                .iter()
+                .all(|e| e["kind"] == "atomic.applied" && e["payload"]["applied"].is_i64()),
+            "{label}: {items:?}"
+        );
+        assert!(
+            items.iter().any(|e| e["payload"]["id"] == "good-1"),
+            "{label}: {items:?}"
+        );
+        let too_many = root
+            .get(&format!(
+                "/api/v1/events?merchant_id={merchant}&per_page=51"
+            ))
+            .await;
+        assert_eq!(too_many.status, 422, "{label}: {too_many:?}");
+
         // What the namespace's usage row says is what it holds.
         let rows = count(
             &conn,

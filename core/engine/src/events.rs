@@ -27,7 +27,10 @@ mod outbox;
 use budget::open_chain;
 pub use budget::{EMITTER, Emitter, Limits, Refusal, admit, refund};
 pub use claim::{Room, bury_abandoned, claim};
-pub use log::{Delivery, DeliveryFilter, deliveries, delivery, redeliver};
+pub use log::{
+    Delivery, DeliveryFilter, EventFilter, MAX_EVENTS_PER_PAGE, Recorded, deliveries, delivery,
+    recorded, redeliver,
+};
 pub use outbox::Outbox;
 
 #[derive(Debug, thiserror::Error)]

@@ -59,6 +59,7 @@ pub enum Action {
     PluginConfigWrite,
     PluginUse,
     PluginView,
+    /// Reading the delivery log and the event log.
     DeliveryRead,
     DeliveryRedeliver,
     /// Calling a plugin route whose audience is `staff` (at a store's or a merchant's path).

@@ -1,12 +1,14 @@
-//! The delivery log: what became of each delivery, as operators read it and put finished ones
-//! back in the queue.
+//! The event and delivery logs: which events were recorded (with their payloads and where they
+//! came from) and what became of each delivery, as operators read them and put finished
+//! deliveries back in the queue.
 //!
-//! Invariant: a reader sees only the deliveries inside its scope (its partner, agent or
-//! merchant), and redelivering never touches a delivery that is still pending.
+//! Invariant: a reader sees only the events and deliveries inside its scope (its partner, agent
+//! or merchant), and redelivering never touches a delivery that is still pending.
 
 use chrono::{DateTime, Utc};
 use sea_orm::{ConnectionTrait, FromQueryResult, Value};
 use serde::Serialize;
+use serde_json::Value as Json;
 
 use super::Error;
 use crate::db::sql::{self, Millis};
@@ -174,4 +176,101 @@ pub async fn redeliver(
     .execute(db)
     .await?;
     Ok(())
+}
+
+/// An event as the event log shows it.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct Recorded {
+    pub id: String,
+    pub kind: String,
+    pub agent_id: Option<String>,
+    pub merchant_id: Option<String>,
+    /// `engine`, `api:<caller>`, or `plugin:<id>` for what a plugin emitted.
+    pub source: String,
+    /// Plugin hops that led to it: 0 from outside the plugins.
+    pub depth: i32,
+    /// The event that started its chain, when a plugin emitted it while handling another.
+    pub root_id: Option<String>,
+    #[schema(value_type = Object)]
+    pub payload: Json,
+    pub occurred_at: DateTime<Utc>,
+}
+
+/// Filters of the event log.
+#[derive(Debug, Clone, Default)]
+pub struct EventFilter {
+    pub kind: Option<String>,
+    pub source: Option<String>,
+    pub root_id: Option<String>,
+    pub limit: u64,
+    pub offset: u64,
+}
+
+/// Most events one page of the log holds: each carries its payload (up to 1 MiB).
+pub const MAX_EVENTS_PER_PAGE: u64 = 50;
+
+#[derive(FromQueryResult)]
+struct RecordedRow {
+    id: String,
+    kind: String,
+    agent_id: Option<String>,
+    merchant_id: Option<String>,
+    source: String,
+    depth: i32,
+    root_id: Option<String>,
+    payload: String,
+    occurred_at: Millis,
+}
+
+/// The event log inside `scope`, newest first.
+pub async fn recorded(
+    db: &impl ConnectionTrait,
+    scope: &Place,
+    filter: &EventFilter,
+) -> Result<(Vec<Recorded>, u64), Error> {
+    let mut values = Vec::new();
+    let mut condition = scope_filter(scope, &mut values);
+    for (column, value) in [
+        ("kind", &filter.kind),
+        ("source", &filter.source),
+        ("root_id", &filter.root_id),
+    ] {
+        if let Some(v) = value {
+            condition.push_str(&format!(" AND {column} = ?"));
+            values.push(v.clone().into());
+        }
+    }
+    let total = sql::query(
+        &format!("SELECT COUNT(*) AS n FROM events WHERE {condition}"),
+        values.clone(),
+    )
+    .count(db)
+    .await?;
+    let limit = filter.limit.clamp(1, MAX_EVENTS_PER_PAGE);
+    values.push(i64::try_from(limit).unwrap_or(50).into());
+    values.push(i64::try_from(filter.offset).unwrap_or(0).into());
+    let rows: Vec<RecordedRow> = sql::query(
+        &format!(
+            "SELECT id, kind, agent_id, merchant_id, source, depth, root_id, payload, occurred_at \
+             FROM events WHERE {condition} ORDER BY occurred_at DESC, id DESC LIMIT ? OFFSET ?"
+        ),
+        values,
+    )
+    .all(db)
+    .await?;
+    let items = rows
+        .into_iter()
+        .map(|row| Recorded {
+            id: row.id,
+            kind: row.kind,
+            agent_id: row.agent_id,
+            merchant_id: row.merchant_id,
+            source: row.source,
+            depth: row.depth,
+            root_id: row.root_id,
+            payload: serde_json::from_str(&row.payload).unwrap_or(Json::Null),
+            occurred_at: row.occurred_at.0,
+        })
+        .collect();
+    Ok((items, total))
 }

@@ -284,9 +284,9 @@ fn plugin_error_status(error: &plugins::PluginError) -> (StatusCode, &'static st
     use StatusCode as S;
     use plugins::PluginError as P;
     match error {
-        P::InvalidInput { .. } | P::InvalidField { .. } => {
-            (S::UNPROCESSABLE_ENTITY, "plugin_invalid_input")
-        }
+        // As the contract (WIT `error`) says: malformed input 400, one wrong field 422.
+        P::InvalidInput { .. } => (S::BAD_REQUEST, "plugin_invalid_input"),
+        P::InvalidField { .. } => (S::UNPROCESSABLE_ENTITY, "plugin_invalid_field"),
         P::NotFound { .. } => (S::NOT_FOUND, "plugin_not_found"),
         P::Denied { .. } => (S::FORBIDDEN, "plugin_denied"),
         P::Conflict { .. } => (S::CONFLICT, "plugin_conflict"),

@@ -1,8 +1,8 @@
-//! Events over HTTP: a partner publishing an event for one of its merchants, and the delivery
-//! log with redelivery.
+//! Events over HTTP: a partner publishing an event for one of its merchants, the event log, and
+//! the delivery log with redelivery.
 //!
 //! Invariant: the engine's own event kinds cannot be published from outside, and a caller sees
-//! and redelivers only deliveries inside its subtree.
+//! only events and deliveries inside its subtree, and redelivers only those.
 
 use axum::extract::Path;
 use axum::http::StatusCode;
@@ -21,7 +21,11 @@ use crate::tenancy::Place;
 
 pub fn router() -> Router<AppState> {
     Router::new()
-        .route("/api/v1/merchants/{id}/events", post(publish_event))
+        .route(
+            "/api/v1/merchants/{id}/events",
+            post(publish_event).get(merchant_events),
+        )
+        .route("/api/v1/events", get(list_events))
         .route("/api/v1/deliveries", get(list_deliveries))
         .route("/api/v1/deliveries/{id}/redeliver", post(redeliver))
 }
@@ -85,6 +89,66 @@ async fn publish_event(
         )
         .await?;
     Ok((StatusCode::ACCEPTED, Json(Published { event_id })))
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+pub struct EventQuery {
+    #[serde(default)]
+    pub merchant_id: Option<String>,
+    #[serde(default)]
+    pub kind: Option<String>,
+    /// `engine`, `api:<caller>` or `plugin:<id>`.
+    #[serde(default)]
+    pub source: Option<String>,
+    /// Events of the chain this event started.
+    #[serde(default)]
+    pub root_id: Option<String>,
+}
+
+/// The event log, payloads included (so at most 50 a page): a merchant sees its own, the tiers
+/// above everything below them. Reading it is reading the delivery log.
+async fn list_events(
+    ctx: Ctx,
+    ApiQuery(query): ApiQuery<EventQuery>,
+    ApiQuery(page): ApiQuery<Page>,
+) -> Result<Json<Paged<events::Recorded>>, ApiError> {
+    let scope = match &query.merchant_id {
+        Some(id) => Target::merchant(id),
+        None => Target::own(),
+    };
+    let grant = ctx.allow(Action::DeliveryRead, scope).await?;
+    if page.per_page > events::MAX_EVENTS_PER_PAGE {
+        return Err(ApiError::Validation {
+            field: "per_page",
+            message: format!(
+                "the event log holds at most {} events a page",
+                events::MAX_EVENTS_PER_PAGE
+            ),
+        });
+    }
+    let filter = events::EventFilter {
+        kind: query.kind,
+        source: query.source,
+        root_id: query.root_id,
+        limit: page.limit(),
+        offset: page.offset(),
+    };
+    let (items, total) = events::recorded(&ctx.state.db.conn, grant.target(), &filter).await?;
+    Ok(Json(page.wrap(items, total)))
+}
+
+/// One merchant's event log: `GET /api/v1/events?merchant_id=`.
+async fn merchant_events(
+    ctx: Ctx,
+    Path(id): Path<String>,
+    ApiQuery(query): ApiQuery<EventQuery>,
+    page: ApiQuery<Page>,
+) -> Result<Json<Paged<events::Recorded>>, ApiError> {
+    let query = EventQuery {
+        merchant_id: Some(id),
+        ..query
+    };
+    list_events(ctx, ApiQuery(query), page).await
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]

@@ -25,7 +25,7 @@ use super::session::{LoginRequest, LoginResponse, Me, PasswordChange};
 use crate::alipay::SignType;
 use crate::alipay::credentials::{CredentialsInput, CredentialsView, GatewayKind, KeyMode};
 use crate::auth::{ApiKey, User, UserPatch};
-use crate::events::Delivery;
+use crate::events::{Delivery, Recorded};
 use crate::packages::{Assignment, Entitlement, Package, PackageVersion, Price, Quotas, Spec};
 use crate::plugins::catalog::{Installation, Policy, RouteView, VersionView};
 use crate::rbac::audit::{Outcome, Record};
@@ -71,6 +71,7 @@ use crate::tenancy::{NewNode, Node, NodeKind, NodePatch, NodeStatus, Role};
     Assignment,
     Entitlement,
     Delivery,
+    Recorded,
     ActivateRequest,
     OfferRequest,
     CreatePackageRequest,
@@ -568,6 +569,18 @@ const DELIVERY_QUERY: [(&str, &str); 6] = [
     PAGE_QUERY[1],
 ];
 
+const EVENT_QUERY: [(&str, &str); 6] = [
+    ("merchant_id", "events of this merchant"),
+    ("kind", "events of this kind"),
+    ("source", "engine, api:<caller> or plugin:<id>"),
+    ("root_id", "events of the chain this event started"),
+    ("page", "1-based page number"),
+    (
+        "per_page",
+        "events per page, 1 to 50 (each with its payload)",
+    ),
+];
+
 const ASSIGNMENT_QUERY: [(&str, &str); 3] = [
     ("merchant_id", "assignments of this merchant"),
     PAGE_QUERY[0],
@@ -794,6 +807,24 @@ fn platform_operations() -> Vec<Operation> {
             Some("PublishEventRequest"),
             Answer::One("202", "Published"),
             &[],
+        ),
+        op(
+            "get",
+            "/api/v1/merchants/{id}/events",
+            "A merchant's event log, newest first, with payloads",
+            "events",
+            None,
+            Answer::List("Recorded"),
+            &EVENT_QUERY[1..],
+        ),
+        op(
+            "get",
+            "/api/v1/events",
+            "The event log: what the engine, partners and plugins recorded, newest first, with payloads",
+            "events",
+            None,
+            Answer::List("Recorded"),
+            &EVENT_QUERY[..],
         ),
         op(
             "get",
