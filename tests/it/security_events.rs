@@ -8,9 +8,10 @@ use std::time::{Duration, Instant};
 
 use sea_orm::{ConnectionTrait, DatabaseConnection, Statement};
 use serde_json::json;
+use trellis_tests::fixtures::{entitle, offer_and_assign};
 use trellis_tests::{
     Api, Engine, create_node as node, create_partner, create_platform_admin, databases, eventually,
-    plugin_archive_bytes, plugin_wasm, tempdir, workspace_root,
+    plugin_wasm, tempdir, workspace_root,
 };
 
 const PASSWORD: &str = "correct horse battery staple";
@@ -53,36 +54,6 @@ fn storm_copy(n: usize) -> Vec<u8> {
     .1
 }
 
-/// Offers the partner's installed `plugins` to its agent, packages them and assigns the
-/// package to `merchants`.
-async fn entitle(root: &Api, partner: &str, agent: &str, merchants: &[&str], plugins: &[String]) {
-    for plugin in plugins {
-        root.post(
-            &format!("/api/v1/partners/{partner}/plugins/{plugin}/offer"),
-            json!({"offered": true}),
-        )
-        .await
-        .ok();
-    }
-    let package = root
-        .post(
-            "/api/v1/packages",
-            json!({"agent_id": agent, "name": "Everything", "plugins": plugins, "validity_days": 30}),
-        )
-        .await
-        .ok()
-        .id();
-    root.post(&format!("/api/v1/packages/{package}/publish"), json!({}))
-        .await
-        .ok();
-    root.post(
-        &format!("/api/v1/packages/{package}/assignments"),
-        json!({"merchant_ids": merchants}),
-    )
-    .await
-    .ok();
-}
-
 async fn count(conn: &DatabaseConnection, sql: &str) -> i64 {
     conn.query_one_raw(Statement::from_string(conn.get_database_backend(), sql))
         .await
@@ -121,23 +92,16 @@ impl Storm {
             .ok();
             copies.push(format!("test.trellis.storm-{n}"));
         }
-        entitle(&root, &partner_a, &agent_a, &[&ma1, &ma2], &copies).await;
+        offer_and_assign(&root, (&partner_a, &agent_a), &[&ma1, &ma2], &copies).await;
 
         let partner_b = create_partner(&root, "Quiet", "quiet.test").await;
         let agent_b = node(&root, "agents", Some(&partner_b), json!({"name": "QA"})).await;
         let merchant_b = node(&root, "merchants", Some(&agent_b), json!({"name": "QM"})).await;
-        root.upload(
-            &format!("/api/v1/partners/{partner_b}/plugins"),
-            plugin_archive_bytes("tests/plugins/ledger", "trellis_fixture_ledger"),
-        )
-        .await
-        .ok();
         entitle(
             &root,
-            &partner_b,
-            &agent_b,
+            (&partner_b, &agent_b),
             &[&merchant_b],
-            &[LEDGER.to_owned()],
+            ("tests/plugins/ledger", "trellis_fixture_ledger", LEDGER),
         )
         .await;
 

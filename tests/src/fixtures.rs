@@ -114,8 +114,8 @@ pub async fn waiting_trades(
 }
 
 /// Installs the test or first-party plugin built from `dir` (component `component`, id
-/// `plugin_id`) for `partner`, offers it to its agents, and entitles `merchants` to it through a
-/// published package of `agent`; returns the installation id.
+/// `plugin_id`) for `partner`, and entitles `merchants` to it as [`offer_and_assign`] does;
+/// returns the installation id.
 pub async fn entitle(
     root: &Api,
     (partner, agent): (&str, &str),
@@ -130,16 +130,30 @@ pub async fn entitle(
         .await
         .ok()
         .id();
-    root.post(
-        &format!("/api/v1/partners/{partner}/plugins/{plugin_id}/offer"),
-        json!({"offered": true}),
-    )
-    .await
-    .ok();
+    offer_and_assign(root, (partner, agent), merchants, &[plugin_id.to_owned()]).await;
+    installation
+}
+
+/// Offers the partner's installed `plugins` to its agents, packages them in one published
+/// package of `agent`, and assigns it to `merchants`.
+pub async fn offer_and_assign(
+    root: &Api,
+    (partner, agent): (&str, &str),
+    merchants: &[&str],
+    plugins: &[String],
+) {
+    for plugin in plugins {
+        root.post(
+            &format!("/api/v1/partners/{partner}/plugins/{plugin}/offer"),
+            json!({"offered": true}),
+        )
+        .await
+        .ok();
+    }
     let package = root
         .post(
             "/api/v1/packages",
-            json!({"agent_id": agent, "name": plugin_id, "plugins": [plugin_id], "validity_days": 30}),
+            json!({"agent_id": agent, "name": "Test package", "plugins": plugins, "validity_days": 30}),
         )
         .await
         .ok()
@@ -153,7 +167,6 @@ pub async fn entitle(
     )
     .await
     .ok();
-    installation
 }
 
 /// `n` events of `kind` for the merchant at `place` (partner, agent, merchant), each with one
