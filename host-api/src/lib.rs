@@ -41,25 +41,28 @@
 #[allow(clippy::all, reason = "generated code")]
 pub mod bindings {
     wit_bindgen::generate!({
-        path: "wit/since_v0.1.0",
-        world: "trellis:plugin/plugin@0.1.0",
+        path: ["wit/since_v0.1.0", "wit/since_v0.2.0"],
+        world: "trellis:plugin/plugin@0.2.0",
         pub_export_macro: true,
         default_bindings_module: "trellis_host_api::bindings",
         export_macro_name: "__export_world",
+        generate_all,
     });
 }
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-pub use bindings::trellis::plugin::types::{
+pub use bindings::trellis::plugin0_1_0::types::{
     Error, Event, FieldError, Header, HttpRequest as Request, HttpResponse as Response, Tenant,
     UpstreamError,
 };
 
-/// The version of the `trellis:plugin` WIT package this SDK targets. Put a range containing
-/// it in `plugin.toml` (`host_api = "^0.1"`).
-pub const HOST_API_VERSION: &str = "0.1.0";
+/// The newest version of the `trellis:plugin` WIT package this SDK targets. A plugin that uses
+/// [`tenant`], [`plugins`], [`payments`] or the batched [`kv`] functions declares
+/// `host_api = "^0.2"` in `plugin.toml`; one that uses none of them may keep `"^0.1"` and
+/// runs on 0.1 engines too.
+pub const HOST_API_VERSION: &str = "0.2.0";
 
 /// Results of plugin code and host calls.
 pub type Result<T, E = Error> = core::result::Result<T, E>;
@@ -68,7 +71,7 @@ pub type Result<T, E = Error> = core::result::Result<T, E>;
 pub mod prelude {
     pub use crate::{
         Error, Event, Plugin, Request, Response, Result, Tenant, alipay, config, debug, error,
-        events, export_plugin, info, kv, templates, trace, warn,
+        events, export_plugin, info, kv, payments, plugins, templates, tenant, trace, warn,
     };
 }
 
@@ -167,9 +170,9 @@ macro_rules! export_plugin {
 /// Glue used by [`export_plugin!`]; not part of the API.
 #[doc(hidden)]
 pub mod __private {
-    pub use crate::bindings::exports::trellis::plugin::event_handler::Guest as EventHandler;
-    pub use crate::bindings::exports::trellis::plugin::http_handler::Guest as HttpHandler;
-    pub use crate::bindings::exports::trellis::plugin::lifecycle::Guest as Lifecycle;
+    pub use crate::bindings::exports::trellis::plugin0_1_0::event_handler::Guest as EventHandler;
+    pub use crate::bindings::exports::trellis::plugin0_1_0::http_handler::Guest as HttpHandler;
+    pub use crate::bindings::exports::trellis::plugin0_1_0::lifecycle::Guest as Lifecycle;
     pub use crate::{Error, Event, Request, Response, Tenant};
     use crate::{Plugin, Result};
 
@@ -348,7 +351,7 @@ impl Response {
 /// a concurrent write.
 pub mod kv {
     use super::{Error, Result, to_json};
-    use crate::bindings::trellis::plugin::kv as raw;
+    use crate::bindings::trellis::plugin0_1_0::kv as raw;
     use serde::Serialize;
     use serde::de::DeserializeOwned;
 
@@ -469,6 +472,191 @@ pub mod kv {
     pub fn increment(key: &str, delta: i64) -> Result<i64> {
         raw::increment(key, delta)
     }
+
+    pub use crate::bindings::trellis::plugin0_2_0::kv_batch::{BatchOutcome, Expected, Write};
+
+    /// Reads up to 256 keys in one host call; the entries in the order of `keys` (host-api
+    /// 0.2).
+    pub fn get_many(keys: &[String]) -> Result<Vec<Option<Entry>>> {
+        crate::bindings::trellis::plugin0_2_0::kv_batch::get_many(keys)
+    }
+
+    /// Makes up to 256 writes in one host call, all or none: when one write finds something
+    /// other than it expected, none is made and the outcome says which (host-api 0.2).
+    pub fn write_many(writes: &[Write]) -> Result<BatchOutcome> {
+        crate::bindings::trellis::plugin0_2_0::kv_batch::write_many(writes)
+    }
+
+    impl Write {
+        /// Writes `value` whatever the key holds.
+        pub fn put(key: impl Into<String>, value: impl Into<Vec<u8>>) -> Self {
+            Write {
+                key: key.into(),
+                value: Some(value.into()),
+                expected: Expected::Any,
+            }
+        }
+
+        /// Writes `value` only if the key does not exist yet.
+        pub fn insert(key: impl Into<String>, value: impl Into<Vec<u8>>) -> Self {
+            Write {
+                key: key.into(),
+                value: Some(value.into()),
+                expected: Expected::Absent,
+            }
+        }
+
+        /// Deletes the key whatever it holds.
+        pub fn delete(key: impl Into<String>) -> Self {
+            Write {
+                key: key.into(),
+                value: None,
+                expected: Expected::Any,
+            }
+        }
+
+        /// Makes the write only if the key is at `version`.
+        pub fn at(mut self, version: u64) -> Self {
+            self.expected = Expected::Version(version);
+            self
+        }
+    }
+}
+
+/// Who the current call is for, with the engine's facts about it (host-api 0.2): the partner
+/// origin, the merchant's package quotas, and the calling plugin on a `plugin` route.
+pub mod tenant {
+    pub use crate::bindings::trellis::plugin0_2_0::tenant::{Context, Quotas};
+
+    /// The current call's context.
+    pub fn current() -> Context {
+        crate::bindings::trellis::plugin0_2_0::tenant::current()
+    }
+}
+
+/// Routes of the partner's other plugins, for the current merchant (host-api 0.2). Each
+/// target plugin and route is declared under `[[capabilities.calls]]` in `plugin.toml`, and
+/// the target route is of the `plugin` audience.
+pub mod plugins {
+    use super::{Response, Result, from_json, to_json};
+    use crate::bindings::trellis::plugin0_2_0::plugins as raw;
+    use serde::Serialize;
+    use serde::de::DeserializeOwned;
+
+    pub use raw::Request;
+
+    /// Calls `plugin`'s route with `request` and returns its answer, whatever its status.
+    pub fn call(plugin: &str, request: &Request) -> Result<Response> {
+        raw::call(plugin, request)
+    }
+
+    /// `GET path` on `plugin`; a 2xx JSON answer decoded as `T`, any other status as
+    /// [`Error::NotFound`](crate::Error::NotFound) for 404 and [`Error::Internal`](crate::Error::Internal) else.
+    pub fn get_json<T: DeserializeOwned>(plugin: &str, path: &str) -> Result<T> {
+        let (path, query) = path.split_once('?').unwrap_or((path, ""));
+        json_answer(
+            plugin,
+            raw::call(
+                plugin,
+                &Request {
+                    method: "GET".into(),
+                    path: path.into(),
+                    query: query.into(),
+                    headers: Vec::new(),
+                    body: Vec::new(),
+                },
+            )?,
+        )
+    }
+
+    /// `POST path` on `plugin` with a JSON body; the answer as for [`get_json`].
+    pub fn post_json<T: DeserializeOwned, B: Serialize + ?Sized>(
+        plugin: &str,
+        path: &str,
+        body: &B,
+    ) -> Result<T> {
+        json_answer(
+            plugin,
+            raw::call(
+                plugin,
+                &Request {
+                    method: "POST".into(),
+                    path: path.into(),
+                    query: String::new(),
+                    headers: vec![crate::Header {
+                        name: "content-type".into(),
+                        value: "application/json".into(),
+                    }],
+                    body: to_json(body)?.into_bytes(),
+                },
+            )?,
+        )
+    }
+
+    fn json_answer<T: DeserializeOwned>(plugin: &str, response: Response) -> Result<T> {
+        let body = String::from_utf8_lossy(&response.body);
+        match response.status {
+            200..=299 => from_json(&body, plugin),
+            404 => Err(crate::Error::NotFound(format!("{plugin}: {body}"))),
+            status => Err(crate::Error::Internal(format!(
+                "{plugin} answered {status}: {body}"
+            ))),
+        }
+    }
+}
+
+/// The current merchant's payments, made by the engine with the merchant's Alipay app
+/// (host-api 0.2). The engine chooses `out_trade_no` and `notify_url`, tags each trade with
+/// this plugin, and sends `payment.*` events for it as for any trade. Each function needs its
+/// right under `[capabilities] payments` (`precreate`, `jsapi`, `list`, `refund`; `query`
+/// needs any).
+pub mod payments {
+    use super::Result;
+    use crate::bindings::trellis::plugin0_2_0::payments as raw;
+
+    pub use raw::{Buyer, NewTrade, RefundReceipt, Trade, TradePage};
+
+    impl NewTrade {
+        /// A trade of `amount_fen` for `subject`, at the current call's store, for a sale.
+        pub fn new(amount_fen: u64, subject: impl Into<String>) -> Self {
+            NewTrade {
+                amount_fen,
+                subject: subject.into(),
+                store_id: None,
+                purpose: None,
+            }
+        }
+    }
+
+    /// A dynamic QR code: the trade's `qr_code` is what the buyer scans.
+    pub fn precreate(trade: &NewTrade) -> Result<Trade> {
+        raw::precreate(trade)
+    }
+
+    /// A trade the buyer pays inside Alipay (JSAPI); its `trade_no` goes to `my.tradePay`.
+    pub fn create_jsapi(trade: &NewTrade, buyer: &Buyer) -> Result<Trade> {
+        raw::create_jsapi(trade, buyer)
+    }
+
+    /// One of the merchant's trades by its id, as Alipay has it now.
+    pub fn query(id: &str) -> Result<Trade> {
+        raw::query(id)
+    }
+
+    /// The merchant's trades created in `[from_ms, to_ms)`, newest first.
+    pub fn list(from_ms: u64, to_ms: u64, after: Option<&str>, limit: u32) -> Result<TradePage> {
+        raw::list(from_ms, to_ms, after, limit)
+    }
+
+    /// Refunds `amount_fen` of a trade this plugin created; `request_no` makes it idempotent.
+    pub fn refund(
+        id: &str,
+        amount_fen: u64,
+        request_no: &str,
+        reason: Option<&str>,
+    ) -> Result<RefundReceipt> {
+        raw::refund(id, amount_fen, request_no, reason)
+    }
 }
 
 /// Alipay OpenAPI calls, signed by the host with the merchant's credentials.
@@ -476,7 +664,7 @@ pub mod kv {
 /// Every method must be listed under `[capabilities.alipay] methods` in `plugin.toml`.
 pub mod alipay {
     use super::{Result, from_json, to_json};
-    use crate::bindings::trellis::plugin::alipay as raw;
+    use crate::bindings::trellis::plugin0_1_0::alipay as raw;
     use serde::Serialize;
     use serde::de::DeserializeOwned;
 
@@ -538,7 +726,7 @@ pub mod alipay {
 /// Pages rendered by the engine's themes.
 pub mod templates {
     use super::{Result, to_json};
-    use crate::bindings::trellis::plugin::templates as raw;
+    use crate::bindings::trellis::plugin0_1_0::templates as raw;
     use serde::Serialize;
 
     /// Renders a template the archive ships (and the manifest declares) with `data`, inside
@@ -551,7 +739,7 @@ pub mod templates {
 /// The configuration of this installation for the current tenant.
 pub mod config {
     use super::{Result, from_json};
-    use crate::bindings::trellis::plugin::config as raw;
+    use crate::bindings::trellis::plugin0_1_0::config as raw;
     use serde::de::DeserializeOwned;
 
     /// The configuration decoded as `T`.
@@ -568,7 +756,7 @@ pub mod config {
 /// Follow-up events.
 pub mod events {
     use super::{Result, to_json};
-    use crate::bindings::trellis::plugin::events as raw;
+    use crate::bindings::trellis::plugin0_1_0::events as raw;
     use serde::Serialize;
 
     /// Emits an event of a kind listed under `[capabilities] emit`. It is published when the
@@ -580,7 +768,7 @@ pub mod events {
 
 /// Structured logging. Prefer the macros: [`info!`](crate::info) and friends.
 pub mod log {
-    use crate::bindings::trellis::plugin::log as raw;
+    use crate::bindings::trellis::plugin0_1_0::log as raw;
 
     pub use raw::Level;
 

@@ -29,6 +29,10 @@ pub(crate) const ENV: [(&str, &str); 4] = [
 ];
 
 pub(crate) struct Shop {
+    /// The platform administrator, on the console.
+    pub(crate) root: Api,
+    pub(crate) partner: String,
+    pub(crate) agent: String,
     /// The merchant's app as the engine signs with it: the test plays a second system on it.
     pub(crate) pem: String,
     pub(crate) alipay_public_key: String,
@@ -96,6 +100,9 @@ pub(crate) async fn shop_at(engine: &Engine, database_url: &str, alipay: &Engine
         merchant,
         store,
         other,
+        root,
+        partner,
+        agent,
     }
 }
 

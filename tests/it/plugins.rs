@@ -534,22 +534,22 @@ fn a_component_built_against_a_newer_host_api_is_refused() {
     let err = archive::pack_dir(&dir, &plugin_wasm("trellis_fixture_future_api")).unwrap_err();
     assert!(
         err.to_string()
-            .contains("needs host-api ^0.2, this engine provides 0.1.0"),
+            .contains("needs host-api ^0.9, this engine provides 0.1.0, 0.2.0"),
         "{err}"
     );
-    // A manifest that claims 0.1 does not help: the imports say 0.2.0.
+    // A manifest that claims 0.1 does not help: the imports say 0.9.0.
     let tmp = trellis_tests::tempdir();
     let manifest = std::fs::read_to_string(dir.join("plugin.toml")).unwrap();
     std::fs::write(
         tmp.path().join("plugin.toml"),
-        manifest.replace("^0.2", "^0.1"),
+        manifest.replace("^0.9", "^0.1"),
     )
     .unwrap();
     let err =
         archive::pack_dir(tmp.path(), &plugin_wasm("trellis_fixture_future_api")).unwrap_err();
     assert!(
         err.to_string()
-            .contains("0.2.0 (imported as trellis:plugin/log@0.2.0)"),
+            .contains("0.9.0 (imported as trellis:plugin/log@0.9.0)"),
         "{err}"
     );
 }

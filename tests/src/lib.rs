@@ -423,11 +423,16 @@ pub fn create_platform_admin(database_url: &str, email: &str, password: &str) {
     );
 }
 
-/// A component built by `make plugins` (target/wasm32-wasip2/plugin/NAME.wasm).
+/// A component built by `make plugins` (target/wasm32-wasip2/plugin/NAME.wasm), or a
+/// committed one named by its path in the workspace (ending in `.wasm`).
 pub fn plugin_wasm(name: &str) -> PathBuf {
-    let path = workspace_root()
-        .join("target/wasm32-wasip2/plugin")
-        .join(format!("{name}.wasm"));
+    let path = if name.ends_with(".wasm") {
+        workspace_root().join(name)
+    } else {
+        workspace_root()
+            .join("target/wasm32-wasip2/plugin")
+            .join(format!("{name}.wasm"))
+    };
     assert!(
         path.is_file(),
         "{} is missing: run `make plugins` (or `make test`) first",

@@ -145,6 +145,13 @@ impl App {
                 stopped.clone(),
             )));
         }
+        let outside = crate::doors::outside::Outside {
+            db: db.conn.clone(),
+            catalog: catalog.clone(),
+            payments: payments.clone(),
+            public_scheme: config.http.public_scheme.clone(),
+        }
+        .attach();
         let dispatcher = config.events.dispatcher.then(|| {
             let options = DispatcherOptions::from_config(&config.events);
             tokio::spawn(Dispatcher::new(catalog.clone(), options).run(stopped))
@@ -160,6 +167,7 @@ impl App {
                 usize::try_from(config.http.max_buffered_body_bytes / 1024)
                     .unwrap_or(usize::MAX >> 4),
             )),
+            outside,
             config: Arc::new(config),
             db,
             themes,
@@ -266,6 +274,7 @@ pub fn plugin_runtime(
         vault,
         alipay,
         themes,
+        outside: Arc::default(),
     };
     Ok(Runtime::new(options, services)?)
 }

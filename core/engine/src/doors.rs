@@ -9,6 +9,9 @@
 //! plugin never sees the caller's credentials. The engine facts a plugin receives beside the
 //! request (the partner's origin, the package quotas) are built here and nowhere else.
 
+/// What a running plugin reaches of the engine: other plugins' routes and payments.
+pub mod outside;
+
 use std::collections::BTreeMap;
 
 use sea_orm::DatabaseConnection;
@@ -16,7 +19,7 @@ use sea_orm::DatabaseConnection;
 use crate::alipay::credentials;
 use crate::auth::Principal;
 use crate::packages;
-use crate::plugins::catalog::{self, Catalog, Live};
+use crate::plugins::catalog::{self, Catalog, Live, Via};
 use crate::plugins::manifest::Audience;
 use crate::plugins::{self, Call, HttpRequest, HttpResponse, Output};
 use crate::rbac::{self, Action, Rbac};
@@ -91,10 +94,10 @@ pub enum Door<'a> {
 
 impl Door<'_> {
     /// The permission-matrix action a route's audience needs at an admin door; `None` for the
-    /// member audience, which no admin door serves.
+    /// member and plugin audiences, which no admin door serves.
     pub fn audience_action(audience: Audience) -> Option<Action> {
         match audience {
-            Audience::Member => None,
+            Audience::Member | Audience::Plugin => None,
             Audience::Staff => Some(Action::PluginRouteStaff),
             Audience::Merchant => Some(Action::PluginRouteMerchant),
             Audience::Agent => Some(Action::PluginRouteAgent),
@@ -333,13 +336,15 @@ impl Doors<'_> {
                 !STRIPPED.contains(&name.as_str()) && !name.starts_with("x-trellis-")
             })
             .collect();
-        if let Some(origin) = self.partner_origin(place, arrival).await? {
-            headers.push((ORIGIN_HEADER.to_owned(), origin));
+        let origin = self.partner_origin(place, arrival).await?;
+        if let Some(origin) = &origin {
+            headers.push((ORIGIN_HEADER.to_owned(), origin.clone()));
         }
         if let Some(max) = live.quotas.max_members {
             headers.push((MAX_MEMBERS_HEADER.to_owned(), max.to_string()));
         }
         Ok(PluginRequest {
+            origin,
             http: HttpRequest {
                 method: request.method,
                 path: format!("/{}", request.path.trim_start_matches('/')),
@@ -378,7 +383,19 @@ impl Doors<'_> {
     ) -> Result<HttpResponse, Error> {
         let outcome = self
             .catalog
-            .invoke(live, place, request.locale, Call::Http(request.http), 0)
+            .invoke(
+                live,
+                place,
+                request.locale,
+                Call::Http(request.http),
+                (
+                    0,
+                    Via {
+                        origin: request.origin,
+                        ..Via::default()
+                    },
+                ),
+            )
             .await;
         match outcome.result? {
             Output::Http(response) => Ok(response),
@@ -393,6 +410,7 @@ impl Doors<'_> {
 /// A request ready for the runtime.
 struct PluginRequest {
     http: HttpRequest,
+    origin: Option<String>,
     locale: &'static str,
 }
 
@@ -412,6 +430,7 @@ mod tests {
     #[test]
     fn every_admin_audience_is_a_matrix_action_and_members_are_none() {
         assert_eq!(Door::audience_action(Audience::Member), None);
+        assert_eq!(Door::audience_action(Audience::Plugin), None);
         for (audience, name) in [
             (Audience::Staff, "plugin.route.staff"),
             (Audience::Merchant, "plugin.route.merchant"),

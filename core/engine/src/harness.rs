@@ -224,6 +224,8 @@ impl Harness {
             theme: "default".into(),
             call,
             finish: None,
+            facts: Default::default(),
+            inside: None,
         }
     }
 

@@ -72,6 +72,9 @@ pub struct AppState {
     pub uploads: Arc<tokio::sync::Semaphore>,
     /// KiB of request bodies that may be held in memory at once (`http.max_buffered_body_bytes`).
     pub body_budget: Arc<tokio::sync::Semaphore>,
+    /// What running plugins reach of the engine (payments, other plugins' routes); the plugin
+    /// host holds it weakly, so it lives as long as this state.
+    pub outside: Arc<crate::doors::outside::Outside>,
 }
 
 /// The whole application as a router, with the offline sandbox (when given) nested under

@@ -507,7 +507,7 @@ fn inspect(path: &Path, as_json: bool) -> Result<(), Failure> {
             "archive_bytes": bytes.len(),
             "imports": imports,
             "signature": archive.signature.to_string(),
-            "host_api": { "wanted": m.host_api.to_string(), "provided": plugins::HOST_API_VERSION.to_string() },
+            "host_api": { "wanted": m.host_api.to_string(), "provided": plugins::host_api_versions() },
             "accepted": verdict.is_ok(),
             "refusal": verdict.as_ref().err().map(ToString::to_string),
         });
@@ -523,7 +523,7 @@ fn inspect(path: &Path, as_json: bool) -> Result<(), Failure> {
         println!(
             "host-api: {} (this engine provides {})",
             m.host_api,
-            plugins::HOST_API_VERSION
+            plugins::host_api_versions()
         );
         println!("signature: {}", archive.signature);
         println!("component: sha256 {}", archive.component_sha256);

@@ -117,8 +117,8 @@ impl Admission {
             None
         };
         Some(Permits {
-            _installation,
-            _slot,
+            _installation: Some(_installation),
+            _slot: Some(_slot),
             heavy,
         })
     }
@@ -152,12 +152,21 @@ impl Admission {
 
 /// What an admitted invocation holds while it runs.
 pub(super) struct Permits {
-    _installation: OwnedSemaphorePermit,
-    _slot: OwnedSemaphorePermit,
+    _installation: Option<OwnedSemaphorePermit>,
+    _slot: Option<OwnedSemaphorePermit>,
     heavy: Option<OwnedSemaphorePermit>,
 }
 
 impl Permits {
+    /// No place of its own: for an invocation run inside another, which holds one.
+    pub(super) fn inside() -> Self {
+        Self {
+            _installation: None,
+            _slot: None,
+            heavy: None,
+        }
+    }
+
     /// The heavy-lane permit, for the store to hold (and drop) with its CPU meter.
     pub(super) fn take_heavy(&mut self) -> Option<OwnedSemaphorePermit> {
         self.heavy.take()

@@ -25,7 +25,7 @@ use serde::Serialize;
 use serde_json::{Value as Json, json};
 
 use super::archive::Archive;
-use super::{Call, Finishing, Loaded, Outcome, Request, Runtime, TenantContext};
+use super::{Call, Facts, Finishing, Inside, Loaded, Outcome, Request, Runtime, TenantContext};
 use crate::config::Clock;
 use crate::db::entity::nodes;
 use crate::db::sql::{self, Millis};
@@ -120,6 +120,16 @@ pub(super) struct Cause {
     pub depth: i32,
     pub root_id: Option<String>,
     pub claim: Option<Claim>,
+    pub via: Via,
+}
+
+/// How a call reached the plugin beyond its place: the partner origin it arrived on, the plugin
+/// that calls it (a `plugins.call`) and the invocation it runs inside.
+#[derive(Debug, Clone, Default)]
+pub struct Via {
+    pub origin: Option<String>,
+    pub caller: Option<String>,
+    pub inside: Option<Inside>,
 }
 
 /// Everything needed to run one installation for one merchant now.
@@ -480,12 +490,13 @@ impl Catalog {
         place: &Place,
         locale: &str,
         call: Call,
-        depth: i32,
+        (depth, via): (i32, Via),
     ) -> Outcome {
         let cause = Cause {
             depth,
             root_id: None,
             claim: None,
+            via,
         };
         self.invoke_in_chain(live, place, locale, call, cause)
             .await
@@ -509,6 +520,7 @@ impl Catalog {
             depth,
             root_id,
             claim,
+            via,
         } = cause;
         let root_id = root_id.as_deref();
         let emitter = events::Emitter::new(
@@ -541,6 +553,13 @@ impl Catalog {
                         theme: live.theme.clone(),
                         call,
                         finish: Some(Finishing(Arc::new(recorder))),
+                        facts: Facts {
+                            origin: via.origin,
+                            max_members: live.quotas.max_members,
+                            events_per_day: live.quotas.events_per_day,
+                            caller: via.caller,
+                        },
+                        inside: via.inside,
                     },
                 ),
             )

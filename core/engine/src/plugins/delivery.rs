@@ -55,6 +55,7 @@ pub async fn deliver(catalog: &Catalog, claim: &events::Claimed, owner: &str) ->
     }
     let now = catalog.now();
     let mut config = json!({});
+    let mut quotas = packages::Quotas::default();
     let mut reserved = None;
     if let Some(merchant_id) = &claim.place.merchant_id {
         let entitlement =
@@ -70,6 +71,7 @@ pub async fn deliver(catalog: &Catalog, claim: &events::Claimed, owner: &str) ->
                 }
                 Err(e) => return Delivery::Retry(e.to_string()),
             };
+        quotas = entitlement.quotas.clone();
         match catalog.stored_config(&installation.id, merchant_id).await {
             Ok(Some(c)) => config = c,
             Ok(None) => {}
@@ -100,7 +102,7 @@ pub async fn deliver(catalog: &Catalog, claim: &events::Claimed, owner: &str) ->
         owner: owner.to_owned(),
         quota: reserved.clone(),
     };
-    let outcome = attempt(catalog, installation, config, held).await;
+    let outcome = attempt(catalog, installation, (config, quotas), held).await;
     // A delivered attempt used its hold up in its commit; any other gives it back.
     if outcome != Delivery::Done
         && let Some((merchant_id, day)) = reserved
@@ -121,7 +123,7 @@ pub async fn deliver(catalog: &Catalog, claim: &events::Claimed, owner: &str) ->
 async fn attempt(
     catalog: &Catalog,
     installation: Installation,
-    config: Json,
+    (config, quotas): (Json, packages::Quotas),
     held: catalog::Claim,
 ) -> Delivery {
     let claim = &held.claim;
@@ -141,7 +143,7 @@ async fn attempt(
         loaded,
         config,
         theme,
-        quotas: packages::Quotas::default(),
+        quotas,
     };
     let call = Call::Event(Event {
         id: claim.event_id.clone(),
@@ -154,6 +156,7 @@ async fn attempt(
         depth: claim.depth,
         root_id: Some(claim.root_id.clone()),
         claim: Some(held),
+        via: catalog::Via::default(),
     };
     let (outcome, refusal) = catalog
         .invoke_in_chain(&live, &place, "zh-CN", call, cause)

@@ -18,6 +18,12 @@ mod log;
 mod config;
 /// `events`: emitting declared, granted events, paced by the outbox.
 mod events;
+/// `tenant` (0.2): the call's tenant and engine facts as typed values.
+mod tenant;
+/// `plugins` (0.2): routes of the partner's other plugins for the same merchant.
+mod calls;
+/// `payments` (0.2): the merchant's trades through the engine's ledger.
+mod payments;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -158,6 +164,10 @@ pub struct State {
     pub emitted: Vec<Emitted>,
     pub kv_ops: u32,
     pub alipay_calls: u32,
+    pub plugin_calls: u32,
+    pub payment_calls: u32,
+    /// Set once the invocation made a call it may not make twice (another plugin, a payment).
+    pub went_out: bool,
     pub renders: u32,
     /// Set when a host call broke a limit, so the trap is reported by its cause.
     pub broken: Option<String>,
@@ -251,6 +261,33 @@ async fn bounded<T>(deadline: Instant, call: impl std::future::Future<Output = T
 }
 
 impl types::Host for State {}
+
+impl From<super::PluginError> for types::Error {
+    fn from(e: super::PluginError) -> Self {
+        use super::PluginError as P;
+        match e {
+            P::InvalidInput { message } => types::Error::InvalidInput(message),
+            P::InvalidField { field, message } => {
+                types::Error::InvalidField(types::FieldError { field, message })
+            }
+            P::NotFound { message } => types::Error::NotFound(message),
+            P::Denied { message } => types::Error::Denied(message),
+            P::Conflict { message } => types::Error::Conflict(message),
+            P::QuotaExceeded { message } => types::Error::QuotaExceeded(message),
+            P::Upstream {
+                code,
+                sub_code,
+                message,
+            } => types::Error::Upstream(types::UpstreamError {
+                code,
+                sub_code,
+                message,
+            }),
+            P::Unsupported { message } => types::Error::Unsupported(message),
+            P::Internal { message } => types::Error::Internal(message),
+        }
+    }
+}
 
 /// The tenant record handed to every export.
 pub fn tenant_record(invocation: &Invocation) -> types::Tenant {

@@ -1,8 +1,9 @@
 //! What a component imports, and whether the engine will link it: every import must be an
 //! interface the engine provides and, for a capability, one the manifest declares.
 //!
-//! Invariant: a component importing files, sockets, timers to wait on, a newer host API, or a
-//! capability its manifest does not declare is refused here, before it is linked or run.
+//! Invariant: a component importing files, sockets, timers to wait on, a host API this engine
+//! does not provide (or newer than its manifest says), or a capability its manifest does not
+//! declare is refused here, before it is linked or run.
 
 use serde::Serialize;
 use sha2::Digest as _;
@@ -12,7 +13,7 @@ use wasmtime::component::types::ComponentItem;
 
 use super::Error;
 use super::engine::engine_config;
-use super::manifest::{HOST_API_VERSION, Manifest};
+use super::manifest::{HOST_API_VERSIONS, Manifest, host_api_versions};
 
 /// One interface a component imports, with the functions it uses.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -45,13 +46,37 @@ pub fn check_imports(manifest: &Manifest, imports: &[Import]) -> Result<(), Erro
                     import: shown.clone(),
                     reason: "trellis:plugin imports must carry a version".into(),
                 })?;
-            let compatible = semver::VersionReq::parse(&format!("^{HOST_API_VERSION}"))
-                .is_ok_and(|r| r.matches(&version))
-                && version <= HOST_API_VERSION;
-            if !compatible {
+            // A provided version serves its own patch releases and older ones, never newer.
+            let provided = HOST_API_VERSIONS
+                .iter()
+                .find(|v| v.major == version.major && v.minor == version.minor && version <= **v);
+            let Some(provided) = provided else {
                 return Err(Error::HostApi {
                     wanted: format!("{version} (imported as {})", import.name),
-                    provided: HOST_API_VERSION.to_string(),
+                    provided: host_api_versions(),
+                });
+            };
+            let introduced = if matches!(name, "tenant" | "kv-batch" | "plugins" | "payments") {
+                (0, 2)
+            } else {
+                (0, 1)
+            };
+            if introduced != (version.major, version.minor) {
+                return Err(Error::UnsupportedImport {
+                    import: shown,
+                    reason: format!(
+                        "not an interface of trellis:plugin@{}.{}",
+                        version.major, version.minor
+                    ),
+                });
+            }
+            if !manifest.host_api.matches(provided) && *provided > HOST_API_VERSIONS[0] {
+                return Err(Error::UndeclaredImport {
+                    import: shown,
+                    reason: format!(
+                        "plugin.toml declares host_api = \"{}\"; this interface needs \"^{}.{}\"",
+                        manifest.host_api, provided.major, provided.minor
+                    ),
                 });
             }
             let undeclared = |reason: &str| Error::UndeclaredImport {
@@ -59,9 +84,17 @@ pub fn check_imports(manifest: &Manifest, imports: &[Import]) -> Result<(), Erro
                 reason: reason.to_owned(),
             };
             match name {
-                "types" | "log" | "config" => {}
-                "kv" if caps.kv.is_none() => {
+                "types" | "log" | "config" | "tenant" => {}
+                "kv" | "kv-batch" if caps.kv.is_none() => {
                     return Err(undeclared("plugin.toml declares no [capabilities] kv"));
+                }
+                "payments" if caps.payments.is_empty() => {
+                    return Err(undeclared(
+                        "plugin.toml declares no [capabilities] payments",
+                    ));
+                }
+                "plugins" if caps.calls.is_empty() => {
+                    return Err(undeclared("plugin.toml declares no [[capabilities.calls]]"));
                 }
                 "alipay" => {
                     let methods = caps.alipay.as_ref().map(|a| &a.methods);
@@ -87,7 +120,7 @@ pub fn check_imports(manifest: &Manifest, imports: &[Import]) -> Result<(), Erro
                 "events" if caps.emit.is_empty() => {
                     return Err(undeclared("plugin.toml declares no [capabilities] emit"));
                 }
-                "kv" | "templates" | "events" => {}
+                "kv" | "kv-batch" | "templates" | "events" | "payments" | "plugins" => {}
                 _ => {
                     return Err(Error::UnsupportedImport {
                         import: shown,
@@ -204,6 +237,43 @@ mod tests {
     }
 
     #[test]
+    fn the_0_2_interfaces_need_a_0_2_manifest_and_their_capabilities() {
+        let manifest = |caps: &str| {
+            Manifest::parse(
+                &format!("id = \"com.example.a\"\nversion = \"1.0.0\"\nhost_api = \"^0.2\"\nname = \"A\"\npublisher = \"E\"\n[capabilities]\n{caps}"),
+                None,
+            )
+            .unwrap()
+        };
+        let bare = manifest("");
+        let ok = [
+            import("trellis:plugin/tenant@0.2.0", &["current"]),
+            import("trellis:plugin/log@0.1.0", &["log"]),
+        ];
+        assert!(check_imports(&bare, &ok).is_ok());
+        for (name, needle) in [
+            ("trellis:plugin/kv-batch@0.2.0", "[capabilities] kv"),
+            ("trellis:plugin/payments@0.2.0", "[capabilities] payments"),
+            ("trellis:plugin/plugins@0.2.0", "[[capabilities.calls]]"),
+        ] {
+            let err = check_imports(&bare, &[import(name, &["x"])])
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(needle), "{name}: {err}");
+        }
+        let full = manifest(
+            "kv = { max_keys = 1, max_bytes = 1 }\npayments = [\"precreate\"]\n[[capabilities.calls]]\nplugin = \"com.example.b\"\nroutes = [\"GET /x\"]",
+        );
+        let all = [
+            import("trellis:plugin/kv-batch@0.2.0", &["get-many"]),
+            import("trellis:plugin/payments@0.2.0", &["precreate"]),
+            import("trellis:plugin/plugins@0.2.0", &["call"]),
+            import("trellis:plugin/kv@0.1.0", &["get"]),
+        ];
+        assert!(check_imports(&full, &all).is_ok());
+    }
+
+    #[test]
     fn imports_are_checked_against_the_manifest_and_the_host() {
         let manifest = Manifest::parse(
             "id = \"com.example.a\"\nversion = \"1.0.0\"\nhost_api = \"^0.1\"\nname = \"A\"\npublisher = \"E\"\n[capabilities]\nkv = { max_keys = 1, max_bytes = 1 }\n",
@@ -226,7 +296,23 @@ mod tests {
                 import("trellis:plugin/events@0.1.0", &["emit"]),
                 "declares no [capabilities] emit",
             ),
-            (import("trellis:plugin/kv@0.2.0", &["get"]), "host-api"),
+            (import("trellis:plugin/kv@0.3.0", &["get"]), "host-api"),
+            (
+                import("trellis:plugin/kv@0.2.0", &["get"]),
+                "not an interface of trellis:plugin@0.2",
+            ),
+            (
+                import("trellis:plugin/tenant@0.1.0", &["current"]),
+                "not an interface of trellis:plugin@0.1",
+            ),
+            (
+                import("trellis:plugin/tenant@0.2.0", &["current"]),
+                "needs \"^0.2\"",
+            ),
+            (
+                import("trellis:plugin/payments@0.2.0", &["precreate"]),
+                "needs \"^0.2\"",
+            ),
             (import("wasi:filesystem/types@0.2.6", &[]), "no files"),
             (import("wasi:sockets/tcp@0.2.6", &[]), "no files, sockets"),
             (

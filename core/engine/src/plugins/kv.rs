@@ -66,6 +66,33 @@ pub enum Cas {
     Conflict(Option<Entry>),
 }
 
+/// Most keys one `get-many` reads or one `write-many` writes.
+pub const MAX_BATCH: usize = 256;
+
+/// What a batched write expects to find at its key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expect {
+    Any,
+    Absent,
+    Version(u64),
+}
+
+/// One write of a batch: the value (`None` deletes the key) and what the key must hold.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchWrite {
+    pub key: String,
+    pub value: Option<Vec<u8>>,
+    pub expected: Expect,
+}
+
+/// What a batch of writes did: every write, with each key's new version (0 for a delete), or
+/// none, because the write at this index found this.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Batch {
+    Stored(Vec<u64>),
+    Conflict(usize, Option<Entry>),
+}
+
 /// An entry as `plugin_kv` holds it.
 #[derive(FromQueryResult)]
 struct EntryRow {

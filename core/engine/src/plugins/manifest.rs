@@ -10,8 +10,24 @@ use serde::{Deserialize, Serialize};
 
 use super::Error;
 
-/// The WIT package version this engine implements.
-pub const HOST_API_VERSION: semver::Version = semver::Version::new(0, 1, 0);
+/// The newest WIT package version this engine implements.
+pub const HOST_API_VERSION: semver::Version = semver::Version::new(0, 2, 0);
+
+/// Every WIT package version this engine implements: a plugin built against any of them runs.
+pub static HOST_API_VERSIONS: [semver::Version; 2] =
+    [semver::Version::new(0, 1, 0), HOST_API_VERSION];
+
+/// The versions this engine implements, for messages: `0.1.0, 0.2.0`.
+pub fn host_api_versions() -> String {
+    HOST_API_VERSIONS
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// How many plugin routes one manifest may declare it calls.
+pub const MAX_CALLS: usize = 32;
 
 /// Methods a plugin can never call through `alipay.call`: credential and token management stay
 /// with the engine.
@@ -96,6 +112,47 @@ pub struct Capabilities {
     /// Event kinds the plugin may emit.
     #[serde(default)]
     pub emit: BTreeSet<String>,
+    /// What the plugin may do with the merchant's payments (host-api 0.2).
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub payments: BTreeSet<PaymentsRight>,
+    /// Routes of other plugins the plugin may call (host-api 0.2).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub calls: Vec<CallsCapability>,
+}
+
+/// One right of the `payments` capability.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[serde(rename_all = "kebab-case")]
+pub enum PaymentsRight {
+    /// Create dynamic QR-code trades (`alipay.trade.precreate`).
+    Precreate,
+    /// Create JSAPI trades for a known buyer (`alipay.trade.create`).
+    Jsapi,
+    /// List the merchant's trades in a time range.
+    List,
+    /// Refund paid trades.
+    Refund,
+}
+
+/// Routes of one other plugin that a plugin calls.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct CallsCapability {
+    /// The target plugin's id.
+    pub plugin: String,
+    /// Its routes, as `METHOD /pattern` exactly as the target's manifest declares them, such
+    /// as `GET /members/by-buyer/{buyer}`.
+    pub routes: BTreeSet<String>,
+}
+
+impl Capabilities {
+    /// Whether the manifest declares a call to `plugin`'s route `method pattern`.
+    pub fn calls_route(&self, plugin: &str, method: &str, pattern: &str) -> bool {
+        let wanted = format!("{method} {pattern}");
+        self.calls
+            .iter()
+            .any(|c| c.plugin == plugin && c.routes.contains(&wanted))
+    }
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -127,6 +184,9 @@ pub enum Audience {
     Agent,
     /// The partner, through the admin API.
     Partner,
+    /// Other plugins of the partner, through `plugins.call` (host-api 0.2) for one merchant;
+    /// no person reaches it.
+    Plugin,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -320,6 +380,7 @@ impl Manifest {
                 )));
             }
         }
+        self.validate_calls()?;
         let mut seen = BTreeSet::new();
         let mut callbacks = BTreeSet::new();
         for route in &self.routes {
@@ -410,14 +471,60 @@ impl Manifest {
 
     /// Refuses a plugin built against a host-api this engine does not provide.
     pub fn check_host_api(&self) -> Result<(), Error> {
-        if self.host_api.matches(&HOST_API_VERSION) {
+        if HOST_API_VERSIONS.iter().any(|v| self.host_api.matches(v)) {
             Ok(())
         } else {
             Err(Error::HostApi {
                 wanted: self.host_api.to_string(),
-                provided: HOST_API_VERSION.to_string(),
+                provided: host_api_versions(),
             })
         }
+    }
+
+    fn validate_calls(&self) -> Result<(), Error> {
+        let calls = &self.capabilities.calls;
+        let routes: usize = calls.iter().map(|c| c.routes.len()).sum();
+        if routes > MAX_CALLS {
+            return Err(invalid(format!(
+                "capabilities.calls may name at most {MAX_CALLS} routes"
+            )));
+        }
+        let mut targets = BTreeSet::new();
+        for call in calls {
+            if !is_reverse_dns(&call.plugin) {
+                return Err(invalid(format!(
+                    "capabilities.calls plugin {:?} must be a plugin id such as com.example.loyalty",
+                    call.plugin
+                )));
+            }
+            if call.plugin == self.id {
+                return Err(invalid("capabilities.calls cannot name the plugin itself"));
+            }
+            if !targets.insert(&call.plugin) {
+                return Err(invalid(format!(
+                    "capabilities.calls names {} twice",
+                    call.plugin
+                )));
+            }
+            if call.routes.is_empty() {
+                return Err(invalid(format!(
+                    "capabilities.calls for {} must name its routes",
+                    call.plugin
+                )));
+            }
+            for route in &call.routes {
+                let well_formed = route.split_once(' ').is_some_and(|(method, path)| {
+                    matches!(method, "GET" | "POST" | "PUT" | "PATCH" | "DELETE")
+                        && route_shape(path).is_some()
+                });
+                if !well_formed {
+                    return Err(invalid(format!(
+                        "capabilities.calls route {route:?} must look like \"GET /members/{{id}}\""
+                    )));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The route matching `method` and `path`, with its parameters.
@@ -491,6 +598,9 @@ pub struct Allowance {
     pub alipay_methods: BTreeSet<String>,
     pub templates: bool,
     pub emit: BTreeSet<String>,
+    pub payments: BTreeSet<PaymentsRight>,
+    /// Whether `plugins.call` may be used at all (each route is checked against the manifest).
+    pub calls: bool,
 }
 
 impl Allowance {
@@ -506,6 +616,8 @@ impl Allowance {
                 .unwrap_or_default(),
             templates: !caps.templates.is_empty(),
             emit: caps.emit.clone(),
+            payments: caps.payments.clone(),
+            calls: !caps.calls.is_empty(),
         }
     }
 
@@ -516,6 +628,8 @@ impl Allowance {
             alipay_methods: BTreeSet::new(),
             templates: false,
             emit: BTreeSet::new(),
+            payments: BTreeSet::new(),
+            calls: false,
         }
     }
 
@@ -536,6 +650,8 @@ impl Allowance {
             .collect();
         self.templates &= all.templates;
         self.emit = self.emit.intersection(&all.emit).cloned().collect();
+        self.payments = self.payments.intersection(&all.payments).copied().collect();
+        self.calls &= all.calls;
         self
     }
 }
@@ -599,7 +715,7 @@ schema = { type = "object" }
     fn manifests_breaking_a_rule_are_refused_with_the_rule() {
         for (from, to, needle) in [
             ("com.example.hello", "Hello", "reverse-DNS"),
-            ("^0.1", "^0.2", "host-api"),
+            ("^0.1", "^0.3", "host-api"),
             ("payment.succeeded", "Payment", "event kind"),
             (
                 "alipay.marketing.card.open",
@@ -619,6 +735,51 @@ schema = { type = "object" }
             let text = HELLO.replacen(from, to, 1);
             let err = Manifest::parse(&text, None).unwrap_err().to_string();
             assert!(err.contains(needle), "{from} → {to}: {err}");
+        }
+    }
+
+    #[test]
+    fn declared_calls_name_other_plugins_routes_exactly() {
+        let with = |calls: &str| {
+            Manifest::parse(
+                &HELLO.replace("[[routes]]", &format!("{calls}\n[[routes]]")),
+                None,
+            )
+        };
+        let m = with(
+            "payments = [\"precreate\", \"refund\"]\n[[capabilities.calls]]\nplugin = \"com.example.members\"\nroutes = [\"GET /members/{id}\"]",
+        )
+        .unwrap();
+        assert!(
+            m.capabilities
+                .calls_route("com.example.members", "GET", "/members/{id}")
+        );
+        assert!(
+            !m.capabilities
+                .calls_route("com.example.members", "POST", "/members/{id}")
+        );
+        assert!(m.capabilities.payments.contains(&PaymentsRight::Refund));
+        for (calls, needle) in [
+            (
+                "[[capabilities.calls]]\nplugin = \"com.example.hello\"\nroutes = [\"GET /\"]",
+                "itself",
+            ),
+            (
+                "[[capabilities.calls]]\nplugin = \"Members\"\nroutes = [\"GET /\"]",
+                "plugin id",
+            ),
+            (
+                "[[capabilities.calls]]\nplugin = \"com.example.members\"\nroutes = [\"/members\"]",
+                "must look like",
+            ),
+            (
+                "[[capabilities.calls]]\nplugin = \"com.example.members\"\nroutes = []",
+                "must name its routes",
+            ),
+            ("payments = [\"transfer\"]", "unknown variant"),
+        ] {
+            let err = with(calls).unwrap_err().to_string();
+            assert!(err.contains(needle), "{calls}: {err}");
         }
     }
 
@@ -655,8 +816,11 @@ schema = { type = "object" }
             .into(),
             templates: true,
             emit: ["other.kind".into()].into(),
+            payments: [PaymentsRight::Refund].into(),
+            calls: true,
         }
         .within(&m);
+        assert!(wide.payments.is_empty() && !wide.calls);
         assert_eq!(
             wide.kv,
             Some(KvQuota {

@@ -162,6 +162,19 @@ impl Runtime {
             |s| s,
         )
         .map_err(|e| Error::Engine(e.to_string()))?;
+        // The interfaces 0.2 adds; its 0.1 interfaces are the ones just linked.
+        {
+            use bindings::v02::trellis::plugin0_2_0::{kv_batch, payments, plugins, tenant};
+            type Own = wasmtime::component::HasSelf<State>;
+            fn own(s: &mut State) -> &mut State {
+                s
+            }
+            tenant::add_to_linker::<State, Own>(&mut linker, own)
+                .and_then(|()| kv_batch::add_to_linker::<State, Own>(&mut linker, own))
+                .and_then(|()| plugins::add_to_linker::<State, Own>(&mut linker, own))
+                .and_then(|()| payments::add_to_linker::<State, Own>(&mut linker, own))
+                .map_err(|e| Error::Engine(e.to_string()))?;
+        }
 
         let stop_ticker = Arc::new(AtomicBool::new(false));
         spawn_ticker(engine.clone(), stop_ticker.clone());
@@ -335,14 +348,24 @@ impl Runtime {
             config: request.config.to_string(),
             theme: request.theme.clone(),
             grant,
+            facts: request.facts.clone(),
+            inside: request.inside.is_some(),
         });
-        let wall = Duration::from_millis(u64::from(manifest.limits.wall_ms));
+        let mut wall = Duration::from_millis(u64::from(manifest.limits.wall_ms));
         let wall_ms = manifest.limits.wall_ms;
-        // Admission: waiting for a place to run is bounded by the wall time too, but it is not
-        // the plugin's fault and does not count against its deadline or its breaker.
-        let permits = match tokio::time::timeout(wall, self.admission.admit(&installation)).await {
-            Ok(Some(permits)) => permits,
-            Ok(None) | Err(_) => return empty(id, Err(Error::Busy { wall_ms })),
+        let permits = match request.inside {
+            // Its caller holds a place and waits for it: taking another could wait on itself
+            // when the places are few. It ends by its caller's deadline.
+            Some(inside) => {
+                wall = wall.min(inside.deadline.saturating_duration_since(Instant::now()));
+                Permits::inside()
+            }
+            // Admission: waiting for a place to run is bounded by the wall time too, but it is
+            // not the plugin's fault and does not count against its deadline or its breaker.
+            None => match tokio::time::timeout(wall, self.admission.admit(&installation)).await {
+                Ok(Some(permits)) => permits,
+                Ok(None) | Err(_) => return empty(id, Err(Error::Busy { wall_ms })),
+            },
         };
         // The deadline is enforced inside (epoch callback and host calls) so the journal
         // survives; this outer bound only catches what cannot be interrupted.
@@ -451,6 +474,9 @@ impl Runtime {
             emitted: Vec::new(),
             kv_ops: 0,
             alipay_calls: 0,
+            plugin_calls: 0,
+            payment_calls: 0,
+            went_out: false,
             renders: 0,
             broken: None,
             deadline,
@@ -466,7 +492,9 @@ impl Runtime {
             *lock(&state.cpu.heavy) = Some(permit);
         }
         let mut store = Store::new(&self.engine, state);
-        let demoted = lock(&store.data().cpu.heavy).is_some();
+        // An invocation inside another never waits for the heavy lane: its caller may hold the
+        // lane's last place while it waits for this one.
+        let demoted = lock(&store.data().cpu.heavy).is_some() || invocation.inside;
         store.data_mut().cpu.demoted = demoted;
         store.limiter(|s| &mut s.limiter);
         store.set_epoch_deadline(1);
@@ -548,7 +576,7 @@ impl Runtime {
         let ran = Ran {
             turn: std::mem::take(&mut state.turn),
             txn: state.txn.take(),
-            repeatable: state.alipay_calls == 0,
+            repeatable: state.alipay_calls == 0 && !state.went_out,
             deadline: Some(state.deadline),
         };
         (outcome, ran)

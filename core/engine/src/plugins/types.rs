@@ -4,10 +4,9 @@
 //! Invariant: these are plain values — nothing here holds a store, an instance or a guest
 //! handle — so callers build and read them without touching wasmtime.
 
-use std::sync::Arc;
-use std::time::Duration;
-
 use std::pin::Pin;
+use std::sync::{Arc, OnceLock, Weak};
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use handlebars::Handlebars;
@@ -16,7 +15,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::manifest::{Allowance, Manifest};
-use super::{Error, kv};
+use super::{Error, PluginError, kv};
 use crate::alipay::client::AlipayClient;
 use crate::secrets::Vault;
 use crate::tenancy::Place;
@@ -33,6 +32,136 @@ pub struct Services {
     pub alipay: AlipayClient,
     /// Rendered pages are wrapped in the partner's theme; without themes, bare HTML.
     pub themes: Option<Themes>,
+    /// The engine above the host, once the composition root built it; without it (the
+    /// harness), `payments` and `plugins` answer `unsupported`.
+    pub outside: Arc<OnceLock<Weak<dyn Outside>>>,
+}
+
+impl Services {
+    /// The engine above the host, while it lives.
+    pub fn outside(&self) -> Option<Arc<dyn Outside>> {
+        self.outside.get().and_then(Weak::upgrade)
+    }
+}
+
+/// What the host asks of the engine above it: other plugins' routes and the merchant's
+/// payments. It lives above the plugin host (it needs the catalog and the ledger, which need
+/// the host), so the composition root hands it down once built. Every call acts for `from`'s
+/// merchant only, and the errors are the WIT's.
+pub trait Outside: Send + Sync {
+    /// Runs `plugin`'s route of the `plugin` audience for `from`'s merchant, within `deadline`.
+    fn call_plugin<'a>(
+        &'a self,
+        from: &'a Invocation,
+        plugin: &'a str,
+        request: HttpRequest,
+        deadline: Instant,
+    ) -> BoxFuture<'a, Result<HttpResponse, PluginError>>;
+
+    /// The origin of the partner's first domain (`https://pay.partner.example`), if any.
+    fn partner_origin<'a>(&'a self, partner_id: &'a str) -> BoxFuture<'a, Option<String>>;
+
+    /// Does one payments operation for `from`'s merchant (the capability is already checked).
+    fn payments<'a>(
+        &'a self,
+        from: &'a Invocation,
+        op: PaymentOp,
+    ) -> BoxFuture<'a, Result<PaymentAnswer, PluginError>>;
+}
+
+/// A trade a plugin asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PluginTrade {
+    pub amount_fen: i64,
+    pub subject: String,
+    pub store_id: Option<String>,
+    pub purpose: String,
+}
+
+/// A payments operation of the `payments` interface.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PaymentOp {
+    Precreate(PluginTrade),
+    /// With the buyer's user id or open id.
+    Jsapi {
+        trade: PluginTrade,
+        user_id: Option<String>,
+        open_id: Option<String>,
+    },
+    Query(String),
+    List {
+        from_ms: i64,
+        to_ms: i64,
+        after: Option<String>,
+        limit: u32,
+    },
+    Refund {
+        id: String,
+        amount_fen: i64,
+        request_no: String,
+        reason: Option<String>,
+    },
+}
+
+/// A trade as a plugin sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct TradeView {
+    pub id: String,
+    pub out_trade_no: String,
+    pub trade_no: Option<String>,
+    pub status: String,
+    pub scene: String,
+    pub amount_fen: i64,
+    pub refunded_fen: i64,
+    pub subject: String,
+    pub purpose: String,
+    pub store_id: Option<String>,
+    pub plugin: Option<String>,
+    pub qr_code: Option<String>,
+    pub buyer_id: Option<String>,
+    pub buyer_open_id: Option<String>,
+    pub created_at_ms: i64,
+    pub paid_at_ms: Option<i64>,
+}
+
+/// A refund as a plugin sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefundView {
+    pub id: String,
+    pub request_no: String,
+    pub amount_fen: i64,
+    pub status: String,
+}
+
+/// What a payments operation answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PaymentAnswer {
+    Trade(Box<TradeView>),
+    Page {
+        trades: Vec<TradeView>,
+        next: Option<String>,
+    },
+    Refund(RefundView),
+}
+
+/// Engine facts about a call's tenant beyond the tree, for `tenant.current` (0.1 components
+/// get the origin and member quota as `x-trellis-*` headers instead).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Facts {
+    /// The partner domain's origin, when the caller knows it; else the host looks up the
+    /// partner's first domain when asked.
+    pub origin: Option<String>,
+    pub max_members: Option<u64>,
+    pub events_per_day: Option<u64>,
+    /// The plugin whose `plugins.call` this invocation is.
+    pub caller: Option<String>,
+}
+
+/// An invocation that runs inside another's (a `plugins.call`): it takes no place of its
+/// own, since its caller holds one and waits for it, and it ends by its caller's deadline.
+#[derive(Debug, Clone, Copy)]
+pub struct Inside {
+    pub deadline: Instant,
 }
 
 /// Who an invocation is for.
@@ -167,6 +296,10 @@ pub struct Request {
     pub call: Call,
     /// Committed with the invocation's kv writes; `None`: they commit alone.
     pub finish: Option<Finishing>,
+    /// What `tenant.current` tells beyond the tree.
+    pub facts: Facts,
+    /// Set when the invocation runs inside another's.
+    pub inside: Option<Inside>,
 }
 
 /// What an invocation produced.
@@ -226,4 +359,7 @@ pub struct Invocation {
     pub grant: Arc<Allowance>,
     pub config: String,
     pub theme: String,
+    pub facts: Facts,
+    /// Whether it runs inside another invocation (which may not call further plugins).
+    pub inside: bool,
 }

@@ -52,6 +52,8 @@ impl Catalog {
                     theme: live.theme.clone(),
                     call: Call::Configure { config },
                     finish: None,
+                    facts: Default::default(),
+                    inside: None,
                 },
             )
             .await;

@@ -113,6 +113,8 @@ impl Catalog {
                         previous_version: previous.clone(),
                     },
                     finish: None,
+                    facts: Default::default(),
+                    inside: None,
                 },
             )
             .await;
@@ -322,6 +324,8 @@ impl Catalog {
                     theme,
                     call: Call::Uninstall,
                     finish: None,
+                    facts: Default::default(),
+                    inside: None,
                 },
             )
             .await;

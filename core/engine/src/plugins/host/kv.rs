@@ -3,22 +3,26 @@
 //! through the invocation's transaction: reads see its own writes, and writes wait for the
 //! invocation to succeed.
 //!
-//! Invariant: every kv function goes through `kv_call`, so each one is counted against the
+//! `kv-batch` (host-api 0.2) is the same store, many keys a call, each key counted as one
+//! operation.
+//!
+//! Invariant: every kv function goes through `kv_calls`, so each one is counted against the
 //! per-invocation cap, refused unless kv is declared and granted, cut off at the deadline and
 //! journalled — none can skip a step.
 
 use super::{State, bounded, denied};
 use crate::plugins::admission::Turn;
 use crate::plugins::bindings::trellis::plugin::{kv, types};
-use crate::plugins::kv::{Cas, Entry, KvError, Store, Txn};
+use crate::plugins::bindings::v02::trellis::plugin0_2_0::kv_batch;
+use crate::plugins::kv::{Batch, BatchWrite, Cas, Entry, Expect, KvError, Store, Txn};
 
 /// kv operations one invocation may make; one more traps it.
 const MAX_KV_OPS: u32 = 1_000;
 
 impl State {
-    /// Counts one kv operation; the reason the plugin may not use kv here, if any.
-    fn kv(&mut self) -> wasmtime::Result<Result<(), types::Error>> {
-        self.kv_ops += 1;
+    /// Counts `ops` kv operations; the reason the plugin may not use kv here, if any.
+    fn kv(&mut self, ops: u32) -> wasmtime::Result<Result<(), types::Error>> {
+        self.kv_ops = self.kv_ops.saturating_add(ops);
         if self.kv_ops > MAX_KV_OPS {
             return Err(self.broke(format!(
                 "more than {MAX_KV_OPS} kv operations in one invocation"
@@ -55,7 +59,17 @@ impl State {
         function: &'static str,
         operation: impl AsyncFnOnce(&mut Txn, &Store) -> Result<T, KvError>,
     ) -> wasmtime::Result<Result<T, types::Error>> {
-        if let Err(e) = self.kv()? {
+        self.kv_calls(function, 1, operation).await
+    }
+
+    /// [`Self::kv_call`] for a call that counts as `ops` operations (a batch).
+    async fn kv_calls<T>(
+        &mut self,
+        function: &'static str,
+        ops: u32,
+        operation: impl AsyncFnOnce(&mut Txn, &Store) -> Result<T, KvError>,
+    ) -> wasmtime::Result<Result<T, types::Error>> {
+        if let Err(e) = self.kv(ops)? {
             return Ok(Err(e));
         }
         if let Turn::Waiting(gate) = &self.turn {
@@ -158,5 +172,54 @@ impl kv::Host for State {
             txn.increment(store, &key, delta).await
         })
         .await
+    }
+}
+
+/// A batch's size as operations: one a key, the whole batch refused past the cap.
+fn batch_ops(len: usize) -> u32 {
+    u32::try_from(len).unwrap_or(u32::MAX)
+}
+
+impl kv_batch::Host for State {
+    async fn get_many(
+        &mut self,
+        keys: Vec<String>,
+    ) -> wasmtime::Result<Result<Vec<Option<kv::Entry>>, types::Error>> {
+        let found = self
+            .kv_calls("get-many", batch_ops(keys.len()), async |txn, store| {
+                txn.get_many(store, &keys).await
+            })
+            .await?;
+        Ok(found.map(|entries| entries.into_iter().map(|e| e.map(to_entry)).collect()))
+    }
+
+    async fn write_many(
+        &mut self,
+        writes: Vec<kv_batch::Write>,
+    ) -> wasmtime::Result<Result<kv_batch::BatchOutcome, types::Error>> {
+        let writes: Vec<BatchWrite> = writes
+            .into_iter()
+            .map(|w| BatchWrite {
+                key: w.key,
+                value: w.value,
+                expected: match w.expected {
+                    kv_batch::Expected::Any => Expect::Any,
+                    kv_batch::Expected::Absent => Expect::Absent,
+                    kv_batch::Expected::Version(v) => Expect::Version(v),
+                },
+            })
+            .collect();
+        let done = self
+            .kv_calls("write-many", batch_ops(writes.len()), async |txn, store| {
+                txn.write_many(store, &writes).await
+            })
+            .await?;
+        Ok(done.map(|batch| match batch {
+            Batch::Stored(versions) => kv_batch::BatchOutcome::Stored(versions),
+            Batch::Conflict(index, found) => kv_batch::BatchOutcome::Conflict((
+                u32::try_from(index).unwrap_or(u32::MAX),
+                found.map(to_entry),
+            )),
+        }))
     }
 }

@@ -15,8 +15,9 @@ use chrono::Utc;
 use sea_orm::{DatabaseTransaction, FromQueryResult, Value};
 
 use super::{
-    Cas, Entry, KvError, MAX_LIST, MAX_VALUE_BYTES, MemoryKv, Namespace, Start, Store, check_key,
-    check_prefix, locked, next_count, next_version, page, version_of,
+    Batch, BatchWrite, Cas, Entry, Expect, KvError, MAX_BATCH, MAX_LIST, MAX_VALUE_BYTES, MemoryKv,
+    Namespace, Start, Store, check_key, check_prefix, locked, next_count, next_version, page,
+    version_of,
 };
 use crate::db::sql::{self, RowLock};
 
@@ -197,6 +198,114 @@ impl Txn {
             }
             _ => Ok(false),
         }
+    }
+
+    /// Reads up to [`MAX_BATCH`] keys, in order.
+    pub async fn get_many(
+        &mut self,
+        store: &Store,
+        keys: &[String],
+    ) -> Result<Vec<Option<Entry>>, KvError> {
+        if keys.len() > MAX_BATCH {
+            return Err(KvError::Invalid(format!(
+                "a batch reads at most {MAX_BATCH} keys"
+            )));
+        }
+        let mut entries = Vec::with_capacity(keys.len());
+        for key in keys {
+            entries.push(self.get(store, key).await?);
+        }
+        Ok(entries)
+    }
+
+    /// Makes up to [`MAX_BATCH`] writes, all or none: every expectation is checked, then the
+    /// whole batch is charged to the quota at once, and only then is anything buffered, so a
+    /// refusal at any step leaves this transaction as it was.
+    pub async fn write_many(
+        &mut self,
+        store: &Store,
+        writes: &[BatchWrite],
+    ) -> Result<Batch, KvError> {
+        if writes.len() > MAX_BATCH {
+            return Err(KvError::Invalid(format!(
+                "a batch writes at most {MAX_BATCH} keys"
+            )));
+        }
+        let mut keys = std::collections::BTreeSet::new();
+        for write in writes {
+            check_key(&write.key)?;
+            if write
+                .value
+                .as_ref()
+                .is_some_and(|v| v.len() > MAX_VALUE_BYTES)
+            {
+                return Err(KvError::Invalid(format!(
+                    "a value may be at most {MAX_VALUE_BYTES} bytes"
+                )));
+            }
+            // A key twice would make its second expectation depend on the first write.
+            if !keys.insert(write.key.as_str()) {
+                return Err(KvError::Invalid(format!(
+                    "{} is written twice in one batch",
+                    write.key
+                )));
+            }
+        }
+        let mut currents = Vec::with_capacity(writes.len());
+        for (index, write) in writes.iter().enumerate() {
+            let current = self.current(store, &write.key).await?;
+            let holds = match (write.expected, &current) {
+                (Expect::Any, _) | (Expect::Absent, None) => true,
+                (Expect::Version(v), Some(entry)) => entry.version == v,
+                _ => false,
+            };
+            if !holds {
+                return Ok(Batch::Conflict(index, current));
+            }
+            currents.push(current);
+        }
+        let (mut keys_delta, mut bytes_delta) = (0_i64, 0_i64);
+        for (write, current) in writes.iter().zip(&currents) {
+            let key = write.key.len() as i64;
+            match (&write.value, current) {
+                (Some(value), None) => {
+                    keys_delta += 1;
+                    bytes_delta += key + value.len() as i64;
+                }
+                (Some(value), Some(old)) => {
+                    bytes_delta += value.len() as i64 - old.value.len() as i64
+                }
+                (None, Some(old)) => {
+                    keys_delta -= 1;
+                    bytes_delta -= key + old.value.len() as i64;
+                }
+                (None, None) => {}
+            }
+        }
+        self.charge(store, keys_delta, bytes_delta).await?;
+        let mut versions = Vec::with_capacity(writes.len());
+        for (write, current) in writes.iter().zip(currents) {
+            match &write.value {
+                Some(value) => {
+                    self.highest = next_version(Some(self.highest));
+                    self.writes.insert(
+                        write.key.clone(),
+                        Some(Entry {
+                            value: value.clone(),
+                            version: self.highest,
+                        }),
+                    );
+                    versions.push(self.highest);
+                }
+                None => {
+                    if current.is_some() {
+                        self.writes.insert(write.key.clone(), None);
+                    }
+                    versions.push(0);
+                }
+            }
+        }
+        Ok(Batch::Stored(versions))
     }
 
     /// Adds `delta` to a decimal counter (absent counts as 0) and returns the new value.
@@ -554,6 +663,89 @@ mod tests {
     fn memory() -> (Store, Arc<Mutex<MemoryKv>>) {
         let kv = Arc::new(Mutex::new(MemoryKv::default()));
         (Store::Memory(kv.clone()), kv)
+    }
+
+    fn put(key: &str, value: &[u8], expected: Expect) -> BatchWrite {
+        BatchWrite {
+            key: key.into(),
+            value: Some(value.to_vec()),
+            expected,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_batch_of_writes_is_made_whole_or_not_at_all() {
+        let (store, kv) = memory();
+        let mut txn = Txn::new(ns());
+        let Batch::Stored(first) = txn
+            .write_many(
+                &store,
+                &[put("a", b"1", Expect::Absent), put("b", b"2", Expect::Any)],
+            )
+            .await
+            .unwrap()
+        else {
+            panic!("stored");
+        };
+        assert!(first[0] > 0 && first[1] > first[0]);
+        // The second write's expectation fails: the first is not made either.
+        let refused = txn
+            .write_many(
+                &store,
+                &[
+                    put("c", b"3", Expect::Absent),
+                    put("a", b"x", Expect::Version(first[0] + 100)),
+                ],
+            )
+            .await
+            .unwrap();
+        let Batch::Conflict(1, Some(found)) = refused else {
+            panic!("a conflict at index 1: {refused:?}");
+        };
+        assert_eq!(found.value, b"1");
+        assert_eq!(txn.get(&store, "c").await.unwrap(), None);
+        // A batch over the quota writes nothing (ten keys at most; two are used).
+        let many: Vec<BatchWrite> = (0..9)
+            .map(|i| put(&format!("k{i}"), b"v", Expect::Any))
+            .collect();
+        assert!(matches!(
+            txn.write_many(&store, &many).await,
+            Err(KvError::Quota(_))
+        ));
+        assert_eq!(txn.get(&store, "k0").await.unwrap(), None);
+        // Duplicates are refused; a delete and a conditional write pass together.
+        assert!(matches!(
+            txn.write_many(
+                &store,
+                &[put("d", b"1", Expect::Any), put("d", b"2", Expect::Any)]
+            )
+            .await,
+            Err(KvError::Invalid(_))
+        ));
+        let deleted = txn
+            .write_many(
+                &store,
+                &[
+                    BatchWrite {
+                        key: "b".into(),
+                        value: None,
+                        expected: Expect::Version(first[1]),
+                    },
+                    put("a", b"one", Expect::Version(first[0])),
+                ],
+            )
+            .await
+            .unwrap();
+        assert!(matches!(&deleted, Batch::Stored(v) if v[0] == 0 && v[1] > first[1]));
+        let got = txn
+            .get_many(&store, &["a".into(), "b".into(), "c".into()])
+            .await
+            .unwrap();
+        assert_eq!(got[0].as_ref().unwrap().value, b"one");
+        assert!(got[1].is_none() && got[2].is_none());
+        txn.commit_memory(&kv).unwrap();
+        assert_eq!(store.get(&ns(), "a").await.unwrap().unwrap().value, b"one");
+        assert_eq!(store.get(&ns(), "b").await.unwrap(), None);
     }
 
     #[tokio::test]
