@@ -33,6 +33,8 @@ const ENV: [(&str, &str); 5] = [
 
 struct World {
     root: Api,
+    partner: String,
+    agent: String,
     m1: String,
     m2: String,
     store: String,
@@ -115,6 +117,8 @@ async fn world(engine: &Engine, database_url: &str, identity: &str) -> World {
         staff: user(engine, &root, &store, "staff@p1.test", "p1.test").await,
         foreign_admin: user(engine, &root, &other, "partner@p2.test", "p2.test").await,
         root,
+        partner,
+        agent,
         m1,
         m2,
         store,
@@ -333,6 +337,59 @@ async fn journey(identity: &str) {
         }
         let mobile = alice["mobile"].as_str().unwrap().to_owned();
         assert!(mobile.starts_with("138"), "{label}: {alice}");
+
+        // Another plugin of the partner finds her by the buyer id of her payments, and the claim
+        // link for buyers who are not members yet (host-api 0.2 plugin calls).
+        trellis_tests::fixtures::entitle(
+            &w.root,
+            (&w.partner, &w.agent),
+            &[m1],
+            (
+                "tests/plugins/neighbours",
+                "trellis_fixture_neighbours",
+                "test.trellis.caller",
+            ),
+        )
+        .await;
+        let caller =
+            |path: &str| format!("/api/v1/merchants/{m1}/plugins/test.trellis.caller{path}");
+        let buyer = alice["user_id"]
+            .as_str()
+            .or(alice["open_id"].as_str())
+            .unwrap()
+            .to_owned();
+        let found = w
+            .root
+            .get(&caller(&format!("/ask/member/{buyer}")))
+            .await
+            .ok()
+            .body;
+        assert_eq!(found["status"], 200, "{label}: {found}");
+        assert_eq!(
+            found["body"]["member"]["id"],
+            id.as_str(),
+            "{label}: {found}"
+        );
+        let stranger = w
+            .root
+            .get(&caller("/ask/member/2088000000009999"))
+            .await
+            .ok()
+            .body;
+        assert!(
+            stranger["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("NotFound")),
+            "{label}: {stranger}"
+        );
+        let claim = w.root.get(&caller("/ask/claim")).await.ok().body;
+        assert_eq!(claim["body"]["url"], link.as_str(), "{label}: {claim}");
+        // People do not reach the plugin routes.
+        let direct = w
+            .owner1
+            .get(&mp(m1, &format!("/members/by-buyer/{buyer}")))
+            .await;
+        assert_eq!(direct.status, 404, "{label}: {direct:?}");
         let at_alipay = sandbox_card(&engine, &biz_card_no).await;
         assert_eq!(at_alipay["external_card_no"], alice["external_card_no"]);
         assert_eq!(at_alipay["level"], "lv1", "{label}");

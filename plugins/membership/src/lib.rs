@@ -288,6 +288,30 @@ impl Plugin for Membership {
                     &json!({"items": items, "next": next, "total": members::count()?}),
                 )
             }
+            ("GET", "/members/by-buyer/{buyer}") => {
+                let buyer = request.param("buyer").unwrap_or_default();
+                let is_user_id = buyer.len() == 16
+                    && buyer.starts_with("2088")
+                    && buyer.bytes().all(|b| b.is_ascii_digit());
+                let found = if is_user_id {
+                    members::find_by_user(Some(buyer), None)?
+                } else if !buyer.is_empty()
+                    && buyer.len() <= 128
+                    && buyer.bytes().all(|b| b.is_ascii_alphanumeric())
+                {
+                    members::find_by_user(None, Some(buyer))?
+                } else {
+                    return Err(Error::invalid(
+                        "buyer must be an Alipay user id (2088…) or an OpenID",
+                    ));
+                };
+                let member = found.ok_or_else(|| Error::not_found("no member for this buyer"))?;
+                Response::json(
+                    200,
+                    &json!({"member": members::view(&member, &Levels::load()?)}),
+                )
+            }
+            ("GET", "/claim-link/url") => Response::json(200, &card::stored_claim()?),
             ("GET", "/members/{id}") => {
                 let (member, _) = member_param(request)?;
                 let after = cursor(request, "ledger_after")?;

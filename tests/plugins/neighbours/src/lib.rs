@@ -10,6 +10,9 @@ use trellis_host_api::prelude::*;
 
 struct Neighbours;
 
+const CALLEE: &str = "test.trellis.callee";
+const MEMBERSHIP: &str = "com.trellis.membership";
+
 fn context() -> Value {
     let c = tenant::current();
     json!({
@@ -49,15 +52,17 @@ fn batch() -> Result<Value> {
 }
 
 fn ask(what: &str, buyer: Option<&str>) -> Result<Response> {
-    let path = match (what, buyer) {
-        ("lookup", Some(buyer)) => format!("/lookup/{buyer}"),
-        ("call-back", None) => "/call-back".into(),
-        ("private", None) => "/private".into(),
-        ("undeclared", None) => "/secret".into(),
+    let (plugin, path) = match (what, buyer) {
+        ("lookup", Some(buyer)) => (CALLEE, format!("/lookup/{buyer}")),
+        ("call-back", None) => (CALLEE, "/call-back".into()),
+        ("private", None) => (CALLEE, "/private".into()),
+        ("undeclared", None) => (CALLEE, "/secret".into()),
+        ("member", Some(buyer)) => (MEMBERSHIP, format!("/members/by-buyer/{buyer}")),
+        ("claim", None) => (MEMBERSHIP, "/claim-link/url".into()),
         _ => return Err(Error::not_found("no such question")),
     };
     let answer = plugins::call(
-        "test.trellis.callee",
+        plugin,
         &Call {
             method: "GET".into(),
             path,
