@@ -22,6 +22,7 @@ mod m20261205_000011_create_payments;
 mod m20261205_000012_record_payment_checks;
 mod m20261205_000013_rank_deliveries_by_turn;
 mod m20261205_000014_index_events_by_tenant;
+mod m20261205_000015_record_breaker_resets;
 
 /// Every migration of the engine, oldest first.
 pub struct Migrator;
@@ -44,6 +45,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261205_000012_record_payment_checks::Migration),
             Box::new(m20261205_000013_rank_deliveries_by_turn::Migration),
             Box::new(m20261205_000014_index_events_by_tenant::Migration),
+            Box::new(m20261205_000015_record_breaker_resets::Migration),
         ]
     }
 }

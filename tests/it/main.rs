@@ -8,6 +8,7 @@
 mod alipay;
 mod alipay_conformance;
 mod plugin_atomicity;
+mod plugin_breaker;
 mod plugin_kv;
 mod platform;
 mod plugins;

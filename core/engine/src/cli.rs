@@ -171,6 +171,24 @@ fn run(cli: Cli) -> Result<(), Failure> {
     runtime.block_on(execute(command, config))
 }
 
+/// The first platform administrator, who acts for the command line, and partner `partner`.
+async fn operator_at(
+    db: &crate::db::Db,
+    partner: &str,
+) -> Result<(crate::auth::Principal, crate::tenancy::Place), Failure> {
+    let actor = crate::demo::operator(&db.conn).await.map_err(runtime)?;
+    let place = crate::tenancy::find_in_scope(
+        &db.conn,
+        &actor.place,
+        Some(crate::tenancy::NodeKind::Partner),
+        partner,
+    )
+    .await
+    .map_err(|e| Failure::Usage(e.to_string()))?
+    .place();
+    Ok((actor, place))
+}
+
 async fn execute(command: Command, config: Config) -> Result<(), Failure> {
     match command {
         Command::Alipay { command } => alipay::run(command),
@@ -204,17 +222,8 @@ async fn execute(command: Command, config: Config) -> Result<(), Failure> {
                     "name .tplug files, or --first-party (after `make plugins`)".into(),
                 ));
             }
-            let actor = crate::demo::operator(&db.conn).await.map_err(runtime)?;
+            let (actor, place) = operator_at(&db, &partner).await?;
             let rbac = Rbac::load(db.conn.clone()).await.map_err(runtime)?;
-            let place = crate::tenancy::find_in_scope(
-                &db.conn,
-                &actor.place,
-                Some(crate::tenancy::NodeKind::Partner),
-                &partner,
-            )
-            .await
-            .map_err(|e| Failure::Usage(e.to_string()))?
-            .place();
             let grant = rbac
                 .authorize(&actor, crate::rbac::Action::PluginManage, &place)
                 .await
@@ -253,6 +262,46 @@ async fn execute(command: Command, config: Config) -> Result<(), Failure> {
             } else {
                 Ok(())
             }
+        }
+        Command::Plugin {
+            command: plugin::PluginCommand::ResetBreaker { plugin, partner },
+        } => {
+            let db = connect(&config).await?;
+            db.migrate().await.map_err(runtime)?;
+            let catalog = engine_catalog(&config, &db, None).await?;
+            let (actor, place) = operator_at(&db, &partner).await?;
+            let rbac = Rbac::load(db.conn.clone()).await.map_err(runtime)?;
+            let grant = rbac
+                .authorize(&actor, crate::rbac::Action::PluginManage, &place)
+                .await
+                .map_err(runtime)?;
+            let reset = catalog.reset_breaker(&grant, &plugin).await;
+            crate::rbac::audit::record(
+                &db.conn,
+                crate::rbac::audit::Entry {
+                    actor: Some(&actor),
+                    place: Some(&place),
+                    action: "plugin.breaker_reset",
+                    target_type: "plugin",
+                    target_id: Some(&plugin),
+                    request_id: None,
+                    outcome: if reset.is_ok() {
+                        crate::rbac::audit::Outcome::Success
+                    } else {
+                        crate::rbac::audit::Outcome::Failed
+                    },
+                    detail: Some("trellis plugin reset-breaker (command line)".into()),
+                },
+            )
+            .await
+            .map_err(runtime)?;
+            db.close().await;
+            let installed = reset.map_err(|e| Failure::Runtime(e.to_string()))?;
+            println!(
+                "{} of partner {partner}: suspensions lifted; running engines see it on the next call",
+                installed.plugin_id
+            );
+            Ok(())
         }
         Command::Plugin { command } => plugin::run(command),
         Command::Config {

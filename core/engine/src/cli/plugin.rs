@@ -88,6 +88,16 @@ pub enum PluginCommand {
         #[arg(long)]
         offer: bool,
     },
+    /// Lift an installed plugin's suspensions after repeated failures (as the first platform
+    /// administrator, audited), for every merchant; running engines see it on the plugin's next
+    /// call.
+    ResetBreaker {
+        /// The plugin's id, such as com.trellis.membership.
+        plugin: String,
+        /// The partner that installed it.
+        #[arg(long)]
+        partner: String,
+    },
     /// Run one call of a plugin against a throwaway merchant (temporary SQLite database, the
     /// offline Alipay sandbox) and print the result, logs, host calls, memory and time.
     Run {
@@ -136,7 +146,7 @@ fn refused(error: impl std::fmt::Display) -> Failure {
 impl PluginCommand {
     /// Whether the command works on the engine's database (and so needs its configuration).
     pub fn needs_engine(&self) -> bool {
-        matches!(self, Self::Install { .. })
+        matches!(self, Self::Install { .. } | Self::ResetBreaker { .. })
     }
 }
 
@@ -175,7 +185,9 @@ pub fn first_party_archives(
 
 pub fn run(command: PluginCommand) -> Result<(), Failure> {
     match command {
-        PluginCommand::Install { .. } => Err(usage("`plugin install` needs the engine")),
+        PluginCommand::Install { .. } | PluginCommand::ResetBreaker { .. } => {
+            Err(usage("this command needs the engine"))
+        }
         PluginCommand::Build {
             dir,
             profile,

@@ -43,6 +43,10 @@ pub fn router() -> Router<AppState> {
             post(offer_plugin),
         )
         .route(
+            "/api/v1/partners/{id}/plugins/{plugin}/breaker/reset",
+            post(reset_breaker),
+        )
+        .route(
             "/api/v1/partners/{id}/plugin-policy",
             get(get_policy).put(put_policy),
         )
@@ -175,6 +179,18 @@ async fn rollback_plugin(
     let run = async |grant: Grant| Ok(catalog.rollback(&grant, &plugin).await?);
     Ok(Json(
         manage(&ctx, &id, &plugin, "plugin.rollback", run).await?,
+    ))
+}
+
+/// Lifts the plugin's suspensions after repeated failures, for every merchant and process.
+async fn reset_breaker(
+    ctx: Ctx,
+    Path((id, plugin)): Path<(String, String)>,
+) -> Result<Json<Installation>, ApiError> {
+    let catalog = &ctx.state.catalog;
+    let run = async |grant: Grant| Ok(catalog.reset_breaker(&grant, &plugin).await?);
+    Ok(Json(
+        manage(&ctx, &id, &plugin, "plugin.breaker_reset", run).await?,
     ))
 }
 

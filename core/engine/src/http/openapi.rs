@@ -666,6 +666,15 @@ fn platform_operations() -> Vec<Operation> {
         ),
         op(
             "post",
+            &format!("{plugin}/breaker/reset"),
+            "Lift the plugin's suspensions after repeated failures (every merchant, every engine process)",
+            "plugins",
+            None,
+            Answer::One("200", "Installation"),
+            &[],
+        ),
+        op(
+            "post",
             &format!("{plugin}/offer"),
             "Let (or stop letting) the partner's agents put the plugin in packages",
             "plugins",

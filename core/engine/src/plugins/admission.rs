@@ -197,7 +197,14 @@ pub(super) struct Breaker {
     pub(super) window: Duration,
     cooldown: Duration,
     recent: Mutex<HashMap<String, VecDeque<Instant>>>,
-    open: Mutex<HashMap<String, (Instant, DateTime<Utc>)>>,
+    /// Tripped breakers: until when (monotonic and wall clock), and when they tripped.
+    open: Mutex<HashMap<String, Tripped>>,
+}
+
+struct Tripped {
+    until: Instant,
+    until_wall: DateTime<Utc>,
+    at: DateTime<Utc>,
 }
 
 impl Breaker {
@@ -214,7 +221,7 @@ impl Breaker {
     pub(super) fn open_until(&self, installation: &str) -> Option<DateTime<Utc>> {
         let mut open = lock(&self.open);
         match open.get(installation) {
-            Some((until, at)) if *until > Instant::now() => Some(*at),
+            Some(tripped) if tripped.until > Instant::now() => Some(tripped.until_wall),
             Some(_) => {
                 open.remove(installation);
                 None
@@ -237,12 +244,31 @@ impl Breaker {
         }
         if times.len() >= self.traps as usize {
             times.clear();
-            let until = Utc::now()
-                + chrono::Duration::from_std(self.cooldown).unwrap_or(chrono::Duration::zero());
-            lock(&self.open).insert(installation.to_owned(), (now + self.cooldown, until));
+            let at = Utc::now();
+            let until_wall =
+                at + chrono::Duration::from_std(self.cooldown).unwrap_or(chrono::Duration::zero());
+            lock(&self.open).insert(
+                installation.to_owned(),
+                Tripped {
+                    until: now + self.cooldown,
+                    until_wall,
+                    at,
+                },
+            );
             return true;
         }
         false
+    }
+
+    /// Lifts the suspensions of an installation that tripped before `at` (a reset another
+    /// process recorded).
+    pub(super) fn reset_before(&self, installation: &str, at: DateTime<Utc>) {
+        let prefix = format!("{installation}/");
+        let mut open = lock(&self.open);
+        if open.is_empty() {
+            return;
+        }
+        open.retain(|key, tripped| !key.starts_with(&prefix) || tripped.at > at);
     }
 
     /// Lifts every suspension of an installation (whichever tenants it was for).

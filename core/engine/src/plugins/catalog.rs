@@ -94,6 +94,8 @@ pub struct Installation {
     pub versions: Vec<VersionView>,
     pub installed_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// When an operator last lifted the installation's suspensions after repeated failures.
+    pub breaker_reset_at: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -178,10 +180,10 @@ struct Row {
     status: String,
     installed_at: Millis,
     updated_at: Millis,
+    breaker_reset_at: Option<Millis>,
 }
 
-const COLUMNS: &str =
-    "id, partner_id, plugin_id, active_version, offered, status, installed_at, updated_at";
+const COLUMNS: &str = "id, partner_id, plugin_id, active_version, offered, status, installed_at, updated_at, breaker_reset_at";
 
 /// A version of an installation, with its stored manifest (JSON).
 #[derive(FromQueryResult)]
@@ -339,6 +341,7 @@ impl Catalog {
             versions,
             installed_at: row.installed_at.0,
             updated_at: row.updated_at.0,
+            breaker_reset_at: row.breaker_reset_at.map(|at| at.0),
         })
     }
 
@@ -541,6 +544,11 @@ impl Catalog {
             emitter: emitter.clone(),
             claim,
         };
+        // A reset made through another process reaches this one here, on the next call.
+        if let Some(at) = live.installation.breaker_reset_at {
+            self.runtime
+                .lift_suspensions_before(&live.installation.id, at);
+        }
         let outcome = events::EMITTER
             .scope(
                 emitter.clone(),

@@ -221,6 +221,12 @@ impl Runtime {
         self.admission.breaker.reset(installation_id);
     }
 
+    /// Lifts the suspensions of an installation that tripped before `at`: a reset recorded by
+    /// another process.
+    pub fn lift_suspensions_before(&self, installation_id: &str, at: DateTime<Utc>) {
+        self.admission.breaker.reset_before(installation_id, at);
+    }
+
     /// Unique per process and, through the random prefix, across processes; no system call.
     fn next_invocation_id(&self) -> String {
         let n = self.invocation_counter.fetch_add(1, Ordering::Relaxed);

@@ -253,6 +253,23 @@ impl Catalog {
         self.activate(grant, plugin_id, &version).await
     }
 
+    /// Lifts the installation's suspensions after repeated failures (an operator's decision
+    /// once the cause is fixed), for every merchant and in every engine process: this one at
+    /// once, the others on the installation's next call.
+    pub async fn reset_breaker(
+        &self,
+        grant: &Grant,
+        plugin_id: &str,
+    ) -> Result<Installation, Error> {
+        let partner_id = partner_of(grant)?;
+        let row = self.installed_row(&partner_id, plugin_id).await?;
+        self.set_column(&row.id, "breaker_reset_at", Millis(self.now()).into())
+            .await?;
+        self.runtime.reset_breaker(&row.id);
+        let row = self.installed_row(&partner_id, plugin_id).await?;
+        self.view(row).await
+    }
+
     /// Whether the partner's agents may put the plugin in packages.
     pub async fn offer(
         &self,
