@@ -715,6 +715,80 @@ fn the_host_api_tutorial_builds_packs_inspects_and_runs_as_written() {
 }
 
 #[test]
+fn a_new_plugin_builds_tests_and_runs_and_the_harness_keeps_its_state_between_runs() {
+    let tmp = trellis_tests::tempdir();
+    let sdk = workspace_root().join("host-api");
+    let (code, out) = trellis(
+        tmp.path(),
+        &[
+            "plugin",
+            "new",
+            "stamp-card",
+            "--sdk",
+            sdk.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code, 0, "{out}");
+    let dir = tmp.path().join("stamp-card");
+    let (code, out) = trellis(&dir, &["plugin", "build", "."]);
+    assert_eq!(code, 0, "{out}");
+    let (code, out) = trellis(&dir, &["plugin", "pack", ".", "-o", "card.tplug"]);
+    assert_eq!(code, 0, "{out}");
+    // Its logic is unit-tested natively, with no wasm build.
+    let tested = std::process::Command::new(env!("CARGO"))
+        .current_dir(&dir)
+        .env("CARGO_TARGET_DIR", workspace_root().join("target/tutorial"))
+        .env_remove("RUSTC_WORKSPACE_WRAPPER")
+        .args(["test", "--quiet"])
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&tested.stdout),
+        String::from_utf8_lossy(&tested.stderr)
+    );
+    assert!(tested.status.success(), "{text}");
+    assert!(text.contains("1 passed"), "{text}");
+
+    let run = |args: &[&str]| {
+        let mut all = vec!["plugin", "run", "card.tplug", "--state", "state"];
+        all.extend_from_slice(args);
+        trellis(&dir, &all)
+    };
+    // Two payments in two runs: the state folder keeps the merchant and its kv data.
+    for _ in 0..2 {
+        let (code, out) = run(&["--event", "payment.succeeded"]);
+        assert_eq!(code, 0, "{out}");
+    }
+    let (code, out) = run(&["--http", "GET", "/stats"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains(r#"{"payments":2}"#), "{out}");
+    // Unconfigured, the page has the schema's default greeting.
+    let (code, out) = run(&["--http", "GET", "/"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("<h1>Hello</h1>") && out.contains("2 payments so far"),
+        "{out}"
+    );
+    // The schema is applied as on the server, naming the field, and nothing is kept.
+    let (code, out) = run(&["--configure", r#"{"greeting": ""}"#]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("greeting"), "{out}");
+    let (code, out) = run(&["--configure", r#"{"greeting": "你好"}"#]);
+    assert_eq!(code, 0, "{out}");
+    let (code, out) = run(&["--http", "GET", "/"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("<h1>你好</h1>"), "{out}");
+    // Without the state folder, every run starts from an empty merchant.
+    let (code, out) = trellis(
+        &dir,
+        &["plugin", "run", "card.tplug", "--http", "GET", "/stats"],
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains(r#"{"payments":0}"#), "{out}");
+}
+
+#[test]
 fn a_tampered_archive_fails_inspection() {
     let tmp = trellis_tests::tempdir();
     let (_, bytes) = archive::pack_dir(

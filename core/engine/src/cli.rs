@@ -115,6 +115,8 @@ pub enum ConfigCommand {
 
 mod alipay;
 mod plugin;
+/// `trellis plugin new`: the files of a working plugin.
+mod skeleton;
 
 /// Failures sorted by exit code.
 #[derive(Debug)]

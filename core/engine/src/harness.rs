@@ -1,9 +1,11 @@
 //! A local harness for plugin authors and tests: one plugin in the real runtime, against a
 //! throwaway tenant on a temporary SQLite database whose merchant's Alipay app talks to the
-//! offline sandbox on a loopback port.
+//! offline sandbox on a loopback port — or, with a state folder, the same tenant, kv data and
+//! configuration from one run to the next.
 //!
-//! Invariant: nothing outside the temporary folder is touched; dropping the harness removes
-//! the database, the cache and the sandbox.
+//! Invariant: nothing outside its folder is touched; without a state folder, dropping the
+//! harness removes the database, the cache and the sandbox. A configuration goes through the
+//! schema (defaults filled in, then validated) as on the server before the plugin sees it.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -20,6 +22,7 @@ use crate::config::Config;
 use crate::db::Db;
 use crate::db::entity::nodes;
 use crate::plugins::archive::Archive;
+use crate::plugins::catalog::configuration::{check_schema, with_defaults};
 use crate::plugins::{
     Allowance, Call, Event, HttpRequest, Loaded, Outcome, Output, Request, Runtime, RuntimeOptions,
     TenantContext,
@@ -61,6 +64,9 @@ pub struct HarnessOptions {
     /// Compiling is most of a harness's start, so suites share one cache (it is keyed by the
     /// component's content and the engine's configuration).
     pub cache_dir: Option<PathBuf>,
+    /// Keep the tenant, its kv data, the sandbox and the configuration in this folder between
+    /// runs; `None`: a throwaway folder.
+    pub state_dir: Option<PathBuf>,
 }
 
 impl Default for HarnessOptions {
@@ -74,7 +80,40 @@ impl Default for HarnessOptions {
             breaker_traps: 1_000,
             kv_in_memory: false,
             cache_dir: None,
+            state_dir: None,
         }
+    }
+}
+
+/// Files of a state folder.
+const STATE_KEY: &str = "master-key";
+const STATE_PORT: &str = "sandbox-port";
+const STATE_CONFIG: &str = "config.json";
+
+/// Reads a state file, or makes it with `make` when it does not exist yet (private to the
+/// user: the master key is one).
+fn state_file(
+    dir: &std::path::Path,
+    name: &str,
+    make: impl FnOnce() -> Result<String, HarnessError>,
+) -> Result<String, HarnessError> {
+    let path = dir.join(name);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => Ok(text.trim().to_owned()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let text = make()?;
+            let mut options = std::fs::OpenOptions::new();
+            options.write(true).create_new(true);
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+            let mut file = options
+                .open(&path)
+                .map_err(|e| setup(format!("{}: {e}", path.display())))?;
+            std::io::Write::write_all(&mut file, text.as_bytes())
+                .map_err(|e| setup(format!("{}: {e}", path.display())))?;
+            Ok(text)
+        }
+        Err(e) => Err(setup(format!("{}: {e}", path.display()))),
     }
 }
 
@@ -90,8 +129,9 @@ pub struct Harness {
     pub grant: Option<Allowance>,
     pub locale: String,
     server: tokio::task::JoinHandle<()>,
+    state_dir: Option<PathBuf>,
     // Last: the folder outlives everything that uses it.
-    _dir: tempfile::TempDir,
+    _dir: Option<tempfile::TempDir>,
 }
 
 impl Drop for Harness {
@@ -116,27 +156,56 @@ impl Harness {
         let Some(first) = archives.first() else {
             return Err(setup("no plugin to run"));
         };
-        let dir = tempfile::tempdir().map_err(setup)?;
+        let (temporary, root) = match &options.state_dir {
+            Some(state) => {
+                std::fs::create_dir_all(state)
+                    .map_err(|e| setup(format!("{}: {e}", state.display())))?;
+                (None, state.clone())
+            }
+            None => {
+                let dir = tempfile::tempdir().map_err(setup)?;
+                let root = dir.path().to_owned();
+                (Some(dir), root)
+            }
+        };
         let mut config = Config::load(None).map_err(setup)?;
-        config.data_dir = dir.path().to_owned();
-        config.database.url = SecretString::from(format!(
-            "sqlite://{}",
-            dir.path().join("harness.db").display()
-        ));
-        let mut key = [0u8; 32];
-        getrandom::fill(&mut key).map_err(setup)?;
-        config.secrets.master_key = Some(SecretString::from(
-            base64::engine::general_purpose::STANDARD.encode(key),
-        ));
+        config.data_dir = root.clone();
+        config.database.url =
+            SecretString::from(format!("sqlite://{}", root.join("harness.db").display()));
+        let new_key = || {
+            let mut key = [0u8; 32];
+            getrandom::fill(&mut key).map_err(setup)?;
+            Ok(base64::engine::general_purpose::STANDARD.encode(key))
+        };
+        let key = match &options.state_dir {
+            Some(state) => state_file(state, STATE_KEY, new_key)?,
+            None => new_key()?,
+        };
+        config.secrets.master_key = Some(SecretString::from(key));
         config.secrets.previous_master_keys.clear();
         let db = Db::connect(&config).await.map_err(setup)?;
         db.migrate().await.map_err(setup)?;
         let vault = Arc::new(Vault::from_config(&config.secrets).map_err(setup)?);
 
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        // A state's merchant keeps its gateway URL, so its sandbox keeps its port.
+        let port: u16 = match &options.state_dir {
+            Some(state) => std::fs::read_to_string(state.join(STATE_PORT))
+                .ok()
+                .and_then(|p| p.trim().parse().ok())
+                .unwrap_or(0),
+            None => 0,
+        };
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
             .await
-            .map_err(setup)?;
+            .map_err(|e| {
+                setup(format!(
+                    "the sandbox cannot listen on port {port} ({e}); it is the state's: free it or start from an empty state folder"
+                ))
+            })?;
         let address = listener.local_addr().map_err(setup)?;
+        if let Some(state) = &options.state_dir {
+            state_file(state, STATE_PORT, || Ok(address.port().to_string()))?;
+        }
         let base = format!("http://{address}/sandbox");
         let sandbox = Sandbox::open(db.conn.clone(), &base, 1_000, None)
             .await
@@ -174,7 +243,7 @@ impl Harness {
                 cache_dir: options
                     .cache_dir
                     .clone()
-                    .unwrap_or_else(|| dir.path().join("plugin-cache")),
+                    .unwrap_or_else(|| root.join("plugin-cache")),
                 max_concurrency: options.max_concurrency,
                 pooling: options.pooling,
                 breaker_traps: options.breaker_traps,
@@ -197,6 +266,17 @@ impl Harness {
         for archive in &archives[1..] {
             others.push(runtime.load(archive)?);
         }
+        // A state keeps one installation per plugin, so its kv namespace outlives the run.
+        let (installation_id, stored) = match &options.state_dir {
+            Some(state) => (
+                format!("harness-{}", first.manifest.id),
+                std::fs::read_to_string(state.join(STATE_CONFIG))
+                    .ok()
+                    .and_then(|text| serde_json::from_str(&text).ok()),
+            ),
+            None => (format!("harness-{}", uuid::Uuid::now_v7().simple()), None),
+        };
+        let schema = plugin.manifest.config.schema.clone();
         Ok((
             Self {
                 runtime: Arc::new(runtime),
@@ -204,12 +284,13 @@ impl Harness {
                 merchant,
                 sandbox,
                 db,
-                installation_id: format!("harness-{}", uuid::Uuid::now_v7().simple()),
-                config: json!({}),
+                installation_id,
+                config: with_defaults(schema.as_ref(), stored.unwrap_or_else(|| json!({}))),
                 grant: None,
                 locale: "zh-CN".into(),
                 server,
-                _dir: dir,
+                state_dir: options.state_dir.clone(),
+                _dir: temporary,
             },
             others,
         ))
@@ -257,11 +338,31 @@ impl Harness {
         .await
     }
 
-    /// Runs `configure`; on success the normalised configuration becomes the harness's.
+    /// Fills in the schema's defaults, checks the schema and runs `configure`, as the server
+    /// does; on success the normalised configuration becomes the harness's (and the state's).
+    /// A configuration the schema refuses fails as the plugin's field error, without a call.
     pub async fn configure(&mut self, config: Value) -> Outcome {
+        let schema = self.plugin.manifest.config.schema.clone();
+        let config = with_defaults(schema.as_ref(), config);
+        if let Some(schema) = &schema
+            && let Err(refusal) = check_schema(schema, &config)
+        {
+            let (field, message) = match refusal {
+                crate::plugins::catalog::Error::Invalid { field, message } => (field, message),
+                other => ("config".to_owned(), other.to_string()),
+            };
+            return Outcome::failed(crate::plugins::Error::Plugin(
+                crate::plugins::PluginError::InvalidField { field, message },
+            ));
+        }
         let outcome = self.call(Call::Configure { config }).await;
         if let Ok(Output::Config(normalised)) = &outcome.result {
-            self.config = normalised.clone();
+            self.config = with_defaults(schema.as_ref(), normalised.clone());
+            if let Some(state) = &self.state_dir
+                && let Err(error) = std::fs::write(state.join(STATE_CONFIG), normalised.to_string())
+            {
+                tracing::warn!(%error, "could not keep the configuration in the state folder");
+            }
         }
         outcome
     }

@@ -88,6 +88,19 @@ pub enum PluginCommand {
         #[arg(long)]
         offer: bool,
     },
+    /// Write a working plugin into a new folder NAME: manifest, configuration schema, a member
+    /// page, a staff view, an event handler and a unit test, ready for `plugin build`.
+    New {
+        /// The plugin's name: lower-case letters, digits and dashes (its id is com.example.NAME).
+        name: String,
+        /// The folder to create it in.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+        /// The SDK: the host-api folder of a Trellis checkout (default: one found in or above
+        /// the folder).
+        #[arg(long)]
+        sdk: Option<PathBuf>,
+    },
     /// Lift an installed plugin's suspensions after repeated failures (as the first platform
     /// administrator, audited), for every merchant; running engines see it on the plugin's next
     /// call.
@@ -120,9 +133,14 @@ pub enum PluginCommand {
         /// Run the install hook.
         #[arg(long)]
         install: bool,
-        /// The installation's configuration (JSON) for this call.
-        #[arg(long, value_name = "JSON", default_value = "{}")]
-        plugin_config: String,
+        /// The installation's configuration (JSON) for this call (the schema's defaults filled
+        /// in); default: the state's, else `{}`.
+        #[arg(long, value_name = "JSON")]
+        plugin_config: Option<String>,
+        /// Keep the throwaway merchant, its kv data and the configuration `--configure` set in
+        /// this folder from one run to the next.
+        #[arg(long, value_name = "DIR")]
+        state: Option<PathBuf>,
         /// The caller's locale: zh-CN or en.
         #[arg(long, default_value = "zh-CN")]
         locale: String,
@@ -204,6 +222,14 @@ pub fn run(command: PluginCommand) -> Result<(), Failure> {
             },
         ),
         PluginCommand::Pack { dir, output, wasm } => pack(&dir, &output, wasm.as_deref()),
+        PluginCommand::New { name, dir, sdk } => {
+            let written = super::skeleton::write(&dir, &name, sdk.as_deref())?;
+            println!(
+                "wrote {}: next, in that folder, `trellis plugin build .`, `trellis plugin pack . -o {name}.tplug` and `trellis plugin run {name}.tplug --http GET /stats`; `cargo test` runs its unit test",
+                written.display()
+            );
+            Ok(())
+        }
         PluginCommand::Keygen { out } => {
             let (private, public) = archive::keygen().map_err(refused)?;
             let key = with_suffix(&out, "key");
@@ -256,6 +282,7 @@ pub fn run(command: PluginCommand) -> Result<(), Failure> {
             locale,
             frozen,
             themes,
+            state,
         } => {
             let call = if let Some(kind) = event {
                 let payload: Value = serde_json::from_str(&payload)
@@ -293,8 +320,12 @@ pub fn run(command: PluginCommand) -> Result<(), Failure> {
                     "say what to run: --event KIND, --http \"GET /path\", --configure JSON or --install",
                 ));
             };
-            let config: Value = serde_json::from_str(&plugin_config)
-                .map_err(|e| usage(format!("--plugin-config is not JSON: {e}")))?;
+            let config: Option<Value> = plugin_config
+                .map(|text| {
+                    serde_json::from_str(&text)
+                        .map_err(|e| usage(format!("--plugin-config is not JSON: {e}")))
+                })
+                .transpose()?;
             let bytes = read(&path)?;
             let archive = Archive::read(&bytes).map_err(refused)?;
             let themes = themes
@@ -307,10 +338,16 @@ pub fn run(command: PluginCommand) -> Result<(), Failure> {
                 let options = HarnessOptions {
                     frozen_clock: frozen.then(chrono::Utc::now),
                     themes_dir: themes,
+                    state_dir: state,
                     ..HarnessOptions::default()
                 };
                 let mut harness = Harness::start(&archive, options).await.map_err(refused)?;
-                harness.config = config;
+                if let Some(config) = config {
+                    harness.config = crate::plugins::catalog::configuration::with_defaults(
+                        archive.manifest.config.schema.as_ref(),
+                        config,
+                    );
+                }
                 harness.locale = locale;
                 println!(
                     "{} {} on a throwaway merchant {} ({} allocation)",
@@ -319,7 +356,11 @@ pub fn run(command: PluginCommand) -> Result<(), Failure> {
                     harness.merchant.id,
                     harness.runtime.allocation()
                 );
-                let outcome = harness.call(call).await;
+                let outcome = match call {
+                    // Through the schema, as the server does.
+                    Call::Configure { config } => harness.configure(config).await,
+                    call => harness.call(call).await,
+                };
                 print!("{}", harness::report(&outcome));
                 match outcome.result {
                     Ok(_) => Ok(()),

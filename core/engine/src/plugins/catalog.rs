@@ -12,7 +12,7 @@ mod policy;
 /// Installing, upgrading, rolling back, offering and uninstalling plugins.
 mod lifecycle;
 /// Merchants' configuration of a plugin, checked by its schema and its `configure` hook.
-mod configuration;
+pub mod configuration;
 /// What an invocation commits with its kv writes: its events, a delivery's outcome.
 mod finishing;
 
@@ -470,10 +470,12 @@ impl Catalog {
             packages::entitlement(&self.db, merchant_id, plugin_id, self.now()).await?;
         let installation = self.view(row).await?;
         let loaded = self.loaded_of(&installation).await?;
-        let config = self
-            .stored_config(&installation.id, merchant_id)
-            .await?
-            .unwrap_or_else(|| json!({}));
+        let config = configuration::with_defaults(
+            loaded.manifest.config.schema.as_ref(),
+            self.stored_config(&installation.id, merchant_id)
+                .await?
+                .unwrap_or_else(|| json!({})),
+        );
         let theme = self.theme_of(partner_id).await?;
         Ok(Live {
             installation,

@@ -138,6 +138,8 @@ async fn attempt(
         .theme_of(&installation.partner_id)
         .await
         .unwrap_or_default();
+    let config =
+        catalog::configuration::with_defaults(loaded.manifest.config.schema.as_ref(), config);
     let live = Live {
         installation,
         loaded,

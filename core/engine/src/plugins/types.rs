@@ -350,6 +350,24 @@ pub struct Outcome {
     pub wall: Duration,
 }
 
+impl Outcome {
+    /// An invocation refused before it ran.
+    pub fn failed(error: Error) -> Self {
+        Self {
+            invocation_id: String::new(),
+            result: Err(error),
+            logs: Vec::new(),
+            logs_dropped: 0,
+            host_calls: Vec::new(),
+            emitted: Vec::new(),
+            runs: 0,
+            memory_peak: 0,
+            cpu: Duration::ZERO,
+            wall: Duration::ZERO,
+        }
+    }
+}
+
 /// What an invocation carries into its store.
 pub struct Invocation {
     pub id: String,

@@ -1,9 +1,11 @@
-//! Merchants' configuration of a plugin: validated against the manifest's JSON Schema, then
-//! by the plugin's `configure` hook, and stored as the hook normalised it.
+//! Merchants' configuration of a plugin: the schema's defaults filled in, validated against the
+//! manifest's JSON Schema, then by the plugin's `configure` hook, and stored as the hook
+//! normalised it.
 //!
 //! Invariant: what is stored is what the plugin's `configure` hook returned for a merchant
 //! entitled to the plugin at that moment; a configuration the schema or the hook refuses is
-//! never stored.
+//! never stored; and every invocation reads its configuration with the schema's defaults filled
+//! in, configured or not.
 
 use serde_json::{Value as Json, json};
 
@@ -38,7 +40,9 @@ impl Catalog {
     ) -> Result<Json, Error> {
         let merchant = grant.target().clone();
         let live = self.live(&merchant, plugin_id).await?;
-        if let Some(schema) = &live.loaded.manifest.config.schema {
+        let schema = live.loaded.manifest.config.schema.as_ref();
+        let config = with_defaults(schema, config);
+        if let Some(schema) = schema {
             check_schema(schema, &config)?;
         }
         let outcome = self
@@ -92,6 +96,42 @@ impl Catalog {
         .execute(&self.db)
         .await?;
         Ok(normalised)
+    }
+}
+
+/// `config` with the schema's `default`s filled in where a property is missing, at every level
+/// of nested objects: what a plugin reads is what its schema promises, whether the merchant
+/// configured it or not.
+pub fn with_defaults(schema: Option<&Json>, mut config: Json) -> Json {
+    if let Some(schema) = schema {
+        fill_defaults(schema, &mut config, 0);
+    }
+    config
+}
+
+fn fill_defaults(schema: &Json, value: &mut Json, depth: usize) {
+    // Schemas are the plugin's: bounded, so a deep one cannot recurse without end.
+    const MAX_DEPTH: usize = 16;
+    let (Some(properties), Some(object)) = (
+        schema.get("properties").and_then(Json::as_object),
+        value.as_object_mut(),
+    ) else {
+        return;
+    };
+    if depth > MAX_DEPTH {
+        return;
+    }
+    for (name, property) in properties {
+        match object.get_mut(name) {
+            Some(present) => fill_defaults(property, present, depth + 1),
+            None => {
+                if let Some(default) = property.get("default") {
+                    let mut default = default.clone();
+                    fill_defaults(property, &mut default, depth + 1);
+                    object.insert(name.clone(), default);
+                }
+            }
+        }
     }
 }
 
@@ -160,6 +200,35 @@ mod tests {
             Err(Error::Invalid { field, .. }) => field,
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn the_schemas_defaults_fill_what_the_configuration_leaves_out() {
+        let schema = json!({
+            "type": "object",
+            "properties": {
+                "goal": { "type": "integer", "default": 10 },
+                "greeting": { "type": "string" },
+                "reward": {
+                    "type": "object",
+                    "default": {},
+                    "properties": { "title": { "type": "string", "default": "咖啡" } }
+                }
+            }
+        });
+        assert_eq!(
+            with_defaults(Some(&schema), json!({})),
+            json!({ "goal": 10, "reward": { "title": "咖啡" } })
+        );
+        assert_eq!(
+            with_defaults(
+                Some(&schema),
+                json!({ "goal": 3, "reward": { "title": "茶" } })
+            ),
+            json!({ "goal": 3, "reward": { "title": "茶" } })
+        );
+        assert_eq!(with_defaults(None, json!({ "a": 1 })), json!({ "a": 1 }));
+        assert_eq!(with_defaults(Some(&schema), json!([1])), json!([1]));
     }
 
     #[test]
