@@ -71,7 +71,8 @@ pub type Result<T, E = Error> = core::result::Result<T, E>;
 pub mod prelude {
     pub use crate::{
         Error, Event, Plugin, Request, Response, Result, Tenant, alipay, config, debug, error,
-        events, export_plugin, info, kv, payments, plugins, templates, tenant, trace, warn,
+        events, export_plugin, info, kv, payloads, payments, plugins, routes, templates, tenant,
+        trace, warn,
     };
 }
 
@@ -167,9 +168,21 @@ macro_rules! export_plugin {
     };
 }
 
-/// Glue used by [`export_plugin!`]; not part of the API.
+/// Glue used by [`export_plugin!`] and [`routes!`]; not part of the API.
 #[doc(hidden)]
 pub mod __private {
+    /// A string's bytes as an array, for a custom section built at compile time.
+    pub const fn bytes<const N: usize>(text: &str) -> [u8; N] {
+        let from = text.as_bytes();
+        let mut out = [0u8; N];
+        let mut i = 0;
+        while i < N && i < from.len() {
+            out[i] = from[i];
+            i += 1;
+        }
+        out
+    }
+
     pub use crate::bindings::exports::trellis::plugin0_1_0::event_handler::Guest as EventHandler;
     pub use crate::bindings::exports::trellis::plugin0_1_0::http_handler::Guest as HttpHandler;
     pub use crate::bindings::exports::trellis::plugin0_1_0::lifecycle::Guest as Lifecycle;
@@ -240,6 +253,64 @@ impl Error {
     pub fn internal(message: impl Into<String>) -> Self {
         Error::Internal(message.into())
     }
+
+    /// The state does not allow it now, such as a second claim of one reward (answered as 409).
+    pub fn conflict(message: impl Into<String>) -> Self {
+        Error::Conflict(message.into())
+    }
+
+    /// The caller may not do this, such as another plugin asking for what is not its own
+    /// (answered as 403).
+    pub fn denied(message: impl Into<String>) -> Self {
+        Error::Denied(message.into())
+    }
+}
+
+/// Declares the plugin's routes once, in the code: each line is a method, a path pattern, the
+/// audience and the handler. It defines `fn routes(ctx, request)`, which answers a request by
+/// the route that matched; call it from [`Plugin::handle_http`]. `trellis plugin pack` reads the
+/// table from the component and adds the routes to the manifest, so `plugin.toml` lists only
+/// what it must add (a route's `callback`); a route listed in both must have the same audience.
+///
+/// ```ignore
+/// routes! {
+///     GET "/card/{buyer}" member => card,
+///     POST "/stamps/{buyer}" staff => stamp,
+/// }
+///
+/// fn card(ctx: &Tenant, request: &Request) -> Result<Response> { /* … */ }
+/// ```
+///
+/// Audiences: `member`, `staff`, `merchant`, `agent`, `partner`, `plugin`. Path parameters are
+/// [`Request::param`].
+#[macro_export]
+macro_rules! routes {
+    ($($method:ident $path:literal $audience:ident => $handler:path),+ $(,)?) => {
+        /// Answers a request by the route that matched (declared with `routes!`).
+        fn routes(
+            ctx: &$crate::Tenant,
+            request: &$crate::Request,
+        ) -> $crate::Result<$crate::Response> {
+            match (request.method.as_str(), request.route.as_str()) {
+                $((stringify!($method), $path) => $handler(ctx, request),)+
+                _ => Err($crate::Error::Unsupported(format!(
+                    "no handler for {} {}",
+                    request.method, request.route
+                ))),
+            }
+        }
+
+        const _: () = {
+            const TABLE: &str =
+                concat!($(stringify!($method), " ", $path, " ", stringify!($audience), "\n"),+);
+            // The table the packer reads; only a component carries it.
+            #[cfg(target_arch = "wasm32")]
+            #[allow(unsafe_code, reason = "a custom section is declared by link_section")]
+            #[unsafe(link_section = "trellis:routes")]
+            #[used]
+            static SECTION: [u8; TABLE.len()] = $crate::__private::bytes(TABLE);
+        };
+    };
 }
 
 fn to_json<T: Serialize + ?Sized>(value: &T) -> Result<String> {
@@ -471,6 +542,43 @@ pub mod kv {
     /// Adds `delta` to a counter and returns the new value.
     pub fn increment(key: &str, delta: i64) -> Result<i64> {
         raw::increment(key, delta)
+    }
+
+    /// A key made of `segments` joined by `/`, each escaped so that no value — a buyer id, a
+    /// name a person typed — can add a level or reach another key: `%` and `/` become `%25` and
+    /// `%2F`, control characters `%XX`. `kv::key(&["stamps", buyer])`.
+    pub fn key(segments: &[&str]) -> String {
+        let mut out = String::new();
+        for (i, segment) in segments.iter().enumerate() {
+            if i > 0 {
+                out.push('/');
+            }
+            for c in segment.chars() {
+                match c {
+                    '%' => out.push_str("%25"),
+                    '/' => out.push_str("%2F"),
+                    c if c.is_control() => {
+                        let mut buf = [0u8; 4];
+                        for b in c.encode_utf8(&mut buf).bytes() {
+                            out.push_str(&format!("%{b:02X}"));
+                        }
+                    }
+                    c => out.push(c),
+                }
+            }
+        }
+        out
+    }
+
+    /// Runs `work` once per `(source, id)` — an event id, a request id another system sends —
+    /// and returns its result, or `None` when that pair was already done. The mark and
+    /// everything `work` writes are kept together when the call succeeds, and none of it when
+    /// anything fails, so a failure never leaves the work marked as done.
+    pub fn once<T>(source: &str, id: &str, work: impl FnOnce() -> Result<T>) -> Result<Option<T>> {
+        if !insert_json(&key(&["once", source, id]), &true)? {
+            return Ok(None);
+        }
+        work().map(Some)
     }
 
     pub use crate::bindings::trellis::plugin0_2_0::kv_batch::{BatchOutcome, Expected, Write};
@@ -753,6 +861,56 @@ pub mod config {
     }
 }
 
+/// The payloads of the engine's own events, typed: decode them with
+/// [`Event::payload_as`](crate::Event::payload_as).
+pub mod payloads {
+    use serde::{Deserialize, Serialize};
+
+    /// `payment.succeeded` (a trade was paid) and `payment.closed` (it expired or was closed
+    /// unpaid).
+    #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+    pub struct Payment {
+        /// The engine's id of the payment.
+        pub payment_id: String,
+        /// The merchant.
+        pub merchant_id: String,
+        /// The store it was taken at.
+        pub store_id: Option<String>,
+        /// The till or device, when one was named.
+        pub device_id: Option<String>,
+        /// The amount in fen.
+        pub amount_fen: i64,
+        /// The buyer's Alipay user id (UID-mode apps).
+        pub buyer_id: Option<String>,
+        /// The buyer's OpenID (OpenID-mode apps).
+        pub buyer_open_id: Option<String>,
+        /// `sale`, `recharge` or a plugin's own tag.
+        pub purpose: String,
+        /// The plugin that created the trade, if one did.
+        pub plugin_id: Option<String>,
+        /// The engine's `out_trade_no`.
+        pub out_trade_no: String,
+        /// Alipay's `trade_no`.
+        pub trade_no: Option<String>,
+        /// When it was paid (RFC 3339), for `payment.succeeded`.
+        pub paid_at: Option<String>,
+    }
+
+    /// `refund.succeeded`: the payment, and the refund that succeeded.
+    #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+    pub struct Refund {
+        /// The payment refunded, as it stood.
+        #[serde(flatten)]
+        pub payment: Payment,
+        /// The engine's id of the refund.
+        pub refund_id: String,
+        /// Its `out_request_no`.
+        pub out_request_no: String,
+        /// The amount refunded, in fen.
+        pub refund_fen: i64,
+    }
+}
+
 /// Follow-up events.
 pub mod events {
     use super::{Result, to_json};
@@ -821,7 +979,25 @@ macro_rules! error { ($($arg:tt)+) => { $crate::log!($crate::log::Level::Error, 
 
 #[cfg(test)]
 mod tests {
-    use super::percent_decode;
+    use super::{kv, percent_decode};
+
+    #[test]
+    fn key_segments_cannot_add_levels() {
+        assert_eq!(
+            kv::key(&["stamps", "2088000000000001"]),
+            "stamps/2088000000000001"
+        );
+        assert_eq!(kv::key(&["stamps", "a/../b"]), "stamps/a%2F..%2Fb");
+        assert_eq!(kv::key(&["x", "100%", "\n"]), "x/100%25/%0A");
+        assert_eq!(kv::key(&["会员", ""]), "会员/");
+    }
+
+    #[test]
+    fn the_route_table_is_its_text() {
+        const TABLE: &str = "GET /a member\n";
+        let bytes: [u8; TABLE.len()] = super::__private::bytes(TABLE);
+        assert_eq!(&bytes, TABLE.as_bytes());
+    }
 
     #[test]
     fn query_components_are_percent_decoded() {

@@ -217,6 +217,23 @@ async fn a_plugin_takes_payments_for_its_merchant_and_refunds_only_its_own() {
         until_paid(&s.owner, &id, label, std::time::Duration::from_secs(20)).await;
         let queried = s.owner.get(&caller(&format!("/pay/{id}"))).await.ok().body;
         assert_eq!(queried["status"], "succeeded", "{label}: {queried}");
+        // payment.succeeded reached the plugin, and its payload decoded with the SDK's type.
+        trellis_tests::eventually(
+            std::time::Duration::from_secs(20),
+            "the plugin keeps the payment",
+            || async {
+                let paid = s.owner.get(&caller(&format!("/paid/{id}"))).await;
+                match (
+                    paid.status,
+                    &paid.body["amount_fen"],
+                    &paid.body["plugin_id"],
+                ) {
+                    (200, amount, plugin) if *amount == 1234 && *plugin == CALLER => Ok(()),
+                    _ => Err(format!("{label}: {paid:?}")),
+                }
+            },
+        )
+        .await;
 
         // A trade the cashier made is the merchant's too: listed, but not the plugin's to refund.
         let cashiers = s

@@ -24,6 +24,8 @@ pub mod manifest;
 mod engine;
 /// A component's imports, checked against its manifest and what the engine provides.
 mod imports;
+/// Routes a component declares in code (the SDK's `routes!`), merged into its manifest at pack.
+pub mod declared;
 /// `.tplug` archives: packing, reading, verifying contents and signatures.
 pub mod archive;
 /// The storage behind the `kv` capability: namespaced, versioned keys under quotas.

@@ -52,37 +52,46 @@ impl Plugin for Hello {
     }
 
     fn handle_http(ctx: &Tenant, request: &Request) -> Result<Response> {
-        let counts = counts()?;
-        let total: i64 = counts.iter().map(|(_, n)| n).sum();
-        match request.route.as_str() {
-            "/" => {
-                let config: Config = config::get()?;
-                let greeting = config.greeting.unwrap_or_else(|| {
-                    if ctx.locale == "zh-CN" {
-                        "你好".into()
-                    } else {
-                        "Hello".into()
-                    }
-                });
-                let html = templates::render(
-                    "page.hbs",
-                    &serde_json::json!({ "greeting": greeting, "total": total, "locale": ctx.locale }),
-                )?;
-                Ok(Response::html(200, html))
-            }
-            "/stats" => {
-                let by_kind: serde_json::Map<String, serde_json::Value> = counts
-                    .into_iter()
-                    .map(|(kind, n)| (kind, n.into()))
-                    .collect();
-                Response::json(
-                    200,
-                    &serde_json::json!({ "total": total, "by_kind": by_kind }),
-                )
-            }
-            other => Err(Error::not_found(other.to_string())),
-        }
+        routes(ctx, request)
     }
+}
+
+// The routes, written once: `trellis plugin pack` adds them to the manifest.
+routes! {
+    GET "/" member => page,
+    GET "/stats" staff => stats,
+}
+
+/// The members' page, in the partner's theme.
+fn page(ctx: &Tenant, _request: &Request) -> Result<Response> {
+    let total: i64 = counts()?.iter().map(|(_, n)| n).sum();
+    let config: Config = config::get()?;
+    let greeting = config.greeting.unwrap_or_else(|| {
+        if ctx.locale == "zh-CN" {
+            "你好".into()
+        } else {
+            "Hello".into()
+        }
+    });
+    let html = templates::render(
+        "page.hbs",
+        &serde_json::json!({ "greeting": greeting, "total": total, "locale": ctx.locale }),
+    )?;
+    Ok(Response::html(200, html))
+}
+
+/// The staff's summary: every count by event kind.
+fn stats(_ctx: &Tenant, _request: &Request) -> Result<Response> {
+    let counts = counts()?;
+    let total: i64 = counts.iter().map(|(_, n)| n).sum();
+    let by_kind: serde_json::Map<String, serde_json::Value> = counts
+        .into_iter()
+        .map(|(kind, n)| (kind, n.into()))
+        .collect();
+    Response::json(
+        200,
+        &serde_json::json!({ "total": total, "by_kind": by_kind }),
+    )
 }
 
 /// Every counter, by event kind, following the pages of `kv::list`.

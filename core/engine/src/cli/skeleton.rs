@@ -50,17 +50,7 @@ subscribe = ["payment.succeeded"]
 kv = { max_keys = 10000, max_bytes = 1048576 }
 templates = ["page.hbs"]
 
-# A page for the merchant's members, on the partner's domain.
-[[routes]]
-method = "GET"
-path = "/"
-audience = "member"
-
-# A JSON view for the merchant's staff (and the owner).
-[[routes]]
-method = "GET"
-path = "/stats"
-audience = "staff"
+# Its routes are declared in src/lib.rs (`routes!`); packing adds them here.
 
 [config]
 schema = "config.schema.json"
@@ -129,30 +119,38 @@ struct {type};
 impl Plugin for {type} {
     fn handle_event(_ctx: &Tenant, event: &Event) -> Result<()> {
         // At least once: the mark and the count are kept together, or neither is.
-        if kv::insert_json(&format!("seen/{}", event.id), &true)? {
-            kv::increment("payments", 1)?;
-        }
+        kv::once("payment", &event.id, || kv::increment("payments", 1))?;
         Ok(())
     }
 
-    fn handle_http(_ctx: &Tenant, request: &Request) -> Result<Response> {
-        let count = payments()?;
-        match request.route.as_str() {
-            "/stats" => Response::json(200, &serde_json::json!({ "payments": count })),
-            _ => {
-                let config: Config = config::get()?;
-                let html = templates::render(
-                    "page.hbs",
-                    &serde_json::json!({
-                        "title": config.greeting,
-                        "greeting": config.greeting,
-                        "payments": payments_line(count),
-                    }),
-                )?;
-                Ok(Response::html(200, html))
-            }
-        }
+    fn handle_http(ctx: &Tenant, request: &Request) -> Result<Response> {
+        routes(ctx, request)
     }
+}
+
+// Each route once: method, path, who may call it, handler.
+routes! {
+    GET "/" member => page,
+    GET "/stats" staff => stats,
+}
+
+/// A page for the merchant's members, on the partner's domain, in its theme.
+fn page(_ctx: &Tenant, _request: &Request) -> Result<Response> {
+    let config: Config = config::get()?;
+    let html = templates::render(
+        "page.hbs",
+        &serde_json::json!({
+            "title": config.greeting,
+            "greeting": config.greeting,
+            "payments": payments_line(payments()?),
+        }),
+    )?;
+    Ok(Response::html(200, html))
+}
+
+/// A JSON view for the merchant's staff (and the owner).
+fn stats(_ctx: &Tenant, _request: &Request) -> Result<Response> {
+    Response::json(200, &serde_json::json!({ "payments": payments()? }))
 }
 
 export_plugin!({type});

@@ -435,6 +435,8 @@ pub fn pack_dir(dir: &Path, wasm: &Path) -> Result<(Archive, Vec<u8>), Error> {
             component.len()
         )));
     }
+    // Routes written once, in the code, join the manifest's here.
+    let manifest = super::declared::merged(manifest, &component)?;
     let mut files = BTreeMap::new();
     collect(dir, "templates", &mut files)?;
     collect(dir, "assets", &mut files)?;

@@ -159,6 +159,19 @@ fn refund(request: &Request, id: &str) -> Result<Response> {
 }
 
 impl Plugin for Neighbours {
+    fn handle_event(_ctx: &Tenant, event: &Event) -> Result<()> {
+        // The engine's payload, typed by the SDK; kept once per payment.
+        let paid: payloads::Payment = event.payload_as()?;
+        kv::once("payment", &paid.payment_id, || {
+            kv::set_json(
+                &kv::key(&["paid", &paid.payment_id]),
+                &json!({ "amount_fen": paid.amount_fen, "plugin_id": paid.plugin_id,
+                    "purpose": paid.purpose, "out_trade_no": paid.out_trade_no }),
+            )
+        })?;
+        Ok(())
+    }
+
     fn handle_http(_ctx: &Tenant, request: &Request) -> Result<Response> {
         let param = |name: &str| request.param(name).unwrap_or_default();
         match (request.method.as_str(), request.route.as_str()) {
@@ -182,6 +195,11 @@ impl Plugin for Neighbours {
             }
             ("GET", "/payments") => list(request),
             ("POST", "/pay/{id}/refund") => refund(request, param("id")),
+            ("GET", "/paid/{id}") => match kv::get_json::<Value>(&kv::key(&["paid", param("id")]))?
+            {
+                Some((paid, _)) => Response::json(200, &paid),
+                None => Err(Error::not_found("not paid yet")),
+            },
             _ => Err(Error::not_found(request.route.clone())),
         }
     }
