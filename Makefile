@@ -5,6 +5,8 @@ WASM_TARGET := wasm32-wasip2
 PLUGINS := $(patsubst plugins/%/Cargo.toml,%,$(wildcard plugins/*/Cargo.toml))
 # Test plugins that misbehave on purpose: tests/plugins/<name>/Cargo.toml.
 FIXTURES := $(patsubst tests/plugins/%/Cargo.toml,%,$(wildcard tests/plugins/*/Cargo.toml))
+# The SDK's examples: host-api/examples/<name>/Cargo.toml.
+EXAMPLES := $(patsubst host-api/examples/%/Cargo.toml,%,$(wildcard host-api/examples/*/Cargo.toml))
 
 .PHONY: run test lint fmt wasm-target plugins build
 
@@ -45,8 +47,9 @@ wasm-target:
 	@rustup target list --installed 2>/dev/null | grep -qx '$(WASM_TARGET)' \
 		|| rustup target add $(WASM_TARGET)
 
-## plugins: build every first-party plugin and test fixture as a WebAssembly component
+## plugins: build every first-party plugin, test fixture and SDK example as a WebAssembly component
 ##          (into target/wasm32-wasip2/plugin/)
 plugins: wasm-target
 	$(CARGO) build --profile plugin --target $(WASM_TARGET) \
-		$(addprefix -p trellis-plugin-,$(PLUGINS)) $(addprefix -p trellis-fixture-,$(FIXTURES))
+		$(addprefix -p trellis-plugin-,$(PLUGINS)) $(addprefix -p trellis-fixture-,$(FIXTURES)) \
+		$(addprefix -p trellis-example-,$(EXAMPLES))

@@ -50,6 +50,24 @@ pub mod bindings {
     });
 }
 
+/// Where the SDK's calls go: the engine's imports in a component, the in-memory host of
+/// [`testkit`] in a native build (a plugin's `cargo test`).
+mod host {
+    #[cfg(target_arch = "wasm32")]
+    pub use crate::bindings::trellis::plugin0_1_0::{alipay, config, events, kv, log, templates};
+    #[cfg(target_arch = "wasm32")]
+    pub use crate::bindings::trellis::plugin0_2_0::{kv_batch, payments, plugins, tenant};
+    #[cfg(not(target_arch = "wasm32"))]
+    pub use crate::testkit::host::{
+        alipay, config, events, kv, kv_batch, log, payments, plugins, templates, tenant,
+    };
+}
+
+/// Running a plugin's logic natively, against an in-memory host: `cargo test` in the plugin's
+/// folder, no wasm build.
+#[cfg(not(target_arch = "wasm32"))]
+pub mod testkit;
+
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -268,7 +286,8 @@ impl Error {
 
 /// Declares the plugin's routes once, in the code: each line is a method, a path pattern, the
 /// audience and the handler. It defines `fn routes(ctx, request)`, which answers a request by
-/// the route that matched; call it from [`Plugin::handle_http`]. `trellis plugin pack` reads the
+/// the route that matched — call it from [`Plugin::handle_http`] — and `const ROUTES`, the
+/// table (give it to [`testkit::TestHost::routes`] in native tests). `trellis plugin pack` reads the
 /// table from the component and adds the routes to the manifest, so `plugin.toml` lists only
 /// what it must add (a route's `callback`); a route listed in both must have the same audience.
 ///
@@ -300,16 +319,17 @@ macro_rules! routes {
             }
         }
 
-        const _: () = {
-            const TABLE: &str =
-                concat!($(stringify!($method), " ", $path, " ", stringify!($audience), "\n"),+);
-            // The table the packer reads; only a component carries it.
-            #[cfg(target_arch = "wasm32")]
-            #[allow(unsafe_code, reason = "a custom section is declared by link_section")]
-            #[unsafe(link_section = "trellis:routes")]
-            #[used]
-            static SECTION: [u8; TABLE.len()] = $crate::__private::bytes(TABLE);
-        };
+        /// The routes, one `METHOD PATH AUDIENCE` line each (for `testkit::TestHost::routes`).
+        #[allow(dead_code, reason = "read by native tests and the custom section")]
+        const ROUTES: &str =
+            concat!($(stringify!($method), " ", $path, " ", stringify!($audience), "\n"),+);
+
+        // The table the packer reads; only a component carries it.
+        #[cfg(target_arch = "wasm32")]
+        #[allow(unsafe_code, reason = "a custom section is declared by link_section")]
+        #[unsafe(link_section = "trellis:routes")]
+        #[used]
+        static __TRELLIS_ROUTES: [u8; ROUTES.len()] = $crate::__private::bytes(ROUTES);
     };
 }
 
@@ -420,421 +440,33 @@ impl Response {
 /// Values are bytes; the `*_json` helpers and [`update`](kv::update) store JSON. Writes are
 /// versioned: [`compare_and_swap`](kv::compare_and_swap) and [`update`](kv::update) never lose
 /// a concurrent write.
-pub mod kv {
-    use super::{Error, Result, to_json};
-    use crate::bindings::trellis::plugin0_1_0::kv as raw;
-    use serde::Serialize;
-    use serde::de::DeserializeOwned;
-
-    pub use raw::{CasOutcome, Entry, Item, Page};
-
-    /// How often [`update`] retries after losing a race before giving up with
-    /// [`Error::Conflict`].
-    pub const UPDATE_ATTEMPTS: u32 = 8;
-
-    /// Reads a key.
-    pub fn get(key: &str) -> Result<Option<Entry>> {
-        raw::get(key)
-    }
-
-    /// Reads a key holding JSON, with its version.
-    pub fn get_json<T: DeserializeOwned>(key: &str) -> Result<Option<(T, u64)>> {
-        match raw::get(key)? {
-            None => Ok(None),
-            Some(entry) => {
-                let value = serde_json::from_slice(&entry.value)
-                    .map_err(|e| Error::Internal(format!("kv {key}: {e}")))?;
-                Ok(Some((value, entry.version)))
-            }
-        }
-    }
-
-    /// Writes `value` if the key is at version `expected` (`None`: only if absent).
-    pub fn compare_and_swap(key: &str, expected: Option<u64>, value: &[u8]) -> Result<CasOutcome> {
-        raw::compare_and_swap(key, expected, value)
-    }
-
-    /// Stores JSON under a key only if the key does not exist; true when it was stored.
-    /// The usual way to deduplicate: `if !kv::insert_json(&format!("seen/{}", ev.id), &())?`.
-    pub fn insert_json<T: Serialize + ?Sized>(key: &str, value: &T) -> Result<bool> {
-        let bytes = to_json(value)?;
-        Ok(matches!(
-            raw::compare_and_swap(key, None, bytes.as_bytes())?,
-            CasOutcome::Stored(_)
-        ))
-    }
-
-    /// Stores JSON under a key whatever it held before.
-    pub fn set_json<T: Serialize + ?Sized>(key: &str, value: &T) -> Result<u64> {
-        let bytes = to_json(value)?;
-        let mut expected = raw::get(key)?.map(|e| e.version);
-        for _ in 0..UPDATE_ATTEMPTS {
-            match raw::compare_and_swap(key, expected, bytes.as_bytes())? {
-                CasOutcome::Stored(version) => return Ok(version),
-                CasOutcome::Conflict(current) => expected = current.map(|e| e.version),
-            }
-        }
-        Err(Error::Conflict(format!(
-            "kv {key}: too many concurrent writers"
-        )))
-    }
-
-    /// Reads the JSON under `key`, applies `f` and writes the result, retrying on a
-    /// concurrent write (up to [`UPDATE_ATTEMPTS`] times). `f` may run more than once, so
-    /// it must not have side effects. Returns the value written.
-    pub fn update<T, F>(key: &str, mut f: F) -> Result<T>
-    where
-        T: Serialize + DeserializeOwned,
-        F: FnMut(Option<T>) -> T,
-    {
-        match try_update(key, |old| Ok(Some(f(old))))? {
-            Some(value) => Ok(value),
-            None => Err(Error::Internal("update wrote nothing".into())),
-        }
-    }
-
-    /// Like [`update`], but `f` may fail (nothing is written) or return `None` (nothing is
-    /// written and `None` is returned).
-    pub fn try_update<T, F>(key: &str, mut f: F) -> Result<Option<T>>
-    where
-        T: Serialize + DeserializeOwned,
-        F: FnMut(Option<T>) -> Result<Option<T>>,
-    {
-        let mut current = raw::get(key)?;
-        for _ in 0..UPDATE_ATTEMPTS {
-            let (old, expected) = match current {
-                None => (None, None),
-                Some(entry) => (
-                    Some(
-                        serde_json::from_slice(&entry.value)
-                            .map_err(|e| Error::Internal(format!("kv {key}: {e}")))?,
-                    ),
-                    Some(entry.version),
-                ),
-            };
-            let Some(new) = f(old)? else { return Ok(None) };
-            let bytes = to_json(&new)?;
-            match raw::compare_and_swap(key, expected, bytes.as_bytes())? {
-                CasOutcome::Stored(_) => return Ok(Some(new)),
-                CasOutcome::Conflict(now) => current = now,
-            }
-        }
-        Err(Error::Conflict(format!(
-            "kv {key}: too many concurrent writers"
-        )))
-    }
-
-    /// Deletes a key; true when it existed.
-    pub fn delete(key: &str) -> Result<bool> {
-        raw::delete(key, None)
-    }
-
-    /// Deletes a key only if it is still at `version`.
-    pub fn delete_if(key: &str, version: u64) -> Result<bool> {
-        raw::delete(key, Some(version))
-    }
-
-    /// Lists keys starting with `prefix`, in key order, after `after`, at most `limit`.
-    pub fn list(prefix: &str, after: Option<&str>, limit: u32) -> Result<Page> {
-        raw::list(prefix, after, limit)
-    }
-
-    /// Adds `delta` to a counter and returns the new value.
-    pub fn increment(key: &str, delta: i64) -> Result<i64> {
-        raw::increment(key, delta)
-    }
-
-    /// A key made of `segments` joined by `/`, each escaped so that no value — a buyer id, a
-    /// name a person typed — can add a level or reach another key: `%` and `/` become `%25` and
-    /// `%2F`, control characters `%XX`. `kv::key(&["stamps", buyer])`.
-    pub fn key(segments: &[&str]) -> String {
-        let mut out = String::new();
-        for (i, segment) in segments.iter().enumerate() {
-            if i > 0 {
-                out.push('/');
-            }
-            for c in segment.chars() {
-                match c {
-                    '%' => out.push_str("%25"),
-                    '/' => out.push_str("%2F"),
-                    c if c.is_control() => {
-                        let mut buf = [0u8; 4];
-                        for b in c.encode_utf8(&mut buf).bytes() {
-                            out.push_str(&format!("%{b:02X}"));
-                        }
-                    }
-                    c => out.push(c),
-                }
-            }
-        }
-        out
-    }
-
-    /// Runs `work` once per `(source, id)` — an event id, a request id another system sends —
-    /// and returns its result, or `None` when that pair was already done. The mark and
-    /// everything `work` writes are kept together when the call succeeds, and none of it when
-    /// anything fails, so a failure never leaves the work marked as done.
-    pub fn once<T>(source: &str, id: &str, work: impl FnOnce() -> Result<T>) -> Result<Option<T>> {
-        if !insert_json(&key(&["once", source, id]), &true)? {
-            return Ok(None);
-        }
-        work().map(Some)
-    }
-
-    pub use crate::bindings::trellis::plugin0_2_0::kv_batch::{BatchOutcome, Expected, Write};
-
-    /// Reads up to 256 keys in one host call; the entries in the order of `keys` (host-api
-    /// 0.2).
-    pub fn get_many(keys: &[String]) -> Result<Vec<Option<Entry>>> {
-        crate::bindings::trellis::plugin0_2_0::kv_batch::get_many(keys)
-    }
-
-    /// Makes up to 256 writes in one host call, all or none: when one write finds something
-    /// other than it expected, none is made and the outcome says which (host-api 0.2).
-    pub fn write_many(writes: &[Write]) -> Result<BatchOutcome> {
-        crate::bindings::trellis::plugin0_2_0::kv_batch::write_many(writes)
-    }
-
-    impl Write {
-        /// Writes `value` whatever the key holds.
-        pub fn put(key: impl Into<String>, value: impl Into<Vec<u8>>) -> Self {
-            Write {
-                key: key.into(),
-                value: Some(value.into()),
-                expected: Expected::Any,
-            }
-        }
-
-        /// Writes `value` only if the key does not exist yet.
-        pub fn insert(key: impl Into<String>, value: impl Into<Vec<u8>>) -> Self {
-            Write {
-                key: key.into(),
-                value: Some(value.into()),
-                expected: Expected::Absent,
-            }
-        }
-
-        /// Deletes the key whatever it holds.
-        pub fn delete(key: impl Into<String>) -> Self {
-            Write {
-                key: key.into(),
-                value: None,
-                expected: Expected::Any,
-            }
-        }
-
-        /// Makes the write only if the key is at `version`.
-        pub fn at(mut self, version: u64) -> Self {
-            self.expected = Expected::Version(version);
-            self
-        }
-    }
-}
+pub mod kv;
 
 /// Who the current call is for, with the engine's facts about it (host-api 0.2): the partner
 /// origin, the merchant's package quotas, and the calling plugin on a `plugin` route.
-pub mod tenant {
-    pub use crate::bindings::trellis::plugin0_2_0::tenant::{Context, Quotas};
-
-    /// The current call's context.
-    pub fn current() -> Context {
-        crate::bindings::trellis::plugin0_2_0::tenant::current()
-    }
-}
+pub mod tenant;
 
 /// Routes of the partner's other plugins, for the current merchant (host-api 0.2). Each
 /// target plugin and route is declared under `[[capabilities.calls]]` in `plugin.toml`, and
 /// the target route is of the `plugin` audience.
-pub mod plugins {
-    use super::{Response, Result, from_json, to_json};
-    use crate::bindings::trellis::plugin0_2_0::plugins as raw;
-    use serde::Serialize;
-    use serde::de::DeserializeOwned;
-
-    pub use raw::Request;
-
-    /// Calls `plugin`'s route with `request` and returns its answer, whatever its status.
-    pub fn call(plugin: &str, request: &Request) -> Result<Response> {
-        raw::call(plugin, request)
-    }
-
-    /// `GET path` on `plugin`; a 2xx JSON answer decoded as `T`, any other status as
-    /// [`Error::NotFound`](crate::Error::NotFound) for 404 and [`Error::Internal`](crate::Error::Internal) else.
-    pub fn get_json<T: DeserializeOwned>(plugin: &str, path: &str) -> Result<T> {
-        let (path, query) = path.split_once('?').unwrap_or((path, ""));
-        json_answer(
-            plugin,
-            raw::call(
-                plugin,
-                &Request {
-                    method: "GET".into(),
-                    path: path.into(),
-                    query: query.into(),
-                    headers: Vec::new(),
-                    body: Vec::new(),
-                },
-            )?,
-        )
-    }
-
-    /// `POST path` on `plugin` with a JSON body; the answer as for [`get_json`].
-    pub fn post_json<T: DeserializeOwned, B: Serialize + ?Sized>(
-        plugin: &str,
-        path: &str,
-        body: &B,
-    ) -> Result<T> {
-        json_answer(
-            plugin,
-            raw::call(
-                plugin,
-                &Request {
-                    method: "POST".into(),
-                    path: path.into(),
-                    query: String::new(),
-                    headers: vec![crate::Header {
-                        name: "content-type".into(),
-                        value: "application/json".into(),
-                    }],
-                    body: to_json(body)?.into_bytes(),
-                },
-            )?,
-        )
-    }
-
-    fn json_answer<T: DeserializeOwned>(plugin: &str, response: Response) -> Result<T> {
-        let body = String::from_utf8_lossy(&response.body);
-        match response.status {
-            200..=299 => from_json(&body, plugin),
-            404 => Err(crate::Error::NotFound(format!("{plugin}: {body}"))),
-            status => Err(crate::Error::Internal(format!(
-                "{plugin} answered {status}: {body}"
-            ))),
-        }
-    }
-}
+pub mod plugins;
 
 /// The current merchant's payments, made by the engine with the merchant's Alipay app
 /// (host-api 0.2). The engine chooses `out_trade_no` and `notify_url`, tags each trade with
 /// this plugin, and sends `payment.*` events for it as for any trade. Each function needs its
 /// right under `[capabilities] payments` (`precreate`, `jsapi`, `list`, `refund`; `query`
 /// needs any).
-pub mod payments {
-    use super::Result;
-    use crate::bindings::trellis::plugin0_2_0::payments as raw;
-
-    pub use raw::{Buyer, NewTrade, RefundReceipt, Trade, TradePage};
-
-    impl NewTrade {
-        /// A trade of `amount_fen` for `subject`, at the current call's store, for a sale.
-        pub fn new(amount_fen: u64, subject: impl Into<String>) -> Self {
-            NewTrade {
-                amount_fen,
-                subject: subject.into(),
-                store_id: None,
-                purpose: None,
-            }
-        }
-    }
-
-    /// A dynamic QR code: the trade's `qr_code` is what the buyer scans.
-    pub fn precreate(trade: &NewTrade) -> Result<Trade> {
-        raw::precreate(trade)
-    }
-
-    /// A trade the buyer pays inside Alipay (JSAPI); its `trade_no` goes to `my.tradePay`.
-    pub fn create_jsapi(trade: &NewTrade, buyer: &Buyer) -> Result<Trade> {
-        raw::create_jsapi(trade, buyer)
-    }
-
-    /// One of the merchant's trades by its id, as Alipay has it now.
-    pub fn query(id: &str) -> Result<Trade> {
-        raw::query(id)
-    }
-
-    /// The merchant's trades created in `[from_ms, to_ms)`, newest first.
-    pub fn list(from_ms: u64, to_ms: u64, after: Option<&str>, limit: u32) -> Result<TradePage> {
-        raw::list(from_ms, to_ms, after, limit)
-    }
-
-    /// Refunds `amount_fen` of a trade this plugin created; `request_no` makes it idempotent.
-    pub fn refund(
-        id: &str,
-        amount_fen: u64,
-        request_no: &str,
-        reason: Option<&str>,
-    ) -> Result<RefundReceipt> {
-        raw::refund(id, amount_fen, request_no, reason)
-    }
-}
+pub mod payments;
 
 /// Alipay OpenAPI calls, signed by the host with the merchant's credentials.
 ///
 /// Every method must be listed under `[capabilities.alipay] methods` in `plugin.toml`.
-pub mod alipay {
-    use super::{Result, from_json, to_json};
-    use crate::bindings::trellis::plugin0_1_0::alipay as raw;
-    use serde::Serialize;
-    use serde::de::DeserializeOwned;
-
-    pub use raw::CallOptions;
-
-    /// Calls `method` with `biz_content` and returns the response object.
-    pub fn call<B: Serialize + ?Sized>(method: &str, biz_content: &B) -> Result<serde_json::Value> {
-        call_with(method, biz_content, &CallOptions::default())
-    }
-
-    /// Calls `method` and decodes the response object as `T`.
-    pub fn call_as<T: DeserializeOwned, B: Serialize + ?Sized>(
-        method: &str,
-        biz_content: &B,
-    ) -> Result<T> {
-        let text = raw::call(method, &to_json(biz_content)?, &CallOptions::default())?;
-        from_json(&text, method)
-    }
-
-    /// Calls `method` with options (notify or return URL, request id).
-    pub fn call_with<B: Serialize + ?Sized>(
-        method: &str,
-        biz_content: &B,
-        options: &CallOptions,
-    ) -> Result<serde_json::Value> {
-        let text = raw::call(method, &to_json(biz_content)?, options)?;
-        from_json(&text, method)
-    }
-
-    /// Calls a method that takes no `biz_content`, only top-level parameters — such as
-    /// `alipay.system.oauth.token` with `grant_type` and `code` in `options.params`.
-    pub fn call_params(method: &str, options: &CallOptions) -> Result<serde_json::Value> {
-        let text = raw::call(method, "", options)?;
-        from_json(&text, method)
-    }
-
-    /// Uploads an image (`jpg`, `png`, …) and returns Alipay's answer (`image_id`, `image_url`).
-    pub fn upload_image(name: &str, image_type: &str, content: &[u8]) -> Result<serde_json::Value> {
-        let text = raw::upload_image(name, image_type, content)?;
-        from_json(&text, "alipay.offline.material.image.upload")
-    }
-
-    #[allow(
-        clippy::derivable_impls,
-        reason = "the struct is generated by wit-bindgen"
-    )]
-    impl Default for CallOptions {
-        fn default() -> Self {
-            CallOptions {
-                notify_url: None,
-                return_url: None,
-                auth_token: None,
-                params: Vec::new(),
-            }
-        }
-    }
-}
+pub mod alipay;
 
 /// Pages rendered by the engine's themes.
 pub mod templates {
     use super::{Result, to_json};
-    use crate::bindings::trellis::plugin0_1_0::templates as raw;
+    use crate::host::templates as raw;
     use serde::Serialize;
 
     /// Renders a template the archive ships (and the manifest declares) with `data`, inside
@@ -847,7 +479,7 @@ pub mod templates {
 /// The configuration of this installation for the current tenant.
 pub mod config {
     use super::{Result, from_json};
-    use crate::bindings::trellis::plugin0_1_0::config as raw;
+    use crate::host::config as raw;
     use serde::de::DeserializeOwned;
 
     /// The configuration decoded as `T`.
@@ -863,58 +495,12 @@ pub mod config {
 
 /// The payloads of the engine's own events, typed: decode them with
 /// [`Event::payload_as`](crate::Event::payload_as).
-pub mod payloads {
-    use serde::{Deserialize, Serialize};
-
-    /// `payment.succeeded` (a trade was paid) and `payment.closed` (it expired or was closed
-    /// unpaid).
-    #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
-    pub struct Payment {
-        /// The engine's id of the payment.
-        pub payment_id: String,
-        /// The merchant.
-        pub merchant_id: String,
-        /// The store it was taken at.
-        pub store_id: Option<String>,
-        /// The till or device, when one was named.
-        pub device_id: Option<String>,
-        /// The amount in fen.
-        pub amount_fen: i64,
-        /// The buyer's Alipay user id (UID-mode apps).
-        pub buyer_id: Option<String>,
-        /// The buyer's OpenID (OpenID-mode apps).
-        pub buyer_open_id: Option<String>,
-        /// `sale`, `recharge` or a plugin's own tag.
-        pub purpose: String,
-        /// The plugin that created the trade, if one did.
-        pub plugin_id: Option<String>,
-        /// The engine's `out_trade_no`.
-        pub out_trade_no: String,
-        /// Alipay's `trade_no`.
-        pub trade_no: Option<String>,
-        /// When it was paid (RFC 3339), for `payment.succeeded`.
-        pub paid_at: Option<String>,
-    }
-
-    /// `refund.succeeded`: the payment, and the refund that succeeded.
-    #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
-    pub struct Refund {
-        /// The payment refunded, as it stood.
-        #[serde(flatten)]
-        pub payment: Payment,
-        /// The engine's id of the refund.
-        pub refund_id: String,
-        /// Its `out_request_no`.
-        pub out_request_no: String,
-        /// The amount refunded, in fen.
-        pub refund_fen: i64,
-    }
-}
+pub mod payloads;
 
 /// Follow-up events.
 pub mod events {
     use super::{Result, to_json};
-    use crate::bindings::trellis::plugin0_1_0::events as raw;
+    use crate::host::events as raw;
     use serde::Serialize;
 
     /// Emits an event of a kind listed under `[capabilities] emit`. It is published when the
@@ -926,9 +512,9 @@ pub mod events {
 
 /// Structured logging. Prefer the macros: [`info!`](crate::info) and friends.
 pub mod log {
-    use crate::bindings::trellis::plugin0_1_0::log as raw;
+    use crate::host::log as raw;
 
-    pub use raw::Level;
+    pub use crate::bindings::trellis::plugin0_1_0::log::Level;
 
     /// True when a line at `level` would be kept.
     pub fn enabled(level: Level) -> bool {

@@ -788,6 +788,59 @@ fn a_new_plugin_builds_tests_and_runs_and_the_harness_keeps_its_state_between_ru
     assert!(out.contains(r#"{"payments":0}"#), "{out}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sdks_stamp_card_example_runs_in_the_real_runtime_as_its_native_tests_say() {
+    let card = pack_plugin("host-api/examples/stamp-card", "trellis_example_stamp_card");
+    let routes: Vec<String> = card
+        .manifest
+        .routes
+        .iter()
+        .map(|r| format!("{} {}", r.method, r.path))
+        .collect();
+    assert_eq!(
+        routes,
+        [
+            "GET /card/{buyer}",
+            "GET /cards/{buyer}",
+            "POST /cards/{buyer}/stamps",
+            "DELETE /cards/{buyer}"
+        ],
+        "the routes written in the code reach the manifest"
+    );
+    let mut h = Harness::start(&card, options()).await.unwrap();
+    let configured = h.configure(json!({ "goal": 3 })).await;
+    assert!(configured.result.is_ok(), "{:?}", configured.result);
+    assert_eq!(
+        h.config["min_fen"], 0,
+        "the schema's defaults: {}",
+        h.config
+    );
+    let paid = json!({ "payment_id": "p1", "merchant_id": "m", "store_id": null,
+        "device_id": null, "amount_fen": 500, "buyer_id": "2088000000000001",
+        "buyer_open_id": null, "purpose": "sale", "plugin_id": null, "out_trade_no": "T1",
+        "trade_no": "2026", "paid_at": null });
+    let event = trellis_engine::plugins::Event {
+        id: "e1".into(),
+        kind: "payment.succeeded".into(),
+        occurred_at: chrono::Utc::now(),
+        payload: paid,
+    };
+    for _ in 0..2 {
+        let outcome = h
+            .call(trellis_engine::plugins::Call::Event(event.clone()))
+            .await;
+        assert!(outcome.result.is_ok(), "{:?}", outcome.result);
+    }
+    let shown = h.http("GET", "/cards/2088000000000001", Vec::new()).await;
+    let Ok(Output::Http(response)) = shown.result else {
+        panic!("{:?}", shown.result);
+    };
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&response.body).unwrap(),
+        json!({ "stamps": 1, "rewards": 0 })
+    );
+}
+
 #[test]
 fn a_tampered_archive_fails_inspection() {
     let tmp = trellis_tests::tempdir();
