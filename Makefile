@@ -8,7 +8,11 @@ FIXTURES := $(patsubst tests/plugins/%/Cargo.toml,%,$(wildcard tests/plugins/*/C
 # The SDK's examples: host-api/examples/<name>/Cargo.toml.
 EXAMPLES := $(patsubst host-api/examples/%/Cargo.toml,%,$(wildcard host-api/examples/*/Cargo.toml))
 
-.PHONY: run test lint fmt wasm-target plugins build
+# componentize-py builds the Python example; kept in a virtual environment under target/.
+COMPONENTIZE_PY_VERSION := 0.25.1
+PYTHON_ENV := target/python
+
+.PHONY: run test lint fmt wasm-target plugins build python
 
 ## run: build what is needed, seed the demo tenants once and serve on SQLite at
 ##      http://127.0.0.1:8080 (./data/trellis.db), with the offline Alipay sandbox under /sandbox
@@ -28,12 +32,21 @@ run: plugins
 
 ## test: build the plugins for wasm32-wasip2 and run the whole suite
 ## (a second database leg runs when TRELLIS_TEST_DATABASE_URL names a PostgreSQL server)
-test: plugins
+test: plugins python
 	@if [ -z "$$TRELLIS_TEST_DATABASE_URL" ]; then \
 		echo "PostgreSQL leg skipped: set TRELLIS_TEST_DATABASE_URL=postgres://… to run it"; fi
 	@# No separate `cargo build --bins`: it would resolve features without the dev-dependencies
 	@# and compile the engine twice. The engine's own CLI tests make cargo build `trellis`.
-	$(CARGO) test --workspace
+	PATH="$(CURDIR)/$(PYTHON_ENV)/bin:$$PATH" $(CARGO) test --workspace
+
+## python: componentize-py in target/python, for the Python plugin example (skipped, and its
+##         test with it, when this machine has no python3)
+python:
+	@if [ -x $(PYTHON_ENV)/bin/componentize-py ]; then :; \
+	elif command -v python3 >/dev/null 2>&1; then \
+		python3 -m venv $(PYTHON_ENV) && \
+		$(PYTHON_ENV)/bin/pip install -q componentize-py==$(COMPONENTIZE_PY_VERSION); \
+	else echo "Python example skipped: no python3 to install componentize-py with"; fi
 
 ## lint: clippy over every target, warnings are errors
 lint:

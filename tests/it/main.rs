@@ -12,6 +12,7 @@ mod plugin_breaker;
 mod plugin_kv;
 mod platform;
 mod plugins;
+mod python;
 mod foundation;
 mod host_api_v02;
 mod make_run;

@@ -140,6 +140,17 @@ async fn a_partner_installs_an_agent_assigns_merchants_use_and_an_ended_package_
             .await;
         assert_eq!(garbage.status, 422, "{label}: {garbage:?}");
         assert_eq!(garbage.body["code"], "invalid_plugin");
+        // An archive of several MiB (an interpreter's) is read up to the upload limit, not
+        // refused at a smaller one: this one is read whole and refused for what it is.
+        let big = w
+            .partner_admin
+            .upload(
+                &format!("/api/v1/partners/{}/plugins", w.partner),
+                vec![0x1f_u8; 6 << 20],
+            )
+            .await;
+        assert_eq!(big.status, 422, "{label}: {big:?}");
+        assert_eq!(big.body["code"], "invalid_plugin");
 
         // Not offered yet: agents see nothing and cannot package it.
         let seen = w.agent_admin.get("/api/v1/plugins").await.ok();

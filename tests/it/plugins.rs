@@ -266,16 +266,43 @@ async fn blocking_in_a_host_call_counts_against_the_wall_clock() {
     assert!(ok.result.is_ok(), "{:?}", ok.result);
 }
 
-#[test]
-fn a_component_that_waits_on_timers_is_refused() {
-    let err = archive::pack_dir(
-        &workspace_root().join("tests/plugins/sleeper"),
-        &plugin_wasm("trellis_fixture_sleeper"),
-    )
-    .unwrap_err()
-    .to_string();
-    assert!(err.contains("wasi:clocks/monotonic-clock"), "{err}");
-    assert!(err.contains("may not sleep"), "{err}");
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_that_waits_on_a_timer_is_stopped_when_it_tries() {
+    // Timers link (an interpreter imports them unasked), but waiting on one stops the call.
+    let sleeper = pack_plugin("tests/plugins/sleeper", "trellis_fixture_sleeper");
+    let h = Harness::start(&sleeper, options()).await.unwrap();
+    let started = Instant::now();
+    let out = h.event("sleeper.nap", json!({})).await;
+    let (reason, message) = trap_of(&out.result);
+    assert_eq!(reason, TrapReason::HostLimit, "{message}");
+    assert!(message.contains("may not sleep"), "{message}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "it did not wait"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_a_plugin_prints_joins_its_log_bounded_without_failing_the_call() {
+    let h = Harness::start(&abuse(), options()).await.unwrap();
+    let out = h.event("abuse.print_flood", json!({})).await;
+    assert!(out.result.is_ok(), "{:?}", out.result);
+    let streams: Vec<(&str, &str)> = out
+        .logs
+        .iter()
+        .map(|l| (l.message.as_str(), l.fields[0].1.as_str()))
+        .take(2)
+        .collect();
+    assert_eq!(
+        streams,
+        [("out line 0", "stdout"), ("out line 1", "stdout")]
+    );
+    assert!(
+        out.logs.len() <= 64,
+        "bounded like any log: {}",
+        out.logs.len()
+    );
+    assert!(out.logs_dropped > 0, "the rest is counted as dropped");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

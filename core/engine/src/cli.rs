@@ -117,6 +117,8 @@ mod alipay;
 mod plugin;
 /// `trellis plugin new`: the files of a working plugin.
 mod skeleton;
+/// `trellis plugin build` for Python plugins, with componentize-py.
+mod python;
 
 /// Failures sorted by exit code.
 #[derive(Debug)]

@@ -84,6 +84,16 @@ pub fn test_database_url_from_env() -> Option<String> {
         .filter(|v| !v.is_empty())
 }
 
+/// Whether the test suite must run its Python plugin test (`TRELLIS_TEST_REQUIRE_PYTHON`, set by
+/// CI) instead of skipping it where componentize-py is missing.
+#[allow(
+    clippy::disallowed_methods,
+    reason = "this module is the one that reads the environment"
+)]
+pub fn test_requires_python() -> bool {
+    std::env::var_os("TRELLIS_TEST_REQUIRE_PYTHON").is_some_and(|v| !v.is_empty())
+}
+
 /// How many events the test-suite's two-engine delivery test queues (`TRELLIS_TEST_EVENTS`), if
 /// set to a number: its full scale is run by hand.
 #[allow(

@@ -109,6 +109,9 @@ pub fn router(state: AppState, sandbox: Option<Router>) -> Router {
         // After every route: a known path asked with another method gets a JSON error too
         // (axum adds the route's `Allow` header).
         .method_not_allowed_fallback(method_not_allowed)
+        // `limit_body` below is the one body limit: axum's own (2 MB, answered as plain text)
+        // would refuse plugin archives the upload limit allows.
+        .layer(axum::extract::DefaultBodyLimit::disable())
         // The body is read after the host is known, so an upload's caller can be checked first.
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),

@@ -17,7 +17,8 @@ const WASM_TARGET: &str = "wasm32-wasip2";
 
 #[derive(Debug, Subcommand)]
 pub enum PluginCommand {
-    /// Build the plugin crate in DIR for wasm32-wasip2 and copy the component to DIR/plugin.wasm.
+    /// Build the plugin in DIR into DIR/plugin.wasm: a Rust crate for wasm32-wasip2, or a Python
+    /// plugin (DIR/app.py) with componentize-py against the capabilities plugin.toml declares.
     Build {
         dir: PathBuf,
         /// Cargo profile to build with.
@@ -451,9 +452,16 @@ impl BuildOptions {
 }
 
 fn build(dir: &Path, options: &BuildOptions) -> Result<(), Failure> {
+    if super::python::is_python(dir) {
+        let manifest = archive::read_manifest(dir).map_err(refused)?;
+        return super::python::build(dir, &manifest);
+    }
     let manifest_path = dir.join("Cargo.toml");
     if !manifest_path.is_file() {
-        return Err(usage(format!("{} has no Cargo.toml", dir.display())));
+        return Err(usage(format!(
+            "{} has neither a Cargo.toml (Rust) nor an app.py (Python)",
+            dir.display()
+        )));
     }
     let installed = Command::new("rustup")
         .args(["target", "list", "--installed"])

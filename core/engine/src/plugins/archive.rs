@@ -18,10 +18,11 @@ use sha2::{Digest, Sha256};
 use super::Error;
 use super::manifest::{Manifest, is_safe_path};
 
-/// The largest component accepted.
-pub const MAX_COMPONENT_BYTES: usize = 16 << 20;
+/// The largest component accepted: room for an interpreter (a Python component built with
+/// componentize-py, CPython included, is about 18 MiB).
+pub const MAX_COMPONENT_BYTES: usize = 40 << 20;
 /// The largest archive, uncompressed, all members together.
-pub const MAX_TOTAL_BYTES: usize = 32 << 20;
+pub const MAX_TOTAL_BYTES: usize = 56 << 20;
 /// The most members an archive may have.
 pub const MAX_MEMBERS: usize = 512;
 /// The largest template or asset.

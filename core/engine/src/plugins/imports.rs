@@ -1,9 +1,10 @@
 //! What a component imports, and whether the engine will link it: every import must be an
 //! interface the engine provides and, for a capability, one the manifest declares.
 //!
-//! Invariant: a component importing files, sockets, timers to wait on, a host API this engine
-//! does not provide (or newer than its manifest says), or a capability its manifest does not
-//! declare is refused here, before it is linked or run.
+//! Invariant: a component importing a host API this engine does not provide (or newer than its
+//! manifest says), a capability its manifest does not declare, or anything but WASI 0.2 is
+//! refused here, before it is linked or run. WASI files, sockets and timers link — an
+//! interpreter imports them unasked — but grant nothing (`runtime::wasi`).
 
 use serde::Serialize;
 use sha2::Digest as _;
@@ -129,35 +130,23 @@ pub fn check_imports(manifest: &Manifest, imports: &[Import]) -> Result<(), Erro
                 }
             }
         } else if let Some(rest) = interface.strip_prefix("wasi:") {
-            let allowed = rest.starts_with("io/")
-                || rest.starts_with("clocks/")
-                || rest.starts_with("random/")
-                || matches!(
-                    rest,
-                    "cli/environment"
-                        | "cli/exit"
-                        | "cli/stdin"
-                        | "cli/stdout"
-                        | "cli/stderr"
-                        | "cli/terminal-input"
-                        | "cli/terminal-output"
-                        | "cli/terminal-stdin"
-                        | "cli/terminal-stdout"
-                        | "cli/terminal-stderr"
-                );
-            // Plugins cannot sleep: a waiting plugin would hold its slot while doing nothing.
-            if rest == "clocks/monotonic-clock"
-                && import.functions.iter().any(|f| f.starts_with("subscribe"))
-            {
-                return Err(Error::UnsupportedImport {
-                    import: shown,
-                    reason: "plugins may not sleep or wait on timers".into(),
-                });
-            }
+            // An interpreter's runtime imports files, sockets and timers whether the plugin
+            // uses them or not: they link, and find nothing (no preopened directory, no network)
+            // or stop the call (a timer; see runtime::wasi).
+            let allowed = [
+                "io/",
+                "clocks/",
+                "random/",
+                "cli/",
+                "filesystem/",
+                "sockets/",
+            ]
+            .iter()
+            .any(|p| rest.starts_with(p));
             if !allowed || !version.starts_with("0.2.") {
                 return Err(Error::UnsupportedImport {
                     import: shown,
-                    reason: "plugins get no files, sockets or network; only wasi io, clocks, random and stdio 0.2".into(),
+                    reason: "plugins get WASI 0.2 io, clocks, random, stdio, and files and sockets with nothing open; nothing else".into(),
                 });
             }
         } else {
@@ -284,7 +273,12 @@ mod tests {
             import("trellis:plugin/kv@0.1.0", &["get"]),
             import("trellis:plugin/log@0.1.0", &["log"]),
             import("wasi:io/streams@0.2.6", &[]),
-            import("wasi:clocks/monotonic-clock@0.2.6", &["now"]),
+            import(
+                "wasi:clocks/monotonic-clock@0.2.6",
+                &["now", "subscribe-duration"],
+            ),
+            import("wasi:filesystem/types@0.2.9", &[]),
+            import("wasi:sockets/tcp@0.2.9", &[]),
         ];
         assert!(check_imports(&manifest, &ok).is_ok());
         for (bad, needle) in [
@@ -313,12 +307,8 @@ mod tests {
                 import("trellis:plugin/payments@0.2.0", &["precreate"]),
                 "needs \"^0.2\"",
             ),
-            (import("wasi:filesystem/types@0.2.6", &[]), "no files"),
-            (import("wasi:sockets/tcp@0.2.6", &[]), "no files, sockets"),
-            (
-                import("wasi:clocks/monotonic-clock@0.2.6", &["subscribe-duration"]),
-                "may not sleep",
-            ),
+            (import("wasi:http/types@0.2.6", &[]), "nothing else"),
+            (import("wasi:filesystem/types@0.3.0", &[]), "WASI 0.2"),
             (import("acme:evil/x@1.0.0", &[]), "only trellis:plugin"),
         ] {
             let err = check_imports(&manifest, std::slice::from_ref(&bad))

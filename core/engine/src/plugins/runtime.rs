@@ -157,6 +157,7 @@ impl Runtime {
         let mut linker: Linker<State> = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)
             .map_err(|e| Error::Engine(e.to_string()))?;
+        wasi::forbid_waiting(&mut linker)?;
         bindings::Plugin::add_to_linker::<State, wasmtime::component::HasSelf<State>>(
             &mut linker,
             |s| s,
@@ -452,8 +453,9 @@ impl Runtime {
                 quota,
             })
         });
+        let (wasi_ctx, output) = wasi::context(self.options.frozen_clock);
         let state = State {
-            wasi: wasi::context(self.options.frozen_clock),
+            wasi: wasi_ctx,
             table: ResourceTable::new(),
             limiter: Limiter {
                 max_bytes: (manifest.limits.memory_mib as usize) << 20,
@@ -567,6 +569,23 @@ impl Runtime {
             Err(trap) => Err(traps::classify(store.data(), &trap, &manifest)),
         };
         let state = store.data_mut();
+        // What the plugin printed joins its log, line by line, under the log's bounds: an
+        // interpreter's tracebacks go to stderr.
+        for (stream, level, kept) in [
+            ("stdout", Level::Info, output.stdout.take()),
+            ("stderr", Level::Warn, output.stderr.take()),
+        ] {
+            for line in String::from_utf8_lossy(&kept).lines() {
+                if !line.trim().is_empty() {
+                    let _ = <State as bindings::trellis::plugin::log::Host>::log(
+                        state,
+                        level,
+                        line.to_owned(),
+                        vec![("stream".to_owned(), stream.to_owned())],
+                    );
+                }
+            }
+        }
         let outcome = Outcome {
             invocation_id: id,
             result,

@@ -56,6 +56,20 @@ impl Plugin for Abuse {
                 Ok(())
             }
             "abuse.panic" => panic!("the abuse plugin panics on purpose"),
+            "abuse.print_flood" => {
+                #[allow(
+                    clippy::print_stdout,
+                    clippy::print_stderr,
+                    reason = "printing is the point"
+                )]
+                for i in 0..200 {
+                    println!("out line {i}");
+                    eprintln!("err line {i}");
+                }
+                // One write far over what a stream keeps.
+                eprintln!("{}", "x".repeat(1 << 20));
+                Ok(())
+            }
             "abuse.clock" => {
                 use std::hash::{BuildHasher, Hasher};
                 let now = std::time::SystemTime::now()

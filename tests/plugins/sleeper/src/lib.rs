@@ -1,5 +1,5 @@
 //! Sleeps in its event handler, which imports `wasi:clocks/monotonic-clock.subscribe-duration`:
-//! a plugin waiting on a timer would hold its slot doing nothing, so the engine refuses it.
+//! a plugin waiting on a timer would hold its place doing nothing, so the call is stopped.
 
 use trellis_host_api::prelude::*;
 
