@@ -211,12 +211,28 @@ pub mod __private {
     /// engine records says what went wrong.
     fn hook_panics() {
         std::panic::set_hook(Box::new(|info| {
-            crate::log::write(
-                crate::log::Level::Error,
-                &format!("plugin panicked: {info}"),
-                &[],
-            );
+            crate::log::write(crate::log::Level::Error, &panic_line(info), &[]);
         }));
+    }
+
+    /// A panic as one line, `plugin panicked at src/lib.rs:10:5: the message`: the standard
+    /// form puts the message on a line of its own, which the log shows escaped.
+    fn panic_line(info: &std::panic::PanicHookInfo<'_>) -> String {
+        let payload = info.payload();
+        let message = payload
+            .downcast_ref::<&str>()
+            .copied()
+            .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+            .unwrap_or("(no message)");
+        match info.location() {
+            Some(at) => format!(
+                "plugin panicked at {}:{}:{}: {message}",
+                at.file(),
+                at.line(),
+                at.column()
+            ),
+            None => format!("plugin panicked: {message}"),
+        }
     }
 
     pub fn install<P: Plugin>(ctx: Tenant, previous: Option<String>) -> Result<()> {

@@ -210,8 +210,11 @@ async fn a_panic_is_a_trap_that_carries_the_panic_message() {
     let out = h.event("abuse.panic", json!({})).await;
     let (reason, message) = trap_of(&out.result);
     assert_eq!(reason, TrapReason::Panic);
+    // One line, nothing escaped: the API shows it as the plugin wrote it.
     assert!(
-        message.contains("the abuse plugin panics on purpose"),
+        message.starts_with("plugin panicked at tests/plugins/abuse/src/lib.rs:")
+            && message.ends_with(": the abuse plugin panics on purpose")
+            && !message.contains('\\'),
         "{message}"
     );
     let Err(Error::Trap { backtrace, .. }) = &out.result else {
