@@ -338,6 +338,9 @@ impl Api {
             .post(format!("{}{path}", self.base))
             .header("host", &self.host)
             .header("content-type", content_type)
+            // Installing compiles the component: an interpreter's takes tens of seconds in a
+            // debug engine on a busy machine.
+            .timeout(Duration::from_secs(300))
             .body(bytes);
         if let Some(token) = &self.token {
             request = request.bearer_auth(token);

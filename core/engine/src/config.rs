@@ -31,7 +31,14 @@ pub use sections::{
 };
 
 /// Environment variables with the `TRELLIS_` prefix that are not configuration keys.
-const NON_KEY_VARIABLES: &[&str] = &["CONFIG", "TEST_DATABASE_URL", "TEST_LOG", "BLESS"];
+const NON_KEY_VARIABLES: &[&str] = &[
+    "CONFIG",
+    "TEST_DATABASE_URL",
+    "TEST_LOG",
+    "TEST_EVENTS",
+    "TEST_REQUIRE_PYTHON",
+    "BLESS",
+];
 
 /// Why configuration could not be loaded. The message always names the offending key or file.
 #[derive(Debug, thiserror::Error)]

@@ -176,6 +176,24 @@ impl Plugin for Neighbours {
         let param = |name: &str| request.param(name).unwrap_or_default();
         match (request.method.as_str(), request.route.as_str()) {
             ("GET", "/context") => Response::json(200, &context()),
+            ("GET", "/ask-many/{n}") => {
+                // `n` calls to the callee's cheapest route, for the call-overhead benchmark.
+                let n: u32 = param("n").parse().unwrap_or(0);
+                for _ in 0..n.min(20) {
+                    plugins::call(
+                        CALLEE,
+                        &Call {
+                            method: "GET".into(),
+                            path: "/echo".into(),
+                            query: String::new(),
+                            headers: Vec::new(),
+                            body: Vec::new(),
+                        },
+                    )?;
+                }
+                Response::json(200, &json!({ "calls": n.min(20) }))
+            }
+            ("GET", "/echo") => Ok(Response::text(200, "")),
             ("POST", "/batch") => Response::json(200, &batch()?),
             ("GET", "/ask/{what}") => ask(param("what"), None),
             ("GET", "/ask/{what}/{buyer}") => ask(param("what"), Some(param("buyer"))),
