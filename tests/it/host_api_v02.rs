@@ -118,7 +118,10 @@ async fn plugins_call_each_other_only_as_declared_for_a_merchant_entitled_to_bot
         for (what, needle) in [
             ("call-back", "cannot call plugins in turn"),
             ("private", "no route GET /private for plugins"),
-            ("undeclared", "does not declare the call"),
+            (
+                "undeclared",
+                "does not declare a call to test.trellis.callee GET /secret",
+            ),
         ] {
             let asked = s.root.get(&caller(&format!("/ask/{what}"))).await.ok().body;
             let error = asked["error"]
@@ -146,6 +149,37 @@ async fn plugins_call_each_other_only_as_declared_for_a_merchant_entitled_to_bot
                 .is_some_and(|e| e.contains("not entitled")),
             "{label}: {refused}"
         );
+
+        // A call made while handling an event continues that event's chain: what the callee
+        // emits is in the same chain at the caller's depth, as if the caller had emitted it, so
+        // calls cannot restart a loop's count.
+        let asked = s
+            .root
+            .post(
+                &format!("/api/v1/merchants/{}/events", s.merchant),
+                json!({"kind": "neighbours.ask", "payload": {}}),
+            )
+            .await
+            .ok()
+            .body;
+        let ask_id = asked["event_id"].as_str().unwrap().to_owned();
+        trellis_tests::eventually(
+            std::time::Duration::from_secs(20),
+            "the callee's event is recorded",
+            || async {
+                let echoed = s
+                    .root
+                    .get("/api/v1/events?kind=neighbours.echoed")
+                    .await
+                    .ok()
+                    .body;
+                match echoed["items"].as_array().and_then(|i| i.first()) {
+                    Some(e) if e["root_id"] == ask_id.as_str() && e["depth"] == 1 => Ok(()),
+                    _ => Err(format!("{label}: {echoed}")),
+                }
+            },
+        )
+        .await;
 
         // The committed 0.1 component runs unchanged beside them.
         let stats = s.root.get(&route(&s.merchant, HELLO_01, "/stats")).await;

@@ -244,6 +244,16 @@ impl Doors<'_> {
                 let request = self
                     .plugin_request(&live, &merchant, arrival, request)
                     .await?;
+                // The route the runtime will dispatch to must be the callback's own: an earlier
+                // route of another audience with a matching pattern must not be reached.
+                let matched = live
+                    .loaded
+                    .manifest
+                    .match_route(&request.http.method, &request.http.path)
+                    .map(|(route, _)| route.callback.as_deref() == Some(CARD_ACTIVATION));
+                if matched != Some(true) {
+                    return Err(Error::NoRoute);
+                }
                 self.run(&live, &merchant, request).await
             }
         }

@@ -17,7 +17,7 @@ use crate::packages;
 use crate::payments::reports::{Cursor, Filter};
 use crate::payments::{self, Buyer, NewTrade, Payment, Payments};
 use crate::plugins::catalog::{self, Catalog, Via};
-use crate::plugins::manifest::Audience;
+use crate::plugins::manifest::{Audience, match_path};
 use crate::plugins::{
     self, BoxFuture, Call, HttpRequest, HttpResponse, Inside, Invocation, Output, PaymentAnswer,
     PaymentOp, PluginError, PluginTrade, RefundView, TradeView,
@@ -26,6 +26,23 @@ use crate::tenancy::{self, NodeKind, NodeStatus, Place};
 
 /// How many trades a `payments.list` page holds at most.
 pub const MAX_TRADES_PER_PAGE: u32 = 100;
+/// What one plugin call may carry besides its body (which the runtime bounds).
+const MAX_QUERY_BYTES: usize = 8 << 10;
+const MAX_HEADERS: usize = 64;
+const MAX_HEADER_BYTES: usize = 16 << 10;
+
+/// What became of a callee that did not answer, in a word: its details stay in its own log.
+fn failure_kind(error: &plugins::Error) -> String {
+    match error {
+        plugins::Error::Trap { reason, .. } => format!("was stopped ({})", reason.as_str()),
+        plugins::Error::Timeout { .. } => "did not answer in time".into(),
+        plugins::Error::Busy { .. } => "is busy; try again later".into(),
+        plugins::Error::Suspended { .. } => "is suspended after repeated failures".into(),
+        plugins::Error::OutputTooLarge { .. } => "answered more than its output limit".into(),
+        plugins::Error::Conflict { .. } => "kept conflicting with concurrent calls".into(),
+        _ => "failed".into(),
+    }
+}
 
 /// The engine services a plugin reaches from inside: built by the composition root, held by the
 /// application and handed to the plugin host as a weak reference.
@@ -136,6 +153,25 @@ impl plugins::Outside for Outside {
 }
 
 impl Outside {
+    /// The merchant, found and neither suspended nor blocked.
+    async fn active(&self, merchant: &Place) -> Result<(), PluginError> {
+        let node = tenancy::find_in_scope(
+            &self.db,
+            &Place::platform_scope(),
+            Some(NodeKind::Merchant),
+            &merchant.id,
+        )
+        .await
+        .map_err(|e| internal("finding the merchant", &e))?;
+        let blocked = tenancy::is_blocked(&self.db, merchant)
+            .await
+            .map_err(|e| internal("checking the merchant", &e))?;
+        if node.status != NodeStatus::Active || blocked {
+            return Err(denied("the merchant is not active"));
+        }
+        Ok(())
+    }
+
     async fn call(
         &self,
         from: &Invocation,
@@ -154,20 +190,33 @@ impl Outside {
                 "the path must start with / and be at most 1024 bytes",
             ));
         }
-        let node = tenancy::find_in_scope(
-            &self.db,
-            &Place::platform_scope(),
-            Some(NodeKind::Merchant),
-            &merchant.id,
-        )
-        .await
-        .map_err(|e| internal("finding the merchant", &e))?;
-        let blocked = tenancy::is_blocked(&self.db, &merchant)
-            .await
-            .map_err(|e| internal("checking the merchant", &e))?;
-        if node.status != NodeStatus::Active || blocked {
-            return Err(denied("the merchant is not active"));
+        let header_bytes: usize = request.headers.iter().map(|(n, v)| n.len() + v.len()).sum();
+        if request.query.len() > MAX_QUERY_BYTES
+            || request.headers.len() > MAX_HEADERS
+            || header_bytes > MAX_HEADER_BYTES
+        {
+            return Err(invalid(format!(
+                "a call carries at most {MAX_QUERY_BYTES} bytes of query and {MAX_HEADERS} headers of {MAX_HEADER_BYTES} bytes in all"
+            )));
         }
+        // What the manifest declares is checked before anything about the target is looked up,
+        // so an undeclared call learns nothing of the partner's installations.
+        let declared = from.grant.calls
+            && from.manifest.capabilities.calls.iter().any(|c| {
+                c.plugin == plugin
+                    && c.routes.iter().any(|r| {
+                        r.split_once(' ').is_some_and(|(method, pattern)| {
+                            method == request.method && match_path(pattern, &request.path).is_some()
+                        })
+                    })
+            });
+        if !declared {
+            return Err(denied(format!(
+                "plugin.toml does not declare a call to {plugin} {} {} in [[capabilities.calls]]",
+                request.method, request.path
+            )));
+        }
+        self.active(&merchant).await?;
         let live = match self.catalog.live(&merchant, plugin).await {
             Ok(live) => live,
             Err(catalog::Error::NotInstalled(_)) => {
@@ -196,11 +245,10 @@ impl Outside {
                     request.method, request.path
                 ))
             })?;
-        if !from.grant.calls
-            || !from
-                .manifest
-                .capabilities
-                .calls_route(plugin, &route.method, &route.path)
+        if !from
+            .manifest
+            .capabilities
+            .calls_route(plugin, &route.method, &route.path)
         {
             return Err(denied(format!(
                 "plugin.toml does not declare the call {plugin} {} {} in [[capabilities.calls]]",
@@ -222,10 +270,15 @@ impl Outside {
             headers.push((MAX_MEMBERS_HEADER.to_owned(), max.to_string()));
         }
         let call = Call::Http(HttpRequest { headers, ..request });
+        // The callee continues its caller's event chain: what it emits counts there.
+        let (depth, root_id) = crate::events::EMITTER
+            .try_with(|e| (e.depth - 1, e.root_id.clone()))
+            .unwrap_or((0, None));
         let via = Via {
             origin: from.facts.origin.clone(),
             caller: Some(from.manifest.id.clone()),
             inside: Some(Inside { deadline }),
+            root_id,
         };
         let place = match &from.tenant.store_id {
             Some(store) => Place {
@@ -238,7 +291,7 @@ impl Outside {
         };
         let outcome = self
             .catalog
-            .invoke(&live, &place, &from.tenant.locale, call, (0, via))
+            .invoke(&live, &place, &from.tenant.locale, call, (depth, via))
             .await;
         match outcome.result {
             Ok(Output::Http(response)) => Ok(response),
@@ -252,14 +305,16 @@ impl Outside {
                 })
             }
             Err(plugins::Error::Plugin(error)) => Err(error),
+            // Only the kind: what a callee's trap says (a panic message) is the callee's.
             Err(error) => Err(PluginError::Internal {
-                message: format!("{plugin} failed: {error}"),
+                message: format!("{plugin} {}", failure_kind(&error)),
             }),
         }
     }
 
     async fn pay(&self, from: &Invocation, op: PaymentOp) -> Result<PaymentAnswer, PluginError> {
         let merchant = merchant_of(from, "payments")?;
+        self.active(&merchant).await?;
         let answer = match op {
             PaymentOp::Precreate(trade) => {
                 let trade = self.new_trade(from, &merchant, trade).await?;

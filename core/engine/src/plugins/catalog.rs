@@ -126,12 +126,14 @@ pub(super) struct Cause {
 }
 
 /// How a call reached the plugin beyond its place: the partner origin it arrived on, the plugin
-/// that calls it (a `plugins.call`) and the invocation it runs inside.
+/// that calls it (a `plugins.call`), the invocation it runs inside, and the event chain it
+/// continues (its caller's), so a call cannot start a chain afresh to escape the chain's limits.
 #[derive(Debug, Clone, Default)]
 pub struct Via {
     pub origin: Option<String>,
     pub caller: Option<String>,
     pub inside: Option<Inside>,
+    pub root_id: Option<String>,
 }
 
 /// Everything needed to run one installation for one merchant now.
@@ -499,7 +501,7 @@ impl Catalog {
     ) -> Outcome {
         let cause = Cause {
             depth,
-            root_id: None,
+            root_id: via.root_id.clone(),
             claim: None,
             via,
         };

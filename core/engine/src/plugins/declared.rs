@@ -32,6 +32,8 @@ pub fn routes_in(component: &[u8]) -> Result<Vec<Route>, Error> {
             let part = std::str::from_utf8(section.data())
                 .map_err(|_| refused("the component's route table is not UTF-8"))?;
             text.push_str(part);
+            // Sections of several modules are joined; a line never runs into the next.
+            text.push('\n');
         }
     }
     let mut routes = Vec::new();

@@ -2,7 +2,8 @@
 //!
 //! Invariant: compiling and running use the same configuration (a cached artifact's name
 //! carries its compatibility hash), and the pool's totals are whole multiples of one
-//! component's maximums, so `n` invocations of any plugins always fit.
+//! component's maximums, so `n` invocations of any plugins always fit (the runtime asks for
+//! twice its admitted invocations: each may hold a callee of a `plugins.call`).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

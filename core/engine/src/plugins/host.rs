@@ -168,6 +168,8 @@ pub struct State {
     pub payment_calls: u32,
     /// Set once the invocation made a call it may not make twice (another plugin, a payment).
     pub went_out: bool,
+    /// The partner origin `tenant.current` found, looked up at most once per invocation.
+    pub origin: Option<Option<String>>,
     pub renders: u32,
     /// Set when a host call broke a limit, so the trap is reported by its cause.
     pub broken: Option<String>,

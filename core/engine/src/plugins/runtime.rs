@@ -134,7 +134,11 @@ impl Runtime {
     /// Starts the engine: pooling when the address space allows, else on-demand.
     pub fn new(options: RuntimeOptions, services: Services) -> Result<Self, Error> {
         let (engine, allocation) = if options.pooling {
-            match Engine::new(&engine_config(Some(options.max_concurrency))) {
+            // Room for twice the admitted invocations: each may hold one callee of a
+            // `plugins.call`, which takes no admission place of its own.
+            match Engine::new(&engine_config(Some(
+                options.max_concurrency.saturating_mul(2),
+            ))) {
                 Ok(engine) => (engine, "pooling"),
                 Err(e) => {
                     tracing::warn!(
@@ -304,7 +308,11 @@ impl Runtime {
             finish.discard().await;
         }
         outcome.wall = started.elapsed();
-        self.count_failure(&loaded.manifest, &request, &outcome);
+        // A callee's failure inside a `plugins.call` is not counted against it: its caller set
+        // its deadline and its input, so a caller could otherwise suspend it for the merchant.
+        if request.inside.is_none() {
+            self.count_failure(&loaded.manifest, &request, &outcome);
+        }
         outcome
     }
 
@@ -485,6 +493,7 @@ impl Runtime {
             plugin_calls: 0,
             payment_calls: 0,
             went_out: false,
+            origin: None,
             renders: 0,
             broken: None,
             deadline,

@@ -62,12 +62,12 @@ impl Plugin for Abuse {
                     clippy::print_stderr,
                     reason = "printing is the point"
                 )]
-                for i in 0..200 {
+                for i in 0..80 {
                     println!("out line {i}");
                     eprintln!("err line {i}");
                 }
-                // One write far over what a stream keeps.
-                eprintln!("{}", "x".repeat(1 << 20));
+                // One write over what a stream keeps (16 KiB).
+                eprintln!("{}", "x".repeat(24 << 10));
                 Ok(())
             }
             "abuse.clock" => {

@@ -160,6 +160,20 @@ fn refund(request: &Request, id: &str) -> Result<Response> {
 
 impl Plugin for Neighbours {
     fn handle_event(_ctx: &Tenant, event: &Event) -> Result<()> {
+        if event.kind == "neighbours.ask" {
+            // What the callee emits continues this event's chain.
+            plugins::call(
+                CALLEE,
+                &Call {
+                    method: "POST".into(),
+                    path: "/emit".into(),
+                    query: String::new(),
+                    headers: Vec::new(),
+                    body: Vec::new(),
+                },
+            )?;
+            return Ok(());
+        }
         // The engine's payload, typed by the SDK; kept once per payment.
         let paid: payloads::Payment = event.payload_as()?;
         kv::once("payment", &paid.payment_id, || {
@@ -194,6 +208,10 @@ impl Plugin for Neighbours {
                 Response::json(200, &json!({ "calls": n.min(20) }))
             }
             ("GET", "/echo") => Ok(Response::text(200, "")),
+            ("POST", "/emit") => {
+                events::emit("neighbours.echoed", &json!({}))?;
+                Ok(Response::text(200, ""))
+            }
             ("POST", "/batch") => Response::json(200, &batch()?),
             ("GET", "/ask/{what}") => ask(param("what"), None),
             ("GET", "/ask/{what}/{buyer}") => ask(param("what"), Some(param("buyer"))),

@@ -8,6 +8,8 @@
 
 use std::sync::Arc;
 
+use chrono::Utc;
+
 use sea_orm::Value;
 use serde_json::json;
 use uuid::Uuid;
@@ -263,7 +265,9 @@ impl Catalog {
     ) -> Result<Installation, Error> {
         let partner_id = partner_of(grant)?;
         let row = self.installed_row(&partner_id, plugin_id).await?;
-        self.set_column(&row.id, "breaker_reset_at", Millis(self.now()).into())
+        // Breakers trip on the real clock of each process, so the reset is stamped with it too
+        // (not the catalog's, which tests may move).
+        self.set_column(&row.id, "breaker_reset_at", Millis(Utc::now()).into())
             .await?;
         self.runtime.reset_breaker(&row.id);
         let row = self.installed_row(&partner_id, plugin_id).await?;

@@ -14,7 +14,7 @@ use super::{State, bounded, denied};
 use crate::plugins::admission::Turn;
 use crate::plugins::bindings::trellis::plugin::{kv, types};
 use crate::plugins::bindings::v02::trellis::plugin0_2_0::kv_batch;
-use crate::plugins::kv::{Batch, BatchWrite, Cas, Entry, Expect, KvError, Store, Txn};
+use crate::plugins::kv::{Batch, BatchWrite, Cas, Entry, Expect, KvError, MAX_BATCH, Store, Txn};
 
 /// kv operations one invocation may make; one more traps it.
 const MAX_KV_OPS: u32 = 1_000;
@@ -175,9 +175,16 @@ impl kv::Host for State {
     }
 }
 
-/// A batch's size as operations: one a key, the whole batch refused past the cap.
+/// A batch's size as operations: one a key (an empty batch is still a call).
 fn batch_ops(len: usize) -> u32 {
-    u32::try_from(len).unwrap_or(u32::MAX)
+    u32::try_from(len).unwrap_or(u32::MAX).max(1)
+}
+
+/// A batch over the cap is bad input, refused before it is counted against the call's
+/// operations.
+fn oversized(len: usize) -> Option<types::Error> {
+    (len > MAX_BATCH)
+        .then(|| types::Error::InvalidInput(format!("a batch holds at most {MAX_BATCH} keys")))
 }
 
 impl kv_batch::Host for State {
@@ -185,6 +192,9 @@ impl kv_batch::Host for State {
         &mut self,
         keys: Vec<String>,
     ) -> wasmtime::Result<Result<Vec<Option<kv::Entry>>, types::Error>> {
+        if let Some(refused) = oversized(keys.len()) {
+            return Ok(Err(refused));
+        }
         let found = self
             .kv_calls("get-many", batch_ops(keys.len()), async |txn, store| {
                 txn.get_many(store, &keys).await
@@ -197,6 +207,9 @@ impl kv_batch::Host for State {
         &mut self,
         writes: Vec<kv_batch::Write>,
     ) -> wasmtime::Result<Result<kv_batch::BatchOutcome, types::Error>> {
+        if let Some(refused) = oversized(writes.len()) {
+            return Ok(Err(refused));
+        }
         let writes: Vec<BatchWrite> = writes
             .into_iter()
             .map(|w| BatchWrite {

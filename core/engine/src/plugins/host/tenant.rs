@@ -11,17 +11,22 @@ impl tenant::Host for State {
     async fn current(&mut self) -> wasmtime::Result<tenant::Context> {
         let inv = self.invocation.clone();
         let t = &inv.tenant;
-        let origin = match (&inv.facts.origin, self.services.outside()) {
-            (Some(origin), _) => Some(origin.clone()),
-            // The door did not know it (an event delivery): the partner's first domain.
-            (None, Some(outside)) => {
+        let origin = match (&inv.facts.origin, &self.origin, self.services.outside()) {
+            (Some(origin), _, _) => Some(origin.clone()),
+            (None, Some(found), _) => found.clone(),
+            // The door did not know it (an event delivery): the partner's first domain, looked
+            // up once per invocation.
+            (None, None, Some(outside)) => {
                 let looked_up = async { Ok::<_, ()>(outside.partner_origin(&t.partner_id).await) };
-                self.timed("tenant", "current", looked_up)
+                let found = self
+                    .timed("tenant", "current", looked_up)
                     .await?
                     .ok()
-                    .flatten()
+                    .flatten();
+                self.origin = Some(found.clone());
+                found
             }
-            (None, None) => None,
+            (None, None, None) => None,
         };
         Ok(tenant::Context {
             partner_id: t.partner_id.clone(),
