@@ -337,22 +337,8 @@ impl Doors<'_> {
         arrival: &Arrival,
         request: Request,
     ) -> Result<PluginRequest, Error> {
-        let mut headers: Vec<(String, String)> = request
-            .headers
-            .into_iter()
-            // `x-trellis-*` is the engine's to set: a client cannot forge it.
-            .filter(|(name, _)| {
-                let name = name.to_ascii_lowercase();
-                !STRIPPED.contains(&name.as_str()) && !name.starts_with("x-trellis-")
-            })
-            .collect();
         let origin = self.partner_origin(place, arrival).await?;
-        if let Some(origin) = &origin {
-            headers.push((ORIGIN_HEADER.to_owned(), origin.clone()));
-        }
-        if let Some(max) = live.quotas.max_members {
-            headers.push((MAX_MEMBERS_HEADER.to_owned(), max.to_string()));
-        }
+        let headers = plugin_headers(request.headers, origin.as_deref(), live);
         Ok(PluginRequest {
             origin,
             http: HttpRequest {
@@ -415,6 +401,30 @@ impl Doors<'_> {
             }
         }
     }
+}
+
+/// The headers a plugin gets with a request, whichever door it came through: the caller's,
+/// less credentials, hop-by-hop fields and the engine's own `x-trellis-*` names (a client
+/// cannot forge them), plus the engine facts — the partner origin and the member quota.
+fn plugin_headers(
+    headers: Vec<(String, String)>,
+    origin: Option<&str>,
+    live: &Live,
+) -> Vec<(String, String)> {
+    let mut headers: Vec<(String, String)> = headers
+        .into_iter()
+        .filter(|(name, _)| {
+            let name = name.to_ascii_lowercase();
+            !STRIPPED.contains(&name.as_str()) && !name.starts_with("x-trellis-")
+        })
+        .collect();
+    if let Some(origin) = origin {
+        headers.push((ORIGIN_HEADER.to_owned(), origin.to_owned()));
+    }
+    if let Some(max) = live.quotas.max_members {
+        headers.push((MAX_MEMBERS_HEADER.to_owned(), max.to_string()));
+    }
+    headers
 }
 
 /// A request ready for the runtime.

@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use sea_orm::DatabaseConnection;
 
-use super::{MAX_MEMBERS_HEADER, ORIGIN_HEADER, STRIPPED};
+use super::plugin_headers;
 use crate::packages;
 use crate::payments::reports::{Cursor, Filter};
 use crate::payments::{self, Buyer, NewTrade, Payment, Payments};
@@ -255,20 +255,7 @@ impl Outside {
                 route.method, route.path
             )));
         }
-        let mut headers: Vec<(String, String)> = request
-            .headers
-            .into_iter()
-            .filter(|(name, _)| {
-                let name = name.to_ascii_lowercase();
-                !STRIPPED.contains(&name.as_str()) && !name.starts_with("x-trellis-")
-            })
-            .collect();
-        if let Some(origin) = &from.facts.origin {
-            headers.push((ORIGIN_HEADER.to_owned(), origin.clone()));
-        }
-        if let Some(max) = live.quotas.max_members {
-            headers.push((MAX_MEMBERS_HEADER.to_owned(), max.to_string()));
-        }
+        let headers = plugin_headers(request.headers, from.facts.origin.as_deref(), &live);
         let call = Call::Http(HttpRequest { headers, ..request });
         // The callee continues its caller's event chain: what it emits counts there.
         let (depth, root_id) = crate::events::EMITTER
