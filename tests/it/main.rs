@@ -9,6 +9,7 @@ mod alipay;
 mod alipay_conformance;
 mod plugin_atomicity;
 mod plugin_breaker;
+mod kept_reads;
 mod plugin_kv;
 mod platform;
 mod plugins;

@@ -1,7 +1,7 @@
 //! A plugin that keeps failing is suspended for its merchant; the partner lifts the suspension
 //! through the API or an operator through the command line, audited either way, the engine
-//! serving the merchant sees a reset made elsewhere on the plugin's next call, and nobody below
-//! the partner can lift it.
+//! serving the merchant sees a reset made elsewhere once its kept reads of the installation
+//! expire (`database.recent_reads_ms`), and nobody below the partner can lift it.
 
 use serde_json::json;
 use trellis_tests::{Engine, databases, fixtures, trellis_command};
@@ -68,7 +68,7 @@ async fn a_suspended_plugin_is_reset_by_its_partner_or_the_command_line_and_nobo
         branch.root.get(&route("/state")).await.ok();
 
         // An operator lifts it from the command line, another process: the engine learns of it
-        // on the next call.
+        // on its first call after its kept read of the installation (1 s by default) expires.
         trip("cli").await;
         let out = trellis_command(engine.data_dir.path(), &db.url())
             .args([
@@ -85,7 +85,16 @@ async fn a_suspended_plugin_is_reset_by_its_partner_or_the_command_line_and_nobo
             "{label}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        branch.root.get(&route("/state")).await.ok();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let state = branch.root.get(&route("/state")).await;
+            if state.status == 200 || std::time::Instant::now() > deadline {
+                state.ok();
+                break;
+            }
+            assert_eq!(state.body["code"], "plugin_suspended", "{label}: {state:?}");
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
 
         // Both resets are in the audit log, newest first, and the merchant's attempt.
         let audit = branch

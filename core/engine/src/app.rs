@@ -302,5 +302,6 @@ pub fn catalog(
         themes,
     )?;
     Ok(Catalog::new(db.conn.clone(), Arc::new(plugins), clock)
-        .with_event_limits(crate::events::Limits::from_config(&config.events)))
+        .with_event_limits(crate::events::Limits::from_config(&config.events))
+        .keeping_reads(Duration::from_millis(config.database.recent_reads_ms)))
 }

@@ -302,7 +302,7 @@ async fn execute(command: Command, config: Config) -> Result<(), Failure> {
             db.close().await;
             let installed = reset.map_err(|e| Failure::Runtime(e.to_string()))?;
             println!(
-                "{} of partner {partner}: suspensions lifted; running engines see it on the next call",
+                "{} of partner {partner}: suspensions lifted; running engines see it within database.recent_reads_ms",
                 installed.plugin_id
             );
             Ok(())

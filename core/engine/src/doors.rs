@@ -218,9 +218,7 @@ impl Doors<'_> {
                 }
                 let merchant = node.place();
                 *place = Some(merchant.clone());
-                if node.status != NodeStatus::Active
-                    || tenancy::is_blocked(self.db, &merchant).await?
-                {
+                if node.status != NodeStatus::Active || self.catalog.is_blocked(&merchant).await? {
                     return Err(packages::Error::NotEntitled(plugin.to_owned()).into());
                 }
                 let live = self.catalog.live(&merchant, plugin).await?;
@@ -306,7 +304,7 @@ impl Doors<'_> {
         .map_err(|_| Error::NoRoute)?;
         let merchant = node.place();
         let refused = || packages::Error::NotEntitled(CARD_ACTIVATION.into());
-        if node.status != NodeStatus::Active || tenancy::is_blocked(self.db, &merchant).await? {
+        if node.status != NodeStatus::Active || self.catalog.is_blocked(&merchant).await? {
             return Err(refused().into());
         }
         let entitled = packages::entitlements(self.db, &merchant_id, self.catalog.now()).await?;

@@ -133,7 +133,7 @@ impl plugins::Outside for Outside {
 
     fn partner_origin<'a>(&'a self, partner_id: &'a str) -> BoxFuture<'a, Option<String>> {
         Box::pin(async move {
-            match tenancy::first_domain(&self.db, partner_id).await {
+            match self.payments.first_domain(partner_id).await {
                 Ok(domain) => domain.map(|d| format!("{}://{d}", self.public_scheme)),
                 Err(error) => {
                     tracing::error!(%error, "could not read a partner's domain for a plugin");
@@ -153,20 +153,15 @@ impl plugins::Outside for Outside {
 }
 
 impl Outside {
-    /// The merchant, found and neither suspended nor blocked.
+    /// The merchant, neither suspended nor under a suspended node (nodes are never deleted,
+    /// and the caller's merchant was found when its call was admitted).
     async fn active(&self, merchant: &Place) -> Result<(), PluginError> {
-        let node = tenancy::find_in_scope(
-            &self.db,
-            &Place::platform_scope(),
-            Some(NodeKind::Merchant),
-            &merchant.id,
-        )
-        .await
-        .map_err(|e| internal("finding the merchant", &e))?;
-        let blocked = tenancy::is_blocked(&self.db, merchant)
+        let blocked = self
+            .catalog
+            .is_blocked(merchant)
             .await
             .map_err(|e| internal("checking the merchant", &e))?;
-        if node.status != NodeStatus::Active || blocked {
+        if blocked {
             return Err(denied("the merchant is not active"));
         }
         Ok(())

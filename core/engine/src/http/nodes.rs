@@ -170,6 +170,7 @@ async fn update_node(
             // Its domains or theme may have changed: requests and trades see them at once.
             state.hosts.forget_all();
             state.payments.forget_partner(&id);
+            state.catalog.forget_reads();
             Ok(node)
         })
         .await?;
@@ -200,6 +201,8 @@ async fn set_node_status(
             let node = tenancy::set_status(conn, &grant, status).await?;
             // A suspended partner's hosts are refused from the next request on.
             ctx.state.hosts.forget_all();
+            // Its plugins stop running for it (or run again) from the next invocation on.
+            ctx.state.catalog.forget_reads();
             Ok(node)
         })
         .await?;

@@ -230,7 +230,10 @@ async fn assign_package(
             .map(|t| packages::parse_instant("ends_at", t, true))
             .transpose()?;
         let conn = &ctx.state.db.conn;
-        Ok(packages::assign(conn, &grants, &package, starts_at, ends_at, now).await?)
+        let assigned = packages::assign(conn, &grants, &package, starts_at, ends_at, now).await?;
+        // The merchants' plugins run for them from the next invocation on.
+        ctx.state.catalog.forget_reads();
+        Ok(assigned)
     }
     .await;
     let assigned = ctx
@@ -305,7 +308,7 @@ async fn change_assignment(
         ("assignment", Some(id)),
     )
     .run(async |grant| {
-        Ok(match renew {
+        let changed = match renew {
             Some(body) => {
                 let ends_at = body
                     .ends_at
@@ -315,7 +318,9 @@ async fn change_assignment(
                 packages::renew(conn, &grant, &assignment, ends_at, now).await?
             }
             None => packages::revoke(conn, &grant, &assignment, now).await?,
-        })
+        };
+        ctx.state.catalog.forget_reads();
+        Ok(changed)
     })
     .await
 }

@@ -35,6 +35,17 @@ impl Payments {
             .ok_or(Error::NoCredentials)
     }
 
+    /// The partner's first domain (where its merchants' pages and notifications live), kept
+    /// for `database.recent_reads_ms`.
+    pub async fn first_domain(&self, partner_id: &str) -> Result<Option<String>, Error> {
+        let load = async { tenancy::first_domain(&self.db.conn, partner_id).await };
+        Ok(self
+            .recent
+            .domains
+            .get_or_load(&partner_id.to_owned(), load)
+            .await?)
+    }
+
     /// Where Alipay notifies this merchant's trades: the engine's notify path on the partner's
     /// first domain.
     pub(super) async fn notify_url(
@@ -42,15 +53,9 @@ impl Payments {
         partner_id: &str,
         merchant_id: &str,
     ) -> Result<String, Error> {
-        let load = async { tenancy::first_domain(&self.db.conn, partner_id).await };
-        let domain = self
-            .recent
-            .domains
-            .get_or_load(&partner_id.to_owned(), load)
-            .await?
-            .ok_or_else(|| {
-                Error::Conflict("the partner has no domain for Alipay to notify".into())
-            })?;
+        let domain = self.first_domain(partner_id).await?.ok_or_else(|| {
+            Error::Conflict("the partner has no domain for Alipay to notify".into())
+        })?;
         Ok(format!(
             "{}://{domain}/alipay/notify/{merchant_id}",
             self.public_scheme

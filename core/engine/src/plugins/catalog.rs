@@ -5,7 +5,9 @@
 //! Invariant: an installation is one (partner, plugin id) pair with a stable id — its kv data
 //! and breaker survive upgrades — and runs exactly its `active_version`; every archive it ever
 //! ran is stored (content-addressed) in the database, so any engine process can load it, and
-//! nothing reaches a plugin on a merchant's behalf unless the merchant is entitled at that moment.
+//! nothing reaches a plugin on a merchant's behalf unless the merchant is entitled at that moment
+//! (a package's end exactly; an assignment changed through another process within
+//! `database.recent_reads_ms`, see `reads`).
 
 /// A partner's rule on archive signatures.
 mod policy;
@@ -15,6 +17,8 @@ mod lifecycle;
 pub mod configuration;
 /// What an invocation commits with its kv writes: its events, a delivery's outcome.
 mod finishing;
+/// What every invocation reads and only an administrator changes, kept for a moment.
+mod reads;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -138,7 +142,7 @@ pub struct Via {
 
 /// Everything needed to run one installation for one merchant now.
 pub struct Live {
-    pub installation: Installation,
+    pub installation: Arc<Installation>,
     pub loaded: Arc<Loaded>,
     pub config: Json,
     pub theme: String,
@@ -154,6 +158,8 @@ pub struct Catalog {
     pub clock: Clock,
     /// What plugins' emissions may add to the outbox.
     pub event_limits: events::Limits,
+    /// Reads kept for `database.recent_reads_ms`; none until [`Self::keeping_reads`].
+    reads: reads::Reads,
 }
 
 fn invalid(field: &str, message: impl Into<String>) -> Error {
@@ -210,6 +216,7 @@ impl Catalog {
             runtime,
             clock,
             event_limits: events::Limits::default(),
+            reads: reads::Reads::new(std::time::Duration::ZERO),
         }
     }
 
@@ -463,22 +470,20 @@ impl Catalog {
         else {
             return Err(Error::NotInstalled(plugin_id.to_owned()));
         };
-        let row = self.installed_row(partner_id, plugin_id).await?;
-        if row.status != "installed" {
+        let installation = self.installation_of(partner_id, plugin_id).await?;
+        if installation.status != "installed" {
             return Err(Error::NotInstalled(plugin_id.to_owned()));
         }
         // Entitled now, or the caller learns why not.
-        let entitlement =
-            packages::entitlement(&self.db, merchant_id, plugin_id, self.now()).await?;
-        let installation = self.view(row).await?;
+        let entitlement = self.entitlement(merchant_id, plugin_id).await?;
         let loaded = self.loaded_of(&installation).await?;
         let config = configuration::with_defaults(
             loaded.manifest.config.schema.as_ref(),
-            self.stored_config(&installation.id, merchant_id)
+            self.config_kept(&installation.id, merchant_id)
                 .await?
                 .unwrap_or_else(|| json!({})),
         );
-        let theme = self.theme_of(partner_id).await?;
+        let theme = self.theme_kept(partner_id).await?;
         Ok(Live {
             installation,
             loaded,
@@ -619,15 +624,6 @@ impl Catalog {
         partner_id: &str,
     ) -> Result<Vec<(String, Vec<String>)>, Error> {
         subscriptions_on(&self.db, partner_id).await
-    }
-
-    /// The installation by id (the dispatcher's view), whatever its status.
-    pub async fn installation(&self, id: &str) -> Result<Installation, Error> {
-        let row = self
-            .row_by_id(id)
-            .await?
-            .ok_or_else(|| Error::NotInstalled(id.to_owned()))?;
-        self.view(row).await
     }
 
     /// The stored archive bytes of a plugin version.

@@ -4,8 +4,10 @@
 //! dispatcher records every other outcome.
 //!
 //! Invariant: entitlement and quota are checked at the moment of delivery, not when the event
-//! was recorded; a quota hold taken for an attempt is always settled, and only a successful
+//! was recorded (what only administrators change is kept for `database.recent_reads_ms`); a quota hold taken for an attempt is always settled, and only a successful
 //! delivery uses it up.
+
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use serde_json::{Value as Json, json};
@@ -32,7 +34,7 @@ pub enum Delivery {
 /// Delivers one claimed event, held by `owner`; the dispatcher records the outcome unless it is
 /// [`Delivery::Done`].
 pub async fn deliver(catalog: &Catalog, claim: &events::Claimed, owner: &str) -> Delivery {
-    let installation = match catalog.installation(&claim.installation_id).await {
+    let installation = match catalog.installation_kept(&claim.installation_id).await {
         Ok(i) => i,
         Err(catalog::Error::NotInstalled(_)) => return Delivery::Skip("uninstalled".into()),
         Err(e) => return Delivery::Retry(e.to_string()),
@@ -43,7 +45,7 @@ pub async fn deliver(catalog: &Catalog, claim: &events::Claimed, owner: &str) ->
     // Claims hold a suspended tenant's deliveries back; this one was claimed just before the
     // suspension, so it waits with them for the tenant to be active again. Claims skip it while
     // the suspension lasts, so a short pause suffices and a resume releases it within seconds.
-    match crate::tenancy::is_blocked(&catalog.db, &claim.place).await {
+    match catalog.is_blocked(&claim.place).await {
         Ok(true) => {
             return Delivery::Later(
                 catalog.now() + chrono::Duration::seconds(HELD_PAUSE_SECS),
@@ -58,21 +60,21 @@ pub async fn deliver(catalog: &Catalog, claim: &events::Claimed, owner: &str) ->
     let mut quotas = packages::Quotas::default();
     let mut reserved = None;
     if let Some(merchant_id) = &claim.place.merchant_id {
-        let entitlement =
-            match packages::entitlement(&catalog.db, merchant_id, &installation.plugin_id, now)
-                .await
-            {
-                Ok(e) => e,
-                Err(packages::Error::Expired(_)) => {
-                    return Delivery::Skip("package_expired".into());
-                }
-                Err(packages::Error::NotEntitled(_)) => {
-                    return Delivery::Skip("not_entitled".into());
-                }
-                Err(e) => return Delivery::Retry(e.to_string()),
-            };
+        let entitlement = match catalog
+            .entitlement(merchant_id, &installation.plugin_id)
+            .await
+        {
+            Ok(e) => e,
+            Err(packages::Error::Expired(_)) => {
+                return Delivery::Skip("package_expired".into());
+            }
+            Err(packages::Error::NotEntitled(_)) => {
+                return Delivery::Skip("not_entitled".into());
+            }
+            Err(e) => return Delivery::Retry(e.to_string()),
+        };
         quotas = entitlement.quotas.clone();
-        match catalog.stored_config(&installation.id, merchant_id).await {
+        match catalog.config_kept(&installation.id, merchant_id).await {
             Ok(Some(c)) => config = c,
             Ok(None) => {}
             Err(e) => return Delivery::Retry(e.to_string()),
@@ -122,7 +124,7 @@ pub async fn deliver(catalog: &Catalog, claim: &events::Claimed, owner: &str) ->
 
 async fn attempt(
     catalog: &Catalog,
-    installation: Installation,
+    installation: Arc<Installation>,
     (config, quotas): (Json, packages::Quotas),
     held: catalog::Claim,
 ) -> Delivery {
@@ -135,7 +137,7 @@ async fn attempt(
         Err(e) => return Delivery::Retry(e.to_string()),
     };
     let theme = catalog
-        .theme_of(&installation.partner_id)
+        .theme_kept(&installation.partner_id)
         .await
         .unwrap_or_default();
     let config =

@@ -95,6 +95,7 @@ impl Catalog {
         )
         .execute(&self.db)
         .await?;
+        self.forget_reads();
         Ok(normalised)
     }
 }

@@ -196,6 +196,7 @@ impl Catalog {
         .execute(&txn)
         .await?;
         txn.commit().await?;
+        self.forget_reads();
         let row = self
             .row_by_id(&installation_id)
             .await?
@@ -211,6 +212,7 @@ impl Catalog {
         )
         .execute(&self.db)
         .await?;
+        self.forget_reads();
         Ok(())
     }
 
@@ -257,7 +259,7 @@ impl Catalog {
 
     /// Lifts the installation's suspensions after repeated failures (an operator's decision
     /// once the cause is fixed), for every merchant and in every engine process: this one at
-    /// once, the others on the installation's next call.
+    /// once, the others within `database.recent_reads_ms`.
     pub async fn reset_breaker(
         &self,
         grant: &Grant,

@@ -1,0 +1,186 @@
+//! What every invocation reads and only an administrator changes — the installation and its
+//! manifest, the merchant's packages, its configuration, the partner's theme, whether the
+//! tenant is suspended — kept for `database.recent_reads_ms` (see `db::recent`) instead of
+//! about ten statements per delivery or request.
+//!
+//! Invariant: a change made through this process is seen by the next invocation (its writer
+//! calls [`Catalog::forget_reads`]); one made through another process within the window. An
+//! entitlement is kept with its end, which is compared with the clock at every call, so a
+//! package that ends is never honoured past its end.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value as Json;
+
+use super::{Catalog, Error, Installation};
+use crate::db::Recent;
+use crate::packages::{self, Entitlement};
+use crate::tenancy::{self, Place};
+
+/// The kept reads; clones share them.
+#[derive(Clone, Debug)]
+pub(super) struct Reads {
+    /// Installations by id.
+    installations: Recent<String, Arc<Installation>>,
+    /// Installation ids by (partner, plugin id): an installation keeps its id for life.
+    ids: Recent<(String, String), String>,
+    /// A merchant's entitlements as read at some moment, by merchant.
+    entitlements: Recent<String, Arc<BTreeMap<String, Entitlement>>>,
+    /// A merchant's stored configuration of an installation (none stored is kept too).
+    configs: Recent<(String, String), Option<Arc<Json>>>,
+    /// A partner's theme, by partner.
+    themes: Recent<String, String>,
+    /// Whether a node or one above it is suspended, by node.
+    blocked: Recent<String, bool>,
+}
+
+impl Reads {
+    /// Entries kept at most, per kind.
+    const MAX_ENTRIES: usize = 10_000;
+
+    pub(super) fn new(ttl: Duration) -> Self {
+        Self {
+            installations: Recent::new(ttl, Self::MAX_ENTRIES),
+            ids: Recent::new(ttl, Self::MAX_ENTRIES),
+            entitlements: Recent::new(ttl, Self::MAX_ENTRIES),
+            configs: Recent::new(ttl, Self::MAX_ENTRIES),
+            themes: Recent::new(ttl, Self::MAX_ENTRIES),
+            blocked: Recent::new(ttl, Self::MAX_ENTRIES),
+        }
+    }
+
+    fn forget_all(&self) {
+        self.installations.forget_all();
+        self.ids.forget_all();
+        self.entitlements.forget_all();
+        self.configs.forget_all();
+        self.themes.forget_all();
+        self.blocked.forget_all();
+    }
+}
+
+impl Catalog {
+    /// This catalog keeping what invocations read for up to `ttl` (`database.recent_reads_ms`;
+    /// zero keeps nothing).
+    #[must_use]
+    pub fn keeping_reads(mut self, ttl: Duration) -> Self {
+        self.reads = Reads::new(ttl);
+        self
+    }
+
+    /// After a change to plugins, packages, configuration, themes or tenant status made through
+    /// this process: every invocation from now on reads them again. Such changes are rare, so
+    /// all is forgotten rather than tracking what depends on what.
+    pub fn forget_reads(&self) {
+        self.reads.forget_all();
+    }
+
+    /// The installation by id (the dispatcher's view), whatever its status, kept for a moment.
+    pub(in crate::plugins) async fn installation_kept(
+        &self,
+        id: &str,
+    ) -> Result<Arc<Installation>, Error> {
+        self.reads
+            .installations
+            .get_or_load(&id.to_owned(), async {
+                match self.row_by_id(id).await? {
+                    Some(row) => Ok::<_, Error>(Some(Arc::new(self.view(row).await?))),
+                    None => Ok(None),
+                }
+            })
+            .await?
+            .ok_or_else(|| Error::NotInstalled(id.to_owned()))
+    }
+
+    /// The partner's installation of `plugin_id`, kept for a moment.
+    pub(in crate::plugins) async fn installation_of(
+        &self,
+        partner_id: &str,
+        plugin_id: &str,
+    ) -> Result<Arc<Installation>, Error> {
+        let id = self
+            .reads
+            .ids
+            .get_or_load(&(partner_id.to_owned(), plugin_id.to_owned()), async {
+                Ok::<_, Error>(self.row(partner_id, plugin_id).await?.map(|row| row.id))
+            })
+            .await?
+            .ok_or_else(|| Error::NotInstalled(plugin_id.to_owned()))?;
+        self.installation_kept(&id).await
+    }
+
+    /// The merchant's entitlement to `plugin_id` now. The kept entitlements answer when they
+    /// hold it and it has not ended; any other answer is read afresh, so a refusal always says
+    /// why and a package assigned in another process is not refused for the window's length.
+    pub async fn entitlement(
+        &self,
+        merchant_id: &str,
+        plugin_id: &str,
+    ) -> Result<Entitlement, packages::Error> {
+        let now = self.now();
+        let kept = self
+            .reads
+            .entitlements
+            .get_or_load(&merchant_id.to_owned(), async {
+                Ok::<_, packages::Error>(Some(Arc::new(
+                    packages::entitlements(&self.db, merchant_id, now).await?,
+                )))
+            })
+            .await?;
+        if let Some(held) = kept.as_ref().and_then(|all| all.get(plugin_id))
+            && held.ends_at > now
+        {
+            return Ok(held.clone());
+        }
+        packages::entitlement(&self.db, merchant_id, plugin_id, now).await
+    }
+
+    /// The merchant's stored configuration of an installation, kept for a moment.
+    pub(in crate::plugins) async fn config_kept(
+        &self,
+        installation_id: &str,
+        merchant_id: &str,
+    ) -> Result<Option<Json>, Error> {
+        let kept = self
+            .reads
+            .configs
+            .get_or_load(
+                &(installation_id.to_owned(), merchant_id.to_owned()),
+                async {
+                    Ok::<_, Error>(Some(
+                        self.stored_config(installation_id, merchant_id)
+                            .await?
+                            .map(Arc::new),
+                    ))
+                },
+            )
+            .await?;
+        Ok(kept.flatten().map(|config| (*config).clone()))
+    }
+
+    /// The partner's theme, kept for a moment.
+    pub(in crate::plugins) async fn theme_kept(&self, partner_id: &str) -> Result<String, Error> {
+        Ok(self
+            .reads
+            .themes
+            .get_or_load(&partner_id.to_owned(), async {
+                Ok::<_, Error>(Some(self.theme_of(partner_id).await?))
+            })
+            .await?
+            .unwrap_or_else(|| crate::themes::DEFAULT_THEME.to_owned()))
+    }
+
+    /// Whether `place` or a node above it is suspended, kept for a moment.
+    pub async fn is_blocked(&self, place: &Place) -> Result<bool, tenancy::Error> {
+        Ok(self
+            .reads
+            .blocked
+            .get_or_load(&place.id, async {
+                Ok::<_, tenancy::Error>(Some(tenancy::is_blocked(&self.db, place).await?))
+            })
+            .await?
+            .unwrap_or(false))
+    }
+}

@@ -1,0 +1,91 @@
+//! What every plugin invocation reads and only administrators change (the installation, the
+//! merchant's packages, its configuration, the theme, suspensions) is kept for
+//! `database.recent_reads_ms`. Kept for a minute here, so that only what must hold whatever is
+//! kept is tested: a package ends on time, and changes made through this engine apply at once.
+
+use std::time::Duration;
+
+use serde_json::json;
+use trellis_tests::{Engine, databases, fixtures};
+
+const ATOMIC: &str = "test.trellis.atomic";
+
+#[tokio::test]
+async fn a_kept_entitlement_ends_on_time_and_changes_through_the_engine_apply_at_once() {
+    for db in databases().await {
+        let label = db.label();
+        let engine = Engine::start(&db.url(), &[("TRELLIS_DATABASE__RECENT_READS_MS", "60000")]);
+        let branch = fixtures::branch(&engine, &db.url(), "p.test").await;
+        fixtures::entitle(
+            &branch.root,
+            (&branch.partner, &branch.agent),
+            &[&branch.merchant],
+            ("tests/plugins/atomic", "trellis_fixture_atomic", ATOMIC),
+        )
+        .await;
+        let merchant = &branch.merchant;
+        let state = format!("/api/v1/merchants/{merchant}/plugins/{ATOMIC}/state");
+        branch.root.get(&state).await.ok();
+        let assignments = branch
+            .root
+            .get(&format!("/api/v1/assignments?merchant_id={merchant}"))
+            .await
+            .ok();
+        let assignment = assignments.body["items"][0]["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+
+        // The package now ends in two seconds; the engine keeps the new end and honours it.
+        let soon = (chrono::Utc::now() + chrono::Duration::seconds(2)).to_rfc3339();
+        branch
+            .root
+            .post(
+                &format!("/api/v1/assignments/{assignment}/renew"),
+                json!({"ends_at": soon}),
+            )
+            .await
+            .ok();
+        branch.root.get(&state).await.ok();
+        tokio::time::sleep(Duration::from_millis(2_500)).await;
+        let ended = branch.root.get(&state).await;
+        assert_eq!(ended.status, 403, "{label}: {ended:?}");
+        assert_eq!(ended.body["code"], "package_expired", "{label}");
+
+        // Renewed and revoked through this engine: seen by the next call.
+        branch
+            .root
+            .post(
+                &format!("/api/v1/assignments/{assignment}/renew"),
+                json!({}),
+            )
+            .await
+            .ok();
+        branch.root.get(&state).await.ok();
+        branch
+            .root
+            .post(
+                &format!("/api/v1/assignments/{assignment}/revoke"),
+                json!({}),
+            )
+            .await
+            .ok();
+        let revoked = branch.root.get(&state).await;
+        assert_eq!(
+            revoked.body["code"], "package_expired",
+            "{label}: {revoked:?}"
+        );
+
+        // Uninstalled through this engine: gone at once too.
+        branch
+            .root
+            .delete(&format!(
+                "/api/v1/partners/{}/plugins/{ATOMIC}?force=true",
+                branch.partner
+            ))
+            .await
+            .ok();
+        let gone = branch.root.get(&state).await;
+        assert_eq!(gone.status, 404, "{label}: {gone:?}");
+    }
+}
