@@ -736,3 +736,85 @@ async fn journey(identity: &str) {
         db.cleanup().await;
     }
 }
+
+/// A bulk import creates each mobile once: a number already a member's, or repeated within the
+/// batch, is skipped with its reason, as is an invalid row, and the rest are created in order.
+#[tokio::test]
+async fn an_import_skips_mobiles_already_members_or_repeated_in_the_batch() {
+    for db in databases().await {
+        let label = db.label();
+        let engine = Engine::start(&db.url(), &ENV);
+        let branch = trellis_tests::fixtures::branch(&engine, &db.url(), "p.test").await;
+        trellis_tests::fixtures::entitle(
+            &branch.root,
+            (&branch.partner, &branch.agent),
+            &[&branch.merchant],
+            (
+                "plugins/membership",
+                "trellis_plugin_membership",
+                MEMBERSHIP,
+            ),
+        )
+        .await;
+        let import = mp(&branch.merchant, "/members/import");
+        let first = branch
+            .root
+            .post(
+                &import,
+                json!({"members": [
+                    {"mobile": "13900000001", "name": "甲"},
+                    {"mobile": "13900000001", "name": "甲again"},
+                    {"mobile": "not a number"},
+                    {"mobile": "13900000002", "points": 5},
+                ]}),
+            )
+            .await
+            .ok();
+        assert_eq!(
+            first.body["created"].as_array().unwrap().len(),
+            2,
+            "{label}: {first:?}"
+        );
+        let reasons: Vec<(u64, &str)> = first.body["skipped"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| (s["index"].as_u64().unwrap(), s["reason"].as_str().unwrap()))
+            .collect();
+        assert_eq!(reasons[0], (1, "duplicate mobile"), "{label}: {reasons:?}");
+        assert_eq!(reasons[1].0, 2, "{label}: {reasons:?}");
+        assert_eq!(reasons.len(), 2, "{label}: {reasons:?}");
+        let second = branch
+            .root
+            .post(
+                &import,
+                json!({"members": [{"mobile": "13900000002"}, {"mobile": "13900000003"}]}),
+            )
+            .await
+            .ok();
+        assert_eq!(
+            second.body["skipped"][0]["reason"], "duplicate mobile",
+            "{label}"
+        );
+        assert_eq!(
+            second.body["created"].as_array().unwrap().len(),
+            1,
+            "{label}"
+        );
+        let list = branch
+            .root
+            .get(&mp(&branch.merchant, "/members"))
+            .await
+            .ok();
+        assert_eq!(list.body["total"], 3, "{label}: {list:?}");
+        let ids: Vec<&str> = list.body["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["mobile"].as_str().unwrap())
+            .collect();
+        for mobile in ["13900000001", "13900000002", "13900000003"] {
+            assert!(ids.contains(&mobile), "{label}: {ids:?}");
+        }
+    }
+}

@@ -209,6 +209,19 @@ pub fn create(member: &Member) -> Result<()> {
     }
 }
 
+/// Reads, in one host call, the keys [`create`] checks for new members (their records and card
+/// numbers), so creating many of them does not read key by key.
+pub fn prefetch_new(members: &[Member]) -> Result<()> {
+    let keys: Vec<String> = members
+        .iter()
+        .flat_map(|m| [member_key(&m.id), format!("ix/card/{}", m.external_card_no)])
+        .collect();
+    for chunk in keys.chunks(256) {
+        kv::get_many(chunk)?;
+    }
+    Ok(())
+}
+
 const COUNT_KEY: &str = "count/members";
 
 /// How many members the merchant has.

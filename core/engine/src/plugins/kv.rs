@@ -243,6 +243,47 @@ impl Namespace {
         Ok(row.map(Entry::from))
     }
 
+    /// The committed entries of `keys` (at most [`MAX_BATCH`]) in one statement; keys
+    /// without one are left out.
+    async fn get_many(
+        &self,
+        db: &impl ConnectionTrait,
+        keys: &[&str],
+    ) -> Result<Vec<(String, Entry)>, KvError> {
+        #[derive(FromQueryResult)]
+        struct KeyedRow {
+            key: String,
+            value: Vec<u8>,
+            version: i64,
+        }
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut values = self.ids();
+        values.extend(keys.iter().map(|k| Value::from(*k)));
+        let rows: Vec<KeyedRow> = sql::query(
+            &format!(
+                "SELECT key, value, version FROM plugin_kv WHERE installation_id = ? AND scope_id = ? AND key IN ({})",
+                sql::marks(keys.len())
+            ),
+            values,
+        )
+        .all(db)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| {
+                (
+                    r.key,
+                    Entry::from(EntryRow {
+                        value: r.value,
+                        version: r.version,
+                    }),
+                )
+            })
+            .collect())
+    }
+
     /// At most `n` keys starting with `prefix` from `start` (up to `through`, when given), in
     /// bytewise key order. A range on the primary key, not LIKE: a prefix may hold % and _.
     async fn range(
@@ -418,6 +459,28 @@ impl Store {
         match self {
             Store::Database(db) => ns.get(db, key).await,
             Store::Memory(m) => Ok(locked(m).entries.get(&MemoryKv::key(ns, key)).cloned()),
+        }
+    }
+
+    /// The committed entries of several keys at once; keys without one are left out.
+    async fn read_many(
+        &self,
+        ns: &Namespace,
+        keys: &[&str],
+    ) -> Result<Vec<(String, Entry)>, KvError> {
+        match self {
+            Store::Database(db) => ns.get_many(db, keys).await,
+            Store::Memory(m) => {
+                let kv = locked(m);
+                Ok(keys
+                    .iter()
+                    .filter_map(|k| {
+                        kv.entries
+                            .get(&MemoryKv::key(ns, k))
+                            .map(|e| ((*k).to_owned(), e.clone()))
+                    })
+                    .collect())
+            }
         }
     }
 

@@ -211,9 +211,34 @@ impl Txn {
                 "a batch reads at most {MAX_BATCH} keys"
             )));
         }
+        for key in keys {
+            check_key(key)?;
+        }
+        // What this transaction has not seen yet is read in one statement; the rest answers
+        // from its own reads and writes, as a single `get` would.
+        let unseen: std::collections::BTreeSet<&str> = keys
+            .iter()
+            .map(String::as_str)
+            .filter(|k| !self.writes.contains_key(*k) && !self.reads.contains_key(*k))
+            .collect();
+        if !unseen.is_empty() {
+            let unseen: Vec<&str> = unseen.into_iter().collect();
+            let mut found: BTreeMap<String, Entry> = store
+                .read_many(&self.ns, &unseen)
+                .await?
+                .into_iter()
+                .collect();
+            for key in unseen {
+                let entry = found.remove(key);
+                if let Some(e) = &entry {
+                    self.highest = self.highest.max(e.version);
+                }
+                self.reads.insert(key.to_owned(), entry);
+            }
+        }
         let mut entries = Vec::with_capacity(keys.len());
         for key in keys {
-            entries.push(self.get(store, key).await?);
+            entries.push(self.current(store, key).await?);
         }
         Ok(entries)
     }
@@ -771,6 +796,57 @@ mod tests {
             v
         );
         assert_eq!(store.usage(&ns()).await.unwrap(), (2, 9));
+    }
+
+    #[tokio::test]
+    async fn a_batched_read_answers_in_order_and_guards_the_commit_like_single_reads() {
+        let (store, kv) = memory();
+        store
+            .compare_and_swap(&ns(), "a", None, b"1")
+            .await
+            .unwrap();
+        store
+            .compare_and_swap(&ns(), "b", None, b"2")
+            .await
+            .unwrap();
+        let mut txn = Txn::new(ns());
+        txn.compare_and_swap(&store, "mine", None, b"w")
+            .await
+            .unwrap();
+        let keys: Vec<String> = ["b", "missing", "mine", "a", "b"]
+            .iter()
+            .map(|k| (*k).to_owned())
+            .collect();
+        let got = txn.get_many(&store, &keys).await.unwrap();
+        let values: Vec<Option<&[u8]>> = got
+            .iter()
+            .map(|e| e.as_ref().map(|e| e.value.as_slice()))
+            .collect();
+        assert_eq!(
+            values,
+            [
+                Some(&b"2"[..]),
+                None,
+                Some(&b"w"[..]),
+                Some(&b"1"[..]),
+                Some(&b"2"[..])
+            ]
+        );
+        assert!(matches!(
+            txn.get_many(&store, &["bad\u{0}key".into()]).await,
+            Err(KvError::Invalid(_))
+        ));
+        // A key the batch found absent is guarded too: another writer creating it meanwhile
+        // fails this commit.
+        store
+            .compare_and_swap(&ns(), "missing", None, b"x")
+            .await
+            .unwrap();
+        assert!(matches!(
+            txn.commit_memory(&kv),
+            Err(KvError::Changed(k)) if k == "missing"
+        ));
+        assert_eq!(store.get(&ns(), "mine").await.unwrap(), None);
     }
 
     #[tokio::test]
