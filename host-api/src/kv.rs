@@ -116,7 +116,8 @@ pub fn list(prefix: &str, after: Option<&str>, limit: u32) -> Result<Page> {
     raw::list(prefix, after, limit)
 }
 
-/// Adds `delta` to a counter and returns the new value.
+/// Adds `delta` to a counter and returns the new value. `increment(key, 0)` reads the counter
+/// (0 when missing) without writing, so a route that only shows a count stays a read.
 pub fn increment(key: &str, delta: i64) -> Result<i64> {
     raw::increment(key, delta)
 }

@@ -343,6 +343,12 @@ impl Txn {
         check_key(key)?;
         let current = self.current(store, key).await?;
         let new = next_count(current.as_ref(), key, delta)?;
+        // Adding nothing is how plugins read a counter: a read, guarded at commit like any
+        // other, rather than a write that would make every reader a writer (and conflict with
+        // every other reader).
+        if delta == 0 {
+            return Ok(new);
+        }
         self.put(store, key, new.to_string().as_bytes(), current.as_ref())
             .await?;
         Ok(new)
@@ -847,6 +853,23 @@ mod tests {
             Err(KvError::Changed(k)) if k == "missing"
         ));
         assert_eq!(store.get(&ns(), "mine").await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn adding_nothing_to_a_counter_reads_it_without_writing() {
+        let (store, kv) = memory();
+        store.increment(&ns(), "n", 4).await.unwrap();
+        let mut reader = Txn::new(ns());
+        assert_eq!(reader.increment(&store, "n", 0).await.unwrap(), 4);
+        assert_eq!(reader.increment(&store, "absent", 0).await.unwrap(), 0);
+        assert!(!reader.writes());
+        // Still guarded: a change meanwhile fails the reader's commit.
+        store.increment(&ns(), "n", 1).await.unwrap();
+        assert!(matches!(
+            reader.commit_memory(&kv),
+            Err(KvError::Changed(k)) if k == "n"
+        ));
+        assert_eq!(store.get(&ns(), "absent").await.unwrap(), None);
     }
 
     #[tokio::test]
