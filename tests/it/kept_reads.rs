@@ -9,6 +9,7 @@ use serde_json::json;
 use trellis_tests::{Engine, databases, fixtures};
 
 const ATOMIC: &str = "test.trellis.atomic";
+const HELLO: &str = "com.trellis.hello";
 
 #[tokio::test]
 async fn a_kept_entitlement_ends_on_time_and_changes_through_the_engine_apply_at_once() {
@@ -87,5 +88,41 @@ async fn a_kept_entitlement_ends_on_time_and_changes_through_the_engine_apply_at
             .ok();
         let gone = branch.root.get(&state).await;
         assert_eq!(gone.status, 404, "{label}: {gone:?}");
+    }
+}
+
+/// A merchant whose agent is suspended through the engine has its public plugin pages refused
+/// from the next request on, and once resumed, served again at once — though whether a tenant
+/// is under a suspended node is kept (the merchant itself stays active).
+#[tokio::test]
+async fn a_suspension_through_the_engine_stops_the_merchants_plugins_at_once() {
+    for db in databases().await {
+        let label = db.label();
+        let engine = Engine::start(&db.url(), &[("TRELLIS_DATABASE__RECENT_READS_MS", "60000")]);
+        let branch = fixtures::branch(&engine, &db.url(), "p.test").await;
+        fixtures::entitle(
+            &branch.root,
+            (&branch.partner, &branch.agent),
+            &[&branch.merchant],
+            ("plugins/hello", "trellis_plugin_hello", HELLO),
+        )
+        .await;
+        let (merchant, agent) = (&branch.merchant, &branch.agent);
+        let visitor = trellis_tests::Api::new(&engine, "p.test");
+        let page = format!("/m/{merchant}/{HELLO}/");
+        assert_eq!(visitor.page(&page).await.status, 200, "{label}");
+        branch
+            .root
+            .post(&format!("/api/v1/agents/{agent}/suspend"), json!({}))
+            .await
+            .ok();
+        let refused = visitor.page(&page).await;
+        assert_eq!(refused.status, 403, "{label}: {refused:?}");
+        branch
+            .root
+            .post(&format!("/api/v1/agents/{agent}/resume"), json!({}))
+            .await
+            .ok();
+        assert_eq!(visitor.page(&page).await.status, 200, "{label}");
     }
 }

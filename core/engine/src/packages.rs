@@ -550,6 +550,16 @@ pub async fn entitlements(
     merchant_id: &str,
     now: DateTime<Utc>,
 ) -> Result<BTreeMap<String, Entitlement>, Error> {
+    Ok(entitlements_until(db, merchant_id, now).await?.0)
+}
+
+/// [`entitlements`], with the moment the first of the assignments behind them ends: until
+/// then the union stays what it is (unless an assignment is changed), so it may be kept.
+pub async fn entitlements_until(
+    db: &impl ConnectionTrait,
+    merchant_id: &str,
+    now: DateTime<Utc>,
+) -> Result<(BTreeMap<String, Entitlement>, Option<DateTime<Utc>>), Error> {
     let rows: Vec<Covering> = sql::query(
         "SELECT a.ends_at, v.spec FROM assignments a JOIN package_versions v \
          ON v.package_id = a.package_id AND v.version = a.package_version \
@@ -558,6 +568,7 @@ pub async fn entitlements(
     )
     .all(db)
     .await?;
+    let first_end = rows.iter().map(|r| r.ends_at.0).min();
     let mut out: BTreeMap<String, Entitlement> = BTreeMap::new();
     for row in rows {
         let ends_at = row.ends_at.0;
@@ -581,7 +592,7 @@ pub async fn entitlements(
             }
         }
     }
-    Ok(out)
+    Ok((out, first_end))
 }
 
 /// The merchant's entitlement to one plugin now, or why it has none: `Expired` when an

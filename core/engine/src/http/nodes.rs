@@ -166,12 +166,13 @@ async fn update_node(
         )
         .run(async |grant| {
             let hosts = &state.config.http.console_hosts;
-            let node = tenancy::update(&state.db.conn, &grant, patch, hosts).await?;
-            // Its domains or theme may have changed: requests and trades see them at once.
+            // Its domains or theme may change: requests, trades and plugins see them at once,
+            // even if reading the node back fails after the change was saved.
+            let _forget = state.catalog.forgetting();
+            let node = tenancy::update(&state.db.conn, &grant, patch, hosts).await;
             state.hosts.forget_all();
             state.payments.forget_partner(&id);
-            state.catalog.forget_reads();
-            Ok(node)
+            Ok(node?)
         })
         .await?;
     Ok(Json(node))
@@ -198,12 +199,13 @@ async fn set_node_status(
             (kind.as_str(), Some(&id)),
         )
         .run(async |grant| {
-            let node = tenancy::set_status(conn, &grant, status).await?;
-            // A suspended partner's hosts are refused from the next request on.
+            // Its plugins stop running for it (or run again) from the next invocation on, and a
+            // suspended partner's hosts are refused from the next request on, even if reading
+            // the node back fails after the change was saved.
+            let _forget = ctx.state.catalog.forgetting();
+            let node = tenancy::set_status(conn, &grant, status).await;
             ctx.state.hosts.forget_all();
-            // Its plugins stop running for it (or run again) from the next invocation on.
-            ctx.state.catalog.forget_reads();
-            Ok(node)
+            Ok(node?)
         })
         .await?;
     Ok(Json(node))

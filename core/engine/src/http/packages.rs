@@ -230,10 +230,9 @@ async fn assign_package(
             .map(|t| packages::parse_instant("ends_at", t, true))
             .transpose()?;
         let conn = &ctx.state.db.conn;
-        let assigned = packages::assign(conn, &grants, &package, starts_at, ends_at, now).await?;
         // The merchants' plugins run for them from the next invocation on.
-        ctx.state.catalog.forget_reads();
-        Ok(assigned)
+        let _forget = ctx.state.catalog.forgetting();
+        Ok(packages::assign(conn, &grants, &package, starts_at, ends_at, now).await?)
     }
     .await;
     let assigned = ctx
@@ -308,7 +307,10 @@ async fn change_assignment(
         ("assignment", Some(id)),
     )
     .run(async |grant| {
-        let changed = match renew {
+        // Seen by the next invocation, even if reading the assignment back fails after the
+        // change was saved.
+        let _forget = ctx.state.catalog.forgetting();
+        Ok(match renew {
             Some(body) => {
                 let ends_at = body
                     .ends_at
@@ -318,9 +320,7 @@ async fn change_assignment(
                 packages::renew(conn, &grant, &assignment, ends_at, now).await?
             }
             None => packages::revoke(conn, &grant, &assignment, now).await?,
-        };
-        ctx.state.catalog.forget_reads();
-        Ok(changed)
+        })
     })
     .await
 }

@@ -4,9 +4,10 @@
 //! about ten statements per delivery or request.
 //!
 //! Invariant: a change made through this process is seen by the next invocation (its writer
-//! calls [`Catalog::forget_reads`]); one made through another process within the window. An
-//! entitlement is kept with its end, which is compared with the clock at every call, so a
-//! package that ends is never honoured past its end.
+//! calls [`Catalog::forget_reads`], or holds [`Catalog::forgetting`] across it); one made through
+//! another process within the window. An entitlement is kept with its end, which is compared
+//! with the clock at every call, and a merchant's kept entitlements are read again once the
+//! first assignment behind them ends, so no package (nor its quotas) is honoured past its end.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -26,14 +27,32 @@ pub(super) struct Reads {
     installations: Recent<String, Arc<Installation>>,
     /// Installation ids by (partner, plugin id): an installation keeps its id for life.
     ids: Recent<(String, String), String>,
-    /// A merchant's entitlements as read at some moment, by merchant.
-    entitlements: Recent<String, Arc<BTreeMap<String, Entitlement>>>,
+    /// A merchant's entitlements as read at some moment, with the moment the first assignment
+    /// behind them ends (after which they are read again), by merchant.
+    entitlements: Recent<String, Arc<KeptEntitlements>>,
     /// A merchant's stored configuration of an installation (none stored is kept too).
     configs: Recent<(String, String), Option<Arc<Json>>>,
     /// A partner's theme, by partner.
     themes: Recent<String, String>,
-    /// Whether a node or one above it is suspended, by node.
+    /// Whether a node or one above it is suspended, by the node's whole chain of ids (the
+    /// answer depends on every one of them).
     blocked: Recent<String, bool>,
+}
+
+/// See [`Catalog::forgetting`].
+pub struct Forgetting<'a>(&'a Catalog);
+
+impl Drop for Forgetting<'_> {
+    fn drop(&mut self) {
+        self.0.forget_reads();
+    }
+}
+
+/// A merchant's entitlements and until when they hold as they are.
+#[derive(Debug)]
+struct KeptEntitlements {
+    all: BTreeMap<String, Entitlement>,
+    first_end: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 impl Reads {
@@ -75,6 +94,12 @@ impl Catalog {
     /// all is forgotten rather than tracking what depends on what.
     pub fn forget_reads(&self) {
         self.reads.forget_all();
+    }
+
+    /// Forgets the kept reads when dropped: held across a change, so that a change saved by a
+    /// handler that then fails (or is dropped when its client goes away) is forgotten too.
+    pub fn forgetting(&self) -> Forgetting<'_> {
+        Forgetting(self)
     }
 
     /// The installation by id (the dispatcher's view), whatever its status, kept for a moment.
@@ -124,12 +149,17 @@ impl Catalog {
             .reads
             .entitlements
             .get_or_load(&merchant_id.to_owned(), async {
-                Ok::<_, packages::Error>(Some(Arc::new(
-                    packages::entitlements(&self.db, merchant_id, now).await?,
-                )))
+                let (all, first_end) =
+                    packages::entitlements_until(&self.db, merchant_id, now).await?;
+                Ok::<_, packages::Error>(Some(Arc::new(KeptEntitlements { all, first_end })))
             })
             .await?;
-        if let Some(held) = kept.as_ref().and_then(|all| all.get(plugin_id))
+        // Once one of the assignments behind them ended, the union (its quotas too) is no
+        // longer what it was: asked afresh below.
+        if let Some(held) = kept
+            .as_ref()
+            .filter(|k| k.first_end.is_none_or(|end| end > now))
+            .and_then(|k| k.all.get(plugin_id))
             && held.ends_at > now
         {
             return Ok(held.clone());
@@ -177,10 +207,17 @@ impl Catalog {
         Ok(self
             .reads
             .blocked
-            .get_or_load(&place.id, async {
+            .get_or_load(&chain_of(place), async {
                 Ok::<_, tenancy::Error>(Some(tenancy::is_blocked(&self.db, place).await?))
             })
             .await?
             .unwrap_or(false))
     }
+}
+
+/// A place's ids from the partner down to itself: what decides whether it is blocked.
+fn chain_of(place: &Place) -> String {
+    let mut chain: Vec<&str> = place.lineage().collect();
+    chain.push(&place.id);
+    chain.join("/")
 }
