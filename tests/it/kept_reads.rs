@@ -126,3 +126,68 @@ async fn a_suspension_through_the_engine_stops_the_merchants_plugins_at_once() {
         assert_eq!(visitor.page(&page).await.status, 200, "{label}");
     }
 }
+
+/// A merchant holding two packages gets the more generous quota of the two; once that package
+/// ends, its quota ends with it, though the entitlements were kept.
+#[tokio::test]
+async fn a_kept_union_of_packages_loses_an_ended_packages_quota_on_time() {
+    const CALLER: &str = "test.trellis.caller";
+    for db in databases().await {
+        let label = db.label();
+        let engine = Engine::start(&db.url(), &[("TRELLIS_DATABASE__RECENT_READS_MS", "60000")]);
+        let branch = fixtures::branch(&engine, &db.url(), "p.test").await;
+        let (partner, agent, merchant) = (&branch.partner, &branch.agent, &branch.merchant);
+        branch
+            .root
+            .upload(
+                &format!("/api/v1/partners/{partner}/plugins"),
+                trellis_tests::plugin_archive_bytes(
+                    "tests/plugins/neighbours",
+                    "trellis_fixture_neighbours",
+                ),
+            )
+            .await
+            .ok();
+        branch
+            .root
+            .post(
+                &format!("/api/v1/partners/{partner}/plugins/{CALLER}/offer"),
+                json!({"offered": true}),
+            )
+            .await
+            .ok();
+        let soon = (chrono::Utc::now() + chrono::Duration::seconds(2)).to_rfc3339();
+        for (name, members, ends_at) in [("small", 1, None), ("large", 50, Some(soon))] {
+            let package = branch
+                .root
+                .post(
+                    "/api/v1/packages",
+                    json!({"agent_id": agent, "name": name, "plugins": [CALLER],
+                        "validity_days": 30, "quotas": {"max_members": members}}),
+                )
+                .await
+                .ok()
+                .id();
+            branch
+                .root
+                .post(&format!("/api/v1/packages/{package}/publish"), json!({}))
+                .await
+                .ok();
+            let mut assign = json!({"merchant_ids": [merchant]});
+            if let Some(end) = &ends_at {
+                assign["ends_at"] = json!(end);
+            }
+            branch
+                .root
+                .post(&format!("/api/v1/packages/{package}/assignments"), assign)
+                .await
+                .ok();
+        }
+        let context = format!("/api/v1/merchants/{merchant}/plugins/{CALLER}/context");
+        let both = branch.root.get(&context).await.ok();
+        assert_eq!(both.body["max_members"], 50, "{label}: {both:?}");
+        tokio::time::sleep(Duration::from_millis(2_500)).await;
+        let one = branch.root.get(&context).await.ok();
+        assert_eq!(one.body["max_members"], 1, "{label}: {one:?}");
+    }
+}
