@@ -254,9 +254,36 @@ async fn browsers_get_themed_error_pages_and_api_clients_get_json() {
             .unwrap()
             .starts_with("text/html")
     );
+    // The engine's own pages load only what the engine serves, run no inline script and
+    // cannot be framed.
+    let policy = page.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    for rule in [
+        "default-src 'self'",
+        "script-src 'self'",
+        "object-src 'none'",
+        "frame-ancestors 'none'",
+    ] {
+        assert!(policy.contains(rule), "{rule} in {policy}");
+    }
+    assert!(!policy.contains("unsafe-inline"), "{policy}");
+    assert_eq!(page.headers()["x-frame-options"], "DENY");
+    assert_eq!(page.headers()["x-content-type-options"], "nosniff");
     let html = page.text().await.unwrap();
     assert!(html.contains("页面不存在"), "{html}");
     assert!(html.contains("/static/default/theme.css"));
+    assert!(
+        !html.contains("<script") && !html.contains("style="),
+        "nothing inline for the policy to block: {html}"
+    );
+    let home = http.get(engine.url("/")).send().await.unwrap();
+    assert_eq!(
+        home.headers()["content-security-policy"].to_str().unwrap(),
+        policy,
+        "the home page carries the same policy"
+    );
 
     let english = http
         .get(engine.url("/nowhere"))

@@ -126,6 +126,8 @@ pub fn router(state: AppState, sandbox: Option<Router>) -> Router {
             state.clone(),
             middleware::error_pages,
         ))
+        // Outside the error pages, so themed errors carry the page policy too.
+        .layer(axum::middleware::from_fn(middleware::page_headers))
         .layer(axum::middleware::from_fn(middleware::observe))
         .with_state(state)
 }

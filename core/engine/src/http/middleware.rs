@@ -172,6 +172,39 @@ fn is_archive_upload(request: &Request) -> bool {
             .is_some_and(|id| !id.is_empty() && !id.contains('/'))
 }
 
+/// What every page the engine renders itself (its home, its themed error pages) may load: its
+/// own styles, images and scripts, nothing inline and nothing from another origin; it may not be
+/// framed. A plugin's pages carry their own, stricter policy (an opaque origin), which is kept.
+const PAGE_POLICY: &str = "default-src 'self'; script-src 'self'; style-src 'self'; \
+img-src 'self' data:; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
+
+/// Adds the engine's page policy and its companions to HTML answers that do not set their own.
+pub async fn page_headers(request: Request, next: Next) -> Response {
+    let mut response = next.run(request).await;
+    let is_html = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| t.starts_with("text/html"));
+    let headers = response.headers_mut();
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    if is_html && !headers.contains_key(header::CONTENT_SECURITY_POLICY) {
+        headers.insert(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static(PAGE_POLICY),
+        );
+        headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+        headers.insert(
+            header::REFERRER_POLICY,
+            HeaderValue::from_static("same-origin"),
+        );
+    }
+    response
+}
+
 /// For a browser (it asks for HTML and is not calling `/api/…`), replaces our JSON error bodies
 /// with the theme's error page in the visitor's language; API clients keep the JSON.
 pub async fn error_pages(State(state): State<AppState>, request: Request, next: Next) -> Response {
