@@ -11,17 +11,33 @@ use trellis_tests::{Engine, databases, fixtures};
 const ATOMIC: &str = "test.trellis.atomic";
 const HELLO: &str = "com.trellis.hello";
 
-#[tokio::test]
-async fn a_kept_entitlement_ends_on_time_and_changes_through_the_engine_apply_at_once() {
-    for db in databases().await {
-        let label = db.label();
-        let engine = Engine::start(&db.url(), &[("TRELLIS_DATABASE__RECENT_READS_MS", "60000")]);
-        let branch = fixtures::branch(&engine, &db.url(), "p.test").await;
+/// An engine keeping reads for a minute, with a partner, agent and merchant; `plugin` (a
+/// directory, its component and its id), when given, is installed and assigned to the merchant.
+async fn keeping(
+    db: &trellis_tests::TestDb,
+    plugin: Option<(&str, &str, &str)>,
+) -> (Engine, fixtures::Branch) {
+    let engine = Engine::start(&db.url(), &[("TRELLIS_DATABASE__RECENT_READS_MS", "60000")]);
+    let branch = fixtures::branch(&engine, &db.url(), "p.test").await;
+    if let Some(plugin) = plugin {
         fixtures::entitle(
             &branch.root,
             (&branch.partner, &branch.agent),
             &[&branch.merchant],
-            ("tests/plugins/atomic", "trellis_fixture_atomic", ATOMIC),
+            plugin,
+        )
+        .await;
+    }
+    (engine, branch)
+}
+
+#[tokio::test]
+async fn a_kept_entitlement_ends_on_time_and_changes_through_the_engine_apply_at_once() {
+    for db in databases().await {
+        let label = db.label();
+        let (_engine, branch) = keeping(
+            &db,
+            Some(("tests/plugins/atomic", "trellis_fixture_atomic", ATOMIC)),
         )
         .await;
         let merchant = &branch.merchant;
@@ -98,15 +114,8 @@ async fn a_kept_entitlement_ends_on_time_and_changes_through_the_engine_apply_at
 async fn a_suspension_through_the_engine_stops_the_merchants_plugins_at_once() {
     for db in databases().await {
         let label = db.label();
-        let engine = Engine::start(&db.url(), &[("TRELLIS_DATABASE__RECENT_READS_MS", "60000")]);
-        let branch = fixtures::branch(&engine, &db.url(), "p.test").await;
-        fixtures::entitle(
-            &branch.root,
-            (&branch.partner, &branch.agent),
-            &[&branch.merchant],
-            ("plugins/hello", "trellis_plugin_hello", HELLO),
-        )
-        .await;
+        let (engine, branch) =
+            keeping(&db, Some(("plugins/hello", "trellis_plugin_hello", HELLO))).await;
         let (merchant, agent) = (&branch.merchant, &branch.agent);
         let visitor = trellis_tests::Api::new(&engine, "p.test");
         let page = format!("/m/{merchant}/{HELLO}/");
@@ -134,8 +143,7 @@ async fn a_kept_union_of_packages_loses_an_ended_packages_quota_on_time() {
     const CALLER: &str = "test.trellis.caller";
     for db in databases().await {
         let label = db.label();
-        let engine = Engine::start(&db.url(), &[("TRELLIS_DATABASE__RECENT_READS_MS", "60000")]);
-        let branch = fixtures::branch(&engine, &db.url(), "p.test").await;
+        let (_engine, branch) = keeping(&db, None).await;
         let (partner, agent, merchant) = (&branch.partner, &branch.agent, &branch.merchant);
         branch
             .root

@@ -4,8 +4,8 @@
 //! dispatcher records every other outcome.
 //!
 //! Invariant: entitlement and quota are checked at the moment of delivery, not when the event
-//! was recorded (what only administrators change is kept for `database.recent_reads_ms`); a quota hold taken for an attempt is always settled, and only a successful
-//! delivery uses it up.
+//! was recorded (what only administrators change is kept for `database.recent_reads_ms`); a
+//! quota hold taken for an attempt is always settled, and only a successful delivery uses it up.
 
 use std::sync::Arc;
 

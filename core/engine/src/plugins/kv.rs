@@ -250,12 +250,6 @@ impl Namespace {
         db: &impl ConnectionTrait,
         keys: &[&str],
     ) -> Result<Vec<(String, Entry)>, KvError> {
-        #[derive(FromQueryResult)]
-        struct KeyedRow {
-            key: String,
-            value: Vec<u8>,
-            version: i64,
-        }
         if keys.is_empty() {
             return Ok(Vec::new());
         }
@@ -272,15 +266,7 @@ impl Namespace {
         .await?;
         Ok(rows
             .into_iter()
-            .map(|r| {
-                (
-                    r.key,
-                    Entry::from(EntryRow {
-                        value: r.value,
-                        version: r.version,
-                    }),
-                )
-            })
+            .map(|row| (row.key, Entry::from(row.entry)))
             .collect())
     }
 
