@@ -134,7 +134,7 @@ impl Db {
         match self.kind {
             DatabaseKind::Sqlite => begin_write(&self.durable).await,
             DatabaseKind::Postgres => {
-                let txn = self.durable.begin().await?;
+                let txn = begin(&self.durable).await?;
                 txn.execute_unprepared("SET LOCAL synchronous_commit TO on")
                     .await?;
                 Ok(txn)
@@ -392,12 +392,38 @@ pub async fn write_turn(
 pub async fn begin_write(
     db: &sea_orm::DatabaseConnection,
 ) -> Result<sea_orm::DatabaseTransaction, sea_orm::DbErr> {
-    use sea_orm::TransactionTrait;
-    db.begin_with_options(sea_orm::TransactionOptions {
-        sqlite_transaction_mode: Some(sea_orm::SqliteTransactionMode::Immediate),
-        ..Default::default()
-    })
+    begin_with(
+        db,
+        sea_orm::TransactionOptions {
+            sqlite_transaction_mode: Some(sea_orm::SqliteTransactionMode::Immediate),
+            ..Default::default()
+        },
+    )
     .await
+}
+
+/// Begins a transaction; on SQLite a deferred one, for reads (see [`begin_write`]).
+pub async fn begin(
+    db: &sea_orm::DatabaseConnection,
+) -> Result<sea_orm::DatabaseTransaction, sea_orm::DbErr> {
+    begin_with(db, sea_orm::TransactionOptions::default()).await
+}
+
+/// The one door to `BEGIN`: it runs in a task of its own, so a caller dropped while waiting
+/// (a deadline, a client that hung up) cannot leave a connection inside a transaction nobody
+/// owns. sqlx's PostgreSQL driver queues no rollback for a `BEGIN` it sent but had not seen
+/// answered; that connection went back to the pool mid-transaction, and every later statement
+/// on it — autocommit ones too — stayed uncommitted, holding its row locks, until some other
+/// transaction on it happened to commit. Here the task finishes the `BEGIN`, and a transaction
+/// nobody waits for any more is dropped, which rolls it back.
+async fn begin_with(
+    db: &sea_orm::DatabaseConnection,
+    options: sea_orm::TransactionOptions,
+) -> Result<sea_orm::DatabaseTransaction, sea_orm::DbErr> {
+    let db = db.clone();
+    tokio::spawn(async move { db.begin_with_options(options).await })
+        .await
+        .map_err(|e| sea_orm::DbErr::Custom(format!("beginning a transaction failed: {e}")))?
 }
 
 /// A migrated SQLite database in `dir`, for the engine's unit tests.
@@ -480,6 +506,62 @@ mod tests {
         let durable = db.begin_durable().await.unwrap();
         assert_eq!(synchronous_commit(&durable).await, "on");
         durable.commit().await.unwrap();
+        db.close().await;
+    }
+
+    /// Whether the connection `db` runs on is inside a transaction that began over a
+    /// millisecond ago: there `now()` is that transaction's start.
+    async fn inside_an_old_transaction(db: &impl ConnectionTrait) -> bool {
+        sql::query(
+            "SELECT clock_timestamp() - now() > interval '1 millisecond'",
+            [],
+        )
+        .scalar(db)
+        .await
+        .unwrap()
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_begin_abandoned_halfway_leaves_no_transaction_open_on_postgres() {
+        use std::future::Future;
+        let Some(url) = crate::config::test_database_url_from_env() else {
+            eprintln!("PostgreSQL leg skipped: TRELLIS_TEST_DATABASE_URL is not set");
+            return;
+        };
+        let mut config = Config::load(None).unwrap();
+        config.database.url = secrecy::SecretString::from(url);
+        // One connection, so the check below runs on the one the abandoned BEGIN used.
+        config.database.max_connections = 1;
+        let db = Db::connect(&config).await.unwrap();
+        // Dropped after its first, second… wait: one of them is the wait for BEGIN's answer.
+        for polls in 1..=12 {
+            for _ in 0..5 {
+                let mut begun = Box::pin(begin_write(&db.conn));
+                let mut seen = 0;
+                let finished = std::future::poll_fn(|cx| match begun.as_mut().poll(cx) {
+                    std::task::Poll::Ready(txn) => std::task::Poll::Ready(Some(txn)),
+                    std::task::Poll::Pending => {
+                        seen += 1;
+                        if seen >= polls {
+                            std::task::Poll::Ready(None)
+                        } else {
+                            std::task::Poll::Pending
+                        }
+                    }
+                })
+                .await;
+                drop(begun);
+                if let Some(txn) = finished {
+                    txn.unwrap().rollback().await.unwrap();
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+                assert!(
+                    !inside_an_old_transaction(&db.conn).await,
+                    "a BEGIN dropped after {polls} polls left its transaction open"
+                );
+            }
+        }
         db.close().await;
     }
 }

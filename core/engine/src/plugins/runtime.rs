@@ -254,21 +254,21 @@ impl Runtime {
             if outcome.result.is_err() {
                 break outcome;
             }
-            let committing =
-                commit::commit(&self.services, ran.txn, finish.as_deref(), &outcome.emitted);
-            // Waiting for the database's write lock is the invocation's wall time too.
-            let committed = match ran.deadline {
-                Some(deadline) => tokio::time::timeout_at(deadline.into(), committing)
-                    .await
-                    .unwrap_or(Err(Refused::Late)),
-                None => committing.await,
-            };
+            // Waiting for the database's write turn is the invocation's wall time too.
+            let committed = commit::commit(
+                &self.services,
+                ran.txn,
+                finish.as_deref(),
+                &outcome.emitted,
+                ran.deadline,
+            )
+            .await;
             outcome.result = match committed {
                 Ok(()) => break outcome,
                 Err(Refused::Late) => Err(Error::Trap {
                     reason: super::TrapReason::WallClock,
                     message: format!(
-                        "the wall-clock deadline ({} ms) passed while committing what the plugin did",
+                        "the wall-clock deadline ({} ms) passed while waiting to commit what the plugin did",
                         loaded.manifest.limits.wall_ms
                     ),
                     backtrace: None,

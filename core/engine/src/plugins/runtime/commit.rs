@@ -17,7 +17,7 @@ pub(super) enum Refused {
     Lost(String),
     /// The database failed; details are logged.
     Failed(String),
-    /// The invocation's deadline passed before the commit ended (set by the runtime).
+    /// The invocation's deadline passed while it waited for its turn to write.
     Late,
 }
 
@@ -49,11 +49,16 @@ impl From<sea_orm::DbErr> for Refused {
 /// Commits what a successful run did. A run that only read one key and has no finishing work
 /// has nothing to commit (a single read is consistent on its own); one that read several keys has
 /// them checked, in a transaction that writes nothing, so what it answered was one state.
+///
+/// `deadline` bounds only the wait for this process's turn to write. Once the transaction
+/// begins it runs to its end: abandoning it halfway could report as failed a commit the
+/// database went on to make, and leaves the connection to clean up behind a caller gone.
 pub(super) async fn commit(
     services: &Services,
     txn: Option<Txn>,
     finish: Option<&dyn Finish>,
     emitted: &[Emitted],
+    deadline: Option<std::time::Instant>,
 ) -> Result<(), Refused> {
     let finish = finish.filter(|f| f.has_work(emitted));
     let mut txn =
@@ -73,15 +78,19 @@ pub(super) async fn commit(
     if txn.is_none() && !writes {
         return Ok(());
     }
-    let _turn = if writes {
-        crate::db::write_turn(db).await
-    } else {
-        None
+    let _turn = match (writes, deadline) {
+        (false, _) => None,
+        (true, None) => crate::db::write_turn(db).await,
+        (true, Some(deadline)) => {
+            tokio::time::timeout_at(deadline.into(), crate::db::write_turn(db))
+                .await
+                .map_err(|_| Refused::Late)?
+        }
     };
     let tx = if writes {
         crate::db::begin_write(db).await?
     } else {
-        sea_orm::TransactionTrait::begin(db).await?
+        crate::db::begin(db).await?
     };
     let written = async {
         if let Some(txn) = txn {
