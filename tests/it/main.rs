@@ -7,6 +7,7 @@
 
 mod alipay;
 mod alipay_conformance;
+mod consoles;
 mod plugin_atomicity;
 mod plugin_breaker;
 mod kept_reads;

@@ -30,6 +30,8 @@ pub mod events;
 pub mod plugin_routes;
 /// Payments: trades, the ledger, refunds.
 pub mod payments;
+/// The consoles: every tier's pages, signed in by the session cookie.
+pub mod console;
 pub mod openapi;
 
 use std::sync::Arc;
@@ -105,6 +107,7 @@ pub fn router(state: AppState, sandbox: Option<Router>) -> Router {
         .merge(events::router())
         .merge(plugin_routes::router())
         .merge(payments::router())
+        .merge(console::router())
         .fallback(not_found)
         // After every route: a known path asked with another method gets a JSON error too
         // (axum adds the route's `Allow` header).

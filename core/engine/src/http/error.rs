@@ -33,6 +33,10 @@ pub enum ApiError {
     },
     #[error("{0}")]
     BadRequest(String),
+    /// A console form that did not come from this session's own page (another site, or a
+    /// page from before a sign-out).
+    #[error("{0}")]
+    FormRefused(&'static str),
     #[error("database unavailable")]
     Db(#[from] db::Error),
     #[error("database error")]
@@ -109,6 +113,7 @@ impl ApiError {
             Self::PayloadTooLarge { .. } => (S::PAYLOAD_TOO_LARGE, "payload_too_large"),
             Self::BadBody | Self::BadRequest(_) => (S::BAD_REQUEST, "bad_request"),
             Self::Validation { .. } => (S::UNPROCESSABLE_ENTITY, "validation_failed"),
+            Self::FormRefused(_) => (S::FORBIDDEN, "form_refused"),
             Self::Db(_) => (S::SERVICE_UNAVAILABLE, "database_unavailable"),
             Self::Tenancy(e) => tenancy_status(e),
             Self::Auth(e) => auth_status(e),

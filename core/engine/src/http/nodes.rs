@@ -101,6 +101,16 @@ async fn create_node(
     ctx: Ctx,
     ApiJson(body): ApiJson<CreateNodeRequest>,
 ) -> Result<(StatusCode, Json<Node>), ApiError> {
+    Ok((StatusCode::CREATED, Json(create(&ctx, kind, body).await?)))
+}
+
+/// The one door to creating a node, for the API and the consoles: the parent inside the
+/// caller's subtree, authorization there, the node, and the audit entry whatever the outcome.
+pub(super) async fn create(
+    ctx: &Ctx,
+    kind: NodeKind,
+    body: CreateNodeRequest,
+) -> Result<Node, ApiError> {
     let state = &ctx.state;
     let action = Action::create_node(kind);
     let result = async {
@@ -113,15 +123,13 @@ async fn create_node(
     // Filed at the new node, so the tier that made it sees the entry beside the node.
     let place = result.as_ref().ok().map(Node::place);
     let id = result.as_ref().ok().map(|n| n.id.clone());
-    let node = ctx
-        .audited(
-            &action.name(),
-            (kind.as_str(), id.as_deref()),
-            place.as_ref(),
-            result,
-        )
-        .await?;
-    Ok((StatusCode::CREATED, Json(node)))
+    ctx.audited(
+        &action.name(),
+        (kind.as_str(), id.as_deref()),
+        place.as_ref(),
+        result,
+    )
+    .await
 }
 
 async fn list_nodes(

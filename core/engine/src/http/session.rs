@@ -55,14 +55,44 @@ async fn login(
     id: Option<Extension<RequestId>>,
     ApiJson(body): ApiJson<LoginRequest>,
 ) -> Result<Response, ApiError> {
-    let ip = client_ip(connect);
+    let (login, cookie) = sign_in(
+        &state,
+        &host,
+        &client_ip(connect),
+        request_id(&id),
+        (&body.email, &body.password),
+    )
+    .await?;
+    let body = LoginResponse {
+        token: login.token.expose_secret().to_owned(),
+        expires_at: login.expires_at,
+        user: login.user,
+    };
+    let mut response = Json(body).into_response();
+    response.headers_mut().insert(header::SET_COOKIE, cookie);
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(response)
+}
+
+/// The one door to signing in, for the API and the consoles: checks the password (on the
+/// partner's domain, only that partner's accounts), audits an attempt that was checked, and
+/// returns the session with the cookie that carries it.
+pub(super) async fn sign_in(
+    state: &AppState,
+    host: &HostContext,
+    ip: &str,
+    request_id: Option<&str>,
+    (email, password): (&str, &SecretString),
+) -> Result<(auth::Login, HeaderValue), ApiError> {
     let ttl = chrono::Duration::hours(i64::from(state.config.auth.session_ttl_hours));
     let result = auth::login(
         &state.db.conn,
         &state.hasher,
-        &body.email,
-        &body.password,
-        &ip,
+        email,
+        password,
+        ip,
         host.partner_id(),
         ttl,
     )
@@ -84,7 +114,7 @@ async fn login(
         action: "auth.login",
         target_type: "user",
         target_id: actor_id.as_deref(),
-        request_id: request_id(&id),
+        request_id,
         outcome,
         detail: result.as_ref().err().map(|e| {
             ApiError::status_and_code(&ApiError::Auth(clone_auth(e)))
@@ -96,7 +126,6 @@ async fn login(
         tracing::error!(%error, "audit record failed");
     }
     let login = result?;
-    let token = login.token.expose_secret().to_owned();
     let max_age = i64::from(state.config.auth.session_ttl_hours) * 3600;
     let secure = if state.config.auth.cookie_secure {
         "; Secure"
@@ -104,26 +133,17 @@ async fn login(
         ""
     };
     let cookie = format!(
-        "{SESSION_COOKIE}={token}; Path=/; HttpOnly; SameSite=Lax; Max-Age={max_age}{secure}"
+        "{SESSION_COOKIE}={}; Path=/; HttpOnly; SameSite=Lax; Max-Age={max_age}{secure}",
+        login.token.expose_secret()
     );
-    let body = LoginResponse {
-        token,
-        expires_at: login.expires_at,
-        user: login.user,
-    };
-    let mut response = Json(body).into_response();
-    if let Ok(value) = HeaderValue::from_str(&cookie) {
-        response.headers_mut().insert(header::SET_COOKIE, value);
-    }
-    response
-        .headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    Ok(response)
+    let cookie = HeaderValue::from_str(&cookie)
+        .map_err(|e| ApiError::Internal(anyhow::anyhow!("session cookie: {e}")))?;
+    Ok((login, cookie))
 }
 
 /// The peer's address, which sign-in limits count per: an IPv6 address by its /64, since one
 /// subscriber usually holds a whole /64 and could otherwise rotate through it.
-fn client_ip(connect: Option<Extension<ConnectInfo<SocketAddr>>>) -> String {
+pub(super) fn client_ip(connect: Option<Extension<ConnectInfo<SocketAddr>>>) -> String {
     match connect.map(|Extension(ConnectInfo(addr))| addr.ip().to_canonical()) {
         Some(std::net::IpAddr::V6(v6)) => {
             let s = v6.segments();
@@ -150,15 +170,24 @@ async fn logout(
     State(state): State<AppState>,
     Caller(caller): Caller,
 ) -> Result<Response, ApiError> {
+    let mut response = StatusCode::NO_CONTENT.into_response();
+    response
+        .headers_mut()
+        .insert(header::SET_COOKIE, sign_out(&state, &caller).await?);
+    Ok(response)
+}
+
+/// Ends the caller's session (an API key has none); returns the cookie that clears it.
+pub(super) async fn sign_out(
+    state: &AppState,
+    caller: &auth::Principal,
+) -> Result<HeaderValue, ApiError> {
     if let Some(session) = &caller.session_id {
         auth::logout(&state.db.conn, session).await?;
     }
-    let mut response = StatusCode::NO_CONTENT.into_response();
-    let clear = format!("{SESSION_COOKIE}=; Path=/; HttpOnly; SameSite=Lax; Max-Age=0");
-    if let Ok(value) = HeaderValue::from_str(&clear) {
-        response.headers_mut().insert(header::SET_COOKIE, value);
-    }
-    Ok(response)
+    Ok(HeaderValue::from_static(
+        "trellis_session=; Path=/; HttpOnly; SameSite=Lax; Max-Age=0",
+    ))
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -174,19 +203,27 @@ async fn change_password(
     connect: Option<Extension<ConnectInfo<SocketAddr>>>,
     ApiJson(body): ApiJson<PasswordChange>,
 ) -> Result<StatusCode, ApiError> {
-    let ip = client_ip(connect);
+    new_password(&ctx, &client_ip(connect), &body).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The one door to changing one's own password, audited as at sign-in: attempts refused
+/// before the check are not, so a session cannot grow the log by hammering this.
+pub(super) async fn new_password(
+    ctx: &Ctx,
+    ip: &str,
+    change: &PasswordChange,
+) -> Result<(), ApiError> {
     let caller = &ctx.caller;
     let result = auth::change_password(
         &ctx.state.db.conn,
         &ctx.state.hasher,
         caller,
-        &ip,
-        &body.current_password,
-        &body.new_password,
+        ip,
+        &change.current_password,
+        &change.new_password,
     )
     .await;
-    // As at sign-in: attempts refused before the check are not audited, so a session cannot
-    // grow the log by hammering this.
     if let Err(error) = &result
         && error.refused_before_check()
     {
@@ -200,8 +237,7 @@ async fn change_password(
         Some(&caller.place),
         result,
     )
-    .await?;
-    Ok(StatusCode::NO_CONTENT)
+    .await
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]

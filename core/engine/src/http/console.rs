@@ -1,0 +1,593 @@
+//! The consoles: server-rendered pages under `/console` where each tier signs in and does its
+//! work, on the partner's domain and theme (the platform's on the console host), in Chinese or
+//! English, without JavaScript.
+//!
+//! Invariant: a console page acts only through the doors the API uses (`Ctx`, the same RBAC,
+//! the same audit); only the session cookie signs a console request in, never a Bearer token or
+//! an API key; and every state change comes from this origin and carries the form token derived
+//! from the session, so another site cannot make a signed-in browser act.
+
+use std::net::SocketAddr;
+
+use axum::extract::rejection::FormRejection;
+use axum::extract::{ConnectInfo, FromRequestParts, Query, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Form, Router};
+use secrecy::SecretString;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+use super::AppState;
+use super::error::ApiError;
+use super::extract::{Ctx, SESSION_COOKIE, Target};
+use super::middleware::{HostContext, RequestId};
+use super::{nodes, session};
+use crate::auth::{self, PrincipalKind};
+use crate::db::Page;
+use crate::rbac::Action;
+use crate::rbac::audit;
+use crate::tenancy::{self, NewNode, NodeFilter, NodeKind};
+use crate::themes::{DEFAULT_THEME, Locale};
+
+/// The cookie that keeps a visitor's choice of language.
+const LANG_COOKIE: &str = "trellis_lang";
+/// Rows on a console list page.
+const PER_PAGE: u64 = 20;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/console", get(home))
+        .route("/console/login", get(login_page).post(login))
+        .route("/console/logout", post(logout))
+        .route("/console/password", get(password_page).post(password))
+        .route("/console/audit", get(audit_page))
+        .route("/console/nodes", post(create_node))
+        .route("/console/lang", get(choose_language))
+}
+
+/// How a console page looks: the theme of the host's partner and the visitor's language.
+#[derive(Debug, Clone)]
+pub struct Look {
+    theme: String,
+    locale: Locale,
+}
+
+impl FromRequestParts<AppState> for Look {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        _state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let theme = parts
+            .extensions
+            .get::<HostContext>()
+            .and_then(|h| h.partner.as_ref())
+            .and_then(|p| p.theme.clone())
+            .unwrap_or_else(|| DEFAULT_THEME.to_owned());
+        let chosen = cookie(&parts.headers, LANG_COOKIE).and_then(|tag| locale_of(&tag));
+        let locale = chosen.unwrap_or_else(|| {
+            Locale::negotiate(
+                parts
+                    .headers
+                    .get(header::ACCEPT_LANGUAGE)
+                    .and_then(|v| v.to_str().ok()),
+            )
+        });
+        Ok(Self { theme, locale })
+    }
+}
+
+impl Look {
+    fn render(&self, state: &AppState, page: &str, data: Value) -> Result<Response, ApiError> {
+        let html = state
+            .themes
+            .render_page(&self.theme, page, self.locale, data)?;
+        let mut response = Html(html).into_response();
+        // Console pages hold a tenant's data and a form token: never kept by a cache.
+        response
+            .headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        Ok(response)
+    }
+}
+
+fn locale_of(tag: &str) -> Option<Locale> {
+    Locale::ALL.into_iter().find(|l| l.tag() == tag)
+}
+
+fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(n, _)| *n == name)
+        .map(|(_, v)| v.to_owned())
+}
+
+/// A signed-in console visitor: the API's context plus the session's form token. A visitor
+/// without a valid session is sent to the sign-in page instead.
+pub struct Signed {
+    ctx: Ctx,
+    form_token: String,
+}
+
+impl FromRequestParts<AppState> for Signed {
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let to_login = || Redirect::to("/console/login").into_response();
+        let Some(token) = cookie(&parts.headers, SESSION_COOKIE) else {
+            return Err(to_login());
+        };
+        let host = parts
+            .extensions
+            .get::<HostContext>()
+            .cloned()
+            .unwrap_or_default();
+        let caller = match auth::authenticate(&state.db.conn, &token, host.partner_id()).await {
+            // An API key is for programs: it never opens the consoles, even set as a cookie.
+            Ok(p) if p.kind == PrincipalKind::User => p,
+            Ok(_) | Err(auth::Error::Unauthenticated) => return Err(to_login()),
+            Err(e) => return Err(ApiError::from(e).into_response()),
+        };
+        let request_id = parts
+            .extensions
+            .get::<RequestId>()
+            .map(|RequestId(id)| id.clone());
+        Ok(Self {
+            ctx: Ctx {
+                state: state.clone(),
+                caller,
+                request_id,
+            },
+            form_token: form_token(&token),
+        })
+    }
+}
+
+/// The token every console form carries: derived from the session token, which another site
+/// can neither read (the cookie is HttpOnly) nor guess, and useless once the session ends.
+fn form_token(session_token: &str) -> String {
+    let digest = Sha256::new()
+        .chain_update(b"trellis console form\0")
+        .chain_update(session_token.as_bytes())
+        .finalize();
+    digest[..16].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Whether a state-changing request comes from a page of this origin. Browsers send
+/// `Sec-Fetch-Site` and `Origin` with every form post; a request with neither (a program) is
+/// left to the form token.
+fn same_origin(headers: &HeaderMap) -> bool {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    if let Some(site) = header("sec-fetch-site")
+        && site != "same-origin"
+    {
+        return false;
+    }
+    match (header("origin"), header("host")) {
+        (None, _) => true,
+        (Some(origin), Some(host)) => origin
+            .split_once("://")
+            .is_some_and(|(_, authority)| authority.eq_ignore_ascii_case(host)),
+        (Some(_), None) => false,
+    }
+}
+
+impl Signed {
+    /// Refuses a state change that did not come from one of this session's console pages.
+    fn check_form(&self, headers: &HeaderMap, token: &str) -> Result<(), ApiError> {
+        let matches = aws_lc_rs::constant_time::verify_slices_are_equal(
+            token.as_bytes(),
+            self.form_token.as_bytes(),
+        )
+        .is_ok();
+        if matches && same_origin(headers) {
+            Ok(())
+        } else {
+            Err(ApiError::FormRefused(
+                "this form is stale or came from another site; reload the page and try again",
+            ))
+        }
+    }
+
+    /// What every console page shows around its content: the brand, the visitor, the menu and
+    /// the form token.
+    async fn frame(&self, current: &str) -> Result<Value, ApiError> {
+        let caller = &self.ctx.caller;
+        let own = caller.place.id.clone();
+        let node =
+            tenancy::find_in_scope(&self.ctx.state.db.conn, &caller.place, None, &own).await?;
+        let menu = [
+            ("home", "/console"),
+            ("audit", "/console/audit"),
+            ("password", "/console/password"),
+        ]
+        .into_iter()
+        .map(|(key, href)| json!({ "key": key, "href": href, "current": key == current }))
+        .collect::<Vec<_>>();
+        Ok(json!({
+            "me": { "label": caller.label, "role": caller.role.as_str() },
+            "node": node,
+            "menu": menu,
+            "form_token": self.form_token,
+        }))
+    }
+}
+
+/// Turns a form body that could not be read into the API's validation error.
+fn form<T>(form: Result<Form<T>, FormRejection>) -> Result<T, ApiError> {
+    form.map(|Form(t)| t).map_err(|e| ApiError::Validation {
+        field: "form",
+        message: e.body_text(),
+    })
+}
+
+/// The kind of node a tier manages below itself; a store has none.
+fn child_kind(kind: NodeKind) -> Option<NodeKind> {
+    NodeKind::ALL.into_iter().find(|k| k.parent() == Some(kind))
+}
+
+#[derive(Debug, Deserialize)]
+struct PageQuery {
+    #[serde(default)]
+    page: Option<u64>,
+}
+
+impl PageQuery {
+    fn page(&self) -> Page {
+        Page {
+            page: self.page.unwrap_or(1),
+            per_page: PER_PAGE,
+        }
+        .clamped()
+    }
+}
+
+fn pages(total: u64, page: Page) -> Value {
+    let last = total.div_ceil(page.per_page).max(1);
+    json!({
+        "page": page.page,
+        "last": last,
+        "prev": (page.page > 1).then(|| page.page - 1),
+        "next": (page.page < last).then(|| page.page + 1),
+        "total": total,
+    })
+}
+
+async fn home(
+    State(state): State<AppState>,
+    look: Look,
+    signed: Signed,
+    Query(query): Query<PageQuery>,
+) -> Result<Response, ApiError> {
+    let data = home_data(&signed, query.page(), None).await?;
+    look.render(&state, "console-home", data)
+}
+
+/// The home page: the visitor's node and the nodes of the tier below it, with the form that
+/// adds one when the visitor's role may. `problem` is a refused form to show.
+async fn home_data(signed: &Signed, page: Page, problem: Option<Value>) -> Result<Value, ApiError> {
+    let mut data = signed.frame("home").await?;
+    let caller = &signed.ctx.caller;
+    if let Some(kind) = child_kind(caller.place.kind) {
+        let grant = signed
+            .ctx
+            .allow(Action::read_node(kind), Target::own())
+            .await?;
+        let filter = NodeFilter {
+            parent_id: Some(caller.place.id.clone()),
+            ..NodeFilter::default()
+        };
+        let listed = tenancy::list(
+            &signed.ctx.state.db.conn,
+            grant.target(),
+            kind,
+            &filter,
+            page,
+        )
+        .await?;
+        data["children"] = json!({
+            "kind": kind.as_str(),
+            "items": listed.items,
+            "pages": pages(listed.total, page),
+            "may_create": crate::rbac::allows(caller.role, Action::create_node(kind)),
+        });
+    }
+    if let Some(problem) = problem {
+        data["problem"] = problem;
+    }
+    Ok(data)
+}
+
+#[derive(Debug, Deserialize)]
+struct LoginForm {
+    email: String,
+    password: SecretString,
+}
+
+async fn login_page(
+    State(state): State<AppState>,
+    look: Look,
+    signed: Result<Signed, Response>,
+) -> Result<Response, ApiError> {
+    if signed.is_ok() {
+        return Ok(Redirect::to("/console").into_response());
+    }
+    look.render(&state, "console-login", json!({}))
+}
+
+async fn login(
+    State(state): State<AppState>,
+    Extension(host): Extension<HostContext>,
+    connect: Option<Extension<ConnectInfo<SocketAddr>>>,
+    id: Option<Extension<RequestId>>,
+    look: Look,
+    headers: HeaderMap,
+    body: Result<Form<LoginForm>, FormRejection>,
+) -> Result<Response, ApiError> {
+    // No session yet, so no form token: the origin check keeps another site from signing a
+    // browser into an account of its choosing.
+    if !same_origin(&headers) {
+        return Err(ApiError::FormRefused("sign in from this site's own page"));
+    }
+    let body = form(body)?;
+    let ip = session::client_ip(connect);
+    let request_id = id.as_ref().map(|Extension(RequestId(id))| id.as_str());
+    match session::sign_in(
+        &state,
+        &host,
+        &ip,
+        request_id,
+        (&body.email, &body.password),
+    )
+    .await
+    {
+        Ok((_, cookie)) => {
+            let mut response = Redirect::to("/console").into_response();
+            response.headers_mut().insert(header::SET_COOKIE, cookie);
+            Ok(response)
+        }
+        // A refused sign-in shows the form again with the reason, keeping what was typed.
+        Err(error) => {
+            let (status, code) = error.status_and_code();
+            if status.is_server_error() {
+                return Err(error);
+            }
+            let data = json!({ "email": body.email, "problem": { "code": code } });
+            let mut response = look.render(&state, "console-login", data)?;
+            *response.status_mut() = status;
+            Ok(response)
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct TokenForm {
+    #[serde(default)]
+    form_token: String,
+}
+
+async fn logout(
+    State(state): State<AppState>,
+    signed: Signed,
+    headers: HeaderMap,
+    body: Result<Form<TokenForm>, FormRejection>,
+) -> Result<Response, ApiError> {
+    signed.check_form(&headers, &form(body)?.form_token)?;
+    let clear = session::sign_out(&state, &signed.ctx.caller).await?;
+    let mut response = Redirect::to("/console/login").into_response();
+    response.headers_mut().insert(header::SET_COOKIE, clear);
+    Ok(response)
+}
+
+async fn password_page(
+    State(state): State<AppState>,
+    look: Look,
+    signed: Signed,
+) -> Result<Response, ApiError> {
+    let data = signed.frame("password").await?;
+    look.render(&state, "console-password", data)
+}
+
+#[derive(Debug, Deserialize)]
+struct PasswordForm {
+    #[serde(default)]
+    form_token: String,
+    current_password: SecretString,
+    new_password: SecretString,
+}
+
+async fn password(
+    State(state): State<AppState>,
+    look: Look,
+    signed: Signed,
+    connect: Option<Extension<ConnectInfo<SocketAddr>>>,
+    headers: HeaderMap,
+    body: Result<Form<PasswordForm>, FormRejection>,
+) -> Result<Response, ApiError> {
+    let body = form(body)?;
+    signed.check_form(&headers, &body.form_token)?;
+    let change = session::PasswordChange {
+        current_password: body.current_password,
+        new_password: body.new_password,
+    };
+    let ip = session::client_ip(connect);
+    let mut data = signed.frame("password").await?;
+    let status = match session::new_password(&signed.ctx, &ip, &change).await {
+        Ok(()) => {
+            data["done"] = true.into();
+            StatusCode::OK
+        }
+        Err(error) => {
+            let (status, code) = error.status_and_code();
+            if status.is_server_error() {
+                return Err(error);
+            }
+            data["problem"] = json!({ "code": code, "message": problem_text(&error) });
+            status
+        }
+    };
+    let mut response = look.render(&state, "console-password", data)?;
+    *response.status_mut() = status;
+    Ok(response)
+}
+
+/// What a refused form shows beside its fields: the engine's own message for a field it names,
+/// which says what to change (a message never carries another tenant's data).
+fn problem_text(error: &ApiError) -> Option<String> {
+    match error {
+        ApiError::Validation { message, .. } => Some(message.clone()),
+        ApiError::Tenancy(tenancy::Error::Invalid { message, .. })
+        | ApiError::Auth(auth::Error::Invalid { message, .. }) => Some(message.clone()),
+        _ => None,
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct NodeForm {
+    #[serde(default)]
+    form_token: String,
+    kind: String,
+    name: String,
+}
+
+/// Adds a node of the tier below the visitor's, through the API's door.
+async fn create_node(
+    State(state): State<AppState>,
+    look: Look,
+    signed: Signed,
+    headers: HeaderMap,
+    body: Result<Form<NodeForm>, FormRejection>,
+) -> Result<Response, ApiError> {
+    let body = form(body)?;
+    signed.check_form(&headers, &body.form_token)?;
+    let kind = NodeKind::parse(&body.kind)
+        .filter(|k| Some(*k) == child_kind(signed.ctx.caller.place.kind))
+        .ok_or_else(|| ApiError::Validation {
+            field: "kind",
+            message: "not a kind of node this console adds".into(),
+        })?;
+    let request = nodes::CreateNodeRequest {
+        parent_id: None,
+        node: NewNode {
+            name: body.name.clone(),
+            theme: None,
+            domains: None,
+        },
+    };
+    match nodes::create(&signed.ctx, kind, request).await {
+        Ok(_) => Ok(Redirect::to("/console").into_response()),
+        Err(error) => {
+            let (status, code) = error.status_and_code();
+            if status.is_server_error() || status == StatusCode::FORBIDDEN {
+                return Err(error);
+            }
+            let problem = json!({
+                "code": code,
+                "message": problem_text(&error),
+                "name": body.name,
+            });
+            let data = home_data(&signed, PageQuery { page: None }.page(), Some(problem)).await?;
+            let mut response = look.render(&state, "console-home", data)?;
+            *response.status_mut() = status;
+            Ok(response)
+        }
+    }
+}
+
+async fn audit_page(
+    State(state): State<AppState>,
+    look: Look,
+    signed: Signed,
+    Query(query): Query<PageQuery>,
+) -> Result<Response, ApiError> {
+    let grant = signed
+        .ctx
+        .allow(Action::AuditRead, Target::NodeOr(None))
+        .await?;
+    let page = query.page();
+    let filter = audit::Filter::default();
+    let listed = audit::list(&state.db.conn, grant.target(), &filter, page).await?;
+    let mut data = signed.frame("audit").await?;
+    data["entries"] = json!(listed.items);
+    data["pages"] = pages(listed.total, page);
+    look.render(&state, "console-audit", data)
+}
+
+#[derive(Debug, Deserialize)]
+struct LanguageQuery {
+    to: String,
+}
+
+/// Keeps the visitor's language for a year; a preference, not a change of any record.
+async fn choose_language(Query(query): Query<LanguageQuery>) -> Result<Response, ApiError> {
+    let locale = locale_of(&query.to).ok_or_else(|| ApiError::Validation {
+        field: "to",
+        message: "one of zh-CN, en".into(),
+    })?;
+    let mut response = Redirect::to("/console").into_response();
+    let value = format!(
+        "{LANG_COOKIE}={}; Path=/; SameSite=Lax; Max-Age=31536000",
+        locale.tag()
+    );
+    if let Ok(value) = HeaderValue::from_str(&value) {
+        response.headers_mut().insert(header::SET_COOKIE, value);
+    }
+    Ok(response)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.insert(*name, HeaderValue::from_static(value));
+        }
+        map
+    }
+
+    #[test]
+    fn a_form_posted_from_another_site_is_not_same_origin() {
+        assert!(same_origin(&headers(&[
+            ("host", "shop.example"),
+            ("origin", "https://shop.example"),
+            ("sec-fetch-site", "same-origin"),
+        ])));
+        assert!(!same_origin(&headers(&[
+            ("host", "shop.example"),
+            ("origin", "https://evil.example"),
+        ])));
+        assert!(!same_origin(&headers(&[
+            ("host", "shop.example"),
+            ("origin", "https://shop.example.evil.example"),
+        ])));
+        assert!(!same_origin(&headers(&[
+            ("host", "shop.example"),
+            ("sec-fetch-site", "cross-site"),
+        ])));
+        // A program sends neither; its form token decides.
+        assert!(same_origin(&headers(&[("host", "shop.example")])));
+    }
+
+    #[test]
+    fn the_form_token_is_the_sessions_own_and_does_not_reveal_it() {
+        let one = form_token("session-one");
+        assert_eq!(one, form_token("session-one"));
+        assert_ne!(one, form_token("session-two"));
+        assert_eq!(one.len(), 32);
+        assert!(!one.contains("session"));
+    }
+}

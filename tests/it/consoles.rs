@@ -1,0 +1,442 @@
+//! The consoles driven as a browser drives them: form posts, the session cookie, redirects,
+//! on a partner's domain and theme, on SQLite and PostgreSQL.
+
+use serde_json::json;
+use trellis_tests::{Api, Engine, TEST_PASSWORD, create_node, create_platform_admin, databases};
+
+const ROOT_EMAIL: &str = "root@platform.test";
+const CONSOLE: &str = "127.0.0.1";
+const DOMAIN: &str = "console.jade.test";
+
+/// What a browser keeps between requests to one site: the host and its cookies.
+struct Browser {
+    http: reqwest::Client,
+    base: String,
+    host: String,
+    session: Option<String>,
+    lang: Option<String>,
+}
+
+/// A page as a browser received it.
+#[derive(Debug)]
+struct Page {
+    status: u16,
+    location: Option<String>,
+    headers: reqwest::header::HeaderMap,
+    text: String,
+}
+
+impl Page {
+    /// The value of the first hidden `form_token` field.
+    fn form_token(&self) -> String {
+        let at = self
+            .text
+            .find("name=\"form_token\" value=\"")
+            .unwrap_or_else(|| panic!("no form token in {}", self.text));
+        let rest = &self.text[at + "name=\"form_token\" value=\"".len()..];
+        rest[..rest.find('"').unwrap()].to_owned()
+    }
+}
+
+impl Browser {
+    fn new(engine: &Engine, host: &str) -> Self {
+        Self {
+            http: trellis_tests::client(),
+            base: engine.base_url.clone(),
+            host: host.to_owned(),
+            session: None,
+            lang: None,
+        }
+    }
+
+    fn cookies(&self) -> String {
+        let mut jar = Vec::new();
+        if let Some(s) = &self.session {
+            jar.push(format!("trellis_session={s}"));
+        }
+        if let Some(l) = &self.lang {
+            jar.push(format!("trellis_lang={l}"));
+        }
+        jar.join("; ")
+    }
+
+    async fn finish(&mut self, request: reqwest::RequestBuilder) -> Page {
+        let response = request.send().await.unwrap();
+        let headers = response.headers().clone();
+        for set in headers.get_all("set-cookie") {
+            let set = set.to_str().unwrap();
+            let (pair, _) = set.split_once(';').unwrap_or((set, ""));
+            let (name, value) = pair.split_once('=').unwrap();
+            let value = (!value.is_empty()).then(|| value.to_owned());
+            match name {
+                "trellis_session" => self.session = value,
+                "trellis_lang" => self.lang = value,
+                _ => {}
+            }
+        }
+        Page {
+            status: response.status().as_u16(),
+            location: headers
+                .get("location")
+                .map(|l| l.to_str().unwrap().to_owned()),
+            text: response.text().await.unwrap(),
+            headers,
+        }
+    }
+
+    async fn get(&mut self, path: &str) -> Page {
+        let request = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .header("host", &self.host)
+            .header("accept", "text/html")
+            .header("cookie", self.cookies());
+        self.finish(request).await
+    }
+
+    /// Posts a form from a page of `origin` (this site's own unless told otherwise), with the
+    /// headers a browser adds.
+    async fn post_from(&mut self, origin: &str, path: &str, form: &[(&str, &str)]) -> Page {
+        let site = if origin == format!("http://{}", self.host) {
+            "same-origin"
+        } else {
+            "cross-site"
+        };
+        let request = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .header("host", &self.host)
+            .header("accept", "text/html")
+            .header("origin", origin)
+            .header("sec-fetch-site", site)
+            .header("cookie", self.cookies())
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(
+                url::form_urlencoded::Serializer::new(String::new())
+                    .extend_pairs(form)
+                    .finish(),
+            );
+        self.finish(request).await
+    }
+
+    async fn post(&mut self, path: &str, form: &[(&str, &str)]) -> Page {
+        let origin = format!("http://{}", self.host);
+        self.post_from(&origin, path, form).await
+    }
+}
+
+/// A platform administrator, a partner on its own domain and theme with an administrator, and
+/// a merchant of an agent with its owner and a store with its cashier.
+struct World {
+    root: Api,
+    partner: String,
+    agent: String,
+}
+
+impl World {
+    async fn build(engine: &Engine, url: &str) -> Self {
+        create_platform_admin(url, ROOT_EMAIL, TEST_PASSWORD);
+        let root = Api::new(engine, CONSOLE)
+            .login(ROOT_EMAIL, TEST_PASSWORD)
+            .await;
+        let partner = create_node(
+            &root,
+            "partners",
+            None,
+            json!({"name": "Jade <Partner>", "theme": "jade", "domains": [DOMAIN]}),
+        )
+        .await;
+        let agent = create_node(&root, "agents", Some(&partner), json!({"name": "North"})).await;
+        let merchant = create_node(&root, "merchants", Some(&agent), json!({"name": "Tea"})).await;
+        let store = create_node(&root, "stores", Some(&merchant), json!({"name": "Front"})).await;
+        for (node, email) in [
+            (&partner, "admin@jade.test"),
+            (&merchant, "owner@jade.test"),
+            (&store, "cashier@jade.test"),
+        ] {
+            root.post(
+                "/api/v1/users",
+                json!({"node_id": node, "email": email, "password": TEST_PASSWORD}),
+            )
+            .await
+            .ok();
+        }
+        Self {
+            root,
+            partner,
+            agent,
+        }
+    }
+}
+
+async fn signed_in(engine: &Engine, email: &str) -> Browser {
+    let mut browser = Browser::new(engine, DOMAIN);
+    let page = browser
+        .post(
+            "/console/login",
+            &[("email", email), ("password", TEST_PASSWORD)],
+        )
+        .await;
+    assert_eq!(page.status, 303, "{page:?}");
+    assert!(browser.session.is_some());
+    browser
+}
+
+#[tokio::test]
+async fn a_partner_admin_signs_in_on_the_partner_domain_adds_an_agent_and_signs_out() {
+    for db in databases().await {
+        let engine = Engine::start(&db.url(), &[]);
+        let world = World::build(&engine, &db.url()).await;
+        let mut browser = Browser::new(&engine, DOMAIN);
+
+        // Signed out, the console sends the visitor to sign in, on the partner's own brand.
+        let page = browser.get("/console").await;
+        assert_eq!(page.status, 303);
+        assert_eq!(page.location.as_deref(), Some("/console/login"));
+        let login = browser.get("/console/login").await;
+        assert_eq!(login.status, 200);
+        assert!(login.text.contains("翡翠支付"), "{}", login.text);
+        assert!(login.text.contains("/static/jade/brand.css"));
+        assert!(login.text.contains("<html lang=\"zh-CN\">"));
+        assert!(login.text.contains("<label for=\"email\">邮箱</label>"));
+
+        // A wrong password shows the form again with the reason and what was typed.
+        let wrong = browser
+            .post(
+                "/console/login",
+                &[("email", "admin@jade.test"), ("password", "not it")],
+            )
+            .await;
+        assert_eq!(wrong.status, 401);
+        assert!(wrong.text.contains("邮箱或密码错误"), "{}", wrong.text);
+        assert!(wrong.text.contains("value=\"admin@jade.test\""));
+        assert!(browser.session.is_none());
+
+        // Another site cannot sign a browser in.
+        let forged = browser
+            .post_from(
+                "https://evil.test",
+                "/console/login",
+                &[("email", "admin@jade.test"), ("password", TEST_PASSWORD)],
+            )
+            .await;
+        assert_eq!(forged.status, 403);
+        assert!(browser.session.is_none());
+
+        let done = browser
+            .post(
+                "/console/login",
+                &[("email", "admin@jade.test"), ("password", TEST_PASSWORD)],
+            )
+            .await;
+        assert_eq!(done.status, 303, "{done:?}");
+        assert_eq!(done.location.as_deref(), Some("/console"));
+        let home = browser.get("/console").await;
+        assert_eq!(home.status, 200, "{home:?}");
+        // Names are escaped, not markup.
+        assert!(home.text.contains("Jade &lt;Partner&gt;"), "{}", home.text);
+        assert!(!home.text.contains("Jade <Partner>"));
+        assert!(home.text.contains("North"));
+        assert!(home.text.contains("添加代理商"));
+        assert_eq!(home.headers["cache-control"], "no-store");
+        let policy = home.headers["content-security-policy"].to_str().unwrap();
+        assert!(policy.contains("script-src 'self'") && policy.contains("form-action 'self'"));
+        let token = home.form_token();
+
+        // A state change without the session's token, or from another site with it, is refused
+        // and changes nothing.
+        let bare = browser
+            .post(
+                "/console/nodes",
+                &[("kind", "agent"), ("name", "Forged"), ("form_token", "0")],
+            )
+            .await;
+        assert_eq!(bare.status, 403, "{bare:?}");
+        let cross = browser
+            .post_from(
+                "https://evil.test",
+                "/console/nodes",
+                &[
+                    ("kind", "agent"),
+                    ("name", "Forged"),
+                    ("form_token", &token),
+                ],
+            )
+            .await;
+        assert_eq!(cross.status, 403);
+        // An empty name is refused beside the field, keeping the page.
+        let empty = browser
+            .post(
+                "/console/nodes",
+                &[("kind", "agent"), ("name", "  "), ("form_token", &token)],
+            )
+            .await;
+        assert_eq!(empty.status, 422, "{empty:?}");
+        assert!(empty.text.contains("aria-invalid=\"true\""));
+
+        let added = browser
+            .post(
+                "/console/nodes",
+                &[("kind", "agent"), ("name", "South"), ("form_token", &token)],
+            )
+            .await;
+        assert_eq!(added.status, 303, "{added:?}");
+        let agents = world
+            .root
+            .get(&format!("/api/v1/agents?parent_id={}", world.partner))
+            .await
+            .ok();
+        let names: Vec<&str> = agents.body["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(names.len(), 2, "{names:?}");
+        assert!(names.contains(&"South") && !names.contains(&"Forged"));
+
+        // The audit log shows the change, filed under this partner.
+        let audit = browser.get("/console/audit").await;
+        assert_eq!(audit.status, 200);
+        assert!(audit.text.contains("agent.create"), "{}", audit.text);
+
+        // English on request, kept by a cookie.
+        let chosen = browser.get("/console/lang?to=en").await;
+        assert_eq!(chosen.status, 303);
+        let english = browser.get("/console").await;
+        assert!(english.text.contains("<html lang=\"en\">"));
+        assert!(english.text.contains("Add an agent"));
+
+        // Signing out ends the session: the old page's form no longer acts.
+        let out = browser
+            .post("/console/logout", &[("form_token", &token)])
+            .await;
+        assert_eq!(out.status, 303);
+        assert!(browser.session.is_none());
+        let after = browser.get("/console").await;
+        assert_eq!(after.status, 303);
+        drop(engine);
+        db.cleanup().await;
+    }
+}
+
+#[tokio::test]
+async fn each_tier_adds_only_its_own_children_and_staff_add_none() {
+    for db in databases().await {
+        let engine = Engine::start(&db.url(), &[]);
+        let world = World::build(&engine, &db.url()).await;
+
+        // The merchant owner manages stores, and cannot post a form for another kind.
+        let mut owner = signed_in(&engine, "owner@jade.test").await;
+        let home = owner.get("/console").await;
+        assert!(home.text.contains("添加门店"), "{}", home.text);
+        assert!(home.text.contains("Front"));
+        let token = home.form_token();
+        let agent = owner
+            .post(
+                "/console/nodes",
+                &[("kind", "agent"), ("name", "Rogue"), ("form_token", &token)],
+            )
+            .await;
+        assert_eq!(agent.status, 422, "{agent:?}");
+
+        // A cashier sees the store and no form; posting one anyway is refused.
+        let mut cashier = signed_in(&engine, "cashier@jade.test").await;
+        let home = cashier.get("/console").await;
+        assert_eq!(home.status, 200);
+        assert!(home.text.contains("Front"));
+        assert!(!home.text.contains("action=\"/console/nodes\""));
+        let token = home.form_token();
+        let store = cashier
+            .post(
+                "/console/nodes",
+                &[("kind", "store"), ("name", "Rogue"), ("form_token", &token)],
+            )
+            .await;
+        assert_eq!(store.status, 422);
+        // The audit log is not the cashier's to read.
+        let audit = cashier.get("/console/audit").await;
+        assert_eq!(audit.status, 403);
+
+        // A partner account does not sign in on the console host, nor a session from one
+        // partner's domain open another's.
+        let mut elsewhere = Browser::new(&engine, CONSOLE);
+        let page = elsewhere
+            .post(
+                "/console/login",
+                &[("email", "admin@jade.test"), ("password", TEST_PASSWORD)],
+            )
+            .await;
+        assert_eq!(page.status, 401);
+
+        // An API key never opens the console, even sent as the session cookie.
+        let key = world
+            .root
+            .post("/api/v1/api-keys", json!({"name": "robot"}))
+            .await
+            .ok();
+        let mut robot = Browser::new(&engine, CONSOLE);
+        robot.session = Some(key.body["key"].as_str().unwrap().to_owned());
+        let page = robot.get("/console").await;
+        assert_eq!(page.status, 303);
+        assert_eq!(page.location.as_deref(), Some("/console/login"));
+        let _ = world.agent;
+        drop(engine);
+        db.cleanup().await;
+    }
+}
+
+#[tokio::test]
+async fn a_password_changed_in_the_console_signs_in_and_the_old_one_does_not() {
+    for db in databases().await {
+        let engine = Engine::start(&db.url(), &[]);
+        let _world = World::build(&engine, &db.url()).await;
+        let mut browser = signed_in(&engine, "owner@jade.test").await;
+        let page = browser.get("/console/password").await;
+        let token = page.form_token();
+        let wrong = browser
+            .post(
+                "/console/password",
+                &[
+                    ("form_token", &token),
+                    ("current_password", "not it"),
+                    ("new_password", "a new long passphrase"),
+                ],
+            )
+            .await;
+        assert_eq!(wrong.status, 422, "{wrong:?}");
+        assert!(wrong.text.contains("role=\"alert\""));
+        let changed = browser
+            .post(
+                "/console/password",
+                &[
+                    ("form_token", &token),
+                    ("current_password", TEST_PASSWORD),
+                    ("new_password", "a new long passphrase"),
+                ],
+            )
+            .await;
+        assert_eq!(changed.status, 200, "{changed:?}");
+        assert!(changed.text.contains("密码已修改"));
+        let mut again = Browser::new(&engine, DOMAIN);
+        let old = again
+            .post(
+                "/console/login",
+                &[("email", "owner@jade.test"), ("password", TEST_PASSWORD)],
+            )
+            .await;
+        assert_eq!(old.status, 401);
+        let new = again
+            .post(
+                "/console/login",
+                &[
+                    ("email", "owner@jade.test"),
+                    ("password", "a new long passphrase"),
+                ],
+            )
+            .await;
+        assert_eq!(new.status, 303);
+        drop(engine);
+        db.cleanup().await;
+    }
+}
