@@ -387,6 +387,160 @@ async fn each_tier_adds_only_its_own_children_and_staff_add_none() {
 }
 
 #[tokio::test]
+async fn the_platform_adds_a_partner_on_its_domain_and_its_admin_then_the_partner_staffs_an_agent()
+{
+    for db in databases().await {
+        let engine = Engine::start(&db.url(), &[]);
+        let world = World::build(&engine, &db.url()).await;
+        let mut root = Browser::new(&engine, CONSOLE);
+        let page = root
+            .post(
+                "/console/login",
+                &[("email", ROOT_EMAIL), ("password", TEST_PASSWORD)],
+            )
+            .await;
+        assert_eq!(page.status, 303, "{page:?}");
+        let home = root.get("/console").await;
+        // The platform's form asks for the partner's domain and offers the themes.
+        assert!(home.text.contains("name=\"domain\""), "{}", home.text);
+        assert!(home.text.contains("<option value=\"jade\">jade</option>"));
+        let token = home.form_token();
+        // A domain another partner holds is refused beside the form, nothing created.
+        let taken = root
+            .post(
+                "/console/nodes",
+                &[
+                    ("form_token", &token),
+                    ("kind", "partner"),
+                    ("name", "Copycat"),
+                    ("domain", DOMAIN),
+                    ("theme", "default"),
+                ],
+            )
+            .await;
+        assert_eq!(taken.status, 409, "{taken:?}");
+        assert!(taken.text.contains("value=\"Copycat\""));
+        let added = root
+            .post(
+                "/console/nodes",
+                &[
+                    ("form_token", &token),
+                    ("kind", "partner"),
+                    ("name", "Bamboo"),
+                    ("domain", "pay.bamboo.test"),
+                    ("theme", "jade"),
+                ],
+            )
+            .await;
+        assert_eq!(added.status, 303, "{added:?}");
+        let home = root.get("/console").await;
+        let at = home.text.find("Bamboo").unwrap();
+        let link = &home.text[at..];
+        let start = link.find("/console/accounts?node_id=").unwrap();
+        let accounts_path = link[start..start + link[start..].find('"').unwrap()].to_owned();
+        let partner = accounts_path.rsplit('=').next().unwrap().to_owned();
+
+        // Its first account, added from the partner's accounts page.
+        let accounts = root.get(&accounts_path).await;
+        assert_eq!(accounts.status, 200, "{accounts:?}");
+        assert!(accounts.text.contains("Bamboo"));
+        let short = root
+            .post(
+                "/console/accounts",
+                &[
+                    ("form_token", &token),
+                    ("node_id", &partner),
+                    ("email", "boss@bamboo.test"),
+                    ("password", "short"),
+                ],
+            )
+            .await;
+        assert_eq!(short.status, 422, "{short:?}");
+        assert!(short.text.contains("value=\"boss@bamboo.test\""));
+        let made = root
+            .post(
+                "/console/accounts",
+                &[
+                    ("form_token", &token),
+                    ("node_id", &partner),
+                    ("email", "boss@bamboo.test"),
+                    ("password", TEST_PASSWORD),
+                ],
+            )
+            .await;
+        assert_eq!(made.status, 303, "{made:?}");
+        let listed = root.get(&accounts_path).await;
+        assert!(listed.text.contains("boss@bamboo.test"));
+        assert!(listed.text.contains("服务商管理员"));
+
+        // The new partner's admin signs in on its domain, in its theme, and adds an agent
+        // with an account of its own.
+        let mut boss = Browser::new(&engine, "pay.bamboo.test");
+        let page = boss
+            .post(
+                "/console/login",
+                &[("email", "boss@bamboo.test"), ("password", TEST_PASSWORD)],
+            )
+            .await;
+        assert_eq!(page.status, 303, "{page:?}");
+        let home = boss.get("/console").await;
+        assert!(home.text.contains("翡翠支付"));
+        let token = home.form_token();
+        boss.post(
+            "/console/nodes",
+            &[("form_token", &token), ("kind", "agent"), ("name", "East")],
+        )
+        .await;
+        let home = boss.get("/console").await;
+        let at = home.text.find("East").unwrap();
+        let link = &home.text[at..];
+        let start = link.find("node_id=").unwrap() + "node_id=".len();
+        let agent = link[start..start + link[start..].find('"').unwrap()].to_owned();
+        let made = boss
+            .post(
+                "/console/accounts",
+                &[
+                    ("form_token", &token),
+                    ("node_id", &agent),
+                    ("email", "east@bamboo.test"),
+                    ("password", TEST_PASSWORD),
+                ],
+            )
+            .await;
+        assert_eq!(made.status, 303, "{made:?}");
+        // Another partner's node is not found from here, and nothing is added there.
+        let outside = boss
+            .post(
+                "/console/accounts",
+                &[
+                    ("form_token", &token),
+                    ("node_id", &world.partner),
+                    ("email", "spy@bamboo.test"),
+                    ("password", TEST_PASSWORD),
+                ],
+            )
+            .await;
+        assert_eq!(outside.status, 404, "{outside:?}");
+        let page = boss
+            .get(&format!("/console/accounts?node_id={}", world.partner))
+            .await;
+        assert_eq!(page.status, 404);
+        let mut east = Browser::new(&engine, "pay.bamboo.test");
+        let page = east
+            .post(
+                "/console/login",
+                &[("email", "east@bamboo.test"), ("password", TEST_PASSWORD)],
+            )
+            .await;
+        assert_eq!(page.status, 303);
+        let home = east.get("/console").await;
+        assert!(home.text.contains("添加商户"), "{}", home.text);
+        drop(engine);
+        db.cleanup().await;
+    }
+}
+
+#[tokio::test]
 async fn a_password_changed_in_the_console_signs_in_and_the_old_one_does_not() {
     for db in databases().await {
         let engine = Engine::start(&db.url(), &[]);

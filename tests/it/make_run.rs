@@ -153,7 +153,7 @@ impl Demo {
             .unwrap_or_default();
         let port = listen.rsplit(':').next().unwrap_or_default();
         assert!(
-            seeded.contains(&format!("sign in at http://{DEMO_DOMAIN}:{port})")),
+            seeded.contains(&format!("sign in at http://{DEMO_DOMAIN}:{port}/console)")),
             "sign-in lines name the port the engine listens on:\n{seeded}"
         );
         let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
@@ -335,9 +335,12 @@ fn demo_seed_outside_the_repository_says_why_no_plugin_was_installed() {
         "{text}{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(text.contains("sign in at http://127.0.0.1:9123)"), "{text}");
     assert!(
-        text.contains(&format!("sign in at http://{DEMO_DOMAIN}:9123)")),
+        text.contains("sign in at http://127.0.0.1:9123/console)"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("sign in at http://{DEMO_DOMAIN}:9123/console)")),
         "{text}"
     );
     assert!(!text.contains(":8080"), "{text}");

@@ -107,7 +107,7 @@ pub async fn seed(
     let admin_email = "platform-admin@demo.trellis.test".to_owned();
     let admin = auth::create_platform_admin(db, &admin_email, &admin_password).await?;
     out.push_str(&format!(
-        "  platform_admin  {admin_email:<36} {}   (sign in at http://127.0.0.1:{port})\n",
+        "  platform_admin  {admin_email:<36} {}   (sign in at http://127.0.0.1:{port}/console)\n",
         admin_password.expose_secret()
     ));
     let rbac = Rbac::load(db.clone()).await?;
@@ -157,7 +157,7 @@ pub async fn seed(
         .await?;
         rbac.subject_changed(SubjectRef::User(&user.id)).await?;
         out.push_str(&format!(
-            "  {:<15} {email:<36} {}   (sign in at http://{DEMO_DOMAIN}:{port})\n",
+            "  {:<15} {email:<36} {}   (sign in at http://{DEMO_DOMAIN}:{port}/console)\n",
             role.as_str(),
             user_password.expose_secret()
         ));
@@ -169,7 +169,9 @@ pub async fn seed(
         }
         parent = place;
     }
-    out.push_str("\nSign in: POST /api/v1/auth/login {\"email\": …, \"password\": …}\n");
+    out.push_str(
+        "\nSign in in a browser at the console, or: POST /api/v1/auth/login {\"email\": …, \"password\": …}\n",
+    );
     Ok(Some(out))
 }
 

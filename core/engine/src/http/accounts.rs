@@ -39,28 +39,31 @@ async fn create_user(
     ctx: Ctx,
     ApiJson(body): ApiJson<CreateUserRequest>,
 ) -> Result<(StatusCode, Json<User>), ApiError> {
+    Ok((StatusCode::CREATED, Json(create(&ctx, body).await?)))
+}
+
+/// The one door to creating an account, for the API and the consoles: authorized on the
+/// node it stands on, audited whatever the outcome.
+pub(super) async fn create(ctx: &Ctx, body: CreateUserRequest) -> Result<User, ApiError> {
     let state = &ctx.state;
-    let user = ctx
-        .change(
-            Action::UserCreate,
-            Target::NodeOr(body.node_id.as_deref()),
-            "user.create",
-            ("user", None),
-        )
-        .run_new(
-            async |grant| {
-                let user =
-                    auth::create_user(&state.db.conn, &state.hasher, &grant, body.user).await?;
-                state
-                    .rbac
-                    .subject_changed(SubjectRef::User(&user.id))
-                    .await?;
-                Ok(user)
-            },
-            |user| Some(user.id.clone()),
-        )
-        .await?;
-    Ok((StatusCode::CREATED, Json(user)))
+    ctx.change(
+        Action::UserCreate,
+        Target::NodeOr(body.node_id.as_deref()),
+        "user.create",
+        ("user", None),
+    )
+    .run_new(
+        async |grant| {
+            let user = auth::create_user(&state.db.conn, &state.hasher, &grant, body.user).await?;
+            state
+                .rbac
+                .subject_changed(SubjectRef::User(&user.id))
+                .await?;
+            Ok(user)
+        },
+        |user| Some(user.id.clone()),
+    )
+    .await
 }
 
 async fn list_users(

@@ -7,30 +7,24 @@
 //! an API key; and every state change comes from this origin and carries the form token derived
 //! from the session, so another site cannot make a signed-in browser act.
 
-use std::net::SocketAddr;
-
+use axum::extract::FromRequestParts;
 use axum::extract::rejection::FormRejection;
-use axum::extract::{ConnectInfo, FromRequestParts, Query, State};
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{Html, IntoResponse, Redirect, Response};
-use axum::routing::{get, post};
-use axum::{Extension, Form, Router};
-use secrecy::SecretString;
+use axum::{Form, Router};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use super::AppState;
 use super::error::ApiError;
-use super::extract::{Ctx, SESSION_COOKIE, Target};
+use super::extract::{Ctx, SESSION_COOKIE};
 use super::middleware::{HostContext, RequestId};
-use super::{nodes, session};
 use crate::auth::{self, PrincipalKind};
 use crate::db::Page;
 use crate::rbac::Action;
-use crate::rbac::audit;
-use crate::tenancy::{self, NewNode, NodeFilter, NodeKind};
+use crate::tenancy::{self, NodeKind};
 use crate::themes::{DEFAULT_THEME, Locale};
 
 /// The cookie that keeps a visitor's choice of language.
@@ -38,15 +32,17 @@ const LANG_COOKIE: &str = "trellis_lang";
 /// Rows on a console list page.
 const PER_PAGE: u64 = 20;
 
+mod accounts;
+mod audit;
+mod session;
+mod tree;
+
 pub fn router() -> Router<AppState> {
     Router::new()
-        .route("/console", get(home))
-        .route("/console/login", get(login_page).post(login))
-        .route("/console/logout", post(logout))
-        .route("/console/password", get(password_page).post(password))
-        .route("/console/audit", get(audit_page))
-        .route("/console/nodes", post(create_node))
-        .route("/console/lang", get(choose_language))
+        .merge(session::routes())
+        .merge(tree::routes())
+        .merge(accounts::routes())
+        .merge(audit::routes())
 }
 
 /// How a console page looks: the theme of the host's partner and the visitor's language.
@@ -208,13 +204,17 @@ impl Signed {
         let own = caller.place.id.clone();
         let node =
             tenancy::find_in_scope(&self.ctx.state.db.conn, &caller.place, None, &own).await?;
+        // Only what the role may open: a hidden entry is not the permission (each page checks
+        // again), but a menu of refusals is no menu.
         let menu = [
-            ("home", "/console"),
-            ("audit", "/console/audit"),
-            ("password", "/console/password"),
+            ("home", "/console", None),
+            ("accounts", "/console/accounts", Some(Action::UserRead)),
+            ("audit", "/console/audit", Some(Action::AuditRead)),
+            ("password", "/console/password", None),
         ]
         .into_iter()
-        .map(|(key, href)| json!({ "key": key, "href": href, "current": key == current }))
+        .filter(|(_, _, needs)| needs.is_none_or(|a| crate::rbac::allows(caller.role, a)))
+        .map(|(key, href, _)| json!({ "key": key, "href": href, "current": key == current }))
         .collect::<Vec<_>>();
         Ok(json!({
             "me": { "label": caller.label, "role": caller.role.as_str() },
@@ -265,286 +265,10 @@ fn pages(total: u64, page: Page) -> Value {
     })
 }
 
-async fn home(
-    State(state): State<AppState>,
-    look: Look,
-    signed: Signed,
-    Query(query): Query<PageQuery>,
-) -> Result<Response, ApiError> {
-    let data = home_data(&signed, query.page(), None).await?;
-    look.render(&state, "console-home", data)
-}
-
-/// The home page: the visitor's node and the nodes of the tier below it, with the form that
-/// adds one when the visitor's role may. `problem` is a refused form to show.
-async fn home_data(signed: &Signed, page: Page, problem: Option<Value>) -> Result<Value, ApiError> {
-    let mut data = signed.frame("home").await?;
-    let caller = &signed.ctx.caller;
-    if let Some(kind) = child_kind(caller.place.kind) {
-        let grant = signed
-            .ctx
-            .allow(Action::read_node(kind), Target::own())
-            .await?;
-        let filter = NodeFilter {
-            parent_id: Some(caller.place.id.clone()),
-            ..NodeFilter::default()
-        };
-        let listed = tenancy::list(
-            &signed.ctx.state.db.conn,
-            grant.target(),
-            kind,
-            &filter,
-            page,
-        )
-        .await?;
-        data["children"] = json!({
-            "kind": kind.as_str(),
-            "items": listed.items,
-            "pages": pages(listed.total, page),
-            "may_create": crate::rbac::allows(caller.role, Action::create_node(kind)),
-        });
-    }
-    if let Some(problem) = problem {
-        data["problem"] = problem;
-    }
-    Ok(data)
-}
-
-#[derive(Debug, Deserialize)]
-struct LoginForm {
-    email: String,
-    password: SecretString,
-}
-
-async fn login_page(
-    State(state): State<AppState>,
-    look: Look,
-    signed: Result<Signed, Response>,
-) -> Result<Response, ApiError> {
-    if signed.is_ok() {
-        return Ok(Redirect::to("/console").into_response());
-    }
-    look.render(&state, "console-login", json!({}))
-}
-
-async fn login(
-    State(state): State<AppState>,
-    Extension(host): Extension<HostContext>,
-    connect: Option<Extension<ConnectInfo<SocketAddr>>>,
-    id: Option<Extension<RequestId>>,
-    look: Look,
-    headers: HeaderMap,
-    body: Result<Form<LoginForm>, FormRejection>,
-) -> Result<Response, ApiError> {
-    // No session yet, so no form token: the origin check keeps another site from signing a
-    // browser into an account of its choosing.
-    if !same_origin(&headers) {
-        return Err(ApiError::FormRefused("sign in from this site's own page"));
-    }
-    let body = form(body)?;
-    let ip = session::client_ip(connect);
-    let request_id = id.as_ref().map(|Extension(RequestId(id))| id.as_str());
-    match session::sign_in(
-        &state,
-        &host,
-        &ip,
-        request_id,
-        (&body.email, &body.password),
-    )
-    .await
-    {
-        Ok((_, cookie)) => {
-            let mut response = Redirect::to("/console").into_response();
-            response.headers_mut().insert(header::SET_COOKIE, cookie);
-            Ok(response)
-        }
-        // A refused sign-in shows the form again with the reason, keeping what was typed.
-        Err(error) => {
-            let (status, code) = error.status_and_code();
-            if status.is_server_error() {
-                return Err(error);
-            }
-            let data = json!({ "email": body.email, "problem": { "code": code } });
-            let mut response = look.render(&state, "console-login", data)?;
-            *response.status_mut() = status;
-            Ok(response)
-        }
-    }
-}
-
-#[derive(Debug, Deserialize)]
-struct TokenForm {
-    #[serde(default)]
-    form_token: String,
-}
-
-async fn logout(
-    State(state): State<AppState>,
-    signed: Signed,
-    headers: HeaderMap,
-    body: Result<Form<TokenForm>, FormRejection>,
-) -> Result<Response, ApiError> {
-    signed.check_form(&headers, &form(body)?.form_token)?;
-    let clear = session::sign_out(&state, &signed.ctx.caller).await?;
-    let mut response = Redirect::to("/console/login").into_response();
-    response.headers_mut().insert(header::SET_COOKIE, clear);
-    Ok(response)
-}
-
-async fn password_page(
-    State(state): State<AppState>,
-    look: Look,
-    signed: Signed,
-) -> Result<Response, ApiError> {
-    let data = signed.frame("password").await?;
-    look.render(&state, "console-password", data)
-}
-
-#[derive(Debug, Deserialize)]
-struct PasswordForm {
-    #[serde(default)]
-    form_token: String,
-    current_password: SecretString,
-    new_password: SecretString,
-}
-
-async fn password(
-    State(state): State<AppState>,
-    look: Look,
-    signed: Signed,
-    connect: Option<Extension<ConnectInfo<SocketAddr>>>,
-    headers: HeaderMap,
-    body: Result<Form<PasswordForm>, FormRejection>,
-) -> Result<Response, ApiError> {
-    let body = form(body)?;
-    signed.check_form(&headers, &body.form_token)?;
-    let change = session::PasswordChange {
-        current_password: body.current_password,
-        new_password: body.new_password,
-    };
-    let ip = session::client_ip(connect);
-    let mut data = signed.frame("password").await?;
-    let status = match session::new_password(&signed.ctx, &ip, &change).await {
-        Ok(()) => {
-            data["done"] = true.into();
-            StatusCode::OK
-        }
-        Err(error) => {
-            let (status, code) = error.status_and_code();
-            if status.is_server_error() {
-                return Err(error);
-            }
-            data["problem"] = json!({ "code": code, "message": problem_text(&error) });
-            status
-        }
-    };
-    let mut response = look.render(&state, "console-password", data)?;
-    *response.status_mut() = status;
-    Ok(response)
-}
-
-/// What a refused form shows beside its fields: the engine's own message for a field it names,
-/// which says what to change (a message never carries another tenant's data).
-fn problem_text(error: &ApiError) -> Option<String> {
-    match error {
-        ApiError::Validation { message, .. } => Some(message.clone()),
-        ApiError::Tenancy(tenancy::Error::Invalid { message, .. })
-        | ApiError::Auth(auth::Error::Invalid { message, .. }) => Some(message.clone()),
-        _ => None,
-    }
-}
-
-#[derive(Debug, Deserialize)]
-struct NodeForm {
-    #[serde(default)]
-    form_token: String,
-    kind: String,
-    name: String,
-}
-
-/// Adds a node of the tier below the visitor's, through the API's door.
-async fn create_node(
-    State(state): State<AppState>,
-    look: Look,
-    signed: Signed,
-    headers: HeaderMap,
-    body: Result<Form<NodeForm>, FormRejection>,
-) -> Result<Response, ApiError> {
-    let body = form(body)?;
-    signed.check_form(&headers, &body.form_token)?;
-    let kind = NodeKind::parse(&body.kind)
-        .filter(|k| Some(*k) == child_kind(signed.ctx.caller.place.kind))
-        .ok_or_else(|| ApiError::Validation {
-            field: "kind",
-            message: "not a kind of node this console adds".into(),
-        })?;
-    let request = nodes::CreateNodeRequest {
-        parent_id: None,
-        node: NewNode {
-            name: body.name.clone(),
-            theme: None,
-            domains: None,
-        },
-    };
-    match nodes::create(&signed.ctx, kind, request).await {
-        Ok(_) => Ok(Redirect::to("/console").into_response()),
-        Err(error) => {
-            let (status, code) = error.status_and_code();
-            if status.is_server_error() || status == StatusCode::FORBIDDEN {
-                return Err(error);
-            }
-            let problem = json!({
-                "code": code,
-                "message": problem_text(&error),
-                "name": body.name,
-            });
-            let data = home_data(&signed, PageQuery { page: None }.page(), Some(problem)).await?;
-            let mut response = look.render(&state, "console-home", data)?;
-            *response.status_mut() = status;
-            Ok(response)
-        }
-    }
-}
-
-async fn audit_page(
-    State(state): State<AppState>,
-    look: Look,
-    signed: Signed,
-    Query(query): Query<PageQuery>,
-) -> Result<Response, ApiError> {
-    let grant = signed
-        .ctx
-        .allow(Action::AuditRead, Target::NodeOr(None))
-        .await?;
-    let page = query.page();
-    let filter = audit::Filter::default();
-    let listed = audit::list(&state.db.conn, grant.target(), &filter, page).await?;
-    let mut data = signed.frame("audit").await?;
-    data["entries"] = json!(listed.items);
-    data["pages"] = pages(listed.total, page);
-    look.render(&state, "console-audit", data)
-}
-
-#[derive(Debug, Deserialize)]
-struct LanguageQuery {
-    to: String,
-}
-
-/// Keeps the visitor's language for a year; a preference, not a change of any record.
-async fn choose_language(Query(query): Query<LanguageQuery>) -> Result<Response, ApiError> {
-    let locale = locale_of(&query.to).ok_or_else(|| ApiError::Validation {
-        field: "to",
-        message: "one of zh-CN, en".into(),
-    })?;
-    let mut response = Redirect::to("/console").into_response();
-    let value = format!(
-        "{LANG_COOKIE}={}; Path=/; SameSite=Lax; Max-Age=31536000",
-        locale.tag()
-    );
-    if let Ok(value) = HeaderValue::from_str(&value) {
-        response.headers_mut().insert(header::SET_COOKIE, value);
-    }
-    Ok(response)
+/// What a refused form shows beside its fields: the engine's message, as the API gives it (a
+/// refusal's message names the field and what to change, never another tenant's data).
+pub(super) fn problem_text(error: &ApiError) -> String {
+    error.to_string()
 }
 
 #[cfg(test)]
