@@ -11,8 +11,12 @@ EXAMPLES := $(patsubst host-api/examples/%/Cargo.toml,%,$(wildcard host-api/exam
 # componentize-py builds the Python example; kept in a virtual environment under target/.
 COMPONENTIZE_PY_VERSION := 0.25.1
 PYTHON_ENV := target/python
+# Playwright drives Debian's chromium in the consoles' browser test; axe-core checks each page.
+PLAYWRIGHT_VERSION := 1.65.3
+AXE_PLAYWRIGHT_VERSION := 0.1.8
+BROWSER_ENV := target/browser
 
-.PHONY: run test lint fmt wasm-target plugins build python
+.PHONY: run test lint fmt wasm-target plugins build python browser
 
 ## run: build what is needed, seed the demo tenants once and serve on SQLite at
 ##      http://127.0.0.1:8080 (./data/trellis.db), with the offline Alipay sandbox under /sandbox
@@ -32,7 +36,7 @@ run: plugins
 
 ## test: build the plugins for wasm32-wasip2 and run the whole suite
 ## (a second database leg runs when TRELLIS_TEST_DATABASE_URL names a PostgreSQL server)
-test: plugins python
+test: plugins python browser
 	@if [ -z "$$TRELLIS_TEST_DATABASE_URL" ]; then \
 		echo "PostgreSQL leg skipped: set TRELLIS_TEST_DATABASE_URL=postgres://… to run it"; fi
 	@# No separate `cargo build --bins`: it would resolve features without the dev-dependencies
@@ -47,6 +51,17 @@ python:
 		python3 -m venv $(PYTHON_ENV) && \
 		$(PYTHON_ENV)/bin/pip install -q componentize-py==$(COMPONENTIZE_PY_VERSION); \
 	else echo "Python example skipped: no python3 to install componentize-py with"; fi
+
+## browser: Playwright and axe-core in target/browser, for the consoles' browser test (skipped,
+##          and that test with it, when this machine has no python3; the browser itself is
+##          Debian's `chromium`, which .ci/run installs)
+browser:
+	@if [ -x $(BROWSER_ENV)/bin/python ] && $(BROWSER_ENV)/bin/python -c "import playwright, axe_playwright_python" 2>/dev/null; then :; \
+	elif command -v python3 >/dev/null 2>&1; then \
+		python3 -m venv $(BROWSER_ENV) && \
+		$(BROWSER_ENV)/bin/pip install -q playwright==$(PLAYWRIGHT_VERSION) \
+			axe-playwright-python==$(AXE_PLAYWRIGHT_VERSION); \
+	else echo "Browser test skipped: no python3 to install Playwright with"; fi
 
 ## lint: clippy over every target, warnings are errors
 lint:

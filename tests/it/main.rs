@@ -7,6 +7,7 @@
 
 mod alipay;
 mod alipay_conformance;
+mod browser;
 mod consoles;
 mod plugin_atomicity;
 mod plugin_breaker;

@@ -101,6 +101,28 @@ pub fn test_requires_python() -> bool {
     std::env::var_os("TRELLIS_TEST_REQUIRE_PYTHON").is_some_and(|v| !v.is_empty())
 }
 
+/// Whether the test suite must run its browser test (`TRELLIS_TEST_REQUIRE_BROWSER`, set by
+/// CI) rather than skip it on a machine without Chromium or Playwright.
+#[allow(
+    clippy::disallowed_methods,
+    reason = "this module is the one that reads the environment"
+)]
+pub fn test_requires_browser() -> bool {
+    std::env::var_os("TRELLIS_TEST_REQUIRE_BROWSER").is_some_and(|v| !v.is_empty())
+}
+
+/// Where the browser test keeps its screenshots (`TRELLIS_TEST_SCREENSHOTS`): set it to
+/// `docs/screenshots` to refresh the committed ones.
+#[allow(
+    clippy::disallowed_methods,
+    reason = "this module is the one that reads the environment"
+)]
+pub fn test_screenshots_dir() -> Option<std::path::PathBuf> {
+    std::env::var_os("TRELLIS_TEST_SCREENSHOTS")
+        .filter(|v| !v.is_empty())
+        .map(std::path::PathBuf::from)
+}
+
 /// How many events the test-suite's two-engine delivery test queues (`TRELLIS_TEST_EVENTS`), if
 /// set to a number: its full scale is run by hand.
 #[allow(
