@@ -1,6 +1,8 @@
 """The consoles in Chromium, as people use them: every tier signs in on its own host, adds the
-tier below it and that tier's first account, and signs out; the cashier at the bottom sees its
-store and no form. Every page is checked with axe-core (no serious or critical violation), the
+tier below it and that tier's first account, and signs out; on the way the partner installs and
+offers a plugin, the agent builds, publishes and assigns a package with it, and the merchant
+sees what it holds and makes its Alipay key pair; the cashier at the bottom sees its store and
+no form. Every page is checked with axe-core (no serious or critical violation), the
 sign-in is done with the keyboard alone, and each tier's main pages are photographed in Chinese
 and English.
 
@@ -25,6 +27,7 @@ def main():
     parser.add_argument("--chromium", required=True)
     parser.add_argument("--root-email", required=True)
     parser.add_argument("--shots", required=True)
+    parser.add_argument("--plugin", required=True, help="a .tplug archive the partner installs")
     args = parser.parse_args()
     console = f"http://127.0.0.1:{args.port}"
     partner_site = f"http://jade.test:{args.port}"
@@ -101,6 +104,30 @@ def main():
             page.click("form[action='/console/accounts'] button[type=submit]")
             expect(page.locator("table")).to_contain_text(email)
 
+        def install_and_offer(page):
+            page.goto(f"{partner_site}/console/plugins")
+            page.set_input_files("#archive", args.plugin)
+            page.click("form[action='/console/plugins/upload'] button[type=submit]")
+            expect(page.locator("table")).to_contain_text("com.trellis.hello")
+            page.click("form[action='/console/plugins/com.trellis.hello/offer'] button")
+            expect(page.locator("form[action='/console/plugins/com.trellis.hello/withdraw']")).to_have_count(1)
+            photograph(page, "partner-plugins")
+
+        def package_for(page, merchant):
+            page.goto(f"{partner_site}/console/packages")
+            page.fill("#name", "金卡套餐")
+            page.check("input[name=plugins][value='com.trellis.hello']")
+            page.fill("#validity_days", "365")
+            page.fill("#max_members", "1000")
+            page.click("form[action='/console/packages'] button[type=submit]")
+            page.click("form[action$='/publish'] button")
+            expect(page.locator("h1")).to_have_text("金卡套餐")
+            page.select_option("#merchant_id", label=merchant)
+            photograph(page, "agent-package")
+            page.click("form[action$='/assign'] button")
+            expect(page.locator("table")).to_contain_text(merchant)
+            photograph(page, "agent-assignments")
+
         def sign_out(page):
             page.click("form[action='/console/logout'] button")
             expect(page).to_have_url(re.compile(r".*/console/login$"))
@@ -127,7 +154,18 @@ def main():
             add_child(page, child)
             photograph(page, f"{tier}-home")
             add_account(page, child, account)
+            if tier == "partner":
+                install_and_offer(page)
+            if tier == "agent":
+                package_for(page, child)
             if tier == "merchant":
+                page.goto(f"{partner_site}/console/assignments")
+                expect(page.locator("table")).to_contain_text("金卡套餐 v1")
+                photograph(page, "merchant-assignments")
+                page.goto(f"{partner_site}/console/alipay")
+                page.click("form[action='/console/alipay/keypair'] button")
+                expect(page.locator("#app_public_key")).to_have_value(re.compile("^MII"))
+                photograph(page, "merchant-alipay")
                 page.goto(f"{partner_site}/console/audit")
                 expect(page.locator("table")).to_contain_text("store.create")
                 photograph(page, "merchant-audit")

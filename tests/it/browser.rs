@@ -49,6 +49,12 @@ async fn every_tier_staffs_the_tier_below_in_chromium_with_no_serious_accessibil
         .map(|dir| workspace_root().join(dir))
         .unwrap_or_else(|| scratch.path().to_owned());
     std::fs::create_dir_all(&shots).unwrap();
+    let plugin = scratch.path().join("hello.tplug");
+    std::fs::write(
+        &plugin,
+        trellis_tests::plugin_archive_bytes("plugins/hello", "trellis_plugin_hello"),
+    )
+    .unwrap();
     let run = tokio::process::Command::new(python)
         .arg(workspace_root().join("tests/browser/console_journey.py"))
         .args([
@@ -61,6 +67,8 @@ async fn every_tier_staffs_the_tier_below_in_chromium_with_no_serious_accessibil
         ])
         .arg("--shots")
         .arg(&shots)
+        .arg("--plugin")
+        .arg(&plugin)
         .output()
         .await
         .unwrap();

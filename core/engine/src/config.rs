@@ -37,6 +37,8 @@ const NON_KEY_VARIABLES: &[&str] = &[
     "TEST_LOG",
     "TEST_EVENTS",
     "TEST_REQUIRE_PYTHON",
+    "TEST_REQUIRE_BROWSER",
+    "TEST_SCREENSHOTS",
     "BLESS",
 ];
 

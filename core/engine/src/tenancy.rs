@@ -521,6 +521,24 @@ pub async fn find_in_scope(
     with_domains(db, model).await
 }
 
+/// The names of the nodes `ids` inside `scope`, in one query: what a page listing rows that
+/// name nodes (assignments, accounts) shows beside them. Ids outside the scope are left out.
+pub async fn names(
+    db: &impl ConnectionTrait,
+    scope: &Place,
+    ids: &[&str],
+) -> Result<std::collections::HashMap<String, String>, Error> {
+    if ids.is_empty() {
+        return Ok(Default::default());
+    }
+    let rows = nodes::Entity::find()
+        .filter(nodes::Column::Id.is_in(ids.iter().copied()))
+        .filter(scope_condition(scope))
+        .all(db)
+        .await?;
+    Ok(rows.into_iter().map(|n| (n.id, n.name)).collect())
+}
+
 /// Nodes of `kind` inside `scope`, newest first.
 pub async fn list(
     db: &impl ConnectionTrait,

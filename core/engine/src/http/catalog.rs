@@ -101,22 +101,32 @@ async fn install_plugin(
     ApiQuery(query): ApiQuery<InstallQuery>,
     body: Bytes,
 ) -> Result<(StatusCode, Json<Installation>), ApiError> {
+    let installed = install(&ctx, &id, &body, query.activate).await?;
+    Ok((StatusCode::CREATED, Json(installed)))
+}
+
+/// The one door to installing or upgrading a plugin from its archive, for the API and the
+/// consoles; audited as an install or an upgrade, as the archive turns out to be.
+pub(super) async fn install(
+    ctx: &Ctx,
+    partner_id: &str,
+    archive: &[u8],
+    activate: bool,
+) -> Result<Installation, ApiError> {
     let mut place = None;
     let result = async {
-        let grant = ctx.allow(Action::PluginManage, Target::partner(&id)).await;
+        let grant = ctx
+            .allow(Action::PluginManage, Target::partner(partner_id))
+            .await;
         place = grant.as_ref().ok().map(|g| g.target().clone());
         let grant = grant?;
-        if body.is_empty() {
+        if archive.is_empty() {
             return Err(ApiError::Validation {
                 field: "body",
                 message: "send the .tplug archive as the request body".into(),
             });
         }
-        Ok(ctx
-            .state
-            .catalog
-            .install(&grant, &body, query.activate)
-            .await?)
+        Ok(ctx.state.catalog.install(&grant, archive, activate).await?)
     }
     .await;
     // Which it was, and of what, only the archive says.
@@ -125,15 +135,50 @@ async fn install_plugin(
         _ => "plugin.install",
     };
     let target = result.as_ref().ok().map(|i| i.plugin_id.clone());
-    let installed = ctx
-        .audited(
-            action,
-            ("plugin", target.as_deref()),
-            place.as_ref(),
-            result,
-        )
-        .await?;
-    Ok((StatusCode::CREATED, Json(installed)))
+    ctx.audited(
+        action,
+        ("plugin", target.as_deref()),
+        place.as_ref(),
+        result,
+    )
+    .await
+}
+
+/// A change to an installed plugin, as the consoles and the API ask for it.
+#[derive(Debug, Clone)]
+pub(super) enum Change {
+    Activate(String),
+    Rollback,
+    ResetBreaker,
+    Offer(bool),
+    Uninstall { force: bool },
+}
+
+/// The one door to changing partner `id`'s installation of `plugin`, audited per kind.
+pub(super) async fn change(
+    ctx: &Ctx,
+    id: &str,
+    plugin: &str,
+    change: Change,
+) -> Result<Installation, ApiError> {
+    let catalog = &ctx.state.catalog;
+    let audit_as = match &change {
+        Change::Activate(_) => "plugin.activate",
+        Change::Rollback => "plugin.rollback",
+        Change::ResetBreaker => "plugin.breaker_reset",
+        Change::Offer(_) => "plugin.offer",
+        Change::Uninstall { .. } => "plugin.uninstall",
+    };
+    let run = async |grant: Grant| {
+        Ok(match change {
+            Change::Activate(version) => catalog.activate(&grant, plugin, &version).await?,
+            Change::Rollback => catalog.rollback(&grant, plugin).await?,
+            Change::ResetBreaker => catalog.reset_breaker(&grant, plugin).await?,
+            Change::Offer(offered) => catalog.offer(&grant, plugin, offered).await?,
+            Change::Uninstall { force } => catalog.uninstall(&grant, plugin, force).await?,
+        })
+    };
+    manage(ctx, id, plugin, audit_as, run).await
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -164,22 +209,15 @@ async fn activate_plugin(
     Path((id, plugin)): Path<(String, String)>,
     ApiJson(body): ApiJson<ActivateRequest>,
 ) -> Result<Json<Installation>, ApiError> {
-    let catalog = &ctx.state.catalog;
-    let run = async |grant: Grant| Ok(catalog.activate(&grant, &plugin, &body.version).await?);
-    Ok(Json(
-        manage(&ctx, &id, &plugin, "plugin.activate", run).await?,
-    ))
+    let change = Change::Activate(body.version);
+    Ok(Json(self::change(&ctx, &id, &plugin, change).await?))
 }
 
 async fn rollback_plugin(
     ctx: Ctx,
     Path((id, plugin)): Path<(String, String)>,
 ) -> Result<Json<Installation>, ApiError> {
-    let catalog = &ctx.state.catalog;
-    let run = async |grant: Grant| Ok(catalog.rollback(&grant, &plugin).await?);
-    Ok(Json(
-        manage(&ctx, &id, &plugin, "plugin.rollback", run).await?,
-    ))
+    Ok(Json(change(&ctx, &id, &plugin, Change::Rollback).await?))
 }
 
 /// Lifts the plugin's suspensions after repeated failures, for every merchant and process.
@@ -187,10 +225,8 @@ async fn reset_breaker(
     ctx: Ctx,
     Path((id, plugin)): Path<(String, String)>,
 ) -> Result<Json<Installation>, ApiError> {
-    let catalog = &ctx.state.catalog;
-    let run = async |grant: Grant| Ok(catalog.reset_breaker(&grant, &plugin).await?);
     Ok(Json(
-        manage(&ctx, &id, &plugin, "plugin.breaker_reset", run).await?,
+        change(&ctx, &id, &plugin, Change::ResetBreaker).await?,
     ))
 }
 
@@ -204,9 +240,8 @@ async fn offer_plugin(
     Path((id, plugin)): Path<(String, String)>,
     ApiJson(body): ApiJson<OfferRequest>,
 ) -> Result<Json<Installation>, ApiError> {
-    let catalog = &ctx.state.catalog;
-    let run = async |grant: Grant| Ok(catalog.offer(&grant, &plugin, body.offered).await?);
-    Ok(Json(manage(&ctx, &id, &plugin, "plugin.offer", run).await?))
+    let change = Change::Offer(body.offered);
+    Ok(Json(self::change(&ctx, &id, &plugin, change).await?))
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -220,11 +255,8 @@ async fn uninstall_plugin(
     Path((id, plugin)): Path<(String, String)>,
     ApiQuery(query): ApiQuery<UninstallQuery>,
 ) -> Result<Json<Installation>, ApiError> {
-    let catalog = &ctx.state.catalog;
-    let run = async |grant: Grant| Ok(catalog.uninstall(&grant, &plugin, query.force).await?);
-    Ok(Json(
-        manage(&ctx, &id, &plugin, "plugin.uninstall", run).await?,
-    ))
+    let change = Change::Uninstall { force: query.force };
+    Ok(Json(self::change(&ctx, &id, &plugin, change).await?))
 }
 
 async fn get_policy(ctx: Ctx, Path(id): Path<String>) -> Result<Json<Policy>, ApiError> {

@@ -33,6 +33,9 @@ const LANG_COOKIE: &str = "trellis_lang";
 const PER_PAGE: u64 = 20;
 
 mod accounts;
+mod alipay;
+mod packages;
+mod plugins;
 mod audit;
 mod session;
 mod tree;
@@ -42,6 +45,9 @@ pub fn router() -> Router<AppState> {
         .merge(session::routes())
         .merge(tree::routes())
         .merge(accounts::routes())
+        .merge(alipay::routes())
+        .merge(packages::routes())
+        .merge(plugins::routes())
         .merge(audit::routes())
 }
 
@@ -209,11 +215,25 @@ impl Signed {
         let menu = [
             ("home", "/console", None),
             ("accounts", "/console/accounts", Some(Action::UserRead)),
+            (
+                "alipay",
+                "/console/alipay",
+                Some(Action::AlipayCredentialsRead),
+            ),
+            ("plugins", "/console/plugins", Some(Action::PluginRead)),
+            ("packages", "/console/packages", Some(Action::PackageRead)),
+            (
+                "assignments",
+                "/console/assignments",
+                Some(Action::AssignmentRead),
+            ),
             ("audit", "/console/audit", Some(Action::AuditRead)),
             ("password", "/console/password", None),
         ]
         .into_iter()
         .filter(|(_, _, needs)| needs.is_none_or(|a| crate::rbac::allows(caller.role, a)))
+        // A merchant's own pages: tiers above open them for one of their merchants by id.
+        .filter(|(key, _, _)| *key != "alipay" || caller.place.kind == NodeKind::Merchant)
         .map(|(key, href, _)| json!({ "key": key, "href": href, "current": key == current }))
         .collect::<Vec<_>>();
         Ok(json!({
@@ -231,6 +251,44 @@ fn form<T>(form: Result<Form<T>, FormRejection>) -> Result<T, ApiError> {
         field: "form",
         message: e.body_text(),
     })
+}
+
+/// A form's fields as posted (`application/x-www-form-urlencoded`), repeated names kept: a
+/// row of checkboxes posts one name many times, which the typed `Form` cannot take.
+pub(super) struct Fields(Vec<(String, String)>);
+
+impl Fields {
+    pub(super) fn parse(body: &[u8]) -> Self {
+        Self(url::form_urlencoded::parse(body).into_owned().collect())
+    }
+
+    /// The first value of `name`, or "".
+    pub(super) fn one(&self, name: &str) -> &str {
+        self.0
+            .iter()
+            .find(|(n, _)| n == name)
+            .map_or("", |(_, v)| v.as_str())
+    }
+
+    /// Every value of `name`, in order.
+    pub(super) fn all(&self, name: &str) -> Vec<String> {
+        self.0
+            .iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, v)| v.clone())
+            .collect()
+    }
+
+    /// What was typed, to show again beside a refusal: never the form token or a password.
+    pub(super) fn typed(&self) -> Value {
+        let mut typed = serde_json::Map::new();
+        for (name, value) in &self.0 {
+            if name != "form_token" && !name.contains("password") && !typed.contains_key(name) {
+                typed.insert(name.clone(), value.clone().into());
+            }
+        }
+        Value::Object(typed)
+    }
 }
 
 /// The kind of node a tier manages below itself; a store has none.

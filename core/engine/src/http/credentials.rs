@@ -45,47 +45,56 @@ async fn put_credentials(
     Path(id): Path<String>,
     ApiJson(body): ApiJson<CredentialsInput>,
 ) -> Result<Json<CredentialsView>, ApiError> {
+    Ok(Json(store(&ctx, &id, body).await?))
+}
+
+/// The one door to storing a merchant's Alipay app, for the API and the consoles: the
+/// platform's gateway rules, production roots, sealed keys, audited.
+pub(super) async fn store(
+    ctx: &Ctx,
+    id: &str,
+    body: CredentialsInput,
+) -> Result<CredentialsView, ApiError> {
     let state = &ctx.state;
-    let view = ctx
-        .change(
-            Action::AlipayCredentialsWrite,
-            Target::merchant(&id),
-            "alipay_credentials.write",
-            ("merchant", Some(&id)),
-        )
-        .run(async |grant| {
-            credentials::check_gateway(&body, &state.config.alipay.gateway_policy())?;
-            let roots = credentials::ProductionRoots::new(
-                &state.config.alipay.production_root_fingerprints,
-            );
-            let view =
-                credentials::put_with_roots(&state.db.conn, &state.vault, &grant, body, &roots)
-                    .await?;
-            // The next notification and trade use the new keys.
-            state.payments.forget_merchant(&id);
-            Ok(view)
-        })
-        .await?;
-    Ok(Json(view))
+    ctx.change(
+        Action::AlipayCredentialsWrite,
+        Target::merchant(id),
+        "alipay_credentials.write",
+        ("merchant", Some(id)),
+    )
+    .run(async |grant| {
+        credentials::check_gateway(&body, &state.config.alipay.gateway_policy())?;
+        let roots =
+            credentials::ProductionRoots::new(&state.config.alipay.production_root_fingerprints);
+        let view =
+            credentials::put_with_roots(&state.db.conn, &state.vault, &grant, body, &roots).await?;
+        // The next notification and trade use the new keys.
+        state.payments.forget_merchant(id);
+        Ok(view)
+    })
+    .await
 }
 
 async fn generate_keypair(
     ctx: Ctx,
     Path(id): Path<String>,
 ) -> Result<(StatusCode, Json<CredentialsView>), ApiError> {
+    Ok((StatusCode::CREATED, Json(keypair(&ctx, &id).await?)))
+}
+
+/// The one door to a new key pair for a merchant's app, generated and sealed on the server.
+pub(super) async fn keypair(ctx: &Ctx, id: &str) -> Result<CredentialsView, ApiError> {
     let state = &ctx.state;
-    let view = ctx
-        .change(
-            Action::AlipayCredentialsWrite,
-            Target::merchant(&id),
-            "alipay_credentials.keypair",
-            ("merchant", Some(&id)),
-        )
-        .run(async |grant| {
-            let view = credentials::generate_keypair(&state.db.conn, &state.vault, &grant).await?;
-            state.payments.forget_merchant(&id);
-            Ok(view)
-        })
-        .await?;
-    Ok((StatusCode::CREATED, Json(view)))
+    ctx.change(
+        Action::AlipayCredentialsWrite,
+        Target::merchant(id),
+        "alipay_credentials.keypair",
+        ("merchant", Some(id)),
+    )
+    .run(async |grant| {
+        let view = credentials::generate_keypair(&state.db.conn, &state.vault, &grant).await?;
+        state.payments.forget_merchant(id);
+        Ok(view)
+    })
+    .await
 }

@@ -162,14 +162,16 @@ fn is_sandbox(path: &str) -> bool {
     path == "/sandbox" || path.starts_with("/sandbox/")
 }
 
-/// `POST /api/v1/partners/{id}/plugins`: the one route that takes a plugin archive.
+/// `POST /api/v1/partners/{id}/plugins` and the console's `POST /console/plugins/upload`: the
+/// routes that take a plugin archive.
 fn is_archive_upload(request: &Request) -> bool {
     let path = request.uri().path();
     request.method() == axum::http::Method::POST
-        && path
-            .strip_prefix("/api/v1/partners/")
-            .and_then(|rest| rest.strip_suffix("/plugins"))
-            .is_some_and(|id| !id.is_empty() && !id.contains('/'))
+        && (path == "/console/plugins/upload"
+            || path
+                .strip_prefix("/api/v1/partners/")
+                .and_then(|rest| rest.strip_suffix("/plugins"))
+                .is_some_and(|id| !id.is_empty() && !id.contains('/')))
 }
 
 /// What every page the engine renders itself (its home, its themed error pages) may load: its

@@ -71,6 +71,15 @@ async fn create_package(
     ctx: Ctx,
     ApiJson(body): ApiJson<CreatePackageRequest>,
 ) -> Result<(StatusCode, Json<packages::Package>), ApiError> {
+    Ok((StatusCode::CREATED, Json(create(&ctx, body).await?)))
+}
+
+/// The one door to a new package, for the API and the consoles: at its agent, naming only
+/// plugins the partner offers, audited.
+pub(super) async fn create(
+    ctx: &Ctx,
+    body: CreatePackageRequest,
+) -> Result<packages::Package, ApiError> {
     let agent_id = body
         .agent_id
         .clone()
@@ -85,22 +94,20 @@ async fn create_package(
             .await;
     };
     let conn = &ctx.state.db.conn;
-    let package = ctx
-        .change(
-            Action::PackageWrite,
-            Target::Node(Some(NodeKind::Agent), &agent_id),
-            "package.create",
-            ("package", None),
-        )
-        .run_new(
-            async |grant| {
-                let offered = offered_for(&ctx, grant.target()).await?;
-                Ok(packages::create(conn, &grant, body.spec, &offered, now(&ctx)).await?)
-            },
-            |package| Some(package.id.clone()),
-        )
-        .await?;
-    Ok((StatusCode::CREATED, Json(package)))
+    ctx.change(
+        Action::PackageWrite,
+        Target::Node(Some(NodeKind::Agent), &agent_id),
+        "package.create",
+        ("package", None),
+    )
+    .run_new(
+        async |grant| {
+            let offered = offered_for(ctx, grant.target()).await?;
+            Ok(packages::create(conn, &grant, body.spec, &offered, now(ctx)).await?)
+        },
+        |package| Some(package.id.clone()),
+    )
+    .await
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -111,10 +118,15 @@ pub struct PackageDetail {
 }
 
 async fn get_package(ctx: Ctx, Path(id): Path<String>) -> Result<Json<PackageDetail>, ApiError> {
+    Ok(Json(detail(&ctx, &id).await?))
+}
+
+/// A package inside the caller's subtree with its published versions.
+pub(super) async fn detail(ctx: &Ctx, id: &str) -> Result<PackageDetail, ApiError> {
     let grant = ctx.allow(Action::PackageRead, Target::own()).await?;
-    let package = packages::get(&ctx.state.db.conn, grant.target(), &id).await?;
-    let versions = packages::versions(&ctx.state.db.conn, &id).await?;
-    Ok(Json(PackageDetail { package, versions }))
+    let package = packages::get(&ctx.state.db.conn, grant.target(), id).await?;
+    let versions = packages::versions(&ctx.state.db.conn, id).await?;
+    Ok(PackageDetail { package, versions })
 }
 
 /// The agent that owns package `id`, inside the caller's subtree.
@@ -165,26 +177,34 @@ async fn update_package(
     Path(id): Path<String>,
     ApiJson(spec): ApiJson<Spec>,
 ) -> Result<Json<packages::Package>, ApiError> {
+    Ok(Json(update(&ctx, &id, spec).await?))
+}
+
+/// The one door to changing a package's draft.
+pub(super) async fn update(ctx: &Ctx, id: &str, spec: Spec) -> Result<packages::Package, ApiError> {
     let conn = &ctx.state.db.conn;
-    let now = now(&ctx);
-    let package = change_package(&ctx, &id, "package.update", async |grant, offered| {
-        Ok(packages::update_draft(conn, &grant, &id, spec, &offered, now).await?)
+    let now = now(ctx);
+    change_package(ctx, id, "package.update", async |grant, offered| {
+        Ok(packages::update_draft(conn, &grant, id, spec, &offered, now).await?)
     })
-    .await?;
-    Ok(Json(package))
+    .await
 }
 
 async fn publish_package(
     ctx: Ctx,
     Path(id): Path<String>,
 ) -> Result<Json<packages::PackageVersion>, ApiError> {
+    Ok(Json(publish(&ctx, &id).await?))
+}
+
+/// The one door to publishing a package's draft as its next version.
+pub(super) async fn publish(ctx: &Ctx, id: &str) -> Result<packages::PackageVersion, ApiError> {
     let conn = &ctx.state.db.conn;
-    let now = now(&ctx);
-    let version = change_package(&ctx, &id, "package.publish", async |grant, offered| {
-        Ok(packages::publish(conn, &grant, &id, &offered, now).await?)
+    let now = now(ctx);
+    change_package(ctx, id, "package.publish", async |grant, offered| {
+        Ok(packages::publish(conn, &grant, id, &offered, now).await?)
     })
-    .await?;
-    Ok(Json(version))
+    .await
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -203,6 +223,16 @@ async fn assign_package(
     Path(id): Path<String>,
     ApiJson(body): ApiJson<AssignRequest>,
 ) -> Result<(StatusCode, Json<Vec<packages::Assignment>>), ApiError> {
+    Ok((StatusCode::CREATED, Json(assign(&ctx, &id, body).await?)))
+}
+
+/// The one door to assigning a package to merchants, each authorized before the package is
+/// looked up.
+pub(super) async fn assign(
+    ctx: &Ctx,
+    id: &str,
+    body: AssignRequest,
+) -> Result<Vec<packages::Assignment>, ApiError> {
     let mut place = None;
     let result = async {
         if body.merchant_ids.is_empty() || body.merchant_ids.len() > 500 {
@@ -217,9 +247,9 @@ async fn assign_package(
             let target = Target::merchant(merchant_id);
             grants.push(ctx.allow(Action::AssignmentWrite, target).await?);
         }
-        let (package, agent) = package_place(&ctx, &id).await?;
+        let (package, agent) = package_place(ctx, id).await?;
         place = Some(agent);
-        let now = now(&ctx);
+        let now = now(ctx);
         let starts_at = match &body.starts_at {
             Some(text) => packages::parse_instant("starts_at", text, false)?,
             None => now,
@@ -235,15 +265,13 @@ async fn assign_package(
         Ok(packages::assign(conn, &grants, &package, starts_at, ends_at, now).await?)
     }
     .await;
-    let assigned = ctx
-        .audited(
-            "assignment.create",
-            ("package", Some(&id)),
-            place.as_ref(),
-            result,
-        )
-        .await?;
-    Ok((StatusCode::CREATED, Json(assigned)))
+    ctx.audited(
+        "assignment.create",
+        ("package", Some(id)),
+        place.as_ref(),
+        result,
+    )
+    .await
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -280,8 +308,9 @@ pub struct RenewRequest {
     pub ends_at: Option<String>,
 }
 
-/// Renews (with a body) or revokes an assignment, authorized at its merchant.
-async fn change_assignment(
+/// The one door to renewing (with a body) or revoking an assignment, authorized at its
+/// merchant.
+pub(super) async fn change_assignment(
     ctx: &Ctx,
     id: &str,
     renew: Option<RenewRequest>,

@@ -47,19 +47,19 @@ impl Payments {
     }
 
     /// Where Alipay notifies this merchant's trades: the engine's notify path on the partner's
-    /// first domain.
-    pub(super) async fn notify_url(
-        &self,
-        partner_id: &str,
-        merchant_id: &str,
-    ) -> Result<String, Error> {
+    /// first domain. What the merchant registers as its app's gateway (应用网关) too.
+    pub async fn notify_url(&self, partner_id: &str, merchant_id: &str) -> Result<String, Error> {
+        self.partner_url(partner_id, &format!("/alipay/notify/{merchant_id}"))
+            .await
+    }
+
+    /// `path` on the partner's first domain, with `http.public_scheme`: an address Alipay
+    /// reaches.
+    pub async fn partner_url(&self, partner_id: &str, path: &str) -> Result<String, Error> {
         let domain = self.first_domain(partner_id).await?.ok_or_else(|| {
-            Error::Conflict("the partner has no domain for Alipay to notify".into())
+            Error::Conflict("the partner has no domain for Alipay to reach".into())
         })?;
-        Ok(format!(
-            "{}://{domain}/alipay/notify/{merchant_id}",
-            self.public_scheme
-        ))
+        Ok(format!("{}://{domain}{path}", self.public_scheme))
     }
 
     /// Records a new trade before Alipay is asked about it: checks it, loads the merchant's app,
