@@ -18,6 +18,8 @@ from axe_playwright_python.sync_playwright import Axe
 from playwright.sync_api import expect, sync_playwright
 
 PASSWORD = "correct horse battery staple"
+# The plugins the partner installs, in the order their archives are given.
+PLUGINS = ("com.trellis.hello", "com.trellis.membership")
 LANGS = ("zh-CN", "en")
 
 
@@ -27,7 +29,9 @@ def main():
     parser.add_argument("--chromium", required=True)
     parser.add_argument("--root-email", required=True)
     parser.add_argument("--shots", required=True)
-    parser.add_argument("--plugin", required=True, help="a .tplug archive the partner installs")
+    parser.add_argument(
+        "--plugin", action="append", required=True, help="a .tplug archive the partner installs"
+    )
     args = parser.parse_args()
     console = f"http://127.0.0.1:{args.port}"
     partner_site = f"http://jade.test:{args.port}"
@@ -106,17 +110,20 @@ def main():
 
         def install_and_offer(page):
             page.goto(f"{partner_site}/console/plugins")
-            page.set_input_files("#archive", args.plugin)
-            page.click("form[action='/console/plugins/upload'] button[type=submit]")
-            expect(page.locator("table")).to_contain_text("com.trellis.hello")
-            page.click("form[action='/console/plugins/com.trellis.hello/offer'] button")
-            expect(page.locator("form[action='/console/plugins/com.trellis.hello/withdraw']")).to_have_count(1)
+            for archive, plugin in zip(args.plugin, PLUGINS):
+                page.set_input_files("#archive", archive)
+                page.click("form[action='/console/plugins/upload'] button[type=submit]")
+                expect(page.locator("table")).to_contain_text(plugin)
+                page.click(f"form[action='/console/plugins/{plugin}/offer'] button")
+                withdraw = page.locator(f"form[action='/console/plugins/{plugin}/withdraw']")
+                expect(withdraw).to_have_count(1)
             photograph(page, "partner-plugins")
 
         def package_for(page, merchant):
             page.goto(f"{partner_site}/console/packages")
             page.fill("#name", "金卡套餐")
-            page.check("input[name=plugins][value='com.trellis.hello']")
+            for plugin in PLUGINS:
+                page.check(f"input[name=plugins][value='{plugin}']")
             page.fill("#validity_days", "365")
             page.fill("#max_members", "1000")
             page.click("form[action='/console/packages'] button[type=submit]")
@@ -162,6 +169,14 @@ def main():
                 page.goto(f"{partner_site}/console/assignments")
                 expect(page.locator("table")).to_contain_text("金卡套餐 v1")
                 photograph(page, "merchant-assignments")
+                # Membership's own pages, drawn by the console from its data.
+                page.get_by_role("link", name="会员", exact=True).click()
+                expect(page.locator("h1")).to_have_text("会员")
+                expect(page.locator("input[type=search]")).to_have_count(1)
+                photograph(page, "merchant-members")
+                page.get_by_role("link", name="会员卡", exact=True).click()
+                expect(page.locator("dl.fields")).to_contain_text("never")
+                photograph(page, "merchant-card")
                 page.goto(f"{partner_site}/console/alipay")
                 page.click("form[action='/console/alipay/keypair'] button")
                 expect(page.locator("#app_public_key")).to_have_value(re.compile("^MII"))

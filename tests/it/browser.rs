@@ -49,12 +49,16 @@ async fn every_tier_staffs_the_tier_below_in_chromium_with_no_serious_accessibil
         .map(|dir| workspace_root().join(dir))
         .unwrap_or_else(|| scratch.path().to_owned());
     std::fs::create_dir_all(&shots).unwrap();
-    let plugin = scratch.path().join("hello.tplug");
-    std::fs::write(
-        &plugin,
-        trellis_tests::plugin_archive_bytes("plugins/hello", "trellis_plugin_hello"),
-    )
-    .unwrap();
+    // In the order the journey installs them: hello, then membership.
+    let mut plugins = Vec::new();
+    for (dir, lib) in [
+        ("plugins/hello", "trellis_plugin_hello"),
+        ("plugins/membership", "trellis_plugin_membership"),
+    ] {
+        let path = scratch.path().join(format!("{lib}.tplug"));
+        std::fs::write(&path, trellis_tests::plugin_archive_bytes(dir, lib)).unwrap();
+        plugins.push(path);
+    }
     let run = tokio::process::Command::new(python)
         .arg(workspace_root().join("tests/browser/console_journey.py"))
         .args([
@@ -67,8 +71,11 @@ async fn every_tier_staffs_the_tier_below_in_chromium_with_no_serious_accessibil
         ])
         .arg("--shots")
         .arg(&shots)
-        .arg("--plugin")
-        .arg(&plugin)
+        .args(
+            plugins
+                .iter()
+                .flat_map(|p| [std::ffi::OsStr::new("--plugin"), p.as_os_str()]),
+        )
         .output()
         .await
         .unwrap();

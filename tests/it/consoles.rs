@@ -1002,6 +1002,308 @@ async fn a_partner_installs_and_offers_a_plugin_from_the_console_and_its_agent_s
     }
 }
 
+/// The page's text with the entities the templates write in attributes decoded, as a browser
+/// reads them.
+fn decoded(page: &Page) -> String {
+    page.text
+        .replace("&#x3D;", "=")
+        .replace("&#x27;", "'")
+        .replace("&quot;", "\"")
+        .replace("&amp;", "&")
+}
+
+/// The first link starting with `prefix`, as a browser would follow it.
+fn link(page: &Page, prefix: &str) -> String {
+    let text = decoded(page);
+    let at = text
+        .find(prefix)
+        .unwrap_or_else(|| panic!("no link {prefix} in {text}"));
+    let rest = &text[at..];
+    rest[..rest.find('"').unwrap()].to_owned()
+}
+
+const MEMBERSHIP: &str = "com.trellis.membership";
+const ABUSE: &str = "test.trellis.abuse";
+
+/// Membership and the abuse fixture installed, offered, packaged and assigned to the merchant;
+/// returns the merchant's id.
+async fn with_plugins(world: &World) -> String {
+    let partner = &world.partner;
+    for (dir, lib, id) in [
+        (
+            "plugins/membership",
+            "trellis_plugin_membership",
+            MEMBERSHIP,
+        ),
+        ("tests/plugins/abuse", "trellis_fixture_abuse", ABUSE),
+    ] {
+        let archive = trellis_tests::plugin_archive_bytes(dir, lib);
+        world
+            .root
+            .upload(&format!("/api/v1/partners/{partner}/plugins"), archive)
+            .await
+            .ok();
+        world
+            .root
+            .post(
+                &format!("/api/v1/partners/{partner}/plugins/{id}/offer"),
+                json!({"offered": true}),
+            )
+            .await
+            .ok();
+    }
+    let package = world
+        .root
+        .post(
+            "/api/v1/packages",
+            json!({"agent_id": world.agent, "name": "All", "plugins": [MEMBERSHIP, ABUSE], "validity_days": 30}),
+        )
+        .await
+        .ok()
+        .id();
+    world
+        .root
+        .post(&format!("/api/v1/packages/{package}/publish"), json!({}))
+        .await
+        .ok();
+    let merchants = world
+        .root
+        .get(&format!("/api/v1/merchants?parent_id={}", world.agent))
+        .await
+        .ok();
+    let merchant = merchants.body["items"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    world
+        .root
+        .post(
+            &format!("/api/v1/packages/{package}/assignments"),
+            json!({"merchant_ids": [merchant]}),
+        )
+        .await
+        .ok();
+    merchant
+}
+
+#[tokio::test]
+async fn membership_is_used_from_the_console_through_its_pages_described_as_data() {
+    for db in databases().await {
+        let engine = Engine::start(&db.url(), &[]);
+        let world = World::build(&engine, &db.url()).await;
+        let merchant = with_plugins(&world).await;
+        world
+            .root
+            .post(
+                &format!("/api/v1/merchants/{merchant}/plugins/{MEMBERSHIP}/members/import"),
+                json!({"members": [{"mobile": "13800000001", "name": "张三"}, {"mobile": "13800000002", "name": "李四"}]}),
+            )
+            .await
+            .ok();
+
+        let mut owner = signed_in(&engine, "owner@jade.test").await;
+        let home = owner.get("/console").await;
+        let members_path = format!("/console/apps/{MEMBERSHIP}/members");
+        assert!(
+            home.text.contains(&format!("href=\"{members_path}\"")),
+            "{}",
+            home.text
+        );
+        assert!(
+            home.text.contains(">会员<"),
+            "the menu names the page in the visitor's language"
+        );
+        let list = owner.get(&members_path).await;
+        assert_eq!(list.status, 200, "{list:?}");
+        assert!(
+            list.text.contains("张三") && list.text.contains("李四"),
+            "{}",
+            list.text
+        );
+        // The search box asks the plugin's own search.
+        let found = owner.get(&format!("{members_path}?q=138000000")).await;
+        assert!(found.text.contains("张三"));
+        let none = owner.get(&format!("{members_path}?q=nobody")).await;
+        assert!(!none.text.contains("张三"), "{}", none.text);
+        // Each row opens the member's page, which links to the adjustment form.
+        let member_path = link(&list, "/console/apps/com.trellis.membership/member?id=");
+        let member = owner.get(&member_path).await;
+        assert_eq!(member.status, 200, "{member:?}");
+        assert!(member.text.contains("13800000001") || member.text.contains("13800000002"));
+        let adjust_path = member_path.replace("/member?", "/adjust?");
+        assert_eq!(
+            link(&member, "/console/apps/com.trellis.membership/adjust?"),
+            adjust_path
+        );
+        let form = owner.get(&adjust_path).await;
+        assert_eq!(form.status, 200);
+        assert!(
+            form.text.contains("<label for=\"in-points\">积分</label>"),
+            "{}",
+            form.text
+        );
+        let token = form.form_token();
+        // Typed by the console: a word where a number goes never reaches the plugin.
+        let word = owner
+            .post(
+                &adjust_path,
+                &[("form_token", &token), ("points", "ten"), ("reason", "x")],
+            )
+            .await;
+        assert_eq!(word.status, 422, "{word:?}");
+        // The plugin's own refusal is shown beside the form: points never go below zero.
+        let below = owner
+            .post(
+                &adjust_path,
+                &[("form_token", &token), ("points", "-5"), ("reason", "x")],
+            )
+            .await;
+        assert!((400..500).contains(&below.status), "{below:?}");
+        assert!(below.text.contains("role=\"alert\""), "{below:?}");
+        let done = owner
+            .post(
+                &adjust_path,
+                &[
+                    ("form_token", &token),
+                    ("points", "10"),
+                    ("reason", "welcome"),
+                    ("balance", ""),
+                ],
+            )
+            .await;
+        assert_eq!(done.status, 303, "{done:?}");
+        assert_eq!(done.location.as_deref(), Some(member_path.as_str()));
+        let member = owner.get(&member_path).await;
+        assert!(
+            member.text.contains("welcome"),
+            "the ledger shows the entry: {}",
+            member.text
+        );
+        let id = member_path.rsplit('=').next().unwrap();
+        let api = world
+            .root
+            .get(&format!(
+                "/api/v1/merchants/{merchant}/plugins/{MEMBERSHIP}/members/{id}"
+            ))
+            .await
+            .ok();
+        assert_eq!(api.body["member"]["points"], 10);
+        // The change is audited like the API's.
+        let audit = owner.get("/console/audit").await;
+        assert!(audit.text.contains("plugin.call"), "{}", audit.text);
+        // No claim link yet: the plugin's "not found" shows on the page, with the way to apply.
+        let claim = owner
+            .get(&format!("/console/apps/{MEMBERSHIP}/claim"))
+            .await;
+        assert_eq!(claim.status, 404, "{claim:?}");
+        link(&claim, &format!("/console/apps/{MEMBERSHIP}/claim-apply"));
+
+        // A cashier reads the members and cannot adjust: the route's audience decides. The
+        // member's page offers no adjustment, and the store's door has no such route.
+        let mut cashier = signed_in(&engine, "cashier@jade.test").await;
+        let list = cashier.get(&members_path).await;
+        assert_eq!(list.status, 200, "{list:?}");
+        assert!(list.text.contains("张三"));
+        let seen = cashier.get(&member_path).await;
+        assert_eq!(seen.status, 200, "{seen:?}");
+        assert!(!decoded(&seen).contains("/adjust?"), "{}", seen.text);
+        let cashier_token = seen.form_token();
+        let refused = cashier
+            .post(
+                &adjust_path,
+                &[
+                    ("form_token", &cashier_token),
+                    ("points", "99"),
+                    ("reason", "x"),
+                ],
+            )
+            .await;
+        assert_eq!(refused.status, 404, "{refused:?}");
+        let api = world
+            .root
+            .get(&format!(
+                "/api/v1/merchants/{merchant}/plugins/{MEMBERSHIP}/members/{id}"
+            ))
+            .await
+            .ok();
+        assert_eq!(api.body["member"]["points"], 10);
+        // A page the plugin does not declare, or a plugin the merchant does not hold, is not found.
+        assert_eq!(
+            owner
+                .get(&format!("/console/apps/{MEMBERSHIP}/nothing"))
+                .await
+                .status,
+            404
+        );
+        assert_eq!(
+            owner
+                .get("/console/apps/com.example.none/members")
+                .await
+                .status,
+            404
+        );
+        drop(engine);
+        db.cleanup().await;
+    }
+}
+
+#[tokio::test]
+async fn a_plugin_cannot_put_markup_or_script_into_the_console() {
+    for db in databases().await {
+        let engine = Engine::start(&db.url(), &[]);
+        let world = World::build(&engine, &db.url()).await;
+        with_plugins(&world).await;
+        let mut owner = signed_in(&engine, "owner@jade.test").await;
+        let home = owner.get("/console").await;
+        // Even its title, in the menu, is text.
+        assert!(
+            home.text.contains("&lt;script&gt;alert(&#x27;title&#x27;)"),
+            "{}",
+            home.text
+        );
+        let page = owner.get(&format!("/console/apps/{ABUSE}/hostile")).await;
+        assert_eq!(page.status, 200, "{page:?}");
+        for hostile in ["<script>alert(", "<img src=x", "<b>name</b>", "\"><script>"] {
+            assert!(
+                !page.text.contains(hostile),
+                "{hostile} reached the page: {}",
+                page.text
+            );
+        }
+        assert!(
+            page.text
+                .contains("&lt;script&gt;alert(&#x27;name&#x27;)&lt;/script&gt;")
+        );
+        assert!(
+            page.text
+                .contains("&lt;img src&#x3D;x onerror&#x3D;alert(&#x27;html&#x27;)&gt;")
+        );
+        // The console's own policy, not the plugin's; no cookie of the plugin's.
+        let policy = page.headers["content-security-policy"].to_str().unwrap();
+        assert!(policy.contains("script-src 'self'") && !policy.contains("sandbox"));
+        assert!(page.headers.get("set-cookie").is_none());
+        // The row's link carries its value encoded; the QR page draws a code and shows the URL
+        // as text, never as a link.
+        let row = link(&page, &format!("/console/apps/{ABUSE}/hostile-qr?id="));
+        assert!(
+            !row.contains('<') && !row.contains('>') && !row.contains('"'),
+            "{row}"
+        );
+        let qr = owner
+            .get(&format!("/console/apps/{ABUSE}/hostile-qr?id=x"))
+            .await;
+        assert_eq!(qr.status, 200, "{qr:?}");
+        assert!(qr.text.contains("<svg"));
+        assert!(!qr.text.contains("href=\"javascript:"));
+        assert!(
+            qr.text
+                .contains("value=\"javascript:alert(&#x27;qr&#x27;)\"")
+        );
+        drop(engine);
+        db.cleanup().await;
+    }
+}
+
 #[tokio::test]
 async fn a_password_changed_in_the_console_signs_in_and_the_old_one_does_not() {
     for db in databases().await {

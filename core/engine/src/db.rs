@@ -411,7 +411,7 @@ pub async fn begin(
 
 /// The one door to `BEGIN`: it runs in a task of its own, so a caller dropped while waiting
 /// (a deadline, a client that hung up) cannot leave a connection inside a transaction nobody
-/// owns. sqlx's PostgreSQL driver queues no rollback for a `BEGIN` it sent but had not seen
+/// owns, and a caller may safely give up waiting for it. sqlx's PostgreSQL driver queues no rollback for a `BEGIN` it sent but had not seen
 /// answered; that connection went back to the pool mid-transaction, and every later statement
 /// on it — autocommit ones too — stayed uncommitted, holding its row locks, until some other
 /// transaction on it happened to commit. Here the task finishes the `BEGIN`, and a transaction

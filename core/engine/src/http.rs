@@ -135,6 +135,17 @@ pub fn router(state: AppState, sandbox: Option<Router>) -> Router {
         .with_state(state)
 }
 
+/// `text` (a URL, a payment code) as an SVG QR code the engine draws itself: what the consoles
+/// and payment pages show to scan.
+pub(crate) fn qr_svg(text: &str) -> Result<String, ApiError> {
+    let qr = qrcode::QrCode::new(text.as_bytes())
+        .map_err(|e| ApiError::Internal(anyhow::anyhow!("qr code: {e}")))?;
+    Ok(qr
+        .render::<qrcode::render::svg::Color<'_>>()
+        .min_dimensions(200, 200)
+        .build())
+}
+
 /// Liveness: the process answers. Says nothing about its dependencies.
 async fn healthz() -> Json<serde_json::Value> {
     Json(json!({ "status": "ok", "version": env!("CARGO_PKG_VERSION") }))

@@ -33,6 +33,7 @@ const LANG_COOKIE: &str = "trellis_lang";
 const PER_PAGE: u64 = 20;
 
 mod accounts;
+mod apps;
 mod alipay;
 mod packages;
 mod plugins;
@@ -45,6 +46,7 @@ pub fn router() -> Router<AppState> {
         .merge(session::routes())
         .merge(tree::routes())
         .merge(accounts::routes())
+        .merge(apps::routes())
         .merge(alipay::routes())
         .merge(packages::routes())
         .merge(plugins::routes())
@@ -118,6 +120,8 @@ fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
 pub struct Signed {
     ctx: Ctx,
     form_token: String,
+    /// Where the request arrived, for the plugin calls a page makes.
+    arrival: crate::doors::Arrival,
 }
 
 impl FromRequestParts<AppState> for Signed {
@@ -153,6 +157,7 @@ impl FromRequestParts<AppState> for Signed {
                 request_id,
             },
             form_token: form_token(&token),
+            arrival: super::plugin_routes::arrival(state, &host, &parts.headers),
         })
     }
 }
@@ -236,10 +241,12 @@ impl Signed {
         .filter(|(key, _, _)| *key != "alipay" || caller.place.kind == NodeKind::Merchant)
         .map(|(key, href, _)| json!({ "key": key, "href": href, "current": key == current }))
         .collect::<Vec<_>>();
+        let apps = apps::menu(self, current).await?;
         Ok(json!({
             "me": { "label": caller.label, "role": caller.role.as_str() },
             "node": node,
             "menu": menu,
+            "apps": apps,
             "form_token": self.form_token,
         }))
     }

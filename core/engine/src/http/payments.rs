@@ -230,12 +230,7 @@ async fn payment_qr_svg(
         .as_deref()
         .filter(|_| shows_qr(&payment))
         .ok_or_else(|| ApiError::NotFound(format!("/api/v1/payments/{id}/qr.svg")))?;
-    let qr = qrcode::QrCode::new(code.as_bytes())
-        .map_err(|e| ApiError::Internal(anyhow::anyhow!("qr code: {e}")))?;
-    let svg = qr
-        .render::<qrcode::render::svg::Color<'_>>()
-        .min_dimensions(200, 200)
-        .build();
+    let svg = super::qr_svg(code)?;
     Ok((
         [
             (axum::http::header::CONTENT_TYPE, "image/svg+xml"),

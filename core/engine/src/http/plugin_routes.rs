@@ -101,7 +101,7 @@ impl Incoming {
     }
 }
 
-fn doors(state: &AppState) -> Doors<'_> {
+pub(super) fn doors(state: &AppState) -> Doors<'_> {
     Doors {
         db: &state.db.conn,
         rbac: &state.rbac,
@@ -112,7 +112,7 @@ fn doors(state: &AppState) -> Doors<'_> {
 
 /// Where the request arrived. On the partner's own domain the scheme is the one the request
 /// came with (as a proxy in front reports it), so callbacks return the way the caller came.
-fn arrival(state: &AppState, host: &HostContext, headers: &HeaderMap) -> Arrival {
+pub(super) fn arrival(state: &AppState, host: &HostContext, headers: &HeaderMap) -> Arrival {
     let scheme = match headers
         .get("x-forwarded-proto")
         .and_then(|v| v.to_str().ok())
@@ -128,7 +128,7 @@ fn arrival(state: &AppState, host: &HostContext, headers: &HeaderMap) -> Arrival
 }
 
 /// A door's error as an HTTP one: an unknown route is an unknown path.
-fn door_error(error: doors::Error, uri: &Uri) -> ApiError {
+pub(super) fn door_error(error: doors::Error, uri: &Uri) -> ApiError {
     match error {
         doors::Error::NoRoute => ApiError::NotFound(uri.path().to_owned()),
         other => other.into(),

@@ -20,7 +20,7 @@ mod finishing;
 /// What every invocation reads and only an administrator changes, kept for a moment.
 mod reads;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
@@ -100,6 +100,12 @@ pub struct Installation {
     pub updated_at: DateTime<Utc>,
     /// When an operator last lifted the installation's suspensions after repeated failures.
     pub breaker_reset_at: Option<DateTime<Utc>>,
+    /// The console pages of the active version (`docs/consoles.md`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub pages: Vec<super::manifest::pages::Page>,
+    /// The active version's strings by locale, which its pages' titles and labels name.
+    #[serde(skip)]
+    pub strings: BTreeMap<String, BTreeMap<String, String>>,
 }
 
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -351,6 +357,8 @@ impl Catalog {
             installed_at: row.installed_at.0,
             updated_at: row.updated_at.0,
             breaker_reset_at: row.breaker_reset_at.map(|at| at.0),
+            pages: manifest.pages.clone(),
+            strings: manifest.i18n.clone(),
         })
     }
 

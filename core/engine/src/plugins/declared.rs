@@ -71,9 +71,6 @@ pub fn routes_in(component: &[u8]) -> Result<Vec<Route>, Error> {
 /// keeps the manifest's entry (and its `callback`), and must have the same audience.
 pub fn merged(mut manifest: Manifest, component: &[u8]) -> Result<Manifest, Error> {
     let declared = routes_in(component)?;
-    if declared.is_empty() {
-        return Ok(manifest);
-    }
     for route in declared {
         match manifest
             .routes

@@ -1,14 +1,17 @@
 //! `plugin.toml`: who a plugin is, what it asks for and what it serves.
 //!
 //! Invariant: a `Manifest` value has passed [`Manifest::parse`], so every field is within the
-//! limits below; what a plugin may do at run time is what its manifest says, narrowed by the
-//! grant of the tenant it runs for.
+//! limits below (its console pages are checked against its routes once the routes its code
+//! declares are merged in, and again whenever it is read back); what a plugin may do at run time
+//! is what its manifest says, narrowed by the grant of the tenant it runs for.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
 use super::Error;
+
+pub mod pages;
 
 /// The newest WIT package version this engine implements.
 pub const HOST_API_VERSION: semver::Version = semver::Version::new(0, 2, 0);
@@ -94,6 +97,9 @@ pub struct Manifest {
     /// Strings by locale (`en`, `zh-CN`), each with the same keys.
     #[serde(default)]
     pub i18n: BTreeMap<String, BTreeMap<String, String>>,
+    /// Pages in the consoles, described as data (`docs/consoles.md`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pages: Vec<pages::Page>,
 }
 
 /// What a plugin asks to use. A tenant's grant is a subset of it.
@@ -296,7 +302,7 @@ impl Manifest {
                 serde_json::from_str(&read(&file)?).map_err(|e| invalid(format!("{file}: {e}")))?;
             manifest.config.schema = Some(json);
         }
-        manifest.validate()?;
+        manifest.validate_own()?;
         Ok(manifest)
     }
 
@@ -314,6 +320,13 @@ impl Manifest {
 
     /// Every rule the engine holds a manifest to.
     pub fn validate(&self) -> Result<(), Error> {
+        self.validate_own()?;
+        pages::validate(self)
+    }
+
+    /// Every rule but the pages' checks against the routes, which wait until the routes the
+    /// code declares are merged in (`declared::merged`).
+    fn validate_own(&self) -> Result<(), Error> {
         if !is_reverse_dns(&self.id) {
             return Err(invalid(format!(
                 "id {:?} must be reverse-DNS such as com.example.loyalty (lower-case letters, digits, dashes)",

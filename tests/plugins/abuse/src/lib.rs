@@ -122,6 +122,19 @@ impl Plugin for Abuse {
                 });
                 Ok(response)
             }
+            // Data for its console page: every string is markup or script.
+            "/page" => Response::json(
+                200,
+                &serde_json::json!({
+                    "items": [{
+                        "id": "\"><script>alert('id')</script>",
+                        "name": "<script>alert('name')</script>",
+                        "html": "<img src=x onerror=alert('html')>",
+                    }],
+                    "next": "\"><script>alert('next')</script>",
+                    "url": "javascript:alert('qr')",
+                }),
+            ),
             _ => Ok(Response::text(200, "small")),
         }
     }

@@ -145,15 +145,7 @@ impl Catalog {
         plugin_id: &str,
     ) -> Result<Entitlement, packages::Error> {
         let now = self.now();
-        let kept = self
-            .reads
-            .entitlements
-            .get_or_load(&merchant_id.to_owned(), async {
-                let (all, first_end) =
-                    packages::entitlements_until(&self.db, merchant_id, now).await?;
-                Ok::<_, packages::Error>(Some(Arc::new(KeptEntitlements { all, first_end })))
-            })
-            .await?;
+        let kept = self.kept_entitlements(merchant_id, now).await?;
         // Once one of the assignments behind them ended, the union (its quotas too) is no
         // longer what it was: asked afresh below.
         if let Some(held) = kept
@@ -165,6 +157,48 @@ impl Catalog {
             return Ok(held.clone());
         }
         packages::entitlement(&self.db, merchant_id, plugin_id, now).await
+    }
+
+    /// The merchant's entitlements as kept for a moment.
+    async fn kept_entitlements(
+        &self,
+        merchant_id: &str,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Option<Arc<KeptEntitlements>>, packages::Error> {
+        self.reads
+            .entitlements
+            .get_or_load(&merchant_id.to_owned(), async {
+                let (all, first_end) =
+                    packages::entitlements_until(&self.db, merchant_id, now).await?;
+                Ok::<_, packages::Error>(Some(Arc::new(KeptEntitlements { all, first_end })))
+            })
+            .await
+    }
+
+    /// The plugins the merchant holds now, from the kept entitlements (read afresh once the
+    /// first assignment behind them ended): what the consoles list for it.
+    pub async fn entitled(&self, merchant_id: &str) -> Result<Vec<String>, packages::Error> {
+        let now = self.now();
+        let kept = self.kept_entitlements(merchant_id, now).await?;
+        let held = match kept.filter(|k| k.first_end.is_none_or(|end| end > now)) {
+            Some(kept) => kept.all.clone(),
+            None => packages::entitlements(&self.db, merchant_id, now).await?,
+        };
+        Ok(held
+            .into_iter()
+            .filter(|(_, e)| e.ends_at > now)
+            .map(|(plugin, _)| plugin)
+            .collect())
+    }
+
+    /// The partner's installation of `plugin_id` as the catalog shows it (its console pages
+    /// among it), kept for a moment.
+    pub async fn installation_for(
+        &self,
+        partner_id: &str,
+        plugin_id: &str,
+    ) -> Result<Arc<Installation>, Error> {
+        self.installation_of(partner_id, plugin_id).await
     }
 
     /// The merchant's stored configuration of an installation, kept for a moment.

@@ -17,7 +17,7 @@ pub(super) enum Refused {
     Lost(String),
     /// The database failed; details are logged.
     Failed(String),
-    /// The invocation's deadline passed while it waited for its turn to write.
+    /// The invocation's deadline passed while it waited to begin its transaction.
     Late,
 }
 
@@ -50,9 +50,11 @@ impl From<sea_orm::DbErr> for Refused {
 /// has nothing to commit (a single read is consistent on its own); one that read several keys has
 /// them checked, in a transaction that writes nothing, so what it answered was one state.
 ///
-/// `deadline` bounds only the wait for this process's turn to write. Once the transaction
-/// begins it runs to its end: abandoning it halfway could report as failed a commit the
-/// database went on to make, and leaves the connection to clean up behind a caller gone.
+/// `deadline` bounds the waits before the transaction begins: this process's turn to write and
+/// `BEGIN` itself, which waits for the database's write lock (another process may hold it) and
+/// runs in a task of its own, so giving up on it is safe (`db::begin_write`). Once begun the
+/// transaction runs to its end: abandoning it halfway could report as failed a commit the
+/// database went on to make.
 pub(super) async fn commit(
     services: &Services,
     txn: Option<Txn>,
@@ -87,10 +89,18 @@ pub(super) async fn commit(
                 .map_err(|_| Refused::Late)?
         }
     };
-    let tx = if writes {
-        crate::db::begin_write(db).await?
-    } else {
-        crate::db::begin(db).await?
+    let begin = async {
+        if writes {
+            crate::db::begin_write(db).await
+        } else {
+            crate::db::begin(db).await
+        }
+    };
+    let tx = match deadline {
+        Some(deadline) => tokio::time::timeout_at(deadline.into(), begin)
+            .await
+            .map_err(|_| Refused::Late)??,
+        None => begin.await?,
     };
     let written = async {
         if let Some(txn) = txn {

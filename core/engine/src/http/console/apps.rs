@@ -1,0 +1,523 @@
+//! Plugins' pages in the console. Each is described as data in the plugin's manifest
+//! (`[[pages]]`: a list, a detail, a form or a QR code bound to one of its admin routes); the
+//! console calls that route through the API's own door, with the visitor's session, and renders
+//! the answer with its own templates.
+//!
+//! Invariant: nothing a plugin answers reaches the page as markup. Every value is picked from
+//! the route's JSON by a pointer the manifest declares and rendered escaped; a QR code is drawn
+//! by the console from a URL.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::get;
+use serde_json::{Value, json};
+
+use super::super::AppState;
+use super::super::error::ApiError;
+use super::super::plugin_routes::{door_error, doors};
+use super::{Fields, Look, Signed};
+use crate::doors::{Door, Request};
+use crate::plugins::catalog::Installation;
+use crate::plugins::manifest::pages::{InputKind, Page, PageKind};
+use crate::tenancy::NodeKind;
+use crate::themes::Locale;
+
+pub(super) fn routes() -> Router<AppState> {
+    Router::new().route("/console/apps/{plugin}/{page}", get(show).post(submit))
+}
+
+/// Rows a list page shows at most, whatever the route answers.
+const MAX_ROWS: usize = 200;
+
+/// The plugin pages the visitor's menu lists: the `menu` pages of the plugins its merchant
+/// holds whose route its role may reach. Read from the catalog's kept reads, so the menu costs
+/// no query per plugin on most pages.
+pub(super) async fn menu(signed: &Signed, current: &str) -> Result<Vec<Value>, ApiError> {
+    let caller = &signed.ctx.caller;
+    let (Some(partner), Some(merchant)) = (&caller.place.partner_id, &caller.place.merchant_id)
+    else {
+        return Ok(Vec::new());
+    };
+    if !matches!(caller.place.kind, NodeKind::Merchant | NodeKind::Store) {
+        return Ok(Vec::new());
+    }
+    let catalog = &signed.ctx.state.catalog;
+    let mut entries = Vec::new();
+    for plugin in catalog.entitled(merchant).await? {
+        let Ok(installed) = catalog.installation_for(partner, &plugin).await else {
+            continue;
+        };
+        for page in installed.pages.iter().filter(|p| p.menu) {
+            if reachable(signed, &installed, page) {
+                let key = format!("{plugin}/{}", page.id);
+                // Both languages: the frame is built before the page knows its visitor's.
+                let labels: BTreeMap<&str, String> = Locale::ALL
+                    .into_iter()
+                    .map(|l| (l.tag(), text(&installed, l, &page.title)))
+                    .collect();
+                entries.push(json!({
+                    "href": format!("/console/apps/{key}"),
+                    "labels": labels,
+                    "current": key == current,
+                }));
+            }
+        }
+    }
+    Ok(entries)
+}
+
+/// Whether the visitor's door and role reach the page's route: a store's door serves `staff`
+/// routes only, and the role must allow the route's audience. What the menu and a page's links
+/// offer; the door checks again when the route is called.
+fn reachable(signed: &Signed, installed: &Installation, page: &Page) -> bool {
+    let caller = &signed.ctx.caller;
+    let Some(audience) = audience_of(installed, page) else {
+        return false;
+    };
+    if caller.place.kind == NodeKind::Store && audience != crate::plugins::manifest::Audience::Staff
+    {
+        return false;
+    }
+    Door::audience_action(audience).is_some_and(|action| crate::rbac::allows(caller.role, action))
+}
+
+/// The audience of the route a page uses, as the installation lists its routes.
+fn audience_of(
+    installed: &Installation,
+    page: &Page,
+) -> Option<crate::plugins::manifest::Audience> {
+    let (method, path) = page.route.split_once(' ')?;
+    let route = installed
+        .routes
+        .iter()
+        .find(|r| r.method.eq_ignore_ascii_case(method) && r.path == path)?;
+    serde_json::from_value(Value::String(route.audience.clone())).ok()
+}
+
+/// A manifest string: the `i18n` entry for `key` in the visitor's language, else `key` as is.
+fn text(installed: &Installation, locale: Locale, key: &str) -> String {
+    installed
+        .strings
+        .get(locale.tag())
+        .and_then(|strings| strings.get(key))
+        .cloned()
+        .unwrap_or_else(|| key.to_owned())
+}
+
+/// The value at `pointer` as the page shows it: text as is, numbers and booleans written out,
+/// a list of plain values joined, anything else as compact JSON. Always escaped by the template.
+fn shown(value: Option<&Value>) -> String {
+    match value {
+        None | Some(Value::Null) => String::new(),
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Array(items)) if items.iter().all(|v| !v.is_object() && !v.is_array()) => items
+            .iter()
+            .map(|v| shown(Some(v)))
+            .collect::<Vec<_>>()
+            .join(", "),
+        Some(other) => other.to_string(),
+    }
+}
+
+/// Where the visitor's plugin calls go: its store's door for store staff, its merchant's for
+/// the merchant owner. Tiers above use the API for now.
+fn door_of(signed: &Signed) -> Result<Door<'_>, ApiError> {
+    let caller = &signed.ctx.caller;
+    match caller.place.kind {
+        NodeKind::Store => Ok(Door::Store {
+            caller,
+            store_id: &caller.place.id,
+        }),
+        NodeKind::Merchant => Ok(Door::Merchant {
+            caller,
+            merchant_id: &caller.place.id,
+        }),
+        _ => Err(ApiError::NotFound(
+            "plugin pages open from a merchant's or a store's console".into(),
+        )),
+    }
+}
+
+/// The installation and its page `id`, else not found.
+async fn page_of(
+    signed: &Signed,
+    plugin: &str,
+    id: &str,
+) -> Result<(Arc<Installation>, Page), ApiError> {
+    let partner = signed
+        .ctx
+        .caller
+        .place
+        .partner_id
+        .clone()
+        .unwrap_or_default();
+    let missing = || ApiError::NotFound(format!("/console/apps/{plugin}/{id}"));
+    let installed = signed
+        .ctx
+        .state
+        .catalog
+        .installation_for(&partner, plugin)
+        .await
+        .map_err(|_| missing())?;
+    let page = installed
+        .pages
+        .iter()
+        .find(|p| p.id == id)
+        .cloned()
+        .ok_or_else(missing)?;
+    Ok((installed, page))
+}
+
+/// The route's path with each `{name}` filled from the page's parameters, each one path
+/// segment (percent-encoded).
+fn path_of(page: &Page, params: &BTreeMap<String, String>) -> Result<String, ApiError> {
+    let (_, pattern) = page.route.split_once(' ').unwrap_or_default();
+    let mut path = String::new();
+    for segment in pattern.split('/').filter(|s| !s.is_empty()) {
+        path.push('/');
+        match segment.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
+            Some(name) => {
+                let value = params.get(name).filter(|v| !v.is_empty()).ok_or_else(|| {
+                    ApiError::Validation {
+                        field: "params",
+                        message: format!("this page needs its {name}"),
+                    }
+                })?;
+                path.extend(url::form_urlencoded::byte_serialize(value.as_bytes()));
+            }
+            None => path.push_str(segment),
+        }
+    }
+    Ok(path)
+}
+
+/// A link to page `id` of the plugin with `params`.
+fn href(plugin: &str, id: &str, params: &[(&str, &str)]) -> String {
+    let query = url::form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(params)
+        .finish();
+    if query.is_empty() {
+        format!("/console/apps/{plugin}/{id}")
+    } else {
+        format!("/console/apps/{plugin}/{id}?{query}")
+    }
+}
+
+/// Calls the plugin's route for the visitor through the API's door; a change is audited as the
+/// API audits it. Answers the status and the JSON body (`null` when it is not JSON).
+async fn call(signed: &Signed, plugin: &str, request: Request) -> Result<(u16, Value), ApiError> {
+    let ctx = &signed.ctx;
+    let door = door_of(signed)?;
+    let mutating = request.method != "GET";
+    let uri: Uri = format!("/console/apps/{plugin}")
+        .parse()
+        .unwrap_or_default();
+    let answer = doors(&ctx.state)
+        .call(door, plugin, &signed.arrival, request)
+        .await;
+    let result = answer
+        .result
+        .map(|r| {
+            (
+                r.status,
+                serde_json::from_slice(&r.body).unwrap_or(Value::Null),
+            )
+        })
+        .map_err(|e| door_error(e, &uri));
+    let result = if mutating {
+        let about = ("plugin", Some(plugin));
+        ctx.audited("plugin.call", about, answer.place.as_ref(), result)
+            .await
+    } else {
+        result
+    };
+    match result {
+        // The plugin's own refusal (`Error::field`, `Error::conflict`, …) is an answer the page
+        // shows; the engine's refusals (not entitled, not allowed) stay errors.
+        Err(error @ ApiError::Plugin(crate::plugins::Error::Plugin(_))) => {
+            let (status, code) = error.status_and_code();
+            let message = error.to_string();
+            Ok((status.as_u16(), json!({ "code": code, "message": message })))
+        }
+        other => other,
+    }
+}
+
+/// A plugin's refusal (`{code, message}`), as a form shows it.
+fn refusal(status: u16, body: &Value) -> Value {
+    json!({
+        "status": status,
+        "code": body.get("code").and_then(Value::as_str).unwrap_or("plugin_failed"),
+        "message": body.get("message").and_then(Value::as_str).unwrap_or_default(),
+    })
+}
+
+async fn show(
+    State(state): State<AppState>,
+    look: Look,
+    signed: Signed,
+    Path((plugin, id)): Path<(String, String)>,
+    Query(params): Query<BTreeMap<String, String>>,
+) -> Result<Response, ApiError> {
+    let (installed, page) = page_of(&signed, &plugin, &id).await?;
+    let mut data = frame(&signed, &look, &installed, &page).await?;
+    let pairs: Vec<(&str, &str)> = page
+        .params()
+        .into_iter()
+        .filter_map(|p| params.get(p).map(|v| (p, v.as_str())))
+        .collect();
+    data["links"] = json!(
+        page.links
+            .iter()
+            .filter_map(|other| installed.pages.iter().find(|p| &p.id == other))
+            .filter(|other| reachable(&signed, &installed, other))
+            .map(|other| json!({
+                "href": href(&plugin, &other.id, &pairs),
+                "label": text(&installed, look.locale, &other.title),
+            }))
+            .collect::<Vec<_>>()
+    );
+    if page.kind == PageKind::Form {
+        data["inputs"] = inputs(&installed, look.locale, &page, &Fields::parse(b""));
+        data["action"] = href(&plugin, &page.id, &pairs).into();
+        return look.render(&state, "console-app-form", data);
+    }
+    let path = path_of(&page, &params)?;
+    let mut query = Vec::new();
+    if let Some(search) = &page.search
+        && let Some(q) = params.get(search).filter(|q| !q.is_empty())
+    {
+        query.push((search.as_str(), q.as_str()));
+        data["search"] = json!({ "param": search, "value": q });
+    } else if let Some(search) = &page.search {
+        data["search"] = json!({ "param": search, "value": "" });
+    }
+    if let Some(after) = params.get("after").filter(|a| !a.is_empty()) {
+        query.push(("after", after.as_str()));
+    }
+    let request = Request {
+        method: "GET".into(),
+        path,
+        query: url::form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(&query)
+            .finish(),
+        headers: Vec::new(),
+        body: Vec::new(),
+        locale: look.locale.tag(),
+    };
+    let (status, body) = call(&signed, &plugin, request).await?;
+    if status >= 400 {
+        data["problem"] = refusal(status, &body);
+        let mut response = look.render(&state, "console-app", data)?;
+        *response.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
+        return Ok(response);
+    }
+    match page.kind {
+        PageKind::List | PageKind::Detail => {
+            data["fields"] = json!(
+                page.fields
+                    .iter()
+                    .map(|f| json!({
+                        "label": text(&installed, look.locale, &f.label),
+                        "value": shown(body.pointer(&f.field)),
+                    }))
+                    .collect::<Vec<_>>()
+            );
+            if let Some(table) = &page.table {
+                data["table"] = table_of(&installed, look.locale, &plugin, &page, table, &body);
+            }
+            if let Some(next) = page.next.as_deref().and_then(|n| body.pointer(n)) {
+                let cursor = shown(Some(next));
+                if !cursor.is_empty() {
+                    let mut more = pairs.clone();
+                    if let Some(search) = data["search"]["value"].as_str().filter(|v| !v.is_empty())
+                    {
+                        more.push((page.search.as_deref().unwrap_or("q"), search));
+                    }
+                    more.push(("after", &cursor));
+                    data["next"] = href(&plugin, &page.id, &more).into();
+                }
+            }
+        }
+        PageKind::Qr => {
+            let url = shown(page.value.as_deref().and_then(|v| body.pointer(v)));
+            if !url.is_empty() {
+                data["qr"] = json!({ "url": url, "svg": super::super::qr_svg(&url)? });
+            }
+        }
+        PageKind::Form => {}
+    }
+    look.render(&state, "console-app", data)
+}
+
+/// The frame of a plugin page: the console's, with the plugin's name and the page's title.
+async fn frame(
+    signed: &Signed,
+    look: &Look,
+    installed: &Installation,
+    page: &Page,
+) -> Result<Value, ApiError> {
+    let key = format!("{}/{}", installed.plugin_id, page.id);
+    let mut data = signed.frame(&key).await?;
+    data["app"] = json!({
+        "plugin": installed.plugin_id,
+        // The manifest's own name in the visitor's language, where it gives one.
+        "name": installed
+            .strings
+            .get(look.locale.tag())
+            .and_then(|s| s.get("name"))
+            .unwrap_or(&installed.name),
+        "title": text(installed, look.locale, &page.title),
+        "kind": page.kind,
+    });
+    Ok(data)
+}
+
+/// A table's rows from the answer, each cell shown as text, each row opening its page.
+fn table_of(
+    installed: &Installation,
+    locale: Locale,
+    plugin: &str,
+    page: &Page,
+    table: &crate::plugins::manifest::pages::Table,
+    body: &Value,
+) -> Value {
+    let rows = body
+        .pointer(&table.items)
+        .and_then(Value::as_array)
+        .map(|rows| rows.iter().take(MAX_ROWS).collect::<Vec<_>>())
+        .unwrap_or_default();
+    let rows: Vec<Value> = rows
+        .into_iter()
+        .map(|row| {
+            let cells: Vec<String> = table
+                .columns
+                .iter()
+                .map(|c| shown(row.pointer(&c.field)))
+                .collect();
+            let open = page.open.as_ref().and_then(|open| {
+                let value = shown(row.pointer(&open.field));
+                (!value.is_empty())
+                    .then(|| href(plugin, &open.page, &[(open.param.as_str(), value.as_str())]))
+            });
+            json!({ "cells": cells, "open": open })
+        })
+        .collect();
+    json!({
+        "columns": table
+            .columns
+            .iter()
+            .map(|c| text(installed, locale, &c.label))
+            .collect::<Vec<_>>(),
+        "rows": rows,
+    })
+}
+
+/// A form's inputs with what was typed (or nothing), for the template.
+fn inputs(installed: &Installation, locale: Locale, page: &Page, typed: &Fields) -> Value {
+    json!(
+        page.inputs
+            .iter()
+            .map(|input| json!({
+                "name": input.name,
+                "label": text(installed, locale, &input.label),
+                "type": input.kind,
+                "required": input.required,
+                "options": input.options,
+                "value": typed.one(&input.name),
+                "checked": !typed.one(&input.name).is_empty(),
+            }))
+            .collect::<Vec<_>>()
+    )
+}
+
+/// The JSON object a form sends: each input typed as declared; an empty optional input is
+/// left out.
+fn body_of(page: &Page, fields: &Fields) -> Result<Value, (String, String)> {
+    let mut body = serde_json::Map::new();
+    for input in &page.inputs {
+        let raw = fields.one(&input.name).trim();
+        let value = match input.kind {
+            InputKind::Boolean => Value::Bool(!raw.is_empty()),
+            _ if raw.is_empty() && !input.required => continue,
+            _ if raw.is_empty() => {
+                return Err((input.name.clone(), "required".into()));
+            }
+            InputKind::Integer => raw
+                .parse::<i64>()
+                .map(Value::from)
+                .map_err(|_| (input.name.clone(), "a whole number".to_owned()))?,
+            InputKind::Select if !input.options.iter().any(|o| o == raw) => {
+                return Err((input.name.clone(), "not one of the choices".into()));
+            }
+            InputKind::Text | InputKind::Textarea | InputKind::Select => Value::from(raw),
+        };
+        body.insert(input.name.clone(), value);
+    }
+    Ok(Value::Object(body))
+}
+
+async fn submit(
+    State(state): State<AppState>,
+    look: Look,
+    signed: Signed,
+    headers: HeaderMap,
+    Path((plugin, id)): Path<(String, String)>,
+    Query(params): Query<BTreeMap<String, String>>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let fields = Fields::parse(&body);
+    signed.check_form(&headers, fields.one("form_token"))?;
+    let (installed, page) = page_of(&signed, &plugin, &id).await?;
+    if page.kind != PageKind::Form {
+        return Err(ApiError::MethodNotAllowed(format!(
+            "/console/apps/{plugin}/{id}"
+        )));
+    }
+    let pairs: Vec<(&str, &str)> = page
+        .params()
+        .into_iter()
+        .filter_map(|p| params.get(p).map(|v| (p, v.as_str())))
+        .collect();
+    let (method, _) = page.route.split_once(' ').unwrap_or_default();
+    let outcome = match body_of(&page, &fields) {
+        Ok(json_body) => {
+            let request = Request {
+                method: method.to_ascii_uppercase(),
+                path: path_of(&page, &params)?,
+                query: String::new(),
+                headers: vec![("content-type".into(), "application/json".into())],
+                body: json_body.to_string().into_bytes(),
+                locale: look.locale.tag(),
+            };
+            let (status, answer) = call(&signed, &plugin, request).await?;
+            if status < 400 {
+                let back = page.then.as_deref().unwrap_or(&page.id);
+                return Ok(Redirect::to(&href(&plugin, back, &pairs)).into_response());
+            }
+            refusal(status, &answer)
+        }
+        Err((field, message)) => json!({
+            "status": 422,
+            "code": "validation_failed",
+            "message": format!("{field}: {message}"),
+        }),
+    };
+    let mut data = frame(&signed, &look, &installed, &page).await?;
+    data["inputs"] = inputs(&installed, look.locale, &page, &fields);
+    data["action"] = href(&plugin, &page.id, &pairs).into();
+    let status = outcome["status"].as_u64().unwrap_or(422);
+    data["problem"] = outcome;
+    let mut response = look.render(&state, "console-app-form", data)?;
+    *response.status_mut() = u16::try_from(status)
+        .ok()
+        .and_then(|s| StatusCode::from_u16(s).ok())
+        .unwrap_or(StatusCode::UNPROCESSABLE_ENTITY);
+    Ok(response)
+}

@@ -1,0 +1,431 @@
+//! Console pages a plugin contributes (`[[pages]]` in `plugin.toml`), described as data.
+//!
+//! Invariant: a page names only one of the plugin's own admin routes and says where in that
+//! route's JSON answer its values are (JSON pointers); it carries no markup. The console renders
+//! every page with its own templates, escaping every value, so no plugin markup or script ever
+//! runs in the console's origin.
+
+use std::collections::BTreeSet;
+
+use serde::{Deserialize, Serialize};
+
+use super::{Audience, Manifest, Route, invalid};
+use crate::plugins::Error;
+
+/// At most this many pages, columns per table, fields per detail, inputs per form and options
+/// per select: a page's size is bounded whatever the plugin declares.
+const MAX_PAGES: usize = 32;
+const MAX_COLUMNS: usize = 12;
+const MAX_INPUTS: usize = 20;
+const MAX_OPTIONS: usize = 50;
+
+/// A console page: what it shows, from which route.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Page {
+    /// Lower-case letters, digits and dashes; unique in the plugin.
+    pub id: String,
+    /// Its heading and menu entry: a key of the manifest's `i18n`, else shown as written.
+    pub title: String,
+    pub kind: PageKind,
+    /// The route it reads (`list`, `detail`, `qr`: `GET`) or submits to (`form`), exactly as
+    /// declared in `[[routes]]`, such as `GET /members/{id}`. The route's audience is the page's:
+    /// only `staff`, `merchant`, `agent` and `partner` routes can have pages. A `{name}` segment
+    /// is filled from the page's parameter of that name.
+    pub route: String,
+    /// Listed in the console's menu; only for a page whose route has no `{name}` segment.
+    #[serde(default)]
+    pub menu: bool,
+    /// `list`: the rows and their columns; `detail`: an optional table below the fields.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub table: Option<Table>,
+    /// `list`: the query parameter a search box sends (such as `q`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub search: Option<String>,
+    /// `list`: where the answer holds the cursor of the next page, sent back as `after`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
+    /// `list`: each row opens this page, with `param` taken from the row's `field`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub open: Option<Open>,
+    /// `detail`: label and value pairs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fields: Vec<Column>,
+    /// `qr`: where the answer holds the URL to show as a QR code (and as text to copy).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    /// `form`: the inputs, sent as one JSON object.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub inputs: Vec<Input>,
+    /// `form`: the page shown after a successful submit, with the same parameters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub then: Option<String>,
+    /// Other pages linked from this one with the same parameters (such as a member's
+    /// adjustment form from the member's page).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub links: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum PageKind {
+    /// A table of rows, with an optional search box and next-page cursor.
+    List,
+    /// One record's fields, with an optional table (such as a ledger).
+    Detail,
+    /// Inputs posted as JSON to the route; the plugin's refusal is shown beside them.
+    Form,
+    /// A URL as a QR code drawn by the console, and as text to copy.
+    Qr,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Table {
+    /// Where the answer holds the array of rows (a JSON pointer; `""` is the answer itself).
+    pub items: String,
+    pub columns: Vec<Column>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Column {
+    /// A JSON pointer into the row (or, for `fields`, the answer), such as `/name`.
+    pub field: String,
+    /// An `i18n` key, else shown as written.
+    pub label: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Open {
+    pub page: String,
+    pub param: String,
+    /// A JSON pointer into the row.
+    pub field: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Input {
+    /// The JSON property it sets.
+    pub name: String,
+    pub label: String,
+    #[serde(rename = "type", default)]
+    pub kind: InputKind,
+    #[serde(default)]
+    pub required: bool,
+    /// `select`: the values offered.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub options: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum InputKind {
+    #[default]
+    Text,
+    Textarea,
+    /// Sent as a JSON integer.
+    Integer,
+    /// Sent as `true` or `false`.
+    Boolean,
+    /// One of `options`.
+    Select,
+}
+
+impl Page {
+    /// The route this page uses, found among the manifest's routes.
+    pub fn route_of<'m>(&self, manifest: &'m Manifest) -> Option<&'m Route> {
+        let (method, path) = self.route.split_once(' ')?;
+        manifest
+            .routes
+            .iter()
+            .find(|r| r.method.eq_ignore_ascii_case(method) && r.path == path)
+    }
+
+    /// The `{name}` segments of the page's route: its parameters.
+    pub fn params(&self) -> Vec<&str> {
+        self.route
+            .split('/')
+            .filter_map(|s| s.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
+            .collect()
+    }
+}
+
+fn is_page_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 32
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+fn is_pointer(text: &str) -> bool {
+    (text.is_empty() || text.starts_with('/')) && text.len() <= 200
+}
+
+fn is_label(text: &str) -> bool {
+    !text.trim().is_empty() && text.chars().count() <= 200
+}
+
+/// Checks the manifest's pages against its routes: what packing and loading refuse.
+pub(super) fn validate(manifest: &Manifest) -> Result<(), Error> {
+    let pages = &manifest.pages;
+    if pages.len() > MAX_PAGES {
+        return Err(invalid(format!("at most {MAX_PAGES} pages")));
+    }
+    let ids: BTreeSet<&str> = pages.iter().map(|p| p.id.as_str()).collect();
+    if ids.len() != pages.len() {
+        return Err(invalid("page ids must be unique"));
+    }
+    for page in pages {
+        let at = |what: &str| invalid(format!("page {:?}: {what}", page.id));
+        if !is_page_id(&page.id) {
+            return Err(at(
+                "id must be 1 to 32 lower-case letters, digits or dashes",
+            ));
+        }
+        if !is_label(&page.title) {
+            return Err(at("title must be 1 to 200 characters"));
+        }
+        let Some(route) = page.route_of(manifest) else {
+            return Err(at(&format!(
+                "route {:?} is not one of the plugin's [[routes]] (\"METHOD /path\")",
+                page.route
+            )));
+        };
+        if !matches!(
+            route.audience,
+            Audience::Staff | Audience::Merchant | Audience::Agent | Audience::Partner
+        ) {
+            return Err(at(
+                "its route must be for staff, merchant, agent or partner",
+            ));
+        }
+        let reads = route.method.eq_ignore_ascii_case("GET");
+        match page.kind {
+            PageKind::List | PageKind::Detail | PageKind::Qr if !reads => {
+                return Err(at("a list, detail or qr page reads a GET route"));
+            }
+            PageKind::Form if reads => return Err(at("a form submits to a route other than GET")),
+            _ => {}
+        }
+        if page.menu && !page.params().is_empty() {
+            return Err(at("a menu page's route has no {name} segment"));
+        }
+        let columns = page
+            .table
+            .iter()
+            .flat_map(|t| t.columns.iter())
+            .chain(&page.fields);
+        for column in columns {
+            if !is_pointer(&column.field) || !is_label(&column.label) {
+                return Err(at("each column needs a JSON pointer field and a label"));
+            }
+        }
+        if let Some(table) = &page.table
+            && (!is_pointer(&table.items)
+                || table.columns.is_empty()
+                || table.columns.len() > MAX_COLUMNS)
+        {
+            return Err(at(&format!(
+                "table needs an items pointer and 1 to {MAX_COLUMNS} columns"
+            )));
+        }
+        if page.fields.len() > MAX_INPUTS * 2 {
+            return Err(at("too many fields"));
+        }
+        let required = match page.kind {
+            PageKind::List => page.table.is_some(),
+            PageKind::Detail => !page.fields.is_empty() || page.table.is_some(),
+            PageKind::Form => page.inputs.len() <= MAX_INPUTS,
+            PageKind::Qr => page.value.as_deref().is_some_and(is_pointer),
+        };
+        if !required {
+            return Err(at(match page.kind {
+                PageKind::List => "a list needs a table",
+                PageKind::Detail => "a detail page needs fields or a table",
+                PageKind::Form => "a form has at most 20 inputs",
+                PageKind::Qr => "a qr page needs the value pointer",
+            }));
+        }
+        for input in &page.inputs {
+            let bad_options = match input.kind {
+                InputKind::Select => input.options.is_empty() || input.options.len() > MAX_OPTIONS,
+                _ => !input.options.is_empty(),
+            };
+            if !is_page_id(&input.name.replace('_', "-")) || !is_label(&input.label) || bad_options
+            {
+                return Err(at(&format!(
+                    "input {:?} needs a name (letters, digits, _ or -), a label, and options only for a select (1 to {MAX_OPTIONS})",
+                    input.name
+                )));
+            }
+        }
+        if page.search.as_deref().is_some_and(|s| !is_page_id(s))
+            || page.next.as_deref().is_some_and(|n| !is_pointer(n))
+        {
+            return Err(at("search names a query parameter; next is a JSON pointer"));
+        }
+        let linked = page
+            .open
+            .iter()
+            .map(|o| o.page.as_str())
+            .chain(page.then.as_deref())
+            .chain(page.links.iter().map(String::as_str));
+        for other in linked {
+            if !ids.contains(other) {
+                return Err(at(&format!("names page {other:?}, which is not declared")));
+            }
+        }
+        if let Some(open) = &page.open
+            && (!is_pointer(&open.field) || !is_page_id(&open.param.replace('_', "-")))
+        {
+            return Err(at("open needs a param name and a JSON pointer field"));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = r#"
+id = "com.example.pages"
+version = "1.0.0"
+host_api = "^0.2"
+name = "Pages"
+publisher = "Example"
+[[routes]]
+method = "GET"
+path = "/items"
+audience = "staff"
+[[routes]]
+method = "GET"
+path = "/items/{id}"
+audience = "staff"
+[[routes]]
+method = "POST"
+path = "/items/{id}/notes"
+audience = "merchant"
+[[routes]]
+method = "GET"
+path = "/card"
+audience = "member"
+"#;
+
+    /// The manifest with `pages` appended, fully checked as installing checks it.
+    fn checked(pages: &str) -> Result<Manifest, String> {
+        let manifest =
+            Manifest::parse(&format!("{BASE}{pages}"), None).map_err(|e| e.to_string())?;
+        Manifest::from_json(&manifest.to_json()).map_err(|e| e.to_string())
+    }
+
+    const GOOD: &str = r#"
+[[pages]]
+id = "items"
+title = "Items"
+kind = "list"
+route = "GET /items"
+menu = true
+open = { page = "item", param = "id", field = "/id" }
+table = { items = "/items", columns = [{ field = "/name", label = "Name" }] }
+[[pages]]
+id = "item"
+title = "Item"
+kind = "detail"
+route = "GET /items/{id}"
+fields = [{ field = "/name", label = "Name" }]
+links = ["note"]
+[[pages]]
+id = "note"
+title = "Note"
+kind = "form"
+route = "POST /items/{id}/notes"
+then = "item"
+inputs = [{ name = "text", label = "Text", required = true }, { name = "kind", label = "Kind", type = "select", options = ["a", "b"] }]
+"#;
+
+    #[test]
+    fn pages_bound_to_declared_admin_routes_are_accepted_with_their_parameters() {
+        let manifest = checked(GOOD).unwrap();
+        assert_eq!(manifest.pages.len(), 3);
+        assert_eq!(manifest.pages[1].params(), ["id"]);
+        assert!(manifest.pages[0].params().is_empty());
+    }
+
+    #[test]
+    fn the_tutorials_pages_are_valid_for_the_routes_it_names() {
+        let readme = include_str!("../../../../../host-api/README.md");
+        let section = &readme[readme.find("## 10. Pages in the console").unwrap()..];
+        let start = section.find("```toml\n").unwrap() + "```toml\n".len();
+        let pages = &section[start..start + section[start..].find("```").unwrap()];
+        let manifest = format!(
+            "{}{}",
+            BASE.replace("/items", "/cards")
+                .replace("/cards/{id}/notes", "/cards/{buyer}/stamps")
+                .replace("/cards/{id}", "/cards/{buyer}"),
+            pages
+        );
+        let parsed = Manifest::parse(&manifest, None).unwrap();
+        let checked = Manifest::from_json(&parsed.to_json()).unwrap();
+        assert_eq!(checked.pages.len(), 3);
+        assert_eq!(checked.i18n["zh-CN"]["page.cards"], "集点卡");
+    }
+
+    #[test]
+    fn a_page_that_does_not_fit_its_routes_is_refused_naming_the_page() {
+        let cases = [
+            (
+                GOOD.replace("GET /items\"", "GET /nothing\""),
+                "is not one of the plugin's",
+            ),
+            (
+                GOOD.replace("route = \"GET /items/{id}\"", "route = \"GET /card\""),
+                "staff, merchant",
+            ),
+            (
+                GOOD.replace("POST /items/{id}/notes", "GET /items/{id}"),
+                "submits to a route other than GET",
+            ),
+            (
+                GOOD.replace("then = \"item\"", "then = \"elsewhere\""),
+                "not declared",
+            ),
+            (
+                GOOD.replace("id = \"items\"", "id = \"Items!\""),
+                "lower-case",
+            ),
+            (
+                GOOD.replace(
+                    "fields = [{ field = \"/name\"",
+                    "fields = [{ field = \"name\"",
+                ),
+                "JSON pointer",
+            ),
+            (
+                GOOD.replace("options = [\"a\", \"b\"]", "options = []"),
+                "options only for a select",
+            ),
+            (
+                format!(
+                    "{GOOD}\n[[pages]]\nid = \"items\"\ntitle = \"t\"\nkind = \"qr\"\nroute = \"GET /items\"\nvalue = \"/u\"\n"
+                ),
+                "unique",
+            ),
+            (
+                GOOD.replace(
+                    "kind = \"detail\"\nroute = \"GET /items/{id}\"",
+                    "kind = \"detail\"\nroute = \"GET /items/{id}\"\nmenu = true",
+                ),
+                "menu page",
+            ),
+        ];
+        for (pages, expected) in cases {
+            let error = checked(&pages).unwrap_err();
+            assert!(error.contains(expected), "{expected:?} not in {error:?}");
+        }
+    }
+}
