@@ -1305,6 +1305,92 @@ async fn a_plugin_cannot_put_markup_or_script_into_the_console() {
 }
 
 #[tokio::test]
+async fn another_site_cannot_ride_the_console_session_into_the_api() {
+    for db in databases().await {
+        let engine = Engine::start(&db.url(), &[]);
+        let world = World::build(&engine, &db.url()).await;
+        let owner = signed_in(&engine, "owner@jade.test").await;
+        let session = owner.session.clone().unwrap();
+        let merchants = world
+            .root
+            .get(&format!("/api/v1/merchants?parent_id={}", world.agent))
+            .await
+            .ok();
+        let merchant = merchants.body["items"][0]["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let keypair = format!(
+            "{}/api/v1/merchants/{merchant}/alipay/keypair",
+            engine.base_url
+        );
+        let http = trellis_tests::client();
+        // A body-less POST needs no preflight: only the origin check stops it.
+        let forged = http
+            .post(&keypair)
+            .header("host", DOMAIN)
+            .header("cookie", format!("trellis_session={session}"))
+            .header("origin", "https://evil.test")
+            .header("sec-fetch-site", "cross-site")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(forged.status(), 403);
+        let body: serde_json::Value = forged.json().await.unwrap();
+        assert_eq!(body["code"], "form_refused");
+        let stored = world
+            .root
+            .get(&format!("/api/v1/merchants/{merchant}/alipay/credentials"))
+            .await;
+        assert_eq!(stored.status, 404, "nothing was made: {stored:?}");
+        // The same request from the site's own page goes through.
+        let own = http
+            .post(&keypair)
+            .header("host", DOMAIN)
+            .header("cookie", format!("trellis_session={session}"))
+            .header("origin", format!("http://{DOMAIN}"))
+            .header("sec-fetch-site", "same-origin")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(own.status(), 201);
+        drop(engine);
+        db.cleanup().await;
+    }
+}
+
+#[tokio::test]
+async fn a_plugins_pages_open_only_for_a_merchant_that_holds_it() {
+    for db in databases().await {
+        let engine = Engine::start(&db.url(), &[]);
+        let world = World::build(&engine, &db.url()).await;
+        let merchant = with_plugins(&world).await;
+        let mut owner = signed_in(&engine, "owner@jade.test").await;
+        let path = format!("/console/apps/{MEMBERSHIP}/adjust?id=1");
+        assert_eq!(owner.get(&path).await.status, 200);
+        // Revoked: not even the form's labels.
+        let assignments = world
+            .root
+            .get(&format!("/api/v1/assignments?merchant_id={merchant}"))
+            .await
+            .ok();
+        for assignment in assignments.body["items"].as_array().unwrap() {
+            let id = assignment["id"].as_str().unwrap();
+            world
+                .root
+                .post(&format!("/api/v1/assignments/{id}/revoke"), json!({}))
+                .await
+                .ok();
+        }
+        assert_eq!(owner.get(&path).await.status, 404);
+        let home = owner.get("/console").await;
+        assert!(!home.text.contains("/console/apps/"), "{}", home.text);
+        drop(engine);
+        db.cleanup().await;
+    }
+}
+
+#[tokio::test]
 async fn a_password_changed_in_the_console_signs_in_and_the_old_one_does_not() {
     for db in databases().await {
         let engine = Engine::start(&db.url(), &[]);

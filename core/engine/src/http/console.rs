@@ -19,7 +19,7 @@ use sha2::{Digest, Sha256};
 
 use super::AppState;
 use super::error::ApiError;
-use super::extract::{Ctx, SESSION_COOKIE};
+use super::extract::{Ctx, SESSION_COOKIE, same_origin};
 use super::middleware::{HostContext, RequestId};
 use crate::auth::{self, PrincipalKind};
 use crate::db::Page;
@@ -170,25 +170,6 @@ fn form_token(session_token: &str) -> String {
         .chain_update(session_token.as_bytes())
         .finalize();
     digest[..16].iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// Whether a state-changing request comes from a page of this origin. Browsers send
-/// `Sec-Fetch-Site` and `Origin` with every form post; a request with neither (a program) is
-/// left to the form token.
-fn same_origin(headers: &HeaderMap) -> bool {
-    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    if let Some(site) = header("sec-fetch-site")
-        && site != "same-origin"
-    {
-        return false;
-    }
-    match (header("origin"), header("host")) {
-        (None, _) => true,
-        (Some(origin), Some(host)) => origin
-            .split_once("://")
-            .is_some_and(|(_, authority)| authority.eq_ignore_ascii_case(host)),
-        (Some(_), None) => false,
-    }
 }
 
 impl Signed {

@@ -95,6 +95,16 @@ impl FromRequestParts<AppState> for Caller {
             .get::<HostContext>()
             .cloned()
             .unwrap_or_default();
+        // A session sent as the cookie is a browser's: a change it asks for must come from this
+        // origin, or another site could make a signed-in browser post (a body-less POST needs
+        // no preflight). Programs send Bearer tokens, which no other site can attach.
+        let cookie_only =
+            bearer(&parts.headers).is_none() && cookie(&parts.headers, SESSION_COOKIE).is_some();
+        if cookie_only && !parts.method.is_safe() && !same_origin(&parts.headers) {
+            return Err(ApiError::FormRefused(
+                "a change sent with the session cookie must come from this site's own pages",
+            ));
+        }
         Ok(Self(principal_of(state, &parts.headers, &host).await?))
     }
 }
@@ -110,6 +120,25 @@ pub(crate) async fn principal_of(
         return Err(auth::Error::Unauthenticated.into());
     };
     Ok(auth::authenticate(&state.db.conn, &token, host.partner_id()).await?)
+}
+
+/// Whether a state-changing request comes from a page of this origin. Browsers send
+/// `Sec-Fetch-Site` and `Origin` with every form post; a request with neither (a program) is
+/// left to the form token.
+pub(crate) fn same_origin(headers: &HeaderMap) -> bool {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    if let Some(site) = header("sec-fetch-site")
+        && site != "same-origin"
+    {
+        return false;
+    }
+    match (header("origin"), header("host")) {
+        (None, _) => true,
+        (Some(origin), Some(host)) => origin
+            .split_once("://")
+            .is_some_and(|(_, authority)| authority.eq_ignore_ascii_case(host)),
+        (Some(_), None) => false,
+    }
 }
 
 fn bearer(headers: &HeaderMap) -> Option<String> {

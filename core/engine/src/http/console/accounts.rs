@@ -66,6 +66,11 @@ async fn accounts_data(
     data["target"] = json!(node);
     data["accounts"] = json!(listed.items);
     data["pages"] = pages(listed.total, page);
+    // The pager keeps the node it pages through.
+    data["pages"]["extra"] = url::form_urlencoded::Serializer::new(String::new())
+        .append_pair("node_id", &place.id)
+        .finish()
+        .into();
     data["may_create"] = crate::rbac::allows(ctx.caller.role, Action::UserCreate).into();
     if let Some(problem) = problem {
         data["problem"] = problem;

@@ -34,6 +34,10 @@ pub(super) fn routes() -> Router<AppState> {
 
 /// Rows a list page shows at most, whatever the route answers.
 const MAX_ROWS: usize = 200;
+/// Characters a value shows at most; the rest is cut.
+const MAX_SHOWN: usize = 500;
+/// The longest URL drawn as a QR code (a code for more is not scannable anyway).
+const MAX_QR: usize = 1_000;
 
 /// The plugin pages the visitor's menu lists: the `menu` pages of the plugins its merchant
 /// holds whose route its role may reach. Read from the catalog's kept reads, so the menu costs
@@ -113,7 +117,7 @@ fn text(installed: &Installation, locale: Locale, key: &str) -> String {
 /// The value at `pointer` as the page shows it: text as is, numbers and booleans written out,
 /// a list of plain values joined, anything else as compact JSON. Always escaped by the template.
 fn shown(value: Option<&Value>) -> String {
-    match value {
+    let text = match value {
         None | Some(Value::Null) => String::new(),
         Some(Value::String(s)) => s.clone(),
         Some(Value::Array(items)) if items.iter().all(|v| !v.is_object() && !v.is_array()) => items
@@ -122,6 +126,14 @@ fn shown(value: Option<&Value>) -> String {
             .collect::<Vec<_>>()
             .join(", "),
         Some(other) => other.to_string(),
+    };
+    // A cell is read, not a document: a plugin cannot grow a page by its answers' size.
+    if text.chars().count() > MAX_SHOWN {
+        let mut cut: String = text.chars().take(MAX_SHOWN).collect();
+        cut.push('…');
+        cut
+    } else {
+        text
     }
 }
 
@@ -170,7 +182,27 @@ async fn page_of(
         .iter()
         .find(|p| p.id == id)
         .cloned()
+        .filter(|page| reachable(signed, &installed, page))
         .ok_or_else(missing)?;
+    // Only for a plugin the merchant holds now: not even a form's labels otherwise.
+    let merchant = signed
+        .ctx
+        .caller
+        .place
+        .merchant_id
+        .clone()
+        .unwrap_or_default();
+    if !signed
+        .ctx
+        .state
+        .catalog
+        .entitled(&merchant)
+        .await?
+        .iter()
+        .any(|p| p == plugin)
+    {
+        return Err(missing());
+    }
     Ok((installed, page))
 }
 
@@ -183,18 +215,33 @@ fn path_of(page: &Page, params: &BTreeMap<String, String>) -> Result<String, Api
         path.push('/');
         match segment.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
             Some(name) => {
-                let value = params.get(name).filter(|v| !v.is_empty()).ok_or_else(|| {
-                    ApiError::Validation {
+                let value = params
+                    .get(name)
+                    .filter(|v| !v.is_empty() && *v != "." && *v != "..")
+                    .ok_or_else(|| ApiError::Validation {
                         field: "params",
                         message: format!("this page needs its {name}"),
-                    }
-                })?;
-                path.extend(url::form_urlencoded::byte_serialize(value.as_bytes()));
+                    })?;
+                path.push_str(&segment_encoded(value));
             }
             None => path.push_str(segment),
         }
     }
     Ok(path)
+}
+
+/// `value` as one path segment: every byte but the unreserved ones percent-encoded, so it can
+/// neither end the segment nor start a query.
+fn segment_encoded(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for byte in value.bytes() {
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(byte));
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
 }
 
 /// A link to page `id` of the plugin with `params`.
@@ -290,13 +337,17 @@ async fn show(
     }
     let path = path_of(&page, &params)?;
     let mut query = Vec::new();
-    if let Some(search) = &page.search
-        && let Some(q) = params.get(search).filter(|q| !q.is_empty())
-    {
-        query.push((search.as_str(), q.as_str()));
-        data["search"] = json!({ "param": search, "value": q });
-    } else if let Some(search) = &page.search {
-        data["search"] = json!({ "param": search, "value": "" });
+    if let Some(search) = &page.search {
+        let q = params.get(search).map(String::as_str).unwrap_or_default();
+        if !q.is_empty() {
+            query.push((search.as_str(), q));
+        }
+        // The search box sends the page's own parameters along with the words.
+        let keep: Vec<Value> = pairs
+            .iter()
+            .map(|(name, value)| json!({ "name": name, "value": value }))
+            .collect();
+        data["search"] = json!({ "param": search, "value": q, "keep": keep });
     }
     if let Some(after) = params.get("after").filter(|a| !a.is_empty()) {
         query.push(("after", after.as_str()));
@@ -347,7 +398,7 @@ async fn show(
         }
         PageKind::Qr => {
             let url = shown(page.value.as_deref().and_then(|v| body.pointer(v)));
-            if !url.is_empty() {
+            if !url.is_empty() && url.len() <= MAX_QR {
                 data["qr"] = json!({ "url": url, "svg": super::super::qr_svg(&url)? });
             }
         }

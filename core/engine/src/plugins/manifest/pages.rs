@@ -18,6 +18,11 @@ const MAX_PAGES: usize = 32;
 const MAX_COLUMNS: usize = 12;
 const MAX_INPUTS: usize = 20;
 const MAX_OPTIONS: usize = 50;
+const MAX_LINKS: usize = 8;
+
+/// Form field names the console's own forms use: an input may not take them (it could read
+/// the visitor's form token back).
+const RESERVED_INPUTS: [&str; 1] = ["form_token"];
 
 /// A console page: what it shows, from which route.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
@@ -220,9 +225,13 @@ pub(super) fn validate(manifest: &Manifest) -> Result<(), Error> {
             .flat_map(|t| t.columns.iter())
             .chain(&page.fields);
         for column in columns {
-            if !is_pointer(&column.field) || !is_label(&column.label) {
+            // Not the whole row or answer: a value is one field.
+            if column.field.is_empty() || !is_pointer(&column.field) || !is_label(&column.label) {
                 return Err(at("each column needs a JSON pointer field and a label"));
             }
+        }
+        if page.links.len() > MAX_LINKS {
+            return Err(at(&format!("at most {MAX_LINKS} links")));
         }
         if let Some(table) = &page.table
             && (!is_pointer(&table.items)
@@ -255,10 +264,14 @@ pub(super) fn validate(manifest: &Manifest) -> Result<(), Error> {
                 InputKind::Select => input.options.is_empty() || input.options.len() > MAX_OPTIONS,
                 _ => !input.options.is_empty(),
             };
-            if !is_page_id(&input.name.replace('_', "-")) || !is_label(&input.label) || bad_options
+            let reserved = RESERVED_INPUTS.contains(&input.name.as_str());
+            if reserved
+                || !is_page_id(&input.name.replace('_', "-"))
+                || !is_label(&input.label)
+                || bad_options
             {
                 return Err(at(&format!(
-                    "input {:?} needs a name (letters, digits, _ or -), a label, and options only for a select (1 to {MAX_OPTIONS})",
+                    "input {:?} needs a name (letters, digits, _ or -, not form_token), a label, and options only for a select (1 to {MAX_OPTIONS})",
                     input.name
                 )));
             }
@@ -408,6 +421,14 @@ inputs = [{ name = "text", label = "Text", required = true }, { name = "kind", l
             (
                 GOOD.replace("options = [\"a\", \"b\"]", "options = []"),
                 "options only for a select",
+            ),
+            (
+                GOOD.replace("name = \"text\"", "name = \"form_token\""),
+                "not form_token",
+            ),
+            (
+                GOOD.replace("fields = [{ field = \"/name\"", "fields = [{ field = \"\""),
+                "JSON pointer",
             ),
             (
                 format!(
