@@ -165,21 +165,26 @@ impl Demo {
         }
     }
 
-    /// The demo merchant's owner, signed in on the demo partner's domain with the password the
-    /// seed printed, and the merchant's id.
-    async fn owner(&self) -> (Api, String) {
-        let password = self
-            .seeded
+    /// The password the seed printed for `email`.
+    fn password_of(&self, email: &str) -> String {
+        self.seeded
             .lines()
             .find_map(|line| {
                 let mut words = line.split_whitespace().skip(1);
-                (words.next() == Some(OWNER))
+                (words.next() == Some(email))
                     .then(|| words.next())
                     .flatten()
             })
-            .unwrap_or_else(|| panic!("no password for {OWNER} in:\n{}", self.seeded));
+            .unwrap_or_else(|| panic!("no password for {email} in:\n{}", self.seeded))
+            .to_owned()
+    }
+
+    /// The demo merchant's owner, signed in on the demo partner's domain with the password the
+    /// seed printed, and the merchant's id.
+    async fn owner(&self) -> (Api, String) {
+        let password = self.password_of(OWNER);
         let owner = Api::new(&self.engine, DEMO_DOMAIN)
-            .login(OWNER, password)
+            .login(OWNER, &password)
             .await;
         let me = owner.get("/api/v1/me").await.ok();
         let merchant = me.body["node"]["merchant_id"].as_str().unwrap().to_owned();
@@ -316,6 +321,46 @@ async fn make_runs_own_settings_serve_hellos_public_page_on_the_demo_partners_do
         html.contains("<h1>你好</h1>") && html.contains("本店已处理 0 个事件。"),
         "the demo tenant is greeted in Chinese: {html}"
     );
+}
+
+#[tokio::test]
+async fn make_runs_demo_owner_signs_into_the_console_and_opens_membership_s_pages() {
+    let demo = Demo::start();
+    let password = demo.password_of(OWNER);
+    let http = trellis_tests::client();
+    let base = &demo.engine.base_url;
+    let form = url::form_urlencoded::Serializer::new(String::new())
+        .extend_pairs([("email", OWNER), ("password", password.as_str())])
+        .finish();
+    let signed = http
+        .post(format!("{base}/console/login"))
+        .header("host", DEMO_DOMAIN)
+        .header("origin", format!("http://{DEMO_DOMAIN}"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(signed.status(), 303, "{}", demo.engine.log());
+    let cookie = signed.headers()["set-cookie"].to_str().unwrap();
+    let cookie = cookie.split(';').next().unwrap().to_owned();
+    let page = |path: &str| {
+        http.get(format!("{base}{path}"))
+            .header("host", DEMO_DOMAIN)
+            .header("accept", "text/html")
+            .header("cookie", &cookie)
+            .send()
+    };
+    let home = page("/console").await.unwrap().text().await.unwrap();
+    // The demo merchant holds membership: its pages are in the menu.
+    let members = format!("/console/apps/{MEMBERSHIP}/members");
+    assert!(home.contains(&format!("href=\"{members}\"")), "{home}");
+    let answer = page(&members).await.unwrap();
+    assert_eq!(answer.status(), 200);
+    let html = answer.text().await.unwrap();
+    assert!(html.contains("<h1>会员</h1>"), "{html}");
+    let card = page(&format!("/console/apps/{MEMBERSHIP}/card")).await.unwrap();
+    assert_eq!(card.status(), 200);
 }
 
 /// `trellis demo seed` run outside the repository seeds the tenants, says why no plugin was
