@@ -359,7 +359,9 @@ async fn make_runs_demo_owner_signs_into_the_console_and_opens_membership_s_page
     assert_eq!(answer.status(), 200);
     let html = answer.text().await.unwrap();
     assert!(html.contains("<h1>会员</h1>"), "{html}");
-    let card = page(&format!("/console/apps/{MEMBERSHIP}/card")).await.unwrap();
+    let card = page(&format!("/console/apps/{MEMBERSHIP}/card"))
+        .await
+        .unwrap();
     assert_eq!(card.status(), 200);
 }
 
