@@ -10,7 +10,7 @@
 use axum::extract::FromRequestParts;
 use axum::extract::rejection::FormRejection;
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, HeaderValue, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::{Form, Router};
 use serde::Deserialize;
@@ -19,7 +19,7 @@ use sha2::{Digest, Sha256};
 
 use super::AppState;
 use super::error::ApiError;
-use super::extract::{Ctx, SESSION_COOKIE, same_origin};
+use super::extract::{Ctx, SESSION_COOKIE, cookie, same_origin};
 use super::middleware::{HostContext, RequestId};
 use crate::auth::{self, PrincipalKind};
 use crate::db::Page;
@@ -102,17 +102,6 @@ impl Look {
 
 fn locale_of(tag: &str) -> Option<Locale> {
     Locale::ALL.into_iter().find(|l| l.tag() == tag)
-}
-
-fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(n, _)| *n == name)
-        .map(|(_, v)| v.to_owned())
 }
 
 /// A signed-in console visitor: the API's context plus the session's form token. A visitor
@@ -309,6 +298,21 @@ fn pages(total: u64, page: Page) -> Value {
         "next": (page.page < last).then(|| page.page + 1),
         "total": total,
     })
+}
+
+/// A refused form, shown again on its page with the reason and what was typed; `None` for what
+/// no form can mend (the engine failed, the visitor may not, the thing is not theirs to see),
+/// which goes to the themed error page instead.
+pub(super) fn refused(error: &ApiError, typed: Value) -> Option<(StatusCode, Value)> {
+    let (status, code) = error.status_and_code();
+    if status.is_server_error() || status == StatusCode::FORBIDDEN || error.is_not_found() {
+        return None;
+    }
+    let mut problem = json!({ "code": code, "message": problem_text(error) });
+    if let (Some(problem), Value::Object(typed)) = (problem.as_object_mut(), typed) {
+        problem.extend(typed);
+    }
+    Some((status, problem))
 }
 
 /// What a refused form shows beside its fields: the engine's message, as the API gives it (a

@@ -2,7 +2,7 @@
 
 use axum::extract::rejection::FormRejection;
 use axum::extract::{Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::get;
 use axum::{Form, Router};
@@ -14,7 +14,7 @@ use super::super::AppState;
 use super::super::accounts;
 use super::super::error::ApiError;
 use super::super::extract::Target;
-use super::{Look, PageQuery, Signed, form, pages, problem_text};
+use super::{Look, PageQuery, Signed, form, pages, refused};
 use crate::auth::{self, NewUser, UserFilter};
 use crate::db::Page;
 use crate::rbac::Action;
@@ -112,15 +112,9 @@ async fn add_account(
             Ok(Redirect::to(&back).into_response())
         }
         Err(error) => {
-            let (status, code) = error.status_and_code();
-            if status.is_server_error() || status == StatusCode::FORBIDDEN || error.is_not_found() {
+            let Some((status, problem)) = refused(&error, json!({ "email": body.email })) else {
                 return Err(error);
-            }
-            let problem = json!({
-                "code": code,
-                "message": problem_text(&error),
-                "email": body.email,
-            });
+            };
             let page = PageQuery { page: None }.page();
             let data = accounts_data(&signed, Some(&body.node_id), page, Some(problem)).await?;
             let mut response = look.render(&state, "console-accounts", data)?;

@@ -4,7 +4,7 @@
 
 use axum::extract::rejection::FormRejection;
 use axum::extract::{Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::{Form, Router};
@@ -15,7 +15,7 @@ use super::super::AppState;
 use super::super::credentials as doors;
 use super::super::error::ApiError;
 use super::super::extract::Target;
-use super::{Look, Signed, form, problem_text};
+use super::{Look, Signed, form, refused};
 use crate::alipay::credentials::{self, CredentialsInput, GatewayKind, KeyMode};
 use crate::rbac::Action;
 
@@ -161,16 +161,13 @@ async fn store(
             Ok(Redirect::to(&back).into_response())
         }
         Err(error) => {
-            let (status, code) = error.status_and_code();
-            if status.is_server_error() || status == StatusCode::FORBIDDEN || error.is_not_found() {
-                return Err(error);
-            }
-            let problem = json!({
-                "code": code,
-                "message": problem_text(&error),
+            let typed = json!({
                 "app_id": body.app_id,
                 "alipay_public_key": body.alipay_public_key,
             });
+            let Some((status, problem)) = refused(&error, typed) else {
+                return Err(error);
+            };
             let data = app_data(&signed, &body.merchant_id, Some(problem)).await?;
             let mut response = look.render(&state, "console-alipay", data)?;
             *response.status_mut() = status;

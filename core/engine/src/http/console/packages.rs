@@ -5,7 +5,7 @@
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use serde_json::{Value, json};
@@ -14,7 +14,7 @@ use super::super::AppState;
 use super::super::error::ApiError;
 use super::super::extract::Target;
 use super::super::packages as doors;
-use super::{Fields, Look, PageQuery, Signed, pages, problem_text};
+use super::{Fields, Look, PageQuery, Signed, pages, refused};
 use crate::db::Page;
 use crate::packages::{self, Quotas, Spec};
 use crate::rbac::Action;
@@ -62,19 +62,6 @@ fn spec_from(fields: &Fields) -> Result<Spec, ApiError> {
         },
         list_price: None,
     })
-}
-
-/// A refused form, shown again on its page with the reason and what was typed.
-fn refused(error: &ApiError, typed: Value) -> Option<(StatusCode, Value)> {
-    let (status, code) = error.status_and_code();
-    if status.is_server_error() || status == StatusCode::FORBIDDEN || error.is_not_found() {
-        return None;
-    }
-    let mut problem = json!({ "code": code, "message": problem_text(error) });
-    if let (Some(problem), Value::Object(typed)) = (problem.as_object_mut(), typed) {
-        problem.extend(typed);
-    }
-    Some((status, problem))
 }
 
 async fn list_page(

@@ -4,7 +4,7 @@
 
 use axum::Router;
 use axum::extract::{Multipart, Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use serde_json::{Value, json};
@@ -13,7 +13,7 @@ use super::super::AppState;
 use super::super::catalog::{self as doors, Change};
 use super::super::error::ApiError;
 use super::super::extract::Target;
-use super::{Fields, Look, Signed, problem_text};
+use super::{Fields, Look, Signed, refused};
 use crate::rbac::Action;
 use crate::tenancy::NodeKind;
 
@@ -72,11 +72,9 @@ async fn again(
     signed: &Signed,
     error: ApiError,
 ) -> Result<Response, ApiError> {
-    let (status, code) = error.status_and_code();
-    if status.is_server_error() || status == StatusCode::FORBIDDEN || error.is_not_found() {
+    let Some((status, problem)) = refused(&error, json!({})) else {
         return Err(error);
-    }
-    let problem = json!({ "code": code, "message": problem_text(&error) });
+    };
     let data = catalog_data(signed, Some(problem)).await?;
     let mut response = look.render(state, "console-plugins", data)?;
     *response.status_mut() = status;

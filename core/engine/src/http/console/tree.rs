@@ -2,7 +2,7 @@
 
 use axum::extract::rejection::FormRejection;
 use axum::extract::{Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::{Form, Router};
@@ -13,7 +13,7 @@ use super::super::AppState;
 use super::super::error::ApiError;
 use super::super::extract::Target;
 use super::super::nodes;
-use super::{Look, PageQuery, Signed, child_kind, form, pages, problem_text};
+use super::{Look, PageQuery, Signed, child_kind, form, pages, refused};
 use crate::db::Page;
 use crate::rbac::Action;
 use crate::tenancy::{self, NewNode, NodeFilter, NodeKind};
@@ -118,16 +118,10 @@ async fn create_node(
     match nodes::create(&signed.ctx, kind, request).await {
         Ok(_) => Ok(Redirect::to("/console").into_response()),
         Err(error) => {
-            let (status, code) = error.status_and_code();
-            if status.is_server_error() || status == StatusCode::FORBIDDEN {
+            let typed = json!({ "name": body.name, "domain": body.domain });
+            let Some((status, problem)) = refused(&error, typed) else {
                 return Err(error);
-            }
-            let problem = json!({
-                "code": code,
-                "message": problem_text(&error),
-                "name": body.name,
-                "domain": body.domain,
-            });
+            };
             let data = home_data(&signed, PageQuery { page: None }.page(), Some(problem)).await?;
             let mut response = look.render(&state, "console-home", data)?;
             *response.status_mut() = status;
