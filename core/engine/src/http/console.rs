@@ -239,6 +239,16 @@ impl Fields {
         Self(url::form_urlencoded::parse(body).into_owned().collect())
     }
 
+    pub(super) fn from_pairs(pairs: Vec<(String, String)>) -> Self {
+        Self(pairs)
+    }
+
+    /// Sets `name` to one `value`, replacing what was posted for it.
+    pub(super) fn set(&mut self, name: &str, value: String) {
+        self.0.retain(|(n, _)| n != name);
+        self.0.push((name.to_owned(), value));
+    }
+
     /// The first value of `name`, or "".
     pub(super) fn one(&self, name: &str) -> &str {
         self.0

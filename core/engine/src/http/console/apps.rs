@@ -11,25 +11,29 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode, Uri};
-use axum::response::{IntoResponse, Redirect, Response};
+use axum::http::{StatusCode, Uri};
+use axum::response::Response;
 use axum::routing::get;
 use serde_json::{Value, json};
 
 use super::super::AppState;
 use super::super::error::ApiError;
 use super::super::plugin_routes::{door_error, doors};
-use super::{Fields, Look, Signed};
+use super::{Look, Signed};
 use crate::doors::{Door, Request};
 use crate::plugins::catalog::Installation;
-use crate::plugins::manifest::pages::{InputKind, Page, PageKind};
+use crate::plugins::manifest::pages::{Page, PageKind};
 use crate::tenancy::NodeKind;
 use crate::themes::Locale;
 
+mod form;
+
 pub(super) fn routes() -> Router<AppState> {
-    Router::new().route("/console/apps/{plugin}/{page}", get(show).post(submit))
+    Router::new().route(
+        "/console/apps/{plugin}/{page}",
+        get(show).post(form::submit),
+    )
 }
 
 /// Rows a list page shows at most, whatever the route answers.
@@ -206,10 +210,10 @@ async fn page_of(
     Ok((installed, page))
 }
 
-/// The route's path with each `{name}` filled from the page's parameters, each one path
-/// segment (percent-encoded).
-fn path_of(page: &Page, params: &BTreeMap<String, String>) -> Result<String, ApiError> {
-    let (_, pattern) = page.route.split_once(' ').unwrap_or_default();
+/// The path of `route` (`"METHOD /path"`) with each `{name}` filled from the page's
+/// parameters, each one path segment (percent-encoded).
+fn path_of(route: &str, params: &BTreeMap<String, String>) -> Result<String, ApiError> {
+    let (_, pattern) = route.split_once(' ').unwrap_or_default();
     let mut path = String::new();
     for segment in pattern.split('/').filter(|s| !s.is_empty()) {
         path.push('/');
@@ -331,11 +335,19 @@ async fn show(
             .collect::<Vec<_>>()
     );
     if page.kind == PageKind::Form {
-        data["inputs"] = inputs(&installed, look.locale, &page, &Fields::parse(b""));
-        data["action"] = href(&plugin, &page.id, &pairs).into();
-        return look.render(&state, "console-app-form", data);
+        let action = href(&plugin, &page.id, &pairs);
+        return form::show(
+            &state,
+            &look,
+            &signed,
+            (&installed, &page),
+            &params,
+            action,
+            data,
+        )
+        .await;
     }
-    let path = path_of(&page, &params)?;
+    let path = path_of(&page.route, &params)?;
     let mut query = Vec::new();
     if let Some(search) = &page.search {
         let q = params.get(search).map(String::as_str).unwrap_or_default();
@@ -468,107 +480,4 @@ fn table_of(
             .collect::<Vec<_>>(),
         "rows": rows,
     })
-}
-
-/// A form's inputs with what was typed (or nothing), for the template.
-fn inputs(installed: &Installation, locale: Locale, page: &Page, typed: &Fields) -> Value {
-    json!(
-        page.inputs
-            .iter()
-            .map(|input| json!({
-                "name": input.name,
-                "label": text(installed, locale, &input.label),
-                "type": input.kind,
-                "required": input.required,
-                "options": input.options,
-                "value": typed.one(&input.name),
-                "checked": !typed.one(&input.name).is_empty(),
-            }))
-            .collect::<Vec<_>>()
-    )
-}
-
-/// The JSON object a form sends: each input typed as declared; an empty optional input is
-/// left out.
-fn body_of(page: &Page, fields: &Fields) -> Result<Value, (String, String)> {
-    let mut body = serde_json::Map::new();
-    for input in &page.inputs {
-        let raw = fields.one(&input.name).trim();
-        let value = match input.kind {
-            InputKind::Boolean => Value::Bool(!raw.is_empty()),
-            _ if raw.is_empty() && !input.required => continue,
-            _ if raw.is_empty() => {
-                return Err((input.name.clone(), "required".into()));
-            }
-            InputKind::Integer => raw
-                .parse::<i64>()
-                .map(Value::from)
-                .map_err(|_| (input.name.clone(), "a whole number".to_owned()))?,
-            InputKind::Select if !input.options.iter().any(|o| o == raw) => {
-                return Err((input.name.clone(), "not one of the choices".into()));
-            }
-            InputKind::Text | InputKind::Textarea | InputKind::Select => Value::from(raw),
-        };
-        body.insert(input.name.clone(), value);
-    }
-    Ok(Value::Object(body))
-}
-
-async fn submit(
-    State(state): State<AppState>,
-    look: Look,
-    signed: Signed,
-    headers: HeaderMap,
-    Path((plugin, id)): Path<(String, String)>,
-    Query(params): Query<BTreeMap<String, String>>,
-    body: Bytes,
-) -> Result<Response, ApiError> {
-    let fields = Fields::parse(&body);
-    signed.check_form(&headers, fields.one("form_token"))?;
-    let (installed, page) = page_of(&signed, &plugin, &id).await?;
-    if page.kind != PageKind::Form {
-        return Err(ApiError::MethodNotAllowed(format!(
-            "/console/apps/{plugin}/{id}"
-        )));
-    }
-    let pairs: Vec<(&str, &str)> = page
-        .params()
-        .into_iter()
-        .filter_map(|p| params.get(p).map(|v| (p, v.as_str())))
-        .collect();
-    let (method, _) = page.route.split_once(' ').unwrap_or_default();
-    let outcome = match body_of(&page, &fields) {
-        Ok(json_body) => {
-            let request = Request {
-                method: method.to_ascii_uppercase(),
-                path: path_of(&page, &params)?,
-                query: String::new(),
-                headers: vec![("content-type".into(), "application/json".into())],
-                body: json_body.to_string().into_bytes(),
-                locale: look.locale.tag(),
-            };
-            let (status, answer) = call(&signed, &plugin, request).await?;
-            if status < 400 {
-                let back = page.then.as_deref().unwrap_or(&page.id);
-                return Ok(Redirect::to(&href(&plugin, back, &pairs)).into_response());
-            }
-            refusal(status, &answer)
-        }
-        Err((field, message)) => json!({
-            "status": 422,
-            "code": "validation_failed",
-            "message": format!("{field}: {message}"),
-        }),
-    };
-    let mut data = frame(&signed, &look, &installed, &page).await?;
-    data["inputs"] = inputs(&installed, look.locale, &page, &fields);
-    data["action"] = href(&plugin, &page.id, &pairs).into();
-    let status = outcome["status"].as_u64().unwrap_or(422);
-    data["problem"] = outcome;
-    let mut response = look.render(&state, "console-app-form", data)?;
-    *response.status_mut() = u16::try_from(status)
-        .ok()
-        .and_then(|s| StatusCode::from_u16(s).ok())
-        .unwrap_or(StatusCode::UNPROCESSABLE_ENTITY);
-    Ok(response)
 }

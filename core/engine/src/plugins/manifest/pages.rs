@@ -19,6 +19,9 @@ const MAX_COLUMNS: usize = 12;
 const MAX_INPUTS: usize = 20;
 const MAX_OPTIONS: usize = 50;
 const MAX_LINKS: usize = 8;
+/// Rows a repeated form shows at most, and blank rows it offers.
+const MAX_ROWS: usize = 50;
+const MAX_BLANK: usize = 10;
 
 /// Form field names the console's own forms use: an input may not take them (it could read
 /// the visitor's form token back).
@@ -62,6 +65,14 @@ pub struct Page {
     /// `form`: the inputs, sent as one JSON object.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub inputs: Vec<Input>,
+    /// `form`: a `GET` route whose answer fills the inputs with the current values (each
+    /// input's `from`), so the form edits what exists; its `{name}` segments must be the page's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load: Option<String>,
+    /// `form`: the inputs are one row of an array the form edits as a whole (such as levels):
+    /// the current rows and some blank ones are shown, and the body carries the rows at `at`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rows: Option<Rows>,
     /// `form`: the page shown after a successful submit, with the same parameters.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub then: Option<String>,
@@ -112,17 +123,62 @@ pub struct Open {
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+pub struct Rows {
+    /// Where the body holds the array of rows (a JSON pointer, not `""`). The inputs' `at` and
+    /// `from` point into one row.
+    pub at: String,
+    /// Where the `load` answer holds the current rows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+    /// Rows at most (1 to 50), the current ones first.
+    pub max: usize,
+    /// Blank rows offered after the current ones (0 to 10). A row whose text, number and image
+    /// inputs are all empty is left out of the body: that is how a row is removed.
+    #[serde(default = "two")]
+    pub blank: usize,
+}
+
+fn two() -> usize {
+    2
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct Input {
-    /// The JSON property it sets.
+    /// The form field's name (letters, digits, `_` or `-`), and the JSON property it sets
+    /// unless `at` says otherwise.
     pub name: String,
     pub label: String,
     #[serde(rename = "type", default)]
     pub kind: InputKind,
     #[serde(default)]
     pub required: bool,
-    /// `select`: the values offered.
+    /// `select` and `choices`: the values offered.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub options: Vec<String>,
+    /// Where in the body (or the row) the value goes, as a JSON pointer such as
+    /// `/form/required`; objects on the way are made. Default: `/name`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at: Option<String>,
+    /// Where the page's `load` answer (or the row) holds the current value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+    /// `image`: where a chosen file goes first; the input then takes a value from its answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upload: Option<Upload>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Upload {
+    /// A route other than `GET`, as declared in `[[routes]]`, that takes the file as the
+    /// request body with the file's content type.
+    pub route: String,
+    /// Sent as the query string, such as `use=logo`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub query: String,
+    /// Where the route's answer holds the value the input takes, such as `/image_id`.
+    pub result: String,
 }
 
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
@@ -137,25 +193,49 @@ pub enum InputKind {
     Boolean,
     /// One of `options`.
     Select,
+    /// Any of `options`, as checkboxes; sent as an array of strings.
+    Choices,
+    /// Not shown: carries the current value (from `from`) back, such as a row's id.
+    Hidden,
+    /// A file chosen in the browser, sent to `upload` first; the input's value is what that
+    /// answers (such as an image id), else the current value.
+    Image,
 }
 
 impl Page {
     /// The route this page uses, found among the manifest's routes.
     pub fn route_of<'m>(&self, manifest: &'m Manifest) -> Option<&'m Route> {
-        let (method, path) = self.route.split_once(' ')?;
-        manifest
-            .routes
-            .iter()
-            .find(|r| r.method.eq_ignore_ascii_case(method) && r.path == path)
+        declared(manifest, &self.route)
     }
 
     /// The `{name}` segments of the page's route: its parameters.
     pub fn params(&self) -> Vec<&str> {
-        self.route
-            .split('/')
-            .filter_map(|s| s.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
-            .collect()
+        params_of(&self.route)
     }
+}
+
+impl Input {
+    /// Where in the body (or row) the value goes.
+    pub fn at(&self) -> String {
+        self.at.clone().unwrap_or_else(|| format!("/{}", self.name))
+    }
+}
+
+/// The declared route `"METHOD /path"` names.
+fn declared<'m>(manifest: &'m Manifest, route: &str) -> Option<&'m Route> {
+    let (method, path) = route.split_once(' ')?;
+    manifest
+        .routes
+        .iter()
+        .find(|r| r.method.eq_ignore_ascii_case(method) && r.path == path)
+}
+
+/// The `{name}` segments of a `"METHOD /path"`.
+pub fn params_of(route: &str) -> Vec<&str> {
+    route
+        .split('/')
+        .filter_map(|s| s.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
+        .collect()
 }
 
 fn is_page_id(id: &str) -> bool {
@@ -259,9 +339,12 @@ pub(super) fn validate(manifest: &Manifest) -> Result<(), Error> {
                 PageKind::Qr => "a qr page needs the value pointer",
             }));
         }
+        form_parts(manifest, page).map_err(|what| at(&what))?;
         for input in &page.inputs {
             let bad_options = match input.kind {
-                InputKind::Select => input.options.is_empty() || input.options.len() > MAX_OPTIONS,
+                InputKind::Select | InputKind::Choices => {
+                    input.options.is_empty() || input.options.len() > MAX_OPTIONS
+                }
                 _ => !input.options.is_empty(),
             };
             let reserved = RESERVED_INPUTS.contains(&input.name.as_str());
@@ -271,7 +354,7 @@ pub(super) fn validate(manifest: &Manifest) -> Result<(), Error> {
                 || bad_options
             {
                 return Err(at(&format!(
-                    "input {:?} needs a name (letters, digits, _ or -, not form_token), a label, and options only for a select (1 to {MAX_OPTIONS})",
+                    "input {:?} needs a name (letters, digits, _ or -, not form_token), a label, and options only for a select or choices (1 to {MAX_OPTIONS})",
                     input.name
                 )));
             }
@@ -296,6 +379,70 @@ pub(super) fn validate(manifest: &Manifest) -> Result<(), Error> {
             && (!is_pointer(&open.field) || !is_page_id(&open.param.replace('_', "-")))
         {
             return Err(at("open needs a param name and a JSON pointer field"));
+        }
+    }
+    Ok(())
+}
+
+/// Checks what only a form has: its `load` route, its rows, and each input's pointers and
+/// upload. Answers what is wrong.
+fn form_parts(manifest: &Manifest, page: &Page) -> Result<(), String> {
+    let is_form = page.kind == PageKind::Form;
+    if !is_form && (page.load.is_some() || page.rows.is_some() || !page.inputs.is_empty()) {
+        return Err("only a form has load, rows or inputs".into());
+    }
+    let own = page.params();
+    let fits = |route: &str| params_of(route).iter().all(|p| own.contains(p));
+    if let Some(load) = &page.load {
+        let reads = declared(manifest, load).is_some_and(|r| r.method.eq_ignore_ascii_case("GET"));
+        if !reads || !fits(load) {
+            return Err(format!(
+                "load {load:?} must be a declared GET route whose {{name}} segments are the page's"
+            ));
+        }
+    }
+    if let Some(rows) = &page.rows {
+        let from_ok = rows.from.as_deref().is_none_or(is_pointer);
+        if rows.at.is_empty() || !is_pointer(&rows.at) || !from_ok {
+            return Err("rows need an at pointer (not \"\") and a from pointer".into());
+        }
+        if rows.max == 0 || rows.max > MAX_ROWS || rows.blank > MAX_BLANK {
+            return Err(format!(
+                "rows take max 1 to {MAX_ROWS} and blank 0 to {MAX_BLANK}"
+            ));
+        }
+        if rows.from.is_some() && page.load.is_none() {
+            return Err("rows.from needs the page's load".into());
+        }
+    }
+    for input in &page.inputs {
+        let named = |what: &str| format!("input {:?}: {what}", input.name);
+        if input
+            .at
+            .as_deref()
+            .is_some_and(|a| a.is_empty() || !is_pointer(a))
+            || input.from.as_deref().is_some_and(|f| !is_pointer(f))
+        {
+            return Err(named("at and from are JSON pointers (at is not \"\")"));
+        }
+        if input.from.is_some() && page.load.is_none() {
+            return Err(named("from needs the page's load"));
+        }
+        match (&input.upload, input.kind) {
+            (Some(upload), InputKind::Image) => {
+                let posts = declared(manifest, &upload.route)
+                    .is_some_and(|r| !r.method.eq_ignore_ascii_case("GET"));
+                let query_ok =
+                    upload.query.len() <= 200 && !upload.query.contains(['#', ' ', '\n']);
+                if !posts || !fits(&upload.route) || !query_ok || !is_pointer(&upload.result) {
+                    return Err(named(
+                        "upload needs a declared route other than GET whose {name} segments are the page's, a short query and a result pointer",
+                    ));
+                }
+            }
+            (None, InputKind::Image) => return Err(named("an image input needs its upload")),
+            (Some(_), _) => return Err(named("only an image input has an upload")),
+            (None, _) => {}
         }
     }
     Ok(())
@@ -367,6 +514,77 @@ inputs = [{ name = "text", label = "Text", required = true }, { name = "kind", l
         assert_eq!(manifest.pages.len(), 3);
         assert_eq!(manifest.pages[1].params(), ["id"]);
         assert!(manifest.pages[0].params().is_empty());
+    }
+
+    /// A repeated form that loads its rows and uploads an image per row.
+    const ROWS: &str = r#"
+[[routes]]
+method = "PUT"
+path = "/levels"
+audience = "merchant"
+[[routes]]
+method = "GET"
+path = "/levels"
+audience = "staff"
+[[routes]]
+method = "POST"
+path = "/images"
+audience = "merchant"
+[[pages]]
+id = "levels"
+title = "Levels"
+kind = "form"
+route = "PUT /levels"
+load = "GET /levels"
+rows = { at = "/levels", from = "/levels", max = 10 }
+inputs = [
+    { name = "id", label = "Id", type = "hidden", from = "/id" },
+    { name = "name", label = "Name", required = true, from = "/name" },
+    { name = "perks", label = "Perks", type = "choices", options = ["a", "b"], at = "/perks/list" },
+    { name = "icon", label = "Icon", type = "image", from = "/icon", upload = { route = "POST /images", query = "use=icon", result = "/image_id" } },
+]
+"#;
+
+    #[test]
+    fn a_form_that_loads_its_rows_and_uploads_images_is_accepted() {
+        let manifest = checked(ROWS).unwrap();
+        let page = &manifest.pages[0];
+        assert_eq!(page.rows.as_ref().map(|r| (r.max, r.blank)), Some((10, 2)));
+        assert_eq!(page.inputs[2].at(), "/perks/list");
+        assert_eq!(page.inputs[1].at(), "/name");
+    }
+
+    #[test]
+    fn a_form_whose_load_rows_or_uploads_do_not_fit_is_refused() {
+        let cases = [
+            (ROWS.replace("load = \"GET /levels\"", "load = \"PUT /levels\""), "load"),
+            (ROWS.replace("load = \"GET /levels\"\n", ""), "needs the page's load"),
+            (ROWS.replace("max = 10", "max = 0"), "max 1 to 50"),
+            (ROWS.replace("max = 10", "max = 51"), "max 1 to 50"),
+            (ROWS.replace("at = \"/levels\"", "at = \"\""), "at pointer"),
+            (ROWS.replace("at = \"/perks/list\"", "at = \"perks\""), "JSON pointers"),
+            (
+                ROWS.replace(", upload = { route = \"POST /images\", query = \"use=icon\", result = \"/image_id\" }", ""),
+                "needs its upload",
+            ),
+            (ROWS.replace("route = \"POST /images\"", "route = \"GET /levels\""), "upload needs"),
+            (ROWS.replace("query = \"use=icon\"", "query = \"a b\""), "upload needs"),
+            (
+                ROWS.replace(
+                    "type = \"hidden\", from = \"/id\"",
+                    "type = \"hidden\", from = \"/id\", upload = { route = \"POST /images\", result = \"/x\" }",
+                ),
+                "only an image input",
+            ),
+            (
+                ROWS.replace("options = [\"a\", \"b\"]", "options = []"),
+                "select or choices",
+            ),
+        ];
+        for (pages, expected) in cases {
+            let error = checked(&pages).unwrap_err();
+            assert!(error.contains(expected), "{expected:?} not in {error:?}");
+        }
     }
 
     #[test]
