@@ -1,8 +1,10 @@
 """The consoles in Chromium, as people use them: every tier signs in on its own host, adds the
 tier below it and that tier's first account, and signs out; on the way the partner installs and
 offers a plugin, the agent builds, publishes and assigns a package with it, and the merchant
-sees what it holds and makes its Alipay key pair; the cashier at the bottom sees its store and
-no form. Every page is checked with axe-core (no serious or critical violation), the
+sees what it holds, sets up its Alipay app with a key pair made on the server, edits its member
+levels, designs the membership card with a logo and background, syncs it to the offline Alipay
+sandbox and shows its claim link as a QR code; a sandbox consumer claims the card and appears in
+the merchant's members; the cashier at the bottom sees its store and the member, and no form. Every page is checked with axe-core (no serious or critical violation), the
 sign-in is done with the keyboard alone, and each tier's main pages are photographed in Chinese
 and English.
 
@@ -10,9 +12,14 @@ Run by tests/it/browser.rs against an engine it started; exits non-zero on the f
 """
 
 import argparse
+import json
 import os
 import re
+import struct
 import sys
+import tempfile
+import urllib.request
+import zlib
 
 from axe_playwright_python.sync_playwright import Axe
 from playwright.sync_api import expect, sync_playwright
@@ -21,6 +28,32 @@ PASSWORD = "correct horse battery staple"
 # The plugins the partner installs, in the order their archives are given.
 PLUGINS = ("com.trellis.hello", "com.trellis.membership")
 LANGS = ("zh-CN", "en")
+APP_ID = "2021000000000088"
+
+
+def png(path, width, height):
+    """A real PNG of one colour, as a merchant's logo or background would be."""
+    rows = b"".join(b"\x00" + b"\x0b\x7a\x45" * width for _ in range(height))
+
+    def chunk(kind, data):
+        crc = zlib.crc32(kind + data) & 0xFFFFFFFF
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    with open(path, "wb") as f:
+        f.write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header))
+        f.write(chunk(b"IDAT", zlib.compress(rows, 9)) + chunk(b"IEND", b""))
+
+
+def sandbox(base, path, body):
+    """What Alipay's side does, played by the offline sandbox: JSON in, JSON out."""
+    request = urllib.request.Request(
+        f"{base}/sandbox{path}",
+        data=json.dumps(body).encode(),
+        headers={"content-type": "application/json"},
+    )
+    with urllib.request.urlopen(request) as response:
+        return json.load(response)
 
 
 def main():
@@ -37,6 +70,11 @@ def main():
     partner_site = f"http://jade.test:{args.port}"
     axe = Axe()
     checked = []
+    images = tempfile.mkdtemp()
+    logo = os.path.join(images, "logo.png")
+    background = os.path.join(images, "background.png")
+    png(logo, 600, 600)
+    png(background, 1100, 700)
 
     with sync_playwright() as p:
         browser = p.chromium.launch(
@@ -135,6 +173,76 @@ def main():
             expect(page.locator("table")).to_contain_text(merchant)
             photograph(page, "agent-assignments")
 
+        def alipay_app(page):
+            """The key pair made on the server, registered at the sandbox as the owner would
+            in Alipay's console, and Alipay's key and the gateway entered back."""
+            page.goto(f"{partner_site}/console/alipay")
+            page.click("form[action='/console/alipay/keypair'] button")
+            public = page.locator("#app_public_key")
+            expect(public).to_have_value(re.compile("^MII"))
+            app = sandbox(
+                console,
+                "/apps",
+                {"app_id": APP_ID, "app_public_key": public.input_value(), "identity": "uid"},
+            )
+            page.fill("#app_id", APP_ID)
+            page.fill("#alipay_public_key", app["alipay_public_key"])
+            page.select_option("#gateway", "custom")
+            page.fill("#gateway_url", app["gateway_url"])
+            page.click("form[action='/console/alipay'] button[type=submit]")
+            expect(page.locator("main")).to_contain_text("已就绪")
+            photograph(page, "merchant-alipay")
+
+        def levels(page):
+            page.get_by_role("link", name="会员等级", exact=True).click()
+            page.get_by_role("link", name="编辑会员等级").click()
+            expect(page.locator("legend")).to_have_count(2)
+            photograph(page, "merchant-levels-edit")
+            page.fill("#in-name-0", "普通会员")
+            page.fill("#in-threshold-0", "0")
+            page.fill("#in-benefits-0", "消费积分")
+            page.fill("#in-name-1", "金卡")
+            page.fill("#in-threshold-1", "500")
+            page.fill("#in-discount-1", "95")
+            page.click("main form button[type=submit]")
+            expect(page.locator("h1")).to_have_text("会员等级")
+            expect(page.locator("table")).to_contain_text("金卡")
+            photograph(page, "merchant-levels")
+
+        def card(page):
+            page.get_by_role("link", name="会员卡", exact=True).click()
+            expect(page.locator("dl.fields")).to_contain_text("never")
+            page.get_by_role("link", name="设计会员卡").click()
+            photograph(page, "merchant-card-edit")
+            page.fill("#in-show_name", "莲花会员卡")
+            page.fill("#in-brand_name", "莲花茶馆")
+            page.set_input_files("#in-logo_id", logo)
+            page.set_input_files("#in-background_id", background)
+            page.fill("#in-bg_color", "#0B7A45")
+            for column in ("points", "level"):
+                page.check(f"input[name=columns][value={column}]")
+            page.check("input[name=form_required][value=mobile]")
+            page.click("main form button[type=submit]")
+            expect(page.locator("h1")).to_have_text("会员卡")
+            expect(page.locator("dl.fields")).to_contain_text("莲花会员卡")
+            page.get_by_role("link", name="同步会员卡到支付宝").click()
+            page.click("main form button[type=submit]")
+            expect(page.locator("dl.fields")).to_contain_text("synced")
+            photograph(page, "merchant-card")
+
+        def claim(page):
+            """The claim link as a QR code; a sandbox consumer opens it and fills Alipay's
+            form."""
+            page.get_by_role("link", name="领卡链接", exact=True).click()
+            page.get_by_role("link", name="申请新的领卡链接").click()
+            page.select_option("#in-callback", "clean")
+            page.click("main form button[type=submit]")
+            expect(page.locator("figure.qr svg")).to_have_count(1)
+            photograph(page, "merchant-claim")
+            url = page.locator("#qr-url").input_value()
+            opened = sandbox(console, "/consumers/alice/open-claim-link", {"url": url})
+            assert opened["callback_status"] == 200, opened
+
         def sign_out(page):
             page.click("form[action='/console/logout'] button")
             expect(page).to_have_url(re.compile(r".*/console/login$"))
@@ -169,30 +277,37 @@ def main():
                 page.goto(f"{partner_site}/console/assignments")
                 expect(page.locator("table")).to_contain_text("金卡套餐 v1")
                 photograph(page, "merchant-assignments")
-                # Membership's own pages, drawn by the console from its data.
+                alipay_app(page)
+                levels(page)
+                card(page)
+                claim(page)
+                # Membership's own pages, drawn by the console from its data: the member
+                # who claimed the card is in the list.
                 page.get_by_role("link", name="会员", exact=True).click()
                 expect(page.locator("h1")).to_have_text("会员")
                 expect(page.locator("input[type=search]")).to_have_count(1)
+                expect(page.locator("tbody tr")).to_have_count(1)
+                # Her mobile, as Alipay's form gave it (the sandbox's consumers have 138…).
+                expect(page.locator("tbody")).to_contain_text("138")
                 photograph(page, "merchant-members")
-                page.get_by_role("link", name="会员卡", exact=True).click()
-                expect(page.locator("dl.fields")).to_contain_text("never")
-                photograph(page, "merchant-card")
-                page.goto(f"{partner_site}/console/alipay")
-                page.click("form[action='/console/alipay/keypair'] button")
-                expect(page.locator("#app_public_key")).to_have_value(re.compile("^MII"))
-                photograph(page, "merchant-alipay")
                 page.goto(f"{partner_site}/console/audit")
                 expect(page.locator("table")).to_contain_text("store.create")
                 photograph(page, "merchant-audit")
             sign_out(page)
 
-        # The cashier sees the store and may add nothing, neither nodes nor accounts.
+        # The cashier sees the store and may add nothing, neither nodes nor accounts; it sees
+        # the member and cannot adjust her.
         page = visitor()
         sign_in_by_keyboard(page, partner_site, "cashier@jade.test")
         expect(page.locator("h1")).to_have_text("前台门店")
         expect(page.locator("form[action='/console/nodes']")).to_have_count(0)
         expect(page.locator("nav.menu a[href='/console/accounts']")).to_have_count(0)
         photograph(page, "store-home")
+        page.get_by_role("link", name="会员", exact=True).click()
+        page.locator("tbody tr a").first.click()
+        expect(page.locator("h1")).to_have_text("会员详情")
+        expect(page.locator("a[href*='/adjust?']")).to_have_count(0)
+        photograph(page, "store-member")
         sign_out(page)
         browser.close()
     print(f"checked {len(checked)} pages: " + ", ".join(checked))

@@ -41,7 +41,8 @@ async fn every_tier_staffs_the_tier_below_in_chromium_with_no_serious_accessibil
         return;
     };
     let db = sqlite();
-    let engine = Engine::start(&db.url(), &[]);
+    // The offline sandbox plays Alipay: the merchant's app, the card, the consumer who claims it.
+    let engine = Engine::start(&db.url(), &[("TRELLIS_SANDBOX__ENABLED", "true")]);
     create_platform_admin(&db.url(), ROOT_EMAIL, TEST_PASSWORD);
     let port = engine.base_url.rsplit(':').next().unwrap().to_owned();
     let scratch = trellis_tests::tempdir();

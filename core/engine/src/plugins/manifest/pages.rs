@@ -153,7 +153,8 @@ pub struct Input {
     pub kind: InputKind,
     #[serde(default)]
     pub required: bool,
-    /// `select` and `choices`: the values offered.
+    /// `select` and `choices`: the values offered, each shown as the `i18n` entry
+    /// `opt.<value>` where there is one.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub options: Vec<String>,
     /// Where in the body (or the row) the value goes, as a JSON pointer such as

@@ -141,7 +141,11 @@ fn drawn(
             "options": input
                 .options
                 .iter()
-                .map(|o| json!({ "value": o, "chosen": chosen.contains(o) }))
+                .map(|o| json!({
+                    "value": o,
+                    "label": option_text(installed, locale, o),
+                    "chosen": chosen.contains(o),
+                }))
                 .collect::<Vec<_>>(),
             "value": value,
             "checked": !value.is_empty(),
@@ -162,6 +166,17 @@ fn drawn(
         None => json!({
             "inputs": page.inputs.iter().map(|input| input_of(input, None)).collect::<Vec<_>>()
         }),
+    }
+}
+
+/// How an option reads: the manifest's `i18n` entry `opt.<value>`, else the value itself.
+fn option_text(installed: &Installation, locale: Locale, value: &str) -> String {
+    let key = format!("opt.{value}");
+    let shown = text(installed, locale, &key);
+    if shown == key {
+        value.to_owned()
+    } else {
+        shown
     }
 }
 
