@@ -168,6 +168,20 @@ async fn open_claim_link(engine: &Engine, consumer: &str, link: &str) -> Value {
         .unwrap()
 }
 
+/// A sandbox consumer opening `url` inside Alipay: the sandbox follows the page's detour
+/// through its authorisation page and answers where it landed.
+async fn open_page(engine: &Engine, consumer: &str, url: &str) -> Value {
+    client()
+        .post(engine.url(&format!("/sandbox/consumers/{consumer}/open-page")))
+        .json(&json!({"url": url}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 async fn member(api: &Api, merchant: &str, id: &str) -> Value {
     api.get(&mp(merchant, &format!("/members/{id}")))
         .await
@@ -337,6 +351,62 @@ async fn journey(identity: &str) {
         }
         let mobile = alice["mobile"].as_str().unwrap().to_owned();
         assert!(mobile.starts_with("138"), "{label}: {alice}");
+
+        // --- her own page, opened from the card in Alipay -----------------------------------
+        // The engine sends her through Alipay's silent authorisation for m1's app first.
+        let home = format!("http://p1.test/m/{m1}/{MEMBERSHIP}/me");
+        let card_no = alice["external_card_no"].as_str().unwrap().to_owned();
+        let opened = open_page(&engine, "alice", &home).await;
+        assert_eq!(opened["status"], 200, "{label}: {opened}");
+        let page = opened["body"].as_str().unwrap();
+        assert!(
+            page.contains("普通会员") && page.contains(&card_no) && page.contains("积分"),
+            "{label}: {page}"
+        );
+        // Another consumer sees no one's card but the way to get one.
+        let other = open_page(&engine, "dave", &home).await;
+        let page = other["body"].as_str().unwrap();
+        assert!(page.contains("您还不是本店会员"), "{label}: {page}");
+        assert!(!page.contains(&card_no), "{label}: {page}");
+        // Without Alipay, a forged buyer header only earns the detour to Alipay.
+        let forged = client()
+            .get(engine.url(&format!("/m/{m1}/{MEMBERSHIP}/me")))
+            .header("host", "p1.test")
+            .header("x-trellis-alipay-user-id", "2088000000000001")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(forged.status(), 302, "{label}");
+        let to = forged.headers()["location"].to_str().unwrap();
+        assert!(
+            to.contains("/sandbox/oauth2/publicAppAuthorize.htm?app_id=")
+                && to.contains("scope=auth_base"),
+            "{label}: {to}"
+        );
+        let kept = forged.headers()["set-cookie"].to_str().unwrap();
+        assert!(
+            kept.starts_with("trellis_member_state=")
+                && kept.contains(&format!("Path=/m/{m1}/{MEMBERSHIP};"))
+                && kept.contains("HttpOnly"),
+            "{label}: {kept}"
+        );
+        // A code brought to a browser that was not sent for it shows nothing.
+        let stray = client()
+            .get(engine.url(&format!("/m/{m1}/{MEMBERSHIP}/me?auth_code=abc&state=one")))
+            .header("host", "p1.test")
+            .header("cookie", "trellis_member_state=two")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(stray.status(), 400, "{label}");
+        // Not on another partner's domain.
+        let elsewhere = client()
+            .get(engine.url(&format!("/m/{m1}/{MEMBERSHIP}/me")))
+            .header("host", "p2.test")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(elsewhere.status(), 404, "{label}");
 
         // Another plugin of the partner finds her by the buyer id of her payments, and the claim
         // link for buyers who are not members yet (host-api 0.2 plugin calls).

@@ -898,3 +898,87 @@ async fn certificate_mode_follows_a_rotated_alipay_certificate_only_through_the_
         db.cleanup().await;
     }
 }
+
+#[tokio::test]
+async fn web_authorisation_grants_a_code_to_the_signed_in_consumer_and_refuses_bad_requests() {
+    let db = trellis_tests::sqlite();
+    let engine = sandbox_engine(&db.url());
+    let app = app(&engine).await;
+    let http = client();
+    let page = |query: &[(&str, &str)], consumer: Option<&str>| {
+        let query = url::form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(query)
+            .finish();
+        let mut request =
+            http.get(engine.url(&format!("/sandbox/oauth2/publicAppAuthorize.htm?{query}")));
+        if let Some(consumer) = consumer {
+            request = request.header("cookie", format!("sandbox_consumer={consumer}"));
+        }
+        request.send()
+    };
+    let good = [
+        ("app_id", APP_ID),
+        ("scope", "auth_base"),
+        ("redirect_uri", "https://pay.example/m/1/p/me?x=1"),
+        ("state", "s1"),
+    ];
+    // Nobody signed in: the sandbox says how to sign a consumer in.
+    let anonymous = page(&good, None).await.unwrap();
+    assert_eq!(anonymous.status(), 422);
+    let signed = http
+        .get(engine.url("/sandbox/consumers/alice/sign-in"))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        signed.headers()["set-cookie"]
+            .to_str()
+            .unwrap()
+            .starts_with("sandbox_consumer=alice;")
+    );
+    let granted = page(&good, Some("alice")).await.unwrap();
+    assert_eq!(granted.status(), 302);
+    let back = url::Url::parse(granted.headers()["location"].to_str().unwrap()).unwrap();
+    assert_eq!(back.host_str(), Some("pay.example"));
+    let pairs: std::collections::BTreeMap<String, String> =
+        back.query_pairs().into_owned().collect();
+    assert_eq!(pairs["x"], "1", "the page's own query is kept");
+    assert_eq!(pairs["state"], "s1");
+    assert_eq!(pairs["app_id"], APP_ID);
+    // The code names alice to this app, once.
+    let token = |code: String| {
+        let app = &app;
+        async move {
+            let options = CallOptions {
+                extra: [
+                    ("grant_type".to_owned(), "authorization_code".to_owned()),
+                    ("code".to_owned(), code),
+                ]
+                .into(),
+                ..CallOptions::default()
+            };
+            alipay()
+                .call(app, "alipay.system.oauth.token", None, &options)
+                .await
+        }
+    };
+    let answer = token(pairs["auth_code"].clone()).await.unwrap();
+    assert!(answer["user_id"].as_str().unwrap().starts_with("2088"));
+    assert!(token(pairs["auth_code"].clone()).await.is_err());
+    // What Alipay refuses, the sandbox refuses.
+    for (field, value) in [
+        ("app_id", "2021000000000000"),
+        ("scope", "auth_zhima"),
+        ("redirect_uri", "javascript:alert(1)"),
+        ("state", &"s".repeat(101)),
+    ] {
+        let query: Vec<(&str, &str)> = good
+            .iter()
+            .map(|(k, v)| if *k == field { (*k, value) } else { (*k, *v) })
+            .collect();
+        let refused = page(&query, Some("alice")).await.unwrap();
+        assert_eq!(refused.status(), 422, "{field} = {value}");
+    }
+    drop(engine);
+    db.cleanup().await;
+}

@@ -7,11 +7,13 @@
 //! key, so the engine's verifier is exercised for real. State lives in the engine's database.
 //!
 //! Each Alipay product has its own module, so a method's rules sit beside Alipay's page for it:
-//! `gateway` (the entry every request passes), `apps`, `cards`, `oauth`, `consumers`, `trades`,
+//! `gateway` (the entry every request passes), `apps`, `cards`, `oauth`, `authorize` (web
+//! authorisation), `consumers`, `trades`,
 //! `notifications` and `certificates`; `faults` makes the next call of a method fail on
 //! demand; [`certs`] mints X.509 certificates, `store` keeps state.
 
 mod apps;
+mod authorize;
 mod cards;
 mod certificates;
 pub mod certs;
@@ -155,6 +157,9 @@ impl Sandbox {
                 post(oauth::open_claim_link),
             )
             .route("/consumers/{user}/pay", post(trades::pay))
+            .route("/consumers/{user}/open-page", post(authorize::open_page))
+            .route("/consumers/{user}/sign-in", get(authorize::sign_in))
+            .route("/oauth2/publicAppAuthorize.htm", get(authorize::page))
             .route("/faults", post(faults::arm))
             .route(
                 "/trades/{app_id}/{out_trade_no}/notify",

@@ -125,6 +125,19 @@ impl Sandbox {
         }
     }
 
+    /// A fresh `auth_code` for `user_id` at `app_id`, exchanged once by `oauth.token`.
+    pub(crate) async fn grant_code(&self, app_id: &str, user_id: &str) -> Result<String, Error> {
+        let code = Uuid::new_v4().simple().to_string();
+        self.store()
+            .put(
+                "auth_code",
+                &code,
+                &json!({ "app_id": app_id, "user_id": user_id }),
+            )
+            .await?;
+        Ok(code)
+    }
+
     /// "User `user` opens the claim link": confirms the form and lands on the merchant's
     /// callback with a fresh `auth_code`, as Alipay's redirect would. Returns the callback's status.
     pub async fn open_claim_link(&self, user: &str, link: &str) -> Result<(u16, String), Error> {
@@ -156,14 +169,7 @@ impl Sandbox {
                 .put("user", &user_id, &consumer_profile(&user_id))
                 .await?;
         }
-        let code = Uuid::new_v4().simple().to_string();
-        self.store()
-            .put(
-                "auth_code",
-                &code,
-                &json!({ "app_id": app_id, "user_id": user_id }),
-            )
-            .await?;
+        let code = self.grant_code(app_id, &user_id).await?;
         let request_id = format!("{}", fastish_number());
         // activateform.query must name this request, for this consumer and template.
         self.store()

@@ -20,6 +20,8 @@ pub mod gateway;
 pub mod keys;
 /// Asynchronous notifications: parsing and the V1/V2 verification rules.
 pub mod notify;
+/// Web authorisation: where a consumer is sent to be identified silently.
+pub mod oauth;
 /// Gateway answers: finding the signed slice and verifying it.
 pub mod response;
 /// Request signing: the canonical string, timestamps and the signed form.

@@ -7,7 +7,7 @@
 //! a notification is acted on only after it verified with the key that merchant registered.
 
 pub use trellis_alipay::{
-    Error, PrivateKey, PublicKey, SignType, aes, cert, client, codes, gateway, keys, notify,
+    Error, PrivateKey, PublicKey, SignType, aes, cert, client, codes, gateway, keys, notify, oauth,
     response, signing,
 };
 pub use trellis_alipay_sandbox as sandbox;

@@ -9,6 +9,8 @@
 //! plugin never sees the caller's credentials. The engine facts a plugin receives beside the
 //! request (the partner's origin, the package quotas) are built here and nowhere else.
 
+/// Member pages that know their visitor, through Alipay's silent authorisation.
+pub mod identify;
 /// What a running plugin reaches of the engine: other plugins' routes and payments.
 pub mod outside;
 
@@ -19,8 +21,9 @@ use sea_orm::DatabaseConnection;
 use crate::alipay::credentials;
 use crate::auth::Principal;
 use crate::packages;
+use crate::payments::Payments;
 use crate::plugins::catalog::{self, Catalog, Live, Via};
-use crate::plugins::manifest::Audience;
+use crate::plugins::manifest::{Audience, Identify};
 use crate::plugins::{self, Call, HttpRequest, HttpResponse, Output};
 use crate::rbac::{self, Action, Rbac};
 use crate::tenancy::{self, NodeKind, NodeStatus, Place};
@@ -56,6 +59,14 @@ pub enum Error {
     NoApp,
     #[error("the route answered something other than HTTP")]
     NotHttp,
+    /// The member page needs its visitor identified by Alipay first: not a failure, a detour.
+    #[error("the visitor is sent to Alipay to be identified")]
+    ToAlipay(identify::ToAlipay),
+    #[error("{0}")]
+    Identify(String),
+    /// Exchanging the visitor's code with Alipay failed.
+    #[error("identifying the visitor with Alipay: {0}")]
+    Buyer(crate::payments::Error),
     #[error(transparent)]
     Tenancy(#[from] tenancy::Error),
     #[error(transparent)]
@@ -141,6 +152,8 @@ pub struct Doors<'a> {
     pub catalog: &'a Catalog,
     /// `http.public_scheme`: the scheme of a partner origin the request did not arrive on.
     pub public_scheme: &'a str,
+    /// Merchants' Alipay apps, for member pages that identify their visitor.
+    pub payments: &'a Payments,
 }
 
 impl Doors<'_> {
@@ -222,12 +235,31 @@ impl Doors<'_> {
                     return Err(packages::Error::NotEntitled(plugin.to_owned()).into());
                 }
                 let live = self.catalog.live(&merchant, plugin).await?;
+                let state_cookie = cookie(&request.headers, identify::STATE_COOKIE);
                 let request = self
                     .plugin_request(&live, &merchant, arrival, request)
                     .await?;
                 if route_audience(&live, &request) != Some(Audience::Member) {
                     return Err(Error::NoRoute);
                 }
+                let identifies = live
+                    .loaded
+                    .manifest
+                    .match_route(&request.http.method, &request.http.path)
+                    .and_then(|(route, _)| route.identify);
+                let request = match identifies {
+                    Some(Identify::Alipay) => {
+                        identify::identified(
+                            self.payments,
+                            &merchant,
+                            plugin,
+                            state_cookie.as_deref(),
+                            request,
+                        )
+                        .await?
+                    }
+                    None => request,
+                };
                 self.run(&live, &merchant, request).await
             }
             Door::CardActivation { query } => {
@@ -423,6 +455,17 @@ fn plugin_headers(
         headers.push((MAX_MEMBERS_HEADER.to_owned(), max.to_string()));
     }
     headers
+}
+
+/// The value of cookie `name` in the request's headers.
+fn cookie(headers: &[(String, String)], name: &str) -> Option<String> {
+    headers
+        .iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case("cookie"))
+        .flat_map(|(_, v)| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(n, _)| *n == name)
+        .map(|(_, v)| v.to_owned())
 }
 
 /// A request ready for the runtime.

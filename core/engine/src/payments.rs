@@ -6,6 +6,7 @@
 //! an amount is fen in an integer, and a refund never takes the refunded total past what was
 //! paid.
 
+pub mod buyers;
 pub mod codes;
 pub mod ingest;
 pub mod ledger;

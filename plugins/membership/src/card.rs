@@ -337,7 +337,8 @@ fn form_codes(list: &[String]) -> Vec<&'static str> {
 /// columns by their upper-case codes (`POINT`, `BALANCE`, `LEVEL`), each filled by the field rule
 /// of the same name; benefits as a row that opens the levels' benefits. A design that asks for
 /// something the levels cannot fill is a conflict the merchant can fix.
-fn template_body(d: &Design, levels: &Levels, locale: &str) -> Result<Value> {
+/// `home`: the member's own page, linked from the card (`card_action_list`).
+fn template_body(d: &Design, levels: &Levels, locale: &str, home: Option<&str>) -> Result<Value> {
     let zh = locale != "en";
     let title = |zh_text: &str, en: &str| {
         if zh {
@@ -422,13 +423,24 @@ fn template_body(d: &Design, levels: &Levels, locale: &str) -> Result<Value> {
     }
     // No `template_form_config`: it belongs to the mini-program opening flow; this card's form
     // is set with `formtemplate.set`.
-    Ok(json!({
+    let mut body = json!({
         "write_off_type": d.write_off_type,
         "template_style_info": style,
         "column_info_list": columns,
         "field_rule_list": rules,
         "card_level_conf": level_conf,
-    }))
+    });
+    if let Some(home) = home {
+        // TemplateActionInfoDTO (alipay-sdk-java-all): the card's entry to the member's page.
+        let text = if locale == "en" {
+            "My card"
+        } else {
+            "会员中心"
+        };
+        body["card_action_list"] =
+            json!([{"code": "MEMBER_HOME", "text": text, "url_type": "url", "url": home}]);
+    }
+    Ok(body)
 }
 
 /// `text` in lines of at most `max` characters.
@@ -450,7 +462,7 @@ fn form_body(template_id: &str, form: &Form) -> Value {
 
 /// Creates or modifies the template, then sets its form. Returns the card with its new sync
 /// status, already stored; `Err` only when storage itself fails.
-pub fn sync(merchant: &str, locale: &str) -> Result<Card> {
+pub fn sync(merchant: &str, locale: &str, home: Option<&str>) -> Result<Card> {
     let (mut card, _) = Card::load()?;
     let Some(design) = card.design.clone() else {
         return Err(Error::Conflict("design the card first (PUT /card)".into()));
@@ -458,7 +470,7 @@ pub fn sync(merchant: &str, locale: &str) -> Result<Card> {
     let levels = Levels::load()?;
     let tag = util::short_hash(merchant);
     let attempt: Result<String> = (|| {
-        let mut body = template_body(&design, &levels, locale)?;
+        let mut body = template_body(&design, &levels, locale, home)?;
         let template_id = match &card.template_id {
             None => {
                 body["request_id"] = json!(format!("c{tag}r{}l{}", card.revision, levels.revision));
@@ -717,6 +729,20 @@ mod tests {
     }
 
     #[test]
+    fn the_card_links_to_the_members_own_page_when_the_origin_is_known() {
+        let mut d = validate(design()).unwrap();
+        d.columns = vec![Column::Points];
+        let home = "https://pay.example/m/m1/com.trellis.membership/me";
+        let body = template_body(&d, &Levels::default(), "zh-CN", Some(home)).unwrap();
+        assert_eq!(
+            body["card_action_list"],
+            json!([{"code": "MEMBER_HOME", "text": "会员中心", "url_type": "url", "url": home}])
+        );
+        let body = template_body(&d, &Levels::default(), "zh-CN", None).unwrap();
+        assert!(body.get("card_action_list").is_none());
+    }
+
+    #[test]
     fn the_template_carries_style_columns_and_levels() {
         let levels = Levels {
             levels: crate::levels::validate(vec![crate::levels::Level {
@@ -732,7 +758,7 @@ mod tests {
             .unwrap(),
             revision: 1,
         };
-        let body = template_body(&validate(design()).unwrap(), &levels, "zh-CN").unwrap();
+        let body = template_body(&validate(design()).unwrap(), &levels, "zh-CN", None).unwrap();
         assert_eq!(body["template_style_info"]["bg_color"], "rgb(55,112,179)");
         assert_eq!(body["column_info_list"][0]["code"], "POINT");
         assert_eq!(body["column_info_list"][1]["code"], "LEVEL");
@@ -755,12 +781,12 @@ mod tests {
         let mut d = validate(design()).unwrap();
         d.columns = vec![Column::Benefits];
         assert!(matches!(
-            template_body(&d, &Levels::default(), "zh-CN"),
+            template_body(&d, &Levels::default(), "zh-CN", None),
             Err(Error::Conflict(_))
         ));
         d.columns = vec![Column::Level];
         assert!(matches!(
-            template_body(&d, &Levels::default(), "zh-CN"),
+            template_body(&d, &Levels::default(), "zh-CN", None),
             Err(Error::Conflict(_))
         ));
         let mut d = design();

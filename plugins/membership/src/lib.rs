@@ -12,6 +12,7 @@ use trellis_host_api::prelude::*;
 
 mod activate;
 mod card;
+mod home;
 mod levels;
 mod members;
 mod util;
@@ -164,6 +165,7 @@ impl Plugin for Membership {
         let merchant = merchant(ctx)?.to_owned();
         match (request.method.as_str(), request.route.as_str()) {
             ("GET", "/activate") => activate::handle(ctx, request),
+            ("GET", home::PATH) => home::handle(ctx, request),
             ("GET", "/levels") => Response::json(200, &Levels::load()?),
             ("PUT", "/levels") => {
                 let input: LevelsInput = request.json()?;
@@ -206,7 +208,10 @@ impl Plugin for Membership {
                 )
             }
             ("POST", "/card/sync") => {
-                let card = card::sync(&merchant, &ctx.locale)?;
+                let home = request
+                    .header("x-trellis-origin")
+                    .map(|origin| format!("{origin}/m/{merchant}/{}{}", home::PLUGIN, home::PATH));
+                let card = card::sync(&merchant, &ctx.locale, home.as_deref())?;
                 if card.sync.state == "failed" {
                     return failure(
                         502,

@@ -169,7 +169,22 @@ impl Sandbox {
                 _ => {}
             }
         }
-        f.objects("card_action_list", 3)?;
+        // TemplateActionInfoDTO: a code and a text, and where it goes (`url_type` `url`, the
+        // default, takes an absolute address; `miniAppUrl` takes `mini_app_url`).
+        for action in f.objects("card_action_list", 3)? {
+            action.text("code", 32)?;
+            action.text("text", 32)?;
+            match action.optional_text("url_type", 16)? {
+                None | Some("url") => {
+                    let url = action.text("url", 1024)?;
+                    if !(url.starts_with("https://") || url.starts_with("http://")) {
+                        return Err(action.invalid("url", "须为 http(s) 地址"));
+                    }
+                }
+                Some("miniAppUrl") => {}
+                Some(_) => return Err(action.invalid("url_type", "须为 url 或 miniAppUrl")),
+            }
+        }
         let mut levels = BTreeSet::new();
         for level in f.objects("card_level_conf", 64)? {
             if !levels.insert(level.text("level", 64)?) {

@@ -77,6 +77,12 @@ impl From<crate::doors::Error> for ApiError {
             E::NotHttp => Self::Internal(anyhow::anyhow!(
                 "a route answered something other than HTTP"
             )),
+            // Answered as a redirect by the member door; reaching here is a bug.
+            E::ToAlipay(_) => Self::Internal(anyhow::anyhow!(
+                "a detour to Alipay was not answered as a redirect"
+            )),
+            E::Identify(message) => Self::BadRequest(message),
+            E::Buyer(e) => e.into(),
             E::Tenancy(e) => e.into(),
             E::Rbac(e) => e.into(),
             E::Credentials(e) => e.into(),

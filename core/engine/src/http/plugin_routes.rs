@@ -103,6 +103,7 @@ impl Incoming {
 
 pub(super) fn doors(state: &AppState) -> Doors<'_> {
     Doors {
+        payments: &state.payments,
         db: &state.db.conn,
         rbac: &state.rbac,
         catalog: &state.catalog,
@@ -213,6 +214,10 @@ async fn public_route(
     let door = Door::Member {
         merchant_id: param("merchant"),
     };
+    let secure = arrival
+        .origin
+        .as_deref()
+        .is_some_and(|o| o.starts_with("https://"));
     let answer = doors(&state)
         .call(
             door,
@@ -221,10 +226,40 @@ async fn public_route(
             incoming.request(param("rest")),
         )
         .await;
-    answer
-        .result
-        .map(|response| plugin_response(response, false))
-        .map_err(|e| door_error(e, &uri))
+    match answer.result {
+        Ok(response) => Ok(plugin_response(response, false)),
+        Err(doors::Error::ToAlipay(to)) => Ok(to_alipay(&to, secure)),
+        Err(error) => Err(door_error(error, &uri)),
+    }
+}
+
+/// The detour of a member page that identifies its visitor: to Alipay's authorisation, with
+/// the nonce kept in a cookie only this plugin's member pages of this merchant receive, for ten
+/// minutes. `Lax`, so it comes back on Alipay's top-level redirect.
+fn to_alipay(to: &doors::identify::ToAlipay, secure: bool) -> Response {
+    let cookie = format!(
+        "{}={}; Path={}; Max-Age=600; HttpOnly; SameSite=Lax{}",
+        doors::identify::STATE_COOKIE,
+        to.state,
+        to.cookie_path,
+        if secure { "; Secure" } else { "" }
+    );
+    let mut response = StatusCode::FOUND.into_response();
+    let headers = response.headers_mut();
+    if let (Ok(location), Ok(cookie)) = (
+        axum::http::HeaderValue::from_str(&to.url),
+        axum::http::HeaderValue::from_str(&cookie),
+    ) {
+        headers.insert(axum::http::header::LOCATION, location);
+        headers.insert(axum::http::header::SET_COOKIE, cookie);
+        headers.insert(
+            axum::http::header::CACHE_CONTROL,
+            axum::http::HeaderValue::from_static("no-store"),
+        );
+        response
+    } else {
+        ApiError::Internal(anyhow::anyhow!("an unwritable authorisation redirect")).into_response()
+    }
 }
 
 /// Response headers a plugin may set; everything else (notably `Set-Cookie`) is dropped.

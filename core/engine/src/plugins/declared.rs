@@ -57,6 +57,7 @@ pub fn routes_in(component: &[u8]) -> Result<Vec<Route>, Error> {
             path: path.to_owned(),
             audience,
             callback: None,
+            identify: None,
         });
         if routes.len() > MAX_ROUTES {
             return Err(refused(format!(
@@ -68,7 +69,8 @@ pub fn routes_in(component: &[u8]) -> Result<Vec<Route>, Error> {
 }
 
 /// The manifest with the routes its component declares in code added: a route both declare
-/// keeps the manifest's entry (and its `callback`), and must have the same audience.
+/// keeps the manifest's entry (and its `callback` and `identify`), and must have the same
+/// audience.
 pub fn merged(mut manifest: Manifest, component: &[u8]) -> Result<Manifest, Error> {
     let declared = routes_in(component)?;
     for route in declared {

@@ -207,6 +207,20 @@ pub struct Route {
     /// routes to the merchant by Alipay `app_id`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub callback: Option<String>,
+    /// A `GET`, `member` route the engine answers only for a consumer it identified: `alipay`
+    /// sends the visitor through Alipay's silent authorisation for the merchant's app first
+    /// and hands the route the buyer's id (`x-trellis-alipay-user-id` or
+    /// `x-trellis-alipay-open-id`, by the app's mode).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identify: Option<Identify>,
+}
+
+/// Who identifies a member page's visitor.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Identify {
+    /// Alipay's web authorisation (`auth_base`) for the merchant's app.
+    Alipay,
 }
 
 /// Callbacks the engine receives on a partner's domain and hands to a plugin's route.
@@ -427,6 +441,14 @@ impl Manifest {
                 if !callbacks.insert(callback.clone()) {
                     return Err(invalid(format!("callback {callback} is declared twice")));
                 }
+            }
+            if route.identify.is_some()
+                && (route.method != "GET" || route.audience != Audience::Member)
+            {
+                return Err(invalid(format!(
+                    "route {} {}: only a GET route for the member audience identifies its visitor",
+                    route.method, route.path
+                )));
             }
             if !seen.insert((route.method.clone(), shape, route.audience)) {
                 return Err(invalid(format!(
@@ -722,6 +744,13 @@ schema = { type = "object" }
         assert!(m.match_route("POST", "/cards/42").is_none());
         let again = Manifest::from_json(&m.to_json()).unwrap();
         assert_eq!(again, m);
+        let identifies = HELLO.replace(
+            "audience = \"member\"",
+            "audience = \"member\"\nidentify = \"alipay\"",
+        );
+        let m = Manifest::parse(&identifies, None).unwrap();
+        assert_eq!(m.routes[0].identify, Some(Identify::Alipay));
+        assert_eq!(Manifest::from_json(&m.to_json()).unwrap(), m);
     }
 
     #[test]
@@ -739,6 +768,16 @@ schema = { type = "object" }
             ("/cards/{id}", "cards", "route path"),
             ("\"GET\"", "\"TRACE\"", "route method"),
             ("max_keys = 10", "max_keys = 0", "max_keys"),
+            (
+                "audience = \"member\"",
+                "audience = \"staff\"\nidentify = \"alipay\"",
+                "only a GET route for the member audience identifies",
+            ),
+            (
+                "audience = \"member\"",
+                "audience = \"member\"\nidentify = \"wechat\"",
+                "unknown variant",
+            ),
             (
                 "publisher = \"Example\"",
                 "publisher = \"Example\"\nsurprise = 1",
