@@ -5,6 +5,7 @@ use serde_json::json;
 use trellis_tests::{Api, Engine, TEST_PASSWORD, create_node, create_platform_admin};
 
 mod apps;
+mod payments;
 mod setup;
 mod tiers;
 

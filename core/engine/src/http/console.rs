@@ -36,6 +36,7 @@ mod accounts;
 mod apps;
 mod alipay;
 mod packages;
+mod payments;
 mod plugins;
 mod audit;
 mod session;
@@ -49,6 +50,7 @@ pub fn router() -> Router<AppState> {
         .merge(apps::routes())
         .merge(alipay::routes())
         .merge(packages::routes())
+        .merge(payments::routes())
         .merge(plugins::routes())
         .merge(audit::routes())
 }
@@ -202,6 +204,7 @@ impl Signed {
                 "/console/assignments",
                 Some(Action::AssignmentRead),
             ),
+            ("payments", "/console/payments", Some(Action::PaymentRead)),
             ("audit", "/console/audit", Some(Action::AuditRead)),
             ("password", "/console/password", None),
         ]
@@ -209,6 +212,9 @@ impl Signed {
         .filter(|(_, _, needs)| needs.is_none_or(|a| crate::rbac::allows(caller.role, a)))
         // A merchant's own pages: tiers above open them for one of their merchants by id.
         .filter(|(key, _, _)| *key != "alipay" || caller.place.kind == NodeKind::Merchant)
+        .filter(|(key, _, _)| {
+            *key != "payments" || matches!(caller.place.kind, NodeKind::Merchant | NodeKind::Store)
+        })
         .map(|(key, href, _)| json!({ "key": key, "href": href, "current": key == current }))
         .collect::<Vec<_>>();
         let apps = apps::menu(self, current).await?;

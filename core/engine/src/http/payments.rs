@@ -184,7 +184,7 @@ const MAX_LIST: u64 = 200;
 const PAY_INLINE: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Whether `payment` still shows its QR code: precreated, not yet paid or closed.
-fn shows_qr(payment: &Payment) -> bool {
+pub(super) fn shows_qr(payment: &Payment) -> bool {
     payment.qr_code.is_some() && !payment.status().is_final() && payment.paid_at.is_none()
 }
 
@@ -247,43 +247,7 @@ async fn create_payment(
     Path(id): Path<String>,
     ApiJson(body): ApiJson<CreatePayment>,
 ) -> Result<(StatusCode, Json<PaymentView>), ApiError> {
-    let state = &ctx.state;
-    let payment = ctx
-        .change(
-            Action::PaymentCreate,
-            Target::Node(Some(NodeKind::Store), &id),
-            "payment.create",
-            ("store", Some(&id)),
-        )
-        .run(async |grant| {
-            let trade = NewTrade {
-                store: grant.target().clone(),
-                amount_fen: body.amount_fen,
-                subject: body.subject.clone(),
-                purpose: body.purpose.clone().unwrap_or_else(|| "sale".into()),
-                device_id: body.device_id.clone(),
-                operator_id: Some(ctx.caller.id.clone()),
-                plugin_id: None,
-            };
-            if body.scene == "precreate" {
-                return Ok(state.payments.precreate(trade).await?);
-            }
-            if body.scene == "jsapi" {
-                let buyer =
-                    payments::Buyer::of(body.buyer_id.as_deref(), body.buyer_open_id.as_deref())?;
-                return Ok(state.payments.create_jsapi(trade, buyer).await?);
-            }
-            let scene = payments::Scene::parse(&body.scene).ok_or(ApiError::Validation {
-                field: "scene",
-                message: "must be precreate, bar_code, security_code or jsapi".into(),
-            })?;
-            let code = body.auth_code.as_deref().ok_or(ApiError::Validation {
-                field: "auth_code",
-                message: "the buyer's code is required for this scene".into(),
-            })?;
-            Ok(state.payments.pay(trade, scene, code, PAY_INLINE).await?)
-        })
-        .await?;
+    let payment = create(&ctx, &id, &body).await?;
     // A code payment still waiting for its buyer is accepted, not done: the caller polls it.
     let waiting = matches!(
         payment.status(),
@@ -297,12 +261,58 @@ async fn create_payment(
     Ok((status, Json(new_view(payment))))
 }
 
-async fn list(
+/// Creates a trade at the store `store_id` for the caller, audited: the door the API and the
+/// console share.
+pub(super) async fn create(
+    ctx: &Ctx,
+    store_id: &str,
+    body: &CreatePayment,
+) -> Result<Payment, ApiError> {
+    let state = &ctx.state;
+    ctx.change(
+        Action::PaymentCreate,
+        Target::Node(Some(NodeKind::Store), store_id),
+        "payment.create",
+        ("store", Some(store_id)),
+    )
+    .run(async |grant| {
+        let trade = NewTrade {
+            store: grant.target().clone(),
+            amount_fen: body.amount_fen,
+            subject: body.subject.clone(),
+            purpose: body.purpose.clone().unwrap_or_else(|| "sale".into()),
+            device_id: body.device_id.clone(),
+            operator_id: Some(ctx.caller.id.clone()),
+            plugin_id: None,
+        };
+        if body.scene == "precreate" {
+            return Ok(state.payments.precreate(trade).await?);
+        }
+        if body.scene == "jsapi" {
+            let buyer =
+                payments::Buyer::of(body.buyer_id.as_deref(), body.buyer_open_id.as_deref())?;
+            return Ok(state.payments.create_jsapi(trade, buyer).await?);
+        }
+        let scene = payments::Scene::parse(&body.scene).ok_or(ApiError::Validation {
+            field: "scene",
+            message: "must be precreate, bar_code, security_code or jsapi".into(),
+        })?;
+        let code = body.auth_code.as_deref().ok_or(ApiError::Validation {
+            field: "auth_code",
+            message: "the buyer's code is required for this scene".into(),
+        })?;
+        Ok(state.payments.pay(trade, scene, code, PAY_INLINE).await?)
+    })
+    .await
+}
+
+/// One page of the payments of a merchant or a store: the door the API and the console share.
+pub(super) async fn list(
     ctx: &Ctx,
     kind: NodeKind,
     id: &str,
     q: &ListQuery,
-) -> Result<Json<PaymentPage>, ApiError> {
+) -> Result<PaymentPage, ApiError> {
     ctx.allow(Action::PaymentRead, Target::Node(Some(kind), id))
         .await?;
     let (filter, after) = q.filter()?;
@@ -315,7 +325,7 @@ async fn list(
     let next = (items.len() as u64 == limit)
         .then(|| items.last().map(reports::Cursor::of))
         .flatten();
-    Ok(Json(PaymentPage { items, next }))
+    Ok(PaymentPage { items, next })
 }
 
 async fn list_store_payments(
@@ -323,7 +333,7 @@ async fn list_store_payments(
     Path(id): Path<String>,
     ApiQuery(q): ApiQuery<ListQuery>,
 ) -> Result<Json<PaymentPage>, ApiError> {
-    list(&ctx, NodeKind::Store, &id, &q).await
+    Ok(Json(list(&ctx, NodeKind::Store, &id, &q).await?))
 }
 
 async fn list_merchant_payments(
@@ -331,7 +341,7 @@ async fn list_merchant_payments(
     Path(id): Path<String>,
     ApiQuery(q): ApiQuery<ListQuery>,
 ) -> Result<Json<PaymentPage>, ApiError> {
-    list(&ctx, NodeKind::Merchant, &id, &q).await
+    Ok(Json(list(&ctx, NodeKind::Merchant, &id, &q).await?))
 }
 
 async fn daily(
@@ -456,19 +466,34 @@ async fn payment_for(ctx: &Ctx, action: Action, id: &str) -> Result<Payment, Api
 }
 
 async fn get_payment(ctx: Ctx, Path(id): Path<String>) -> Result<Json<PaymentView>, ApiError> {
-    let payment = payment_for(&ctx, Action::PaymentRead, &id).await?;
-    Ok(Json(view(&ctx, payment).await?))
+    Ok(Json(detail(&ctx, &id).await?))
+}
+
+/// The payment with its refunds, notifications and checks, if the caller may read it.
+pub(super) async fn detail(ctx: &Ctx, id: &str) -> Result<PaymentView, ApiError> {
+    let payment = payment_for(ctx, Action::PaymentRead, id).await?;
+    view(ctx, payment).await
 }
 
 /// Asks Alipay where the trade stands and applies the answer.
 async fn query_payment(ctx: Ctx, Path(id): Path<String>) -> Result<Json<PaymentView>, ApiError> {
-    let payment = payment_for(&ctx, Action::PaymentRead, &id).await?;
+    Ok(Json(query(&ctx, &id).await?))
+}
+
+/// Asks Alipay where the trade stands and applies the answer: the shared door.
+pub(super) async fn query(ctx: &Ctx, id: &str) -> Result<PaymentView, ApiError> {
+    let payment = payment_for(ctx, Action::PaymentRead, id).await?;
     let payment = ctx.state.payments.query(&payment).await?;
-    Ok(Json(view(&ctx, payment).await?))
+    view(ctx, payment).await
 }
 
 async fn close_payment(ctx: Ctx, Path(id): Path<String>) -> Result<Json<PaymentView>, ApiError> {
-    let payment = payment_for(&ctx, Action::PaymentCreate, &id).await?;
+    Ok(Json(close(&ctx, &id).await?))
+}
+
+/// Closes a trade nobody paid, audited: the shared door.
+pub(super) async fn close(ctx: &Ctx, id: &str) -> Result<PaymentView, ApiError> {
+    let payment = payment_for(ctx, Action::PaymentCreate, id).await?;
     let state = &ctx.state;
     let node = payment
         .store_id
@@ -479,11 +504,11 @@ async fn close_payment(ctx: Ctx, Path(id): Path<String>) -> Result<Json<PaymentV
             Action::PaymentCreate,
             Target::Node(None, &node),
             "payment.close",
-            ("payment", Some(&id)),
+            ("payment", Some(id)),
         )
         .run(async |_| Ok(state.payments.close(&payment).await?))
         .await?;
-    Ok(Json(view(&ctx, closed).await?))
+    view(ctx, closed).await
 }
 
 async fn refund_payment(
@@ -491,29 +516,32 @@ async fn refund_payment(
     Path(id): Path<String>,
     ApiJson(body): ApiJson<RefundRequest>,
 ) -> Result<(StatusCode, Json<Refund>), ApiError> {
-    let payment = payment_for(&ctx, Action::PaymentRefund, &id).await?;
+    Ok((StatusCode::CREATED, Json(refund(&ctx, &id, &body).await?)))
+}
+
+/// Refunds part or all of a payment, decided at the merchant, audited: the shared door.
+pub(super) async fn refund(ctx: &Ctx, id: &str, body: &RefundRequest) -> Result<Refund, ApiError> {
+    let payment = payment_for(ctx, Action::PaymentRefund, id).await?;
     let state = &ctx.state;
-    let refund = ctx
-        .change(
-            Action::PaymentRefund,
-            Target::merchant(&payment.merchant_id),
-            "payment.refund",
-            ("payment", Some(&id)),
-        )
-        .run(async |_| {
-            Ok(state
-                .payments
-                .refund(
-                    &payment,
-                    body.amount_fen,
-                    body.out_request_no.clone(),
-                    body.reason.clone(),
-                    Some(ctx.caller.id.as_str()),
-                )
-                .await?)
-        })
-        .await?;
-    Ok((StatusCode::CREATED, Json(refund)))
+    ctx.change(
+        Action::PaymentRefund,
+        Target::merchant(&payment.merchant_id),
+        "payment.refund",
+        ("payment", Some(id)),
+    )
+    .run(async |_| {
+        Ok(state
+            .payments
+            .refund(
+                &payment,
+                body.amount_fen,
+                body.out_request_no.clone(),
+                body.reason.clone(),
+                Some(ctx.caller.id.as_str()),
+            )
+            .await?)
+    })
+    .await
 }
 
 /// Asks Alipay about a refund whose answer was lost (`alipay.trade.fastpay.refund.query`) and
