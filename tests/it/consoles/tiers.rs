@@ -417,3 +417,169 @@ async fn a_password_changed_in_the_console_signs_in_and_the_old_one_does_not() {
         db.cleanup().await;
     }
 }
+
+#[tokio::test]
+async fn an_owner_makes_an_api_key_that_works_until_revoked_and_a_cashier_makes_none() {
+    for db in databases().await {
+        let engine = Engine::start(&db.url(), &[]);
+        let world = World::build(&engine, &db.url()).await;
+        let mut owner = signed_in(&engine, "owner@jade.test").await;
+        let page = owner.get("/console/keys").await;
+        assert_eq!(page.status, 200, "{page:?}");
+        let token = page.form_token();
+        let made = owner
+            .post(
+                "/console/keys",
+                &[("form_token", &token), ("name", "收银机")],
+            )
+            .await;
+        assert_eq!(made.status, 201, "{made:?}");
+        assert_eq!(made.headers["cache-control"], "no-store");
+        let marker = "id=\"made-secret\" readonly value=\"";
+        let at = made.text.find(marker).expect("the secret is shown") + marker.len();
+        let secret = made.text[at..at + made.text[at..].find('"').unwrap()].to_owned();
+        // The key works for the merchant's place, as a program sends it.
+        let merchants = world
+            .root
+            .get(&format!("/api/v1/merchants?parent_id={}", world.agent))
+            .await
+            .ok();
+        let merchant = merchants.body["items"][0]["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let call = |key: String| {
+            let url = engine.url(&format!("/api/v1/merchants/{merchant}"));
+            async move {
+                trellis_tests::client()
+                    .get(url)
+                    .header("host", CONSOLE)
+                    .bearer_auth(key)
+                    .send()
+                    .await
+                    .unwrap()
+                    .status()
+                    .as_u16()
+            }
+        };
+        assert_eq!(call(secret.clone()).await, 200);
+        // Shown once: the list has its name and prefix, never the secret.
+        let list = owner.get("/console/keys").await;
+        assert!(list.text.contains("收银机") && !list.text.contains(&secret));
+        let revoke = {
+            let marker = "action=\"/console/keys/";
+            let at = list.text.find(marker).unwrap() + marker.len();
+            list.text[at..at + list.text[at..].find('/').unwrap()].to_owned()
+        };
+        let revoked = owner
+            .post(
+                &format!("/console/keys/{revoke}/revoke"),
+                &[("form_token", &token)],
+            )
+            .await;
+        assert_eq!(revoked.status, 303, "{revoked:?}");
+        assert_eq!(call(secret).await, 401);
+        let audit = owner.get("/console/audit").await;
+        assert!(audit.text.contains("api_key.revoke"));
+        // A cashier has no keys page and cannot post one.
+        let mut cashier = signed_in(&engine, "cashier@jade.test").await;
+        let home = cashier.get("/console").await;
+        assert!(!home.text.contains("href=\"/console/keys\""));
+        let token = home.form_token();
+        let refused = cashier
+            .post("/console/keys", &[("form_token", &token), ("name", "x")])
+            .await;
+        assert!(
+            refused.status == 403 || refused.status == 404,
+            "{refused:?}"
+        );
+        drop(engine);
+        db.cleanup().await;
+    }
+}
+
+#[tokio::test]
+async fn a_partner_renames_and_suspends_a_merchant_below_it_but_not_itself_or_another_partners() {
+    for db in databases().await {
+        let engine = Engine::start(&db.url(), &[]);
+        let world = World::build(&engine, &db.url()).await;
+        let merchants = world
+            .root
+            .get(&format!("/api/v1/merchants?parent_id={}", world.agent))
+            .await
+            .ok();
+        let merchant = merchants.body["items"][0]["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let mut partner = signed_in(&engine, "admin@jade.test").await;
+        let home = partner.get("/console").await;
+        assert!(
+            home.text
+                .contains(&format!("href=\"/console/nodes/{}\"", world.agent)),
+            "{}",
+            home.text
+        );
+        let at = format!("/console/nodes/{merchant}");
+        let page = partner.get(&at).await;
+        assert_eq!(page.status, 200, "{page:?}");
+        assert!(page.text.contains("href=\"/console/alipay?merchant_id="));
+        let token = page.form_token();
+        let blank = partner
+            .post(&at, &[("form_token", &token), ("name", "  ")])
+            .await;
+        assert_eq!(blank.status, 422, "{blank:?}");
+        let renamed = partner
+            .post(&at, &[("form_token", &token), ("name", "Tea House")])
+            .await;
+        assert_eq!(renamed.status, 303, "{renamed:?}");
+        let suspended = partner
+            .post(&format!("{at}/suspend"), &[("form_token", &token)])
+            .await;
+        assert_eq!(suspended.status, 303, "{suspended:?}");
+        let api = world
+            .root
+            .get(&format!("/api/v1/merchants/{merchant}"))
+            .await
+            .ok();
+        assert_eq!(api.body["name"], "Tea House");
+        assert_eq!(api.body["status"], "suspended");
+        let page = partner.get(&at).await;
+        assert!(page.text.contains("已停用") && page.text.contains("/resume\""));
+        let resumed = partner
+            .post(&format!("{at}/resume"), &[("form_token", &token)])
+            .await;
+        assert_eq!(resumed.status, 303, "{resumed:?}");
+        // Not its own node, not another partner's.
+        assert_eq!(
+            partner
+                .get(&format!("/console/nodes/{}", world.partner))
+                .await
+                .status,
+            404
+        );
+        let other = create_node(
+            &world.root,
+            "partners",
+            None,
+            json!({"name": "Other", "domains": ["other.test"]}),
+        )
+        .await;
+        assert_eq!(
+            partner.get(&format!("/console/nodes/{other}")).await.status,
+            404
+        );
+        let forged = partner
+            .post(
+                &format!("/console/nodes/{other}/suspend"),
+                &[("form_token", &token)],
+            )
+            .await;
+        assert_eq!(forged.status, 404, "{forged:?}");
+        // The cashier reaches no node's page above or beside its store.
+        let mut cashier = signed_in(&engine, "cashier@jade.test").await;
+        assert_eq!(cashier.get(&at).await.status, 404);
+        drop(engine);
+        db.cleanup().await;
+    }
+}

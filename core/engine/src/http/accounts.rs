@@ -140,26 +140,7 @@ async fn create_key(
     ctx: Ctx,
     ApiJson(body): ApiJson<CreateKeyRequest>,
 ) -> Result<Response, ApiError> {
-    let state = &ctx.state;
-    let (secret, key) = ctx
-        .change(
-            Action::ApiKeyCreate,
-            Target::NodeOr(body.node_id.as_deref()),
-            "api_key.create",
-            ("api_key", None),
-        )
-        .run_new(
-            async |grant| {
-                let (secret, key) = auth::create_api_key(&state.db.conn, &grant, body.key).await?;
-                state
-                    .rbac
-                    .subject_changed(SubjectRef::ApiKey(&key.id))
-                    .await?;
-                Ok((secret, key))
-            },
-            |(_, key)| Some(key.id.clone()),
-        )
-        .await?;
+    let (secret, key) = new_key(&ctx, body).await?;
     let body = CreatedKey {
         key: secret.expose_secret().to_owned(),
         api_key: key,
@@ -171,17 +152,51 @@ async fn create_key(
     Ok(response)
 }
 
+/// Creates an API key on a node of the caller's subtree, audited; the key in clear comes back
+/// this once. The door the API and the console share.
+pub(super) async fn new_key(
+    ctx: &Ctx,
+    body: CreateKeyRequest,
+) -> Result<(secrecy::SecretString, ApiKey), ApiError> {
+    let state = &ctx.state;
+    ctx.change(
+        Action::ApiKeyCreate,
+        Target::NodeOr(body.node_id.as_deref()),
+        "api_key.create",
+        ("api_key", None),
+    )
+    .run_new(
+        async |grant| {
+            let (secret, key) = auth::create_api_key(&state.db.conn, &grant, body.key).await?;
+            state
+                .rbac
+                .subject_changed(SubjectRef::ApiKey(&key.id))
+                .await?;
+            Ok((secret, key))
+        },
+        |(_, key)| Some(key.id.clone()),
+    )
+    .await
+}
+
 async fn list_keys(
     ctx: Ctx,
     ApiQuery(query): ApiQuery<NodeQuery>,
     ApiQuery(page): ApiQuery<Page>,
 ) -> Result<Json<Paged<ApiKey>>, ApiError> {
+    Ok(Json(keys(&ctx, query.node_id.as_deref(), page).await?))
+}
+
+/// The API keys of a node of the caller's subtree (its own by default), one page.
+pub(super) async fn keys(
+    ctx: &Ctx,
+    node_id: Option<&str>,
+    page: Page,
+) -> Result<Paged<ApiKey>, ApiError> {
     let grant = ctx
-        .allow(Action::ApiKeyRead, Target::NodeOr(query.node_id.as_deref()))
+        .allow(Action::ApiKeyRead, Target::NodeOr(node_id))
         .await?;
-    Ok(Json(
-        auth::list_api_keys(&ctx.state.db.conn, grant.target(), None, page).await?,
-    ))
+    Ok(auth::list_api_keys(&ctx.state.db.conn, grant.target(), None, page).await?)
 }
 
 async fn get_key(ctx: Ctx, Path(id): Path<String>) -> Result<Json<ApiKey>, ApiError> {
@@ -192,22 +207,25 @@ async fn get_key(ctx: Ctx, Path(id): Path<String>) -> Result<Json<ApiKey>, ApiEr
 }
 
 async fn revoke_key(ctx: Ctx, Path(id): Path<String>) -> Result<Json<ApiKey>, ApiError> {
+    Ok(Json(revoke(&ctx, &id).await?))
+}
+
+/// Revokes an API key of the caller's subtree, audited: the shared door.
+pub(super) async fn revoke(ctx: &Ctx, id: &str) -> Result<ApiKey, ApiError> {
     let state = &ctx.state;
-    let key = ctx
-        .change(
-            Action::ApiKeyRevoke,
-            Target::ApiKey(&id),
-            "api_key.revoke",
-            ("api_key", Some(&id)),
-        )
-        .run(async |grant| {
-            let key = auth::revoke_api_key(&state.db.conn, &grant, &id).await?;
-            state
-                .rbac
-                .subject_changed(SubjectRef::ApiKey(&key.id))
-                .await?;
-            Ok(key)
-        })
-        .await?;
-    Ok(Json(key))
+    ctx.change(
+        Action::ApiKeyRevoke,
+        Target::ApiKey(id),
+        "api_key.revoke",
+        ("api_key", Some(id)),
+    )
+    .run(async |grant| {
+        let key = auth::revoke_api_key(&state.db.conn, &grant, id).await?;
+        state
+            .rbac
+            .subject_changed(SubjectRef::ApiKey(&key.id))
+            .await?;
+        Ok(key)
+    })
+    .await
 }

@@ -35,6 +35,8 @@ const PER_PAGE: u64 = 20;
 mod accounts;
 mod apps;
 mod alipay;
+mod keys;
+mod node;
 mod packages;
 mod payments;
 mod plugins;
@@ -47,6 +49,8 @@ pub fn router() -> Router<AppState> {
         .merge(session::routes())
         .merge(tree::routes())
         .merge(accounts::routes())
+        .merge(keys::routes())
+        .merge(node::routes())
         .merge(apps::routes())
         .merge(alipay::routes())
         .merge(packages::routes())
@@ -192,6 +196,7 @@ impl Signed {
         let menu = [
             ("home", "/console", None),
             ("accounts", "/console/accounts", Some(Action::UserRead)),
+            ("keys", "/console/keys", Some(Action::ApiKeyRead)),
             (
                 "alipay",
                 "/console/alipay",

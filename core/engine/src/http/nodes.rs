@@ -163,27 +163,36 @@ async fn update_node(
     Path(id): Path<String>,
     ApiJson(patch): ApiJson<NodePatch>,
 ) -> Result<Json<Node>, ApiError> {
+    Ok(Json(update(&ctx, kind, &id, patch).await?))
+}
+
+/// Renames a node of the caller's subtree (a partner: also its theme and domains), audited:
+/// the door the API and the console share.
+pub(super) async fn update(
+    ctx: &Ctx,
+    kind: NodeKind,
+    id: &str,
+    patch: NodePatch,
+) -> Result<Node, ApiError> {
     let action = Action::update_node(kind);
     let state = &ctx.state;
-    let node = ctx
-        .change(
-            action,
-            Target::Node(Some(kind), &id),
-            action.name(),
-            (kind.as_str(), Some(&id)),
-        )
-        .run(async |grant| {
-            let hosts = &state.config.http.console_hosts;
-            // Its domains or theme may change: requests, trades and plugins see them at once,
-            // even if reading the node back fails after the change was saved.
-            let _forget = state.catalog.forgetting();
-            let node = tenancy::update(&state.db.conn, &grant, patch, hosts).await;
-            state.hosts.forget_all();
-            state.payments.forget_partner(&id);
-            Ok(node?)
-        })
-        .await?;
-    Ok(Json(node))
+    ctx.change(
+        action,
+        Target::Node(Some(kind), id),
+        action.name(),
+        (kind.as_str(), Some(id)),
+    )
+    .run(async |grant| {
+        let hosts = &state.config.http.console_hosts;
+        // Its domains or theme may change: requests, trades and plugins see them at once,
+        // even if reading the node back fails after the change was saved.
+        let _forget = state.catalog.forgetting();
+        let node = tenancy::update(&state.db.conn, &grant, patch, hosts).await;
+        state.hosts.forget_all();
+        state.payments.forget_partner(id);
+        Ok(node?)
+    })
+    .await
 }
 
 async fn set_node_status(
@@ -192,6 +201,16 @@ async fn set_node_status(
     ctx: Ctx,
     Path(id): Path<String>,
 ) -> Result<Json<Node>, ApiError> {
+    Ok(Json(set_status(&ctx, kind, status, &id).await?))
+}
+
+/// Suspends or resumes a node below the caller, audited: the shared door.
+pub(super) async fn set_status(
+    ctx: &Ctx,
+    kind: NodeKind,
+    status: NodeStatus,
+    id: &str,
+) -> Result<Node, ApiError> {
     let verb = if status == NodeStatus::Suspended {
         "suspend"
     } else {
@@ -199,22 +218,20 @@ async fn set_node_status(
     };
     let audit_as = format!("{}.{verb}", kind.as_str());
     let conn = &ctx.state.db.conn;
-    let node = ctx
-        .change(
-            Action::suspend_node(kind),
-            Target::Node(Some(kind), &id),
-            audit_as,
-            (kind.as_str(), Some(&id)),
-        )
-        .run(async |grant| {
-            // Its plugins stop running for it (or run again) from the next invocation on, and a
-            // suspended partner's hosts are refused from the next request on, even if reading
-            // the node back fails after the change was saved.
-            let _forget = ctx.state.catalog.forgetting();
-            let node = tenancy::set_status(conn, &grant, status).await;
-            ctx.state.hosts.forget_all();
-            Ok(node?)
-        })
-        .await?;
-    Ok(Json(node))
+    ctx.change(
+        Action::suspend_node(kind),
+        Target::Node(Some(kind), id),
+        audit_as,
+        (kind.as_str(), Some(id)),
+    )
+    .run(async |grant| {
+        // Its plugins stop running for it (or run again) from the next invocation on, and a
+        // suspended partner's hosts are refused from the next request on, even if reading
+        // the node back fails after the change was saved.
+        let _forget = ctx.state.catalog.forgetting();
+        let node = tenancy::set_status(conn, &grant, status).await;
+        ctx.state.hosts.forget_all();
+        Ok(node?)
+    })
+    .await
 }
