@@ -429,3 +429,151 @@ async fn a_partner_installs_and_offers_a_plugin_from_the_console_and_its_agent_s
         db.cleanup().await;
     }
 }
+
+#[tokio::test]
+async fn signatures_are_required_from_the_console_deliveries_are_read_there_and_a_plugin_uninstalled()
+ {
+    const HELLO: &str = "com.trellis.hello";
+    for db in databases().await {
+        let engine = Engine::start(&db.url(), &[]);
+        let world = World::build(&engine, &db.url()).await;
+        let archive = trellis_tests::plugin_archive_bytes("plugins/hello", "trellis_plugin_hello");
+
+        // The platform requires signed archives of the partner, from the partner's page.
+        let mut root = Browser::new(&engine, CONSOLE);
+        let signed = root
+            .post(
+                "/console/login",
+                &[("email", ROOT_EMAIL), ("password", TEST_PASSWORD)],
+            )
+            .await;
+        assert_eq!(signed.status, 303, "{signed:?}");
+        let at = format!("/console/nodes/{}", world.partner);
+        let page = root.get(&at).await;
+        assert_eq!(page.status, 200, "{page:?}");
+        assert!(
+            page.text.contains(&format!("action=\"{at}/policy\"")),
+            "{}",
+            page.text
+        );
+        let token = page.form_token();
+        // Requiring signatures without a key to trust is refused beside the form.
+        let keyless = root
+            .post(
+                &format!("{at}/policy"),
+                &[
+                    ("form_token", &token),
+                    ("require_signature", "1"),
+                    ("trusted_keys", ""),
+                ],
+            )
+            .await;
+        assert_eq!(keyless.status, 422, "{keyless:?}");
+        let (_, trusted) = trellis_engine::plugins::archive::keygen().unwrap();
+        let required = root
+            .post(
+                &format!("{at}/policy"),
+                &[
+                    ("form_token", &token),
+                    ("require_signature", "1"),
+                    ("trusted_keys", &trusted),
+                ],
+            )
+            .await;
+        assert_eq!(required.status, 303, "{required:?}");
+        let mut admin = signed_in(&engine, "admin@jade.test").await;
+        let page = admin.get("/console/plugins").await;
+        assert!(
+            page.text
+                .contains("name=\"require_signature\" value=\"1\" checked"),
+            "{}",
+            page.text
+        );
+        let token = page.form_token();
+        let unsigned = admin
+            .upload(
+                "/console/plugins/upload",
+                &[("form_token", &token)],
+                ("archive", &archive),
+            )
+            .await;
+        assert!((400..500).contains(&unsigned.status), "{unsigned:?}");
+        assert!(unsigned.text.contains("role=\"alert\""));
+        // The partner lifts it again itself, and installs.
+        let lifted = admin
+            .post(
+                "/console/plugins/policy",
+                &[("form_token", &token), ("trusted_keys", "")],
+            )
+            .await;
+        assert_eq!(lifted.status, 303, "{lifted:?}");
+        let installed = admin
+            .upload(
+                "/console/plugins/upload",
+                &[("form_token", &token)],
+                ("archive", &archive),
+            )
+            .await;
+        assert_eq!(installed.status, 303, "{installed:?}");
+        let audit = admin.get("/console/audit").await;
+        assert!(audit.text.contains("plugin.policy"), "{}", audit.text);
+
+        // An event for a merchant reaches the plugins that subscribe: the log shows it.
+        let merchant = with_plugins(&world).await;
+        world
+            .root
+            .post(
+                &format!("/api/v1/merchants/{merchant}/events"),
+                json!({"kind": "member.adjust", "payload": {"nothing": true}}),
+            )
+            .await
+            .ok();
+        let log = admin.get("/console/deliveries").await;
+        assert_eq!(log.status, 200, "{log:?}");
+        assert!(
+            log.text.contains("member.adjust") && log.text.contains("com.trellis.membership"),
+            "{}",
+            log.text
+        );
+        assert!(
+            log.text.contains(">Tea<"),
+            "the merchant by name: {}",
+            log.text
+        );
+
+        // Hello, held by no package, is uninstalled from the page.
+        let gone = admin
+            .post(
+                &format!("/console/plugins/{HELLO}/uninstall"),
+                &[("form_token", &token)],
+            )
+            .await;
+        assert_eq!(gone.status, 303, "{gone:?}");
+        let api = world
+            .root
+            .get(&format!(
+                "/api/v1/partners/{}/plugins/{HELLO}",
+                world.partner
+            ))
+            .await;
+        assert!(
+            api.status == 404 || api.body["status"] == "uninstalled",
+            "{api:?}"
+        );
+        // A cashier has no policy to set.
+        let mut cashier = signed_in(&engine, "cashier@jade.test").await;
+        let token = cashier.get("/console").await.form_token();
+        let refused = cashier
+            .post(
+                "/console/plugins/policy",
+                &[("form_token", &token), ("require_signature", "1")],
+            )
+            .await;
+        assert!(
+            refused.status == 403 || refused.status == 404,
+            "{refused:?}"
+        );
+        drop(engine);
+        db.cleanup().await;
+    }
+}

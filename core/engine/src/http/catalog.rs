@@ -260,8 +260,14 @@ async fn uninstall_plugin(
 }
 
 async fn get_policy(ctx: Ctx, Path(id): Path<String>) -> Result<Json<Policy>, ApiError> {
-    ctx.allow(Action::PluginRead, Target::partner(&id)).await?;
-    Ok(Json(ctx.state.catalog.policy(&id).await?))
+    Ok(Json(policy(&ctx, &id).await?))
+}
+
+/// A partner's policy on plugin signatures, if the caller may read its plugins.
+pub(super) async fn policy(ctx: &Ctx, partner_id: &str) -> Result<Policy, ApiError> {
+    ctx.allow(Action::PluginRead, Target::partner(partner_id))
+        .await?;
+    Ok(ctx.state.catalog.policy(partner_id).await?)
 }
 
 async fn put_policy(
@@ -269,7 +275,17 @@ async fn put_policy(
     Path(id): Path<String>,
     ApiJson(body): ApiJson<Policy>,
 ) -> Result<Json<Policy>, ApiError> {
+    Ok(Json(set_policy(&ctx, &id, body).await?))
+}
+
+/// Sets a partner's policy on plugin signatures, audited: the door the API and the console
+/// share.
+pub(super) async fn set_policy(
+    ctx: &Ctx,
+    partner_id: &str,
+    body: Policy,
+) -> Result<Policy, ApiError> {
     let catalog = &ctx.state.catalog;
     let run = async |grant: Grant| Ok(catalog.set_policy(&grant, body).await?);
-    Ok(Json(manage(&ctx, &id, "*", "plugin.policy", run).await?))
+    manage(ctx, partner_id, "*", "plugin.policy", run).await
 }

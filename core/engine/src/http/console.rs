@@ -34,6 +34,7 @@ const PER_PAGE: u64 = 20;
 
 mod accounts;
 mod apps;
+mod deliveries;
 mod alipay;
 mod keys;
 mod node;
@@ -49,6 +50,7 @@ pub fn router() -> Router<AppState> {
         .merge(session::routes())
         .merge(tree::routes())
         .merge(accounts::routes())
+        .merge(deliveries::routes())
         .merge(keys::routes())
         .merge(node::routes())
         .merge(apps::routes())
@@ -210,6 +212,11 @@ impl Signed {
                 Some(Action::AssignmentRead),
             ),
             ("payments", "/console/payments", Some(Action::PaymentRead)),
+            (
+                "deliveries",
+                "/console/deliveries",
+                Some(Action::DeliveryRead),
+            ),
             ("audit", "/console/audit", Some(Action::AuditRead)),
             ("password", "/console/password", None),
         ]

@@ -169,6 +169,15 @@ async fn list_deliveries(
     ApiQuery(query): ApiQuery<DeliveryQuery>,
     ApiQuery(page): ApiQuery<Page>,
 ) -> Result<Json<Paged<events::Delivery>>, ApiError> {
+    Ok(Json(deliveries(&ctx, query, page).await?))
+}
+
+/// One page of the delivery log the caller may read: the door the API and the console share.
+pub(super) async fn deliveries(
+    ctx: &Ctx,
+    query: DeliveryQuery,
+    page: Page,
+) -> Result<Paged<events::Delivery>, ApiError> {
     let scope = match &query.merchant_id {
         Some(id) => Target::merchant(id),
         None => Target::own(),
@@ -193,26 +202,29 @@ async fn list_deliveries(
         offset: page.offset(),
     };
     let (items, total) = events::deliveries(&ctx.state.db.conn, grant.target(), &filter).await?;
-    Ok(Json(page.wrap(items, total)))
+    Ok(page.wrap(items, total))
 }
 
 async fn redeliver(ctx: Ctx, Path(id): Path<String>) -> Result<Json<events::Delivery>, ApiError> {
+    Ok(Json(redeliver_one(&ctx, &id).await?))
+}
+
+/// Delivers an event to its plugin again, audited: the shared door.
+pub(super) async fn redeliver_one(ctx: &Ctx, id: &str) -> Result<events::Delivery, ApiError> {
     let conn = &ctx.state.db.conn;
     let scope = &ctx.caller.place;
     let result = async {
-        let delivery = events::delivery(conn, scope, &id).await?;
+        let delivery = events::delivery(conn, scope, id).await?;
         ctx.allow(Action::DeliveryRedeliver, Target::own()).await?;
         events::redeliver(conn, &delivery, ctx.state.catalog.now()).await?;
-        Ok(events::delivery(conn, scope, &id).await?)
+        Ok(events::delivery(conn, scope, id).await?)
     }
     .await;
-    let delivery = ctx
-        .audited(
-            "delivery.redeliver",
-            ("delivery", Some(&id)),
-            Some(scope),
-            result,
-        )
-        .await?;
-    Ok(Json(delivery))
+    ctx.audited(
+        "delivery.redeliver",
+        ("delivery", Some(id)),
+        Some(scope),
+        result,
+    )
+    .await
 }

@@ -1,5 +1,6 @@
-//! One node below the visitor: its facts, renaming it (a partner: also its theme and domains),
-//! suspending or resuming it, and the links to its accounts and, for a merchant, its Alipay app.
+//! One node below the visitor: its facts, renaming it (a partner: also its theme and domains,
+//! and its policy on plugin signatures), suspending or resuming it, and the links to its
+//! accounts and, for a merchant, its Alipay app.
 //!
 //! Invariant: the node is found inside the visitor's subtree or not at all, the visitor's own
 //! node is not offered here (nobody suspends the node they stand on), and every change is the
@@ -15,15 +16,16 @@ use serde_json::{Value, json};
 
 use super::super::AppState;
 use super::super::error::ApiError;
-use super::super::nodes;
+use super::super::{catalog, nodes};
 use super::{Fields, Look, Signed, refused};
+use crate::plugins::catalog::Policy;
 use crate::rbac::{Action, allows};
 use crate::tenancy::{self, NodePatch, NodeStatus};
 
 pub(super) fn routes() -> Router<AppState> {
     Router::new()
         .route("/console/nodes/{id}", get(node_page).post(rename))
-        .route("/console/nodes/{id}/{change}", post(set_status))
+        .route("/console/nodes/{id}/{change}", post(change))
 }
 
 /// At most this many domains a partner's form takes.
@@ -49,6 +51,10 @@ async fn node_data(signed: &Signed, id: &str, problem: Option<Value>) -> Result<
     });
     if kind == tenancy::NodeKind::Partner {
         data["themes"] = json!(ctx.state.themes.names());
+        if allows(caller.role, Action::PluginManage) {
+            data["policy"] = policy_view(&catalog::policy(ctx, &node.id).await?);
+            data["policy_action"] = format!("/console/nodes/{}/policy", node.id).into();
+        }
     }
     if let Some(problem) = problem {
         data["problem"] = problem;
@@ -118,7 +124,8 @@ async fn rename(
     }
 }
 
-async fn set_status(
+/// Suspending, resuming, or (a partner) its policy on plugin signatures.
+async fn change(
     State(state): State<AppState>,
     look: Look,
     signed: Signed,
@@ -128,15 +135,46 @@ async fn set_status(
 ) -> Result<Response, ApiError> {
     let fields = Fields::parse(&body);
     signed.check_form(&headers, fields.one("form_token"))?;
-    let status = match change.as_str() {
-        "suspend" => NodeStatus::Suspended,
-        "resume" => NodeStatus::Active,
-        _ => return Err(ApiError::NotFound(format!("/console/nodes/{id}/{change}"))),
-    };
     let ctx = &signed.ctx;
     let node = tenancy::find_in_scope(&ctx.state.db.conn, &ctx.caller.place, None, &id).await?;
-    match nodes::set_status(ctx, node.kind, status, &id).await {
-        Ok(_) => Ok(Redirect::to(&format!("/console/nodes/{id}")).into_response()),
-        Err(error) => again(&state, &look, &signed, &id, error, json!({})).await,
+    let outcome = match change.as_str() {
+        "suspend" => nodes::set_status(ctx, node.kind, NodeStatus::Suspended, &id)
+            .await
+            .map(drop),
+        "resume" => nodes::set_status(ctx, node.kind, NodeStatus::Active, &id)
+            .await
+            .map(drop),
+        "policy" if node.kind == tenancy::NodeKind::Partner => {
+            catalog::set_policy(ctx, &id, policy_of(&fields))
+                .await
+                .map(drop)
+        }
+        _ => return Err(ApiError::NotFound(format!("/console/nodes/{id}/{change}"))),
+    };
+    match outcome {
+        Ok(()) => Ok(Redirect::to(&format!("/console/nodes/{id}")).into_response()),
+        Err(error) => again(&state, &look, &signed, &id, error, fields.typed()).await,
     }
+}
+
+/// A plugin policy as its form posts it: the box, and one publisher key a line.
+pub(super) fn policy_of(fields: &Fields) -> Policy {
+    Policy {
+        require_signature: !fields.one("require_signature").is_empty(),
+        trusted_keys: fields
+            .one("trusted_keys")
+            .lines()
+            .map(str::trim)
+            .filter(|k| !k.is_empty())
+            .map(str::to_owned)
+            .collect(),
+    }
+}
+
+/// A plugin policy as its form shows it.
+pub(super) fn policy_view(policy: &Policy) -> Value {
+    json!({
+        "require_signature": policy.require_signature,
+        "trusted_keys": policy.trusted_keys.join("\n"),
+    })
 }

@@ -21,6 +21,7 @@ pub(super) fn routes() -> Router<AppState> {
     Router::new()
         .route("/console/plugins", get(catalog_page))
         .route("/console/plugins/upload", post(upload))
+        .route("/console/plugins/policy", post(policy))
         .route("/console/plugins/{plugin}/{change}", post(change))
 }
 
@@ -43,6 +44,10 @@ async fn catalog_data(signed: &Signed, problem: Option<Value>) -> Result<Value, 
     let mut data = signed.frame("plugins").await?;
     data["plugins"] = json!(installed);
     data["may_manage"] = manages.into();
+    if manages {
+        let partner = partner_of(signed)?;
+        data["policy"] = super::node::policy_view(&doors::policy(ctx, &partner).await?);
+    }
     if let Some(problem) = problem {
         data["problem"] = problem;
     }
@@ -107,6 +112,24 @@ async fn upload(
     signed.check_form(&headers, &token)?;
     let partner = partner_of(&signed)?;
     match doors::install(&signed.ctx, &partner, &archive, activate).await {
+        Ok(_) => Ok(Redirect::to("/console/plugins").into_response()),
+        Err(error) => again(&state, &look, &signed, error).await,
+    }
+}
+
+/// The partner's own policy on plugin signatures.
+async fn policy(
+    State(state): State<AppState>,
+    look: Look,
+    signed: Signed,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let fields = Fields::parse(&body);
+    signed.check_form(&headers, fields.one("form_token"))?;
+    let partner = partner_of(&signed)?;
+    let policy = super::node::policy_of(&fields);
+    match doors::set_policy(&signed.ctx, &partner, policy).await {
         Ok(_) => Ok(Redirect::to("/console/plugins").into_response()),
         Err(error) => again(&state, &look, &signed, error).await,
     }
