@@ -598,3 +598,83 @@ async fn a_merchant_sets_up_levels_and_the_card_in_the_console_and_a_consumer_cl
         db.cleanup().await;
     }
 }
+
+#[tokio::test]
+async fn an_agent_and_a_partner_open_their_plugin_pages_for_a_merchant_below_them() {
+    for db in databases().await {
+        let engine = Engine::start(&db.url(), &[]);
+        let world = World::build(&engine, &db.url()).await;
+        let merchant = with_plugins(&world).await;
+        world
+            .root
+            .post(
+                "/api/v1/users",
+                json!({"node_id": world.agent, "email": "agent@jade.test", "password": trellis_tests::TEST_PASSWORD}),
+            )
+            .await
+            .ok();
+        let app = |page: &str| format!("/console/apps/{ABUSE}/{page}?merchant_id={merchant}");
+
+        // The partner finds both views on the merchant's page, and each opens.
+        let mut partner = signed_in(&engine, "admin@jade.test").await;
+        let node = partner.get(&format!("/console/nodes/{merchant}")).await;
+        assert_eq!(node.status, 200, "{node:?}");
+        let text = decoded(&node);
+        assert!(
+            text.contains(&app("partner-view")) && text.contains(&app("agent-view")),
+            "{text}"
+        );
+        let view = partner.get(&app("partner-view")).await;
+        assert_eq!(view.status, 200, "{view:?}");
+        assert!(view.text.contains("<dd>partner</dd>"), "{}", view.text);
+
+        // The agent gets its own view, not the partner's.
+        let mut agent = signed_in(&engine, "agent@jade.test").await;
+        let node = agent.get(&format!("/console/nodes/{merchant}")).await;
+        let text = decoded(&node);
+        assert!(text.contains(&app("agent-view")), "{text}");
+        assert!(!text.contains(&app("partner-view")), "{text}");
+        let view = agent.get(&app("agent-view")).await;
+        assert!(view.text.contains("<dd>agent</dd>"), "{}", view.text);
+        assert_eq!(agent.get(&app("partner-view")).await.status, 404);
+        // Not for a merchant outside its subtree, nor without one.
+        let other = create_node(
+            &world.root,
+            "partners",
+            None,
+            json!({"name": "Other", "domains": ["other.test"]}),
+        )
+        .await;
+        let other_agent =
+            create_node(&world.root, "agents", Some(&other), json!({"name": "A"})).await;
+        let stranger = create_node(
+            &world.root,
+            "merchants",
+            Some(&other_agent),
+            json!({"name": "M"}),
+        )
+        .await;
+        let foreign = format!("/console/apps/{ABUSE}/agent-view?merchant_id={stranger}");
+        assert_eq!(agent.get(&foreign).await.status, 404);
+        assert_eq!(
+            agent
+                .get(&format!("/console/apps/{ABUSE}/agent-view"))
+                .await
+                .status,
+            404
+        );
+        // The merchant's own console offers neither.
+        let mut owner = signed_in(&engine, "owner@jade.test").await;
+        let home = owner.get("/console").await;
+        assert!(!home.text.contains("agent-view") && !home.text.contains("partner-view"));
+        assert_eq!(
+            owner
+                .get(&format!("/console/apps/{ABUSE}/agent-view"))
+                .await
+                .status,
+            404
+        );
+        drop(engine);
+        db.cleanup().await;
+    }
+}

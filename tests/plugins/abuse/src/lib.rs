@@ -135,6 +135,11 @@ impl Plugin for Abuse {
                     "url": "javascript:alert('qr')",
                 }),
             ),
+            // What the tiers above a merchant see of it.
+            "/agent" | "/partner" => Response::json(
+                200,
+                &serde_json::json!({ "seen_by": request.route.trim_start_matches('/') }),
+            ),
             _ => Ok(Response::text(200, "small")),
         }
     }

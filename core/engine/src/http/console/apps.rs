@@ -80,6 +80,36 @@ pub(super) async fn menu(signed: &Signed, current: &str) -> Result<Vec<Value>, A
     Ok(entries)
 }
 
+/// The menu pages of the plugins a merchant below the visitor holds, that the visitor's role
+/// reaches (an agent's or a partner's routes, and the merchant's own where the role may): what
+/// a merchant's page offers the tiers above it, each link carrying the merchant.
+pub(super) async fn pages_for(
+    signed: &Signed,
+    merchant: &crate::tenancy::Node,
+) -> Result<Vec<Value>, ApiError> {
+    let catalog = &signed.ctx.state.catalog;
+    let partner = merchant.partner_id.clone().unwrap_or_default();
+    let mut entries = Vec::new();
+    for plugin in catalog.entitled(&merchant.id).await? {
+        let Ok(installed) = catalog.installation_for(&partner, &plugin).await else {
+            continue;
+        };
+        for page in installed.pages.iter().filter(|p| p.menu) {
+            if reachable(signed, &installed, page) {
+                let labels: BTreeMap<&str, String> = Locale::ALL
+                    .into_iter()
+                    .map(|l| (l.tag(), text(&installed, l, &page.title)))
+                    .collect();
+                entries.push(json!({
+                    "href": href(&plugin, &page.id, &[("merchant_id", &merchant.id)]),
+                    "labels": labels,
+                }));
+            }
+        }
+    }
+    Ok(entries)
+}
+
 /// Whether the visitor's door and role reach the page's route: a store's door serves `staff`
 /// routes only, and the role must allow the route's audience. What the menu and a page's links
 /// offer; the door checks again when the route is called.
@@ -141,44 +171,88 @@ fn shown(value: Option<&Value>) -> String {
     }
 }
 
-/// Where the visitor's plugin calls go: its store's door for store staff, its merchant's for
-/// the merchant owner. Tiers above use the API for now.
-fn door_of(signed: &Signed) -> Result<Door<'_>, ApiError> {
-    let caller = &signed.ctx.caller;
-    match caller.place.kind {
-        NodeKind::Store => Ok(Door::Store {
-            caller,
-            store_id: &caller.place.id,
-        }),
-        NodeKind::Merchant => Ok(Door::Merchant {
-            caller,
-            merchant_id: &caller.place.id,
-        }),
-        _ => Err(ApiError::NotFound(
-            "plugin pages open from a merchant's or a store's console".into(),
-        )),
+/// The merchant a plugin page is opened for, and its partner: the visitor's own for a
+/// merchant's or a store's console; for a tier above, the merchant named by `?merchant_id=`,
+/// found inside the visitor's subtree (else not found).
+#[derive(Debug, Clone)]
+pub(super) struct Opened {
+    pub(super) partner: String,
+    pub(super) merchant: String,
+    /// The visitor stands above the merchant: every link carries `merchant_id`.
+    pub(super) above: bool,
+}
+
+impl Opened {
+    pub(super) async fn of(
+        signed: &Signed,
+        params: &BTreeMap<String, String>,
+    ) -> Result<Self, ApiError> {
+        let place = &signed.ctx.caller.place;
+        if matches!(place.kind, NodeKind::Merchant | NodeKind::Store) {
+            return Ok(Self {
+                partner: place.partner_id.clone().unwrap_or_default(),
+                merchant: place.merchant_id.clone().unwrap_or_default(),
+                above: false,
+            });
+        }
+        let wanted = params
+            .get("merchant_id")
+            .map(String::as_str)
+            .unwrap_or_default();
+        let node = crate::tenancy::find_in_scope(
+            &signed.ctx.state.db.conn,
+            place,
+            Some(NodeKind::Merchant),
+            wanted,
+        )
+        .await
+        .map_err(|_| ApiError::NotFound("open a plugin page from one of your merchants".into()))?;
+        Ok(Self {
+            partner: node.partner_id.clone().unwrap_or_default(),
+            merchant: node.id,
+            above: true,
+        })
+    }
+
+    /// The parameters every link of the page carries besides the page's own.
+    pub(super) fn carried(&self) -> Vec<(&str, &str)> {
+        if self.above {
+            vec![("merchant_id", self.merchant.as_str())]
+        } else {
+            Vec::new()
+        }
+    }
+
+    /// Where the visitor's plugin calls go: its store's door for store staff, the merchant's
+    /// for everyone else (the door admits only a merchant inside the visitor's subtree).
+    fn door<'a>(&'a self, signed: &'a Signed) -> Door<'a> {
+        let caller = &signed.ctx.caller;
+        match caller.place.kind {
+            NodeKind::Store => Door::Store {
+                caller,
+                store_id: &caller.place.id,
+            },
+            _ => Door::Merchant {
+                caller,
+                merchant_id: &self.merchant,
+            },
+        }
     }
 }
 
 /// The installation and its page `id`, else not found.
 async fn page_of(
     signed: &Signed,
+    opened: &Opened,
     plugin: &str,
     id: &str,
 ) -> Result<(Arc<Installation>, Page), ApiError> {
-    let partner = signed
-        .ctx
-        .caller
-        .place
-        .partner_id
-        .clone()
-        .unwrap_or_default();
     let missing = || ApiError::NotFound(format!("/console/apps/{plugin}/{id}"));
     let installed = signed
         .ctx
         .state
         .catalog
-        .installation_for(&partner, plugin)
+        .installation_for(&opened.partner, plugin)
         .await
         .map_err(|_| missing())?;
     let page = installed
@@ -189,18 +263,11 @@ async fn page_of(
         .filter(|page| reachable(signed, &installed, page))
         .ok_or_else(missing)?;
     // Only for a plugin the merchant holds now: not even a form's labels otherwise.
-    let merchant = signed
-        .ctx
-        .caller
-        .place
-        .merchant_id
-        .clone()
-        .unwrap_or_default();
     if !signed
         .ctx
         .state
         .catalog
-        .entitled(&merchant)
+        .entitled(&opened.merchant)
         .await?
         .iter()
         .any(|p| p == plugin)
@@ -248,6 +315,22 @@ fn segment_encoded(value: &str) -> String {
     out
 }
 
+/// The parameters a page's links carry: the page's own (its route's `{name}`s) and, for a
+/// tier above the merchant, the merchant.
+fn pairs_of<'a>(
+    page: &'a Page,
+    params: &'a BTreeMap<String, String>,
+    opened: &'a Opened,
+) -> Vec<(&'a str, &'a str)> {
+    let mut pairs: Vec<(&str, &str)> = page
+        .params()
+        .into_iter()
+        .filter_map(|p| params.get(p).map(|v| (p, v.as_str())))
+        .collect();
+    pairs.extend(opened.carried());
+    pairs
+}
+
 /// A link to page `id` of the plugin with `params`.
 fn href(plugin: &str, id: &str, params: &[(&str, &str)]) -> String {
     let query = url::form_urlencoded::Serializer::new(String::new())
@@ -262,9 +345,14 @@ fn href(plugin: &str, id: &str, params: &[(&str, &str)]) -> String {
 
 /// Calls the plugin's route for the visitor through the API's door; a change is audited as the
 /// API audits it. Answers the status and the JSON body (`null` when it is not JSON).
-async fn call(signed: &Signed, plugin: &str, request: Request) -> Result<(u16, Value), ApiError> {
+async fn call(
+    signed: &Signed,
+    opened: &Opened,
+    plugin: &str,
+    request: Request,
+) -> Result<(u16, Value), ApiError> {
     let ctx = &signed.ctx;
-    let door = door_of(signed)?;
+    let door = opened.door(signed);
     let mutating = request.method != "GET";
     let uri: Uri = format!("/console/apps/{plugin}")
         .parse()
@@ -316,13 +404,10 @@ async fn show(
     Path((plugin, id)): Path<(String, String)>,
     Query(params): Query<BTreeMap<String, String>>,
 ) -> Result<Response, ApiError> {
-    let (installed, page) = page_of(&signed, &plugin, &id).await?;
+    let opened = Opened::of(&signed, &params).await?;
+    let (installed, page) = page_of(&signed, &opened, &plugin, &id).await?;
     let mut data = frame(&signed, &look, &installed, &page).await?;
-    let pairs: Vec<(&str, &str)> = page
-        .params()
-        .into_iter()
-        .filter_map(|p| params.get(p).map(|v| (p, v.as_str())))
-        .collect();
+    let pairs = pairs_of(&page, &params, &opened);
     data["links"] = json!(
         page.links
             .iter()
@@ -337,9 +422,8 @@ async fn show(
     if page.kind == PageKind::Form {
         let action = href(&plugin, &page.id, &pairs);
         return form::show(
-            &state,
-            &look,
-            &signed,
+            (&state, &look, &signed),
+            &opened,
             (&installed, &page),
             &params,
             action,
@@ -374,7 +458,7 @@ async fn show(
         body: Vec::new(),
         locale: look.locale.tag(),
     };
-    let (status, body) = call(&signed, &plugin, request).await?;
+    let (status, body) = call(&signed, &opened, &plugin, request).await?;
     if status >= 400 {
         data["problem"] = refusal(status, &body);
         let mut response = look.render(&state, "console-app", data)?;
@@ -393,7 +477,13 @@ async fn show(
                     .collect::<Vec<_>>()
             );
             if let Some(table) = &page.table {
-                data["table"] = table_of(&installed, look.locale, &plugin, &page, table, &body);
+                data["table"] = table_of(
+                    (&installed, look.locale),
+                    &page,
+                    table,
+                    &body,
+                    &opened.carried(),
+                );
             }
             if let Some(next) = page.next.as_deref().and_then(|n| body.pointer(n)) {
                 let cursor = shown(Some(next));
@@ -444,13 +534,13 @@ async fn frame(
 
 /// A table's rows from the answer, each cell shown as text, each row opening its page.
 fn table_of(
-    installed: &Installation,
-    locale: Locale,
-    plugin: &str,
+    (installed, locale): (&Installation, Locale),
     page: &Page,
     table: &crate::plugins::manifest::pages::Table,
     body: &Value,
+    carried: &[(&str, &str)],
 ) -> Value {
+    let plugin = installed.plugin_id.as_str();
     let rows = body
         .pointer(&table.items)
         .and_then(Value::as_array)
@@ -466,8 +556,9 @@ fn table_of(
                 .collect();
             let open = page.open.as_ref().and_then(|open| {
                 let value = shown(row.pointer(&open.field));
-                (!value.is_empty())
-                    .then(|| href(plugin, &open.page, &[(open.param.as_str(), value.as_str())]))
+                let mut pairs = vec![(open.param.as_str(), value.as_str())];
+                pairs.extend_from_slice(carried);
+                (!value.is_empty()).then(|| href(plugin, &open.page, &pairs))
             });
             json!({ "cells": cells, "open": open })
         })

@@ -49,6 +49,9 @@ async fn node_data(signed: &Signed, id: &str, problem: Option<Value>) -> Result<
         "alipay": kind == tenancy::NodeKind::Merchant
             && allows(caller.role, Action::AlipayCredentialsRead),
     });
+    if kind == tenancy::NodeKind::Merchant {
+        data["merchant_apps"] = json!(super::apps::pages_for(signed, &node).await?);
+    }
     if kind == tenancy::NodeKind::Partner {
         data["themes"] = json!(ctx.state.themes.names());
         if allows(caller.role, Action::PluginManage) {

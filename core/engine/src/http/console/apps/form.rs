@@ -17,7 +17,7 @@ use serde_json::{Map, Value, json};
 use super::super::super::AppState;
 use super::super::super::error::ApiError;
 use super::super::{Fields, Look, Signed};
-use super::{call, frame, href, page_of, path_of, refusal, text};
+use super::{Opened, call, frame, href, page_of, pairs_of, path_of, refusal, text};
 use crate::doors::Request;
 use crate::plugins::catalog::Installation;
 use crate::plugins::manifest::pages::{Input, InputKind, Page, PageKind};
@@ -283,9 +283,8 @@ fn body_of<'p>(page: &'p Page, fields: &Fields) -> Result<Value, Wrong<'p>> {
 
 /// `GET` of a form page: its inputs, filled from its `load` route when it has one.
 pub(super) async fn show(
-    state: &AppState,
-    look: &Look,
-    signed: &Signed,
+    (state, look, signed): (&AppState, &Look, &Signed),
+    opened: &Opened,
     (installed, page): (&Installation, &Page),
     params: &BTreeMap<String, String>,
     action: String,
@@ -303,7 +302,7 @@ pub(super) async fn show(
             body: Vec::new(),
             locale: look.locale.tag(),
         };
-        let (code, answer) = call(signed, plugin, request).await?;
+        let (code, answer) = call(signed, opened, plugin, request).await?;
         if code >= 400 {
             // Without the current values the form would save blanks over them: not offered.
             data["problem"] = refusal(code, &answer);
@@ -402,7 +401,7 @@ async fn posted(
 /// Sends each chosen file to its image input's upload route and puts what that answers into
 /// the input's field. Answers the first refusal, to show on the form.
 async fn send_files(
-    signed: &Signed,
+    (signed, opened): (&Signed, &Opened),
     (installed, page): (&Installation, &Page),
     params: &BTreeMap<String, String>,
     locale: Locale,
@@ -442,7 +441,7 @@ async fn send_files(
             body: file.bytes.to_vec(),
             locale: locale.tag(),
         };
-        let (status, answer) = call(signed, &installed.plugin_id, request).await?;
+        let (status, answer) = call(signed, opened, &installed.plugin_id, request).await?;
         let label = text(installed, locale, &input.label);
         if status >= 400 {
             let mut problem = refusal(status, &answer);
@@ -478,20 +477,17 @@ pub(super) async fn submit(
 ) -> Result<Response, ApiError> {
     let (mut fields, files) = posted(&state, &headers, request).await?;
     signed.check_form(&headers, fields.one("form_token"))?;
-    let (installed, page) = page_of(&signed, &plugin, &id).await?;
+    let opened = Opened::of(&signed, &params).await?;
+    let (installed, page) = page_of(&signed, &opened, &plugin, &id).await?;
     if page.kind != PageKind::Form {
         return Err(ApiError::MethodNotAllowed(format!(
             "/console/apps/{plugin}/{id}"
         )));
     }
-    let pairs: Vec<(&str, &str)> = page
-        .params()
-        .into_iter()
-        .filter_map(|p| params.get(p).map(|v| (p, v.as_str())))
-        .collect();
+    let pairs = pairs_of(&page, &params, &opened);
     let locale = look.locale;
     let sent = send_files(
-        &signed,
+        (&signed, &opened),
         (&installed, &page),
         &params,
         locale,
@@ -512,7 +508,7 @@ pub(super) async fn submit(
                     body: json_body.to_string().into_bytes(),
                     locale: locale.tag(),
                 };
-                let (status, answer) = call(&signed, &plugin, request).await?;
+                let (status, answer) = call(&signed, &opened, &plugin, request).await?;
                 if status < 400 {
                     let back = page.then.as_deref().unwrap_or(&page.id);
                     return Ok(Redirect::to(&href(&plugin, back, &pairs)).into_response());
