@@ -577,3 +577,66 @@ async fn signatures_are_required_from_the_console_deliveries_are_read_there_and_
         db.cleanup().await;
     }
 }
+
+#[tokio::test]
+async fn a_merchant_sets_up_certificate_mode_in_the_console_and_a_pasted_key_is_never_shown() {
+    let db = trellis_tests::sqlite();
+    let engine = Engine::start(&db.url(), &[]);
+    let world = World::build(&engine, &db.url()).await;
+    let file = |name: &str| std::fs::read_to_string(format!("{VECTORS}{name}")).unwrap();
+    let certs: serde_json::Value = serde_json::from_str(&file("certs.json")).unwrap();
+    let mut owner = signed_in(&engine, "owner@jade.test").await;
+    let page = owner.get("/console/alipay").await;
+    let token = page.form_token();
+    let merchant = {
+        let at = page.text.find("name=\"merchant_id\" value=\"").unwrap() + 26;
+        page.text[at..at + page.text[at..].find('"').unwrap()].to_owned()
+    };
+    let (private, app_cert, alipay_cert, root) = (
+        file("keys/app_private_pkcs8.pem"),
+        file("certs/app_cert.pem"),
+        file("certs/alipay_cert.pem"),
+        file("certs/root_bundle.pem"),
+    );
+    let form = |app_cert: &str| {
+        vec![
+            ("form_token", token.clone()),
+            ("merchant_id", merchant.clone()),
+            ("app_id", "2021004100000001".to_owned()),
+            ("key_mode", "certificate".to_owned()),
+            ("app_cert", app_cert.to_owned()),
+            ("alipay_cert", alipay_cert.clone()),
+            ("alipay_root_cert", root.clone()),
+            ("app_private_key", private.clone()),
+            ("gateway", "sandbox".to_owned()),
+        ]
+    };
+    // An app certificate that is not the key's is refused beside the form; the pasted private
+    // key is not sent back.
+    let wrong: Vec<(&str, String)> = form(&alipay_cert);
+    let pairs: Vec<(&str, &str)> = wrong.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let refused = owner.post("/console/alipay", &pairs).await;
+    assert_eq!(refused.status, 422, "{refused:?}");
+    assert!(refused.text.contains("app_cert"), "{}", refused.text);
+    assert!(!refused.text.contains("PRIVATE KEY"), "{}", refused.text);
+    let right = form(&app_cert);
+    let pairs: Vec<(&str, &str)> = right.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let stored = owner.post("/console/alipay", &pairs).await;
+    assert_eq!(stored.status, 303, "{stored:?}");
+    let page = owner.get("/console/alipay").await;
+    assert!(
+        page.text.contains(certs["app_cert_sn"].as_str().unwrap()),
+        "{}",
+        page.text
+    );
+    assert!(page.text.contains("已就绪") && !page.text.contains("PRIVATE KEY"));
+    let api = world
+        .root
+        .get(&format!("/api/v1/merchants/{merchant}/alipay/credentials"))
+        .await
+        .ok();
+    assert_eq!(api.body["key_mode"], "certificate");
+    assert_eq!(api.body["alipay_root_cert_sn"], certs["root_cert_sn"]);
+    drop(engine);
+    db.cleanup().await;
+}

@@ -114,14 +114,35 @@ struct AppForm {
     form_token: String,
     merchant_id: String,
     app_id: String,
+    /// `public_key` (公钥) or `certificate` (公钥证书).
+    #[serde(default)]
+    key_mode: String,
+    #[serde(default)]
     alipay_public_key: String,
+    /// Certificate mode: the app's certificate, Alipay's and Alipay's root (PEM).
+    #[serde(default)]
+    app_cert: String,
+    #[serde(default)]
+    alipay_cert: String,
+    #[serde(default)]
+    alipay_root_cert: String,
+    /// A private key made elsewhere (Alipay's key tool, whose CSR the app certificate was issued
+    /// for); empty keeps the key made on this server.
+    #[serde(default)]
+    app_private_key: String,
+    /// 接口内容加密: the AES key, when the app encrypts its content; empty for none.
+    #[serde(default)]
+    aes_key: String,
+    /// Ticked: the stored AES key is removed.
+    #[serde(default)]
+    remove_aes_key: String,
     gateway: String,
     #[serde(default)]
     gateway_url: String,
 }
 
-/// Stores the app in public-key mode with the private key already on the server (certificate
-/// mode is the API's for now).
+/// Stores the app: public-key mode with Alipay's public key, or certificate mode with the three
+/// certificates; the private key made on the server unless another is pasted.
 async fn store(
     State(state): State<AppState>,
     look: Look,
@@ -142,16 +163,30 @@ async fn store(
             });
         }
     };
+    let given = |text: &str| Some(text.trim().to_owned()).filter(|t| !t.is_empty());
+    let certificate = body.key_mode == "certificate";
     let input = CredentialsInput {
         app_id: body.app_id.trim().to_owned(),
         sign_type: None,
-        key_mode: KeyMode::PublicKey,
-        app_private_key: None,
-        alipay_public_key: Some(body.alipay_public_key.trim().to_owned()),
-        app_cert: None,
-        alipay_cert: None,
-        alipay_root_cert: None,
-        aes_key: None,
+        key_mode: if certificate {
+            KeyMode::Certificate
+        } else {
+            KeyMode::PublicKey
+        },
+        app_private_key: given(&body.app_private_key).map(Into::into),
+        alipay_public_key: if certificate {
+            None
+        } else {
+            Some(body.alipay_public_key.trim().to_owned())
+        },
+        app_cert: given(&body.app_cert).filter(|_| certificate),
+        alipay_cert: given(&body.alipay_cert).filter(|_| certificate),
+        alipay_root_cert: given(&body.alipay_root_cert).filter(|_| certificate),
+        aes_key: if body.remove_aes_key.is_empty() {
+            given(&body.aes_key).map(Into::into)
+        } else {
+            Some(String::new().into())
+        },
         gateway,
         gateway_url: (gateway == GatewayKind::Custom).then(|| body.gateway_url.trim().to_owned()),
     };
@@ -161,9 +196,14 @@ async fn store(
             Ok(Redirect::to(&back).into_response())
         }
         Err(error) => {
+            // What was typed comes back, keys that are secrets excepted.
             let typed = json!({
                 "app_id": body.app_id,
+                "key_mode": body.key_mode,
                 "alipay_public_key": body.alipay_public_key,
+                "app_cert": body.app_cert,
+                "alipay_cert": body.alipay_cert,
+                "alipay_root_cert": body.alipay_root_cert,
             });
             let Some((status, problem)) = refused(&error, typed) else {
                 return Err(error);
