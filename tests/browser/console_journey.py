@@ -4,7 +4,8 @@ offers a plugin, the agent builds, publishes and assigns a package with it, and 
 sees what it holds, sets up its Alipay app with a key pair made on the server, edits its member
 levels, designs the membership card with a logo and background, syncs it to the offline Alipay
 sandbox and shows its claim link as a QR code; a sandbox consumer claims the card and appears in
-the merchant's members; the cashier at the bottom sees its store and the member, and no form. Every page is checked with axe-core (no serious or critical violation), the
+the merchant's members and opens her own card page on a phone; the cashier at the bottom sees
+its store and the member, and no form, and takes a QR payment the consumer pays. Every page is checked with axe-core (no serious or critical violation), the
 sign-in is done with the keyboard alone, and each tier's main pages are photographed in Chinese
 and English.
 
@@ -70,6 +71,7 @@ def main():
     partner_site = f"http://jade.test:{args.port}"
     axe = Axe()
     checked = []
+    merchant_id = []
     images = tempfile.mkdtemp()
     logo = os.path.join(images, "logo.png")
     background = os.path.join(images, "background.png")
@@ -290,6 +292,12 @@ def main():
                 # Her mobile, as Alipay's form gave it (the sandbox's consumers have 138…).
                 expect(page.locator("tbody")).to_contain_text("138")
                 photograph(page, "merchant-members")
+                page.goto(f"{partner_site}/console/keys")
+                page.fill("#name", "收银机")
+                page.click("form[action='/console/keys'] button[type=submit]")
+                expect(page.locator("#made-secret")).to_have_value(re.compile("."))
+                page.goto(f"{partner_site}/console/alipay")
+                merchant_id.append(page.locator("input[name=merchant_id]").first.input_value())
                 page.goto(f"{partner_site}/console/audit")
                 expect(page.locator("table")).to_contain_text("store.create")
                 photograph(page, "merchant-audit")
@@ -308,7 +316,37 @@ def main():
         expect(page.locator("h1")).to_have_text("会员详情")
         expect(page.locator("a[href*='/adjust?']")).to_have_count(0)
         photograph(page, "store-member")
+        # A QR payment at the counter: the consumer pays at the sandbox, "ask Alipay" shows it.
+        page.click("nav.menu a[href='/console/payments']")
+        page.get_by_role("link", name="新建收款码").click()
+        photograph(page, "store-payment-new")
+        page.fill("#amount", "12.50")
+        page.fill("#subject", "桂花乌龙")
+        page.click("main form button[type=submit]")
+        expect(page.locator("figure.qr svg")).to_have_count(1)
+        photograph(page, "store-payment-qr")
+        out_trade_no = page.locator("dd.mono").first.inner_text()
+        sandbox(console, "/consumers/alice/pay", {"app_id": APP_ID, "out_trade_no": out_trade_no})
+        # Alipay's notification moves the payment on; the page's script sees it and reloads.
+        expect(page.locator("h1")).to_contain_text("已付款", timeout=30_000)
+        page.click("nav.menu a[href='/console/payments']")
+        expect(page.locator("tbody")).to_contain_text("¥12.50")
+        photograph(page, "store-payments")
         sign_out(page)
+
+        # The member on her phone opens her card's page from Alipay: the engine sends her
+        # through the sandbox's authorisation first and shows her own card.
+        phone = browser.new_context(
+            viewport={"width": 390, "height": 844}, locale="zh-CN", is_mobile=True
+        ).new_page()
+        phone.goto(f"{console}/sandbox/consumers/alice/sign-in")
+        home = f"{partner_site}/m/{merchant_id[0]}/com.trellis.membership/me"
+        phone.goto(home)
+        expect(phone).to_have_url(re.compile(re.escape(home)))
+        expect(phone.locator("body")).to_contain_text("莲花会员卡")
+        expect(phone.locator("body")).to_contain_text("积分")
+        accessible(phone, "member page (phone)")
+        phone.screenshot(path=os.path.join(args.shots, "member-home-zh-CN.png"), full_page=True)
         browser.close()
     print(f"checked {len(checked)} pages: " + ", ".join(checked))
 

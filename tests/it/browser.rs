@@ -42,7 +42,15 @@ async fn every_tier_staffs_the_tier_below_in_chromium_with_no_serious_accessibil
     };
     let db = sqlite();
     // The offline sandbox plays Alipay: the merchant's app, the card, the consumer who claims it.
-    let engine = Engine::start(&db.url(), &[("TRELLIS_SANDBOX__ENABLED", "true")]);
+    // Plain HTTP, as `make run` serves: the member page's round trip through Alipay's
+    // authorisation comes back to the scheme the engine names.
+    let engine = Engine::start(
+        &db.url(),
+        &[
+            ("TRELLIS_SANDBOX__ENABLED", "true"),
+            ("TRELLIS_HTTP__PUBLIC_SCHEME", "http"),
+        ],
+    );
     create_platform_admin(&db.url(), ROOT_EMAIL, TEST_PASSWORD);
     let port = engine.base_url.rsplit(':').next().unwrap().to_owned();
     let scratch = trellis_tests::tempdir();

@@ -108,6 +108,13 @@ async fn a_cashier_takes_a_qr_payment_and_the_owner_refunds_part_of_it() {
             "the QR code to scan: {}",
             page.text
         );
+        // The page follows the buyer with a script of the console's own, where there is one.
+        assert!(
+            page.text.contains(&format!("data-live-status=\"/api/v1/payments/{id}\""))
+                && page.text.contains("/console.js\" defer></script>"),
+            "{}",
+            page.text
+        );
         assert!(
             page.text.contains("¥12.50") && page.text.contains("待付款"),
             "{}",
@@ -133,6 +140,7 @@ async fn a_cashier_takes_a_qr_payment_and_the_owner_refunds_part_of_it() {
         let page = cashier.get(&at).await;
         assert!(page.text.contains("已付款"), "{}", page.text);
         assert!(!page.text.contains("<svg"), "no code once paid");
+        assert!(!page.text.contains("data-live-status"));
         let refused = cashier
             .post(
                 &format!("{at}/refund"),

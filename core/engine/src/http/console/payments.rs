@@ -268,6 +268,8 @@ async fn detail_data(signed: &Signed, id: &str, problem: Option<Value>) -> Resul
         .filter(|_| doors::shows_qr(payment))
     {
         data["qr"] = json!({ "url": code, "svg": super::super::qr_svg(code)? });
+        // Where the page's script (progressive) asks whether Alipay moved the payment on.
+        data["live_status"] = format!("/api/v1/payments/{}", payment.id).into();
     }
     data["refunds"] = json!(
         view.refunds
