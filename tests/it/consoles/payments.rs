@@ -110,7 +110,8 @@ async fn a_cashier_takes_a_qr_payment_and_the_owner_refunds_part_of_it() {
         );
         // The page follows the buyer with a script of the console's own, where there is one.
         assert!(
-            page.text.contains(&format!("data-live-status=\"/api/v1/payments/{id}\""))
+            page.text
+                .contains(&format!("data-live-status=\"/api/v1/payments/{id}\""))
                 && page.text.contains("/console.js\" defer></script>"),
             "{}",
             page.text
