@@ -1,5 +1,6 @@
 //! How long console pages take at scale: an agent with 10,000 merchants and a merchant with
-//! 100,000 members (membership), on SQLite, the engine in this process. Each page is asked for
+//! 100,000 members (membership), 100,000 payments and 100,000 event deliveries, on SQLite, the
+//! engine in this process. Each page is asked for
 //! as a signed-in browser asks (session cookie, `Accept: text/html`) over loopback; the anchor is
 //! `GET /healthz` in the same run, so the ratio shows what the page itself costs.
 //!
@@ -13,8 +14,9 @@
 
 use std::time::{Duration, Instant};
 
+use sea_orm::Database;
 use serde_json::json;
-use trellis_tests::fixtures::{branch, entitle};
+use trellis_tests::fixtures::{branch, entitle, queue_events, waiting_trades};
 use trellis_tests::{Engine, TEST_PASSWORD, create_node};
 
 /// The engine runs on the allocator its binary uses.
@@ -23,6 +25,8 @@ static ALLOCATOR: trellis_engine::Allocator = trellis_engine::Allocator;
 
 const MERCHANTS: usize = 10_000;
 const MEMBERS: usize = 100_000;
+const PAYMENTS: usize = 100_000;
+const DELIVERIES: usize = 100_000;
 const ROUNDS: usize = 60;
 const DOMAIN: &str = "p1.test";
 
@@ -72,7 +76,7 @@ async fn main() {
     let branch = branch(&engine, &url, DOMAIN).await;
     let root = &branch.root;
     let seeding = Instant::now();
-    entitle(
+    let installation = entitle(
         root,
         (&branch.partner, &branch.agent),
         &[branch.merchant.as_str()],
@@ -84,6 +88,7 @@ async fn main() {
     )
     .await;
     for (node, email) in [
+        (&branch.partner, "partner@p1.test"),
         (&branch.agent, "agent@p1.test"),
         (&branch.merchant, "owner@p1.test"),
     ] {
@@ -116,13 +121,32 @@ async fn main() {
             .collect();
         root.post(&import, json!({ "members": members })).await.ok();
     }
+    let trades = waiting_trades(&url, &branch, "2021000000000001", "B", PAYMENTS, 1250).await;
+    let conn = Database::connect(&url).await.unwrap();
+    let places = (
+        branch.partner.as_str(),
+        branch.agent.as_str(),
+        branch.merchant.as_str(),
+    );
+    let due = chrono::Utc::now().timestamp_millis();
+    queue_events(
+        &conn,
+        places,
+        (&installation, "member.adjust"),
+        DELIVERIES,
+        due,
+    )
+    .await;
+    conn.close().await.ok();
     println!(
-        "seeded {MERCHANTS} merchants and {MEMBERS} members in {:.0} s",
+        "seeded {MERCHANTS} merchants, {MEMBERS} members, {PAYMENTS} payments and {DELIVERIES} \
+         deliveries in {:.0} s",
         seeding.elapsed().as_secs_f64()
     );
 
     let http = trellis_tests::client();
     let base = engine.base_url.clone();
+    let partner = session(&http, &base, "partner@p1.test").await;
     let agent = session(&http, &base, "agent@p1.test").await;
     let owner = session(&http, &base, "owner@p1.test").await;
     let members = "/console/apps/com.trellis.membership/members";
@@ -136,6 +160,18 @@ async fn main() {
         .body;
     let member_id = listed["items"][0]["id"].as_str().unwrap().to_owned();
     let member = format!("/console/apps/com.trellis.membership/member?id={member_id}");
+    let payment = root
+        .get(&format!(
+            "/api/v1/merchants/{}/payments?limit=1",
+            branch.merchant
+        ))
+        .await
+        .ok()
+        .body["items"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(!trades.is_empty());
     let pages: Vec<(&str, Option<&str>, String)> = vec![
         ("anchor: GET /healthz", None, "/healthz".into()),
         (
@@ -170,6 +206,47 @@ async fn main() {
             "/console/alipay".into(),
         ),
         ("merchant: plugins", Some(&owner), "/console/plugins".into()),
+        (
+            "merchant: payments (100,000)",
+            Some(&owner),
+            "/console/payments".into(),
+        ),
+        (
+            "merchant: payments, by status",
+            Some(&owner),
+            "/console/payments?status=waiting".into(),
+        ),
+        (
+            "merchant: a payment",
+            Some(&owner),
+            format!("/console/payments/{payment}"),
+        ),
+        ("merchant: API keys", Some(&owner), "/console/keys".into()),
+        (
+            "merchant: levels editor",
+            Some(&owner),
+            "/console/apps/com.trellis.membership/levels-edit".into(),
+        ),
+        (
+            "merchant: card designer",
+            Some(&owner),
+            "/console/apps/com.trellis.membership/card-edit".into(),
+        ),
+        (
+            "agent: a merchant's page",
+            Some(&agent),
+            format!("/console/nodes/{}", branch.merchant),
+        ),
+        (
+            "partner: deliveries (100,000)",
+            Some(&partner),
+            "/console/deliveries".into(),
+        ),
+        (
+            "partner: deliveries, page 2,000",
+            Some(&partner),
+            "/console/deliveries?page=2000".into(),
+        ),
     ];
     let time = async |cookie: Option<&str>, path: &str| {
         let mut request = http
