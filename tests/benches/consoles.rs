@@ -172,6 +172,20 @@ async fn main() {
         .unwrap()
         .to_owned();
     assert!(!trades.is_empty());
+    // A cursor halfway down the delivery log, as following "older" 1,000 times would reach.
+    let middle = root
+        .get(&format!(
+            "/api/v1/deliveries?page={}&per_page=1",
+            DELIVERIES / 2
+        ))
+        .await
+        .ok()
+        .body["items"][0]
+        .clone();
+    let at = chrono::DateTime::parse_from_rfc3339(middle["created_at"].as_str().unwrap())
+        .unwrap()
+        .timestamp_millis();
+    let halfway = format!("{at}.{}", middle["id"].as_str().unwrap());
     let pages: Vec<(&str, Option<&str>, String)> = vec![
         ("anchor: GET /healthz", None, "/healthz".into()),
         (
@@ -243,9 +257,14 @@ async fn main() {
             "/console/deliveries".into(),
         ),
         (
-            "partner: deliveries, page 2,000",
+            "partner: deliveries, halfway down",
             Some(&partner),
-            "/console/deliveries?page=2000".into(),
+            format!("/console/deliveries?after={halfway}"),
+        ),
+        (
+            "partner: deliveries, by status",
+            Some(&partner),
+            "/console/deliveries?status=pending".into(),
         ),
     ];
     let time = async |cookie: Option<&str>, path: &str| {

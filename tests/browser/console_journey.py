@@ -347,6 +347,14 @@ def main():
         expect(phone.locator("body")).to_contain_text("积分")
         accessible(phone, "member page (phone)")
         phone.screenshot(path=os.path.join(args.shots, "member-home-zh-CN.png"), full_page=True)
+        # In English where the phone asks for it.
+        phone = browser.new_context(
+            viewport={"width": 390, "height": 844}, locale="en-US", is_mobile=True
+        ).new_page()
+        phone.goto(f"{console}/sandbox/consumers/alice/sign-in")
+        phone.goto(home)
+        expect(phone.locator("body")).to_contain_text("Points")
+        phone.screenshot(path=os.path.join(args.shots, "member-home-en.png"), full_page=True)
         browser.close()
     print(f"checked {len(checked)} pages: " + ", ".join(checked))
 

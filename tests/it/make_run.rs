@@ -298,6 +298,30 @@ async fn make_runs_own_settings_let_a_consumer_claim_the_demo_card_and_see_it() 
     }
     let members = owner.get(&mp("/members")).await.ok();
     assert_eq!(members.body["total"], 1, "{members:?}");
+
+    // Later she opens her card's page from the wallet: make run's engine sends her through
+    // the sandbox's authorisation and back to the demo partner's domain.
+    let home = format!("http://{DEMO_DOMAIN}/m/{merchant}/{MEMBERSHIP}/me");
+    let opened: Value = client()
+        .post(engine.url("/sandbox/consumers/alice/open-page"))
+        .json(&json!({"url": home}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        opened["status"],
+        200,
+        "{opened}\nthe engine's log:\n{}",
+        engine.log()
+    );
+    let page = opened["body"].as_str().unwrap_or_default();
+    assert_themed(page, "the member's page");
+    for shown in ["<h1>演示会员卡</h1>", "普通会员", "No. DEMO", "积分"] {
+        assert!(page.contains(shown), "her page shows {shown}: {page}");
+    }
 }
 
 #[tokio::test]

@@ -28,8 +28,8 @@ use budget::open_chain;
 pub use budget::{EMITTER, Emitter, Limits, Refusal, admit, refund};
 pub use claim::{Room, bury_abandoned, claim};
 pub use log::{
-    Delivery, DeliveryFilter, EventFilter, MAX_EVENTS_PER_PAGE, Recorded, deliveries, delivery,
-    recorded, redeliver,
+    Delivery, DeliveryFilter, EventFilter, MAX_EVENTS_PER_PAGE, Recorded, deliveries,
+    deliveries_after, delivery, recorded, redeliver,
 };
 pub use outbox::Outbox;
 

@@ -524,6 +524,8 @@ async fn a_partner_renames_and_suspends_a_merchant_below_it_but_not_itself_or_an
         let page = partner.get(&at).await;
         assert_eq!(page.status, 200, "{page:?}");
         assert!(page.text.contains("href=\"/console/alipay?merchant_id="));
+        // The tier below it: the merchant's stores.
+        assert!(page.text.contains(">Front</a>"), "{}", page.text);
         let token = page.form_token();
         let blank = partner
             .post(&at, &[("form_token", &token), ("name", "  ")])

@@ -100,6 +100,41 @@ impl From<DeliveryRow> for Delivery {
 }
 
 /// The delivery log inside `scope`, newest first.
+/// One page of the delivery log newest first, after `after` (the last row's `created_at` in
+/// Unix milliseconds and its id): read in index order, with no count, so a page costs the same
+/// wherever it is in the log.
+pub async fn deliveries_after(
+    db: &impl ConnectionTrait,
+    scope: &Place,
+    status: Option<&str>,
+    after: Option<(i64, &str)>,
+    limit: u64,
+) -> Result<Vec<Delivery>, Error> {
+    let mut values = Vec::new();
+    let mut condition = scope_filter(scope, &mut values);
+    if let Some(status) = status {
+        condition.push_str(" AND status = ?");
+        values.push(status.into());
+    }
+    if let Some((at, id)) = after {
+        condition.push_str(" AND (created_at < ? OR (created_at = ? AND id < ?))");
+        values.push(at.into());
+        values.push(at.into());
+        values.push(id.into());
+    }
+    values.push(i64::try_from(limit.clamp(1, 200)).unwrap_or(50).into());
+    let rows: Vec<DeliveryRow> = sql::query(
+        &format!(
+            "SELECT {DELIVERY_COLUMNS} FROM event_deliveries WHERE {condition} \
+             ORDER BY created_at DESC, id DESC LIMIT ?"
+        ),
+        values,
+    )
+    .all(db)
+    .await?;
+    Ok(rows.into_iter().map(Delivery::from).collect())
+}
+
 pub async fn deliveries(
     db: &impl ConnectionTrait,
     scope: &Place,

@@ -205,6 +205,40 @@ pub(super) async fn deliveries(
     Ok(page.wrap(items, total))
 }
 
+/// One page of the delivery log newest first, after the cursor `after` (`<ms>.<id>` of the
+/// previous page's last row): the console's door, which pages by cursor rather than count.
+pub(super) async fn deliveries_page(
+    ctx: &Ctx,
+    status: Option<&str>,
+    after: Option<&str>,
+    limit: u64,
+) -> Result<(Vec<events::Delivery>, Option<String>), ApiError> {
+    let grant = ctx.allow(Action::DeliveryRead, Target::own()).await?;
+    let after = match after {
+        None => None,
+        Some(cursor) => Some(
+            cursor
+                .split_once('.')
+                .and_then(|(ms, id)| Some((ms.parse::<i64>().ok()?, id)))
+                .filter(|(_, id)| !id.is_empty() && id.len() <= 64)
+                .ok_or(ApiError::Validation {
+                    field: "after",
+                    message: "must be the next of a previous page".into(),
+                })?,
+        ),
+    };
+    let items =
+        events::deliveries_after(&ctx.state.db.conn, grant.target(), status, after, limit).await?;
+    let next = (items.len() as u64 == limit)
+        .then(|| {
+            items
+                .last()
+                .map(|d| format!("{}.{}", d.created_at.timestamp_millis(), d.id))
+        })
+        .flatten();
+    Ok((items, next))
+}
+
 async fn redeliver(ctx: Ctx, Path(id): Path<String>) -> Result<Json<events::Delivery>, ApiError> {
     Ok(Json(redeliver_one(&ctx, &id).await?))
 }

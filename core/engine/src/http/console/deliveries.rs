@@ -2,8 +2,8 @@
 //! merchant, how many attempts it took and why the last one failed, with redelivery.
 //!
 //! Invariant: the log is the API's (`http/events.rs`): the visitor's subtree only, redelivery
-//! audited; a page reads a bounded number of queries (the page, the names of its merchants, the
-//! catalog's installations).
+//! audited; a page reads a bounded number of queries (the page by cursor, newest first, with no
+//! count; the names of its merchants; the catalog's installations).
 
 use std::collections::HashMap;
 
@@ -18,9 +18,9 @@ use serde_json::{Value, json};
 
 use super::super::AppState;
 use super::super::error::ApiError;
-use super::super::events::{self as doors, DeliveryQuery};
+use super::super::events as doors;
 use super::super::extract::Target;
-use super::{Fields, Look, PageQuery, Signed, pages, refused};
+use super::{Fields, Look, Signed, refused};
 use crate::rbac::{Action, allows};
 use crate::tenancy;
 
@@ -33,32 +33,30 @@ pub(super) fn routes() -> Router<AppState> {
 /// The statuses the log is filtered by.
 const STATUSES: [&str; 4] = ["pending", "delivered", "skipped", "dead"];
 
+/// Deliveries a page shows.
+const PER_PAGE: u64 = 50;
+
 #[derive(Debug, Deserialize)]
 struct LogQuery {
     #[serde(default)]
     status: Option<String>,
+    /// The cursor of the page before's last row.
     #[serde(default)]
-    page: Option<u64>,
+    after: Option<String>,
 }
 
 async fn log_data(
     signed: &Signed,
     status: Option<String>,
-    page_number: Option<u64>,
+    after: Option<String>,
     problem: Option<Value>,
 ) -> Result<Value, ApiError> {
     let ctx = &signed.ctx;
-    let page = PageQuery { page: page_number }.page();
     let status = status.filter(|s| STATUSES.contains(&s.as_str()));
-    let query = DeliveryQuery {
-        merchant_id: None,
-        installation_id: None,
-        status: status.clone(),
-        event_id: None,
-    };
-    let listed = doors::deliveries(ctx, query, page).await?;
-    let merchants: Vec<&str> = listed
-        .items
+    let after = after.filter(|a| !a.is_empty());
+    let (items, next) =
+        doors::deliveries_page(ctx, status.as_deref(), after.as_deref(), PER_PAGE).await?;
+    let merchants: Vec<&str> = items
         .iter()
         .filter_map(|d| d.merchant_id.as_deref())
         .collect();
@@ -79,8 +77,7 @@ async fn log_data(
     let may_redeliver = allows(ctx.caller.role, Action::DeliveryRedeliver);
     let mut data = signed.frame("deliveries").await?;
     data["deliveries"] = json!(
-        listed
-            .items
+        items
             .iter()
             .map(|d| json!({
                 "id": d.id,
@@ -96,13 +93,15 @@ async fn log_data(
             }))
             .collect::<Vec<_>>()
     );
-    data["pages"] = pages(listed.total, page);
-    if let Some(status) = &status {
-        data["pages"]["extra"] = url::form_urlencoded::Serializer::new(String::new())
-            .append_pair("status", status)
-            .finish()
-            .into();
+    if let Some(next) = next {
+        let mut query = url::form_urlencoded::Serializer::new(String::new());
+        if let Some(status) = &status {
+            query.append_pair("status", status);
+        }
+        query.append_pair("after", &next);
+        data["next"] = format!("/console/deliveries?{}", query.finish()).into();
     }
+    data["first"] = after.is_some().into();
     data["statuses"] = json!(STATUSES);
     data["status"] = json!(status);
     if let Some(problem) = problem {
@@ -117,7 +116,7 @@ async fn log_page(
     signed: Signed,
     Query(query): Query<LogQuery>,
 ) -> Result<Response, ApiError> {
-    let data = log_data(&signed, query.status, query.page, None).await?;
+    let data = log_data(&signed, query.status, query.after, None).await?;
     look.render(&state, "console-deliveries", data)
 }
 

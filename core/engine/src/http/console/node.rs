@@ -49,6 +49,21 @@ async fn node_data(signed: &Signed, id: &str, problem: Option<Value>) -> Result<
         "alipay": kind == tenancy::NodeKind::Merchant
             && allows(caller.role, Action::AlipayCredentialsRead),
     });
+    // The tier below it, as the home page lists the visitor's own: an agent sees a merchant's
+    // stores here.
+    if let Some(below) = super::child_kind(kind) {
+        let filter = tenancy::NodeFilter {
+            parent_id: Some(node.id.clone()),
+            ..tenancy::NodeFilter::default()
+        };
+        let page = super::PageQuery { page: None }.page();
+        let listed = tenancy::list(&ctx.state.db.conn, &caller.place, below, &filter, page).await?;
+        data["children"] = json!({
+            "kind": below.as_str(),
+            "items": listed.items,
+            "total": listed.total,
+        });
+    }
     if kind == tenancy::NodeKind::Merchant {
         data["merchant_apps"] = json!(super::apps::pages_for(signed, &node).await?);
     }
