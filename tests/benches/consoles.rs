@@ -231,6 +231,11 @@ async fn main() {
             "/console/payments?status=waiting".into(),
         ),
         (
+            "merchant: payments, a status none has",
+            Some(&owner),
+            "/console/payments?status=closed".into(),
+        ),
+        (
             "merchant: a payment",
             Some(&owner),
             format!("/console/payments/{payment}"),
