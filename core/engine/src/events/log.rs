@@ -117,8 +117,8 @@ pub async fn deliveries_after(
         values.push(status.into());
     }
     if let Some((at, id)) = after {
-        condition.push_str(" AND (created_at < ? OR (created_at = ? AND id < ?))");
-        values.push(at.into());
+        // A row value: both engines read it as one range of the (…, created_at, id) index.
+        condition.push_str(" AND (created_at, id) < (?, ?)");
         values.push(at.into());
         values.push(id.into());
     }

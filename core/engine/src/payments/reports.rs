@@ -175,8 +175,8 @@ fn select(
         values.push(buyer.clone().into());
     }
     if let Some(cursor) = after {
-        clauses.push("(created_at < ? OR (created_at = ? AND id < ?))".into());
-        values.push(cursor.created_at.into());
+        // A row value: both engines read it as one range of the (…, created_at, id) index.
+        clauses.push("(created_at, id) < (?, ?)".into());
         values.push(cursor.created_at.into());
         values.push(cursor.id.clone().into());
     }
@@ -272,7 +272,7 @@ mod tests {
         assert!(text.starts_with("SELECT"));
         assert!(text.contains("merchant_id = ? AND status = ?"), "{text}");
         assert!(text.contains("(buyer_id = ? OR buyer_open_id = ?)"));
-        assert!(text.contains("(created_at < ? OR (created_at = ? AND id < ?))"));
-        assert_eq!(values.len(), 2 + 2 + 3 + 1);
+        assert!(text.contains("(created_at, id) < (?, ?)"));
+        assert_eq!(values.len(), 2 + 2 + 2 + 1);
     }
 }
