@@ -187,6 +187,7 @@ pub(super) struct World {
     root: Api,
     partner: String,
     agent: String,
+    merchant: String,
 }
 
 impl World {
@@ -221,6 +222,7 @@ impl World {
             root,
             partner,
             agent,
+            merchant,
         }
     }
 }
@@ -302,15 +304,7 @@ async fn with_plugins(world: &World) -> String {
         .post(&format!("/api/v1/packages/{package}/publish"), json!({}))
         .await
         .ok();
-    let merchants = world
-        .root
-        .get(&format!("/api/v1/merchants?parent_id={}", world.agent))
-        .await
-        .ok();
-    let merchant = merchants.body["items"][0]["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let merchant = world.merchant.clone();
     world
         .root
         .post(

@@ -230,15 +230,7 @@ async fn another_site_cannot_ride_the_console_session_into_the_api() {
         let world = World::build(&engine, &db.url()).await;
         let owner = signed_in(&engine, "owner@jade.test").await;
         let session = owner.session.clone().unwrap();
-        let merchants = world
-            .root
-            .get(&format!("/api/v1/merchants?parent_id={}", world.agent))
-            .await
-            .ok();
-        let merchant = merchants.body["items"][0]["id"]
-            .as_str()
-            .unwrap()
-            .to_owned();
+        let merchant = world.merchant.clone();
         let keypair = format!(
             "{}/api/v1/merchants/{merchant}/alipay/keypair",
             engine.base_url

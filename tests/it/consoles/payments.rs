@@ -11,23 +11,9 @@ use super::*;
 const APP_ID: &str = "2021000000000099";
 const VECTORS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../core/alipay/tests/vectors/");
 
-/// The only merchant of the world and its store, with its Alipay app at the sandbox.
-async fn merchant_with_app(engine: &Engine, world: &World) -> (String, String) {
-    let merchants = world
-        .root
-        .get(&format!("/api/v1/merchants?parent_id={}", world.agent))
-        .await
-        .ok();
-    let merchant = merchants.body["items"][0]["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let stores = world
-        .root
-        .get(&format!("/api/v1/stores?parent_id={merchant}"))
-        .await
-        .ok();
-    let store = stores.body["items"][0]["id"].as_str().unwrap().to_owned();
+/// The world's merchant with its Alipay app at the sandbox.
+async fn with_app(engine: &Engine, world: &World) {
+    let merchant = &world.merchant;
     let pem = std::fs::read_to_string(format!("{VECTORS}keys/app_private_pkcs8.pem")).unwrap();
     let key = PrivateKey::parse(&SecretString::from(pem.clone())).unwrap();
     let registered = register_sandbox_app(
@@ -45,7 +31,6 @@ async fn merchant_with_app(engine: &Engine, world: &World) -> (String, String) {
         )
         .await
         .ok();
-    (merchant, store)
 }
 
 #[tokio::test]
@@ -59,7 +44,8 @@ async fn a_cashier_takes_a_qr_payment_and_the_owner_refunds_part_of_it() {
             ],
         );
         let world = World::build(&engine, &db.url()).await;
-        let (merchant, _store) = merchant_with_app(&engine, &world).await;
+        with_app(&engine, &world).await;
+        let merchant = &world.merchant;
 
         let mut cashier = signed_in(&engine, "cashier@jade.test").await;
         let home = cashier.get("/console").await;

@@ -439,15 +439,7 @@ async fn an_owner_makes_an_api_key_that_works_until_revoked_and_a_cashier_makes_
         let at = made.text.find(marker).expect("the secret is shown") + marker.len();
         let secret = made.text[at..at + made.text[at..].find('"').unwrap()].to_owned();
         // The key works for the merchant's place, as a program sends it.
-        let merchants = world
-            .root
-            .get(&format!("/api/v1/merchants?parent_id={}", world.agent))
-            .await
-            .ok();
-        let merchant = merchants.body["items"][0]["id"]
-            .as_str()
-            .unwrap()
-            .to_owned();
+        let merchant = world.merchant.clone();
         let call = |key: String| {
             let url = engine.url(&format!("/api/v1/merchants/{merchant}"));
             async move {
@@ -503,15 +495,7 @@ async fn a_partner_renames_and_suspends_a_merchant_below_it_but_not_itself_or_an
     for db in databases().await {
         let engine = Engine::start(&db.url(), &[]);
         let world = World::build(&engine, &db.url()).await;
-        let merchants = world
-            .root
-            .get(&format!("/api/v1/merchants?parent_id={}", world.agent))
-            .await
-            .ok();
-        let merchant = merchants.body["items"][0]["id"]
-            .as_str()
-            .unwrap()
-            .to_owned();
+        let merchant = world.merchant.clone();
         let mut partner = signed_in(&engine, "admin@jade.test").await;
         let home = partner.get("/console").await;
         assert!(

@@ -106,6 +106,19 @@ impl Look {
             .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         Ok(response)
     }
+
+    /// The page with another status: a refused form shown again, a problem the page explains.
+    fn render_as(
+        &self,
+        state: &AppState,
+        page: &str,
+        data: Value,
+        status: StatusCode,
+    ) -> Result<Response, ApiError> {
+        let mut response = self.render(state, page, data)?;
+        *response.status_mut() = status;
+        Ok(response)
+    }
 }
 
 fn locale_of(tag: &str) -> Option<Locale> {

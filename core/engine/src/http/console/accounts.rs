@@ -117,9 +117,7 @@ async fn add_account(
             };
             let page = PageQuery { page: None }.page();
             let data = accounts_data(&signed, Some(&body.node_id), page, Some(problem)).await?;
-            let mut response = look.render(&state, "console-accounts", data)?;
-            *response.status_mut() = status;
-            Ok(response)
+            look.render_as(&state, "console-accounts", data, status)
         }
     }
 }

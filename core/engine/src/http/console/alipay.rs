@@ -209,9 +209,7 @@ async fn store(
                 return Err(error);
             };
             let data = app_data(&signed, &body.merchant_id, Some(problem)).await?;
-            let mut response = look.render(&state, "console-alipay", data)?;
-            *response.status_mut() = status;
-            Ok(response)
+            look.render_as(&state, "console-alipay", data, status)
         }
     }
 }

@@ -137,9 +137,7 @@ async fn redeliver(
                 return Err(error);
             };
             let data = log_data(&signed, None, None, Some(problem)).await?;
-            let mut response = look.render(&state, "console-deliveries", data)?;
-            *response.status_mut() = status;
-            Ok(response)
+            look.render_as(&state, "console-deliveries", data, status)
         }
     }
 }

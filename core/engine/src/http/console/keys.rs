@@ -85,9 +85,7 @@ async fn create(
                 return Err(error);
             };
             let data = keys_data(&signed, first, Some(("problem", problem))).await?;
-            let mut response = look.render(&state, "console-keys", data)?;
-            *response.status_mut() = status;
-            Ok(response)
+            look.render_as(&state, "console-keys", data, status)
         }
     }
 }
@@ -110,9 +108,7 @@ async fn revoke(
             };
             let first = PageQuery { page: None }.page();
             let data = keys_data(&signed, first, Some(("problem", problem))).await?;
-            let mut response = look.render(&state, "console-keys", data)?;
-            *response.status_mut() = status;
-            Ok(response)
+            look.render_as(&state, "console-keys", data, status)
         }
     }
 }

@@ -103,9 +103,7 @@ async fn again(
         return Err(error);
     };
     let data = node_data(signed, id, Some(problem)).await?;
-    let mut response = look.render(state, "console-node", data)?;
-    *response.status_mut() = status;
-    Ok(response)
+    look.render_as(state, "console-node", data, status)
 }
 
 async fn rename(

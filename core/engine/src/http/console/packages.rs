@@ -142,9 +142,7 @@ async fn create(
                 return Err(error);
             };
             let data = list_data(&signed, PageQuery { page: None }.page(), Some(problem)).await?;
-            let mut response = look.render(&state, "console-packages", data)?;
-            *response.status_mut() = status;
-            Ok(response)
+            look.render_as(&state, "console-packages", data, status)
         }
     }
 }
@@ -222,9 +220,7 @@ async fn again(
         return Err(error);
     };
     let data = package_data(signed, id, Some(problem)).await?;
-    let mut response = look.render(state, "console-package", data)?;
-    *response.status_mut() = status;
-    Ok(response)
+    look.render_as(state, "console-package", data, status)
 }
 
 fn to_package(id: &str) -> Response {
@@ -381,9 +377,7 @@ async fn change(
             };
             let page = PageQuery { page: None }.page();
             let data = assignments_data(&signed, page, Some(problem)).await?;
-            let mut response = look.render(&state, "console-assignments", data)?;
-            *response.status_mut() = status;
-            Ok(response)
+            look.render_as(&state, "console-assignments", data, status)
         }
     }
 }

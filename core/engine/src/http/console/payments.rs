@@ -244,9 +244,7 @@ async fn create(
                 return Err(error);
             };
             let data = form_data(&signed, typed, Some(problem)).await?;
-            let mut response = look.render(&state, "console-payment-new", data)?;
-            *response.status_mut() = status;
-            Ok(response)
+            look.render_as(&state, "console-payment-new", data, status)
         }
     }
 }
@@ -353,9 +351,7 @@ async fn act(
                 return Err(error);
             };
             let data = detail_data(&signed, &id, Some(problem)).await?;
-            let mut response = look.render(&state, "console-payment", data)?;
-            *response.status_mut() = status;
-            Ok(response)
+            look.render_as(&state, "console-payment", data, status)
         }
     }
 }

@@ -81,9 +81,7 @@ async fn again(
         return Err(error);
     };
     let data = catalog_data(signed, Some(problem)).await?;
-    let mut response = look.render(state, "console-plugins", data)?;
-    *response.status_mut() = status;
-    Ok(response)
+    look.render_as(state, "console-plugins", data, status)
 }
 
 /// An archive uploaded from the page (`multipart/form-data`: the form token, the `.tplug` file,

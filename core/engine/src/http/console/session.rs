@@ -82,9 +82,7 @@ async fn login(
                 return Err(error);
             }
             let data = json!({ "email": body.email, "problem": { "code": code } });
-            let mut response = look.render(&state, "console-login", data)?;
-            *response.status_mut() = status;
-            Ok(response)
+            look.render_as(&state, "console-login", data, status)
         }
     }
 }
@@ -155,9 +153,7 @@ async fn password(
             status
         }
     };
-    let mut response = look.render(&state, "console-password", data)?;
-    *response.status_mut() = status;
-    Ok(response)
+    look.render_as(&state, "console-password", data, status)
 }
 
 #[derive(Debug, Deserialize)]

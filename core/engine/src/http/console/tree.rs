@@ -123,9 +123,7 @@ async fn create_node(
                 return Err(error);
             };
             let data = home_data(&signed, PageQuery { page: None }.page(), Some(problem)).await?;
-            let mut response = look.render(&state, "console-home", data)?;
-            *response.status_mut() = status;
-            Ok(response)
+            look.render_as(&state, "console-home", data, status)
         }
     }
 }

@@ -319,9 +319,7 @@ pub(super) async fn show(
     data["form"] = drawn(installed, look.locale, page, &fields, rows);
     data["multipart"] = multipart(page).into();
     data["action"] = action.into();
-    let mut response = look.render(state, "console-app-form", data)?;
-    *response.status_mut() = status;
-    Ok(response)
+    look.render_as(state, "console-app-form", data, status)
 }
 
 /// A refusal when the answer holds more rows than the form edits: saving would drop the rest.
