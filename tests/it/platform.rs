@@ -649,7 +649,7 @@ async fn two_engines_deliver_every_event_once_per_installation_and_a_killed_engi
     for db in databases().await {
         // 2,000 events per database in the suite; `TRELLIS_TEST_EVENTS=10000` runs the full
         // scale (docs/benchmarks.md, event delivery).
-        let n = trellis_engine::config::test_events_from_env().unwrap_or(2_000);
+        let n = trellis_engine::config::test_events_from_env().unwrap_or(2_000) / 4 * 4;
         let label = db.label();
         let env = [
             ("TRELLIS_EVENTS__POLL_MS", "50"),
@@ -670,11 +670,16 @@ async fn two_engines_deliver_every_event_once_per_installation_and_a_killed_engi
         )
         .await;
         let agent = node(&root, "agents", Some(&partner), json!({"name": "A"})).await;
-        let merchant = node(&root, "merchants", Some(&agent), json!({"name": "M"})).await;
+        // Four merchants, four kv namespaces: deliveries finishing together commit as groups.
+        let mut merchants = Vec::new();
+        for name in ["M1", "M2", "M3", "M4"] {
+            merchants.push(node(&root, "merchants", Some(&agent), json!({"name": name})).await);
+        }
+        let refs: Vec<&str> = merchants.iter().map(String::as_str).collect();
         let installation = trellis_tests::fixtures::entitle(
             &root,
             (&partner, &agent),
-            &[&merchant],
+            &refs,
             (
                 "tests/plugins/ledger",
                 "trellis_fixture_ledger",
@@ -684,14 +689,16 @@ async fn two_engines_deliver_every_event_once_per_installation_and_a_killed_engi
         .await;
 
         let conn = sea_orm::Database::connect(db.url()).await.unwrap();
-        trellis_tests::fixtures::queue_events(
-            &conn,
-            (&partner, &agent, &merchant),
-            (&installation, "test.tick"),
-            n,
-            chrono::Utc::now().timestamp_millis(),
-        )
-        .await;
+        for merchant in &merchants {
+            trellis_tests::fixtures::queue_events(
+                &conn,
+                (&partner, &agent, merchant),
+                (&installation, "test.tick"),
+                n / merchants.len(),
+                chrono::Utc::now().timestamp_millis(),
+            )
+            .await;
+        }
         let second = Engine::spawn(&db.url(), &env);
         let delivered_sql = "SELECT COUNT(*) FROM event_deliveries WHERE status = 'delivered'";
 
@@ -740,6 +747,17 @@ async fn two_engines_deliver_every_event_once_per_installation_and_a_killed_engi
             i64::try_from(n).unwrap(),
             "{label}: every event id handled"
         );
+        // Each namespace's usage row still counts exactly what it holds.
+        let miscounted = count(
+            &conn,
+            &format!(
+                "SELECT COUNT(*) FROM plugin_kv_usage u WHERE u.installation_id = '{installation}' \
+                 AND (u.keys, u.bytes) <> (SELECT COUNT(*), COALESCE(SUM(LENGTH(k.key) + LENGTH(k.value)), 0) \
+                 FROM plugin_kv k WHERE k.installation_id = u.installation_id AND k.scope_id = u.scope_id)"
+            ),
+        )
+        .await;
+        assert_eq!(miscounted, 0, "{label}: usage rows count what they hold");
         let owners = count(
             &conn,
             "SELECT COUNT(DISTINCT lease_owner) FROM event_deliveries WHERE status = 'delivered'",

@@ -23,6 +23,7 @@ mod budget;
 mod claim;
 mod log;
 mod outbox;
+mod settle;
 
 use budget::open_chain;
 pub use budget::{EMITTER, Emitter, Limits, Refusal, admit, refund};
@@ -32,6 +33,7 @@ pub use log::{
     deliveries_after, delivery, recorded, redeliver,
 };
 pub use outbox::Outbox;
+pub use settle::{delivered_many, settle_delivered};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -650,6 +652,65 @@ mod tests {
         // With room for one only, p-b is left for a later claim.
         let busy = HashMap::from([("p-b".to_owned(), 5)]);
         assert_eq!(claimed_with_room(&db, 4, &busy, 6).await, ["m-a1"; 4]);
+    }
+
+    #[tokio::test]
+    async fn the_walk_along_the_index_finds_the_groups_a_scan_of_the_backlog_finds() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = database(dir.path()).await;
+        let now = Utc::now();
+        backlog(&db, &merchant("p-a", "m-2"), 3, now).await;
+        backlog(&db, &merchant("p-a", "m-1"), 1, now).await;
+        backlog(&db, &merchant("p-c", "m-3"), 2, now).await;
+        let mut partner_level = merchant("p-a", "p-a");
+        partner_level.kind = NodeKind::Partner;
+        partner_level.merchant_id = None;
+        backlog(&db, &partner_level, 2, now).await;
+        let mut agent_level = merchant("p-b", "a-1");
+        agent_level.kind = NodeKind::Agent;
+        agent_level.merchant_id = None;
+        agent_level.agent_id = Some("a-1".into());
+        backlog(&db, &agent_level, 1, now).await;
+        // Delivered ones are not pending.
+        backlog(&db, &merchant("p-d", "m-4"), 1, now).await;
+        sql::query(
+            "UPDATE event_deliveries SET status = 'delivered' WHERE partner_id = 'p-d'",
+            [],
+        )
+        .execute(&db)
+        .await
+        .unwrap();
+        #[derive(sea_orm::FromQueryResult)]
+        struct Pair {
+            partner_id: String,
+            merchant_id: Option<String>,
+        }
+        let scanned: Vec<Pair> = sql::query(
+            "SELECT DISTINCT partner_id, merchant_id FROM event_deliveries WHERE status = 'pending'",
+            [],
+        )
+        .all(&db)
+        .await
+        .unwrap();
+        let mut scanned: Vec<(String, Option<String>)> = scanned
+            .into_iter()
+            .map(|p| (p.partner_id, p.merchant_id))
+            .collect();
+        scanned.sort();
+        let mut walked: Vec<(String, Option<String>)> = claim::pending_groups(&db)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|g| (g.partner_id, g.merchant_id))
+            .collect();
+        walked.sort();
+        assert_eq!(walked, scanned);
+        assert_eq!(walked.len(), 5);
+        sql::query("DELETE FROM event_deliveries", [])
+            .execute(&db)
+            .await
+            .unwrap();
+        assert!(claim::pending_groups(&db).await.unwrap().is_empty());
     }
 
     #[tokio::test]

@@ -52,7 +52,7 @@ pub use imports::{Import, check_imports, inspect_component};
 pub use manifest::{Allowance, HOST_API_VERSION, HOST_API_VERSIONS, Manifest, host_api_versions};
 pub use runtime::{Loaded, MAX_INPUT_BYTES, Metrics, Runtime, RuntimeOptions};
 pub use types::{
-    BoxFuture, Call, Emitted, Event, Facts, Finish, FinishError, Finishing, HostCall, HttpRequest,
-    HttpResponse, Inside, Invocation, LogLine, Outcome, Output, Outside, PaymentAnswer, PaymentOp,
-    PluginTrade, RefundView, Request, Services, TenantContext, TradeView,
+    BoxFuture, Call, Delivered, Emitted, Event, Facts, Finish, FinishError, Finishing, HostCall,
+    HttpRequest, HttpResponse, Inside, Invocation, LogLine, Outcome, Output, Outside,
+    PaymentAnswer, PaymentOp, PluginTrade, RefundView, Request, Services, TenantContext, TradeView,
 };

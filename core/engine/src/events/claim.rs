@@ -149,9 +149,22 @@ pub async fn bury_abandoned(
     .await?)
 }
 
+/// A (partner, merchant) with deliveries pending.
+#[derive(Debug, PartialEq, Eq, PartialOrd, Ord, FromQueryResult)]
+pub(super) struct Group {
+    pub partner_id: String,
+    pub merchant_id: Option<String>,
+}
+
 /// Up to `limit` due deliveries (id, partner) in fair order: by turn within their partner (each
 /// merchant's oldest first, then each one's second, …), oldest first within a turn. The
 /// `held_back` partners are left out.
+///
+/// Only the first few due deliveries of each (partner, merchant) are ranked — about `limit`
+/// spread over the merchants with something pending, and one more each to tell whose backlog
+/// goes on — so a claim costs the same however long the backlogs are. What comes back is
+/// always a prefix of the fair order: it stops before the turn at which a partner whose
+/// backlog was cut short would have had its next delivery.
 async fn fair_turns(
     db: &impl ConnectionTrait,
     limit: u32,
@@ -159,14 +172,89 @@ async fn fair_turns(
     max_attempts: i32,
     now: DateTime<Utc>,
 ) -> Result<Vec<(String, String)>, Error> {
-    let limit = i64::from(limit);
-    let mut values: Vec<Value> = Vec::new();
-    let held_back = if held_back.is_empty() {
-        String::new()
-    } else {
-        values.extend(held_back.iter().cloned().map(Value::from));
-        format!(" AND partner_id NOT IN ({})", sql::marks(held_back.len()))
-    };
+    let mut groups = pending_groups(db).await?;
+    groups.retain(|g| !held_back.contains(&g.partner_id));
+    if groups.is_empty() {
+        return Ok(Vec::new());
+    }
+    let limit = usize::try_from(limit).unwrap_or(usize::MAX).max(1);
+    // Groups whose pending deliveries are all leased count too, so a first depth may rank too
+    // few: then deeper, while some backlog was cut short.
+    let mut depth = limit.div_ceil(groups.len()).min(limit);
+    loop {
+        let mut ranked = Vec::new();
+        for chunk in groups.chunks(GROUPS_PER_STATEMENT) {
+            ranked.extend(rank(db, chunk, depth + 1, max_attempts, now).await?);
+        }
+        let (turns, cut_short) = fair_prefix(ranked, depth, limit);
+        if turns.len() >= limit || !cut_short || depth >= limit {
+            return Ok(turns);
+        }
+        depth = depth.saturating_mul(4).min(limit);
+    }
+}
+
+/// The (partner, merchant) pairs with deliveries pending. Not a `DISTINCT` over every pending
+/// delivery (a scan of the whole backlog at every claim) but a walk along the turns index that
+/// seeks from one pair to the next: each merchant of a partner, then the next partner, then
+/// whether each partner has deliveries without a merchant. The same SQL on both engines.
+pub(super) async fn pending_groups(db: &impl ConnectionTrait) -> Result<Vec<Group>, Error> {
+    const PENDING: &str = "SELECT {} FROM event_deliveries WHERE status = 'pending'";
+    let select = |what: &str, rest: &str| format!("({} {rest})", PENDING.replace("{}", what));
+    let first_partner = select("partner_id", "ORDER BY partner_id LIMIT 1");
+    let next_merchant = select(
+        "merchant_id",
+        "AND partner_id = g.p AND merchant_id > g.m ORDER BY merchant_id LIMIT 1",
+    );
+    let next_partner = select(
+        "partner_id",
+        "AND partner_id > g.p ORDER BY partner_id LIMIT 1",
+    );
+    let without_merchant = select("1", "AND partner_id = g.p AND merchant_id IS NULL");
+    // `m` is '' at a partner's start (merchant ids are never empty), so `merchant_id > ''`
+    // finds its first merchant and leaves out deliveries without one.
+    let walk = format!(
+        "WITH RECURSIVE g (p, m) AS (\
+           SELECT CAST({first_partner} AS TEXT), CAST('' AS TEXT) \
+           UNION ALL \
+           SELECT CAST(CASE WHEN {next_merchant} IS NOT NULL THEN g.p ELSE {next_partner} END AS TEXT), \
+           CAST(COALESCE({next_merchant}, '') AS TEXT) FROM g WHERE g.p IS NOT NULL\
+         ) \
+         SELECT p AS partner_id, m AS merchant_id FROM g WHERE p IS NOT NULL AND m <> '' \
+         UNION ALL \
+         SELECT p AS partner_id, NULL AS merchant_id FROM g WHERE p IS NOT NULL AND m = '' \
+         AND EXISTS {without_merchant}"
+    );
+    Ok(sql::query(&walk, []).all(db).await?)
+}
+
+/// Groups ranked by one statement (two values each, under both engines' limits).
+const GROUPS_PER_STATEMENT: usize = 2_000;
+
+/// A due delivery with its turn among its merchant's.
+#[derive(Debug, Clone, FromQueryResult)]
+struct Ranked {
+    id: String,
+    partner_id: String,
+    next_attempt_at: i64,
+    merchant_turn: i64,
+}
+
+/// The first `depth` due deliveries of each of `groups`, with their turns.
+async fn rank(
+    db: &impl ConnectionTrait,
+    groups: &[Group],
+    depth: usize,
+    max_attempts: i32,
+    now: DateTime<Utc>,
+) -> Result<Vec<Ranked>, Error> {
+    let depth = i64::try_from(depth).unwrap_or(i64::MAX);
+    let mut values: Vec<Value> = Vec::with_capacity(groups.len() * 2 + 8);
+    for group in groups {
+        values.push(group.partner_id.clone().into());
+        values.push(group.merchant_id.clone().into());
+    }
+    let rows = vec!["(?, ?)"; groups.len()].join(", ");
     let due = "status = 'pending' AND partner_id = g.partner_id AND next_attempt_at <= ? \
                AND attempts < ? AND (lease_until IS NULL OR lease_until < ?)";
     let first = |values: &mut Vec<Value>| {
@@ -174,12 +262,9 @@ async fn fair_turns(
             Millis(now).into(),
             max_attempts.into(),
             Millis(now).into(),
-            limit.into(),
+            depth.into(),
         ]);
     };
-    // No merchant or partner can have more than `limit` deliveries among the first `limit`, so
-    // only the first `limit` due deliveries of each (partner, merchant) are ranked: each is an
-    // index range, and the ranking costs as much however long the backlog behind them is.
     let firsts = match sql::backend(db) {
         // A lateral join runs each range once per (partner, merchant); an equality keeps it on
         // the index, so deliveries without a merchant are a range of their own.
@@ -207,32 +292,61 @@ async fn fair_turns(
             )
         }
     };
-    values.extend([limit.into(), limit.into()]);
-    let turns: Vec<Turn> = sql::query(
+    Ok(sql::query(
         &format!(
-            "SELECT id, partner_id FROM (\
-               SELECT id, partner_id, next_attempt_at, \
-               ROW_NUMBER() OVER (PARTITION BY partner_id ORDER BY merchant_turn, next_attempt_at, id) AS turn \
-               FROM (\
-                 SELECT d.id, g.partner_id, d.next_attempt_at, \
-                 ROW_NUMBER() OVER (PARTITION BY g.partner_id, g.merchant_id ORDER BY d.next_attempt_at, d.id) AS merchant_turn \
-                 FROM (SELECT DISTINCT partner_id, merchant_id FROM event_deliveries \
-                       WHERE status = 'pending'{held_back}) g {firsts}\
-               ) per_merchant\
-             ) per_partner WHERE turn <= ? ORDER BY turn, next_attempt_at, id LIMIT ?"
+            "WITH g (partner_id, merchant_id) AS (VALUES {rows}) \
+             SELECT d.id, g.partner_id, d.next_attempt_at, \
+             ROW_NUMBER() OVER (PARTITION BY g.partner_id, g.merchant_id ORDER BY d.next_attempt_at, d.id) AS merchant_turn \
+             FROM g {firsts}"
         ),
         values,
     )
     .all(db)
-    .await?;
-    Ok(turns.into_iter().map(|t| (t.id, t.partner_id)).collect())
+    .await?)
 }
 
-/// A due delivery in the fair order, and whose it is.
-#[derive(FromQueryResult)]
-struct Turn {
-    id: String,
-    partner_id: String,
+/// The first `limit` of `ranked` in fair order, cut where it stops being a prefix of the whole
+/// fair order: a partner with a merchant ranked `depth + 1` deep has more due than was ranked,
+/// so no partner's turn past that partner's ranked deliveries may be taken.
+/// Also says whether some backlog was cut short.
+fn fair_prefix(ranked: Vec<Ranked>, depth: usize, limit: usize) -> (Vec<(String, String)>, bool) {
+    use std::collections::HashMap;
+    let depth = i64::try_from(depth).unwrap_or(i64::MAX);
+    let mut by_partner: HashMap<String, Vec<Ranked>> = HashMap::new();
+    let mut cut_short = Vec::new();
+    for r in ranked {
+        if r.merchant_turn > depth {
+            cut_short.push(r.partner_id);
+        } else {
+            by_partner.entry(r.partner_id.clone()).or_default().push(r);
+        }
+    }
+    let through = cut_short
+        .iter()
+        .map(|p| by_partner.get(p).map_or(0, Vec::len))
+        .min()
+        .unwrap_or(usize::MAX);
+    // A partner's turns: each merchant's first, then each one's second, …, oldest first.
+    let mut turns: Vec<(usize, i64, String, String)> = Vec::new();
+    for (partner, mut rows) in by_partner {
+        rows.sort_by(|a, b| {
+            (a.merchant_turn, a.next_attempt_at, &a.id).cmp(&(
+                b.merchant_turn,
+                b.next_attempt_at,
+                &b.id,
+            ))
+        });
+        for (turn, r) in rows.into_iter().enumerate().take(through) {
+            turns.push((turn, r.next_attempt_at, r.id, partner.clone()));
+        }
+    }
+    turns.sort();
+    turns.truncate(limit);
+    let turns = turns
+        .into_iter()
+        .map(|(_, _, id, partner)| (id, partner))
+        .collect();
+    (turns, !cut_short.is_empty())
 }
 
 /// Leases those of `ids` that are still claimable to `owner`; returns the ids it leased.
@@ -248,8 +362,10 @@ async fn lease_rows(
     let mut values: Vec<Value> = vec![owner.into(), Millis(now + lease).into(), Millis(now).into()];
     values.extend(ids.iter().cloned().map(Value::from));
     values.extend([max_attempts.into(), Millis(now).into()]);
-    let claimable =
-        "status = 'pending' AND attempts < ? AND (lease_until IS NULL OR lease_until < ?)";
+    // `COALESCE(status, '')`: the guard must not steer SQLite's planner to the status index
+    // (every pending delivery) when the ids name the rows.
+    let claimable = "COALESCE(status, '') = 'pending' AND attempts < ? \
+                     AND (lease_until IS NULL OR lease_until < ?)";
     // PostgreSQL passes over rows another dispatcher is leasing; SQLite's writers take turns,
     // and there the ids are looked up by their key directly.
     let which = match sql::backend(db) {
@@ -326,5 +442,44 @@ impl From<ClaimedRow> for Claimed {
             depth: row.depth,
             attempts: row.attempts,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ranked(id: &str, partner: &str, merchant_turn: i64, at: i64) -> Ranked {
+        Ranked {
+            id: id.into(),
+            partner_id: partner.into(),
+            next_attempt_at: at,
+            merchant_turn,
+        }
+    }
+
+    #[test]
+    fn a_claim_stops_where_a_backlog_cut_short_would_have_had_its_next_turn() {
+        // Depth 2: p-a's merchant had a third delivery due (ranked 3 deep), so p-a has more
+        // than its two ranked; p-b had three merchants with one each.
+        let rows = vec![
+            ranked("a1", "p-a", 1, 10),
+            ranked("a2", "p-a", 2, 11),
+            ranked("a3", "p-a", 3, 12),
+            ranked("b1", "p-b", 1, 20),
+            ranked("b2", "p-b", 1, 21),
+            ranked("b3", "p-b", 1, 22),
+        ];
+        let (turns, cut) = fair_prefix(rows.clone(), 2, 10);
+        let ids: Vec<&str> = turns.iter().map(|(id, _)| id.as_str()).collect();
+        // p-b's third turn comes after p-a's third, which was not ranked: it waits.
+        assert_eq!(ids, ["a1", "b1", "a2", "b2"]);
+        assert!(cut);
+        // Nothing cut short: every ranked delivery, in turns.
+        let (turns, cut) = fair_prefix(rows[3..].to_vec(), 2, 10);
+        assert_eq!(turns.len(), 3);
+        assert!(!cut);
+        let (turns, _) = fair_prefix(rows, 2, 1);
+        assert_eq!(turns, [("a1".to_owned(), "p-a".to_owned())]);
     }
 }

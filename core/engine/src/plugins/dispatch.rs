@@ -296,7 +296,14 @@ impl Dispatcher {
                     self.options.poll
                 }
                 Ok(claimed) => {
-                    quiet = None;
+                    // A claim short of a batch took all that was due for those with room: the
+                    // next one waits as after a claim that found nothing.
+                    quiet = (claimed.len() < batch).then(|| {
+                        (
+                            Instant::now() + self.options.poll,
+                            running.waiting.len() + claimed.len(),
+                        )
+                    });
                     for claim in claimed {
                         running.wait(claim);
                     }

@@ -8,6 +8,8 @@
 
 /// One invocation's reads and buffered writes, and committing them.
 mod txn;
+/// Committing the transactions of several invocations together, in a few statements.
+pub mod group;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -312,6 +314,49 @@ impl Namespace {
             .collect())
     }
 
+    /// The committed entry at `key` and the keys and bytes the namespace holds, in one
+    /// statement: a transaction's first read, so that its first write need not ask for the
+    /// usage on its own.
+    async fn get_with_usage(
+        &self,
+        db: &impl ConnectionTrait,
+        key: &str,
+    ) -> Result<(Option<Entry>, (u64, u64)), KvError> {
+        #[derive(FromQueryResult)]
+        struct Both {
+            keys: Option<i64>,
+            bytes: Option<i64>,
+            value: Option<Vec<u8>>,
+            version: Option<i64>,
+        }
+        let mut values = self.ids();
+        values.extend(self.ids());
+        values.push(key.into());
+        let row: Option<Both> = sql::query(
+            "SELECT u.keys, u.bytes, k.value, k.version FROM (SELECT 1 AS one) o \
+             LEFT JOIN plugin_kv_usage u ON u.installation_id = ? AND u.scope_id = ? \
+             LEFT JOIN plugin_kv k ON k.installation_id = ? AND k.scope_id = ? AND k.key = ?",
+            values,
+        )
+        .one(db)
+        .await?;
+        let Some(row) = row else {
+            return Ok((None, (0, 0)));
+        };
+        let entry = match (row.value, row.version) {
+            (Some(value), Some(version)) => Some(Entry {
+                value,
+                version: version_of(version),
+            }),
+            _ => None,
+        };
+        let usage = (
+            row.keys.map_or(0, version_of),
+            row.bytes.map_or(0, version_of),
+        );
+        Ok((entry, usage))
+    }
+
     /// Keys and bytes held now.
     async fn usage(&self, db: &impl ConnectionTrait) -> Result<(u64, u64), KvError> {
         let row: Option<UsageRow> = sql::query(
@@ -441,6 +486,27 @@ impl Store {
     }
 
     /// The committed entry at `key`.
+    /// The committed entry at `key` with the namespace's usage (keys, bytes).
+    async fn read_with_usage(
+        &self,
+        ns: &Namespace,
+        key: &str,
+    ) -> Result<(Option<Entry>, (u64, u64)), KvError> {
+        match self {
+            Store::Database(db) => ns.get_with_usage(db, key).await,
+            Store::Memory(m) => {
+                let kv = locked(m);
+                let entry = kv.entries.get(&MemoryKv::key(ns, key)).cloned();
+                let usage = kv
+                    .usage
+                    .get(&MemoryKv::namespace(ns))
+                    .copied()
+                    .unwrap_or_default();
+                Ok((entry, usage))
+            }
+        }
+    }
+
     async fn read(&self, ns: &Namespace, key: &str) -> Result<Option<Entry>, KvError> {
         match self {
             Store::Database(db) => ns.get(db, key).await,

@@ -16,6 +16,8 @@ mod exports;
 mod traps;
 /// Committing a run that succeeded: its kv writes with the caller's finishing work.
 mod commit;
+/// Group commit: runs that finish together commit in one transaction.
+mod committer;
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
@@ -109,6 +111,7 @@ pub struct Runtime {
     loaded: RwLock<HashMap<String, Arc<Loaded>>>,
     admission: Admission,
     gates: Gates,
+    committer: committer::Committer,
     metrics: Metrics,
     stop_ticker: Arc<AtomicBool>,
     id_prefix: String,
@@ -197,6 +200,7 @@ impl Runtime {
                 ),
             ),
             gates: Gates::default(),
+            committer: committer::Committer::default(),
             metrics: Metrics::default(),
             id_prefix: uuid::Uuid::new_v4().simple().to_string()[..12].to_owned(),
             invocation_counter: AtomicU64::new(0),
@@ -255,14 +259,16 @@ impl Runtime {
                 break outcome;
             }
             // Waiting for the database's write turn is the invocation's wall time too.
-            let committed = commit::commit(
+            let (committed, emitted) = commit::commit(
                 &self.services,
+                &self.committer,
                 ran.txn,
-                finish.as_deref(),
-                &outcome.emitted,
+                finish.clone(),
+                std::mem::take(&mut outcome.emitted),
                 ran.deadline,
             )
             .await;
+            outcome.emitted = emitted;
             outcome.result = match committed {
                 Ok(()) => break outcome,
                 Err(Refused::Late) => Err(Error::Trap {

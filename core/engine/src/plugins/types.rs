@@ -271,6 +271,33 @@ pub trait Finish: Send + Sync {
     /// What one run did is thrown away: it failed, or it runs again because what it read
     /// changed. Gives back what its emissions were charged.
     fn discard(&self) -> BoxFuture<'_, ()>;
+
+    /// The claimed delivery this work marks delivered, if any. A commit of several invocations
+    /// marks theirs together and then calls [`Finish::write_rest`] instead of [`Finish::write`].
+    fn delivery(&self) -> Option<Delivered<'_>> {
+        None
+    }
+
+    /// What [`Finish::write`] writes besides what [`Finish::delivery`] names.
+    fn write_rest<'a>(
+        &'a self,
+        tx: &'a DatabaseTransaction,
+        emitted: &'a [Emitted],
+    ) -> BoxFuture<'a, Result<(), FinishError>> {
+        self.write(tx, emitted)
+    }
+}
+
+/// A claimed delivery that an invocation's commit marks delivered, with the quota hold it
+/// uses up.
+pub struct Delivered<'a> {
+    pub claim: &'a crate::events::Claimed,
+    /// The dispatcher holding the claim.
+    pub owner: &'a str,
+    /// The installation, merchant and business day of the quota hold taken for the attempt.
+    pub quota: Option<(&'a str, &'a str, chrono::DateTime<chrono::Utc>)>,
+    /// The moment it counts as delivered.
+    pub now: chrono::DateTime<chrono::Utc>,
 }
 
 /// A caller's [`Finish`], carried by a [`Request`].

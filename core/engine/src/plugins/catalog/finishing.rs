@@ -10,7 +10,7 @@ use sea_orm::DatabaseTransaction;
 
 use super::{Catalog, Error};
 use crate::events::{self, NewEvent};
-use crate::plugins::{BoxFuture, Emitted, Finish, FinishError};
+use crate::plugins::{BoxFuture, Delivered, Emitted, Finish, FinishError};
 use crate::tenancy::Place;
 
 /// A claimed delivery the invocation handles, marked delivered in its commit.
@@ -98,6 +98,27 @@ impl Recorder {
 impl Finish for Recorder {
     fn has_work(&self, emitted: &[Emitted]) -> bool {
         self.claim.is_some() || !emitted.is_empty()
+    }
+
+    fn delivery(&self) -> Option<Delivered<'_>> {
+        let claim = self.claim.as_ref()?;
+        Some(Delivered {
+            claim: &claim.claim,
+            owner: &claim.owner,
+            quota: claim
+                .quota
+                .as_ref()
+                .map(|(merchant, day)| (self.installation_id.as_str(), merchant.as_str(), *day)),
+            now: self.catalog.now(),
+        })
+    }
+
+    fn write_rest<'a>(
+        &'a self,
+        tx: &'a DatabaseTransaction,
+        emitted: &'a [Emitted],
+    ) -> BoxFuture<'a, Result<(), FinishError>> {
+        Box::pin(self.record(tx, emitted))
     }
 
     fn write<'a>(

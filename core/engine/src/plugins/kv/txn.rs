@@ -11,13 +11,12 @@
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
-use chrono::Utc;
 use sea_orm::{DatabaseTransaction, FromQueryResult, Value};
 
 use super::{
     Batch, BatchWrite, Cas, Entry, Expect, KvError, MAX_BATCH, MAX_LIST, MAX_VALUE_BYTES, MemoryKv,
-    Namespace, Start, Store, check_key, check_prefix, locked, next_count, next_version, page,
-    version_of,
+    Namespace, Start, Store, check_key, check_prefix, group, locked, next_count, next_version,
+    page, version_of,
 };
 use crate::db::sql::{self, RowLock};
 
@@ -43,7 +42,8 @@ pub struct Txn {
     ranges: Vec<RangeRead>,
     /// Buffered writes (`None`: deleted), each with the version it was handed out under.
     writes: BTreeMap<String, Option<Entry>>,
-    /// The namespace's committed usage, read at the first write that grows it.
+    /// The namespace's committed usage, read with the first read (or at the first write that
+    /// grows it, when that comes first).
     usage: Option<(u64, u64)>,
     /// What the writes add to the committed usage (negative when they free space).
     keys_delta: i64,
@@ -85,7 +85,15 @@ impl Txn {
         if let Some(read) = self.reads.get(key) {
             return Ok(read.clone());
         }
-        let entry = store.read(&self.ns, key).await?;
+        // The first read also learns the usage, which the first write that grows the
+        // namespace checks against the quota.
+        let entry = if self.usage.is_none() {
+            let (entry, usage) = store.read_with_usage(&self.ns, key).await?;
+            self.usage = Some(usage);
+            entry
+        } else {
+            store.read(&self.ns, key).await?
+        };
         if let Some(e) = &entry {
             self.highest = self.highest.max(e.version);
         }
@@ -433,7 +441,7 @@ impl Txn {
     }
 
     /// The versions this transaction handed out, lowest and highest.
-    fn handed_out(&self) -> Option<(u64, u64)> {
+    pub(super) fn handed_out(&self) -> Option<(u64, u64)> {
         let versions = self.writes.values().flatten().map(|e| e.version);
         let low = versions.clone().min()?;
         Some((low, versions.max().unwrap_or(low)))
@@ -526,6 +534,60 @@ impl Txn {
                 }
             }
         }
+        self.check_ranges_in(tx).await
+    }
+
+    async fn apply_in(self, tx: &DatabaseTransaction, shift: u64) -> Result<(), KvError> {
+        let ids = self.ids();
+        let mut deleted = Vec::new();
+        let mut written = Vec::new();
+        for (key, write) in self.writes {
+            match write {
+                Some(mut entry) => {
+                    entry.version += shift;
+                    written.push((ids.clone(), key, entry));
+                }
+                None => deleted.push((ids.clone(), key)),
+            }
+        }
+        group::delete(tx, &deleted).await?;
+        group::upsert(tx, &written).await?;
+        Ok(())
+    }
+
+    /// The namespace's ids: (installation, scope).
+    pub fn ids(&self) -> (String, String) {
+        (self.ns.installation_id.clone(), self.ns.scope_id.clone())
+    }
+
+    pub(super) fn namespace(&self) -> &Namespace {
+        &self.ns
+    }
+
+    /// The keys this transaction read from the committed state.
+    pub(super) fn read_keys(&self) -> impl Iterator<Item = &str> {
+        self.reads.keys().map(String::as_str)
+    }
+
+    /// The version `key` had when read (`None`: absent, or not read).
+    pub(super) fn read_version(&self, key: &str) -> Option<u64> {
+        self.reads
+            .get(key)
+            .and_then(|r| r.as_ref().map(|e| e.version))
+    }
+
+    /// What the writes add to the namespace's keys and bytes.
+    pub(super) fn deltas(&self) -> (i64, i64) {
+        (self.keys_delta, self.bytes_delta)
+    }
+
+    /// The buffered writes, `None` for a delete.
+    pub(super) fn written(&self) -> impl Iterator<Item = (&String, &Option<Entry>)> {
+        self.writes.iter()
+    }
+
+    /// Fails with [`KvError::Changed`] unless every range listed holds the keys it held.
+    pub(super) async fn check_ranges_in(&self, tx: &DatabaseTransaction) -> Result<(), KvError> {
         for range in &self.ranges {
             let now = self
                 .ns
@@ -538,56 +600,6 @@ impl Txn {
                 )
                 .await?;
             range.compare(now.iter().map(|(k, e)| (k.as_str(), e.version)))?;
-        }
-        Ok(())
-    }
-
-    async fn apply_in(self, tx: &DatabaseTransaction, shift: u64) -> Result<(), KvError> {
-        let (deleted, written): (Vec<_>, Vec<_>) =
-            self.writes.into_iter().partition(|(_, w)| w.is_none());
-        let deleted: Vec<String> = deleted.into_iter().map(|(k, _)| k).collect();
-        for chunk in deleted.chunks(CHUNK) {
-            let mut values = self.ns.ids();
-            values.extend(chunk.iter().map(|k| Value::from(k.clone())));
-            sql::query(
-                &format!(
-                    "DELETE FROM plugin_kv WHERE installation_id = ? AND scope_id = ? AND key IN ({})",
-                    sql::marks(chunk.len())
-                ),
-                values,
-            )
-            .execute(tx)
-            .await?;
-        }
-        let written: Vec<(String, Entry)> = written
-            .into_iter()
-            .filter_map(|(k, w)| w.map(|e| (k, e)))
-            .collect();
-        let now = Utc::now();
-        for chunk in written.chunks(CHUNK) {
-            let mut values = Vec::with_capacity(chunk.len() * 6);
-            for (key, entry) in chunk {
-                values.extend(self.ns.ids());
-                values.extend([
-                    Value::from(key.clone()),
-                    entry.value.clone().into(),
-                    i64::try_from(entry.version + shift)
-                        .unwrap_or(i64::MAX)
-                        .into(),
-                    now.into(),
-                ]);
-            }
-            let rows = vec!["(?, ?, ?, ?, ?, ?)"; chunk.len()].join(", ");
-            sql::query(
-                &format!(
-                    "INSERT INTO plugin_kv (installation_id, scope_id, key, value, version, updated_at) VALUES {rows} \
-                     ON CONFLICT (installation_id, scope_id, key) DO UPDATE SET \
-                     value = excluded.value, version = excluded.version, updated_at = excluded.updated_at"
-                ),
-                values,
-            )
-            .execute(tx)
-            .await?;
         }
         Ok(())
     }

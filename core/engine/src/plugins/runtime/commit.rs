@@ -4,8 +4,13 @@
 //! Invariant: either everything a run did is committed or nothing is; a run whose reads changed
 //! meanwhile commits nothing and says so, for the runtime to run it again or give up.
 
+use std::sync::Arc;
+
+use sea_orm::DatabaseConnection;
+
 use super::super::kv::{KvError, Store, Txn};
 use super::super::{Emitted, Finish, FinishError, Services};
+use super::committer::Committer;
 
 /// Why a run's work was not committed.
 #[derive(Debug)]
@@ -46,23 +51,20 @@ impl From<sea_orm::DbErr> for Refused {
     }
 }
 
-/// Commits what a successful run did. A run that only read one key and has no finishing work
-/// has nothing to commit (a single read is consistent on its own); one that read several keys has
-/// them checked, in a transaction that writes nothing, so what it answered was one state.
-///
-/// `deadline` bounds the waits before the transaction begins: this process's turn to write and
-/// `BEGIN` itself, which waits for the database's write lock (another process may hold it) and
-/// runs in a task of its own, so giving up on it is safe (`db::begin_write`). Once begun the
-/// transaction runs to its end: abandoning it halfway could report as failed a commit the
-/// database went on to make.
+/// Commits what a successful run did, and gives its emitted events back. A run that only read
+/// one key and has no finishing work has nothing to commit (a single read is consistent on its
+/// own); one that read several keys has them checked, in a transaction that writes nothing, so
+/// what it answered was one state. Work that writes commits on the database through the
+/// runtime's committer, together with the runs that finish meanwhile.
 pub(super) async fn commit(
     services: &Services,
+    committer: &Committer,
     txn: Option<Txn>,
-    finish: Option<&dyn Finish>,
-    emitted: &[Emitted],
+    finish: Option<Arc<dyn Finish>>,
+    emitted: Vec<Emitted>,
     deadline: Option<std::time::Instant>,
-) -> Result<(), Refused> {
-    let finish = finish.filter(|f| f.has_work(emitted));
+) -> (Result<(), Refused>, Vec<Emitted>) {
+    let finish = finish.filter(|f| f.has_work(&emitted));
     let mut txn =
         txn.filter(|t| t.writes() || t.reads() > 1 || (finish.is_some() && t.reads() > 0));
     let db = match &services.kv {
@@ -70,12 +72,36 @@ pub(super) async fn commit(
         // The harness keeps kv in memory and has no finishing work; were there any, it would
         // commit after the kv writes, not with them.
         Store::Memory(kv) => {
-            if let Some(txn) = txn.take() {
-                txn.commit_memory(kv)?;
+            if let Some(txn) = txn.take()
+                && let Err(error) = txn.commit_memory(kv)
+            {
+                return (Err(error.into()), emitted);
             }
             &services.db
         }
     };
+    let writes = finish.is_some() || txn.as_ref().is_some_and(Txn::writes);
+    if writes {
+        return committer.commit(db, txn, finish, emitted, deadline).await;
+    }
+    let result = commit_one(db, txn, None, &emitted, deadline).await;
+    (result, emitted)
+}
+
+/// Commits one run's work in a transaction of its own.
+///
+/// `deadline` bounds the waits before the transaction begins: this process's turn to write and
+/// `BEGIN` itself, which waits for the database's write lock (another process may hold it) and
+/// runs in a task of its own, so giving up on it is safe (`db::begin_write`). Once begun the
+/// transaction runs to its end: abandoning it halfway could report as failed a commit the
+/// database went on to make.
+pub(super) async fn commit_one(
+    db: &DatabaseConnection,
+    txn: Option<Txn>,
+    finish: Option<&dyn Finish>,
+    emitted: &[Emitted],
+    deadline: Option<std::time::Instant>,
+) -> Result<(), Refused> {
     let writes = finish.is_some() || txn.as_ref().is_some_and(Txn::writes);
     if txn.is_none() && !writes {
         return Ok(());

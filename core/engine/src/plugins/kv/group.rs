@@ -1,0 +1,518 @@
+//! Committing the transactions of several invocations in one database transaction with a few
+//! multi-row statements for all of them, instead of a transaction and five statements each:
+//! when every statement is a round trip (to SQLite's worker thread, to PostgreSQL), the count
+//! of statements is what bounds throughput.
+//!
+//! Invariant: each transaction is judged by the rules of a single commit ([`Txn::commit_in`]):
+//! one whose reads changed, or whose writes would pass its quota, is left out whole and the
+//! others commit. The namespaces of a group are distinct, so no transaction's check depends
+//! on another one's writes; the usage rows, which every committer of a namespace locks first,
+//! are locked here in one order, so two groups in two processes cannot deadlock.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use chrono::Utc;
+use sea_orm::{DatabaseTransaction, DbBackend, DbErr, FromQueryResult, Value};
+
+use super::{Entry, KvError, Txn, version_of};
+use crate::db::sql::{self, RowLock};
+
+/// Rows per statement: under both engines' limits on bound values (6 values a row).
+const CHUNK: usize = 200;
+
+/// A namespace's ids: (installation, scope).
+type Ids = (String, String);
+
+/// What a transaction that passed its checks writes: its namespace's usage afterwards and how
+/// far its handed-out versions move up.
+#[derive(Debug, Clone, Copy)]
+pub struct Plan {
+    usage: (i64, i64, i64),
+    shift: u64,
+}
+
+/// A namespace's usage row: keys, bytes, last version.
+#[derive(FromQueryResult)]
+struct UsageRow {
+    installation_id: String,
+    scope_id: String,
+    keys: i64,
+    bytes: i64,
+    last_version: i64,
+}
+
+#[derive(FromQueryResult)]
+struct VersionRow {
+    installation_id: String,
+    scope_id: String,
+    key: String,
+    version: i64,
+}
+
+/// `(?, ?, …)` rows of `width` values each, `n` of them.
+fn rows(width: usize, n: usize) -> String {
+    let row = format!("({})", sql::marks(width));
+    vec![row.as_str(); n].join(", ")
+}
+
+/// Checks every transaction of a group inside `tx`, a write transaction: locks the namespaces'
+/// usage rows, compares what each read with what is committed now, and works out each writer's
+/// usage and version shift. Returns, per transaction in order, its plan or why it is left out.
+/// A namespace met twice leaves the later transactions out as contended.
+pub async fn check(
+    tx: &DatabaseTransaction,
+    txns: &[&Txn],
+) -> Result<Vec<Result<Plan, KvError>>, DbErr> {
+    let mut spaces: BTreeSet<Ids> = BTreeSet::new();
+    let mut twice = vec![false; txns.len()];
+    for (i, txn) in txns.iter().enumerate() {
+        twice[i] = !spaces.insert(txn.ids());
+    }
+    let usage = lock_usage(tx, txns, &spaces).await?;
+    let changed = changed_reads(tx, txns).await?;
+    let mut plans = Vec::with_capacity(txns.len());
+    for (i, txn) in txns.iter().enumerate() {
+        if twice[i] {
+            plans.push(Err(KvError::Contention(
+                "a namespace committed twice in one group".into(),
+            )));
+            continue;
+        }
+        if let Some(key) = changed.get(&i) {
+            plans.push(Err(KvError::Changed(key.clone())));
+            continue;
+        }
+        let plan = match txn.check_ranges_in(tx).await {
+            Ok(()) => txn.plan(usage.get(&txn.ids()).copied().unwrap_or_default()),
+            Err(KvError::Db(e)) => return Err(e),
+            Err(other) => Err(other),
+        };
+        plans.push(plan);
+    }
+    Ok(plans)
+}
+
+/// Locks the usage rows of the group's namespaces in key order (creating the missing ones of
+/// writers on PostgreSQL, so that there is a row to lock) and reads them.
+async fn lock_usage(
+    tx: &DatabaseTransaction,
+    txns: &[&Txn],
+    spaces: &BTreeSet<Ids>,
+) -> Result<BTreeMap<Ids, (i64, i64, i64)>, DbErr> {
+    let postgres = sql::backend(tx) == DbBackend::Postgres;
+    let writers: BTreeSet<Ids> = txns
+        .iter()
+        .filter(|t| t.writes())
+        .map(|t| t.ids())
+        .collect();
+    let spaces: Vec<&Ids> = spaces.iter().collect();
+    let writers: Vec<&Ids> = writers.iter().collect();
+    let mut usage = BTreeMap::new();
+    if postgres {
+        for chunk in writers.chunks(CHUNK) {
+            let values = chunk
+                .iter()
+                .flat_map(|(i, s)| [Value::from(i.clone()), s.clone().into()]);
+            sql::query(
+                &format!(
+                    "INSERT INTO plugin_kv_usage (installation_id, scope_id, keys, bytes, last_version) \
+                     SELECT i, s, 0, 0, 0 FROM (VALUES {}) AS w (i, s) ORDER BY i, s \
+                     ON CONFLICT (installation_id, scope_id) DO NOTHING",
+                    rows(2, chunk.len())
+                ),
+                values,
+            )
+            .execute(tx)
+            .await?;
+        }
+    }
+    let lock = sql::for_update(tx, RowLock::Wait);
+    for chunk in spaces.chunks(CHUNK) {
+        let values = chunk
+            .iter()
+            .flat_map(|(i, s)| [Value::from(i.clone()), s.clone().into()]);
+        let found: Vec<UsageRow> = sql::query(
+            &format!(
+                "SELECT installation_id, scope_id, keys, bytes, last_version FROM plugin_kv_usage \
+                 WHERE (installation_id, scope_id) IN \
+                 (WITH w (i, s) AS (VALUES {}) SELECT i, s FROM w) \
+                 ORDER BY installation_id, scope_id{lock}",
+                rows(2, chunk.len())
+            ),
+            values,
+        )
+        .all(tx)
+        .await?;
+        for row in found {
+            usage.insert(
+                (row.installation_id, row.scope_id),
+                (row.keys, row.bytes, row.last_version),
+            );
+        }
+    }
+    Ok(usage)
+}
+
+/// The first key each transaction read that is no longer as it read it, by index.
+async fn changed_reads(
+    tx: &DatabaseTransaction,
+    txns: &[&Txn],
+) -> Result<BTreeMap<usize, String>, DbErr> {
+    let wanted: Vec<(usize, &str)> = txns
+        .iter()
+        .enumerate()
+        .flat_map(|(i, t)| t.read_keys().map(move |k| (i, k)))
+        .collect();
+    let mut now: BTreeMap<(Ids, String), u64> = BTreeMap::new();
+    for chunk in wanted.chunks(CHUNK) {
+        let mut values = Vec::with_capacity(chunk.len() * 3);
+        for (i, key) in chunk {
+            let (installation, scope) = txns[*i].ids();
+            values.extend([installation.into(), scope.into(), Value::from(*key)]);
+        }
+        let found: Vec<VersionRow> = sql::query(
+            &format!(
+                "SELECT installation_id, scope_id, key, version FROM plugin_kv \
+                 WHERE (installation_id, scope_id, key) IN \
+                 (WITH w (i, s, k) AS (VALUES {}) SELECT i, s, k FROM w)",
+                rows(3, chunk.len())
+            ),
+            values,
+        )
+        .all(tx)
+        .await?;
+        for row in found {
+            now.insert(
+                ((row.installation_id, row.scope_id), row.key),
+                version_of(row.version),
+            );
+        }
+    }
+    let mut changed = BTreeMap::new();
+    for (i, key) in wanted {
+        if changed.contains_key(&i) {
+            continue;
+        }
+        let txn = txns[i];
+        let committed = now.get(&(txn.ids(), key.to_owned())).copied();
+        if committed != txn.read_version(key) {
+            changed.insert(i, key.to_owned());
+        }
+    }
+    Ok(changed)
+}
+
+/// Applies the transactions that passed [`check`], with their plans: one upsert of the usage
+/// rows, one delete of the deleted keys and one upsert of the written ones, for all of them.
+pub async fn apply(tx: &DatabaseTransaction, kept: &[(&Txn, Plan)]) -> Result<(), DbErr> {
+    let mut usage = Vec::new();
+    let mut deleted: Vec<(Ids, String)> = Vec::new();
+    let mut written: Vec<(Ids, String, Entry)> = Vec::new();
+    for (txn, plan) in kept {
+        if !txn.writes() {
+            continue;
+        }
+        let ids = txn.ids();
+        usage.push((ids.clone(), plan.usage));
+        for (key, write) in txn.written() {
+            match write {
+                Some(entry) => written.push((
+                    ids.clone(),
+                    key.clone(),
+                    Entry {
+                        value: entry.value.clone(),
+                        version: entry.version + plan.shift,
+                    },
+                )),
+                None => deleted.push((ids.clone(), key.clone())),
+            }
+        }
+    }
+    for chunk in usage.chunks(CHUNK) {
+        let mut values = Vec::with_capacity(chunk.len() * 5);
+        for ((installation, scope), (keys, bytes, last)) in chunk {
+            values.extend([
+                Value::from(installation.clone()),
+                scope.clone().into(),
+                (*keys).into(),
+                (*bytes).into(),
+                (*last).into(),
+            ]);
+        }
+        sql::query(
+            &format!(
+                "INSERT INTO plugin_kv_usage (installation_id, scope_id, keys, bytes, last_version) VALUES {} \
+                 ON CONFLICT (installation_id, scope_id) DO UPDATE SET \
+                 keys = excluded.keys, bytes = excluded.bytes, last_version = excluded.last_version",
+                rows(5, chunk.len())
+            ),
+            values,
+        )
+        .execute(tx)
+        .await?;
+    }
+    delete(tx, &deleted).await?;
+    upsert(tx, &written).await
+}
+
+/// Deletes the keys `(namespace, key)`.
+pub(super) async fn delete(tx: &DatabaseTransaction, keys: &[(Ids, String)]) -> Result<(), DbErr> {
+    for chunk in keys.chunks(CHUNK) {
+        let mut values = Vec::with_capacity(chunk.len() * 3);
+        for ((installation, scope), key) in chunk {
+            values.extend([
+                Value::from(installation.clone()),
+                scope.clone().into(),
+                key.clone().into(),
+            ]);
+        }
+        sql::query(
+            &format!(
+                "DELETE FROM plugin_kv WHERE (installation_id, scope_id, key) IN \
+                 (WITH w (i, s, k) AS (VALUES {}) SELECT i, s, k FROM w)",
+                rows(3, chunk.len())
+            ),
+            values,
+        )
+        .execute(tx)
+        .await?;
+    }
+    Ok(())
+}
+
+/// Writes the entries `(namespace, key, entry)` at their versions.
+pub(super) async fn upsert(
+    tx: &DatabaseTransaction,
+    entries: &[(Ids, String, Entry)],
+) -> Result<(), DbErr> {
+    let now = Utc::now();
+    for chunk in entries.chunks(CHUNK) {
+        let mut values = Vec::with_capacity(chunk.len() * 6);
+        for ((installation, scope), key, entry) in chunk {
+            values.extend([
+                Value::from(installation.clone()),
+                scope.clone().into(),
+                key.clone().into(),
+                entry.value.clone().into(),
+                i64::try_from(entry.version).unwrap_or(i64::MAX).into(),
+                now.into(),
+            ]);
+        }
+        sql::query(
+            &format!(
+                "INSERT INTO plugin_kv (installation_id, scope_id, key, value, version, updated_at) VALUES {} \
+                 ON CONFLICT (installation_id, scope_id, key) DO UPDATE SET \
+                 value = excluded.value, version = excluded.version, updated_at = excluded.updated_at",
+                rows(6, chunk.len())
+            ),
+            values,
+        )
+        .execute(tx)
+        .await?;
+    }
+    Ok(())
+}
+
+impl Txn {
+    /// The usage and version shift of this transaction's writes on top of `usage` (keys,
+    /// bytes, last version, as locked), by the rules of [`Txn::commit_in`].
+    fn plan(&self, usage: (i64, i64, i64)) -> Result<Plan, KvError> {
+        let (keys, bytes, last) = usage;
+        let (keys_delta, bytes_delta) = self.deltas();
+        let keys = keys.saturating_add(keys_delta);
+        let bytes = bytes.saturating_add(bytes_delta);
+        let quota = &self.namespace().quota;
+        if keys_delta > 0 && version_of(keys) > quota.max_keys {
+            return Err(KvError::Quota(format!(
+                "kv quota: {} keys at most",
+                quota.max_keys
+            )));
+        }
+        if bytes_delta > 0 && version_of(bytes) > quota.max_bytes {
+            return Err(KvError::Quota(format!(
+                "kv quota: {} bytes at most",
+                quota.max_bytes
+            )));
+        }
+        let last = version_of(last);
+        let (last, shift) = match self.handed_out() {
+            None => (last, 0),
+            Some((low, high)) if last < low => (high, 0),
+            Some((low, high)) => {
+                let moved = last.saturating_add(high - low + 1);
+                (moved, moved.saturating_sub(high))
+            }
+        };
+        Ok(Plan {
+            usage: (keys, bytes, i64::try_from(last).unwrap_or(i64::MAX)),
+            shift,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{Cas, Namespace, Store};
+    use super::*;
+    use crate::plugins::manifest::KvQuota;
+
+    fn ns(scope: &str, max_keys: u64) -> Namespace {
+        Namespace {
+            installation_id: "inst".into(),
+            scope_id: scope.into(),
+            quota: KvQuota {
+                max_keys,
+                max_bytes: 10_000,
+            },
+        }
+    }
+
+    /// Commits `txns` as one group; returns what each was told.
+    async fn group(store: &Store, txns: &[&Txn]) -> Vec<Result<(), String>> {
+        let Store::Database(db) = store else {
+            panic!("a database store");
+        };
+        let tx = crate::db::begin_write(db).await.unwrap();
+        let plans = check(&tx, txns).await.unwrap();
+        let kept: Vec<(&Txn, Plan)> = txns
+            .iter()
+            .zip(&plans)
+            .filter_map(|(t, p)| p.as_ref().ok().map(|p| (*t, *p)))
+            .collect();
+        apply(&tx, &kept).await.unwrap();
+        tx.commit().await.unwrap();
+        plans
+            .into_iter()
+            .map(|p| p.map(|_| ()).map_err(|e| e.to_string()))
+            .collect()
+    }
+
+    /// Every namespace's usage row against what it holds.
+    async fn usage_matches_contents(store: &Store) {
+        let Store::Database(db) = store else {
+            panic!("a database store");
+        };
+        #[derive(FromQueryResult, Debug, PartialEq)]
+        struct Counted {
+            scope_id: String,
+            keys: i64,
+            bytes: i64,
+        }
+        let counted: Vec<Counted> = sql::query(
+            "SELECT scope_id, COUNT(*) AS keys, SUM(LENGTH(key) + LENGTH(value)) AS bytes \
+             FROM plugin_kv GROUP BY scope_id ORDER BY scope_id",
+            [],
+        )
+        .all(db)
+        .await
+        .unwrap();
+        let rows: Vec<Counted> = sql::query(
+            "SELECT scope_id, keys, bytes FROM plugin_kv_usage WHERE keys > 0 ORDER BY scope_id",
+            [],
+        )
+        .all(db)
+        .await
+        .unwrap();
+        assert_eq!(rows, counted);
+    }
+
+    #[tokio::test]
+    async fn a_group_commits_those_that_hold_and_leaves_out_whole_those_that_do_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::Database(crate::db::test_sqlite(dir.path()).await.conn);
+        let (a, b, c) = (ns("a", 10), ns("b", 10), ns("c", 3));
+        store.increment(&a, "n", 1).await.unwrap();
+
+        // a: what it read changes before the group commits.
+        let mut stale = Txn::new(a.clone());
+        stale.increment(&store, "n", 10).await.unwrap();
+        stale
+            .compare_and_swap(&store, "also", None, b"x")
+            .await
+            .unwrap();
+        store.increment(&a, "n", 1).await.unwrap();
+
+        // b: holds, though a later commit in its namespace got ahead of its versions.
+        let mut fine = Txn::new(b.clone());
+        let Cas::Stored(handed) = fine
+            .compare_and_swap(&store, "seen/1", None, b"1")
+            .await
+            .unwrap()
+        else {
+            panic!("stored");
+        };
+        fine.increment(&store, "count", 1).await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        let Cas::Stored(ahead) = store
+            .compare_and_swap(&b, "other", None, b"o")
+            .await
+            .unwrap()
+        else {
+            panic!("stored");
+        };
+
+        // c: fitted its quota when it wrote, not once others filled it.
+        let mut over = Txn::new(c.clone());
+        over.compare_and_swap(&store, "k1", None, b"1")
+            .await
+            .unwrap();
+        over.compare_and_swap(&store, "k2", None, b"2")
+            .await
+            .unwrap();
+        store.compare_and_swap(&c, "x", None, b"x").await.unwrap();
+        store.compare_and_swap(&c, "y", None, b"y").await.unwrap();
+
+        let told = group(&store, &[&stale, &fine, &over]).await;
+        assert!(
+            matches!(&told[0], Err(e) if e.contains("n changed")),
+            "{told:?}"
+        );
+        assert_eq!(told[1], Ok(()));
+        assert!(
+            matches!(&told[2], Err(e) if e.contains("quota")),
+            "{told:?}"
+        );
+
+        assert_eq!(store.get(&a, "n").await.unwrap().unwrap().value, b"2");
+        assert_eq!(store.get(&a, "also").await.unwrap(), None);
+        let seen = store.get(&b, "seen/1").await.unwrap().unwrap();
+        assert!(
+            seen.version > ahead && ahead > handed,
+            "{seen:?} {ahead} {handed}"
+        );
+        assert_eq!(store.get(&b, "count").await.unwrap().unwrap().value, b"1");
+        assert!(matches!(
+            store
+                .compare_and_swap(&b, "seen/1", Some(handed), b"again")
+                .await
+                .unwrap(),
+            Cas::Conflict(_)
+        ));
+        assert_eq!(store.get(&c, "k1").await.unwrap(), None);
+        usage_matches_contents(&store).await;
+    }
+
+    #[tokio::test]
+    async fn a_namespace_met_twice_in_a_group_commits_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::Database(crate::db::test_sqlite(dir.path()).await.conn);
+        let a = ns("a", 10);
+        let mut first = Txn::new(a.clone());
+        first.increment(&store, "n", 1).await.unwrap();
+        let mut second = Txn::new(a.clone());
+        second.increment(&store, "n", 1).await.unwrap();
+        let mut deleting = Txn::new(ns("d", 10));
+        store
+            .compare_and_swap(&ns("d", 10), "gone", None, b"v")
+            .await
+            .unwrap();
+        assert!(deleting.delete(&store, "gone", None).await.unwrap());
+        let told = group(&store, &[&first, &second, &deleting]).await;
+        assert_eq!(told[0], Ok(()));
+        assert!(told[1].is_err(), "{told:?}");
+        assert_eq!(told[2], Ok(()));
+        assert_eq!(store.get(&a, "n").await.unwrap().unwrap().value, b"1");
+        assert_eq!(store.get(&ns("d", 10), "gone").await.unwrap(), None);
+        usage_matches_contents(&store).await;
+    }
+}

@@ -1,0 +1,468 @@
+//! Group commit: the runs that finish while a commit is in flight wait for it to end and then
+//! commit together, in one database transaction of a few multi-row statements
+//! ([`kv::group`], [`events::delivered_many`]), instead of a transaction each.
+//!
+//! Invariant: every member gets the answer a commit of its own would have given it. A member
+//! whose reads changed, whose quota would overflow or whose delivery's claim was lost commits
+//! nothing and hears why; the others commit. A group the database fails as a whole is
+//! committed again member by member, so one member's failure is never another's. Members of a
+//! group have distinct namespaces; one whose namespace is already in the group waits for the next.
+
+use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+use sea_orm::{DatabaseConnection, DatabaseTransaction, DbErr};
+use tokio::sync::{mpsc, oneshot};
+
+use super::super::kv::{self, Txn};
+use super::super::{Emitted, Finish, FinishError};
+use super::commit::{self, Refused};
+use crate::events;
+
+/// Most members of one group.
+const MAX_GROUP: usize = 64;
+
+/// What a member hears back: how its commit went, and its emitted events returned.
+type Answer = (Result<(), Refused>, Vec<Emitted>);
+
+/// One run waiting to commit.
+struct Member {
+    txn: Option<Txn>,
+    finish: Option<Arc<dyn Finish>>,
+    emitted: Vec<Emitted>,
+    deadline: Option<Instant>,
+    reply: oneshot::Sender<Answer>,
+}
+
+impl Member {
+    fn answer(self, result: Result<(), Refused>) {
+        // A member that stopped waiting (its task was cancelled) has nobody to tell.
+        let _ = self.reply.send((result, self.emitted));
+    }
+
+    /// Commits this member in a transaction of its own.
+    async fn alone(mut self, db: &DatabaseConnection) {
+        let result = commit::commit_one(
+            db,
+            self.txn.take(),
+            self.finish.as_deref(),
+            &self.emitted,
+            self.deadline,
+        )
+        .await;
+        self.answer(result);
+    }
+}
+
+/// A runtime's committer: a task, started on first use, that takes what waits and commits it.
+#[derive(Default)]
+pub(super) struct Committer {
+    queue: OnceLock<mpsc::UnboundedSender<Member>>,
+}
+
+impl Committer {
+    /// Commits a run's work with whatever else waits to commit on `db`.
+    pub(super) async fn commit(
+        &self,
+        db: &DatabaseConnection,
+        txn: Option<Txn>,
+        finish: Option<Arc<dyn Finish>>,
+        emitted: Vec<Emitted>,
+        deadline: Option<Instant>,
+    ) -> Answer {
+        let queue = self.queue.get_or_init(|| {
+            let (queue, waiting) = mpsc::unbounded_channel();
+            tokio::spawn(run(db.clone(), waiting));
+            queue
+        });
+        let (reply, answer) = oneshot::channel();
+        let member = Member {
+            txn,
+            finish,
+            emitted,
+            deadline,
+            reply,
+        };
+        if let Err(refused) = queue.send(member) {
+            // The committer's task is gone with the async runtime that started it.
+            refused.0.alone(db).await;
+        }
+        answer.await.unwrap_or_else(|_| {
+            (
+                Err(Refused::Failed("the committer stopped".into())),
+                Vec::new(),
+            )
+        })
+    }
+}
+
+/// Takes groups off the queue until every sender is gone.
+async fn run(db: DatabaseConnection, mut queue: mpsc::UnboundedReceiver<Member>) {
+    let mut waiting: VecDeque<Member> = VecDeque::new();
+    loop {
+        if waiting.is_empty() {
+            match queue.recv().await {
+                Some(member) => waiting.push_back(member),
+                None => return,
+            }
+        }
+        while let Ok(member) = queue.try_recv() {
+            waiting.push_back(member);
+        }
+        let mut spaces = HashSet::new();
+        let mut group = Vec::new();
+        let mut later = VecDeque::new();
+        while let Some(member) = waiting.pop_front() {
+            let distinct = match &member.txn {
+                Some(txn) => !spaces.contains(&txn.ids()),
+                None => true,
+            };
+            if group.len() < MAX_GROUP && distinct {
+                if let Some(txn) = &member.txn {
+                    spaces.insert(txn.ids());
+                }
+                group.push(member);
+            } else {
+                later.push_back(member);
+            }
+        }
+        waiting = later;
+        commit_group(&db, group).await;
+    }
+}
+
+/// Commits a group, answering each member.
+async fn commit_group(db: &DatabaseConnection, mut members: Vec<Member>) {
+    if members.len() == 1 {
+        if let Some(member) = members.pop() {
+            member.alone(db).await;
+        }
+        return;
+    }
+    // The waits before the transaction begins are bounded by the members' deadlines; once it
+    // has begun it runs to its end (see `commit::commit_one`).
+    let begun = loop {
+        let earliest = members.iter().filter_map(|m| m.deadline).min();
+        let begin = async {
+            let turn = crate::db::write_turn(db).await;
+            (turn, crate::db::begin_write(db).await)
+        };
+        let begun = match earliest {
+            Some(at) => tokio::time::timeout_at(at.into(), begin).await.ok(),
+            None => Some(begin.await),
+        };
+        members = answer_late(members);
+        if let Some(begun) = begun {
+            break begun;
+        }
+        if members.is_empty() {
+            return;
+        }
+    };
+    let (turn, tx) = match begun {
+        (turn, Ok(tx)) => (turn, tx),
+        (_, Err(error)) => {
+            for member in members {
+                member.answer(Err(Refused::Failed(error.to_string())));
+            }
+            return;
+        }
+    };
+    match together(&tx, &members).await {
+        Ok(results) => {
+            let committed = tx.commit().await;
+            drop(turn);
+            for (member, result) in members.into_iter().zip(results) {
+                let result = match (&committed, result) {
+                    (Ok(()), result) | (Err(_), result @ Err(_)) => result,
+                    (Err(error), Ok(())) => Err(Refused::Failed(error.to_string())),
+                };
+                member.answer(result);
+            }
+        }
+        Err(error) => {
+            if let Err(rollback) = tx.rollback().await {
+                tracing::warn!(%rollback, "could not roll a group commit back");
+            }
+            drop(turn);
+            tracing::warn!(%error, members = members.len(), "a group commit failed; committing its members one by one");
+            for member in members {
+                member.alone(db).await;
+            }
+        }
+    }
+}
+
+/// Answers the members whose deadline passed; returns the others.
+fn answer_late(members: Vec<Member>) -> Vec<Member> {
+    let now = Instant::now();
+    let (late, rest): (Vec<_>, Vec<_>) = members
+        .into_iter()
+        .partition(|m| m.deadline.is_some_and(|d| d <= now));
+    for member in late {
+        member.answer(Err(Refused::Late));
+    }
+    rest
+}
+
+/// The database's failure in the finishing work, for the group to be committed one by one.
+fn finish_failed(error: FinishError) -> DbErr {
+    match error {
+        FinishError::Db(e) => e,
+        FinishError::Lost(why) => DbErr::Custom(why),
+    }
+}
+
+fn events_failed(error: events::Error) -> DbErr {
+    match error {
+        events::Error::Db(e) => e,
+        other => DbErr::Custom(other.to_string()),
+    }
+}
+
+/// Writes the group inside `tx`: checks every member's reads and quota, marks the deliveries of
+/// those that passed, then applies their kv writes and the rest of their finishing work.
+/// Returns each member's result, or the database's error for the group as a whole.
+async fn together(
+    tx: &DatabaseTransaction,
+    members: &[Member],
+) -> Result<Vec<Result<(), Refused>>, DbErr> {
+    let mut refused: Vec<Option<Refused>> = members.iter().map(|_| None).collect();
+    let with_txn: Vec<(usize, &Txn)> = members
+        .iter()
+        .enumerate()
+        .filter_map(|(i, m)| m.txn.as_ref().map(|t| (i, t)))
+        .collect();
+    let txns: Vec<&Txn> = with_txn.iter().map(|(_, t)| *t).collect();
+    let mut plans = BTreeMap::new();
+    for ((i, txn), plan) in with_txn.iter().zip(kv::group::check(tx, &txns).await?) {
+        match plan {
+            Ok(plan) => {
+                plans.insert(*i, (*txn, plan));
+            }
+            Err(error) => refused[*i] = Some(Refused::from(error)),
+        }
+    }
+    let marks: Vec<(usize, super::super::Delivered<'_>)> = members
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| refused[*i].is_none())
+        .filter_map(|(i, m)| Some((i, m.finish.as_ref()?.delivery()?)))
+        .collect();
+    if let Some((_, first)) = marks.first() {
+        let claims: Vec<_> = marks.iter().map(|(_, d)| (d.claim, d.owner)).collect();
+        let held = events::delivered_many(tx, &claims, first.now)
+            .await
+            .map_err(events_failed)?;
+        let mut quotas: BTreeMap<(&str, &str, _), i64> = BTreeMap::new();
+        for ((i, delivered), held) in marks.iter().zip(held) {
+            if !held {
+                refused[*i] = Some(Refused::Lost(
+                    "the delivery's claim passed to another dispatcher, which delivers it".into(),
+                ));
+            } else if let Some(quota) = delivered.quota {
+                *quotas.entry(quota).or_default() += 1;
+            }
+        }
+        for ((installation, merchant, day), n) in quotas {
+            events::settle_delivered(tx, installation, merchant, day, n)
+                .await
+                .map_err(events_failed)?;
+        }
+    }
+    let kept: Vec<_> = plans
+        .into_iter()
+        .filter(|(i, _)| refused[*i].is_none())
+        .map(|(_, kept)| kept)
+        .collect();
+    kv::group::apply(tx, &kept).await?;
+    for (i, member) in members.iter().enumerate() {
+        let Some(finish) = &member.finish else {
+            continue;
+        };
+        if refused[i].is_some() {
+            continue;
+        }
+        let written = if finish.delivery().is_some() {
+            finish.write_rest(tx, &member.emitted).await
+        } else {
+            finish.write(tx, &member.emitted).await
+        };
+        written.map_err(finish_failed)?;
+    }
+    Ok(refused
+        .into_iter()
+        .map(|r| match r {
+            Some(refused) => Err(refused),
+            None => Ok(()),
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use chrono::{Duration, Utc};
+    use sea_orm::ConnectionTrait;
+
+    use super::super::super::{BoxFuture, Delivered};
+    use super::*;
+    use crate::db::sql;
+    use crate::events::{Claimed, Limits, NewEvent, Room};
+    use crate::plugins::kv::{Namespace, Store};
+    use crate::plugins::manifest::KvQuota;
+    use crate::tenancy::{NodeKind, Place};
+
+    /// Marks its delivery, as the catalog's finishing work does.
+    struct Marking {
+        claim: Claimed,
+        owner: String,
+    }
+
+    impl Finish for Marking {
+        fn has_work(&self, _: &[Emitted]) -> bool {
+            true
+        }
+
+        fn write<'a>(
+            &'a self,
+            tx: &'a DatabaseTransaction,
+            _: &'a [Emitted],
+        ) -> BoxFuture<'a, Result<(), FinishError>> {
+            Box::pin(async move {
+                match events::delivered(tx, &self.claim, &self.owner, Utc::now()).await {
+                    Ok(true) => Ok(()),
+                    Ok(false) => Err(FinishError::Lost("lost".into())),
+                    Err(e) => Err(FinishError::Db(DbErr::Custom(e.to_string()))),
+                }
+            })
+        }
+
+        fn discard(&self) -> BoxFuture<'_, ()> {
+            Box::pin(async {})
+        }
+
+        fn delivery(&self) -> Option<Delivered<'_>> {
+            Some(Delivered {
+                claim: &self.claim,
+                owner: &self.owner,
+                quota: None,
+                now: Utc::now(),
+            })
+        }
+
+        fn write_rest<'a>(
+            &'a self,
+            _: &'a DatabaseTransaction,
+            _: &'a [Emitted],
+        ) -> BoxFuture<'a, Result<(), FinishError>> {
+            Box::pin(async { Ok(()) })
+        }
+    }
+
+    fn merchant(id: &str) -> Place {
+        Place {
+            id: id.to_owned(),
+            kind: NodeKind::Merchant,
+            partner_id: Some("p".into()),
+            agent_id: None,
+            merchant_id: Some(id.to_owned()),
+            store_id: None,
+        }
+    }
+
+    async fn count(db: &impl ConnectionTrait, sql: &str) -> u64 {
+        sql::query(sql, []).count(db).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_group_commits_each_member_as_alone_and_one_whose_claim_was_lost_keeps_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = crate::db::test_sqlite(dir.path()).await.conn;
+        let store = Store::Database(db.clone());
+        for m in ["m1", "m2", "m3"] {
+            let event = NewEvent {
+                kind: "test.tick".into(),
+                place: merchant(m),
+                payload: serde_json::Value::Null,
+                source: "test".into(),
+                occurred_at: Utc::now(),
+                depth: 0,
+            };
+            events::publish(
+                &db,
+                &event,
+                &["i".into()],
+                None,
+                &Limits::default(),
+                Utc::now(),
+            )
+            .await
+            .unwrap();
+        }
+        let room = HashMap::new();
+        let room = Room {
+            in_flight: &room,
+            per_partner: 10,
+            least: 1,
+        };
+        let now = Utc::now() + Duration::seconds(1);
+        let claimed = events::claim(&db, "me", 10, room, Duration::seconds(30), 8, now)
+            .await
+            .unwrap();
+        assert_eq!(claimed.len(), 3);
+        let mut members = Vec::new();
+        let mut answers = Vec::new();
+        for (i, claim) in claimed.into_iter().enumerate() {
+            let ns = Namespace {
+                installation_id: "i".into(),
+                scope_id: claim.place.id.clone(),
+                quota: KvQuota {
+                    max_keys: 10,
+                    max_bytes: 1_000,
+                },
+            };
+            let mut txn = Txn::new(ns);
+            txn.increment(&store, "handled", 1).await.unwrap();
+            // The third dispatcher's lease passed to another one while it ran.
+            let owner = if i == 2 { "someone else" } else { "me" };
+            let (reply, answer) = oneshot::channel();
+            members.push(Member {
+                txn: Some(txn),
+                finish: Some(Arc::new(Marking {
+                    claim,
+                    owner: owner.into(),
+                })),
+                emitted: Vec::new(),
+                deadline: None,
+                reply,
+            });
+            answers.push(answer);
+        }
+        commit_group(&db, members).await;
+        let mut told = Vec::new();
+        for answer in answers {
+            told.push(answer.await.unwrap().0);
+        }
+        assert!(told[0].is_ok() && told[1].is_ok(), "{told:?}");
+        assert!(matches!(told[2], Err(Refused::Lost(_))), "{told:?}");
+        assert_eq!(
+            count(&db, "SELECT COUNT(*) FROM plugin_kv WHERE key = 'handled'").await,
+            2
+        );
+        assert_eq!(
+            count(&db, "SELECT COUNT(*) FROM event_deliveries WHERE status = 'delivered' AND latency_ms >= 0").await,
+            2
+        );
+        assert_eq!(
+            count(
+                &db,
+                "SELECT COUNT(*) FROM event_deliveries WHERE status = 'pending'"
+            )
+            .await,
+            1
+        );
+    }
+}
