@@ -12,42 +12,51 @@ use sea_orm::{ConnectionTrait, FromQueryResult, Value};
 use super::{Claimed, Error};
 use crate::db::sql::{self, Millis};
 
-/// Deliveries per statement (four values each).
+/// Deliveries per statement (seven values each).
 const CHUNK: usize = 200;
 
-/// Marks each `(claim, owner)` delivered at `now`; returns, in order, whether its claim was
-/// still held (and so is marked now).
+/// Marks each `(claim, owner, at)` delivered at its moment; returns, in order, whether its
+/// claim was still held (and so is marked now).
 pub async fn delivered_many(
     db: &impl ConnectionTrait,
-    claims: &[(&Claimed, &str)],
-    now: DateTime<Utc>,
+    claims: &[(&Claimed, &str, DateTime<Utc>)],
 ) -> Result<Vec<bool>, Error> {
     #[derive(FromQueryResult)]
     struct Marked {
         id: String,
     }
-    let mut by_owner: BTreeMap<&str, Vec<&Claimed>> = BTreeMap::new();
-    for (claim, owner) in claims {
-        by_owner.entry(owner).or_default().push(claim);
+    let mut by_owner: BTreeMap<&str, Vec<(&Claimed, DateTime<Utc>)>> = BTreeMap::new();
+    for (claim, owner, at) in claims {
+        by_owner.entry(owner).or_default().push((claim, *at));
     }
     // `COALESCE(status, '')`: the guard must not steer SQLite's planner to the status index
     // (every pending delivery) when the ids name the rows.
     let mut held = HashSet::new();
     for (owner, claims) in by_owner {
         for chunk in claims.chunks(CHUNK) {
-            let mut values: Vec<Value> = vec![Millis(now).into()];
             let cases = vec!["WHEN ? THEN ?"; chunk.len()].join(" ");
-            for claim in chunk {
-                let latency = (now - claim.occurred_at).num_milliseconds().max(0);
+            let mut values: Vec<Value> = Vec::with_capacity(chunk.len() * 7 + 1);
+            for (claim, at) in chunk {
+                values.extend([claim.delivery_id.clone().into(), Millis(*at).into()]);
+            }
+            for (claim, at) in chunk {
+                let latency = (*at - claim.occurred_at).num_milliseconds().max(0);
                 values.extend([claim.delivery_id.clone().into(), latency.into()]);
             }
-            values.push(Millis(now).into());
-            values.extend(chunk.iter().map(|c| Value::from(c.delivery_id.clone())));
+            for (claim, at) in chunk {
+                values.extend([claim.delivery_id.clone().into(), Millis(*at).into()]);
+            }
+            values.extend(
+                chunk
+                    .iter()
+                    .map(|(c, _)| Value::from(c.delivery_id.clone())),
+            );
             values.push(owner.into());
             let marked: Vec<Marked> = sql::query(
                 &format!(
-                    "UPDATE event_deliveries SET status = 'delivered', delivered_at = ?, \
-                     latency_ms = CASE id {cases} ELSE 0 END, lease_until = NULL, last_error = NULL, updated_at = ? \
+                    "UPDATE event_deliveries SET status = 'delivered', delivered_at = CASE id {cases} END, \
+                     latency_ms = CASE id {cases} ELSE 0 END, lease_until = NULL, last_error = NULL, \
+                     updated_at = CASE id {cases} END \
                      WHERE id IN ({}) AND lease_owner = ? AND COALESCE(status, '') = 'pending' RETURNING id",
                     sql::marks(chunk.len())
                 ),
@@ -60,7 +69,7 @@ pub async fn delivered_many(
     }
     Ok(claims
         .iter()
-        .map(|(claim, _)| held.contains(&claim.delivery_id))
+        .map(|(claim, _, _)| held.contains(&claim.delivery_id))
         .collect())
 }
 

@@ -485,7 +485,6 @@ impl Store {
         }
     }
 
-    /// The committed entry at `key`.
     /// The committed entry at `key` with the namespace's usage (keys, bytes).
     async fn read_with_usage(
         &self,
@@ -507,6 +506,7 @@ impl Store {
         }
     }
 
+    /// The committed entry at `key`.
     async fn read(&self, ns: &Namespace, key: &str) -> Result<Option<Entry>, KvError> {
         match self {
             Store::Database(db) => ns.get(db, key).await,

@@ -55,7 +55,7 @@ impl From<sea_orm::DbErr> for Refused {
 /// one key and has no finishing work has nothing to commit (a single read is consistent on its
 /// own); one that read several keys has them checked, in a transaction that writes nothing, so
 /// what it answered was one state. Work that writes commits on the database through the
-/// runtime's committer, together with the runs that finish meanwhile.
+/// runtime's committer, together with the runs that finish meanwhile (unless it emitted events).
 pub(super) async fn commit(
     services: &Services,
     committer: &Committer,
@@ -81,10 +81,12 @@ pub(super) async fn commit(
         }
     };
     let writes = finish.is_some() || txn.as_ref().is_some_and(Txn::writes);
-    if writes {
+    // A run that emitted events commits alone: recording them locks its chain's budget row,
+    // which a group would lock in no set order with its other members' chains.
+    if writes && emitted.is_empty() {
         return committer.commit(db, txn, finish, emitted, deadline).await;
     }
-    let result = commit_one(db, txn, None, &emitted, deadline).await;
+    let result = commit_one(db, txn, finish.as_deref(), &emitted, deadline).await;
     (result, emitted)
 }
 

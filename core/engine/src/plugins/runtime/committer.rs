@@ -9,7 +9,8 @@
 //! group have distinct namespaces; one whose namespace is already in the group waits for the next.
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use sea_orm::{DatabaseConnection, DatabaseTransaction, DbErr};
@@ -33,12 +34,25 @@ struct Member {
     emitted: Vec<Emitted>,
     deadline: Option<Instant>,
     reply: oneshot::Sender<Answer>,
+    /// Set once, by whichever comes first: the committer taking the member into a group, or
+    /// the run giving up waiting at its deadline. Taken by the committer, it waits for its
+    /// answer; given up, the committer leaves it out.
+    taken: Arc<AtomicBool>,
 }
 
 impl Member {
     fn answer(self, result: Result<(), Refused>) {
         // A member that stopped waiting (its task was cancelled) has nobody to tell.
         let _ = self.reply.send((result, self.emitted));
+    }
+
+    /// Takes the member for a commit, unless its run gave up or went away meanwhile.
+    fn take(&self) -> bool {
+        !self.reply.is_closed()
+            && self
+                .taken
+                .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
     }
 
     /// Commits this member in a transaction of its own.
@@ -55,14 +69,16 @@ impl Member {
     }
 }
 
-/// A runtime's committer: a task, started on first use, that takes what waits and commits it.
+/// A runtime's committer: a task, started on first use (and again should the async runtime
+/// that ran it have ended), that takes what waits and commits it.
 #[derive(Default)]
 pub(super) struct Committer {
-    queue: OnceLock<mpsc::UnboundedSender<Member>>,
+    queue: std::sync::Mutex<Option<mpsc::UnboundedSender<Member>>>,
 }
 
 impl Committer {
-    /// Commits a run's work with whatever else waits to commit on `db`.
+    /// Commits a run's work with whatever else waits to commit on `db`. A run whose deadline
+    /// passes before the committer takes it is answered `Late` and commits nothing.
     pub(super) async fn commit(
         &self,
         db: &DatabaseConnection,
@@ -71,30 +87,53 @@ impl Committer {
         emitted: Vec<Emitted>,
         deadline: Option<Instant>,
     ) -> Answer {
-        let queue = self.queue.get_or_init(|| {
-            let (queue, waiting) = mpsc::unbounded_channel();
-            tokio::spawn(run(db.clone(), waiting));
-            queue
-        });
-        let (reply, answer) = oneshot::channel();
+        let (reply, mut answer) = oneshot::channel();
+        let taken = Arc::new(AtomicBool::new(false));
         let member = Member {
             txn,
             finish,
             emitted,
             deadline,
             reply,
+            taken: taken.clone(),
         };
-        if let Err(refused) = queue.send(member) {
-            // The committer's task is gone with the async runtime that started it.
+        let sender = {
+            let mut queue = super::super::admission::lock(&self.queue);
+            match queue.as_ref() {
+                Some(sender) if !sender.is_closed() => sender.clone(),
+                _ => {
+                    let (sender, waiting) = mpsc::unbounded_channel();
+                    tokio::spawn(run(db.clone(), waiting));
+                    queue.insert(sender).clone()
+                }
+            }
+        };
+        if let Err(refused) = sender.send(member) {
             refused.0.alone(db).await;
         }
-        answer.await.unwrap_or_else(|_| {
-            (
-                Err(Refused::Failed("the committer stopped".into())),
-                Vec::new(),
-            )
-        })
+        if let Some(deadline) = deadline {
+            tokio::select! {
+                answered = &mut answer => return answered.unwrap_or_else(|_| stopped()),
+                () = tokio::time::sleep_until(deadline.into()) => {
+                    if taken
+                        .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+                        .is_ok()
+                    {
+                        return (Err(Refused::Late), Vec::new());
+                    }
+                }
+            }
+        }
+        answer.await.unwrap_or_else(|_| stopped())
     }
+}
+
+/// The answer when the committer went away without one.
+fn stopped() -> Answer {
+    (
+        Err(Refused::Failed("the committer stopped".into())),
+        Vec::new(),
+    )
 }
 
 /// Takes groups off the queue until every sender is gone.
@@ -114,11 +153,17 @@ async fn run(db: DatabaseConnection, mut queue: mpsc::UnboundedReceiver<Member>)
         let mut group = Vec::new();
         let mut later = VecDeque::new();
         while let Some(member) = waiting.pop_front() {
+            if !member.taken.load(Ordering::Acquire) && member.reply.is_closed() {
+                continue;
+            }
             let distinct = match &member.txn {
                 Some(txn) => !spaces.contains(&txn.ids()),
                 None => true,
             };
             if group.len() < MAX_GROUP && distinct {
+                if !member.take() {
+                    continue;
+                }
                 if let Some(txn) = &member.txn {
                     spaces.insert(txn.ids());
                 }
@@ -250,9 +295,12 @@ async fn together(
         .filter(|(i, _)| refused[*i].is_none())
         .filter_map(|(i, m)| Some((i, m.finish.as_ref()?.delivery()?)))
         .collect();
-    if let Some((_, first)) = marks.first() {
-        let claims: Vec<_> = marks.iter().map(|(_, d)| (d.claim, d.owner)).collect();
-        let held = events::delivered_many(tx, &claims, first.now)
+    if !marks.is_empty() {
+        let claims: Vec<_> = marks
+            .iter()
+            .map(|(_, d)| (d.claim, d.owner, d.now))
+            .collect();
+        let held = events::delivered_many(tx, &claims)
             .await
             .map_err(events_failed)?;
         let mut quotas: BTreeMap<(&str, &str, _), i64> = BTreeMap::new();
@@ -378,6 +426,49 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_run_whose_deadline_passes_while_it_waits_in_the_queue_commits_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = crate::db::test_sqlite(dir.path()).await.conn;
+        let store = Store::Database(db.clone());
+        let ns = |scope: &str| Namespace {
+            installation_id: "i".into(),
+            scope_id: scope.into(),
+            quota: KvQuota {
+                max_keys: 10,
+                max_bytes: 1_000,
+            },
+        };
+        let committer = Arc::new(Committer::default());
+        // The process's write turn is held elsewhere: the first run's commit waits for it.
+        let turn = crate::db::write_turn(&db).await;
+        let mut first = Txn::new(ns("a"));
+        first.increment(&store, "n", 1).await.unwrap();
+        let waiting = {
+            let (committer, db) = (committer.clone(), db.clone());
+            tokio::spawn(async move {
+                committer
+                    .commit(&db, Some(first), None, Vec::new(), None)
+                    .await
+            })
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        // The second queues behind it and gives up at its deadline.
+        let mut second = Txn::new(ns("b"));
+        second.increment(&store, "n", 1).await.unwrap();
+        let deadline = Instant::now() + std::time::Duration::from_millis(100);
+        let (told, _) = committer
+            .commit(&db, Some(second), None, Vec::new(), Some(deadline))
+            .await;
+        assert!(matches!(told, Err(Refused::Late)), "{told:?}");
+        drop(turn);
+        assert!(waiting.await.unwrap().0.is_ok());
+        // Let the committer pass over the one that gave up.
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert_eq!(store.get(&ns("a"), "n").await.unwrap().unwrap().value, b"1");
+        assert_eq!(store.get(&ns("b"), "n").await.unwrap(), None);
+    }
+
+    #[tokio::test]
     async fn a_group_commits_each_member_as_alone_and_one_whose_claim_was_lost_keeps_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let db = crate::db::test_sqlite(dir.path()).await.conn;
@@ -438,6 +529,7 @@ mod tests {
                 emitted: Vec::new(),
                 deadline: None,
                 reply,
+                taken: Arc::new(AtomicBool::new(true)),
             });
             answers.push(answer);
         }
