@@ -91,6 +91,30 @@ impl Query<'_> {
     }
 }
 
+/// Runs `statements` (SQL with `?` placeholders, and its values) in order on `db`; returns the
+/// rows they return. On SQLite they go as one multi-statement string: one hand-off to the
+/// connection's worker thread instead of one each (sqlx binds the values statement by
+/// statement, in order). PostgreSQL takes one statement at a time.
+pub async fn batch<T: FromQueryResult>(
+    db: &impl ConnectionTrait,
+    statements: Vec<(String, Vec<Value>)>,
+) -> Result<Vec<T>, DbErr> {
+    if statements.is_empty() {
+        return Ok(Vec::new());
+    }
+    if backend(db) == DbBackend::Sqlite {
+        let sql: Vec<&str> = statements.iter().map(|(sql, _)| sql.as_str()).collect();
+        let sql = sql.join(";\n");
+        let values = statements.into_iter().flat_map(|(_, values)| values);
+        return query(&sql, values).all(db).await;
+    }
+    let mut rows = Vec::new();
+    for (sql, values) in statements {
+        rows.extend(query(&sql, values).all::<T>(db).await?);
+    }
+    Ok(rows)
+}
+
 /// `n` placeholders separated by commas, for an `IN (…)` list of `n` values.
 pub fn marks(n: usize) -> String {
     vec!["?"; n].join(", ")

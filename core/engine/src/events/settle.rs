@@ -1,37 +1,35 @@
-//! Marking many claimed deliveries delivered at once, for a commit of several invocations.
+//! Marking many claimed deliveries delivered at once, for a commit of several invocations: the
+//! statements, which the commit runs with its other writes.
 //!
 //! Invariant: the same guard as one mark ([`super::delivered`]): a delivery moves to
-//! `delivered` only while still pending and leased to the dispatcher that ran it; the ones
-//! that were not come back as not held, and their invocations must commit nothing.
+//! `delivered` only while still pending and leased to the dispatcher that ran it; the ids the
+//! statements return are those it moved, and a commit that expected more must not keep them.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
-use sea_orm::{ConnectionTrait, FromQueryResult, Value};
+use sea_orm::{FromQueryResult, Value};
 
-use super::{Claimed, Error};
+use super::Claimed;
 use crate::db::sql::{self, Millis};
 
 /// Deliveries per statement (seven values each).
 const CHUNK: usize = 200;
 
-/// Marks each `(claim, owner, at)` delivered at its moment; returns, in order, whether its
-/// claim was still held (and so is marked now).
-pub async fn delivered_many(
-    db: &impl ConnectionTrait,
-    claims: &[(&Claimed, &str, DateTime<Utc>)],
-) -> Result<Vec<bool>, Error> {
-    #[derive(FromQueryResult)]
-    struct Marked {
-        id: String,
-    }
+/// A delivery a mark moved to `delivered`.
+#[derive(Debug, FromQueryResult)]
+pub struct Marked {
+    pub id: String,
+}
+
+/// The statements that mark each `(claim, owner, at)` delivered at its moment; they return the
+/// ids of the deliveries whose claim was still held (as [`Marked`] rows).
+pub fn delivered_many(claims: &[(&Claimed, &str, DateTime<Utc>)]) -> Vec<(String, Vec<Value>)> {
     let mut by_owner: BTreeMap<&str, Vec<(&Claimed, DateTime<Utc>)>> = BTreeMap::new();
     for (claim, owner, at) in claims {
         by_owner.entry(owner).or_default().push((claim, *at));
     }
-    // `COALESCE(status, '')`: the guard must not steer SQLite's planner to the status index
-    // (every pending delivery) when the ids name the rows.
-    let mut held = HashSet::new();
+    let mut statements = Vec::new();
     for (owner, claims) in by_owner {
         for chunk in claims.chunks(CHUNK) {
             let cases = vec!["WHEN ? THEN ?"; chunk.len()].join(" ");
@@ -52,8 +50,10 @@ pub async fn delivered_many(
                     .map(|(c, _)| Value::from(c.delivery_id.clone())),
             );
             values.push(owner.into());
-            let marked: Vec<Marked> = sql::query(
-                &format!(
+            // `COALESCE(status, '')`: the guard must not steer SQLite's planner to the status
+            // index (every pending delivery) when the ids name the rows.
+            statements.push((
+                format!(
                     "UPDATE event_deliveries SET status = 'delivered', delivered_at = CASE id {cases} END, \
                      latency_ms = CASE id {cases} ELSE 0 END, lease_until = NULL, last_error = NULL, \
                      updated_at = CASE id {cases} END \
@@ -61,33 +61,27 @@ pub async fn delivered_many(
                     sql::marks(chunk.len())
                 ),
                 values,
-            )
-            .all(db)
-            .await?;
-            held.extend(marked.into_iter().map(|m| m.id));
+            ));
         }
     }
-    Ok(claims
-        .iter()
-        .map(|(claim, _, _)| held.contains(&claim.delivery_id))
-        .collect())
+    statements
 }
 
-/// Settles `n` quota holds of (installation, merchant, day) as used: what [`super::settle_quota`]
-/// does `n` times, in one statement.
-pub async fn settle_delivered(
-    db: &impl ConnectionTrait,
+/// The statement that settles `n` quota holds of (installation, merchant, day) as used: what
+/// [`super::settle_quota`] does `n` times.
+pub fn settle_delivered(
     installation_id: &str,
     merchant_id: &str,
     day: DateTime<Utc>,
     n: i64,
-) -> Result<(), Error> {
+) -> (String, Vec<Value>) {
     // Each settlement takes one hold when there is one left: n of them take min(n, held).
-    sql::query(
+    (
         "UPDATE delivery_quota SET used = used + CASE WHEN held < ? THEN held ELSE ? END, \
          held = CASE WHEN held < ? THEN 0 ELSE held - ? END \
-         WHERE installation_id = ? AND merchant_id = ? AND day = ? AND held > 0",
-        [
+         WHERE installation_id = ? AND merchant_id = ? AND day = ? AND held > 0"
+            .to_owned(),
+        vec![
             n.into(),
             n.into(),
             n.into(),
@@ -97,7 +91,4 @@ pub async fn settle_delivered(
             Millis(day).into(),
         ],
     )
-    .execute(db)
-    .await?;
-    Ok(())
 }

@@ -202,9 +202,11 @@ async fn changed_reads(
     Ok(changed)
 }
 
-/// Applies the transactions that passed [`check`], with their plans: one upsert of the usage
-/// rows, one delete of the deleted keys and one upsert of the written ones, for all of them.
-pub async fn apply(tx: &DatabaseTransaction, kept: &[(&Txn, Plan)]) -> Result<(), DbErr> {
+/// The statements that apply the transactions that passed [`check`], with their plans: one
+/// upsert of the usage rows, one delete of the deleted keys and one upsert of the written ones,
+/// for all of them (more only past [`CHUNK`] rows). The caller runs them, with work of its own,
+/// through [`sql::batch`].
+pub fn apply(kept: &[(&Txn, Plan)]) -> Vec<(String, Vec<Value>)> {
     let mut usage = Vec::new();
     let mut deleted: Vec<(Ids, String)> = Vec::new();
     let mut written: Vec<(Ids, String, Entry)> = Vec::new();
@@ -228,6 +230,7 @@ pub async fn apply(tx: &DatabaseTransaction, kept: &[(&Txn, Plan)]) -> Result<()
             }
         }
     }
+    let mut statements = Vec::new();
     for chunk in usage.chunks(CHUNK) {
         let mut values = Vec::with_capacity(chunk.len() * 5);
         for ((installation, scope), (keys, bytes, last)) in chunk {
@@ -239,24 +242,24 @@ pub async fn apply(tx: &DatabaseTransaction, kept: &[(&Txn, Plan)]) -> Result<()
                 (*last).into(),
             ]);
         }
-        sql::query(
-            &format!(
+        statements.push((
+            format!(
                 "INSERT INTO plugin_kv_usage (installation_id, scope_id, keys, bytes, last_version) VALUES {} \
                  ON CONFLICT (installation_id, scope_id) DO UPDATE SET \
                  keys = excluded.keys, bytes = excluded.bytes, last_version = excluded.last_version",
                 rows(5, chunk.len())
             ),
             values,
-        )
-        .execute(tx)
-        .await?;
+        ));
     }
-    delete(tx, &deleted).await?;
-    upsert(tx, &written).await
+    statements.extend(delete(&deleted));
+    statements.extend(upsert(&written));
+    statements
 }
 
-/// Deletes the keys `(namespace, key)`.
-pub(super) async fn delete(tx: &DatabaseTransaction, keys: &[(Ids, String)]) -> Result<(), DbErr> {
+/// The statements that delete the keys `(namespace, key)`.
+pub(super) fn delete(keys: &[(Ids, String)]) -> Vec<(String, Vec<Value>)> {
+    let mut statements = Vec::new();
     for chunk in keys.chunks(CHUNK) {
         let mut values = Vec::with_capacity(chunk.len() * 3);
         for ((installation, scope), key) in chunk {
@@ -266,26 +269,22 @@ pub(super) async fn delete(tx: &DatabaseTransaction, keys: &[(Ids, String)]) -> 
                 key.clone().into(),
             ]);
         }
-        sql::query(
-            &format!(
+        statements.push((
+            format!(
                 "DELETE FROM plugin_kv WHERE (installation_id, scope_id, key) IN \
                  (WITH w (i, s, k) AS (VALUES {}) SELECT i, s, k FROM w)",
                 rows(3, chunk.len())
             ),
             values,
-        )
-        .execute(tx)
-        .await?;
+        ));
     }
-    Ok(())
+    statements
 }
 
-/// Writes the entries `(namespace, key, entry)` at their versions.
-pub(super) async fn upsert(
-    tx: &DatabaseTransaction,
-    entries: &[(Ids, String, Entry)],
-) -> Result<(), DbErr> {
+/// The statements that write the entries `(namespace, key, entry)` at their versions.
+pub(super) fn upsert(entries: &[(Ids, String, Entry)]) -> Vec<(String, Vec<Value>)> {
     let now = Utc::now();
+    let mut statements = Vec::new();
     for chunk in entries.chunks(CHUNK) {
         let mut values = Vec::with_capacity(chunk.len() * 6);
         for ((installation, scope), key, entry) in chunk {
@@ -298,20 +297,22 @@ pub(super) async fn upsert(
                 now.into(),
             ]);
         }
-        sql::query(
-            &format!(
+        statements.push((
+            format!(
                 "INSERT INTO plugin_kv (installation_id, scope_id, key, value, version, updated_at) VALUES {} \
                  ON CONFLICT (installation_id, scope_id, key) DO UPDATE SET \
                  value = excluded.value, version = excluded.version, updated_at = excluded.updated_at",
                 rows(6, chunk.len())
             ),
             values,
-        )
-        .execute(tx)
-        .await?;
+        ));
     }
-    Ok(())
+    statements
 }
+
+/// A statement's row, for statements that return none.
+#[derive(FromQueryResult)]
+pub struct NoRow {}
 
 impl Txn {
     /// The usage and version shift of this transaction's writes on top of `usage` (keys,
@@ -379,7 +380,7 @@ mod tests {
             .zip(&plans)
             .filter_map(|(t, p)| p.as_ref().ok().map(|p| (*t, *p)))
             .collect();
-        apply(&tx, &kept).await.unwrap();
+        sql::batch::<NoRow>(&tx, apply(&kept)).await.unwrap();
         tx.commit().await.unwrap();
         plans
             .into_iter()

@@ -550,8 +550,9 @@ impl Txn {
                 None => deleted.push((ids.clone(), key)),
             }
         }
-        group::delete(tx, &deleted).await?;
-        group::upsert(tx, &written).await?;
+        let mut statements = group::delete(&deleted);
+        statements.extend(group::upsert(&written));
+        sql::batch::<group::NoRow>(tx, statements).await?;
         Ok(())
     }
 

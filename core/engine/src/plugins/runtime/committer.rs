@@ -231,7 +231,17 @@ async fn commit_group(db: &DatabaseConnection, mut members: Vec<Member>) {
                 tracing::warn!(%rollback, "could not roll a group commit back");
             }
             drop(turn);
-            tracing::warn!(%error, members = members.len(), "a group commit failed; committing its members one by one");
+            match error {
+                Failed::ClaimLost => {
+                    tracing::debug!(
+                        members = members.len(),
+                        "a claim in a group was lost; committing its members one by one"
+                    );
+                }
+                Failed::Db(error) => {
+                    tracing::warn!(%error, members = members.len(), "a group commit failed; committing its members one by one");
+                }
+            }
             for member in members {
                 member.alone(db).await;
             }
@@ -259,20 +269,31 @@ fn finish_failed(error: FinishError) -> DbErr {
     }
 }
 
-fn events_failed(error: events::Error) -> DbErr {
-    match error {
-        events::Error::Db(e) => e,
-        other => DbErr::Custom(other.to_string()),
+/// Why a group could not commit as a whole; its members then commit one by one.
+#[derive(Debug)]
+enum Failed {
+    /// A delivery's claim passed to another dispatcher while its run ran: alone, that member is
+    /// told so and the others commit.
+    ClaimLost,
+    Db(DbErr),
+}
+
+impl From<DbErr> for Failed {
+    fn from(error: DbErr) -> Self {
+        Failed::Db(error)
     }
 }
 
-/// Writes the group inside `tx`: checks every member's reads and quota, marks the deliveries of
-/// those that passed, then applies their kv writes and the rest of their finishing work.
-/// Returns each member's result, or the database's error for the group as a whole.
+/// Writes the group inside `tx`: checks every member's reads and quota, then — in one batch of
+/// statements, a single hand-off on SQLite — applies the kv writes of those that passed, marks
+/// their deliveries delivered and settles their quota holds, then the rest of their finishing
+/// work. Returns each member's result, or the database's error for the group as a whole; a
+/// delivery whose claim was lost fails the group (rare: its lease ran out while it ran), which
+/// then commits one by one.
 async fn together(
     tx: &DatabaseTransaction,
     members: &[Member],
-) -> Result<Vec<Result<(), Refused>>, DbErr> {
+) -> Result<Vec<Result<(), Refused>>, Failed> {
     let mut refused: Vec<Option<Refused>> = members.iter().map(|_| None).collect();
     let with_txn: Vec<(usize, &Txn)> = members
         .iter()
@@ -280,51 +301,35 @@ async fn together(
         .filter_map(|(i, m)| m.txn.as_ref().map(|t| (i, t)))
         .collect();
     let txns: Vec<&Txn> = with_txn.iter().map(|(_, t)| *t).collect();
-    let mut plans = BTreeMap::new();
+    let mut kept = Vec::new();
     for ((i, txn), plan) in with_txn.iter().zip(kv::group::check(tx, &txns).await?) {
         match plan {
-            Ok(plan) => {
-                plans.insert(*i, (*txn, plan));
-            }
+            Ok(plan) => kept.push((*txn, plan)),
             Err(error) => refused[*i] = Some(Refused::from(error)),
         }
     }
-    let marks: Vec<(usize, super::super::Delivered<'_>)> = members
+    let marks: Vec<super::super::Delivered<'_>> = members
         .iter()
         .enumerate()
         .filter(|(i, _)| refused[*i].is_none())
-        .filter_map(|(i, m)| Some((i, m.finish.as_ref()?.delivery()?)))
+        .filter_map(|(_, m)| m.finish.as_ref()?.delivery())
         .collect();
-    if !marks.is_empty() {
-        let claims: Vec<_> = marks
-            .iter()
-            .map(|(_, d)| (d.claim, d.owner, d.now))
-            .collect();
-        let held = events::delivered_many(tx, &claims)
-            .await
-            .map_err(events_failed)?;
-        let mut quotas: BTreeMap<(&str, &str, _), i64> = BTreeMap::new();
-        for ((i, delivered), held) in marks.iter().zip(held) {
-            if !held {
-                refused[*i] = Some(Refused::Lost(
-                    "the delivery's claim passed to another dispatcher, which delivers it".into(),
-                ));
-            } else if let Some(quota) = delivered.quota {
-                *quotas.entry(quota).or_default() += 1;
-            }
-        }
-        for ((installation, merchant, day), n) in quotas {
-            events::settle_delivered(tx, installation, merchant, day, n)
-                .await
-                .map_err(events_failed)?;
+    let mut statements = kv::group::apply(&kept);
+    let claims: Vec<_> = marks.iter().map(|d| (d.claim, d.owner, d.now)).collect();
+    statements.extend(events::delivered_many(&claims));
+    let mut quotas: BTreeMap<(&str, &str, _), i64> = BTreeMap::new();
+    for delivered in &marks {
+        if let Some(quota) = delivered.quota {
+            *quotas.entry(quota).or_default() += 1;
         }
     }
-    let kept: Vec<_> = plans
-        .into_iter()
-        .filter(|(i, _)| refused[*i].is_none())
-        .map(|(_, kept)| kept)
-        .collect();
-    kv::group::apply(tx, &kept).await?;
+    for ((installation, merchant, day), n) in quotas {
+        statements.push(events::settle_delivered(installation, merchant, day, n));
+    }
+    let marked: Vec<events::Marked> = crate::db::sql::batch(tx, statements).await?;
+    if marked.len() != marks.len() {
+        return Err(Failed::ClaimLost);
+    }
     for (i, member) in members.iter().enumerate() {
         let Some(finish) = &member.finish else {
             continue;
