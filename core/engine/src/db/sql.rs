@@ -102,6 +102,17 @@ pub async fn batch<T: FromQueryResult>(
     if statements.is_empty() {
         return Ok(Vec::new());
     }
+    // sqlx-sqlite binds each statement's values from where the previous one stopped and does
+    // not compare counts: one value too many or too few would shift every later statement's.
+    debug_assert!(
+        statements
+            .iter()
+            .all(
+                |(sql, values)| placeholders(DbBackend::Postgres, sql).matches('$').count()
+                    == values.len()
+            ),
+        "a batched statement's values do not match its placeholders"
+    );
     if backend(db) == DbBackend::Sqlite {
         let sql: Vec<&str> = statements.iter().map(|(sql, _)| sql.as_str()).collect();
         let sql = sql.join(";\n");
