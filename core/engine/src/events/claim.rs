@@ -150,7 +150,7 @@ pub async fn bury_abandoned(
 }
 
 /// A (partner, merchant) with deliveries pending.
-#[derive(Debug, PartialEq, Eq, PartialOrd, Ord, FromQueryResult)]
+#[derive(FromQueryResult)]
 pub(super) struct Group {
     pub partner_id: String,
     pub merchant_id: Option<String>,

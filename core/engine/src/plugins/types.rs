@@ -272,19 +272,11 @@ pub trait Finish: Send + Sync {
     /// changed. Gives back what its emissions were charged.
     fn discard(&self) -> BoxFuture<'_, ()>;
 
-    /// The claimed delivery this work marks delivered, if any. A commit of several invocations
-    /// marks theirs together and then calls [`Finish::write_rest`] instead of [`Finish::write`].
+    /// The claimed delivery this work marks delivered, if that is all it writes for a run that
+    /// emitted nothing: such runs may commit in a group, which marks their deliveries together
+    /// instead of calling [`Finish::write`]. `None` (the default): the run commits alone.
     fn delivery(&self) -> Option<Delivered<'_>> {
         None
-    }
-
-    /// What [`Finish::write`] writes besides what [`Finish::delivery`] names.
-    fn write_rest<'a>(
-        &'a self,
-        tx: &'a DatabaseTransaction,
-        emitted: &'a [Emitted],
-    ) -> BoxFuture<'a, Result<(), FinishError>> {
-        self.write(tx, emitted)
     }
 }
 

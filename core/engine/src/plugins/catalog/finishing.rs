@@ -113,14 +113,6 @@ impl Finish for Recorder {
         })
     }
 
-    fn write_rest<'a>(
-        &'a self,
-        tx: &'a DatabaseTransaction,
-        emitted: &'a [Emitted],
-    ) -> BoxFuture<'a, Result<(), FinishError>> {
-        Box::pin(self.record(tx, emitted))
-    }
-
     fn write<'a>(
         &'a self,
         tx: &'a DatabaseTransaction,

@@ -82,8 +82,10 @@ pub(super) async fn commit(
     };
     let writes = finish.is_some() || txn.as_ref().is_some_and(Txn::writes);
     // A run that emitted events commits alone: recording them locks its chain's budget row,
-    // which a group would lock in no set order with its other members' chains.
-    if writes && emitted.is_empty() {
+    // which a group would lock in no set order with its other members' chains. So does one
+    // whose finishing work is more than a delivery's mark.
+    let groups = emitted.is_empty() && finish.as_ref().is_none_or(|f| f.delivery().is_some());
+    if writes && groups {
         return committer.commit(db, txn, finish, emitted, deadline).await;
     }
     let result = commit_one(db, txn, finish.as_deref(), &emitted, deadline).await;

@@ -17,7 +17,7 @@ use sea_orm::{DatabaseConnection, DatabaseTransaction, DbErr};
 use tokio::sync::{mpsc, oneshot};
 
 use super::super::kv::{self, Txn};
-use super::super::{Emitted, Finish, FinishError};
+use super::super::{Emitted, Finish};
 use super::commit::{self, Refused};
 use crate::events;
 
@@ -261,14 +261,6 @@ fn answer_late(members: Vec<Member>) -> Vec<Member> {
     rest
 }
 
-/// The database's failure in the finishing work, for the group to be committed one by one.
-fn finish_failed(error: FinishError) -> DbErr {
-    match error {
-        FinishError::Db(e) => e,
-        FinishError::Lost(why) => DbErr::Custom(why),
-    }
-}
-
 /// Why a group could not commit as a whole; its members then commit one by one.
 #[derive(Debug)]
 enum Failed {
@@ -286,8 +278,8 @@ impl From<DbErr> for Failed {
 
 /// Writes the group inside `tx`: checks every member's reads and quota, then — in one batch of
 /// statements, a single hand-off on SQLite — applies the kv writes of those that passed, marks
-/// their deliveries delivered and settles their quota holds, then the rest of their finishing
-/// work. Returns each member's result, or the database's error for the group as a whole; a
+/// their deliveries delivered and settles their quota holds (all the finishing work a member of
+/// a group has: see [`Finish::delivery`]). Returns each member's result, or the database's error for the group as a whole; a
 /// delivery whose claim was lost fails the group (rare: its lease ran out while it ran), which
 /// then commits one by one.
 async fn together(
@@ -330,20 +322,6 @@ async fn together(
     if marked.len() != marks.len() {
         return Err(Failed::ClaimLost);
     }
-    for (i, member) in members.iter().enumerate() {
-        let Some(finish) = &member.finish else {
-            continue;
-        };
-        if refused[i].is_some() {
-            continue;
-        }
-        let written = if finish.delivery().is_some() {
-            finish.write_rest(tx, &member.emitted).await
-        } else {
-            finish.write(tx, &member.emitted).await
-        };
-        written.map_err(finish_failed)?;
-    }
     Ok(refused
         .into_iter()
         .map(|r| match r {
@@ -360,7 +338,7 @@ mod tests {
     use chrono::{Duration, Utc};
     use sea_orm::ConnectionTrait;
 
-    use super::super::super::{BoxFuture, Delivered};
+    use super::super::super::{BoxFuture, Delivered, FinishError};
     use super::*;
     use crate::db::sql;
     use crate::events::{Claimed, Limits, NewEvent, Room};
@@ -404,14 +382,6 @@ mod tests {
                 quota: None,
                 now: Utc::now(),
             })
-        }
-
-        fn write_rest<'a>(
-            &'a self,
-            _: &'a DatabaseTransaction,
-            _: &'a [Emitted],
-        ) -> BoxFuture<'a, Result<(), FinishError>> {
-            Box::pin(async { Ok(()) })
         }
     }
 
