@@ -544,11 +544,15 @@ impl Runtime {
                 state.cpu.demoted = true;
                 hog_flag.mark();
             }
+            // One holding its namespace's turn runs on without waiting for the lane: the lane's
+            // place may be held by another invocation of the installation that waits for this
+            // very turn, and neither would move until the wall clock stopped both.
+            let wait = demote && !matches!(state.turn, Turn::Held { .. });
             let heavy = heavy.clone();
             Ok(UpdateDeadline::YieldCustom(
                 1,
                 Box::pin(async move {
-                    if demote {
+                    if wait {
                         if let Ok(permit) = heavy.acquire_owned().await {
                             *lock(&slot) = Some(permit);
                         }
