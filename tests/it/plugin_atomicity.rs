@@ -192,10 +192,9 @@ async fn racing_read_modify_writes_lose_no_update() {
         let (root, merchant, _) = set_up(&engine, &db.url()).await;
         let route = format!("/api/v1/merchants/{merchant}/plugins/{ATOMIC}/count");
         // Each request reads the counter and swaps in one more, with no retry of its own; the
-        // engine runs again whichever lost the race at commit. Twelve: one namespace's runs
-        // take turns, and on a loaded machine the last of more could wait past its wall time.
+        // engine runs again whichever lost the race at commit.
         let mut racing = Vec::new();
-        for _ in 0..12 {
+        for _ in 0..24 {
             let root = root.clone();
             let route = route.clone();
             racing.push(tokio::spawn(
