@@ -5,9 +5,11 @@
 //! WAL, a busy timeout), and both engines run the same migrations from `trellis-migrations`.
 //! A transaction from [`Db::begin_durable`] is on disk when its commit returns, on both engines;
 //! other SQLite commits may be lost to a power cut (never corrupted): see `docs/benchmarks.md`.
-//! Raw SQL goes through [`sql`]; tables with sea-orm entities through [`entity`].
+//! Raw SQL goes through [`sql`] (a SQLite commit in two hand-offs through [`held`]); tables with
+//! sea-orm entities through [`entity`].
 
 pub mod entity;
+pub mod held;
 pub mod recent;
 pub mod sql;
 

@@ -33,7 +33,7 @@ pub use log::{
     deliveries_after, delivery, recorded, redeliver,
 };
 pub use outbox::Outbox;
-pub use settle::{Marked, delivered_many, settle_delivered};
+pub use settle::{Marked, delivered_many, settle_delivered, still_held};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

@@ -102,6 +102,19 @@ pub async fn batch<T: FromQueryResult>(
     if statements.is_empty() {
         return Ok(Vec::new());
     }
+    if backend(db) == DbBackend::Sqlite {
+        let (sql, values) = joined(statements);
+        return query(&sql, values).all(db).await;
+    }
+    let mut rows = Vec::new();
+    for (sql, values) in statements {
+        rows.extend(query(&sql, values).all::<T>(db).await?);
+    }
+    Ok(rows)
+}
+
+/// Statements as one multi-statement text for SQLite, with their values in order.
+pub fn joined(statements: Vec<(String, Vec<Value>)>) -> (String, Vec<Value>) {
     // sqlx-sqlite binds each statement's values from where the previous one stopped and does
     // not compare counts: one value too many or too few would shift every later statement's.
     debug_assert!(
@@ -113,17 +126,13 @@ pub async fn batch<T: FromQueryResult>(
             ),
         "a batched statement's values do not match its placeholders"
     );
-    if backend(db) == DbBackend::Sqlite {
-        let sql: Vec<&str> = statements.iter().map(|(sql, _)| sql.as_str()).collect();
-        let sql = sql.join(";\n");
-        let values = statements.into_iter().flat_map(|(_, values)| values);
-        return query(&sql, values).all(db).await;
-    }
-    let mut rows = Vec::new();
-    for (sql, values) in statements {
-        rows.extend(query(&sql, values).all::<T>(db).await?);
-    }
-    Ok(rows)
+    let sql: Vec<&str> = statements.iter().map(|(sql, _)| sql.as_str()).collect();
+    let sql = sql.join(";\n");
+    let values = statements
+        .into_iter()
+        .flat_map(|(_, values)| values)
+        .collect();
+    (sql, values)
 }
 
 /// `n` placeholders separated by commas, for an `IN (…)` list of `n` values.

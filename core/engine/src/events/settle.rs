@@ -16,7 +16,12 @@ use crate::db::sql::{self, Millis};
 /// Deliveries per statement (seven values each).
 const CHUNK: usize = 200;
 
-/// A delivery a mark moved to `delivered`.
+/// The guard of a mark: the delivery is still pending and leased to `?`, the owner.
+/// `COALESCE(status, '')`: the guard must not steer SQLite's planner to the status index
+/// (every pending delivery) when the ids name the rows.
+const STILL_HELD: &str = "lease_owner = ? AND COALESCE(status, '') = 'pending'";
+
+/// A delivery a mark moved to `delivered`, or one still held (see [`still_held`]).
 #[derive(Debug, FromQueryResult)]
 pub struct Marked {
     pub id: String,
@@ -50,14 +55,40 @@ pub fn delivered_many(claims: &[(&Claimed, &str, DateTime<Utc>)]) -> Vec<(String
                     .map(|(c, _)| Value::from(c.delivery_id.clone())),
             );
             values.push(owner.into());
-            // `COALESCE(status, '')`: the guard must not steer SQLite's planner to the status
-            // index (every pending delivery) when the ids name the rows.
             statements.push((
                 format!(
                     "UPDATE event_deliveries SET status = 'delivered', delivered_at = CASE id {cases} END, \
                      latency_ms = CASE id {cases} ELSE 0 END, lease_until = NULL, last_error = NULL, \
                      updated_at = CASE id {cases} END \
-                     WHERE id IN ({}) AND lease_owner = ? AND COALESCE(status, '') = 'pending' RETURNING id",
+                     WHERE id IN ({}) AND {STILL_HELD} RETURNING id",
+                    sql::marks(chunk.len())
+                ),
+                values,
+            ));
+        }
+    }
+    statements
+}
+
+/// The statements that read which of the `(claim, owner)` pairs are still held, by the guard of
+/// [`delivered_many`]: rows `'c' AS what, id`. Under SQLite's write lock, what they find is what
+/// the marks will move.
+pub fn still_held(claims: &[(&Claimed, &str)]) -> Vec<(String, Vec<Value>)> {
+    let mut by_owner: BTreeMap<&str, Vec<&Claimed>> = BTreeMap::new();
+    for (claim, owner) in claims {
+        by_owner.entry(owner).or_default().push(claim);
+    }
+    let mut statements = Vec::new();
+    for (owner, claims) in by_owner {
+        for chunk in claims.chunks(CHUNK) {
+            let mut values: Vec<Value> = chunk
+                .iter()
+                .map(|c| Value::from(c.delivery_id.clone()))
+                .collect();
+            values.push(owner.into());
+            statements.push((
+                format!(
+                    "SELECT 'c' AS what, id FROM event_deliveries WHERE id IN ({}) AND {STILL_HELD}",
                     sql::marks(chunk.len())
                 ),
                 values,

@@ -15,6 +15,7 @@ use chrono::Utc;
 use sea_orm::{DatabaseTransaction, DbBackend, DbErr, FromQueryResult, Value};
 
 use super::{Entry, KvError, Txn, version_of};
+use crate::db::held;
 use crate::db::sql::{self, RowLock};
 
 /// Rows per statement: under both engines' limits on bound values (6 values a row).
@@ -63,143 +64,178 @@ pub async fn check(
     tx: &DatabaseTransaction,
     txns: &[&Txn],
 ) -> Result<Vec<Result<Plan, KvError>>, DbErr> {
-    let mut spaces: BTreeSet<Ids> = BTreeSet::new();
-    let mut twice = vec![false; txns.len()];
-    for (i, txn) in txns.iter().enumerate() {
-        twice[i] = !spaces.insert(txn.ids());
+    if sql::backend(tx) == DbBackend::Postgres {
+        insert_missing_usage(tx, txns).await?;
     }
-    let usage = lock_usage(tx, txns, &spaces).await?;
-    let changed = changed_reads(tx, txns).await?;
-    let mut plans = Vec::with_capacity(txns.len());
-    for (i, txn) in txns.iter().enumerate() {
-        if twice[i] {
-            plans.push(Err(KvError::Contention(
-                "a namespace committed twice in one group".into(),
-            )));
-            continue;
+    let lock = sql::for_update(tx, RowLock::Wait);
+    let mut usage = Vec::new();
+    for (statement, values) in usage_reads(txns, lock) {
+        usage.extend(sql::query(&statement, values).all::<UsageRow>(tx).await?);
+    }
+    let mut versions = Vec::new();
+    for (statement, values) in version_reads(txns) {
+        versions.extend(sql::query(&statement, values).all::<VersionRow>(tx).await?);
+    }
+    let mut plans = judged(txns, usage, versions);
+    for (txn, plan) in txns.iter().zip(plans.iter_mut()) {
+        if plan.is_ok() {
+            match txn.check_ranges_in(tx).await {
+                Ok(()) => {}
+                Err(KvError::Db(e)) => return Err(e),
+                Err(other) => *plan = Err(other),
+            }
         }
-        if let Some(key) = changed.get(&i) {
-            plans.push(Err(KvError::Changed(key.clone())));
-            continue;
-        }
-        let plan = match txn.check_ranges_in(tx).await {
-            Ok(()) => txn.plan(usage.get(&txn.ids()).copied().unwrap_or_default()),
-            Err(KvError::Db(e)) => return Err(e),
-            Err(other) => Err(other),
-        };
-        plans.push(plan);
     }
     Ok(plans)
 }
 
-/// Locks the usage rows of the group's namespaces in key order (creating the missing ones of
-/// writers on PostgreSQL, so that there is a row to lock) and reads them.
-async fn lock_usage(
-    tx: &DatabaseTransaction,
+/// The statements that read, for [`judge`], what [`check`] reads: the namespaces' usage rows
+/// and the versions of every key read, each row named by its `what` column. For a SQLite
+/// write transaction, whose write lock keeps them as read until it ends; the transactions must
+/// not have listed ranges ([`Txn::listed`]).
+pub fn reads(txns: &[&Txn]) -> Vec<(String, Vec<Value>)> {
+    let mut statements = usage_reads(txns, "");
+    statements.extend(version_reads(txns));
+    statements
+}
+
+/// Each transaction's plan or why it is left out, from the rows of [`reads`].
+pub fn judge(
     txns: &[&Txn],
-    spaces: &BTreeSet<Ids>,
-) -> Result<BTreeMap<Ids, (i64, i64, i64)>, DbErr> {
-    let postgres = sql::backend(tx) == DbBackend::Postgres;
+    rows: &[sea_orm::QueryResult],
+) -> Result<Vec<Result<Plan, KvError>>, DbErr> {
+    let (mut usage, mut versions) = (Vec::new(), Vec::new());
+    for row in rows {
+        match held::what(row)?.as_str() {
+            "u" => usage.push(held::row::<UsageRow>(row)?),
+            "v" => versions.push(held::row::<VersionRow>(row)?),
+            _ => {}
+        }
+    }
+    Ok(judged(txns, usage, versions))
+}
+
+/// Creates the missing usage rows of writers (PostgreSQL), so that there is a row to lock.
+async fn insert_missing_usage(tx: &DatabaseTransaction, txns: &[&Txn]) -> Result<(), DbErr> {
     let writers: BTreeSet<Ids> = txns
         .iter()
         .filter(|t| t.writes())
         .map(|t| t.ids())
         .collect();
-    let spaces: Vec<&Ids> = spaces.iter().collect();
     let writers: Vec<&Ids> = writers.iter().collect();
-    let mut usage = BTreeMap::new();
-    if postgres {
-        for chunk in writers.chunks(CHUNK) {
-            let values = chunk
-                .iter()
-                .flat_map(|(i, s)| [Value::from(i.clone()), s.clone().into()]);
-            sql::query(
-                &format!(
-                    "INSERT INTO plugin_kv_usage (installation_id, scope_id, keys, bytes, last_version) \
-                     SELECT i, s, 0, 0, 0 FROM (VALUES {}) AS w (i, s) ORDER BY i, s \
-                     ON CONFLICT (installation_id, scope_id) DO NOTHING",
-                    rows(2, chunk.len())
-                ),
-                values,
-            )
-            .execute(tx)
-            .await?;
-        }
-    }
-    let lock = sql::for_update(tx, RowLock::Wait);
-    for chunk in spaces.chunks(CHUNK) {
+    for chunk in writers.chunks(CHUNK) {
         let values = chunk
             .iter()
             .flat_map(|(i, s)| [Value::from(i.clone()), s.clone().into()]);
-        let found: Vec<UsageRow> = sql::query(
+        sql::query(
             &format!(
-                "SELECT installation_id, scope_id, keys, bytes, last_version FROM plugin_kv_usage \
-                 WHERE (installation_id, scope_id) IN \
-                 (WITH w (i, s) AS (VALUES {}) SELECT i, s FROM w) \
-                 ORDER BY installation_id, scope_id{lock}",
+                "INSERT INTO plugin_kv_usage (installation_id, scope_id, keys, bytes, last_version) \
+                 SELECT i, s, 0, 0, 0 FROM (VALUES {}) AS w (i, s) ORDER BY i, s \
+                 ON CONFLICT (installation_id, scope_id) DO NOTHING",
                 rows(2, chunk.len())
             ),
             values,
         )
-        .all(tx)
+        .execute(tx)
         .await?;
-        for row in found {
-            usage.insert(
-                (row.installation_id, row.scope_id),
-                (row.keys, row.bytes, row.last_version),
-            );
-        }
     }
-    Ok(usage)
+    Ok(())
 }
 
-/// The first key each transaction read that is no longer as it read it, by index.
-async fn changed_reads(
-    tx: &DatabaseTransaction,
-    txns: &[&Txn],
-) -> Result<BTreeMap<usize, String>, DbErr> {
+/// The statements that read (and with `lock`, lock) the usage rows of the group's namespaces,
+/// in key order.
+fn usage_reads(txns: &[&Txn], lock: &str) -> Vec<(String, Vec<Value>)> {
+    let spaces: BTreeSet<Ids> = txns.iter().map(|t| t.ids()).collect();
+    let spaces: Vec<&Ids> = spaces.iter().collect();
+    spaces
+        .chunks(CHUNK)
+        .map(|chunk| {
+            let values = chunk
+                .iter()
+                .flat_map(|(i, s)| [Value::from(i.clone()), s.clone().into()])
+                .collect();
+            let statement = format!(
+                "SELECT 'u' AS what, installation_id, scope_id, keys, bytes, last_version \
+                 FROM plugin_kv_usage WHERE (installation_id, scope_id) IN \
+                 (WITH w (i, s) AS (VALUES {}) SELECT i, s FROM w) \
+                 ORDER BY installation_id, scope_id{lock}",
+                rows(2, chunk.len())
+            );
+            (statement, values)
+        })
+        .collect()
+}
+
+/// The statements that read the committed versions of every key the transactions read.
+fn version_reads(txns: &[&Txn]) -> Vec<(String, Vec<Value>)> {
     let wanted: Vec<(usize, &str)> = txns
         .iter()
         .enumerate()
         .flat_map(|(i, t)| t.read_keys().map(move |k| (i, k)))
         .collect();
-    let mut now: BTreeMap<(Ids, String), u64> = BTreeMap::new();
-    for chunk in wanted.chunks(CHUNK) {
-        let mut values = Vec::with_capacity(chunk.len() * 3);
-        for (i, key) in chunk {
-            let (installation, scope) = txns[*i].ids();
-            values.extend([installation.into(), scope.into(), Value::from(*key)]);
-        }
-        let found: Vec<VersionRow> = sql::query(
-            &format!(
-                "SELECT installation_id, scope_id, key, version FROM plugin_kv \
+    wanted
+        .chunks(CHUNK)
+        .map(|chunk| {
+            let mut values = Vec::with_capacity(chunk.len() * 3);
+            for (i, key) in chunk {
+                let (installation, scope) = txns[*i].ids();
+                values.extend([installation.into(), scope.into(), Value::from(*key)]);
+            }
+            let statement = format!(
+                "SELECT 'v' AS what, installation_id, scope_id, key, version FROM plugin_kv \
                  WHERE (installation_id, scope_id, key) IN \
                  (WITH w (i, s, k) AS (VALUES {}) SELECT i, s, k FROM w)",
                 rows(3, chunk.len())
-            ),
-            values,
-        )
-        .all(tx)
-        .await?;
-        for row in found {
-            now.insert(
-                ((row.installation_id, row.scope_id), row.key),
-                version_of(row.version),
             );
-        }
-    }
-    let mut changed = BTreeMap::new();
-    for (i, key) in wanted {
-        if changed.contains_key(&i) {
-            continue;
-        }
-        let txn = txns[i];
-        let committed = now.get(&(txn.ids(), key.to_owned())).copied();
-        if committed != txn.read_version(key) {
-            changed.insert(i, key.to_owned());
-        }
-    }
-    Ok(changed)
+            (statement, values)
+        })
+        .collect()
+}
+
+/// Each transaction's plan from the usage rows and committed versions read: left out when its
+/// namespace came earlier in the group, when a key it read changed, or when its writes would
+/// pass its quota. Ranges are checked by the caller.
+fn judged(
+    txns: &[&Txn],
+    usage: Vec<UsageRow>,
+    versions: Vec<VersionRow>,
+) -> Vec<Result<Plan, KvError>> {
+    let usage: BTreeMap<Ids, (i64, i64, i64)> = usage
+        .into_iter()
+        .map(|r| {
+            (
+                (r.installation_id, r.scope_id),
+                (r.keys, r.bytes, r.last_version),
+            )
+        })
+        .collect();
+    let now: BTreeMap<(Ids, String), u64> = versions
+        .into_iter()
+        .map(|r| {
+            (
+                ((r.installation_id, r.scope_id), r.key),
+                version_of(r.version),
+            )
+        })
+        .collect();
+    let mut spaces: BTreeSet<Ids> = BTreeSet::new();
+    txns.iter()
+        .map(|txn| {
+            let ids = txn.ids();
+            if !spaces.insert(ids.clone()) {
+                return Err(KvError::Contention(
+                    "a namespace committed twice in one group".into(),
+                ));
+            }
+            for key in txn.read_keys() {
+                let committed = now.get(&(ids.clone(), key.to_owned())).copied();
+                if committed != txn.read_version(key) {
+                    return Err(KvError::Changed(key.to_owned()));
+                }
+            }
+            txn.plan(usage.get(&ids).copied().unwrap_or_default())
+        })
+        .collect()
 }
 
 /// The statements that apply the transactions that passed [`check`], with their plans: one

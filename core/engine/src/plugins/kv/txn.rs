@@ -565,6 +565,11 @@ impl Txn {
         &self.ns
     }
 
+    /// Whether this transaction listed a range (whose check [`group::reads`] leaves out).
+    pub fn listed(&self) -> bool {
+        !self.ranges.is_empty()
+    }
+
     /// The keys this transaction read from the committed state.
     pub(super) fn read_keys(&self) -> impl Iterator<Item = &str> {
         self.reads.keys().map(String::as_str)

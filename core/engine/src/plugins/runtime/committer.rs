@@ -10,15 +10,17 @@
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Instant;
 
-use sea_orm::{DatabaseConnection, DatabaseTransaction, DbErr};
+use sea_orm::{DatabaseConnection, DatabaseTransaction, DbBackend, DbErr, Value};
 use tokio::sync::{mpsc, oneshot};
 
 use super::super::kv::{self, Txn};
 use super::super::{Emitted, Finish};
 use super::commit::{self, Refused};
+use crate::db::held::{self, HeldWrite, Kept};
+use crate::db::sql;
 use crate::events;
 
 /// Most members of one group.
@@ -74,6 +76,19 @@ impl Member {
 #[derive(Default)]
 pub(super) struct Committer {
     queue: std::sync::Mutex<Option<mpsc::UnboundedSender<Member>>>,
+    /// Commits in flight, in callers and in the committer's task.
+    in_flight: Arc<AtomicUsize>,
+    /// The SQLite connection commits take in turns.
+    kept: Kept,
+}
+
+/// One commit in flight, counted while it lives (dropped with a caller that went away too).
+struct InFlight(Arc<AtomicUsize>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl Committer {
@@ -97,13 +112,30 @@ impl Committer {
             reply,
             taken: taken.clone(),
         };
+        // With no commit in flight there is nobody to group with: the caller commits at once,
+        // without the hop to the committer's task. Those that finish meanwhile queue there and
+        // go together next.
+        if self
+            .in_flight
+            .compare_exchange(0, 1, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            let _in_flight = InFlight(self.in_flight.clone());
+            commit_group(db, &self.kept, vec![member]).await;
+            return answer.await.unwrap_or_else(|_| stopped());
+        }
         let sender = {
             let mut queue = super::super::admission::lock(&self.queue);
             match queue.as_ref() {
                 Some(sender) if !sender.is_closed() => sender.clone(),
                 _ => {
                     let (sender, waiting) = mpsc::unbounded_channel();
-                    tokio::spawn(run(db.clone(), waiting));
+                    tokio::spawn(run(
+                        db.clone(),
+                        self.kept.clone(),
+                        waiting,
+                        self.in_flight.clone(),
+                    ));
                     queue.insert(sender).clone()
                 }
             }
@@ -137,7 +169,12 @@ fn stopped() -> Answer {
 }
 
 /// Takes groups off the queue until every sender is gone.
-async fn run(db: DatabaseConnection, mut queue: mpsc::UnboundedReceiver<Member>) {
+async fn run(
+    db: DatabaseConnection,
+    kept: Kept,
+    mut queue: mpsc::UnboundedReceiver<Member>,
+    in_flight: Arc<AtomicUsize>,
+) {
     let mut waiting: VecDeque<Member> = VecDeque::new();
     loop {
         if waiting.is_empty() {
@@ -173,12 +210,23 @@ async fn run(db: DatabaseConnection, mut queue: mpsc::UnboundedReceiver<Member>)
             }
         }
         waiting = later;
-        commit_group(&db, group).await;
+        in_flight.fetch_add(1, Ordering::AcqRel);
+        let _in_flight = InFlight(in_flight.clone());
+        commit_group(&db, &kept, group).await;
     }
 }
 
 /// Commits a group, answering each member.
-async fn commit_group(db: &DatabaseConnection, mut members: Vec<Member>) {
+async fn commit_group(db: &DatabaseConnection, kept: &Kept, mut members: Vec<Member>) {
+    if members.is_empty() {
+        return;
+    }
+    let listed = members
+        .iter()
+        .any(|m| m.txn.as_ref().is_some_and(Txn::listed));
+    if sql::backend(db) == DbBackend::Sqlite && !listed {
+        return commit_held(db, kept, members).await;
+    }
     if members.len() == 1 {
         if let Some(member) = members.pop() {
             member.alone(db).await;
@@ -250,6 +298,142 @@ async fn commit_group(db: &DatabaseConnection, mut members: Vec<Member>) {
 }
 
 /// Answers the members whose deadline passed; returns the others.
+/// A group's commit on SQLite in two hand-offs (`db::held`): what every member read, the
+/// namespaces' usage and whether each claim is still held ride with `BEGIN IMMEDIATE`; the
+/// writes of the members that pass ride with `COMMIT`. SQLite's write lock, held from `BEGIN`,
+/// keeps anything else from writing in between, so what the first batch found is what the
+/// second writes over, and a lost claim leaves out only its own member.
+async fn commit_held(db: &DatabaseConnection, kept: &Kept, mut members: Vec<Member>) {
+    let mut statements = {
+        let txns: Vec<&Txn> = members.iter().filter_map(|m| m.txn.as_ref()).collect();
+        kv::group::reads(&txns)
+    };
+    let claims: Vec<(&events::Claimed, &str)> = members
+        .iter()
+        .filter_map(|m| m.finish.as_ref()?.delivery())
+        .map(|d| (d.claim, d.owner))
+        .collect();
+    statements.extend(events::still_held(&claims));
+    // Polled in turns with the members' deadlines, so that members whose deadline passes
+    // meanwhile are answered while it waits for the write lock; dropped halfway (nobody waits
+    // any more), its connection is closed, which rolls it back.
+    let mut begin = std::pin::pin!(async {
+        let turn = crate::db::write_turn(db).await;
+        (turn, HeldWrite::begin(db, kept, statements).await)
+    });
+    let begun = loop {
+        let earliest = members.iter().filter_map(|m| m.deadline).min();
+        let begun = match earliest {
+            Some(at) => tokio::time::timeout_at(at.into(), &mut begin).await.ok(),
+            None => Some((&mut begin).await),
+        };
+        members = answer_late(members);
+        if let Some(begun) = begun {
+            break begun;
+        }
+        if members.is_empty() {
+            return;
+        }
+    };
+    let (turn, held, rows) = match begun {
+        (turn, Ok((held, rows))) => (turn, held, rows),
+        (_, Err(error)) => return fail_all(members, &error.to_string()),
+    };
+    let (results, writes, marks) = match judge_held(&members, &rows) {
+        Ok(judged) => judged,
+        Err(error) => {
+            held.rollback().await;
+            drop(turn);
+            return fail_all(members, &error.to_string());
+        }
+    };
+    match held.commit(writes).await {
+        Ok(rows) => {
+            drop(turn);
+            // The commit's only rows are the ids its marks moved.
+            let marked = rows.len();
+            if marked != marks {
+                // Cannot happen under the write lock; were it to, say so loudly.
+                tracing::error!(
+                    marked,
+                    expected = marks,
+                    "a group commit marked other deliveries than it found held"
+                );
+            }
+            for (member, result) in members.into_iter().zip(results) {
+                member.answer(result);
+            }
+        }
+        Err(error) => {
+            drop(turn);
+            tracing::warn!(%error, members = members.len(), "a group commit failed; committing its members one by one");
+            for member in members {
+                member.alone(db).await;
+            }
+        }
+    }
+}
+
+/// What each member is told, the statements that write those that pass, the marks among them.
+type Judged = (Vec<Result<(), Refused>>, Vec<(String, Vec<Value>)>, usize);
+
+/// What each member of a held group is told, the statements that write the members that
+/// pass, and how many deliveries those statements mark, from the rows of the first batch.
+fn judge_held(members: &[Member], rows: &[sea_orm::QueryResult]) -> Result<Judged, DbErr> {
+    let mut held_ids = HashSet::new();
+    for row in rows {
+        if held::what(row)? == "c" {
+            held_ids.insert(held::row::<events::Marked>(row)?.id);
+        }
+    }
+    let txns: Vec<&Txn> = members.iter().filter_map(|m| m.txn.as_ref()).collect();
+    let mut plans = kv::group::judge(&txns, rows)?.into_iter();
+    let mut results = Vec::with_capacity(members.len());
+    let mut kept = Vec::new();
+    let mut marks = Vec::new();
+    for member in members {
+        let plan = member
+            .txn
+            .as_ref()
+            .and_then(|txn| Some((txn, plans.next()?)));
+        let delivery = member.finish.as_ref().and_then(|f| f.delivery());
+        let lost = delivery
+            .as_ref()
+            .is_some_and(|d| !held_ids.contains(&d.claim.delivery_id));
+        let result = match plan {
+            Some((_, Err(error))) => Err(Refused::from(error)),
+            _ if lost => Err(Refused::Lost(
+                "the delivery's claim passed to another dispatcher, which delivers it".into(),
+            )),
+            plan => {
+                kept.extend(plan.and_then(|(txn, plan)| Some((txn, plan.ok()?))));
+                marks.extend(delivery);
+                Ok(())
+            }
+        };
+        results.push(result);
+    }
+    let mut statements = kv::group::apply(&kept);
+    let claims: Vec<_> = marks.iter().map(|d| (d.claim, d.owner, d.now)).collect();
+    statements.extend(events::delivered_many(&claims));
+    let mut quotas: BTreeMap<(&str, &str, _), i64> = BTreeMap::new();
+    for delivered in &marks {
+        if let Some(quota) = delivered.quota {
+            *quotas.entry(quota).or_default() += 1;
+        }
+    }
+    for ((installation, merchant, day), n) in quotas {
+        statements.push(events::settle_delivered(installation, merchant, day, n));
+    }
+    Ok((results, statements, marks.len()))
+}
+
+fn fail_all(members: Vec<Member>, error: &str) {
+    for member in members {
+        member.answer(Err(Refused::Failed(error.to_owned())));
+    }
+}
+
 fn answer_late(members: Vec<Member>) -> Vec<Member> {
     let now = Instant::now();
     let (late, rest): (Vec<_>, Vec<_>) = members
@@ -508,7 +692,7 @@ mod tests {
             });
             answers.push(answer);
         }
-        commit_group(&db, members).await;
+        commit_group(&db, &Kept::default(), members).await;
         let mut told = Vec::new();
         for answer in answers {
             told.push(answer.await.unwrap().0);
