@@ -27,7 +27,7 @@ async fn kv_versions_quotas_listing_and_isolation_hold_on_every_database() {
         };
         let conn = Database::connect(url).await.unwrap();
         trellis_migrations::Migrator::up(&conn, None).await.unwrap();
-        exercise(&Store::Database(conn.clone()), db.label()).await;
+        exercise(&Store::database(conn.clone()), db.label()).await;
     }
 }
 

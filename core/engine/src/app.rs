@@ -296,7 +296,7 @@ pub fn catalog(
     let plugins = plugin_runtime(
         RuntimeOptions::from_config(&config.plugins),
         db,
-        kv::Store::Database(db.conn.clone()),
+        kv::Store::database(db.conn.clone()),
         vault,
         config.alipay.gateway_policy(),
         themes,

@@ -236,7 +236,7 @@ impl Harness {
         let kv = if options.kv_in_memory {
             crate::plugins::kv::Store::Memory(Arc::default())
         } else {
-            crate::plugins::kv::Store::Database(db.conn.clone())
+            crate::plugins::kv::Store::database(db.conn.clone())
         };
         let runtime = crate::app::plugin_runtime(
             RuntimeOptions {

@@ -20,7 +20,19 @@ use super::sql;
 /// A write transaction begun on one of a SQLite pool's connections.
 pub struct HeldWrite {
     conn: Option<PoolConnection<Sqlite>>,
-    kept: Kept,
+    /// Where the connection goes after; `None`: back to the pool.
+    kept: Option<Kept>,
+}
+
+/// The smallest pool a connection is kept out of: a kept connection is checked out for good,
+/// and a writer's and a reader's kept ones must leave the rest of the engine some.
+const KEEP_FROM: u32 = 4;
+
+fn keeps(db: &DatabaseConnection) -> bool {
+    db.get_sqlite_connection_pool()
+        .options()
+        .get_max_connections()
+        >= KEEP_FROM
 }
 
 /// A connection kept between write transactions: the next one takes it without a pool
@@ -32,6 +44,14 @@ pub struct Kept(Arc<Mutex<Option<PoolConnection<Sqlite>>>>);
 impl Kept {
     fn slot(&self) -> MutexGuard<'_, Option<PoolConnection<Sqlite>>> {
         self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Keeps `conn` if nothing is kept yet; otherwise it goes back to the pool.
+    fn put(&self, conn: PoolConnection<Sqlite>) {
+        let mut slot = self.slot();
+        if slot.is_none() {
+            *slot = Some(conn);
+        }
     }
 }
 
@@ -61,7 +81,7 @@ impl HeldWrite {
         };
         let mut held = Self {
             conn: Some(conn),
-            kept: kept.clone(),
+            kept: keeps(db).then(|| kept.clone()),
         };
         let mut all = vec![("BEGIN IMMEDIATE".to_owned(), Vec::new())];
         all.extend(statements);
@@ -126,11 +146,8 @@ impl HeldWrite {
 
     /// The transaction has ended: the connection goes back to `kept`, or to the pool.
     fn release(&mut self) {
-        if let Some(conn) = self.conn.take() {
-            let mut slot = self.kept.slot();
-            if slot.is_none() {
-                *slot = Some(conn);
-            }
+        if let (Some(conn), Some(kept)) = (self.conn.take(), &self.kept) {
+            kept.put(conn);
         }
     }
 }
@@ -141,6 +158,36 @@ impl Drop for HeldWrite {
             conn.close_on_drop();
         }
     }
+}
+
+/// Runs one read (outside any transaction) on `kept`'s connection when it has one, else on one
+/// of the pool's, and keeps the connection after (when the pool is large enough to spare it).
+pub async fn read(
+    db: &DatabaseConnection,
+    kept: &Kept,
+    statement: (String, Vec<Value>),
+) -> Result<Rows, DbErr> {
+    let taken = kept.slot().take();
+    let mut conn = match taken {
+        Some(conn) => conn,
+        None => db
+            .get_sqlite_connection_pool()
+            .acquire()
+            .await
+            .map_err(|e| DbErr::Custom(format!("no SQLite connection: {e}")))?,
+    };
+    let (text, values) = statement;
+    let rows = sqlx::query_with(
+        sqlx::AssertSqlSafe(text),
+        SqlxValues(sea_orm::sea_query::Values(values)),
+    )
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(|e| DbErr::Query(sea_orm::RuntimeErr::SqlxError(e.into())))?;
+    if keeps(db) {
+        kept.put(conn);
+    }
+    Ok(rows.into_iter().map(QueryResult::from).collect())
 }
 
 /// Reads one row of a batch as `T`.
@@ -228,5 +275,26 @@ mod tests {
             .unwrap();
         held.commit(Vec::new()).await.unwrap();
         assert_eq!(scopes(&db).await, 1);
+    }
+
+    #[tokio::test]
+    async fn a_pool_too_small_to_spare_a_connection_keeps_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = crate::config::Config::load(None).unwrap();
+        config.database.url =
+            secrecy::SecretString::from(format!("sqlite://{}", dir.path().join("t.db").display()));
+        config.database.max_connections = 2;
+        let db = crate::db::Db::connect(&config).await.unwrap();
+        db.migrate().await.unwrap();
+        let kept = Kept::default();
+        let (held, _) = HeldWrite::begin(&db.conn, &kept, vec![usage("a")])
+            .await
+            .unwrap();
+        held.commit(Vec::new()).await.unwrap();
+        read(&db.conn, &kept, ("SELECT 1".into(), Vec::new()))
+            .await
+            .unwrap();
+        assert!(kept.slot().is_none());
+        assert_eq!(scopes(&db.conn).await, 1);
     }
 }

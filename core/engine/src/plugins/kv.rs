@@ -15,9 +15,10 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
 use chrono::Utc;
-use sea_orm::{ConnectionTrait, DatabaseConnection, DbErr, FromQueryResult, Value};
+use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, DbErr, FromQueryResult, Value};
 
 use super::manifest::KvQuota;
+use crate::db::held::{self, Kept};
 use crate::db::sql;
 
 pub use txn::Txn;
@@ -317,9 +318,13 @@ impl Namespace {
     /// The committed entry at `key` and the keys and bytes the namespace holds, in one
     /// statement: a transaction's first read, so that its first write need not ask for the
     /// usage on its own.
+    ///
+    /// On SQLite it runs on `kept`'s connection when free: every invocation that touches kv
+    /// makes this read, and a connection back into sqlx's pool costs a round trip (a ping).
     async fn get_with_usage(
         &self,
-        db: &impl ConnectionTrait,
+        db: &DatabaseConnection,
+        kept: &Kept,
         key: &str,
     ) -> Result<(Option<Entry>, (u64, u64)), KvError> {
         #[derive(FromQueryResult)]
@@ -332,14 +337,15 @@ impl Namespace {
         let mut values = self.ids();
         values.extend(self.ids());
         values.push(key.into());
-        let row: Option<Both> = sql::query(
-            "SELECT u.keys, u.bytes, k.value, k.version FROM (SELECT 1 AS one) o \
+        let statement = "SELECT u.keys, u.bytes, k.value, k.version FROM (SELECT 1 AS one) o \
              LEFT JOIN plugin_kv_usage u ON u.installation_id = ? AND u.scope_id = ? \
-             LEFT JOIN plugin_kv k ON k.installation_id = ? AND k.scope_id = ? AND k.key = ?",
-            values,
-        )
-        .one(db)
-        .await?;
+             LEFT JOIN plugin_kv k ON k.installation_id = ? AND k.scope_id = ? AND k.key = ?";
+        let row: Option<Both> = if sql::backend(db) == DbBackend::Sqlite {
+            let rows = held::read(db, kept, (statement.to_owned(), values)).await?;
+            rows.first().map(held::row).transpose()?
+        } else {
+            sql::query(statement, values).one(db).await?
+        };
         let Some(row) = row else {
             return Ok((None, (0, 0)));
         };
@@ -374,14 +380,22 @@ impl Namespace {
 /// measurement can leave the database out).
 #[derive(Clone)]
 pub enum Store {
-    Database(DatabaseConnection),
+    /// The database, and the SQLite connection that transactions' first reads take in turns.
+    Database(DatabaseConnection, Kept),
     Memory(Arc<Mutex<MemoryKv>>),
+}
+
+impl Store {
+    /// kv in the database `db`.
+    pub fn database(db: DatabaseConnection) -> Self {
+        Store::Database(db, Kept::default())
+    }
 }
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
-            Store::Database(_) => "Store::Database",
+            Store::Database(..) => "Store::Database",
             Store::Memory(_) => "Store::Memory",
         })
     }
@@ -476,7 +490,7 @@ impl Store {
     /// Keys and bytes a namespace holds.
     pub async fn usage(&self, ns: &Namespace) -> Result<(u64, u64), KvError> {
         match self {
-            Store::Database(db) => ns.usage(db).await,
+            Store::Database(db, _) => ns.usage(db).await,
             Store::Memory(m) => Ok(locked(m)
                 .usage
                 .get(&MemoryKv::namespace(ns))
@@ -492,7 +506,7 @@ impl Store {
         key: &str,
     ) -> Result<(Option<Entry>, (u64, u64)), KvError> {
         match self {
-            Store::Database(db) => ns.get_with_usage(db, key).await,
+            Store::Database(db, kept) => ns.get_with_usage(db, kept, key).await,
             Store::Memory(m) => {
                 let kv = locked(m);
                 let entry = kv.entries.get(&MemoryKv::key(ns, key)).cloned();
@@ -509,7 +523,7 @@ impl Store {
     /// The committed entry at `key`.
     async fn read(&self, ns: &Namespace, key: &str) -> Result<Option<Entry>, KvError> {
         match self {
-            Store::Database(db) => ns.get(db, key).await,
+            Store::Database(db, _) => ns.get(db, key).await,
             Store::Memory(m) => Ok(locked(m).entries.get(&MemoryKv::key(ns, key)).cloned()),
         }
     }
@@ -521,7 +535,7 @@ impl Store {
         keys: &[&str],
     ) -> Result<Vec<(String, Entry)>, KvError> {
         match self {
-            Store::Database(db) => ns.get_many(db, keys).await,
+            Store::Database(db, _) => ns.get_many(db, keys).await,
             Store::Memory(m) => {
                 let kv = locked(m);
                 Ok(keys
@@ -546,7 +560,7 @@ impl Store {
         n: usize,
     ) -> Result<Vec<(String, Entry)>, KvError> {
         match self {
-            Store::Database(db) => ns.range(db, prefix, start, through, n).await,
+            Store::Database(db, _) => ns.range(db, prefix, start, through, n).await,
             Store::Memory(m) => Ok(locked(m).range(ns, prefix, start, through, n)),
         }
     }
@@ -571,7 +585,7 @@ impl Store {
     /// Commits a transaction in a database transaction of its own (or under the memory lock).
     pub async fn commit(&self, txn: Txn) -> Result<(), KvError> {
         match self {
-            Store::Database(db) => {
+            Store::Database(db, _) => {
                 let tx = crate::db::begin_write(db).await?;
                 txn.commit_in(&tx).await?;
                 tx.commit().await?;

@@ -406,7 +406,7 @@ mod tests {
 
     /// Commits `txns` as one group; returns what each was told.
     async fn group(store: &Store, txns: &[&Txn]) -> Vec<Result<(), String>> {
-        let Store::Database(db) = store else {
+        let Store::Database(db, _) = store else {
             panic!("a database store");
         };
         let tx = crate::db::begin_write(db).await.unwrap();
@@ -426,7 +426,7 @@ mod tests {
 
     /// Every namespace's usage row against what it holds.
     async fn usage_matches_contents(store: &Store) {
-        let Store::Database(db) = store else {
+        let Store::Database(db, _) = store else {
             panic!("a database store");
         };
         #[derive(FromQueryResult, Debug, PartialEq)]
@@ -456,7 +456,7 @@ mod tests {
     #[tokio::test]
     async fn a_group_commits_those_that_hold_and_leaves_out_whole_those_that_do_not() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::Database(crate::db::test_sqlite(dir.path()).await.conn);
+        let store = Store::database(crate::db::test_sqlite(dir.path()).await.conn);
         let (a, b, c) = (ns("a", 10), ns("b", 10), ns("c", 3));
         store.increment(&a, "n", 1).await.unwrap();
 
@@ -532,7 +532,7 @@ mod tests {
     #[tokio::test]
     async fn a_namespace_met_twice_in_a_group_commits_once() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::Database(crate::db::test_sqlite(dir.path()).await.conn);
+        let store = Store::database(crate::db::test_sqlite(dir.path()).await.conn);
         let a = ns("a", 10);
         let mut first = Txn::new(a.clone());
         first.increment(&store, "n", 1).await.unwrap();

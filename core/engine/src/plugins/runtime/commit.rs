@@ -68,7 +68,7 @@ pub(super) async fn commit(
     let mut txn =
         txn.filter(|t| t.writes() || t.reads() > 1 || (finish.is_some() && t.reads() > 0));
     let db = match &services.kv {
-        Store::Database(db) => db,
+        Store::Database(db, _) => db,
         // The harness keeps kv in memory and has no finishing work; were there any, it would
         // commit after the kv writes, not with them.
         Store::Memory(kv) => {

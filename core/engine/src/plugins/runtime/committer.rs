@@ -588,7 +588,7 @@ mod tests {
     async fn a_run_whose_deadline_passes_while_it_waits_in_the_queue_commits_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let db = crate::db::test_sqlite(dir.path()).await.conn;
-        let store = Store::Database(db.clone());
+        let store = Store::database(db.clone());
         let ns = |scope: &str| Namespace {
             installation_id: "i".into(),
             scope_id: scope.into(),
@@ -631,7 +631,7 @@ mod tests {
     async fn a_group_commits_each_member_as_alone_and_one_whose_claim_was_lost_keeps_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let db = crate::db::test_sqlite(dir.path()).await.conn;
-        let store = Store::Database(db.clone());
+        let store = Store::database(db.clone());
         for m in ["m1", "m2", "m3"] {
             let event = NewEvent {
                 kind: "test.tick".into(),
