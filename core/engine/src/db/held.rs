@@ -22,13 +22,16 @@ pub struct HeldWrite {
     conn: Option<PoolConnection<Sqlite>>,
     /// Where the connection goes after; `None`: back to the pool.
     kept: Option<Kept>,
+    /// Its connection runs without a busy timeout: closed rather than returned to the pool.
+    eager: bool,
 }
 
 /// The smallest pool a connection is kept out of: a kept connection is checked out for good,
 /// and a writer's and a reader's kept ones must leave the rest of the engine some.
 const KEEP_FROM: u32 = 4;
 
-fn keeps(db: &DatabaseConnection) -> bool {
+/// Whether `db`'s pool is large enough to keep connections out of it.
+pub fn keeps(db: &DatabaseConnection) -> bool {
     db.get_sqlite_connection_pool()
         .options()
         .get_max_connections()
@@ -46,11 +49,15 @@ impl Kept {
         self.0.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Keeps `conn` if nothing is kept yet; otherwise it goes back to the pool.
-    fn put(&self, conn: PoolConnection<Sqlite>) {
+    /// Keeps `conn` if nothing is kept yet; otherwise gives it back.
+    fn put(&self, conn: PoolConnection<Sqlite>) -> Option<PoolConnection<Sqlite>> {
         let mut slot = self.slot();
-        if slot.is_none() {
-            *slot = Some(conn);
+        match *slot {
+            None => {
+                *slot = Some(conn);
+                None
+            }
+            Some(_) => Some(conn),
         }
     }
 }
@@ -70,20 +77,56 @@ impl HeldWrite {
         kept: &Kept,
         statements: Vec<(String, Vec<Value>)>,
     ) -> Result<(Self, Rows), DbErr> {
+        Self::open(db, kept, false, statements).await
+    }
+
+    /// Runs `BEGIN IMMEDIATE`, `statements` and `COMMIT` in one hand-off: for writes guarded
+    /// by statements that fail the batch when what they were planned on has changed. Rolls back
+    /// when a statement fails.
+    ///
+    /// It does not wait for the write lock: its connection runs with `busy_timeout = 0`, so it
+    /// fails at once when another connection holds the lock. Once sent, a batch that ends in
+    /// `COMMIT` may commit, so it cannot be given up at a deadline the way a wait for `BEGIN`
+    /// can; the caller waits for the lock the other way, bounded by its deadline. The connection
+    /// (`eager`'s) never goes back to the pool with that setting: unkept, it is closed.
+    pub async fn at_once(
+        db: &DatabaseConnection,
+        eager: &Kept,
+        statements: Vec<(String, Vec<Value>)>,
+    ) -> Result<Rows, DbErr> {
+        let mut all = statements;
+        all.push(("COMMIT".to_owned(), Vec::new()));
+        let (mut held, rows) = Self::open(db, eager, true, all).await?;
+        held.release();
+        Ok(rows)
+    }
+
+    async fn open(
+        db: &DatabaseConnection,
+        kept: &Kept,
+        eager: bool,
+        statements: Vec<(String, Vec<Value>)>,
+    ) -> Result<(Self, Rows), DbErr> {
         let taken = kept.slot().take();
+        let mut all = Vec::with_capacity(statements.len() + 2);
         let conn = match taken {
             Some(conn) => conn,
-            None => db
-                .get_sqlite_connection_pool()
-                .acquire()
-                .await
-                .map_err(|e| DbErr::Custom(format!("no SQLite connection: {e}")))?,
+            None => {
+                if eager {
+                    all.push(("PRAGMA busy_timeout = 0".to_owned(), Vec::new()));
+                }
+                db.get_sqlite_connection_pool()
+                    .acquire()
+                    .await
+                    .map_err(|e| DbErr::Custom(format!("no SQLite connection: {e}")))?
+            }
         };
         let mut held = Self {
             conn: Some(conn),
             kept: keeps(db).then(|| kept.clone()),
+            eager,
         };
-        let mut all = vec![("BEGIN IMMEDIATE".to_owned(), Vec::new())];
+        all.push(("BEGIN IMMEDIATE".to_owned(), Vec::new()));
         all.extend(statements);
         match held.run(all).await {
             Ok(rows) => Ok((held, rows)),
@@ -146,8 +189,17 @@ impl HeldWrite {
 
     /// The transaction has ended: the connection goes back to `kept`, or to the pool.
     fn release(&mut self) {
-        if let (Some(conn), Some(kept)) = (self.conn.take(), &self.kept) {
-            kept.put(conn);
+        let Some(conn) = self.conn.take() else {
+            return;
+        };
+        let unkept = match &self.kept {
+            Some(kept) => kept.put(conn),
+            None => Some(conn),
+        };
+        if let Some(mut conn) = unkept
+            && self.eager
+        {
+            conn.close_on_drop();
         }
     }
 }
@@ -185,7 +237,8 @@ pub async fn read(
     .await
     .map_err(|e| DbErr::Query(sea_orm::RuntimeErr::SqlxError(e.into())))?;
     if keeps(db) {
-        kept.put(conn);
+        // Another read kept one meanwhile: this one goes back to the pool.
+        drop(kept.put(conn));
     }
     Ok(rows.into_iter().map(QueryResult::from).collect())
 }
@@ -296,5 +349,55 @@ mod tests {
             .unwrap();
         assert!(kept.slot().is_none());
         assert_eq!(scopes(&db.conn).await, 1);
+    }
+
+    #[tokio::test]
+    async fn a_commit_at_once_does_not_wait_for_another_writers_lock() {
+        use sea_orm::{ConnectionTrait, TransactionTrait};
+        let dir = tempfile::tempdir().unwrap();
+        let db = crate::db::test_sqlite(dir.path()).await.conn;
+        let eager = Kept::default();
+        let blocker = db.begin().await.unwrap();
+        blocker
+            .execute_unprepared(
+                "INSERT INTO plugin_kv_usage (installation_id, scope_id, keys, bytes, last_version) \
+                 VALUES ('i', 'blocker', 0, 0, 0)",
+            )
+            .await
+            .unwrap();
+        let started = std::time::Instant::now();
+        let refused = HeldWrite::at_once(&db, &eager, vec![usage("a")]).await;
+        assert!(refused.is_err());
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(1),
+            "it waited {:?}, as for the busy timeout",
+            started.elapsed()
+        );
+        blocker.rollback().await.unwrap();
+        HeldWrite::at_once(&db, &eager, vec![usage("b")])
+            .await
+            .unwrap();
+        assert_eq!(scopes(&db).await, 1);
+        // The ordinary connection still waits for the lock (up to the busy timeout).
+        let kept = Kept::default();
+        let blocker = db.begin().await.unwrap();
+        blocker
+            .execute_unprepared(
+                "INSERT INTO plugin_kv_usage (installation_id, scope_id, keys, bytes, last_version) \
+                 VALUES ('i', 'blocker', 0, 0, 0)",
+            )
+            .await
+            .unwrap();
+        let waiting = tokio::spawn({
+            let (db, kept) = (db.clone(), kept.clone());
+            async move {
+                let (held, _) = HeldWrite::begin(&db, &kept, vec![usage("c")]).await?;
+                held.commit(Vec::new()).await
+            }
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        blocker.rollback().await.unwrap();
+        waiting.await.unwrap().unwrap();
+        assert_eq!(scopes(&db).await, 2);
     }
 }

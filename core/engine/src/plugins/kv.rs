@@ -326,18 +326,19 @@ impl Namespace {
         db: &DatabaseConnection,
         kept: &Kept,
         key: &str,
-    ) -> Result<(Option<Entry>, (u64, u64)), KvError> {
+    ) -> Result<(Option<Entry>, (u64, u64), Option<i64>), KvError> {
         #[derive(FromQueryResult)]
         struct Both {
             keys: Option<i64>,
             bytes: Option<i64>,
+            last_version: Option<i64>,
             value: Option<Vec<u8>>,
             version: Option<i64>,
         }
         let mut values = self.ids();
         values.extend(self.ids());
         values.push(key.into());
-        let statement = "SELECT u.keys, u.bytes, k.value, k.version FROM (SELECT 1 AS one) o \
+        let statement = "SELECT u.keys, u.bytes, u.last_version, k.value, k.version FROM (SELECT 1 AS one) o \
              LEFT JOIN plugin_kv_usage u ON u.installation_id = ? AND u.scope_id = ? \
              LEFT JOIN plugin_kv k ON k.installation_id = ? AND k.scope_id = ? AND k.key = ?";
         let row: Option<Both> = if sql::backend(db) == DbBackend::Sqlite {
@@ -347,7 +348,7 @@ impl Namespace {
             sql::query(statement, values).one(db).await?
         };
         let Some(row) = row else {
-            return Ok((None, (0, 0)));
+            return Ok((None, (0, 0), Some(0)));
         };
         let entry = match (row.value, row.version) {
             (Some(value), Some(version)) => Some(Entry {
@@ -360,7 +361,7 @@ impl Namespace {
             row.keys.map_or(0, version_of),
             row.bytes.map_or(0, version_of),
         );
-        Ok((entry, usage))
+        Ok((entry, usage, Some(row.last_version.unwrap_or(0))))
     }
 
     /// Keys and bytes held now.
@@ -499,12 +500,13 @@ impl Store {
         }
     }
 
-    /// The committed entry at `key` with the namespace's usage (keys, bytes).
+    /// The committed entry at `key` with the namespace's usage (keys, bytes) and, in the
+    /// database, its last version (0 for a namespace without a usage row).
     async fn read_with_usage(
         &self,
         ns: &Namespace,
         key: &str,
-    ) -> Result<(Option<Entry>, (u64, u64)), KvError> {
+    ) -> Result<(Option<Entry>, (u64, u64), Option<i64>), KvError> {
         match self {
             Store::Database(db, kept) => ns.get_with_usage(db, kept, key).await,
             Store::Memory(m) => {
@@ -515,7 +517,7 @@ impl Store {
                     .get(&MemoryKv::namespace(ns))
                     .copied()
                     .unwrap_or_default();
-                Ok((entry, usage))
+                Ok((entry, usage, None))
             }
         }
     }

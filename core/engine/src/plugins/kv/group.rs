@@ -115,6 +115,42 @@ pub fn judge(
     Ok(judged(txns, usage, versions))
 }
 
+/// The statements that commit `txn` alone with no reads before them, for a batch between
+/// `BEGIN IMMEDIATE` and `COMMIT` on SQLite: a guard, then its writes as planned on what its
+/// first read found. The guard fails the batch (a `NOT NULL` violation) unless the namespace's
+/// usage row is still as that read found it — and every commit that changes a key moves the
+/// row (a new version raises the last version, a delete lowers the keys), so then nothing the
+/// transaction read has changed. `None` when that cannot be known: the first read did not read
+/// the usage, a range was listed, nothing is written, or the plan fails its quota.
+pub fn as_read(txn: &Txn) -> Option<Vec<(String, Vec<Value>)>> {
+    if !txn.writes() || txn.listed() {
+        return None;
+    }
+    let usage @ (keys, bytes, last) = txn.usage_as_read()?;
+    let plan = txn.plan(usage).ok()?;
+    let (installation, scope) = txn.ids();
+    let nothing = i64::from(usage == (0, 0, 0));
+    let guard = (
+        "INSERT INTO plugin_kv_usage (installation_id, scope_id, keys, bytes, last_version) \
+         SELECT ?, ?, NULL, 0, 0 WHERE COALESCE((SELECT keys = ? AND bytes = ? AND last_version = ? \
+         FROM plugin_kv_usage WHERE installation_id = ? AND scope_id = ?), ?) IS NOT 1"
+            .to_owned(),
+        vec![
+            Value::from(installation.clone()),
+            scope.clone().into(),
+            keys.into(),
+            bytes.into(),
+            last.into(),
+            installation.into(),
+            scope.into(),
+            nothing.into(),
+        ],
+    );
+    let mut statements = vec![guard];
+    statements.extend(apply(&[(txn, plan)]));
+    Some(statements)
+}
+
 /// Creates the missing usage rows of writers (PostgreSQL), so that there is a row to lock.
 async fn insert_missing_usage(tx: &DatabaseTransaction, txns: &[&Txn]) -> Result<(), DbErr> {
     let writers: BTreeSet<Ids> = txns

@@ -45,6 +45,8 @@ pub struct Txn {
     /// The namespace's committed usage, read with the first read (or at the first write that
     /// grows it, when that comes first).
     usage: Option<(u64, u64)>,
+    /// The namespace's last version as the first read found it, with the usage (database only).
+    read_last: Option<i64>,
     /// What the writes add to the committed usage (negative when they free space).
     keys_delta: i64,
     bytes_delta: i64,
@@ -60,6 +62,7 @@ impl Txn {
             ranges: Vec::new(),
             writes: BTreeMap::new(),
             usage: None,
+            read_last: None,
             keys_delta: 0,
             bytes_delta: 0,
             highest: 0,
@@ -88,8 +91,9 @@ impl Txn {
         // The first read also learns the usage, which the first write that grows the
         // namespace checks against the quota.
         let entry = if self.usage.is_none() {
-            let (entry, usage) = store.read_with_usage(&self.ns, key).await?;
+            let (entry, usage, last) = store.read_with_usage(&self.ns, key).await?;
             self.usage = Some(usage);
+            self.read_last = last;
             entry
         } else {
             store.read(&self.ns, key).await?
@@ -563,6 +567,14 @@ impl Txn {
 
     pub(super) fn namespace(&self) -> &Namespace {
         &self.ns
+    }
+
+    /// The namespace's usage row (keys, bytes, last version) as the first read found it, when
+    /// it was read that way.
+    pub(super) fn usage_as_read(&self) -> Option<(i64, i64, i64)> {
+        let (keys, bytes) = self.usage?;
+        let as_i64 = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        Some((as_i64(keys), as_i64(bytes), self.read_last?))
     }
 
     /// Whether this transaction listed a range (whose check [`group::reads`] leaves out).

@@ -1,6 +1,8 @@
 //! Group commit: the runs that finish while a commit is in flight wait for it to end and then
 //! commit together, in one database transaction of a few multi-row statements
-//! ([`kv::group`], [`events::delivered_many`]), instead of a transaction each.
+//! ([`kv::group`], [`events::delivered_many`]), instead of a transaction each. A run that
+//! finds no commit in flight commits at once in its caller's task; on SQLite every commit is
+//! two hand-offs on a kept connection ([`commit_held`]).
 //!
 //! Invariant: every member gets the answer a commit of its own would have given it. A member
 //! whose reads changed, whose quota would overflow or whose delivery's claim was lost commits
@@ -78,8 +80,10 @@ pub(super) struct Committer {
     queue: std::sync::Mutex<Option<mpsc::UnboundedSender<Member>>>,
     /// Commits in flight, in callers and in the committer's task.
     in_flight: Arc<AtomicUsize>,
-    /// The SQLite connection commits take in turns.
+    /// The SQLite connections commits take in turns: one that waits for the write lock, one
+    /// that does not ([`HeldWrite::at_once`]).
     kept: Kept,
+    eager: Kept,
 }
 
 /// One commit in flight, counted while it lives (dropped with a caller that went away too).
@@ -121,7 +125,7 @@ impl Committer {
             .is_ok()
         {
             let _in_flight = InFlight(self.in_flight.clone());
-            commit_group(db, &self.kept, vec![member]).await;
+            commit_group(db, (&self.kept, &self.eager), vec![member]).await;
             return answer.await.unwrap_or_else(|_| stopped());
         }
         let sender = {
@@ -132,7 +136,7 @@ impl Committer {
                     let (sender, waiting) = mpsc::unbounded_channel();
                     tokio::spawn(run(
                         db.clone(),
-                        self.kept.clone(),
+                        (self.kept.clone(), self.eager.clone()),
                         waiting,
                         self.in_flight.clone(),
                     ));
@@ -171,7 +175,7 @@ fn stopped() -> Answer {
 /// Takes groups off the queue until every sender is gone.
 async fn run(
     db: DatabaseConnection,
-    kept: Kept,
+    (kept, eager): (Kept, Kept),
     mut queue: mpsc::UnboundedReceiver<Member>,
     in_flight: Arc<AtomicUsize>,
 ) {
@@ -212,12 +216,12 @@ async fn run(
         waiting = later;
         in_flight.fetch_add(1, Ordering::AcqRel);
         let _in_flight = InFlight(in_flight.clone());
-        commit_group(&db, &kept, group).await;
+        commit_group(&db, (&kept, &eager), group).await;
     }
 }
 
 /// Commits a group, answering each member.
-async fn commit_group(db: &DatabaseConnection, kept: &Kept, mut members: Vec<Member>) {
+async fn commit_group(db: &DatabaseConnection, kept: (&Kept, &Kept), mut members: Vec<Member>) {
     if members.is_empty() {
         return;
     }
@@ -297,13 +301,45 @@ async fn commit_group(db: &DatabaseConnection, kept: &Kept, mut members: Vec<Mem
     }
 }
 
-/// Answers the members whose deadline passed; returns the others.
 /// A group's commit on SQLite in two hand-offs (`db::held`): what every member read, the
 /// namespaces' usage and whether each claim is still held ride with `BEGIN IMMEDIATE`; the
 /// writes of the members that pass ride with `COMMIT`. SQLite's write lock, held from `BEGIN`,
 /// keeps anything else from writing in between, so what the first batch found is what the
 /// second writes over, and a lost claim leaves out only its own member.
-async fn commit_held(db: &DatabaseConnection, kept: &Kept, mut members: Vec<Member>) {
+async fn commit_held(
+    db: &DatabaseConnection,
+    (kept, eager): (&Kept, &Kept),
+    mut members: Vec<Member>,
+) {
+    // A run alone that wrote, with nothing else to finish: its writes as planned on what its
+    // first read found, guarded, in a single hand-off that does not wait for the write lock.
+    // When the guard fails (its namespace moved meanwhile) or another connection holds the
+    // lock, it goes the checked way below, whose wait for the lock its deadline bounds.
+    let alone = match members.as_slice() {
+        [member] if member.finish.is_none() && held::keeps(db) => {
+            member.txn.as_ref().and_then(kv::group::as_read)
+        }
+        _ => None,
+    };
+    if let Some(statements) = alone {
+        let turn = match members[0].deadline {
+            Some(at) => tokio::time::timeout_at(at.into(), crate::db::write_turn(db)).await,
+            None => Ok(crate::db::write_turn(db).await),
+        };
+        let Ok(turn) = turn else {
+            return members
+                .into_iter()
+                .for_each(|m| m.answer(Err(Refused::Late)));
+        };
+        let done = HeldWrite::at_once(db, eager, statements).await;
+        drop(turn);
+        match done {
+            Ok(_) => return members.into_iter().for_each(|m| m.answer(Ok(()))),
+            Err(error) => {
+                tracing::debug!(%error, "a guarded commit did not hold; checking its reads");
+            }
+        }
+    }
     let mut statements = {
         let txns: Vec<&Txn> = members.iter().filter_map(|m| m.txn.as_ref()).collect();
         kv::group::reads(&txns)
@@ -434,6 +470,7 @@ fn fail_all(members: Vec<Member>, error: &str) {
     }
 }
 
+/// Answers the members whose deadline passed; returns the others.
 fn answer_late(members: Vec<Member>) -> Vec<Member> {
     let now = Instant::now();
     let (late, rest): (Vec<_>, Vec<_>) = members
@@ -628,6 +665,60 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_run_alone_whose_namespace_moved_after_its_first_read_is_checked_and_judged_by_its_reads()
+     {
+        let dir = tempfile::tempdir().unwrap();
+        let db = crate::db::test_sqlite(dir.path()).await.conn;
+        let store = Store::database(db.clone());
+        let ns = Namespace {
+            installation_id: "i".into(),
+            scope_id: "s".into(),
+            quota: KvQuota {
+                max_keys: 10,
+                max_bytes: 1_000,
+            },
+        };
+        let committer = Committer::default();
+        let commit = |txn: Txn| committer.commit(&db, Some(txn), None, Vec::new(), None);
+        // Read, then another run commits the key read: the guard fails, the check refuses.
+        let mut stale = Txn::new(ns.clone());
+        stale.increment(&store, "n", 1).await.unwrap();
+        let mut other = Txn::new(ns.clone());
+        other.increment(&store, "n", 10).await.unwrap();
+        assert!(commit(other).await.0.is_ok());
+        let (told, _) = commit(stale).await;
+        assert!(
+            matches!(told, Err(Refused::Again(ref key)) if key == "n"),
+            "{told:?}"
+        );
+        // Read, then another run commits another key: the check finds its read unchanged.
+        let mut reader = Txn::new(ns.clone());
+        assert_eq!(reader.get(&store, "x").await.unwrap(), None);
+        reader.increment(&store, "x", 1).await.unwrap();
+        let mut other = Txn::new(ns.clone());
+        other.increment(&store, "y", 1).await.unwrap();
+        assert!(commit(other).await.0.is_ok());
+        assert!(commit(reader).await.0.is_ok());
+        let x = store.get(&ns, "x").await.unwrap().unwrap();
+        let y = store.get(&ns, "y").await.unwrap().unwrap();
+        assert_eq!(
+            (x.value.as_slice(), y.value.as_slice()),
+            (&b"1"[..], &b"1"[..])
+        );
+        assert!(x.version > y.version, "versions rise in commit order");
+        assert_eq!(
+            store.usage(&ns).await.unwrap(),
+            (3, 7),
+            "n (\"10\"), x and y: keys and values"
+        );
+        // Nothing moved: the guarded commit alone.
+        let mut quiet = Txn::new(ns.clone());
+        quiet.increment(&store, "n", 1).await.unwrap();
+        assert!(commit(quiet).await.0.is_ok());
+        assert_eq!(store.get(&ns, "n").await.unwrap().unwrap().value, b"11");
+    }
+
+    #[tokio::test]
     async fn a_group_commits_each_member_as_alone_and_one_whose_claim_was_lost_keeps_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let db = crate::db::test_sqlite(dir.path()).await.conn;
@@ -692,7 +783,7 @@ mod tests {
             });
             answers.push(answer);
         }
-        commit_group(&db, &Kept::default(), members).await;
+        commit_group(&db, (&Kept::default(), &Kept::default()), members).await;
         let mut told = Vec::new();
         for answer in answers {
             told.push(answer.await.unwrap().0);
