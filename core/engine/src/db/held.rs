@@ -2,7 +2,8 @@
 //! `BEGIN IMMEDIATE` rides with the first batch and `COMMIT` with the last, so a commit that
 //! reads, decides and writes costs two hand-offs to SQLite's worker thread instead of one per
 //! statement plus `BEGIN` and `COMMIT` (each hand-off is two thread wake-ups; see
-//! `docs/benchmarks.md`, the plugin runtime).
+//! `docs/benchmarks.md`, the plugin runtime), and one whose writes guard themselves costs one
+//! ([`HeldWrite::at_once`]).
 //!
 //! Invariant: the connection goes back to the pool only outside a transaction. One dropped
 //! inside a transaction (a failed `ROLLBACK`, a task torn down halfway) is closed instead, and
