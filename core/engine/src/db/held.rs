@@ -3,64 +3,158 @@
 //! reads, decides and writes costs two hand-offs to SQLite's worker thread instead of one per
 //! statement plus `BEGIN` and `COMMIT` (each hand-off is two thread wake-ups; see
 //! `docs/benchmarks.md`, the plugin runtime), and one whose writes guard themselves costs one
-//! ([`HeldWrite::at_once`]).
+//! ([`HeldWrite::at_once`]). The connections are kept between uses ([`Kept`]), detached from
+//! sqlx's pool.
 //!
-//! Invariant: the connection goes back to the pool only outside a transaction. One dropped
-//! inside a transaction (a failed `ROLLBACK`, a task torn down halfway) is closed instead, and
-//! SQLite rolls back what a closed connection had not committed.
+//! Invariant: a connection is kept, or goes back to the pool, only outside a transaction. One
+//! dropped inside a transaction (a failed `ROLLBACK`, a task torn down halfway) is closed
+//! instead, and SQLite rolls back what a closed connection had not committed. A connection set
+//! not to wait for the write lock never goes back to the pool.
 
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use sea_orm::sqlx::pool::PoolConnection;
+use sea_orm::sqlx::sqlite::SqliteConnection;
 use sea_orm::sqlx::{self, Sqlite};
 use sea_orm::{DatabaseConnection, DbErr, FromQueryResult, QueryResult, Value};
 use sea_query_sqlx::SqlxValues;
 
 use super::sql;
 
-/// A write transaction begun on one of a SQLite pool's connections.
-pub struct HeldWrite {
-    conn: Option<PoolConnection<Sqlite>>,
-    /// Where the connection goes after; `None`: back to the pool.
-    kept: Option<Kept>,
-    /// Its connection runs without a busy timeout: closed rather than returned to the pool.
+/// A connection kept between uses: the next use takes it without a pool checkout, and the end
+/// of the last one costs no round trip (sqlx pings every connection that goes back to its
+/// pool). It is detached from the pool, so it takes none of the pool's places and closing the
+/// pool does not wait for it; it closes when the last clone of its `Kept` is dropped. While it
+/// is out, another user takes one of the pool's as usual.
+#[derive(Clone, Default)]
+pub struct Kept(Arc<Mutex<Slot>>);
+
+#[derive(Default)]
+enum Slot {
+    /// None yet, or the last one was lost: the next user's connection is detached to be kept.
+    #[default]
+    Empty,
+    /// In use.
+    Out,
+    Idle(SqliteConnection),
+}
+
+impl Kept {
+    fn slot(&self) -> MutexGuard<'_, Slot> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// A connection in use: the kept one, or one of the pool's.
+enum Conn {
+    Own(SqliteConnection),
+    Pooled(PoolConnection<Sqlite>),
+}
+
+/// A connection taken for one use, which goes back where it belongs when [`Lease::done`]
+/// says the use ended cleanly, and is closed when dropped before.
+struct Lease {
+    conn: Option<Conn>,
+    kept: Kept,
+    /// Set not to wait for the write lock: never back into the pool.
     eager: bool,
 }
 
-/// The smallest pool a connection is kept out of: a kept connection is checked out for good,
-/// and a writer's and a reader's kept ones must leave the rest of the engine some.
-const KEEP_FROM: u32 = 4;
-
-/// Whether `db`'s pool is large enough to keep connections out of it.
-pub fn keeps(db: &DatabaseConnection) -> bool {
-    db.get_sqlite_connection_pool()
-        .options()
-        .get_max_connections()
-        >= KEEP_FROM
-}
-
-/// A connection kept between write transactions: the next one takes it without a pool
-/// checkout, and the end of the last one costs no round trip (sqlx pings every connection that
-/// goes back to its pool). At most one; a second writer meanwhile uses the pool.
-#[derive(Clone, Default)]
-pub struct Kept(Arc<Mutex<Option<PoolConnection<Sqlite>>>>);
-
-impl Kept {
-    fn slot(&self) -> MutexGuard<'_, Option<PoolConnection<Sqlite>>> {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+impl Lease {
+    /// Takes `kept`'s connection, or one of the pool's (detached to be kept when none is);
+    /// `fresh` is true when the connection is new to this use's settings.
+    async fn take(
+        db: &DatabaseConnection,
+        kept: &Kept,
+        eager: bool,
+    ) -> Result<(Self, bool), DbErr> {
+        let taken = std::mem::replace(&mut *kept.slot(), Slot::Out);
+        let (conn, fresh) = match taken {
+            Slot::Idle(conn) => (Conn::Own(conn), false),
+            empty_or_out => {
+                let pooled = db
+                    .get_sqlite_connection_pool()
+                    .acquire()
+                    .await
+                    .map_err(|e| {
+                        if matches!(empty_or_out, Slot::Empty) {
+                            *kept.slot() = Slot::Empty;
+                        }
+                        DbErr::Custom(format!("no SQLite connection: {e}"))
+                    })?;
+                if matches!(empty_or_out, Slot::Empty) || eager {
+                    (Conn::Own(pooled.detach()), true)
+                } else {
+                    (Conn::Pooled(pooled), true)
+                }
+            }
+        };
+        let lease = Self {
+            conn: Some(conn),
+            kept: kept.clone(),
+            eager,
+        };
+        Ok((lease, fresh))
     }
 
-    /// Keeps `conn` if nothing is kept yet; otherwise gives it back.
-    fn put(&self, conn: PoolConnection<Sqlite>) -> Option<PoolConnection<Sqlite>> {
-        let mut slot = self.slot();
-        match *slot {
-            None => {
-                *slot = Some(conn);
-                None
-            }
-            Some(_) => Some(conn),
+    fn raw(&mut self) -> Result<&mut SqliteConnection, DbErr> {
+        match self.conn.as_mut() {
+            Some(Conn::Own(conn)) => Ok(conn),
+            Some(Conn::Pooled(conn)) => Ok(conn),
+            None => Err(DbErr::Custom("the connection has been given back".into())),
         }
     }
+
+    async fn run(&mut self, statements: Vec<(String, Vec<Value>)>) -> Result<Rows, DbErr> {
+        let (text, values) = sql::joined(statements);
+        let rows = sqlx::query_with(
+            sqlx::AssertSqlSafe(text),
+            SqlxValues(sea_orm::sea_query::Values(values)),
+        )
+        .fetch_all(self.raw()?)
+        .await
+        .map_err(|e| DbErr::Query(sea_orm::RuntimeErr::SqlxError(e.into())))?;
+        Ok(rows.into_iter().map(QueryResult::from).collect())
+    }
+
+    /// The use ended outside any transaction: the connection goes back where it belongs.
+    fn done(&mut self) {
+        match self.conn.take() {
+            Some(Conn::Own(conn)) => {
+                let mut slot = self.kept.slot();
+                match *slot {
+                    // Ours was the one out (or the last one was lost meanwhile): keep it.
+                    Slot::Out | Slot::Empty => *slot = Slot::Idle(conn),
+                    // Another use kept one meanwhile; this one closes as it drops.
+                    Slot::Idle(_) => {}
+                }
+            }
+            // Back to the pool, unless it was set for this use alone.
+            Some(Conn::Pooled(mut conn)) if self.eager => conn.close_on_drop(),
+            Some(Conn::Pooled(_)) | None => {}
+        }
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        match self.conn.take() {
+            Some(Conn::Own(_)) => {
+                // Closed as it drops; the next use detaches another.
+                let mut slot = self.kept.slot();
+                if matches!(*slot, Slot::Out) {
+                    *slot = Slot::Empty;
+                }
+            }
+            Some(Conn::Pooled(mut conn)) => conn.close_on_drop(),
+            None => {}
+        }
+    }
+}
+
+/// A write transaction begun on a kept connection (or one of the pool's).
+pub struct HeldWrite {
+    lease: Lease,
 }
 
 /// Rows of a batch, in the order its statements returned them. Rows of different statements
@@ -69,10 +163,10 @@ impl Kept {
 pub type Rows = Vec<QueryResult>;
 
 impl HeldWrite {
-    /// Takes a connection of `db`'s pool (a SQLite one) and runs `BEGIN IMMEDIATE` and
-    /// `statements` in one hand-off: the statements read under the write lock, which no other
-    /// connection, here or in another process, can take until this transaction ends.
-    /// The connection is `kept`'s when it has one, and goes back there after.
+    /// Takes `kept`'s connection (or one of `db`'s pool, a SQLite one) and runs
+    /// `BEGIN IMMEDIATE` and `statements` in one hand-off: the statements read under the write
+    /// lock, which no other connection, here or in another process, can take until this
+    /// transaction ends.
     pub async fn begin(
         db: &DatabaseConnection,
         kept: &Kept,
@@ -85,11 +179,11 @@ impl HeldWrite {
     /// by statements that fail the batch when what they were planned on has changed. Rolls back
     /// when a statement fails.
     ///
-    /// It does not wait for the write lock: its connection runs with `busy_timeout = 0`, so it
-    /// fails at once when another connection holds the lock. Once sent, a batch that ends in
-    /// `COMMIT` may commit, so it cannot be given up at a deadline the way a wait for `BEGIN`
-    /// can; the caller waits for the lock the other way, bounded by its deadline. The connection
-    /// (`eager`'s) never goes back to the pool with that setting: unkept, it is closed.
+    /// It does not wait for the write lock: its connection (`eager`'s) runs with
+    /// `busy_timeout = 0`, so it fails at once when another connection holds the lock. Once
+    /// sent, a batch that ends in `COMMIT` may commit, so it cannot be given up at a deadline
+    /// the way a wait for `BEGIN` can; the caller waits for the lock the other way, bounded by
+    /// its deadline.
     pub async fn at_once(
         db: &DatabaseConnection,
         eager: &Kept,
@@ -98,7 +192,7 @@ impl HeldWrite {
         let mut all = statements;
         all.push(("COMMIT".to_owned(), Vec::new()));
         let (mut held, rows) = Self::open(db, eager, true, all).await?;
-        held.release();
+        held.lease.done();
         Ok(rows)
     }
 
@@ -108,28 +202,15 @@ impl HeldWrite {
         eager: bool,
         statements: Vec<(String, Vec<Value>)>,
     ) -> Result<(Self, Rows), DbErr> {
-        let taken = kept.slot().take();
+        let (lease, fresh) = Lease::take(db, kept, eager).await?;
+        let mut held = Self { lease };
         let mut all = Vec::with_capacity(statements.len() + 2);
-        let conn = match taken {
-            Some(conn) => conn,
-            None => {
-                if eager {
-                    all.push(("PRAGMA busy_timeout = 0".to_owned(), Vec::new()));
-                }
-                db.get_sqlite_connection_pool()
-                    .acquire()
-                    .await
-                    .map_err(|e| DbErr::Custom(format!("no SQLite connection: {e}")))?
-            }
-        };
-        let mut held = Self {
-            conn: Some(conn),
-            kept: keeps(db).then(|| kept.clone()),
-            eager,
-        };
+        if eager && fresh {
+            all.push(("PRAGMA busy_timeout = 0".to_owned(), Vec::new()));
+        }
         all.push(("BEGIN IMMEDIATE".to_owned(), Vec::new()));
         all.extend(statements);
-        match held.run(all).await {
+        match held.lease.run(all).await {
             Ok(rows) => Ok((held, rows)),
             Err(error) => {
                 held.abandon().await;
@@ -142,9 +223,9 @@ impl HeldWrite {
     pub async fn commit(mut self, statements: Vec<(String, Vec<Value>)>) -> Result<Rows, DbErr> {
         let mut all = statements;
         all.push(("COMMIT".to_owned(), Vec::new()));
-        match self.run(all).await {
+        match self.lease.run(all).await {
             Ok(rows) => {
-                self.release();
+                self.lease.done();
                 Ok(rows)
             }
             Err(error) => {
@@ -159,89 +240,34 @@ impl HeldWrite {
         self.abandon().await;
     }
 
-    async fn run(&mut self, statements: Vec<(String, Vec<Value>)>) -> Result<Rows, DbErr> {
-        let Some(conn) = self.conn.as_mut() else {
-            return Err(DbErr::Custom("the transaction has ended".into()));
-        };
-        let (text, values) = sql::joined(statements);
-        let rows = sqlx::query_with(
-            sqlx::AssertSqlSafe(text),
-            SqlxValues(sea_orm::sea_query::Values(values)),
-        )
-        .fetch_all(&mut **conn)
-        .await
-        .map_err(|e| DbErr::Query(sea_orm::RuntimeErr::SqlxError(e.into())))?;
-        Ok(rows.into_iter().map(QueryResult::from).collect())
-    }
-
     /// Ends whatever transaction the connection is in. `ROLLBACK` with none open fails
     /// harmlessly ("no transaction is active": `BEGIN` itself failed); any other failure leaves
-    /// the connection's state unknown, so it is closed.
+    /// the connection's state unknown, so it is closed (as the lease drops).
     async fn abandon(&mut self) {
-        let Some(conn) = self.conn.as_mut() else {
+        let Ok(conn) = self.lease.raw() else {
             return;
         };
-        match sqlx::query("ROLLBACK").execute(&mut **conn).await {
-            Ok(_) => self.release(),
-            Err(error) if error.to_string().contains("no transaction is active") => self.release(),
+        match sqlx::query("ROLLBACK").execute(conn).await {
+            Ok(_) => self.lease.done(),
+            Err(error) if error.to_string().contains("no transaction is active") => {
+                self.lease.done();
+            }
             Err(error) => tracing::warn!(%error, "could not roll back; closing the connection"),
         }
     }
-
-    /// The transaction has ended: the connection goes back to `kept`, or to the pool.
-    fn release(&mut self) {
-        let Some(conn) = self.conn.take() else {
-            return;
-        };
-        let unkept = match &self.kept {
-            Some(kept) => kept.put(conn),
-            None => Some(conn),
-        };
-        if let Some(mut conn) = unkept
-            && self.eager
-        {
-            conn.close_on_drop();
-        }
-    }
 }
 
-impl Drop for HeldWrite {
-    fn drop(&mut self) {
-        if let Some(mut conn) = self.conn.take() {
-            conn.close_on_drop();
-        }
-    }
-}
-
-/// Runs one read (outside any transaction) on `kept`'s connection when it has one, else on one
-/// of the pool's, and keeps the connection after (when the pool is large enough to spare it).
+/// Runs one read (outside any transaction) on `kept`'s connection when it is free, else on one
+/// of the pool's.
 pub async fn read(
     db: &DatabaseConnection,
     kept: &Kept,
     statement: (String, Vec<Value>),
 ) -> Result<Rows, DbErr> {
-    let taken = kept.slot().take();
-    let mut conn = match taken {
-        Some(conn) => conn,
-        None => db
-            .get_sqlite_connection_pool()
-            .acquire()
-            .await
-            .map_err(|e| DbErr::Custom(format!("no SQLite connection: {e}")))?,
-    };
-    let (text, values) = statement;
-    let rows = sqlx::query_with(
-        sqlx::AssertSqlSafe(text),
-        SqlxValues(sea_orm::sea_query::Values(values)),
-    )
-    .fetch_all(&mut *conn)
-    .await
-    .map_err(|e| DbErr::Query(sea_orm::RuntimeErr::SqlxError(e.into())))?;
-    if keeps(db) {
-        // Another read kept one meanwhile: this one goes back to the pool.
-        drop(kept.put(conn));
-    }
-    Ok(rows.into_iter().map(QueryResult::from).collect())
+    let (mut lease, _) = Lease::take(db, kept, false).await?;
+    let rows = lease.run(vec![statement]).await?;
+    lease.done();
+    Ok(rows)
 }
 
 /// Reads one row of a batch as `T`.
@@ -291,7 +317,10 @@ mod tests {
             .await;
         assert!(failed.is_err());
         assert_eq!(scopes(&db).await, 0);
-        assert!(kept.slot().is_some(), "rolled back, the connection is kept");
+        assert!(
+            matches!(*kept.slot(), Slot::Idle(_)),
+            "rolled back, the connection is kept"
+        );
         let (held, _) = HeldWrite::begin(&db, &kept, vec![usage("c")])
             .await
             .unwrap();
@@ -320,7 +349,7 @@ mod tests {
         assert_eq!(what(&rows[0]).unwrap(), "u", "it reads its own write");
         drop(held);
         assert!(
-            kept.slot().is_none(),
+            matches!(*kept.slot(), Slot::Empty),
             "a connection inside a transaction is not kept"
         );
         // Another writer takes the lock well within the busy timeout, and finds nothing.
@@ -332,24 +361,32 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_pool_too_small_to_spare_a_connection_keeps_none() {
+    async fn kept_connections_take_no_place_in_the_pool_and_do_not_hold_up_its_closing() {
         let dir = tempfile::tempdir().unwrap();
         let mut config = crate::config::Config::load(None).unwrap();
         config.database.url =
             secrecy::SecretString::from(format!("sqlite://{}", dir.path().join("t.db").display()));
-        config.database.max_connections = 2;
+        config.database.max_connections = 1;
         let db = crate::db::Db::connect(&config).await.unwrap();
         db.migrate().await.unwrap();
-        let kept = Kept::default();
+        let (kept, eager, reader) = (Kept::default(), Kept::default(), Kept::default());
         let (held, _) = HeldWrite::begin(&db.conn, &kept, vec![usage("a")])
             .await
             .unwrap();
         held.commit(Vec::new()).await.unwrap();
-        read(&db.conn, &kept, ("SELECT 1".into(), Vec::new()))
+        HeldWrite::at_once(&db.conn, &eager, vec![usage("b")])
             .await
             .unwrap();
-        assert!(kept.slot().is_none());
-        assert_eq!(scopes(&db.conn).await, 1);
+        read(&db.conn, &reader, ("SELECT 1".into(), Vec::new()))
+            .await
+            .unwrap();
+        assert!(matches!(*kept.slot(), Slot::Idle(_)));
+        assert!(matches!(*eager.slot(), Slot::Idle(_)));
+        // The pool's one place is free for everyone else.
+        assert_eq!(scopes(&db.conn).await, 2);
+        tokio::time::timeout(std::time::Duration::from_secs(5), db.close())
+            .await
+            .expect("closing the pool waits for no kept connection");
     }
 
     #[tokio::test]

@@ -93,7 +93,11 @@ impl Txn {
         let entry = if self.usage.is_none() {
             let (entry, usage, last) = store.read_with_usage(&self.ns, key).await?;
             self.usage = Some(usage);
-            self.read_last = last;
+            // The usage row vouches for what was read from it on (`group::as_read`): only when
+            // nothing was read before it (a batched read or a listing reads no usage).
+            if self.reads.is_empty() && self.ranges.is_empty() {
+                self.read_last = last;
+            }
             entry
         } else {
             store.read(&self.ns, key).await?

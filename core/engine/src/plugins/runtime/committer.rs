@@ -316,9 +316,7 @@ async fn commit_held(
     // When the guard fails (its namespace moved meanwhile) or another connection holds the
     // lock, it goes the checked way below, whose wait for the lock its deadline bounds.
     let alone = match members.as_slice() {
-        [member] if member.finish.is_none() && held::keeps(db) => {
-            member.txn.as_ref().and_then(kv::group::as_read)
-        }
+        [member] if member.finish.is_none() => member.txn.as_ref().and_then(kv::group::as_read),
         _ => None,
     };
     if let Some(statements) = alone {
@@ -563,7 +561,7 @@ mod tests {
     use super::*;
     use crate::db::sql;
     use crate::events::{Claimed, Limits, NewEvent, Room};
-    use crate::plugins::kv::{Namespace, Store};
+    use crate::plugins::kv::{Cas, Namespace, Store};
     use crate::plugins::manifest::KvQuota;
     use crate::tenancy::{NodeKind, Place};
 
@@ -710,6 +708,27 @@ mod tests {
             store.usage(&ns).await.unwrap(),
             (3, 7),
             "n (\"10\"), x and y: keys and values"
+        );
+        // A batched read reads no usage: a usage row read after it cannot vouch for it.
+        let mut batched = Txn::new(ns.clone());
+        let seen = batched.get_many(&store, &["x".to_owned()]).await.unwrap();
+        let mut other = Txn::new(ns.clone());
+        other.increment(&store, "x", 1).await.unwrap();
+        assert!(commit(other).await.0.is_ok());
+        batched.increment(&store, "later", 1).await.unwrap();
+        let version = seen[0].as_ref().map(|e| e.version);
+        let swapped = batched
+            .compare_and_swap(&store, "x", version, b"mine")
+            .await
+            .unwrap();
+        assert!(
+            matches!(swapped, Cas::Stored(_)),
+            "as the transaction sees it"
+        );
+        let (told, _) = commit(batched).await;
+        assert!(
+            matches!(told, Err(Refused::Again(ref key)) if key == "x"),
+            "{told:?}"
         );
         // Nothing moved: the guarded commit alone.
         let mut quiet = Txn::new(ns.clone());
