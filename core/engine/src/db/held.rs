@@ -72,17 +72,17 @@ impl Lease {
         let (conn, fresh) = match taken {
             Slot::Idle(conn) => (Conn::Own(conn), false),
             empty_or_out => {
+                let empty = matches!(empty_or_out, Slot::Empty);
+                // Until this use has a connection, the slot it marked as out is its to free.
+                let mut reserved = Reserved(empty.then_some(kept));
                 let pooled = db
                     .get_sqlite_connection_pool()
                     .acquire()
                     .await
-                    .map_err(|e| {
-                        if matches!(empty_or_out, Slot::Empty) {
-                            *kept.slot() = Slot::Empty;
-                        }
-                        DbErr::Custom(format!("no SQLite connection: {e}"))
-                    })?;
-                if matches!(empty_or_out, Slot::Empty) || eager {
+                    .map_err(|e| DbErr::Custom(format!("no SQLite connection: {e}")))?;
+                reserved.0 = None;
+                // An eager connection is never returned to the pool, so it is always detached.
+                if empty || eager {
                     (Conn::Own(pooled.detach()), true)
                 } else {
                     (Conn::Pooled(pooled), true)
@@ -152,6 +152,21 @@ impl Drop for Lease {
     }
 }
 
+/// A slot marked as out by a use still waiting for a pool connection: freed again if that use
+/// fails or is dropped before it has one.
+struct Reserved<'a>(Option<&'a Kept>);
+
+impl Drop for Reserved<'_> {
+    fn drop(&mut self) {
+        if let Some(kept) = self.0 {
+            let mut slot = kept.slot();
+            if matches!(*slot, Slot::Out) {
+                *slot = Slot::Empty;
+            }
+        }
+    }
+}
+
 /// A write transaction begun on a kept connection (or one of the pool's).
 pub struct HeldWrite {
     lease: Lease,
@@ -205,13 +220,24 @@ impl HeldWrite {
         let (lease, fresh) = Lease::take(db, kept, eager).await?;
         let mut held = Self { lease };
         let mut all = Vec::with_capacity(statements.len() + 2);
-        if eager && fresh {
+        let pragma = eager && fresh;
+        if pragma {
             all.push(("PRAGMA busy_timeout = 0".to_owned(), Vec::new()));
         }
         all.push(("BEGIN IMMEDIATE".to_owned(), Vec::new()));
         all.extend(statements);
         match held.lease.run(all).await {
-            Ok(rows) => Ok((held, rows)),
+            Ok(mut rows) => {
+                // The pragma answers with the setting, a row that is not the caller's.
+                if pragma
+                    && rows
+                        .first()
+                        .is_some_and(|r| r.try_get::<i64>("", "timeout").is_ok())
+                {
+                    rows.remove(0);
+                }
+                Ok((held, rows))
+            }
             Err(error) => {
                 held.abandon().await;
                 Err(error)
@@ -437,5 +463,34 @@ mod tests {
         blocker.rollback().await.unwrap();
         waiting.await.unwrap().unwrap();
         assert_eq!(scopes(&db).await, 2);
+    }
+
+    #[tokio::test]
+    async fn a_use_dropped_while_waiting_for_a_pool_connection_frees_the_slot() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = crate::config::Config::load(None).unwrap();
+        config.database.url =
+            secrecy::SecretString::from(format!("sqlite://{}", dir.path().join("t.db").display()));
+        config.database.max_connections = 1;
+        let db = crate::db::Db::connect(&config).await.unwrap();
+        let only = db
+            .conn
+            .get_sqlite_connection_pool()
+            .acquire()
+            .await
+            .unwrap();
+        let kept = Kept::default();
+        let gave_up = tokio::time::timeout(
+            std::time::Duration::from_millis(50),
+            read(&db.conn, &kept, ("SELECT 1".into(), Vec::new())),
+        )
+        .await;
+        assert!(gave_up.is_err(), "the pool's one connection is taken");
+        assert!(matches!(*kept.slot(), Slot::Empty));
+        drop(only);
+        read(&db.conn, &kept, ("SELECT 1".into(), Vec::new()))
+            .await
+            .unwrap();
+        assert!(matches!(*kept.slot(), Slot::Idle(_)), "kept after all");
     }
 }
