@@ -320,6 +320,15 @@ mod tests {
         )
     }
 
+    /// A SQLite database in `dir` whose pool has a single connection.
+    async fn one_connection_pool(dir: &std::path::Path) -> crate::db::Db {
+        let mut config = crate::config::Config::load(None).unwrap();
+        config.database.url =
+            secrecy::SecretString::from(format!("sqlite://{}", dir.join("t.db").display()));
+        config.database.max_connections = 1;
+        crate::db::Db::connect(&config).await.unwrap()
+    }
+
     async fn scopes(db: &DatabaseConnection) -> u64 {
         sql::query("SELECT COUNT(*) FROM plugin_kv_usage", [])
             .count(db)
@@ -389,11 +398,7 @@ mod tests {
     #[tokio::test]
     async fn kept_connections_take_no_place_in_the_pool_and_do_not_hold_up_its_closing() {
         let dir = tempfile::tempdir().unwrap();
-        let mut config = crate::config::Config::load(None).unwrap();
-        config.database.url =
-            secrecy::SecretString::from(format!("sqlite://{}", dir.path().join("t.db").display()));
-        config.database.max_connections = 1;
-        let db = crate::db::Db::connect(&config).await.unwrap();
+        let db = one_connection_pool(dir.path()).await;
         db.migrate().await.unwrap();
         let (kept, eager, reader) = (Kept::default(), Kept::default(), Kept::default());
         let (held, _) = HeldWrite::begin(&db.conn, &kept, vec![usage("a")])
@@ -468,11 +473,7 @@ mod tests {
     #[tokio::test]
     async fn a_use_dropped_while_waiting_for_a_pool_connection_frees_the_slot() {
         let dir = tempfile::tempdir().unwrap();
-        let mut config = crate::config::Config::load(None).unwrap();
-        config.database.url =
-            secrecy::SecretString::from(format!("sqlite://{}", dir.path().join("t.db").display()));
-        config.database.max_connections = 1;
-        let db = crate::db::Db::connect(&config).await.unwrap();
+        let db = one_connection_pool(dir.path()).await;
         let only = db
             .conn
             .get_sqlite_connection_pool()

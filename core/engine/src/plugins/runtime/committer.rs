@@ -447,11 +447,21 @@ fn judge_held(members: &[Member], rows: &[sea_orm::QueryResult]) -> Result<Judge
         };
         results.push(result);
     }
-    let mut statements = kv::group::apply(&kept);
+    let statements = writes(&kept, &marks);
+    Ok((results, statements, marks.len()))
+}
+
+/// The statements that write a group's members that passed: their kv writes, their
+/// deliveries' marks and the quota holds those settle.
+fn writes(
+    kept: &[(&Txn, kv::group::Plan)],
+    marks: &[super::super::Delivered<'_>],
+) -> Vec<(String, Vec<Value>)> {
+    let mut statements = kv::group::apply(kept);
     let claims: Vec<_> = marks.iter().map(|d| (d.claim, d.owner, d.now)).collect();
     statements.extend(events::delivered_many(&claims));
     let mut quotas: BTreeMap<(&str, &str, _), i64> = BTreeMap::new();
-    for delivered in &marks {
+    for delivered in marks {
         if let Some(quota) = delivered.quota {
             *quotas.entry(quota).or_default() += 1;
         }
@@ -459,7 +469,7 @@ fn judge_held(members: &[Member], rows: &[sea_orm::QueryResult]) -> Result<Judge
     for ((installation, merchant, day), n) in quotas {
         statements.push(events::settle_delivered(installation, merchant, day, n));
     }
-    Ok((results, statements, marks.len()))
+    statements
 }
 
 fn fail_all(members: Vec<Member>, error: &str) {
@@ -525,18 +535,7 @@ async fn together(
         .filter(|(i, _)| refused[*i].is_none())
         .filter_map(|(_, m)| m.finish.as_ref()?.delivery())
         .collect();
-    let mut statements = kv::group::apply(&kept);
-    let claims: Vec<_> = marks.iter().map(|d| (d.claim, d.owner, d.now)).collect();
-    statements.extend(events::delivered_many(&claims));
-    let mut quotas: BTreeMap<(&str, &str, _), i64> = BTreeMap::new();
-    for delivered in &marks {
-        if let Some(quota) = delivered.quota {
-            *quotas.entry(quota).or_default() += 1;
-        }
-    }
-    for ((installation, merchant, day), n) in quotas {
-        statements.push(events::settle_delivered(installation, merchant, day, n));
-    }
+    let statements = writes(&kept, &marks);
     let marked: Vec<events::Marked> = crate::db::sql::batch(tx, statements).await?;
     if marked.len() != marks.len() {
         return Err(Failed::ClaimLost);
