@@ -713,6 +713,48 @@ mod tests {
         assert!(claim::pending_groups(&db).await.unwrap().is_empty());
     }
 
+    /// The merchants of what `owner` claims at `now`, in claim order.
+    async fn claimed_by(
+        db: &DatabaseConnection,
+        owner: &str,
+        batch: u32,
+        now: DateTime<Utc>,
+    ) -> Vec<String> {
+        let room = HashMap::new();
+        let room = Room {
+            in_flight: &room,
+            per_partner: usize::MAX,
+            least: 1,
+        };
+        claim(db, owner, batch, room, Duration::seconds(30), 8, now)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|c| c.place.merchant_id.unwrap_or_default())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_merchant_another_dispatcher_is_working_is_left_to_it_until_its_lease_ends() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = database(dir.path()).await;
+        let early = Utc::now() - Duration::minutes(5);
+        backlog(&db, &merchant("p-a", "m-a1"), 3, early).await;
+        backlog(&db, &merchant("p-a", "m-a2"), 3, Utc::now()).await;
+        let now = Utc::now() + Duration::seconds(1);
+        assert_eq!(claimed_by(&db, "other", 1, now).await, ["m-a1"]);
+        // m-a1's next deliveries are due too, but another dispatcher works m-a1.
+        assert_eq!(claimed_by(&db, "me", 10, now).await, ["m-a2"; 3]);
+        // A dispatcher goes on with its own merchants and leaves the others'.
+        assert_eq!(claimed_by(&db, "other", 10, now).await, ["m-a1"; 2]);
+        assert!(claimed_by(&db, "third", 10, now).await.is_empty());
+        // Once the leases end (their holders died), anyone takes the merchants up again.
+        let later = now + Duration::seconds(31);
+        let mut all = claimed_by(&db, "third", 10, later).await;
+        all.sort();
+        assert_eq!(all, ["m-a1", "m-a1", "m-a1", "m-a2", "m-a2", "m-a2"]);
+    }
+
     #[tokio::test]
     async fn within_a_partner_each_merchant_gets_a_turn_before_any_gets_a_second() {
         let dir = tempfile::tempdir().unwrap();

@@ -91,10 +91,15 @@ impl Query<'_> {
     }
 }
 
-/// Runs `statements` (SQL with `?` placeholders, and its values) in order on `db`; returns the
-/// rows they return. On SQLite they go as one multi-statement string: one hand-off to the
-/// connection's worker thread instead of one each (sqlx binds the values statement by
-/// statement, in order). PostgreSQL takes one statement at a time.
+/// Runs `statements` (SQL with `?` placeholders, and its values) on `db` as one round trip
+/// where it can; returns the rows they return. The statements must not depend on each other's
+/// effects, and those that return rows (with `RETURNING`, all of one shape) must be writes.
+///
+/// On SQLite they go in order as one multi-statement string: one hand-off to the connection's
+/// worker thread instead of one each (sqlx binds the values statement by statement, in order).
+/// On PostgreSQL, whose extended protocol takes one statement per round trip, they become one
+/// statement of data-modifying `WITH` queries, which share a snapshot and run to completion
+/// whether read or not, and whose `RETURNING` rows are the statement's.
 pub async fn batch<T: FromQueryResult>(
     db: &impl ConnectionTrait,
     statements: Vec<(String, Vec<Value>)>,
@@ -107,10 +112,58 @@ pub async fn batch<T: FromQueryResult>(
         return query(&sql, values).all(db).await;
     }
     let mut rows = Vec::new();
-    for (sql, values) in statements {
+    for (sql, values) in as_one(statements) {
         rows.extend(query(&sql, values).all::<T>(db).await?);
     }
     Ok(rows)
+}
+
+/// Most values bound to one PostgreSQL statement built by [`as_one`], well under the
+/// protocol's 65,535.
+const MAX_VALUES_AS_ONE: usize = 30_000;
+
+/// Writes as few PostgreSQL statements as the bound values allow: each a `WITH` of
+/// data-modifying queries whose main query returns the rows of those with `RETURNING`.
+fn as_one(statements: Vec<(String, Vec<Value>)>) -> Vec<(String, Vec<Value>)> {
+    let mut packs: Vec<Vec<(String, Vec<Value>)>> = Vec::new();
+    let mut count = 0;
+    for statement in statements {
+        let n = statement.1.len();
+        match packs.last_mut() {
+            Some(pack) if count + n <= MAX_VALUES_AS_ONE => {
+                count += n;
+                pack.push(statement);
+            }
+            _ => {
+                count = n;
+                packs.push(vec![statement]);
+            }
+        }
+    }
+    packs
+        .into_iter()
+        .map(|mut pack| {
+            if pack.len() == 1 {
+                return pack.remove(0);
+            }
+            let mut parts = Vec::with_capacity(pack.len());
+            let mut returning = Vec::new();
+            let mut values = Vec::new();
+            for (i, (sql, v)) in pack.into_iter().enumerate() {
+                if sql.contains(" RETURNING ") {
+                    returning.push(format!("SELECT * FROM w{i}"));
+                }
+                parts.push(format!("w{i} AS ({sql})"));
+                values.extend(v);
+            }
+            let main = if returning.is_empty() {
+                "SELECT 1 WHERE FALSE".to_owned()
+            } else {
+                returning.join(" UNION ALL ")
+            };
+            (format!("WITH {} {main}", parts.join(", ")), values)
+        })
+        .collect()
 }
 
 /// Statements as one multi-statement text for SQLite, with their values in order.
@@ -323,7 +376,81 @@ mod tests {
         assert_eq!(count, 2);
         let missing = query("SELECT at FROM sql_door WHERE name = 'c'", []);
         assert_eq!(missing.scalar::<i64>(txn).await?, None);
+        batched(txn).await?;
         advisory_lock(txn, 1, "sql door").await
+    }
+
+    #[derive(Debug, PartialEq, FromQueryResult)]
+    struct Named {
+        name: String,
+    }
+
+    /// A batch's writes all land, and the rows of every statement with `RETURNING` come back.
+    async fn batched(txn: &DatabaseTransaction) -> Result<(), DbErr> {
+        let statements = vec![
+            (
+                "INSERT INTO sql_door (name, at) VALUES (?, ?)".to_owned(),
+                vec!["c".into(), 3.into()],
+            ),
+            (
+                "UPDATE sql_door SET at = ? WHERE name = ? RETURNING name".to_owned(),
+                vec![7.into(), "a".into()],
+            ),
+            (
+                "INSERT INTO sql_door (name, at) VALUES (?, ?) RETURNING name".to_owned(),
+                vec!["d".into(), 4.into()],
+            ),
+            (
+                "DELETE FROM sql_door WHERE name = ?".to_owned(),
+                vec!["b?".into()],
+            ),
+        ];
+        let mut returned: Vec<Named> = batch(txn, statements).await?;
+        returned.sort_by(|a, b| a.name.cmp(&b.name));
+        assert_eq!(
+            returned,
+            [Named { name: "a".into() }, Named { name: "d".into() }]
+        );
+        let rows: Vec<(String, i64)> = query("SELECT name, at FROM sql_door ORDER BY name", [])
+            .all::<Timed>(txn)
+            .await?
+            .into_iter()
+            .map(|r| (r.name, r.at))
+            .collect();
+        assert_eq!(rows, [("a".into(), 7), ("c".into(), 3), ("d".into(), 4)]);
+        Ok(())
+    }
+
+    #[derive(FromQueryResult)]
+    struct Timed {
+        name: String,
+        at: i64,
+    }
+
+    #[test]
+    fn a_postgres_batch_is_as_few_statements_as_its_values_allow() {
+        let statement = |n: usize| {
+            (
+                format!("INSERT INTO t (v) VALUES {}", vec!["(?)"; n].join(", ")),
+                vec![Value::from(1); n],
+            )
+        };
+        let one = as_one(vec![statement(2), statement(3)]);
+        assert_eq!(one.len(), 1);
+        assert_eq!(
+            placeholders(DbBackend::Postgres, &one[0].0),
+            "WITH w0 AS (INSERT INTO t (v) VALUES ($1), ($2)), \
+             w1 AS (INSERT INTO t (v) VALUES ($3), ($4), ($5)) SELECT 1 WHERE FALSE"
+        );
+        assert_eq!(one[0].1.len(), 5);
+        let split = as_one(vec![
+            statement(MAX_VALUES_AS_ONE - 1),
+            statement(2),
+            statement(3),
+        ]);
+        let sizes: Vec<usize> = split.iter().map(|(_, v)| v.len()).collect();
+        assert_eq!(sizes, [MAX_VALUES_AS_ONE - 1, 5]);
+        assert!(split[0].0.starts_with("INSERT"));
     }
 
     #[tokio::test]

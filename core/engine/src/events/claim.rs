@@ -52,7 +52,12 @@ impl Room<'_> {
 /// by at most a round rather than by the whole backlog. Deliveries of suspended tenants are held,
 /// and no partner gets more than its `room`.
 ///
-/// The turns are ranked by a read (no locks; it reads every due delivery), then the first
+/// The turns are ranked by reads that take no locks — an idle dispatcher polls often, and must
+/// take neither SQLite's write lock nor PostgreSQL's row locks when nothing is due — and never
+/// by one query over every due delivery, whose plan would follow statistics that lag behind a
+/// backlog that grew at once: a walk along the turns index finds the (partner, merchant) pairs
+/// with deliveries pending, and each pair's first few due ones are ranked, passing over pairs
+/// another dispatcher is working (see [`rank`]). Then the first
 /// `batch` still claimable are leased by a short write; rows another dispatcher leased meanwhile
 /// are passed over (on PostgreSQL rows it is leasing are skipped, `FOR UPDATE SKIP LOCKED`;
 /// SQLite serialises writers, so each write is atomic as it stands).
@@ -65,23 +70,10 @@ pub async fn claim(
     max_attempts: i32,
     now: DateTime<Utc>,
 ) -> Result<Vec<Claimed>, Error> {
-    // A read first: an idle dispatcher polls often, and must not take SQLite's write lock
-    // (or PostgreSQL row locks) when nothing is due.
-    let due: Option<String> = sql::query(
-        &format!(
-            "SELECT id FROM event_deliveries WHERE status = 'pending' AND next_attempt_at <= ? \
-             AND (lease_until IS NULL OR lease_until < ?) AND {NOT_SUSPENDED} LIMIT 1"
-        ),
-        [Millis(now).into(), Millis(now).into()],
-    )
-    .scalar(db)
-    .await?;
-    if due.is_none() {
-        return Ok(Vec::new());
-    }
     // Twice the batch: another dispatcher ranking at the same moment takes the same first turns.
     let candidates = fair_turns(
         db,
+        owner,
         batch.saturating_mul(2),
         &room.held_back(),
         max_attempts,
@@ -167,6 +159,7 @@ pub(super) struct Group {
 /// backlog was cut short would have had its next delivery.
 async fn fair_turns(
     db: &impl ConnectionTrait,
+    owner: &str,
     limit: u32,
     held_back: &[String],
     max_attempts: i32,
@@ -184,7 +177,7 @@ async fn fair_turns(
     loop {
         let mut ranked = Vec::new();
         for chunk in groups.chunks(GROUPS_PER_STATEMENT) {
-            ranked.extend(rank(db, chunk, depth + 1, max_attempts, now).await?);
+            ranked.extend(rank(db, owner, chunk, depth + 1, max_attempts, now).await?);
         }
         let (turns, cut_short) = fair_prefix(ranked, depth, limit);
         if turns.len() >= limit || !cut_short || depth >= limit {
@@ -228,6 +221,10 @@ pub(super) async fn pending_groups(db: &impl ConnectionTrait) -> Result<Vec<Grou
     Ok(sql::query(&walk, []).all(db).await?)
 }
 
+/// How many of a (partner, merchant)'s first pending deliveries a claim looks at to see
+/// whether another dispatcher is working it.
+const HEAD: usize = 4;
+
 /// Groups ranked by one statement (two values each, under both engines' limits).
 const GROUPS_PER_STATEMENT: usize = 2_000;
 
@@ -240,9 +237,15 @@ struct Ranked {
     merchant_turn: i64,
 }
 
-/// The first `depth` due deliveries of each of `groups`, with their turns.
+/// The first `depth` due deliveries of each of `groups`, with their turns, leaving out the
+/// groups another dispatcher is working: one that holds a live lease on one of the group's
+/// first pending deliveries. Two processes then do not run one merchant's deliveries side by
+/// side, where each run's commit would wait on the other's locks and one of them would find
+/// what it read changed and run again; a dispatcher that dies leaves its merchants to the
+/// others once its leases end.
 async fn rank(
     db: &impl ConnectionTrait,
+    owner: &str,
     groups: &[Group],
     depth: usize,
     max_attempts: i32,
@@ -265,13 +268,21 @@ async fn rank(
             depth.into(),
         ]);
     };
-    let firsts = match sql::backend(db) {
+    // The first pending deliveries of the group, leased or not, in claim order: where another
+    // dispatcher holds some of them, that dispatcher is working the merchant.
+    let head = |merchant: &str| {
+        format!(
+            "SELECT lease_owner, lease_until FROM event_deliveries WHERE status = 'pending' \
+             AND partner_id = g.partner_id AND {merchant} ORDER BY next_attempt_at, id LIMIT {HEAD}"
+        )
+    };
+    let (firsts, heads) = match sql::backend(db) {
         // A lateral join runs each range once per (partner, merchant); an equality keeps it on
         // the index, so deliveries without a merchant are a range of their own.
         sea_orm::DbBackend::Postgres => {
             first(&mut values);
             first(&mut values);
-            format!(
+            let firsts = format!(
                 "CROSS JOIN LATERAL (\
                    (SELECT id, next_attempt_at FROM event_deliveries WHERE {due} \
                     AND merchant_id = g.merchant_id AND {NOT_SUSPENDED} ORDER BY next_attempt_at, id LIMIT ?) \
@@ -280,24 +291,33 @@ async fn rank(
                     AND g.merchant_id IS NULL AND merchant_id IS NULL AND {NOT_SUSPENDED} \
                     ORDER BY next_attempt_at, id LIMIT ?)\
                  ) d"
-            )
+            );
+            let heads = format!(
+                "({}) UNION ALL ({})",
+                head("merchant_id = g.merchant_id"),
+                head("g.merchant_id IS NULL AND merchant_id IS NULL")
+            );
+            (firsts, heads)
         }
         // SQLite has no lateral joins; `IS` compares NULLs and keeps to the index.
         _ => {
             first(&mut values);
-            format!(
+            let firsts = format!(
                 "JOIN event_deliveries d ON d.id IN (\
                    SELECT id FROM event_deliveries WHERE {due} AND merchant_id IS g.merchant_id \
                    AND {NOT_SUSPENDED} ORDER BY next_attempt_at, id LIMIT ?)"
-            )
+            );
+            (firsts, head("merchant_id IS g.merchant_id"))
         }
     };
+    values.extend([Millis(now).into(), owner.into()]);
     Ok(sql::query(
         &format!(
             "WITH g (partner_id, merchant_id) AS (VALUES {rows}) \
              SELECT d.id, g.partner_id, d.next_attempt_at, \
              ROW_NUMBER() OVER (PARTITION BY g.partner_id, g.merchant_id ORDER BY d.next_attempt_at, d.id) AS merchant_turn \
-             FROM g {firsts}"
+             FROM g {firsts} WHERE NOT EXISTS (SELECT 1 FROM ({heads}) h \
+             WHERE h.lease_until >= ? AND h.lease_owner <> ?)"
         ),
         values,
     )

@@ -64,12 +64,12 @@ pub async fn check(
     tx: &DatabaseTransaction,
     txns: &[&Txn],
 ) -> Result<Vec<Result<Plan, KvError>>, DbErr> {
-    if sql::backend(tx) == DbBackend::Postgres {
-        insert_missing_usage(tx, txns).await?;
-    }
-    let lock = sql::for_update(tx, RowLock::Wait);
+    let usage_reads = match sql::backend(tx) {
+        DbBackend::Postgres => usage_locks(txns),
+        _ => usage_reads(txns, sql::for_update(tx, RowLock::Wait)),
+    };
     let mut usage = Vec::new();
-    for (statement, values) in usage_reads(txns, lock) {
+    for (statement, values) in usage_reads {
         usage.extend(sql::query(&statement, values).all::<UsageRow>(tx).await?);
     }
     let mut versions = Vec::new();
@@ -151,31 +151,31 @@ pub fn as_read(txn: &Txn) -> Option<Vec<(String, Vec<Value>)>> {
     Some(statements)
 }
 
-/// Creates the missing usage rows of writers (PostgreSQL), so that there is a row to lock.
-async fn insert_missing_usage(tx: &DatabaseTransaction, txns: &[&Txn]) -> Result<(), DbErr> {
-    let writers: BTreeSet<Ids> = txns
-        .iter()
-        .filter(|t| t.writes())
-        .map(|t| t.ids())
-        .collect();
-    let writers: Vec<&Ids> = writers.iter().collect();
-    for chunk in writers.chunks(CHUNK) {
-        let values = chunk
-            .iter()
-            .flat_map(|(i, s)| [Value::from(i.clone()), s.clone().into()]);
-        sql::query(
-            &format!(
+/// The statements that lock the usage rows of the group's namespaces on PostgreSQL, in key
+/// order, and return them: an upsert that creates a missing row (with nothing used, as a
+/// missing row reads) and otherwise updates a row to itself, which locks it and returns what
+/// is committed once any other holder's transaction has ended. One round trip instead of an
+/// insert of the missing rows and a `SELECT … FOR UPDATE`.
+fn usage_locks(txns: &[&Txn]) -> Vec<(String, Vec<Value>)> {
+    let spaces: BTreeSet<Ids> = txns.iter().map(|t| t.ids()).collect();
+    let spaces: Vec<&Ids> = spaces.iter().collect();
+    spaces
+        .chunks(CHUNK)
+        .map(|chunk| {
+            let values = chunk
+                .iter()
+                .flat_map(|(i, s)| [Value::from(i.clone()), s.clone().into()])
+                .collect();
+            let statement = format!(
                 "INSERT INTO plugin_kv_usage (installation_id, scope_id, keys, bytes, last_version) \
                  SELECT i, s, 0, 0, 0 FROM (VALUES {}) AS w (i, s) ORDER BY i, s \
-                 ON CONFLICT (installation_id, scope_id) DO NOTHING",
+                 ON CONFLICT (installation_id, scope_id) DO UPDATE SET keys = plugin_kv_usage.keys \
+                 RETURNING 'u' AS what, installation_id, scope_id, keys, bytes, last_version",
                 rows(2, chunk.len())
-            ),
-            values,
-        )
-        .execute(tx)
-        .await?;
-    }
-    Ok(())
+            );
+            (statement, values)
+        })
+        .collect()
 }
 
 /// The statements that read (and with `lock`, lock) the usage rows of the group's namespaces,
@@ -217,12 +217,12 @@ fn version_reads(txns: &[&Txn]) -> Vec<(String, Vec<Value>)> {
                 let (installation, scope) = txns[*i].ids();
                 values.extend([installation.into(), scope.into(), Value::from(*key)]);
             }
-            let statement = format!(
-                "SELECT 'v' AS what, installation_id, scope_id, key, version FROM plugin_kv \
-                 WHERE (installation_id, scope_id, key) IN \
-                 (WITH w (i, s, k) AS (VALUES {}) SELECT i, s, k FROM w)",
-                rows(3, chunk.len())
-            );
+            // One primary-key lookup per key rather than a join with a list of keys: a join's
+            // plan follows the table's statistics, and PostgreSQL's lag behind a table that
+            // grows quickly (a `seen/` key per event), which made it scan the whole table.
+            let lookup = "SELECT 'v' AS what, installation_id, scope_id, key, version \
+                 FROM plugin_kv WHERE installation_id = ? AND scope_id = ? AND key = ?";
+            let statement = vec![lookup; chunk.len()].join(" UNION ALL ");
             (statement, values)
         })
         .collect()
