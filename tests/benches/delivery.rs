@@ -1,9 +1,13 @@
-//! Event delivery throughput: events queued for the `ledger` fixture across 16 merchants, each
-//! delivery reading two keys (a counter and the event's `seen/` mark) and writing both, committed
-//! in one transaction with its `delivered` mark. Engines built by the composition root in this
-//! process (release, each on a runtime of its own with two workers, on the same two cores): one
-//! on SQLite, the embedded default; and, when `TRELLIS_TEST_DATABASE_URL` names a PostgreSQL
-//! server, one and then two on one PostgreSQL database.
+//! Event delivery throughput: events queued for the `ledger` fixture across the merchants of
+//! one partner, each delivery reading two keys (a counter and the event's `seen/` mark) and
+//! writing both, committed in one transaction with its `delivered` mark. Engines built by the
+//! composition root in this process (release, each on a runtime of its own with two workers, on
+//! the same two cores): one on SQLite, the embedded default; and, when
+//! `TRELLIS_TEST_DATABASE_URL` names a PostgreSQL server, one and then two on one PostgreSQL
+//! database. Each runs twice: across 16 merchants with the default 16 deliveries in flight per
+//! engine, and across 64 merchants with 64 in flight (`events.concurrency`). One merchant's
+//! deliveries run one at a time (they share its counter), so with 16 merchants at most 16 run
+//! at once whatever the engines could do.
 //!
 //! Measured from the moment the queued deliveries fall due to the last one delivered; the
 //! latency of each is from that moment to its delivery (the engine's own `latency_ms`).
@@ -28,7 +32,6 @@ use trellis_tests::{Engine, create_node};
 #[global_allocator]
 static ALLOCATOR: trellis_engine::Allocator = trellis_engine::Allocator;
 
-const MERCHANTS: usize = 16;
 const LEDGER: (&str, &str, &str) = (
     "tests/plugins/ledger",
     "trellis_fixture_ledger",
@@ -55,17 +58,22 @@ async fn latencies(conn: &DatabaseConnection) -> Vec<i64> {
         .collect()
 }
 
-/// Delivers `n` events with `engines` engines on the database at `url`; prints the rate.
-async fn measure(label: &str, url: &str, engines: usize, n: usize) {
+/// Delivers `n` events across `merchants` merchants with `engines` engines on the database at
+/// `url`, each running as many deliveries at once as there are merchants; prints the rate.
+async fn measure(label: &str, url: &str, engines: usize, n: usize, merchant_count: usize) {
+    let label = format!("{label}, {merchant_count} merchants");
+    let label = label.as_str();
+    let concurrency = merchant_count.to_string();
     let env = [
         ("TRELLIS_EVENTS__POLL_MS", "50"),
+        ("TRELLIS_EVENTS__CONCURRENCY", concurrency.as_str()),
         ("TRELLIS_PLUGINS__BREAKER_TRAPS", "1000000"),
         ("TRELLIS_LOG__LEVEL", "warn"),
     ];
     let first = Engine::start(url, &env);
     let tree = branch(&first, url, "bench.test").await;
     let mut merchants = vec![tree.merchant.clone()];
-    for i in 1..MERCHANTS {
+    for i in 1..merchant_count {
         merchants.push(
             create_node(
                 &tree.root,
@@ -87,12 +95,12 @@ async fn measure(label: &str, url: &str, engines: usize, n: usize) {
             &conn,
             (&tree.partner, &tree.agent, merchant),
             (&installation, "test.tick"),
-            n / MERCHANTS,
+            n / merchant_count,
             due,
         )
         .await;
     }
-    let total = i64::try_from(n / MERCHANTS * MERCHANTS).unwrap();
+    let total = i64::try_from(n / merchant_count * merchant_count).unwrap();
     let wait = due - chrono::Utc::now().timestamp_millis();
     tokio::time::sleep(Duration::from_millis(u64::try_from(wait).unwrap_or(0))).await;
     let started = Instant::now();
@@ -130,14 +138,16 @@ async fn measure(label: &str, url: &str, engines: usize, n: usize) {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let n = trellis_engine::config::test_events_from_env().unwrap_or(20_000);
-    let sqlite = trellis_tests::sqlite();
-    measure("SQLite, one engine", &sqlite.url(), 1, n).await;
-    if let Some(admin_url) = trellis_engine::config::test_database_url_from_env() {
-        for engines in [1, 2] {
-            let db = trellis_tests::fresh_postgres(&admin_url).await;
-            let label = format!("PostgreSQL, {engines} engine(s)");
-            measure(&label, &db.url(), engines, n).await;
-            db.cleanup().await;
+    for merchants in [16, 64] {
+        let sqlite = trellis_tests::sqlite();
+        measure("SQLite, one engine", &sqlite.url(), 1, n, merchants).await;
+        if let Some(admin_url) = trellis_engine::config::test_database_url_from_env() {
+            for engines in [1, 2] {
+                let db = trellis_tests::fresh_postgres(&admin_url).await;
+                let label = format!("PostgreSQL, {engines} engine(s)");
+                measure(&label, &db.url(), engines, n, merchants).await;
+                db.cleanup().await;
+            }
         }
     }
 }
