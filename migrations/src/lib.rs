@@ -24,7 +24,8 @@ mod m20261205_000013_rank_deliveries_by_turn;
 mod m20261205_000014_index_events_by_tenant;
 mod m20261205_000015_record_breaker_resets;
 mod m20261206_000016_index_pages_newest_first;
-mod m20261206_000017_slim_delivery_indexes;
+mod m20261206_000017_drop_deliveries_due_index;
+mod m20261206_000018_slim_delivery_indexes;
 
 /// Every migration of the engine, oldest first.
 pub struct Migrator;
@@ -49,7 +50,8 @@ impl MigratorTrait for Migrator {
             Box::new(m20261205_000014_index_events_by_tenant::Migration),
             Box::new(m20261205_000015_record_breaker_resets::Migration),
             Box::new(m20261206_000016_index_pages_newest_first::Migration),
-            Box::new(m20261206_000017_slim_delivery_indexes::Migration),
+            Box::new(m20261206_000017_drop_deliveries_due_index::Migration),
+            Box::new(m20261206_000018_slim_delivery_indexes::Migration),
         ]
     }
 }

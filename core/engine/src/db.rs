@@ -212,12 +212,6 @@ impl Db {
     }
 }
 
-/// Prepared statements each connection keeps. The group commits' and claims' statements list
-/// as many rows as they have members or merchants, so their texts run to several hundred, and
-/// one evicted is parsed, planned and prepared again — on PostgreSQL a round trip more — the
-/// next time (sqlx keeps 100 by default).
-const STATEMENT_CACHE: usize = 1_024;
-
 /// One pool on `url`; `sqlite` is the busy timeout and synchronous level of a SQLite database.
 async fn open(
     url: &str,
@@ -236,15 +230,12 @@ async fn open(
         .sqlx_logging_level(tracing::log::LevelFilter::Debug);
     if let Some((busy, synchronous)) = sqlite {
         options.map_sqlx_sqlite_opts(move |o| {
-            o.statement_cache_capacity(STATEMENT_CACHE)
-                .create_if_missing(true)
+            o.create_if_missing(true)
                 .journal_mode(SqliteJournalMode::Wal)
                 .synchronous(synchronous)
                 .foreign_keys(true)
                 .busy_timeout(busy)
         });
-    } else {
-        options.map_sqlx_postgres_opts(|o| o.statement_cache_capacity(STATEMENT_CACHE));
     }
     Database::connect(options)
         .await

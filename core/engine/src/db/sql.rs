@@ -150,6 +150,12 @@ fn as_one(statements: Vec<(String, Vec<Value>)>) -> Vec<(String, Vec<Value>)> {
             let mut returning = Vec::new();
             let mut values = Vec::new();
             for (i, (sql, v)) in pack.into_iter().enumerate() {
+                // Rows are taken from the statements written `… RETURNING …`; one written
+                // otherwise would return none and fail its caller's count.
+                debug_assert!(
+                    !sql.to_ascii_uppercase().contains("RETURNING") || sql.contains(" RETURNING "),
+                    "a batched statement returns rows but not as ` RETURNING `: {sql}"
+                );
                 if sql.contains(" RETURNING ") {
                     returning.push(format!("SELECT * FROM w{i}"));
                 }

@@ -221,6 +221,11 @@ pub(super) async fn pending_groups(db: &impl ConnectionTrait) -> Result<Vec<Grou
     Ok(sql::query(&walk, []).all(db).await?)
 }
 
+/// A (partner, merchant) group whose partner or merchant is suspended: left out before any of
+/// its deliveries is read (each delivery is checked too, for its agent).
+const GROUP_NOT_SUSPENDED: &str = "g.partner_id NOT IN (SELECT id FROM nodes WHERE status = 'suspended') \
+     AND (g.merchant_id IS NULL OR g.merchant_id NOT IN (SELECT id FROM nodes WHERE status = 'suspended'))";
+
 /// How many of a (partner, merchant)'s first pending deliveries a claim looks at to see
 /// whether another dispatcher is working it.
 const HEAD: usize = 4;
@@ -317,7 +322,7 @@ async fn rank(
              SELECT d.id, g.partner_id, d.next_attempt_at, \
              ROW_NUMBER() OVER (PARTITION BY g.partner_id, g.merchant_id ORDER BY d.next_attempt_at, d.id) AS merchant_turn \
              FROM g {firsts} WHERE NOT EXISTS (SELECT 1 FROM ({heads}) h \
-             WHERE h.lease_until >= ? AND h.lease_owner <> ?)"
+             WHERE h.lease_until >= ? AND h.lease_owner <> ?) AND {GROUP_NOT_SUSPENDED}"
         ),
         values,
     )
@@ -382,8 +387,8 @@ async fn lease_rows(
     let mut values: Vec<Value> = vec![owner.into(), Millis(now + lease).into(), Millis(now).into()];
     values.extend(ids.iter().cloned().map(Value::from));
     values.extend([max_attempts.into(), Millis(now).into()]);
-    // `COALESCE(status, '')`: the guard must not steer SQLite's planner to the status index
-    // (every pending delivery) when the ids name the rows.
+    // `COALESCE(status, '')`: the guard must not steer SQLite's planner to the index of pending
+    // deliveries (every one of them) when the ids name the rows.
     let claimable = "COALESCE(status, '') = 'pending' AND attempts < ? \
                      AND (lease_until IS NULL OR lease_until < ?)";
     // PostgreSQL passes over rows another dispatcher is leasing; SQLite's writers take turns,

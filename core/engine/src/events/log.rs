@@ -62,6 +62,17 @@ fn scope_filter(scope: &Place, values: &mut Vec<Value>) -> String {
     clauses.join(" AND ")
 }
 
+/// The condition on a delivery's status. Pending is written as a literal, which lets both
+/// engines read the index of pending deliveries (a partial index: a bound value could be
+/// anything, so neither planner may use it).
+fn status_clause(status: &str, values: &mut Vec<Value>) -> String {
+    if status == "pending" {
+        return " AND status = 'pending'".to_owned();
+    }
+    values.push(status.into());
+    " AND status = ?".to_owned()
+}
+
 /// A delivery as [`DELIVERY_COLUMNS`] read it.
 #[derive(FromQueryResult)]
 struct DeliveryRow {
@@ -113,8 +124,7 @@ pub async fn deliveries_after(
     let mut values = Vec::new();
     let mut condition = scope_filter(scope, &mut values);
     if let Some(status) = status {
-        condition.push_str(" AND status = ?");
-        values.push(status.into());
+        condition.push_str(&status_clause(status, &mut values));
     }
     if let Some((at, id)) = after {
         // A row value: both engines read it as one range of the (…, created_at, id) index.
@@ -142,9 +152,11 @@ pub async fn deliveries(
 ) -> Result<(Vec<Delivery>, u64), Error> {
     let mut values = Vec::new();
     let mut condition = scope_filter(scope, &mut values);
+    if let Some(status) = &filter.status {
+        condition.push_str(&status_clause(status, &mut values));
+    }
     for (column, value) in [
         ("installation_id", &filter.installation_id),
-        ("status", &filter.status),
         ("event_id", &filter.event_id),
     ] {
         if let Some(v) = value {

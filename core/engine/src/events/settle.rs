@@ -17,8 +17,8 @@ use crate::db::sql::{self, Millis};
 const CHUNK: usize = 200;
 
 /// The guard of a mark: the delivery is still pending and leased to `?`, the owner.
-/// `COALESCE(status, '')`: the guard must not steer SQLite's planner to the status index
-/// (every pending delivery) when the ids name the rows.
+/// `COALESCE(status, '')`: the guard must not steer SQLite's planner to the index of pending
+/// deliveries (every one of them) when the ids name the rows.
 const STILL_HELD: &str = "lease_owner = ? AND COALESCE(status, '') = 'pending'";
 
 /// A delivery a mark moved to `delivered`, or one still held (see [`still_held`]).

@@ -16,10 +16,12 @@ use sea_orm::{DatabaseTransaction, DbBackend, DbErr, FromQueryResult, Value};
 
 use super::{Entry, KvError, Txn, version_of};
 use crate::db::held;
-use crate::db::sql::{self, RowLock};
+use crate::db::sql;
 
-/// Rows per statement: under both engines' limits on bound values (6 values a row).
+/// Rows per statement: under both engines' limits on bound values (6 values a row), and
+/// key lookups per `UNION ALL` under SQLite's 500 terms of a compound select.
 const CHUNK: usize = 200;
+const _: () = assert!(CHUNK <= 500);
 
 /// A namespace's ids: (installation, scope).
 type Ids = (String, String);
@@ -66,7 +68,8 @@ pub async fn check(
 ) -> Result<Vec<Result<Plan, KvError>>, DbErr> {
     let usage_reads = match sql::backend(tx) {
         DbBackend::Postgres => usage_locks(txns),
-        _ => usage_reads(txns, sql::for_update(tx, RowLock::Wait)),
+        // SQLite's writers take turns on the whole database: nothing to lock row by row.
+        _ => usage_reads(txns),
     };
     let mut usage = Vec::new();
     for (statement, values) in usage_reads {
@@ -94,7 +97,7 @@ pub async fn check(
 /// write transaction, whose write lock keeps them as read until it ends; the transactions must
 /// not have listed ranges ([`Txn::listed`]).
 pub fn reads(txns: &[&Txn]) -> Vec<(String, Vec<Value>)> {
-    let mut statements = usage_reads(txns, "");
+    let mut statements = usage_reads(txns);
     statements.extend(version_reads(txns));
     statements
 }
@@ -178,9 +181,8 @@ fn usage_locks(txns: &[&Txn]) -> Vec<(String, Vec<Value>)> {
         .collect()
 }
 
-/// The statements that read (and with `lock`, lock) the usage rows of the group's namespaces,
-/// in key order.
-fn usage_reads(txns: &[&Txn], lock: &str) -> Vec<(String, Vec<Value>)> {
+/// The statements that read the usage rows of the group's namespaces (SQLite).
+fn usage_reads(txns: &[&Txn]) -> Vec<(String, Vec<Value>)> {
     let spaces: BTreeSet<Ids> = txns.iter().map(|t| t.ids()).collect();
     let spaces: Vec<&Ids> = spaces.iter().collect();
     spaces
@@ -194,7 +196,7 @@ fn usage_reads(txns: &[&Txn], lock: &str) -> Vec<(String, Vec<Value>)> {
                 "SELECT 'u' AS what, installation_id, scope_id, keys, bytes, last_version \
                  FROM plugin_kv_usage WHERE (installation_id, scope_id) IN \
                  (WITH w (i, s) AS (VALUES {}) SELECT i, s FROM w) \
-                 ORDER BY installation_id, scope_id{lock}",
+                 ORDER BY installation_id, scope_id",
                 rows(2, chunk.len())
             );
             (statement, values)
