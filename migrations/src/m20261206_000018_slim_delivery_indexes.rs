@@ -1,7 +1,6 @@
-//! The turns index (partner, merchant, due instant, id) holds pending deliveries only, so
-//! claims walk and rank the backlog without stepping over every delivery ever delivered, and a
-//! delivered row leaves it instead of adding an entry to it. It replaces the turns index that
-//! led with the status.
+//! The turns index (partner, merchant, due instant, id) holds pending deliveries only: it is
+//! smaller, and a delivery marked delivered adds no entry to it. It replaces the turns index
+//! that led with the status.
 //!
 //! A delivery's row is written three times (queued, leased, delivered). On PostgreSQL pages
 //! are left a quarter free, so that a lease, which changes no indexed column, is rewritten in

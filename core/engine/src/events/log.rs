@@ -63,8 +63,8 @@ fn scope_filter(scope: &Place, values: &mut Vec<Value>) -> String {
 }
 
 /// The condition on a delivery's status. Pending is written as a literal, which lets both
-/// engines read the index of pending deliveries (a partial index: a bound value could be
-/// anything, so neither planner may use it).
+/// engines read the index of pending deliveries (a partial index: for a bound value, which
+/// could be anything, SQLite's planner and PostgreSQL's generic plans may not use it).
 fn status_clause(status: &str, values: &mut Vec<Value>) -> String {
     if status == "pending" {
         return " AND status = 'pending'".to_owned();
