@@ -564,8 +564,18 @@ mod tests {
             per_partner,
             least: 2,
         };
-        let now = Utc::now() + Duration::seconds(1);
-        claim(db, "me", batch, room, Duration::seconds(30), 8, now)
+        claimed_as(db, "me", batch, room, Utc::now() + Duration::seconds(1)).await
+    }
+
+    /// The merchants of what `owner` claims at `now` with `room`, in claim order.
+    async fn claimed_as(
+        db: &DatabaseConnection,
+        owner: &str,
+        batch: u32,
+        room: Room<'_>,
+        now: DateTime<Utc>,
+    ) -> Vec<String> {
+        claim(db, owner, batch, room, Duration::seconds(30), 8, now)
             .await
             .unwrap()
             .into_iter()
@@ -726,12 +736,7 @@ mod tests {
             per_partner: usize::MAX,
             least: 1,
         };
-        claim(db, owner, batch, room, Duration::seconds(30), 8, now)
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|c| c.place.merchant_id.unwrap_or_default())
-            .collect()
+        claimed_as(db, owner, batch, room, now).await
     }
 
     #[tokio::test]

@@ -417,20 +417,15 @@ mod tests {
             returned,
             [Named { name: "a".into() }, Named { name: "d".into() }]
         );
-        let rows: Vec<(String, i64)> = query("SELECT name, at FROM sql_door ORDER BY name", [])
-            .all::<Timed>(txn)
-            .await?
-            .into_iter()
-            .map(|r| (r.name, r.at))
-            .collect();
+        let rows: Vec<(String, i64)> =
+            query("SELECT name, at, until FROM sql_door ORDER BY name", [])
+                .all::<Row>(txn)
+                .await?
+                .into_iter()
+                .map(|r| (r.name, millis(r.at.0)))
+                .collect();
         assert_eq!(rows, [("a".into(), 7), ("c".into(), 3), ("d".into(), 4)]);
         Ok(())
-    }
-
-    #[derive(FromQueryResult)]
-    struct Timed {
-        name: String,
-        at: i64,
     }
 
     #[test]

@@ -160,29 +160,31 @@ pub fn as_read(txn: &Txn) -> Option<Vec<(String, Vec<Value>)>> {
 /// is committed once any other holder's transaction has ended. One round trip instead of an
 /// insert of the missing rows and a `SELECT … FOR UPDATE`.
 fn usage_locks(txns: &[&Txn]) -> Vec<(String, Vec<Value>)> {
-    let spaces: BTreeSet<Ids> = txns.iter().map(|t| t.ids()).collect();
-    let spaces: Vec<&Ids> = spaces.iter().collect();
-    spaces
-        .chunks(CHUNK)
-        .map(|chunk| {
-            let values = chunk
-                .iter()
-                .flat_map(|(i, s)| [Value::from(i.clone()), s.clone().into()])
-                .collect();
-            let statement = format!(
-                "INSERT INTO plugin_kv_usage (installation_id, scope_id, keys, bytes, last_version) \
-                 SELECT i, s, 0, 0, 0 FROM (VALUES {}) AS w (i, s) ORDER BY i, s \
-                 ON CONFLICT (installation_id, scope_id) DO UPDATE SET keys = plugin_kv_usage.keys \
-                 RETURNING 'u' AS what, installation_id, scope_id, keys, bytes, last_version",
-                rows(2, chunk.len())
-            );
-            (statement, values)
-        })
-        .collect()
+    per_namespaces(txns, |rows| {
+        format!(
+            "INSERT INTO plugin_kv_usage (installation_id, scope_id, keys, bytes, last_version) \
+             SELECT i, s, 0, 0, 0 FROM (VALUES {rows}) AS w (i, s) ORDER BY i, s \
+             ON CONFLICT (installation_id, scope_id) DO UPDATE SET keys = plugin_kv_usage.keys \
+             RETURNING 'u' AS what, installation_id, scope_id, keys, bytes, last_version"
+        )
+    })
 }
 
 /// The statements that read the usage rows of the group's namespaces (SQLite).
 fn usage_reads(txns: &[&Txn]) -> Vec<(String, Vec<Value>)> {
+    per_namespaces(txns, |rows| {
+        format!(
+            "SELECT 'u' AS what, installation_id, scope_id, keys, bytes, last_version \
+             FROM plugin_kv_usage WHERE (installation_id, scope_id) IN \
+             (WITH w (i, s) AS (VALUES {rows}) SELECT i, s FROM w) \
+             ORDER BY installation_id, scope_id"
+        )
+    })
+}
+
+/// One statement per chunk of the group's namespaces, in key order: `text` given the chunk's
+/// `(?, ?)` rows, bound to their (installation, scope) pairs.
+fn per_namespaces(txns: &[&Txn], text: impl Fn(&str) -> String) -> Vec<(String, Vec<Value>)> {
     let spaces: BTreeSet<Ids> = txns.iter().map(|t| t.ids()).collect();
     let spaces: Vec<&Ids> = spaces.iter().collect();
     spaces
@@ -192,14 +194,7 @@ fn usage_reads(txns: &[&Txn]) -> Vec<(String, Vec<Value>)> {
                 .iter()
                 .flat_map(|(i, s)| [Value::from(i.clone()), s.clone().into()])
                 .collect();
-            let statement = format!(
-                "SELECT 'u' AS what, installation_id, scope_id, keys, bytes, last_version \
-                 FROM plugin_kv_usage WHERE (installation_id, scope_id) IN \
-                 (WITH w (i, s) AS (VALUES {}) SELECT i, s FROM w) \
-                 ORDER BY installation_id, scope_id",
-                rows(2, chunk.len())
-            );
-            (statement, values)
+            (text(&rows(2, chunk.len())), values)
         })
         .collect()
 }
