@@ -13,7 +13,8 @@
 //! latency of each is from that moment to its delivery (the engine's own `latency_ms`).
 //!
 //! Run: `make plugins && CARGO_TARGET_DIR=target/bench cargo bench -p trellis-tests --bench
-//! delivery` (`TRELLIS_TEST_EVENTS` sets how many events per run, 20,000 by default). Results:
+//! delivery` (`TRELLIS_TEST_EVENTS` sets how many events per run, 20,000 by default; text after
+//! `--` runs only the legs whose label holds it, e.g. `-- "2 engine(s), 16"`). Results:
 //! `docs/benchmarks.md`.
 #![allow(
     clippy::unwrap_used,
@@ -63,6 +64,9 @@ async fn latencies(conn: &DatabaseConnection) -> Vec<i64> {
 async fn measure(label: &str, url: &str, engines: usize, n: usize, merchant_count: usize) {
     let label = format!("{label}, {merchant_count} merchants");
     let label = label.as_str();
+    if !chosen(label) {
+        return;
+    }
     let concurrency = merchant_count.to_string();
     let env = [
         ("TRELLIS_EVENTS__POLL_MS", "50"),
@@ -133,6 +137,16 @@ async fn measure(label: &str, url: &str, engines: usize, n: usize, merchant_coun
         at(0.99)
     );
     conn.close().await.unwrap();
+}
+
+/// Whether the leg `label` runs: every leg, unless the command line names some text of the
+/// labels to run (`cargo bench … -- "2 engine"`).
+fn chosen(label: &str) -> bool {
+    let filters: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    filters.is_empty() || filters.iter().any(|f| label.contains(f.as_str()))
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]

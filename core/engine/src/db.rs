@@ -436,6 +436,58 @@ pub(crate) async fn test_sqlite(dir: &Path) -> Db {
     db
 }
 
+/// A fresh, migrated PostgreSQL database on the server `TRELLIS_TEST_DATABASE_URL` names, for
+/// the engine's unit tests; `None` (the leg skipped) when it names none.
+#[cfg(test)]
+pub(crate) async fn test_postgres() -> Option<TestPostgres> {
+    let Some(admin_url) = crate::config::test_database_url_from_env() else {
+        eprintln!("PostgreSQL leg skipped: TRELLIS_TEST_DATABASE_URL is not set");
+        return None;
+    };
+    let name = format!("trellis_u_{}", uuid::Uuid::new_v4().simple());
+    let admin = sea_orm::Database::connect(&admin_url).await.unwrap();
+    admin
+        .execute_unprepared(&format!("CREATE DATABASE \"{name}\""))
+        .await
+        .unwrap();
+    admin.close().await.unwrap();
+    let mut url = url::Url::parse(&admin_url).unwrap();
+    url.set_path(&format!("/{name}"));
+    let mut config = Config::load(None).unwrap();
+    config.database.url = secrecy::SecretString::from(url.to_string());
+    let db = Db::connect(&config).await.unwrap();
+    db.migrate().await.unwrap();
+    Some(TestPostgres {
+        db,
+        admin_url,
+        name,
+    })
+}
+
+/// A unit test's PostgreSQL database; [`TestPostgres::drop`] removes it.
+#[cfg(test)]
+pub(crate) struct TestPostgres {
+    pub db: Db,
+    admin_url: String,
+    name: String,
+}
+
+#[cfg(test)]
+impl TestPostgres {
+    pub async fn drop(self) {
+        self.db.close().await;
+        let admin = sea_orm::Database::connect(&self.admin_url).await.unwrap();
+        admin
+            .execute_unprepared(&format!(
+                "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
+                self.name
+            ))
+            .await
+            .unwrap();
+        admin.close().await.unwrap();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

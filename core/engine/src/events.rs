@@ -667,27 +667,34 @@ mod tests {
     #[tokio::test]
     async fn the_walk_along_the_index_finds_the_groups_a_scan_of_the_backlog_finds() {
         let dir = tempfile::tempdir().unwrap();
-        let db = database(dir.path()).await;
+        walk_finds_what_a_scan_finds(&database(dir.path()).await).await;
+        if let Some(postgres) = crate::db::test_postgres().await {
+            walk_finds_what_a_scan_finds(&postgres.db.conn).await;
+            postgres.drop().await;
+        }
+    }
+
+    async fn walk_finds_what_a_scan_finds(db: &DatabaseConnection) {
         let now = Utc::now();
-        backlog(&db, &merchant("p-a", "m-2"), 3, now).await;
-        backlog(&db, &merchant("p-a", "m-1"), 1, now).await;
-        backlog(&db, &merchant("p-c", "m-3"), 2, now).await;
+        backlog(db, &merchant("p-a", "m-2"), 3, now).await;
+        backlog(db, &merchant("p-a", "m-1"), 1, now).await;
+        backlog(db, &merchant("p-c", "m-3"), 2, now).await;
         let mut partner_level = merchant("p-a", "p-a");
         partner_level.kind = NodeKind::Partner;
         partner_level.merchant_id = None;
-        backlog(&db, &partner_level, 2, now).await;
+        backlog(db, &partner_level, 2, now).await;
         let mut agent_level = merchant("p-b", "a-1");
         agent_level.kind = NodeKind::Agent;
         agent_level.merchant_id = None;
         agent_level.agent_id = Some("a-1".into());
-        backlog(&db, &agent_level, 1, now).await;
+        backlog(db, &agent_level, 1, now).await;
         // Delivered ones are not pending.
-        backlog(&db, &merchant("p-d", "m-4"), 1, now).await;
+        backlog(db, &merchant("p-d", "m-4"), 1, now).await;
         sql::query(
             "UPDATE event_deliveries SET status = 'delivered' WHERE partner_id = 'p-d'",
             [],
         )
-        .execute(&db)
+        .execute(db)
         .await
         .unwrap();
         #[derive(sea_orm::FromQueryResult)]
@@ -699,7 +706,7 @@ mod tests {
             "SELECT DISTINCT partner_id, merchant_id FROM event_deliveries WHERE status = 'pending'",
             [],
         )
-        .all(&db)
+        .all(db)
         .await
         .unwrap();
         let mut scanned: Vec<(String, Option<String>)> = scanned
@@ -707,7 +714,7 @@ mod tests {
             .map(|p| (p.partner_id, p.merchant_id))
             .collect();
         scanned.sort();
-        let mut walked: Vec<(String, Option<String>)> = claim::pending_groups(&db)
+        let mut walked: Vec<(String, Option<String>)> = claim::pending_groups(db)
             .await
             .unwrap()
             .into_iter()
@@ -717,10 +724,10 @@ mod tests {
         assert_eq!(walked, scanned);
         assert_eq!(walked.len(), 5);
         sql::query("DELETE FROM event_deliveries", [])
-            .execute(&db)
+            .execute(db)
             .await
             .unwrap();
-        assert!(claim::pending_groups(&db).await.unwrap().is_empty());
+        assert!(claim::pending_groups(db).await.unwrap().is_empty());
     }
 
     /// The merchants of what `owner` claims at `now`, in claim order.

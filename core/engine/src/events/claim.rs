@@ -191,32 +191,48 @@ async fn fair_turns(
 /// delivery (a scan of the whole backlog at every claim) but a walk along the turns index that
 /// seeks from one pair to the next: each merchant of a partner, then the next partner, then
 /// whether each partner has deliveries without a merchant. The same SQL on both engines.
+///
+/// The walk goes from the last pair down, so each seek lands on a pair's newest deliveries:
+/// a backlog drains from its oldest, and on PostgreSQL the index keeps the entries of the
+/// delivered ones (dead, no longer pending) until a vacuum, so a walk upwards would step over
+/// every merchant's delivered prefix at every seek.
 pub(super) async fn pending_groups(db: &impl ConnectionTrait) -> Result<Vec<Group>, Error> {
     const PENDING: &str = "SELECT {} FROM event_deliveries WHERE status = 'pending'";
     let select = |what: &str, rest: &str| format!("({} {rest})", PENDING.replace("{}", what));
-    let first_partner = select("partner_id", "ORDER BY partner_id LIMIT 1");
-    let next_merchant = select(
-        "merchant_id",
-        "AND partner_id = g.p AND merchant_id > g.m ORDER BY merchant_id LIMIT 1",
+    let last_partner = select("partner_id", "ORDER BY partner_id DESC LIMIT 1");
+    // `m` is NULL at a partner's start: its last merchant comes next.
+    let next_merchant = format!(
+        "CASE WHEN g.m IS NULL THEN {} ELSE {} END",
+        select(
+            "merchant_id",
+            "AND partner_id = g.p AND merchant_id IS NOT NULL ORDER BY merchant_id DESC LIMIT 1"
+        ),
+        select(
+            "merchant_id",
+            "AND partner_id = g.p AND merchant_id < g.m ORDER BY merchant_id DESC LIMIT 1"
+        ),
     );
     let next_partner = select(
         "partner_id",
-        "AND partner_id > g.p ORDER BY partner_id LIMIT 1",
+        "AND partner_id < g.p ORDER BY partner_id DESC LIMIT 1",
     );
-    let without_merchant = select("1", "AND partner_id = g.p AND merchant_id IS NULL");
-    // `m` is '' at a partner's start (merchant ids are never empty), so `merchant_id > ''`
-    // finds its first merchant and leaves out deliveries without one.
+    // A scalar subquery, which PostgreSQL runs for each partner with both columns on the index;
+    // `EXISTS` it may turn into a join that reads the index's every entry without a merchant.
+    let without_merchant = select(
+        "1",
+        "AND partner_id = g.p AND merchant_id IS NULL ORDER BY next_attempt_at DESC LIMIT 1",
+    );
     let walk = format!(
         "WITH RECURSIVE g (p, m) AS (\
-           SELECT CAST({first_partner} AS TEXT), CAST('' AS TEXT) \
+           SELECT CAST({last_partner} AS TEXT), CAST(NULL AS TEXT) \
            UNION ALL \
-           SELECT CAST(CASE WHEN {next_merchant} IS NOT NULL THEN g.p ELSE {next_partner} END AS TEXT), \
-           CAST(COALESCE({next_merchant}, '') AS TEXT) FROM g WHERE g.p IS NOT NULL\
+           SELECT CAST(CASE WHEN ({next_merchant}) IS NOT NULL THEN g.p ELSE {next_partner} END AS TEXT), \
+           CAST({next_merchant} AS TEXT) FROM g WHERE g.p IS NOT NULL\
          ) \
-         SELECT p AS partner_id, m AS merchant_id FROM g WHERE p IS NOT NULL AND m <> '' \
+         SELECT p AS partner_id, m AS merchant_id FROM g WHERE p IS NOT NULL AND m IS NOT NULL \
          UNION ALL \
-         SELECT p AS partner_id, NULL AS merchant_id FROM g WHERE p IS NOT NULL AND m = '' \
-         AND EXISTS {without_merchant}"
+         SELECT p AS partner_id, NULL AS merchant_id FROM g WHERE p IS NOT NULL AND m IS NULL \
+         AND {without_merchant} IS NOT NULL"
     );
     Ok(sql::query(&walk, []).all(db).await?)
 }

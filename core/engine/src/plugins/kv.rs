@@ -226,6 +226,20 @@ fn check_prefix(prefix: &str) -> Result<(), KvError> {
     Ok(())
 }
 
+/// One statement that looks `n` keys up by the primary key, one lookup per key joined by
+/// `UNION ALL`, each bound to (installation, scope, key). Not `key IN (…)` nor a join with a
+/// list of keys: their plans follow the table's statistics, and PostgreSQL's lag behind a
+/// namespace that grows quickly (a `seen/` key per event), which made it read every key of
+/// the namespace to find two. `n` stays under SQLite's 500 terms of a compound select.
+pub(super) fn lookups(columns: &str, n: usize) -> String {
+    let lookup = format!(
+        "SELECT {columns} FROM plugin_kv WHERE installation_id = ? AND scope_id = ? AND key = ?"
+    );
+    vec![lookup.as_str(); n].join(" UNION ALL ")
+}
+
+const _: () = assert!(MAX_BATCH <= 500);
+
 impl Namespace {
     fn ids(&self) -> Vec<Value> {
         vec![
@@ -256,17 +270,14 @@ impl Namespace {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
-        let mut values = self.ids();
-        values.extend(keys.iter().map(|k| Value::from(*k)));
-        let rows: Vec<KeyedRow> = sql::query(
-            &format!(
-                "SELECT key, value, version FROM plugin_kv WHERE installation_id = ? AND scope_id = ? AND key IN ({})",
-                sql::marks(keys.len())
-            ),
-            values,
-        )
-        .all(db)
-        .await?;
+        let mut values = Vec::with_capacity(keys.len() * 3);
+        for key in keys {
+            values.extend(self.ids());
+            values.push(Value::from(*key));
+        }
+        let rows: Vec<KeyedRow> = sql::query(&lookups("key, value, version", keys.len()), values)
+            .all(db)
+            .await?;
         Ok(rows
             .into_iter()
             .map(|row| (row.key, Entry::from(row.entry)))

@@ -15,13 +15,14 @@ use sea_orm::{DatabaseTransaction, FromQueryResult, Value};
 
 use super::{
     Batch, BatchWrite, Cas, Entry, Expect, KvError, MAX_BATCH, MAX_LIST, MAX_VALUE_BYTES, MemoryKv,
-    Namespace, Start, Store, check_key, check_prefix, group, locked, next_count, next_version,
-    page, version_of,
+    Namespace, Start, Store, check_key, check_prefix, group, locked, lookups, next_count,
+    next_version, page, version_of,
 };
 use crate::db::sql::{self, RowLock};
 
 /// Keys per statement when a commit checks reads or applies writes.
 const CHUNK: usize = 200;
+const _: () = assert!(CHUNK <= 500);
 
 /// A range a transaction listed: the committed keys (and versions) it saw from `start` through
 /// `through` (the end of the prefix when `None`).
@@ -520,17 +521,14 @@ impl Txn {
         }
         let keys: Vec<&String> = self.reads.keys().collect();
         for chunk in keys.chunks(CHUNK) {
-            let mut values = self.ns.ids();
-            values.extend(chunk.iter().map(|k| Value::from((*k).clone())));
-            let now: Vec<Version> = sql::query(
-                &format!(
-                    "SELECT key, version FROM plugin_kv WHERE installation_id = ? AND scope_id = ? AND key IN ({})",
-                    sql::marks(chunk.len())
-                ),
-                values,
-            )
-            .all(tx)
-            .await?;
+            let mut values = Vec::with_capacity(chunk.len() * 3);
+            for key in chunk {
+                values.extend(self.ns.ids());
+                values.push(Value::from((*key).clone()));
+            }
+            let now: Vec<Version> = sql::query(&lookups("key, version", chunk.len()), values)
+                .all(tx)
+                .await?;
             let now: BTreeMap<String, u64> = now
                 .into_iter()
                 .map(|v| (v.key, version_of(v.version)))

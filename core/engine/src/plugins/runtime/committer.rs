@@ -231,12 +231,8 @@ async fn commit_group(db: &DatabaseConnection, kept: (&Kept, &Kept), mut members
     if sql::backend(db) == DbBackend::Sqlite && !listed {
         return commit_held(db, kept, members).await;
     }
-    if members.len() == 1 {
-        if let Some(member) = members.pop() {
-            member.alone(db).await;
-        }
-        return;
-    }
+    // A member alone commits the group's way too: its statements are the group's, fewer than
+    // a commit of its own makes.
     // The waits before the transaction begins are bounded by the members' deadlines; once it
     // has begun it runs to its end (see `commit::commit_one`).
     let begun = loop {
