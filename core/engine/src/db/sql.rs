@@ -172,6 +172,52 @@ fn as_one(statements: Vec<(String, Vec<Value>)>) -> Vec<(String, Vec<Value>)> {
         .collect()
 }
 
+/// PostgreSQL: `statements` as one statement that makes all of their writes or none, run on
+/// its own (its own transaction): it fails — a division by zero, which the caller takes as
+/// "not as expected" — unless, for each `(statements, rows)` of `expected`, those statements
+/// (indices into `statements`) returned that many rows in all. The statements named in
+/// `expected` are read (so run) first, in the order named, and the others run after them.
+/// `None` when the values are too many for one statement.
+pub fn all_or_none(
+    statements: Vec<(String, Vec<Value>)>,
+    expected: &[(std::ops::Range<usize>, usize)],
+) -> Option<(String, Vec<Value>)> {
+    if statements.iter().map(|s| s.1.len()).sum::<usize>() > MAX_VALUES_AS_ONE {
+        return None;
+    }
+    let mut parts = Vec::with_capacity(statements.len());
+    let mut values = Vec::new();
+    for (i, (sql, v)) in statements.into_iter().enumerate() {
+        parts.push(format!("w{i} AS ({sql})"));
+        values.extend(v);
+    }
+    // Data-modifying queries that the main query reads run as it reads them; the others run
+    // once it has ended — not at all when it fails.
+    let checks: Vec<String> = expected
+        .iter()
+        .map(|(range, rows)| {
+            let counts: Vec<String> = range
+                .clone()
+                .map(|i| format!("(SELECT COUNT(*) FROM w{i})"))
+                .collect();
+            if counts.is_empty() {
+                format!("0 = {rows}")
+            } else {
+                format!("{} = {rows}", counts.join(" + "))
+            }
+        })
+        .collect();
+    let main = if checks.is_empty() {
+        "SELECT 1 AS ok".to_owned()
+    } else {
+        format!(
+            "SELECT 1 / (CASE WHEN {} THEN 1 ELSE 0 END) AS ok",
+            checks.join(" AND ")
+        )
+    };
+    Some((format!("WITH {} {main}", parts.join(", ")), values))
+}
+
 /// Statements as one multi-statement text for SQLite, with their values in order.
 pub fn joined(statements: Vec<(String, Vec<Value>)>) -> (String, Vec<Value>) {
     // sqlx-sqlite binds each statement's values from where the previous one stopped and does

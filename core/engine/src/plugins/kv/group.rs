@@ -26,11 +26,14 @@ const _: () = assert!(CHUNK <= 500);
 /// A namespace's ids: (installation, scope).
 type Ids = (String, String);
 
+/// A namespace's usage row: keys, bytes, last version.
+type Usage = (i64, i64, i64);
+
 /// What a transaction that passed its checks writes: its namespace's usage afterwards and how
 /// far its handed-out versions move up.
 #[derive(Debug, Clone, Copy)]
 pub struct Plan {
-    usage: (i64, i64, i64),
+    usage: Usage,
     shift: u64,
 }
 
@@ -231,7 +234,7 @@ fn version_reads(txns: &[&Txn]) -> Vec<(String, Vec<Value>)> {
 }
 
 /// The namespaces' usage rows: (keys, bytes, last version); a missing row is all zeros.
-fn usage_map(rows: &[UsageRow]) -> BTreeMap<Ids, (i64, i64, i64)> {
+fn usage_map(rows: &[UsageRow]) -> BTreeMap<Ids, Usage> {
     rows.iter()
         .map(|r| {
             (
@@ -245,7 +248,7 @@ fn usage_map(rows: &[UsageRow]) -> BTreeMap<Ids, (i64, i64, i64)> {
 /// Whether `txn`'s namespace is as its first read found it, so that no key it read since has
 /// changed: every commit that changes a key moves the usage row ([`as_read`]), and the first
 /// read read the row with its key, at one moment.
-fn vouched(txn: &Txn, usage: &BTreeMap<Ids, (i64, i64, i64)>) -> bool {
+fn vouched(txn: &Txn, usage: &BTreeMap<Ids, Usage>) -> bool {
     txn.usage_as_read()
         .is_some_and(|read| usage.get(&txn.ids()).copied().unwrap_or_default() == read)
 }
@@ -297,26 +300,9 @@ fn judged(
 /// through [`sql::batch`].
 pub fn apply(kept: &[(&Txn, Plan)]) -> Vec<(String, Vec<Value>)> {
     let mut usage = Vec::new();
-    let mut deleted: Vec<(Ids, String)> = Vec::new();
-    let mut written: Vec<(Ids, String, Entry)> = Vec::new();
     for (txn, plan) in kept {
-        if !txn.writes() {
-            continue;
-        }
-        let ids = txn.ids();
-        usage.push((ids.clone(), plan.usage));
-        for (key, write) in txn.written() {
-            match write {
-                Some(entry) => written.push((
-                    ids.clone(),
-                    key.clone(),
-                    Entry {
-                        value: entry.value.clone(),
-                        version: entry.version + plan.shift,
-                    },
-                )),
-                None => deleted.push((ids.clone(), key.clone())),
-            }
+        if txn.writes() {
+            usage.push((txn.ids(), plan.usage));
         }
     }
     let mut statements = Vec::new();
@@ -341,9 +327,116 @@ pub fn apply(kept: &[(&Txn, Plan)]) -> Vec<(String, Vec<Value>)> {
             values,
         ));
     }
-    statements.extend(delete(&deleted));
+    statements.extend(key_writes(kept));
+    statements
+}
+
+/// The statements that delete and write the keys of the transactions that passed, with their
+/// plans' version shifts: [`apply`] without the usage rows.
+fn key_writes(kept: &[(&Txn, Plan)]) -> Vec<(String, Vec<Value>)> {
+    let mut deleted: Vec<(Ids, String)> = Vec::new();
+    let mut written: Vec<(Ids, String, Entry)> = Vec::new();
+    for (txn, plan) in kept {
+        let ids = txn.ids();
+        for (key, write) in txn.written() {
+            match write {
+                Some(entry) => written.push((
+                    ids.clone(),
+                    key.clone(),
+                    Entry {
+                        value: entry.value.clone(),
+                        version: entry.version + plan.shift,
+                    },
+                )),
+                None => deleted.push((ids.clone(), key.clone())),
+            }
+        }
+    }
+    let mut statements = delete(&deleted);
     statements.extend(upsert(&written));
     statements
+}
+
+/// A group's writes judged by its namespaces' usage rows alone, for PostgreSQL's commit in one
+/// statement ([`guarded`]).
+pub struct Guarded {
+    /// Moves each namespace's usage row to its plan where the row is still as the
+    /// transaction's first read found it, locking the rows in key order; returns a row per
+    /// namespace moved. `None` when there are no transactions.
+    pub usage: Option<(String, Vec<Value>)>,
+    /// How many rows `usage` returns when every namespace is as read.
+    pub namespaces: usize,
+    /// The keys' deletes and writes.
+    pub keys: Vec<(String, Vec<Value>)>,
+}
+
+/// The group's writes as planned on what each transaction's first read found, when that read
+/// also read the namespace's usage row: a row that has not moved since vouches for every key
+/// read after it (see [`as_read`]), so the usage statement's guard stands for every key check.
+/// `None` when some transaction cannot be judged that way — it listed a range, its first read
+/// did not read the usage row, or its plan fails its quota — or there are too many: the group
+/// then takes the checked way ([`check`]), which says precisely who fails and why.
+pub fn guarded(txns: &[&Txn]) -> Option<Guarded> {
+    if txns.len() > CHUNK {
+        return None;
+    }
+    let mut kept = Vec::with_capacity(txns.len());
+    // Each namespace: its usage row as read, and as planned.
+    let mut moves: Vec<(Ids, Usage, Usage)> = Vec::new();
+    for txn in txns {
+        if txn.listed() {
+            return None;
+        }
+        let read = txn.usage_as_read()?;
+        let plan = txn.plan(read).ok()?;
+        moves.push((txn.ids(), read, plan.usage));
+        kept.push((*txn, plan));
+    }
+    moves.sort_by(|a, b| a.0.cmp(&b.0));
+    let usage = (!moves.is_empty()).then(|| {
+        let mut values = Vec::with_capacity(moves.len() * 11);
+        for ((installation, scope), read, (keys, bytes, last)) in &moves {
+            values.extend([
+                Value::from(installation.clone()),
+                scope.clone().into(),
+                (*keys).into(),
+                (*bytes).into(),
+                (*last).into(),
+                (*read == (0, 0, 0)).into(),
+            ]);
+        }
+        for ((installation, scope), (keys, bytes, last), _) in &moves {
+            values.extend([
+                Value::from(installation.clone()),
+                scope.clone().into(),
+                (*keys).into(),
+                (*bytes).into(),
+                (*last).into(),
+            ]);
+        }
+        // A row read as missing (all zeros) may still be missing, and is then inserted; one
+        // read as present must still be there, or the namespace moved.
+        let text = format!(
+            "INSERT INTO plugin_kv_usage (installation_id, scope_id, keys, bytes, last_version) \
+             SELECT i, s, k, b, l FROM (VALUES {}) AS w (i, s, k, b, l, z) \
+             WHERE z OR EXISTS (SELECT 1 FROM plugin_kv_usage u WHERE u.installation_id = w.i AND u.scope_id = w.s) \
+             ORDER BY i, s \
+             ON CONFLICT (installation_id, scope_id) DO UPDATE SET \
+             keys = excluded.keys, bytes = excluded.bytes, last_version = excluded.last_version \
+             WHERE (plugin_kv_usage.installation_id, plugin_kv_usage.scope_id, plugin_kv_usage.keys, \
+             plugin_kv_usage.bytes, plugin_kv_usage.last_version) IN (VALUES {}) \
+             RETURNING installation_id",
+            rows(6, moves.len()),
+            rows(5, moves.len())
+        );
+        (text, values)
+    });
+    let namespaces = moves.len();
+    Some(Guarded {
+        usage,
+        namespaces,
+        keys: key_writes(&kept),
+    })
 }
 
 /// The statements that delete the keys `(namespace, key)`.
@@ -406,7 +499,7 @@ pub struct NoRow {}
 impl Txn {
     /// The usage and version shift of this transaction's writes on top of `usage` (keys,
     /// bytes, last version, as locked), by the rules of [`Txn::commit_in`].
-    fn plan(&self, usage: (i64, i64, i64)) -> Result<Plan, KvError> {
+    fn plan(&self, usage: Usage) -> Result<Plan, KvError> {
         let (keys, bytes, last) = usage;
         let (keys_delta, bytes_delta) = self.deltas();
         let keys = keys.saturating_add(keys_delta);

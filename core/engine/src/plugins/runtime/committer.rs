@@ -233,6 +233,23 @@ async fn commit_group(db: &DatabaseConnection, kept: (&Kept, &Kept), mut members
     }
     // A member alone commits the group's way too: its statements are the group's, fewer than
     // a commit of its own makes.
+    if sql::backend(db) == DbBackend::Postgres {
+        members = answer_late(members);
+        if members.is_empty() {
+            return;
+        }
+        if let Some((statement, values)) = at_once(&members) {
+            match sql::query(&statement, values)
+                .all::<kv::group::NoRow>(db)
+                .await
+            {
+                Ok(_) => return members.into_iter().for_each(|m| m.answer(Ok(()))),
+                Err(error) => {
+                    tracing::debug!(%error, "a group's commit in one statement did not hold; checking it");
+                }
+            }
+        }
+    }
     // The waits before the transaction begins are bounded by the members' deadlines; once it
     // has begun it runs to its end (see `commit::commit_one`).
     let begun = loop {
@@ -454,18 +471,57 @@ fn writes(
     marks: &[super::super::Delivered<'_>],
 ) -> Vec<(String, Vec<Value>)> {
     let mut statements = kv::group::apply(kept);
+    let (marked, settled) = finishing(marks);
+    statements.extend(marked);
+    statements.extend(settled);
+    statements
+}
+
+/// The statements that mark deliveries delivered (returning the id of each one still held)
+/// and those that settle their quota holds.
+type Finishing = (Vec<(String, Vec<Value>)>, Vec<(String, Vec<Value>)>);
+
+fn finishing(marks: &[super::super::Delivered<'_>]) -> Finishing {
     let claims: Vec<_> = marks.iter().map(|d| (d.claim, d.owner, d.now)).collect();
-    statements.extend(events::delivered_many(&claims));
     let mut quotas: BTreeMap<(&str, &str, _), i64> = BTreeMap::new();
     for delivered in marks {
         if let Some(quota) = delivered.quota {
             *quotas.entry(quota).or_default() += 1;
         }
     }
-    for ((installation, merchant, day), n) in quotas {
-        statements.push(events::settle_delivered(installation, merchant, day, n));
-    }
-    statements
+    let settled = quotas
+        .into_iter()
+        .map(|((installation, merchant, day), n)| {
+            events::settle_delivered(installation, merchant, day, n)
+        })
+        .collect();
+    (events::delivered_many(&claims), settled)
+}
+
+/// PostgreSQL: the group's commit as one statement run on its own — one round trip instead of
+/// `BEGIN`, the lock of the usage rows, the writes and `COMMIT` — when every member can be
+/// judged by its namespace's usage row alone ([`kv::group::guarded`]). It commits every member
+/// or none: where a namespace moved since a member's first read, or a delivery's claim was
+/// lost, the statement fails and the group takes the checked way, which tells each member
+/// what became of it.
+fn at_once(members: &[Member]) -> Option<(String, Vec<Value>)> {
+    let txns: Vec<&Txn> = members.iter().filter_map(|m| m.txn.as_ref()).collect();
+    let guarded = kv::group::guarded(&txns)?;
+    let marks: Vec<super::super::Delivered<'_>> = members
+        .iter()
+        .filter_map(|m| m.finish.as_ref()?.delivery())
+        .collect();
+    let (marked, settled) = finishing(&marks);
+    let mut statements: Vec<(String, Vec<Value>)> = guarded.usage.into_iter().collect();
+    let mut expected = vec![(0..statements.len(), guarded.namespaces)];
+    expected.push((
+        statements.len()..statements.len() + marked.len(),
+        marks.len(),
+    ));
+    statements.extend(marked);
+    statements.extend(guarded.keys);
+    statements.extend(settled);
+    sql::all_or_none(statements, &expected)
 }
 
 fn fail_all(members: Vec<Member>, error: &str) {
@@ -657,11 +713,23 @@ mod tests {
         assert_eq!(store.get(&ns("b"), "n").await.unwrap(), None);
     }
 
+    /// Runs `body` on a SQLite database and, when a server is named, on a PostgreSQL one.
+    async fn on_both<F: Future<Output = ()>>(body: impl Fn(DatabaseConnection) -> F) {
+        let dir = tempfile::tempdir().unwrap();
+        body(crate::db::test_sqlite(dir.path()).await.conn).await;
+        if let Some(postgres) = crate::db::test_postgres().await {
+            body(postgres.db.conn.clone()).await;
+            postgres.drop().await;
+        }
+    }
+
     #[tokio::test]
     async fn a_run_alone_whose_namespace_moved_after_its_first_read_is_checked_and_judged_by_its_reads()
      {
-        let dir = tempfile::tempdir().unwrap();
-        let db = crate::db::test_sqlite(dir.path()).await.conn;
+        on_both(alone_and_moved).await;
+    }
+
+    async fn alone_and_moved(db: DatabaseConnection) {
         let store = Store::database(db.clone());
         let ns = Namespace {
             installation_id: "i".into(),
@@ -734,9 +802,111 @@ mod tests {
 
     #[tokio::test]
     async fn a_group_commits_each_member_as_alone_and_one_whose_claim_was_lost_keeps_nothing() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = crate::db::test_sqlite(dir.path()).await.conn;
+        on_both(|db| async move {
+            let store = Store::database(db.clone());
+            let (members, answers) = claimed_members(&db, &store, Some(2)).await;
+            commit_group(&db, (&Kept::default(), &Kept::default()), members).await;
+            let mut told = Vec::new();
+            for answer in answers {
+                told.push(answer.await.unwrap().0);
+            }
+            assert!(told[0].is_ok() && told[1].is_ok(), "{told:?}");
+            assert!(matches!(told[2], Err(Refused::Lost(_))), "{told:?}");
+            assert_eq!(
+                count(&db, "SELECT COUNT(*) FROM plugin_kv WHERE key = 'handled'").await,
+                2
+            );
+            assert_eq!(
+                count(&db, "SELECT COUNT(*) FROM event_deliveries WHERE status = 'delivered' AND latency_ms >= 0").await,
+                2
+            );
+            assert_eq!(
+                count(
+                    &db,
+                    "SELECT COUNT(*) FROM event_deliveries WHERE status = 'pending'"
+                )
+                .await,
+                1
+            );
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn a_postgres_group_commits_in_one_statement_all_of_it_or_nothing() {
+        let Some(postgres) = crate::db::test_postgres().await else {
+            return;
+        };
+        let db = postgres.db.conn.clone();
         let store = Store::database(db.clone());
+        let (members, _answers) = claimed_members(&db, &store, None).await;
+        // Another run commits in the second member's namespace after its first read.
+        let moved = Namespace {
+            installation_id: "i".into(),
+            scope_id: members[1].txn.as_ref().unwrap().ids().1,
+            quota: KvQuota {
+                max_keys: 10,
+                max_bytes: 1_000,
+            },
+        };
+        store.increment(&moved, "other", 1).await.unwrap();
+        let (statement, values) = at_once(&members).expect("every member judged by its usage row");
+        let refused = sql::query(&statement, values).execute(&db).await;
+        assert!(
+            refused.is_err_and(|e| e.to_string().contains("division by zero")),
+            "a namespace moved: the statement's guard fails it"
+        );
+        let nothing = [
+            "SELECT COUNT(*) FROM plugin_kv WHERE key = 'handled'",
+            "SELECT COUNT(*) FROM event_deliveries WHERE status = 'delivered'",
+        ];
+        for sql in nothing {
+            assert_eq!(count(&db, sql).await, 0, "{sql}");
+        }
+        // Without the second member, the others commit at once: keys, usage and marks.
+        let members: Vec<Member> = members
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, m)| (i != 1).then_some(m))
+            .collect();
+        let (statement, values) = at_once(&members).unwrap();
+        sql::query(&statement, values).execute(&db).await.unwrap();
+        assert_eq!(count(&db, nothing[0]).await, 2);
+        assert_eq!(count(&db, nothing[1]).await, 2);
+        for member in &members {
+            let ns = Namespace {
+                installation_id: "i".into(),
+                scope_id: member.txn.as_ref().unwrap().ids().1,
+                quota: KvQuota {
+                    max_keys: 10,
+                    max_bytes: 1_000,
+                },
+            };
+            assert_eq!(
+                store.get(&ns, "handled").await.unwrap().unwrap().value,
+                b"1"
+            );
+            assert_eq!(
+                store.usage(&ns).await.unwrap(),
+                (1, 8),
+                "one key: \"handled\", \"1\""
+            );
+        }
+        // The same writes again: every namespace has moved since, nothing is written twice.
+        let (statement, values) = at_once(&members).unwrap();
+        let refused = sql::query(&statement, values).execute(&db).await;
+        assert!(refused.is_err_and(|e| e.to_string().contains("division by zero")));
+        postgres.drop().await;
+    }
+
+    /// A claimed delivery for each of three merchants, and a member for each that counted it
+    /// in its merchant's namespace; the member at `lost` finishes as another dispatcher, as if
+    /// its lease had passed on while it ran.
+    async fn claimed_members(
+        db: &DatabaseConnection,
+        store: &Store,
+        lost: Option<usize>,
+    ) -> (Vec<Member>, Vec<oneshot::Receiver<Answer>>) {
         for m in ["m1", "m2", "m3"] {
             let event = NewEvent {
                 kind: "test.tick".into(),
@@ -747,7 +917,7 @@ mod tests {
                 depth: 0,
             };
             events::publish(
-                &db,
+                db,
                 &event,
                 &["i".into()],
                 None,
@@ -764,7 +934,7 @@ mod tests {
             least: 1,
         };
         let now = Utc::now() + Duration::seconds(1);
-        let claimed = events::claim(&db, "me", 10, room, Duration::seconds(30), 8, now)
+        let claimed = events::claim(db, "me", 10, room, Duration::seconds(30), 8, now)
             .await
             .unwrap();
         assert_eq!(claimed.len(), 3);
@@ -780,9 +950,12 @@ mod tests {
                 },
             };
             let mut txn = Txn::new(ns);
-            txn.increment(&store, "handled", 1).await.unwrap();
-            // The third dispatcher's lease passed to another one while it ran.
-            let owner = if i == 2 { "someone else" } else { "me" };
+            txn.increment(store, "handled", 1).await.unwrap();
+            let owner = if lost == Some(i) {
+                "someone else"
+            } else {
+                "me"
+            };
             let (reply, answer) = oneshot::channel();
             members.push(Member {
                 txn: Some(txn),
@@ -797,28 +970,6 @@ mod tests {
             });
             answers.push(answer);
         }
-        commit_group(&db, (&Kept::default(), &Kept::default()), members).await;
-        let mut told = Vec::new();
-        for answer in answers {
-            told.push(answer.await.unwrap().0);
-        }
-        assert!(told[0].is_ok() && told[1].is_ok(), "{told:?}");
-        assert!(matches!(told[2], Err(Refused::Lost(_))), "{told:?}");
-        assert_eq!(
-            count(&db, "SELECT COUNT(*) FROM plugin_kv WHERE key = 'handled'").await,
-            2
-        );
-        assert_eq!(
-            count(&db, "SELECT COUNT(*) FROM event_deliveries WHERE status = 'delivered' AND latency_ms >= 0").await,
-            2
-        );
-        assert_eq!(
-            count(
-                &db,
-                "SELECT COUNT(*) FROM event_deliveries WHERE status = 'pending'"
-            )
-            .await,
-            1
-        );
+        (members, answers)
     }
 }
