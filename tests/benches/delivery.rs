@@ -129,12 +129,30 @@ async fn measure(label: &str, url: &str, engines: usize, n: usize, merchant_coun
     assert_eq!(seen, total, "{label}: every event handled once");
     let latency = latencies(&conn).await;
     let at = |q: f64| latency[((latency.len() - 1) as f64 * q) as usize];
+    // How the engines shared the work: each delivery keeps its last holder.
+    let shares = conn
+        .query_all_raw(Statement::from_string(
+            conn.get_database_backend(),
+            "SELECT COUNT(*) FROM event_deliveries WHERE status = 'delivered' \
+             GROUP BY lease_owner ORDER BY COUNT(*) DESC",
+        ))
+        .await
+        .unwrap();
+    let shares: Vec<String> = shares
+        .iter()
+        .map(|row| row.try_get_by_index::<i64>(0).unwrap_or(0).to_string())
+        .collect();
     println!(
-        "{label}: {total} deliveries in {:.2} s: {:.0}/s; latency from due: median {} ms, p99 {} ms",
+        "{label}: {total} deliveries in {:.2} s: {:.0}/s; latency from due: median {} ms, p99 {} ms{}",
         elapsed.as_secs_f64(),
         total as f64 / elapsed.as_secs_f64(),
         at(0.5),
-        at(0.99)
+        at(0.99),
+        if engines > 1 {
+            format!("; by engine: {}", shares.join(" + "))
+        } else {
+            String::new()
+        }
     );
     conn.close().await.unwrap();
 }

@@ -27,7 +27,7 @@ mod settle;
 
 use budget::open_chain;
 pub use budget::{EMITTER, Emitter, Limits, Refusal, admit, refund};
-pub use claim::{Room, bury_abandoned, claim};
+pub use claim::{Room, Walk, bury_abandoned, claim};
 pub use log::{
     Delivery, DeliveryFilter, EventFilter, MAX_EVENTS_PER_PAGE, Recorded, deliveries,
     deliveries_after, delivery, recorded, redeliver,
@@ -511,6 +511,16 @@ mod tests {
         crate::db::test_sqlite(dir).await.conn
     }
 
+    /// Runs `body` on a SQLite database and, when a server is named, on a PostgreSQL one.
+    async fn on_both<F: Future<Output = ()>>(body: impl Fn(DatabaseConnection) -> F) {
+        let dir = tempfile::tempdir().unwrap();
+        body(database(dir.path()).await).await;
+        if let Some(postgres) = crate::db::test_postgres().await {
+            body(postgres.db.conn.clone()).await;
+            postgres.drop().await;
+        }
+    }
+
     fn merchant(partner: &str, merchant: &str) -> Place {
         Place {
             id: merchant.to_owned(),
@@ -575,7 +585,31 @@ mod tests {
         room: Room<'_>,
         now: DateTime<Utc>,
     ) -> Vec<String> {
-        claim(db, owner, batch, room, Duration::seconds(30), 8, now)
+        claim(
+            db,
+            owner,
+            batch,
+            room,
+            &mut Walk::default(),
+            Duration::seconds(30),
+            8,
+            now,
+        )
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| c.place.merchant_id.unwrap_or_default())
+        .collect()
+    }
+
+    /// The merchant of the one delivery claimed at `now` with `walk`.
+    async fn walked_claim(
+        db: &DatabaseConnection,
+        walk: &mut Walk,
+        room: Room<'_>,
+        now: DateTime<Utc>,
+    ) -> Vec<String> {
+        claim(db, "me", 1, room, walk, Duration::seconds(30), 8, now)
             .await
             .unwrap()
             .into_iter()
@@ -610,6 +644,7 @@ mod tests {
                     per_partner: 10,
                     least: 1,
                 },
+                &mut Walk::default(),
                 Duration::seconds(30),
                 2,
                 now,
@@ -634,6 +669,34 @@ mod tests {
         .unwrap()
         .unwrap();
         assert_eq!(dead, 2);
+    }
+
+    #[tokio::test]
+    async fn a_merchant_whose_first_deliveries_come_after_a_walk_is_claimed_once_the_walk_is_old() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = database(dir.path()).await;
+        backlog(&db, &merchant("p-a", "m-a1"), 10, Utc::now()).await;
+        let room = HashMap::new();
+        let room = Room {
+            in_flight: &room,
+            per_partner: 100,
+            least: 1,
+        };
+        let mut walk = Walk::every(std::time::Duration::from_secs(2));
+        let now = Utc::now() + Duration::seconds(1);
+        assert_eq!(walked_claim(&db, &mut walk, room, now).await, ["m-a1"]);
+        // Older than m-a1's, but its merchant came after the walk: not seen yet.
+        backlog(
+            &db,
+            &merchant("p-a", "m-a0"),
+            1,
+            Utc::now() - Duration::minutes(1),
+        )
+        .await;
+        assert_eq!(walked_claim(&db, &mut walk, room, now).await, ["m-a1"]);
+        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+        let third = walked_claim(&db, &mut walk, room, now).await;
+        assert_eq!(third, ["m-a0"]);
     }
 
     #[tokio::test]
@@ -748,8 +811,10 @@ mod tests {
 
     #[tokio::test]
     async fn a_merchant_another_dispatcher_is_working_is_left_to_it_until_its_lease_ends() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = database(dir.path()).await;
+        on_both(left_to_the_other_dispatcher).await;
+    }
+
+    async fn left_to_the_other_dispatcher(db: DatabaseConnection) {
         let early = Utc::now() - Duration::minutes(5);
         backlog(&db, &merchant("p-a", "m-a1"), 3, early).await;
         backlog(&db, &merchant("p-a", "m-a2"), 3, Utc::now()).await;
@@ -769,8 +834,10 @@ mod tests {
 
     #[tokio::test]
     async fn within_a_partner_each_merchant_gets_a_turn_before_any_gets_a_second() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = database(dir.path()).await;
+        on_both(turns_within_a_partner).await;
+    }
+
+    async fn turns_within_a_partner(db: DatabaseConnection) {
         let early = Utc::now() - Duration::minutes(5);
         backlog(&db, &merchant("p-a", "m-busy"), 50, early).await;
         backlog(&db, &merchant("p-a", "m-quiet"), 1, Utc::now()).await;
@@ -915,6 +982,7 @@ mod tests {
                 per_partner: 10,
                 least: 1,
             },
+            &mut Walk::default(),
             Duration::seconds(30),
             8,
             Utc::now() + Duration::seconds(1),

@@ -4,6 +4,8 @@
 //! Invariant: a delivery is leased to one dispatcher at a time; a suspended tenant's deliveries
 //! are never claimed.
 
+use std::collections::{HashMap, HashSet};
+
 use chrono::{DateTime, Duration, Utc};
 use sea_orm::{ConnectionTrait, FromQueryResult, Value};
 use serde_json::Value as Json;
@@ -24,7 +26,7 @@ const NOT_SUSPENDED: &str = "partner_id NOT IN (SELECT id FROM nodes WHERE statu
 #[derive(Debug, Clone, Copy)]
 pub struct Room<'a> {
     /// This process's deliveries in flight, by partner.
-    pub in_flight: &'a std::collections::HashMap<String, usize>,
+    pub in_flight: &'a HashMap<String, usize>,
     pub per_partner: usize,
     /// A partner with less room than this is left out of the claim: giving it one slot at a
     /// time would rank every due delivery for each one.
@@ -61,26 +63,35 @@ impl Room<'_> {
 /// `batch` still claimable are leased by a short write; rows another dispatcher leased meanwhile
 /// are passed over (on PostgreSQL rows it is leasing are skipped, `FOR UPDATE SKIP LOCKED`;
 /// SQLite serialises writers, so each write is atomic as it stands).
+#[allow(
+    clippy::too_many_arguments,
+    reason = "each is one of the claim's own terms; a struct would only rename them"
+)]
 pub async fn claim(
     db: &impl ConnectionTrait,
     owner: &str,
     batch: u32,
     room: Room<'_>,
+    walk: &mut Walk,
     lease: Duration,
     max_attempts: i32,
     now: DateTime<Utc>,
 ) -> Result<Vec<Claimed>, Error> {
+    let held_back = room.held_back();
+    let mut groups = walk.groups(db).await?;
+    groups.retain(|g| !held_back.contains(&g.partner_id));
     // Twice the batch: another dispatcher ranking at the same moment takes the same first turns.
-    let candidates = fair_turns(
+    let (candidates, busy) = fair_turns(
         db,
         owner,
         batch.saturating_mul(2),
-        &room.held_back(),
+        &groups,
         max_attempts,
         now,
     )
     .await?;
-    let mut taken: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    walk.worked_elsewhere(busy);
+    let mut taken: HashMap<&str, usize> = HashMap::new();
     let candidates: Vec<String> = candidates
         .iter()
         .filter(|(_, partner)| {
@@ -142,47 +153,97 @@ pub async fn bury_abandoned(
 }
 
 /// A (partner, merchant) with deliveries pending.
-#[derive(FromQueryResult)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, FromQueryResult)]
 pub(super) struct Group {
     pub partner_id: String,
     pub merchant_id: Option<String>,
 }
 
+/// The (partner, merchant) pairs a dispatcher's claims rank: as its last walk of the index
+/// found them, walked again once `every` has passed, less those its claims found another
+/// dispatcher working within `every`. A pair whose deliveries ran out meanwhile is ranked for
+/// nothing until then; one whose first deliveries came meanwhile, or that the other dispatcher
+/// let go, waits for the next look — at most `every`, the dispatcher's poll, which is how long
+/// a dispatcher that found nothing waits to look again anyway.
+#[derive(Debug, Default)]
+pub struct Walk {
+    every: std::time::Duration,
+    last: Option<(std::time::Instant, Vec<Group>)>,
+    /// Pairs another dispatcher works, until when they are left to it.
+    elsewhere: HashMap<Group, std::time::Instant>,
+}
+
+impl Walk {
+    /// Walks again once `every` has passed since the last walk (at every claim when zero).
+    pub fn every(every: std::time::Duration) -> Self {
+        Self {
+            every,
+            ..Self::default()
+        }
+    }
+
+    async fn groups(&mut self, db: &impl ConnectionTrait) -> Result<Vec<Group>, Error> {
+        let now = std::time::Instant::now();
+        self.elsewhere.retain(|_, until| *until > now);
+        let groups = match &self.last {
+            Some((at, groups)) if at.elapsed() < self.every => groups.clone(),
+            _ => {
+                let groups = pending_groups(db).await?;
+                self.last = Some((now, groups.clone()));
+                groups
+            }
+        };
+        Ok(groups
+            .into_iter()
+            .filter(|g| !self.elsewhere.contains_key(g))
+            .collect())
+    }
+
+    fn worked_elsewhere(&mut self, groups: HashSet<Group>) {
+        let until = std::time::Instant::now() + self.every;
+        self.elsewhere
+            .extend(groups.into_iter().map(|g| (g, until)));
+    }
+}
+
 /// Up to `limit` due deliveries (id, partner) in fair order: by turn within their partner (each
-/// merchant's oldest first, then each one's second, …), oldest first within a turn. The
-/// `held_back` partners are left out.
+/// merchant's oldest first, then each one's second, …), oldest first within a turn.
 ///
 /// Only the first few due deliveries of each (partner, merchant) are ranked — about `limit`
 /// spread over the merchants with something pending, and one more each to tell whose backlog
 /// goes on — so a claim costs the same however long the backlogs are. What comes back is
 /// always a prefix of the fair order: it stops before the turn at which a partner whose
-/// backlog was cut short would have had its next delivery.
+/// backlog was cut short would have had its next delivery. Only `groups` are ranked; those
+/// another dispatcher works come back apart.
 async fn fair_turns(
     db: &impl ConnectionTrait,
     owner: &str,
     limit: u32,
-    held_back: &[String],
+    groups: &[Group],
     max_attempts: i32,
     now: DateTime<Utc>,
-) -> Result<Vec<(String, String)>, Error> {
-    let mut groups = pending_groups(db).await?;
-    groups.retain(|g| !held_back.contains(&g.partner_id));
+) -> Result<(Vec<(String, String)>, HashSet<Group>), Error> {
+    let mut busy = HashSet::new();
     if groups.is_empty() {
-        return Ok(Vec::new());
+        return Ok((Vec::new(), busy));
     }
     let limit = usize::try_from(limit).unwrap_or(usize::MAX).max(1);
     // Groups whose pending deliveries are all leased count too, so a first depth may rank too
     // few: then deeper, while some backlog was cut short.
     let mut depth = limit.div_ceil(groups.len()).min(limit);
+    let mut groups = groups.to_vec();
     loop {
         let mut ranked = Vec::new();
         for chunk in groups.chunks(GROUPS_PER_STATEMENT) {
-            ranked.extend(rank(db, owner, chunk, depth + 1, max_attempts, now).await?);
+            let (turns, worked) = rank(db, owner, chunk, depth + 1, max_attempts, now).await?;
+            ranked.extend(turns);
+            busy.extend(worked);
         }
         let (turns, cut_short) = fair_prefix(ranked, depth, limit);
         if turns.len() >= limit || !cut_short || depth >= limit {
-            return Ok(turns);
+            return Ok((turns, busy));
         }
+        groups.retain(|g| !busy.contains(g));
         depth = depth.saturating_mul(4).min(limit);
     }
 }
@@ -190,7 +251,7 @@ async fn fair_turns(
 /// The (partner, merchant) pairs with deliveries pending. Not a `DISTINCT` over every pending
 /// delivery (a scan of the whole backlog at every claim) but a walk along the turns index that
 /// seeks from one pair to the next: each merchant of a partner, then the next partner, then
-/// whether each partner has deliveries without a merchant. The same SQL on both engines.
+/// whether each partner has deliveries without a merchant.
 ///
 /// The walk goes from the last pair down, so each seek lands on a pair's newest deliveries:
 /// a backlog drains from its oldest, and on PostgreSQL the index keeps the entries of the
@@ -222,12 +283,23 @@ pub(super) async fn pending_groups(db: &impl ConnectionTrait) -> Result<Vec<Grou
         "1",
         "AND partner_id = g.p AND merchant_id IS NULL ORDER BY next_attempt_at DESC LIMIT 1",
     );
+    let step = match sql::backend(db) {
+        // A lateral subquery seeks the next merchant once per step, where PostgreSQL would run
+        // the expression twice.
+        sea_orm::DbBackend::Postgres => format!(
+            "SELECT CAST(CASE WHEN n.m IS NOT NULL THEN g.p ELSE {next_partner} END AS TEXT), n.m \
+             FROM g CROSS JOIN LATERAL (SELECT CAST({next_merchant} AS TEXT) AS m) n WHERE g.p IS NOT NULL"
+        ),
+        // SQLite has no lateral joins.
+        _ => format!(
+            "SELECT CAST(CASE WHEN ({next_merchant}) IS NOT NULL THEN g.p ELSE {next_partner} END AS TEXT), \
+             CAST({next_merchant} AS TEXT) FROM g WHERE g.p IS NOT NULL"
+        ),
+    };
     let walk = format!(
         "WITH RECURSIVE g (p, m) AS (\
            SELECT CAST({last_partner} AS TEXT), CAST(NULL AS TEXT) \
-           UNION ALL \
-           SELECT CAST(CASE WHEN ({next_merchant}) IS NOT NULL THEN g.p ELSE {next_partner} END AS TEXT), \
-           CAST({next_merchant} AS TEXT) FROM g WHERE g.p IS NOT NULL\
+           UNION ALL {step}\
          ) \
          SELECT p AS partner_id, m AS merchant_id FROM g WHERE p IS NOT NULL AND m IS NOT NULL \
          UNION ALL \
@@ -249,8 +321,19 @@ const HEAD: usize = 4;
 /// Groups ranked by one statement (two values each, under both engines' limits).
 const GROUPS_PER_STATEMENT: usize = 2_000;
 
+/// A row of [`rank`]: a due delivery with its turn among its merchant's, or (no id) a group
+/// another dispatcher works.
+#[derive(FromQueryResult)]
+struct RankRow {
+    id: Option<String>,
+    partner_id: String,
+    merchant_id: Option<String>,
+    next_attempt_at: i64,
+    merchant_turn: i64,
+}
+
 /// A due delivery with its turn among its merchant's.
-#[derive(Debug, Clone, FromQueryResult)]
+#[derive(Debug, Clone)]
 struct Ranked {
     id: String,
     partner_id: String,
@@ -271,7 +354,7 @@ async fn rank(
     depth: usize,
     max_attempts: i32,
     now: DateTime<Utc>,
-) -> Result<Vec<Ranked>, Error> {
+) -> Result<(Vec<Ranked>, Vec<Group>), Error> {
     let depth = i64::try_from(depth).unwrap_or(i64::MAX);
     let mut values: Vec<Value> = Vec::with_capacity(groups.len() * 2 + 8);
     for group in groups {
@@ -279,6 +362,7 @@ async fn rank(
         values.push(group.merchant_id.clone().into());
     }
     let rows = vec!["(?, ?)"; groups.len()].join(", ");
+    values.extend([Millis(now).into(), owner.into()]);
     let due = "status = 'pending' AND partner_id = g.partner_id AND next_attempt_at <= ? \
                AND attempts < ? AND (lease_until IS NULL OR lease_until < ?)";
     let first = |values: &mut Vec<Value>| {
@@ -331,19 +415,41 @@ async fn rank(
             (firsts, head("merchant_id IS g.merchant_id"))
         }
     };
-    values.extend([Millis(now).into(), owner.into()]);
-    Ok(sql::query(
+    // Each group once: whether another dispatcher works it (a row without a delivery says so),
+    // else its first due deliveries.
+    let rows: Vec<RankRow> = sql::query(
         &format!(
-            "WITH g (partner_id, merchant_id) AS (VALUES {rows}) \
-             SELECT d.id, g.partner_id, d.next_attempt_at, \
+            "WITH w (partner_id, merchant_id) AS (VALUES {rows}), \
+             g AS (SELECT partner_id, merchant_id, EXISTS (SELECT 1 FROM ({heads}) h \
+               WHERE h.lease_until >= ? AND h.lease_owner <> ?) AS busy \
+               FROM w g WHERE {GROUP_NOT_SUSPENDED}) \
+             SELECT d.id, g.partner_id, g.merchant_id, d.next_attempt_at, \
              ROW_NUMBER() OVER (PARTITION BY g.partner_id, g.merchant_id ORDER BY d.next_attempt_at, d.id) AS merchant_turn \
-             FROM g {firsts} WHERE NOT EXISTS (SELECT 1 FROM ({heads}) h \
-             WHERE h.lease_until >= ? AND h.lease_owner <> ?) AND {GROUP_NOT_SUSPENDED}"
+             FROM g {firsts} WHERE NOT g.busy \
+             UNION ALL SELECT NULL, partner_id, merchant_id, 0, 0 FROM g WHERE busy"
         ),
         values,
     )
     .all(db)
-    .await?)
+    .await?;
+    let mut ranked = Vec::with_capacity(rows.len());
+    let mut busy = Vec::new();
+    for row in rows {
+        let group = Group {
+            partner_id: row.partner_id,
+            merchant_id: row.merchant_id,
+        };
+        match row.id {
+            Some(id) => ranked.push(Ranked {
+                id,
+                partner_id: group.partner_id,
+                next_attempt_at: row.next_attempt_at,
+                merchant_turn: row.merchant_turn,
+            }),
+            None => busy.push(group),
+        }
+    }
+    Ok((ranked, busy))
 }
 
 /// The first `limit` of `ranked` in fair order, cut where it stops being a prefix of the whole
@@ -351,7 +457,6 @@ async fn rank(
 /// so no partner's turn past that partner's ranked deliveries may be taken.
 /// Also says whether some backlog was cut short.
 fn fair_prefix(ranked: Vec<Ranked>, depth: usize, limit: usize) -> (Vec<(String, String)>, bool) {
-    use std::collections::HashMap;
     let depth = i64::try_from(depth).unwrap_or(i64::MAX);
     let mut by_partner: HashMap<String, Vec<Ranked>> = HashMap::new();
     let mut cut_short = Vec::new();

@@ -237,6 +237,7 @@ impl Dispatcher {
             / 2)
         .clamp(Duration::from_secs(1), Duration::from_secs(30));
         let mut swept = Instant::now();
+        let mut walk = events::Walk::every(self.options.poll);
         loop {
             if *stop.borrow() {
                 break;
@@ -281,6 +282,7 @@ impl Dispatcher {
                 &self.owner,
                 u32::try_from(batch).unwrap_or(u32::MAX),
                 room,
+                &mut walk,
                 self.options.lease,
                 self.options.backoff.max_attempts,
                 self.catalog.now(),

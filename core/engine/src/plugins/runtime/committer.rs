@@ -934,9 +934,18 @@ mod tests {
             least: 1,
         };
         let now = Utc::now() + Duration::seconds(1);
-        let claimed = events::claim(db, "me", 10, room, Duration::seconds(30), 8, now)
-            .await
-            .unwrap();
+        let claimed = events::claim(
+            db,
+            "me",
+            10,
+            room,
+            &mut events::Walk::default(),
+            Duration::seconds(30),
+            8,
+            now,
+        )
+        .await
+        .unwrap();
         assert_eq!(claimed.len(), 3);
         let mut members = Vec::new();
         let mut answers = Vec::new();
