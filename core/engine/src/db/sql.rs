@@ -16,6 +16,7 @@
 //! `execute_unprepared`: there is nothing to bind and nothing to read.
 
 use chrono::{DateTime, Utc};
+use sea_orm::sqlx;
 use sea_orm::{ConnectionTrait, DbBackend, DbErr, FromQueryResult, Statement, TryGetable, Value};
 
 /// An instant in a Unix-milliseconds `BIGINT` column: bind it as a value, or name it as the
@@ -216,6 +217,49 @@ pub fn all_or_none(
         )
     };
     Some((format!("WITH {} {main}", parts.join(", ")), values))
+}
+
+/// PostgreSQL: runs `statement` on its own (its own transaction) on a connection of `db`'s
+/// pool, waiting for one until `deadline` at most: `None` when none came by then, and nothing
+/// ran. Once sent, the statement runs to its end.
+pub async fn alone_within(
+    db: &sea_orm::DatabaseConnection,
+    (sql, values): (String, Vec<Value>),
+    deadline: Option<std::time::Instant>,
+) -> Option<Result<(), DbErr>> {
+    let acquire = db.get_postgres_connection_pool().acquire();
+    let acquired = match deadline {
+        Some(at) => tokio::time::timeout_at(at.into(), acquire).await.ok()?,
+        None => acquire.await,
+    };
+    let mut conn = match acquired {
+        Ok(conn) => conn,
+        Err(e) => return Some(Err(DbErr::Conn(sea_orm::RuntimeErr::SqlxError(e.into())))),
+    };
+    let ran = sqlx::query_with(
+        sqlx::AssertSqlSafe(placeholders(DbBackend::Postgres, &sql)),
+        sea_query_sqlx::SqlxValues(sea_orm::sea_query::Values(values)),
+    )
+    .execute(&mut *conn)
+    .await;
+    Some(
+        ran.map(|_| ())
+            .map_err(|e| DbErr::Exec(sea_orm::RuntimeErr::SqlxError(e.into()))),
+    )
+}
+
+/// Whether a statement that failed with `error` surely wrote nothing: no connection was had,
+/// or the server answered with an error (a statement of its own is then rolled back). Any
+/// other failure — the connection lost on the way — leaves unknown whether it committed.
+pub fn nothing_written(error: &DbErr) -> bool {
+    match error {
+        DbErr::Conn(_) => true,
+        DbErr::Exec(sea_orm::RuntimeErr::SqlxError(e))
+        | DbErr::Query(sea_orm::RuntimeErr::SqlxError(e)) => {
+            matches!(**e, sqlx::Error::Database(_))
+        }
+        _ => false,
+    }
 }
 
 /// Statements as one multi-statement text for SQLite, with their values in order.

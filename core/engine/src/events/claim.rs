@@ -51,8 +51,9 @@ impl Room<'_> {
 /// Claims up to `batch` due deliveries for `owner` until `now + lease`, in turns: the oldest due
 /// delivery of every partner comes before the second of any, and within a partner the oldest of
 /// every merchant before the second of any, so one tenant's backlog delays another's deliveries
-/// by at most a round rather than by the whole backlog. Deliveries of suspended tenants are held,
-/// and no partner gets more than its `room`.
+/// by at most a round rather than by the whole backlog (and a merchant new to `walk`, by up to a
+/// poll more: see [`Walk`]). Deliveries of suspended tenants are held, and no partner gets more
+/// than its `room`.
 ///
 /// The turns are ranked by reads that take no locks — an idle dispatcher polls often, and must
 /// take neither SQLite's write lock nor PostgreSQL's row locks when nothing is due — and never
@@ -285,10 +286,11 @@ pub(super) async fn pending_groups(db: &impl ConnectionTrait) -> Result<Vec<Grou
     );
     let step = match sql::backend(db) {
         // A lateral subquery seeks the next merchant once per step, where PostgreSQL would run
-        // the expression twice.
+        // the expression twice (`OFFSET 0` keeps the planner from merging it back in).
         sea_orm::DbBackend::Postgres => format!(
             "SELECT CAST(CASE WHEN n.m IS NOT NULL THEN g.p ELSE {next_partner} END AS TEXT), n.m \
-             FROM g CROSS JOIN LATERAL (SELECT CAST({next_merchant} AS TEXT) AS m) n WHERE g.p IS NOT NULL"
+             FROM g CROSS JOIN LATERAL (SELECT CAST({next_merchant} AS TEXT) AS m OFFSET 0) n \
+             WHERE g.p IS NOT NULL"
         ),
         // SQLite has no lateral joins.
         _ => format!(

@@ -247,7 +247,9 @@ fn usage_map(rows: &[UsageRow]) -> BTreeMap<Ids, Usage> {
 
 /// Whether `txn`'s namespace is as its first read found it, so that no key it read since has
 /// changed: every commit that changes a key moves the usage row ([`as_read`]), and the first
-/// read read the row with its key, at one moment.
+/// read read the row with its key, at one moment. This holds because a usage row is never
+/// deleted and its last version never goes down, so the row never comes back to a state it
+/// left; whatever comes to delete namespaces must keep it so.
 fn vouched(txn: &Txn, usage: &BTreeMap<Ids, Usage>) -> bool {
     txn.usage_as_read()
         .is_some_and(|read| usage.get(&txn.ids()).copied().unwrap_or_default() == read)

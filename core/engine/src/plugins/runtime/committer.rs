@@ -238,14 +238,23 @@ async fn commit_group(db: &DatabaseConnection, kept: (&Kept, &Kept), mut members
         if members.is_empty() {
             return;
         }
-        if let Some((statement, values)) = at_once(&members) {
-            match sql::query(&statement, values)
-                .all::<kv::group::NoRow>(db)
-                .await
-            {
-                Ok(_) => return members.into_iter().for_each(|m| m.answer(Ok(()))),
-                Err(error) => {
+        if let Some(statement) = at_once(&members) {
+            // The wait for a connection is bounded by the members' deadlines, as `BEGIN` is.
+            let earliest = members.iter().filter_map(|m| m.deadline).min();
+            match sql::alone_within(db, statement, earliest).await {
+                Some(Ok(())) => return members.into_iter().for_each(|m| m.answer(Ok(()))),
+                Some(Err(error)) if sql::nothing_written(&error) => {
                     tracing::debug!(%error, "a group's commit in one statement did not hold; checking it");
+                }
+                Some(Err(error)) => {
+                    tracing::warn!(%error, members = members.len(), "a group commit was lost on its way: whether it committed is unknown");
+                    return fail_all(members, &error.to_string());
+                }
+                None => {
+                    members = answer_late(members);
+                    if members.is_empty() {
+                        return;
+                    }
                 }
             }
         }
@@ -850,10 +859,12 @@ mod tests {
             },
         };
         store.increment(&moved, "other", 1).await.unwrap();
-        let (statement, values) = at_once(&members).expect("every member judged by its usage row");
-        let refused = sql::query(&statement, values).execute(&db).await;
+        let statement = at_once(&members).expect("every member judged by its usage row");
+        let refused = sql::alone_within(&db, statement, None).await.unwrap();
         assert!(
-            refused.is_err_and(|e| e.to_string().contains("division by zero")),
+            refused.is_err_and(
+                |e| sql::nothing_written(&e) && e.to_string().contains("division by zero")
+            ),
             "a namespace moved: the statement's guard fails it"
         );
         let nothing = [
@@ -869,8 +880,11 @@ mod tests {
             .enumerate()
             .filter_map(|(i, m)| (i != 1).then_some(m))
             .collect();
-        let (statement, values) = at_once(&members).unwrap();
-        sql::query(&statement, values).execute(&db).await.unwrap();
+        let statement = at_once(&members).unwrap();
+        sql::alone_within(&db, statement, None)
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(count(&db, nothing[0]).await, 2);
         assert_eq!(count(&db, nothing[1]).await, 2);
         for member in &members {
