@@ -464,6 +464,20 @@ pub(crate) async fn test_postgres() -> Option<TestPostgres> {
     })
 }
 
+/// Runs `body` on a migrated SQLite database and, when `TRELLIS_TEST_DATABASE_URL` names a
+/// server, on a fresh PostgreSQL one, for the engine's unit tests.
+#[cfg(test)]
+pub(crate) async fn on_both<F: std::future::Future<Output = ()>>(
+    body: impl Fn(sea_orm::DatabaseConnection) -> F,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    body(test_sqlite(dir.path()).await.conn).await;
+    if let Some(postgres) = test_postgres().await {
+        body(postgres.db.conn.clone()).await;
+        postgres.drop().await;
+    }
+}
+
 /// A unit test's PostgreSQL database; [`TestPostgres::drop`] removes it.
 #[cfg(test)]
 pub(crate) struct TestPostgres {

@@ -511,16 +511,6 @@ mod tests {
         crate::db::test_sqlite(dir).await.conn
     }
 
-    /// Runs `body` on a SQLite database and, when a server is named, on a PostgreSQL one.
-    async fn on_both<F: Future<Output = ()>>(body: impl Fn(DatabaseConnection) -> F) {
-        let dir = tempfile::tempdir().unwrap();
-        body(database(dir.path()).await).await;
-        if let Some(postgres) = crate::db::test_postgres().await {
-            body(postgres.db.conn.clone()).await;
-            postgres.drop().await;
-        }
-    }
-
     fn merchant(partner: &str, merchant: &str) -> Place {
         Place {
             id: merchant.to_owned(),
@@ -729,35 +719,30 @@ mod tests {
 
     #[tokio::test]
     async fn the_walk_along_the_index_finds_the_groups_a_scan_of_the_backlog_finds() {
-        let dir = tempfile::tempdir().unwrap();
-        walk_finds_what_a_scan_finds(&database(dir.path()).await).await;
-        if let Some(postgres) = crate::db::test_postgres().await {
-            walk_finds_what_a_scan_finds(&postgres.db.conn).await;
-            postgres.drop().await;
-        }
+        crate::db::on_both(walk_finds_what_a_scan_finds).await;
     }
 
-    async fn walk_finds_what_a_scan_finds(db: &DatabaseConnection) {
+    async fn walk_finds_what_a_scan_finds(db: DatabaseConnection) {
         let now = Utc::now();
-        backlog(db, &merchant("p-a", "m-2"), 3, now).await;
-        backlog(db, &merchant("p-a", "m-1"), 1, now).await;
-        backlog(db, &merchant("p-c", "m-3"), 2, now).await;
+        backlog(&db, &merchant("p-a", "m-2"), 3, now).await;
+        backlog(&db, &merchant("p-a", "m-1"), 1, now).await;
+        backlog(&db, &merchant("p-c", "m-3"), 2, now).await;
         let mut partner_level = merchant("p-a", "p-a");
         partner_level.kind = NodeKind::Partner;
         partner_level.merchant_id = None;
-        backlog(db, &partner_level, 2, now).await;
+        backlog(&db, &partner_level, 2, now).await;
         let mut agent_level = merchant("p-b", "a-1");
         agent_level.kind = NodeKind::Agent;
         agent_level.merchant_id = None;
         agent_level.agent_id = Some("a-1".into());
-        backlog(db, &agent_level, 1, now).await;
+        backlog(&db, &agent_level, 1, now).await;
         // Delivered ones are not pending.
-        backlog(db, &merchant("p-d", "m-4"), 1, now).await;
+        backlog(&db, &merchant("p-d", "m-4"), 1, now).await;
         sql::query(
             "UPDATE event_deliveries SET status = 'delivered' WHERE partner_id = 'p-d'",
             [],
         )
-        .execute(db)
+        .execute(&db)
         .await
         .unwrap();
         #[derive(sea_orm::FromQueryResult)]
@@ -769,7 +754,7 @@ mod tests {
             "SELECT DISTINCT partner_id, merchant_id FROM event_deliveries WHERE status = 'pending'",
             [],
         )
-        .all(db)
+        .all(&db)
         .await
         .unwrap();
         let mut scanned: Vec<(String, Option<String>)> = scanned
@@ -777,7 +762,7 @@ mod tests {
             .map(|p| (p.partner_id, p.merchant_id))
             .collect();
         scanned.sort();
-        let mut walked: Vec<(String, Option<String>)> = claim::pending_groups(db)
+        let mut walked: Vec<(String, Option<String>)> = claim::pending_groups(&db)
             .await
             .unwrap()
             .into_iter()
@@ -787,10 +772,10 @@ mod tests {
         assert_eq!(walked, scanned);
         assert_eq!(walked.len(), 5);
         sql::query("DELETE FROM event_deliveries", [])
-            .execute(db)
+            .execute(&db)
             .await
             .unwrap();
-        assert!(claim::pending_groups(db).await.unwrap().is_empty());
+        assert!(claim::pending_groups(&db).await.unwrap().is_empty());
     }
 
     /// The merchants of what `owner` claims at `now`, in claim order.
@@ -811,7 +796,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_merchant_another_dispatcher_is_working_is_left_to_it_until_its_lease_ends() {
-        on_both(left_to_the_other_dispatcher).await;
+        crate::db::on_both(left_to_the_other_dispatcher).await;
     }
 
     async fn left_to_the_other_dispatcher(db: DatabaseConnection) {
@@ -834,7 +819,7 @@ mod tests {
 
     #[tokio::test]
     async fn within_a_partner_each_merchant_gets_a_turn_before_any_gets_a_second() {
-        on_both(turns_within_a_partner).await;
+        crate::db::on_both(turns_within_a_partner).await;
     }
 
     async fn turns_within_a_partner(db: DatabaseConnection) {

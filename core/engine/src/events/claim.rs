@@ -86,7 +86,7 @@ pub async fn claim(
         db,
         owner,
         batch.saturating_mul(2),
-        &groups,
+        groups,
         max_attempts,
         now,
     )
@@ -220,7 +220,7 @@ async fn fair_turns(
     db: &impl ConnectionTrait,
     owner: &str,
     limit: u32,
-    groups: &[Group],
+    mut groups: Vec<Group>,
     max_attempts: i32,
     now: DateTime<Utc>,
 ) -> Result<(Vec<(String, String)>, HashSet<Group>), Error> {
@@ -232,7 +232,6 @@ async fn fair_turns(
     // Groups whose pending deliveries are all leased count too, so a first depth may rank too
     // few: then deeper, while some backlog was cut short.
     let mut depth = limit.div_ceil(groups.len()).min(limit);
-    let mut groups = groups.to_vec();
     loop {
         let mut ranked = Vec::new();
         for chunk in groups.chunks(GROUPS_PER_STATEMENT) {

@@ -601,22 +601,9 @@ mod tests {
         assert_eq!(rows, counted);
     }
 
-    /// Runs `body` on a SQLite store and, when a server is named, on a PostgreSQL one.
-    async fn on_both<F: std::future::Future<Output = ()>>(body: impl Fn(Store) -> F) {
-        let dir = tempfile::tempdir().unwrap();
-        body(Store::database(
-            crate::db::test_sqlite(dir.path()).await.conn,
-        ))
-        .await;
-        if let Some(postgres) = crate::db::test_postgres().await {
-            body(Store::database(postgres.db.conn.clone())).await;
-            postgres.drop().await;
-        }
-    }
-
     #[tokio::test]
     async fn a_group_commits_those_that_hold_and_leaves_out_whole_those_that_do_not() {
-        on_both(commits_those_that_hold).await;
+        crate::db::on_both(|db| commits_those_that_hold(Store::database(db))).await;
     }
 
     async fn commits_those_that_hold(store: Store) {
@@ -707,7 +694,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_namespace_met_twice_in_a_group_commits_once() {
-        on_both(commits_a_namespace_once).await;
+        crate::db::on_both(|db| commits_a_namespace_once(Store::database(db))).await;
     }
 
     async fn commits_a_namespace_once(store: Store) {

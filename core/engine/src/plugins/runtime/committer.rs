@@ -722,20 +722,10 @@ mod tests {
         assert_eq!(store.get(&ns("b"), "n").await.unwrap(), None);
     }
 
-    /// Runs `body` on a SQLite database and, when a server is named, on a PostgreSQL one.
-    async fn on_both<F: Future<Output = ()>>(body: impl Fn(DatabaseConnection) -> F) {
-        let dir = tempfile::tempdir().unwrap();
-        body(crate::db::test_sqlite(dir.path()).await.conn).await;
-        if let Some(postgres) = crate::db::test_postgres().await {
-            body(postgres.db.conn.clone()).await;
-            postgres.drop().await;
-        }
-    }
-
     #[tokio::test]
     async fn a_run_alone_whose_namespace_moved_after_its_first_read_is_checked_and_judged_by_its_reads()
      {
-        on_both(alone_and_moved).await;
+        crate::db::on_both(alone_and_moved).await;
     }
 
     async fn alone_and_moved(db: DatabaseConnection) {
@@ -811,7 +801,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_group_commits_each_member_as_alone_and_one_whose_claim_was_lost_keeps_nothing() {
-        on_both(|db| async move {
+        crate::db::on_both(|db| async move {
             let store = Store::database(db.clone());
             let (members, answers) = claimed_members(&db, &store, Some(2)).await;
             commit_group(&db, (&Kept::default(), &Kept::default()), members).await;
