@@ -176,6 +176,52 @@ async fn an_infinite_loop_is_stopped_within_twice_its_cpu_budget() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_is_charged_the_cpu_it_ran_not_the_time_it_waited_for_a_core() {
+    let h = Harness::start(&abuse(), options()).await.unwrap();
+    let budget = Duration::from_millis(100);
+    // Work of about a fifth of the budget on a free core (the guest's code is compiled the
+    // same in every build of the engine).
+    let mut rounds: u64 = 1 << 20;
+    let alone = loop {
+        let out = h.event("abuse.work", json!({ "rounds": rounds })).await;
+        assert!(out.result.is_ok(), "{:?}", out.result);
+        if out.cpu >= budget / 5 || rounds >= 1 << 40 {
+            break out.cpu;
+        }
+        rounds *= 2;
+    };
+    assert!(alone < budget / 2, "{alone:?} for {rounds} rounds");
+    // The same work while sixteen threads spin on this machine's cores: it takes several times
+    // as long (past the budget on two cores, where a meter of wall time would stop it), and is
+    // still charged only what it ran.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let spinners: Vec<_> = (0..16)
+        .map(|_| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut x: u64 = 1;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+                }
+            })
+        })
+        .collect();
+    let started = Instant::now();
+    let out = h.event("abuse.work", json!({ "rounds": rounds })).await;
+    let wall = started.elapsed();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for spinner in spinners {
+        spinner.join().unwrap();
+    }
+    assert!(out.result.is_ok(), "{:?} after {wall:?}", out.result);
+    assert!(
+        out.cpu < budget / 2,
+        "charged {:?} for work of {alone:?} (wall {wall:?})",
+        out.cpu
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_memory_bomb_hits_its_memory_limit() {
     let h = Harness::start(&abuse(), options()).await.unwrap();
     let out = h.event("abuse.memory", json!({})).await;

@@ -43,53 +43,84 @@ use super::{Emitted, HostCall, Invocation, LogLine, Services};
 #[error("{0}")]
 pub struct LimitBroken(pub String);
 
-/// How an invocation's CPU is metered between epoch ticks. Time inside host calls is not the
-/// plugin's CPU: it is subtracted.
+/// How an invocation's CPU is metered: the CPU time of the thread running the guest, counted
+/// from each moment the guest's code starts running (a call into it, a host call returning to
+/// it, a tick's yield ending) to the next moment it stops (returning, calling the host,
+/// reaching a tick). Neither host calls nor the time its thread waits for a core are counted:
+/// on a busy machine a guest is charged what it ran, not how long it took. The guest runs on
+/// one thread between those moments (it may move to another only while suspended), so each
+/// count's two readings come from the same thread's clock.
 pub struct CpuMeter {
-    pub origin: Instant,
     pub budget: Duration,
     pub used: Duration,
-    /// Nanoseconds since `origin` at which the guest last resumed; written by the yield future.
+    /// The running thread's CPU clock (ns) when the guest last started running; written by a
+    /// tick's yield future as the guest resumes.
     pub resumed_at: Arc<AtomicU64>,
-    pub host_since_resume: Duration,
+    /// Whether the guest's code is running (between a start and the next stop).
+    running: bool,
     /// Set when the invocation moved to the heavy lane (it holds a heavy permit).
     pub heavy: Arc<std::sync::Mutex<Option<tokio::sync::OwnedSemaphorePermit>>>,
     pub demoted: bool,
     pub interrupted: bool,
 }
 
+/// The CPU time the calling thread has used, in nanoseconds.
+#[cfg(unix)]
+pub fn thread_cpu_nanos() -> u64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+    u64::try_from(t.tv_sec)
+        .unwrap_or_default()
+        .saturating_mul(1_000_000_000)
+        .saturating_add(u64::try_from(t.tv_nsec).unwrap_or_default())
+}
+
+/// Without a per-thread clock, wall time since the process began (descheduled time counts).
+#[cfg(not(unix))]
+pub fn thread_cpu_nanos() -> u64 {
+    static ORIGIN: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    u64::try_from(ORIGIN.get_or_init(Instant::now).elapsed().as_nanos()).unwrap_or(u64::MAX)
+}
+
 impl CpuMeter {
     pub fn new(budget: Duration) -> Self {
         Self {
-            origin: Instant::now(),
             budget,
             used: Duration::ZERO,
             resumed_at: Arc::new(AtomicU64::new(0)),
-            host_since_resume: Duration::ZERO,
+            running: false,
             heavy: Arc::default(),
             demoted: false,
             interrupted: false,
         }
     }
 
-    pub fn mark_resumed(&self) {
-        let nanos = u64::try_from(self.origin.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        self.resumed_at.store(nanos, Ordering::Relaxed);
+    /// The guest's code starts running on this thread.
+    pub fn start(&mut self) {
+        self.resumed_at.store(thread_cpu_nanos(), Ordering::Relaxed);
+        self.running = true;
     }
 
-    /// Adds the guest time since it last resumed; returns the total.
-    pub fn settle(&mut self) -> Duration {
-        let resumed = Duration::from_nanos(self.resumed_at.load(Ordering::Relaxed));
-        let ran = self
-            .origin
-            .elapsed()
-            .saturating_sub(resumed)
-            .saturating_sub(self.host_since_resume);
-        self.host_since_resume = Duration::ZERO;
-        self.used += ran;
-        // What was counted is not counted again by the next settle.
-        self.mark_resumed();
+    /// The guest's code stops running (it returned or called the host); returns the total.
+    pub fn stop(&mut self) -> Duration {
+        self.settle();
+        self.running = false;
         self.used
+    }
+
+    /// Counts what the guest ran since it last started, at a tick; it goes on running (the
+    /// tick's yield restarts the count, on whichever thread resumes it). Returns the total.
+    pub fn settle(&mut self) -> Duration {
+        if self.running {
+            let now = thread_cpu_nanos();
+            let since = self.resumed_at.swap(now, Ordering::Relaxed);
+            self.used += Duration::from_nanos(now.saturating_sub(since));
+        }
+        self.used
+    }
+
+    /// Charges host work done for the guest on its behalf (rendering a template).
+    pub fn charge(&mut self, cpu: Duration) {
+        self.used += cpu;
     }
 }
 
@@ -201,10 +232,6 @@ impl State {
         ok: bool,
     ) {
         let elapsed = started.elapsed();
-        // Waiting on the database or Alipay is not the plugin's CPU; rendering is (see render).
-        if interface != "templates" {
-            self.cpu.host_since_resume += elapsed;
-        }
         self.host_calls.push(HostCall {
             interface,
             function,
@@ -302,5 +329,43 @@ pub fn tenant_record(invocation: &Invocation) -> types::Tenant {
         installation_id: t.installation_id.clone(),
         invocation_id: invocation.id.clone(),
         locale: t.locale.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spin(for_at_least: Duration) {
+        let started = Instant::now();
+        let mut x: u64 = 1;
+        while started.elapsed() < for_at_least {
+            x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+        }
+    }
+
+    #[test]
+    #[allow(
+        clippy::disallowed_methods,
+        reason = "a plain thread: the sleep stands for the scheduler running another thread"
+    )]
+    fn the_meter_counts_what_the_thread_ran_while_the_guest_ran_and_nothing_else() {
+        let mut meter = CpuMeter::new(Duration::from_secs(1));
+        meter.start();
+        spin(Duration::from_millis(30));
+        // Descheduled (here: asleep) while the guest runs: not counted.
+        std::thread::sleep(Duration::from_millis(100));
+        let ran = meter.settle();
+        assert!(
+            ran >= Duration::from_millis(25) && ran < Duration::from_millis(90),
+            "{ran:?}"
+        );
+        // Stopped (a host call): what the thread runs meanwhile is not the guest's.
+        let ran = meter.stop();
+        spin(Duration::from_millis(30));
+        assert_eq!(meter.settle(), ran);
+        meter.start();
+        spin(Duration::from_millis(10));
+        assert!(meter.stop() > ran);
     }
 }

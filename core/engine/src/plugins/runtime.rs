@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use wasmtime::component::{Linker, ResourceTable};
-use wasmtime::{Engine, Store, UpdateDeadline};
+use wasmtime::{CallHook, Engine, Store, UpdateDeadline};
 
 pub use exports::MAX_INPUT_BYTES;
 pub use load::Loaded;
@@ -535,7 +535,6 @@ impl Runtime {
                 return Ok(UpdateDeadline::Interrupt);
             }
             let resumed = state.cpu.resumed_at.clone();
-            let origin = state.cpu.origin;
             // A tick of CPU makes an invocation heavy; so does another invocation of the same
             // installation having been found heavy meanwhile.
             let demote = !state.cpu.demoted && (used >= TICK || hog_flag.is_set());
@@ -559,13 +558,24 @@ impl Runtime {
                     } else {
                         tokio::task::yield_now().await;
                     }
-                    let nanos = u64::try_from(origin.elapsed().as_nanos()).unwrap_or(u64::MAX);
-                    resumed.store(nanos, Ordering::Relaxed);
+                    // The guest resumes on this thread: its count restarts on this clock.
+                    resumed.store(host::thread_cpu_nanos(), Ordering::Relaxed);
                 }),
             ))
         });
 
-        store.data().cpu.mark_resumed();
+        // The guest's CPU is counted only while its code runs: from each call into it or
+        // return from a host call, to its return or its next host call (and across ticks).
+        store.call_hook(|mut cx, hook| {
+            let cpu = &mut cx.data_mut().cpu;
+            match hook {
+                CallHook::CallingWasm | CallHook::ReturningFromHost => cpu.start(),
+                CallHook::ReturningFromWasm | CallHook::CallingHost => {
+                    cpu.stop();
+                }
+            }
+            Ok(())
+        });
         let result = match loaded.pre.instantiate_async(&mut store).await {
             Err(e) => Err(e),
             Ok(plugin) => {
@@ -573,7 +583,7 @@ impl Runtime {
                 exports::call_export(&plugin, &mut store, &tenant, call, payload).await
             }
         };
-        store.data_mut().cpu.settle();
+        store.data_mut().cpu.stop();
         let limit = (manifest.limits.output_kib as usize) << 10;
         let result = match result {
             Ok(Ok(output)) => {

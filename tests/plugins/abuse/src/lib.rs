@@ -40,6 +40,16 @@ impl Plugin for Abuse {
                     x = black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
                 }
             }
+            // A fixed amount of work: `rounds` steps of the loop above, then done.
+            "abuse.work" => {
+                let payload: serde_json::Value = event.payload_as()?;
+                let rounds = payload["rounds"].as_u64().unwrap_or(0);
+                let mut x: u64 = 0;
+                for _ in 0..rounds {
+                    x = black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+                }
+                Ok(())
+            }
             "abuse.memory" => {
                 let mut hoard: Vec<Vec<u8>> = Vec::new();
                 loop {

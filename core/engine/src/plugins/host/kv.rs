@@ -73,12 +73,9 @@ impl State {
             return Ok(Err(e));
         }
         if let Turn::Waiting(gate) = &self.turn {
-            let started = std::time::Instant::now();
             let Some(held) = bounded(self.deadline, gate.clone().lock_owned()).await else {
                 return Err(self.deadline_passed());
             };
-            // Waiting for a turn is not the plugin's CPU.
-            self.cpu.host_since_resume += started.elapsed();
             self.turn = Turn::Held { _guard: held };
         }
         let services = self.services.clone();
