@@ -222,6 +222,17 @@ async fn a_plugin_is_charged_the_cpu_it_ran_not_the_time_it_waited_for_a_core() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_work_a_plugin_asks_for_without_waiting_counts_against_its_cpu_budget() {
+    let h = Harness::start(&abuse(), options()).await.unwrap();
+    let budget = Duration::from_millis(100);
+    let out = h.event("abuse.log_big", json!({})).await;
+    let (reason, message) = trap_of(&out.result);
+    // Not its wall time (1 s): the engine's reading of what it logs is charged to it.
+    assert_eq!(reason, TrapReason::CpuBudget, "{message}");
+    assert!(out.cpu >= budget, "stopped after {:?} of CPU", out.cpu);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_memory_bomb_hits_its_memory_limit() {
     let h = Harness::start(&abuse(), options()).await.unwrap();
     let out = h.event("abuse.memory", json!({})).await;

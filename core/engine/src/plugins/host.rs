@@ -43,21 +43,23 @@ use super::{Emitted, HostCall, Invocation, LogLine, Services};
 #[error("{0}")]
 pub struct LimitBroken(pub String);
 
-/// How an invocation's CPU is metered: the CPU time of the thread running the guest, counted
-/// from each moment the guest's code starts running (a call into it, a host call returning to
-/// it, a tick's yield ending) to the next moment it stops (returning, calling the host,
-/// reaching a tick). Neither host calls nor the time its thread waits for a core are counted:
-/// on a busy machine a guest is charged what it ran, not how long it took. The guest runs on
-/// one thread between those moments (it may move to another only while suspended), so each
-/// count's two readings come from the same thread's clock.
+/// How an invocation's CPU is metered: on the CPU clock of the thread that runs it, in
+/// segments cut at every passage between the guest's code and the host (a call into the guest,
+/// its return, a host call, that call's return). A segment of the guest's code is charged; so
+/// is one of host work that did not wait (reading a call's arguments, rendering, logging, WASI
+/// randomness), since the guest asked for it. A segment that waited (the future driving the
+/// guest was polled again: the database, Alipay, another plugin, a tick's yield) is not: while
+/// it waited its thread ran other work, and the wait is not the guest's. Time a thread waits
+/// for a core is on no thread's clock, so a busy machine charges a guest only what it ran.
+/// A segment that did not wait ran on one thread, so its two readings are of one clock.
 pub struct CpuMeter {
     pub budget: Duration,
     pub used: Duration,
-    /// The running thread's CPU clock (ns) when the guest last started running; written by a
-    /// tick's yield future as the guest resumes.
-    pub resumed_at: Arc<AtomicU64>,
-    /// Whether the guest's code is running (between a start and the next stop).
-    running: bool,
+    /// Polls of the future driving the guest, counted by that future.
+    pub polls: Arc<AtomicU64>,
+    /// Where the current segment began: the thread's CPU clock (ns) and the polls then; `None`
+    /// before the guest first runs and after it ended.
+    segment: Option<(u64, u64)>,
     /// Set when the invocation moved to the heavy lane (it holds a heavy permit).
     pub heavy: Arc<std::sync::Mutex<Option<tokio::sync::OwnedSemaphorePermit>>>,
     pub demoted: bool,
@@ -86,41 +88,43 @@ impl CpuMeter {
         Self {
             budget,
             used: Duration::ZERO,
-            resumed_at: Arc::new(AtomicU64::new(0)),
-            running: false,
+            polls: Arc::new(AtomicU64::new(0)),
+            segment: None,
             heavy: Arc::default(),
             demoted: false,
             interrupted: false,
         }
     }
 
-    /// The guest's code starts running on this thread.
-    pub fn start(&mut self) {
-        self.resumed_at.store(thread_cpu_nanos(), Ordering::Relaxed);
-        self.running = true;
-    }
-
-    /// The guest's code stops running (it returned or called the host); returns the total.
-    pub fn stop(&mut self) -> Duration {
+    /// A passage between the guest's code and the host: the segment so far is settled and the
+    /// next one begins.
+    pub fn pass(&mut self) {
         self.settle();
-        self.running = false;
-        self.used
+        if self.segment.is_none() {
+            self.segment = Some((thread_cpu_nanos(), self.polls.load(Ordering::Relaxed)));
+        }
     }
 
-    /// Counts what the guest ran since it last started, at a tick; it goes on running (the
-    /// tick's yield restarts the count, on whichever thread resumes it). Returns the total.
+    /// Charges the current segment so far, unless it waited, and begins it again; returns the
+    /// total.
     pub fn settle(&mut self) -> Duration {
-        if self.running {
+        if let Some((cpu, polls)) = &mut self.segment {
             let now = thread_cpu_nanos();
-            let since = self.resumed_at.swap(now, Ordering::Relaxed);
-            self.used += Duration::from_nanos(now.saturating_sub(since));
+            let polled = self.polls.load(Ordering::Relaxed);
+            if *polls == polled {
+                self.used += Duration::from_nanos(now.saturating_sub(*cpu));
+            }
+            *cpu = now;
+            *polls = polled;
         }
         self.used
     }
 
-    /// Charges host work done for the guest on its behalf (rendering a template).
-    pub fn charge(&mut self, cpu: Duration) {
-        self.used += cpu;
+    /// The guest is done: the last segment is settled and none begins.
+    pub fn end(&mut self) -> Duration {
+        self.settle();
+        self.segment = None;
+        self.used
     }
 }
 
@@ -349,23 +353,31 @@ mod tests {
         clippy::disallowed_methods,
         reason = "a plain thread: the sleep stands for the scheduler running another thread"
     )]
-    fn the_meter_counts_what_the_thread_ran_while_the_guest_ran_and_nothing_else() {
+    fn the_meter_charges_what_the_thread_ran_unless_the_segment_waited() {
         let mut meter = CpuMeter::new(Duration::from_secs(1));
-        meter.start();
+        meter.pass();
         spin(Duration::from_millis(30));
-        // Descheduled (here: asleep) while the guest runs: not counted.
+        // Descheduled (here: asleep): on no clock.
         std::thread::sleep(Duration::from_millis(100));
         let ran = meter.settle();
         assert!(
             ran >= Duration::from_millis(25) && ran < Duration::from_millis(90),
             "{ran:?}"
         );
-        // Stopped (a host call): what the thread runs meanwhile is not the guest's.
-        let ran = meter.stop();
+        // A segment that waited (the driving future was polled again): while it waited the
+        // thread ran others' work, none of it charged.
+        meter.pass();
         spin(Duration::from_millis(30));
-        assert_eq!(meter.settle(), ran);
-        meter.start();
+        meter.polls.fetch_add(1, Ordering::Relaxed);
+        let ran = meter.settle();
+        assert!(ran < Duration::from_millis(90), "{ran:?}");
+        // Host work that did not wait is the guest's.
+        meter.pass();
         spin(Duration::from_millis(10));
-        assert!(meter.stop() > ran);
+        assert!(meter.end() >= ran + Duration::from_millis(8));
+        // Ended: nothing more is charged.
+        let total = meter.used;
+        spin(Duration::from_millis(10));
+        assert_eq!(meter.settle(), total);
     }
 }

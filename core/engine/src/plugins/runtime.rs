@@ -534,7 +534,6 @@ impl Runtime {
                 state.timed_out = true;
                 return Ok(UpdateDeadline::Interrupt);
             }
-            let resumed = state.cpu.resumed_at.clone();
             // A tick of CPU makes an invocation heavy; so does another invocation of the same
             // installation having been found heavy meanwhile.
             let demote = !state.cpu.demoted && (used >= TICK || hog_flag.is_set());
@@ -558,32 +557,35 @@ impl Runtime {
                     } else {
                         tokio::task::yield_now().await;
                     }
-                    // The guest resumes on this thread: its count restarts on this clock.
-                    resumed.store(host::thread_cpu_nanos(), Ordering::Relaxed);
                 }),
             ))
         });
 
-        // The guest's CPU is counted only while its code runs: from each call into it or
-        // return from a host call, to its return or its next host call (and across ticks).
-        store.call_hook(|mut cx, hook| {
-            let cpu = &mut cx.data_mut().cpu;
-            match hook {
-                CallHook::CallingWasm | CallHook::ReturningFromHost => cpu.start(),
-                CallHook::ReturningFromWasm | CallHook::CallingHost => {
-                    cpu.stop();
-                }
-            }
+        // Every passage between the guest's code and the host cuts the CPU meter's segments
+        // (see `CpuMeter`); the future driving the guest counts its polls, which tells a
+        // segment that waited.
+        store.call_hook(|mut cx, _: CallHook| {
+            cx.data_mut().cpu.pass();
             Ok(())
         });
-        let result = match loaded.pre.instantiate_async(&mut store).await {
-            Err(e) => Err(e),
-            Ok(plugin) => {
-                let tenant = host::tenant_record(&invocation);
-                exports::call_export(&plugin, &mut store, &tenant, call, payload).await
-            }
+        let polls = store.data().cpu.polls.clone();
+        let result = {
+            let mut run = std::pin::pin!(async {
+                match loaded.pre.instantiate_async(&mut store).await {
+                    Err(e) => Err(e),
+                    Ok(plugin) => {
+                        let tenant = host::tenant_record(&invocation);
+                        exports::call_export(&plugin, &mut store, &tenant, call, payload).await
+                    }
+                }
+            });
+            std::future::poll_fn(|cx| {
+                polls.fetch_add(1, Ordering::Relaxed);
+                run.as_mut().poll(cx)
+            })
+            .await
         };
-        store.data_mut().cpu.stop();
+        store.data_mut().cpu.end();
         let limit = (manifest.limits.output_kib as usize) << 10;
         let result = match result {
             Ok(Ok(output)) => {

@@ -50,6 +50,18 @@ impl Plugin for Abuse {
                 }
                 Ok(())
             }
+            // Host work and no guest work: the engine reads 8 MiB of text for every call,
+            // and the guest only calls again.
+            "abuse.log_big" => {
+                let big = "x".repeat(8 << 20);
+                loop {
+                    trellis_host_api::log::write(
+                        trellis_host_api::log::Level::Info,
+                        black_box(&big),
+                        &[],
+                    );
+                }
+            }
             "abuse.memory" => {
                 let mut hoard: Vec<Vec<u8>> = Vec::new();
                 loop {

@@ -49,12 +49,7 @@ impl templates::Host for State {
             return Err(self.broke(format!("more than {MAX_RENDERS} renders in one invocation")));
         }
         let started = Instant::now();
-        // Rendering is the plugin's CPU, unlike the host calls that wait on others.
-        let cpu = super::thread_cpu_nanos();
         let result = self.render_page(&template, &data);
-        self.cpu.charge(std::time::Duration::from_nanos(
-            super::thread_cpu_nanos().saturating_sub(cpu),
-        ));
         self.record("templates", "render", started, result.is_ok());
         Ok(result)
     }
