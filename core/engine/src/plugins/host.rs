@@ -43,23 +43,19 @@ use super::{Emitted, HostCall, Invocation, LogLine, Services};
 #[error("{0}")]
 pub struct LimitBroken(pub String);
 
-/// How an invocation's CPU is metered: on the CPU clock of the thread that runs it, in
-/// segments cut at every passage between the guest's code and the host (a call into the guest,
-/// its return, a host call, that call's return). A segment of the guest's code is charged; so
-/// is one of host work that did not wait (reading a call's arguments, rendering, logging, WASI
-/// randomness), since the guest asked for it. A segment that waited (the future driving the
-/// guest was polled again: the database, Alipay, another plugin, a tick's yield) is not: while
-/// it waited its thread ran other work, and the wait is not the guest's. Time a thread waits
-/// for a core is on no thread's clock, so a busy machine charges a guest only what it ran.
-/// A segment that did not wait ran on one thread, so its two readings are of one clock.
+/// How an invocation's CPU is metered: on the CPU clock of the thread that polls the future
+/// driving it, during each poll. Inside a poll the thread does this invocation's work only — the
+/// guest's code and the engine's work for it (reading its arguments, rendering, logging,
+/// preparing a query and reading its rows) — so all of that is charged; between polls the
+/// invocation waits (the database, Alipay, a tick's yield) and its thread runs others' work,
+/// none of it charged. Time a thread waits for a core is on no thread's clock, so a busy
+/// machine charges an invocation only what it ran. Another invocation run inside a poll (a
+/// `plugins.call`) is charged to itself, not to its caller.
 pub struct CpuMeter {
     pub budget: Duration,
+    /// What was charged as of the last [`Self::settle`].
     pub used: Duration,
-    /// Polls of the future driving the guest, counted by that future.
-    pub polls: Arc<AtomicU64>,
-    /// Where the current segment began: the thread's CPU clock (ns) and the polls then; `None`
-    /// before the guest first runs and after it ended.
-    segment: Option<(u64, u64)>,
+    pub polled: Arc<PolledCpu>,
     /// Set when the invocation moved to the heavy lane (it holds a heavy permit).
     pub heavy: Arc<std::sync::Mutex<Option<tokio::sync::OwnedSemaphorePermit>>>,
     pub demoted: bool,
@@ -83,47 +79,75 @@ pub fn thread_cpu_nanos() -> u64 {
     u64::try_from(ORIGIN.get_or_init(Instant::now).elapsed().as_nanos()).unwrap_or(u64::MAX)
 }
 
+thread_local! {
+    /// CPU spent in metered polls on this thread, so far: a poll run inside another (an
+    /// invocation inside a host call) is left out of the outer one's charge.
+    static METERED: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// CPU charged to one invocation by the polls of the future driving it; shared between that
+/// future and the store (whose tick reads it mid-poll, on the polling thread).
+#[derive(Debug, Default)]
+pub struct PolledCpu {
+    /// Charged by polls that ended, in nanoseconds.
+    charged: AtomicU64,
+    /// The running poll's start: the thread's CPU clock and [`METERED`] then.
+    started: AtomicU64,
+    metered_then: AtomicU64,
+    polling: std::sync::atomic::AtomicBool,
+}
+
+impl PolledCpu {
+    /// Polls `future` once, charging what the poll ran on this thread.
+    pub fn poll<F: Future>(
+        &self,
+        future: std::pin::Pin<&mut F>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<F::Output> {
+        let metered = METERED.get();
+        let started = thread_cpu_nanos();
+        self.started.store(started, Ordering::Relaxed);
+        self.metered_then.store(metered, Ordering::Relaxed);
+        self.polling.store(true, Ordering::Relaxed);
+        let polled = future.poll(cx);
+        self.polling.store(false, Ordering::Relaxed);
+        let ran = thread_cpu_nanos().saturating_sub(started);
+        let inner = METERED.get().saturating_sub(metered);
+        self.charged
+            .fetch_add(ran.saturating_sub(inner), Ordering::Relaxed);
+        METERED.set(metered.saturating_add(ran));
+        polled
+    }
+
+    /// What was charged so far, the running poll included when called from inside it.
+    pub fn so_far(&self) -> Duration {
+        let mut nanos = self.charged.load(Ordering::Relaxed);
+        if self.polling.load(Ordering::Relaxed) {
+            let ran = thread_cpu_nanos().saturating_sub(self.started.load(Ordering::Relaxed));
+            let inner = METERED
+                .get()
+                .saturating_sub(self.metered_then.load(Ordering::Relaxed));
+            nanos = nanos.saturating_add(ran.saturating_sub(inner));
+        }
+        Duration::from_nanos(nanos)
+    }
+}
+
 impl CpuMeter {
     pub fn new(budget: Duration) -> Self {
         Self {
             budget,
             used: Duration::ZERO,
-            polls: Arc::new(AtomicU64::new(0)),
-            segment: None,
+            polled: Arc::default(),
             heavy: Arc::default(),
             demoted: false,
             interrupted: false,
         }
     }
 
-    /// A passage between the guest's code and the host: the segment so far is settled and the
-    /// next one begins.
-    pub fn pass(&mut self) {
-        self.settle();
-        if self.segment.is_none() {
-            self.segment = Some((thread_cpu_nanos(), self.polls.load(Ordering::Relaxed)));
-        }
-    }
-
-    /// Charges the current segment so far, unless it waited, and begins it again; returns the
-    /// total.
+    /// What was charged so far (from inside a poll: up to now); kept in `used`.
     pub fn settle(&mut self) -> Duration {
-        if let Some((cpu, polls)) = &mut self.segment {
-            let now = thread_cpu_nanos();
-            let polled = self.polls.load(Ordering::Relaxed);
-            if *polls == polled {
-                self.used += Duration::from_nanos(now.saturating_sub(*cpu));
-            }
-            *cpu = now;
-            *polls = polled;
-        }
-        self.used
-    }
-
-    /// The guest is done: the last segment is settled and none begins.
-    pub fn end(&mut self) -> Duration {
-        self.settle();
-        self.segment = None;
+        self.used = self.polled.so_far();
         self.used
     }
 }
@@ -348,36 +372,94 @@ mod tests {
         }
     }
 
+    /// Polls `future` to its end on this thread, metered by `meter`; between polls the thread
+    /// runs `others` (what it does for other tasks while the invocation waits).
+    fn metered<F: Future>(meter: &PolledCpu, future: F, mut others: impl FnMut()) -> F::Output {
+        let mut future = std::pin::pin!(future);
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        loop {
+            if let std::task::Poll::Ready(out) = meter.poll(future.as_mut(), &mut cx) {
+                return out;
+            }
+            others();
+        }
+    }
+
     #[test]
     #[allow(
         clippy::disallowed_methods,
         reason = "a plain thread: the sleep stands for the scheduler running another thread"
     )]
-    fn the_meter_charges_what_the_thread_ran_unless_the_segment_waited() {
-        let mut meter = CpuMeter::new(Duration::from_secs(1));
-        meter.pass();
-        spin(Duration::from_millis(30));
-        // Descheduled (here: asleep): on no clock.
-        std::thread::sleep(Duration::from_millis(100));
-        let ran = meter.settle();
+    fn an_invocation_is_charged_what_its_polls_ran_and_nothing_between_them() {
+        let meter = PolledCpu::default();
+        metered(
+            &meter,
+            async {
+                spin(Duration::from_millis(30));
+                // Descheduled (here: asleep): on no clock.
+                std::thread::sleep(Duration::from_millis(100));
+            },
+            || {},
+        );
+        let ran = meter.so_far();
         assert!(
             ran >= Duration::from_millis(25) && ran < Duration::from_millis(90),
             "{ran:?}"
         );
-        // A segment that waited (the driving future was polled again): while it waited the
-        // thread ran others' work, none of it charged.
-        meter.pass();
-        spin(Duration::from_millis(30));
-        meter.polls.fetch_add(1, Ordering::Relaxed);
-        let ran = meter.settle();
-        assert!(ran < Duration::from_millis(90), "{ran:?}");
-        // Host work that did not wait is the guest's.
-        meter.pass();
-        spin(Duration::from_millis(10));
-        assert!(meter.end() >= ran + Duration::from_millis(8));
-        // Ended: nothing more is charged.
-        let total = meter.used;
-        spin(Duration::from_millis(10));
-        assert_eq!(meter.settle(), total);
+        // Waiting: the thread runs others' work between polls, none of it charged.
+        let before = meter.so_far();
+        metered(
+            &meter,
+            async {
+                spin(Duration::from_millis(10));
+                Pending::default().await;
+                spin(Duration::from_millis(10));
+            },
+            || spin(Duration::from_millis(60)),
+        );
+        let charged = meter.so_far() - before;
+        assert!(
+            charged >= Duration::from_millis(15) && charged < Duration::from_millis(50),
+            "{charged:?}"
+        );
+    }
+
+    #[test]
+    fn an_invocation_inside_another_is_charged_to_itself_not_to_the_outer_one() {
+        let outer = PolledCpu::default();
+        let inner = PolledCpu::default();
+        metered(
+            &outer,
+            async {
+                spin(Duration::from_millis(10));
+                metered(&inner, async { spin(Duration::from_millis(40)) }, || {});
+                spin(Duration::from_millis(10));
+            },
+            || {},
+        );
+        let (outer, inner) = (outer.so_far(), inner.so_far());
+        assert!(inner >= Duration::from_millis(35), "{inner:?}");
+        assert!(
+            outer >= Duration::from_millis(15) && outer < Duration::from_millis(35),
+            "{outer:?}"
+        );
+    }
+
+    /// Pending once.
+    #[derive(Default)]
+    struct Pending(bool);
+
+    impl Future for Pending {
+        type Output = ();
+        fn poll(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<()> {
+            if self.0 {
+                return std::task::Poll::Ready(());
+            }
+            self.0 = true;
+            std::task::Poll::Pending
+        }
     }
 }

@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use wasmtime::component::{Linker, ResourceTable};
-use wasmtime::{CallHook, Engine, Store, UpdateDeadline};
+use wasmtime::{Engine, Store, UpdateDeadline};
 
 pub use exports::MAX_INPUT_BYTES;
 pub use load::Loaded;
@@ -561,14 +561,8 @@ impl Runtime {
             ))
         });
 
-        // Every passage between the guest's code and the host cuts the CPU meter's segments
-        // (see `CpuMeter`); the future driving the guest counts its polls, which tells a
-        // segment that waited.
-        store.call_hook(|mut cx, _: CallHook| {
-            cx.data_mut().cpu.pass();
-            Ok(())
-        });
-        let polls = store.data().cpu.polls.clone();
+        // The future driving the guest is metered poll by poll (see `CpuMeter`).
+        let polled = store.data().cpu.polled.clone();
         let result = {
             let mut run = std::pin::pin!(async {
                 match loaded.pre.instantiate_async(&mut store).await {
@@ -579,13 +573,9 @@ impl Runtime {
                     }
                 }
             });
-            std::future::poll_fn(|cx| {
-                polls.fetch_add(1, Ordering::Relaxed);
-                run.as_mut().poll(cx)
-            })
-            .await
+            std::future::poll_fn(|cx| polled.poll(run.as_mut(), cx)).await
         };
-        store.data_mut().cpu.end();
+        store.data_mut().cpu.settle();
         let limit = (manifest.limits.output_kib as usize) << 10;
         let result = match result {
             Ok(Ok(output)) => {
