@@ -491,13 +491,18 @@ impl TestPostgres {
     pub async fn drop(self) {
         self.db.close().await;
         let admin = sea_orm::Database::connect(&self.admin_url).await.unwrap();
-        admin
-            .execute_unprepared(&format!(
-                "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
-                self.name
-            ))
-            .await
-            .unwrap();
+        let drop = format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.name);
+        // FORCE does not end an autovacuum worker visiting the database (it runs as the
+        // bootstrap superuser); the worker is done within moments.
+        for attempt in 0.. {
+            match admin.execute_unprepared(&drop).await {
+                Ok(_) => break,
+                Err(e) if attempt < 20 && e.to_string().contains("pg_signal_backend") => {
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+                Err(e) => panic!("could not drop {}: {e}", self.name),
+            }
+        }
         admin.close().await.unwrap();
     }
 }

@@ -817,6 +817,97 @@ mod tests {
         assert_eq!(all, ["m-a1", "m-a1", "m-a1", "m-a2", "m-a2", "m-a2"]);
     }
 
+    /// What `owner` claims with `walk`, batch `batch`, at `now`.
+    async fn kept_claim(
+        db: &DatabaseConnection,
+        owner: &str,
+        walk: &mut Walk,
+        batch: u32,
+        now: DateTime<Utc>,
+    ) -> Vec<Claimed> {
+        let in_flight = HashMap::new();
+        let room = Room {
+            in_flight: &in_flight,
+            per_partner: 100,
+            least: 1,
+        };
+        claim(db, owner, batch, room, walk, Duration::seconds(30), 8, now)
+            .await
+            .unwrap()
+    }
+
+    fn merchants_of(claims: &[Claimed]) -> Vec<String> {
+        claims
+            .iter()
+            .map(|c| c.place.merchant_id.clone().unwrap_or_default())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn claims_from_what_the_last_ranking_found_keep_the_turns_of_a_ranking_each_time() {
+        crate::db::on_both(kept_turns).await;
+    }
+
+    async fn kept_turns(db: DatabaseConnection) {
+        let early = Utc::now() - Duration::minutes(5);
+        for (m, at) in [("m-a", 0), ("m-b", 1), ("m-c", 2)] {
+            backlog(&db, &merchant("p-a", m), 3, early + Duration::seconds(at)).await;
+        }
+        let now = Utc::now() + Duration::seconds(1);
+        let mut walk = Walk::every(std::time::Duration::from_secs(60));
+        let mut claims = Vec::new();
+        loop {
+            let claimed = kept_claim(&db, "me", &mut walk, 2, now).await;
+            if claimed.is_empty() {
+                break;
+            }
+            let mut merchants = merchants_of(&claimed);
+            merchants.sort();
+            claims.push(merchants.join(" "));
+        }
+        // A ranking finds twice the batch in turns (each merchant's first due delivery not
+        // leased, then each one's second), and the claim after it takes the rest: the first
+        // ranking's a1 b1 c1 a2 go in two claims; the next ranking finds a3 b2 c2 b3.
+        assert_eq!(claims, ["m-a m-b", "m-a m-c", "m-a m-b", "m-b m-c", "m-c"]);
+    }
+
+    #[tokio::test]
+    async fn a_kept_delivery_that_failed_elsewhere_meanwhile_waits_for_its_next_attempt() {
+        crate::db::on_both(kept_taken_elsewhere).await;
+    }
+
+    async fn kept_taken_elsewhere(db: DatabaseConnection) {
+        let early = Utc::now() - Duration::minutes(5);
+        for (m, at) in [("m-a", 0), ("m-b", 1), ("m-c", 2)] {
+            backlog(&db, &merchant("p-a", m), 3, early + Duration::seconds(at)).await;
+        }
+        let now = Utc::now() + Duration::seconds(1);
+        let mut mine = Walk::every(std::time::Duration::from_secs(60));
+        // Ranks a1 b1 c1 a2, takes a1 b1 and keeps c1 a2.
+        let first = kept_claim(&db, "me", &mut mine, 2, now).await;
+        assert_eq!(merchants_of(&first), ["m-a", "m-b"]);
+        // Another dispatcher takes c1 (m-a and m-b it leaves to me), and it fails: it is due
+        // again only after its backoff.
+        let theirs = kept_claim(&db, "other", &mut Walk::default(), 1, now).await;
+        assert_eq!(merchants_of(&theirs), ["m-c"]);
+        failed(&db, &theirs[0], "other", "down", &Backoff::default(), now)
+            .await
+            .unwrap();
+        // Of what I kept, c1 is not due: a2, then a3 from a new ranking (before b2 and c2).
+        let next = kept_claim(&db, "me", &mut mine, 2, now).await;
+        assert_eq!(merchants_of(&next), ["m-a", "m-a"]);
+        let mut rest = Vec::new();
+        loop {
+            let claimed = kept_claim(&db, "me", &mut mine, 2, now).await;
+            if claimed.is_empty() {
+                break;
+            }
+            rest.extend(claimed.into_iter().map(|c| c.delivery_id));
+        }
+        assert_eq!(rest.len(), 4, "b2 b3 c2 c3");
+        assert!(!rest.contains(&theirs[0].delivery_id));
+    }
+
     #[tokio::test]
     async fn within_a_partner_each_merchant_gets_a_turn_before_any_gets_a_second() {
         crate::db::on_both(turns_within_a_partner).await;

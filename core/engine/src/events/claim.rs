@@ -4,7 +4,7 @@
 //! Invariant: a delivery is leased to one dispatcher at a time; a suspended tenant's deliveries
 //! are never claimed.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 
 use chrono::{DateTime, Duration, Utc};
 use sea_orm::{ConnectionTrait, FromQueryResult, Value};
@@ -51,8 +51,8 @@ impl Room<'_> {
 /// Claims up to `batch` due deliveries for `owner` until `now + lease`, in turns: the oldest due
 /// delivery of every partner comes before the second of any, and within a partner the oldest of
 /// every merchant before the second of any, so one tenant's backlog delays another's deliveries
-/// by at most a round rather than by the whole backlog (and a merchant new to `walk`, by up to a
-/// poll more: see [`Walk`]). Deliveries of suspended tenants are held, and no partner gets more
+/// by at most a round rather than by the whole backlog (and a merchant new to `walk`, by up to
+/// about two polls more: see [`Walk`] and below). Deliveries of suspended tenants are held, and no partner gets more
 /// than its `room`.
 ///
 /// The turns are ranked by reads that take no locks — an idle dispatcher polls often, and must
@@ -64,6 +64,14 @@ impl Room<'_> {
 /// `batch` still claimable are leased by a short write; rows another dispatcher leased meanwhile
 /// are passed over (on PostgreSQL rows it is leasing are skipped, `FOR UPDATE SKIP LOCKED`;
 /// SQLite serialises writers, so each write is atomic as it stands).
+///
+/// A ranking finds twice the batch, and the room left usually caps a claim well below that:
+/// what no claim took is kept in `walk`, in its fair order, and the next claims within a poll
+/// take from it before ranking again (a merchant whose first delivery falls due meanwhile waits
+/// for the next ranking, as it waits for the next walk). A kept delivery another dispatcher
+/// took meanwhile, or that is no longer due, is passed over, and so is the rest of its pair:
+/// that dispatcher works the pair now. The lease checks each delivery is due however long ago
+/// it was ranked; one whose tenant was suspended since it was ranked is held at delivery.
 #[allow(
     clippy::too_many_arguments,
     reason = "each is one of the claim's own terms; a struct would only rename them"
@@ -78,39 +86,59 @@ pub async fn claim(
     max_attempts: i32,
     now: DateTime<Utc>,
 ) -> Result<Vec<Claimed>, Error> {
-    let held_back = room.held_back();
-    let mut groups = walk.groups(db).await?;
-    groups.retain(|g| !held_back.contains(&g.partner_id));
-    // Twice the batch: another dispatcher ranking at the same moment takes the same first turns.
-    let (candidates, busy) = fair_turns(
-        db,
-        owner,
-        batch.saturating_mul(2),
-        groups,
-        max_attempts,
-        now,
-    )
-    .await?;
-    walk.worked_elsewhere(busy);
-    let mut taken: HashMap<&str, usize> = HashMap::new();
-    let candidates: Vec<String> = candidates
-        .iter()
-        .filter(|(_, partner)| {
-            let count = taken.entry(partner.as_str()).or_default();
-            *count += 1;
-            *count <= room.of(partner)
-        })
-        .map(|(id, _)| id.clone())
-        .collect();
-    let mut claimed: Vec<String> = Vec::new();
-    let mut rest = candidates.as_slice();
     let wanted = usize::try_from(batch).unwrap_or(usize::MAX);
-    while claimed.len() < wanted && !rest.is_empty() {
-        let (chunk, after) = rest.split_at((wanted - claimed.len()).min(rest.len()));
-        rest = after;
-        let _turn = crate::db::write_turn(db).await;
-        claimed.extend(lease_rows(db, owner, chunk, lease, max_attempts, now).await?);
+    let terms = (lease, max_attempts, now);
+    let mut taking = Taking {
+        wanted,
+        room,
+        taken: HashMap::new(),
+        claimed: Vec::new(),
+    };
+    // What the last ranking found and no claim took, while it stands; then a ranking, once
+    // that ran out (or other dispatchers took it). While some of it outlasts a claim (the batch
+    // or the room ran out first), nothing is ranked.
+    let mut rank = true;
+    if let Some((until, kept)) = walk.take_kept() {
+        let rest = taking.take(db, owner, kept, true, terms).await?;
+        rank = rest.is_empty();
+        walk.keep(until, rest);
     }
+    if rank && taking.claimed.len() < wanted {
+        let ranked: Result<(), Error> = async {
+            let held_back = room.held_back();
+            let mut groups = walk.groups(db).await?;
+            groups.retain(|g| !held_back.contains(&g.partner_id));
+            // Twice the batch (and at least twice what this claim can still take): another
+            // dispatcher ranking at the same moment takes the same first turns, and what this
+            // claim leaves serves the next ones.
+            let partners: HashSet<&str> = groups.iter().map(|g| g.partner_id.as_str()).collect();
+            let room_left = partners
+                .iter()
+                .fold(0usize, |sum, p| sum.saturating_add(taking.room_left(p)));
+            let can_take = (wanted - taking.claimed.len()).min(room_left);
+            if can_take == 0 {
+                return Ok(());
+            }
+            let limit = u32::try_from(can_take.max(wanted).saturating_mul(2)).unwrap_or(u32::MAX);
+            let ranked_at = std::time::Instant::now();
+            let (candidates, busy) =
+                fair_turns(db, owner, (limit, can_take), groups, max_attempts, now).await?;
+            walk.worked_elsewhere(busy);
+            let rest = taking.take(db, owner, candidates, false, terms).await?;
+            walk.keep(ranked_at + walk.every, rest);
+            Ok(())
+        }
+        .await;
+        match ranked {
+            Ok(()) => {}
+            // What the kept ones gave is leased: it is claimed, not left to its lease's end.
+            Err(error) if !taking.claimed.is_empty() => {
+                tracing::warn!(%error, "could not rank due deliveries; claiming the kept ones");
+            }
+            Err(error) => return Err(error),
+        }
+    }
+    let claimed = taking.claimed;
     if claimed.is_empty() {
         return Ok(Vec::new());
     }
@@ -129,6 +157,103 @@ pub async fn claim(
     .all(db)
     .await?;
     Ok(rows.into_iter().map(Claimed::from).collect())
+}
+
+/// What one claim has taken so far, and may still take.
+struct Taking<'a> {
+    wanted: usize,
+    room: Room<'a>,
+    /// Taken by this claim, by partner.
+    taken: HashMap<String, usize>,
+    claimed: Vec<String>,
+}
+
+impl Taking<'_> {
+    /// Room `partner` has left in this claim.
+    fn room_left(&self, partner: &str) -> usize {
+        self.room
+            .of(partner)
+            .saturating_sub(self.taken.get(partner).copied().unwrap_or(0))
+    }
+
+    /// Leases, in order, those of `candidates` still claimable whose partner has room, until
+    /// the claim has what it wants; returns the rest, in order, untried. A candidate another
+    /// dispatcher took meanwhile (or that is no longer due) is passed over, and with it the
+    /// rest of its pair's: that dispatcher works the pair now. With `one_per_pair` (candidates
+    /// kept from an earlier ranking, whose pairs may have been taken up since), each lease
+    /// holds at most one of a pair, so that a pair found taken is left before any more of it
+    /// is leased.
+    async fn take(
+        &mut self,
+        db: &impl ConnectionTrait,
+        owner: &str,
+        candidates: Vec<Candidate>,
+        one_per_pair: bool,
+        (lease, max_attempts, now): (Duration, i32, DateTime<Utc>),
+    ) -> Result<Vec<Candidate>, Error> {
+        let mut rest: VecDeque<Candidate> = candidates.into();
+        // Passed over for want of room, or (with `one_per_pair`) until the next lease.
+        let mut passed: VecDeque<Candidate> = VecDeque::new();
+        while self.claimed.len() < self.wanted && !rest.is_empty() {
+            let mut chunk: Vec<Candidate> = Vec::new();
+            let mut pairs = HashSet::new();
+            let mut later = VecDeque::new();
+            while chunk.len() < self.wanted - self.claimed.len()
+                && let Some(candidate) = rest.pop_front()
+            {
+                if one_per_pair && pairs.contains(&candidate.group) {
+                    later.push_back(candidate);
+                } else if self.room_left(&candidate.group.partner_id) > 0 {
+                    *self
+                        .taken
+                        .entry(candidate.group.partner_id.clone())
+                        .or_default() += 1;
+                    pairs.insert(candidate.group.clone());
+                    chunk.push(candidate);
+                } else {
+                    passed.push_back(candidate);
+                }
+            }
+            // Deferred pair-mates come before what was not looked at.
+            while let Some(candidate) = later.pop_back() {
+                rest.push_front(candidate);
+            }
+            if chunk.is_empty() {
+                break;
+            }
+            let ids: Vec<String> = chunk.iter().map(|c| c.id.clone()).collect();
+            let leased: HashSet<String> = {
+                let _turn = crate::db::write_turn(db).await;
+                lease_rows(db, owner, &ids, lease, max_attempts, now)
+                    .await?
+                    .into_iter()
+                    .collect()
+            };
+            let mut lost = HashSet::new();
+            for candidate in chunk {
+                if leased.contains(&candidate.id) {
+                    self.claimed.push(candidate.id);
+                } else {
+                    if let Some(count) = self.taken.get_mut(&candidate.group.partner_id) {
+                        *count = count.saturating_sub(1);
+                    }
+                    lost.insert(candidate.group);
+                }
+            }
+            if !lost.is_empty() {
+                rest.retain(|c| !lost.contains(&c.group));
+                // Room given back: those passed over for want of it come first again.
+                while let Some(candidate) = passed.pop_back() {
+                    if !lost.contains(&candidate.group) {
+                        rest.push_front(candidate);
+                    }
+                }
+            }
+        }
+        // In fair order: those passed over came before the untried ones.
+        passed.extend(rest);
+        Ok(passed.into())
+    }
 }
 
 /// Marks dead the deliveries whose every attempt was claimed but never recorded (their
@@ -166,12 +291,26 @@ pub(super) struct Group {
 /// nothing until then; one whose first deliveries came meanwhile, or that the other dispatcher
 /// let go, waits for the next look — at most `every`, the dispatcher's poll, which is how long
 /// a dispatcher that found nothing waits to look again anyway.
+///
+/// It also keeps what the last ranking found beyond what its claim took, in fair order, for
+/// the next claims within `every`: a claim takes about a quarter of what it ranks (see
+/// [`claim`]), and each ranking reads every pair's first deliveries.
 #[derive(Debug, Default)]
 pub struct Walk {
     every: std::time::Duration,
     last: Option<(std::time::Instant, Vec<Group>)>,
     /// Pairs another dispatcher works, until when they are left to it.
     elsewhere: HashMap<Group, std::time::Instant>,
+    /// Due deliveries the last ranking found and no claim took yet, in fair order, and until
+    /// when they stand.
+    kept: Option<(std::time::Instant, Vec<Candidate>)>,
+}
+
+/// A due delivery a ranking found, with its (partner, merchant).
+#[derive(Debug, Clone)]
+struct Candidate {
+    id: String,
+    group: Group,
 }
 
 impl Walk {
@@ -200,6 +339,18 @@ impl Walk {
             .collect())
     }
 
+    /// What the last ranking found and no claim took, with until when it stands, while it does.
+    fn take_kept(&mut self) -> Option<(std::time::Instant, Vec<Candidate>)> {
+        self.kept
+            .take()
+            .filter(|(until, _)| std::time::Instant::now() < *until)
+    }
+
+    /// Keeps what a ranking found and no claim took, for the next claims until `until`.
+    fn keep(&mut self, until: std::time::Instant, rest: Vec<Candidate>) {
+        self.kept = (!rest.is_empty()).then_some((until, rest));
+    }
+
     fn worked_elsewhere(&mut self, groups: HashSet<Group>) {
         let until = std::time::Instant::now() + self.every;
         self.elsewhere
@@ -207,7 +358,7 @@ impl Walk {
     }
 }
 
-/// Up to `limit` due deliveries (id, partner) in fair order: by turn within their partner (each
+/// Up to `limit` due deliveries in fair order (at least `need` when that many are due): by turn within their partner (each
 /// merchant's oldest first, then each one's second, …), oldest first within a turn.
 ///
 /// Only the first few due deliveries of each (partner, merchant) are ranked — about `limit`
@@ -219,18 +370,18 @@ impl Walk {
 async fn fair_turns(
     db: &impl ConnectionTrait,
     owner: &str,
-    limit: u32,
+    (limit, need): (u32, usize),
     mut groups: Vec<Group>,
     max_attempts: i32,
     now: DateTime<Utc>,
-) -> Result<(Vec<(String, String)>, HashSet<Group>), Error> {
+) -> Result<(Vec<Candidate>, HashSet<Group>), Error> {
     let mut busy = HashSet::new();
     if groups.is_empty() {
         return Ok((Vec::new(), busy));
     }
     let limit = usize::try_from(limit).unwrap_or(usize::MAX).max(1);
     // Groups whose pending deliveries are all leased count too, so a first depth may rank too
-    // few: then deeper, while some backlog was cut short.
+    // few: then deeper, while some backlog was cut short and fewer than `need` were found.
     let mut depth = limit.div_ceil(groups.len()).min(limit);
     loop {
         let mut ranked = Vec::new();
@@ -240,7 +391,7 @@ async fn fair_turns(
             busy.extend(worked);
         }
         let (turns, cut_short) = fair_prefix(ranked, depth, limit);
-        if turns.len() >= limit || !cut_short || depth >= limit {
+        if turns.len() >= need.min(limit) || !cut_short || depth >= limit {
             return Ok((turns, busy));
         }
         groups.retain(|g| !busy.contains(g));
@@ -337,7 +488,7 @@ struct RankRow {
 #[derive(Debug, Clone)]
 struct Ranked {
     id: String,
-    partner_id: String,
+    group: Group,
     next_attempt_at: i64,
     merchant_turn: i64,
 }
@@ -443,7 +594,7 @@ async fn rank(
         match row.id {
             Some(id) => ranked.push(Ranked {
                 id,
-                partner_id: group.partner_id,
+                group,
                 next_attempt_at: row.next_attempt_at,
                 merchant_turn: row.merchant_turn,
             }),
@@ -457,15 +608,18 @@ async fn rank(
 /// fair order: a partner with a merchant ranked `depth + 1` deep has more due than was ranked,
 /// so no partner's turn past that partner's ranked deliveries may be taken.
 /// Also says whether some backlog was cut short.
-fn fair_prefix(ranked: Vec<Ranked>, depth: usize, limit: usize) -> (Vec<(String, String)>, bool) {
+fn fair_prefix(ranked: Vec<Ranked>, depth: usize, limit: usize) -> (Vec<Candidate>, bool) {
     let depth = i64::try_from(depth).unwrap_or(i64::MAX);
     let mut by_partner: HashMap<String, Vec<Ranked>> = HashMap::new();
     let mut cut_short = Vec::new();
     for r in ranked {
         if r.merchant_turn > depth {
-            cut_short.push(r.partner_id);
+            cut_short.push(r.group.partner_id);
         } else {
-            by_partner.entry(r.partner_id.clone()).or_default().push(r);
+            by_partner
+                .entry(r.group.partner_id.clone())
+                .or_default()
+                .push(r);
         }
     }
     let through = cut_short
@@ -474,8 +628,8 @@ fn fair_prefix(ranked: Vec<Ranked>, depth: usize, limit: usize) -> (Vec<(String,
         .min()
         .unwrap_or(usize::MAX);
     // A partner's turns: each merchant's first, then each one's second, …, oldest first.
-    let mut turns: Vec<(usize, i64, String, String)> = Vec::new();
-    for (partner, mut rows) in by_partner {
+    let mut turns: Vec<(usize, Ranked)> = Vec::new();
+    for (_, mut rows) in by_partner {
         rows.sort_by(|a, b| {
             (a.merchant_turn, a.next_attempt_at, &a.id).cmp(&(
                 b.merchant_turn,
@@ -483,15 +637,18 @@ fn fair_prefix(ranked: Vec<Ranked>, depth: usize, limit: usize) -> (Vec<(String,
                 &b.id,
             ))
         });
-        for (turn, r) in rows.into_iter().enumerate().take(through) {
-            turns.push((turn, r.next_attempt_at, r.id, partner.clone()));
-        }
+        turns.extend(rows.into_iter().enumerate().take(through));
     }
-    turns.sort();
+    turns.sort_by(|(ta, a), (tb, b)| {
+        (ta, a.next_attempt_at, &a.id).cmp(&(tb, b.next_attempt_at, &b.id))
+    });
     turns.truncate(limit);
     let turns = turns
         .into_iter()
-        .map(|(_, _, id, partner)| (id, partner))
+        .map(|(_, r)| Candidate {
+            id: r.id,
+            group: r.group,
+        })
         .collect();
     (turns, !cut_short.is_empty())
 }
@@ -508,11 +665,14 @@ async fn lease_rows(
     let marks = sql::marks(ids.len());
     let mut values: Vec<Value> = vec![owner.into(), Millis(now + lease).into(), Millis(now).into()];
     values.extend(ids.iter().cloned().map(Value::from));
-    values.extend([max_attempts.into(), Millis(now).into()]);
+    values.extend([max_attempts.into(), Millis(now).into(), Millis(now).into()]);
     // `COALESCE(status, '')`: the guard must not steer SQLite's planner to the index of pending
     // deliveries (every one of them) when the ids name the rows.
+    // Due too: a delivery ranked earlier (kept by the walk) may have been attempted by another
+    // dispatcher since, and wait for its next attempt. (One whose tenant was suspended since is
+    // held at delivery, which checks again.)
     let claimable = "COALESCE(status, '') = 'pending' AND attempts < ? \
-                     AND (lease_until IS NULL OR lease_until < ?)";
+                     AND (lease_until IS NULL OR lease_until < ?) AND next_attempt_at <= ?";
     // PostgreSQL passes over rows another dispatcher is leasing; SQLite's writers take turns,
     // and there the ids are looked up by their key directly.
     let which = match sql::backend(db) {
@@ -599,7 +759,10 @@ mod tests {
     fn ranked(id: &str, partner: &str, merchant_turn: i64, at: i64) -> Ranked {
         Ranked {
             id: id.into(),
-            partner_id: partner.into(),
+            group: Group {
+                partner_id: partner.into(),
+                merchant_id: None,
+            },
             next_attempt_at: at,
             merchant_turn,
         }
@@ -618,7 +781,7 @@ mod tests {
             ranked("b3", "p-b", 1, 22),
         ];
         let (turns, cut) = fair_prefix(rows.clone(), 2, 10);
-        let ids: Vec<&str> = turns.iter().map(|(id, _)| id.as_str()).collect();
+        let ids: Vec<&str> = turns.iter().map(|c| c.id.as_str()).collect();
         // p-b's third turn comes after p-a's third, which was not ranked: it waits.
         assert_eq!(ids, ["a1", "b1", "a2", "b2"]);
         assert!(cut);
@@ -627,6 +790,10 @@ mod tests {
         assert_eq!(turns.len(), 3);
         assert!(!cut);
         let (turns, _) = fair_prefix(rows, 2, 1);
-        assert_eq!(turns, [("a1".to_owned(), "p-a".to_owned())]);
+        let turns: Vec<(&str, &str)> = turns
+            .iter()
+            .map(|c| (c.id.as_str(), c.group.partner_id.as_str()))
+            .collect();
+        assert_eq!(turns, [("a1", "p-a")]);
     }
 }
