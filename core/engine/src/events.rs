@@ -909,6 +909,44 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn what_is_kept_for_a_partner_without_room_does_not_hold_back_the_others() {
+        crate::db::on_both(kept_without_room).await;
+    }
+
+    async fn kept_without_room(db: DatabaseConnection) {
+        let early = Utc::now() - Duration::minutes(5);
+        for i in 0..4 {
+            let at = early + Duration::seconds(i);
+            backlog(&db, &merchant("p-a", &format!("m-a{i}")), 3, at).await;
+            backlog(&db, &merchant("p-b", &format!("m-b{i}")), 3, at).await;
+        }
+        let now = Utc::now() + Duration::seconds(1);
+        let mut walk = Walk::every(std::time::Duration::from_secs(60));
+        let claim_with = async |walk: &mut Walk, in_flight: &HashMap<String, usize>| {
+            let room = Room {
+                in_flight,
+                per_partner: 10,
+                least: 1,
+            };
+            claim(&db, "me", 4, room, walk, Duration::seconds(30), 8, now)
+                .await
+                .unwrap()
+        };
+        // p-a's slow plugins hold eight of its ten: two of it, two of p-b, the rest kept.
+        let busy = HashMap::from([("p-a".to_owned(), 8)]);
+        let first = claim_with(&mut walk, &busy).await;
+        assert_eq!(first.len(), 4);
+        // Now p-a has no room at all: what is kept of it waits, and p-b gets a full claim.
+        let full = HashMap::from([("p-a".to_owned(), 10)]);
+        let second = claim_with(&mut walk, &full).await;
+        let partners: Vec<&str> = second
+            .iter()
+            .map(|c| c.place.partner_id.as_deref().unwrap_or_default())
+            .collect();
+        assert_eq!(partners, ["p-b"; 4]);
+    }
+
+    #[tokio::test]
     async fn within_a_partner_each_merchant_gets_a_turn_before_any_gets_a_second() {
         crate::db::on_both(turns_within_a_partner).await;
     }

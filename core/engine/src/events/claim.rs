@@ -2,7 +2,8 @@
 //! merchants, holding back suspended tenants and partners that have no room left.
 //!
 //! Invariant: a delivery is leased to one dispatcher at a time; a suspended tenant's deliveries
-//! are never claimed.
+//! are left out of claims (one claimed just before its tenant's suspension is held at delivery,
+//! which checks again).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 
@@ -37,14 +38,6 @@ impl Room<'_> {
     fn of(&self, partner_id: &str) -> usize {
         self.per_partner
             .saturating_sub(self.in_flight.get(partner_id).copied().unwrap_or(0))
-    }
-
-    fn held_back(&self) -> Vec<String> {
-        self.in_flight
-            .keys()
-            .filter(|p| self.of(p) < self.least.max(1))
-            .cloned()
-            .collect()
     }
 }
 
@@ -94,23 +87,24 @@ pub async fn claim(
         taken: HashMap::new(),
         claimed: Vec::new(),
     };
-    // What the last ranking found and no claim took, while it stands; then a ranking, once
-    // that ran out (or other dispatchers took it). While some of it outlasts a claim (the batch
-    // or the room ran out first), nothing is ranked.
-    let mut rank = true;
+    // What the last ranking found and no claim took, while it stands; then a ranking for what
+    // room is left, unless the claim has all it wants.
+    let mut failed = false;
     if let Some((until, kept)) = walk.take_kept() {
-        let rest = taking.take(db, owner, kept, true, terms).await?;
-        rank = rest.is_empty();
-        walk.keep(until, rest);
+        match taking.take(db, owner, kept, true, terms).await {
+            Ok(rest) => walk.keep(until, rest),
+            // What was leased before the failure is claimed, not left to its lease's end.
+            Err(error) if !taking.claimed.is_empty() => {
+                tracing::warn!(%error, "could not lease all kept deliveries; claiming those leased");
+                failed = true;
+            }
+            Err(error) => return Err(error),
+        }
     }
-    if rank && taking.claimed.len() < wanted {
+    if !failed && taking.claimed.len() < wanted {
         let ranked: Result<(), Error> = async {
-            let held_back = room.held_back();
             let mut groups = walk.groups(db).await?;
-            groups.retain(|g| !held_back.contains(&g.partner_id));
-            // Twice the batch (and at least twice what this claim can still take): another
-            // dispatcher ranking at the same moment takes the same first turns, and what this
-            // claim leaves serves the next ones.
+            groups.retain(|g| !taking.held_back(&g.partner_id));
             let partners: HashSet<&str> = groups.iter().map(|g| g.partner_id.as_str()).collect();
             let room_left = partners
                 .iter()
@@ -119,10 +113,20 @@ pub async fn claim(
             if can_take == 0 {
                 return Ok(());
             }
+            // Twice the batch (and at least twice what this claim can still take): another
+            // dispatcher ranking at the same moment takes the same first turns, and what this
+            // claim leaves serves the next ones.
             let limit = u32::try_from(can_take.max(wanted).saturating_mul(2)).unwrap_or(u32::MAX);
             let ranked_at = std::time::Instant::now();
-            let (candidates, busy) =
-                fair_turns(db, owner, (limit, can_take), groups, max_attempts, now).await?;
+            let (candidates, busy) = fair_turns(
+                db,
+                owner,
+                (limit, can_take, &|p: &str| taking.room_left(p)),
+                groups,
+                max_attempts,
+                now,
+            )
+            .await?;
             walk.worked_elsewhere(busy);
             let rest = taking.take(db, owner, candidates, false, terms).await?;
             walk.keep(ranked_at + walk.every, rest);
@@ -169,6 +173,14 @@ struct Taking<'a> {
 }
 
 impl Taking<'_> {
+    /// Whether `partner` is left out of a ranking: it has no room left, or less than
+    /// `room.least` while it has deliveries in flight or taken by this claim.
+    fn held_back(&self, partner: &str) -> bool {
+        let left = self.room_left(partner);
+        let counted = self.room.in_flight.contains_key(partner) || self.taken.contains_key(partner);
+        left == 0 || (counted && left < self.room.least.max(1))
+    }
+
     /// Room `partner` has left in this claim.
     fn room_left(&self, partner: &str) -> usize {
         self.room
@@ -194,6 +206,8 @@ impl Taking<'_> {
         let mut rest: VecDeque<Candidate> = candidates.into();
         // Passed over for want of room, or (with `one_per_pair`) until the next lease.
         let mut passed: VecDeque<Candidate> = VecDeque::new();
+        // Pairs this call leased a delivery of: ours, so their others need no lease alone.
+        let mut ours: HashSet<Group> = HashSet::new();
         while self.claimed.len() < self.wanted && !rest.is_empty() {
             let mut chunk: Vec<Candidate> = Vec::new();
             let mut pairs = HashSet::new();
@@ -201,7 +215,10 @@ impl Taking<'_> {
             while chunk.len() < self.wanted - self.claimed.len()
                 && let Some(candidate) = rest.pop_front()
             {
-                if one_per_pair && pairs.contains(&candidate.group) {
+                if one_per_pair
+                    && pairs.contains(&candidate.group)
+                    && !ours.contains(&candidate.group)
+                {
                     later.push_back(candidate);
                 } else if self.room_left(&candidate.group.partner_id) > 0 {
                     *self
@@ -233,6 +250,7 @@ impl Taking<'_> {
             for candidate in chunk {
                 if leased.contains(&candidate.id) {
                     self.claimed.push(candidate.id);
+                    ours.insert(candidate.group);
                 } else {
                     if let Some(count) = self.taken.get_mut(&candidate.group.partner_id) {
                         *count = count.saturating_sub(1);
@@ -358,7 +376,11 @@ impl Walk {
     }
 }
 
-/// Up to `limit` due deliveries in fair order (at least `need` when that many are due): by turn within their partner (each
+/// The room a partner has left in a claim.
+type RoomLeft<'a> = dyn Fn(&str) -> usize + Sync + 'a;
+
+/// Up to `limit` due deliveries in fair order (enough that `need` of them fit the partners'
+/// `room_left`, when that many are due): by turn within their partner (each
 /// merchant's oldest first, then each one's second, …), oldest first within a turn.
 ///
 /// Only the first few due deliveries of each (partner, merchant) are ranked — about `limit`
@@ -370,7 +392,7 @@ impl Walk {
 async fn fair_turns(
     db: &impl ConnectionTrait,
     owner: &str,
-    (limit, need): (u32, usize),
+    (limit, need, room_left): (u32, usize, &RoomLeft<'_>),
     mut groups: Vec<Group>,
     max_attempts: i32,
     now: DateTime<Utc>,
@@ -391,7 +413,17 @@ async fn fair_turns(
             busy.extend(worked);
         }
         let (turns, cut_short) = fair_prefix(ranked, depth, limit);
-        if turns.len() >= need.min(limit) || !cut_short || depth >= limit {
+        // What the claim could take of them: each partner's turns up to its room.
+        let mut by_partner: HashMap<&str, usize> = HashMap::new();
+        for turn in &turns {
+            *by_partner
+                .entry(turn.group.partner_id.as_str())
+                .or_default() += 1;
+        }
+        let takeable = by_partner.iter().fold(0usize, |sum, (p, n)| {
+            sum.saturating_add((*n).min(room_left(p)))
+        });
+        if takeable >= need.min(limit) || turns.len() >= limit || !cut_short || depth >= limit {
             return Ok((turns, busy));
         }
         groups.retain(|g| !busy.contains(g));
