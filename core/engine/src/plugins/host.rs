@@ -364,11 +364,14 @@ pub fn tenant_record(invocation: &Invocation) -> types::Tenant {
 mod tests {
     use super::*;
 
-    fn spin(for_at_least: Duration) {
-        let started = Instant::now();
+    /// Runs for `cpu` of this thread's CPU time (longer on a busy machine, as the suite is).
+    fn spin(cpu: Duration) {
+        let until = thread_cpu_nanos() + u64::try_from(cpu.as_nanos()).unwrap_or(u64::MAX);
         let mut x: u64 = 1;
-        while started.elapsed() < for_at_least {
-            x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+        while thread_cpu_nanos() < until {
+            for _ in 0..1_000 {
+                x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+            }
         }
     }
 
