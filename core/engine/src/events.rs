@@ -843,28 +843,49 @@ mod tests {
             .collect()
     }
 
+    /// Three deliveries due for each of m-a, m-b and m-c (in that order, a second apart);
+    /// returns a moment when all are due.
+    async fn three_by_three(db: &DatabaseConnection) -> DateTime<Utc> {
+        let early = Utc::now() - Duration::minutes(5);
+        for (m, at) in [("m-a", 0), ("m-b", 1), ("m-c", 2)] {
+            backlog(db, &merchant("p-a", m), 3, early + Duration::seconds(at)).await;
+        }
+        Utc::now() + Duration::seconds(1)
+    }
+
+    /// Claims with `walk`, two at a time, until nothing is left: each claim's deliveries.
+    async fn drained(
+        db: &DatabaseConnection,
+        walk: &mut Walk,
+        now: DateTime<Utc>,
+    ) -> Vec<Vec<Claimed>> {
+        let mut claims = Vec::new();
+        loop {
+            let claimed = kept_claim(db, "me", walk, 2, now).await;
+            if claimed.is_empty() {
+                return claims;
+            }
+            claims.push(claimed);
+        }
+    }
+
     #[tokio::test]
     async fn claims_from_what_the_last_ranking_found_keep_the_turns_of_a_ranking_each_time() {
         crate::db::on_both(kept_turns).await;
     }
 
     async fn kept_turns(db: DatabaseConnection) {
-        let early = Utc::now() - Duration::minutes(5);
-        for (m, at) in [("m-a", 0), ("m-b", 1), ("m-c", 2)] {
-            backlog(&db, &merchant("p-a", m), 3, early + Duration::seconds(at)).await;
-        }
-        let now = Utc::now() + Duration::seconds(1);
+        let now = three_by_three(&db).await;
         let mut walk = Walk::every(std::time::Duration::from_secs(60));
-        let mut claims = Vec::new();
-        loop {
-            let claimed = kept_claim(&db, "me", &mut walk, 2, now).await;
-            if claimed.is_empty() {
-                break;
-            }
-            let mut merchants = merchants_of(&claimed);
-            merchants.sort();
-            claims.push(merchants.join(" "));
-        }
+        let claims: Vec<String> = drained(&db, &mut walk, now)
+            .await
+            .iter()
+            .map(|claimed| {
+                let mut merchants = merchants_of(claimed);
+                merchants.sort();
+                merchants.join(" ")
+            })
+            .collect();
         // A ranking finds twice the batch in turns (each merchant's first due delivery not
         // leased, then each one's second), and the claim after it takes the rest: the first
         // ranking's a1 b1 c1 a2 go in two claims; the next ranking finds a3 b2 c2 b3.
@@ -877,11 +898,7 @@ mod tests {
     }
 
     async fn kept_taken_elsewhere(db: DatabaseConnection) {
-        let early = Utc::now() - Duration::minutes(5);
-        for (m, at) in [("m-a", 0), ("m-b", 1), ("m-c", 2)] {
-            backlog(&db, &merchant("p-a", m), 3, early + Duration::seconds(at)).await;
-        }
-        let now = Utc::now() + Duration::seconds(1);
+        let now = three_by_three(&db).await;
         let mut mine = Walk::every(std::time::Duration::from_secs(60));
         // Ranks a1 b1 c1 a2, takes a1 b1 and keeps c1 a2.
         let first = kept_claim(&db, "me", &mut mine, 2, now).await;
@@ -896,14 +913,12 @@ mod tests {
         // Of what I kept, c1 is not due: a2, then a3 from a new ranking (before b2 and c2).
         let next = kept_claim(&db, "me", &mut mine, 2, now).await;
         assert_eq!(merchants_of(&next), ["m-a", "m-a"]);
-        let mut rest = Vec::new();
-        loop {
-            let claimed = kept_claim(&db, "me", &mut mine, 2, now).await;
-            if claimed.is_empty() {
-                break;
-            }
-            rest.extend(claimed.into_iter().map(|c| c.delivery_id));
-        }
+        let rest: Vec<String> = drained(&db, &mut mine, now)
+            .await
+            .into_iter()
+            .flatten()
+            .map(|c| c.delivery_id)
+            .collect();
         assert_eq!(rest.len(), 4, "b2 b3 c2 c3");
         assert!(!rest.contains(&theirs[0].delivery_id));
     }

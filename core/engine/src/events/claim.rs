@@ -89,58 +89,50 @@ pub async fn claim(
     };
     // What the last ranking found and no claim took, while it stands; then a ranking for what
     // room is left, unless the claim has all it wants.
-    let mut failed = false;
-    if let Some((until, kept)) = walk.take_kept() {
-        match taking.take(db, owner, kept, true, terms).await {
-            Ok(rest) => walk.keep(until, rest),
-            // What was leased before the failure is claimed, not left to its lease's end.
-            Err(error) if !taking.claimed.is_empty() => {
-                tracing::warn!(%error, "could not lease all kept deliveries; claiming those leased");
-                failed = true;
-            }
-            Err(error) => return Err(error),
+    let gathered: Result<(), Error> = async {
+        if let Some((until, kept)) = walk.take_kept() {
+            let rest = taking.take(db, owner, kept, true, terms).await?;
+            walk.keep(until, rest);
         }
+        if taking.claimed.len() >= wanted {
+            return Ok(());
+        }
+        let mut groups = walk.groups(db).await?;
+        groups.retain(|g| !taking.held_back(&g.partner_id));
+        let partners: HashSet<&str> = groups.iter().map(|g| g.partner_id.as_str()).collect();
+        let room_left = partners
+            .iter()
+            .fold(0usize, |sum, p| sum.saturating_add(taking.room_left(p)));
+        let can_take = (wanted - taking.claimed.len()).min(room_left);
+        if can_take == 0 {
+            return Ok(());
+        }
+        // Twice the batch (and at least twice what this claim can still take): another
+        // dispatcher ranking at the same moment takes the same first turns, and what this
+        // claim leaves serves the next ones.
+        let limit = u32::try_from(can_take.max(wanted).saturating_mul(2)).unwrap_or(u32::MAX);
+        let ranked_at = std::time::Instant::now();
+        let (candidates, busy) = fair_turns(
+            db,
+            owner,
+            (limit, can_take, &|p: &str| taking.room_left(p)),
+            groups,
+            max_attempts,
+            now,
+        )
+        .await?;
+        walk.worked_elsewhere(busy);
+        let rest = taking.take(db, owner, candidates, false, terms).await?;
+        walk.keep(ranked_at + walk.every, rest);
+        Ok(())
     }
-    if !failed && taking.claimed.len() < wanted {
-        let ranked: Result<(), Error> = async {
-            let mut groups = walk.groups(db).await?;
-            groups.retain(|g| !taking.held_back(&g.partner_id));
-            let partners: HashSet<&str> = groups.iter().map(|g| g.partner_id.as_str()).collect();
-            let room_left = partners
-                .iter()
-                .fold(0usize, |sum, p| sum.saturating_add(taking.room_left(p)));
-            let can_take = (wanted - taking.claimed.len()).min(room_left);
-            if can_take == 0 {
-                return Ok(());
-            }
-            // Twice the batch (and at least twice what this claim can still take): another
-            // dispatcher ranking at the same moment takes the same first turns, and what this
-            // claim leaves serves the next ones.
-            let limit = u32::try_from(can_take.max(wanted).saturating_mul(2)).unwrap_or(u32::MAX);
-            let ranked_at = std::time::Instant::now();
-            let (candidates, busy) = fair_turns(
-                db,
-                owner,
-                (limit, can_take, &|p: &str| taking.room_left(p)),
-                groups,
-                max_attempts,
-                now,
-            )
-            .await?;
-            walk.worked_elsewhere(busy);
-            let rest = taking.take(db, owner, candidates, false, terms).await?;
-            walk.keep(ranked_at + walk.every, rest);
-            Ok(())
+    .await;
+    if let Err(error) = gathered {
+        if taking.claimed.is_empty() {
+            return Err(error);
         }
-        .await;
-        match ranked {
-            Ok(()) => {}
-            // What the kept ones gave is leased: it is claimed, not left to its lease's end.
-            Err(error) if !taking.claimed.is_empty() => {
-                tracing::warn!(%error, "could not rank due deliveries; claiming the kept ones");
-            }
-            Err(error) => return Err(error),
-        }
+        // What was leased before the failure is claimed, not left to its lease's end.
+        tracing::warn!(%error, "could not claim a whole batch; claiming what was leased");
     }
     let claimed = taking.claimed;
     if claimed.is_empty() {
