@@ -13,6 +13,7 @@ mod plugin_atomicity;
 mod plugin_breaker;
 mod kept_reads;
 mod plugin_kv;
+mod plugin_optimism;
 mod platform;
 mod plugins;
 mod python;

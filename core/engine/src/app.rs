@@ -296,7 +296,8 @@ pub fn catalog(
     let plugins = plugin_runtime(
         RuntimeOptions::from_config(&config.plugins),
         db,
-        kv::Store::database(db.conn.clone()),
+        kv::Store::database(db.conn.clone())
+            .remembering(config.plugins.kv_recent_namespaces as usize),
         vault,
         config.alipay.gateway_policy(),
         themes,

@@ -355,6 +355,9 @@ impl Config {
         if self.plugins.conflict_retries > 20 {
             return invalid("plugins.conflict_retries", "must be 0 to 20");
         }
+        if self.plugins.kv_recent_namespaces > 100_000 {
+            return invalid("plugins.kv_recent_namespaces", "must be 0 to 100000");
+        }
         if self.database.recent_reads_ms > 60_000 {
             return invalid("database.recent_reads_ms", "must be 0 to 60000");
         }

@@ -75,6 +75,7 @@ struct DefaultPlugins {
     breaker_window_secs: u64,
     breaker_cooldown_secs: u64,
     conflict_retries: u32,
+    kv_recent_namespaces: u32,
 }
 
 #[derive(Serialize)]
@@ -183,6 +184,7 @@ pub(super) const DEFAULTS: Defaults = Defaults {
         breaker_window_secs: 300,
         breaker_cooldown_secs: 900,
         conflict_retries: 3,
+        kv_recent_namespaces: 4_096,
     },
     events: DefaultEvents {
         dispatcher: true,

@@ -117,6 +117,9 @@ pub struct PluginsConfig {
     /// How many more times an invocation runs when kv data it read changed before it could
     /// commit (never one that called Alipay); then it fails as a conflict.
     pub conflict_retries: u32,
+    /// Namespaces whose last committed kv state this process remembers, for optimistic runs of
+    /// plugins that cannot leave their invocation to start from (0: none; no run is optimistic).
+    pub kv_recent_namespaces: u32,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

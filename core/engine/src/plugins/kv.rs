@@ -10,6 +10,8 @@
 mod txn;
 /// Committing the transactions of several invocations together, in a few statements.
 pub mod group;
+/// What this engine last committed to each namespace, for optimistic runs to start from.
+mod recent;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -21,7 +23,8 @@ use super::manifest::KvQuota;
 use crate::db::held::{self, Kept};
 use crate::db::sql;
 
-pub use txn::Txn;
+pub use recent::{DEFAULT_NAMESPACES, Recent};
+pub use txn::{Learned, Txn};
 
 /// Longest key, in bytes.
 pub const MAX_KEY_BYTES: usize = 256;
@@ -125,6 +128,7 @@ struct KeyedRow {
 struct UsageRow {
     keys: i64,
     bytes: i64,
+    last_version: i64,
 }
 
 /// The counter after adding `delta` to what `current` holds (absent counts as 0).
@@ -377,13 +381,20 @@ impl Namespace {
 
     /// Keys and bytes held now.
     async fn usage(&self, db: &impl ConnectionTrait) -> Result<(u64, u64), KvError> {
+        let (keys, bytes, _) = self.usage_row(db).await?;
+        Ok((version_of(keys), version_of(bytes)))
+    }
+
+    /// The usage row: keys, bytes, last version (all 0 when there is none).
+    async fn usage_row(&self, db: &impl ConnectionTrait) -> Result<(i64, i64, i64), KvError> {
         let row: Option<UsageRow> = sql::query(
-            "SELECT keys, bytes FROM plugin_kv_usage WHERE installation_id = ? AND scope_id = ?",
+            "SELECT keys, bytes, last_version FROM plugin_kv_usage \
+             WHERE installation_id = ? AND scope_id = ?",
             self.ids(),
         )
         .one(db)
         .await?;
-        Ok(row.map_or((0, 0), |r| (version_of(r.keys), version_of(r.bytes))))
+        Ok(row.map_or((0, 0, 0), |r| (r.keys, r.bytes, r.last_version)))
     }
 }
 
@@ -392,15 +403,40 @@ impl Namespace {
 /// measurement can leave the database out).
 #[derive(Clone)]
 pub enum Store {
-    /// The database, and the SQLite connection that transactions' first reads take in turns.
-    Database(DatabaseConnection, Kept),
+    /// The database, the SQLite connection that transactions' first reads take in turns, and
+    /// what this engine last committed to each namespace.
+    Database(DatabaseConnection, Kept, Arc<Recent>),
     Memory(Arc<Mutex<MemoryKv>>),
 }
 
 impl Store {
     /// kv in the database `db`.
     pub fn database(db: DatabaseConnection) -> Self {
-        Store::Database(db, Kept::default())
+        Store::Database(
+            db,
+            Kept::default(),
+            Arc::new(Recent::new(DEFAULT_NAMESPACES)),
+        )
+    }
+
+    /// This store, remembering what this engine committed to at most `namespaces` namespaces
+    /// (0: none, and no run is optimistic).
+    pub fn remembering(self, namespaces: usize) -> Self {
+        match self {
+            Store::Database(db, kept, _) => {
+                Store::Database(db, kept, Arc::new(Recent::new(namespaces)))
+            }
+            memory => memory,
+        }
+    }
+
+    /// What this engine last committed to each namespace (none in memory, where reads cost
+    /// nothing).
+    pub fn recent(&self) -> Option<&Recent> {
+        match self {
+            Store::Database(_, _, recent) => Some(recent),
+            Store::Memory(_) => None,
+        }
     }
 }
 
@@ -422,7 +458,7 @@ pub struct MemoryKv {
     last_version: HashMap<(String, String), u64>,
 }
 
-fn locked(m: &Mutex<MemoryKv>) -> std::sync::MutexGuard<'_, MemoryKv> {
+fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
@@ -502,13 +538,41 @@ impl Store {
     /// Keys and bytes a namespace holds.
     pub async fn usage(&self, ns: &Namespace) -> Result<(u64, u64), KvError> {
         match self {
-            Store::Database(db, _) => ns.usage(db).await,
+            Store::Database(db, ..) => ns.usage(db).await,
             Store::Memory(m) => Ok(locked(m)
                 .usage
                 .get(&MemoryKv::namespace(ns))
                 .copied()
                 .unwrap_or_default()),
         }
+    }
+
+    /// The namespace's usage (keys, bytes) and, in the database, its last version.
+    async fn usage_with_last(&self, ns: &Namespace) -> Result<((u64, u64), Option<i64>), KvError> {
+        match self {
+            Store::Database(db, ..) => {
+                let (keys, bytes, last) = ns.usage_row(db).await?;
+                Ok(((version_of(keys), version_of(bytes)), Some(last)))
+            }
+            Store::Memory(_) => Ok((self.usage(ns).await?, None)),
+        }
+    }
+
+    /// Whether `txn`, which wrote nothing, is answered by its namespace's usage row alone: the
+    /// row is still as the transaction's first read found it, so every key it read is still
+    /// as read — one statement, no transaction. False when that cannot be known (keys assumed
+    /// absent, a listing, a first read without the row) or the row moved.
+    pub async fn unmoved(&self, txn: &Txn) -> Result<bool, KvError> {
+        let Store::Database(db, ..) = self else {
+            return Ok(false);
+        };
+        let Some(read) = txn.usage_as_read() else {
+            return Ok(false);
+        };
+        if txn.writes() || txn.listed() || txn.guessed().next().is_some() {
+            return Ok(false);
+        }
+        Ok(txn.namespace().usage_row(db).await? == read)
     }
 
     /// The committed entry at `key` with the namespace's usage (keys, bytes) and, in the
@@ -519,7 +583,7 @@ impl Store {
         key: &str,
     ) -> Result<(Option<Entry>, (u64, u64), Option<i64>), KvError> {
         match self {
-            Store::Database(db, kept) => ns.get_with_usage(db, kept, key).await,
+            Store::Database(db, kept, _) => ns.get_with_usage(db, kept, key).await,
             Store::Memory(m) => {
                 let kv = locked(m);
                 let entry = kv.entries.get(&MemoryKv::key(ns, key)).cloned();
@@ -536,7 +600,7 @@ impl Store {
     /// The committed entry at `key`.
     async fn read(&self, ns: &Namespace, key: &str) -> Result<Option<Entry>, KvError> {
         match self {
-            Store::Database(db, _) => ns.get(db, key).await,
+            Store::Database(db, ..) => ns.get(db, key).await,
             Store::Memory(m) => Ok(locked(m).entries.get(&MemoryKv::key(ns, key)).cloned()),
         }
     }
@@ -548,7 +612,7 @@ impl Store {
         keys: &[&str],
     ) -> Result<Vec<(String, Entry)>, KvError> {
         match self {
-            Store::Database(db, _) => ns.get_many(db, keys).await,
+            Store::Database(db, ..) => ns.get_many(db, keys).await,
             Store::Memory(m) => {
                 let kv = locked(m);
                 Ok(keys
@@ -573,7 +637,7 @@ impl Store {
         n: usize,
     ) -> Result<Vec<(String, Entry)>, KvError> {
         match self {
-            Store::Database(db, _) => ns.range(db, prefix, start, through, n).await,
+            Store::Database(db, ..) => ns.range(db, prefix, start, through, n).await,
             Store::Memory(m) => Ok(locked(m).range(ns, prefix, start, through, n)),
         }
     }
@@ -598,7 +662,7 @@ impl Store {
     /// Commits a transaction in a database transaction of its own (or under the memory lock).
     pub async fn commit(&self, txn: Txn) -> Result<(), KvError> {
         match self {
-            Store::Database(db, _) => {
+            Store::Database(db, ..) => {
                 let tx = crate::db::begin_write(db).await?;
                 txn.commit_in(&tx).await?;
                 tx.commit().await?;

@@ -126,6 +126,14 @@ pub struct Capabilities {
     pub calls: Vec<CallsCapability>,
 }
 
+impl Capabilities {
+    /// Whether nothing a plugin does can leave its invocation (no Alipay call, payment or call
+    /// of another plugin), so that running it again is invisible outside the engine.
+    pub fn stay_inside(&self) -> bool {
+        self.alipay.is_none() && self.payments.is_empty() && self.calls.is_empty()
+    }
+}
+
 /// One right of the `payments` capability.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord, Hash)]
 #[serde(rename_all = "kebab-case")]

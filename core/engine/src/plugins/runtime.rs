@@ -249,15 +249,46 @@ impl Runtime {
     pub async fn invoke(&self, loaded: &Arc<Loaded>, request: Request) -> Outcome {
         let started = Instant::now();
         let finish = request.finish.as_ref().map(|f| f.0.clone());
-        let mut runs = 0;
+        let (mut runs, mut conflicts) = (0, 0);
+        // A plugin that cannot leave the invocation may run again at no cost to anyone, so
+        // its kv transaction is optimistic (`kv::Txn::optimistic`) until optimism fails once.
+        let mut optimistic = loaded.manifest.capabilities.stay_inside();
         let mut outcome = loop {
             runs += 1;
-            let (mut outcome, ran) = self.attempt(loaded, &request, started).await;
+            let (mut outcome, ran) = self.attempt(loaded, &request, started, optimistic).await;
             let _turn = ran.turn;
             outcome.runs = runs;
             if outcome.result.is_err() {
+                // A failure decided on what was remembered or assumed stands only if that held:
+                // its reads are checked, and when one did not hold it runs again, reading.
+                if let Some(txn) = ran.txn.filter(|t| t.leaned() && ran.repeatable) {
+                    let ids = txn.ids();
+                    let (checked, _) = commit::commit(
+                        &self.services,
+                        &self.committer,
+                        Some(txn.reads_only()),
+                        None,
+                        Vec::new(),
+                        ran.deadline,
+                    )
+                    .await;
+                    if let Err(refused) = checked {
+                        if let Some(recent) = self.services.kv.recent() {
+                            recent.forget(&ids);
+                        }
+                        if matches!(refused, Refused::Again(_)) {
+                            optimistic = false;
+                            if let Some(finish) = &finish {
+                                finish.discard().await;
+                            }
+                            continue;
+                        }
+                    }
+                }
                 break outcome;
             }
+            let leaned = ran.txn.as_ref().filter(|t| t.leaned()).map(kv::Txn::ids);
+            let learned = ran.txn.as_ref().map(|t| (t.ids(), t.learned()));
             // Waiting for the database's write turn is the invocation's wall time too.
             let (committed, emitted) = commit::commit(
                 &self.services,
@@ -269,8 +300,29 @@ impl Runtime {
             )
             .await;
             outcome.emitted = emitted;
+            // Remembered before the namespace's turn passes on, for the next run there.
+            if let Some(recent) = self.services.kv.recent() {
+                match (&committed, learned) {
+                    (Ok(()), Some((ids, learned))) => {
+                        if let Some(known) = learned.take() {
+                            recent.put(ids, known);
+                        }
+                    }
+                    (Err(_), Some((ids, _))) => recent.forget(&ids),
+                    _ => {}
+                }
+            }
             outcome.result = match committed {
                 Ok(()) => break outcome,
+                // What it was told may have been what this engine remembered or assumed:
+                // it runs again reading everything, which does not count as a conflict.
+                Err(Refused::Again(_)) if leaned.is_some() && ran.repeatable => {
+                    optimistic = false;
+                    if let Some(finish) = &finish {
+                        finish.discard().await;
+                    }
+                    continue;
+                }
                 Err(Refused::Late) => Err(Error::Trap {
                     reason: super::TrapReason::WallClock,
                     message: format!(
@@ -280,8 +332,9 @@ impl Runtime {
                     backtrace: None,
                 }),
                 Err(Refused::Again(_))
-                    if ran.repeatable && runs <= self.options.conflict_retries =>
+                    if ran.repeatable && conflicts < self.options.conflict_retries =>
                 {
+                    conflicts += 1;
                     self.metrics.conflicts.fetch_add(1, Ordering::Relaxed);
                     if let Some(finish) = &finish {
                         finish.discard().await;
@@ -328,6 +381,7 @@ impl Runtime {
         loaded: &Arc<Loaded>,
         request: &Request,
         started: Instant,
+        optimistic: bool,
     ) -> (Outcome, Ran) {
         let id = self.next_invocation_id();
         self.metrics.invocations.fetch_add(1, Ordering::Relaxed);
@@ -397,6 +451,7 @@ impl Runtime {
             (request.call.clone(), payload),
             Instant::now() + wall,
             permits,
+            optimistic,
         ));
         match tokio::time::timeout(wall + Duration::from_millis(500), run).await {
             Ok(ran) => ran,
@@ -456,16 +511,22 @@ impl Runtime {
         (call, payload): (Call, Option<String>),
         deadline: Instant,
         mut permits: Permits,
+        optimistic: bool,
     ) -> (Outcome, Ran) {
         let id = invocation.id.clone();
         let manifest = invocation.manifest.clone();
         let installation = invocation.tenant.installation_id.clone();
         let txn = invocation.grant.kv.map(|quota| {
-            kv::Txn::new(kv::Namespace {
+            let txn = kv::Txn::new(kv::Namespace {
                 installation_id: installation.clone(),
                 scope_id: invocation.tenant.scope_id().to_owned(),
                 quota,
-            })
+            });
+            if optimistic {
+                txn.optimistic(&self.services.kv)
+            } else {
+                txn
+            }
         });
         let (wasi_ctx, output) = wasi::context(self.options.frozen_clock);
         let state = State {

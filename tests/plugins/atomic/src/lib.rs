@@ -78,6 +78,13 @@ impl Plugin for Atomic {
                 fail(mode)?;
                 Response::json(200, &serde_json::json!({ "applied": true }))
             }
+            "/once/{id}" => {
+                let id = request.param("id").unwrap_or("none");
+                if !kv::insert_json(&format!("once/{id}"), &())? {
+                    return Err(Error::Conflict(format!("{id} was already applied")));
+                }
+                Response::json(200, &serde_json::json!({ "applied": id }))
+            }
             "/count" => {
                 let current = kv::get("counter")?;
                 let (expected, value) = match &current {

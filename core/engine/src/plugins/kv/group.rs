@@ -78,15 +78,23 @@ pub async fn check(
     for (statement, values) in usage_reads {
         usage.extend(sql::query(&statement, values).all::<UsageRow>(tx).await?);
     }
-    // Only the keys of transactions whose usage row moved since they read are looked up.
+    // Only the keys of transactions whose usage row moved since they read are looked up, and
+    // those assumed absent without a read.
     let locked = usage_map(&usage);
-    let unvouched: Vec<&Txn> = txns
+    let wanted: Vec<(usize, &str)> = txns
         .iter()
-        .filter(|t| !vouched(t, &locked))
-        .copied()
+        .enumerate()
+        .flat_map(|(i, t)| {
+            let keys: Box<dyn Iterator<Item = &str>> = if vouched(t, &locked) {
+                Box::new(t.guessed())
+            } else {
+                Box::new(t.read_keys())
+            };
+            keys.map(move |k| (i, k))
+        })
         .collect();
     let mut versions = Vec::new();
-    for (statement, values) in version_reads(&unvouched) {
+    for (statement, values) in version_reads(txns, &wanted) {
         versions.extend(sql::query(&statement, values).all::<VersionRow>(tx).await?);
     }
     let mut plans = judged(txns, usage, versions);
@@ -107,8 +115,13 @@ pub async fn check(
 /// write transaction, whose write lock keeps them as read until it ends; the transactions must
 /// not have listed ranges ([`Txn::listed`]).
 pub fn reads(txns: &[&Txn]) -> Vec<(String, Vec<Value>)> {
+    let wanted: Vec<(usize, &str)> = txns
+        .iter()
+        .enumerate()
+        .flat_map(|(i, t)| t.read_keys().map(move |k| (i, k)))
+        .collect();
     let mut statements = usage_reads(txns);
-    statements.extend(version_reads(txns));
+    statements.extend(version_reads(txns, &wanted));
     statements
 }
 
@@ -141,6 +154,7 @@ pub fn as_read(txn: &Txn) -> Option<Vec<(String, Vec<Value>)>> {
     }
     let usage @ (keys, bytes, last) = txn.usage_as_read()?;
     let plan = txn.plan(usage).ok()?;
+    txn.applying(Some(usage), plan.usage, plan.shift);
     let (installation, scope) = txn.ids();
     let nothing = i64::from(usage == (0, 0, 0));
     let guard = (
@@ -160,6 +174,27 @@ pub fn as_read(txn: &Txn) -> Option<Vec<(String, Vec<Value>)>> {
         ],
     );
     let mut statements = vec![guard];
+    // Keys assumed absent must be: the usage row does not vouch for what was never read.
+    let guessed: Vec<&str> = txn.guessed().collect();
+    for chunk in guessed.chunks(CHUNK) {
+        let (installation, scope) = txn.ids();
+        let mut values = vec![
+            Value::from(installation.clone()),
+            scope.clone().into(),
+            installation.into(),
+            scope.into(),
+        ];
+        values.extend(chunk.iter().map(|k| Value::from(*k)));
+        statements.push((
+            format!(
+                "INSERT INTO plugin_kv_usage (installation_id, scope_id, keys, bytes, last_version) \
+                 SELECT ?, ?, NULL, 0, 0 WHERE EXISTS (SELECT 1 FROM plugin_kv \
+                 WHERE installation_id = ? AND scope_id = ? AND key IN ({}))",
+                sql::marks(chunk.len())
+            ),
+            values,
+        ));
+    }
     statements.extend(apply(&[(txn, plan)]));
     Some(statements)
 }
@@ -209,13 +244,9 @@ fn per_namespaces(txns: &[&Txn], text: impl Fn(&str) -> String) -> Vec<(String, 
         .collect()
 }
 
-/// The statements that read the committed versions of every key the transactions read.
-fn version_reads(txns: &[&Txn]) -> Vec<(String, Vec<Value>)> {
-    let wanted: Vec<(usize, &str)> = txns
-        .iter()
-        .enumerate()
-        .flat_map(|(i, t)| t.read_keys().map(move |k| (i, k)))
-        .collect();
+/// The statements that read the committed versions of the keys `wanted`: (index of the
+/// transaction in `txns`, key).
+fn version_reads(txns: &[&Txn], wanted: &[(usize, &str)]) -> Vec<(String, Vec<Value>)> {
     wanted
         .chunks(CHUNK)
         .map(|chunk| {
@@ -282,16 +313,22 @@ fn judged(
                     "a namespace committed twice in one group".into(),
                 ));
             }
-            if vouched(txn, &usage) {
-                return txn.plan(usage.get(&ids).copied().unwrap_or_default());
-            }
-            for key in txn.read_keys() {
+            // A namespace as read vouches for every key read, not for keys assumed absent.
+            let checked: Box<dyn Iterator<Item = &str>> = if vouched(txn, &usage) {
+                Box::new(txn.guessed())
+            } else {
+                Box::new(txn.read_keys())
+            };
+            for key in checked {
                 let committed = now.get(&(ids.clone(), key.to_owned())).copied();
                 if committed != txn.read_version(key) {
                     return Err(KvError::Changed(key.to_owned()));
                 }
             }
-            txn.plan(usage.get(&ids).copied().unwrap_or_default())
+            let locked = usage.get(&ids).copied().unwrap_or_default();
+            let plan = txn.plan(locked)?;
+            txn.applying(Some(locked), plan.usage, plan.shift);
+            Ok(plan)
         })
         .collect()
 }
@@ -368,6 +405,8 @@ pub struct Guarded {
     pub usage: Option<(String, Vec<Value>)>,
     /// How many rows `usage` returns when every namespace is as read.
     pub namespaces: usize,
+    /// Return a row for each key assumed absent that is not: none when all are.
+    pub absent: Vec<(String, Vec<Value>)>,
     /// The keys' deletes and writes.
     pub keys: Vec<(String, Vec<Value>)>,
 }
@@ -391,6 +430,7 @@ pub fn guarded(txns: &[&Txn]) -> Option<Guarded> {
         }
         let read = txn.usage_as_read()?;
         let plan = txn.plan(read).ok()?;
+        txn.applying(Some(read), plan.usage, plan.shift);
         moves.push((txn.ids(), read, plan.usage));
         kept.push((*txn, plan));
     }
@@ -434,9 +474,16 @@ pub fn guarded(txns: &[&Txn]) -> Option<Guarded> {
         (text, values)
     });
     let namespaces = moves.len();
+    // Keys assumed absent must be: the usage row does not vouch for what was never read.
+    let guessed: Vec<(usize, &str)> = txns
+        .iter()
+        .enumerate()
+        .flat_map(|(i, t)| t.guessed().map(move |k| (i, k)))
+        .collect();
     Some(Guarded {
         usage,
         namespaces,
+        absent: version_reads(txns, &guessed),
         keys: key_writes(&kept),
     })
 }
@@ -554,7 +601,7 @@ mod tests {
 
     /// Commits `txns` as one group; returns what each was told.
     async fn group(store: &Store, txns: &[&Txn]) -> Vec<Result<(), String>> {
-        let Store::Database(db, _) = store else {
+        let Store::Database(db, ..) = store else {
             panic!("a database store");
         };
         let tx = crate::db::begin_write(db).await.unwrap();
@@ -574,7 +621,7 @@ mod tests {
 
     /// Every namespace's usage row against what it holds.
     async fn usage_matches_contents(store: &Store) {
-        let Store::Database(db, _) = store else {
+        let Store::Database(db, ..) = store else {
             panic!("a database store");
         };
         #[derive(FromQueryResult, Debug, PartialEq)]

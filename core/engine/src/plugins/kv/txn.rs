@@ -8,17 +8,17 @@
 //! handed out inside a transaction is committed as is, or — when another commit in the
 //! namespace got ahead meanwhile — shifted above it, so no stale `expected` matches it later.
 
-use std::collections::BTreeMap;
-use std::sync::Mutex;
+/// Committing one transaction on its own.
+mod commit;
 
-use sea_orm::{DatabaseTransaction, FromQueryResult, Value};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
 
 use super::{
-    Batch, BatchWrite, Cas, Entry, Expect, KvError, MAX_BATCH, MAX_LIST, MAX_VALUE_BYTES, MemoryKv,
-    Namespace, Start, Store, check_key, check_prefix, group, locked, lookups, next_count,
-    next_version, page, version_of,
+    Batch, BatchWrite, Cas, Entry, Expect, KvError, MAX_BATCH, MAX_LIST, MAX_VALUE_BYTES,
+    Namespace, Start, Store, check_key, check_prefix, locked, next_count, next_version, page,
+    recent, version_of,
 };
-use crate::db::sql::{self, RowLock};
 
 /// Keys per statement when a commit checks reads or applies writes.
 const CHUNK: usize = 200;
@@ -53,6 +53,26 @@ pub struct Txn {
     bytes_delta: i64,
     /// The highest version seen or handed out; the next one handed out is above it.
     highest: u64,
+    /// Whether this transaction may answer from what this engine last committed and assume
+    /// that keys it inserts are absent, leaving both to its commit to check.
+    optimistic: bool,
+    /// What this engine knew of the namespace when the first access adopted it.
+    adopted: Option<Arc<recent::Known>>,
+    /// Keys assumed absent without reading them (also in `reads`, as absent).
+    guessed: BTreeSet<String>,
+    /// Filled by a commit that applies this transaction: what it leaves known.
+    learned: Learned,
+}
+
+/// What a transaction's commit leaves known of its namespace ([`recent::Known`]), once it is
+/// planned; kept by the runtime, which remembers it when the commit succeeds.
+#[derive(Debug, Clone, Default)]
+pub struct Learned(Arc<Mutex<Option<recent::Known>>>);
+
+impl Learned {
+    pub fn take(&self) -> Option<recent::Known> {
+        locked(&self.0).take()
+    }
 }
 
 impl Txn {
@@ -67,7 +87,119 @@ impl Txn {
             keys_delta: 0,
             bytes_delta: 0,
             highest: 0,
+            optimistic: false,
+            adopted: None,
+            guessed: BTreeSet::new(),
+            learned: Learned::default(),
         }
+    }
+
+    /// Makes this transaction optimistic when `store` remembers namespaces: it starts from
+    /// what this engine last committed to its namespace rather than reading it, and assumes
+    /// that a key it inserts (compare-and-swap from absent) is absent. Its commit checks both;
+    /// when either was wrong it fails as changed, and the caller runs it again, not
+    /// optimistic. Only for runs that may run again: nothing they do leaves the invocation.
+    pub fn optimistic(mut self, store: &Store) -> Self {
+        self.optimistic = store.recent().is_some_and(recent::Recent::enabled);
+        self
+    }
+
+    /// Whether this transaction answered from what was remembered or assumed a key absent:
+    /// when its commit fails as changed, optimism may be why.
+    pub fn leaned(&self) -> bool {
+        self.adopted.is_some() || !self.guessed.is_empty()
+    }
+
+    /// Where the commit that applies this transaction leaves what it knows.
+    pub fn learned(&self) -> Learned {
+        self.learned.clone()
+    }
+
+    /// On the first access of an optimistic transaction: starts from what this engine last
+    /// committed to the namespace, when it remembers it — its usage row stands as read, so a
+    /// commit that finds the row unmoved vouches for what was answered from it.
+    fn adopt(&mut self, store: &Store) {
+        if !self.optimistic
+            || self.usage.is_some()
+            || !self.reads.is_empty()
+            || !self.ranges.is_empty()
+        {
+            return;
+        }
+        let Some(known) = store.recent().and_then(|r| r.get(&self.ids())) else {
+            return;
+        };
+        let (keys, bytes, last) = known.usage;
+        self.usage = Some((version_of(keys), version_of(bytes)));
+        self.read_last = Some(last);
+        self.adopted = Some(known);
+    }
+
+    /// What was remembered at `key` when this transaction started from it, recorded as read.
+    fn recalled(&mut self, key: &str) -> Option<Option<Entry>> {
+        let entry = self.adopted.as_ref()?.entries.get(key)?.clone();
+        if let Some(e) = &entry {
+            self.highest = self.highest.max(e.version);
+        }
+        self.reads.insert(key.to_owned(), entry.clone());
+        Some(entry)
+    }
+
+    /// The entry at `key` for a write that expects it absent: in an optimistic transaction,
+    /// assumed absent unless known otherwise, for the commit to check.
+    async fn expecting_absent(
+        &mut self,
+        store: &Store,
+        key: &str,
+    ) -> Result<Option<Entry>, KvError> {
+        if !self.optimistic || self.writes.contains_key(key) || self.reads.contains_key(key) {
+            return self.current(store, key).await;
+        }
+        self.adopt(store);
+        if let Some(entry) = self.recalled(key) {
+            return Ok(entry);
+        }
+        self.reads.insert(key.to_owned(), None);
+        self.guessed.insert(key.to_owned());
+        Ok(None)
+    }
+
+    /// The commit that applies this transaction found its namespace's usage row at `before`
+    /// (`None`: unknown) and moves it to `after`, shifting handed-out versions by `shift`.
+    pub(super) fn applying(&self, before: Option<recent::Usage>, after: recent::Usage, shift: u64) {
+        if self.optimistic {
+            *locked(&self.learned.0) = Some(recent::after(self, before, after, shift));
+        }
+    }
+
+    /// This transaction with its writes dropped: what a failed run read, to be checked.
+    pub fn reads_only(mut self) -> Self {
+        self.writes.clear();
+        self.keys_delta = 0;
+        self.bytes_delta = 0;
+        self
+    }
+
+    /// What was adopted from what this engine remembered.
+    pub(super) fn adopted(&self) -> Option<&recent::Known> {
+        self.adopted.as_deref()
+    }
+
+    /// Keys assumed absent without reading them.
+    pub(super) fn guessed(&self) -> impl Iterator<Item = &str> {
+        self.guessed.iter().map(String::as_str)
+    }
+
+    /// What was read from the committed state, keys assumed absent left out.
+    pub(super) fn plain_reads(&self) -> impl Iterator<Item = (&String, &Option<Entry>)> {
+        self.reads
+            .iter()
+            .filter(|(k, _)| !self.guessed.contains(k.as_str()))
+    }
+
+    /// Whether this transaction read or wrote `key`.
+    pub(super) fn touched(&self, key: &str) -> bool {
+        self.reads.contains_key(key) || self.writes.contains_key(key)
     }
 
     /// True when committing would write something.
@@ -89,14 +221,19 @@ impl Txn {
         if let Some(read) = self.reads.get(key) {
             return Ok(read.clone());
         }
+        self.adopt(store);
+        if let Some(entry) = self.recalled(key) {
+            return Ok(entry);
+        }
         // The first read also learns the usage, which the first write that grows the
         // namespace checks against the quota.
         let entry = if self.usage.is_none() {
             let (entry, usage, last) = store.read_with_usage(&self.ns, key).await?;
             self.usage = Some(usage);
             // The usage row vouches for what was read from it on (`group::as_read`): only when
-            // nothing was read before it (a batched read or a listing reads no usage).
-            if self.reads.is_empty() && self.ranges.is_empty() {
+            // nothing was read before it (a batched read or a listing reads no usage; keys
+            // assumed absent are checked whatever the row says).
+            if self.plain_reads().next().is_none() && self.ranges.is_empty() {
                 self.read_last = last;
             }
             entry
@@ -144,14 +281,37 @@ impl Txn {
     /// what concurrent commits added.
     async fn charge(&mut self, store: &Store, keys: i64, bytes: i64) -> Result<(), KvError> {
         if keys > 0 || bytes > 0 {
-            let (used_keys, used_bytes) = match self.usage {
+            self.adopt(store);
+            let (mut used_keys, mut used_bytes) = match self.usage {
                 Some(u) => u,
                 None => {
-                    let u = store.usage(&self.ns).await?;
+                    let (u, last) = store.usage_with_last(&self.ns).await?;
                     self.usage = Some(u);
+                    // The row vouches for what is read from here on (keys assumed absent
+                    // are checked whatever the row says).
+                    if self.plain_reads().next().is_none() && self.ranges.is_empty() {
+                        self.read_last = last;
+                    }
                     u
                 }
             };
+            let over = |used_keys: u64, used_bytes: u64| {
+                (keys > 0
+                    && used_keys.saturating_add_signed(self.keys_delta + keys)
+                        > self.ns.quota.max_keys)
+                    || (bytes > 0
+                        && used_bytes.saturating_add_signed(self.bytes_delta + bytes)
+                            > self.ns.quota.max_bytes)
+            };
+            // A refusal is never made on remembered usage, which may be stale: the usage is
+            // read, and the remembered row no longer vouches for anything (its keys and bytes
+            // are replaced, so it is checked key by key at commit).
+            if self.adopted.is_some() && self.read_last.is_some() && over(used_keys, used_bytes) {
+                let ((keys, bytes), _) = store.usage_with_last(&self.ns).await?;
+                (used_keys, used_bytes) = (keys, bytes);
+                self.usage = Some((keys, bytes));
+                self.read_last = None;
+            }
             let quota = &self.ns.quota;
             if keys > 0 && used_keys.saturating_add_signed(self.keys_delta + keys) > quota.max_keys
             {
@@ -188,7 +348,10 @@ impl Txn {
                 "a value may be at most {MAX_VALUE_BYTES} bytes"
             )));
         }
-        let current = self.current(store, key).await?;
+        let current = match expected {
+            None => self.expecting_absent(store, key).await?,
+            Some(_) => self.current(store, key).await?,
+        };
         match (&current, expected) {
             (None, None) => Ok(Cas::Stored(self.put(store, key, value, None).await?)),
             (Some(entry), Some(v)) if entry.version == v => {
@@ -230,6 +393,12 @@ impl Txn {
         }
         for key in keys {
             check_key(key)?;
+        }
+        self.adopt(store);
+        for key in keys {
+            if !self.touched(key) {
+                self.recalled(key);
+            }
         }
         // What this transaction has not seen yet is read in one statement; the rest answers
         // from its own reads and writes, as a single `get` would.
@@ -295,7 +464,10 @@ impl Txn {
         }
         let mut currents = Vec::with_capacity(writes.len());
         for (index, write) in writes.iter().enumerate() {
-            let current = self.current(store, &write.key).await?;
+            let current = match write.expected {
+                Expect::Absent => self.expecting_absent(store, &write.key).await?,
+                _ => self.current(store, &write.key).await?,
+            };
             let holds = match (write.expected, &current) {
                 (Expect::Any, _) | (Expect::Absent, None) => true,
                 (Expect::Version(v), Some(entry)) => entry.version == v,
@@ -421,145 +593,11 @@ impl Txn {
         Ok(page(merged.into_iter().collect(), limit))
     }
 
-    /// Checks the reads and applies the writes inside `tx`, a transaction the caller commits
-    /// (with work of its own); a write transaction when there is something to write. [`KvError::Changed`]: something read changed; the
-    /// caller rolls back and may run the whole thing again. [`KvError::Quota`]: concurrent
-    /// commits filled the quota meanwhile.
-    pub async fn commit_in(self, tx: &DatabaseTransaction) -> Result<(), KvError> {
-        if self.writes.is_empty() && self.reads() == 0 {
-            return Ok(());
-        }
-        let shift = if self.writes.is_empty() {
-            // Nothing to write: hold off the namespace's committers while checking, so the
-            // checks see one state (on SQLite, a transaction reads one snapshot anyway).
-            let lock = sql::for_update(tx, RowLock::Share);
-            sql::query(
-                &format!(
-                    "SELECT keys FROM plugin_kv_usage WHERE installation_id = ? AND scope_id = ?{lock}"
-                ),
-                self.ns.ids(),
-            )
-            .execute(tx)
-            .await?;
-            0
-        } else {
-            self.charge_in(tx).await?
-        };
-        self.check_in(tx).await?;
-        self.apply_in(tx, shift).await
-    }
-
     /// The versions this transaction handed out, lowest and highest.
     pub(super) fn handed_out(&self) -> Option<(u64, u64)> {
         let versions = self.writes.values().flatten().map(|e| e.version);
         let low = versions.clone().min()?;
         Some((low, versions.max().unwrap_or(low)))
-    }
-
-    /// Takes the namespace's lock (its usage row) by charging the usage and moving its last
-    /// version past this transaction's: one statement. Returns how far the handed-out versions
-    /// must move up to stay above every version the namespace committed before.
-    async fn charge_in(&self, tx: &DatabaseTransaction) -> Result<u64, KvError> {
-        #[derive(FromQueryResult)]
-        struct Charged {
-            keys: i64,
-            bytes: i64,
-            last_version: i64,
-        }
-        let (low, high) = self.handed_out().unwrap_or((0, 0));
-        let as_i64 = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
-        // No version handed out (deletes only): the last version stays.
-        let step = if high == 0 { 0 } else { as_i64(high - low) + 1 };
-        let mut values = self.ns.ids();
-        values.extend([
-            self.keys_delta.into(),
-            self.bytes_delta.into(),
-            as_i64(high).into(),
-            as_i64(low).into(),
-            as_i64(high).into(),
-            step.into(),
-        ]);
-        let charged: Option<Charged> = sql::query(
-            "INSERT INTO plugin_kv_usage (installation_id, scope_id, keys, bytes, last_version) \
-             VALUES (?, ?, ?, ?, ?) ON CONFLICT (installation_id, scope_id) DO UPDATE SET \
-             keys = plugin_kv_usage.keys + excluded.keys, bytes = plugin_kv_usage.bytes + excluded.bytes, \
-             last_version = CASE WHEN plugin_kv_usage.last_version < ? THEN ? \
-             ELSE plugin_kv_usage.last_version + ? END \
-             RETURNING keys, bytes, last_version",
-            values,
-        )
-        .one(tx)
-        .await?;
-        let Some(charged) = charged else {
-            return Err(KvError::Db(sea_orm::DbErr::RecordNotFound(
-                "plugin_kv_usage".into(),
-            )));
-        };
-        let quota = &self.ns.quota;
-        if self.keys_delta > 0 && version_of(charged.keys) > quota.max_keys {
-            return Err(KvError::Quota(format!(
-                "kv quota: {} keys at most",
-                quota.max_keys
-            )));
-        }
-        if self.bytes_delta > 0 && version_of(charged.bytes) > quota.max_bytes {
-            return Err(KvError::Quota(format!(
-                "kv quota: {} bytes at most",
-                quota.max_bytes
-            )));
-        }
-        // The new last version is `high` shifted by as much as every handed-out version is.
-        Ok(version_of(charged.last_version).saturating_sub(high))
-    }
-
-    /// Fails with [`KvError::Changed`] unless every key and range read is as it was read.
-    async fn check_in(&self, tx: &DatabaseTransaction) -> Result<(), KvError> {
-        #[derive(FromQueryResult)]
-        struct Version {
-            key: String,
-            version: i64,
-        }
-        let keys: Vec<&String> = self.reads.keys().collect();
-        for chunk in keys.chunks(CHUNK) {
-            let mut values = Vec::with_capacity(chunk.len() * 3);
-            for key in chunk {
-                values.extend(self.ns.ids());
-                values.push(Value::from((*key).clone()));
-            }
-            let now: Vec<Version> = sql::query(&lookups("key, version", chunk.len()), values)
-                .all(tx)
-                .await?;
-            let now: BTreeMap<String, u64> = now
-                .into_iter()
-                .map(|v| (v.key, version_of(v.version)))
-                .collect();
-            for key in chunk {
-                let read = self.reads[*key].as_ref().map(|e| e.version);
-                if now.get(*key).copied() != read {
-                    return Err(KvError::Changed((*key).clone()));
-                }
-            }
-        }
-        self.check_ranges_in(tx).await
-    }
-
-    async fn apply_in(self, tx: &DatabaseTransaction, shift: u64) -> Result<(), KvError> {
-        let ids = self.ids();
-        let mut deleted = Vec::new();
-        let mut written = Vec::new();
-        for (key, write) in self.writes {
-            match write {
-                Some(mut entry) => {
-                    entry.version += shift;
-                    written.push((ids.clone(), key, entry));
-                }
-                None => deleted.push((ids.clone(), key)),
-            }
-        }
-        let mut statements = group::delete(&deleted);
-        statements.extend(group::upsert(&written));
-        sql::batch::<group::NoRow>(tx, statements).await?;
-        Ok(())
     }
 
     /// The namespace's ids: (installation, scope).
@@ -605,412 +643,7 @@ impl Txn {
     pub(super) fn written(&self) -> impl Iterator<Item = (&String, &Option<Entry>)> {
         self.writes.iter()
     }
-
-    /// Fails with [`KvError::Changed`] unless every range listed holds the keys it held.
-    pub(super) async fn check_ranges_in(&self, tx: &DatabaseTransaction) -> Result<(), KvError> {
-        for range in &self.ranges {
-            let now = self
-                .ns
-                .range(
-                    tx,
-                    &range.prefix,
-                    &range.start,
-                    range.through.as_deref(),
-                    range.seen.len() + 1,
-                )
-                .await?;
-            range.compare(now.iter().map(|(k, e)| (k.as_str(), e.version)))?;
-        }
-        Ok(())
-    }
-
-    /// Commits into the harness's in-memory store, by the same rules as the database's.
-    pub fn commit_memory(self, kv: &Mutex<MemoryKv>) -> Result<(), KvError> {
-        let mut kv = locked(kv);
-        for (key, read) in &self.reads {
-            let now = kv.entries.get(&MemoryKv::key(&self.ns, key));
-            if now.map(|e| e.version) != read.as_ref().map(|e| e.version) {
-                return Err(KvError::Changed(key.clone()));
-            }
-        }
-        for range in &self.ranges {
-            let now = kv.range(
-                &self.ns,
-                &range.prefix,
-                &range.start,
-                range.through.as_deref(),
-                range.seen.len() + 1,
-            );
-            range.compare(now.iter().map(|(k, e)| (k.as_str(), e.version)))?;
-        }
-        if self.writes.is_empty() {
-            return Ok(());
-        }
-        let space = MemoryKv::namespace(&self.ns);
-        let (used_keys, used_bytes) = kv.usage.get(&space).copied().unwrap_or_default();
-        let keys = used_keys.saturating_add_signed(self.keys_delta);
-        let bytes = used_bytes.saturating_add_signed(self.bytes_delta);
-        let quota = &self.ns.quota;
-        if self.keys_delta > 0 && keys > quota.max_keys {
-            return Err(KvError::Quota(format!(
-                "kv quota: {} keys at most",
-                quota.max_keys
-            )));
-        }
-        if self.bytes_delta > 0 && bytes > quota.max_bytes {
-            return Err(KvError::Quota(format!(
-                "kv quota: {} bytes at most",
-                quota.max_bytes
-            )));
-        }
-        let last = kv.last_version.get(&space).copied().unwrap_or(0);
-        let shift = match self.handed_out() {
-            Some((low, high)) => {
-                let shift = (last + 1).saturating_sub(low);
-                kv.last_version.insert(space.clone(), high + shift);
-                shift
-            }
-            None => 0,
-        };
-        kv.usage.insert(space, (keys, bytes));
-        for (key, written) in self.writes {
-            let at = MemoryKv::key(&self.ns, &key);
-            match written {
-                Some(mut entry) => {
-                    entry.version += shift;
-                    kv.entries.insert(at, entry);
-                }
-                None => {
-                    kv.entries.remove(&at);
-                }
-            }
-        }
-        Ok(())
-    }
-}
-
-impl RangeRead {
-    /// Fails unless the committed keys of the range (and their versions) are those seen.
-    fn compare<'a>(&self, now: impl Iterator<Item = (&'a str, u64)>) -> Result<(), KvError> {
-        let mut seen = self.seen.iter();
-        for (key, version) in now {
-            match seen.next() {
-                Some((k, v)) if k == key && *v == version => {}
-                _ => return Err(KvError::Changed(key.to_owned())),
-            }
-        }
-        match seen.next() {
-            Some((k, _)) => Err(KvError::Changed(k.clone())),
-            None => Ok(()),
-        }
-    }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::plugins::manifest::KvQuota;
-    use std::sync::Arc;
-
-    fn ns() -> Namespace {
-        Namespace {
-            installation_id: "i".into(),
-            scope_id: "m".into(),
-            quota: KvQuota {
-                max_keys: 10,
-                max_bytes: 10_000,
-            },
-        }
-    }
-
-    fn memory() -> (Store, Arc<Mutex<MemoryKv>>) {
-        let kv = Arc::new(Mutex::new(MemoryKv::default()));
-        (Store::Memory(kv.clone()), kv)
-    }
-
-    fn put(key: &str, value: &[u8], expected: Expect) -> BatchWrite {
-        BatchWrite {
-            key: key.into(),
-            value: Some(value.to_vec()),
-            expected,
-        }
-    }
-
-    #[tokio::test]
-    async fn a_batch_of_writes_is_made_whole_or_not_at_all() {
-        let (store, kv) = memory();
-        let mut txn = Txn::new(ns());
-        let Batch::Stored(first) = txn
-            .write_many(
-                &store,
-                &[put("a", b"1", Expect::Absent), put("b", b"2", Expect::Any)],
-            )
-            .await
-            .unwrap()
-        else {
-            panic!("stored");
-        };
-        assert!(first[0] > 0 && first[1] > first[0]);
-        // The second write's expectation fails: the first is not made either.
-        let refused = txn
-            .write_many(
-                &store,
-                &[
-                    put("c", b"3", Expect::Absent),
-                    put("a", b"x", Expect::Version(first[0] + 100)),
-                ],
-            )
-            .await
-            .unwrap();
-        let Batch::Conflict(1, Some(found)) = refused else {
-            panic!("a conflict at index 1: {refused:?}");
-        };
-        assert_eq!(found.value, b"1");
-        assert_eq!(txn.get(&store, "c").await.unwrap(), None);
-        // A batch over the quota writes nothing (ten keys at most; two are used).
-        let many: Vec<BatchWrite> = (0..9)
-            .map(|i| put(&format!("k{i}"), b"v", Expect::Any))
-            .collect();
-        assert!(matches!(
-            txn.write_many(&store, &many).await,
-            Err(KvError::Quota(_))
-        ));
-        assert_eq!(txn.get(&store, "k0").await.unwrap(), None);
-        // Duplicates are refused; a delete and a conditional write pass together.
-        assert!(matches!(
-            txn.write_many(
-                &store,
-                &[put("d", b"1", Expect::Any), put("d", b"2", Expect::Any)]
-            )
-            .await,
-            Err(KvError::Invalid(_))
-        ));
-        let deleted = txn
-            .write_many(
-                &store,
-                &[
-                    BatchWrite {
-                        key: "b".into(),
-                        value: None,
-                        expected: Expect::Version(first[1]),
-                    },
-                    put("a", b"one", Expect::Version(first[0])),
-                ],
-            )
-            .await
-            .unwrap();
-        assert!(matches!(&deleted, Batch::Stored(v) if v[0] == 0 && v[1] > first[1]));
-        let got = txn
-            .get_many(&store, &["a".into(), "b".into(), "c".into()])
-            .await
-            .unwrap();
-        assert_eq!(got[0].as_ref().unwrap().value, b"one");
-        assert!(got[1].is_none() && got[2].is_none());
-        txn.commit_memory(&kv).unwrap();
-        assert_eq!(store.get(&ns(), "a").await.unwrap().unwrap().value, b"one");
-        assert_eq!(store.get(&ns(), "b").await.unwrap(), None);
-    }
-
-    #[tokio::test]
-    async fn a_transaction_reads_its_own_writes_and_nobody_else_does_until_it_commits() {
-        let (store, kv) = memory();
-        let mut txn = Txn::new(ns());
-        let Cas::Stored(v) = txn
-            .compare_and_swap(&store, "seen/1", None, b"x")
-            .await
-            .unwrap()
-        else {
-            panic!("stored");
-        };
-        assert_eq!(txn.get(&store, "seen/1").await.unwrap().unwrap().version, v);
-        assert_eq!(txn.increment(&store, "n", 2).await.unwrap(), 2);
-        assert_eq!(txn.increment(&store, "n", 3).await.unwrap(), 5);
-        let (listed, _) = txn.list(&store, "", None, 10).await.unwrap();
-        assert_eq!(listed.len(), 2);
-        assert_eq!(store.get(&ns(), "seen/1").await.unwrap(), None);
-        txn.commit_memory(&kv).unwrap();
-        assert_eq!(
-            store.get(&ns(), "seen/1").await.unwrap().unwrap().version,
-            v
-        );
-        assert_eq!(store.usage(&ns()).await.unwrap(), (2, 9));
-    }
-
-    #[tokio::test]
-    async fn a_batched_read_answers_in_order_and_guards_the_commit_like_single_reads() {
-        let (store, kv) = memory();
-        store
-            .compare_and_swap(&ns(), "a", None, b"1")
-            .await
-            .unwrap();
-        store
-            .compare_and_swap(&ns(), "b", None, b"2")
-            .await
-            .unwrap();
-        let mut txn = Txn::new(ns());
-        txn.compare_and_swap(&store, "mine", None, b"w")
-            .await
-            .unwrap();
-        let keys: Vec<String> = ["b", "missing", "mine", "a", "b"]
-            .iter()
-            .map(|k| (*k).to_owned())
-            .collect();
-        let got = txn.get_many(&store, &keys).await.unwrap();
-        let values: Vec<Option<&[u8]>> = got
-            .iter()
-            .map(|e| e.as_ref().map(|e| e.value.as_slice()))
-            .collect();
-        assert_eq!(
-            values,
-            [
-                Some(&b"2"[..]),
-                None,
-                Some(&b"w"[..]),
-                Some(&b"1"[..]),
-                Some(&b"2"[..])
-            ]
-        );
-        assert!(matches!(
-            txn.get_many(&store, &["bad\u{0}key".into()]).await,
-            Err(KvError::Invalid(_))
-        ));
-        // A key the batch found absent is guarded too: another writer creating it meanwhile
-        // fails this commit.
-        store
-            .compare_and_swap(&ns(), "missing", None, b"x")
-            .await
-            .unwrap();
-        assert!(matches!(
-            txn.commit_memory(&kv),
-            Err(KvError::Changed(k)) if k == "missing"
-        ));
-        assert_eq!(store.get(&ns(), "mine").await.unwrap(), None);
-    }
-
-    #[tokio::test]
-    async fn adding_nothing_to_a_counter_reads_it_without_writing() {
-        let (store, kv) = memory();
-        store.increment(&ns(), "n", 4).await.unwrap();
-        let mut reader = Txn::new(ns());
-        assert_eq!(reader.increment(&store, "n", 0).await.unwrap(), 4);
-        assert_eq!(reader.increment(&store, "absent", 0).await.unwrap(), 0);
-        assert!(!reader.writes());
-        // Still guarded: a change meanwhile fails the reader's commit.
-        store.increment(&ns(), "n", 1).await.unwrap();
-        assert!(matches!(
-            reader.commit_memory(&kv),
-            Err(KvError::Changed(k)) if k == "n"
-        ));
-        assert_eq!(store.get(&ns(), "absent").await.unwrap(), None);
-    }
-
-    #[tokio::test]
-    async fn a_transaction_whose_read_changed_commits_nothing() {
-        let (store, kv) = memory();
-        let mut first = Txn::new(ns());
-        let mut second = Txn::new(ns());
-        first.increment(&store, "n", 1).await.unwrap();
-        second.increment(&store, "n", 1).await.unwrap();
-        second
-            .compare_and_swap(&store, "other", None, b"y")
-            .await
-            .unwrap();
-        first.commit_memory(&kv).unwrap();
-        assert!(matches!(
-            second.commit_memory(&kv),
-            Err(KvError::Changed(k)) if k == "n"
-        ));
-        assert_eq!(store.get(&ns(), "other").await.unwrap(), None);
-        assert_eq!(store.usage(&ns()).await.unwrap(), (1, 2));
-    }
-
-    #[tokio::test]
-    async fn a_key_added_inside_a_listed_range_fails_the_commit() {
-        let (store, kv) = memory();
-        store
-            .compare_and_swap(&ns(), "m/a", None, b"1")
-            .await
-            .unwrap();
-        let mut lister = Txn::new(ns());
-        let (items, next) = lister.list(&store, "m/", None, 10).await.unwrap();
-        assert_eq!((items.len(), next), (1, None));
-        lister
-            .compare_and_swap(&store, "count", None, b"1")
-            .await
-            .unwrap();
-        store
-            .compare_and_swap(&ns(), "m/b", None, b"2")
-            .await
-            .unwrap();
-        assert!(matches!(lister.commit_memory(&kv), Err(KvError::Changed(k)) if k == "m/b"));
-        // Outside the range, a new key changes nothing the listing saw.
-        let mut lister = Txn::new(ns());
-        lister.list(&store, "m/", None, 10).await.unwrap();
-        lister
-            .compare_and_swap(&store, "count", None, b"1")
-            .await
-            .unwrap();
-        store
-            .compare_and_swap(&ns(), "z", None, b"3")
-            .await
-            .unwrap();
-        lister.commit_memory(&kv).unwrap();
-    }
-
-    #[tokio::test]
-    async fn versions_handed_out_behind_a_later_commit_are_moved_above_it() {
-        let (store, kv) = memory();
-        let mut early = Txn::new(ns());
-        let Cas::Stored(handed) = early
-            .compare_and_swap(&store, "a", None, b"1")
-            .await
-            .unwrap()
-        else {
-            panic!("stored");
-        };
-        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
-        let Cas::Stored(later) = store
-            .compare_and_swap(&ns(), "b", None, b"2")
-            .await
-            .unwrap()
-        else {
-            panic!("stored");
-        };
-        assert!(later > handed);
-        early.commit_memory(&kv).unwrap();
-        let committed = store.get(&ns(), "a").await.unwrap().unwrap().version;
-        assert!(committed > later, "{committed} > {later}");
-        // The version handed out matches nothing: a swap with it conflicts.
-        assert!(matches!(
-            store
-                .compare_and_swap(&ns(), "a", Some(handed), b"x")
-                .await
-                .unwrap(),
-            Cas::Conflict(_)
-        ));
-    }
-
-    #[tokio::test]
-    async fn a_listing_hides_deleted_keys_and_shows_new_ones_in_order() {
-        let (store, _) = memory();
-        for key in ["p/1", "p/2", "p/3", "p/4"] {
-            store
-                .compare_and_swap(&ns(), key, None, b"v")
-                .await
-                .unwrap();
-        }
-        let mut txn = Txn::new(ns());
-        assert!(txn.delete(&store, "p/1", None).await.unwrap());
-        assert!(txn.delete(&store, "p/2", None).await.unwrap());
-        txn.compare_and_swap(&store, "p/25", None, b"w")
-            .await
-            .unwrap();
-        let (items, next) = txn.list(&store, "p/", None, 2).await.unwrap();
-        let keys: Vec<&str> = items.iter().map(|(k, _)| k.as_str()).collect();
-        assert_eq!(keys, ["p/25", "p/3"]);
-        assert_eq!(next.as_deref(), Some("p/3"));
-        let (items, next) = txn.list(&store, "p/", next.as_deref(), 2).await.unwrap();
-        let keys: Vec<&str> = items.iter().map(|(k, _)| k.as_str()).collect();
-        assert_eq!((keys, next), (vec!["p/4"], None));
-    }
-}
+mod tests;

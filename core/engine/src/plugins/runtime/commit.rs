@@ -53,8 +53,9 @@ impl From<sea_orm::DbErr> for Refused {
 
 /// Commits what a successful run did, and gives its emitted events back. A run that only read
 /// one key and has no finishing work has nothing to commit (a single read is consistent on its
-/// own); one that read several keys has them checked, in a transaction that writes nothing, so
-/// what it answered was one state. Work that writes commits on the database through the
+/// own); one that read several keys, or answered from what this engine remembered, has them
+/// checked — by its namespace's usage row alone while that stands, else in a transaction that
+/// writes nothing — so what it answered was one state, and a current one. Work that writes commits on the database through the
 /// runtime's committer, together with the runs that finish meanwhile (unless it emitted events).
 pub(super) async fn commit(
     services: &Services,
@@ -65,10 +66,12 @@ pub(super) async fn commit(
     deadline: Option<std::time::Instant>,
 ) -> (Result<(), Refused>, Vec<Emitted>) {
     let finish = finish.filter(|f| f.has_work(&emitted));
-    let mut txn =
-        txn.filter(|t| t.writes() || t.reads() > 1 || (finish.is_some() && t.reads() > 0));
+    // What an optimistic run answered from what this engine remembered is checked, even alone.
+    let mut txn = txn.filter(|t| {
+        t.writes() || t.reads() > 1 || t.leaned() || (finish.is_some() && t.reads() > 0)
+    });
     let db = match &services.kv {
-        Store::Database(db, _) => db,
+        Store::Database(db, ..) => db,
         // The harness keeps kv in memory and has no finishing work; were there any, it would
         // commit after the kv writes, not with them.
         Store::Memory(kv) => {
@@ -81,6 +84,14 @@ pub(super) async fn commit(
         }
     };
     let writes = finish.is_some() || txn.as_ref().is_some_and(Txn::writes);
+    // A reader whose namespace is still as its first read found it needs no transaction.
+    if !writes && let Some(reader) = &txn {
+        match services.kv.unmoved(reader).await {
+            Ok(true) => return (Ok(()), emitted),
+            Ok(false) => {}
+            Err(error) => return (Err(error.into()), emitted),
+        }
+    }
     // A run that emitted events commits alone: recording them locks its chain's budget row,
     // which a group would lock in no set order with its other members' chains. So does one
     // whose finishing work is more than a delivery's mark.
