@@ -572,7 +572,12 @@ impl Store {
         if txn.writes() || txn.listed() || txn.guessed().next().is_some() {
             return Ok(false);
         }
-        Ok(txn.namespace().usage_row(db).await? == read)
+        if txn.namespace().usage_row(db).await? != read {
+            return Ok(false);
+        }
+        // What it read is what the namespace holds: worth remembering.
+        txn.applying(Some(read), read, 0);
+        Ok(true)
     }
 
     /// The committed entry at `key` with the namespace's usage (keys, bytes) and, in the

@@ -263,13 +263,15 @@ impl Runtime {
                 // its reads are checked, and when one did not hold it runs again, reading.
                 if let Some(txn) = ran.txn.filter(|t| t.leaned() && ran.repeatable) {
                     let ids = txn.ids();
+                    // A bound of its own: the run's deadline may be what it failed on.
+                    let bound = Duration::from_millis(u64::from(loaded.manifest.limits.wall_ms));
                     let (checked, _) = commit::commit(
                         &self.services,
                         &self.committer,
                         Some(txn.reads_only()),
                         None,
                         Vec::new(),
-                        ran.deadline,
+                        Some(Instant::now() + bound),
                     )
                     .await;
                     if let Err(refused) = checked {

@@ -84,53 +84,71 @@ impl Recent {
     }
 }
 
-/// What a transaction leaves known once it commits onto `usage` (its namespace's usage row
-/// before the commit), moving the row to `after`, its handed-out versions up by `shift`: what
-/// it read (checked at the commit, so still committed then) and what it wrote — and, when the
-/// row was still at what the transaction started from, the rest of what was known then.
+/// What a transaction leaves known once it commits onto `before` (its namespace's usage row
+/// before the commit; `None`: unknown), moving the row to `after`, its handed-out versions up
+/// by `shift`: what it read (checked at the commit, so still committed then) and wrote — and,
+/// when the row was still at what the transaction started from, what was known then. Within
+/// the bounds, first the keys it read (which the next run likely reads again), then what was
+/// known before, then keys it only inserted (marks, rarely read again).
 pub(super) fn after(txn: &Txn, before: Option<Usage>, after: Usage, shift: u64) -> Known {
-    let small = |e: &Option<Entry>| e.as_ref().is_none_or(|e| e.value.len() <= MAX_VALUE);
-    let mut entries = BTreeMap::new();
+    let written: BTreeMap<&String, Option<Entry>> = txn
+        .written()
+        .map(|(key, w)| {
+            let shifted = w.as_ref().map(|e| Entry {
+                value: e.value.clone(),
+                version: e.version + shift,
+            });
+            (key, shifted)
+        })
+        .collect();
+    let mut kept = Bounded::default();
     for (key, read) in txn.plain_reads() {
-        if small(read) {
-            entries.insert(key.clone(), read.clone());
-        }
-    }
-    for (key, written) in txn.written() {
-        entries.remove(key);
-        let written = written.as_ref().map(|e| Entry {
-            value: e.value.clone(),
-            version: e.version + shift,
-        });
-        if small(&written) {
-            entries.insert(key.clone(), written);
+        match written.get(key) {
+            Some(now) => kept.offer(key, now),
+            None => kept.offer(key, read),
         }
     }
     if let Some(known) = txn.adopted()
         && before == Some(known.usage)
     {
         for (key, entry) in &known.entries {
-            if entries.len() >= MAX_KEYS {
-                break;
-            }
-            if !txn.touched(key) && !entries.contains_key(key) {
-                entries.insert(key.clone(), entry.clone());
+            if !txn.touched(key) {
+                kept.offer(key, entry);
             }
         }
     }
-    let size = |key: &String, entry: &Option<Entry>| {
-        key.len() + entry.as_ref().map_or(0, |e| e.value.len())
-    };
-    let mut bytes: usize = entries.iter().map(|(k, e)| size(k, e)).sum();
-    while entries.len() > MAX_KEYS || bytes > MAX_BYTES {
-        let Some((key, entry)) = entries.pop_last() else {
-            break;
-        };
-        bytes -= size(&key, &entry);
+    for (key, now) in &written {
+        if !kept.entries.contains_key(*key) {
+            kept.offer(key, now);
+        }
     }
     Known {
         usage: after,
-        entries,
+        entries: kept.entries,
+    }
+}
+
+/// Entries within [`MAX_KEYS`] and [`MAX_BYTES`], values within [`MAX_VALUE`].
+#[derive(Default)]
+struct Bounded {
+    entries: BTreeMap<String, Option<Entry>>,
+    bytes: usize,
+}
+
+impl Bounded {
+    /// Keeps `entry` at `key` if it fits; leaving one out only means reading it again.
+    fn offer(&mut self, key: &str, entry: &Option<Entry>) {
+        let value = entry.as_ref().map_or(0, |e| e.value.len());
+        let size = key.len() + value;
+        if value > MAX_VALUE
+            || self.entries.len() >= MAX_KEYS
+            || self.bytes + size > MAX_BYTES
+            || self.entries.contains_key(key)
+        {
+            return;
+        }
+        self.bytes += size;
+        self.entries.insert(key.to_owned(), entry.clone());
     }
 }
 
@@ -317,6 +335,28 @@ mod tests {
         let known = learned.take().unwrap();
         assert_eq!(known.entries.len(), MAX_KEYS);
         assert!(!known.entries.contains_key("big"));
+        // Within the bytes too, keys the run read first: five values of 1,000 bytes.
+        let mut txn = Txn::new(ns()).optimistic(&store);
+        assert_eq!(txn.increment(&store, "k00", 0).await.unwrap(), 1);
+        for i in 0..5 {
+            txn.compare_and_swap(&store, &format!("v{i}"), None, &[b'v'; 1_000])
+                .await
+                .unwrap();
+        }
+        let learned = txn.learned();
+        store.commit(txn).await.unwrap();
+        let known = learned.take().unwrap();
+        let bytes: usize = known
+            .entries
+            .iter()
+            .map(|(k, e)| k.len() + e.as_ref().map_or(0, |e| e.value.len()))
+            .sum();
+        assert!(bytes <= MAX_BYTES, "{bytes}");
+        assert!(
+            known.entries.contains_key("k00"),
+            "the key it read comes first"
+        );
+        assert_eq!(known.entries.len(), 5, "k00 and four values: {known:?}");
         assert_eq!(
             known.usage,
             {

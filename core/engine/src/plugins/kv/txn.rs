@@ -118,15 +118,22 @@ impl Txn {
     /// On the first access of an optimistic transaction: starts from what this engine last
     /// committed to the namespace, when it remembers it — its usage row stands as read, so a
     /// commit that finds the row unmoved vouches for what was answered from it.
-    fn adopt(&mut self, store: &Store) {
+    /// Only when what is remembered is `useful` (it knows a key asked for): otherwise the
+    /// first read reads the usage row with its key, which costs the same and leaves a reader of
+    /// one key nothing to check. Keys assumed absent before it are checked whatever the row says.
+    fn adopt(&mut self, store: &Store, useful: impl Fn(&recent::Known) -> bool) {
         if !self.optimistic
             || self.usage.is_some()
-            || !self.reads.is_empty()
+            || self.plain_reads().next().is_some()
             || !self.ranges.is_empty()
         {
             return;
         }
-        let Some(known) = store.recent().and_then(|r| r.get(&self.ids())) else {
+        let Some(known) = store
+            .recent()
+            .and_then(|r| r.get(&self.ids()))
+            .filter(|k| useful(k))
+        else {
             return;
         };
         let (keys, bytes, last) = known.usage;
@@ -155,7 +162,7 @@ impl Txn {
         if !self.optimistic || self.writes.contains_key(key) || self.reads.contains_key(key) {
             return self.current(store, key).await;
         }
-        self.adopt(store);
+        self.adopt(store, |k| k.entries.contains_key(key));
         if let Some(entry) = self.recalled(key) {
             return Ok(entry);
         }
@@ -221,7 +228,7 @@ impl Txn {
         if let Some(read) = self.reads.get(key) {
             return Ok(read.clone());
         }
-        self.adopt(store);
+        self.adopt(store, |k| k.entries.contains_key(key));
         if let Some(entry) = self.recalled(key) {
             return Ok(entry);
         }
@@ -281,7 +288,7 @@ impl Txn {
     /// what concurrent commits added.
     async fn charge(&mut self, store: &Store, keys: i64, bytes: i64) -> Result<(), KvError> {
         if keys > 0 || bytes > 0 {
-            self.adopt(store);
+            self.adopt(store, |_| true);
             let (mut used_keys, mut used_bytes) = match self.usage {
                 Some(u) => u,
                 None => {
@@ -394,7 +401,9 @@ impl Txn {
         for key in keys {
             check_key(key)?;
         }
-        self.adopt(store);
+        self.adopt(store, |k| {
+            keys.iter().any(|key| k.entries.contains_key(key))
+        });
         for key in keys {
             if !self.touched(key) {
                 self.recalled(key);
