@@ -127,6 +127,17 @@ async fn measure(label: &str, url: &str, engines: usize, n: usize, merchant_coun
     )
     .await;
     assert_eq!(seen, total, "{label}: every event handled once");
+    // And counted once: no update lost, whichever engine ran it, however it started.
+    let count = match conn.get_database_backend() {
+        sea_orm::DbBackend::Postgres => "CAST(convert_from(value, 'UTF8') AS BIGINT)",
+        _ => "CAST(CAST(value AS TEXT) AS INTEGER)",
+    };
+    let counted = scalar(
+        &conn,
+        &format!("SELECT CAST(SUM({count}) AS BIGINT) FROM plugin_kv WHERE installation_id = '{installation}' AND key = 'handled'"),
+    )
+    .await;
+    assert_eq!(counted, total, "{label}: every event counted once");
     let latency = latencies(&conn).await;
     let at = |q: f64| latency[((latency.len() - 1) as f64 * q) as usize];
     // How the engines shared the work: each delivery keeps its last holder.
