@@ -1,6 +1,7 @@
 //! Event delivery throughput: events queued for the `ledger` fixture across the merchants of
 //! one partner, each delivery reading two keys (a counter and the event's `seen/` mark) and
-//! writing both, committed in one transaction with its `delivered` mark. Engines built by the
+//! writing both, committed in one transaction with its `delivered` mark (the fixture cannot
+//! leave its invocation, so its runs are optimistic: docs/plugins.md). Engines built by the
 //! composition root in this process (release, each on a runtime of its own with two workers, on
 //! the same two cores): one on SQLite, the embedded default; and, when
 //! `TRELLIS_TEST_DATABASE_URL` names a PostgreSQL server, one and then two on one PostgreSQL
