@@ -110,8 +110,7 @@ async fn walked_claim(
 fn manual_clock(start: DateTime<Utc>) -> (Clock, Arc<AtomicI64>) {
     let offset = Arc::new(AtomicI64::new(0));
     let read = offset.clone();
-    let clock =
-        Clock::from_fn(move || start + Duration::milliseconds(read.load(Ordering::SeqCst)));
+    let clock = Clock::from_fn(move || start + Duration::milliseconds(read.load(Ordering::SeqCst)));
     (clock, offset)
 }
 

@@ -432,7 +432,7 @@ impl Store {
 
     /// What this engine last committed to each namespace (none in memory, where reads cost
     /// nothing).
-    pub fn recent(&self) -> Option<&Recent> {
+    pub fn recent(&self) -> Option<&Arc<Recent>> {
         match self {
             Store::Database(_, _, recent) => Some(recent),
             Store::Memory(_) => None,

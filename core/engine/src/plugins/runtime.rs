@@ -263,15 +263,19 @@ impl Runtime {
                 // its reads are checked, and when one did not hold it runs again, reading.
                 if let Some(txn) = ran.txn.filter(|t| t.leaned() && ran.repeatable) {
                     let ids = txn.ids();
-                    // A bound of its own: the run's deadline may be what it failed on.
+                    // A bound of its own (the run's deadline may be what it failed on), within
+                    // its caller's when it runs inside another invocation.
                     let bound = Duration::from_millis(u64::from(loaded.manifest.limits.wall_ms));
+                    let until = request
+                        .inside
+                        .map_or(Instant::now() + bound, |i| i.deadline);
                     let (checked, _) = commit::commit(
                         &self.services,
                         &self.committer,
                         Some(txn.reads_only()),
                         None,
                         Vec::new(),
-                        Some(Instant::now() + bound),
+                        Some(until),
                     )
                     .await;
                     if let Err(refused) = checked {

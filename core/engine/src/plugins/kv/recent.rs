@@ -108,13 +108,20 @@ pub(super) fn after(txn: &Txn, before: Option<Usage>, after: Usage, shift: u64) 
             None => kept.offer(key, read),
         }
     }
-    if let Some(known) = txn.adopted()
-        && before == Some(known.usage)
-    {
-        for (key, entry) in &known.entries {
-            if !txn.touched(key) {
-                kept.offer(key, entry);
-            }
+    // What was known while the row was where this commit found it still holds for every key
+    // the transaction did not touch: what it started from, else what is remembered now.
+    let known = txn
+        .adopted()
+        .filter(|k| before == Some(k.usage))
+        .map(|k| k.entries.clone())
+        .or_else(|| {
+            txn.remembered()
+                .filter(|k| before == Some(k.usage))
+                .map(|k| k.entries.clone())
+        });
+    for (key, entry) in known.iter().flatten() {
+        if !txn.touched(key) {
+            kept.offer(key, entry);
         }
     }
     for (key, now) in &written {
@@ -208,6 +215,24 @@ mod tests {
         assert_eq!(reader.get(&store, "n").await.unwrap().unwrap().value, b"2");
         assert!(reader.leaned());
         commit(&store, reader).await.unwrap();
+        // One whose first key is not remembered reads, and the usage row alone answers it;
+        // what it read joins what is remembered (`n`), which still holds.
+        let mut reader = optimistic();
+        assert_eq!(reader.get(&store, "cfg").await.unwrap(), None);
+        assert!(!reader.leaned());
+        assert_eq!(reader.get(&store, "other").await.unwrap(), None);
+        let (ids, learned) = (reader.ids(), reader.learned());
+        assert!(store.unmoved(&reader).await.unwrap());
+        store
+            .recent()
+            .unwrap()
+            .put(ids.clone(), learned.take().unwrap());
+        let known = store.recent().unwrap().get(&ids).unwrap();
+        assert_eq!(
+            known.entries.keys().collect::<Vec<_>>(),
+            ["cfg", "n", "other"],
+            "{known:?}"
+        );
 
         // Another engine moves the key on: what is remembered here is stale, and every commit
         // that relied on it says so.

@@ -56,6 +56,8 @@ pub struct Txn {
     /// Whether this transaction may answer from what this engine last committed and assume
     /// that keys it inserts are absent, leaving both to its commit to check.
     optimistic: bool,
+    /// What this engine remembers, when optimistic.
+    recent: Option<Arc<recent::Recent>>,
     /// What this engine knew of the namespace when the first access adopted it.
     adopted: Option<Arc<recent::Known>>,
     /// Keys assumed absent without reading them (also in `reads`, as absent).
@@ -88,6 +90,7 @@ impl Txn {
             bytes_delta: 0,
             highest: 0,
             optimistic: false,
+            recent: None,
             adopted: None,
             guessed: BTreeSet::new(),
             learned: Learned::default(),
@@ -100,8 +103,14 @@ impl Txn {
     /// when either was wrong it fails as changed, and the caller runs it again, not
     /// optimistic. Only for runs that may run again: nothing they do leaves the invocation.
     pub fn optimistic(mut self, store: &Store) -> Self {
-        self.optimistic = store.recent().is_some_and(recent::Recent::enabled);
+        self.recent = store.recent().filter(|r| r.enabled()).cloned();
+        self.optimistic = self.recent.is_some();
         self
+    }
+
+    /// What this engine remembers of the namespace now.
+    pub(super) fn remembered(&self) -> Option<Arc<recent::Known>> {
+        self.recent.as_ref()?.get(&self.ids())
     }
 
     /// Whether this transaction answered from what was remembered or assumed a key absent:
@@ -121,7 +130,7 @@ impl Txn {
     /// Only when what is remembered is `useful` (it knows a key asked for): otherwise the
     /// first read reads the usage row with its key, which costs the same and leaves a reader of
     /// one key nothing to check. Keys assumed absent before it are checked whatever the row says.
-    fn adopt(&mut self, store: &Store, useful: impl Fn(&recent::Known) -> bool) {
+    fn adopt(&mut self, useful: impl Fn(&recent::Known) -> bool) {
         if !self.optimistic
             || self.usage.is_some()
             || self.plain_reads().next().is_some()
@@ -129,11 +138,7 @@ impl Txn {
         {
             return;
         }
-        let Some(known) = store
-            .recent()
-            .and_then(|r| r.get(&self.ids()))
-            .filter(|k| useful(k))
-        else {
+        let Some(known) = self.remembered().filter(|k| useful(k)) else {
             return;
         };
         let (keys, bytes, last) = known.usage;
@@ -162,7 +167,7 @@ impl Txn {
         if !self.optimistic || self.writes.contains_key(key) || self.reads.contains_key(key) {
             return self.current(store, key).await;
         }
-        self.adopt(store, |k| k.entries.contains_key(key));
+        self.adopt(|k| k.entries.contains_key(key));
         if let Some(entry) = self.recalled(key) {
             return Ok(entry);
         }
@@ -228,7 +233,7 @@ impl Txn {
         if let Some(read) = self.reads.get(key) {
             return Ok(read.clone());
         }
-        self.adopt(store, |k| k.entries.contains_key(key));
+        self.adopt(|k| k.entries.contains_key(key));
         if let Some(entry) = self.recalled(key) {
             return Ok(entry);
         }
@@ -288,7 +293,7 @@ impl Txn {
     /// what concurrent commits added.
     async fn charge(&mut self, store: &Store, keys: i64, bytes: i64) -> Result<(), KvError> {
         if keys > 0 || bytes > 0 {
-            self.adopt(store, |_| true);
+            self.adopt(|_| true);
             let (mut used_keys, mut used_bytes) = match self.usage {
                 Some(u) => u,
                 None => {
@@ -401,9 +406,7 @@ impl Txn {
         for key in keys {
             check_key(key)?;
         }
-        self.adopt(store, |k| {
-            keys.iter().any(|key| k.entries.contains_key(key))
-        });
+        self.adopt(|k| keys.iter().any(|key| k.entries.contains_key(key)));
         for key in keys {
             if !self.touched(key) {
                 self.recalled(key);
