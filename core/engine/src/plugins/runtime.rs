@@ -245,7 +245,10 @@ impl Runtime {
     /// Runs one invocation and commits what it did (its kv writes, with the request's finishing
     /// work) when it succeeds; nothing of a failed one is kept. When kv data it read changed
     /// before it could commit, it runs again (up to `conflict_retries` more times, and never
-    /// after calling Alipay). Never panics and never compiles; failures come back in the outcome.
+    /// after calling Alipay). A plugin that cannot leave its invocation runs optimistically
+    /// ([`kv::Txn::optimistic`]); a run whose optimism failed — at its commit, or behind its
+    /// failure — runs once more, reading. Never panics and never compiles; failures come back
+    /// in the outcome.
     pub async fn invoke(&self, loaded: &Arc<Loaded>, request: Request) -> Outcome {
         let started = Instant::now();
         let finish = request.finish.as_ref().map(|f| f.0.clone());
