@@ -569,7 +569,7 @@ impl Store {
         let Some(read) = txn.usage_as_read() else {
             return Ok(false);
         };
-        if txn.writes() || txn.listed() || txn.guessed().next().is_some() {
+        if txn.writes() || !txn.vouched_by(read) {
             return Ok(false);
         }
         if txn.namespace().usage_row(db).await? != read {

@@ -192,6 +192,12 @@ impl Txn {
         self
     }
 
+    /// Whether the usage row at `now` alone vouches for everything this transaction read: it
+    /// is as the first read found it, and nothing was assumed absent or listed.
+    pub(super) fn vouched_by(&self, now: recent::Usage) -> bool {
+        self.guessed.is_empty() && self.ranges.is_empty() && self.usage_as_read() == Some(now)
+    }
+
     /// What was adopted from what this engine remembered.
     pub(super) fn adopted(&self) -> Option<&recent::Known> {
         self.adopted.as_deref()
@@ -288,6 +294,31 @@ impl Txn {
         Ok(self.highest)
     }
 
+    /// Why adding `keys` and `bytes` to this transaction's changes on top of `used` would pass
+    /// the quota, if it would.
+    fn refusal(
+        &self,
+        (used_keys, used_bytes): (u64, u64),
+        keys: i64,
+        bytes: i64,
+    ) -> Option<KvError> {
+        let quota = &self.ns.quota;
+        if keys > 0 && used_keys.saturating_add_signed(self.keys_delta + keys) > quota.max_keys {
+            return Some(KvError::Quota(format!(
+                "kv quota: {} keys at most",
+                quota.max_keys
+            )));
+        }
+        let after = used_bytes.saturating_add_signed(self.bytes_delta + bytes);
+        (bytes > 0 && after > quota.max_bytes).then(|| {
+            KvError::Quota(format!(
+                "kv quota: {} bytes at most ({} used)",
+                quota.max_bytes,
+                used_bytes.saturating_add_signed(self.bytes_delta)
+            ))
+        })
+    }
+
     /// Checks a change of usage against the quota (shrinking always passes, so a namespace
     /// over a lowered quota can still clean up) and counts it. The commit checks again against
     /// what concurrent commits added.
@@ -307,38 +338,20 @@ impl Txn {
                     u
                 }
             };
-            let over = |used_keys: u64, used_bytes: u64| {
-                (keys > 0
-                    && used_keys.saturating_add_signed(self.keys_delta + keys)
-                        > self.ns.quota.max_keys)
-                    || (bytes > 0
-                        && used_bytes.saturating_add_signed(self.bytes_delta + bytes)
-                            > self.ns.quota.max_bytes)
-            };
             // A refusal is never made on remembered usage, which may be stale: the usage is
             // read, and the remembered row no longer vouches for anything (its keys and bytes
             // are replaced, so it is checked key by key at commit).
-            if self.adopted.is_some() && self.read_last.is_some() && over(used_keys, used_bytes) {
+            if self.adopted.is_some()
+                && self.read_last.is_some()
+                && self.refusal((used_keys, used_bytes), keys, bytes).is_some()
+            {
                 let ((keys, bytes), _) = store.usage_with_last(&self.ns).await?;
                 (used_keys, used_bytes) = (keys, bytes);
                 self.usage = Some((keys, bytes));
                 self.read_last = None;
             }
-            let quota = &self.ns.quota;
-            if keys > 0 && used_keys.saturating_add_signed(self.keys_delta + keys) > quota.max_keys
-            {
-                return Err(KvError::Quota(format!(
-                    "kv quota: {} keys at most",
-                    quota.max_keys
-                )));
-            }
-            let after = used_bytes.saturating_add_signed(self.bytes_delta + bytes);
-            if bytes > 0 && after > quota.max_bytes {
-                return Err(KvError::Quota(format!(
-                    "kv quota: {} bytes at most ({} used)",
-                    quota.max_bytes,
-                    used_bytes.saturating_add_signed(self.bytes_delta)
-                )));
+            if let Some(refused) = self.refusal((used_keys, used_bytes), keys, bytes) {
+                return Err(refused);
             }
         }
         self.keys_delta += keys;

@@ -52,10 +52,7 @@ impl Txn {
         .await?;
         let now = held.map_or((0, 0, 0), |h| (h.keys, h.bytes, h.last_version));
         // A namespace still as first read vouches for every key read since (`group`).
-        let vouched = self.guessed().next().is_none()
-            && self.ranges.is_empty()
-            && self.usage_as_read() == Some(now);
-        if !vouched {
+        if !self.vouched_by(now) {
             self.check_in(tx).await?;
         }
         // What it read is what the namespace holds now: worth remembering.
